@@ -1,0 +1,366 @@
+//! Identity: who a player is, and the Ed25519-signed JWTs (alg `EdDSA`) that prove it.
+//!
+//! The edge worker signs tokens with the private key from its configuration and verifies them
+//! before any WebSocket upgrade reaches a room; rooms only ever see a verified [`Identity`].
+//! Verification takes `now` from the host (sans-I/O), checks the algorithm, the `kid` against the
+//! known keys, the signature, `iss`, `aud`, `exp` and `nbf`, and refuses anything else.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use ed25519_dalek::pkcs8::DecodePrivateKey;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// Seconds of clock difference tolerated on `exp` and `nbf`.
+pub const CLOCK_LEEWAY_SECS: u64 = 5;
+
+/// The claims of every token this server issues.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// User id: `guest:<random>` for guests.
+    pub sub: String,
+    /// Display name.
+    pub name: String,
+    /// Roles: guest, member, pro, moderator, admin, bot.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub iat: u64,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    pub iss: String,
+    pub aud: String,
+}
+
+/// A verified player, as a room knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub user_id: String,
+    pub name: String,
+    pub roles: Vec<String>,
+}
+
+impl From<Claims> for Identity {
+    fn from(c: Claims) -> Self {
+        Identity {
+            user_id: c.sub,
+            name: c.name,
+            roles: c.roles,
+        }
+    }
+}
+
+impl Identity {
+    /// Encodes the identity for the worker-to-room hop (an HTTP header, so ASCII only).
+    pub fn to_header(&self) -> String {
+        B64URL.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub fn from_header(value: &str) -> Option<Identity> {
+        let bytes = B64URL.decode(value).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyError {
+    /// Not a PKCS#8 PEM Ed25519 private key.
+    NotEd25519Pkcs8Pem,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::NotEd25519Pkcs8Pem => {
+                write!(
+                    f,
+                    "expected an Ed25519 private key in PKCS#8 PEM (BEGIN PRIVATE KEY)"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// Why a token was refused. The text is safe to show to the client: it never echoes the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    Malformed,
+    WrongAlgorithm,
+    UnknownKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    MissingClaim,
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TokenError::Malformed => "token is malformed",
+            TokenError::WrongAlgorithm => "token algorithm is not EdDSA",
+            TokenError::UnknownKey => "token key id is unknown",
+            TokenError::BadSignature => "token signature is invalid",
+            TokenError::Expired => "token has expired",
+            TokenError::NotYetValid => "token is not valid yet",
+            TokenError::WrongIssuer => "token issuer is not accepted",
+            TokenError::WrongAudience => "token audience is not accepted",
+            TokenError::MissingClaim => "token lacks a required claim",
+        })
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// The server's signing key, with the public half it publishes.
+pub struct SigningKey {
+    kid: String,
+    encoding: EncodingKey,
+    public: [u8; 32],
+}
+
+impl SigningKey {
+    /// Reads a PKCS#8 PEM Ed25519 private key (`openssl genpkey -algorithm ed25519`, or what
+    /// `scripts/dev` generates into `.dev.vars`). Literal `\n` sequences are accepted as line
+    /// breaks, since secrets are often stored on one line.
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
+        let pem = pem.trim().replace("\\n", "\n");
+        let dalek = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
+            .map_err(|_| KeyError::NotEd25519Pkcs8Pem)?;
+        let encoding =
+            EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|_| KeyError::NotEd25519Pkcs8Pem)?;
+        let public = dalek.verifying_key().to_bytes();
+        Ok(SigningKey {
+            kid: key_id(&public),
+            encoding,
+            public,
+        })
+    }
+
+    /// RFC 7638 thumbprint of the public key (shortened): stable across restarts, and changes
+    /// exactly when the key does, so rotation needs no separate `kid` setting.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+
+    /// The public key as a JWK (for `/.well-known/jwks.json`).
+    pub fn public_jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": B64URL.encode(self.public),
+            "kid": self.kid,
+            "alg": "EdDSA",
+            "use": "sig",
+        })
+    }
+
+    pub fn sign(&self, claims: &Claims) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        // Signing with a key that parsed cannot fail; an empty token would be refused anyway.
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap_or_default()
+    }
+}
+
+fn key_id(public: &[u8; 32]) -> String {
+    let jwk = format!(
+        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+        B64URL.encode(public)
+    );
+    let digest = Sha256::digest(jwk.as_bytes());
+    B64URL.encode(&digest[..12])
+}
+
+/// Verifies tokens against a set of public keys (several during key rotation).
+pub struct Verifier {
+    keys: Vec<(String, DecodingKey)>,
+    validation: Validation,
+}
+
+impl Verifier {
+    pub fn new(issuer: &str, audience: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        // Time checks are done in `verify` against the host's `now`.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        Verifier {
+            keys: Vec::new(),
+            validation,
+        }
+    }
+
+    pub fn with_key(mut self, public: [u8; 32]) -> Self {
+        self.keys
+            .push((key_id(&public), DecodingKey::from_ed_der(&public)));
+        self
+    }
+
+    /// Verifies `token` at `now` (seconds since the epoch) and returns its claims.
+    pub fn verify(&self, token: &str, now_secs: u64) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::WrongAlgorithm);
+        }
+        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|(k, _)| *k == kid)
+            .map(|(_, key)| key)
+            .ok_or(TokenError::UnknownKey)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidSignature => TokenError::BadSignature,
+                K::InvalidIssuer => TokenError::WrongIssuer,
+                K::InvalidAudience => TokenError::WrongAudience,
+                K::MissingRequiredClaim(_) => TokenError::MissingClaim,
+                K::InvalidAlgorithm => TokenError::WrongAlgorithm,
+                _ => TokenError::Malformed,
+            }
+        })?;
+        let claims = data.claims;
+        if claims.exp.saturating_add(CLOCK_LEEWAY_SECS) <= now_secs {
+            return Err(TokenError::Expired);
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now_secs.saturating_add(CLOCK_LEEWAY_SECS))
+        {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(claims)
+    }
+}
+
+/// A throw-away key for tests (a fixed RFC 8032 test vector seed: never use it for real).
+#[doc(hidden)]
+pub const TEST_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g
+-----END PRIVATE KEY-----";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn claims() -> Claims {
+        Claims {
+            sub: "guest:abc".into(),
+            name: "Ada".into(),
+            roles: vec!["guest".into()],
+            iat: NOW,
+            exp: NOW + 3600,
+            nbf: None,
+            iss: "iss".into(),
+            aud: "aud".into(),
+        }
+    }
+
+    fn setup() -> (SigningKey, Verifier) {
+        let key = SigningKey::from_pkcs8_pem(TEST_KEY_PEM).expect("test key parses");
+        let verifier = Verifier::new("iss", "aud").with_key(key.public_key());
+        (key, verifier)
+    }
+
+    #[test]
+    fn round_trip() {
+        let (key, verifier) = setup();
+        let token = key.sign(&claims());
+        assert_eq!(verifier.verify(&token, NOW), Ok(claims()));
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(key.kid()));
+        assert_eq!(header.alg, Algorithm::EdDSA);
+    }
+
+    #[test]
+    fn one_line_pem_with_escaped_newlines() {
+        let one_line = TEST_KEY_PEM.replace('\n', "\\n");
+        let key = SigningKey::from_pkcs8_pem(&one_line).unwrap();
+        assert_eq!(key.public_key(), setup().0.public_key());
+        assert!(SigningKey::from_pkcs8_pem("not a key").is_err());
+    }
+
+    #[test]
+    fn refusals() {
+        let (key, verifier) = setup();
+        let sign = |f: &dyn Fn(&mut Claims)| {
+            let mut c = claims();
+            f(&mut c);
+            key.sign(&c)
+        };
+        assert_eq!(
+            verifier.verify(&sign(&|c| c.exp = NOW - 10), NOW),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verifier.verify(&sign(&|c| c.nbf = Some(NOW + 60)), NOW),
+            Err(TokenError::NotYetValid)
+        );
+        assert_eq!(
+            verifier.verify(&sign(&|c| c.iss = "x".into()), NOW),
+            Err(TokenError::WrongIssuer)
+        );
+        assert_eq!(
+            verifier.verify(&sign(&|c| c.aud = "x".into()), NOW),
+            Err(TokenError::WrongAudience)
+        );
+
+        // Tampered payload, signature kept.
+        let token = key.sign(&claims());
+        let parts: Vec<&str> = token.split('.').collect();
+        let mut c = claims();
+        c.roles = vec!["admin".into()];
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            B64URL.encode(serde_json::to_vec(&c).unwrap()),
+            parts[2]
+        );
+        assert_eq!(verifier.verify(&forged, NOW), Err(TokenError::BadSignature));
+
+        // alg: none.
+        let none = format!(
+            "{}.{}.",
+            B64URL.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            parts[1]
+        );
+        assert!(verifier.verify(&none, NOW).is_err());
+
+        // Another key, unknown to the verifier.
+        let other = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let verifier_other = Verifier::new("iss", "aud").with_key(other.verifying_key().to_bytes());
+        assert_eq!(
+            verifier_other.verify(&token, NOW),
+            Err(TokenError::UnknownKey)
+        );
+        assert_eq!(verifier.verify("a.b.c", NOW), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn identity_header_round_trip() {
+        let id = Identity {
+            user_id: "u".into(),
+            name: "Zoë 🎹".into(),
+            roles: vec!["guest".into()],
+        };
+        let h = id.to_header();
+        assert!(h.is_ascii());
+        assert_eq!(Identity::from_header(&h), Some(id));
+        assert_eq!(Identity::from_header("!!"), None);
+    }
+}

@@ -1,0 +1,29 @@
+//! The platform-neutral heart of the piano server.
+//!
+//! Everything a room decides lives here, as plain deterministic code with no I/O: the hosts (the
+//! Cloudflare Durable Object in `durable-objects/`, the tokio server in `k8s-fallback/`) turn
+//! socket events into [`room::Input`]s, pass in the time, and carry out the [`room::Effect`]s the
+//! room returns. That keeps the rules testable with plain `cargo test` and identical on every host.
+//!
+//! Layout:
+//! - [`proto`]: the wire types, generated from `proto/` at build time (prost + protox).
+//! - [`room`]: the room state machine (participants, join, note relay, time sync, errors).
+//! - [`notes`]: bounds on note batches.
+//! - [`identity`]: who a player is, and the Ed25519 (EdDSA) JWTs that prove it.
+//! - [`names`]: validation of room names and display names.
+//! - [`limits`]: protocol-wide numbers (frame size, close codes) that clients rely on.
+
+pub mod identity;
+pub mod limits;
+pub mod names;
+pub mod notes;
+pub mod room;
+
+/// Wire types generated from `proto/pianorhythm/v1/room.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/pianorhythm.v1.rs"));
+}
+
+/// Milliseconds since the Unix epoch, as the hosts' clocks report them.
+pub type Millis = u64;

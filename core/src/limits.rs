@@ -1,0 +1,23 @@
+//! Protocol-wide limits and close codes. Clients and operators rely on these numbers, so they are
+//! documented in README.md too; change both together.
+
+/// Version of the wire protocol spoken on `/api/rooms/{name}/ws` (the `pianorhythm.v1` package).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The WebSocket subprotocol a browser offers (next to its `bearer.<token>` entry).
+pub const SUBPROTOCOL: &str = "pianorhythm.v1";
+
+/// Largest WebSocket frame a room accepts. A full note batch (300 events) encodes to roughly
+/// 3 KiB and a chat message to under 2 KiB; 32 KiB leaves room for growth while bounding what one
+/// client can make the room decode.
+pub const MAX_FRAME_BYTES: usize = 32 * 1024;
+
+/// WebSocket close codes the server uses.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// RFC 6455 "message too big": a frame over [`super::MAX_FRAME_BYTES`].
+    pub const FRAME_TOO_LARGE: u16 = 1009;
+    /// RFC 6455 "internal error": the server could not serve this connection.
+    pub const INTERNAL_ERROR: u16 = 1011;
+}

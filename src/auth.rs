@@ -1,0 +1,138 @@
+//! Tokens: guest sign-in, the JWKS, and the token check in front of every room connection.
+
+use crate::config::{self, Config};
+use piano_core::identity::{Claims, Identity};
+use piano_core::limits::SUBPROTOCOL;
+use piano_core::names;
+use piano_durable_objects::json_error;
+use std::rc::Rc;
+use worker::*;
+
+/// Largest JSON body the auth endpoints read.
+const MAX_BODY_BYTES: usize = 4096;
+/// Prefix of the subprotocol entry that carries a token (browsers cannot set headers on a
+/// WebSocket): `Sec-WebSocket-Protocol: pianorhythm.v1, bearer.<jwt>`.
+pub const BEARER_PREFIX: &str = "bearer.";
+
+fn config_or_503(env: &Env) -> std::result::Result<Rc<Config>, Result<Response>> {
+    config::load(env).map_err(|e| json_error(503, "not_configured", &e.0))
+}
+
+pub fn jwks(env: &Env) -> Result<Response> {
+    let cfg = match config_or_503(env) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let mut resp = Response::from_json(&serde_json::json!({ "keys": [cfg.signing.public_jwk()] }))?;
+    resp.headers_mut()
+        .set("cache-control", "public, max-age=300")?;
+    Ok(resp)
+}
+
+pub async fn guest(mut req: Request, env: &Env) -> Result<Response> {
+    let cfg = match config_or_503(env) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let body = req.bytes().await?;
+    if body.len() > MAX_BODY_BYTES {
+        return json_error(413, "body_too_large", "request body is over 4096 bytes");
+    }
+    #[derive(serde::Deserialize)]
+    struct GuestRequest {
+        name: String,
+    }
+    let Ok(GuestRequest { name }) = serde_json::from_slice::<GuestRequest>(&body) else {
+        return json_error(
+            400,
+            "invalid_json",
+            r#"expected a JSON body like {"name": "Ada"}"#,
+        );
+    };
+    let name = match names::display_name(&name) {
+        Ok(n) => n,
+        Err(e) => return json_error(400, "invalid_name", &format!("name {e}")),
+    };
+    let now = Date::now().as_millis() / 1000;
+    let claims = Claims {
+        sub: format!("guest:{}", random_hex(8)?),
+        name,
+        roles: vec!["guest".into()],
+        iat: now,
+        exp: now + cfg.guest_ttl_secs,
+        nbf: None,
+        iss: cfg.issuer.clone(),
+        aud: cfg.audience.clone(),
+    };
+    let token = cfg.signing.sign(&claims);
+    let mut resp = Response::from_json(&serde_json::json!({
+        "token": token,
+        "expires_at": claims.exp,
+        "user": { "id": claims.sub, "name": claims.name, "roles": claims.roles },
+    }))?;
+    resp.headers_mut().set("cache-control", "no-store")?;
+    Ok(resp)
+}
+
+/// The token of a WebSocket upgrade and the subprotocol to echo back.
+pub struct UpgradeAuth {
+    pub token: Option<String>,
+    pub subprotocol: Option<&'static str>,
+}
+
+/// Reads the token from `?token=` (tools) or a `bearer.<jwt>` subprotocol entry (browsers).
+/// A client that offers subprotocols must offer `pianorhythm.v1`, the one the server echoes:
+/// echoing nothing would make the browser fail the handshake, and echoing the token would send
+/// the credential back in a header.
+pub fn upgrade_auth(req: &Request) -> std::result::Result<UpgradeAuth, &'static str> {
+    let mut token = req.url().ok().and_then(|u| {
+        u.query_pairs()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+    });
+    let offered = req.headers().get("sec-websocket-protocol").ok().flatten();
+    let mut subprotocol = None;
+    if let Some(offered) = offered {
+        let mut has_ours = false;
+        for p in offered.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if let Some(t) = p.strip_prefix(BEARER_PREFIX) {
+                token.get_or_insert_with(|| t.to_owned());
+            } else if p == SUBPROTOCOL {
+                has_ours = true;
+            }
+        }
+        if !has_ours {
+            return Err("offer the WebSocket subprotocol pianorhythm.v1");
+        }
+        subprotocol = Some(SUBPROTOCOL);
+    }
+    Ok(UpgradeAuth { token, subprotocol })
+}
+
+/// Verifies a token; on failure, the 401 (or 503) response to return.
+pub fn verify(env: &Env, token: Option<&str>) -> std::result::Result<Identity, Result<Response>> {
+    let cfg = config_or_503(env)?;
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Err(unauthorized(
+            "a token is required: ?token=<jwt> or subprotocol bearer.<jwt>",
+        ));
+    };
+    let now = Date::now().as_millis() / 1000;
+    cfg.verifier
+        .verify(token, now)
+        .map(Identity::from)
+        .map_err(|e| unauthorized(&e.to_string()))
+}
+
+fn unauthorized(message: &str) -> Result<Response> {
+    let mut resp = json_error(401, "unauthorized", message)?;
+    resp.headers_mut()
+        .set("www-authenticate", r#"Bearer error="invalid_token""#)?;
+    Ok(resp)
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::getrandom(&mut buf).map_err(|e| Error::RustError(format!("no randomness: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
