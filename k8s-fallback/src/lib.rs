@@ -11,4 +11,5 @@
 //! manifests and Dockerfile under `k8s-fallback/k8s/`.
 
 /// Shown by the binary until the server exists, so nobody mistakes it for a working host.
-pub const NOT_YET: &str = "k8s-fallback is not implemented yet: run the edge server with `npm run dev`";
+pub const NOT_YET: &str =
+    "k8s-fallback is not implemented yet: run the edge server with `npm run dev`";
