@@ -12,9 +12,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
+mod room_features;
+
 static SERVER: OnceLock<Server> = OnceLock::new();
 
-fn server() -> &'static Server {
+pub(crate) fn server() -> &'static Server {
     SERVER.get_or_init(Server::start_edge)
 }
 
@@ -28,9 +30,13 @@ fn run<F: Future<Output = ()>>(f: F) -> Result<(), Failed> {
 }
 
 macro_rules! trials {
-    ($($name:ident),* $(,)?) => {
-        vec![$(Trial::test(stringify!($name), || run($name()))),*]
+    ($($($path:ident)::+),* $(,)?) => {
+        vec![$(Trial::test(last_segment(stringify!($($path)::+)), || run($($path)::+()))),*]
     };
+}
+
+fn last_segment(path: &'static str) -> &'static str {
+    path.rsplit(':').next().unwrap_or(path).trim()
 }
 
 fn main() {
@@ -46,8 +52,20 @@ fn main() {
         malformed_frames_get_typed_errors_and_oversized_frames_close,
         rooms_are_isolated,
         room_survives_hibernation,
+        room_features::profiles_are_validated_and_broadcast,
+        room_features::notes_quota_black_midi_and_owner_only_play,
+        room_features::chat_history_typing_rate_limit_and_welcome,
+        room_features::settings_password_and_crown,
+        room_features::moderation_kick_ban_unban_mute,
+        room_features::typed_join_failures,
     ];
-    let conclusion = libtest_mimic::run(&args, trials);
+    let mut conclusion = libtest_mimic::run(&args, trials);
+    // Trials that restart the server run alone, after the others.
+    let exclusive = trials![room_features::room_survives_a_restart];
+    let second = libtest_mimic::run(&args, exclusive);
+    conclusion.num_passed += second.num_passed;
+    conclusion.num_failed += second.num_failed;
+    conclusion.num_filtered_out += second.num_filtered_out;
     if let Some(s) = SERVER.get() {
         if conclusion.has_failed() {
             eprintln!(
@@ -70,7 +88,7 @@ async fn json_of(resp: reqwest::Response) -> (u16, serde_json::Value) {
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", now_ms() % 1_000_000_000)
 }
 

@@ -289,6 +289,16 @@ impl Server {
         body["token"].as_str().expect("token").to_owned()
     }
 
+    /// Connects a player whose token (signed here with the server's key) carries these roles.
+    pub async fn player_as(&self, room: &str, user: &str, roles: &[&str]) -> Client {
+        let mut claims = self.claims(user, user);
+        claims.roles = roles.iter().map(|r| r.to_string()).collect();
+        let token = self.sign(&claims);
+        Client::connect(&format!("{}?token={token}", self.ws_url(room)), &[])
+            .await
+            .expect("connect")
+    }
+
     /// Connects a player with a fresh guest token and waits for its Welcome.
     pub async fn player(&self, room: &str, name: &str) -> Client {
         let token = self.guest_token(name).await;
@@ -457,6 +467,51 @@ impl Client {
         if let Some(e) = self.next_event(within).await {
             panic!("expected silence, got {e:?}");
         }
+    }
+
+    /// Joins with a password; the refusal if the room said no.
+    pub async fn try_join(&mut self, password: &str) -> Result<proto::Joined, proto::JoinFailed> {
+        self.send(client_message::Msg::Join(proto::Join {
+            password: password.into(),
+        }))
+        .await;
+        match self.recv().await {
+            server_message::Msg::Joined(j) => Ok(j),
+            server_message::Msg::JoinFailed(f) => Err(f),
+            other => panic!("expected Joined or JoinFailed, got {other:?}"),
+        }
+    }
+
+    /// The first message `pick` accepts, skipping others (chat, typing, cursor... traffic that a
+    /// test step does not care about).
+    pub async fn recv_matching<T>(
+        &mut self,
+        pick: impl Fn(&server_message::Msg) -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Some(Event::Msg(m)) => {
+                    if let Some(t) = pick(&m) {
+                        return t;
+                    }
+                }
+                Some(Event::Closed(c)) => panic!("socket closed while waiting: {c:?}"),
+                None => panic!("the expected message did not come within {RECV_TIMEOUT:?}"),
+            }
+        }
+    }
+
+    /// Waits for an Error and returns its code.
+    pub async fn error_code(&mut self) -> proto::ErrorCode {
+        self.recv_matching(|m| match m {
+            server_message::Msg::Error(e) => {
+                Some(proto::ErrorCode::try_from(e.code).unwrap_or_default())
+            }
+            _ => None,
+        })
+        .await
     }
 
     pub async fn join(&mut self) -> proto::Joined {

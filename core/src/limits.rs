@@ -20,4 +20,6 @@ pub mod close {
     pub const FRAME_TOO_LARGE: u16 = 1009;
     /// RFC 6455 "internal error": the server could not serve this connection.
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// Removed from the room by its owner or a moderator (a `Kicked` message came first).
+    pub const KICKED: u16 = 4003;
 }

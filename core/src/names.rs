@@ -44,7 +44,8 @@ impl fmt::Display for NameError {
 
 impl std::error::Error for NameError {}
 
-fn is_forbidden(c: char) -> bool {
+/// Control characters and the bidi overrides/isolates/marks.
+pub fn is_forbidden_char(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}')
 }
@@ -60,7 +61,7 @@ pub fn display_name(raw: &str) -> Result<String, NameError> {
             max: MAX_DISPLAY_NAME_CHARS,
         });
     }
-    if name.chars().any(is_forbidden) {
+    if name.chars().any(is_forbidden_char) {
         return Err(NameError::ForbiddenCharacter);
     }
     Ok(name.to_owned())
@@ -77,7 +78,7 @@ pub fn room_name(name: &str) -> Result<&str, NameError> {
             max: MAX_ROOM_NAME_CHARS,
         });
     }
-    if name.chars().any(is_forbidden) {
+    if name.chars().any(is_forbidden_char) {
         return Err(NameError::ForbiddenCharacter);
     }
     if name.contains('/') {

@@ -9,12 +9,18 @@
 //! stay open. Each socket's attachment holds its [`ConnRecord`], so the first event after a wake
 //! rebuilds the same room from `get_websockets()`. No timers run while the room is idle.
 //!
+//! Durability: the room's durable state (settings, crown, bans, mutes, chat) is written to the
+//! object's SQLite storage as the core reports each [`Change`] (see [`storage`]), and read back
+//! whenever the object is constructed, so it survives hibernation, eviction and restarts.
+//!
 //! Internal routes (worker → object): `GET /connect` (WebSocket upgrade), `GET /info`.
 
 use piano_core::identity::Identity;
 use piano_core::limits::close;
 use piano_core::names::percent_decode;
 use piano_core::room::{ConnId, ConnRecord, Effect, Frame, Input, Room as CoreRoom};
+
+mod storage;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use worker::js_sys::Uint8Array;
@@ -114,7 +120,8 @@ impl Room {
 
         let pair = WebSocketPair::new()?;
         // Load the room from the sockets accepted so far, before this one joins them.
-        self.ensure_loaded(Some(&name))?;
+        let restored = self.ensure_loaded(Some(&name))?;
+        self.apply(restored);
         self.state.accept_web_socket(&pair.server);
         let conn = new_conn_id();
         if let Some(l) = self.loaded.borrow_mut().as_mut() {
@@ -149,37 +156,14 @@ impl Room {
         Ok(resp)
     }
 
-    /// Rebuilds the in-memory room after construction (first use or wake from hibernation).
-    fn ensure_loaded(&self, name_hint: Option<&str>) -> Result<()> {
+    /// Rebuilds the in-memory room after construction (first use or wake from hibernation);
+    /// returns what the core asks for on restore (a crown that fell while the host was down).
+    fn ensure_loaded(&self, name_hint: Option<&str>) -> Result<Vec<Effect>> {
         if self.loaded.borrow().is_some() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let sql = self.state.storage().sql();
-        sql.exec(
-            "CREATE TABLE IF NOT EXISTS room_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-            None,
-        )?;
-        #[derive(serde::Deserialize)]
-        struct Row {
-            value: String,
-        }
-        let stored: Option<String> = sql
-            .exec("SELECT value FROM room_meta WHERE key = 'name'", None)?
-            .to_array::<Row>()?
-            .into_iter()
-            .next()
-            .map(|r| r.value);
-        let name = match (stored, name_hint) {
-            (Some(n), _) => n,
-            (None, Some(hint)) => {
-                sql.exec(
-                    "INSERT INTO room_meta (key, value) VALUES ('name', ?)",
-                    vec![hint.into()],
-                )?;
-                hint.to_owned()
-            }
-            (None, None) => String::new(),
-        };
+        let (name, stored) = storage::load(&sql, name_hint)?;
         let mut sockets = HashMap::new();
         let mut records = Vec::new();
         for ws in self.state.get_websockets() {
@@ -194,11 +178,9 @@ impl Room {
                 }
             }
         }
-        *self.loaded.borrow_mut() = Some(Loaded {
-            room: CoreRoom::restore(name, records),
-            sockets,
-        });
-        Ok(())
+        let (room, effects) = CoreRoom::restore(name, stored, records, now(), random_seed());
+        *self.loaded.borrow_mut() = Some(Loaded { room, sockets });
+        Ok(effects)
     }
 
     fn drop_socket(&self, ws: &WebSocket) {
@@ -210,16 +192,32 @@ impl Room {
         }
     }
 
-    /// Feeds the core and carries out its effects. Failures to send on one socket (it may be
-    /// closing) never stop the others.
+    /// Feeds the core and carries out its effects.
     fn handle(&self, name_hint: Option<&str>, input: Input<'_>) {
-        if let Err(e) = self.ensure_loaded(name_hint) {
-            console_error!("room load failed: {e}");
+        match self.ensure_loaded(name_hint) {
+            Ok(restored) => self.apply(restored),
+            Err(e) => {
+                console_error!("room load failed: {e}");
+                return;
+            }
+        }
+        let effects = match self.loaded.borrow_mut().as_mut() {
+            Some(l) => l.room.handle(input, now()),
+            None => return,
+        };
+        self.apply(effects);
+    }
+
+    /// Carries out effects in order. A failed send on one socket (it may be closing) never stops
+    /// the others; a failed storage write is logged and the room keeps playing.
+    fn apply(&self, effects: Vec<Effect>) {
+        if effects.is_empty() {
             return;
         }
         let mut loaded = self.loaded.borrow_mut();
         let Some(l) = loaded.as_mut() else { return };
-        for effect in l.room.handle(input, now()) {
+        let sql = self.state.storage().sql();
+        for effect in effects {
             match effect {
                 Effect::Send { to, frame } => {
                     // One JS buffer per broadcast, handed to every socket.
@@ -245,6 +243,11 @@ impl Room {
                         }
                     }
                 }
+                Effect::Persist(change) => {
+                    if let Err(e) = storage::write(&sql, change) {
+                        console_error!("storage write failed: {e}");
+                    }
+                }
             }
         }
     }
@@ -260,6 +263,15 @@ fn conn_of(ws: &WebSocket) -> Option<ConnId> {
         .ok()
         .flatten()
         .map(|r| r.conn)
+}
+
+/// Randomness for the core (password salts), fresh per instance.
+fn random_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    if getrandom::getrandom(&mut seed).is_err() {
+        seed[..8].copy_from_slice(&now().to_le_bytes());
+    }
+    seed
 }
 
 /// Random connection ids below 2^53, so they survive a trip through a JavaScript number.

@@ -1,0 +1,253 @@
+//! The part of a room that outlives its connections: settings, crown, bans, mutes and chat.
+//!
+//! The room reports every change as a [`Change`] ([`super::Effect::Persist`]); the host writes
+//! it to durable storage (the Durable Object's SQLite) and hands the whole [`Stored`] back to
+//! [`super::Room::restore`] when the room is loaded again, after hibernation or a restart.
+
+use crate::proto;
+use hmac::Hmac;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// Chat messages a room keeps (and sends to each joiner).
+pub const CHAT_HISTORY: usize = 100;
+
+/// Lobby rooms (`lobby`, `lobby-2`, …) have no owner and lobby quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomKind {
+    Lobby,
+    Normal,
+}
+
+impl RoomKind {
+    pub fn of(name: &str) -> RoomKind {
+        let numbered_lobby = name.strip_prefix("lobby-").is_some_and(|n| {
+            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0')
+        });
+        if name == "lobby" || numbered_lobby {
+            RoomKind::Lobby
+        } else {
+            RoomKind::Normal
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomKind::Lobby => "lobby",
+            RoomKind::Normal => "normal",
+        }
+    }
+
+    pub fn default_capacity(self) -> u32 {
+        match self {
+            RoomKind::Lobby => 30,
+            RoomKind::Normal => 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub visible: bool,
+    pub max_players: u32,
+    pub owner_only_chat: bool,
+    pub owner_only_play: bool,
+    pub allow_guests: bool,
+    pub allow_bots: bool,
+    pub allow_black_midi: bool,
+    pub welcome_message: String,
+    pub color: String,
+    pub profanity_filter: bool,
+}
+
+impl Settings {
+    pub fn defaults(kind: RoomKind) -> Settings {
+        Settings {
+            visible: true,
+            max_players: kind.default_capacity(),
+            owner_only_chat: false,
+            owner_only_play: false,
+            allow_guests: true,
+            allow_bots: true,
+            allow_black_midi: false,
+            welcome_message: String::new(),
+            color: "#3b5054".into(),
+            profanity_filter: false,
+        }
+    }
+}
+
+/// PBKDF2-HMAC-SHA256 of a room password. Room passwords guard a room, not an account, and are
+/// checked on every join, so the cost is moderate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordHash {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub hash: Vec<u8>,
+}
+
+pub const PASSWORD_ITERATIONS: u32 = 10_000;
+
+impl PasswordHash {
+    pub fn new(password: &str, salt: Vec<u8>) -> PasswordHash {
+        let hash = derive(password, &salt, PASSWORD_ITERATIONS);
+        PasswordHash {
+            salt,
+            iterations: PASSWORD_ITERATIONS,
+            hash,
+        }
+    }
+
+    pub fn verify(&self, password: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        derive(password, &self.salt, self.iterations)
+            .ct_eq(&self.hash)
+            .into()
+    }
+}
+
+fn derive(password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
+    let mut out = vec![0u8; 32];
+    // Only fails for an output length HMAC cannot produce; 32 bytes always works.
+    let _ = pbkdf2::pbkdf2::<Hmac<Sha256>>(password.as_bytes(), salt, iterations, &mut out);
+    out
+}
+
+/// Who holds the crown, by user id (participant ids derive from it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Crown {
+    pub owner_user: Option<String>,
+    pub owner_name: String,
+    /// While dropped: who held it last, and when it fell.
+    pub previous_user: Option<String>,
+    pub dropped_at: Option<u64>,
+    /// The room has had its first owner (the creator); later joiners do not get the crown
+    /// just for arriving.
+    pub assigned_once: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ban {
+    pub user_id: String,
+    pub until: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MuteEntry {
+    pub user_id: String,
+    pub notes: bool,
+    pub chat: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatRecord {
+    pub id: u64,
+    pub time: u64,
+    pub participant_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub color: String,
+    pub text: String,
+}
+
+impl ChatRecord {
+    pub fn to_proto(&self) -> proto::ChatMessage {
+        proto::ChatMessage {
+            id: self.id,
+            time: self.time,
+            participant_id: self.participant_id.clone(),
+            user_id: self.user_id.clone(),
+            name: self.name.clone(),
+            color: self.color.clone(),
+            text: self.text.clone(),
+        }
+    }
+}
+
+/// Everything durable about a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    pub settings: Settings,
+    pub password: Option<PasswordHash>,
+    pub crown: Crown,
+    pub bans: Vec<Ban>,
+    pub mutes: Vec<MuteEntry>,
+    /// Oldest first, at most [`CHAT_HISTORY`].
+    pub chat: Vec<ChatRecord>,
+    /// Next chat message id (ids are never reused, even after a clear).
+    pub next_chat_id: u64,
+}
+
+impl Stored {
+    pub fn new(kind: RoomKind) -> Stored {
+        Stored {
+            settings: Settings::defaults(kind),
+            password: None,
+            crown: Crown::default(),
+            bans: Vec::new(),
+            mutes: Vec::new(),
+            chat: Vec::new(),
+            next_chat_id: 1,
+        }
+    }
+}
+
+impl Stored {
+    /// Applies a change as a host's storage would: what a host that keeps the whole state in
+    /// one place does, and the model the other hosts' storage must agree with.
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::Settings(s) => self.settings = s,
+            Change::Password(p) => self.password = p,
+            Change::Crown(c) => self.crown = c,
+            Change::Bans(b) => self.bans = b,
+            Change::Mutes(m) => self.mutes = m,
+            Change::ChatAppended(r) => {
+                self.next_chat_id = self.next_chat_id.max(r.id + 1);
+                self.chat.push(r);
+                let excess = self.chat.len().saturating_sub(CHAT_HISTORY);
+                self.chat.drain(..excess);
+            }
+            Change::ChatDeleted(id) => self.chat.retain(|r| r.id != id),
+            Change::ChatCleared => self.chat.clear(),
+        }
+    }
+}
+
+/// One durable change, for the host to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Settings(Settings),
+    Password(Option<PasswordHash>),
+    Crown(Crown),
+    Bans(Vec<Ban>),
+    Mutes(Vec<MuteEntry>),
+    /// Append; the host keeps the newest [`CHAT_HISTORY`] and `next_chat_id = record.id + 1`.
+    ChatAppended(ChatRecord),
+    ChatDeleted(u64),
+    ChatCleared,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        assert_eq!(RoomKind::of("lobby"), RoomKind::Lobby);
+        assert_eq!(RoomKind::of("lobby-12"), RoomKind::Lobby);
+        for normal in ["lobby-", "lobby-01", "lobby-x", "Lobby", "my lobby"] {
+            assert_eq!(RoomKind::of(normal), RoomKind::Normal, "{normal}");
+        }
+    }
+
+    #[test]
+    fn passwords() {
+        let h = PasswordHash::new("s3cret", vec![1, 2, 3]);
+        assert!(h.verify("s3cret"));
+        assert!(!h.verify("S3cret"));
+        assert!(!h.verify(""));
+        assert_ne!(h.hash, b"s3cret".to_vec());
+    }
+}

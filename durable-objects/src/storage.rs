@@ -1,0 +1,108 @@
+//! The room's durable state in the object's SQLite storage.
+//!
+//! `room_meta` holds one JSON value per key (name, settings, password hash, crown, bans, mutes,
+//! next chat id); `chat` holds the last 100 messages, one row each, so a chat message costs one
+//! small insert rather than a rewrite of the history.
+
+use piano_core::room::stored::{CHAT_HISTORY, Change, ChatRecord, Stored};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use worker::{Result, SqlStorage};
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS room_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS chat (id INTEGER PRIMARY KEY, record TEXT NOT NULL);
+";
+
+#[derive(serde::Deserialize)]
+struct MetaRow {
+    key: String,
+    value: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ChatRow {
+    record: String,
+}
+
+/// Creates the tables if needed and reads the room's name and durable state (defaults for what
+/// was never written). The name is recorded on first use (from the worker's header) so a woken
+/// object knows it. Always runs before any [`write`].
+pub fn load(sql: &SqlStorage, name_hint: Option<&str>) -> Result<(String, Option<Stored>)> {
+    sql.exec(SCHEMA, None)?;
+    let meta: HashMap<String, String> = sql
+        .exec("SELECT key, value FROM room_meta", None)?
+        .to_array::<MetaRow>()?
+        .into_iter()
+        .map(|r| (r.key, r.value))
+        .collect();
+    let name = match (meta.get("name"), name_hint) {
+        (Some(n), _) => serde_json::from_str(n).unwrap_or_default(),
+        (None, Some(hint)) => {
+            put(sql, "name", &hint)?;
+            hint.to_owned()
+        }
+        (None, None) => String::new(),
+    };
+    let kind = piano_core::room::stored::RoomKind::of(&name);
+    let mut stored = Stored::new(kind);
+    if let Some(settings) = meta.get("settings").and_then(|s| parse(s)) {
+        stored.settings = settings;
+    }
+    stored.password = meta.get("password").and_then(|s| parse(s)).unwrap_or(None);
+    stored.crown = meta.get("crown").and_then(|s| parse(s)).unwrap_or_default();
+    stored.bans = meta.get("bans").and_then(|s| parse(s)).unwrap_or_default();
+    stored.mutes = meta.get("mutes").and_then(|s| parse(s)).unwrap_or_default();
+    stored.next_chat_id = meta.get("next_chat_id").and_then(|s| parse(s)).unwrap_or(1);
+    stored.chat = sql
+        .exec("SELECT record FROM chat ORDER BY id", None)?
+        .to_array::<ChatRow>()?
+        .into_iter()
+        .filter_map(|r| parse::<ChatRecord>(&r.record))
+        .collect();
+    Ok((name, Some(stored)))
+}
+
+fn parse<T: DeserializeOwned>(s: &str) -> Option<T> {
+    serde_json::from_str(s).ok()
+}
+
+fn put<T: Serialize>(sql: &SqlStorage, key: &str, value: &T) -> Result<()> {
+    let json = serde_json::to_string(value)?;
+    sql.exec(
+        "INSERT INTO room_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        vec![key.into(), json.into()],
+    )?;
+    Ok(())
+}
+
+pub fn write(sql: &SqlStorage, change: Change) -> Result<()> {
+    match change {
+        Change::Settings(s) => put(sql, "settings", &s),
+        Change::Password(p) => put(sql, "password", &p),
+        Change::Crown(c) => put(sql, "crown", &c),
+        Change::Bans(b) => put(sql, "bans", &b),
+        Change::Mutes(m) => put(sql, "mutes", &m),
+        Change::ChatAppended(r) => {
+            let id = r.id as i64;
+            sql.exec(
+                "INSERT OR REPLACE INTO chat (id, record) VALUES (?, ?)",
+                vec![id.into(), serde_json::to_string(&r)?.into()],
+            )?;
+            sql.exec(
+                "DELETE FROM chat WHERE id NOT IN (SELECT id FROM chat ORDER BY id DESC LIMIT ?)",
+                vec![(CHAT_HISTORY as i64).into()],
+            )?;
+            put(sql, "next_chat_id", &(r.id + 1))
+        }
+        Change::ChatDeleted(id) => {
+            sql.exec("DELETE FROM chat WHERE id = ?", vec![(id as i64).into()])?;
+            Ok(())
+        }
+        Change::ChatCleared => {
+            sql.exec("DELETE FROM chat", None)?;
+            Ok(())
+        }
+    }
+}
