@@ -188,10 +188,10 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(180);
         let url = self.http("/healthz");
         loop {
-            if let Ok(resp) = http_status(&url) {
-                if resp == 200 {
-                    return;
-                }
+            if let Ok(resp) = http_status(&url)
+                && resp == 200
+            {
+                return;
             }
             let exited = self.lock_child().as_mut().map(|c| c.try_wait());
             if let Some(Ok(Some(status))) = exited {
@@ -534,6 +534,7 @@ impl Client {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // test-only, short-lived values
 pub enum Event {
     Msg(server_message::Msg),
     Closed(Option<CloseFrame>),

@@ -112,7 +112,7 @@ pub async fn notes_quota_black_midi_and_owner_only_play() {
     let q = bob
         .recv_matching(|m| {
             if let Msg::Quota(q) = m {
-                Some(q.clone())
+                Some(*q)
             } else {
                 None
             }
@@ -142,7 +142,7 @@ pub async fn notes_quota_black_midi_and_owner_only_play() {
     let d = bob
         .recv_matching(|m| {
             if let Msg::NotesDropped(d) = m {
-                Some(d.clone())
+                Some(*d)
             } else {
                 None
             }

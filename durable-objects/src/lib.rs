@@ -237,10 +237,10 @@ impl Room {
                     }
                 }
                 Effect::Remember(record) => {
-                    if let Some(ws) = l.sockets.get(&record.conn) {
-                        if let Err(e) = ws.serialize_attachment(&record) {
-                            console_error!("attachment write failed: {e}");
-                        }
+                    if let Some(ws) = l.sockets.get(&record.conn)
+                        && let Err(e) = ws.serialize_attachment(&record)
+                    {
+                        console_error!("attachment write failed: {e}");
                     }
                 }
                 Effect::Persist(change) => {

@@ -207,10 +207,10 @@ impl Room {
             }
         }
         let mut out = Vec::new();
-        if let Some(owner) = room.stored.crown.owner_user.clone() {
-            if room.member_index_by_user(&owner).is_none() {
-                room.drop_crown(owner, now, &mut out);
-            }
+        if let Some(owner) = room.stored.crown.owner_user.clone()
+            && room.member_index_by_user(&owner).is_none()
+        {
+            room.drop_crown(owner, now, &mut out);
         }
         (room, out)
     }
@@ -427,18 +427,18 @@ impl Room {
         if self.stored.bans.len() != bans {
             out.push(Effect::Persist(Change::Bans(self.stored.bans.clone())));
         }
-        if !already_present {
-            if let Err((reason, message, retry)) = self.admission(&identity, password, now) {
-                out.push(send_one(
-                    conn,
-                    S::JoinFailed(proto::JoinFailed {
-                        reason: reason as i32,
-                        message,
-                        retry_after_ms: retry,
-                    }),
-                ));
-                return;
-            }
+        if !already_present
+            && let Err((reason, message, retry)) = self.admission(&identity, password, now)
+        {
+            out.push(send_one(
+                conn,
+                S::JoinFailed(proto::JoinFailed {
+                    reason: reason as i32,
+                    message,
+                    retry_after_ms: retry,
+                }),
+            ));
+            return;
         }
         // The crown: the creator of a normal room gets it; a returning previous owner gets a
         // dropped crown back. Decided before the member exists, so its quota starts right.
@@ -495,16 +495,14 @@ impl Room {
                 quota,
             }),
         ));
-        if is_new {
-            if let Some(p) = you.clone() {
-                self.send_to_others(
-                    conn,
-                    S::ParticipantJoined(proto::ParticipantJoined {
-                        participant: Some(p),
-                    }),
-                    out,
-                );
-            }
+        if is_new && let Some(p) = you.clone() {
+            self.send_to_others(
+                conn,
+                S::ParticipantJoined(proto::ParticipantJoined {
+                    participant: Some(p),
+                }),
+                out,
+            );
         }
         if crown_changed {
             self.send_to_others(

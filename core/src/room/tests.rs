@@ -753,7 +753,7 @@ fn note_quota_drops_excess_and_tells_the_sender() {
     // The next note-ons are dropped, note-offs still pass (no stuck notes), sender is told.
     let fx = msg(&mut room, 1, batch(10));
     let d = find(&fx, |m| match m {
-        server_message::Msg::NotesDropped(d) => Some(d.clone()),
+        server_message::Msg::NotesDropped(d) => Some(*d),
         _ => None,
     })
     .unwrap();
