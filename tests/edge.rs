@@ -52,7 +52,7 @@ fn main() {
         malformed_frames_get_typed_errors_and_oversized_frames_close,
         rooms_are_isolated,
         room_survives_hibernation,
-        room_features::profiles_are_validated_and_broadcast,
+        room_features::profiles_and_cursors_are_validated_and_broadcast,
         room_features::notes_quota_black_midi_and_owner_only_play,
         room_features::chat_history_typing_rate_limit_and_welcome,
         room_features::settings_password_and_crown,

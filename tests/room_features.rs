@@ -34,7 +34,7 @@ fn batch_of_note_ons(n: usize) -> cm::Msg {
     })
 }
 
-pub async fn profiles_are_validated_and_broadcast() {
+pub async fn profiles_and_cursors_are_validated_and_broadcast() {
     let s = server();
     let room = unique("profile");
     let mut a = s.player(&room, "Alice").await;
@@ -64,6 +64,23 @@ pub async fn profiles_are_validated_and_broadcast() {
         ("Robert", "#00ff80", "warming up")
     );
     assert_eq!(p.id, b.id());
+
+    // Cursor positions reach the others; out-of-range ones are refused.
+    b.send(cm::Msg::Cursor(proto::MoveCursor { x: 40.0, y: 12.5 }))
+        .await;
+    let c = a
+        .recv_matching(|m| {
+            if let Msg::Cursor(c) = m {
+                Some(c.clone())
+            } else {
+                None
+            }
+        })
+        .await;
+    assert_eq!((c.participant_id.as_str(), c.x, c.y), (b.id(), 40.0, 12.5));
+    b.send(cm::Msg::Cursor(proto::MoveCursor { x: -1.0, y: 0.0 }))
+        .await;
+    assert_eq!(b.error_code().await, ErrorCode::InvalidValue);
 }
 
 pub async fn notes_quota_black_midi_and_owner_only_play() {
