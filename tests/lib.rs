@@ -132,7 +132,6 @@ impl Server {
             .arg(self.dir.join("state"))
             .arg("--env-file")
             .arg(self.dir.join("test.env"))
-            .env("PIANO_SKIP_BUILD", "1")
             .env("WRANGLER_SEND_METRICS", "false")
             .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
             .env(
