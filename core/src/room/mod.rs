@@ -363,7 +363,7 @@ impl Room {
                     out,
                     conn,
                     ErrorCode::MalformedFrame,
-                    &format!("not a ClientMessage: {e}"),
+                    format!("not a ClientMessage: {e}"),
                 );
             }
         };
@@ -687,7 +687,7 @@ impl Room {
             .transpose()
         {
             Ok(n) => n,
-            Err(e) => return error(out, conn, ErrorCode::InvalidValue, &format!("name {e}")),
+            Err(e) => return error(out, conn, ErrorCode::InvalidValue, format!("name {e}")),
         };
         let color = match p.color.as_deref().map(text::color).transpose() {
             Ok(c) => c,
@@ -807,7 +807,7 @@ impl Room {
                 out,
                 conn,
                 ErrorCode::RateLimited,
-                &format!("too many messages: try again in {wait} ms"),
+                format!("too many messages: try again in {wait} ms"),
             );
         }
         if self.stored.settings.profanity_filter {
@@ -854,7 +854,7 @@ impl Room {
                 out,
                 conn,
                 ErrorCode::NotFound,
-                &format!("no chat message {id}"),
+                format!("no chat message {id}"),
             );
         };
         let own = self.stored.chat[pos].user_id == self.members[m].info.user_id;
@@ -911,7 +911,7 @@ impl Room {
                     out,
                     conn,
                     ErrorCode::InvalidValue,
-                    &format!("max players must be 1-{MAX_PLAYERS}"),
+                    format!("max players must be 1-{MAX_PLAYERS}"),
                 );
             }
             if max > MAX_PLAYERS && !perms::allowed(actor, Action::RaiseCapacity) {
@@ -919,7 +919,7 @@ impl Room {
                     out,
                     conn,
                     ErrorCode::NotAllowed,
-                    &format!("only admins may set max players above {MAX_PLAYERS}"),
+                    format!("only admins may set max players above {MAX_PLAYERS}"),
                 );
             }
             s.max_players = max;
@@ -944,7 +944,7 @@ impl Room {
                 out,
                 conn,
                 ErrorCode::InvalidValue,
-                &format!("password is over {} characters", text::MAX_PASSWORD_CHARS),
+                format!("password is over {} characters", text::MAX_PASSWORD_CHARS),
             );
         }
         let flags = [
@@ -1067,7 +1067,7 @@ impl Room {
                 out,
                 conn,
                 ErrorCode::NotYet,
-                &format!("the crown can be claimed in {} ms", ready_at - now),
+                format!("the crown can be claimed in {} ms", ready_at - now),
             );
         }
         self.set_owner(Some(user), now, out);
@@ -1149,25 +1149,10 @@ impl Room {
                 "a ban lasts at most 1 hour (3600000 ms)",
             );
         }
-        let Some(t) = self.member_index_by_id(target) else {
-            return error(out, conn, ErrorCode::NotFound, "no such participant here");
+        let t = match self.moderation_target(m, target, "kick") {
+            Ok(t) => t,
+            Err((code, msg)) => return error(out, conn, code, msg),
         };
-        if t == m {
-            return error(
-                out,
-                conn,
-                ErrorCode::InvalidValue,
-                "you cannot kick yourself",
-            );
-        }
-        if !perms::may_target(actor, self.actor(t)) {
-            return error(
-                out,
-                conn,
-                ErrorCode::NotAllowed,
-                "only an admin may kick a moderator or admin",
-            );
-        }
         let user = self.members[t].info.user_id.clone();
         let banned_until = if ban_ms > 0 { now + ban_ms } else { 0 };
         if ban_ms > 0 {
@@ -1239,25 +1224,10 @@ impl Room {
                 "only the owner or a moderator may mute",
             );
         }
-        let Some(t) = self.member_index_by_id(target) else {
-            return error(out, conn, ErrorCode::NotFound, "no such participant here");
+        let t = match self.moderation_target(m, target, "mute") {
+            Ok(t) => t,
+            Err((code, msg)) => return error(out, conn, code, msg),
         };
-        if t == m {
-            return error(
-                out,
-                conn,
-                ErrorCode::InvalidValue,
-                "you cannot mute yourself",
-            );
-        }
-        if !perms::may_target(actor, self.actor(t)) {
-            return error(
-                out,
-                conn,
-                ErrorCode::NotAllowed,
-                "only an admin may mute a moderator or admin",
-            );
-        }
         let info = &mut self.members[t].info;
         info.muted_notes = notes;
         info.muted_chat = chat;
@@ -1278,6 +1248,32 @@ impl Room {
             }),
             out,
         );
+    }
+
+    /// The member that member `m` may kick or mute: present, not `m`, and not staff unless
+    /// `m` is an admin.
+    fn moderation_target(
+        &self,
+        m: usize,
+        target: &str,
+        verb: &str,
+    ) -> Result<usize, (ErrorCode, String)> {
+        let t = self
+            .member_index_by_id(target)
+            .ok_or_else(|| (ErrorCode::NotFound, "no such participant here".to_owned()))?;
+        if t == m {
+            return Err((
+                ErrorCode::InvalidValue,
+                format!("you cannot {verb} yourself"),
+            ));
+        }
+        if !perms::may_target(self.actor(m), self.actor(t)) {
+            return Err((
+                ErrorCode::NotAllowed,
+                format!("only an admin may {verb} a moderator or admin"),
+            ));
+        }
+        Ok(t)
     }
 
     // -- helpers ------------------------------------------------------------------------------
@@ -1475,12 +1471,12 @@ fn send_many(conns: Vec<ConnId>, msg: S) -> Effect {
     }
 }
 
-fn error(out: &mut Out, conn: ConnId, code: ErrorCode, message: &str) {
+fn error(out: &mut Out, conn: ConnId, code: ErrorCode, message: impl Into<String>) {
     out.push(send_one(
         conn,
         S::Error(proto::Error {
             code: code as i32,
-            message: message.to_owned(),
+            message: message.into(),
         }),
     ));
 }
