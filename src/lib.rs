@@ -8,7 +8,8 @@
 //! - this file: the `fetch` entry point and the router;
 //! - [`config`]: settings from vars and secrets (signing key, issuer, audience, token lifetime);
 //! - [`auth`]: guest tokens, JWKS, and extracting/verifying the token of a WebSocket upgrade;
-//! - [`rooms`]: room routes (`/api/rooms/{name}/ws`, `/api/rooms/{name}`).
+//! - [`rooms`]: room routes (`/api/rooms`, `/api/rooms/{name}/ws`, `/api/rooms/{name}`,
+//!   `/api/lobby/next`).
 //!
 //! The Durable Object classes are re-exported here so the single wasm module exports them.
 
@@ -18,6 +19,7 @@ mod rooms;
 
 pub use piano_durable_objects::Room;
 use piano_durable_objects::json_error;
+pub use piano_durable_objects::lobby::Lobby;
 use worker::*;
 
 #[event(fetch)]
@@ -46,10 +48,13 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         })),
         (Method::Get, [".well-known", "jwks.json"]) => auth::jwks(env),
         (Method::Post, ["api", "auth", "guest"]) => auth::guest(req, env).await,
+        (Method::Get, ["api", "rooms"]) => rooms::list(env).await,
+        (Method::Post, ["api", "lobby", "next"]) => rooms::next_lobby(req, env).await,
         (Method::Get, ["api", "rooms", name, "ws"]) => rooms::connect(req, env, name).await,
         (Method::Get, ["api", "rooms", name]) => rooms::info(env, name).await,
         (_, [".well-known", "jwks.json"] | ["api", "version"] | ["healthz"])
-        | (_, ["api", "auth", "guest"] | ["api", "rooms", _] | ["api", "rooms", _, "ws"]) => {
+        | (_, ["api", "auth", "guest"] | ["api", "rooms", _] | ["api", "rooms", _, "ws"])
+        | (_, ["api", "rooms"] | ["api", "lobby", "next"]) => {
             json_error(405, "method_not_allowed", "method not allowed on this path")
         }
         _ => json_error(404, "not_found", "no such endpoint"),
@@ -68,6 +73,8 @@ const LANDING_PAGE: &str = r#"<!doctype html>
 <li><code>GET /.well-known/jwks.json</code>: the public keys that verify tokens</li>
 <li><code>GET /api/rooms/{name}/ws</code>: a room's WebSocket (protobuf, <code>pianorhythm.v1</code>); token as
 <code>?token=</code> or the subprotocol <code>bearer.&lt;token&gt;</code></li>
+<li><code>GET /api/rooms</code>: the visible rooms, most players first</li>
+<li><code>POST /api/lobby/next</code> (with <code>Authorization: Bearer &lt;token&gt;</code>): the lobby to join</li>
 <li><code>GET /api/rooms/{name}</code>: a room's player count</li>
 <li><code>GET /api/version</code>, <code>GET /healthz</code></li>
 </ul>

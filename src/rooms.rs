@@ -1,12 +1,11 @@
-//! Room routes: the WebSocket upgrade gate and room info, both forwarded to the Room object.
+//! Room routes: the WebSocket upgrade gate and room info (forwarded to the Room object), the
+//! room list and lobby placement (answered by the Lobby object).
 
 use crate::auth;
 use piano_core::names::{self, percent_decode, percent_encode};
+use piano_durable_objects::lobby::{LOBBY_BINDING, LOBBY_NAME, ROOMS_BINDING};
 use piano_durable_objects::{IDENTITY_HEADER, PROTOCOL_HEADER, ROOM_HEADER, json_error};
 use worker::*;
-
-/// The Durable Object namespace binding of rooms (wrangler.toml).
-const ROOMS_BINDING: &str = "ROOMS";
 
 /// Decodes and validates the `{name}` path segment.
 fn room_name(raw: &str) -> std::result::Result<String, Result<Response>> {
@@ -91,4 +90,48 @@ fn room_stub(env: &Env, name: &str) -> Result<Stub> {
     env.durable_object(ROOMS_BINDING)?
         .id_from_name(name)?
         .get_stub()
+}
+
+fn lobby_stub(env: &Env) -> Result<Stub> {
+    env.durable_object(LOBBY_BINDING)?
+        .id_from_name(LOBBY_NAME)?
+        .get_stub()
+}
+
+/// `GET /api/rooms`: the visible rooms, most players first. Cached briefly at the edge and in
+/// browsers: counts change by the second, and live clients subscribe instead of polling.
+pub async fn list(env: &Env) -> Result<Response> {
+    let mut resp = lobby_stub(env)?
+        .fetch_with_str("https://lobby.internal/list")
+        .await?;
+    let body = resp.text().await?;
+    let mut out = Response::ok(body)?.with_status(resp.status_code());
+    out.headers_mut().set("content-type", "application/json")?;
+    out.headers_mut().set(
+        "cache-control",
+        "public, max-age=2, stale-while-revalidate=10",
+    )?;
+    Ok(out)
+}
+
+/// `POST /api/lobby/next`: the lobby the caller should join (`lobby`, or `lobby-2`, … when the
+/// first ones are full), with the seat held for a few seconds. Needs the caller's token
+/// (`Authorization: Bearer`), which names the seat's holder.
+pub async fn next_lobby(req: Request, env: &Env) -> Result<Response> {
+    let token = req
+        .headers()
+        .get("authorization")?
+        .and_then(|h| h.strip_prefix("Bearer ").map(str::to_owned));
+    let identity = match auth::verify(env, token.as_deref()) {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post).with_body(Some(
+        serde_json::json!({ "user": identity.user_id })
+            .to_string()
+            .into(),
+    ));
+    let req = Request::new_with_init("https://lobby.internal/next", &init)?;
+    lobby_stub(env)?.fetch_with_request(req).await
 }

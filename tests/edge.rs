@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
+mod directory;
 mod room_features;
 
 static SERVER: OnceLock<Server> = OnceLock::new();
@@ -58,6 +59,10 @@ fn main() {
         room_features::settings_password_and_crown,
         room_features::moderation_kick_ban_unban_mute,
         room_features::typed_join_failures,
+        directory::rooms_are_listed_by_players_and_private_rooms_are_absent,
+        directory::a_subscriber_sees_joins_leaves_and_emptied_rooms_go,
+        directory::thirty_one_players_overflow_into_lobby_2,
+        directory::joining_a_new_room_creates_it_with_the_joiners_settings,
     ];
     let mut conclusion = libtest_mimic::run(&args, trials);
     // Trials that restart the server run alone, after the others.

@@ -472,6 +472,7 @@ impl Client {
     pub async fn try_join(&mut self, password: &str) -> Result<proto::Joined, proto::JoinFailed> {
         self.send(client_message::Msg::Join(proto::Join {
             password: password.into(),
+            create_settings: None,
         }))
         .await;
         match self.recv().await {

@@ -7,7 +7,9 @@
 //!
 //! Layout:
 //! - [`proto`]: the wire types, generated from `proto/` at build time (prost + protox).
-//! - [`room`]: the room state machine (participants, join, note relay, time sync, errors).
+//! - [`room`]: the room state machine (participants, notes and quota, chat, settings, crown,
+//!   moderation, time sync, errors) and its durable state.
+//! - [`lobby`]: the room directory and lobby placement, hosted by the Lobby object.
 //! - [`notes`]: bounds on note batches.
 //! - [`identity`]: who a player is, and the Ed25519 (EdDSA) JWTs that prove it.
 //! - [`names`]: validation of room names and display names.
@@ -15,6 +17,7 @@
 
 pub mod identity;
 pub mod limits;
+pub mod lobby;
 pub mod names;
 pub mod notes;
 pub mod room;

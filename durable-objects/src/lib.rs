@@ -13,13 +13,20 @@
 //! object's SQLite storage as the core reports each [`Change`] (see [`storage`]), and read back
 //! whenever the object is constructed, so it survives hibernation, eviction and restarts.
 //!
-//! Internal routes (worker → object): `GET /connect` (WebSocket upgrade), `GET /info`.
+//! Directory: the core's [`DirectoryOp`]s (reports on joins, leaves and settings changes, and
+//! subscriptions) go to the [`lobby::Lobby`] object once the room's own effects are done; the
+//! lobby pushes listing changes back with `POST /directory`.
+//!
+//! Internal routes (worker → object): `GET /connect` (WebSocket upgrade), `GET /info`; (lobby →
+//! object): `POST /directory`.
 
 use piano_core::identity::Identity;
 use piano_core::limits::close;
+use piano_core::lobby::{Delta, Summary};
 use piano_core::names::percent_decode;
-use piano_core::room::{ConnId, ConnRecord, Effect, Frame, Input, Room as CoreRoom};
+use piano_core::room::{ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, Room as CoreRoom};
 
+pub mod lobby;
 mod storage;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -41,24 +48,42 @@ struct Loaded {
 #[durable_object]
 pub struct Room {
     state: State,
+    env: Env,
     loaded: RefCell<Option<Loaded>>,
     /// When this instance was constructed: a wake after hibernation makes a new instance.
     started_at: u64,
 }
 
 impl DurableObject for Room {
-    fn new(state: State, _env: Env) -> Self {
+    fn new(state: State, env: Env) -> Self {
         Room {
             state,
+            env,
             loaded: RefCell::new(None),
             started_at: now(),
         }
     }
 
-    async fn fetch(&self, req: Request) -> Result<Response> {
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
         match req.path().as_str() {
-            "/connect" => self.accept_player(&req),
-            "/info" => self.info(&req),
+            "/connect" => self.accept_player(&req).await,
+            "/info" => self.info(&req).await,
+            "/directory" => {
+                let name = req
+                    .headers()
+                    .get(ROOM_HEADER)?
+                    .and_then(|n| percent_decode(&n));
+                let delta: Delta = req.json().await?;
+                let ops = self.handle(name.as_deref(), Input::RoomListChanged(delta));
+                self.directory(ops).await;
+                let subscribed = self
+                    .loaded
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|l| l.room.has_subscribers());
+                // 410 tells the lobby to stop pushing here.
+                Response::empty().map(|r| r.with_status(if subscribed { 204 } else { 410 }))
+            }
             _ => json_error(404, "not_found", "no such room route"),
         }
     }
@@ -76,7 +101,8 @@ impl DurableObject for Room {
             WebSocketIncomingMessage::Binary(b) => Frame::Binary(b),
             WebSocketIncomingMessage::String(s) => Frame::Text(s),
         };
-        self.handle(None, Input::Frame { conn, frame });
+        let ops = self.handle(None, Input::Frame { conn, frame });
+        self.directory(ops).await;
         Ok(())
     }
 
@@ -87,20 +113,22 @@ impl DurableObject for Room {
         _reason: String,
         _clean: bool,
     ) -> Result<()> {
-        self.drop_socket(&ws);
+        let ops = self.drop_socket(&ws);
         // Complete the closing handshake (a no-op if the runtime already did).
         let _ = ws.close(Some(close::NORMAL), Some("bye"));
+        self.directory(ops).await;
         Ok(())
     }
 
     async fn websocket_error(&self, ws: WebSocket, _error: Error) -> Result<()> {
-        self.drop_socket(&ws);
+        let ops = self.drop_socket(&ws);
+        self.directory(ops).await;
         Ok(())
     }
 }
 
 impl Room {
-    fn accept_player(&self, req: &Request) -> Result<Response> {
+    async fn accept_player(&self, req: &Request) -> Result<Response> {
         let headers = req.headers();
         if !headers
             .get("upgrade")?
@@ -121,13 +149,14 @@ impl Room {
         let pair = WebSocketPair::new()?;
         // Load the room from the sockets accepted so far, before this one joins them.
         let restored = self.ensure_loaded(Some(&name))?;
-        self.apply(restored);
+        let mut ops = self.apply(restored);
         self.state.accept_web_socket(&pair.server);
         let conn = new_conn_id();
         if let Some(l) = self.loaded.borrow_mut().as_mut() {
             l.sockets.insert(conn, pair.server.clone());
         }
-        self.handle(Some(&name), Input::Connect { conn, identity });
+        ops.extend(self.handle(Some(&name), Input::Connect { conn, identity }));
+        self.directory(ops).await;
 
         let mut resp = Response::from_websocket(pair.client)?;
         if let Some(p) = headers.get(PROTOCOL_HEADER)? {
@@ -136,18 +165,21 @@ impl Room {
         Ok(resp)
     }
 
-    fn info(&self, req: &Request) -> Result<Response> {
+    async fn info(&self, req: &Request) -> Result<Response> {
         let name = req
             .headers()
             .get(ROOM_HEADER)?
             .and_then(|n| percent_decode(&n));
-        self.ensure_loaded(name.as_deref())?;
+        let restored = self.ensure_loaded(name.as_deref())?;
+        let ops = self.apply(restored);
+        self.directory(ops).await;
         let loaded = self.loaded.borrow();
         let Some(l) = loaded.as_ref() else {
             return json_error(500, "internal", "room not loaded");
         };
         let mut resp = Response::from_json(&serde_json::json!({
             "room": l.room.name(),
+            "kind": l.room.kind().as_str(),
             "participants": l.room.participant_count(),
             "connections": l.room.connection_count(),
             "instance_started_at": self.started_at,
@@ -183,39 +215,111 @@ impl Room {
         Ok(effects)
     }
 
-    fn drop_socket(&self, ws: &WebSocket) {
-        if let Some(conn) = conn_of(ws) {
-            self.handle(None, Input::Disconnect { conn });
-            if let Some(l) = self.loaded.borrow_mut().as_mut() {
-                l.sockets.remove(&conn);
-            }
+    fn drop_socket(&self, ws: &WebSocket) -> Vec<DirectoryOp> {
+        let Some(conn) = conn_of(ws) else {
+            return Vec::new();
+        };
+        let ops = self.handle(None, Input::Disconnect { conn });
+        if let Some(l) = self.loaded.borrow_mut().as_mut() {
+            l.sockets.remove(&conn);
         }
+        ops
     }
 
-    /// Feeds the core and carries out its effects.
-    fn handle(&self, name_hint: Option<&str>, input: Input<'_>) {
-        match self.ensure_loaded(name_hint) {
+    /// Feeds the core and carries out its effects; returns the directory work left to do.
+    fn handle(&self, name_hint: Option<&str>, input: Input<'_>) -> Vec<DirectoryOp> {
+        let mut ops = match self.ensure_loaded(name_hint) {
             Ok(restored) => self.apply(restored),
             Err(e) => {
                 console_error!("room load failed: {e}");
-                return;
+                return Vec::new();
             }
-        }
+        };
         let effects = match self.loaded.borrow_mut().as_mut() {
             Some(l) => l.room.handle(input, now()),
-            None => return,
+            None => return ops,
         };
-        self.apply(effects);
+        ops.extend(self.apply(effects));
+        ops
     }
 
-    /// Carries out effects in order. A failed send on one socket (it may be closing) never stops
-    /// the others; a failed storage write is logged and the room keeps playing.
-    fn apply(&self, effects: Vec<Effect>) {
+    /// Talks to the lobby, after the room's own effects are done (players never wait on it).
+    /// Failures are logged: the directory heals at the room's next report or wake.
+    async fn directory(&self, ops: Vec<DirectoryOp>) {
+        for op in ops {
+            let result = match op {
+                DirectoryOp::Report(report) => self.lobby("/report", &report).await.map(drop),
+                DirectoryOp::Unsubscribe => {
+                    let name = self.room_name();
+                    self.lobby("/unsubscribe", &serde_json::json!({ "room": name }))
+                        .await
+                        .map(drop)
+                }
+                DirectoryOp::Subscribe { conn } => {
+                    let name = self.room_name();
+                    match self
+                        .lobby("/subscribe", &serde_json::json!({ "room": name }))
+                        .await
+                    {
+                        Ok(mut resp) => match resp.json::<Vec<Summary>>().await {
+                            Ok(rooms) => {
+                                // Answering a subscription produces no further directory work.
+                                let _ = self.handle(None, Input::RoomList { conn, rooms });
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            if let Err(e) = result {
+                console_warn!("directory call failed: {e}");
+            }
+        }
+    }
+
+    fn room_name(&self) -> String {
+        self.loaded
+            .borrow()
+            .as_ref()
+            .map(|l| l.room.name().to_owned())
+            .unwrap_or_default()
+    }
+
+    async fn lobby(&self, path: &str, body: &impl serde::Serialize) -> Result<Response> {
+        let headers = Headers::new();
+        headers.set("content-type", "application/json")?;
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post)
+            .with_headers(headers)
+            .with_body(Some(serde_json::to_string(body)?.into()));
+        let req = Request::new_with_init(&format!("https://lobby.internal{path}"), &init)?;
+        let stub = self
+            .env
+            .durable_object(lobby::LOBBY_BINDING)?
+            .id_from_name(lobby::LOBBY_NAME)?
+            .get_stub()?;
+        let resp = stub.fetch_with_request(req).await?;
+        if resp.status_code() >= 400 {
+            return Err(Error::RustError(format!(
+                "lobby {path} answered {}",
+                resp.status_code()
+            )));
+        }
+        Ok(resp)
+    }
+
+    /// Carries out effects in order, returning the directory work for later. A failed send on
+    /// one socket (it may be closing) never stops the others; a failed storage write is logged
+    /// and the room keeps playing.
+    fn apply(&self, effects: Vec<Effect>) -> Vec<DirectoryOp> {
+        let mut ops = Vec::new();
         if effects.is_empty() {
-            return;
+            return ops;
         }
         let mut loaded = self.loaded.borrow_mut();
-        let Some(l) = loaded.as_mut() else { return };
+        let Some(l) = loaded.as_mut() else { return ops };
         let sql = self.state.storage().sql();
         for effect in effects {
             match effect {
@@ -248,8 +352,10 @@ impl Room {
                         console_error!("storage write failed: {e}");
                     }
                 }
+                Effect::Directory(op) => ops.push(op),
             }
         }
+        ops
     }
 }
 

@@ -26,6 +26,7 @@ pub mod text;
 
 use crate::identity::Identity;
 use crate::limits::{MAX_FRAME_BYTES, PROTOCOL_VERSION, close};
+use crate::lobby::{Delta, Report, Summary};
 use crate::proto::{
     self, ClientMessage, ErrorCode, JoinFailure, NotesDroppedReason, ServerMessage,
 };
@@ -72,6 +73,10 @@ pub enum Input<'a> {
     Frame { conn: ConnId, frame: Frame<'a> },
     /// A connection closed (either side) or failed.
     Disconnect { conn: ConnId },
+    /// The directory's full list, fetched by the host for a new subscriber.
+    RoomList { conn: ConnId, rooms: Vec<Summary> },
+    /// A change to the directory's list, pushed by the directory.
+    RoomListChanged(Delta),
 }
 
 /// Who receives a frame.
@@ -106,6 +111,20 @@ pub enum Effect {
     Remember(ConnRecord),
     /// Write this change to durable storage.
     Persist(Change),
+    /// Talk to the room directory (asynchronously, after the other effects).
+    Directory(DirectoryOp),
+}
+
+/// What the host must tell, or ask, the room directory.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DirectoryOp {
+    /// The room's summary changed (or the room woke up): report it.
+    Report(Report),
+    /// `conn` subscribed: register the room as a subscriber, fetch the full list and feed it
+    /// back as [`Input::RoomList`].
+    Subscribe { conn: ConnId },
+    /// Nobody in the room is subscribed any more.
+    Unsubscribe,
 }
 
 /// A player's own changes to how the room shows them (over what the token says).
@@ -130,6 +149,9 @@ pub struct ConnRecord {
     pub joined: Option<u64>,
     #[serde(default)]
     pub profile: Profile,
+    /// Receives the room directory (see [`crate::lobby`]).
+    #[serde(default)]
+    pub subscribed: bool,
 }
 
 struct Conn {
@@ -137,6 +159,7 @@ struct Conn {
     participant_id: String,
     joined: Option<u64>,
     profile: Profile,
+    subscribed: bool,
 }
 
 struct Member {
@@ -161,14 +184,22 @@ pub struct Room {
     /// Host-provided randomness for password salts (the core has no random source).
     seed: [u8; 32],
     salts_made: u64,
+    /// What the directory was last told, and the version of that report.
+    reported: Option<Summary>,
+    report_version: u64,
 }
 
 type Out = Vec<Effect>;
 
 impl Room {
-    /// A room that never existed before.
+    /// A room that never existed before (the directory has nothing to learn about it yet).
     pub fn new(name: impl Into<String>, seed: [u8; 32]) -> Room {
-        let name = name.into();
+        let mut room = Room::blank(name.into(), seed);
+        room.reported = Some(room.summary(0));
+        room
+    }
+
+    fn blank(name: String, seed: [u8; 32]) -> Room {
         let kind = RoomKind::of(&name);
         Room {
             name,
@@ -179,6 +210,8 @@ impl Room {
             stored: Stored::new(kind),
             seed,
             salts_made: 0,
+            reported: None,
+            report_version: 0,
         }
     }
 
@@ -193,7 +226,7 @@ impl Room {
         now: Millis,
         seed: [u8; 32],
     ) -> (Room, Out) {
-        let mut room = Room::new(name, seed);
+        let mut room = Room::blank(name.into(), seed);
         if let Some(s) = stored {
             room.stored = s;
         }
@@ -201,6 +234,9 @@ impl Room {
         records.sort_by_key(|r| (r.joined.is_none(), r.joined, r.conn));
         for r in records {
             room.add_conn(r.conn, r.identity, r.profile);
+            if let Some(c) = room.conns.get_mut(&r.conn) {
+                c.subscribed = r.subscribed;
+            }
             if let Some(seq) = r.joined {
                 room.join_member(r.conn, seq, now);
                 room.next_join_seq = room.next_join_seq.max(seq + 1);
@@ -212,6 +248,8 @@ impl Room {
         {
             room.drop_crown(owner, now, &mut out);
         }
+        // Waking up, the room corrects its directory entry (it may have emptied meanwhile).
+        room.report_if_changed(now, &mut out);
         (room, out)
     }
 
@@ -285,8 +323,114 @@ impl Room {
             Input::Connect { conn, identity } => self.on_connect(conn, identity, now, &mut out),
             Input::Frame { conn, frame } => self.on_frame(conn, frame, now, &mut out),
             Input::Disconnect { conn } => self.on_disconnect(conn, now, &mut out),
+            Input::RoomList { conn, rooms } => {
+                if self.conns.get(&conn).is_some_and(|c| c.subscribed) {
+                    let rooms = rooms.iter().map(Summary::to_proto).collect();
+                    out.push(send_one(conn, S::RoomList(proto::RoomList { rooms })));
+                }
+            }
+            Input::RoomListChanged(delta) => {
+                let targets: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.subscribed)
+                    .map(|(id, _)| *id)
+                    .collect();
+                if !targets.is_empty() && !delta.is_empty() {
+                    out.push(send_many(targets, S::RoomListChanged(delta.to_proto())));
+                }
+            }
         }
+        self.report_if_changed(now, &mut out);
         out
+    }
+
+    /// Whether any connection receives the directory.
+    pub fn has_subscribers(&self) -> bool {
+        self.conns.values().any(|c| c.subscribed)
+    }
+
+    /// The room as the directory lists it.
+    pub fn summary(&self, last_activity: Millis) -> Summary {
+        let crown = &self.stored.crown;
+        Summary {
+            name: self.name.clone(),
+            players: self.members.len() as u32,
+            capacity: self.stored.settings.max_players,
+            visible: self.stored.settings.visible,
+            locked: self.stored.password.is_some(),
+            owner_name: if crown.owner_user.is_some() {
+                crown.owner_name.clone()
+            } else {
+                String::new()
+            },
+            kind: self.kind,
+            last_activity,
+        }
+    }
+
+    /// Reports to the directory when what it lists about the room changed. Compared field by
+    /// field without building a summary, since this runs after every input (notes included).
+    fn report_if_changed(&mut self, now: Millis, out: &mut Out) {
+        let crown = &self.stored.crown;
+        let owner = if crown.owner_user.is_some() {
+            crown.owner_name.as_str()
+        } else {
+            ""
+        };
+        let s = &self.stored.settings;
+        let same = self.reported.as_ref().is_some_and(|r| {
+            r.players as usize == self.members.len()
+                && r.capacity == s.max_players
+                && r.visible == s.visible
+                && r.locked == self.stored.password.is_some()
+                && r.owner_name == owner
+        });
+        if same {
+            return;
+        }
+        let summary = self.summary(now);
+        self.report_version = now.max(self.report_version + 1);
+        let users = match self.kind {
+            RoomKind::Lobby => self
+                .members
+                .iter()
+                .map(|m| m.info.user_id.clone())
+                .collect(),
+            RoomKind::Normal => Vec::new(),
+        };
+        self.reported = Some(summary.clone());
+        out.push(Effect::Directory(DirectoryOp::Report(Report {
+            summary,
+            users,
+            version: self.report_version,
+        })));
+    }
+
+    /// The record a host keeps for `conn`.
+    fn record(&self, conn: ConnId) -> Option<ConnRecord> {
+        let c = self.conns.get(&conn)?;
+        Some(ConnRecord {
+            conn,
+            identity: c.identity.clone(),
+            joined: c.joined,
+            profile: c.profile.clone(),
+            subscribed: c.subscribed,
+        })
+    }
+
+    fn on_subscribe(&mut self, conn: ConnId, subscribe: bool, out: &mut Out) {
+        let had_subscribers = self.has_subscribers();
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.subscribed = subscribe;
+        out.extend(self.record(conn).map(Effect::Remember));
+        if subscribe {
+            out.push(Effect::Directory(DirectoryOp::Subscribe { conn }));
+        } else if had_subscribers && !self.has_subscribers() {
+            out.push(Effect::Directory(DirectoryOp::Unsubscribe));
+        }
     }
 
     fn on_connect(&mut self, conn: ConnId, identity: Identity, now: Millis, out: &mut Out) {
@@ -294,15 +438,9 @@ impl Room {
             // A host reusing a live id is a host bug; drop the old connection cleanly first.
             self.on_disconnect(conn, now, out);
         }
-        let record = ConnRecord {
-            conn,
-            identity: identity.clone(),
-            joined: None,
-            profile: Profile::default(),
-        };
         self.add_conn(conn, identity, Profile::default());
+        out.extend(self.record(conn).map(Effect::Remember));
         let you = self.participant_for(conn);
-        out.push(Effect::Remember(record));
         out.push(send_one(
             conn,
             S::Welcome(proto::Welcome {
@@ -375,7 +513,9 @@ impl Room {
                     server_time: now,
                 }),
             )),
-            C::Join(join) => self.on_join(conn, &join.password, now, out),
+            C::Join(join) => self.on_join(conn, join, now, out),
+            C::SubscribeRooms(_) => self.on_subscribe(conn, true, out),
+            C::UnsubscribeRooms(_) => self.on_subscribe(conn, false, out),
             other => {
                 let Some(m) = self.member_index_of_conn(conn) else {
                     return error(out, conn, ErrorCode::NotJoined, "join the room first");
@@ -399,7 +539,7 @@ impl Room {
                         self.on_mute(conn, m, &mu.participant_id, mu.notes, mu.chat, out)
                     }
                     C::Cursor(c) => self.on_cursor(conn, m, c.x, c.y, now, out),
-                    C::Ping(_) | C::Join(_) => {}
+                    C::Ping(_) | C::Join(_) | C::SubscribeRooms(_) | C::UnsubscribeRooms(_) => {}
                 }
             }
         }
@@ -407,7 +547,8 @@ impl Room {
 
     // -- joining and leaving ------------------------------------------------------------------
 
-    fn on_join(&mut self, conn: ConnId, password: &str, now: Millis, out: &mut Out) {
+    fn on_join(&mut self, conn: ConnId, join: proto::Join, now: Millis, out: &mut Out) {
+        let password = join.password.as_str();
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -447,6 +588,16 @@ impl Room {
             && !already_present
             && crown.owner_user.is_none()
             && (!crown.assigned_once || crown.previous_user.as_deref() == Some(user.as_str()));
+        // Join-or-create: the creator's settings apply to a room that did not exist yet.
+        let creating = takes_crown && !self.stored.crown.assigned_once;
+        if let Some(p) = join.create_settings.filter(|_| creating) {
+            let actor = Actor::from_roles(&identity.roles, true);
+            match self.patched_settings(actor, &p) {
+                // Nobody is in the room yet, so this tells no one; Joined carries it.
+                Ok(settings) => self.apply_settings(settings, p.password, now, out),
+                Err((code, message)) => return error(out, conn, code, message),
+            }
+        }
         if takes_crown {
             let name = self.conns.get(&conn).map(|c| {
                 c.profile
@@ -468,16 +619,7 @@ impl Room {
         self.next_join_seq += 1;
         let is_new = self.join_member(conn, seq, now);
 
-        let Some(c) = self.conns.get(&conn) else {
-            return;
-        };
-        let record = ConnRecord {
-            conn,
-            identity: c.identity.clone(),
-            joined: c.joined,
-            profile: c.profile.clone(),
-        };
-        out.push(Effect::Remember(record));
+        out.extend(self.record(conn).map(Effect::Remember));
         let you = self.participant_for(conn);
         let quota = self
             .member_index_of_conn(conn)
@@ -597,6 +739,9 @@ impl Room {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        if c.subscribed && !self.has_subscribers() {
+            out.push(Effect::Directory(DirectoryOp::Unsubscribe));
+        }
         if c.joined.is_none() {
             return;
         }
@@ -724,13 +869,8 @@ impl Room {
                 if let Some(s) = &status {
                     conn.profile.status = s.clone();
                 }
-                out.push(Effect::Remember(ConnRecord {
-                    conn: c,
-                    identity: conn.identity.clone(),
-                    joined: conn.joined,
-                    profile: conn.profile.clone(),
-                }));
             }
+            out.extend(self.record(c).map(Effect::Remember));
         }
         if self.stored.crown.owner_user.as_deref() == Some(info.user_id.as_str()) && name.is_some()
         {
@@ -904,48 +1044,47 @@ impl Room {
                 "only the owner or a moderator may change settings",
             );
         }
+        match self.patched_settings(actor, &p) {
+            Ok(settings) => self.apply_settings(settings, p.password, now, out),
+            Err((code, message)) => error(out, conn, code, message),
+        }
+    }
+
+    /// The settings with `p` applied, if every given value is valid (all or nothing).
+    fn patched_settings(
+        &self,
+        actor: Actor,
+        p: &proto::UpdateSettings,
+    ) -> Result<stored::Settings, (ErrorCode, String)> {
+        let invalid = |m: String| (ErrorCode::InvalidValue, m);
         let mut s = self.stored.settings.clone();
         if let Some(max) = p.max_players {
             if max == 0 || max > MAX_PLAYERS_ADMIN {
-                return error(
-                    out,
-                    conn,
-                    ErrorCode::InvalidValue,
-                    format!("max players must be 1-{MAX_PLAYERS}"),
-                );
+                return Err(invalid(format!("max players must be 1-{MAX_PLAYERS}")));
             }
             if max > MAX_PLAYERS && !perms::allowed(actor, Action::RaiseCapacity) {
-                return error(
-                    out,
-                    conn,
+                return Err((
                     ErrorCode::NotAllowed,
                     format!("only admins may set max players above {MAX_PLAYERS}"),
-                );
+                ));
             }
             s.max_players = max;
         }
         if let Some(w) = &p.welcome_message {
-            match text::optional_line("welcome message", w, text::MAX_WELCOME_CHARS) {
-                Ok(w) => s.welcome_message = w,
-                Err(e) => return error(out, conn, ErrorCode::InvalidValue, &e),
-            }
+            s.welcome_message = text::optional_line("welcome message", w, text::MAX_WELCOME_CHARS)
+                .map_err(invalid)?;
         }
         if let Some(c) = &p.color {
-            match text::color(c) {
-                Ok(c) => s.color = c,
-                Err(e) => return error(out, conn, ErrorCode::InvalidValue, &e),
-            }
+            s.color = text::color(c).map_err(invalid)?;
         }
         if p.password
             .as_ref()
             .is_some_and(|pw| pw.chars().count() > text::MAX_PASSWORD_CHARS)
         {
-            return error(
-                out,
-                conn,
-                ErrorCode::InvalidValue,
-                format!("password is over {} characters", text::MAX_PASSWORD_CHARS),
-            );
+            return Err(invalid(format!(
+                "password is over {} characters",
+                text::MAX_PASSWORD_CHARS
+            )));
         }
         let flags = [
             (p.visible, &mut s.visible),
@@ -961,7 +1100,19 @@ impl Room {
                 *field = v;
             }
         }
-        if let Some(pw) = p.password {
+        Ok(s)
+    }
+
+    /// Stores validated settings (and a new password, if given), tells everyone, and
+    /// re-evaluates quotas when Black MIDI was toggled.
+    fn apply_settings(
+        &mut self,
+        settings: stored::Settings,
+        password: Option<String>,
+        now: Millis,
+        out: &mut Out,
+    ) {
+        if let Some(pw) = password {
             self.stored.password = if pw.is_empty() {
                 None
             } else {
@@ -971,8 +1122,8 @@ impl Room {
                 self.stored.password.clone(),
             )));
         }
-        let quotas_change = s.allow_black_midi != self.stored.settings.allow_black_midi;
-        self.stored.settings = s;
+        let quotas_change = settings.allow_black_midi != self.stored.settings.allow_black_midi;
+        self.stored.settings = settings;
         out.push(Effect::Persist(Change::Settings(
             self.stored.settings.clone(),
         )));
@@ -1287,6 +1438,7 @@ impl Room {
                 participant_id,
                 joined: None,
                 profile,
+                subscribed: false,
             },
         );
     }

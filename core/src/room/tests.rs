@@ -310,7 +310,7 @@ fn keep_records(records: &mut BTreeMap<ConnId, ConnRecord>, fx: &[Effect]) {
             Effect::Close { conn, .. } => {
                 records.remove(conn);
             }
-            Effect::Send { .. } | Effect::Persist(_) => {}
+            Effect::Send { .. } | Effect::Persist(_) | Effect::Directory(_) => {}
         }
     }
 }
@@ -344,7 +344,10 @@ fn restore_after_hibernation_looks_the_same() {
         NOW,
         SEED,
     );
-    assert!(fx.is_empty(), "the owner is still connected: {fx:?}");
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Persist(_))),
+        "the owner is still connected: {fx:?}"
+    );
     assert_eq!(woken.participants().cloned().collect::<Vec<_>>(), before);
     assert_eq!(woken.connection_count(), 4);
     let msgs = sent(&binary(&mut woken, 3, &notes(NOW)));
@@ -457,7 +460,7 @@ proptest! {
                     prop_assert_eq!(&persisted, room.stored(), "storage lags the room");
                     let before: Vec<_> = room.participants().cloned().collect();
                     let (woken, fx) = Room::restore("prop", Some(persisted.clone()), records.values().cloned(), now, SEED);
-                    prop_assert!(fx.is_empty(), "a present owner keeps the crown on wake: {:?}", fx);
+                    prop_assert!(!fx.iter().any(|e| matches!(e, Effect::Persist(_))), "a present owner keeps the crown on wake: {:?}", fx);
                     room = woken;
                     prop_assert_eq!(room.participants().cloned().collect::<Vec<_>>(), before);
                     Vec::new()
@@ -1071,6 +1074,7 @@ fn settings_are_validated_and_the_password_is_hashed_never_echoed() {
     let j = |pw: &str| {
         client_message::Msg::Join(proto::Join {
             password: pw.into(),
+            create_settings: None,
         })
     };
     assert_eq!(
@@ -1337,27 +1341,8 @@ fn profiles_are_validated_broadcast_and_kept_per_connection() {
         ("Robert", "#ff0000", "practising")
     );
     // It survives hibernation through the connection record.
-    let mut records = BTreeMap::new();
-    for c in [1, 2] {
-        let c: ConnId = c;
-        let conn = &room.conns[&c];
-        records.insert(
-            c,
-            ConnRecord {
-                conn: c,
-                identity: conn.identity.clone(),
-                joined: conn.joined,
-                profile: conn.profile.clone(),
-            },
-        );
-    }
-    let (woken, _) = Room::restore(
-        "r",
-        Some(room.stored().clone()),
-        records.into_values(),
-        NOW,
-        SEED,
-    );
+    let records: Vec<ConnRecord> = [1, 2].iter().filter_map(|&c| room.record(c)).collect();
+    let (woken, _) = Room::restore("r", Some(room.stored().clone()), records, NOW, SEED);
     assert_eq!(woken.participants().nth(1).unwrap().name, "Robert");
 }
 
@@ -1454,4 +1439,143 @@ fn a_restart_keeps_settings_bans_and_chat_and_drops_an_absent_owners_crown() {
         pid("alice"),
         "the owner comes back to her crown"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The directory: reports, subscriptions, join-or-create.
+
+fn reports(fx: &[Effect]) -> Vec<crate::lobby::Summary> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Directory(DirectoryOp::Report(r)) => Some(r.summary.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_room_reports_joins_leaves_and_settings_but_not_notes() {
+    let mut room = room("r");
+    assert!(
+        reports(&connect(&mut room, 1, "alice")).is_empty(),
+        "connecting is not joining"
+    );
+    let r = reports(&binary(&mut room, 1, &join()));
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (r[0].players, r[0].owner_name.as_str(), r[0].capacity),
+        (1, "name of alice", 20)
+    );
+    assert!(
+        reports(&enter(&mut room, 2, "bob"))
+            .iter()
+            .any(|s| s.players == 2)
+    );
+    assert!(reports(&binary(&mut room, 1, &notes(NOW))).is_empty());
+    assert!(reports(&msg(&mut room, 1, chat("hi"))).is_empty());
+    let fx = msg(
+        &mut room,
+        1,
+        client_message::Msg::UpdateSettings(proto::UpdateSettings {
+            visible: Some(false),
+            password: Some("x".into()),
+            ..Default::default()
+        }),
+    );
+    let r = reports(&fx);
+    assert!(r.len() == 1 && !r[0].visible && r[0].locked, "{r:?}");
+    let r = reports(&room.handle(Input::Disconnect { conn: 2 }, NOW));
+    assert_eq!(r[0].players, 1);
+    // Waking up always reports (the directory may hold a stale entry).
+    let (_, fx) = Room::restore("r", Some(room.stored().clone()), [], NOW, SEED);
+    assert_eq!(reports(&fx)[0].players, 0);
+}
+
+#[test]
+fn subscribers_get_the_list_and_changes() {
+    let mut room = room("r");
+    connect(&mut room, 1, "alice");
+    connect(&mut room, 2, "bob");
+    let sub = || client_message::Msg::SubscribeRooms(proto::SubscribeRooms {});
+    let fx = msg(&mut room, 1, sub());
+    assert!(
+        fx.contains(&Effect::Directory(DirectoryOp::Subscribe { conn: 1 })),
+        "before joining too"
+    );
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Remember(r) if r.subscribed))
+    );
+    let list = vec![room.summary(NOW)];
+    let msgs = sent(&room.handle(
+        Input::RoomList {
+            conn: 1,
+            rooms: list,
+        },
+        NOW,
+    ));
+    assert!(
+        matches!(&msgs[..], [(to, server_message::Msg::RoomList(l))] if to == &[1] && l.rooms.len() == 1)
+    );
+    let delta = crate::lobby::Delta {
+        upserted: vec![],
+        removed: vec!["gone".into()],
+    };
+    let msgs = sent(&room.handle(Input::RoomListChanged(delta.clone()), NOW));
+    assert!(
+        matches!(&msgs[..], [(to, server_message::Msg::RoomListChanged(c))] if to == &[1] && c.removed == ["gone"])
+    );
+    // The last subscriber leaving unsubscribes the room.
+    let fx = msg(
+        &mut room,
+        1,
+        client_message::Msg::UnsubscribeRooms(proto::UnsubscribeRooms {}),
+    );
+    assert!(fx.contains(&Effect::Directory(DirectoryOp::Unsubscribe)));
+    assert!(room.handle(Input::RoomListChanged(delta), NOW).is_empty());
+    msg(&mut room, 2, sub());
+    assert!(
+        room.handle(Input::Disconnect { conn: 2 }, NOW)
+            .contains(&Effect::Directory(DirectoryOp::Unsubscribe))
+    );
+    assert!(!room.has_subscribers());
+}
+
+#[test]
+fn join_or_create_applies_the_creators_settings_once() {
+    let mut room = room("r");
+    connect(&mut room, 1, "alice");
+    let create = |max: u32| {
+        client_message::Msg::Join(proto::Join {
+            password: String::new(),
+            create_settings: Some(proto::UpdateSettings {
+                max_players: Some(max),
+                visible: Some(false),
+                ..Default::default()
+            }),
+        })
+    };
+    assert_eq!(
+        error_code(&msg(&mut room, 1, create(0))),
+        Some(ErrorCode::InvalidValue)
+    );
+    assert_eq!(room.participant_count(), 0, "refused settings: not created");
+    let fx = msg(&mut room, 1, create(5));
+    let j = find(&fx, |m| match m {
+        server_message::Msg::Joined(j) => Some(j.clone()),
+        _ => None,
+    })
+    .unwrap();
+    let s = j.settings.unwrap();
+    assert_eq!((s.max_players, s.visible), (5, false));
+    assert_eq!(j.ownership.unwrap().owner_id, pid("alice"));
+    // Later joiners' settings are ignored: the room exists.
+    connect(&mut room, 2, "bob");
+    msg(&mut room, 2, create(9));
+    assert_eq!(room.settings_proto().max_players, 5);
+    // Lobbies ignore them too.
+    let mut lobby = Room::new("lobby", SEED);
+    connect(&mut lobby, 1, "alice");
+    msg(&mut lobby, 1, create(5));
+    assert_eq!(lobby.settings_proto().max_players, 30);
 }
