@@ -150,7 +150,7 @@ pub async fn a_subscriber_sees_joins_leaves_and_emptied_rooms_go() {
     p.close().await;
     watcher
         .recv_matching(|m| match m {
-            Msg::RoomListChanged(c) => c.removed.iter().any(|r| *r == room).then_some(()),
+            Msg::RoomListChanged(c) => c.removed.contains(&room).then_some(()),
             _ => None,
         })
         .await;
