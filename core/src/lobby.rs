@@ -17,6 +17,11 @@ use std::collections::BTreeMap;
 pub const RESERVATION_MS: u64 = 15_000;
 /// Capacity assumed for a lobby that has not reported yet.
 pub const LOBBY_CAPACITY: u32 = 30;
+/// An entry not refreshed for this long is checked with its room (which reports afresh): a room
+/// whose players vanished without it noticing (its host restarted) must not stay listed.
+pub const STALE_AFTER_MS: u64 = 10 * 60 * 1000;
+/// How often the Lobby object looks for stale entries, while it has any entries.
+pub const SWEEP_EVERY_MS: u64 = 5 * 60 * 1000;
 
 /// One room as the directory lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +64,9 @@ pub struct Report {
     pub users: Vec<String>,
     /// Increases with every report of a room; older reports that arrive late are ignored.
     pub version: u64,
+    /// When the directory received it (set by the directory, not the room).
+    #[serde(default)]
+    pub received_at: Millis,
 }
 
 /// A change to the listing, for subscribers.
@@ -105,9 +113,11 @@ impl Directory {
         }
     }
 
-    /// Records a report. Returns the listing change (possibly empty), or `None` when the report
-    /// was stale and ignored. An empty room leaves the directory.
-    pub fn report(&mut self, report: Report) -> Option<Delta> {
+    /// Records a report received at `now`. Returns the listing change (possibly empty), or
+    /// `None` when the report was older than the one held and ignored. An empty room leaves the
+    /// directory.
+    pub fn report(&mut self, mut report: Report, now: Millis) -> Option<Delta> {
+        report.received_at = now;
         let name = report.summary.name.clone();
         let before = self.rooms.get(&name);
         if before.is_some_and(|b| b.version > report.version) {
@@ -128,6 +138,19 @@ impl Directory {
             self.rooms.insert(name, report);
         }
         Some(delta)
+    }
+
+    /// Rooms whose last report is older than [`STALE_AFTER_MS`].
+    pub fn stale(&self, now: Millis) -> Vec<String> {
+        self.rooms
+            .values()
+            .filter(|r| r.received_at.saturating_add(STALE_AFTER_MS) <= now)
+            .map(|r| r.summary.name.clone())
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
     }
 
     pub fn get(&self, name: &str) -> Option<&Report> {
@@ -202,29 +225,49 @@ mod tests {
             },
             users: (0..players).map(|i| format!("{name}-u{i}")).collect(),
             version,
+            received_at: 0,
         }
     }
 
     #[test]
     fn lists_visible_rooms_by_players_and_reports_deltas() {
         let mut d = Directory::new();
-        assert_eq!(d.report(report("b", 3, true, 1)).unwrap().upserted.len(), 1);
-        d.report(report("a", 3, true, 1));
-        d.report(report("c", 7, true, 1));
-        let private = d.report(report("secret", 9, false, 1)).unwrap();
+        assert_eq!(
+            d.report(report("b", 3, true, 1), 0).unwrap().upserted.len(),
+            1
+        );
+        d.report(report("a", 3, true, 1), 0);
+        d.report(report("c", 7, true, 1), 0);
+        let private = d.report(report("secret", 9, false, 1), 0).unwrap();
         assert!(private.is_empty(), "a private room is never listed");
         let names: Vec<_> = d.listing().into_iter().map(|s| s.name).collect();
         assert_eq!(names, ["c", "a", "b"]);
         // Made private: removed from the listing.
-        assert_eq!(d.report(report("a", 3, false, 2)).unwrap().removed, ["a"]);
+        assert_eq!(
+            d.report(report("a", 3, false, 2), 0).unwrap().removed,
+            ["a"]
+        );
         // Emptied: leaves the directory.
-        assert_eq!(d.report(report("b", 0, true, 2)).unwrap().removed, ["b"]);
+        assert_eq!(d.report(report("b", 0, true, 2), 0).unwrap().removed, ["b"]);
         assert!(d.get("b").is_none());
         // Same summary again: no change.
-        assert!(d.report(report("c", 7, true, 3)).unwrap().is_empty());
+        assert!(d.report(report("c", 7, true, 3), 0).unwrap().is_empty());
         // A late, older report is ignored.
-        assert_eq!(d.report(report("c", 1, true, 2)), None);
+        assert_eq!(d.report(report("c", 1, true, 2), 0), None);
         assert_eq!(d.listing()[0].players, 7);
+    }
+
+    #[test]
+    fn entries_not_refreshed_for_ten_minutes_are_stale() {
+        let mut d = Directory::new();
+        d.report(report("old", 1, true, 1), 1000);
+        d.report(report("new", 1, true, 1), 1000 + STALE_AFTER_MS);
+        assert_eq!(d.stale(1000 + STALE_AFTER_MS), ["old"]);
+        d.report(report("old", 1, true, 2), 2000 + STALE_AFTER_MS);
+        assert!(
+            d.stale(1000 + STALE_AFTER_MS).is_empty(),
+            "a fresh report (even unchanged) refreshes"
+        );
     }
 
     #[test]
@@ -245,7 +288,7 @@ mod tests {
         // Once reservations expire, the lobby's own report counts.
         let mut lobby = report("lobby", 29, true, 5);
         lobby.summary.capacity = 30;
-        d.report(lobby);
+        d.report(lobby, 0);
         assert_eq!(d.next_lobby("late", 1000 + RESERVATION_MS), "lobby");
         assert_eq!(d.next_lobby("later", 1000 + RESERVATION_MS), "lobby-2");
     }

@@ -18,7 +18,7 @@
 //! lobby pushes listing changes back with `POST /directory`.
 //!
 //! Internal routes (worker → object): `GET /connect` (WebSocket upgrade), `GET /info`; (lobby →
-//! object): `POST /directory`.
+//! object): `POST /directory` (a listing change for subscribers), `POST /refresh` (report now).
 
 use piano_core::identity::Identity;
 use piano_core::limits::close;
@@ -68,6 +68,22 @@ impl DurableObject for Room {
         match req.path().as_str() {
             "/connect" => self.accept_player(&req).await,
             "/info" => self.info(&req).await,
+            "/refresh" => {
+                // The lobby's entry for this room is old: report afresh (loading the room, if
+                // it was not in memory, reports by itself).
+                let name = req
+                    .headers()
+                    .get(ROOM_HEADER)?
+                    .and_then(|n| percent_decode(&n));
+                let mut ops = self.handle_restore(name.as_deref());
+                let fresh = match self.loaded.borrow_mut().as_mut() {
+                    Some(l) if ops.is_empty() => l.room.refresh_report(now()),
+                    _ => Vec::new(),
+                };
+                ops.extend(self.apply(fresh));
+                self.directory(ops).await;
+                Response::empty()
+            }
             "/directory" => {
                 let name = req
                     .headers()
@@ -226,15 +242,20 @@ impl Room {
         ops
     }
 
-    /// Feeds the core and carries out its effects; returns the directory work left to do.
-    fn handle(&self, name_hint: Option<&str>, input: Input<'_>) -> Vec<DirectoryOp> {
-        let mut ops = match self.ensure_loaded(name_hint) {
+    /// Loads the room if needed and carries out what restoring asked for.
+    fn handle_restore(&self, name_hint: Option<&str>) -> Vec<DirectoryOp> {
+        match self.ensure_loaded(name_hint) {
             Ok(restored) => self.apply(restored),
             Err(e) => {
                 console_error!("room load failed: {e}");
-                return Vec::new();
+                Vec::new()
             }
-        };
+        }
+    }
+
+    /// Feeds the core and carries out its effects; returns the directory work left to do.
+    fn handle(&self, name_hint: Option<&str>, input: Input<'_>) -> Vec<DirectoryOp> {
+        let mut ops = self.handle_restore(name_hint);
         let effects = match self.loaded.borrow_mut().as_mut() {
             Some(l) => l.room.handle(input, now()),
             None => return ops,

@@ -6,11 +6,15 @@
 //! which forward it to their subscribers. Reports and subscriptions are kept in the object's
 //! SQLite storage, so the directory survives the object being evicted between requests.
 //!
+//! Stale entries: while the directory is not empty an alarm runs every few minutes and asks each
+//! room whose entry was not refreshed for ten minutes to report afresh (`POST /refresh` on the
+//! room), so a room whose players vanished while its host restarted leaves the list.
+//!
 //! Routes (from rooms and the worker only): `POST /report`, `GET /list`, `POST /subscribe`,
 //! `POST /unsubscribe`, `POST /next`.
 
 use crate::{ROOM_HEADER, json_error};
-use piano_core::lobby::{Delta, Directory, Report};
+use piano_core::lobby::{Delta, Directory, Report, SWEEP_EVERY_MS};
 use piano_core::names::percent_encode;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -83,6 +87,18 @@ impl DurableObject for Lobby {
             }
             _ => json_error(404, "not_found", "no such lobby route"),
         }
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        self.ensure_loaded()?;
+        let stale = self.with(|l| l.directory.stale(Date::now().as_millis()));
+        for room in stale {
+            if let Err(e) = self.room_call(&room, "/refresh", None).await {
+                console_warn!("refresh of {room} failed: {e}");
+            }
+        }
+        self.arm_sweep().await?;
+        Response::empty()
     }
 }
 
@@ -160,7 +176,8 @@ impl Lobby {
     async fn report(&self, report: Report) -> Result<Response> {
         let name = report.summary.name.clone();
         let stored = serde_json::to_string(&report)?;
-        let Some(delta) = self.with(|l| l.directory.report(report)) else {
+        let now = Date::now().as_millis();
+        let Some(delta) = self.with(|l| l.directory.report(report, now)) else {
             return Response::empty(); // stale
         };
         let sql = self.state.storage().sql();
@@ -178,7 +195,22 @@ impl Lobby {
         if !delta.is_empty() {
             self.push(&delta).await;
         }
+        self.arm_sweep().await?;
         Response::empty()
+    }
+
+    /// Keeps the stale-entry sweep scheduled while there are entries (and only then, so an
+    /// empty directory costs nothing).
+    async fn arm_sweep(&self) -> Result<()> {
+        let storage = self.state.storage();
+        if self.with(|l| l.directory.is_empty()) {
+            storage.delete_alarm().await?;
+        } else if storage.get_alarm().await?.is_none() {
+            storage
+                .set_alarm((Date::now().as_millis() + SWEEP_EVERY_MS) as i64)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Sends a listing change to every subscribed room. A room that answers 410 has no
@@ -189,7 +221,7 @@ impl Lobby {
             return;
         };
         for room in rooms {
-            match self.push_to(&room, &body).await {
+            match self.room_call(&room, "/directory", Some(&body)).await {
                 Ok(410) => {
                     let _ = self.set_subscribed(&room, false);
                 }
@@ -199,15 +231,16 @@ impl Lobby {
         }
     }
 
-    async fn push_to(&self, room: &str, body: &str) -> Result<u16> {
+    /// POSTs to a room object's internal route; returns the status.
+    async fn room_call(&self, room: &str, path: &str, body: Option<&str>) -> Result<u16> {
         let headers = Headers::new();
         headers.set(ROOM_HEADER, &percent_encode(room))?;
         headers.set("content-type", "application/json")?;
         let mut init = RequestInit::new();
         init.with_method(Method::Post)
             .with_headers(headers)
-            .with_body(Some(body.into()));
-        let req = Request::new_with_init("https://room.internal/directory", &init)?;
+            .with_body(body.map(Into::into));
+        let req = Request::new_with_init(&format!("https://room.internal{path}"), &init)?;
         let stub = self
             .env
             .durable_object(ROOMS_BINDING)?

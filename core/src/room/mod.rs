@@ -345,6 +345,15 @@ impl Room {
         out
     }
 
+    /// Makes the next input report to the directory even if nothing changed (the directory
+    /// asked: its entry for this room is old).
+    pub fn refresh_report(&mut self, now: Millis) -> Out {
+        self.reported = None;
+        let mut out = Vec::new();
+        self.report_if_changed(now, &mut out);
+        out
+    }
+
     /// Whether any connection receives the directory.
     pub fn has_subscribers(&self) -> bool {
         self.conns.values().any(|c| c.subscribed)
@@ -404,6 +413,7 @@ impl Room {
             summary,
             users,
             version: self.report_version,
+            received_at: 0,
         })));
     }
 
