@@ -63,6 +63,7 @@ fn main() {
         directory::a_subscriber_sees_joins_leaves_and_emptied_rooms_go,
         directory::thirty_one_players_overflow_into_lobby_2,
         directory::joining_a_new_room_creates_it_with_the_joiners_settings,
+        browser_two_players_play_chat_and_see_the_room_list,
     ];
     let mut conclusion = libtest_mimic::run(&args, trials);
     // Trials that restart the server run alone, after the others.
@@ -537,4 +538,33 @@ async fn room_survives_hibernation() {
         .map(|p| p.name.as_str())
         .collect();
     assert_eq!(names, ["Alice", "Bob", "Carol"]);
+}
+
+/// The browser client in Debian's Chromium (tests/web/two_players.mjs, playwright-core).
+async fn browser_two_players_play_chat_and_see_the_room_list() {
+    let s = server();
+    let shots = repo_root().join("tests/artifacts/screenshots");
+    let out = tokio::time::timeout(
+        Duration::from_secs(180),
+        tokio::process::Command::new("node")
+            .arg(repo_root().join("tests/web/two_players.mjs"))
+            .arg(s.http(""))
+            .arg(&shots)
+            .current_dir(repo_root())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser test finishes within 3 minutes")
+    .expect("run node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "browser test failed:\n{text}");
+    for shot in ["room-desktop.png", "room-phone.png"] {
+        assert!(shots.join(shot).exists(), "{shot} was written");
+    }
 }

@@ -1,0 +1,79 @@
+// Browser test: two people play together in Debian's Chromium, driven by playwright-core (no
+// browser download). Run by the Rust e2e harness (tests/edge.rs) against its wrangler dev:
+//   node tests/web/two_players.mjs <base url> <screenshot dir>
+// Exits non-zero with a message on the first failed check. Writes desktop and phone screenshots.
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+import assert from "node:assert/strict";
+
+const [base, shots] = process.argv.slice(2);
+mkdirSync(shots, { recursive: true });
+const room = `browser-${Date.now() % 1e9}`;
+const errors = [];
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+  ],
+});
+
+async function player(name, viewport = { width: 1280, height: 800 }) {
+  const ctx = await browser.newContext({ viewport });
+  const page = await ctx.newPage();
+  page.on("pageerror", (e) => errors.push(`${name}: ${e.message}`));
+  page.on("console", (m) => m.type() === "error" && errors.push(`${name} console: ${m.text()}`));
+  await page.goto(`${base}/#${encodeURIComponent(room)}`);
+  await page.fill("#nickname", name);
+  await page.click("#signin-form button[type=submit]");
+  await page.waitForFunction(() => window.__piano?.you?.id, null, { timeout: 15000 });
+  return page;
+}
+
+try {
+  const alice = await player("Alice");
+  const bob = await player("Bob");
+  await alice.waitForFunction(() => window.__piano.participants.size === 2, null, { timeout: 10000 });
+  const aliceId = await alice.evaluate(() => window.__piano.you.id);
+  const aliceColor = await alice.evaluate(() => window.__piano.you.color);
+
+  // Alice presses middle C with the mouse: Bob's page schedules it and lights the key in her colour.
+  const key = alice.locator('.key[data-note="60"]');
+  await key.scrollIntoViewIfNeeded();
+  const box = await key.boundingBox();
+  await alice.mouse.move(box.x + box.width / 2, box.y + box.height * 0.8);
+  await alice.mouse.down();
+  await bob.waitForFunction((id) => window.__piano.scheduled.some((s) => s.note === 60 && s.from === id), aliceId, { timeout: 10000 });
+  const lit = bob.locator('.key[data-note="60"]');
+  await bob.waitForFunction(() => document.querySelector('.key[data-note="60"]')?.dataset.litBy, null, { timeout: 5000 });
+  assert.equal(await lit.getAttribute("data-lit-by"), aliceId);
+  const bg = await lit.evaluate((e) => e.style.background);
+  const hex = aliceColor.slice(1).match(/../g).map((h) => parseInt(h, 16)).join(", ");
+  assert.equal(bg, `rgb(${hex})`, "lit in Alice's colour");
+  const scheduled = await bob.evaluate((id) => window.__piano.scheduled.find((s) => s.from === id), aliceId);
+  console.log(`Bob's page got the note and scheduled it ${(scheduled.at - scheduled.receivedAt).toFixed(1)} ms ahead`);
+  await alice.mouse.up();
+  await bob.waitForFunction(() => !document.querySelector('.key[data-note="60"]')?.dataset.litBy, null, { timeout: 5000 });
+
+  // A chat message round-trips.
+  await alice.fill("#chat-input", "hello from Alice");
+  await alice.press("#chat-input", "Enter");
+  await bob.locator("#chat-log", { hasText: "hello from Alice" }).waitFor({ timeout: 10000 });
+
+  // The room list shows the room with 2 players.
+  await alice.waitForFunction((r) => window.__piano.rooms.get(r)?.players === 2, room, { timeout: 10000 });
+  const row = alice.locator("#rooms .room", { hasText: room });
+  assert.match(await row.innerText(), /2\/20/);
+
+  await alice.screenshot({ path: `${shots}/room-desktop.png` });
+  const carol = await player("Carol", { width: 390, height: 844 });
+  await carol.waitForFunction(() => window.__piano.participants.size === 3, null, { timeout: 10000 });
+  await carol.screenshot({ path: `${shots}/room-phone.png`, fullPage: true });
+
+  assert.deepEqual(errors, [], `no page errors: ${errors.join("; ")}`);
+  console.log(`browser: ok (screenshots in ${shots})`);
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,477 @@
+// The browser client: sign-in, the live room list, rooms (join, create, password), the piano,
+// playback of everyone's notes with their timing, participants, chat, owner controls, quota.
+
+import { create } from "@bufbuild/protobuf";
+import {
+  ErrorCode,
+  JoinFailure,
+  NotesDroppedReason,
+  UpdateSettingsSchema,
+  type ChatMessage,
+  type NoteBatch,
+  type Ownership,
+  type Participant,
+  type Quota,
+  type RoomSettings,
+  type RoomSummary,
+  type UpdateSettings,
+} from "./gen/pianorhythm/v1/room_pb";
+import { BATCH_MS, Connection, type ClientMsg, type ServerMsg } from "./net";
+import { Piano, noteName } from "./piano";
+import { Synth } from "./synth";
+
+/** Remote notes play this long after their sender played them: a batch leaves the sender up to
+ * BATCH_MS after its first note, plus room for network jitter. Keeping every note at the same
+ * delay is what preserves the performance's timing. */
+const LATENCY_MS = BATCH_MS + 100;
+
+const $ = <T extends HTMLElement = HTMLElement>(sel: string) => document.querySelector(sel) as T;
+const el = <K extends keyof HTMLElementTagNameMap>(tag: K, props: Partial<HTMLElementTagNameMap[K]> = {}, ...kids: (Node | string)[]) => {
+  const e = Object.assign(document.createElement(tag), props);
+  e.append(...kids);
+  return e;
+};
+
+interface Session {
+  token: string;
+  name: string;
+  expires: number;
+}
+
+/** State the browser tests read (window.__piano); also handy in the console. */
+const state = {
+  room: "",
+  you: undefined as Participant | undefined,
+  participants: new Map<string, Participant>(),
+  ownership: undefined as Ownership | undefined,
+  settings: undefined as RoomSettings | undefined,
+  rooms: new Map<string, RoomSummary>(),
+  chat: [] as ChatMessage[],
+  quota: undefined as Quota | undefined,
+  /** Every remote note-on scheduled for playback: who, which note, when it arrived and when it
+   * plays (local ms). */
+  scheduled: [] as { from: string; note: number; receivedAt: number; at: number }[],
+  status: "signed out",
+};
+(window as unknown as { __piano: typeof state }).__piano = state;
+
+let synth: Synth | undefined;
+/** The synth, created on first use; a browser without WebAudio still shows and sends notes. */
+const audio = (): Pick<Synth, "noteOn" | "noteOff" | "sustain" | "at" | "resume"> => {
+  try {
+    return (synth ??= new Synth());
+  } catch {
+    return { noteOn() {}, noteOff() {}, sustain() {}, at: () => 0, resume() {} };
+  }
+};
+document.addEventListener("pointerdown", () => audio().resume(), { capture: true });
+document.addEventListener("keydown", () => audio().resume(), { capture: true });
+
+const conn = new Connection(onMessage, onStatus);
+const piano = new Piano($("#piano"), {
+  press(note, velocity) {
+    if (!state.you) return;
+    audio().noteOn("me", note, velocity);
+    piano.light(note, "me", state.you.color);
+    conn.note({ case: "noteOn", value: { note, velocity, channel: 0 } });
+  },
+  release(note) {
+    if (!state.you) return;
+    audio().noteOff("me", note);
+    piano.unlight(note, "me");
+    conn.note({ case: "noteOff", value: { note, channel: 0 } });
+  },
+  sustain(down) {
+    if (!state.you) return;
+    audio().sustain("me", down);
+    $("#pedal").classList.toggle("on", down);
+    conn.note({ case: "controlChange", value: { control: 64, value: down ? 127 : 0, channel: 0 } });
+  },
+});
+
+// -- session ------------------------------------------------------------------------------------
+
+function session(): Session | undefined {
+  try {
+    const s = JSON.parse(localStorage.getItem("piano.session") ?? "null") as Session | null;
+    return s && s.expires * 1000 > Date.now() + 60_000 ? s : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function signIn(name: string): Promise<Session> {
+  const resp = await fetch("/api/auth/guest", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name }),
+  });
+  const body = await resp.json();
+  if (!resp.ok) throw new Error(body?.error?.message ?? `sign-in failed (${resp.status})`);
+  const s = { token: body.token, name: body.user.name, expires: body.expires_at };
+  localStorage.setItem("piano.session", JSON.stringify(s));
+  return s;
+}
+
+async function nextLobby(s: Session): Promise<string> {
+  const resp = await fetch("/api/lobby/next", { method: "POST", headers: { authorization: `Bearer ${s.token}` } });
+  const body = await resp.json();
+  return resp.ok ? body.room : "lobby";
+}
+
+function enter(room: string, join: ClientMsg = { case: "join", value: { password: "" } }): void {
+  const s = session();
+  if (!s) return showSignIn();
+  state.room = room;
+  state.participants.clear();
+  state.you = undefined;
+  $("#room-name").textContent = room;
+  history.replaceState(null, "", `#${encodeURIComponent(room)}`);
+  conn.connect({ room, token: s.token, join });
+}
+
+// -- messages -----------------------------------------------------------------------------------
+
+function onMessage(msg: ServerMsg): void {
+  switch (msg.case) {
+    case "joined": {
+      const j = msg.value;
+      state.you = j.you;
+      state.participants = new Map(j.participants.map((p) => [p.id, p]));
+      state.settings = j.settings;
+      state.ownership = j.ownership;
+      state.quota = j.quota;
+      state.chat = [...j.chatHistory];
+      conn.send({ case: "subscribeRooms", value: {} });
+      renderAll();
+      break;
+    }
+    case "joinFailed":
+      return joinFailed(msg.value.reason, msg.value.message);
+    case "participantJoined":
+    case "participantUpdated":
+      if (msg.value.participant) state.participants.set(msg.value.participant.id, msg.value.participant);
+      if (msg.value.participant?.id === state.you?.id) state.you = msg.value.participant;
+      renderParticipants();
+      break;
+    case "participantLeft":
+      state.participants.delete(msg.value.participantId);
+      renderParticipants();
+      break;
+    case "notes":
+      return play(msg.value);
+    case "chat":
+      state.chat.push(msg.value);
+      state.chat = state.chat.slice(-100);
+      renderChat();
+      break;
+    case "chatDeleted":
+      state.chat = state.chat.filter((c) => c.id !== msg.value.id);
+      renderChat();
+      break;
+    case "chatCleared":
+      state.chat = [];
+      renderChat();
+      break;
+    case "typing":
+      return typing(msg.value.participantId, msg.value.typing);
+    case "settingsChanged":
+      state.settings = msg.value.settings;
+      renderRoomInfo();
+      break;
+    case "ownerChanged":
+      state.ownership = msg.value.ownership;
+      renderParticipants();
+      renderRoomInfo();
+      break;
+    case "quota":
+      state.quota = msg.value;
+      renderQuota();
+      break;
+    case "notesDropped": {
+      const why = { [NotesDroppedReason.QUOTA]: "note quota used up", [NotesDroppedReason.MUTED]: "you are muted", [NotesDroppedReason.OWNER_ONLY]: "only the owner may play here" } as Record<number, string>;
+      toast(`${msg.value.dropped} notes not played: ${why[msg.value.reason] ?? "refused"}`);
+      break;
+    }
+    case "kicked":
+      toast(msg.value.bannedUntil ? `You were kicked and banned for ${Math.ceil((Number(msg.value.bannedUntil) - conn.clock.serverNow()) / 60000)} min` : "You were kicked");
+      break;
+    case "roomList":
+      state.rooms = new Map(msg.value.rooms.map((r) => [r.name, r]));
+      renderRooms();
+      break;
+    case "roomListChanged":
+      for (const r of msg.value.upserted) state.rooms.set(r.name, r);
+      for (const name of msg.value.removed) state.rooms.delete(name);
+      renderRooms();
+      break;
+    case "error":
+      if (msg.value.code !== ErrorCode.NOT_JOINED) toast(msg.value.message);
+      break;
+    default:
+      break;
+  }
+}
+
+function onStatus(status: string, detail?: string): void {
+  state.status = status;
+  $("#status").textContent = status === "open" ? "connected" : status;
+  $("#status").className = `status ${status}`;
+  if (status === "kicked") {
+    toast(detail ? `Removed from the room: ${detail}` : "Removed from the room");
+    state.you = undefined;
+    void nextLobby(session()!).then((room) => enter(room));
+  }
+}
+
+function joinFailed(reason: JoinFailure, message: string): void {
+  if (reason === JoinFailure.WRONG_PASSWORD) {
+    const pw = window.prompt(`${message}. Password for ${state.room}:`);
+    if (pw !== null) conn.send({ case: "join", value: { password: pw } });
+    return;
+  }
+  toast(`Cannot join ${state.room}: ${message}`);
+  const s = session();
+  if (s) void nextLobby(s).then((room) => enter(room));
+}
+
+/** Schedules a remote batch with its sender's timing: server time + delay + our offset. */
+function play(batch: NoteBatch): void {
+  const from = batch.senderId;
+  const color = state.participants.get(from)?.color ?? "#888";
+  const receivedAt = Date.now();
+  const base = Number(batch.time) - conn.clock.offset + LATENCY_MS;
+  for (const ev of batch.events) {
+    const local = base + ev.delay;
+    const when = audio().at(local);
+    const wait = Math.max(0, local - Date.now());
+    const k = ev.kind;
+    if (k.case === "noteOn") {
+      const note = k.value.note;
+      state.scheduled.push({ from, note, receivedAt, at: local });
+      audio().noteOn(from, note, k.value.velocity, when);
+      if (state.scheduled.length > 500) state.scheduled.shift();
+      window.setTimeout(() => piano.light(note, from, color), wait);
+    } else if (k.case === "noteOff") {
+      const note = k.value.note;
+      audio().noteOff(from, note, when);
+      window.setTimeout(() => piano.unlight(note, from), wait);
+    } else if (k.case === "controlChange" && k.value.control === 64) {
+      audio().sustain(from, k.value.value >= 64, when);
+    }
+  }
+}
+
+// -- rendering ----------------------------------------------------------------------------------
+
+const isOwner = () => !!state.you && state.ownership?.ownerId === state.you.id;
+const isStaff = () => !!state.you?.roles.some((r) => r === "moderator" || r === "admin");
+
+function renderAll(): void {
+  renderParticipants();
+  renderChat();
+  renderRoomInfo();
+  renderQuota();
+  renderRooms();
+}
+
+function renderParticipants(): void {
+  const list = $("#participants");
+  list.textContent = "";
+  const mayModerate = isOwner() || isStaff();
+  for (const p of state.participants.values()) {
+    const crown = state.ownership?.ownerId === p.id ? "♛ " : "";
+    const row = el("li", { className: "participant" }, el("span", { className: "swatch" }), `${crown}${p.name}`);
+    (row.firstChild as HTMLElement).style.background = p.color;
+    if (p.status) row.append(el("small", {}, ` ${p.status}`));
+    if (p.mutedChat || p.mutedNotes) row.append(el("small", {}, " (muted)"));
+    if (mayModerate && p.id !== state.you?.id) {
+      const act = (label: string, msg: () => ClientMsg | undefined) =>
+        el("button", { type: "button", textContent: label, onclick: () => { const m = msg(); if (m) conn.send(m); } });
+      row.append(
+        act("Give crown", () => ({ case: "transferOwnership", value: { participantId: p.id } })),
+        act(p.mutedChat ? "Unmute" : "Mute", () => ({ case: "mute", value: { participantId: p.id, notes: !p.mutedChat, chat: !p.mutedChat } })),
+        act("Kick", () => {
+          const mins = window.prompt(`Kick ${p.name}. Ban for how many minutes (0-60)?`, "0");
+          if (mins === null) return undefined;
+          const banMs = BigInt(Math.max(0, Math.min(60, Number(mins) || 0)) * 60_000);
+          return { case: "kick", value: { participantId: p.id, banMs } };
+        }),
+      );
+    }
+    list.append(row);
+  }
+  $("#player-count").textContent = String(state.participants.size);
+  const dropped = !state.ownership?.ownerId && state.settings?.kind === "normal";
+  $("#claim").hidden = !dropped;
+  $("#drop").hidden = !isOwner();
+  $("#settings-open").hidden = !(isOwner() || isStaff());
+}
+
+function renderChat(): void {
+  const box = $("#chat-log");
+  box.textContent = "";
+  for (const c of state.chat) {
+    const who = el("b", { textContent: c.participantId ? c.name : `${c.name} ·` });
+    who.style.color = c.color;
+    const line = el("div", { className: "chat-line" }, who, " ", c.text);
+    if (c.participantId && c.participantId === state.you?.id) {
+      line.append(el("button", { type: "button", className: "link", textContent: "delete", onclick: () => conn.send({ case: "deleteChat", value: { id: c.id } }) }));
+    }
+    box.append(line);
+  }
+  box.scrollTop = box.scrollHeight;
+}
+
+const typers = new Map<string, number>();
+function typing(id: string, on: boolean): void {
+  window.clearTimeout(typers.get(id));
+  typers.delete(id);
+  if (on) typers.set(id, window.setTimeout(() => typing(id, false), 5000));
+  const names = [...typers.keys()].map((t) => state.participants.get(t)?.name).filter(Boolean);
+  $("#typing").textContent = names.length ? `${names.join(", ")} ${names.length > 1 ? "are" : "is"} typing…` : "";
+}
+
+function renderRoomInfo(): void {
+  const s = state.settings;
+  const owner = state.ownership?.ownerName;
+  $("#room-meta").textContent = s ? `${s.kind}${s.hasPassword ? " · 🔒" : ""}${s.visible ? "" : " · private"} · max ${s.maxPlayers}${owner ? ` · owner ${owner}` : ""}` : "";
+}
+
+function renderQuota(): void {
+  const q = state.quota;
+  const meter = $<HTMLMeterElement>("#quota");
+  if (!q || q.unlimited) {
+    meter.hidden = true;
+    $("#quota-label").textContent = q?.unlimited ? "Black MIDI: no note limit" : "";
+    return;
+  }
+  meter.hidden = false;
+  meter.max = q.max;
+  meter.value = q.points;
+  $("#quota-label").textContent = `note quota ${q.allowance} per ${q.intervalMs / 1000} s, up to ${q.max}`;
+}
+
+function renderRooms(): void {
+  const list = $("#rooms");
+  list.textContent = "";
+  const rooms = [...state.rooms.values()].sort((a, b) => b.players - a.players || a.name.localeCompare(b.name));
+  for (const r of rooms) {
+    const button = el("button", { type: "button", className: r.name === state.room ? "room current" : "room", onclick: () => enter(r.name) });
+    button.append(el("span", { className: "room-name", textContent: `${r.locked ? "🔒 " : ""}${r.name}` }), el("span", { className: "room-count", textContent: `${r.players}/${r.capacity}` }));
+    list.append(el("li", {}, button));
+  }
+}
+
+let toastTimer: number | undefined;
+function toast(text: string): void {
+  const t = $("#toast");
+  t.textContent = text;
+  t.hidden = false;
+  window.clearTimeout(toastTimer);
+  toastTimer = window.setTimeout(() => (t.hidden = true), 4000);
+}
+
+// -- forms --------------------------------------------------------------------------------------
+
+function showSignIn(): void {
+  $<HTMLDialogElement>("#signin").showModal();
+}
+
+$("#signin-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const name = $<HTMLInputElement>("#nickname").value;
+  try {
+    const s = await signIn(name);
+    $<HTMLDialogElement>("#signin").close();
+    $("#me").textContent = s.name;
+    const wanted = decodeURIComponent(location.hash.slice(1));
+    enter(wanted || (await nextLobby(s)));
+  } catch (err) {
+    $("#signin-error").textContent = (err as Error).message;
+  }
+});
+
+$("#chat-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const input = $<HTMLInputElement>("#chat-input");
+  if (!input.value.trim()) return;
+  conn.send({ case: "chat", value: { text: input.value } });
+  conn.send({ case: "typing", value: { typing: false } });
+  input.value = "";
+});
+
+let typingSent = 0;
+$("#chat-input").addEventListener("input", () => {
+  if (Date.now() - typingSent > 3000) {
+    typingSent = Date.now();
+    conn.send({ case: "typing", value: { typing: true } });
+  }
+});
+
+$("#create-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const f = e.target as HTMLFormElement;
+  const data = new FormData(f);
+  const name = String(data.get("name") ?? "").trim();
+  if (!name) return;
+  const settings = create(UpdateSettingsSchema, {
+    visible: data.get("visible") === "on",
+    maxPlayers: Number(data.get("max")) || 20,
+    ...(data.get("password") ? { password: String(data.get("password")) } : {}),
+  });
+  enter(name, { case: "join", value: { password: String(data.get("password") ?? ""), createSettings: settings } });
+  f.reset();
+});
+
+$("#settings-open").addEventListener("click", () => {
+  const s = state.settings;
+  if (!s) return;
+  const f = $<HTMLFormElement>("#settings-form");
+  (f.elements.namedItem("visible") as HTMLInputElement).checked = s.visible;
+  (f.elements.namedItem("max") as HTMLInputElement).value = String(s.maxPlayers);
+  (f.elements.namedItem("ownerOnlyChat") as HTMLInputElement).checked = s.ownerOnlyChat;
+  (f.elements.namedItem("ownerOnlyPlay") as HTMLInputElement).checked = s.ownerOnlyPlay;
+  (f.elements.namedItem("allowGuests") as HTMLInputElement).checked = s.allowGuests;
+  (f.elements.namedItem("allowBlackMidi") as HTMLInputElement).checked = s.allowBlackMidi;
+  (f.elements.namedItem("welcome") as HTMLInputElement).value = s.welcomeMessage;
+  $<HTMLDialogElement>("#settings").showModal();
+});
+
+$("#settings-form").addEventListener("submit", (e) => {
+  const f = e.target as HTMLFormElement;
+  if ((e as SubmitEvent).submitter?.getAttribute("value") !== "save") return;
+  const d = new FormData(f);
+  const patch: Partial<UpdateSettings> = {
+    visible: d.get("visible") === "on",
+    maxPlayers: Number(d.get("max")),
+    ownerOnlyChat: d.get("ownerOnlyChat") === "on",
+    ownerOnlyPlay: d.get("ownerOnlyPlay") === "on",
+    allowGuests: d.get("allowGuests") === "on",
+    allowBlackMidi: d.get("allowBlackMidi") === "on",
+    welcomeMessage: String(d.get("welcome") ?? ""),
+  };
+  const pw = String(d.get("password") ?? "");
+  if (pw || d.get("clearPassword") === "on") patch.password = pw;
+  conn.send({ case: "updateSettings", value: create(UpdateSettingsSchema, patch) });
+});
+
+$("#claim").addEventListener("click", () => conn.send({ case: "claimOwnership", value: {} }));
+$("#drop").addEventListener("click", () => conn.send({ case: "dropOwnership", value: {} }));
+
+// -- start --------------------------------------------------------------------------------------
+
+const existing = session();
+if (existing) {
+  $("#me").textContent = existing.name;
+  const wanted = decodeURIComponent(location.hash.slice(1));
+  if (wanted) enter(wanted);
+  else void nextLobby(existing).then((room) => enter(room));
+} else {
+  showSignIn();
+}
+// Start the keyboard around middle C on narrow screens.
+const pianoBox = $("#piano");
+const middleC = pianoBox.querySelector<HTMLElement>('[data-note="60"]');
+if (middleC) pianoBox.scrollLeft = middleC.offsetLeft - pianoBox.clientWidth / 2;
+$("#legend").textContent = `Keys: z-row from ${noteName(48)}, q-row from ${noteName(60)}; ←/→ octave; space = sustain pedal; MIDI keyboards work too.`;

@@ -1,0 +1,155 @@
+// The connection to a room: the WebSocket speaking the protobuf protocol (types generated from
+// proto/), clock sync with the server, note batching, and reconnecting after a drop.
+
+import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import {
+  ClientMessageSchema,
+  NoteBatchSchema,
+  NoteEventSchema,
+  ServerMessageSchema,
+  type NoteEvent,
+  type ServerMessage,
+} from "./gen/pianorhythm/v1/room_pb";
+
+/** A client message as an init shape: plain objects, no need to create() each part. */
+export type ClientMsg = NonNullable<MessageInitShape<typeof ClientMessageSchema>["msg"]>;
+export type ServerMsg = ServerMessage["msg"];
+
+/** How often outgoing notes are flushed as one batch (the protocol wants batches). */
+export const BATCH_MS = 150;
+const MAX_EVENTS = 300;
+const KICKED = 4003;
+
+export interface ConnectOptions {
+  room: string;
+  token: string;
+  /** What to send as the Join (password, create settings). */
+  join: ClientMsg;
+}
+
+/** Estimates server time from Ping/Pong: keeps the sample with the smallest round trip. */
+export class Clock {
+  offset = 0;
+  private samples: { rtt: number; offset: number }[] = [];
+
+  serverNow(): number {
+    return Date.now() + this.offset;
+  }
+
+  pong(clientTime: number, serverTime: number): void {
+    const now = Date.now();
+    const rtt = now - clientTime;
+    this.samples.push({ rtt, offset: serverTime + rtt / 2 - now });
+    if (this.samples.length > 8) this.samples.shift();
+    this.offset = this.samples.reduce((a, b) => (b.rtt < a.rtt ? b : a)).offset;
+  }
+
+  get rtt(): number {
+    return this.samples.length ? Math.min(...this.samples.map((s) => s.rtt)) : NaN;
+  }
+}
+
+export class Connection {
+  readonly clock = new Clock();
+  private ws?: WebSocket;
+  private opts?: ConnectOptions;
+  private retry = 0;
+  private closedByUs = false;
+  private pingTimer?: number;
+  private batch: { start: number; events: NoteEvent[] } | null = null;
+  private flushTimer?: number;
+
+  constructor(
+    private onMessage: (msg: ServerMsg) => void,
+    private onStatus: (status: "connecting" | "open" | "closed" | "kicked", detail?: string) => void,
+  ) {}
+
+  connect(opts: ConnectOptions): void {
+    this.close();
+    this.opts = opts;
+    this.closedByUs = false;
+    this.open();
+  }
+
+  private open(): void {
+    const opts = this.opts;
+    if (!opts) return;
+    this.onStatus("connecting");
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const url = `${proto}//${location.host}/api/rooms/${encodeURIComponent(opts.room)}/ws`;
+    // Browsers cannot set headers on a WebSocket: the token travels as a subprotocol entry.
+    const ws = new WebSocket(url, ["pianorhythm.v1", `bearer.${opts.token}`]);
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    ws.onopen = () => {
+      this.retry = 0;
+      this.onStatus("open");
+      this.send(opts.join);
+      this.startPings();
+    };
+    ws.onmessage = (ev) => {
+      if (!(ev.data instanceof ArrayBuffer)) return;
+      const msg = fromBinary(ServerMessageSchema, new Uint8Array(ev.data)).msg;
+      if (msg.case === "pong") this.clock.pong(msg.value.clientTime, Number(msg.value.serverTime));
+      this.onMessage(msg);
+    };
+    ws.onclose = (ev) => {
+      window.clearInterval(this.pingTimer);
+      if (this.ws !== ws) return;
+      if (ev.code === KICKED) {
+        this.onStatus("kicked", ev.reason);
+        return;
+      }
+      this.onStatus("closed", ev.reason);
+      if (!this.closedByUs) {
+        // Reconnect with backoff: 0.5 s, 1 s, 2 s, … up to 8 s.
+        const delay = Math.min(8000, 500 * 2 ** this.retry++);
+        window.setTimeout(() => this.ws === ws && this.open(), delay);
+      }
+    };
+  }
+
+  private startPings(): void {
+    let n = 0;
+    const ping = () => this.send({ case: "ping", value: { clientTime: Date.now() } });
+    ping();
+    // A quick burst to sync the clock, then a steady beat.
+    this.pingTimer = window.setInterval(() => {
+      n++;
+      if (n < 5 || n % 10 === 0) ping();
+    }, 1000);
+  }
+
+  send(msg: ClientMsg): void {
+    if (this.ws?.readyState !== WebSocket.OPEN) return;
+    this.ws.send(toBinary(ClientMessageSchema, create(ClientMessageSchema, { msg })));
+  }
+
+  /** Queues one note event; batches go out every BATCH_MS with each event's delay kept. */
+  note(kind: MessageInitShape<typeof NoteEventSchema>["kind"]): void {
+    const now = this.clock.serverNow();
+    if (!this.batch) this.batch = { start: now, events: [] };
+    const delay = Math.max(0, Math.min(1000, Math.round(now - this.batch.start)));
+    this.batch.events.push(create(NoteEventSchema, { delay, kind }));
+    if (this.batch.events.length >= MAX_EVENTS) this.flush();
+    else if (this.flushTimer === undefined) this.flushTimer = window.setTimeout(() => this.flush(), BATCH_MS);
+  }
+
+  flush(): void {
+    window.clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    const batch = this.batch;
+    this.batch = null;
+    if (!batch || !batch.events.length) return;
+    const notes = create(NoteBatchSchema, { time: BigInt(Math.round(batch.start)), events: batch.events });
+    this.send({ case: "notes", value: notes });
+  }
+
+  close(): void {
+    this.closedByUs = true;
+    window.clearInterval(this.pingTimer);
+    const ws = this.ws;
+    this.ws = undefined;
+    ws?.close(1000, "leaving");
+  }
+}
