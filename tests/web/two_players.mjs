@@ -67,6 +67,13 @@ try {
   const row = alice.locator("#rooms .room", { hasText: room });
   assert.match(await row.innerText(), /2\/20/);
 
+  // Bob's connection drops: he reconnects by himself and is back in the room.
+  const bobId = await bob.evaluate(() => window.__piano.you.id);
+  await bob.evaluate(() => window.__pianoDrop());
+  await alice.waitForFunction((id) => !window.__piano.participants.has(id), bobId, { timeout: 10000 });
+  await bob.waitForFunction(() => window.__piano.status === "open" && window.__piano.participants.size === 2, null, { timeout: 15000 });
+  await alice.waitForFunction((id) => window.__piano.participants.has(id), bobId, { timeout: 10000 });
+
   await alice.screenshot({ path: `${shots}/room-desktop.png` });
   const carol = await player("Carol", { width: 390, height: 844 });
   await carol.waitForFunction(() => window.__piano.participants.size === 3, null, { timeout: 10000 });

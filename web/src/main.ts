@@ -68,6 +68,7 @@ document.addEventListener("pointerdown", () => audio().resume(), { capture: true
 document.addEventListener("keydown", () => audio().resume(), { capture: true });
 
 const conn = new Connection(onMessage, onStatus);
+(window as unknown as { __pianoDrop: () => void }).__pianoDrop = () => conn.simulateDrop();
 const piano = new Piano($("#piano"), {
   press(note, velocity) {
     if (!state.you) return;

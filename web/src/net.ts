@@ -145,6 +145,11 @@ export class Connection {
     this.send({ case: "notes", value: notes });
   }
 
+  /** Drops the socket as a network failure would (tests use it to exercise reconnecting). */
+  simulateDrop(): void {
+    this.ws?.close(4000, "simulated drop");
+  }
+
   close(): void {
     this.closedByUs = true;
     window.clearInterval(this.pingTimer);
