@@ -71,10 +71,7 @@ impl DurableObject for Room {
             "/refresh" => {
                 // The lobby's entry for this room is old: report afresh (loading the room, if
                 // it was not in memory, reports by itself).
-                let name = req
-                    .headers()
-                    .get(ROOM_HEADER)?
-                    .and_then(|n| percent_decode(&n));
+                let name = room_header(&req)?;
                 let mut ops = self.handle_restore(name.as_deref());
                 let fresh = match self.loaded.borrow_mut().as_mut() {
                     Some(l) if ops.is_empty() => l.room.refresh_report(now()),
@@ -85,10 +82,7 @@ impl DurableObject for Room {
                 Response::empty()
             }
             "/directory" => {
-                let name = req
-                    .headers()
-                    .get(ROOM_HEADER)?
-                    .and_then(|n| percent_decode(&n));
+                let name = room_header(&req)?;
                 let delta: Delta = req.json().await?;
                 let ops = self.handle(name.as_deref(), Input::RoomListChanged(delta));
                 self.directory(ops).await;
@@ -157,7 +151,7 @@ impl Room {
                 .get(IDENTITY_HEADER)?
                 .as_deref()
                 .and_then(Identity::from_header),
-            headers.get(ROOM_HEADER)?.and_then(|n| percent_decode(&n)),
+            room_header(req)?,
         ) else {
             return json_error(400, "bad_request", "missing identity or room");
         };
@@ -182,10 +176,7 @@ impl Room {
     }
 
     async fn info(&self, req: &Request) -> Result<Response> {
-        let name = req
-            .headers()
-            .get(ROOM_HEADER)?
-            .and_then(|n| percent_decode(&n));
+        let name = room_header(req)?;
         let restored = self.ensure_loaded(name.as_deref())?;
         let ops = self.apply(restored);
         self.directory(ops).await;
@@ -378,6 +369,14 @@ impl Room {
         }
         ops
     }
+}
+
+/// The room name the worker (or the lobby) put in [`ROOM_HEADER`].
+fn room_header(req: &Request) -> Result<Option<String>> {
+    Ok(req
+        .headers()
+        .get(ROOM_HEADER)?
+        .and_then(|n| percent_decode(&n)))
 }
 
 /// The connection id stored in the socket's attachment.
