@@ -532,7 +532,7 @@ impl Room {
                 };
                 match other {
                     C::Notes(batch) => self.on_notes(conn, m, batch, now, out),
-                    C::UpdateProfile(p) => self.on_profile(m, p, out),
+                    C::UpdateProfile(p) => self.on_profile(conn, m, p, out),
                     C::Chat(c) => self.on_chat(conn, m, &c.text, now, out),
                     C::Typing(t) => self.on_typing(conn, m, t.typing, out),
                     C::DeleteChat(d) => self.on_delete_chat(conn, m, d.id, out),
@@ -833,8 +833,7 @@ impl Room {
 
     // -- profile and cursor -------------------------------------------------------------------
 
-    fn on_profile(&mut self, m: usize, p: proto::UpdateProfile, out: &mut Out) {
-        let conn = self.members[m].conns[0];
+    fn on_profile(&mut self, conn: ConnId, m: usize, p: proto::UpdateProfile, out: &mut Out) {
         let name = match p
             .name
             .as_deref()

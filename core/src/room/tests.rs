@@ -1313,6 +1313,10 @@ fn profiles_are_validated_broadcast_and_kept_per_connection() {
         error_code(&msg(&mut room, 2, update(Some(""), None, None))),
         Some(ErrorCode::InvalidValue)
     );
+    // The error goes to the connection that sent the update, not another tab of the user.
+    enter(&mut room, 3, "bob");
+    let fx = msg(&mut room, 3, update(Some(""), None, None));
+    assert!(matches!(&sent(&fx)[..], [(to, server_message::Msg::Error(_))] if to == &[3]));
     assert_eq!(
         error_code(&msg(&mut room, 2, update(None, Some("blue"), None))),
         Some(ErrorCode::InvalidValue)
@@ -1334,7 +1338,7 @@ fn profiles_are_validated_broadcast_and_kept_per_connection() {
     let [(to, server_message::Msg::ParticipantUpdated(u))] = &msgs[..] else {
         panic!("{msgs:?}")
     };
-    assert_eq!(to, &[1, 2]);
+    assert_eq!(to, &[1, 2, 3], "everyone, both of bob's tabs included");
     let p = u.participant.clone().unwrap();
     assert_eq!(
         (p.name.as_str(), p.color.as_str(), p.status.as_str()),
