@@ -1,7 +1,7 @@
 //! Tokens: guest sign-in, the JWKS, and the token check in front of every room connection.
 
 use crate::config::{self, Config};
-use piano_core::identity::{Claims, Identity};
+use piano_core::identity::{Claims, Identity, public_jwk};
 use piano_core::limits::SUBPROTOCOL;
 use piano_core::names;
 use piano_durable_objects::json_error;
@@ -23,7 +23,8 @@ pub fn jwks(env: &Env) -> Result<Response> {
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    let mut resp = Response::from_json(&serde_json::json!({ "keys": [cfg.signing.public_jwk()] }))?;
+    let keys: Vec<_> = cfg.public_keys.iter().map(public_jwk).collect();
+    let mut resp = Response::from_json(&serde_json::json!({ "keys": keys }))?;
     resp.headers_mut()
         .set("cache-control", "public, max-age=300")?;
     Ok(resp)
@@ -135,4 +136,30 @@ fn random_hex(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];
     getrandom::getrandom(&mut buf).map_err(|e| Error::RustError(format!("no randomness: {e}")))?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The token of a REST request: `Authorization: Bearer <jwt>`.
+pub fn bearer(req: &Request) -> Option<String> {
+    req.headers()
+        .get("authorization")
+        .ok()
+        .flatten()
+        .and_then(|h| h.strip_prefix("Bearer ").map(|t| t.trim().to_owned()))
+}
+
+/// `GET /api/users/me`: who the token says you are.
+pub fn me(req: &Request, env: &Env) -> Result<Response> {
+    let identity = match verify(env, bearer(req).as_deref()) {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
+    let guest = identity.roles.iter().any(|r| r == "guest");
+    let mut resp = Response::from_json(&serde_json::json!({
+        "id": identity.user_id,
+        "name": identity.name,
+        "roles": identity.roles,
+        "kind": if guest { "guest" } else { "member" },
+    }))?;
+    resp.headers_mut().set("cache-control", "no-store")?;
+    Ok(resp)
 }

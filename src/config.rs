@@ -3,11 +3,12 @@
 //! | name | kind | default | meaning |
 //! |---|---|---|---|
 //! | `JWT_PRIVATE_KEY` | secret | none (required) | Ed25519 private key, PKCS#8 PEM |
+//! | `JWT_VERIFY_KEYS` | var | none | previous public keys still accepted (JWK `x` values) |
 //! | `JWT_ISSUER` | var | `pianorhythm` | `iss` of issued tokens, and the only one accepted |
 //! | `JWT_AUDIENCE` | var | `pianorhythm` | `aud` of issued tokens, and the only one accepted |
 //! | `GUEST_TOKEN_TTL_SECS` | var | `86400` | lifetime of guest tokens |
 
-use piano_core::identity::{SigningKey, Verifier};
+use piano_core::identity::{SigningKey, Verifier, parse_public_keys};
 use std::cell::RefCell;
 use std::rc::Rc;
 use worker::Env;
@@ -15,6 +16,8 @@ use worker::Env;
 pub struct Config {
     pub signing: SigningKey,
     pub verifier: Verifier,
+    /// Every public key tokens may be signed with: the current one first, then previous ones.
+    pub public_keys: Vec<[u8; 32]>,
     pub issuer: String,
     pub audience: String,
     pub guest_ttl_secs: u64,
@@ -47,7 +50,8 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
     let issuer = setting(env, "JWT_ISSUER").unwrap_or_else(|| "pianorhythm".into());
     let audience = setting(env, "JWT_AUDIENCE").unwrap_or_else(|| "pianorhythm".into());
     let ttl = setting(env, "GUEST_TOKEN_TTL_SECS");
-    let cache_key = format!("{key}\u{0}{issuer}\u{0}{audience}\u{0}{ttl:?}");
+    let previous = setting(env, "JWT_VERIFY_KEYS").unwrap_or_default();
+    let cache_key = format!("{key}\u{0}{issuer}\u{0}{audience}\u{0}{ttl:?}\u{0}{previous}");
     if let Some(hit) = CACHE.with_borrow(|c| {
         c.as_ref()
             .filter(|(k, _)| *k == cache_key)
@@ -66,10 +70,15 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
             .filter(|t| (60..=30 * 86_400).contains(t))
             .ok_or_else(|| NotConfigured("GUEST_TOKEN_TTL_SECS must be 60 to 2592000".into()))?,
     };
-    let verifier = Verifier::new(&issuer, &audience).with_key(signing.public_key());
+    let previous = parse_public_keys(&previous)
+        .map_err(|e| NotConfigured(format!("JWT_VERIFY_KEYS is unusable: {e}")))?;
+    let mut public_keys = vec![signing.public_key()];
+    public_keys.extend(previous.into_iter().filter(|k| *k != signing.public_key()));
+    let verifier = Verifier::new(&issuer, &audience).with_keys(public_keys.iter().copied());
     let cfg = Rc::new(Config {
         signing,
         verifier,
+        public_keys,
         issuer,
         audience,
         guest_ttl_secs,

@@ -49,13 +49,14 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         })),
         (Method::Get, [".well-known", "jwks.json"]) => auth::jwks(env),
         (Method::Post, ["api", "auth", "guest"]) => auth::guest(req, env).await,
+        (Method::Get, ["api", "users", "me"]) => auth::me(&req, env),
         (Method::Get, ["api", "rooms"]) => rooms::list(env).await,
         (Method::Post, ["api", "lobby", "next"]) => rooms::next_lobby(req, env).await,
         (Method::Get, ["api", "rooms", name, "ws"]) => rooms::connect(req, env, name).await,
         (Method::Get, ["api", "rooms", name]) => rooms::info(env, name).await,
         (_, [".well-known", "jwks.json"] | ["api", "version"] | ["healthz"])
         | (_, ["api", "auth", "guest"] | ["api", "rooms", _] | ["api", "rooms", _, "ws"])
-        | (_, ["api", "rooms"] | ["api", "lobby", "next"]) => {
+        | (_, ["api", "rooms"] | ["api", "lobby", "next"] | ["api", "users", "me"]) => {
             json_error(405, "method_not_allowed", "method not allowed on this path")
         }
         _ => json_error(404, "not_found", "no such endpoint"),

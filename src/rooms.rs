@@ -118,11 +118,7 @@ pub async fn list(env: &Env) -> Result<Response> {
 /// first ones are full), with the seat held for a few seconds. Needs the caller's token
 /// (`Authorization: Bearer`), which names the seat's holder.
 pub async fn next_lobby(req: Request, env: &Env) -> Result<Response> {
-    let token = req
-        .headers()
-        .get("authorization")?
-        .and_then(|h| h.strip_prefix("Bearer ").map(str::to_owned));
-    let identity = match auth::verify(env, token.as_deref()) {
+    let identity = match auth::verify(env, auth::bearer(&req).as_deref()) {
         Ok(id) => id,
         Err(resp) => return resp,
     };

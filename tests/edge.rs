@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod directory;
 mod room_features;
+mod tokens;
 
 static SERVER: OnceLock<Server> = OnceLock::new();
 
@@ -64,6 +65,8 @@ fn main() {
         directory::thirty_one_players_overflow_into_lobby_2,
         directory::joining_a_new_room_creates_it_with_the_joiners_settings,
         browser_two_players_play_chat_and_see_the_room_list,
+        tokens::rfc8725_bad_tokens_are_refused_at_rest_and_websocket,
+        tokens::rotated_keys_verify_while_listed_and_are_published,
     ];
     let mut conclusion = libtest_mimic::run(&args, trials);
     // Trials that restart the server run alone, after the others.

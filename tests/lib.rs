@@ -74,6 +74,10 @@ pub struct Server {
     pub port: u16,
     pub dir: PathBuf,
     pub key: SigningKey,
+    /// The current key's PEM, for tests that sign odd tokens themselves.
+    pub key_pem: String,
+    /// A previous key, listed in JWT_VERIFY_KEYS: its tokens must still verify.
+    pub previous_key: SigningKey,
     pub issuer: String,
     pub audience: String,
 }
@@ -89,6 +93,12 @@ impl Server {
         let mut f = std::fs::File::create(&env_file).expect("write env file");
         writeln!(f, "JWT_PRIVATE_KEY=\"{}\"", pem.trim().replace('\n', "\\n"))
             .expect("write env file");
+        let previous_key = SigningKey::from_pkcs8_pem(&random_key_pem()).expect("test key parses");
+        let previous_x = previous_key.public_jwk()["x"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        writeln!(f, "JWT_VERIFY_KEYS={previous_x}").expect("write env file");
         let key = SigningKey::from_pkcs8_pem(&pem).expect("test key parses");
 
         eprintln!("e2e: building the worker (scripts/build-worker)");
@@ -104,6 +114,8 @@ impl Server {
             port: free_port(),
             dir,
             key,
+            key_pem: pem,
+            previous_key,
             issuer: "pianorhythm".into(),
             audience: "pianorhythm".into(),
         };

@@ -68,6 +68,8 @@ impl Identity {
 pub enum KeyError {
     /// Not a PKCS#8 PEM Ed25519 private key.
     NotEd25519Pkcs8Pem,
+    /// Not a base64url Ed25519 public key (a JWK `x`).
+    NotEd25519PublicKey,
 }
 
 impl fmt::Display for KeyError {
@@ -77,6 +79,12 @@ impl fmt::Display for KeyError {
                 write!(
                     f,
                     "expected an Ed25519 private key in PKCS#8 PEM (BEGIN PRIVATE KEY)"
+                )
+            }
+            KeyError::NotEd25519PublicKey => {
+                write!(
+                    f,
+                    "expected Ed25519 public keys as base64url JWK `x` values"
                 )
             }
         }
@@ -154,14 +162,7 @@ impl SigningKey {
 
     /// The public key as a JWK (for `/.well-known/jwks.json`).
     pub fn public_jwk(&self) -> serde_json::Value {
-        serde_json::json!({
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "x": B64URL.encode(self.public),
-            "kid": self.kid,
-            "alg": "EdDSA",
-            "use": "sig",
-        })
+        public_jwk(&self.public)
     }
 
     pub fn sign(&self, claims: &Claims) -> String {
@@ -170,6 +171,38 @@ impl SigningKey {
         // Signing with a key that parsed cannot fail; an empty token would be refused anyway.
         jsonwebtoken::encode(&header, claims, &self.encoding).unwrap_or_default()
     }
+}
+
+/// A public key as a JWK, with its `kid`.
+pub fn public_jwk(public: &[u8; 32]) -> serde_json::Value {
+    serde_json::json!({
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": B64URL.encode(public),
+        "kid": key_id(public),
+        "alg": "EdDSA",
+        "use": "sig",
+    })
+}
+
+/// Parses a list of Ed25519 public keys, each the base64url `x` of its JWK (what
+/// `/.well-known/jwks.json` publishes), separated by commas or white space. Used for key
+/// rotation: tokens signed by a previous key stay valid while its public key is listed.
+pub fn parse_public_keys(list: &str) -> Result<Vec<[u8; 32]>, KeyError> {
+    list.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(|x| {
+            let bytes = B64URL
+                .decode(x)
+                .map_err(|_| KeyError::NotEd25519PublicKey)?;
+            let key: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| KeyError::NotEd25519PublicKey)?;
+            ed25519_dalek::VerifyingKey::from_bytes(&key)
+                .map_err(|_| KeyError::NotEd25519PublicKey)?;
+            Ok(key)
+        })
+        .collect()
 }
 
 fn key_id(public: &[u8; 32]) -> String {
@@ -206,6 +239,10 @@ impl Verifier {
         self.keys
             .push((key_id(&public), DecodingKey::from_ed_der(&public)));
         self
+    }
+
+    pub fn with_keys(self, keys: impl IntoIterator<Item = [u8; 32]>) -> Self {
+        keys.into_iter().fold(self, Verifier::with_key)
     }
 
     /// Verifies `token` at `now` (seconds since the epoch) and returns its claims.
@@ -349,6 +386,45 @@ mod tests {
             Err(TokenError::UnknownKey)
         );
         assert_eq!(verifier.verify("a.b.c", NOW), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn rotation_accepts_listed_previous_keys_only() {
+        let (current, _) = setup();
+        let old = SigningKey::from_pkcs8_pem(&ed25519_pem(3)).unwrap();
+        let removed = SigningKey::from_pkcs8_pem(&ed25519_pem(4)).unwrap();
+        let x = public_jwk(&old.public_key())["x"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let listed = parse_public_keys(&format!(" {x}, ")).unwrap();
+        assert_eq!(listed, vec![old.public_key()]);
+        let verifier = Verifier::new("iss", "aud")
+            .with_key(current.public_key())
+            .with_keys(listed);
+        assert!(verifier.verify(&current.sign(&claims()), NOW).is_ok());
+        assert!(
+            verifier.verify(&old.sign(&claims()), NOW).is_ok(),
+            "the previous key still verifies"
+        );
+        assert_eq!(
+            verifier.verify(&removed.sign(&claims()), NOW),
+            Err(TokenError::UnknownKey)
+        );
+        assert_eq!(
+            parse_public_keys("nope"),
+            Err(KeyError::NotEd25519PublicKey)
+        );
+        assert_eq!(parse_public_keys(""), Ok(vec![]));
+    }
+
+    /// A PKCS#8 PEM for a fixed seed (tests only).
+    fn ed25519_pem(seed: u8) -> String {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+            .to_pkcs8_pem(Default::default())
+            .unwrap()
+            .to_string()
     }
 
     #[test]
