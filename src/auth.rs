@@ -14,7 +14,7 @@ const MAX_BODY_BYTES: usize = 4096;
 /// WebSocket): `Sec-WebSocket-Protocol: pianorhythm.v1, bearer.<jwt>`.
 pub const BEARER_PREFIX: &str = "bearer.";
 
-fn config_or_503(env: &Env) -> std::result::Result<Rc<Config>, Result<Response>> {
+pub fn config_or_503(env: &Env) -> std::result::Result<Rc<Config>, Result<Response>> {
     config::load(env).map_err(|e| json_error(503, "not_configured", &e.0))
 }
 
@@ -35,6 +35,9 @@ pub async fn guest(mut req: Request, env: &Env) -> Result<Response> {
         Ok(c) => c,
         Err(resp) => return resp,
     };
+    if let Some(r) = crate::accounts::rate_limited(&req, env, &cfg).await? {
+        return Ok(r);
+    }
     let body = req.bytes().await?;
     if body.len() > MAX_BODY_BYTES {
         return json_error(413, "body_too_large", "request body is over 4096 bytes");
@@ -62,6 +65,8 @@ pub async fn guest(mut req: Request, env: &Env) -> Result<Response> {
         iat: now,
         exp: now + cfg.guest_ttl_secs,
         nbf: None,
+        sid: None,
+        generation: None,
         iss: cfg.issuer.clone(),
         aud: cfg.audience.clone(),
     };
@@ -111,21 +116,48 @@ pub fn upgrade_auth(req: &Request) -> std::result::Result<UpgradeAuth, &'static 
 }
 
 /// Verifies a token; on failure, the 401 (or 503) response to return.
-pub fn verify(env: &Env, token: Option<&str>) -> std::result::Result<Identity, Result<Response>> {
+/// Verifies a token; on failure, the 401 (or 503) response to return. Members' tokens are also
+/// checked against their session (a logged-out or refreshed-away token is refused).
+pub async fn verify(
+    env: &Env,
+    token: Option<&str>,
+) -> std::result::Result<Identity, Result<Response>> {
+    verify_claims(env, token).await.map(Identity::from)
+}
+
+pub async fn verify_claims(
+    env: &Env,
+    token: Option<&str>,
+) -> std::result::Result<Claims, Result<Response>> {
     let cfg = config_or_503(env)?;
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Err(unauthorized(
-            "a token is required: ?token=<jwt> or subprotocol bearer.<jwt>",
+            "a token is required: Authorization: Bearer <jwt>, ?token=<jwt> or subprotocol bearer.<jwt>",
         ));
     };
     let now = Date::now().as_millis() / 1000;
-    cfg.verifier
+    let claims = cfg
+        .verifier
         .verify(token, now)
-        .map(Identity::from)
-        .map_err(|e| unauthorized(&e.to_string()))
+        .map_err(|e| unauthorized(&e.to_string()))?;
+    if let Some(sid) = &claims.sid {
+        let valid =
+            crate::accounts::session_is_live(env, &claims.sub, sid, claims.generation.unwrap_or(0))
+                .await
+                .map_err(|e| {
+                    console_error!("session check failed: {e}");
+                    json_error(503, "unavailable", "could not check the session; try again")
+                })?;
+        if !valid {
+            return Err(unauthorized(
+                "the session has ended (logged out or refreshed): log in again",
+            ));
+        }
+    }
+    Ok(claims)
 }
 
-fn unauthorized(message: &str) -> Result<Response> {
+pub fn unauthorized(message: &str) -> Result<Response> {
     let mut resp = json_error(401, "unauthorized", message)?;
     resp.headers_mut()
         .set("www-authenticate", r#"Bearer error="invalid_token""#)?;
@@ -147,9 +179,10 @@ pub fn bearer(req: &Request) -> Option<String> {
         .and_then(|h| h.strip_prefix("Bearer ").map(|t| t.trim().to_owned()))
 }
 
-/// `GET /api/users/me`: who the token says you are.
-pub fn me(req: &Request, env: &Env) -> Result<Response> {
-    let identity = match verify(env, bearer(req).as_deref()) {
+/// `GET /api/users/me` for a guest: who the token says you are (members get their stored
+/// profile, see [`crate::accounts`]).
+pub async fn me(req: &Request, env: &Env) -> Result<Response> {
+    let identity = match verify(env, bearer(req).as_deref()).await {
         Ok(id) => id,
         Err(resp) => return resp,
     };

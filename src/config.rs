@@ -7,6 +7,10 @@
 //! | `JWT_ISSUER` | var | `pianorhythm` | `iss` of issued tokens, and the only one accepted |
 //! | `JWT_AUDIENCE` | var | `pianorhythm` | `aud` of issued tokens, and the only one accepted |
 //! | `GUEST_TOKEN_TTL_SECS` | var | `86400` | lifetime of guest tokens |
+//! | `ACCESS_TOKEN_TTL_SECS` | var | `900` | lifetime of members' access tokens |
+//! | `MAX_SESSIONS_PER_ACCOUNT` | var | `0` (no limit) | live sessions per member; older ones end |
+//! | `ADMIN_USERNAMES` | var | none | usernames that get the admin role on register/login |
+//! | `AUTH_RATE_LIMIT_PER_MINUTE` | var | `10` | auth requests per client IP per minute |
 
 use piano_core::identity::{SigningKey, Verifier, parse_public_keys};
 use std::cell::RefCell;
@@ -21,6 +25,10 @@ pub struct Config {
     pub issuer: String,
     pub audience: String,
     pub guest_ttl_secs: u64,
+    pub access_ttl_secs: u64,
+    pub max_sessions: u32,
+    pub admins: Vec<String>,
+    pub auth_rate_limit: usize,
 }
 
 /// Why the worker cannot issue or verify tokens; shown to callers as a 503.
@@ -51,7 +59,17 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
     let audience = setting(env, "JWT_AUDIENCE").unwrap_or_else(|| "pianorhythm".into());
     let ttl = setting(env, "GUEST_TOKEN_TTL_SECS");
     let previous = setting(env, "JWT_VERIFY_KEYS").unwrap_or_default();
-    let cache_key = format!("{key}\u{0}{issuer}\u{0}{audience}\u{0}{ttl:?}\u{0}{previous}");
+    let others: Vec<Option<String>> = [
+        "ACCESS_TOKEN_TTL_SECS",
+        "MAX_SESSIONS_PER_ACCOUNT",
+        "ADMIN_USERNAMES",
+        "AUTH_RATE_LIMIT_PER_MINUTE",
+    ]
+    .iter()
+    .map(|n| setting(env, n))
+    .collect();
+    let cache_key =
+        format!("{key}\u{0}{issuer}\u{0}{audience}\u{0}{ttl:?}\u{0}{previous}\u{0}{others:?}");
     if let Some(hit) = CACHE.with_borrow(|c| {
         c.as_ref()
             .filter(|(k, _)| *k == cache_key)
@@ -75,6 +93,29 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
     let mut public_keys = vec![signing.public_key()];
     public_keys.extend(previous.into_iter().filter(|k| *k != signing.public_key()));
     let verifier = Verifier::new(&issuer, &audience).with_keys(public_keys.iter().copied());
+    let number =
+        |i: usize, name: &str, default: u64, range: std::ops::RangeInclusive<u64>| match &others[i]
+        {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| range.contains(n))
+                .ok_or_else(|| {
+                    NotConfigured(format!("{name} must be {}-{}", range.start(), range.end()))
+                }),
+        };
+    let access_ttl_secs = number(0, "ACCESS_TOKEN_TTL_SECS", 900, 30..=86_400)?;
+    let max_sessions = number(1, "MAX_SESSIONS_PER_ACCOUNT", 0, 0..=1000)? as u32;
+    let auth_rate_limit = number(3, "AUTH_RATE_LIMIT_PER_MINUTE", 10, 1..=1_000_000)? as usize;
+    let admins = others[2]
+        .as_deref()
+        .unwrap_or_default()
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
     let cfg = Rc::new(Config {
         signing,
         verifier,
@@ -82,6 +123,10 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
         issuer,
         audience,
         guest_ttl_secs,
+        access_ttl_secs,
+        max_sessions,
+        admins,
+        auth_rate_limit,
     });
     CACHE.with_borrow_mut(|c| *c = Some((cache_key, cfg.clone())));
     Ok(cfg)

@@ -9,18 +9,23 @@
 //! Layout:
 //! - this file: the `fetch` entry point and the router;
 //! - [`config`]: settings from vars and secrets (signing key, issuer, audience, token lifetime);
-//! - [`auth`]: guest tokens, JWKS, and extracting/verifying the token of a WebSocket upgrade;
+//! - [`auth`]: guest tokens, JWKS, and extracting/verifying tokens (sessions included);
+//! - [`accounts`]: member accounts (register, login, refresh, logout), profiles, roles, and the
+//!   per-IP rate limit of the auth endpoints;
 //! - [`rooms`]: room routes (`/api/rooms`, `/api/rooms/{name}/ws`, `/api/rooms/{name}`,
 //!   `/api/lobby/next`).
 //!
 //! The Durable Object classes are re-exported here so the single wasm module exports them.
 
+mod accounts;
 mod auth;
 mod config;
 mod rooms;
 
 pub use piano_durable_objects::Room;
+pub use piano_durable_objects::account::Account;
 use piano_durable_objects::json_error;
+pub use piano_durable_objects::limiter::Limiter;
 pub use piano_durable_objects::lobby::Lobby;
 use worker::*;
 
@@ -49,14 +54,25 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         })),
         (Method::Get, [".well-known", "jwks.json"]) => auth::jwks(env),
         (Method::Post, ["api", "auth", "guest"]) => auth::guest(req, env).await,
-        (Method::Get, ["api", "users", "me"]) => auth::me(&req, env),
+        (Method::Post, ["api", "auth", "register"]) => accounts::register(req, env).await,
+        (Method::Post, ["api", "auth", "login"]) => accounts::login(req, env).await,
+        (Method::Post, ["api", "auth", "refresh"]) => accounts::refresh(req, env).await,
+        (Method::Post, ["api", "auth", "logout"]) => accounts::logout(req, env).await,
+        (Method::Get, ["api", "users", "me"]) => accounts::me(req, env).await,
+        (Method::Put, ["api", "users", "me"]) => accounts::update_me(req, env).await,
+        (Method::Get, ["api", "users", id]) => accounts::user(env, id).await,
+        (Method::Post, ["api", "admin", "users", id, "roles"]) => {
+            accounts::set_roles(req, env, id).await
+        }
         (Method::Get, ["api", "rooms"]) => rooms::list(env).await,
         (Method::Post, ["api", "lobby", "next"]) => rooms::next_lobby(req, env).await,
         (Method::Get, ["api", "rooms", name, "ws"]) => rooms::connect(req, env, name).await,
         (Method::Get, ["api", "rooms", name]) => rooms::info(env, name).await,
         (_, [".well-known", "jwks.json"] | ["api", "version"] | ["healthz"])
         | (_, ["api", "auth", "guest"] | ["api", "rooms", _] | ["api", "rooms", _, "ws"])
-        | (_, ["api", "rooms"] | ["api", "lobby", "next"] | ["api", "users", "me"]) => {
+        | (_, ["api", "rooms"] | ["api", "lobby", "next"] | ["api", "users", _])
+        | (_, ["api", "auth", "register" | "login" | "refresh" | "logout"])
+        | (_, ["api", "admin", "users", _, "roles"]) => {
             json_error(405, "method_not_allowed", "method not allowed on this path")
         }
         _ => json_error(404, "not_found", "no such endpoint"),

@@ -41,7 +41,7 @@ pub async fn connect(req: Request, env: &Env, raw_name: &str) -> Result<Response
         Ok(u) => u,
         Err(msg) => return json_error(400, "bad_subprotocol", msg),
     };
-    let identity = match auth::verify(env, upgrade.token.as_deref()) {
+    let identity = match auth::verify(env, upgrade.token.as_deref()).await {
         Ok(id) => id,
         Err(resp) => return resp,
     };
@@ -118,7 +118,7 @@ pub async fn list(env: &Env) -> Result<Response> {
 /// first ones are full), with the seat held for a few seconds. Needs the caller's token
 /// (`Authorization: Bearer`), which names the seat's holder.
 pub async fn next_lobby(req: Request, env: &Env) -> Result<Response> {
-    let identity = match auth::verify(env, auth::bearer(&req).as_deref()) {
+    let identity = match auth::verify(env, auth::bearer(&req).as_deref()).await {
         Ok(id) => id,
         Err(resp) => return resp,
     };

@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
+mod accounts;
 mod directory;
 mod room_features;
 mod tokens;
@@ -67,11 +68,18 @@ fn main() {
         browser_two_players_play_chat_and_see_the_room_list,
         tokens::rfc8725_bad_tokens_are_refused_at_rest_and_websocket,
         tokens::rotated_keys_verify_while_listed_and_are_published,
+        accounts::register_login_connect_refresh_logout,
+        accounts::concurrent_registrations_of_one_name_one_wins,
+        accounts::profiles_and_admin_roles,
     ];
     let mut conclusion = libtest_mimic::run(&args, trials);
-    // Trials that restart the server run alone, after the others.
-    let exclusive = trials![room_features::room_survives_a_restart];
-    let second = libtest_mimic::run(&args, exclusive);
+    // Trials that restart the server run alone, after the others, one at a time.
+    let exclusive = trials![
+        room_features::room_survives_a_restart,
+        accounts::auth_endpoints_are_rate_limited_per_ip,
+    ];
+    let one_at_a_time = Arguments { test_threads: Some(1), ..args.clone() };
+    let second = libtest_mimic::run(&one_at_a_time, exclusive);
     conclusion.num_passed += second.num_passed;
     conclusion.num_failed += second.num_failed;
     conclusion.num_filtered_out += second.num_filtered_out;

@@ -99,6 +99,10 @@ impl Server {
             .unwrap_or_default()
             .to_owned();
         writeln!(f, "JWT_VERIFY_KEYS={previous_x}").expect("write env file");
+        // The shared server must not rate-limit the suite's own sign-ins; the rate-limit trial
+        // restarts it with the default.
+        writeln!(f, "AUTH_RATE_LIMIT_PER_MINUTE=100000").expect("write env file");
+        writeln!(f, "ADMIN_USERNAMES=root-admin").expect("write env file");
         let key = SigningKey::from_pkcs8_pem(&pem).expect("test key parses");
 
         eprintln!("e2e: building the worker (scripts/build-worker)");
@@ -218,6 +222,22 @@ impl Server {
         }
     }
 
+    /// Sets (or with `None` removes) one variable in the server's env file; it takes effect at
+    /// the next [`Server::restart`].
+    pub fn set_env(&self, key: &str, value: Option<&str>) {
+        let path = self.dir.join("test.env");
+        let text = std::fs::read_to_string(&path).expect("read env file");
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key}=")))
+            .map(str::to_owned)
+            .collect();
+        if let Some(v) = value {
+            lines.push(format!("{key}={v}"));
+        }
+        std::fs::write(&path, lines.join("\n") + "\n").expect("write env file");
+    }
+
     /// Stops the server and starts it again on the same port and storage.
     pub fn restart(&self) {
         self.stop();
@@ -278,6 +298,8 @@ impl Server {
             iat: now,
             exp: now + 3600,
             nbf: None,
+            sid: None,
+            generation: None,
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
         }

@@ -32,6 +32,12 @@ pub struct Claims {
     pub nbf: Option<u64>,
     pub iss: String,
     pub aud: String,
+    /// Members' tokens name their session and its generation (bumped by every refresh), so a
+    /// logged-out or refreshed-away token is refused even before it expires. Guests have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "gen")]
+    pub generation: Option<u64>,
 }
 
 /// A verified player, as a room knows it.
@@ -305,6 +311,8 @@ mod tests {
             nbf: None,
             iss: "iss".into(),
             aud: "aud".into(),
+            sid: None,
+            generation: None,
         }
     }
 

@@ -12,7 +12,8 @@
 //! - [`lobby`]: the room directory and lobby placement, hosted by the Lobby object.
 //! - [`notes`]: bounds on note batches.
 //! - [`identity`]: who a player is, and the Ed25519 (EdDSA) JWTs that prove it.
-//! - [`names`]: validation of room names and display names.
+//! - [`names`]: validation of room names, display names and usernames.
+//! - [`password`]: password hashing (rooms and accounts).
 //! - [`limits`]: protocol-wide numbers (frame size, close codes) that clients rely on.
 
 pub mod identity;
@@ -20,6 +21,7 @@ pub mod limits;
 pub mod lobby;
 pub mod names;
 pub mod notes;
+pub mod password;
 pub mod room;
 
 /// Wire types generated from `proto/pianorhythm/v1/room.proto`.

@@ -90,6 +90,19 @@ pub fn room_name(name: &str) -> Result<&str, NameError> {
     Ok(name)
 }
 
+/// Usernames of member accounts: 3-24 of `a-z 0-9 _ -`, case-insensitive. Returns the
+/// normalized (lower-case) form, which names the account everywhere (user id `user:<name>`).
+pub fn username(raw: &str) -> Result<String, String> {
+    let name = raw.trim().to_ascii_lowercase();
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !(3..=24).contains(&name.len()) || !ok_chars {
+        return Err("username must be 3-24 characters of a-z, 0-9, _ and -".into());
+    }
+    Ok(name)
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters (for paths and headers).
 pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -126,6 +139,14 @@ pub fn percent_decode(s: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn usernames() {
+        assert_eq!(username(" Ada_99 ").as_deref(), Ok("ada_99"));
+        for bad in ["ab", "a b c", "émile", &"x".repeat(25), "semi;colon"] {
+            assert!(username(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn percent_coding_round_trips() {
         for s in ["lobby", "Jazz café ♪", "a b%c/d", ""] {

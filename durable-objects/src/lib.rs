@@ -26,6 +26,8 @@ use piano_core::lobby::{Delta, Summary};
 use piano_core::names::percent_decode;
 use piano_core::room::{ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, Room as CoreRoom};
 
+pub mod account;
+pub mod limiter;
 pub mod lobby;
 mod storage;
 use std::cell::RefCell;

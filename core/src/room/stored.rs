@@ -5,9 +5,7 @@
 //! [`super::Room::restore`] when the room is loaded again, after hibernation or a restart.
 
 use crate::proto;
-use hmac::Hmac;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 /// Chat messages a room keeps (and sends to each joiner).
 pub const CHAT_HISTORY: usize = 100;
@@ -78,41 +76,7 @@ impl Settings {
     }
 }
 
-/// PBKDF2-HMAC-SHA256 of a room password. Room passwords guard a room, not an account, and are
-/// checked on every join, so the cost is moderate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PasswordHash {
-    pub salt: Vec<u8>,
-    pub iterations: u32,
-    pub hash: Vec<u8>,
-}
-
-pub const PASSWORD_ITERATIONS: u32 = 10_000;
-
-impl PasswordHash {
-    pub fn new(password: &str, salt: Vec<u8>) -> PasswordHash {
-        let hash = derive(password, &salt, PASSWORD_ITERATIONS);
-        PasswordHash {
-            salt,
-            iterations: PASSWORD_ITERATIONS,
-            hash,
-        }
-    }
-
-    pub fn verify(&self, password: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        derive(password, &self.salt, self.iterations)
-            .ct_eq(&self.hash)
-            .into()
-    }
-}
-
-fn derive(password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
-    let mut out = vec![0u8; 32];
-    // Only fails for an output length HMAC cannot produce; 32 bytes always works.
-    let _ = pbkdf2::pbkdf2::<Hmac<Sha256>>(password.as_bytes(), salt, iterations, &mut out);
-    out
-}
+pub use crate::password::PasswordHash;
 
 /// Who holds the crown, by user id (participant ids derive from it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,394 @@
+//! The Account Durable Object: one per member, named by the normalized username, so that
+//! "who owns this username" has exactly one strongly consistent answer (two concurrent
+//! registrations of one name reach the same object, and the second finds it taken).
+//!
+//! It holds the account (password hash, roles, profile) and its sessions in SQLite. A session
+//! is a refresh secret (stored as a SHA-256 hash) with a generation that every refresh bumps;
+//! access tokens carry `sid` and `gen`, and the worker asks `/check` before trusting one, so a
+//! logged-out or refreshed-away token is refused at once. Presenting a refresh secret that was
+//! already rotated away revokes the session (reuse detection).
+//!
+//! Routes (worker → object, JSON): `POST /register`, `/login`, `/refresh`, `/logout`, `/check`,
+//! `/roles`; `GET /profile`, `PUT /profile`.
+
+use crate::json_error;
+use piano_core::password::{ACCOUNT_ITERATIONS, PasswordHash};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use worker::*;
+
+/// How long a session (its refresh token) lives without being refreshed.
+pub const SESSION_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS account (id INTEGER PRIMARY KEY CHECK (id = 1), data TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS sessions (
+        sid TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, generation INTEGER NOT NULL,
+        created INTEGER NOT NULL, expires INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0
+    );
+";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountData {
+    pub username: String,
+    pub tag: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    pub password: PasswordHash,
+    pub roles: Vec<String>,
+    pub name: String,
+    #[serde(default)]
+    pub color: Option<String>,
+    #[serde(default)]
+    pub status: String,
+    pub created_at: u64,
+}
+
+impl AccountData {
+    fn user_id(&self) -> String {
+        format!("user:{}", self.username.to_ascii_lowercase())
+    }
+
+    /// What anyone may see.
+    fn public(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.user_id(),
+            "username": self.username,
+            "usertag": format!("{}#{}", self.username, self.tag),
+            "name": self.name,
+            "color": self.color,
+            "status": self.status,
+            "roles": self.roles,
+            "created_at": self.created_at,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct RegisterReq {
+    username: String,
+    password: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    max_sessions: u32,
+    #[serde(default)]
+    admin: bool,
+}
+
+#[derive(Deserialize)]
+struct LoginReq {
+    password: String,
+    #[serde(default)]
+    max_sessions: u32,
+    #[serde(default)]
+    admin: bool,
+}
+
+#[derive(Deserialize)]
+struct SessionReq {
+    sid: String,
+    #[serde(default)]
+    secret: String,
+    #[serde(default)]
+    generation: u64,
+}
+
+#[derive(Deserialize)]
+struct RolesReq {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct ProfileReq {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    color: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SessionRow {
+    secret_hash: String,
+    generation: i64,
+    expires: i64,
+    revoked: i64,
+}
+
+pub const ROLES: [&str; 6] = ["guest", "member", "pro", "moderator", "admin", "bot"];
+
+#[durable_object]
+pub struct Account {
+    state: State,
+}
+
+impl DurableObject for Account {
+    fn new(state: State, _env: Env) -> Self {
+        Account { state }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let sql = self.state.storage().sql();
+        sql.exec(SCHEMA, None)?;
+        let now = Date::now().as_millis();
+        match (req.method(), req.path().as_str()) {
+            (Method::Post, "/register") => {
+                let r: RegisterReq = req.json().await?;
+                if self.load()?.is_some() {
+                    return json_error(409, "username_taken", "that username is taken");
+                }
+                let mut roles = vec!["member".to_owned()];
+                if r.admin {
+                    roles.push("admin".into());
+                }
+                let account = AccountData {
+                    username: r.username.clone(),
+                    tag: hex(&random::<3>()),
+                    email: r.email,
+                    password: PasswordHash::with_iterations(
+                        &r.password,
+                        random::<16>().to_vec(),
+                        ACCOUNT_ITERATIONS,
+                    ),
+                    roles,
+                    name: r.username,
+                    color: None,
+                    status: String::new(),
+                    created_at: now,
+                };
+                self.save(&account)?;
+                self.new_session(&account, r.max_sessions, now, 201)
+            }
+            (Method::Post, "/login") => {
+                let r: LoginReq = req.json().await?;
+                let Some(mut account) = self.load()? else {
+                    // Same answer as a wrong password: do not reveal which usernames exist.
+                    return json_error(401, "invalid_credentials", "wrong username or password");
+                };
+                if !account.password.verify(&r.password) {
+                    return json_error(401, "invalid_credentials", "wrong username or password");
+                }
+                if r.admin && !account.roles.iter().any(|x| x == "admin") {
+                    account.roles.push("admin".into());
+                    self.save(&account)?;
+                }
+                self.new_session(&account, r.max_sessions, now, 200)
+            }
+            (Method::Post, "/refresh") => {
+                let r: SessionReq = req.json().await?;
+                let Some(account) = self.load()? else {
+                    return json_error(401, "invalid_session", "refresh token is not valid");
+                };
+                let Some(row) = self.session(&r.sid)? else {
+                    return json_error(401, "invalid_session", "refresh token is not valid");
+                };
+                if row.revoked != 0 || row.expires as u64 <= now {
+                    return json_error(
+                        401,
+                        "invalid_session",
+                        "the session has ended: log in again",
+                    );
+                }
+                if row.secret_hash != hash_secret(&r.secret) {
+                    // A rotated-away refresh token came back: someone else may hold the new one.
+                    self.revoke(&r.sid)?;
+                    return json_error(
+                        401,
+                        "invalid_session",
+                        "refresh token was already used: session revoked",
+                    );
+                }
+                let secret = hex(&random::<32>());
+                let generation = row.generation + 1;
+                sql.exec(
+                    "UPDATE sessions SET secret_hash = ?, generation = ?, expires = ? WHERE sid = ?",
+                    vec![hash_secret(&secret).into(), generation.into(), ((now + SESSION_TTL_MS) as i64).into(), r.sid.as_str().into()],
+                )?;
+                session_response(&account, &r.sid, &secret, generation as u64, 200)
+            }
+            (Method::Post, "/logout") => {
+                let r: SessionReq = req.json().await?;
+                self.revoke(&r.sid)?;
+                Ok(Response::empty()?.with_status(204))
+            }
+            (Method::Post, "/check") => {
+                let r: SessionReq = req.json().await?;
+                let valid = match (self.load()?, self.session(&r.sid)?) {
+                    (Some(_), Some(row)) => {
+                        row.revoked == 0
+                            && row.expires as u64 > now
+                            && row.generation as u64 == r.generation
+                    }
+                    _ => false,
+                };
+                Response::from_json(&serde_json::json!({ "valid": valid }))
+            }
+            (Method::Get, "/profile") => match self.load()? {
+                Some(a) => Response::from_json(&a.public()),
+                None => json_error(404, "not_found", "no such user"),
+            },
+            (Method::Put, "/profile") => {
+                let r: ProfileReq = req.json().await?;
+                let Some(mut a) = self.load()? else {
+                    return json_error(404, "not_found", "no such user");
+                };
+                if let Some(n) = r.name {
+                    match piano_core::names::display_name(&n) {
+                        Ok(n) => a.name = n,
+                        Err(e) => return json_error(400, "invalid_name", &format!("name {e}")),
+                    }
+                }
+                if let Some(c) = r.color {
+                    match piano_core::room::text::color(&c) {
+                        Ok(c) => a.color = Some(c),
+                        Err(e) => return json_error(400, "invalid_color", &e),
+                    }
+                }
+                if let Some(s) = r.status {
+                    match piano_core::room::text::optional_line(
+                        "status",
+                        &s,
+                        piano_core::room::text::MAX_STATUS_CHARS,
+                    ) {
+                        Ok(s) => a.status = s,
+                        Err(e) => return json_error(400, "invalid_status", &e),
+                    }
+                }
+                self.save(&a)?;
+                Response::from_json(&a.public())
+            }
+            (Method::Post, "/roles") => {
+                let r: RolesReq = req.json().await?;
+                let Some(mut a) = self.load()? else {
+                    return json_error(404, "not_found", "no such user");
+                };
+                if let Some(bad) = r
+                    .add
+                    .iter()
+                    .chain(&r.remove)
+                    .find(|x| !ROLES.contains(&x.as_str()))
+                {
+                    return json_error(400, "invalid_role", &format!("unknown role {bad:?}"));
+                }
+                a.roles.retain(|x| !r.remove.contains(x));
+                for role in r.add {
+                    if !a.roles.contains(&role) {
+                        a.roles.push(role);
+                    }
+                }
+                self.save(&a)?;
+                Response::from_json(&a.public())
+            }
+            _ => json_error(404, "not_found", "no such account route"),
+        }
+    }
+}
+
+impl Account {
+    fn load(&self) -> Result<Option<AccountData>> {
+        #[derive(Deserialize)]
+        struct Row {
+            data: String,
+        }
+        let rows: Vec<Row> = self
+            .state
+            .storage()
+            .sql()
+            .exec("SELECT data FROM account", None)?
+            .to_array()?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| serde_json::from_str(&r.data).ok()))
+    }
+
+    fn save(&self, a: &AccountData) -> Result<()> {
+        self.state.storage().sql().exec(
+            "INSERT INTO account (id, data) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data",
+            vec![serde_json::to_string(a)?.into()],
+        )?;
+        Ok(())
+    }
+
+    fn session(&self, sid: &str) -> Result<Option<SessionRow>> {
+        let rows: Vec<SessionRow> = self
+            .state
+            .storage()
+            .sql()
+            .exec(
+                "SELECT secret_hash, generation, expires, revoked FROM sessions WHERE sid = ?",
+                vec![sid.into()],
+            )?
+            .to_array()?;
+        Ok(rows.into_iter().next())
+    }
+
+    fn revoke(&self, sid: &str) -> Result<()> {
+        self.state.storage().sql().exec(
+            "UPDATE sessions SET revoked = 1 WHERE sid = ?",
+            vec![sid.into()],
+        )?;
+        Ok(())
+    }
+
+    /// Starts a session; with `max_sessions` > 0, the oldest live ones beyond it are revoked.
+    fn new_session(
+        &self,
+        account: &AccountData,
+        max_sessions: u32,
+        now: u64,
+        status: u16,
+    ) -> Result<Response> {
+        let sql = self.state.storage().sql();
+        let sid = hex(&random::<16>());
+        let secret = hex(&random::<32>());
+        sql.exec(
+            "INSERT INTO sessions (sid, secret_hash, generation, created, expires) VALUES (?, ?, 1, ?, ?)",
+            vec![sid.as_str().into(), hash_secret(&secret).into(), (now as i64).into(), ((now + SESSION_TTL_MS) as i64).into()],
+        )?;
+        if max_sessions > 0 {
+            sql.exec(
+                "UPDATE sessions SET revoked = 1 WHERE revoked = 0 AND sid NOT IN \
+                 (SELECT sid FROM sessions WHERE revoked = 0 AND expires > ? ORDER BY created DESC, sid LIMIT ?)",
+                vec![(now as i64).into(), (max_sessions as i64).into()],
+            )?;
+        }
+        session_response(account, &sid, &secret, 1, status)
+    }
+}
+
+fn session_response(
+    a: &AccountData,
+    sid: &str,
+    secret: &str,
+    generation: u64,
+    status: u16,
+) -> Result<Response> {
+    Ok(Response::from_json(&serde_json::json!({
+        "user": a.public(),
+        "sid": sid,
+        "secret": secret,
+        "generation": generation,
+    }))?
+    .with_status(status))
+}
+
+fn hash_secret(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // crypto.getRandomValues does not fail in workerd.
+    let _ = getrandom::getrandom(&mut b);
+    b
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

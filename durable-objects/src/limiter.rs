@@ -1,0 +1,39 @@
+//! The Limiter Durable Object: a sliding-window counter per key (the auth endpoints use one per
+//! client IP). In memory only: a limiter that was idle long enough to be evicted had an empty
+//! window anyway.
+
+use piano_core::room::quota::RateWindow;
+use std::cell::RefCell;
+use worker::*;
+
+#[durable_object]
+pub struct Limiter {
+    window: RefCell<RateWindow>,
+}
+
+#[derive(serde::Deserialize)]
+struct Hit {
+    limit: usize,
+    window_ms: u64,
+}
+
+impl DurableObject for Limiter {
+    fn new(_state: State, _env: Env) -> Self {
+        Limiter {
+            window: RefCell::new(RateWindow::default()),
+        }
+    }
+
+    /// `POST /hit {limit, window_ms}` → `{"allowed": bool, "retry_after_ms": n}`.
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let hit: Hit = req.json().await?;
+        let result =
+            self.window
+                .borrow_mut()
+                .try_take(hit.limit, hit.window_ms, Date::now().as_millis());
+        Response::from_json(&serde_json::json!({
+            "allowed": result.is_ok(),
+            "retry_after_ms": result.err().unwrap_or(0),
+        }))
+    }
+}

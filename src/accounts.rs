@@ -1,0 +1,367 @@
+//! Member accounts: register, log in, refresh, log out, profiles and roles.
+//!
+//! Each account is an Account Durable Object named by the normalized username (so uniqueness
+//! holds under concurrency). Logging in gives a short-lived access token (EdDSA JWT with `sid`
+//! and `gen`) and a rotating refresh token `<username>.<sid>.<secret>`. Auth endpoints are rate
+//! limited per client IP (a Limiter object per IP).
+
+use crate::auth::{self, bearer, config_or_503};
+use crate::config::Config;
+use piano_core::identity::Claims;
+use piano_core::names;
+use piano_durable_objects::json_error;
+use serde::Deserialize;
+use worker::*;
+
+const ACCOUNTS_BINDING: &str = "ACCOUNTS";
+const LIMITER_BINDING: &str = "LIMITER";
+const MAX_BODY_BYTES: usize = 4096;
+
+async fn account_call(
+    env: &Env,
+    username: &str,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    let mut init = RequestInit::new();
+    init.with_method(method)
+        .with_headers(headers)
+        .with_body(body.map(|b| b.to_string().into()));
+    let req = Request::new_with_init(&format!("https://account.internal{path}"), &init)?;
+    env.durable_object(ACCOUNTS_BINDING)?
+        .id_from_name(username)?
+        .get_stub()?
+        .fetch_with_request(req)
+        .await
+}
+
+/// Whether the session a member's token names is still the live one.
+pub async fn session_is_live(env: &Env, user_id: &str, sid: &str, generation: u64) -> Result<bool> {
+    let Some(username) = user_id.strip_prefix("user:") else {
+        return Ok(false);
+    };
+    let mut resp = account_call(
+        env,
+        username,
+        Method::Post,
+        "/check",
+        Some(serde_json::json!({ "sid": sid, "generation": generation })),
+    )
+    .await?;
+    #[derive(Deserialize)]
+    struct Check {
+        valid: bool,
+    }
+    Ok(resp.json::<Check>().await?.valid)
+}
+
+/// 429 with `Retry-After` when this client IP made too many auth requests this minute.
+pub async fn rate_limited(req: &Request, env: &Env, cfg: &Config) -> Result<Option<Response>> {
+    let ip = req
+        .headers()
+        .get("cf-connecting-ip")?
+        .unwrap_or_else(|| "unknown".into());
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post).with_body(Some(
+        serde_json::json!({ "limit": cfg.auth_rate_limit, "window_ms": 60_000 })
+            .to_string()
+            .into(),
+    ));
+    let hit = Request::new_with_init("https://limiter.internal/hit", &init)?;
+    let stub = env
+        .durable_object(LIMITER_BINDING)?
+        .id_from_name(&format!("auth:{ip}"))?
+        .get_stub()?;
+    #[derive(Deserialize)]
+    struct Verdict {
+        allowed: bool,
+        retry_after_ms: u64,
+    }
+    let verdict: Verdict = stub.fetch_with_request(hit).await?.json().await?;
+    if verdict.allowed {
+        return Ok(None);
+    }
+    let secs = verdict.retry_after_ms.div_ceil(1000).max(1);
+    let mut resp = json_error(
+        429,
+        "rate_limited",
+        &format!("too many requests: try again in {secs} s"),
+    )?;
+    resp.headers_mut().set("retry-after", &secs.to_string())?;
+    Ok(Some(resp))
+}
+
+async fn json_body<T: for<'de> Deserialize<'de>>(
+    req: &mut Request,
+) -> std::result::Result<T, Result<Response>> {
+    let body = req.bytes().await.map_err(Err)?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(json_error(
+            413,
+            "body_too_large",
+            "request body is over 4096 bytes",
+        ));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| json_error(400, "invalid_json", &format!("bad request body: {e}")))
+}
+
+/// Turns an Account object's session answer into tokens for the client.
+async fn issue(cfg: &Config, mut resp: Response) -> Result<Response> {
+    let status = resp.status_code();
+    if status >= 400 {
+        // The object's JSON error passes through unchanged (its code is stable).
+        let body = resp.text().await?;
+        let mut out = Response::ok(body)?.with_status(status);
+        out.headers_mut().set("content-type", "application/json")?;
+        return Ok(out);
+    }
+    #[derive(Deserialize)]
+    struct Session {
+        user: serde_json::Value,
+        sid: String,
+        secret: String,
+        generation: u64,
+    }
+    let s: Session = resp.json().await?;
+    let now = Date::now().as_millis() / 1000;
+    let username = s.user["username"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let claims = Claims {
+        sub: format!("user:{username}"),
+        name: s.user["name"].as_str().unwrap_or_default().to_owned(),
+        roles: serde_json::from_value(s.user["roles"].clone()).unwrap_or_default(),
+        iat: now,
+        exp: now + cfg.access_ttl_secs,
+        nbf: None,
+        iss: cfg.issuer.clone(),
+        aud: cfg.audience.clone(),
+        sid: Some(s.sid.clone()),
+        generation: Some(s.generation),
+    };
+    let access = cfg.signing.sign(&claims);
+    let mut out = Response::from_json(&serde_json::json!({
+        "access_token": access,
+        "token": access,
+        "expires_at": claims.exp,
+        "refresh_token": format!("{username}.{}.{}", s.sid, s.secret),
+        "user": s.user,
+    }))?
+    .with_status(status);
+    out.headers_mut().set("cache-control", "no-store")?;
+    Ok(out)
+}
+
+macro_rules! try_resp {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(resp) => return resp,
+        }
+    };
+}
+
+/// `POST /api/auth/register {"username", "password", "email"?}`.
+pub async fn register(mut req: Request, env: &Env) -> Result<Response> {
+    let cfg = try_resp!(config_or_503(env));
+    if let Some(r) = rate_limited(&req, env, &cfg).await? {
+        return Ok(r);
+    }
+    #[derive(Deserialize)]
+    struct Body {
+        username: String,
+        password: String,
+        #[serde(default)]
+        email: Option<String>,
+    }
+    let b: Body = try_resp!(json_body(&mut req).await);
+    let key = match names::username(&b.username) {
+        Ok(k) => k,
+        Err(e) => return json_error(400, "invalid_username", &e),
+    };
+    if !(8..=128).contains(&b.password.chars().count()) {
+        return json_error(400, "invalid_password", "password must be 8-128 characters");
+    }
+    if b.email
+        .as_deref()
+        .is_some_and(|e| e.len() > 254 || !e.contains('@') || e.chars().any(char::is_whitespace))
+    {
+        return json_error(400, "invalid_email", "email is not an address");
+    }
+    let resp = account_call(
+        env,
+        &key,
+        Method::Post,
+        "/register",
+        Some(serde_json::json!({
+            "username": b.username.trim(),
+            "password": b.password,
+            "email": b.email,
+            "max_sessions": cfg.max_sessions,
+            "admin": cfg.admins.contains(&key),
+        })),
+    )
+    .await?;
+    issue(&cfg, resp).await
+}
+
+/// `POST /api/auth/login {"username", "password"}`.
+pub async fn login(mut req: Request, env: &Env) -> Result<Response> {
+    let cfg = try_resp!(config_or_503(env));
+    if let Some(r) = rate_limited(&req, env, &cfg).await? {
+        return Ok(r);
+    }
+    #[derive(Deserialize)]
+    struct Body {
+        username: String,
+        password: String,
+    }
+    let b: Body = try_resp!(json_body(&mut req).await);
+    let Ok(key) = names::username(&b.username) else {
+        return json_error(401, "invalid_credentials", "wrong username or password");
+    };
+    let resp = account_call(
+        env,
+        &key,
+        Method::Post,
+        "/login",
+        Some(serde_json::json!({
+            "password": b.password,
+            "max_sessions": cfg.max_sessions,
+            "admin": cfg.admins.contains(&key),
+        })),
+    )
+    .await?;
+    issue(&cfg, resp).await
+}
+
+fn parse_refresh(token: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = token.splitn(3, '.');
+    Some((parts.next()?, parts.next()?, parts.next()?))
+}
+
+/// `POST /api/auth/refresh {"refresh_token"}`: new access and refresh tokens; the old ones stop
+/// working.
+pub async fn refresh(mut req: Request, env: &Env) -> Result<Response> {
+    let cfg = try_resp!(config_or_503(env));
+    if let Some(r) = rate_limited(&req, env, &cfg).await? {
+        return Ok(r);
+    }
+    #[derive(Deserialize)]
+    struct Body {
+        refresh_token: String,
+    }
+    let b: Body = try_resp!(json_body(&mut req).await);
+    let Some((user, sid, secret)) = parse_refresh(&b.refresh_token) else {
+        return json_error(401, "invalid_session", "refresh token is not valid");
+    };
+    let resp = account_call(
+        env,
+        user,
+        Method::Post,
+        "/refresh",
+        Some(serde_json::json!({ "sid": sid, "secret": secret })),
+    )
+    .await?;
+    issue(&cfg, resp).await
+}
+
+/// `POST /api/auth/logout {"refresh_token"}` (or with just the access token as Bearer): ends
+/// the session; its access and refresh tokens are refused from now on.
+pub async fn logout(mut req: Request, env: &Env) -> Result<Response> {
+    let cfg = try_resp!(config_or_503(env));
+    if let Some(r) = rate_limited(&req, env, &cfg).await? {
+        return Ok(r);
+    }
+    #[derive(Deserialize, Default)]
+    struct Body {
+        #[serde(default)]
+        refresh_token: Option<String>,
+    }
+    let access = bearer(&req);
+    let b: Body = req.json().await.unwrap_or_default();
+    let (user, sid) =
+        if let Some((user, sid, _)) = b.refresh_token.as_deref().and_then(parse_refresh) {
+            (user.to_owned(), sid.to_owned())
+        } else {
+            let claims = try_resp!(auth::verify_claims(env, access.as_deref()).await);
+            match (claims.sub.strip_prefix("user:"), claims.sid) {
+                (Some(user), Some(sid)) => (user.to_owned(), sid),
+                _ => return json_error(400, "not_a_member", "guest tokens have no session to end"),
+            }
+        };
+    account_call(
+        env,
+        &user,
+        Method::Post,
+        "/logout",
+        Some(serde_json::json!({ "sid": sid })),
+    )
+    .await?;
+    Ok(Response::empty()?.with_status(204))
+}
+
+/// `GET /api/users/me`: a member's stored profile, a guest's token identity.
+pub async fn me(req: Request, env: &Env) -> Result<Response> {
+    let claims = try_resp!(auth::verify_claims(env, bearer(&req).as_deref()).await);
+    match claims.sub.strip_prefix("user:") {
+        Some(user) => {
+            passthrough(account_call(env, user, Method::Get, "/profile", None).await?).await
+        }
+        None => auth::me(&req, env).await,
+    }
+}
+
+/// `PUT /api/users/me {"name"?, "color"?, "status"?}` (members).
+pub async fn update_me(mut req: Request, env: &Env) -> Result<Response> {
+    let claims = try_resp!(auth::verify_claims(env, bearer(&req).as_deref()).await);
+    let Some(user) = claims.sub.strip_prefix("user:") else {
+        return json_error(403, "guests_have_no_profile", "register to keep a profile");
+    };
+    let body: serde_json::Value = try_resp!(json_body(&mut req).await);
+    passthrough(account_call(env, user, Method::Put, "/profile", Some(body)).await?).await
+}
+
+/// `GET /api/users/{id}`: a member's public profile.
+pub async fn user(env: &Env, id: &str) -> Result<Response> {
+    let id = names::percent_decode(id).unwrap_or_default();
+    let Some(user) = id
+        .strip_prefix("user:")
+        .and_then(|u| names::username(u).ok())
+    else {
+        return json_error(404, "not_found", "no such user");
+    };
+    passthrough(account_call(env, &user, Method::Get, "/profile", None).await?).await
+}
+
+/// `POST /api/admin/users/{id}/roles {"add": [...], "remove": [...]}` (admins only).
+pub async fn set_roles(mut req: Request, env: &Env, id: &str) -> Result<Response> {
+    let claims = try_resp!(auth::verify_claims(env, bearer(&req).as_deref()).await);
+    if !claims.roles.iter().any(|r| r == "admin") {
+        return json_error(403, "forbidden", "only admins may change roles");
+    }
+    let id = names::percent_decode(id).unwrap_or_default();
+    let Some(user) = id
+        .strip_prefix("user:")
+        .and_then(|u| names::username(u).ok())
+    else {
+        return json_error(404, "not_found", "no such user");
+    };
+    let body: serde_json::Value = try_resp!(json_body(&mut req).await);
+    passthrough(account_call(env, &user, Method::Post, "/roles", Some(body)).await?).await
+}
+
+/// Re-sends an object's response (its headers are immutable here).
+async fn passthrough(mut resp: Response) -> Result<Response> {
+    let status = resp.status_code();
+    let body = resp.text().await?;
+    let mut out = Response::ok(body)?.with_status(status);
+    out.headers_mut().set("content-type", "application/json")?;
+    out.headers_mut().set("cache-control", "no-store")?;
+    Ok(out)
+}
