@@ -348,6 +348,37 @@ pub async fn profiles_and_admin_roles() {
         me_now["roles"],
         serde_json::json!(["member", "moderator", "pro"])
     );
+    let admin_token = admin["access_token"].as_str().unwrap().to_owned();
+    let resp = roles(admin_token, serde_json::json!({"remove": ["pro"]})).await;
+    let after: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(after["roles"], serde_json::json!(["member", "moderator"]));
+}
+
+/// Runs alone (it restarts the server): with MAX_SESSIONS_PER_ACCOUNT=1 a new login ends the
+/// older session; by default sessions accumulate.
+pub async fn session_limit_ends_older_sessions() {
+    let s = server();
+    s.set_env("MAX_SESSIONS_PER_ACCOUNT", Some("1"));
+    s.restart();
+    let name = username();
+    let (_, reg) = post(
+        s,
+        "/api/auth/register",
+        serde_json::json!({"username": name, "password": "one at a time"}),
+    )
+    .await;
+    let first = reg["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(me(s, &first).await.0, 200);
+    let (_, login) = post(
+        s,
+        "/api/auth/login",
+        serde_json::json!({"username": name, "password": "one at a time"}),
+    )
+    .await;
+    assert_eq!(me(s, login["access_token"].as_str().unwrap()).await.0, 200);
+    assert_eq!(me(s, &first).await.0, 401, "the older session ended");
+    s.set_env("MAX_SESSIONS_PER_ACCOUNT", None);
+    s.restart();
 }
 
 /// Runs alone (it restarts the server with the default limit of 10 per minute).

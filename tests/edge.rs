@@ -77,8 +77,12 @@ fn main() {
     let exclusive = trials![
         room_features::room_survives_a_restart,
         accounts::auth_endpoints_are_rate_limited_per_ip,
+        accounts::session_limit_ends_older_sessions,
     ];
-    let one_at_a_time = Arguments { test_threads: Some(1), ..args.clone() };
+    let one_at_a_time = Arguments {
+        test_threads: Some(1),
+        ..args.clone()
+    };
     let second = libtest_mimic::run(&one_at_a_time, exclusive);
     conclusion.num_passed += second.num_passed;
     conclusion.num_failed += second.num_failed;

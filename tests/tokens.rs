@@ -2,7 +2,8 @@
 //! refused at both entries that take a token — a REST call (`GET /api/users/me`) and a WebSocket
 //! upgrade — and key rotation keeps listed previous keys valid.
 //!
-//! Not covered here yet: a token of a revoked session (sessions arrive with accounts).
+//! The remaining case, a token of a revoked (logged-out or refreshed-away) session, is checked at
+//! both entries by `accounts::register_login_connect_refresh_logout`.
 
 use crate::*;
 use base64::Engine;
