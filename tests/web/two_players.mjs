@@ -20,12 +20,17 @@ const browser = await chromium.launch({
   ],
 });
 
-async function player(name, viewport = { width: 1280, height: 800 }) {
+async function player(name, viewport = { width: 1280, height: 800 }, password = null) {
   const ctx = await browser.newContext({ viewport });
   const page = await ctx.newPage();
   page.on("pageerror", (e) => errors.push(`${name}: ${e.message}`));
   page.on("console", (m) => m.type() === "error" && errors.push(`${name} console: ${m.text()}`));
   await page.goto(`${base}/#${encodeURIComponent(room)}`);
+  if (password) {
+    // A member: register through the sign-in dialog.
+    await page.check('input[name="mode"][value="register"]');
+    await page.fill("#password", password);
+  }
   await page.fill("#nickname", name);
   await page.click("#signin-form button[type=submit]");
   await page.waitForFunction(() => window.__piano?.you?.id, null, { timeout: 15000 });
@@ -75,8 +80,11 @@ try {
   await alice.waitForFunction((id) => window.__piano.participants.has(id), bobId, { timeout: 10000 });
 
   await alice.screenshot({ path: `${shots}/room-desktop.png` });
-  const carol = await player("Carol", { width: 390, height: 844 });
+  const carolName = `carol-${Date.now() % 1e6}`;
+  const carol = await player(carolName, { width: 390, height: 844 }, "carol's password");
   await carol.waitForFunction(() => window.__piano.participants.size === 3, null, { timeout: 10000 });
+  const carolIs = await carol.evaluate(() => [window.__piano.you.userId, window.__piano.you.roles]);
+  assert.deepEqual(carolIs, [`user:${carolName}`, ["member"]], "Carol signed up as a member");
   await carol.screenshot({ path: `${shots}/room-phone.png`, fullPage: true });
 
   assert.deepEqual(errors, [], `no page errors: ${errors.join("; ")}`);

@@ -35,7 +35,10 @@ const el = <K extends keyof HTMLElementTagNameMap>(tag: K, props: Partial<HTMLEl
 interface Session {
   token: string;
   name: string;
+  /** Seconds since the epoch. */
   expires: number;
+  /** Members only: renews the short-lived access token. */
+  refresh?: string;
 }
 
 /** State the browser tests read (window.__piano); also handy in the console. */
@@ -95,27 +98,56 @@ const piano = new Piano($("#piano"), {
 function session(): Session | undefined {
   try {
     const s = JSON.parse(localStorage.getItem("piano.session") ?? "null") as Session | null;
-    return s && s.expires * 1000 > Date.now() + 60_000 ? s : undefined;
+    // A member's session lives on through its refresh token.
+    return s && (s.refresh || s.expires * 1000 > Date.now() + 60_000) ? s : undefined;
   } catch {
     return undefined;
   }
 }
 
-async function signIn(name: string): Promise<Session> {
-  const resp = await fetch("/api/auth/guest", {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ name }),
-  });
-  const body = await resp.json();
-  if (!resp.ok) throw new Error(body?.error?.message ?? `sign-in failed (${resp.status})`);
-  const s = { token: body.token, name: body.user.name, expires: body.expires_at };
+function saveSession(body: { token?: string; access_token?: string; refresh_token?: string; expires_at: number; user: { name: string } }): Session {
+  const s = { token: body.access_token ?? body.token ?? "", name: body.user.name, expires: body.expires_at, refresh: body.refresh_token };
   localStorage.setItem("piano.session", JSON.stringify(s));
   return s;
 }
 
-async function nextLobby(s: Session): Promise<string> {
-  const resp = await fetch("/api/lobby/next", { method: "POST", headers: { authorization: `Bearer ${s.token}` } });
+/** A token that is valid now: refreshes a member's access token shortly before it expires. */
+async function freshToken(): Promise<string | undefined> {
+  const s = session();
+  if (!s) return undefined;
+  if (s.expires * 1000 > Date.now() + 60_000) return s.token;
+  if (!s.refresh) return undefined;
+  const resp = await fetch("/api/auth/refresh", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ refresh_token: s.refresh }),
+  });
+  if (!resp.ok) {
+    localStorage.removeItem("piano.session");
+    return undefined;
+  }
+  return saveSession(await resp.json()).token;
+}
+
+/** Guest sign-in with a nickname, or a member's login or registration. */
+async function signIn(mode: string, name: string, password: string): Promise<Session> {
+  const [path, body] =
+    mode === "guest"
+      ? ["/api/auth/guest", { name }]
+      : [`/api/auth/${mode === "register" ? "register" : "login"}`, { username: name, password }];
+  const resp = await fetch(path, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const json = await resp.json();
+  if (!resp.ok) throw new Error(json?.error?.message ?? `sign-in failed (${resp.status})`);
+  return saveSession(json);
+}
+
+async function nextLobby(): Promise<string> {
+  const token = await freshToken();
+  const resp = await fetch("/api/lobby/next", { method: "POST", headers: { authorization: `Bearer ${token}` } });
   const body = await resp.json();
   return resp.ok ? body.room : "lobby";
 }
@@ -128,7 +160,7 @@ function enter(room: string, join: ClientMsg = { case: "join", value: { password
   state.you = undefined;
   $("#room-name").textContent = room;
   history.replaceState(null, "", `#${encodeURIComponent(room)}`);
-  conn.connect({ room, token: s.token, join });
+  conn.connect({ room, token: freshToken, join });
 }
 
 // -- messages -----------------------------------------------------------------------------------
@@ -221,7 +253,7 @@ function onStatus(status: string, detail?: string): void {
   if (status === "kicked") {
     toast(detail ? `Removed from the room: ${detail}` : "Removed from the room");
     state.you = undefined;
-    void nextLobby(session()!).then((room) => enter(room));
+    void nextLobby().then((room) => enter(room));
   }
 }
 
@@ -232,8 +264,7 @@ function joinFailed(reason: JoinFailure, message: string): void {
     return;
   }
   toast(`Cannot join ${state.room}: ${message}`);
-  const s = session();
-  if (s) void nextLobby(s).then((room) => enter(room));
+  if (session()) void nextLobby().then((room) => enter(room));
 }
 
 /** Schedules a remote batch with its sender's timing: server time + delay + our offset. */
@@ -382,12 +413,14 @@ function showSignIn(): void {
 $("#signin-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const name = $<HTMLInputElement>("#nickname").value;
+  const password = $<HTMLInputElement>("#password").value;
+  const mode = (document.querySelector('input[name="mode"]:checked') as HTMLInputElement | null)?.value ?? "guest";
   try {
-    const s = await signIn(name);
+    const s = await signIn(mode, name, password);
     $<HTMLDialogElement>("#signin").close();
     $("#me").textContent = s.name;
     const wanted = decodeURIComponent(location.hash.slice(1));
-    enter(wanted || (await nextLobby(s)));
+    enter(wanted || (await nextLobby()));
   } catch (err) {
     $("#signin-error").textContent = (err as Error).message;
   }
@@ -467,9 +500,16 @@ if (existing) {
   $("#me").textContent = existing.name;
   const wanted = decodeURIComponent(location.hash.slice(1));
   if (wanted) enter(wanted);
-  else void nextLobby(existing).then((room) => enter(room));
+  else void nextLobby().then((room) => enter(room));
 } else {
   showSignIn();
+}
+for (const radio of document.querySelectorAll<HTMLInputElement>('input[name="mode"]')) {
+  radio.addEventListener("change", () => {
+    const guest = radio.value === "guest" && radio.checked;
+    $("#password-row").hidden = guest;
+    $("#name-label").textContent = guest ? "Your name" : "Username";
+  });
 }
 // Start the keyboard around middle C on narrow screens.
 const pianoBox = $("#piano");

@@ -22,7 +22,8 @@ const KICKED = 4003;
 
 export interface ConnectOptions {
   room: string;
-  token: string;
+  /** A valid token at each (re)connect: members' access tokens are short-lived. */
+  token: () => Promise<string | undefined>;
   /** What to send as the Join (password, create settings). */
   join: ClientMsg;
 }
@@ -68,17 +69,23 @@ export class Connection {
     this.close();
     this.opts = opts;
     this.closedByUs = false;
-    this.open();
+    void this.open();
   }
 
-  private open(): void {
+  private async open(): Promise<void> {
     const opts = this.opts;
     if (!opts) return;
     this.onStatus("connecting");
+    const token = await opts.token();
+    if (this.opts !== opts || this.closedByUs) return;
+    if (!token) {
+      this.onStatus("closed", "signed out");
+      return;
+    }
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
     const url = `${proto}//${location.host}/api/rooms/${encodeURIComponent(opts.room)}/ws`;
     // Browsers cannot set headers on a WebSocket: the token travels as a subprotocol entry.
-    const ws = new WebSocket(url, ["pianorhythm.v1", `bearer.${opts.token}`]);
+    const ws = new WebSocket(url, ["pianorhythm.v1", `bearer.${token}`]);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     ws.onopen = () => {
@@ -104,7 +111,7 @@ export class Connection {
       if (!this.closedByUs) {
         // Reconnect with backoff: 0.5 s, 1 s, 2 s, … up to 8 s.
         const delay = Math.min(8000, 500 * 2 ** this.retry++);
-        window.setTimeout(() => this.ws === ws && this.open(), delay);
+        window.setTimeout(() => this.ws === ws && void this.open(), delay);
       }
     };
   }
