@@ -11,6 +11,7 @@ use piano_core::identity::Claims;
 use piano_core::names;
 use piano_durable_objects::json_error;
 use serde::Deserialize;
+use std::rc::Rc;
 use worker::*;
 
 const ACCOUNTS_BINDING: &str = "ACCOUNTS";
@@ -94,6 +95,20 @@ pub async fn rate_limited(req: &Request, env: &Env, cfg: &Config) -> Result<Opti
     Ok(Some(resp))
 }
 
+/// The configuration for an auth endpoint, unless the caller is over the rate limit (or the
+/// server is not configured): then the response to send.
+pub async fn limited_config(
+    req: &Request,
+    env: &Env,
+) -> std::result::Result<Rc<Config>, Result<Response>> {
+    let cfg = config_or_503(env)?;
+    match rate_limited(req, env, &cfg).await {
+        Ok(None) => Ok(cfg),
+        Ok(Some(resp)) => Err(Ok(resp)),
+        Err(e) => Err(Err(e)),
+    }
+}
+
 async fn json_body<T: for<'de> Deserialize<'de>>(
     req: &mut Request,
 ) -> std::result::Result<T, Result<Response>> {
@@ -168,10 +183,7 @@ macro_rules! try_resp {
 
 /// `POST /api/auth/register {"username", "password", "email"?}`.
 pub async fn register(mut req: Request, env: &Env) -> Result<Response> {
-    let cfg = try_resp!(config_or_503(env));
-    if let Some(r) = rate_limited(&req, env, &cfg).await? {
-        return Ok(r);
-    }
+    let cfg = try_resp!(limited_config(&req, env).await);
     #[derive(Deserialize)]
     struct Body {
         username: String,
@@ -212,10 +224,7 @@ pub async fn register(mut req: Request, env: &Env) -> Result<Response> {
 
 /// `POST /api/auth/login {"username", "password"}`.
 pub async fn login(mut req: Request, env: &Env) -> Result<Response> {
-    let cfg = try_resp!(config_or_503(env));
-    if let Some(r) = rate_limited(&req, env, &cfg).await? {
-        return Ok(r);
-    }
+    let cfg = try_resp!(limited_config(&req, env).await);
     #[derive(Deserialize)]
     struct Body {
         username: String,
@@ -248,10 +257,7 @@ fn parse_refresh(token: &str) -> Option<(&str, &str, &str)> {
 /// `POST /api/auth/refresh {"refresh_token"}`: new access and refresh tokens; the old ones stop
 /// working.
 pub async fn refresh(mut req: Request, env: &Env) -> Result<Response> {
-    let cfg = try_resp!(config_or_503(env));
-    if let Some(r) = rate_limited(&req, env, &cfg).await? {
-        return Ok(r);
-    }
+    let cfg = try_resp!(limited_config(&req, env).await);
     #[derive(Deserialize)]
     struct Body {
         refresh_token: String,
@@ -274,10 +280,7 @@ pub async fn refresh(mut req: Request, env: &Env) -> Result<Response> {
 /// `POST /api/auth/logout {"refresh_token"}` (or with just the access token as Bearer): ends
 /// the session; its access and refresh tokens are refused from now on.
 pub async fn logout(mut req: Request, env: &Env) -> Result<Response> {
-    let cfg = try_resp!(config_or_503(env));
-    if let Some(r) = rate_limited(&req, env, &cfg).await? {
-        return Ok(r);
-    }
+    try_resp!(limited_config(&req, env).await);
     #[derive(Deserialize, Default)]
     struct Body {
         #[serde(default)]

@@ -31,13 +31,10 @@ pub fn jwks(env: &Env) -> Result<Response> {
 }
 
 pub async fn guest(mut req: Request, env: &Env) -> Result<Response> {
-    let cfg = match config_or_503(env) {
+    let cfg = match crate::accounts::limited_config(&req, env).await {
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    if let Some(r) = crate::accounts::rate_limited(&req, env, &cfg).await? {
-        return Ok(r);
-    }
     let body = req.bytes().await?;
     if body.len() > MAX_BODY_BYTES {
         return json_error(413, "body_too_large", "request body is over 4096 bytes");
