@@ -159,6 +159,7 @@ impl Room {
         };
 
         let pair = WebSocketPair::new()?;
+        storage::init(&self.state.storage().sql(), &name)?;
         // Load the room from the sockets accepted so far, before this one joins them.
         let restored = self.ensure_loaded(Some(&name))?;
         let mut ops = self.apply(restored);

@@ -26,11 +26,32 @@ struct ChatRow {
     record: String,
 }
 
-/// Creates the tables if needed and reads the room's name and durable state (defaults for what
-/// was never written). The name is recorded on first use (from the worker's header) so a woken
-/// object knows it. Always runs before any [`write`].
-pub fn load(sql: &SqlStorage, name_hint: Option<&str>) -> Result<(String, Option<Stored>)> {
+/// Creates the tables and records the room's name (so a woken object knows it). Runs when a
+/// player connects, before anything is written; merely looking at a room (its info, a lobby
+/// refresh) writes nothing, so probing random names cannot fill storage.
+pub fn init(sql: &SqlStorage, name: &str) -> Result<()> {
     sql.exec(SCHEMA, None)?;
+    sql.exec(
+        "INSERT OR IGNORE INTO room_meta (key, value) VALUES ('name', ?)",
+        vec![serde_json::to_string(name)?.into()],
+    )?;
+    Ok(())
+}
+
+/// Reads the room's name and durable state (defaults for what was never written); read-only.
+pub fn load(sql: &SqlStorage, name_hint: Option<&str>) -> Result<(String, Option<Stored>)> {
+    #[derive(serde::Deserialize)]
+    struct Table {
+        #[allow(dead_code)]
+        name: String,
+    }
+    let exists = !sql
+        .exec("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'room_meta'", None)?
+        .to_array::<Table>()?
+        .is_empty();
+    if !exists {
+        return Ok((name_hint.unwrap_or_default().to_owned(), None));
+    }
     let meta: HashMap<String, String> = sql
         .exec("SELECT key, value FROM room_meta", None)?
         .to_array::<MetaRow>()?
@@ -39,11 +60,7 @@ pub fn load(sql: &SqlStorage, name_hint: Option<&str>) -> Result<(String, Option
         .collect();
     let name = match (meta.get("name"), name_hint) {
         (Some(n), _) => serde_json::from_str(n).unwrap_or_default(),
-        (None, Some(hint)) => {
-            put(sql, "name", &hint)?;
-            hint.to_owned()
-        }
-        (None, None) => String::new(),
+        (None, hint) => hint.unwrap_or_default().to_owned(),
     };
     let kind = piano_core::room::stored::RoomKind::of(&name);
     let mut stored = Stored::new(kind);
