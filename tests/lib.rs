@@ -143,7 +143,7 @@ impl Server {
                 "--show-interactive-dev-session=false",
             ])
             .args(["--port", &self.port.to_string()])
-            .args(["--inspector-port", &free_port().to_string()])
+            .args(["--inspector-port", &self.inspector_port().to_string()])
             .arg("--persist-to")
             .arg(self.dir.join("state"))
             .arg("--env-file")
@@ -191,6 +191,17 @@ impl Server {
             self.http(""),
             started.elapsed().as_secs_f64()
         );
+    }
+
+    /// A free port for wrangler's inspector that is not the server's own port (the OS may hand
+    /// out a just-released port again).
+    fn inspector_port(&self) -> u16 {
+        loop {
+            let p = free_port();
+            if p != self.port {
+                return p;
+            }
+        }
     }
 
     fn lock_child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {

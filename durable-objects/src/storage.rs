@@ -46,7 +46,10 @@ pub fn load(sql: &SqlStorage, name_hint: Option<&str>) -> Result<(String, Option
         name: String,
     }
     let exists = !sql
-        .exec("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'room_meta'", None)?
+        .exec(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'room_meta'",
+            None,
+        )?
         .to_array::<Table>()?
         .is_empty();
     if !exists {

@@ -1,0 +1,76 @@
+//! The baseline: a minimal tokio WebSocket broadcast server with no room logic. A connection to
+//! `/<room>` receives every binary frame any other connection of that room sends, as is. It
+//! shows the fan-out this machine can do at all, so the real server is judged against it.
+
+// tungstenite's handshake callback returns its (large) HTTP error response type; ours never errs.
+#![allow(clippy::result_large_err)]
+
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+type Rooms = Arc<Mutex<HashMap<String, Vec<(u64, mpsc::UnboundedSender<Message>)>>>>;
+
+pub async fn start() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind baseline");
+    let addr = listener.local_addr().expect("baseline address");
+    let rooms: Rooms = Arc::default();
+    tokio::spawn(async move {
+        let mut next_id = 0u64;
+        while let Ok((stream, _)) = listener.accept().await {
+            // As any real-time server does: no Nagle delay on small frames.
+            let _ = stream.set_nodelay(true);
+            next_id += 1;
+            let id = next_id;
+            let rooms = rooms.clone();
+            tokio::spawn(async move {
+                let mut path = String::new();
+                let ws =
+                    tokio_tungstenite::accept_hdr_async(stream, |req: &Request, resp: Response| {
+                        path = req.uri().path().to_owned();
+                        Ok(resp)
+                    })
+                    .await;
+                let Ok(ws) = ws else { return };
+                let (mut sink, mut stream) = ws.split();
+                let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+                if let Ok(mut r) = rooms.lock() {
+                    r.entry(path.clone()).or_default().push((id, tx));
+                }
+                let writer = tokio::spawn(async move {
+                    while let Some(m) = rx.recv().await {
+                        if sink.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                while let Some(Ok(msg)) = stream.next().await {
+                    if let Message::Binary(bytes) = msg {
+                        // Encoded once (the client's bytes), handed to every other member.
+                        if let Ok(r) = rooms.lock() {
+                            for (other, tx) in r.get(&path).into_iter().flatten() {
+                                if *other != id {
+                                    let _ = tx.send(Message::Binary(bytes.clone()));
+                                }
+                            }
+                        }
+                    }
+                }
+                if let Ok(mut r) = rooms.lock()
+                    && let Some(v) = r.get_mut(&path)
+                {
+                    v.retain(|(other, _)| *other != id);
+                }
+                writer.abort();
+            });
+        }
+    });
+    addr
+}
