@@ -14,8 +14,10 @@ use tokio_tungstenite::tungstenite::Message;
 pub struct Load {
     pub rooms: usize,
     pub players: usize,
-    /// Batches per second per player.
+    /// Batches per second per sending player.
     pub rate: u32,
+    /// How many players of each room send (the first ones); the rest only listen.
+    pub senders: usize,
     pub duration: Duration,
 }
 
@@ -125,9 +127,10 @@ pub async fn run(load: &Load, url: impl Fn(usize, usize) -> String, protocol: bo
                     .await
                     .expect("bench client connects");
             if protocol {
-                // Join-or-create with room for up to 99 players (the default capacity is 20).
+                // Join-or-create with room for everyone (the default capacity is 20; above 99
+                // the creator must be an admin, which the bench's tokens are).
                 let settings = proto::UpdateSettings {
-                    max_players: Some(99),
+                    max_players: Some(load.players.max(99) as u32),
                     ..Default::default()
                 };
                 let join = proto::Join {
@@ -163,7 +166,11 @@ pub async fn run(load: &Load, url: impl Fn(usize, usize) -> String, protocol: bo
     for (room, player, ws) in sockets {
         let (mut sink, mut stream) = ws.split();
         let sent_w = sent.clone();
+        let sends = player < load.senders;
         let sender = tokio::spawn(async move {
+            if !sends {
+                return (0, sink);
+            }
             // Spread the players' send times over the interval.
             tokio::time::sleep(interval.mul_f64((player as f64 * 0.37) % 1.0)).await;
             let mut tick = tokio::time::interval(interval);
@@ -233,6 +240,76 @@ pub async fn run(load: &Load, url: impl Fn(usize, usize) -> String, protocol: bo
     out.expected = out.sent * (load.players.saturating_sub(1)) as u64;
     for mut sink in sinks {
         let _ = sink.close().await;
+    }
+    out
+}
+
+/// Join storm: `rate` new players per second for `seconds`, into rooms of at most 50. Measures
+/// the time from starting to connect to having joined (the server's Joined, or for the baseline
+/// the WebSocket handshake), and counts failures. Connections stay open to the end.
+pub async fn join_storm(
+    rate: u32,
+    seconds: u64,
+    url: impl Fn(usize, usize) -> String,
+    protocol: bool,
+) -> Outcome {
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let total = rate as usize * seconds as usize;
+    let mut tick = tokio::time::interval(interval);
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for i in 0..total {
+        tick.tick().await;
+        let target = url(i / 50, i % 50);
+        tasks.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            let (mut ws, _) = tokio_tungstenite::connect_async_with_config(target, None, true)
+                .await
+                .ok()?;
+            if protocol {
+                let settings = proto::UpdateSettings {
+                    max_players: Some(99),
+                    ..Default::default()
+                };
+                let join = proto::Join {
+                    password: String::new(),
+                    create_settings: Some(settings),
+                };
+                let join = ClientMessage {
+                    msg: Some(client_message::Msg::Join(join)),
+                };
+                ws.send(Message::Binary(join.encode_to_vec().into()))
+                    .await
+                    .ok()?;
+                loop {
+                    let Message::Binary(b) = ws.next().await?.ok()? else {
+                        continue;
+                    };
+                    match ServerMessage::decode(&b[..]).ok().and_then(|m| m.msg) {
+                        Some(server_message::Msg::Joined(_)) => break,
+                        Some(server_message::Msg::JoinFailed(_)) => return None,
+                        _ => {}
+                    }
+                }
+            }
+            Some((t0.elapsed().as_micros() as u64, ws))
+        }));
+    }
+    let mut out = Outcome {
+        sent: total as u64,
+        expected: total as u64,
+        ..Default::default()
+    };
+    let mut open = Vec::new();
+    for t in tasks {
+        if let Ok(Some((us, ws))) = t.await {
+            out.latencies_us.push(us);
+            open.push(ws);
+        }
+    }
+    out.elapsed = started.elapsed();
+    for mut ws in open {
+        let _ = ws.close(None).await;
     }
     out
 }

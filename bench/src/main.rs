@@ -1,17 +1,18 @@
-//! Load generator and benchmarks (issue 9, first scenario): fan-out.
+//! Load generator and benchmarks (issue 9): fan-out, the large room and the join storm.
 //!
-//! `cargo run --release -p bench -- fanout [--rooms R] [--players P] [--rate F] [--seconds S]`
-//! runs, in one invocation and on this machine:
+//! `cargo run --release -p bench -- <scenario> [options]` runs, in one invocation and on this
+//! machine, the same load against:
 //! 1. the **baseline**: a bare tokio WebSocket broadcast server (`baseline.rs`, no room logic,
-//!    no protobuf decoding), in a process of its own — this machine's fan-out limit;
+//!    no protobuf decoding), in a process of its own — this machine's fan-out floor;
 //! 2. the **edge**: the real worker and Room objects in `wrangler dev` (started like the e2e suite
-//!    does, with its own key and storage);
+//!    does, with its own key and storage).
 //!
-//! with the same load: R rooms × P players, each player sending F note batches per second for S
-//! seconds. Each batch is recognised by the receivers (sender + a sequence number carried in the
-//! batch), so latency is measured from the sender's send to each receiver's receive on one clock,
-//! in microseconds. It writes `bench/results/fanout-<unix time>.md` and `.json`, and prints the
-//! table. Not part of the test suite.
+//! Scenarios: `fanout` (R rooms × P players, each sending F note batches per second for S s),
+//! `large-room` (one soloist and L listeners, default 1,000), `join-storm` (N new players per
+//! second, connect-to-Joined latency). Each batch is recognised by its receivers (sender and
+//! sequence number travel in the batch), so latency is the send-to-receive time on one clock, in
+//! microseconds. Results: `bench/results/<scenario>-<unix time>.md` and `.json`, and the table
+//! on stdout. Not part of the test suite.
 
 mod baseline;
 mod load;
@@ -26,25 +27,55 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+const USAGE: &str = "usage: bench fanout [--rooms R] [--players P] [--rate F] [--seconds S]
+       bench large-room [--listeners L] [--rate F] [--seconds S]
+       bench join-storm [--rate N] [--seconds S]";
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("baseline-serve") {
+    let scenario = args.get(1).cloned().unwrap_or_default();
+    if scenario == "baseline-serve" {
         let addr = baseline::start().await;
         println!("{addr}");
         std::future::pending::<()>().await;
     }
-    if args.get(1).map(String::as_str) != Some("fanout") {
-        eprintln!("usage: bench fanout [--rooms R] [--players P] [--rate F] [--seconds S]");
-        std::process::exit(2);
-    }
-    let load = Load {
-        rooms: arg(&args, "--rooms", 4) as usize,
-        players: arg(&args, "--players", 20) as usize,
-        rate: arg(&args, "--rate", 5) as u32,
-        duration: Duration::from_secs(arg(&args, "--seconds", 10)),
+    let seconds = Duration::from_secs(arg(&args, "--seconds", 10));
+    let load = match scenario.as_str() {
+        "fanout" => {
+            let players = arg(&args, "--players", 20) as usize;
+            Load {
+                rooms: arg(&args, "--rooms", 1) as usize,
+                players,
+                rate: arg(&args, "--rate", 5) as u32,
+                senders: players,
+                duration: seconds,
+            }
+        }
+        "large-room" => {
+            let listeners = arg(&args, "--listeners", 1000) as usize;
+            Load {
+                rooms: 1,
+                players: listeners + 1,
+                rate: arg(&args, "--rate", 5) as u32,
+                senders: 1,
+                duration: seconds,
+            }
+        }
+        "join-storm" => Load {
+            rooms: 0,
+            players: 0,
+            rate: arg(&args, "--rate", 20) as u32,
+            senders: 0,
+            duration: seconds,
+        },
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
     };
-    eprintln!("bench: {load:?}");
+    eprintln!("bench: {scenario} {load:?}");
+    let storm = scenario == "join-storm";
 
     // The baseline runs in its own process, as the real server does, so it does not share this
     // process's runtime with the load generator.
@@ -65,7 +96,12 @@ async fn main() {
     }
     let base_addr = line.trim().to_owned();
     eprintln!("bench: baseline on {base_addr}");
-    let base = load::run(&load, |room, _| format!("ws://{base_addr}/{room}"), false).await;
+    let base_url = |room: usize, _: usize| format!("ws://{base_addr}/{room}");
+    let base = if storm {
+        load::join_storm(load.rate, load.duration.as_secs(), base_url, false).await
+    } else {
+        load::run(&load, base_url, false).await
+    };
     let _ = child.kill().await;
 
     let server = tokio::task::spawn_blocking(e2e_tests::Server::start_edge)
@@ -73,22 +109,31 @@ async fn main() {
         .expect("start wrangler dev");
     let edge = {
         let s = &server;
-        load::run(
-            &load,
-            |room, player| {
-                let token = s.sign(&s.claims(
-                    &format!("guest:bench-{room}-{player}"),
-                    &format!("B{player}"),
-                ));
-                format!("{}?token={token}", s.ws_url(&format!("bench-{room}")))
-            },
-            true,
-        )
-        .await
+        let run_id = std::process::id();
+        let scenario = scenario.clone();
+        let edge_url = move |room: usize, player: usize| {
+            let mut claims = s.claims(
+                &format!("guest:bench-{room}-{player}"),
+                &format!("B{player}"),
+            );
+            // Admins may open rooms above 99 players (the large room).
+            claims.roles = vec!["guest".into(), "admin".into()];
+            format!(
+                "{}?token={}",
+                s.ws_url(&format!("bench-{scenario}-{run_id}-{room}")),
+                s.sign(&claims)
+            )
+        };
+        if storm {
+            load::join_storm(load.rate, load.duration.as_secs(), edge_url, true).await
+        } else {
+            load::run(&load, edge_url, true).await
+        }
     };
     drop(server);
 
     let table = report(
+        &scenario,
         &load,
         &[
             ("baseline (bare tokio broadcast)", &base),
@@ -103,17 +148,18 @@ async fn main() {
     let dir = e2e_tests::repo_root().join("bench/results");
     let _ = std::fs::create_dir_all(&dir);
     let json = serde_json::json!({
-        "load": { "rooms": load.rooms, "players": load.players, "rate": load.rate, "seconds": load.duration.as_secs() },
+        "scenario": scenario,
+        "load": { "rooms": load.rooms, "players": load.players, "senders": load.senders, "rate": load.rate, "seconds": load.duration.as_secs() },
         "machine": machine(),
         "baseline": base.to_json(),
         "edge": edge.to_json(),
     });
-    let _ = std::fs::write(dir.join(format!("fanout-{stamp}.md")), &table);
+    let _ = std::fs::write(dir.join(format!("{scenario}-{stamp}.md")), &table);
     let _ = std::fs::write(
-        dir.join(format!("fanout-{stamp}.json")),
+        dir.join(format!("{scenario}-{stamp}.json")),
         serde_json::to_string_pretty(&json).unwrap_or_default(),
     );
-    eprintln!("bench: wrote bench/results/fanout-{stamp}.md and .json");
+    eprintln!("bench: wrote bench/results/{scenario}-{stamp}.md and .json");
 }
 
 fn machine() -> String {
@@ -131,15 +177,27 @@ fn machine() -> String {
     format!("{cpus} CPUs, {model}")
 }
 
-fn report(load: &Load, rows: &[(&str, &Outcome)]) -> String {
+fn report(scenario: &str, load: &Load, rows: &[(&str, &Outcome)]) -> String {
     let base = rows[0].1.delivered_per_sec();
+    let title = match scenario {
+        "large-room" => format!(
+            "Large room: 1 soloist and {} listeners, {} batches/s",
+            load.players - 1,
+            load.rate
+        ),
+        "join-storm" => format!(
+            "Join storm: {} joins/s into rooms of 50 (latency: connect to Joined; sent = attempts, delivered = joined, lost = failed)",
+            load.rate
+        ),
+        _ => format!(
+            "Fan-out: {} rooms × {} players, {} batches/s each",
+            load.rooms, load.players, load.rate
+        ),
+    };
     let mut t = format!(
-        "Fan-out: {} rooms × {} players, {} batches/s each, {} s. Machine: {}.\n\n\
-         | target | sent batches | delivered msgs | delivered/s | vs baseline | p50 ms | p95 ms | p99 ms | max ms | lost |\n\
+        "{title}, {} s. Machine: {}.\n\n\
+         | target | sent | delivered | delivered/s | vs baseline | p50 ms | p95 ms | p99 ms | max ms | lost |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
-        load.rooms,
-        load.players,
-        load.rate,
         load.duration.as_secs(),
         machine()
     );
