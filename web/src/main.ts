@@ -264,7 +264,12 @@ function joinFailed(reason: JoinFailure, message: string): void {
     return;
   }
   toast(`Cannot join ${state.room}: ${message}`);
-  if (session()) void nextLobby().then((room) => enter(room));
+  // Back to a lobby, unless a lobby itself refused (a ban there): then stay put, no retry loop.
+  if (session() && !state.room.startsWith("lobby")) {
+    void nextLobby().then((room) => enter(room));
+  } else {
+    conn.close();
+  }
 }
 
 /** Schedules a remote batch with its sender's timing: server time + delay + our offset. */
