@@ -129,10 +129,7 @@ async fn issue(cfg: &Config, mut resp: Response) -> Result<Response> {
     let status = resp.status_code();
     if status >= 400 {
         // The object's JSON error passes through unchanged (its code is stable).
-        let body = resp.text().await?;
-        let mut out = Response::ok(body)?.with_status(status);
-        out.headers_mut().set("content-type", "application/json")?;
-        return Ok(out);
+        return crate::relay_json(resp, None).await;
     }
     #[derive(Deserialize)]
     struct Session {
@@ -314,7 +311,11 @@ pub async fn me(req: Request, env: &Env) -> Result<Response> {
     let claims = try_resp!(auth::verify_claims(env, bearer(&req).as_deref()).await);
     match claims.sub.strip_prefix("user:") {
         Some(user) => {
-            passthrough(account_call(env, user, Method::Get, "/profile", None).await?).await
+            crate::relay_json(
+                account_call(env, user, Method::Get, "/profile", None).await?,
+                Some("no-store"),
+            )
+            .await
         }
         None => auth::me(&req, env).await,
     }
@@ -327,7 +328,11 @@ pub async fn update_me(mut req: Request, env: &Env) -> Result<Response> {
         return json_error(403, "guests_have_no_profile", "register to keep a profile");
     };
     let body: serde_json::Value = try_resp!(json_body(&mut req).await);
-    passthrough(account_call(env, user, Method::Put, "/profile", Some(body)).await?).await
+    crate::relay_json(
+        account_call(env, user, Method::Put, "/profile", Some(body)).await?,
+        Some("no-store"),
+    )
+    .await
 }
 
 /// `GET /api/users/{id}`: a member's public profile.
@@ -339,7 +344,11 @@ pub async fn user(env: &Env, id: &str) -> Result<Response> {
     else {
         return json_error(404, "not_found", "no such user");
     };
-    passthrough(account_call(env, &user, Method::Get, "/profile", None).await?).await
+    crate::relay_json(
+        account_call(env, &user, Method::Get, "/profile", None).await?,
+        Some("no-store"),
+    )
+    .await
 }
 
 /// `POST /api/admin/users/{id}/roles {"add": [...], "remove": [...]}` (admins only).
@@ -356,15 +365,9 @@ pub async fn set_roles(mut req: Request, env: &Env, id: &str) -> Result<Response
         return json_error(404, "not_found", "no such user");
     };
     let body: serde_json::Value = try_resp!(json_body(&mut req).await);
-    passthrough(account_call(env, &user, Method::Post, "/roles", Some(body)).await?).await
-}
-
-/// Re-sends an object's response (its headers are immutable here).
-async fn passthrough(mut resp: Response) -> Result<Response> {
-    let status = resp.status_code();
-    let body = resp.text().await?;
-    let mut out = Response::ok(body)?.with_status(status);
-    out.headers_mut().set("content-type", "application/json")?;
-    out.headers_mut().set("cache-control", "no-store")?;
-    Ok(out)
+    crate::relay_json(
+        account_call(env, &user, Method::Post, "/roles", Some(body)).await?,
+        Some("no-store"),
+    )
+    .await
 }

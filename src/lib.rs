@@ -78,3 +78,19 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         _ => json_error(404, "not_found", "no such endpoint"),
     }
 }
+
+/// Re-sends a Durable Object's JSON answer to the client (the object's response headers are
+/// immutable here), with this cache policy.
+pub(crate) async fn relay_json(
+    mut resp: Response,
+    cache_control: Option<&str>,
+) -> Result<Response> {
+    let status = resp.status_code();
+    let body = resp.text().await?;
+    let mut out = Response::ok(body)?.with_status(status);
+    out.headers_mut().set("content-type", "application/json")?;
+    if let Some(cache) = cache_control {
+        out.headers_mut().set("cache-control", cache)?;
+    }
+    Ok(out)
+}

@@ -101,17 +101,10 @@ fn lobby_stub(env: &Env) -> Result<Stub> {
 /// `GET /api/rooms`: the visible rooms, most players first. Cached briefly at the edge and in
 /// browsers: counts change by the second, and live clients subscribe instead of polling.
 pub async fn list(env: &Env) -> Result<Response> {
-    let mut resp = lobby_stub(env)?
+    let resp = lobby_stub(env)?
         .fetch_with_str("https://lobby.internal/list")
         .await?;
-    let body = resp.text().await?;
-    let mut out = Response::ok(body)?.with_status(resp.status_code());
-    out.headers_mut().set("content-type", "application/json")?;
-    out.headers_mut().set(
-        "cache-control",
-        "public, max-age=2, stale-while-revalidate=10",
-    )?;
-    Ok(out)
+    crate::relay_json(resp, Some("public, max-age=2, stale-while-revalidate=10")).await
 }
 
 /// `POST /api/lobby/next`: the lobby the caller should join (`lobby`, or `lobby-2`, … when the
