@@ -8,7 +8,9 @@ use prost::Message as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 #[derive(Debug, Clone)]
 pub struct Load {
@@ -114,6 +116,36 @@ fn identify(b: &proto::NoteBatch) -> Option<(usize, u32)> {
 }
 
 type Sent = Arc<Mutex<HashMap<(usize, usize, u32), Instant>>>;
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Join-or-create a room of `capacity` and wait for Joined (Welcome comes first); `None` when
+/// the room refused or the socket ended.
+async fn join(ws: &mut Ws, capacity: u32) -> Option<()> {
+    let settings = proto::UpdateSettings {
+        max_players: Some(capacity),
+        ..Default::default()
+    };
+    let join = proto::Join {
+        password: String::new(),
+        create_settings: Some(settings),
+    };
+    let join = ClientMessage {
+        msg: Some(client_message::Msg::Join(join)),
+    };
+    ws.send(Message::Binary(join.encode_to_vec().into()))
+        .await
+        .ok()?;
+    loop {
+        let Message::Binary(b) = ws.next().await?.ok()? else {
+            continue;
+        };
+        match ServerMessage::decode(&b[..]).ok().and_then(|m| m.msg) {
+            Some(server_message::Msg::Joined(_)) => return Some(()),
+            Some(server_message::Msg::JoinFailed(_)) => return None,
+            _ => {}
+        }
+    }
+}
 
 /// Runs the load against `url(room, player)`; `protocol` is true for the real server (Welcome,
 /// Join, ServerMessage frames), false for the baseline (raw relayed ClientMessage frames).
@@ -127,33 +159,11 @@ pub async fn run(load: &Load, url: impl Fn(usize, usize) -> String, protocol: bo
                     .await
                     .expect("bench client connects");
             if protocol {
-                // Join-or-create with room for everyone (the default capacity is 20; above 99
-                // the creator must be an admin, which the bench's tokens are).
-                let settings = proto::UpdateSettings {
-                    max_players: Some(load.players.max(99) as u32),
-                    ..Default::default()
-                };
-                let join = proto::Join {
-                    password: String::new(),
-                    create_settings: Some(settings),
-                };
-                let join = ClientMessage {
-                    msg: Some(client_message::Msg::Join(join)),
-                };
-                ws.send(Message::Binary(join.encode_to_vec().into()))
+                // Room for everyone (the default capacity is 20; above 99 the creator must be an
+                // admin, which the bench's tokens are).
+                join(&mut ws, load.players.max(99) as u32)
                     .await
-                    .expect("send join");
-                // Wait for Joined (Welcome comes first).
-                while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Binary(b) = m
-                        && matches!(
-                            ServerMessage::decode(&b[..]).ok().and_then(|m| m.msg),
-                            Some(server_message::Msg::Joined(_))
-                        )
-                    {
-                        break;
-                    }
-                }
+                    .expect("bench client joins");
             }
             sockets.push((room, player, ws));
         }
@@ -267,30 +277,7 @@ pub async fn join_storm(
                 .await
                 .ok()?;
             if protocol {
-                let settings = proto::UpdateSettings {
-                    max_players: Some(99),
-                    ..Default::default()
-                };
-                let join = proto::Join {
-                    password: String::new(),
-                    create_settings: Some(settings),
-                };
-                let join = ClientMessage {
-                    msg: Some(client_message::Msg::Join(join)),
-                };
-                ws.send(Message::Binary(join.encode_to_vec().into()))
-                    .await
-                    .ok()?;
-                loop {
-                    let Message::Binary(b) = ws.next().await?.ok()? else {
-                        continue;
-                    };
-                    match ServerMessage::decode(&b[..]).ok().and_then(|m| m.msg) {
-                        Some(server_message::Msg::Joined(_)) => break,
-                        Some(server_message::Msg::JoinFailed(_)) => return None,
-                        _ => {}
-                    }
-                }
+                join(&mut ws, 99).await?;
             }
             Some((t0.elapsed().as_micros() as u64, ws))
         }));
