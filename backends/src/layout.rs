@@ -1,0 +1,230 @@
+//! Where each kind of data lives in the configured backends (DESIGN §5), in one place so the
+//! edge and the native fallback write the same shapes and can share one database.
+//!
+//! MongoDB (database `MONGODB_DATABASE`, default `pianorhythm`):
+//! - `accounts`: `_id` = user id (`user:<normalized name>`); username, tag, usertag, email,
+//!   password (PBKDF2 hash record), roles, name, color, status, created_at, updated_at.
+//! - `rooms`: `_id` = room name; kind, settings, password (hash), crown, bans, mutes, and
+//!   `updated_at`; each field is `$set` as it changes.
+//! - `chat`: `_id` = `<deployment>/<room>/<message id>`; room, deployment, id, time,
+//!   participant_id, user_id, name, color, text; `deleted_at` / `cleared_at` once removed (the
+//!   archive keeps what the room forgot).
+//!
+//! Redis (keys under `REDIS_KEY_PREFIX`, default `pr:`):
+//! - `presence:<room>` hash: user id → `{name, color, since, deployment}` while in the room.
+//! - `online` hash: `<user id> <room>` → the same JSON (everyone online, every deployment).
+//! - `rooms` hash: room name → the room's directory summary plus `deployment` (the room index
+//!   across deployments).
+//! - `revoked:<sid>`: user id, expiring with the last access token the session could have had.
+//! - `rate:<scope>:<client>:<window>`: request counters (written directly, not through the
+//!   outbox: a limit must be read where it is counted).
+
+use crate::outbox::Op;
+use crate::redis::{Command, cmd};
+use piano_core::lobby::Summary;
+use piano_core::room::stored::{Change, ChatRecord};
+use serde_json::{Value, json};
+
+pub const ACCOUNTS: &str = "accounts";
+pub const ROOMS: &str = "rooms";
+pub const CHAT: &str = "chat";
+
+/// Presence entries also expire, so a deployment that vanishes without saying goodbye does not
+/// leave players "online" for ever; rooms rewrite them on every join.
+pub const PRESENCE_TTL_SECS: u64 = 24 * 3600;
+
+/// Redis key names under the deployment's prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    pub prefix: String,
+}
+
+impl Keys {
+    pub fn presence(&self, room: &str) -> String {
+        format!("{}presence:{room}", self.prefix)
+    }
+    pub fn online(&self) -> String {
+        format!("{}online", self.prefix)
+    }
+    pub fn rooms(&self) -> String {
+        format!("{}rooms", self.prefix)
+    }
+    pub fn revoked(&self, sid: &str) -> String {
+        format!("{}revoked:{sid}", self.prefix)
+    }
+    pub fn rate(&self, scope: &str, client: &str, window: u64) -> String {
+        format!("{}rate:{scope}:{client}:{window}", self.prefix)
+    }
+}
+
+pub fn chat_id(deployment: &str, room: &str, id: u64) -> String {
+    format!("{deployment}/{room}/{id}")
+}
+
+/// The MongoDB write mirroring one change of a room's durable state.
+pub fn room_change(deployment: &str, room: &str, change: &Change, now: u64) -> Op {
+    let set_field = |field: &str, value: Value| {
+        Op::upsert(
+            ROOMS,
+            json!({ "_id": room }),
+            json!({ "$set": { field: value, "updated_at": now },
+                    "$setOnInsert": { "kind": piano_core::room::stored::RoomKind::of(room).as_str() } }),
+        )
+    };
+    match change {
+        Change::Settings(s) => set_field("settings", json!(s)),
+        Change::Password(p) => set_field("password", json!(p)),
+        Change::Crown(c) => set_field("crown", json!(c)),
+        Change::Bans(b) => set_field("bans", json!(b)),
+        Change::Mutes(m) => set_field("mutes", json!(m)),
+        Change::ChatAppended(r) => chat_appended(deployment, room, r),
+        // A message that never reached the archive (deleted before delivery) gets no document:
+        // the update only marks existing ones.
+        Change::ChatDeleted(id) => Op::update_many(
+            CHAT,
+            json!({ "_id": chat_id(deployment, room, *id) }),
+            json!({ "$set": { "deleted_at": now } }),
+        ),
+        Change::ChatCleared => Op::update_many(
+            CHAT,
+            json!({ "room": room, "deployment": deployment, "cleared_at": { "$exists": false } }),
+            json!({ "$set": { "cleared_at": now } }),
+        ),
+    }
+}
+
+/// Inserted once: a redelivery finds the document and changes nothing.
+fn chat_appended(deployment: &str, room: &str, r: &ChatRecord) -> Op {
+    Op::upsert(
+        CHAT,
+        json!({ "_id": chat_id(deployment, room, r.id) }),
+        json!({ "$setOnInsert": {
+            "room": room, "deployment": deployment, "id": r.id, "time": r.time,
+            "participant_id": r.participant_id, "user_id": r.user_id, "name": r.name,
+            "color": r.color, "text": r.text,
+        } }),
+    )
+}
+
+/// The whole account document, `$set` on every change (profile, roles, password).
+pub fn account(user_id: &str, fields: Value, now: u64) -> Op {
+    let mut set = match fields {
+        Value::Object(m) => m,
+        _ => Default::default(),
+    };
+    set.remove("_id");
+    set.insert("updated_at".into(), now.into());
+    Op::upsert(ACCOUNTS, json!({ "_id": user_id }), json!({ "$set": set }))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEntry<'a> {
+    pub room: &'a str,
+    pub user_id: &'a str,
+    pub name: &'a str,
+    pub color: &'a str,
+}
+
+pub fn presence_joined(keys: &Keys, deployment: &str, p: &PresenceEntry<'_>, now: u64) -> Op {
+    let value = json!({ "room": p.room, "name": p.name, "color": p.color, "since": now,
+                        "deployment": deployment })
+    .to_string();
+    let room_key = keys.presence(p.room);
+    Op::redis(vec![
+        cmd(["HSET", &room_key, p.user_id, &value]),
+        cmd(["EXPIRE", &room_key, &PRESENCE_TTL_SECS.to_string()]),
+        cmd([
+            "HSET",
+            &keys.online(),
+            &online_field(p.user_id, p.room),
+            &value,
+        ]),
+    ])
+}
+
+pub fn presence_left(keys: &Keys, room: &str, user_id: &str) -> Op {
+    Op::redis(vec![
+        cmd(["HDEL", &keys.presence(room), user_id]),
+        cmd(["HDEL", &keys.online(), &online_field(user_id, room)]),
+    ])
+}
+
+/// User ids contain no spaces (`user:<name>`, `guest:<id>`), so the first space splits.
+pub fn online_field(user_id: &str, room: &str) -> String {
+    format!("{user_id} {room}")
+}
+
+/// A session was ended: remember it as long as an access token of it could still be presented.
+pub fn session_revoked(keys: &Keys, sid: &str, user_id: &str, ttl_secs: u64) -> Op {
+    Op::redis(vec![cmd([
+        "SET",
+        &keys.revoked(sid),
+        user_id,
+        "EX",
+        &ttl_secs.max(1).to_string(),
+    ])])
+}
+
+pub fn room_listed(keys: &Keys, deployment: &str, summary: &Summary) -> Command {
+    let mut value = json!(summary);
+    if let Value::Object(m) = &mut value {
+        m.insert("deployment".into(), deployment.into());
+    }
+    cmd(["HSET", &keys.rooms(), &summary.name, &value.to_string()])
+}
+
+pub fn room_unlisted(keys: &Keys, name: &str) -> Command {
+    cmd(["HDEL", &keys.rooms(), name])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_documents_are_keyed_by_deployment_room_and_id() {
+        let r = ChatRecord {
+            id: 7,
+            time: 1,
+            participant_id: "p".into(),
+            user_id: "user:a".into(),
+            name: "A".into(),
+            color: "#fff".into(),
+            text: "hi".into(),
+        };
+        let Op::Mongo {
+            filter,
+            update,
+            upsert,
+            ..
+        } = room_change("edge", "r", &Change::ChatAppended(r), 5)
+        else {
+            panic!("chat goes to MongoDB");
+        };
+        assert_eq!(filter, json!({"_id": "edge/r/7"}));
+        assert!(upsert);
+        assert_eq!(update["$setOnInsert"]["text"], "hi");
+    }
+
+    #[test]
+    fn presence_is_written_and_removed_under_the_prefix() {
+        let keys = Keys {
+            prefix: "t:".into(),
+        };
+        let p = PresenceEntry {
+            room: "r",
+            user_id: "user:a",
+            name: "A",
+            color: "#fff",
+        };
+        let Op::Redis { commands } = presence_joined(&keys, "edge", &p, 9) else {
+            panic!()
+        };
+        assert_eq!(commands[0][..3], ["HSET", "t:presence:r", "user:a"]);
+        assert_eq!(commands[2][2], "user:a r");
+        let Op::Redis { commands } = presence_left(&keys, "r", "user:a") else {
+            panic!()
+        };
+        assert_eq!(commands[1], ["HDEL", "t:online", "user:a r"]);
+    }
+}

@@ -1,0 +1,201 @@
+//! What an outbox row holds and how it is delivered.
+//!
+//! A host (a Durable Object, the native server) writes each [`Op`] to its own durable storage in
+//! the same step as the state change it mirrors, then delivers the rows oldest first with
+//! [`deliver`], deleting a row once it is acknowledged. Every op is idempotent (upserts keyed by
+//! a stable id, `$set`, `HSET`/`HDEL`, `SET`), so a delivery that succeeded but whose answer was
+//! lost is simply delivered again: "at least once" on the wire, "exactly once" in the data.
+//!
+//! Rows are delivered in order within a [`Lane`] (one per backend), so a later write never
+//! overtakes an earlier one to the same document, and an outage of one backend does not hold
+//! up the other. A transient failure stops the lane until [`retry_delay`]; a rejected op (the
+//! backend refuses it as it is) would fail forever, so the host sets it aside (dead letter)
+//! and goes on.
+
+use crate::Backends;
+use crate::error::BackendError;
+use crate::redis::Command;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    Mongo,
+    Redis,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Mongo, Lane::Redis];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Mongo => "mongo",
+            Lane::Redis => "redis",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MongoAction {
+    #[serde(rename = "updateOne")]
+    UpdateOne,
+    #[serde(rename = "updateMany")]
+    UpdateMany,
+    #[serde(rename = "deleteOne")]
+    DeleteOne,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "lowercase")]
+pub enum Op {
+    Mongo {
+        action: MongoAction,
+        collection: String,
+        filter: Value,
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        update: Value,
+        #[serde(default)]
+        upsert: bool,
+    },
+    /// Commands run as one pipeline; each must succeed.
+    Redis { commands: Vec<Command> },
+}
+
+impl Op {
+    pub fn lane(&self) -> Lane {
+        match self {
+            Op::Mongo { .. } => Lane::Mongo,
+            Op::Redis { .. } => Lane::Redis,
+        }
+    }
+
+    pub fn upsert(collection: &str, filter: Value, update: Value) -> Op {
+        Op::Mongo {
+            action: MongoAction::UpdateOne,
+            collection: collection.into(),
+            filter,
+            update,
+            upsert: true,
+        }
+    }
+
+    pub fn update_many(collection: &str, filter: Value, update: Value) -> Op {
+        Op::Mongo {
+            action: MongoAction::UpdateMany,
+            collection: collection.into(),
+            filter,
+            update,
+            upsert: false,
+        }
+    }
+
+    pub fn redis(commands: Vec<Command>) -> Op {
+        Op::Redis { commands }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryError {
+    /// The op's backend is not configured (any more): nothing to deliver to.
+    NotConfigured(Lane),
+    Backend(BackendError),
+}
+
+impl DeliveryError {
+    /// Keep the row and try again later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DeliveryError::NotConfigured(_) => false,
+            DeliveryError::Backend(e) => e.is_transient(),
+        }
+    }
+}
+
+impl std::fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeliveryError::NotConfigured(l) => write!(f, "{} is not configured", l.as_str()),
+            DeliveryError::Backend(e) => e.fmt(f),
+        }
+    }
+}
+
+pub async fn deliver(backends: &Backends, op: &Op) -> Result<(), DeliveryError> {
+    match op {
+        Op::Mongo {
+            action,
+            collection,
+            filter,
+            update,
+            upsert,
+        } => {
+            let mongo = backends
+                .mongo
+                .as_ref()
+                .ok_or(DeliveryError::NotConfigured(Lane::Mongo))?;
+            let result = match action {
+                MongoAction::UpdateOne => mongo
+                    .update_one(collection, filter.clone(), update.clone(), *upsert)
+                    .await
+                    .map(drop),
+                MongoAction::UpdateMany => mongo
+                    .update_many(collection, filter.clone(), update.clone())
+                    .await
+                    .map(drop),
+                MongoAction::DeleteOne => {
+                    mongo.delete_one(collection, filter.clone()).await.map(drop)
+                }
+            };
+            result.map_err(DeliveryError::Backend)
+        }
+        Op::Redis { commands } => {
+            let redis = backends
+                .redis
+                .as_ref()
+                .ok_or(DeliveryError::NotConfigured(Lane::Redis))?;
+            redis
+                .pipeline_all(commands)
+                .await
+                .map(drop)
+                .map_err(DeliveryError::Backend)
+        }
+    }
+}
+
+/// Backoff after `attempts` failed deliveries of a lane's oldest row: 1 s, 2 s, 4 s … 60 s.
+pub fn retry_delay_ms(attempts: u32) -> u64 {
+    let exp = attempts.saturating_sub(1).min(6);
+    (1000u64 << exp).min(60_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ops_round_trip_through_their_stored_form() {
+        let ops = vec![
+            Op::upsert(
+                "chat",
+                json!({"_id": "r/1"}),
+                json!({"$setOnInsert": {"text": "hi"}}),
+            ),
+            Op::redis(vec![crate::redis::cmd(["HDEL", "pr:online", "user:a"])]),
+        ];
+        for op in ops {
+            let stored = serde_json::to_string(&op).unwrap();
+            assert_eq!(serde_json::from_str::<Op>(&stored).unwrap(), op);
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_minute() {
+        let delays: Vec<u64> = (1..=9).map(retry_delay_ms).collect();
+        assert_eq!(
+            delays,
+            [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
+        );
+    }
+}
