@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod accounts;
 mod directory;
+mod persistence;
 mod room_features;
 mod tokens;
 
@@ -71,6 +72,10 @@ fn main() {
         accounts::register_login_connect_refresh_logout,
         accounts::concurrent_registrations_of_one_name_one_wins,
         accounts::profiles_and_admin_roles,
+        persistence::mongo_client_speaks_the_data_api,
+        persistence::redis_client_speaks_the_upstash_protocol,
+        persistence::clients_time_out_and_report_unreachable_services,
+        persistence::outbox_ops_are_idempotent,
     ];
     let mut conclusion = libtest_mimic::run(&args, trials);
     // Trials that restart the server run alone, after the others, one at a time.
@@ -96,6 +101,10 @@ fn main() {
         }
         s.stop();
         let _ = std::fs::remove_dir_all(&s.dir);
+    }
+    // Statics are never dropped: stop the shared backend stack by hand.
+    if let Some(stack) = persistence::STACK.get() {
+        stack.stop_all();
     }
     conclusion.exit();
 }

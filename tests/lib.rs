@@ -20,6 +20,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod stack;
+
 pub use piano_core::proto;
 
 /// How long any single expected message may take to arrive.
@@ -29,7 +31,7 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -85,6 +87,11 @@ pub struct Server {
 impl Server {
     /// Builds the worker (incrementally) and starts wrangler dev with a new key and storage.
     pub fn start_edge() -> Server {
+        Server::start_edge_with(&[])
+    }
+
+    /// As [`Server::start_edge`], with extra variables in the server's environment.
+    pub fn start_edge_with(vars: &[(String, String)]) -> Server {
         let dir =
             std::env::temp_dir().join(format!("piano-e2e-{}-{}", std::process::id(), now_ms()));
         std::fs::create_dir_all(&dir).expect("create test dir");
@@ -103,6 +110,9 @@ impl Server {
         // restarts it with the default.
         writeln!(f, "AUTH_RATE_LIMIT_PER_MINUTE=100000").expect("write env file");
         writeln!(f, "ADMIN_USERNAMES=root-admin").expect("write env file");
+        for (k, v) in vars {
+            writeln!(f, "{k}={v}").expect("write env file");
+        }
         let key = SigningKey::from_pkcs8_pem(&pem).expect("test key parses");
 
         eprintln!("e2e: building the worker (scripts/build-worker)");
@@ -128,7 +138,6 @@ impl Server {
     }
 
     fn spawn(&self) {
-        use std::os::unix::process::CommandExt;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -160,30 +169,9 @@ impl Server {
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to signal the child when
-        // this test process dies, so a crashed test run leaves no server behind.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+            .stderr(log);
         let started = Instant::now();
-        // The kernel sends PR_SET_PDEATHSIG when the *thread* that forked exits, and test
-        // threads come and go: fork from a thread that lives as long as the process.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(cmd.spawn());
-            loop {
-                std::thread::park();
-            }
-        });
-        let child = rx
-            .recv()
-            .expect("spawner thread")
-            .expect("start wrangler dev");
+        let child = spawn_guarded(cmd).expect("start wrangler dev");
         *self.lock_child() = Some(child);
         self.wait_ready();
         eprintln!(
@@ -259,19 +247,7 @@ impl Server {
         let Some(mut child) = self.lock_child().take() else {
             return;
         };
-        let pgid = child.id() as i32;
-        // SAFETY: signals our own process group; no memory is touched.
-        unsafe { libc::kill(-pgid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // SAFETY: as above; whatever is left of the group (workerd) goes too.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        let _ = child.wait();
+        stop_group(&mut child);
     }
 
     /// Kept after the run (under target/, git-ignored) for post-mortems.
@@ -357,6 +333,62 @@ impl Drop for Server {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Starts `cmd` in its own process group, tied to this test process: if the tests die, the
+/// kernel sends the child SIGTERM (`PR_SET_PDEATHSIG`).
+pub fn spawn_guarded(mut cmd: Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to signal the child when
+    // this test process dies, so a crashed test run leaves no server behind.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    // The kernel sends PR_SET_PDEATHSIG when the *thread* that forked exits, and test
+    // threads come and go: fork from a thread that lives as long as the process.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cmd.spawn());
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv()
+        .map_err(|_| std::io::Error::other("spawner thread vanished"))?
+}
+
+/// Stops a child started by [`spawn_guarded`] and everything in its process group: SIGTERM,
+/// up to 5 s of grace, then SIGKILL.
+pub fn stop_group(child: &mut Child) {
+    let pgid = child.id() as i32;
+    // SAFETY: signals our own child's process group; no memory is touched.
+    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above; whatever is left of the group goes too.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+/// Waits until something accepts TCP connections on `port`, or `deadline` passes.
+pub fn wait_for_port(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 /// Status of a plain blocking GET, for readiness polling before any runtime exists.

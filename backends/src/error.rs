@@ -27,7 +27,9 @@ impl BackendError {
             BackendError::Timeout
             | BackendError::Unreachable(_)
             | BackendError::Unauthorized(_) => true,
-            BackendError::Status { status, .. } => *status == 429 || *status >= 500,
+            BackendError::Status { status, body } => {
+                *status == 429 || *status >= 500 || looks_unavailable(body)
+            }
             BackendError::Rejected(_) | BackendError::Decode(_) => false,
         }
     }
@@ -47,6 +49,9 @@ impl BackendError {
         let body: String = body.chars().take(300).collect();
         match status {
             401 | 403 => BackendError::Unauthorized(status),
+            // Gateways in front of MongoDB answer 400 with the driver's message when the
+            // database behind them is down; that is an outage, not a bad request.
+            400 if looks_unavailable(&body) => BackendError::Status { status, body },
             400 | 404 | 409 | 422 => BackendError::Rejected(format!("{status}: {body}")),
             _ => BackendError::Status { status, body },
         }
@@ -67,3 +72,34 @@ impl fmt::Display for BackendError {
 }
 
 impl std::error::Error for BackendError {}
+
+/// Driver and socket messages that mean "the database is unreachable", whatever the status.
+fn looks_unavailable(body: &str) -> bool {
+    const MARKERS: [&str; 9] = [
+        "ECONNREFUSED",
+        "ECONNRESET",
+        "ETIMEDOUT",
+        "EPIPE",
+        "Server selection timed out",
+        "MongoNetworkError",
+        "MongoServerSelectionError",
+        "connection closed",
+        "Topology is closed",
+    ];
+    MARKERS.iter().any(|m| body.contains(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_reporting_its_database_down_is_transient() {
+        let down = BackendError::from_status(400, "connect ECONNREFUSED 127.0.0.1:27017");
+        assert!(down.is_transient(), "{down:?}");
+        let bad = BackendError::from_status(400, "E11000 duplicate key error");
+        assert!(!bad.is_transient(), "{bad:?}");
+        assert!(BackendError::from_status(503, "").is_transient());
+        assert!(BackendError::from_status(401, "").is_transient());
+    }
+}

@@ -42,8 +42,6 @@ pub enum MongoAction {
     UpdateOne,
     #[serde(rename = "updateMany")]
     UpdateMany,
-    #[serde(rename = "deleteOne")]
-    DeleteOne,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,9 +141,6 @@ pub async fn deliver(backends: &Backends, op: &Op) -> Result<(), DeliveryError> 
                     .update_many(collection, filter.clone(), update.clone())
                     .await
                     .map(drop),
-                MongoAction::DeleteOne => {
-                    mongo.delete_one(collection, filter.clone()).await.map(drop)
-                }
             };
             result.map_err(DeliveryError::Backend)
         }
