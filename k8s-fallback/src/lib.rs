@@ -1,15 +1,113 @@
-//! k8s-fallback: the native host of the piano core, for operators who do not run on Cloudflare.
+//! k8s-fallback: the native host of the piano core, for operators who do not run on Cloudflare
+//! (DESIGN §6). Same rooms (`piano_core::room`), same URL paths, protobuf protocol, Ed25519
+//! tokens and browser client as the edge worker; tokio + axum instead of workerd.
 //!
-//! **Status: not built yet.** This crate exists so the workspace already has its final shape
-//! and so the core keeps compiling for native targets. Nothing here serves players yet.
+//! Two modes, chosen by `REDIS_URL`:
+//! - **standalone** (no configuration): one process runs every room, each in its own task,
+//!   with the rooms' durable state in SQLite under `DATA_DIR`, so `cargo run -p k8s-fallback`
+//!   just works and a restarted process finds its rooms again.
+//! - **cluster**: stateless replicas behind any load balancer. One replica at a time runs a
+//!   room, under a lease in Redis; the others forward their players' frames to it and deliver
+//!   its broadcasts, through Redis pub/sub. Room state lives in Redis, so when the holder dies
+//!   the next replica with a player for the room takes the lease and restores it; players
+//!   reconnect with the same token and find the same room, owner and chat.
 //!
-//! What it will be (DESIGN §6): a tokio + axum server hosting the same `piano-core` room and
-//! lobby state machines with the same URL paths, protobuf protocol and Ed25519 tokens as the
-//! edge worker; embedded local persistence with no configuration; with `REDIS_URL` set, several
-//! stateless replicas cooperating through a per-room lease and pub/sub in Redis; Prometheus
-//! `/metrics`, `/healthz`, `/readyz`, JSON logs, graceful drain on SIGTERM; and the Kubernetes
-//! manifests and Dockerfile under `k8s-fallback/k8s/`.
+//! Layout (a request's path through the crate):
+//! - [`config`]: settings from the environment (documented in `k8s-fallback/README.md`).
+//! - [`http`]: the router (the edge's paths, `/readyz`, `/metrics`, static files) and the
+//!   WebSocket gate; [`auth`]: guest tokens, JWKS, token checks, the auth rate limit.
+//! - [`ws`]: one player's socket: reader → room, bounded outbound queue → writer.
+//! - [`hub`]: the replica's state: local sockets, running rooms, followed rooms, the directory;
+//!   placement of a new connection ([`hub::Hub::attach`]); drain on SIGTERM.
+//! - [`room_task`]: one task per running room, the single writer of its core `Room`.
+//! - [`store`]: the rooms' durable state (SQLite or Redis); [`cluster`]: leases, channels and
+//!   the shared directory in Redis; [`wire`]: the binary messages replicas exchange.
+//! - [`metrics`]: counters and the relay latency histogram, in Prometheus text format.
 
-/// Shown by the binary until the server exists, so nobody mistakes it for a working host.
-pub const NOT_YET: &str =
-    "k8s-fallback is not implemented yet: run the edge server with `npm run dev`";
+pub mod auth;
+pub mod cluster;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod room_task;
+pub mod store;
+pub mod wire;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs the server until SIGTERM or SIGINT, then drains.
+pub async fn run(cfg: config::Config) -> Result<(), String> {
+    if cfg.generated_key {
+        tracing::warn!(
+            path = %cfg.data_dir.join("dev-jwt-key.pem").display(),
+            "JWT_PRIVATE_KEY is not set: signing with a generated development key"
+        );
+    }
+    let (store, cluster) = match &cfg.redis_url {
+        Some(url) => {
+            let cluster =
+                cluster::Cluster::connect(url, cfg.replica_id.clone(), cfg.lease_ttl).await?;
+            (store::Store::Redis(cluster.conn.clone()), Some(cluster))
+        }
+        None => (store::Store::sqlite(&cfg.data_dir)?, None),
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.bind)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.bind))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        %addr,
+        replica = cfg.replica_id,
+        mode = if cluster.is_some() { "redis" } else { "standalone" },
+        static_dir = ?cfg.static_dir,
+        "listening"
+    );
+    let hub = hub::Hub::new(cfg, store, cluster);
+    let app = http::router(hub.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let drained = Arc::new(tokio::sync::Notify::new());
+    let shutdown = {
+        let hub = hub.clone();
+        let drained = drained.clone();
+        async move {
+            wait_for_signal().await;
+            hub.drain().await;
+            drained.notify_one();
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = int.recv() => tracing::info!("SIGINT: draining"),
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}

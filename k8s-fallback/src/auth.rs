@@ -1,0 +1,209 @@
+//! Tokens: guest sign-in, the JWKS, and the token check in front of every room connection —
+//! the same rules as the edge (`src/auth.rs`), over the same `piano_core::identity` code.
+//!
+//! Members' tokens: the edge also checks a member's session (`sid`/`gen`) against its Account
+//! object. The fallback has no account store, so it accepts a member's access token on its
+//! signature and lifetime alone (15 minutes by default); accounts themselves (register, login,
+//! refresh, logout) answer 501 here.
+
+use crate::http::{json_error, with_header};
+use crate::hub::Hub;
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use piano_core::identity::{Claims, Identity, public_jwk};
+use piano_core::limits::SUBPROTOCOL;
+use piano_core::names;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Largest JSON body the auth endpoints read.
+pub const MAX_BODY_BYTES: usize = 4096;
+pub const BEARER_PREFIX: &str = "bearer.";
+
+pub fn jwks(hub: &Hub) -> Response {
+    let keys: Vec<_> = hub.cfg.public_keys.iter().map(public_jwk).collect();
+    with_header(
+        crate::http::json(200, &serde_json::json!({ "keys": keys })),
+        "cache-control",
+        "public, max-age=300",
+    )
+}
+
+pub fn guest(hub: &Hub, body: &[u8]) -> Response {
+    #[derive(serde::Deserialize)]
+    struct GuestRequest {
+        name: String,
+    }
+    let Ok(GuestRequest { name }) = serde_json::from_slice::<GuestRequest>(body) else {
+        return json_error(
+            400,
+            "invalid_json",
+            r#"expected a JSON body like {"name": "Ada"}"#,
+        );
+    };
+    let name = match names::display_name(&name) {
+        Ok(n) => n,
+        Err(e) => return json_error(400, "invalid_name", &format!("name {e}")),
+    };
+    let now = crate::now_ms() / 1000;
+    let claims = Claims {
+        sub: format!("guest:{}", crate::config::random_hex(8)),
+        name,
+        roles: vec!["guest".into()],
+        iat: now,
+        exp: now + hub.cfg.guest_ttl_secs,
+        nbf: None,
+        sid: None,
+        generation: None,
+        iss: hub.cfg.issuer.clone(),
+        aud: hub.cfg.audience.clone(),
+    };
+    let token = hub.cfg.signing.sign(&claims);
+    with_header(
+        crate::http::json(
+            200,
+            &serde_json::json!({
+                "token": token,
+                "expires_at": claims.exp,
+                "user": { "id": claims.sub, "name": claims.name, "roles": claims.roles },
+            }),
+        ),
+        "cache-control",
+        "no-store",
+    )
+}
+
+/// The token of a WebSocket upgrade and whether to echo `pianorhythm.v1`.
+pub struct UpgradeAuth {
+    pub token: Option<String>,
+    pub subprotocol: bool,
+}
+
+/// `?token=` (tools) or a `bearer.<jwt>` subprotocol entry (browsers). A client that offers
+/// subprotocols must offer `pianorhythm.v1`, the only one the server echoes.
+pub fn upgrade_auth(uri: &Uri, headers: &HeaderMap) -> Result<UpgradeAuth, &'static str> {
+    let mut token = uri.query().and_then(|q| {
+        q.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == "token").then(|| names::percent_decode(&v.replace('+', " ")).unwrap_or_default())
+        })
+    });
+    let mut subprotocol = false;
+    let offered: Vec<&str> = headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if !offered.is_empty() {
+        let mut has_ours = false;
+        for p in offered
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            if let Some(t) = p.strip_prefix(BEARER_PREFIX) {
+                token.get_or_insert_with(|| t.to_owned());
+            } else if p == SUBPROTOCOL {
+                has_ours = true;
+            }
+        }
+        if !has_ours {
+            return Err("offer the WebSocket subprotocol pianorhythm.v1");
+        }
+        subprotocol = true;
+    }
+    Ok(UpgradeAuth { token, subprotocol })
+}
+
+#[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
+pub fn verify(hub: &Hub, token: Option<&str>) -> Result<Identity, Response> {
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Err(unauthorized(
+            "a token is required: Authorization: Bearer <jwt>, ?token=<jwt> or subprotocol bearer.<jwt>",
+        ));
+    };
+    hub.cfg
+        .verifier
+        .verify(token, crate::now_ms() / 1000)
+        .map(Identity::from)
+        .map_err(|e| unauthorized(&e.to_string()))
+}
+
+pub fn unauthorized(message: &str) -> Response {
+    with_header(
+        json_error(401, "unauthorized", message),
+        "www-authenticate",
+        r#"Bearer error="invalid_token""#,
+    )
+}
+
+/// `Authorization: Bearer <jwt>`.
+pub fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+}
+
+/// `GET /api/users/me`: who the token says you are.
+pub fn me(hub: &Hub, headers: &HeaderMap) -> Response {
+    let identity = match verify(hub, bearer(headers).as_deref()) {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
+    let guest = identity.roles.iter().any(|r| r == "guest");
+    with_header(
+        crate::http::json(
+            200,
+            &serde_json::json!({
+                "id": identity.user_id, "name": identity.name, "roles": identity.roles,
+                "kind": if guest { "guest" } else { "member" },
+            }),
+        ),
+        "cache-control",
+        "no-store",
+    )
+}
+
+/// Auth requests per client IP per minute (the edge counts them in a Limiter object; here,
+/// per replica, in memory: behind N replicas a client gets up to N times the limit).
+pub struct RateLimiter {
+    limit: usize,
+    hits: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+}
+
+impl RateLimiter {
+    pub fn new(limit: usize) -> RateLimiter {
+        RateLimiter {
+            limit,
+            hits: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Err(seconds to wait)` when over the limit.
+    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        const WINDOW: Duration = Duration::from_secs(60);
+        let now = Instant::now();
+        let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
+        if hits.len() > 100_000 {
+            hits.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < WINDOW));
+        }
+        let q = hits.entry(ip).or_default();
+        while q.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
+            q.pop_front();
+        }
+        if q.len() >= self.limit {
+            let wait = q
+                .front()
+                .map(|t| WINDOW.saturating_sub(now.duration_since(*t)))
+                .unwrap_or(WINDOW);
+            return Err(wait.as_secs().max(1));
+        }
+        q.push_back(now);
+        Ok(())
+    }
+}

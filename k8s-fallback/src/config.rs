@@ -1,0 +1,148 @@
+//! Configuration from the environment (12-factor): every setting has a default that works on a
+//! laptop, and every one is documented in `k8s-fallback/README.md`.
+//!
+//! Token settings mean exactly what they mean at the edge (`src/config.rs`), so one key pair
+//! serves both: tokens issued by either are accepted by both.
+
+use piano_core::identity::{SigningKey, Verifier, parse_public_keys};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub struct Config {
+    pub bind: SocketAddr,
+    /// The built browser client (`web/dist`), served for paths that are not API routes.
+    pub static_dir: Option<PathBuf>,
+    /// Local persistence (SQLite) when Redis is not configured; also where a development
+    /// signing key is kept.
+    pub data_dir: PathBuf,
+    pub redis_url: Option<String>,
+    /// This process's name in leases and pub/sub channels (unique per process start).
+    pub replica_id: String,
+    pub lease_ttl: Duration,
+    pub signing: SigningKey,
+    pub verifier: Verifier,
+    /// Every key tokens may be signed with: the current one first.
+    pub public_keys: Vec<[u8; 32]>,
+    pub issuer: String,
+    pub audience: String,
+    pub guest_ttl_secs: u64,
+    pub auth_rate_limit: usize,
+    pub trust_forwarded_for: bool,
+    /// Frames queued per connection before it counts as a slow consumer and is closed.
+    pub outbound_queue: usize,
+    pub drain_timeout: Duration,
+    /// Whether the signing key was generated here (development only; logged as a warning).
+    pub generated_key: bool,
+}
+
+/// Reads settings through `get` (the process environment in production, a map in tests).
+pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+    let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+    let number = |name: &str, default: u64, range: std::ops::RangeInclusive<u64>| match get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                format!(
+                    "{name} must be a number from {} to {}",
+                    range.start(),
+                    range.end()
+                )
+            }),
+    };
+    let flag = |name: &str| {
+        get(name)
+            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+    };
+
+    let port = number("PORT", 8080, 1..=65535)? as u16;
+    let ip: IpAddr = match get("BIND") {
+        None => IpAddr::from([127, 0, 0, 1]),
+        Some(b) => b
+            .trim()
+            .parse()
+            .map_err(|_| format!("BIND must be an IP address (got {b:?})"))?,
+    };
+    let data_dir =
+        PathBuf::from(get("DATA_DIR").unwrap_or_else(|| "target/k8s-fallback-data".into()));
+    let static_dir = match get("STATIC_DIR") {
+        Some(d) => Some(PathBuf::from(d)),
+        None => Some(PathBuf::from("web/dist")).filter(|p| p.join("index.html").is_file()),
+    };
+    let redis_url = get("REDIS_URL");
+    let replica_id = get("REPLICA_ID")
+        .map(|r| format!("{}-{}", r.trim(), random_hex(4)))
+        .unwrap_or_else(|| random_hex(8));
+
+    let (pem, generated_key) = match get("JWT_PRIVATE_KEY") {
+        Some(pem) => (pem.replace("\\n", "\n"), false),
+        None if redis_url.is_some() => {
+            return Err("JWT_PRIVATE_KEY is required with REDIS_URL: every replica must sign and verify with the same key".into());
+        }
+        None => (dev_key(&data_dir)?, true),
+    };
+    let signing = SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|e| format!("JWT_PRIVATE_KEY is unusable: {e}"))?;
+    let issuer = get("JWT_ISSUER").unwrap_or_else(|| "pianorhythm".into());
+    let audience = get("JWT_AUDIENCE").unwrap_or_else(|| "pianorhythm".into());
+    let previous = parse_public_keys(&get("JWT_VERIFY_KEYS").unwrap_or_default())
+        .map_err(|e| format!("JWT_VERIFY_KEYS is unusable: {e}"))?;
+    let mut public_keys = vec![signing.public_key()];
+    public_keys.extend(previous.into_iter().filter(|k| *k != signing.public_key()));
+    let verifier = Verifier::new(&issuer, &audience).with_keys(public_keys.iter().copied());
+
+    Ok(Config {
+        bind: SocketAddr::new(ip, port),
+        static_dir,
+        data_dir,
+        redis_url,
+        replica_id,
+        lease_ttl: Duration::from_millis(number("LEASE_TTL_MS", 3000, 500..=60_000)?),
+        signing,
+        verifier,
+        public_keys,
+        issuer,
+        audience,
+        guest_ttl_secs: number("GUEST_TOKEN_TTL_SECS", 86_400, 60..=30 * 86_400)?,
+        auth_rate_limit: number("AUTH_RATE_LIMIT_PER_MINUTE", 10, 1..=1_000_000)? as usize,
+        trust_forwarded_for: flag("TRUST_X_FORWARDED_FOR"),
+        outbound_queue: number("OUTBOUND_QUEUE_FRAMES", 1024, 16..=1_000_000)? as usize,
+        drain_timeout: Duration::from_secs(number("DRAIN_TIMEOUT_SECS", 10, 0..=600)?),
+        generated_key,
+    })
+}
+
+/// A throw-away development key, kept in the data directory so tokens survive a restart.
+fn dev_key(data_dir: &std::path::Path) -> Result<String, String> {
+    let path = data_dir.join("dev-jwt-key.pem");
+    if let Ok(pem) = std::fs::read_to_string(&path) {
+        return Ok(pem);
+    }
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| format!("no randomness for a key: {e}"))?;
+    let pem = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .to_pkcs8_pem(Default::default())
+        .map_err(|e| format!("could not encode a development key: {e}"))?
+        .to_string();
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("DATA_DIR {}: {e}", data_dir.display()))?;
+    std::fs::write(&path, &pem).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(pem)
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if getrandom::fill(&mut buf).is_err() {
+        // getrandom does not fail on Linux; the clock keeps ids distinct anyway.
+        let t = crate::now_ms().to_le_bytes();
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = t[i % 8];
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}

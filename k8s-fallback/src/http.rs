@@ -1,0 +1,259 @@
+//! The HTTP surface: the edge's URL paths (README "HTTP API"), plus `/readyz` and `/metrics`,
+//! and the browser client from `STATIC_DIR`. Routed by path segments like the edge's router
+//! (`src/lib.rs`), so the room name is percent-decoded by the same code
+//! (`piano_core::names::percent_decode`). Every error is `{"error": {"code", "message"}}`.
+
+use crate::auth::{self, MAX_BODY_BYTES, RateLimiter};
+use crate::hub::Hub;
+use crate::metrics;
+use axum::body::Body;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use piano_core::limits::{MAX_FRAME_BYTES, SUBPROTOCOL};
+use piano_core::names::{self, percent_decode};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use tower::ServiceExt;
+use tower_http::services::ServeDir;
+
+#[derive(Clone)]
+pub struct App {
+    pub hub: Arc<Hub>,
+    limiter: Arc<RateLimiter>,
+    static_files: Option<ServeDir>,
+}
+
+pub fn router(hub: Arc<Hub>) -> axum::Router {
+    let app = App {
+        limiter: Arc::new(RateLimiter::new(hub.cfg.auth_rate_limit)),
+        static_files: hub
+            .cfg
+            .static_dir
+            .as_ref()
+            .map(|d| ServeDir::new(d).append_index_html_on_directories(true)),
+        hub,
+    };
+    axum::Router::new().fallback(route).with_state(app)
+}
+
+pub fn json(status: u16, body: &serde_json::Value) -> Response {
+    let mut resp = Response::new(Body::from(body.to_string()));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+pub fn json_error(status: u16, code: &str, message: &str) -> Response {
+    json(
+        status,
+        &serde_json::json!({ "error": { "code": code, "message": message } }),
+    )
+}
+
+pub fn with_header(mut resp: Response, name: &'static str, value: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().insert(name, v);
+    }
+    resp
+}
+
+fn client_ip(app: &App, peer: SocketAddr, req: &Request) -> IpAddr {
+    if app.hub.cfg.trust_forwarded_for
+        && let Some(ip) = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    {
+        return ip;
+    }
+    peer.ip()
+}
+
+async fn route(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let hub = &app.hub;
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => json(200, &serde_json::json!({ "status": "ok" })),
+        (&Method::GET, ["readyz"]) => {
+            if hub.ready() {
+                json(200, &serde_json::json!({ "status": "ready" }))
+            } else if hub.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                json_error(503, "draining", "this replica is shutting down")
+            } else {
+                json_error(503, "not_ready", "not connected to Redis yet")
+            }
+        }
+        (&Method::GET, ["metrics"]) => with_header(
+            metrics::render(hub.replica()).into_response(),
+            "content-type",
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        (&Method::GET, ["api", "version"]) => json(
+            200,
+            &serde_json::json!({
+                "name": env!("CARGO_PKG_NAME"),
+                "version": env!("CARGO_PKG_VERSION"),
+                "protocol": piano_core::limits::PROTOCOL_VERSION,
+                "subprotocol": SUBPROTOCOL,
+                "replica": hub.replica(),
+                "mode": if hub.cluster.is_some() { "redis" } else { "standalone" },
+            }),
+        ),
+        (&Method::GET, [".well-known", "jwks.json"]) => auth::jwks(hub),
+        (&Method::POST, ["api", "auth", "guest"]) => {
+            if let Err(wait) = app.limiter.check(client_ip(&app, peer, &req)) {
+                return with_header(
+                    json_error(
+                        429,
+                        "rate_limited",
+                        "too many sign-ins from this address: wait a minute",
+                    ),
+                    "retry-after",
+                    &wait.to_string(),
+                );
+            }
+            match axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await {
+                Ok(body) => auth::guest(hub, &body),
+                Err(_) => json_error(413, "body_too_large", "request body is over 4096 bytes"),
+            }
+        }
+        (&Method::POST, ["api", "auth", "register" | "login" | "refresh" | "logout"])
+        | (&Method::PUT, ["api", "users", "me"])
+        | (&Method::POST, ["api", "admin", "users", _, "roles"]) => json_error(
+            501,
+            "not_implemented",
+            "member accounts are served by the edge deployment; the fallback issues guest tokens and accepts members' access tokens",
+        ),
+        (&Method::GET, ["api", "users", "me"]) => auth::me(hub, req.headers()),
+        (&Method::GET, ["api", "users", _]) => {
+            json_error(404, "not_found", "no such user on this server")
+        }
+        (&Method::GET, ["api", "rooms"]) => with_header(
+            json(
+                200,
+                &serde_json::to_value(hub.listing()).unwrap_or_default(),
+            ),
+            "cache-control",
+            "public, max-age=2, stale-while-revalidate=10",
+        ),
+        (&Method::POST, ["api", "lobby", "next"]) => {
+            match auth::verify(hub, auth::bearer(req.headers()).as_deref()) {
+                Ok(identity) => json(
+                    200,
+                    &serde_json::json!({ "room": hub.next_lobby(&identity.user_id) }),
+                ),
+                Err(resp) => resp,
+            }
+        }
+        (&Method::GET, ["api", "rooms", name, "ws"]) => {
+            let name = (*name).to_owned();
+            connect(app.clone(), req, &name).await
+        }
+        (&Method::GET, ["api", "rooms", name]) => match room_name(name) {
+            Ok(name) => with_header(
+                json(200, &hub.info(&name).await),
+                "cache-control",
+                "no-store",
+            ),
+            Err(resp) => resp,
+        },
+        (
+            _,
+            [".well-known", "jwks.json"]
+            | ["api", "version"]
+            | ["healthz"]
+            | ["readyz"]
+            | ["metrics"],
+        )
+        | (_, ["api", "auth", "guest"] | ["api", "rooms", _] | ["api", "rooms", _, "ws"])
+        | (_, ["api", "rooms"] | ["api", "lobby", "next"] | ["api", "users", _])
+        | (_, ["api", "auth", "register" | "login" | "refresh" | "logout"])
+        | (_, ["api", "admin", "users", _, "roles"]) => {
+            json_error(405, "method_not_allowed", "method not allowed on this path")
+        }
+        (_, ["api", ..]) => json_error(404, "not_found", "no such endpoint"),
+        _ => match &app.static_files {
+            Some(dir) if method == Method::GET || method == Method::HEAD => {
+                match dir.clone().oneshot(req).await {
+                    Ok(resp) if resp.status() != StatusCode::NOT_FOUND => resp.map(Body::new),
+                    _ => json_error(404, "not_found", "no such endpoint"),
+                }
+            }
+            _ => json_error(404, "not_found", "no such endpoint"),
+        },
+    }
+}
+
+/// Decodes and validates the `{name}` path segment.
+#[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
+fn room_name(raw: &str) -> Result<String, Response> {
+    let decoded = percent_decode(raw).ok_or_else(|| {
+        json_error(
+            400,
+            "invalid_room_name",
+            "room name is not valid UTF-8 percent-encoding",
+        )
+    })?;
+    names::room_name(&decoded)
+        .map(str::to_owned)
+        .map_err(|e| json_error(400, "invalid_room_name", &format!("room name {e}")))
+}
+
+/// The WebSocket gate: room name, upgrade, subprotocol, then the token (in the edge's order).
+async fn connect(app: App, req: Request, raw_name: &str) -> Response {
+    let name = match room_name(raw_name) {
+        Ok(n) => n,
+        Err(resp) => return resp,
+    };
+    let (mut parts, _body) = req.into_parts();
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(u) => u,
+        Err(_) => {
+            return json_error(
+                426,
+                "upgrade_required",
+                "this endpoint only accepts WebSocket upgrades",
+            );
+        }
+    };
+    let auth = match auth::upgrade_auth(&parts.uri, &parts.headers) {
+        Ok(a) => a,
+        Err(msg) => return json_error(400, "bad_subprotocol", msg),
+    };
+    let identity = match auth::verify(&app.hub, auth.token.as_deref()) {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
+    if app.hub.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return json_error(
+            503,
+            "draining",
+            "this replica is shutting down: connect again",
+        );
+    }
+    let mut upgrade = upgrade
+        // Frames over the protocol limit reach the room, which closes with 1009; far larger
+        // ones are refused by the WebSocket layer before they are buffered.
+        .max_message_size(MAX_FRAME_BYTES * 4)
+        .max_frame_size(MAX_FRAME_BYTES * 4);
+    if auth.subprotocol {
+        upgrade = upgrade.protocols([SUBPROTOCOL]);
+    }
+    let hub = app.hub.clone();
+    upgrade
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| crate::ws::serve(hub, socket, name, identity))
+}

@@ -1,0 +1,599 @@
+//! The replica's shared state: its players' sockets, the rooms it runs, the rooms its players
+//! follow elsewhere (cluster mode), and its copy of the room directory.
+//!
+//! Routing a player: [`Hub::attach`] finds the room's runner. Without Redis that is always a
+//! local room task (started on first use, restored from SQLite). With Redis it is whoever holds
+//! the room's lease: this replica (a local task, restored from Redis) or another one, to which
+//! the player's frames are published ([`Route::Remote`]); the holder publishes its broadcasts
+//! back, once per replica, and this replica hands the same `Bytes` to each local socket.
+//!
+//! Sockets never block a room: each has a bounded outbound queue, and a connection whose queue
+//! is full is closed ([`SLOW_CONSUMER`]) rather than slowing everyone else down.
+
+use crate::cluster::{self, Cluster, Lease, replica_channel};
+use crate::config::Config;
+use crate::metrics::{METRICS, redis_error};
+use crate::room_task::{RoomEntry, RoomInfo, RoomMsg};
+use crate::store::Store;
+use crate::wire::Wire;
+use crate::{now_ms, now_us};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use piano_core::identity::Identity;
+use piano_core::lobby::{Directory, Report, Summary};
+use piano_core::room::ConnId;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// RFC 6455 "Service Restart": the server is going away or the room moved to another replica;
+/// reconnect (with the same token) and join again.
+pub const SERVICE_RESTART: u16 = 1012;
+/// RFC 6455 "Try Again Later": the connection fell behind its room (outbound queue full), or
+/// the room could not be placed right now. Reconnecting is the right answer to both.
+pub const SLOW_CONSUMER: u16 = 1013;
+pub const TRY_AGAIN_LATER: u16 = 1013;
+
+/// What a player's socket is sent.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(Bytes),
+    Close(u16, String),
+}
+
+struct LocalConn {
+    tx: mpsc::Sender<Outbound>,
+    /// Tells the socket's writer to close at once, bypassing a full queue.
+    kill: Option<oneshot::Sender<(u16, String)>>,
+}
+
+/// Where a player's frames go.
+pub enum Route {
+    Local(mpsc::Sender<RoomMsg>),
+    Remote { holder: String, room: String },
+}
+
+pub struct Hub {
+    pub cfg: Config,
+    pub store: Store,
+    pub cluster: Option<Cluster>,
+    directory: Mutex<Directory>,
+    /// Reports waiting to be written to the shared directory (cluster mode), in order.
+    directory_tx: Option<mpsc::UnboundedSender<Report>>,
+    rooms: Mutex<HashMap<String, RoomEntry>>,
+    conns: Mutex<HashMap<ConnId, LocalConn>>,
+    /// Local connections whose room runs on another replica: conn → (room, holder).
+    follows: Mutex<HashMap<ConnId, (String, String)>>,
+    /// One room start at a time, so two players arriving together start it once.
+    starting: tokio::sync::Mutex<()>,
+    pub draining: AtomicBool,
+    /// Cluster mode: subscribed to this replica's channel (required before taking leases).
+    pub subscribed: AtomicBool,
+    pub started_at: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take the whole replica down with poisoned locks.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    pub fn new(cfg: Config, store: Store, cluster: Option<Cluster>) -> Arc<Hub> {
+        let (directory_tx, directory_rx) = if cluster.is_some() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let hub = Arc::new(Hub {
+            cfg,
+            store,
+            cluster,
+            directory: Mutex::new(Directory::new()),
+            directory_tx,
+            rooms: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
+            follows: Mutex::new(HashMap::new()),
+            starting: tokio::sync::Mutex::new(()),
+            draining: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
+            started_at: now_ms(),
+        });
+        if let Some(rx) = directory_rx {
+            tokio::spawn(directory_writer(hub.clone(), rx));
+            tokio::spawn(pubsub_loop(hub.clone()));
+            tokio::spawn(watchdog(hub.clone()));
+        }
+        hub
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.cfg.replica_id
+    }
+
+    pub fn ready(&self) -> bool {
+        !self.draining.load(SeqCst) && (self.cluster.is_none() || self.subscribed.load(SeqCst))
+    }
+
+    // -- local sockets -------------------------------------------------------------------
+
+    pub fn register(
+        &self,
+        conn: ConnId,
+        tx: mpsc::Sender<Outbound>,
+        kill: oneshot::Sender<(u16, String)>,
+    ) {
+        lock(&self.conns).insert(
+            conn,
+            LocalConn {
+                tx,
+                kill: Some(kill),
+            },
+        );
+    }
+
+    pub fn unregister(&self, conn: ConnId) {
+        lock(&self.conns).remove(&conn);
+        lock(&self.follows).remove(&conn);
+    }
+
+    /// Queues a frame for a local socket; `false` if the connection is not on this replica.
+    pub fn deliver(&self, conn: ConnId, frame: &Bytes) -> bool {
+        let mut conns = lock(&self.conns);
+        let Some(c) = conns.get_mut(&conn) else {
+            return false;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            c.tx.try_send(Outbound::Frame(frame.clone()))
+            && let Some(kill) = c.kill.take()
+        {
+            METRICS.slow_consumers.fetch_add(1, Relaxed);
+            tracing::warn!(conn, "closing a connection that fell behind its room");
+            let _ = kill.send((SLOW_CONSUMER, "too slow: reconnect".into()));
+        }
+        true
+    }
+
+    /// Closes a local socket after what is already queued for it.
+    pub fn close_local(&self, conn: ConnId, code: u16, reason: &str) {
+        let mut conns = lock(&self.conns);
+        let Some(c) = conns.get_mut(&conn) else {
+            return;
+        };
+        if c.tx.try_send(Outbound::Close(code, reason.into())).is_err()
+            && let Some(kill) = c.kill.take()
+        {
+            let _ = kill.send((code, reason.into()));
+        }
+    }
+
+    pub fn local_connections(&self) -> usize {
+        lock(&self.conns).len()
+    }
+
+    // -- rooms ---------------------------------------------------------------------------
+
+    pub(crate) fn room_tx(&self, room: &str) -> Option<mpsc::Sender<RoomMsg>> {
+        lock(&self.rooms).get(room).map(|e| e.tx.clone())
+    }
+
+    pub(crate) fn rooms_lock(&self) -> MutexGuard<'_, HashMap<String, RoomEntry>> {
+        lock(&self.rooms)
+    }
+
+    /// Places a new connection in its room; the route for its frames, or a close code.
+    pub async fn attach(
+        self: &Arc<Self>,
+        room: &str,
+        conn: ConnId,
+        identity: &Identity,
+    ) -> Result<Route, (u16, &'static str)> {
+        for _ in 0..8 {
+            if let Some(tx) = self.room_tx(room) {
+                let msg = RoomMsg::Connect {
+                    conn,
+                    identity: identity.clone(),
+                    origin: None,
+                };
+                if tx.send(msg).await.is_ok() {
+                    return Ok(Route::Local(tx));
+                }
+                // The room task just retired; start it again.
+                continue;
+            }
+            let guard = self.starting.lock().await;
+            if self.room_tx(room).is_some() {
+                continue;
+            }
+            let Some(cluster) = &self.cluster else {
+                if let Err(e) = crate::room_task::start(self, room).await {
+                    tracing::error!(room, error = %e, "could not start a room");
+                    return Err((
+                        piano_core::limits::close::INTERNAL_ERROR,
+                        "the room could not be loaded",
+                    ));
+                }
+                continue;
+            };
+            if !self.subscribed.load(SeqCst) {
+                return Err((TRY_AGAIN_LATER, "not connected to Redis yet: reconnect"));
+            }
+            match cluster.acquire(room).await {
+                Ok(Lease::Mine) => {
+                    if let Err(e) = crate::room_task::start(self, room).await {
+                        tracing::error!(room, error = %e, "could not start a room");
+                        cluster.release_if(room, self.replica()).await;
+                        return Err((
+                            piano_core::limits::close::INTERNAL_ERROR,
+                            "the room could not be loaded",
+                        ));
+                    }
+                }
+                Ok(Lease::HeldBy(holder)) => {
+                    drop(guard);
+                    let connect = Wire::Connect {
+                        room: room.to_owned(),
+                        conn,
+                        from: self.replica().to_owned(),
+                        identity: identity.clone(),
+                    };
+                    lock(&self.follows).insert(conn, (room.to_owned(), holder.clone()));
+                    match cluster
+                        .publish(&replica_channel(&holder), connect.encode())
+                        .await
+                    {
+                        Ok(n) if n > 0 => {
+                            return Ok(Route::Remote {
+                                holder,
+                                room: room.to_owned(),
+                            });
+                        }
+                        Ok(_) => {
+                            // Nobody listens on the holder's channel: it is gone. Its lease
+                            // would lapse within the TTL; taking it now saves players seconds.
+                            lock(&self.follows).remove(&conn);
+                            tracing::info!(room, holder, "lease holder is gone; taking over");
+                            cluster.release_if(room, &holder).await;
+                        }
+                        Err(e) => {
+                            lock(&self.follows).remove(&conn);
+                            redis_error("forwarding a connect", &e);
+                            return Err((TRY_AGAIN_LATER, "Redis is unavailable: reconnect"));
+                        }
+                    }
+                }
+                Err(e) => {
+                    redis_error("acquiring a lease", &e);
+                    return Err((TRY_AGAIN_LATER, "Redis is unavailable: reconnect"));
+                }
+            }
+        }
+        Err((TRY_AGAIN_LATER, "the room is changing hands: reconnect"))
+    }
+
+    /// Room info as `GET /api/rooms/{name}` shows it.
+    pub async fn info(&self, room: &str) -> serde_json::Value {
+        let kind = piano_core::room::stored::RoomKind::of(room);
+        if let Some(tx) = self.room_tx(room) {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(RoomMsg::Info(reply)).await.is_ok()
+                && let Ok(Ok(i)) = tokio::time::timeout(Duration::from_secs(2), rx).await
+            {
+                let RoomInfo {
+                    participants,
+                    connections,
+                    started_at,
+                } = i;
+                return serde_json::json!({
+                    "room": room, "kind": kind.as_str(), "participants": participants,
+                    "connections": connections, "instance_started_at": started_at,
+                    "served_by": self.replica(),
+                });
+            }
+        }
+        let players = lock(&self.directory)
+            .get(room)
+            .map(|r| r.summary.players)
+            .unwrap_or(0);
+        let served_by = match &self.cluster {
+            Some(c) => c
+                .holders(&[room.to_owned()])
+                .await
+                .ok()
+                .and_then(|mut h| h.pop().flatten()),
+            None => None,
+        };
+        serde_json::json!({
+            "room": room, "kind": kind.as_str(), "participants": players,
+            "connections": players, "instance_started_at": 0, "served_by": served_by,
+        })
+    }
+
+    // -- directory -----------------------------------------------------------------------
+
+    /// A room's report: applied here (single process) or published to every replica.
+    pub fn report(&self, report: Report) {
+        match &self.directory_tx {
+            Some(tx) => {
+                let _ = tx.send(report);
+            }
+            None => self.apply_report(report),
+        }
+    }
+
+    fn apply_report(&self, report: Report) {
+        let delta = lock(&self.directory).report(report, now_ms());
+        if let Some(delta) = delta.filter(|d| !d.is_empty()) {
+            for entry in lock(&self.rooms).values() {
+                // A room with no subscribers ignores it; a full queue skips one listing
+                // update, which the next full list (on subscribe) corrects.
+                let _ = entry.tx.try_send(RoomMsg::RoomListChanged(delta.clone()));
+            }
+        }
+    }
+
+    pub fn listing(&self) -> Vec<Summary> {
+        lock(&self.directory).listing()
+    }
+
+    pub fn next_lobby(&self, user: &str) -> String {
+        lock(&self.directory).next_lobby(user, now_ms())
+    }
+
+    // -- cluster messages ----------------------------------------------------------------
+
+    async fn on_wire(&self, wire: Wire) {
+        let cluster = match &self.cluster {
+            Some(c) => c,
+            None => return,
+        };
+        let refuse = |conn: ConnId, from: String| async move {
+            let close = Wire::Close {
+                conn,
+                code: SERVICE_RESTART,
+                reason: "the room moved: reconnect".into(),
+            };
+            if let Err(e) = cluster
+                .publish(&replica_channel(&from), close.encode())
+                .await
+            {
+                redis_error("refusing a connection", &e);
+            }
+        };
+        match wire {
+            Wire::Connect {
+                room,
+                conn,
+                from,
+                identity,
+            } => {
+                let msg = RoomMsg::Connect {
+                    conn,
+                    identity,
+                    origin: Some(from.clone()),
+                };
+                match self.room_tx(&room) {
+                    Some(tx) if tx.send(msg).await.is_ok() => {}
+                    _ => refuse(conn, from).await,
+                }
+            }
+            Wire::Frame {
+                room,
+                conn,
+                binary,
+                at_us,
+                data,
+            } => {
+                if let Some(tx) = self.room_tx(&room) {
+                    let _ = tx
+                        .send(RoomMsg::Frame {
+                            conn,
+                            data,
+                            binary,
+                            at_us,
+                        })
+                        .await;
+                }
+            }
+            Wire::Disconnect { room, conn } => {
+                if let Some(tx) = self.room_tx(&room) {
+                    let _ = tx.send(RoomMsg::Disconnect { conn }).await;
+                }
+            }
+            Wire::Deliver { at_us, conns, data } => {
+                for c in &conns {
+                    self.deliver(*c, &data);
+                }
+                if at_us > 0 {
+                    METRICS
+                        .relay_latency
+                        .observe_us(now_us().saturating_sub(at_us));
+                }
+            }
+            Wire::Close { conn, code, reason } => {
+                lock(&self.follows).remove(&conn);
+                self.close_local(conn, code, &reason);
+            }
+        }
+    }
+
+    /// Rebuilds the directory copy from the shared hash (after (re)subscribing).
+    async fn load_directory(&self) {
+        let Some(c) = &self.cluster else { return };
+        let all: redis::RedisResult<HashMap<String, String>> = redis::cmd("HGETALL")
+            .arg(cluster::DIRECTORY)
+            .query_async(&mut c.conn.clone())
+            .await;
+        match all {
+            Ok(all) => {
+                let reports = all
+                    .values()
+                    .filter_map(|v| serde_json::from_str::<Report>(v).ok());
+                *lock(&self.directory) = Directory::from_reports(reports);
+            }
+            Err(e) => redis_error("loading the directory", &e),
+        }
+    }
+
+    // -- drain ---------------------------------------------------------------------------
+
+    /// SIGTERM: refuse new players, tell every connected one to reconnect elsewhere
+    /// ([`SERVICE_RESTART`]), save and hand over the rooms, and wait (bounded) for sockets to go.
+    pub async fn drain(&self) {
+        self.draining.store(true, SeqCst);
+        let rooms: Vec<mpsc::Sender<RoomMsg>> =
+            lock(&self.rooms).values().map(|e| e.tx.clone()).collect();
+        tracing::info!(
+            rooms = rooms.len(),
+            connections = self.local_connections(),
+            "draining"
+        );
+        for tx in rooms {
+            let _ = tx
+                .send(RoomMsg::Shutdown {
+                    code: SERVICE_RESTART,
+                    reason: "server restarting: reconnect".into(),
+                    release: true,
+                })
+                .await;
+        }
+        let conns: Vec<ConnId> = lock(&self.conns).keys().copied().collect();
+        for conn in conns {
+            self.close_local(conn, SERVICE_RESTART, "server restarting: reconnect");
+        }
+        let deadline = tokio::time::Instant::now() + self.cfg.drain_timeout;
+        while tokio::time::Instant::now() < deadline
+            && (!lock(&self.rooms).is_empty() || self.local_connections() > 0)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(
+            rooms = lock(&self.rooms).len(),
+            connections = self.local_connections(),
+            "drained"
+        );
+    }
+}
+
+/// Writes room reports to the shared directory, in order, and tells every replica.
+async fn directory_writer(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Report>) {
+    let Some(c) = &hub.cluster else { return };
+    while let Some(report) = rx.recv().await {
+        let Ok(json) = serde_json::to_string(&report) else {
+            continue;
+        };
+        let mut pipe = redis::pipe();
+        if report.summary.players == 0 {
+            pipe.hdel(cluster::DIRECTORY, &report.summary.name);
+        } else {
+            pipe.hset(cluster::DIRECTORY, &report.summary.name, &json);
+        }
+        pipe.publish(cluster::DIRECTORY, &json);
+        if let Err(e) = pipe.query_async::<()>(&mut c.conn.clone()).await {
+            redis_error("writing the directory", &e);
+            // Still apply it here, so at least this replica's list is right.
+            hub.apply_report(report);
+        }
+    }
+}
+
+/// This replica's subscription: its own channel (room traffic) and the directory channel.
+/// Reconnects forever; while it is down the replica is not ready and takes no leases.
+async fn pubsub_loop(hub: Arc<Hub>) {
+    let Some(c) = &hub.cluster else { return };
+    let own = replica_channel(hub.replica());
+    loop {
+        match c.client.get_async_pubsub().await {
+            Ok(mut ps) => {
+                let subscribed = async {
+                    ps.subscribe(&own).await?;
+                    ps.subscribe(cluster::DIRECTORY).await
+                }
+                .await;
+                match subscribed {
+                    Ok(()) => {
+                        hub.load_directory().await;
+                        hub.subscribed.store(true, SeqCst);
+                        tracing::info!(channel = own, "subscribed");
+                        let mut stream = ps.on_message();
+                        while let Some(msg) = stream.next().await {
+                            let payload: &[u8] = msg.get_payload_bytes();
+                            if msg.get_channel_name() == cluster::DIRECTORY {
+                                if let Ok(report) = serde_json::from_slice::<Report>(payload) {
+                                    hub.apply_report(report);
+                                }
+                            } else if let Some(wire) = Wire::decode(Bytes::copy_from_slice(payload))
+                            {
+                                hub.on_wire(wire).await;
+                            }
+                        }
+                        hub.subscribed.store(false, SeqCst);
+                        redis_error("pub/sub connection", &"closed");
+                    }
+                    Err(e) => redis_error("subscribing", &e),
+                }
+            }
+            Err(e) => redis_error("pub/sub connect", &e),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Followers' check on the replicas running their rooms: a holder that is gone (no subscriber
+/// on its channel) or no longer holds the lease means the room moved or will restart; its
+/// players here are told to reconnect ([`SERVICE_RESTART`]) and will find the new holder.
+async fn watchdog(hub: Arc<Hub>) {
+    let Some(c) = &hub.cluster else { return };
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let follows: Vec<(ConnId, String, String)> = lock(&hub.follows)
+            .iter()
+            .map(|(c, (r, h))| (*c, r.clone(), h.clone()))
+            .collect();
+        if follows.is_empty() {
+            continue;
+        }
+        let mut rooms: Vec<String> = follows.iter().map(|f| f.1.clone()).collect();
+        rooms.sort();
+        rooms.dedup();
+        let mut holders: Vec<String> = follows.iter().map(|f| f.2.clone()).collect();
+        holders.sort();
+        holders.dedup();
+        let (leases, alive) = match (c.holders(&rooms).await, c.alive(&holders).await) {
+            (Ok(l), Ok(a)) => (l, a),
+            (Err(e), _) | (_, Err(e)) => {
+                redis_error("watching lease holders", &e);
+                continue;
+            }
+        };
+        for (conn, room, holder) in follows {
+            let lease = rooms
+                .iter()
+                .position(|r| *r == room)
+                .and_then(|i| leases[i].clone());
+            let up = holders
+                .iter()
+                .position(|h| *h == holder)
+                .is_some_and(|i| alive[i]);
+            if !up || lease.as_deref() != Some(holder.as_str()) {
+                tracing::info!(
+                    conn,
+                    room,
+                    holder,
+                    up,
+                    "room holder changed; asking the player to reconnect"
+                );
+                lock(&hub.follows).remove(&conn);
+                if !up {
+                    // Free the dead holder's lease now rather than when it lapses.
+                    c.release_if(&room, &holder).await;
+                }
+                hub.close_local(conn, SERVICE_RESTART, "the room moved: reconnect");
+            }
+        }
+    }
+}

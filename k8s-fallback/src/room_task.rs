@@ -1,0 +1,451 @@
+//! One room, run by one tokio task: the single writer of DESIGN §1.
+//!
+//! The task owns the core [`Room`] and is the only code that touches it. Inputs arrive on a
+//! bounded channel ([`RoomMsg`]) from local sockets and, in cluster mode, from other replicas
+//! through this replica's pub/sub dispatcher. Effects are carried out in order: a broadcast is
+//! one `Bytes` handed to every local target's queue and published once per other replica;
+//! durable changes go to the room's ordered store writer; directory reports to the hub.
+//!
+//! In cluster mode the task also renews the room's lease every third of its TTL, and stops the
+//! room (players reconnect) the moment the lease is no longer provably its own. When the room
+//! has no connections left the task retires: it saves, releases the lease, and leaves the map.
+
+use crate::cluster::replica_channel;
+use crate::hub::{Hub, SERVICE_RESTART};
+use crate::metrics::{METRICS, redis_error};
+use crate::store::Writer;
+use crate::wire::Wire;
+use crate::{now_ms, now_us};
+use bytes::Bytes;
+use piano_core::identity::Identity;
+use piano_core::lobby::Delta;
+use piano_core::room::{ConnId, DirectoryOp, Effect, Frame, Input, Room};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Inputs a room task may queue before senders wait.
+const QUEUE: usize = 4096;
+
+static NEXT_ENTRY: AtomicU64 = AtomicU64::new(1);
+
+pub enum RoomMsg {
+    /// `origin`: the replica holding the socket, `None` for this one.
+    Connect {
+        conn: ConnId,
+        identity: Identity,
+        origin: Option<String>,
+    },
+    Frame {
+        conn: ConnId,
+        data: Bytes,
+        binary: bool,
+        at_us: u64,
+    },
+    Disconnect {
+        conn: ConnId,
+    },
+    RoomListChanged(Delta),
+    Info(oneshot::Sender<RoomInfo>),
+    /// Close every connection with this code and stop; `release` gives up the lease.
+    Shutdown {
+        code: u16,
+        reason: String,
+        release: bool,
+    },
+}
+
+pub struct RoomInfo {
+    pub participants: usize,
+    pub connections: usize,
+    pub started_at: u64,
+}
+
+pub struct RoomEntry {
+    pub id: u64,
+    pub tx: mpsc::Sender<RoomMsg>,
+}
+
+struct Task {
+    hub: Arc<Hub>,
+    name: String,
+    id: u64,
+    room: Room,
+    writer: Writer,
+    local: HashSet<ConnId>,
+    /// Connections held by other replicas: conn → replica.
+    remote: HashMap<ConnId, String>,
+    /// Publishes in order, so the room never waits on Redis.
+    publisher: Option<mpsc::UnboundedSender<(String, Bytes)>>,
+    started_at: u64,
+    lease_ok_at: Instant,
+}
+
+enum Next {
+    Continue,
+    Stop { release: bool },
+}
+
+/// Loads the room's durable state and starts its task. The caller holds the hub's start lock
+/// (and, in cluster mode, the lease).
+pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
+    let stored = hub.store.load(name).await?;
+    let now = now_ms();
+    let (room, effects) = match stored {
+        Some(stored) => Room::restore(name, Some(stored), [], now, seed()),
+        None => (Room::new(name, seed()), Vec::new()),
+    };
+    let writer = hub.store.writer(name, room.stored().clone());
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let id = NEXT_ENTRY.fetch_add(1, Relaxed);
+    hub.rooms_lock()
+        .insert(name.to_owned(), RoomEntry { id, tx });
+    METRICS.rooms.fetch_add(1, Relaxed);
+    let publisher = hub.cluster.as_ref().map(|_| {
+        let (ptx, prx) = mpsc::unbounded_channel();
+        tokio::spawn(publish_loop(hub.clone(), prx));
+        ptx
+    });
+    tracing::info!(
+        room = name,
+        restored = !effects.is_empty() || room.stored().crown.assigned_once,
+        "room started"
+    );
+    let task = Task {
+        hub: hub.clone(),
+        name: name.to_owned(),
+        id,
+        room,
+        writer,
+        local: HashSet::new(),
+        remote: HashMap::new(),
+        publisher,
+        started_at: now,
+        lease_ok_at: Instant::now(),
+    };
+    tokio::spawn(task.run(rx, effects));
+    Ok(())
+}
+
+async fn publish_loop(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<(String, Bytes)>) {
+    let Some(c) = &hub.cluster else { return };
+    while let Some((channel, payload)) = rx.recv().await {
+        if let Err(e) = c.publish(&channel, payload).await {
+            redis_error("publishing to a replica", &e);
+        }
+    }
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>, initial: Vec<Effect>) {
+        self.execute(initial, None);
+        let period = match &self.hub.cluster {
+            Some(c) => c.lease_ttl / 3,
+            None => Duration::from_secs(3600),
+        };
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await;
+        let release = loop {
+            let next = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => self.on_msg(m),
+                    None => Next::Stop { release: true },
+                },
+                _ = tick.tick() => self.on_tick().await,
+            };
+            if let Next::Stop { release } = next {
+                self.retire(&mut rx);
+                break release;
+            }
+            if self.local.is_empty() && self.remote.is_empty() {
+                // Retire, unless something arrived meanwhile (checked under the map's lock,
+                // so no sender can find this task in the map after it left).
+                let pending = {
+                    let mut rooms = self.hub.rooms_lock();
+                    match rx.try_recv() {
+                        Ok(m) => Some(m),
+                        Err(_) => {
+                            if rooms.get(&self.name).is_some_and(|e| e.id == self.id) {
+                                rooms.remove(&self.name);
+                            }
+                            None
+                        }
+                    }
+                };
+                match pending {
+                    Some(m) => {
+                        if let Next::Stop { release } = self.on_msg(m) {
+                            self.retire(&mut rx);
+                            break release;
+                        }
+                    }
+                    None => {
+                        self.retire(&mut rx);
+                        break true;
+                    }
+                }
+            }
+        };
+        self.writer.flush().await;
+        if release && let Some(c) = &self.hub.cluster {
+            c.release_if(&self.name, self.hub.replica()).await;
+        }
+        METRICS.rooms.fetch_sub(1, Relaxed);
+        tracing::info!(room = self.name, "room stopped");
+    }
+
+    /// Leaves the map and turns away whatever was still queued (those players reconnect).
+    fn retire(&mut self, rx: &mut mpsc::Receiver<RoomMsg>) {
+        {
+            let mut rooms = self.hub.rooms_lock();
+            if rooms.get(&self.name).is_some_and(|e| e.id == self.id) {
+                rooms.remove(&self.name);
+            }
+        }
+        rx.close();
+        while let Ok(m) = rx.try_recv() {
+            if let RoomMsg::Connect { conn, origin, .. } = m {
+                self.close(
+                    conn,
+                    origin.as_deref(),
+                    SERVICE_RESTART,
+                    "the room restarted: reconnect",
+                );
+            }
+        }
+        for conn in std::mem::take(&mut self.local) {
+            self.hub
+                .close_local(conn, SERVICE_RESTART, "the room restarted: reconnect");
+        }
+        for (conn, replica) in std::mem::take(&mut self.remote) {
+            self.close(
+                conn,
+                Some(&replica),
+                SERVICE_RESTART,
+                "the room restarted: reconnect",
+            );
+        }
+    }
+
+    fn on_msg(&mut self, msg: RoomMsg) -> Next {
+        let now = now_ms();
+        match msg {
+            RoomMsg::Connect {
+                conn,
+                identity,
+                origin,
+            } => {
+                match origin {
+                    Some(r) => {
+                        self.remote.insert(conn, r);
+                    }
+                    None => {
+                        self.local.insert(conn);
+                    }
+                }
+                let effects = self.room.handle(Input::Connect { conn, identity }, now);
+                self.execute(effects, None);
+            }
+            RoomMsg::Frame {
+                conn,
+                data,
+                binary,
+                at_us,
+            } => {
+                let frame = match std::str::from_utf8(&data) {
+                    Ok(text) if !binary => Frame::Text(text),
+                    _ => Frame::Binary(&data),
+                };
+                let effects = self.room.handle(Input::Frame { conn, frame }, now);
+                self.execute(effects, Some(at_us));
+            }
+            RoomMsg::Disconnect { conn } => {
+                self.local.remove(&conn);
+                self.remote.remove(&conn);
+                let effects = self.room.handle(Input::Disconnect { conn }, now);
+                self.execute(effects, None);
+            }
+            RoomMsg::RoomListChanged(delta) => {
+                if self.room.has_subscribers() {
+                    let effects = self.room.handle(Input::RoomListChanged(delta), now);
+                    self.execute(effects, None);
+                }
+            }
+            RoomMsg::Info(reply) => {
+                let _ = reply.send(RoomInfo {
+                    participants: self.room.participant_count(),
+                    connections: self.room.connection_count(),
+                    started_at: self.started_at,
+                });
+            }
+            RoomMsg::Shutdown {
+                code,
+                reason,
+                release,
+            } => {
+                for conn in std::mem::take(&mut self.local) {
+                    self.hub.close_local(conn, code, &reason);
+                }
+                for (conn, replica) in std::mem::take(&mut self.remote) {
+                    self.close(conn, Some(&replica), code, &reason);
+                }
+                return Next::Stop { release };
+            }
+        }
+        Next::Continue
+    }
+
+    /// Renews the lease and drops connections of replicas that are gone.
+    async fn on_tick(&mut self) -> Next {
+        let Some(c) = &self.hub.cluster else {
+            return Next::Continue;
+        };
+        match c.renew(&self.name).await {
+            Ok(true) => self.lease_ok_at = Instant::now(),
+            Ok(false) => {
+                METRICS.leases_lost.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    room = self.name,
+                    "lease lost to another replica; stopping the room"
+                );
+                return self.on_msg(RoomMsg::Shutdown {
+                    code: SERVICE_RESTART,
+                    reason: "the room moved: reconnect".into(),
+                    release: false,
+                });
+            }
+            Err(e) => {
+                redis_error("renewing a lease", &e);
+                // Without a confirmed renewal the lease may have lapsed by now, and another
+                // replica may run the room: stop before two rooms diverge.
+                if self.lease_ok_at.elapsed() >= c.lease_ttl.mul_f32(0.8) {
+                    METRICS.leases_lost.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        room = self.name,
+                        "lease could not be renewed; stopping the room"
+                    );
+                    return self.on_msg(RoomMsg::Shutdown {
+                        code: SERVICE_RESTART,
+                        reason: "the room moved: reconnect".into(),
+                        release: false,
+                    });
+                }
+            }
+        }
+        if !self.remote.is_empty() {
+            let mut replicas: Vec<String> = self.remote.values().cloned().collect();
+            replicas.sort();
+            replicas.dedup();
+            match c.alive(&replicas).await {
+                Ok(alive) => {
+                    let gone: Vec<&String> = replicas
+                        .iter()
+                        .zip(alive)
+                        .filter(|(_, a)| !a)
+                        .map(|(r, _)| r)
+                        .collect();
+                    if !gone.is_empty() {
+                        let conns: Vec<ConnId> = self
+                            .remote
+                            .iter()
+                            .filter(|(_, r)| gone.contains(r))
+                            .map(|(c, _)| *c)
+                            .collect();
+                        tracing::info!(
+                            room = self.name,
+                            players = conns.len(),
+                            "a follower replica is gone; its players left"
+                        );
+                        for conn in conns {
+                            self.on_msg(RoomMsg::Disconnect { conn });
+                        }
+                    }
+                }
+                Err(e) => redis_error("checking follower replicas", &e),
+            }
+        }
+        Next::Continue
+    }
+
+    fn publish(&self, replica: &str, wire: Wire) {
+        if let Some(p) = &self.publisher {
+            let _ = p.send((replica_channel(replica), wire.encode()));
+        }
+    }
+
+    fn close(&self, conn: ConnId, replica: Option<&str>, code: u16, reason: &str) {
+        match replica {
+            Some(r) => self.publish(
+                r,
+                Wire::Close {
+                    conn,
+                    code,
+                    reason: reason.into(),
+                },
+            ),
+            None => self.hub.close_local(conn, code, reason),
+        }
+    }
+
+    /// Carries out the room's effects in order. `at_us`: when the frame that caused them was
+    /// read, for the relay latency histogram.
+    fn execute(&mut self, effects: Vec<Effect>, at_us: Option<u64>) {
+        for effect in effects {
+            match effect {
+                Effect::Send { to, frame } => {
+                    let mut by_replica: HashMap<&str, Vec<ConnId>> = HashMap::new();
+                    let mut local = false;
+                    for conn in to.as_slice() {
+                        match self.remote.get(conn) {
+                            Some(r) => by_replica.entry(r.as_str()).or_default().push(*conn),
+                            None => local |= self.hub.deliver(*conn, &frame),
+                        }
+                    }
+                    for (replica, conns) in by_replica {
+                        self.publish(
+                            replica,
+                            Wire::Deliver {
+                                at_us: at_us.unwrap_or(0),
+                                conns,
+                                data: frame.clone(),
+                            },
+                        );
+                    }
+                    if local && let Some(at) = at_us {
+                        METRICS
+                            .relay_latency
+                            .observe_us(now_us().saturating_sub(at));
+                    }
+                }
+                Effect::Close { conn, code, reason } => {
+                    self.local.remove(&conn);
+                    let replica = self.remote.remove(&conn);
+                    self.close(conn, replica.as_deref(), code, reason);
+                }
+                // Connection records serve hibernation on the edge; here a room that restarts
+                // (another replica, a new process) has lost its sockets and players rejoin.
+                Effect::Remember(_) => {}
+                Effect::Persist(change) => self.writer.write(change),
+                Effect::Directory(DirectoryOp::Report(report)) => self.hub.report(report),
+                Effect::Directory(DirectoryOp::Subscribe { conn }) => {
+                    let rooms = self.hub.listing();
+                    let more = self.room.handle(Input::RoomList { conn, rooms }, now_ms());
+                    self.execute(more, None);
+                }
+                Effect::Directory(DirectoryOp::Unsubscribe) => {}
+            }
+        }
+    }
+}
+
+/// Randomness for the core (password salts), fresh per room start.
+fn seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    if getrandom::fill(&mut seed).is_err() {
+        seed[..8].copy_from_slice(&now_us().to_le_bytes());
+    }
+    seed
+}

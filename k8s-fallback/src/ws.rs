@@ -1,0 +1,193 @@
+//! One player's WebSocket: a reader (this task) that routes frames to the room, and a writer
+//! task that drains the connection's bounded outbound queue. The two are split so a player who
+//! stops reading can only fill its own queue (and be closed), never stall its room.
+
+use crate::cluster::replica_channel;
+use crate::hub::{Hub, Outbound, Route, SERVICE_RESTART};
+use crate::metrics::{METRICS, redis_error};
+use crate::room_task::RoomMsg;
+use crate::wire::Wire;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use piano_core::identity::Identity;
+use piano_core::limits::close;
+use piano_core::room::ConnId;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a closing connection waits for the client's half of the close handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// Random ids below 2^53, like the edge's (they may pass through JavaScript numbers).
+fn new_conn_id() -> ConnId {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return crate::now_us() & ((1 << 53) - 1);
+    }
+    u64::from_le_bytes(b) & ((1 << 53) - 1)
+}
+
+pub async fn serve(hub: Arc<Hub>, socket: WebSocket, room: String, identity: Identity) {
+    let conn = new_conn_id();
+    let (tx, rx) = mpsc::channel(hub.cfg.outbound_queue);
+    let (kill_tx, kill_rx) = oneshot::channel();
+    hub.register(conn, tx, kill_tx);
+    METRICS.connections.fetch_add(1, Relaxed);
+    let (sink, mut stream) = socket.split();
+    let mut writer = tokio::spawn(write_loop(sink, rx, kill_rx));
+
+    let route = match hub.attach(&room, conn, &identity).await {
+        Ok(r) => Some(r),
+        Err((code, reason)) => {
+            tracing::info!(room, code, reason, "connection refused by placement");
+            hub.close_local(conn, code, reason);
+            None
+        }
+    };
+
+    let mut writer_done = false;
+    let grace = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let (data, binary) = match msg {
+                    Some(Ok(Message::Binary(b))) => (b, true),
+                    Some(Ok(Message::Text(t))) => (Bytes::copy_from_slice(t.as_str().as_bytes()), false),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(e)) => {
+                        // The WebSocket layer refused the frame (far over the size limit, or
+                        // not WebSocket at all): close with the protocol's code.
+                        tracing::debug!(conn, error = %e, "websocket read failed");
+                        hub.close_local(conn, close::FRAME_TOO_LARGE, "frame too large");
+                        break;
+                    }
+                };
+                METRICS.messages_in.fetch_add(1, Relaxed);
+                if let Some(route) = &route {
+                    forward(&hub, route, conn, data, binary).await;
+                }
+            }
+            _ = &mut writer, if !writer_done => {
+                // We closed (kick, drain, slow consumer): give the client a moment to answer.
+                writer_done = true;
+                grace.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+            }
+            _ = &mut grace => break,
+        }
+    }
+
+    match &route {
+        Some(Route::Local(tx)) => {
+            let _ = tx.send(RoomMsg::Disconnect { conn }).await;
+        }
+        Some(Route::Remote { holder, room }) => {
+            if let Some(c) = &hub.cluster {
+                let msg = Wire::Disconnect {
+                    room: room.clone(),
+                    conn,
+                };
+                if let Err(e) = c.publish(&replica_channel(holder), msg.encode()).await {
+                    redis_error("forwarding a disconnect", &e);
+                }
+            }
+        }
+        None => {}
+    }
+    hub.unregister(conn);
+    if !writer_done {
+        // The queue's sender is gone with the registration, so the writer ends by itself.
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut writer).await;
+        writer.abort();
+    }
+    METRICS.connections.fetch_sub(1, Relaxed);
+}
+
+async fn forward(hub: &Hub, route: &Route, conn: ConnId, data: Bytes, binary: bool) {
+    let at_us = crate::now_us();
+    match route {
+        Route::Local(tx) => {
+            let _ = tx
+                .send(RoomMsg::Frame {
+                    conn,
+                    data,
+                    binary,
+                    at_us,
+                })
+                .await;
+        }
+        Route::Remote { holder, room } => {
+            let Some(c) = &hub.cluster else { return };
+            let msg = Wire::Frame {
+                room: room.clone(),
+                conn,
+                binary,
+                at_us,
+                data,
+            };
+            match c.publish(&replica_channel(holder), msg.encode()).await {
+                Ok(n) if n > 0 => {}
+                Ok(_) => {
+                    // The holder is gone: free its lease so the reconnect restores the room.
+                    c.release_if(room, holder).await;
+                    hub.close_local(conn, SERVICE_RESTART, "the room moved: reconnect");
+                }
+                Err(e) => {
+                    redis_error("forwarding a frame", &e);
+                    hub.close_local(conn, SERVICE_RESTART, "the room is unavailable: reconnect");
+                }
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut kill: oneshot::Receiver<(u16, String)>,
+) {
+    let mut killed = false;
+    loop {
+        let out = tokio::select! {
+            biased;
+            k = &mut kill, if !killed => match k {
+                Ok((code, reason)) => Outbound::Close(code, reason),
+                Err(_) => { killed = true; continue; }
+            },
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        match out {
+            Outbound::Frame(b) => {
+                // A socket that cannot take a frame within this long is as good as gone; a kill
+                // (slow consumer) while the send is stuck drops the socket at once.
+                let sent = tokio::select! {
+                    r = tokio::time::timeout(Duration::from_secs(10), sink.send(Message::Binary(b))) => matches!(r, Ok(Ok(()))),
+                    _ = &mut kill, if !killed => false,
+                };
+                if !sent {
+                    break;
+                }
+                METRICS.messages_out.fetch_add(1, Relaxed);
+            }
+            Outbound::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    sink.send(Message::Close(Some(frame))),
+                )
+                .await;
+                break;
+            }
+        }
+    }
+}
