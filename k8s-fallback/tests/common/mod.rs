@@ -252,6 +252,7 @@ pub async fn get_json(url: &str) -> serde_json::Value {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // test-only, short-lived values
 pub enum Event {
     Msg(server_message::Msg),
     /// The close code (0 when the socket just ended).

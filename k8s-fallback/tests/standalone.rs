@@ -1,0 +1,189 @@
+//! Standalone mode (no Redis, zero configuration beyond a data directory): rooms persist in
+//! SQLite across a restart, SIGTERM drains with close code 1012 (reconnect), and the operations
+//! endpoints answer. Real processes and real WebSocket clients.
+
+mod common;
+
+use common::*;
+use piano_core::proto;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_survives_a_restart_and_sigterm_drains_with_1012() {
+    let dir = scratch_dir("standalone");
+    // No JWT_PRIVATE_KEY: the server makes a development key and keeps it in DATA_DIR, so
+    // tokens stay valid across the restart too.
+    let env = vec![("DATA_DIR", dir.display().to_string())];
+    let mut server = Replica::start("solo", &env);
+    let room = format!("solo-{}", e2e_tests::now_ms());
+    let (owner_token, owner_user) = guest(&server, "Owner").await;
+    let (guest_token, _) = guest(&server, "Guest").await;
+
+    let mut owner = Player::connect(&server.ws_url(&room, &owner_token))
+        .await
+        .expect("connect");
+    owner
+        .join(Some(proto::UpdateSettings {
+            max_players: Some(9),
+            color: Some("#0a0b0c".into()),
+            ..Default::default()
+        }))
+        .await
+        .expect("create");
+    let mut other = Player::connect(&server.ws_url(&room, &guest_token))
+        .await
+        .expect("connect");
+    other.join(None).await.expect("join");
+    owner.send(note(61)).await;
+    hears(&mut other, &owner.id()).await;
+    owner.send(chat("kept on disk")).await;
+    sees_chat(&mut other, "kept on disk").await;
+
+    // Operations endpoints.
+    let metrics = reqwest::get(server.http("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "piano_connections 2",
+        "piano_rooms 1",
+        "piano_relay_latency_seconds_count",
+    ] {
+        assert!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");
+    }
+    let jwks = get_json(&server.http("/.well-known/jwks.json")).await;
+    assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
+    let listed = get_json(&server.http("/api/rooms")).await;
+    assert!(
+        listed.as_array().is_some_and(|l| l
+            .iter()
+            .any(|r| r["name"] == room.as_str() && r["players"] == 2)),
+        "the room is listed: {listed}"
+    );
+    // Logs are JSON lines.
+    let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+    assert!(
+        log.lines()
+            .filter(|l| !l.is_empty())
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "every log line is JSON:\n{log}"
+    );
+
+    // SIGTERM: both players are told to reconnect (1012), and the process exits cleanly.
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = server.terminate();
+        (server, status)
+    });
+    assert_eq!(owner.closed(Duration::from_secs(10)).await, Some(1012));
+    assert_eq!(other.closed(Duration::from_secs(10)).await, Some(1012));
+    let (server, status) = exit.await.expect("terminate");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit after drain: {status:?}"
+    );
+    drop(server);
+
+    // A new process on the same data directory has the room as it was.
+    let server = Replica::start("solo", &env);
+    let mut owner = Player::connect(&server.ws_url(&room, &owner_token))
+        .await
+        .expect("reconnect");
+    let joined = owner.join(None).await.expect("rejoin");
+    let s = joined.settings.expect("settings");
+    assert_eq!((s.max_players, s.color.as_str()), (9, "#0a0b0c"));
+    let chat: Vec<&str> = joined
+        .chat_history
+        .iter()
+        .map(|c| c.text.as_str())
+        .collect();
+    assert_eq!(chat, ["kept on disk"]);
+    assert_eq!(
+        joined.ownership.map(|o| o.owner_user_id),
+        Some(owner_user),
+        "the crown is back"
+    );
+    owner.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_json_with_the_edge_codes() {
+    let dir = scratch_dir("refusals");
+    let server = Replica::start("refusals", &[("DATA_DIR", dir.display().to_string())]);
+    let http = reqwest::Client::new();
+    let cases: [(reqwest::RequestBuilder, u16, &str); 6] = [
+        (
+            http.get(server.http("/api/rooms/lobby/ws")),
+            426,
+            "upgrade_required",
+        ),
+        (
+            http.get(server.http("/api/rooms/%FF/ws")),
+            400,
+            "invalid_room_name",
+        ),
+        (
+            http.post(server.http("/api/auth/guest")).body("nope"),
+            400,
+            "invalid_json",
+        ),
+        (
+            http.post(server.http("/api/auth/guest"))
+                .body(vec![b' '; 5000]),
+            413,
+            "body_too_large",
+        ),
+        (
+            http.delete(server.http("/api/rooms")),
+            405,
+            "method_not_allowed",
+        ),
+        (http.get(server.http("/api/nothing")), 404, "not_found"),
+    ];
+    for (req, status, code) in cases {
+        let resp = req.send().await.expect("request");
+        assert_eq!(resp.status().as_u16(), status);
+        let body: serde_json::Value = resp.json().await.expect("JSON error body");
+        assert_eq!(body["error"]["code"], code);
+    }
+    // Upgrades without a valid token, or without our subprotocol, are refused before the room.
+    let upgrade = |url: String, protocol: Option<String>| {
+        let mut req = http
+            .get(url)
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(p) = protocol {
+            req = req.header("sec-websocket-protocol", p);
+        }
+        req.send()
+    };
+    let r = upgrade(server.http("/api/rooms/lobby/ws?token=garbage"), None)
+        .await
+        .expect("upgrade");
+    assert_eq!(r.status().as_u16(), 401);
+    let r = upgrade(
+        server.http("/api/rooms/lobby/ws"),
+        Some("bearer.x".to_owned()),
+    )
+    .await
+    .expect("upgrade");
+    assert_eq!(r.status().as_u16(), 400);
+    // A browser's subprotocol token works and only pianorhythm.v1 is echoed.
+    let (token, _) = guest(&server, "Browser").await;
+    let r = upgrade(
+        server.http("/api/rooms/lobby/ws"),
+        Some(format!("pianorhythm.v1, bearer.{token}")),
+    )
+    .await
+    .expect("upgrade");
+    assert_eq!(r.status().as_u16(), 101);
+    assert_eq!(
+        r.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("pianorhythm.v1")
+    );
+}
