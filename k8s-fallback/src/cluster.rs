@@ -28,6 +28,38 @@ pub fn lease_key(room: &str) -> String {
     format!("piano:lease:{room}")
 }
 
+/// `Directory::next_lobby` (piano-core) over shared state: occupants of `lobby`, `lobby-2`, …
+/// are the users in the lobby's latest report (the directory hash) plus the seats reserved in
+/// `piano:lobby-seats:{lobby}` (a sorted set scored by expiry). Atomic, so two replicas cannot
+/// hand out the same last seat. ARGV: user, now (ms), reservation ms, default capacity.
+pub const NEXT_LOBBY: &str = r"
+local user, now, ttl, default_cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+for n = 1, 100000 do
+  local name = 'lobby'
+  if n > 1 then name = 'lobby-' .. n end
+  local seats = 'piano:lobby-seats:' .. name
+  redis.call('ZREMRANGEBYSCORE', seats, '-inf', now)
+  local occupants, count, cap = {}, 0, default_cap
+  local report = redis.call('HGET', 'piano:directory', name)
+  if report then
+    local r = cjson.decode(report)
+    cap = tonumber(r.summary.capacity) or default_cap
+    for _, u in ipairs(r.users or {}) do
+      if not occupants[u] then occupants[u] = true; count = count + 1 end
+    end
+  end
+  for _, u in ipairs(redis.call('ZRANGE', seats, 0, -1)) do
+    if not occupants[u] then occupants[u] = true; count = count + 1 end
+  end
+  if occupants[user] then return name end
+  if count < cap then
+    redis.call('ZADD', seats, now + ttl, user)
+    redis.call('PEXPIRE', seats, ttl)
+    return name
+  end
+end
+return 'lobby'";
+
 /// Extends the lease only while it is still ours.
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then

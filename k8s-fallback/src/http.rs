@@ -153,7 +153,7 @@ async fn route(
             match auth::verify(hub, auth::bearer(req.headers()).as_deref()) {
                 Ok(identity) => json(
                     200,
-                    &serde_json::json!({ "room": hub.next_lobby(&identity.user_id) }),
+                    &serde_json::json!({ "room": hub.next_lobby(&identity.user_id).await }),
                 ),
                 Err(resp) => resp,
             }

@@ -339,7 +339,24 @@ impl Hub {
         lock(&self.directory).listing()
     }
 
-    pub fn next_lobby(&self, user: &str) -> String {
+    /// The lobby `user` should join (`POST /api/lobby/next`). With Redis, the seat count must be
+    /// shared by every replica or each would fill `lobby` on its own: the same rule as
+    /// [`Directory::next_lobby`] runs as one atomic script over the shared directory hash and
+    /// one reservation set per lobby.
+    pub async fn next_lobby(&self, user: &str) -> String {
+        if let Some(c) = &self.cluster {
+            let placed: redis::RedisResult<String> = redis::Script::new(cluster::NEXT_LOBBY)
+                .arg(user)
+                .arg(now_ms())
+                .arg(piano_core::lobby::RESERVATION_MS)
+                .arg(piano_core::lobby::LOBBY_CAPACITY)
+                .invoke_async(&mut c.conn.clone())
+                .await;
+            match placed {
+                Ok(lobby) => return lobby,
+                Err(e) => redis_error("placing a player in a lobby", &e),
+            }
+        }
         lock(&self.directory).next_lobby(user, now_ms())
     }
 

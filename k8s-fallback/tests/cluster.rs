@@ -221,3 +221,65 @@ async fn three_replicas_share_a_room_and_survive_kill_9_of_the_lease_holder() {
     }
     drop(replicas);
 }
+
+/// SIGTERM (a rolling update, a scale-in) of the replica running a room: players are told to
+/// reconnect (1012), the room is saved and its lease released, and another replica runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_the_lease_holder_hands_the_room_over() {
+    let redis = Redis::start();
+    let env = vec![
+        ("REDIS_URL", redis.url()),
+        ("JWT_PRIVATE_KEY", e2e_tests::random_key_pem()),
+        // A long lease: the handover must come from the drain releasing it, not from expiry.
+        ("LEASE_TTL_MS", "30000".to_owned()),
+    ];
+    let mut a = Replica::start("drain-a", &env);
+    let b = Replica::start("drain-b", &env);
+    let room = format!("handover-{}", e2e_tests::now_ms());
+    let (owner_token, owner_user) = guest(&a, "Owner").await;
+    let (guest_token, _) = guest(&b, "Guest").await;
+
+    let mut owner = Player::connect(&a.ws_url(&room, &owner_token))
+        .await
+        .expect("connect");
+    owner.join(None).await.expect("join");
+    let mut other = Player::connect(&b.ws_url(&room, &guest_token))
+        .await
+        .expect("connect");
+    other.join(None).await.expect("join");
+    owner.send(chat("saved on the way out")).await;
+    sees_chat(&mut other, "saved on the way out").await;
+
+    let term = tokio::task::spawn_blocking(move || {
+        let status = a.terminate();
+        (a, status)
+    });
+    assert_eq!(owner.closed(Duration::from_secs(10)).await, Some(1012));
+    assert_eq!(other.closed(Duration::from_secs(10)).await, Some(1012));
+    let (_a, status) = term.await.expect("terminate");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit: {status:?}"
+    );
+
+    // Both come back through b, which takes the released lease (well before its 30 s TTL).
+    let started = Instant::now();
+    let mut owner = Player::connect(&b.ws_url(&room, &owner_token))
+        .await
+        .expect("reconnect");
+    let joined = owner.join(None).await.expect("rejoin");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the lease was released, not left to expire"
+    );
+    let chat: Vec<&str> = joined
+        .chat_history
+        .iter()
+        .map(|c| c.text.as_str())
+        .collect();
+    assert_eq!(chat, ["saved on the way out"]);
+    assert_eq!(joined.ownership.map(|o| o.owner_user_id), Some(owner_user));
+    let info = get_json(&b.http(&format!("/api/rooms/{room}"))).await;
+    assert_eq!(info["served_by"].as_str(), Some(b.id.as_str()));
+    owner.close().await;
+}
