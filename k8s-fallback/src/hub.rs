@@ -565,8 +565,13 @@ async fn pubsub_loop(hub: Arc<Hub>) {
 async fn watchdog(hub: Arc<Hub>) {
     let Some(c) = &hub.cluster else { return };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        ticks += 1;
+        if ticks.is_multiple_of(20) {
+            sweep_directory(&hub, c).await;
+        }
         let follows: Vec<(ConnId, String, String)> = lock(&hub.follows)
             .iter()
             .map(|(c, (r, h))| (*c, r.clone(), h.clone()))
@@ -611,6 +616,40 @@ async fn watchdog(hub: Arc<Hub>) {
                 }
                 hub.close_local(conn, SERVICE_RESTART, "the room moved: reconnect");
             }
+        }
+    }
+}
+
+/// Directory entries of rooms that nobody runs any more (their holder died and no player came
+/// back) would stay listed forever: entries not refreshed for two lease lifetimes whose room
+/// has no lease are reported empty, which removes them everywhere. A room that starts again
+/// reports with a newer version (its clock) and is listed again.
+async fn sweep_directory(hub: &Hub, c: &Cluster) {
+    let now = now_ms();
+    let grace = 2 * c.lease_ttl.as_millis() as u64;
+    let old: Vec<Report> = lock(&hub.directory)
+        .reports()
+        .filter(|r| r.received_at.saturating_add(grace) <= now)
+        .cloned()
+        .collect();
+    if old.is_empty() {
+        return;
+    }
+    let names: Vec<String> = old.iter().map(|r| r.summary.name.clone()).collect();
+    let holders = match c.holders(&names).await {
+        Ok(h) => h,
+        Err(e) => return redis_error("sweeping the directory", &e),
+    };
+    for (mut report, holder) in old.into_iter().zip(holders) {
+        if holder.is_none() {
+            tracing::info!(
+                room = report.summary.name,
+                "directory entry of a room nobody runs: removing"
+            );
+            report.summary.players = 0;
+            report.users.clear();
+            report.version += 1;
+            hub.report(report);
         }
     }
 }

@@ -89,6 +89,14 @@ async fn three_replicas_share_a_room_and_survive_kill_9_of_the_lease_holder() {
         .await;
     }
 
+    // A second room on the same replica, whose only player will not come back.
+    let lonely = format!("lonely-{}", e2e_tests::now_ms());
+    let (lonely_token, _) = guest(&replicas[0], "Lonely").await;
+    let mut loner = Player::connect(&replicas[0].ws_url(&lonely, &lonely_token))
+        .await
+        .expect("connect");
+    loner.join(None).await.expect("join");
+
     // Who runs the room? Any replica can say.
     let info = get_json(&replicas[2].http(&format!("/api/rooms/{room}"))).await;
     let holder_id = info["served_by"].as_str().expect("served_by").to_owned();
@@ -216,6 +224,32 @@ async fn three_replicas_share_a_room_and_survive_kill_9_of_the_lease_holder() {
     for p in players.iter_mut().skip(1) {
         hears(p, &owner_id).await;
     }
+
+    // The room whose holder died and whose player never came back leaves the list (the
+    // survivors sweep entries of rooms nobody holds a lease for); the live room stays.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = get_json(&replicas[1].http("/api/rooms")).await;
+        let names: Vec<&str> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        if !names.contains(&lonely.as_str()) {
+            assert!(
+                names.contains(&room.as_str()),
+                "the live room is still listed: {names:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{lonely} is still listed: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(loner);
     for p in players {
         p.close().await;
     }
