@@ -131,6 +131,35 @@ async fn three_replicas_share_a_room_and_survive_kill_9_of_the_lease_holder() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // Relay latency so far, as the replicas measured it (printed for the record only).
+    for r in &replicas {
+        let metrics = reqwest::get(r.http("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let (sum, count) = (
+            value("piano_relay_latency_seconds_sum "),
+            value("piano_relay_latency_seconds_count "),
+        );
+        eprintln!(
+            "relay latency on {}: {count} broadcasts, mean {:.3} ms",
+            r.name,
+            if count > 0.0 {
+                sum / count * 1000.0
+            } else {
+                0.0
+            }
+        );
+    }
+
     // kill -9 the lease holder, mid-session.
     replicas[holder].kill();
     let killed_at = Instant::now();

@@ -110,7 +110,34 @@ async fn room_survives_a_restart_and_sigterm_drains_with_1012() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_json_with_the_edge_codes() {
     let dir = scratch_dir("refusals");
-    let server = Replica::start("refusals", &[("DATA_DIR", dir.display().to_string())]);
+    let web = dir.join("web");
+    std::fs::create_dir_all(&web).expect("web dir");
+    std::fs::write(
+        web.join("index.html"),
+        "<!doctype html><title>piano</title>",
+    )
+    .expect("index");
+    let server = Replica::start(
+        "refusals",
+        &[
+            ("DATA_DIR", dir.display().to_string()),
+            ("STATIC_DIR", web.display().to_string()),
+        ],
+    );
+    // The browser client is served from STATIC_DIR; unknown files are JSON 404s.
+    let index = reqwest::get(server.http("/")).await.expect("GET /");
+    assert_eq!(index.status().as_u16(), 200);
+    assert!(
+        index
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("<title>piano</title>")
+    );
+    let missing = reqwest::get(server.http("/nope.js"))
+        .await
+        .expect("GET /nope.js");
+    assert_eq!(missing.status().as_u16(), 404);
     let http = reqwest::Client::new();
     let cases: [(reqwest::RequestBuilder, u16, &str); 6] = [
         (

@@ -109,11 +109,13 @@ impl Replica {
             .env("REPLICA_ID", name)
             .env("RUST_LOG", "info")
             .env("AUTH_RATE_LIMIT_PER_MINUTE", "100000")
-            .env("STATIC_DIR", "/nonexistent")
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file);
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if !env.iter().any(|(k, _)| *k == "STATIC_DIR") {
+            cmd.env("STATIC_DIR", "/nonexistent");
         }
         let child = spawn(cmd);
         let mut replica = Replica {
