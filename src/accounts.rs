@@ -65,6 +65,15 @@ pub async fn rate_limited(req: &Request, env: &Env, cfg: &Config) -> Result<Opti
         .headers()
         .get("cf-connecting-ip")?
         .unwrap_or_else(|| "unknown".into());
+    if let Some((allowed, retry_after)) =
+        crate::shared::rate_hit(env, &ip, cfg.auth_rate_limit, Date::now().as_millis()).await
+    {
+        return if allowed {
+            Ok(None)
+        } else {
+            too_many(retry_after).map(Some)
+        };
+    }
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_body(Some(
         serde_json::json!({ "limit": cfg.auth_rate_limit, "window_ms": 60_000 })
@@ -85,14 +94,17 @@ pub async fn rate_limited(req: &Request, env: &Env, cfg: &Config) -> Result<Opti
     if verdict.allowed {
         return Ok(None);
     }
-    let secs = verdict.retry_after_ms.div_ceil(1000).max(1);
+    too_many(verdict.retry_after_ms.div_ceil(1000).max(1)).map(Some)
+}
+
+fn too_many(secs: u64) -> Result<Response> {
     let mut resp = json_error(
         429,
         "rate_limited",
         &format!("too many requests: try again in {secs} s"),
     )?;
     resp.headers_mut().set("retry-after", &secs.to_string())?;
-    Ok(Some(resp))
+    Ok(resp)
 }
 
 /// The configuration for an auth endpoint, unless the caller is over the rate limit (or the
@@ -237,6 +249,7 @@ pub async fn login(mut req: Request, env: &Env) -> Result<Response> {
         Method::Post,
         "/login",
         Some(serde_json::json!({
+            "key": key,
             "password": b.password,
             "max_sessions": cfg.max_sessions,
             "admin": cfg.admins.contains(&key),

@@ -13,7 +13,9 @@
 //! - [`accounts`]: member accounts (register, login, refresh, logout), profiles, roles, and the
 //!   per-IP rate limit of the auth endpoints;
 //! - [`rooms`]: room routes (`/api/rooms`, `/api/rooms/{name}/ws`, `/api/rooms/{name}`,
-//!   `/api/lobby/next`).
+//!   `/api/lobby/next`);
+//! - [`shared`]: what deployments sharing one Redis see together (`/api/network/rooms`,
+//!   `/api/network/online`), the shared rate counters, and `/healthz`'s backend report.
 //!
 //! The Durable Object classes are re-exported here so the single wasm module exports them.
 
@@ -21,6 +23,7 @@ mod accounts;
 mod auth;
 mod config;
 mod rooms;
+mod shared;
 
 pub use piano_durable_objects::Room;
 pub use piano_durable_objects::account::Account;
@@ -45,7 +48,7 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
     let method = req.method();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
-        (Method::Get, ["healthz"]) => Response::from_json(&serde_json::json!({ "status": "ok" })),
+        (Method::Get, ["healthz"]) => shared::health(env),
         (Method::Get, ["api", "version"]) => Response::from_json(&serde_json::json!({
             "name": env!("CARGO_PKG_NAME"),
             "version": env!("CARGO_PKG_VERSION"),
@@ -65,6 +68,8 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
             accounts::set_roles(req, env, id).await
         }
         (Method::Get, ["api", "rooms"]) => rooms::list(env).await,
+        (Method::Get, ["api", "network", "rooms"]) => shared::rooms(env).await,
+        (Method::Get, ["api", "network", "online"]) => shared::online(env).await,
         (Method::Post, ["api", "lobby", "next"]) => rooms::next_lobby(req, env).await,
         (Method::Get, ["api", "rooms", name, "ws"]) => rooms::connect(req, env, name).await,
         (Method::Get, ["api", "rooms", name]) => rooms::info(env, name).await,
@@ -72,7 +77,7 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         | (_, ["api", "auth", "guest"] | ["api", "rooms", _] | ["api", "rooms", _, "ws"])
         | (_, ["api", "rooms"] | ["api", "lobby", "next"] | ["api", "users", _])
         | (_, ["api", "auth", "register" | "login" | "refresh" | "logout"])
-        | (_, ["api", "admin", "users", _, "roles"]) => {
+        | (_, ["api", "admin", "users", _, "roles"] | ["api", "network", "rooms" | "online"]) => {
             json_error(405, "method_not_allowed", "method not allowed on this path")
         }
         _ => json_error(404, "not_found", "no such endpoint"),

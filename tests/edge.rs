@@ -83,6 +83,8 @@ fn main() {
         room_features::room_survives_a_restart,
         accounts::auth_endpoints_are_rate_limited_per_ip,
         accounts::session_limit_ends_older_sessions,
+        persistence::edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis,
+        persistence::an_outage_of_both_backends_delays_writes_and_loses_none,
     ];
     let one_at_a_time = Arguments {
         test_threads: Some(1),

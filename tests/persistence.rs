@@ -227,3 +227,435 @@ pub async fn outbox_ops_are_idempotent() {
         .unwrap();
     assert_eq!(members, json!(["user:idem"]));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The edge configured with both backends.
+
+use e2e_tests::proto::{self, client_message as cm, server_message::Msg};
+use e2e_tests::stack::Part;
+use e2e_tests::{Client, Server};
+use piano_backends::Backends;
+use serde_json::Value;
+use std::future::Future;
+use std::time::Instant;
+
+/// Polls `probe` until it answers `Some`, for up to `within`; panics with `what` otherwise.
+async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn post_json(s: &Server, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = reqwest::Client::new().post(s.http(path)).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("POST");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+async fn get_json(s: &Server, path: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .get(s.http(path))
+        .send()
+        .await
+        .expect("GET");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+async fn put_me(s: &Server, token: &str, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .put(s.http("/api/users/me"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT me");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+async fn register(s: &Server, name: &str) -> Value {
+    let (status, body) = post_json(
+        s,
+        "/api/auth/register",
+        None,
+        json!({"username": name, "password": "correct horse"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+async fn member(s: &Server, room: &str, access: &str) -> Client {
+    let mut c = Client::connect(&format!("{}?token={access}", s.ws_url(room)), &[])
+        .await
+        .expect("connect");
+    c.join().await;
+    c
+}
+
+fn chat(text: &str) -> cm::Msg {
+    cm::Msg::Chat(proto::SendChat { text: text.into() })
+}
+
+async fn chat_texts(b: &Backends, deployment: &str, room: &str) -> Option<Vec<String>> {
+    let docs = b
+        .mongo
+        .as_ref()?
+        .find(
+            piano_backends::layout::CHAT,
+            json!({"room": room, "deployment": deployment}),
+            FindOptions {
+                sort: Some(json!({"id": 1})),
+                ..Default::default()
+            },
+        )
+        .await
+        .ok()?;
+    Some(
+        docs.iter()
+            .filter_map(|d| d["text"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+async fn account_doc(b: &Backends, user_id: &str) -> Option<Value> {
+    b.mongo
+        .as_ref()?
+        .find_one(piano_backends::layout::ACCOUNTS, json!({"_id": user_id}))
+        .await
+        .ok()?
+}
+
+async fn presence(b: &Backends, room: &str) -> Option<Vec<String>> {
+    let keys = b
+        .redis
+        .as_ref()?
+        .command(&cmd(["HKEYS", &b.keys.presence(room)]))
+        .await
+        .ok()?;
+    let mut keys: Vec<String> = serde_json::from_value(keys).ok()?;
+    keys.sort();
+    Some(keys)
+}
+
+fn claims_of(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url"),
+    )
+    .expect("JSON claims")
+}
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+pub async fn edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis() {
+    let stack = stack();
+    let b = stack.backends();
+    let s = Server::start_edge_with(&stack.vars("edge-a"));
+    let (status, health) = get_json(&s, "/healthz").await;
+    assert_eq!(
+        (status, &health["backends"]),
+        (200, &json!({"mongodb": true, "redis": true}))
+    );
+
+    let name = unique("keeper");
+    let user_id = format!("user:{name}");
+    let reg = register(&s, &name).await;
+    let access = reg["access_token"].as_str().unwrap().to_owned();
+    let (status, _) = put_me(&s, &access, json!({"name": "Keeper of Keys"})).await;
+    assert_eq!(status, 200);
+
+    let room = unique("archive");
+    let mut owner = member(&s, &room, &access).await;
+    let mut guest = s.player(&room, "Visitor").await;
+    guest.join().await;
+    let change = proto::UpdateSettings {
+        welcome_message: Some("Welcome to the archive".into()),
+        ..Default::default()
+    };
+    owner.send(cm::Msg::UpdateSettings(change)).await;
+    for text in ["first words", "second words"] {
+        owner.send(chat(text)).await;
+        guest
+            .recv_matching(|m| matches!(m, Msg::Chat(c) if c.text == text).then_some(()))
+            .await;
+    }
+
+    // Accounts and chat land in MongoDB; the room's durable state too.
+    let doc = eventually("the account document", SETTLE, || async {
+        account_doc(&b, &user_id)
+            .await
+            .filter(|d| d["name"] == "Keeper of Keys")
+    })
+    .await;
+    assert_eq!(doc["username"], name.as_str());
+    assert!(
+        doc["usertag"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&format!("{name}#")))
+    );
+    assert!(
+        doc["password"].is_object(),
+        "the hash travels, for other deployments' logins"
+    );
+    let texts = eventually("both chat messages", SETTLE, || async {
+        chat_texts(&b, "edge-a", &room)
+            .await
+            .filter(|t| t.len() == 2)
+    })
+    .await;
+    assert_eq!(texts, ["first words", "second words"]);
+    let room_doc = eventually("the room's settings", SETTLE, || async {
+        let doc = b
+            .mongo
+            .as_ref()?
+            .find_one(piano_backends::layout::ROOMS, json!({"_id": room}))
+            .await
+            .ok()??;
+        (doc["settings"]["welcome_message"] == "Welcome to the archive").then_some(doc)
+    })
+    .await;
+    assert_eq!(
+        room_doc["crown"]["owner_user"],
+        user_id.as_str(),
+        "{room_doc}"
+    );
+
+    // Presence and the room index land in Redis, and the network endpoints read them.
+    let present = eventually("both players present", SETTLE, || async {
+        presence(&b, &room).await.filter(|p| p.len() == 2)
+    })
+    .await;
+    assert!(present.contains(&user_id), "{present:?}");
+    let (status, listed) = get_json(&s, "/api/network/rooms").await;
+    assert_eq!(status, 200, "{listed}");
+    let ours = listed["rooms"]
+        .as_array()
+        .and_then(|r| r.iter().find(|x| x["name"] == room.as_str()).cloned());
+    assert!(
+        ours.as_ref()
+            .is_some_and(|r| r["deployment"] == "edge-a" && r["players"] == 2),
+        "{listed}"
+    );
+    let (_, online) = get_json(&s, "/api/network/online").await;
+    assert!(
+        online["online"].as_array().is_some_and(|o| o
+            .iter()
+            .any(|u| u["user_id"] == user_id.as_str() && u["room"] == room.as_str())),
+        "{online}"
+    );
+
+    // Leaving clears presence.
+    guest.close().await;
+    eventually("the guest's presence removed", SETTLE, || async {
+        presence(&b, &room)
+            .await
+            .filter(|p| p == std::slice::from_ref(&user_id))
+    })
+    .await;
+
+    // Logging out is shared: the session is listed as revoked in Redis.
+    let login = post_json(
+        &s,
+        "/api/auth/login",
+        None,
+        json!({"username": name, "password": "correct horse"}),
+    )
+    .await
+    .1;
+    let sid = claims_of(login["access_token"].as_str().unwrap())["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = post_json(
+        &s,
+        "/api/auth/logout",
+        None,
+        json!({"refresh_token": login["refresh_token"]}),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let revoked_key = b.keys.revoked(&sid);
+    eventually("the revoked session in Redis", SETTLE, || async {
+        let v = b
+            .redis
+            .as_ref()?
+            .command(&cmd(["GET", &revoked_key]))
+            .await
+            .ok()?;
+        (v == json!(user_id)).then_some(())
+    })
+    .await;
+
+    // A second deployment sharing the database knows the member: log in there, and the name
+    // cannot be registered again.
+    let other = Server::start_edge_with(&stack.vars("edge-b"));
+    let (status, there) = post_json(
+        &other,
+        "/api/auth/login",
+        None,
+        json!({"username": name, "password": "correct horse"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{there}");
+    assert_eq!(there["user"]["name"], "Keeper of Keys");
+    let (status, body) = post_json(
+        &other,
+        "/api/auth/register",
+        None,
+        json!({"username": name, "password": "another one"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("username_taken"))
+    );
+    let (_, wrong) = post_json(
+        &other,
+        "/api/auth/login",
+        None,
+        json!({"username": name, "password": "wrong password"}),
+    )
+    .await;
+    assert_eq!(wrong["error"]["code"], "invalid_credentials");
+    owner.close().await;
+}
+
+/// Both databases die mid-session: the room keeps relaying notes and chat without waiting on
+/// them; once they are back, every chat message and account change arrives exactly once.
+pub async fn an_outage_of_both_backends_delays_writes_and_loses_none() {
+    let stack = stack();
+    let b = stack.backends();
+    let s = Server::start_edge_with(&stack.vars("edge-fault"));
+    let name = unique("steady");
+    let user_id = format!("user:{name}");
+    let access = register(&s, &name).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let room = unique("outage");
+    let mut owner = member(&s, &room, &access).await;
+    let mut listener = s.player(&room, "Listener").await;
+    listener.join().await;
+    let mut sent: Vec<String> = Vec::new();
+    owner.send(chat("before the outage")).await;
+    sent.push("before the outage".into());
+    eventually("the first message archived", SETTLE, || async {
+        chat_texts(&b, "edge-fault", &room)
+            .await
+            .filter(|t| t.len() == 1)
+    })
+    .await;
+
+    stack.kill_part(Part::Mongo);
+    stack.kill_part(Part::Redis);
+    eprintln!("fault: MongoDB and Redis killed");
+
+    // Keep playing and chatting: every batch and message is relayed as usual.
+    let mut slowest = Duration::ZERO;
+    for i in 0..12 {
+        let started = Instant::now();
+        owner.send(e2e_tests::note_on(60 + i, 90)).await;
+        listener
+            .recv_matching(|m| match m {
+                Msg::Notes(n) => n.events.first().and_then(|e| match &e.kind {
+                    Some(proto::note_event::Kind::NoteOn(on)) if on.note == 60 + i => Some(()),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .await;
+        slowest = slowest.max(started.elapsed());
+        if i % 2 == 0 {
+            let text = format!("during the outage {i}");
+            owner.send(chat(&text)).await;
+            listener
+                .recv_matching(|m| matches!(m, Msg::Chat(c) if c.text == text).then_some(()))
+                .await;
+            sent.push(text);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("fault: slowest relay while both backends were down: {slowest:?}");
+    // Account changes during the outage: a profile edit and a new registration.
+    let (status, _) = put_me(&s, &access, json!({"name": "Through The Storm"})).await;
+    assert_eq!(status, 200);
+    let newcomer = unique("newcomer");
+    register(&s, &newcomer).await;
+    // Someone leaves while Redis is down.
+    listener.close().await;
+
+    stack.start_part(Part::Mongo);
+    stack.start_part(Part::Redis);
+    let restarted = Instant::now();
+    eprintln!("fault: MongoDB and Redis restarted");
+
+    let texts = eventually(
+        "every chat message archived",
+        Duration::from_secs(120),
+        || async {
+            chat_texts(&b, "edge-fault", &room)
+                .await
+                .filter(|t| t.len() >= sent.len())
+        },
+    )
+    .await;
+    assert_eq!(texts, sent, "each message exactly once, in order");
+    eventually("the profile edit", Duration::from_secs(120), || async {
+        account_doc(&b, &user_id)
+            .await
+            .filter(|d| d["name"] == "Through The Storm")
+    })
+    .await;
+    eventually(
+        "the account registered during the outage",
+        Duration::from_secs(120),
+        || async { account_doc(&b, &format!("user:{newcomer}")).await },
+    )
+    .await;
+    eventually(
+        "presence without the listener",
+        Duration::from_secs(120),
+        || async {
+            presence(&b, &room)
+                .await
+                .filter(|p| p == std::slice::from_ref(&user_id))
+        },
+    )
+    .await;
+    eprintln!(
+        "fault: everything delivered {:.1}s after the restart",
+        restarted.elapsed().as_secs_f64()
+    );
+    // Exactly once: nothing duplicated by the retries.
+    let docs = b
+        .mongo
+        .as_ref()
+        .unwrap()
+        .find(
+            piano_backends::layout::CHAT,
+            json!({"room": room}),
+            FindOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(docs.len(), sent.len());
+    owner.close().await;
+}

@@ -12,6 +12,9 @@
 //! `/roles`; `GET /profile`, `PUT /profile`.
 
 use crate::json_error;
+use crate::outbox::Outbox;
+use piano_backends::layout;
+use piano_backends::outbox::Lane;
 use piano_core::password::{ACCOUNT_ITERATIONS, PasswordHash};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -78,6 +81,10 @@ struct RegisterReq {
 
 #[derive(Deserialize)]
 struct LoginReq {
+    /// The normalized username (the object's name), to find an account registered by another
+    /// deployment in the shared database.
+    #[serde(default)]
+    key: Option<String>,
     password: String,
     #[serde(default)]
     max_sessions: u32,
@@ -125,14 +132,50 @@ pub const ROLES: [&str; 6] = ["guest", "member", "pro", "moderator", "admin", "b
 #[durable_object]
 pub struct Account {
     state: State,
+    /// Account documents bound for MongoDB, revoked sessions for Redis.
+    outbox: Outbox,
+    /// How long a revoked session's access tokens could still be presented.
+    access_ttl_secs: u64,
 }
 
 impl DurableObject for Account {
-    fn new(state: State, _env: Env) -> Self {
-        Account { state }
+    fn new(state: State, env: Env) -> Self {
+        let access_ttl_secs = env
+            .var("ACCESS_TOKEN_TTL_SECS")
+            .ok()
+            .and_then(|v| v.to_string().trim().parse().ok())
+            .unwrap_or(900);
+        Account {
+            state,
+            outbox: Outbox::new(&env),
+            access_ttl_secs,
+        }
     }
 
-    async fn fetch(&self, mut req: Request) -> Result<Response> {
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        let resp = self.route(req).await;
+        if let Err(e) = self
+            .outbox
+            .kick(&self.state.storage(), Date::now().as_millis())
+            .await
+        {
+            console_error!("could not arm the outbox alarm: {e}");
+        }
+        resp
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        let now = Date::now().as_millis();
+        let flushed = self.outbox.flush(&self.state.storage().sql(), now).await?;
+        self.outbox
+            .rearm(&self.state.storage(), &flushed, None, now)
+            .await?;
+        Response::from_json(&flushed)
+    }
+}
+
+impl Account {
+    async fn route(&self, mut req: Request) -> Result<Response> {
         let sql = self.state.storage().sql();
         sql.exec(SCHEMA, None)?;
         let now = Date::now().as_millis();
@@ -140,6 +183,10 @@ impl DurableObject for Account {
             (Method::Post, "/register") => {
                 let r: RegisterReq = req.json().await?;
                 if self.load()?.is_some() {
+                    return json_error(409, "username_taken", "that username is taken");
+                }
+                let key = r.username.trim().to_ascii_lowercase();
+                if self.import(&key).await?.is_some() {
                     return json_error(409, "username_taken", "that username is taken");
                 }
                 let mut roles = vec!["member".to_owned()];
@@ -166,7 +213,14 @@ impl DurableObject for Account {
             }
             (Method::Post, "/login") => {
                 let r: LoginReq = req.json().await?;
-                let Some(mut account) = self.load()? else {
+                let local = match self.load()? {
+                    Some(a) => Some(a),
+                    None => match &r.key {
+                        Some(key) => self.import(key).await?,
+                        None => None,
+                    },
+                };
+                let Some(mut account) = local else {
                     // Same answer as a wrong password: do not reveal which usernames exist.
                     return json_error(401, "invalid_credentials", "wrong username or password");
                 };
@@ -307,12 +361,55 @@ impl Account {
             .and_then(|r| serde_json::from_str(&r.data).ok()))
     }
 
+    /// Writes the account, and queues its document for the shared database in the same step.
     fn save(&self, a: &AccountData) -> Result<()> {
-        self.state.storage().sql().exec(
+        let sql = self.state.storage().sql();
+        sql.exec(
             "INSERT INTO account (id, data) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data",
             vec![serde_json::to_string(a)?.into()],
         )?;
+        if self.outbox.wants(Lane::Mongo) {
+            let mut doc = serde_json::to_value(a)?;
+            doc["usertag"] = format!("{}#{}", a.username, a.tag).into();
+            let now = Date::now().as_millis();
+            self.outbox
+                .enqueue(&sql, [layout::account(&a.user_id(), doc, now)], now)?;
+        }
         Ok(())
+    }
+
+    /// An account this deployment does not know yet may have been registered by another one
+    /// sharing the database: read it from MongoDB and keep it here. Without MongoDB, or while it
+    /// is unreachable, only local accounts exist (logged: registrations then only check locally).
+    async fn import(&self, key: &str) -> Result<Option<AccountData>> {
+        let Some(mongo) = self.outbox.backends().and_then(|b| b.mongo.as_ref()) else {
+            return Ok(None);
+        };
+        let doc = match mongo
+            .find_one(
+                layout::ACCOUNTS,
+                serde_json::json!({ "_id": format!("user:{key}") }),
+            )
+            .await
+        {
+            Ok(doc) => doc,
+            Err(e) => {
+                console_warn!("account lookup in MongoDB failed, using local accounts only: {e}");
+                return Ok(None);
+            }
+        };
+        let Some(account) = doc.and_then(|d| serde_json::from_value::<AccountData>(d).ok()) else {
+            return Ok(None);
+        };
+        // Another request may have created the account here while we waited.
+        if let Some(local) = self.load()? {
+            return Ok(Some(local));
+        }
+        self.state.storage().sql().exec(
+            "INSERT OR IGNORE INTO account (id, data) VALUES (1, ?)",
+            vec![serde_json::to_string(&account)?.into()],
+        )?;
+        Ok(self.load()?)
     }
 
     fn session(&self, sid: &str) -> Result<Option<SessionRow>> {
@@ -328,11 +425,23 @@ impl Account {
         Ok(rows.into_iter().next())
     }
 
+    /// Ends a session; with Redis configured, the revocation is shared (other deployments and
+    /// the fallback refuse its access tokens too).
     fn revoke(&self, sid: &str) -> Result<()> {
-        self.state.storage().sql().exec(
+        let sql = self.state.storage().sql();
+        sql.exec(
             "UPDATE sessions SET revoked = 1 WHERE sid = ?",
             vec![sid.into()],
         )?;
+        if self.outbox.wants(Lane::Redis)
+            && let (Some(a), Some(_)) = (self.load()?, self.session(sid)?)
+        {
+            let keys = self.outbox.backends().map(|b| b.keys.clone());
+            if let Some(keys) = keys {
+                let op = layout::session_revoked(&keys, sid, &a.user_id(), self.access_ttl_secs);
+                self.outbox.enqueue(&sql, [op], Date::now().as_millis())?;
+            }
+        }
         Ok(())
     }
 
@@ -352,11 +461,20 @@ impl Account {
             vec![sid.as_str().into(), hash_secret(&secret).into(), (now as i64).into(), ((now + SESSION_TTL_MS) as i64).into()],
         )?;
         if max_sessions > 0 {
-            sql.exec(
-                "UPDATE sessions SET revoked = 1 WHERE revoked = 0 AND sid NOT IN \
-                 (SELECT sid FROM sessions WHERE revoked = 0 AND expires > ? ORDER BY created DESC, sid LIMIT ?)",
-                vec![(now as i64).into(), (max_sessions as i64).into()],
-            )?;
+            #[derive(Deserialize)]
+            struct Sid {
+                sid: String,
+            }
+            let older: Vec<Sid> = sql
+                .exec(
+                    "SELECT sid FROM sessions WHERE revoked = 0 AND sid NOT IN \
+                     (SELECT sid FROM sessions WHERE revoked = 0 AND expires > ? ORDER BY created DESC, sid LIMIT ?)",
+                    vec![(now as i64).into(), (max_sessions as i64).into()],
+                )?
+                .to_array()?;
+            for Sid { sid } in older {
+                self.revoke(&sid)?;
+            }
         }
         session_response(account, &sid, &secret, 1, status)
     }

@@ -29,9 +29,13 @@ use piano_core::room::{ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, Ro
 pub mod account;
 pub mod limiter;
 pub mod lobby;
+pub mod outbox;
 mod storage;
+use outbox::Outbox;
+use piano_backends::layout;
+use piano_backends::outbox::Lane;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use worker::js_sys::Uint8Array;
 use worker::*;
 
@@ -45,6 +49,8 @@ pub const PROTOCOL_HEADER: &str = "x-piano-subprotocol";
 struct Loaded {
     room: CoreRoom,
     sockets: HashMap<ConnId, WebSocket>,
+    /// User ids last reported present to Redis (when it is configured).
+    present: HashSet<String>,
 }
 
 #[durable_object]
@@ -54,11 +60,14 @@ pub struct Room {
     loaded: RefCell<Option<Loaded>>,
     /// When this instance was constructed: a wake after hibernation makes a new instance.
     started_at: u64,
+    /// Writes bound for MongoDB (settings, crown, bans, chat) and Redis (presence).
+    outbox: Outbox,
 }
 
 impl DurableObject for Room {
     fn new(state: State, env: Env) -> Self {
         Room {
+            outbox: Outbox::new(&env),
             state,
             env,
             loaded: RefCell::new(None),
@@ -82,6 +91,10 @@ impl DurableObject for Room {
                 ops.extend(self.apply(fresh));
                 self.directory(ops).await;
                 Response::empty()
+            }
+            "/outbox" => {
+                let status = self.outbox.status(&self.state.storage().sql())?;
+                Response::from_json(&status)
             }
             "/directory" => {
                 let name = room_header(&req)?;
@@ -136,6 +149,16 @@ impl DurableObject for Room {
         let ops = self.drop_socket(&ws);
         self.directory(ops).await;
         Ok(())
+    }
+
+    /// Delivers the outbox (the only use of the room's alarm).
+    async fn alarm(&self) -> Result<Response> {
+        let sql = self.state.storage().sql();
+        let flushed = self.outbox.flush(&sql, now()).await?;
+        self.outbox
+            .rearm(&self.state.storage(), &flushed, None, now())
+            .await?;
+        Response::from_json(&flushed)
     }
 }
 
@@ -221,7 +244,13 @@ impl Room {
             }
         }
         let (room, effects) = CoreRoom::restore(name, stored, records, now(), random_seed());
-        *self.loaded.borrow_mut() = Some(Loaded { room, sockets });
+        // Whoever is back in the room was reported present before the object slept.
+        let present = room.participants().map(|p| p.user_id.clone()).collect();
+        *self.loaded.borrow_mut() = Some(Loaded {
+            room,
+            sockets,
+            present,
+        });
         Ok(effects)
     }
 
@@ -250,17 +279,65 @@ impl Room {
     /// Feeds the core and carries out its effects; returns the directory work left to do.
     fn handle(&self, name_hint: Option<&str>, input: Input<'_>) -> Vec<DirectoryOp> {
         let mut ops = self.handle_restore(name_hint);
-        let effects = match self.loaded.borrow_mut().as_mut() {
-            Some(l) => l.room.handle(input, now()),
+        let (effects, membership_changed) = match self.loaded.borrow_mut().as_mut() {
+            Some(l) => {
+                let before = l.room.participant_count();
+                let effects = l.room.handle(input, now());
+                (effects, l.room.participant_count() != before)
+            }
             None => return ops,
         };
         ops.extend(self.apply(effects));
+        if membership_changed && self.outbox.wants(Lane::Redis) {
+            self.sync_presence();
+        }
         ops
+    }
+
+    /// Queues presence writes for who joined and who left since the last sync (only called
+    /// when the participant count changed: nothing per note).
+    fn sync_presence(&self) {
+        let Some(backends) = self.outbox.backends() else {
+            return;
+        };
+        let mut loaded = self.loaded.borrow_mut();
+        let Some(l) = loaded.as_mut() else { return };
+        let at = now();
+        let room = l.room.name().to_owned();
+        let mut current = HashSet::new();
+        let mut ops = Vec::new();
+        for p in l.room.participants() {
+            current.insert(p.user_id.clone());
+            if !l.present.contains(&p.user_id) {
+                let entry = layout::PresenceEntry {
+                    room: &room,
+                    user_id: &p.user_id,
+                    name: &p.name,
+                    color: &p.color,
+                };
+                ops.push(layout::presence_joined(
+                    &backends.keys,
+                    &backends.deployment,
+                    &entry,
+                    at,
+                ));
+            }
+        }
+        for gone in l.present.difference(&current) {
+            ops.push(layout::presence_left(&backends.keys, &room, gone));
+        }
+        l.present = current;
+        if let Err(e) = self.outbox.enqueue(&self.state.storage().sql(), ops, at) {
+            console_error!("outbox write failed: {e}");
+        }
     }
 
     /// Talks to the lobby, after the room's own effects are done (players never wait on it).
     /// Failures are logged: the directory heals at the room's next report or wake.
     async fn directory(&self, ops: Vec<DirectoryOp>) {
+        if let Err(e) = self.outbox.kick(&self.state.storage(), now()).await {
+            console_error!("could not arm the outbox alarm: {e}");
+        }
         for op in ops {
             let result = match op {
                 DirectoryOp::Report(report) => self.lobby("/report", &report).await.map(drop),
@@ -363,8 +440,17 @@ impl Room {
                     }
                 }
                 Effect::Persist(change) => {
+                    // The mirror for MongoDB is queued with the change itself (one commit).
+                    let mirror = self
+                        .outbox
+                        .backends()
+                        .filter(|b| b.has(Lane::Mongo))
+                        .map(|b| layout::room_change(&b.deployment, l.room.name(), &change, now()));
                     if let Err(e) = storage::write(&sql, change) {
                         console_error!("storage write failed: {e}");
+                    }
+                    if let Err(e) = self.outbox.enqueue(&sql, mirror, now()) {
+                        console_error!("outbox write failed: {e}");
                     }
                 }
                 Effect::Directory(op) => ops.push(op),

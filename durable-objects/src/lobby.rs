@@ -13,7 +13,10 @@
 //! Routes (from rooms and the worker only): `POST /report`, `GET /list`, `POST /subscribe`,
 //! `POST /unsubscribe`, `POST /next`.
 
+use crate::outbox::Outbox;
 use crate::{ROOM_HEADER, json_error};
+use piano_backends::layout;
+use piano_backends::outbox::{Lane, Op};
 use piano_core::lobby::{Delta, Directory, Report, SWEEP_EVERY_MS};
 use piano_core::names::percent_encode;
 use std::cell::RefCell;
@@ -41,6 +44,8 @@ pub struct Lobby {
     state: State,
     env: Env,
     loaded: RefCell<Option<Loaded>>,
+    /// The room index mirrored to Redis (shared by every deployment using it).
+    outbox: Outbox,
 }
 
 #[derive(serde::Deserialize)]
@@ -56,6 +61,7 @@ struct UserRef {
 impl DurableObject for Lobby {
     fn new(state: State, env: Env) -> Self {
         Lobby {
+            outbox: Outbox::new(&env),
             state,
             env,
             loaded: RefCell::new(None),
@@ -89,15 +95,24 @@ impl DurableObject for Lobby {
         }
     }
 
+    /// Delivers the outbox and sweeps stale entries; re-armed for whichever is due first.
     async fn alarm(&self) -> Result<Response> {
         self.ensure_loaded()?;
+        let flushed = self
+            .outbox
+            .flush(&self.state.storage().sql(), Date::now().as_millis())
+            .await?;
         let stale = self.with(|l| l.directory.stale(Date::now().as_millis()));
         for room in stale {
             if let Err(e) = self.room_call(&room, "/refresh", None).await {
                 console_warn!("refresh of {room} failed: {e}");
             }
         }
-        self.arm_sweep().await?;
+        let now = Date::now().as_millis();
+        let sweep = (!self.with(|l| l.directory.is_empty())).then_some(now + SWEEP_EVERY_MS);
+        self.outbox
+            .rearm(&self.state.storage(), &flushed, sweep, now)
+            .await?;
         Response::empty()
     }
 }
@@ -192,6 +207,11 @@ impl Lobby {
                 vec![name.as_str().into()],
             )?;
         }
+        if !delta.is_empty() && self.outbox.wants(Lane::Redis) {
+            let mirror = self.index_commands(&delta);
+            self.outbox.enqueue(&sql, mirror, now)?;
+            self.outbox.kick(&self.state.storage(), now).await?;
+        }
         if !delta.is_empty() {
             self.push(&delta).await;
         }
@@ -201,14 +221,33 @@ impl Lobby {
 
     /// Keeps the stale-entry sweep scheduled while there are entries (and only then, so an
     /// empty directory costs nothing).
+    /// The listing change as one Redis pipeline for the shared room index.
+    fn index_commands(&self, delta: &Delta) -> Option<Op> {
+        let backends = self.outbox.backends()?;
+        let commands = delta
+            .upserted
+            .iter()
+            .map(|summary| layout::room_listed(&backends.keys, &backends.deployment, summary))
+            .chain(
+                delta
+                    .removed
+                    .iter()
+                    .map(|name| layout::room_unlisted(&backends.keys, name)),
+            )
+            .collect();
+        Some(Op::redis(commands))
+    }
+
     async fn arm_sweep(&self) -> Result<()> {
         let storage = self.state.storage();
         if self.with(|l| l.directory.is_empty()) {
-            storage.delete_alarm().await?;
+            // The alarm also delivers the outbox: keep it while rows wait.
+            if self.outbox.pending(&self.state.storage().sql())? == 0 {
+                storage.delete_alarm().await?;
+            }
         } else if storage.get_alarm().await?.is_none() {
-            storage
-                .set_alarm((Date::now().as_millis() + SWEEP_EVERY_MS) as i64)
-                .await?;
+            let now = Date::now().as_millis();
+            crate::outbox::set_alarm_at(&storage, now + SWEEP_EVERY_MS, now).await?;
         }
         Ok(())
     }

@@ -1,0 +1,147 @@
+//! What every deployment sharing one Redis sees (DESIGN §5): the room index and who is online,
+//! across deployments; and the auth rate counters, kept in Redis when it is configured so a
+//! client cannot multiply its allowance by spreading over deployments.
+//!
+//! `GET /api/network/rooms`, `GET /api/network/online`: 503 `not_configured` without Redis,
+//! 502 `backend_unavailable` while it cannot be reached.
+
+use piano_backends::Backends;
+use piano_backends::redis::{Upstash, cmd};
+use piano_durable_objects::json_error;
+use serde_json::{Value, json};
+use worker::*;
+
+/// The deployment's backends; a broken configuration is `Err` with the reason.
+pub fn backends(env: &Env) -> std::result::Result<Backends, String> {
+    Backends::from_vars(|k| {
+        env.secret(k)
+            .map(|s| s.to_string())
+            .or_else(|_| env.var(k).map(|v| v.to_string()))
+            .ok()
+    })
+}
+
+/// `/healthz`: 200 with which backends are in use, or 503 naming a configuration error (so a
+/// half-configured deployment fails its health check instead of quietly keeping data local).
+pub fn health(env: &Env) -> Result<Response> {
+    match backends(env) {
+        Ok(b) => Response::from_json(&json!({
+            "status": "ok",
+            "backends": { "mongodb": b.mongo.is_some(), "redis": b.redis.is_some() },
+        })),
+        Err(e) => Ok(
+            Response::from_json(&json!({ "status": "misconfigured", "error": e }))?
+                .with_status(503),
+        ),
+    }
+}
+
+fn redis(env: &Env) -> std::result::Result<(Upstash, Backends), Result<Response>> {
+    match backends(env) {
+        Ok(b) => match b.redis.clone() {
+            Some(r) => Ok((r, b)),
+            None => Err(json_error(
+                503,
+                "not_configured",
+                "this deployment shares no Redis (set UPSTASH_REDIS_REST_URL)",
+            )),
+        },
+        Err(e) => Err(json_error(503, "not_configured", &e)),
+    }
+}
+
+/// An `HGETALL` answer (`[field, value, …]`) as (field, parsed JSON value) pairs.
+async fn hash_entries(
+    redis: &Upstash,
+    key: &str,
+) -> std::result::Result<Vec<(String, Value)>, Result<Response>> {
+    let answer = redis.command(&cmd(["HGETALL", key])).await.map_err(|e| {
+        console_warn!("redis HGETALL failed: {e}");
+        json_error(
+            502,
+            "backend_unavailable",
+            "the shared Redis cannot be reached right now",
+        )
+    })?;
+    let flat: Vec<String> = match answer {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(flat
+        .chunks_exact(2)
+        .filter_map(|pair| Some((pair[0].clone(), serde_json::from_str(&pair[1]).ok()?)))
+        .collect())
+}
+
+/// `GET /api/network/rooms`: public rooms of every deployment, busiest first.
+pub async fn rooms(env: &Env) -> Result<Response> {
+    let (redis, b) = match redis(env) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let mut rooms: Vec<Value> = match hash_entries(&redis, &b.keys.rooms()).await {
+        Ok(entries) => entries.into_iter().map(|(_, v)| v).collect(),
+        Err(resp) => return resp,
+    };
+    rooms.sort_by(|a, b| {
+        let players = |v: &Value| v["players"].as_u64().unwrap_or(0);
+        players(b)
+            .cmp(&players(a))
+            .then_with(|| a["name"].as_str().cmp(&b["name"].as_str()))
+    });
+    let mut resp = Response::from_json(&json!({ "rooms": rooms }))?;
+    resp.headers_mut().set("cache-control", "no-store")?;
+    Ok(resp)
+}
+
+/// `GET /api/network/online`: who is in which room, on every deployment.
+pub async fn online(env: &Env) -> Result<Response> {
+    let (redis, b) = match redis(env) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let entries = match hash_entries(&redis, &b.keys.online()).await {
+        Ok(e) => e,
+        Err(resp) => return resp,
+    };
+    let users: Vec<Value> = entries
+        .into_iter()
+        .filter_map(|(field, mut v)| {
+            let (user_id, _room) = field.split_once(' ')?;
+            v["user_id"] = user_id.into();
+            Some(v)
+        })
+        .collect();
+    let mut resp = Response::from_json(&json!({ "online": users }))?;
+    resp.headers_mut().set("cache-control", "no-store")?;
+    Ok(resp)
+}
+
+/// The auth rate limit counted in Redis (fixed one-minute windows shared by every deployment):
+/// `Some(allowed, retry_after_secs)`, or `None` when Redis is not configured or unreachable (the
+/// caller then counts in its Limiter object).
+pub async fn rate_hit(env: &Env, client: &str, limit: usize, now_ms: u64) -> Option<(bool, u64)> {
+    let b = backends(env).ok()?;
+    let redis = b.redis.as_ref()?;
+    let window = now_ms / 60_000;
+    let key = b.keys.rate("auth", client, window);
+    let answers = match redis
+        .pipeline_all(&[cmd(["INCR", &key]), cmd(["EXPIRE", &key, "120"])])
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            console_warn!("redis rate counter failed, counting locally: {e}");
+            return None;
+        }
+    };
+    let count = answers.first().and_then(Value::as_u64)?;
+    let retry_after = ((window + 1) * 60_000)
+        .saturating_sub(now_ms)
+        .div_ceil(1000)
+        .max(1);
+    Some((count <= limit as u64, retry_after))
+}
