@@ -214,3 +214,99 @@ async fn refusals_are_json_with_the_edge_codes() {
         Some("pianorhythm.v1")
     );
 }
+
+/// A player who stops reading fills only its own outbound queue and is closed (counted in
+/// `piano_slow_consumer_closes_total`); the room and other players carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_who_stops_reading_is_closed_not_waited_for() {
+    use futures_util::{SinkExt, StreamExt};
+    use piano_core::proto::{ClientMessage, client_message};
+    use prost::Message as _;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = scratch_dir("slow");
+    let server = Replica::start(
+        "slow",
+        &[
+            ("DATA_DIR", dir.display().to_string()),
+            ("OUTBOUND_QUEUE_FRAMES", "16".to_owned()),
+        ],
+    );
+    let room = format!("slow-{}", e2e_tests::now_ms());
+    let (token, _) = guest(&server, "Sloth").await;
+    // A small receive window, so the server's socket fills quickly once we stop reading.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = socket
+        .connect(([127, 0, 0, 1], server.port).into())
+        .await
+        .expect("tcp connect");
+    let (mut sloth, _) = tokio_tungstenite::client_async(server.ws_url(&room, &token), stream)
+        .await
+        .expect("websocket");
+    let (other_token, _) = guest(&server, "Other").await;
+    let mut other = Player::connect(&server.ws_url(&room, &other_token))
+        .await
+        .expect("connect");
+
+    // Ask for Pongs (one per Ping) without ever reading them.
+    let ping = ClientMessage {
+        msg: Some(client_message::Msg::Ping(piano_core::proto::Ping {
+            client_time: 1.0,
+        })),
+    }
+    .encode_to_vec();
+    let closes = || async {
+        let m = reqwest::get(server.http("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        m.lines()
+            .find_map(|l| {
+                l.strip_prefix("piano_slow_consumer_closes_total ")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    let mut sent = 0;
+    while closes().await == 0 {
+        assert!(
+            sent < 2_000_000,
+            "the server never gave up on a reader that stopped reading"
+        );
+        for _ in 0..2000 {
+            if sloth
+                .feed(Message::Binary(ping.clone().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = sloth.flush().await;
+        sent += 2000;
+    }
+    // The connection ends (after whatever was already in flight).
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(Ok(_)) = sloth.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the slow connection was closed");
+    // The room did not wait for it: another player still gets answers at once.
+    other
+        .send(client_message::Msg::Ping(piano_core::proto::Ping {
+            client_time: 7.0,
+        }))
+        .await;
+    other
+        .expect("pong", |m| match m {
+            piano_core::proto::server_message::Msg::Pong(p) if p.client_time == 7.0 => Some(()),
+            _ => None,
+        })
+        .await;
+    eprintln!("slow consumer closed after about {sent} unread pongs");
+}
