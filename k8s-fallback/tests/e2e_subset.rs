@@ -1,4 +1,4 @@
-//! The e2e room suite's shared trials (`tests/room_features.rs`, `tests/directory.rs`), run
+//! The e2e room suite's shared trials (`tests/room_features.rs`, `tests/directory.rs`, `tests/tokens.rs`), run
 //! against the native fallback instead of the edge: same harness, same clients, same
 //! assertions. One standalone `k8s-fallback` process serves them all (each trial uses its own
 //! rooms). The trial that restarts the server is edge-only here; `standalone.rs` covers the
@@ -14,6 +14,12 @@ mod room_features;
 
 #[path = "../../tests/directory.rs"]
 mod directory;
+
+#[path = "../../tests/tokens.rs"]
+mod tokens;
+
+#[path = "common/edge_trials.rs"]
+mod edge_trials;
 
 static SERVER: OnceLock<Server> = OnceLock::new();
 
@@ -48,6 +54,8 @@ macro_rules! trials {
 }
 
 trials![
+    edge_trials::join_relay_ping_and_leave,
+    edge_trials::malformed_frames_get_typed_errors_and_oversized_frames_close,
     room_features::profiles_and_cursors_are_validated_and_broadcast,
     room_features::notes_quota_black_midi_and_owner_only_play,
     room_features::chat_history_typing_rate_limit_and_welcome,
@@ -58,4 +66,6 @@ trials![
     directory::a_subscriber_sees_joins_leaves_and_emptied_rooms_go,
     directory::thirty_one_players_overflow_into_lobby_2,
     directory::joining_a_new_room_creates_it_with_the_joiners_settings,
+    tokens::rfc8725_bad_tokens_are_refused_at_rest_and_websocket,
+    tokens::rotated_keys_verify_while_listed_and_are_published,
 ];
