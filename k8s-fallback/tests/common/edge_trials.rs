@@ -75,7 +75,7 @@ pub async fn join_relay_ping_and_leave() {
         .await;
     let pong = b
         .recv_matching(|m| match m {
-            server_message::Msg::Pong(p) => Some(p.clone()),
+            server_message::Msg::Pong(p) => Some(*p),
             _ => None,
         })
         .await;
