@@ -564,9 +564,12 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none() {
     })
     .await;
 
-    stack.kill_part(Part::Mongo);
-    stack.kill_part(Part::Redis);
-    eprintln!("fault: MongoDB and Redis killed");
+    // The whole of each backend goes: the database and its HTTP gateway (which exits when its
+    // database vanishes under it, like a managed endpoint that is down).
+    for part in [Part::Mongo, Part::DataApi, Part::Redis, Part::RedisRest] {
+        stack.kill_part(part);
+    }
+    eprintln!("fault: MongoDB and Redis (and their gateways) killed");
 
     // Keep playing and chatting: every batch and message is relayed as usual.
     let mut slowest = Duration::ZERO;
@@ -602,8 +605,9 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none() {
     // Someone leaves while Redis is down.
     listener.close().await;
 
-    stack.start_part(Part::Mongo);
-    stack.start_part(Part::Redis);
+    for part in [Part::Mongo, Part::Redis, Part::DataApi, Part::RedisRest] {
+        stack.start_part(part);
+    }
     let restarted = Instant::now();
     eprintln!("fault: MongoDB and Redis restarted");
 
