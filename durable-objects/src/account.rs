@@ -409,7 +409,7 @@ impl Account {
             "INSERT OR IGNORE INTO account (id, data) VALUES (1, ?)",
             vec![serde_json::to_string(&account)?.into()],
         )?;
-        Ok(self.load()?)
+        self.load()
     }
 
     fn session(&self, sid: &str) -> Result<Option<SessionRow>> {
