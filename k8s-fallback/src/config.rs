@@ -17,6 +17,11 @@ pub struct Config {
     /// signing key is kept.
     pub data_dir: PathBuf,
     pub redis_url: Option<String>,
+    /// MongoDB mirror and source of last resort (`mongo.rs`), in the shared layout.
+    pub mongodb_url: Option<String>,
+    pub mongodb_database: String,
+    /// Names this deployment's chat documents in MongoDB (the edge's default is `edge`).
+    pub deployment_id: String,
     /// This process's name in leases and pub/sub channels (unique per process start).
     pub replica_id: String,
     pub lease_ttl: Duration,
@@ -100,6 +105,9 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
         static_dir,
         data_dir,
         redis_url,
+        mongodb_url: get("MONGODB_URL"),
+        mongodb_database: get("MONGODB_DATABASE").unwrap_or_else(|| "pianorhythm".into()),
+        deployment_id: get("DEPLOYMENT_ID").unwrap_or_else(|| "fallback".into()),
         replica_id,
         lease_ttl: Duration::from_millis(number("LEASE_TTL_MS", 3000, 500..=60_000)?),
         signing,

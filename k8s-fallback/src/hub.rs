@@ -60,6 +60,7 @@ pub struct Hub {
     pub cfg: Config,
     pub store: Store,
     pub cluster: Option<Cluster>,
+    pub mongo: Option<Arc<crate::mongo::Mongo>>,
     directory: Mutex<Directory>,
     /// Reports waiting to be written to the shared directory (cluster mode), in order.
     directory_tx: Option<mpsc::UnboundedSender<Report>>,
@@ -81,7 +82,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    pub fn new(cfg: Config, store: Store, cluster: Option<Cluster>) -> Arc<Hub> {
+    pub fn new(
+        cfg: Config,
+        store: Store,
+        cluster: Option<Cluster>,
+        mongo: Option<Arc<crate::mongo::Mongo>>,
+    ) -> Arc<Hub> {
         let (directory_tx, directory_rx) = if cluster.is_some() {
             let (tx, rx) = mpsc::unbounded_channel();
             (Some(tx), Some(rx))
@@ -92,6 +98,7 @@ impl Hub {
             cfg,
             store,
             cluster,
+            mongo,
             directory: Mutex::new(Directory::new()),
             directory_tx,
             rooms: Mutex::new(HashMap::new()),

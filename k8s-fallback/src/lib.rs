@@ -21,7 +21,9 @@
 //!   placement of a new connection ([`hub::Hub::attach`]); drain on SIGTERM.
 //! - [`room_task`]: one task per running room, the single writer of its core `Room`.
 //! - [`store`]: the rooms' durable state (SQLite or Redis); [`cluster`]: leases, channels and
-//!   the shared directory in Redis; [`wire`]: the binary messages replicas exchange.
+//!   the shared directory in Redis; [`wire`]: the binary messages replicas exchange;
+//!   [`mongo`]: with `MONGODB_URL`, every room change mirrored to MongoDB in the layout the edge
+//!   uses, and rooms the room store does not know restored from it.
 //! - [`metrics`]: counters and the relay latency histogram, in Prometheus text format.
 
 pub mod auth;
@@ -30,6 +32,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod mongo;
 pub mod room_task;
 pub mod store;
 pub mod wire;
@@ -65,6 +68,12 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         }
         None => (store::Store::sqlite(&cfg.data_dir)?, None),
     };
+    let mongo = match &cfg.mongodb_url {
+        Some(url) => Some(Arc::new(
+            mongo::Mongo::connect(url, &cfg.mongodb_database, &cfg.deployment_id).await?,
+        )),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.bind)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.bind))?;
@@ -73,10 +82,11 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         %addr,
         replica = cfg.replica_id,
         mode = if cluster.is_some() { "redis" } else { "standalone" },
+        mongodb = mongo.is_some(),
         static_dir = ?cfg.static_dir,
         "listening"
     );
-    let hub = hub::Hub::new(cfg, store, cluster);
+    let hub = hub::Hub::new(cfg, store, cluster, mongo);
     let app = http::router(hub.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let drained = Arc::new(tokio::sync::Notify::new());
     let shutdown = {

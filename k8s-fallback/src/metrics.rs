@@ -55,6 +55,8 @@ pub struct Metrics {
     pub leases_lost: AtomicU64,
     /// Failed writes to the room store.
     pub store_errors: AtomicU64,
+    /// Failed MongoDB writes (each retry counts).
+    pub mongo_errors: AtomicU64,
     /// From reading a frame on the sender's replica to queueing the broadcast for its listeners.
     pub relay_latency: Histogram,
 }
@@ -69,6 +71,7 @@ pub static METRICS: Metrics = Metrics {
     leases_acquired: AtomicU64::new(0),
     leases_lost: AtomicU64::new(0),
     store_errors: AtomicU64::new(0),
+    mongo_errors: AtomicU64::new(0),
     relay_latency: Histogram::new(),
 };
 
@@ -138,6 +141,12 @@ pub fn render(replica: &str) -> String {
         "counter",
         "Failed writes or reads of room state.",
         m.store_errors.load(Relaxed).to_string(),
+    );
+    metric(
+        "piano_mongo_errors_total",
+        "counter",
+        "Failed MongoDB writes (each retry counts).",
+        m.mongo_errors.load(Relaxed).to_string(),
     );
     let h = &m.relay_latency;
     let name = "piano_relay_latency_seconds";

@@ -13,6 +13,7 @@
 use crate::cluster::replica_channel;
 use crate::hub::{Hub, SERVICE_RESTART};
 use crate::metrics::{METRICS, redis_error};
+use crate::mongo::MirrorMsg;
 use crate::store::Writer;
 use crate::wire::Wire;
 use crate::{now_ms, now_us};
@@ -75,6 +76,7 @@ struct Task {
     id: u64,
     room: Room,
     writer: Writer,
+    mirror: Option<mpsc::UnboundedSender<MirrorMsg>>,
     local: HashSet<ConnId>,
     /// Connections held by other replicas: conn → replica.
     remote: HashMap<ConnId, String>,
@@ -92,13 +94,27 @@ enum Next {
 /// Loads the room's durable state and starts its task. The caller holds the hub's start lock
 /// (and, in cluster mode, the lease).
 pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
-    let stored = hub.store.load(name).await?;
+    let mut stored = hub.store.load(name).await?;
+    if stored.is_none()
+        && let Some(m) = &hub.mongo
+    {
+        // The room store has never seen this room: MongoDB may have it (another deployment,
+        // a lost Redis). If MongoDB cannot be read, the room starts as new.
+        stored = m.load(name).await.unwrap_or_else(|e| {
+            tracing::warn!(room = name, error = %e, "could not read the room from MongoDB");
+            None
+        });
+        if stored.is_some() {
+            tracing::info!(room = name, "room restored from MongoDB");
+        }
+    }
     let now = now_ms();
     let (room, effects) = match stored {
         Some(stored) => Room::restore(name, Some(stored), [], now, seed()),
         None => (Room::new(name, seed()), Vec::new()),
     };
     let writer = hub.store.writer(name, room.stored().clone());
+    let mirror = hub.mongo.as_ref().map(|m| m.mirror(name));
     let (tx, rx) = mpsc::channel(QUEUE);
     let id = NEXT_ENTRY.fetch_add(1, Relaxed);
     hub.rooms_lock()
@@ -120,6 +136,7 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
         id,
         room,
         writer,
+        mirror,
         local: HashSet::new(),
         remote: HashMap::new(),
         publisher,
@@ -190,6 +207,13 @@ impl Task {
             }
         };
         self.writer.flush().await;
+        if let Some(m) = &self.mirror {
+            // Best effort: MongoDB may be slow or down; the room store already has it all.
+            let (reply, done) = oneshot::channel();
+            if m.send(MirrorMsg::Flush(reply)).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
+            }
+        }
         if release && let Some(c) = &self.hub.cluster {
             c.release_if(&self.name, self.hub.replica()).await;
         }
@@ -428,7 +452,12 @@ impl Task {
                 // Connection records serve hibernation on the edge; here a room that restarts
                 // (another replica, a new process) has lost its sockets and players rejoin.
                 Effect::Remember(_) => {}
-                Effect::Persist(change) => self.writer.write(change),
+                Effect::Persist(change) => {
+                    if let Some(m) = &self.mirror {
+                        let _ = m.send(MirrorMsg::Change(change.clone()));
+                    }
+                    self.writer.write(change);
+                }
                 Effect::Directory(DirectoryOp::Report(report)) => self.hub.report(report),
                 Effect::Directory(DirectoryOp::Subscribe { conn }) => {
                     let rooms = self.hub.listing();

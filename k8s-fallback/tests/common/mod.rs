@@ -88,6 +88,47 @@ impl Drop for Redis {
     }
 }
 
+/// `secantusd-py` (PyPI `secantusdb`, MongoDB wire-compatible), as the e2e stack runs it.
+pub struct MongoServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl MongoServer {
+    pub fn start(dir: &std::path::Path) -> MongoServer {
+        let port = free_port();
+        let mut cmd = Command::new("python3");
+        // Through the interpreter, not the script, so an un-rehashed pyenv shim does not matter.
+        cmd.args([
+            "-c",
+            "import sys; from secantus.cli import main; sys.exit(main())",
+        ])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--log-level", "WARNING", "--storage-path"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = spawn(cmd);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "secantusdb did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        MongoServer { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// One `k8s-fallback` process.
 pub struct Replica {
     child: Option<Child>,

@@ -1,0 +1,174 @@
+//! MongoDB through the official driver, in the shared data layout of DESIGN §5
+//! (`piano_backends::layout`, the same code the edge's outbox uses), so the edge and the
+//! fallback can share one database.
+//!
+//! Role here: a mirror and a source of last resort. The room store (SQLite or Redis) stays the
+//! room's working state; every change is also written to MongoDB (`rooms` document `$set` per
+//! field, one `chat` document per message, marked `deleted_at`/`cleared_at` rather than removed),
+//! in order per room, retried with backoff. When a room starts and the room store has nothing
+//! for it (a new deployment, a lost Redis), it is restored from MongoDB: the room document plus
+//! the last 100 live messages this deployment (`DEPLOYMENT_ID`) wrote.
+//!
+//! Not an outbox: a change not yet written when the process dies is missing from MongoDB (it
+//! is still in the room store, which is what rooms read first).
+
+use crate::metrics::METRICS;
+use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::options::ClientOptions;
+use piano_backends::layout;
+use piano_backends::outbox::{MongoAction, Op};
+use piano_core::room::stored::{CHAT_HISTORY, Change, ChatRecord, RoomKind, Stored};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+pub struct Mongo {
+    db: mongodb::Database,
+    pub deployment: String,
+}
+
+/// What a room's mirror task is sent.
+pub enum MirrorMsg {
+    Change(Change),
+    Flush(oneshot::Sender<()>),
+}
+
+impl Mongo {
+    pub async fn connect(url: &str, database: &str, deployment: &str) -> Result<Mongo, String> {
+        let mut opts = ClientOptions::parse(url)
+            .await
+            .map_err(|e| format!("MONGODB_URL: {e}"))?;
+        opts.app_name = Some("k8s-fallback".into());
+        opts.connect_timeout = Some(Duration::from_secs(3));
+        opts.server_selection_timeout = Some(Duration::from_secs(3));
+        let client =
+            mongodb::Client::with_options(opts).map_err(|e| format!("MONGODB_URL: {e}"))?;
+        let db = client.database(database);
+        db.run_command(doc! { "ping": 1 })
+            .await
+            .map_err(|e| format!("could not reach MongoDB at MONGODB_URL: {e}"))?;
+        Ok(Mongo {
+            db,
+            deployment: deployment.to_owned(),
+        })
+    }
+
+    /// Carries out one write of the shared layout.
+    pub async fn apply(&self, op: &Op) -> Result<(), String> {
+        let Op::Mongo {
+            action,
+            collection,
+            filter,
+            update,
+            upsert,
+        } = op
+        else {
+            return Ok(());
+        };
+        let filter: Document = bson::to_document(filter).map_err(|e| e.to_string())?;
+        let update: Document = bson::to_document(update).map_err(|e| e.to_string())?;
+        let coll = self.db.collection::<Document>(collection);
+        match action {
+            MongoAction::UpdateOne => coll
+                .update_one(filter, update)
+                .upsert(*upsert)
+                .await
+                .map(drop),
+            MongoAction::UpdateMany => coll.update_many(filter, update).await.map(drop),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// The room as MongoDB has it, `None` if it has nothing.
+    pub async fn load(&self, room: &str) -> Result<Option<Stored>, String> {
+        let err = |e: mongodb::error::Error| e.to_string();
+        let room_doc = self
+            .db
+            .collection::<Document>(layout::ROOMS)
+            .find_one(doc! { "_id": room })
+            .await
+            .map_err(err)?;
+        let chat = self.db.collection::<Document>(layout::CHAT);
+        let mine = doc! { "room": room, "deployment": &self.deployment };
+        let mut live = mine.clone();
+        live.insert("deleted_at", doc! { "$exists": false });
+        live.insert("cleared_at", doc! { "$exists": false });
+        let mut cursor = chat
+            .find(live)
+            .sort(doc! { "id": -1 })
+            .limit(CHAT_HISTORY as i64)
+            .await
+            .map_err(err)?;
+        let mut messages = Vec::new();
+        while cursor.advance().await.map_err(err)? {
+            let d = cursor.deserialize_current().map_err(err)?;
+            if let Some(r) = from_bson::<ChatRecord>(Bson::Document(d)) {
+                messages.push(r);
+            }
+        }
+        messages.reverse();
+        // Ids are never reused, even after a clear: continue after the highest ever written.
+        let last = chat
+            .find_one(mine)
+            .sort(doc! { "id": -1 })
+            .await
+            .map_err(err)?
+            .and_then(|d| d.get("id").cloned())
+            .and_then(from_bson::<u64>);
+        if room_doc.is_none() && last.is_none() {
+            return Ok(None);
+        }
+        let mut stored = Stored::new(RoomKind::of(room));
+        if let Some(d) = room_doc {
+            let field = |name: &str| d.get(name).cloned();
+            if let Some(s) = field("settings").and_then(from_bson) {
+                stored.settings = s;
+            }
+            stored.password = field("password").and_then(from_bson).unwrap_or(None);
+            stored.crown = field("crown").and_then(from_bson).unwrap_or_default();
+            stored.bans = field("bans").and_then(from_bson).unwrap_or_default();
+            stored.mutes = field("mutes").and_then(from_bson).unwrap_or_default();
+        }
+        stored.chat = messages;
+        stored.next_chat_id = last.map(|id| id + 1).unwrap_or(1);
+        Ok(Some(stored))
+    }
+
+    /// Starts the ordered mirror of one room's changes.
+    pub fn mirror(self: &Arc<Self>, room: &str) -> mpsc::UnboundedSender<MirrorMsg> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(mirror_loop(self.clone(), room.to_owned(), rx));
+        tx
+    }
+}
+
+/// BSON (relaxed extended JSON) → the core's serde types.
+fn from_bson<T: DeserializeOwned>(b: Bson) -> Option<T> {
+    serde_json::from_value(b.into_relaxed_extjson()).ok()
+}
+
+async fn mirror_loop(mongo: Arc<Mongo>, room: String, mut rx: mpsc::UnboundedReceiver<MirrorMsg>) {
+    while let Some(msg) = rx.recv().await {
+        let change = match msg {
+            MirrorMsg::Change(c) => c,
+            MirrorMsg::Flush(reply) => {
+                let _ = reply.send(());
+                continue;
+            }
+        };
+        let op = layout::room_change(&mongo.deployment, &room, &change, crate::now_ms());
+        let mut tries: u64 = 0;
+        while let Err(e) = mongo.apply(&op).await {
+            tries += 1;
+            METRICS.mongo_errors.fetch_add(1, Relaxed);
+            tracing::warn!(room, error = %e, tries, "mongodb write failed");
+            if tries >= 8 {
+                tracing::error!(room, "giving up on a mongodb write");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100 * (1 << tries.min(6)))).await;
+        }
+    }
+}
