@@ -2,8 +2,10 @@
 //! the same rules as the edge (`src/auth.rs`), over the same `piano_core::identity` code.
 //!
 //! Members' tokens: the edge also checks a member's session (`sid`/`gen`) against its Account
-//! object. The fallback has no account store, so it accepts a member's access token on its
-//! signature and lifetime alone (15 minutes by default); accounts themselves (register, login,
+//! object. The fallback has no account store; with Redis it refuses the tokens of sessions the
+//! edge marked ended (`{REDIS_KEY_PREFIX}revoked:<sid>`, the shared layout), so a logout at the
+//! edge holds here when both use one Redis. Otherwise a member's access token is accepted on
+//! its signature and lifetime (15 minutes by default). Accounts themselves (register, login,
 //! refresh, logout) answer 501 here.
 
 use crate::http::{json_error, with_header};
@@ -119,17 +121,44 @@ pub fn upgrade_auth(uri: &Uri, headers: &HeaderMap) -> Result<UpgradeAuth, &'sta
 }
 
 #[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
-pub fn verify(hub: &Hub, token: Option<&str>) -> Result<Identity, Response> {
+pub async fn verify(hub: &Hub, token: Option<&str>) -> Result<Identity, Response> {
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Err(unauthorized(
             "a token is required: Authorization: Bearer <jwt>, ?token=<jwt> or subprotocol bearer.<jwt>",
         ));
     };
-    hub.cfg
+    let claims = hub
+        .cfg
         .verifier
         .verify(token, crate::now_ms() / 1000)
-        .map(Identity::from)
-        .map_err(|e| unauthorized(&e.to_string()))
+        .map_err(|e| unauthorized(&e.to_string()))?;
+    if let (Some(sid), Some(c)) = (&claims.sid, &hub.cluster) {
+        let key = piano_backends::layout::Keys {
+            prefix: hub.cfg.redis_key_prefix.clone(),
+        }
+        .revoked(sid);
+        let revoked: redis::RedisResult<bool> = redis::cmd("EXISTS")
+            .arg(key)
+            .query_async(&mut c.conn.clone())
+            .await;
+        match revoked {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err(unauthorized(
+                    "the session has ended (logged out or refreshed): log in again",
+                ));
+            }
+            Err(e) => {
+                crate::metrics::redis_error("checking a session", &e);
+                return Err(json_error(
+                    503,
+                    "unavailable",
+                    "could not check the session; try again",
+                ));
+            }
+        }
+    }
+    Ok(Identity::from(claims))
 }
 
 pub fn unauthorized(message: &str) -> Response {
@@ -150,8 +179,8 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
 }
 
 /// `GET /api/users/me`: who the token says you are.
-pub fn me(hub: &Hub, headers: &HeaderMap) -> Response {
-    let identity = match verify(hub, bearer(headers).as_deref()) {
+pub async fn me(hub: &Hub, headers: &HeaderMap) -> Response {
+    let identity = match verify(hub, bearer(headers).as_deref()).await {
         Ok(id) => id,
         Err(resp) => return resp,
     };

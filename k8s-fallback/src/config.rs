@@ -17,6 +17,8 @@ pub struct Config {
     /// signing key is kept.
     pub data_dir: PathBuf,
     pub redis_url: Option<String>,
+    /// Prefix of the edge's keys in a shared Redis (`revoked:<sid>`), as `piano_backends` uses.
+    pub redis_key_prefix: String,
     /// MongoDB mirror and source of last resort (`mongo.rs`), in the shared layout.
     pub mongodb_url: Option<String>,
     pub mongodb_database: String,
@@ -105,6 +107,7 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
         static_dir,
         data_dir,
         redis_url,
+        redis_key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "pr:".into()),
         mongodb_url: get("MONGODB_URL"),
         mongodb_database: get("MONGODB_DATABASE").unwrap_or_else(|| "pianorhythm".into()),
         deployment_id: get("DEPLOYMENT_ID").unwrap_or_else(|| "fallback".into()),

@@ -137,7 +137,7 @@ async fn route(
             "not_implemented",
             "member accounts are served by the edge deployment; the fallback issues guest tokens and accepts members' access tokens",
         ),
-        (&Method::GET, ["api", "users", "me"]) => auth::me(hub, req.headers()),
+        (&Method::GET, ["api", "users", "me"]) => auth::me(hub, req.headers()).await,
         (&Method::GET, ["api", "users", _]) => {
             json_error(404, "not_found", "no such user on this server")
         }
@@ -150,7 +150,7 @@ async fn route(
             "public, max-age=2, stale-while-revalidate=10",
         ),
         (&Method::POST, ["api", "lobby", "next"]) => {
-            match auth::verify(hub, auth::bearer(req.headers()).as_deref()) {
+            match auth::verify(hub, auth::bearer(req.headers()).as_deref()).await {
                 Ok(identity) => json(
                     200,
                     &serde_json::json!({ "room": hub.next_lobby(&identity.user_id).await }),
@@ -233,7 +233,7 @@ async fn connect(app: App, req: Request, raw_name: &str) -> Response {
         Ok(a) => a,
         Err(msg) => return json_error(400, "bad_subprotocol", msg),
     };
-    let identity = match auth::verify(&app.hub, auth.token.as_deref()) {
+    let identity = match auth::verify(&app.hub, auth.token.as_deref()).await {
         Ok(id) => id,
         Err(resp) => return resp,
     };

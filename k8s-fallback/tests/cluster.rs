@@ -346,3 +346,70 @@ async fn sigterm_of_the_lease_holder_hands_the_room_over() {
     assert_eq!(info["served_by"].as_str(), Some(b.id.as_str()));
     owner.close().await;
 }
+
+/// Members' sessions that the edge ended (logout) are marked in the shared Redis
+/// (`pr:revoked:<sid>`, `piano_backends::layout`): the fallback refuses their tokens too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_of_sessions_ended_at_the_edge_are_refused() {
+    use piano_core::identity::{Claims, SigningKey};
+    let redis = Redis::start();
+    let pem = e2e_tests::random_key_pem();
+    let replica = Replica::start(
+        "sessions",
+        &[("REDIS_URL", redis.url()), ("JWT_PRIVATE_KEY", pem.clone())],
+    );
+    let now = e2e_tests::now_secs();
+    let sid = format!("s{}", e2e_tests::now_ms());
+    let claims = Claims {
+        sub: "user:ada".into(),
+        name: "Ada".into(),
+        roles: vec!["member".into()],
+        iat: now,
+        exp: now + 900,
+        nbf: None,
+        iss: "pianorhythm".into(),
+        aud: "pianorhythm".into(),
+        sid: Some(sid.clone()),
+        generation: Some(1),
+    };
+    let token = SigningKey::from_pkcs8_pem(&pem).expect("key").sign(&claims);
+    let me = || async {
+        reqwest::Client::new()
+            .get(replica.http("/api/users/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("GET /api/users/me")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(me().await, 200, "a live member session is accepted");
+    let url = replica.ws_url("members", &token);
+    Player::connect(&url)
+        .await
+        .expect("a live session connects")
+        .close()
+        .await;
+
+    // The edge's logout writes this key (through its outbox) into the shared Redis.
+    let client = redis::Client::open(redis.url()).expect("redis client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    redis::cmd("SET")
+        .arg(format!("pr:revoked:{sid}"))
+        .arg("user:ada")
+        .arg("EX")
+        .arg(900)
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SET revoked");
+    assert_eq!(
+        me().await,
+        401,
+        "an ended session's token is refused at REST"
+    );
+    let refused = Player::connect(&url).await;
+    assert!(refused.is_err(), "and at the WebSocket upgrade");
+}
