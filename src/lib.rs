@@ -64,6 +64,7 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         (Method::Get, ["api", "users", "me"]) => accounts::me(req, env).await,
         (Method::Put, ["api", "users", "me"]) => accounts::update_me(req, env).await,
         (Method::Get, ["api", "users", id]) => accounts::user(env, id).await,
+        (Method::Get, ["api", "users", id, "stats"]) => shared::user_stats(env, id).await,
         (Method::Post, ["api", "admin", "users", id, "roles"]) => {
             accounts::set_roles(req, env, id).await
         }
@@ -77,7 +78,8 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         | (_, ["api", "auth", "guest"] | ["api", "rooms", _] | ["api", "rooms", _, "ws"])
         | (_, ["api", "rooms"] | ["api", "lobby", "next"] | ["api", "users", _])
         | (_, ["api", "auth", "register" | "login" | "refresh" | "logout"])
-        | (_, ["api", "admin", "users", _, "roles"] | ["api", "network", "rooms" | "online"]) => {
+        | (_, ["api", "admin", "users", _, "roles"] | ["api", "network", "rooms" | "online"])
+        | (_, ["api", "users", _, "stats"]) => {
             json_error(405, "method_not_allowed", "method not allowed on this path")
         }
         _ => json_error(404, "not_found", "no such endpoint"),

@@ -145,3 +145,50 @@ pub async fn rate_hit(env: &Env, client: &str, limit: usize, now_ms: u64) -> Opt
         .max(1);
     Some((count <= limit as u64, retry_after))
 }
+
+/// `GET /api/users/{id}/stats`: a user's totals over every room and deployment (MongoDB).
+pub async fn user_stats(env: &Env, id: &str) -> Result<Response> {
+    let Some(user_id) =
+        piano_core::names::percent_decode(id).filter(|u| !u.is_empty() && u.len() <= 100)
+    else {
+        return json_error(400, "invalid_user_id", "not a user id");
+    };
+    let mongo = match backends(env) {
+        Ok(Backends { mongo: Some(m), .. }) => m,
+        Ok(_) => {
+            return json_error(
+                503,
+                "not_configured",
+                "user stats live in MongoDB, which this deployment does not use (set MONGODB_DATA_API_URL)",
+            );
+        }
+        Err(e) => return json_error(503, "not_configured", &e),
+    };
+    let pipeline = piano_backends::layout::user_stats_pipeline(&user_id);
+    let rows = match mongo
+        .aggregate(piano_backends::layout::USER_STATS, pipeline)
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            console_warn!("user stats aggregation failed: {e}");
+            return json_error(
+                502,
+                "backend_unavailable",
+                "MongoDB cannot be reached right now",
+            );
+        }
+    };
+    let totals = rows.into_iter().next().unwrap_or_else(|| json!({}));
+    let field = |k: &str| totals.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let mut resp = Response::from_json(&json!({
+        "user_id": user_id,
+        "notes_played": field("notes_played"),
+        "chat_messages": field("chat_messages"),
+        "joins": field("joins"),
+        "rooms": field("rooms"),
+        "last_seen": totals.get("last_seen").and_then(Value::as_u64),
+    }))?;
+    resp.headers_mut().set("cache-control", "no-store")?;
+    Ok(resp)
+}

@@ -398,7 +398,14 @@ pub async fn edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis() {
             .await;
     }
 
-    // Accounts and chat land in MongoDB; the room's durable state too.
+    for note in [60, 64, 67] {
+        owner.send(e2e_tests::note_on(note, 80)).await;
+        guest
+            .recv_matching(|m| matches!(m, Msg::Notes(_)).then_some(()))
+            .await;
+    }
+
+    // Accounts and chat land in MongoDB; the room's durable state and user stats too.
     let doc = eventually("the account document", SETTLE, || async {
         account_doc(&b, &user_id)
             .await
@@ -436,6 +443,21 @@ pub async fn edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis() {
         room_doc["crown"]["owner_user"],
         user_id.as_str(),
         "{room_doc}"
+    );
+
+    let stats_url = format!(
+        "/api/users/{}/stats",
+        piano_core::names::percent_encode(&user_id)
+    );
+    let stats = eventually("the owner's stats", SETTLE, || async {
+        let (status, st) = get_json(&s, &stats_url).await;
+        (status == 200 && st["notes_played"] == 3 && st["chat_messages"] == 2).then_some(st)
+    })
+    .await;
+    assert_eq!(
+        (stats["joins"].as_u64(), stats["rooms"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats}"
     );
 
     // Presence and the room index land in Redis, and the network endpoints read them.

@@ -9,6 +9,10 @@
 //! - `chat`: `_id` = `<deployment>/<room>/<message id>`; room, deployment, id, time,
 //!   participant_id, user_id, name, color, text; `deleted_at` / `cleared_at` once removed (the
 //!   archive keeps what the room forgot).
+//! - `user_stats`: `_id` = `<deployment>/<room>/<user id>`; user_id, room, deployment and the
+//!   running totals notes_played, chat_messages, joins, last_seen, written with `$max` (a total
+//!   only grows, so a late or repeated write never lowers it). A user's overall stats are the
+//!   sum over their documents ([`user_stats_pipeline`]).
 //!
 //! Redis (keys under `REDIS_KEY_PREFIX`, default `pr:`):
 //! - `presence:<room>` hash: user id → `{name, color, since, deployment}` while in the room.
@@ -28,6 +32,43 @@ use serde_json::{Value, json};
 pub const ACCOUNTS: &str = "accounts";
 pub const ROOMS: &str = "rooms";
 pub const CHAT: &str = "chat";
+pub const USER_STATS: &str = "user_stats";
+
+/// A user's running totals in one room (kept by the room's host).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StatsTotals {
+    pub notes_played: u64,
+    pub chat_messages: u64,
+    pub joins: u64,
+    pub last_seen: u64,
+}
+
+pub fn user_stats(deployment: &str, room: &str, user_id: &str, t: &StatsTotals) -> Op {
+    Op::upsert(
+        USER_STATS,
+        json!({ "_id": format!("{deployment}/{room}/{user_id}") }),
+        json!({
+            "$max": { "notes_played": t.notes_played, "chat_messages": t.chat_messages,
+                      "joins": t.joins, "last_seen": t.last_seen },
+            "$setOnInsert": { "user_id": user_id, "room": room, "deployment": deployment },
+        }),
+    )
+}
+
+/// The aggregation that sums a user's stats over every room and deployment.
+pub fn user_stats_pipeline(user_id: &str) -> Value {
+    json!([
+        { "$match": { "user_id": user_id } },
+        { "$group": {
+            "_id": "$user_id",
+            "notes_played": { "$sum": "$notes_played" },
+            "chat_messages": { "$sum": "$chat_messages" },
+            "joins": { "$sum": "$joins" },
+            "rooms": { "$sum": 1 },
+            "last_seen": { "$max": "$last_seen" },
+        } },
+    ])
+}
 
 /// Presence entries also expire, so a deployment that vanishes without saying goodbye does not
 /// leave players "online" for ever; rooms rewrite them on every join.

@@ -34,7 +34,7 @@ mod storage;
 use outbox::Outbox;
 use piano_backends::layout;
 use piano_backends::outbox::Lane;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use worker::js_sys::Uint8Array;
 use worker::*;
@@ -60,9 +60,17 @@ pub struct Room {
     loaded: RefCell<Option<Loaded>>,
     /// When this instance was constructed: a wake after hibernation makes a new instance.
     started_at: u64,
-    /// Writes bound for MongoDB (settings, crown, bans, chat) and Redis (presence).
+    /// Writes bound for MongoDB (settings, crown, bans, chat, user stats) and Redis (presence).
     outbox: Outbox,
+    /// When players' activity was last added to their totals.
+    stats_flushed_at: Cell<u64>,
+    /// An alarm is set to add the activity gathered since (so a room that falls quiet, and may
+    /// then be evicted, does not keep it only in memory).
+    stats_alarm: Cell<bool>,
 }
+
+/// How often players' activity is added to their stored totals while they play.
+const STATS_EVERY_MS: u64 = 5000;
 
 impl DurableObject for Room {
     fn new(state: State, env: Env) -> Self {
@@ -72,6 +80,8 @@ impl DurableObject for Room {
             env,
             loaded: RefCell::new(None),
             started_at: now(),
+            stats_flushed_at: Cell::new(now()),
+            stats_alarm: Cell::new(false),
         }
     }
 
@@ -151,8 +161,10 @@ impl DurableObject for Room {
         Ok(())
     }
 
-    /// Delivers the outbox (the only use of the room's alarm).
+    /// Adds pending activity to the stats and delivers the outbox.
     async fn alarm(&self) -> Result<Response> {
+        self.stats_alarm.set(false);
+        self.flush_stats(true);
         let sql = self.state.storage().sql();
         let flushed = self.outbox.flush(&sql, now()).await?;
         self.outbox
@@ -291,7 +303,40 @@ impl Room {
         if membership_changed && self.outbox.wants(Lane::Redis) {
             self.sync_presence();
         }
+        self.flush_stats(membership_changed);
         ops
+    }
+
+    /// Adds the players' activity to their totals in this room (SQLite) and queues the new
+    /// totals for MongoDB: every [`STATS_EVERY_MS`] while they play, at once when someone
+    /// joins or leaves (`now`), and from the alarm after the room falls quiet.
+    fn flush_stats(&self, now_please: bool) {
+        if !self.outbox.wants(Lane::Mongo) {
+            return;
+        }
+        let at = now();
+        if !now_please && at.saturating_sub(self.stats_flushed_at.get()) < STATS_EVERY_MS {
+            return;
+        }
+        let (room, stats) = match self.loaded.borrow_mut().as_mut() {
+            Some(l) if l.room.has_stats() => (l.room.name().to_owned(), l.room.take_stats()),
+            _ => return,
+        };
+        self.stats_flushed_at.set(at);
+        let Some(deployment) = self.outbox.backends().map(|b| b.deployment.clone()) else {
+            return;
+        };
+        let sql = self.state.storage().sql();
+        let mut ops = Vec::new();
+        for (user, delta) in &stats {
+            match storage::add_stats(&sql, user, delta) {
+                Ok(totals) => ops.push(layout::user_stats(&deployment, &room, user, &totals)),
+                Err(e) => console_error!("stats write failed: {e}"),
+            }
+        }
+        if let Err(e) = self.outbox.enqueue(&sql, ops, at) {
+            console_error!("outbox write failed: {e}");
+        }
     }
 
     /// Queues presence writes for who joined and who left since the last sync (only called
@@ -337,6 +382,20 @@ impl Room {
     async fn directory(&self, ops: Vec<DirectoryOp>) {
         if let Err(e) = self.outbox.kick(&self.state.storage(), now()).await {
             console_error!("could not arm the outbox alarm: {e}");
+        }
+        let stats_waiting = self
+            .loaded
+            .borrow()
+            .as_ref()
+            .is_some_and(|l| l.room.has_stats());
+        if stats_waiting && !self.stats_alarm.get() && self.outbox.wants(Lane::Mongo) {
+            self.stats_alarm.set(true);
+            let storage = self.state.storage();
+            let at = now() + STATS_EVERY_MS;
+            let sooner = matches!(storage.get_alarm().await, Ok(Some(t)) if t as u64 <= at);
+            if !sooner && let Err(e) = outbox::set_alarm_at(&storage, at, now()).await {
+                console_error!("could not arm the stats alarm: {e}");
+            }
         }
         for op in ops {
             let result = match op {

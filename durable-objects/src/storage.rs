@@ -13,6 +13,10 @@ use worker::{Result, SqlStorage};
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS room_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS chat (id INTEGER PRIMARY KEY, record TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS user_stats (
+        user_id TEXT PRIMARY KEY, notes INTEGER NOT NULL DEFAULT 0, chats INTEGER NOT NULL DEFAULT 0,
+        joins INTEGER NOT NULL DEFAULT 0, last_seen INTEGER NOT NULL DEFAULT 0
+    );
 ";
 
 #[derive(serde::Deserialize)]
@@ -125,4 +129,44 @@ pub fn write(sql: &SqlStorage, change: Change) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Adds a user's activity to their running totals in this room and returns the new totals.
+pub fn add_stats(
+    sql: &SqlStorage,
+    user_id: &str,
+    d: &piano_core::room::StatsDelta,
+) -> Result<piano_backends::layout::StatsTotals> {
+    #[derive(serde::Deserialize)]
+    struct Totals {
+        notes: i64,
+        chats: i64,
+        joins: i64,
+        last_seen: i64,
+    }
+    let rows: Vec<Totals> = sql
+        .exec(
+            "INSERT INTO user_stats (user_id, notes, chats, joins, last_seen) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT(user_id) DO UPDATE SET notes = notes + excluded.notes,
+               chats = chats + excluded.chats, joins = joins + excluded.joins,
+               last_seen = MAX(last_seen, excluded.last_seen)
+             RETURNING notes, chats, joins, last_seen",
+            vec![
+                user_id.into(),
+                (d.notes as i64).into(),
+                (d.chats as i64).into(),
+                (d.joins as i64).into(),
+                (d.last_seen as i64).into(),
+            ],
+        )?
+        .to_array()?;
+    let t = rows
+        .first()
+        .ok_or_else(|| worker::Error::RustError("no totals".into()))?;
+    Ok(piano_backends::layout::StatsTotals {
+        notes_played: t.notes.max(0) as u64,
+        chat_messages: t.chats.max(0) as u64,
+        joins: t.joins.max(0) as u64,
+        last_seen: t.last_seen.max(0) as u64,
+    })
 }

@@ -187,6 +187,19 @@ pub struct Room {
     /// What the directory was last told, and the version of that report.
     reported: Option<Summary>,
     report_version: u64,
+    /// Activity per user id since the host last took it.
+    stats: BTreeMap<String, StatsDelta>,
+}
+
+/// What one user did in the room since the host last asked ([`Room::take_stats`]): note-ons
+/// relayed, chat messages posted, joins, and when they were last active. Hosts add the deltas
+/// to durable per-user totals (the edge mirrors them to MongoDB's `user_stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StatsDelta {
+    pub notes: u64,
+    pub chats: u64,
+    pub joins: u64,
+    pub last_seen: Millis,
 }
 
 type Out = Vec<Effect>;
@@ -212,6 +225,7 @@ impl Room {
             salts_made: 0,
             reported: None,
             report_version: 0,
+            stats: BTreeMap::new(),
         }
     }
 
@@ -250,7 +264,18 @@ impl Room {
         }
         // Waking up, the room corrects its directory entry (it may have emptied meanwhile).
         room.report_if_changed(now, &mut out);
+        // Rebuilding is not activity: the joins above were counted when they happened.
+        room.stats.clear();
         (room, out)
+    }
+
+    /// Hands the activity gathered since the last call to the host (and forgets it).
+    pub fn take_stats(&mut self) -> BTreeMap<String, StatsDelta> {
+        std::mem::take(&mut self.stats)
+    }
+
+    pub fn has_stats(&self) -> bool {
+        !self.stats.is_empty()
     }
 
     pub fn name(&self) -> &str {
@@ -827,6 +852,17 @@ impl Room {
         if relayed == 0 {
             return;
         }
+        let note_ons = batch
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, Some(Kind::NoteOn(_))))
+            .count() as u64;
+        if note_ons > 0 {
+            let user = self.members[m].info.user_id.clone();
+            let st = self.stats.entry(user).or_default();
+            st.notes += note_ons;
+            st.last_seen = now;
+        }
         batch.sender_id = self.members[m].info.id.clone();
         self.send_to_others(conn, S::Notes(batch), out);
     }
@@ -973,6 +1009,9 @@ impl Room {
             text,
         };
         self.stored.next_chat_id += 1;
+        let st = self.stats.entry(record.user_id.clone()).or_default();
+        st.chats += 1;
+        st.last_seen = now;
         self.stored.chat.push(record.clone());
         if self.stored.chat.len() > CHAT_HISTORY {
             let excess = self.stored.chat.len() - CHAT_HISTORY;
@@ -1467,6 +1506,9 @@ impl Room {
             return false;
         }
         c.joined = Some(seq);
+        let st = self.stats.entry(c.identity.user_id.clone()).or_default();
+        st.joins += 1;
+        st.last_seen = now;
         let mut info = participant_info(&c.participant_id, &c.identity, &c.profile);
         if let Some(mute) = self.stored.mutes.iter().find(|e| e.user_id == info.user_id) {
             info.muted_notes = mute.notes;
