@@ -9,7 +9,17 @@ use piano_backends::Backends;
 use piano_backends::redis::{Upstash, cmd};
 use piano_durable_objects::json_error;
 use serde_json::{Value, json};
+use std::cell::Cell;
 use worker::*;
+
+thread_local! {
+    /// While Redis failed recently, auth requests count locally without trying it (each try
+    /// could cost a whole timeout): a circuit breaker per isolate.
+    static REDIS_SKIP_UNTIL: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How long a Redis failure sends rate counting to the Limiter objects.
+const REDIS_BACKOFF_MS: u64 = 30_000;
 
 /// The deployment's backends; a broken configuration is `Err` with the reason.
 pub fn backends(env: &Env) -> std::result::Result<Backends, String> {
@@ -126,6 +136,9 @@ pub async fn online(env: &Env) -> Result<Response> {
 pub async fn rate_hit(env: &Env, client: &str, limit: usize, now_ms: u64) -> Option<(bool, u64)> {
     let b = backends(env).ok()?;
     let redis = b.redis.as_ref()?;
+    if REDIS_SKIP_UNTIL.with(Cell::get) > now_ms {
+        return None;
+    }
     let window = now_ms / 60_000;
     let key = b.keys.rate("auth", client, window);
     let answers = match redis
@@ -134,7 +147,8 @@ pub async fn rate_hit(env: &Env, client: &str, limit: usize, now_ms: u64) -> Opt
     {
         Ok(a) => a,
         Err(e) => {
-            console_warn!("redis rate counter failed, counting locally: {e}");
+            console_warn!("redis rate counter failed, counting locally for 30 s: {e}");
+            REDIS_SKIP_UNTIL.with(|c| c.set(now_ms + REDIS_BACKOFF_MS));
             return None;
         }
     };

@@ -136,6 +136,9 @@ pub struct Account {
     outbox: Outbox,
     /// How long a revoked session's access tokens could still be presented.
     access_ttl_secs: u64,
+    /// After a failed MongoDB lookup, later ones are skipped until then (ms), so logins do not
+    /// each wait out a timeout during an outage.
+    lookup_skip_until: std::cell::Cell<u64>,
 }
 
 impl DurableObject for Account {
@@ -149,6 +152,7 @@ impl DurableObject for Account {
             state,
             outbox: Outbox::new(&env),
             access_ttl_secs,
+            lookup_skip_until: std::cell::Cell::new(0),
         }
     }
 
@@ -385,6 +389,9 @@ impl Account {
         let Some(mongo) = self.outbox.backends().and_then(|b| b.mongo.as_ref()) else {
             return Ok(None);
         };
+        if self.lookup_skip_until.get() > Date::now().as_millis() {
+            return Ok(None);
+        }
         let doc = match mongo
             .find_one(
                 layout::ACCOUNTS,
@@ -395,6 +402,7 @@ impl Account {
             Ok(doc) => doc,
             Err(e) => {
                 console_warn!("account lookup in MongoDB failed, using local accounts only: {e}");
+                self.lookup_skip_until.set(Date::now().as_millis() + 30_000);
                 return Ok(None);
             }
         };
