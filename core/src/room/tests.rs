@@ -1619,3 +1619,62 @@ fn activity_is_counted_per_user_and_handed_over_once() {
     binary(&mut muted, 1, &notes(NOW));
     assert!(!muted.has_stats());
 }
+
+/// Issue 9: encodes per broadcast do not grow with the room. For rooms of 2 to 200 players, one
+/// note batch yields exactly one `Effect::Send` (one frame, encoded once) whose targets are every
+/// other player, and a join yields one frame for the newcomer and one shared by everyone else.
+#[test]
+fn one_encode_per_broadcast_whatever_the_room_size() {
+    for size in [2u64, 10, 50, 200] {
+        let mut room = room_with(|s| s.settings.max_players = size as u32);
+        for conn in 1..size {
+            enter(&mut room, conn, &format!("user{conn}"));
+        }
+        let join_fx = enter(&mut room, size, &format!("user{size}"));
+        let join_sends: Vec<&Targets> = join_fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { to, .. } => Some(to),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            join_sends.len(),
+            2,
+            "room of {size}: Joined to the newcomer, ParticipantJoined once to the others"
+        );
+        assert_eq!(join_sends[0].as_slice(), &[size]);
+        assert_eq!(join_sends[1].as_slice().len() as u64, size - 1);
+
+        let sender = 1 + size / 2;
+        let fx = binary(&mut room, sender, &notes(NOW));
+        let frames: Vec<(&Targets, &Bytes)> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { to, frame } => Some((to, frame)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            frames.len(),
+            1,
+            "room of {size}: one note batch, one encoded frame"
+        );
+        assert_eq!(fx.len(), 1, "room of {size}: nothing but the broadcast");
+        let (to, frame) = frames[0];
+        let mut targets = to.as_slice().to_vec();
+        targets.sort_unstable();
+        let others: Vec<ConnId> = (1..=size).filter(|c| *c != sender).collect();
+        assert_eq!(targets, others, "room of {size}: every other player, once");
+        let Some(server_message::Msg::Notes(batch)) = ServerMessage::decode(frame.clone())
+            .ok()
+            .and_then(|m| m.msg)
+        else {
+            panic!("room of {size}: the frame is a note batch")
+        };
+        assert_eq!(batch.sender_id, participant_id(&format!("user{sender}")));
+        // A host hands this same buffer to every target: cloning `Bytes` shares it.
+        let shared = frame.clone();
+        assert_eq!(shared.as_ptr(), frame.as_ptr());
+    }
+}
