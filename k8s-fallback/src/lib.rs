@@ -88,14 +88,12 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
     );
     let hub = hub::Hub::new(cfg, store, cluster, mongo);
     let app = http::router(hub.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let drained = Arc::new(tokio::sync::Notify::new());
     let shutdown = {
         let hub = hub.clone();
-        let drained = drained.clone();
         async move {
             wait_for_signal().await;
+            // Axum stops accepting once this returns; the players' sockets are closed by now.
             hub.drain().await;
-            drained.notify_one();
         }
     };
     axum::serve(listener, app)

@@ -310,3 +310,42 @@ async fn a_player_who_stops_reading_is_closed_not_waited_for() {
         .await;
     eprintln!("slow consumer closed after about {sent} unread pongs");
 }
+
+/// A frame far over the limit is refused by the WebSocket layer before it is buffered: the
+/// connection ends (close 1009, or a reset while the client is still sending) and the server
+/// carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_frame_ends_the_connection_and_nothing_else() {
+    use futures_util::SinkExt;
+    let dir = scratch_dir("huge");
+    let server = Replica::start("huge", &[("DATA_DIR", dir.display().to_string())]);
+    let (token, _) = guest(&server, "Big").await;
+    let url = server.ws_url("huge", &token);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    let _ = ws
+        .send(tokio_tungstenite::tungstenite::Message::Binary(
+            vec![0u8; 4 << 20].into(),
+        ))
+        .await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        use futures_util::StreamExt;
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
+                    return f.map(|f| u16::from(f.code));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the connection ends");
+    assert!(matches!(ended, None | Some(1009)), "closed with {ended:?}");
+    let mut p = Player::connect(&url)
+        .await
+        .expect("the server still serves");
+    p.join(None).await.expect("join");
+}
