@@ -69,7 +69,7 @@ pub struct Hub {
     /// Local connections whose room runs on another replica: conn → (room, holder).
     follows: Mutex<HashMap<ConnId, (String, String)>>,
     /// One room start at a time, so two players arriving together start it once.
-    starting: tokio::sync::Mutex<()>,
+    pub(crate) starting: tokio::sync::Mutex<()>,
     pub draining: AtomicBool,
     /// Cluster mode: subscribed to this replica's channel (required before taking leases).
     pub subscribed: AtomicBool,

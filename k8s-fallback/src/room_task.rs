@@ -161,7 +161,8 @@ impl Task {
         self.execute(initial, None);
         let period = match &self.hub.cluster {
             Some(c) => c.lease_ttl / 3,
-            None => Duration::from_secs(3600),
+            // Nothing to renew; the tick only lets an idle room notice it is empty.
+            None => Duration::from_secs(10),
         };
         let mut tick = tokio::time::interval(period);
         tick.tick().await;
@@ -178,6 +179,10 @@ impl Task {
                 break release;
             }
             if self.local.is_empty() && self.remote.is_empty() {
+                // Save everything first, while still in the map: a player arriving now waits
+                // in the queue for the flush, and a later start (here or, with Redis, on
+                // another replica) loads the room with every change written.
+                self.writer.flush().await;
                 // Retire, unless something arrived meanwhile (checked under the map's lock,
                 // so no sender can find this task in the map after it left).
                 let pending = {
@@ -215,7 +220,13 @@ impl Task {
             }
         }
         if release && let Some(c) = &self.hub.cluster {
-            c.release_if(&self.name, self.hub.replica()).await;
+            // A player may have come back while we were saving: a new task for the room on
+            // this replica then holds the same lease (it names the replica), and keeps it.
+            // Room starts take the same lock, so none can slip in between check and release.
+            let _starting = self.hub.starting.lock().await;
+            if !self.hub.rooms_lock().contains_key(&self.name) {
+                c.release_if(&self.name, self.hub.replica()).await;
+            }
         }
         METRICS.rooms.fetch_sub(1, Relaxed);
         tracing::info!(room = self.name, "room stopped");
