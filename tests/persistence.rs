@@ -557,7 +557,33 @@ pub async fn edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis() {
     )
     .await;
     assert_eq!(wrong["error"]["code"], "invalid_credentials");
+
+    // The room, new to the second deployment, starts from its shared document: same settings,
+    // and the crown goes back to its owner.
     owner.close().await;
+    let access_b = there["access_token"].as_str().unwrap();
+    let mut c = Client::connect(&format!("{}?token={access_b}", other.ws_url(&room)), &[])
+        .await
+        .expect("connect on the second deployment");
+    let joined = c.join().await;
+    let settings = joined.settings.clone().expect("settings");
+    assert_eq!(settings.welcome_message, "Welcome to the archive");
+    // The owner holds it on arrival, or gets it back just after (a crown that fell while
+    // nobody was here returns to its owner).
+    let mut crown = joined.ownership.clone().unwrap_or_default();
+    let deadline = Instant::now() + SETTLE;
+    while crown.owner_user_id != user_id && Instant::now() < deadline {
+        if let Some(e2e_tests::Event::Msg(Msg::OwnerChanged(o))) =
+            c.next_event(Duration::from_millis(300)).await
+        {
+            crown = o.ownership.unwrap_or_default();
+        }
+    }
+    assert_eq!(crown.owner_user_id, user_id);
+    assert!(
+        joined.chat_history.is_empty(),
+        "chat stays with the deployment that had it"
+    );
 }
 
 /// Both databases die mid-session: the room keeps relaying notes and chat without waiting on

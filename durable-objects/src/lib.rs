@@ -24,6 +24,7 @@ use piano_core::identity::Identity;
 use piano_core::limits::close;
 use piano_core::lobby::{Delta, Summary};
 use piano_core::names::percent_decode;
+use piano_core::room::stored::Change;
 use piano_core::room::{ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, Room as CoreRoom};
 
 pub mod account;
@@ -194,7 +195,19 @@ impl Room {
         };
 
         let pair = WebSocketPair::new()?;
-        storage::init(&self.state.storage().sql(), &name)?;
+        let sql = self.state.storage().sql();
+        let shared = if storage::exists(&sql)? {
+            None
+        } else {
+            self.shared_room(&name).await
+        };
+        storage::init(&sql, &name)?;
+        // Another player may have created the room while we asked MongoDB.
+        if let Some(doc) = shared
+            && self.loaded.borrow().is_none()
+        {
+            storage::import(&sql, &doc)?;
+        }
         // Load the room from the sockets accepted so far, before this one joins them.
         let restored = self.ensure_loaded(Some(&name))?;
         let mut ops = self.apply(restored);
@@ -211,6 +224,22 @@ impl Room {
             resp.headers_mut().set("sec-websocket-protocol", &p)?;
         }
         Ok(resp)
+    }
+
+    /// A room new to this object may exist in the shared database (created on another
+    /// deployment): its document, if MongoDB is configured and answers.
+    async fn shared_room(&self, name: &str) -> Option<serde_json::Value> {
+        let mongo = self.outbox.backends()?.mongo.as_ref()?;
+        match mongo
+            .find_one(layout::ROOMS, serde_json::json!({ "_id": name }))
+            .await
+        {
+            Ok(doc) => doc,
+            Err(e) => {
+                console_warn!("shared room lookup failed, starting {name} fresh: {e}");
+                None
+            }
+        }
     }
 
     async fn info(&self, req: &Request) -> Result<Response> {
@@ -472,6 +501,7 @@ impl Room {
         let mut loaded = self.loaded.borrow_mut();
         let Some(l) = loaded.as_mut() else { return ops };
         let sql = self.state.storage().sql();
+        let mut mirrored: Vec<Change> = Vec::new();
         for effect in effects {
             match effect {
                 Effect::Send { to, frame } => {
@@ -499,20 +529,37 @@ impl Room {
                     }
                 }
                 Effect::Persist(change) => {
-                    // The mirror for MongoDB is queued with the change itself (one commit).
-                    let mirror = self
-                        .outbox
-                        .backends()
-                        .filter(|b| b.has(Lane::Mongo))
-                        .map(|b| layout::room_change(&b.deployment, l.room.name(), &change, now()));
+                    if self.outbox.wants(Lane::Mongo) {
+                        mirrored.push(change.clone());
+                    }
                     if let Err(e) = storage::write(&sql, change) {
                         console_error!("storage write failed: {e}");
                     }
-                    if let Err(e) = self.outbox.enqueue(&sql, mirror, now()) {
-                        console_error!("outbox write failed: {e}");
-                    }
                 }
                 Effect::Directory(op) => ops.push(op),
+            }
+        }
+        // The mirror for MongoDB is queued in the same step as the changes (one commit). Only
+        // the last of several changes to one field is sent: one input may pass through
+        // intermediate states (a dropped crown is first ownerless, then remembers its owner)
+        // that other deployments must never read.
+        if let Some(b) = self.outbox.backends().filter(|_| !mirrored.is_empty()) {
+            let at = now();
+            let last_of_kind = |i: usize| {
+                let kind = std::mem::discriminant(&mirrored[i]);
+                matches!(
+                    mirrored[i],
+                    Change::ChatAppended(_) | Change::ChatDeleted(_) | Change::ChatCleared
+                ) || !mirrored[i + 1..]
+                    .iter()
+                    .any(|c| std::mem::discriminant(c) == kind)
+            };
+            let ops: Vec<_> = (0..mirrored.len())
+                .filter(|&i| last_of_kind(i))
+                .map(|i| layout::room_change(&b.deployment, l.room.name(), &mirrored[i], at))
+                .collect();
+            if let Err(e) = self.outbox.enqueue(&sql, ops, at) {
+                console_error!("outbox write failed: {e}");
             }
         }
         ops

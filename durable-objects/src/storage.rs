@@ -42,21 +42,51 @@ pub fn init(sql: &SqlStorage, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Reads the room's name and durable state (defaults for what was never written); read-only.
-pub fn load(sql: &SqlStorage, name_hint: Option<&str>) -> Result<(String, Option<Stored>)> {
+/// Whether this object has ever been a room (its tables exist).
+pub fn exists(sql: &SqlStorage) -> Result<bool> {
     #[derive(serde::Deserialize)]
     struct Table {
         #[allow(dead_code)]
         name: String,
     }
-    let exists = !sql
+    Ok(!sql
         .exec(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'room_meta'",
             None,
         )?
         .to_array::<Table>()?
-        .is_empty();
-    if !exists {
+        .is_empty())
+}
+
+/// Seeds a new room's state from its shared document (another deployment's room of the same
+/// name, DESIGN §5): settings, password hash, crown, bans and mutes; fields that do not parse
+/// are skipped. Chat is not imported: each deployment archives its own.
+pub fn import(sql: &SqlStorage, doc: &serde_json::Value) -> Result<()> {
+    use piano_core::room::stored::{Ban, Crown, MuteEntry, PasswordHash, Settings};
+    fn field<T: DeserializeOwned>(doc: &serde_json::Value, key: &str) -> Option<T> {
+        serde_json::from_value(doc.get(key)?.clone()).ok()
+    }
+    if let Some(v) = field::<Settings>(doc, "settings") {
+        put(sql, "settings", &v)?;
+    }
+    if let Some(v) = field::<Option<PasswordHash>>(doc, "password") {
+        put(sql, "password", &v)?;
+    }
+    if let Some(v) = field::<Crown>(doc, "crown") {
+        put(sql, "crown", &v)?;
+    }
+    if let Some(v) = field::<Vec<Ban>>(doc, "bans") {
+        put(sql, "bans", &v)?;
+    }
+    if let Some(v) = field::<Vec<MuteEntry>>(doc, "mutes") {
+        put(sql, "mutes", &v)?;
+    }
+    Ok(())
+}
+
+/// Reads the room's name and durable state (defaults for what was never written); read-only.
+pub fn load(sql: &SqlStorage, name_hint: Option<&str>) -> Result<(String, Option<Stored>)> {
+    if !exists(sql)? {
         return Ok((name_hint.unwrap_or_default().to_owned(), None));
     }
     let meta: HashMap<String, String> = sql
