@@ -58,6 +58,21 @@ impl BackendError {
     }
 }
 
+/// Sends a request with its timeout and reads the whole answer: (status, body text).
+pub(crate) async fn exchange(
+    req: reqwest::RequestBuilder,
+    timeout: std::time::Duration,
+) -> Result<(u16, String), BackendError> {
+    let resp = req
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(BackendError::from_reqwest)?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await.map_err(BackendError::from_reqwest)?;
+    Ok((status, text))
+}
+
 impl fmt::Display for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -183,7 +183,7 @@ impl DataApi {
         body.insert("database".into(), self.config.database.clone().into());
         body.insert("collection".into(), collection.into());
         let url = format!("{}/action/{action}", self.config.url.trim_end_matches('/'));
-        let resp = self
+        let req = self
             .http
             .post(url)
             // Atlas named the header `apiKey`; self-hosted gateways read `api-key`. Header names
@@ -191,13 +191,8 @@ impl DataApi {
             .header("apiKey", &self.config.api_key)
             .header("api-key", &self.config.api_key)
             .header("accept", "application/json")
-            .json(&Value::Object(body))
-            .timeout(self.config.timeout)
-            .send()
-            .await
-            .map_err(BackendError::from_reqwest)?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(BackendError::from_reqwest)?;
+            .json(&Value::Object(body));
+        let (status, text) = crate::error::exchange(req, self.config.timeout).await?;
         if !(200..300).contains(&status) {
             return Err(BackendError::from_status(status, &error_text(&text)));
         }

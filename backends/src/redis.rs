@@ -88,17 +88,12 @@ impl Upstash {
 
     async fn post(&self, path: &str, body: &impl serde::Serialize) -> Result<Value, BackendError> {
         let url = format!("{}{path}", self.config.url.trim_end_matches('/'));
-        let resp = self
+        let req = self
             .http
             .post(url)
             .bearer_auth(&self.config.token)
-            .json(body)
-            .timeout(self.config.timeout)
-            .send()
-            .await
-            .map_err(BackendError::from_reqwest)?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(BackendError::from_reqwest)?;
+            .json(body);
+        let (status, text) = crate::error::exchange(req, self.config.timeout).await?;
         let parsed = serde_json::from_str::<Value>(&text);
         if (200..300).contains(&status) {
             return parsed.map_err(|e| BackendError::Decode(e.to_string()));
