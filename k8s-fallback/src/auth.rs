@@ -137,10 +137,9 @@ pub async fn verify(hub: &Hub, token: Option<&str>) -> Result<Identity, Response
             prefix: hub.cfg.redis_key_prefix.clone(),
         }
         .revoked(sid);
-        let revoked: redis::RedisResult<bool> = redis::cmd("EXISTS")
-            .arg(key)
-            .query_async(&mut c.conn.clone())
-            .await;
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(key);
+        let revoked: redis::RedisResult<bool> = c.conn.cmd(&cmd).await;
         match revoked {
             Ok(false) => {}
             Ok(true) => {

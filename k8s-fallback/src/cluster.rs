@@ -13,8 +13,8 @@
 //!   of the same reports, which every replica applies to its own copy of the directory.
 
 use crate::metrics::{METRICS, redis_error};
+use crate::redis_handle::RedisHandle;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -77,8 +77,11 @@ return 0";
 pub struct Cluster {
     pub replica: String,
     pub client: redis::Client,
-    pub conn: ConnectionManager,
+    pub conn: RedisHandle,
     pub lease_ttl: Duration,
+    /// Longest any one Redis command may take here: a hung Redis must not hang placement or
+    /// renewals longer than this.
+    pub op_timeout: Duration,
     renew: redis::Script,
     release: redis::Script,
 }
@@ -95,11 +98,8 @@ impl Cluster {
         lease_ttl: Duration,
     ) -> Result<Cluster, String> {
         let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL: {e}"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client.clone(), config)
+        let op_timeout = (lease_ttl / 3).clamp(Duration::from_millis(200), Duration::from_secs(2));
+        let conn = RedisHandle::connect(client.clone(), op_timeout)
             .await
             .map_err(|e| format!("could not connect to Redis at REDIS_URL: {e}"))?;
         Ok(Cluster {
@@ -107,35 +107,31 @@ impl Cluster {
             client,
             conn,
             lease_ttl,
+            op_timeout,
             renew: redis::Script::new(RENEW),
             release: redis::Script::new(RELEASE),
         })
-    }
-
-    fn c(&self) -> ConnectionManager {
-        self.conn.clone()
     }
 
     /// Takes the room's lease if nobody holds it; otherwise says who does.
     pub async fn acquire(&self, room: &str) -> redis::RedisResult<Lease> {
         let key = lease_key(room);
         for _ in 0..5 {
-            let set: Option<String> = redis::cmd("SET")
+            let mut set_nx = redis::cmd("SET");
+            set_nx
                 .arg(&key)
                 .arg(&self.replica)
                 .arg("NX")
                 .arg("PX")
-                .arg(self.lease_ttl.as_millis() as u64)
-                .query_async(&mut self.c())
-                .await?;
+                .arg(self.lease_ttl.as_millis() as u64);
+            let set: Option<String> = self.conn.cmd(&set_nx).await?;
             if set.is_some() {
                 METRICS.leases_acquired.fetch_add(1, Relaxed);
                 return Ok(Lease::Mine);
             }
-            let holder: Option<String> = redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut self.c())
-                .await?;
+            let mut get = redis::cmd("GET");
+            get.arg(&key);
+            let holder: Option<String> = self.conn.cmd(&get).await?;
             match holder {
                 Some(h) if h == self.replica => return Ok(Lease::Mine),
                 Some(h) => return Ok(Lease::HeldBy(h)),
@@ -151,24 +147,18 @@ impl Cluster {
 
     /// Extends our lease; `Ok(false)` when it is no longer ours.
     pub async fn renew(&self, room: &str) -> redis::RedisResult<bool> {
-        let n: i64 = self
-            .renew
-            .key(lease_key(room))
-            .arg(&self.replica)
-            .arg(self.lease_ttl.as_millis() as u64)
-            .invoke_async(&mut self.c())
-            .await?;
+        let mut call = self.renew.key(lease_key(room));
+        call.arg(&self.replica)
+            .arg(self.lease_ttl.as_millis() as u64);
+        let n: i64 = self.conn.script(&call).await?;
         Ok(n == 1)
     }
 
     /// Gives up the lease if `holder` has it (ourselves on shutdown, or a holder that is gone).
     pub async fn release_if(&self, room: &str, holder: &str) {
-        let r: redis::RedisResult<i64> = self
-            .release
-            .key(lease_key(room))
-            .arg(holder)
-            .invoke_async(&mut self.c())
-            .await;
+        let mut call = self.release.key(lease_key(room));
+        call.arg(holder);
+        let r: redis::RedisResult<i64> = self.conn.script(&call).await;
         if let Err(e) = r {
             redis_error("releasing a lease", &e);
         }
@@ -176,11 +166,9 @@ impl Cluster {
 
     /// Publishes to a channel; the number of subscribers that received it.
     pub async fn publish(&self, channel: &str, payload: Bytes) -> redis::RedisResult<usize> {
-        redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(payload.as_ref())
-            .query_async(&mut self.c())
-            .await
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(payload.as_ref());
+        self.conn.cmd(&cmd).await
     }
 
     /// How many subscribers each replica's channel has (0: the replica is gone).
@@ -190,7 +178,7 @@ impl Cluster {
         for r in replicas {
             cmd.arg(replica_channel(r));
         }
-        let pairs: Vec<(String, i64)> = cmd.query_async(&mut self.c()).await?;
+        let pairs: Vec<(String, i64)> = self.conn.cmd(&cmd).await?;
         Ok(replicas
             .iter()
             .map(|r| {
@@ -209,13 +197,11 @@ impl Cluster {
         for r in rooms {
             cmd.arg(lease_key(r));
         }
-        cmd.query_async(&mut self.c()).await
+        self.conn.cmd(&cmd).await
     }
 
     pub async fn ping(&self) -> bool {
-        redis::cmd("PING")
-            .query_async::<String>(&mut self.c())
-            .await
-            .is_ok()
+        let cmd = redis::cmd("PING");
+        self.conn.cmd::<String>(&cmd).await.is_ok()
     }
 }

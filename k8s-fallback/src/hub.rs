@@ -352,13 +352,13 @@ impl Hub {
     /// one reservation set per lobby.
     pub async fn next_lobby(&self, user: &str) -> String {
         if let Some(c) = &self.cluster {
-            let placed: redis::RedisResult<String> = redis::Script::new(cluster::NEXT_LOBBY)
-                .arg(user)
+            let script = redis::Script::new(cluster::NEXT_LOBBY);
+            let mut call = script.prepare_invoke();
+            call.arg(user)
                 .arg(now_ms())
                 .arg(piano_core::lobby::RESERVATION_MS)
-                .arg(piano_core::lobby::LOBBY_CAPACITY)
-                .invoke_async(&mut c.conn.clone())
-                .await;
+                .arg(piano_core::lobby::LOBBY_CAPACITY);
+            let placed: redis::RedisResult<String> = c.conn.script(&call).await;
             match placed {
                 Ok(lobby) => return lobby,
                 Err(e) => redis_error("placing a player in a lobby", &e),
@@ -447,10 +447,9 @@ impl Hub {
     /// Rebuilds the directory copy from the shared hash (after (re)subscribing).
     async fn load_directory(&self) {
         let Some(c) = &self.cluster else { return };
-        let all: redis::RedisResult<HashMap<String, String>> = redis::cmd("HGETALL")
-            .arg(cluster::DIRECTORY)
-            .query_async(&mut c.conn.clone())
-            .await;
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(cluster::DIRECTORY);
+        let all: redis::RedisResult<HashMap<String, String>> = c.conn.cmd(&cmd).await;
         match all {
             Ok(all) => {
                 let reports = all
@@ -516,7 +515,7 @@ async fn directory_writer(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Report>
             pipe.hset(cluster::DIRECTORY, &report.summary.name, &json);
         }
         pipe.publish(cluster::DIRECTORY, &json);
-        if let Err(e) = pipe.query_async::<()>(&mut c.conn.clone()).await {
+        if let Err(e) = c.conn.pipe::<()>(&pipe).await {
             redis_error("writing the directory", &e);
             // Still apply it here, so at least this replica's list is right.
             hub.apply_report(report);

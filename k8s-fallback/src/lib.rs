@@ -33,6 +33,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod mongo;
+pub mod redis_handle;
 pub mod room_task;
 pub mod store;
 pub mod wire;

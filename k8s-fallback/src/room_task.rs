@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Inputs a room task may queue before senders wait.
 const QUEUE: usize = 4096;
@@ -51,6 +51,10 @@ pub enum RoomMsg {
     },
     RoomListChanged(Delta),
     Info(oneshot::Sender<RoomInfo>),
+    /// The answer of the background check on the replicas of remote players.
+    ReplicasChecked {
+        gone: Vec<String>,
+    },
     /// Close every connection with this code and stop; `release` gives up the lease.
     Shutdown {
         code: u16,
@@ -83,7 +87,48 @@ struct Task {
     /// Publishes in order, so the room never waits on Redis.
     publisher: Option<mpsc::UnboundedSender<(String, Bytes)>>,
     started_at: u64,
-    lease_ok_at: Instant,
+    /// The lease as [`keep_lease`] last confirmed it.
+    lease: watch::Receiver<LeaseView>,
+    keeper: Option<tokio::task::AbortHandle>,
+    /// This task's own queue, for answers of background checks.
+    me: mpsc::Sender<RoomMsg>,
+    checking_replicas: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LeaseView {
+    /// Until when the lease is surely ours (the last renewal's send time plus the TTL).
+    valid_until: Instant,
+    /// Redis said another replica holds it.
+    lost: bool,
+}
+
+/// Renews the room's lease every third of its TTL, off the room's task, and publishes what it
+/// knows. Ends when the lease is lost or the room stops (the receiver is gone).
+async fn keep_lease(hub: Arc<Hub>, room: String, view: watch::Sender<LeaseView>) {
+    let Some(c) = &hub.cluster else { return };
+    let mut tick = tokio::time::interval(c.lease_ttl / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if view.is_closed() {
+            return;
+        }
+        let sent = Instant::now();
+        match c.renew(&room).await {
+            Ok(true) => {
+                let _ = view.send(LeaseView {
+                    valid_until: sent + c.lease_ttl,
+                    lost: false,
+                });
+            }
+            Ok(false) => {
+                view.send_modify(|v| v.lost = true);
+                return;
+            }
+            Err(e) => redis_error("renewing a lease", &e),
+        }
+    }
 }
 
 enum Next {
@@ -116,9 +161,24 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
     let writer = hub.store.writer(name, room.stored().clone());
     let mirror = hub.mongo.as_ref().map(|m| m.mirror(name));
     let (tx, rx) = mpsc::channel(QUEUE);
+    let me = tx.clone();
     let id = NEXT_ENTRY.fetch_add(1, Relaxed);
     hub.rooms_lock()
         .insert(name.to_owned(), RoomEntry { id, tx });
+    // The lease was taken just before this start (cluster mode).
+    let ttl = hub
+        .cluster
+        .as_ref()
+        .map(|c| c.lease_ttl)
+        .unwrap_or_default();
+    let (lease_tx, lease) = watch::channel(LeaseView {
+        valid_until: Instant::now() + ttl,
+        lost: false,
+    });
+    let keeper = hub
+        .cluster
+        .as_ref()
+        .map(|_| tokio::spawn(keep_lease(hub.clone(), name.to_owned(), lease_tx)).abort_handle());
     METRICS.rooms.fetch_add(1, Relaxed);
     let publisher = hub.cluster.as_ref().map(|_| {
         let (ptx, prx) = mpsc::unbounded_channel();
@@ -141,7 +201,10 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
         remote: HashMap::new(),
         publisher,
         started_at: now,
-        lease_ok_at: Instant::now(),
+        lease,
+        keeper,
+        me,
+        checking_replicas: false,
     };
     tokio::spawn(task.run(rx, effects));
     Ok(())
@@ -160,7 +223,7 @@ impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>, initial: Vec<Effect>) {
         self.execute(initial, None);
         let period = match &self.hub.cluster {
-            Some(c) => c.lease_ttl / 3,
+            Some(c) => c.lease_ttl / 6,
             // Nothing to renew; the tick only lets an idle room notice it is empty.
             None => Duration::from_secs(10),
         };
@@ -172,7 +235,7 @@ impl Task {
                     Some(m) => self.on_msg(m),
                     None => Next::Stop { release: true },
                 },
-                _ = tick.tick() => self.on_tick().await,
+                _ = tick.tick() => self.on_tick(),
             };
             if let Next::Stop { release } = next {
                 self.retire(&mut rx);
@@ -211,6 +274,9 @@ impl Task {
                 }
             }
         };
+        if let Some(k) = &self.keeper {
+            k.abort();
+        }
         self.writer.flush().await;
         if let Some(m) = &self.mirror {
             // Best effort: MongoDB may be slow or down; the room store already has it all.
@@ -309,6 +375,25 @@ impl Task {
                     self.execute(effects, None);
                 }
             }
+            RoomMsg::ReplicasChecked { gone } => {
+                self.checking_replicas = false;
+                let conns: Vec<ConnId> = self
+                    .remote
+                    .iter()
+                    .filter(|(_, r)| gone.contains(r))
+                    .map(|(c, _)| *c)
+                    .collect();
+                if !conns.is_empty() {
+                    tracing::info!(
+                        room = self.name,
+                        players = conns.len(),
+                        "a follower replica is gone; its players left"
+                    );
+                }
+                for conn in conns {
+                    self.on_msg(RoomMsg::Disconnect { conn });
+                }
+            }
             RoomMsg::Info(reply) => {
                 let _ = reply.send(RoomInfo {
                     participants: self.room.participant_count(),
@@ -333,74 +418,52 @@ impl Task {
         Next::Continue
     }
 
-    /// Renews the lease and drops connections of replicas that are gone.
-    async fn on_tick(&mut self) -> Next {
+    /// Checks the lease (kept by [`keep_lease`], so the room never waits on Redis) and asks,
+    /// in the background, whether the replicas holding its remote players are still there.
+    fn on_tick(&mut self) -> Next {
         let Some(c) = &self.hub.cluster else {
             return Next::Continue;
         };
-        match c.renew(&self.name).await {
-            Ok(true) => self.lease_ok_at = Instant::now(),
-            Ok(false) => {
-                METRICS.leases_lost.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    room = self.name,
-                    "lease lost to another replica; stopping the room"
-                );
-                return self.on_msg(RoomMsg::Shutdown {
-                    code: SERVICE_RESTART,
-                    reason: "the room moved: reconnect".into(),
-                    release: false,
-                });
-            }
-            Err(e) => {
-                redis_error("renewing a lease", &e);
-                // Without a confirmed renewal the lease may have lapsed by now, and another
-                // replica may run the room: stop before two rooms diverge.
-                if self.lease_ok_at.elapsed() >= c.lease_ttl.mul_f32(0.8) {
-                    METRICS.leases_lost.fetch_add(1, Relaxed);
-                    tracing::warn!(
-                        room = self.name,
-                        "lease could not be renewed; stopping the room"
-                    );
-                    return self.on_msg(RoomMsg::Shutdown {
-                        code: SERVICE_RESTART,
-                        reason: "the room moved: reconnect".into(),
-                        release: false,
-                    });
-                }
-            }
+        let lease = *self.lease.borrow();
+        // Stop a little before the lease could lapse in Redis (renewals are timed from when
+        // they were sent): another replica may take the room from then on.
+        let safe_until = lease.valid_until.checked_sub(c.lease_ttl / 5);
+        if lease.lost || safe_until.is_none_or(|t| Instant::now() >= t) {
+            METRICS.leases_lost.fetch_add(1, Relaxed);
+            tracing::warn!(
+                room = self.name,
+                lost_to_another = lease.lost,
+                "lease not held any more; stopping the room"
+            );
+            return self.on_msg(RoomMsg::Shutdown {
+                code: SERVICE_RESTART,
+                reason: "the room moved: reconnect".into(),
+                release: false,
+            });
         }
-        if !self.remote.is_empty() {
+        if !self.remote.is_empty() && !self.checking_replicas {
             let mut replicas: Vec<String> = self.remote.values().cloned().collect();
             replicas.sort();
             replicas.dedup();
-            match c.alive(&replicas).await {
-                Ok(alive) => {
-                    let gone: Vec<&String> = replicas
-                        .iter()
+            self.checking_replicas = true;
+            let hub = self.hub.clone();
+            let me = self.me.clone();
+            tokio::spawn(async move {
+                let Some(c) = &hub.cluster else { return };
+                let gone = match c.alive(&replicas).await {
+                    Ok(alive) => replicas
+                        .into_iter()
                         .zip(alive)
                         .filter(|(_, a)| !a)
                         .map(|(r, _)| r)
-                        .collect();
-                    if !gone.is_empty() {
-                        let conns: Vec<ConnId> = self
-                            .remote
-                            .iter()
-                            .filter(|(_, r)| gone.contains(r))
-                            .map(|(c, _)| *c)
-                            .collect();
-                        tracing::info!(
-                            room = self.name,
-                            players = conns.len(),
-                            "a follower replica is gone; its players left"
-                        );
-                        for conn in conns {
-                            self.on_msg(RoomMsg::Disconnect { conn });
-                        }
+                        .collect(),
+                    Err(e) => {
+                        redis_error("checking follower replicas", &e);
+                        Vec::new()
                     }
-                }
-                Err(e) => redis_error("checking follower replicas", &e),
-            }
+                };
+                let _ = me.send(RoomMsg::ReplicasChecked { gone }).await;
+            });
         }
         Next::Continue
     }

@@ -15,8 +15,8 @@
 //! room keeps playing.
 
 use crate::metrics::{METRICS, redis_error};
+use crate::redis_handle::RedisHandle;
 use piano_core::room::stored::{CHAT_HISTORY, Change, ChatRecord, RoomKind, Stored};
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Clone)]
 pub enum Store {
     Sqlite(std::sync::mpsc::Sender<SqlCmd>),
-    Redis(ConnectionManager),
+    Redis(RedisHandle),
 }
 
 pub enum SqlCmd {
@@ -231,12 +231,10 @@ pub fn chat_key(room: &str) -> String {
     format!("piano:room:{room}:chat")
 }
 
-async fn redis_load(mut conn: ConnectionManager, room: &str) -> redis::RedisResult<Option<Stored>> {
-    let (state, chat): (Option<String>, Vec<String>) = redis::pipe()
-        .get(state_key(room))
-        .lrange(chat_key(room), 0, -1)
-        .query_async(&mut conn)
-        .await?;
+async fn redis_load(conn: RedisHandle, room: &str) -> redis::RedisResult<Option<Stored>> {
+    let mut pipe = redis::pipe();
+    pipe.get(state_key(room)).lrange(chat_key(room), 0, -1);
+    let (state, chat): (Option<String>, Vec<String>) = conn.pipe(&pipe).await?;
     if state.is_none() && chat.is_empty() {
         return Ok(None);
     }
@@ -254,7 +252,7 @@ async fn redis_load(mut conn: ConnectionManager, room: &str) -> redis::RedisResu
 /// Keeps a mirror of the room's state so each change becomes the smallest Redis write: the
 /// state document for settings/crown/bans/mutes, one push and trim for a chat message.
 async fn redis_writer(
-    conn: ConnectionManager,
+    conn: RedisHandle,
     room: String,
     mut mirror: Stored,
     mut rx: mpsc::UnboundedReceiver<RedisWrite>,
@@ -303,8 +301,7 @@ async fn redis_writer(
         }
         let mut tries = 0;
         loop {
-            let mut c = conn.clone();
-            match pipe.query_async::<()>(&mut c).await {
+            match conn.pipe::<()>(&pipe).await {
                 Ok(()) => break,
                 Err(e) => {
                     tries += 1;

@@ -413,3 +413,65 @@ async fn tokens_of_sessions_ended_at_the_edge_are_refused() {
     let refused = Player::connect(&url).await;
     assert!(refused.is_err(), "and at the WebSocket upgrade");
 }
+
+/// Redis goes away mid-session and comes back (with its append-only file): the replica stops
+/// serving the room rather than run it unleased (players get 1012), is not ready meanwhile, and
+/// players who reconnect once Redis is back find the room as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_interrupts_rooms_and_they_come_back() {
+    let dir = scratch_dir("redis-restart");
+    let port = free_port();
+    let redis = Redis::start_on(port, Some(&dir));
+    let env = vec![
+        ("REDIS_URL", redis.url()),
+        ("JWT_PRIVATE_KEY", e2e_tests::random_key_pem()),
+    ];
+    let replica = Replica::start("outage", &env);
+    let room = format!("outage-{}", e2e_tests::now_ms());
+    let (token, user) = guest(&replica, "Owner").await;
+    let url = replica.ws_url(&room, &token);
+    let mut owner = Player::connect(&url).await.expect("connect");
+    owner
+        .join(Some(proto::UpdateSettings {
+            color: Some("#0f0f0f".into()),
+            ..Default::default()
+        }))
+        .await
+        .expect("create");
+    owner.send(chat("before the outage")).await;
+    sees_chat(&mut owner, "before the outage").await;
+    // Give the room's writer a moment to reach Redis (appendfsync always keeps it from then on).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    drop(redis);
+    assert_eq!(
+        owner.closed(Duration::from_secs(10)).await,
+        Some(1012),
+        "without Redis the room cannot keep its lease: players are told to reconnect"
+    );
+    let ready = get_json(&replica.http("/readyz")).await;
+    assert_eq!(ready["error"]["code"], "not_ready", "{ready}");
+
+    let _redis = Redis::start_on(port, Some(&dir));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let joined = loop {
+        assert!(
+            Instant::now() < deadline,
+            "could not get back in after Redis returned"
+        );
+        if let Ok(mut p) = Player::connect(&url).await
+            && let Ok(j) = p.join(None).await
+        {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(joined.settings.map(|s| s.color), Some("#0f0f0f".into()));
+    let chat: Vec<&str> = joined
+        .chat_history
+        .iter()
+        .map(|c| c.text.as_str())
+        .collect();
+    assert_eq!(chat, ["before the outage"]);
+    assert_eq!(joined.ownership.map(|o| o.owner_user_id), Some(user));
+}

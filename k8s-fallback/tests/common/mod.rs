@@ -60,13 +60,32 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// In memory only (`--save '' --appendonly no`).
     pub fn start() -> Redis {
-        let port = free_port();
+        Redis::start_on(free_port(), None)
+    }
+
+    /// With an append-only file in `dir` (fsync always), so a restart keeps what was written.
+    pub fn start_on(port: u16, aof_dir: Option<&std::path::Path>) -> Redis {
         let mut cmd = Command::new("/usr/bin/redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ]);
+        match aof_dir {
+            Some(dir) => {
+                cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                    .arg(dir);
+            }
+            None => {
+                cmd.args(["--appendonly", "no"]);
+            }
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
         let child = spawn(cmd);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
