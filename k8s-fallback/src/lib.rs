@@ -21,7 +21,8 @@
 //!   placement of a new connection ([`hub::Hub::attach`]); drain on SIGTERM.
 //! - [`room_task`]: one task per running room, the single writer of its core `Room`.
 //! - [`store`]: the rooms' durable state (SQLite or Redis); [`cluster`]: leases, channels and
-//!   the shared directory in Redis; [`wire`]: the binary messages replicas exchange;
+//!   the shared directory in Redis ([`redis_handle`]: the one reconnecting, time-bounded Redis
+//!   connection); [`wire`]: the binary messages replicas exchange;
 //!   [`mongo`]: with `MONGODB_URL`, every room change mirrored to MongoDB in the layout the edge
 //!   uses, and rooms the room store does not know restored from it.
 //! - [`metrics`]: counters and the relay latency histogram, in Prometheus text format.
