@@ -488,8 +488,10 @@ impl Hub {
             self.close_local(conn, SERVICE_RESTART, "server restarting: reconnect");
         }
         let deadline = tokio::time::Instant::now() + self.cfg.drain_timeout;
+        // A room leaves the map when it stops, but is done only after saving (room store,
+        // MongoDB) and releasing its lease: `piano_rooms` counts it until then.
         while tokio::time::Instant::now() < deadline
-            && (!lock(&self.rooms).is_empty() || self.local_connections() > 0)
+            && (METRICS.rooms.load(Relaxed) > 0 || self.local_connections() > 0)
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

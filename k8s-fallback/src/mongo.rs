@@ -9,6 +9,9 @@
 //! for it (a new deployment, a lost Redis), it is restored from MongoDB: the room document plus
 //! the last 100 live messages this deployment (`DEPLOYMENT_ID`) wrote.
 //!
+//! Players' activity (the core's per-user stats) goes to `user_stats` the same way: running
+//! totals per room and user, seeded from MongoDB, written with `$max`.
+//!
 //! Not an outbox: a change not yet written when the process dies is missing from MongoDB (it
 //! is still in the room store, which is what rooms read first).
 
@@ -16,9 +19,12 @@ use crate::metrics::METRICS;
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::options::ClientOptions;
 use piano_backends::layout;
+use piano_backends::layout::StatsTotals;
 use piano_backends::outbox::{MongoAction, Op};
+use piano_core::room::StatsDelta;
 use piano_core::room::stored::{CHAT_HISTORY, Change, ChatRecord, RoomKind, Stored};
 use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -32,6 +38,8 @@ pub struct Mongo {
 /// What a room's mirror task is sent.
 pub enum MirrorMsg {
     Change(Change),
+    /// Players' activity to add to their running totals in this room.
+    Stats(BTreeMap<String, StatsDelta>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -149,26 +157,89 @@ fn from_bson<T: DeserializeOwned>(b: Bson) -> Option<T> {
     serde_json::from_value(b.into_relaxed_extjson()).ok()
 }
 
+impl Mongo {
+    /// A user's totals in a room as MongoDB has them (zero if it has none).
+    async fn stats_of(&self, room: &str, user: &str) -> Result<StatsTotals, String> {
+        let id = format!("{}/{room}/{user}", self.deployment);
+        let found = self
+            .db
+            .collection::<Document>(layout::USER_STATS)
+            .find_one(doc! { "_id": id })
+            .await
+            .map_err(|e| e.to_string())?;
+        let n = |d: &Document, k: &str| d.get(k).cloned().and_then(from_bson::<u64>).unwrap_or(0);
+        Ok(found
+            .map(|d| StatsTotals {
+                notes_played: n(&d, "notes_played"),
+                chat_messages: n(&d, "chat_messages"),
+                joins: n(&d, "joins"),
+                last_seen: n(&d, "last_seen"),
+            })
+            .unwrap_or_default())
+    }
+}
+
 async fn mirror_loop(mongo: Arc<Mongo>, room: String, mut rx: mpsc::UnboundedReceiver<MirrorMsg>) {
+    // Running totals per user in this room, seeded from MongoDB the first time a user shows
+    // up (one replica runs the room at a time, so reading then adding is safe; the layout's
+    // `$max` keeps a late or repeated write from lowering a total).
+    let mut totals: HashMap<String, StatsTotals> = HashMap::new();
     while let Some(msg) = rx.recv().await {
-        let change = match msg {
-            MirrorMsg::Change(c) => c,
+        let ops = match msg {
+            MirrorMsg::Change(change) => {
+                vec![layout::room_change(
+                    &mongo.deployment,
+                    &room,
+                    &change,
+                    crate::now_ms(),
+                )]
+            }
+            MirrorMsg::Stats(stats) => {
+                let mut ops = Vec::new();
+                for (user, d) in stats {
+                    let t = match totals.get(&user) {
+                        Some(t) => *t,
+                        None => match mongo.stats_of(&room, &user).await {
+                            Ok(t) => t,
+                            Err(e) => {
+                                METRICS.mongo_errors.fetch_add(1, Relaxed);
+                                tracing::warn!(room, user, error = %e, "could not read stats; skipping this batch");
+                                continue;
+                            }
+                        },
+                    };
+                    let t = StatsTotals {
+                        notes_played: t.notes_played + d.notes,
+                        chat_messages: t.chat_messages + d.chats,
+                        joins: t.joins + d.joins,
+                        last_seen: t.last_seen.max(d.last_seen),
+                    };
+                    totals.insert(user.clone(), t);
+                    ops.push(layout::user_stats(&mongo.deployment, &room, &user, &t));
+                }
+                ops
+            }
             MirrorMsg::Flush(reply) => {
                 let _ = reply.send(());
                 continue;
             }
         };
-        let op = layout::room_change(&mongo.deployment, &room, &change, crate::now_ms());
-        let mut tries: u64 = 0;
-        while let Err(e) = mongo.apply(&op).await {
-            tries += 1;
-            METRICS.mongo_errors.fetch_add(1, Relaxed);
-            tracing::warn!(room, error = %e, tries, "mongodb write failed");
-            if tries >= 8 {
-                tracing::error!(room, "giving up on a mongodb write");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100 * (1 << tries.min(6)))).await;
+        for op in ops {
+            apply_with_retries(&mongo, &room, &op).await;
         }
+    }
+}
+
+async fn apply_with_retries(mongo: &Mongo, room: &str, op: &Op) {
+    let mut tries: u64 = 0;
+    while let Err(e) = mongo.apply(op).await {
+        tries += 1;
+        METRICS.mongo_errors.fetch_add(1, Relaxed);
+        tracing::warn!(room, error = %e, tries, "mongodb write failed");
+        if tries >= 8 {
+            tracing::error!(room, "giving up on a mongodb write");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100 * (1 << tries.min(6)))).await;
     }
 }

@@ -93,7 +93,11 @@ struct Task {
     /// This task's own queue, for answers of background checks.
     me: mpsc::Sender<RoomMsg>,
     checking_replicas: bool,
+    stats_flushed_at: Instant,
 }
+
+/// How often players' activity goes to their stored totals while they play.
+const STATS_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy)]
 struct LeaseView {
@@ -205,6 +209,7 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
         keeper,
         me,
         checking_replicas: false,
+        stats_flushed_at: Instant::now(),
     };
     tokio::spawn(task.run(rx, effects));
     Ok(())
@@ -224,8 +229,8 @@ impl Task {
         self.execute(initial, None);
         let period = match &self.hub.cluster {
             Some(c) => c.lease_ttl / 6,
-            // Nothing to renew; the tick only lets an idle room notice it is empty.
-            None => Duration::from_secs(10),
+            // Nothing to renew; the tick flushes stats and lets an idle room notice it is empty.
+            None => STATS_EVERY,
         };
         let mut tick = tokio::time::interval(period);
         tick.tick().await;
@@ -277,6 +282,7 @@ impl Task {
         if let Some(k) = &self.keeper {
             k.abort();
         }
+        self.flush_stats(true);
         self.writer.flush().await;
         if let Some(m) = &self.mirror {
             // Best effort: MongoDB may be slow or down; the room store already has it all.
@@ -421,6 +427,7 @@ impl Task {
     /// Checks the lease (kept by [`keep_lease`], so the room never waits on Redis) and asks,
     /// in the background, whether the replicas holding its remote players are still there.
     fn on_tick(&mut self) -> Next {
+        self.flush_stats(false);
         let Some(c) = &self.hub.cluster else {
             return Next::Continue;
         };
@@ -466,6 +473,21 @@ impl Task {
             });
         }
         Next::Continue
+    }
+
+    /// Hands the players' activity since the last time (notes, chat, joins: the core's
+    /// [`piano_core::room::StatsDelta`]) to the MongoDB mirror, which adds it to their totals
+    /// in `user_stats`: every [`STATS_EVERY`] while they play, and when the room stops. Without
+    /// MongoDB there is nowhere to keep them, and they are dropped rather than left to grow.
+    fn flush_stats(&mut self, now: bool) {
+        if !self.room.has_stats() || (!now && self.stats_flushed_at.elapsed() < STATS_EVERY) {
+            return;
+        }
+        self.stats_flushed_at = Instant::now();
+        let stats = self.room.take_stats();
+        if let Some(m) = &self.mirror {
+            let _ = m.send(MirrorMsg::Stats(stats));
+        }
     }
 
     fn publish(&self, replica: &str, wire: Wire) {

@@ -103,6 +103,19 @@ async fn rooms_are_mirrored_to_mongodb_and_restored_from_it() {
     owner.close().await;
     a.terminate();
 
+    // The players' activity went to user_stats (flushed when the room stopped).
+    let stats_of = |db: mongodb::Database, id: String| async move {
+        db.collection::<Document>("user_stats")
+            .find_one(doc! { "_id": id })
+            .await
+            .expect("find stats")
+            .unwrap_or_default()
+    };
+    let stats_id = format!("k8s/{room}/{user}");
+    let stats = stats_of(db.clone(), stats_id.clone()).await;
+    assert_eq!(stats.get_i64("chat_messages").ok(), Some(3), "{stats}");
+    assert_eq!(stats.get_i64("joins").ok(), Some(1), "{stats}");
+
     // A new deployment of the fallback (empty room store), same MongoDB and deployment id: the
     // room comes back from MongoDB, minus the deleted message, and its owner gets the crown.
     let mut env_b = env("b");
@@ -139,4 +152,10 @@ async fn rooms_are_mirrored_to_mongodb_and_restored_from_it() {
         .await;
     assert_eq!(id, 4);
     owner.close().await;
+    let mut b = b;
+    b.terminate();
+    // Totals continue from what MongoDB had (another process added to them).
+    let stats = stats_of(db.clone(), stats_id).await;
+    assert_eq!(stats.get_i64("chat_messages").ok(), Some(4), "{stats}");
+    assert_eq!(stats.get_i64("joins").ok(), Some(2), "{stats}");
 }
