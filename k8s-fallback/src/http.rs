@@ -138,6 +138,7 @@ async fn route(
             "member accounts are served by the edge deployment; the fallback issues guest tokens and accepts members' access tokens",
         ),
         (&Method::GET, ["api", "users", "me"]) => auth::me(hub, req.headers()).await,
+        (&Method::GET, ["api", "users", id, "stats"]) => user_stats(hub, id).await,
         (&Method::GET, ["api", "users", _]) => {
             json_error(404, "not_found", "no such user on this server")
         }
@@ -180,6 +181,7 @@ async fn route(
         )
         | (_, ["api", "auth", "guest"] | ["api", "rooms", _] | ["api", "rooms", _, "ws"])
         | (_, ["api", "rooms"] | ["api", "lobby", "next"] | ["api", "users", _])
+        | (_, ["api", "users", _, "stats"])
         | (_, ["api", "auth", "register" | "login" | "refresh" | "logout"])
         | (_, ["api", "admin", "users", _, "roles"]) => {
             json_error(405, "method_not_allowed", "method not allowed on this path")
@@ -194,6 +196,31 @@ async fn route(
             }
             _ => json_error(404, "not_found", "no such endpoint"),
         },
+    }
+}
+
+/// `GET /api/users/{id}/stats`: a user's totals over every room and deployment (MongoDB).
+async fn user_stats(hub: &crate::hub::Hub, raw_id: &str) -> Response {
+    let Some(user_id) = percent_decode(raw_id).filter(|u| !u.is_empty() && u.len() <= 100) else {
+        return json_error(400, "invalid_user_id", "not a user id");
+    };
+    let Some(mongo) = &hub.mongo else {
+        return json_error(
+            503,
+            "not_configured",
+            "user stats live in MongoDB, which this deployment does not use (set MONGODB_URL)",
+        );
+    };
+    match mongo.user_totals(&user_id).await {
+        Ok(totals) => with_header(json(200, &totals), "cache-control", "no-store"),
+        Err(e) => {
+            tracing::warn!(error = %e, "user stats aggregation failed");
+            json_error(
+                502,
+                "backend_unavailable",
+                "MongoDB cannot be reached right now",
+            )
+        }
     }
 }
 

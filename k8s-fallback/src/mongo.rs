@@ -158,6 +158,44 @@ fn from_bson<T: DeserializeOwned>(b: Bson) -> Option<T> {
 }
 
 impl Mongo {
+    /// A user's totals over every room and deployment (`GET /api/users/{id}/stats`), summed by
+    /// the layout's aggregation; JSON as the edge answers it.
+    pub async fn user_totals(&self, user_id: &str) -> Result<serde_json::Value, String> {
+        let pipeline: Vec<Document> = layout::user_stats_pipeline(user_id)
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|stage| bson::to_document(stage).ok())
+            .collect();
+        let mut cursor = self
+            .db
+            .collection::<Document>(layout::USER_STATS)
+            .aggregate(pipeline)
+            .await
+            .map_err(|e| e.to_string())?;
+        let totals = match cursor.advance().await.map_err(|e| e.to_string())? {
+            true => cursor
+                .deserialize_current()
+                .map(|d| Bson::Document(d).into_relaxed_extjson())
+                .map_err(|e| e.to_string())?,
+            false => serde_json::json!({}),
+        };
+        let field = |k: &str| {
+            totals
+                .get(k)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        Ok(serde_json::json!({
+            "user_id": user_id,
+            "notes_played": field("notes_played"),
+            "chat_messages": field("chat_messages"),
+            "joins": field("joins"),
+            "rooms": field("rooms"),
+            "last_seen": totals.get("last_seen").and_then(serde_json::Value::as_u64),
+        }))
+    }
+
     /// A user's totals in a room as MongoDB has them (zero if it has none).
     async fn stats_of(&self, room: &str, user: &str) -> Result<StatsTotals, String> {
         let id = format!("{}/{room}/{user}", self.deployment);

@@ -129,6 +129,14 @@ async fn rooms_are_mirrored_to_mongodb_and_restored_from_it() {
             .unwrap_or_default(),
     ));
     let b = Replica::start("mongo-b", &env_b);
+    // GET /api/users/{id}/stats sums the user's documents (the edge's aggregation).
+    let totals = get_json(&b.http(&format!(
+        "/api/users/{}/stats",
+        piano_core::names::percent_encode(&user)
+    )))
+    .await;
+    assert_eq!(totals["chat_messages"], 3, "{totals}");
+    assert_eq!(totals["rooms"], 1, "{totals}");
     let mut owner = Player::connect(&b.ws_url(&room, &token))
         .await
         .expect("connect");
