@@ -74,12 +74,15 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         (Method::Post, ["api", "lobby", "next"]) => rooms::next_lobby(req, env).await,
         (Method::Get, ["api", "rooms", name, "ws"]) => rooms::connect(req, env, name).await,
         (Method::Get, ["api", "rooms", name]) => rooms::info(env, name).await,
+        (Method::Get, ["api", "admin", "rooms", name, "outbox"]) => {
+            rooms::outbox(&req, env, name).await
+        }
         (_, [".well-known", "jwks.json"] | ["api", "version"] | ["healthz"])
         | (_, ["api", "auth", "guest"] | ["api", "rooms", _] | ["api", "rooms", _, "ws"])
         | (_, ["api", "rooms"] | ["api", "lobby", "next"] | ["api", "users", _])
         | (_, ["api", "auth", "register" | "login" | "refresh" | "logout"])
         | (_, ["api", "admin", "users", _, "roles"] | ["api", "network", "rooms" | "online"])
-        | (_, ["api", "users", _, "stats"]) => {
+        | (_, ["api", "users", _, "stats"] | ["api", "admin", "rooms", _, "outbox"]) => {
             json_error(405, "method_not_allowed", "method not allowed on this path")
         }
         _ => json_error(404, "not_found", "no such endpoint"),

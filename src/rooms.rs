@@ -124,3 +124,23 @@ pub async fn next_lobby(req: Request, env: &Env) -> Result<Response> {
     let req = Request::new_with_init("https://lobby.internal/next", &init)?;
     lobby_stub(env)?.fetch_with_request(req).await
 }
+
+/// `GET /api/admin/rooms/{name}/outbox` (admin Bearer): the room's outbox towards MongoDB and
+/// Redis: `{"configured", "pending", "dead"}`, for operators checking that a room's data is out.
+pub async fn outbox(req: &Request, env: &Env, raw_name: &str) -> Result<Response> {
+    let claims = match auth::verify_claims(env, auth::bearer(req).as_deref()).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    if !claims.roles.iter().any(|r| r == "admin") {
+        return json_error(403, "forbidden", "only admins may inspect outboxes");
+    }
+    let name = match room_name(raw_name) {
+        Ok(n) => n,
+        Err(resp) => return resp,
+    };
+    let resp = room_stub(env, &name)?
+        .fetch_with_str("https://room.internal/outbox")
+        .await?;
+    crate::relay_json(resp, Some("no-store")).await
+}

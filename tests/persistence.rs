@@ -645,6 +645,35 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     eprintln!("fault: slowest relay while both backends were down: {slowest:?}");
+    // Settings changed again and again: the queue keeps the last (older writes of the same
+    // fields are superseded), so a long outage does not pile up a row per change.
+    for n in 0..6 {
+        let change = proto::UpdateSettings {
+            welcome_message: Some(format!("take {n}")),
+            ..Default::default()
+        };
+        owner.send(cm::Msg::UpdateSettings(change)).await;
+        owner
+            .recv_matching(|m| matches!(m, Msg::SettingsChanged(_)).then_some(()))
+            .await;
+    }
+    let admin = s.sign(&{
+        let mut c = s.claims("user:root-admin", "Root");
+        c.roles = vec!["admin".into()];
+        c
+    });
+    let resp = reqwest::Client::new()
+        .get(s.http(&format!("/api/admin/rooms/{room}/outbox")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let queued: Value = resp.json().await.unwrap();
+    let pending = queued["pending"].as_u64().unwrap_or(0);
+    eprintln!("fault: the room's outbox during the outage: {queued}");
+    // 6 chat messages, 1 settings write, at most one stats row per player, the crown.
+    assert!((6..=10).contains(&pending), "{queued}");
     // Account changes during the outage: a profile edit and a new registration.
     let (status, _) = put_me(&s, &access, json!({"name": "Through The Storm"})).await;
     assert_eq!(status, 200);
@@ -659,6 +688,32 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none() {
     let restarted = Instant::now();
     eprintln!("fault: MongoDB and Redis restarted");
 
+    // If delivery stalls, say where: the room's outbox and the backends' logs.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while chat_texts(&b, "edge-fault", &room)
+        .await
+        .is_none_or(|t| t.len() < sent.len())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if Instant::now() >= deadline {
+        let status = reqwest::Client::new()
+            .get(s.http(&format!("/api/admin/rooms/{room}/outbox")))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap_or_default();
+        panic!(
+            "chat not archived 90 s after the restart; outbox {status}\n--- mongo\n{}\n--- data api\n{}\n--- edge\n{}",
+            stack.log_tail(Part::Mongo),
+            stack.log_tail(Part::DataApi),
+            s.log_tail(30)
+        );
+    }
     let texts = eventually(
         "every chat message archived",
         Duration::from_secs(120),
@@ -696,6 +751,16 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none() {
         "fault: everything delivered {:.1}s after the restart",
         restarted.elapsed().as_secs_f64()
     );
+    let room_doc = eventually("the last settings", Duration::from_secs(60), || async {
+        b.mongo
+            .as_ref()?
+            .find_one(piano_backends::layout::ROOMS, json!({"_id": room}))
+            .await
+            .ok()?
+            .filter(|d| d["settings"]["welcome_message"] == "take 5")
+    })
+    .await;
+    assert_eq!(room_doc["settings"]["welcome_message"], "take 5");
     // Exactly once: nothing duplicated by the retries.
     let docs = b
         .mongo

@@ -218,6 +218,54 @@ pub fn room_unlisted(keys: &Keys, name: &str) -> Command {
     cmd(["HDEL", &keys.rooms(), name])
 }
 
+/// The key under which a newer op makes an older queued one redundant, so an outbox that backs
+/// up during an outage holds one write per document field rather than every intermediate one:
+/// a later `$set`/`$max` of the same fields of the same document, a later join or leave of the
+/// same user in the same room. Inserts (chat), `updateMany` and other Redis writes never
+/// supersede anything.
+pub fn supersede_key(op: &Op) -> Option<String> {
+    match op {
+        Op::Mongo {
+            action: crate::outbox::MongoAction::UpdateOne,
+            collection,
+            filter,
+            update,
+            ..
+        } => {
+            let filter = filter.as_object()?;
+            let id = filter.get("_id")?.as_str()?;
+            if filter.len() != 1 {
+                return None;
+            }
+            let mut fields: Vec<String> = update
+                .as_object()?
+                .iter()
+                .filter(|(operator, _)| matches!(operator.as_str(), "$set" | "$max"))
+                .flat_map(|(operator, fields)| {
+                    fields
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|m| m.keys())
+                        .filter(|k| k.as_str() != "updated_at")
+                        .map(move |k| format!("{operator}.{k}"))
+                })
+                .collect();
+            if fields.is_empty() {
+                return None;
+            }
+            fields.sort();
+            Some(format!("mongo/{collection}/{id}/{}", fields.join(",")))
+        }
+        Op::Redis { commands } => {
+            let first = commands.first()?;
+            let (name, key, field) = (first.first()?, first.get(1)?, first.get(2)?);
+            (matches!(name.as_str(), "HSET" | "HDEL") && key.contains("presence:"))
+                .then(|| format!("redis/{key}/{field}"))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +293,73 @@ mod tests {
         assert_eq!(filter, json!({"_id": "edge/r/7"}));
         assert!(upsert);
         assert_eq!(update["$setOnInsert"]["text"], "hi");
+    }
+
+    #[test]
+    fn later_writes_of_the_same_fields_supersede_earlier_ones() {
+        let keys = Keys {
+            prefix: "p:".into(),
+        };
+        let crown = |owner: &str| {
+            let c = piano_core::room::stored::Crown {
+                owner_user: Some(owner.into()),
+                ..Default::default()
+            };
+            room_change("e", "r", &Change::Crown(c), 1)
+        };
+        assert_eq!(supersede_key(&crown("a")), supersede_key(&crown("b")));
+        assert!(supersede_key(&crown("a")).is_some());
+        let settings = room_change(
+            "e",
+            "r",
+            &Change::Settings(piano_core::room::stored::Settings::defaults(
+                piano_core::room::stored::RoomKind::Normal,
+            )),
+            1,
+        );
+        assert_ne!(supersede_key(&settings), supersede_key(&crown("a")));
+        let chat = room_change(
+            "e",
+            "r",
+            &Change::ChatAppended(ChatRecord {
+                id: 1,
+                time: 1,
+                participant_id: "p".into(),
+                user_id: "u".into(),
+                name: "n".into(),
+                color: "c".into(),
+                text: "t".into(),
+            }),
+            1,
+        );
+        assert_eq!(supersede_key(&chat), None, "chat is never coalesced");
+        assert_eq!(
+            supersede_key(&room_change("e", "r", &Change::ChatCleared, 1)),
+            None
+        );
+        let p = PresenceEntry {
+            room: "r",
+            user_id: "u",
+            name: "n",
+            color: "c",
+        };
+        assert_eq!(
+            supersede_key(&presence_joined(&keys, "e", &p, 1)),
+            supersede_key(&presence_left(&keys, "r", "u"))
+        );
+        let stats = |n| {
+            user_stats(
+                "e",
+                "r",
+                "u",
+                &StatsTotals {
+                    notes_played: n,
+                    ..Default::default()
+                },
+            )
+        };
+        assert_eq!(supersede_key(&stats(1)), supersede_key(&stats(2)));
+        assert_eq!(supersede_key(&session_revoked(&keys, "s", "u", 9)), None);
     }
 
     #[test]

@@ -4,21 +4,25 @@
 //! it mirrors, so both commit together (workerd batches the writes of one event atomically);
 //! then the object's alarm delivers the rows, oldest first, one lane per backend, deleting each
 //! once acknowledged. A transient failure leaves the row (with its attempt count and error) and
-//! re-arms the alarm after a backoff; a rejected op is moved to `outbox_dead` (kept for the
+//! re-arms the alarm after a backoff (a newer write of the same document fields replaces a
+//! queued older one, so a long outage leaves one row per field, plus the chat, not one per
+//! change); a rejected op is moved to `outbox_dead` (kept for the
 //! operator, never silently dropped) so it cannot hold up the rest. Players never wait on any of
 //! this: delivery runs in the alarm, and fetches yield to the object's other events.
 
-use piano_backends::Backends;
 use piano_backends::outbox::{Lane, Op, deliver, retry_delay_ms};
+use piano_backends::{Backends, layout};
 use std::cell::Cell;
 use worker::*;
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS outbox (
         id INTEGER PRIMARY KEY AUTOINCREMENT, lane TEXT NOT NULL, op TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, created INTEGER NOT NULL
+        attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, created INTEGER NOT NULL,
+        supersede TEXT
     );
     CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane, id);
+    CREATE INDEX IF NOT EXISTS outbox_by_supersede ON outbox (supersede);
     CREATE TABLE IF NOT EXISTS outbox_dead (
         id INTEGER PRIMARY KEY, lane TEXT NOT NULL, op TEXT NOT NULL, error TEXT NOT NULL,
         failed_at INTEGER NOT NULL
@@ -115,12 +119,21 @@ impl Outbox {
                 sql.exec(SCHEMA, None)?;
                 schema_ready = true;
             }
+            // A newer write of the same fields replaces a queued older one (bounded backlog).
+            let supersede = layout::supersede_key(&op);
+            if let Some(key) = &supersede {
+                sql.exec(
+                    "DELETE FROM outbox WHERE supersede = ?",
+                    vec![key.as_str().into()],
+                )?;
+            }
             sql.exec(
-                "INSERT INTO outbox (lane, op, created) VALUES (?, ?, ?)",
+                "INSERT INTO outbox (lane, op, created, supersede) VALUES (?, ?, ?, ?)",
                 vec![
                     op.lane().as_str().into(),
                     serde_json::to_string(&op)?.into(),
                     (now as i64).into(),
+                    supersede.into(),
                 ],
             )?;
             self.dirty.set(true);
@@ -278,7 +291,14 @@ impl Outbox {
         if self.backends.is_none() {
             return Ok(serde_json::json!({ "configured": false }));
         }
-        sql.exec(SCHEMA, None)?;
+        // Read-only: looking must not create storage in an object that never had any.
+        let tables = count(
+            sql,
+            "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name IN ('outbox', 'outbox_dead')",
+        )?;
+        if tables < 2 {
+            return Ok(serde_json::json!({ "configured": true, "pending": 0, "dead": 0 }));
+        }
         Ok(serde_json::json!({
             "configured": true,
             "pending": count(sql, "SELECT COUNT(*) AS n FROM outbox")?,
