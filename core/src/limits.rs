@@ -20,6 +20,12 @@ pub mod close {
     pub const FRAME_TOO_LARGE: u16 = 1009;
     /// RFC 6455 "internal error": the server could not serve this connection.
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// RFC 6455 "service restart": the server is draining or the room moved to another
+    /// replica; reconnect (with the same token) and the room is there.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// RFC 6455 "try again later": the connection fell too far behind (a slow reader) or the
+    /// server cannot reach what it needs (Redis); reconnect after a pause.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Removed from the room by its owner or a moderator (a `Kicked` message came first).
     pub const KICKED: u16 = 4003;
 }
