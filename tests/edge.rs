@@ -85,6 +85,7 @@ fn main() {
         accounts::session_limit_ends_older_sessions,
         persistence::edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis,
         persistence::an_outage_of_both_backends_delays_writes_and_loses_none,
+        persistence::presence_of_players_lost_in_a_restart_is_cleared,
     ];
     let one_at_a_time = Arguments {
         test_threads: Some(1),

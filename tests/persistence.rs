@@ -776,3 +776,29 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none() {
     assert_eq!(docs.len(), sent.len());
     owner.close().await;
 }
+
+/// Players whose sockets vanished with a restart (a deploy) are taken out of the shared presence
+/// when the room is next loaded.
+pub async fn presence_of_players_lost_in_a_restart_is_cleared() {
+    let stack = stack();
+    let b = stack.backends();
+    let s = Server::start_edge_with(&stack.vars("edge-restart"));
+    let room = unique("redeploy");
+    let mut before = s.player(&room, "Before").await;
+    before.join().await;
+    let first = eventually("the first player present", SETTLE, || async {
+        presence(&b, &room).await.filter(|p| p.len() == 1)
+    })
+    .await;
+    s.restart();
+    let mut after = s.player(&room, "After").await;
+    after.join().await;
+    let now_present = eventually("only the second player present", SETTLE, || async {
+        presence(&b, &room)
+            .await
+            .filter(|p| p.len() == 1 && p[0] != first[0])
+    })
+    .await;
+    assert_eq!(now_present.len(), 1);
+    drop(before);
+}

@@ -50,7 +50,8 @@ pub const PROTOCOL_HEADER: &str = "x-piano-subprotocol";
 struct Loaded {
     room: CoreRoom,
     sockets: HashMap<ConnId, WebSocket>,
-    /// User ids last reported present to Redis (when it is configured).
+    /// User ids last reported present to Redis (when it is configured); kept in SQLite too, so
+    /// players who left while the object was down (a restart, a deploy) are taken out.
     present: HashSet<String>,
 }
 
@@ -285,13 +286,19 @@ impl Room {
             }
         }
         let (room, effects) = CoreRoom::restore(name, stored, records, now(), random_seed());
-        // Whoever is back in the room was reported present before the object slept.
-        let present = room.participants().map(|p| p.user_id.clone()).collect();
+        let present = if self.outbox.wants(Lane::Redis) {
+            storage::present(&sql)?
+        } else {
+            HashSet::new()
+        };
         *self.loaded.borrow_mut() = Some(Loaded {
             room,
             sockets,
             present,
         });
+        if self.outbox.wants(Lane::Redis) {
+            self.sync_presence();
+        }
         Ok(effects)
     }
 
@@ -397,12 +404,20 @@ impl Room {
                 ));
             }
         }
-        for gone in l.present.difference(&current) {
+        let joined: Vec<String> = current.difference(&l.present).cloned().collect();
+        let left: Vec<String> = l.present.difference(&current).cloned().collect();
+        for gone in &left {
             ops.push(layout::presence_left(&backends.keys, &room, gone));
         }
+        if ops.is_empty() {
+            return;
+        }
         l.present = current;
-        if let Err(e) = self.outbox.enqueue(&self.state.storage().sql(), ops, at) {
-            console_error!("outbox write failed: {e}");
+        let sql = self.state.storage().sql();
+        if let Err(e) = storage::set_present(&sql, &joined, &left)
+            .and_then(|()| self.outbox.enqueue(&sql, ops, at))
+        {
+            console_error!("presence write failed: {e}");
         }
     }
 

@@ -13,6 +13,7 @@ use worker::{Result, SqlStorage};
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS room_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS chat (id INTEGER PRIMARY KEY, record TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS presence (user_id TEXT PRIMARY KEY);
     CREATE TABLE IF NOT EXISTS user_stats (
         user_id TEXT PRIMARY KEY, notes INTEGER NOT NULL DEFAULT 0, chats INTEGER NOT NULL DEFAULT 0,
         joins INTEGER NOT NULL DEFAULT 0, last_seen INTEGER NOT NULL DEFAULT 0
@@ -199,4 +200,39 @@ pub fn add_stats(
         joins: t.joins.max(0) as u64,
         last_seen: t.last_seen.max(0) as u64,
     })
+}
+
+/// Who this room last reported present in Redis (empty when it never did).
+pub fn present(sql: &SqlStorage) -> Result<std::collections::HashSet<String>> {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        user_id: String,
+    }
+    if !exists(sql)? {
+        return Ok(Default::default());
+    }
+    sql.exec(SCHEMA, None)?;
+    Ok(sql
+        .exec("SELECT user_id FROM presence", None)?
+        .to_array::<Row>()?
+        .into_iter()
+        .map(|r| r.user_id)
+        .collect())
+}
+
+/// Records who is now reported present (in the same step as the Redis writes are queued).
+pub fn set_present(sql: &SqlStorage, joined: &[String], left: &[String]) -> Result<()> {
+    for user in joined {
+        sql.exec(
+            "INSERT OR IGNORE INTO presence (user_id) VALUES (?)",
+            vec![user.as_str().into()],
+        )?;
+    }
+    for user in left {
+        sql.exec(
+            "DELETE FROM presence WHERE user_id = ?",
+            vec![user.as_str().into()],
+        )?;
+    }
+    Ok(())
 }
