@@ -1,6 +1,7 @@
 //! The baseline: a minimal tokio WebSocket broadcast server with no room logic. A connection to
 //! `/<room>` receives every binary frame any other connection of that room sends, as is. It
-//! shows the fan-out this machine can do at all, so the real server is judged against it.
+//! shows the fan-out this machine can do at all, and the least memory a connection needs, so
+//! the real servers are judged against it.
 
 // tungstenite's handshake callback returns its (large) HTTP error response type; ours never errs.
 #![allow(clippy::result_large_err)]
@@ -13,8 +14,16 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 type Rooms = Arc<Mutex<HashMap<String, Vec<(u64, mpsc::UnboundedSender<Message>)>>>>;
+
+/// Lean buffers, so the baseline is also the floor for memory per connection: tungstenite's
+/// default 128 KiB read buffer is zero-filled up to its capacity on the first read, so it is
+/// all resident; 4 KiB holds any note batch.
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(4096)
+}
 
 pub async fn start() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -32,12 +41,15 @@ pub async fn start() -> SocketAddr {
             let rooms = rooms.clone();
             tokio::spawn(async move {
                 let mut path = String::new();
-                let ws =
-                    tokio_tungstenite::accept_hdr_async(stream, |req: &Request, resp: Response| {
+                let ws = tokio_tungstenite::accept_hdr_async_with_config(
+                    stream,
+                    |req: &Request, resp: Response| {
                         path = req.uri().path().to_owned();
                         Ok(resp)
-                    })
-                    .await;
+                    },
+                    Some(config()),
+                )
+                .await;
                 let Ok(ws) = ws else { return };
                 let (mut sink, mut stream) = ws.split();
                 let (tx, mut rx) = mpsc::unbounded_channel::<Message>();

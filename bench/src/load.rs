@@ -300,3 +300,150 @@ pub async fn join_storm(
     }
     out
 }
+
+/// What the connection-scale scenario measured on one server.
+#[derive(Debug, Default)]
+pub struct Scale {
+    pub wanted: usize,
+    pub opened: usize,
+    pub failed: usize,
+    /// Source addresses the clients were bound to (127.0.0.2 and up).
+    pub sources: usize,
+    pub open_time: Duration,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    /// The processes measured, e.g. `k8s-fallback[1234]`.
+    pub measured: String,
+}
+
+impl Scale {
+    /// Server memory per open connection, in KiB.
+    pub fn kib_per_connection(&self) -> Option<f64> {
+        (self.opened > 0)
+            .then(|| (self.rss_after_kib as f64 - self.rss_before_kib as f64) / self.opened as f64)
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "wanted": self.wanted,
+            "opened": self.opened,
+            "failed": self.failed,
+            "source_addresses": self.sources,
+            "open_seconds": self.open_time.as_secs_f64(),
+            "rss_before_kib": self.rss_before_kib,
+            "rss_after_kib": self.rss_after_kib,
+            "kib_per_connection": self.kib_per_connection(),
+            "measured": self.measured,
+        })
+    }
+}
+
+/// Opens one client connection from `source` (a loopback address of its own, so more than one
+/// address's ~28k ephemeral ports are available) to the server in `url`.
+async fn connect_from(source: std::net::Ipv4Addr, url: &str) -> Option<Ws> {
+    let authority = url.split("://").nth(1)?.split('/').next()?;
+    let server: std::net::SocketAddr = authority.parse().ok()?;
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind((source, 0).into()).ok()?;
+    let stream = socket.connect(server).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    // Small client buffers: the load generator holds every connection too.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        url,
+        MaybeTlsStream::Plain(stream),
+        Some(config),
+    )
+    .await
+    .ok()?;
+    Some(ws)
+}
+
+/// Connection scale: opens `count` connections (64 at a time, each joined to a room of 50 on the
+/// real servers) spread over several source addresses, keeps them open and read (idle players
+/// still receive the others' joins and answer pings), and measures the summed `VmRSS` of `pids`
+/// before and after. Stops opening new connections after `budget`.
+pub async fn connections(
+    count: usize,
+    url: &(dyn Fn(usize, usize) -> String + Sync),
+    protocol: bool,
+    pids: &[u32],
+    budget: Duration,
+) -> Scale {
+    let sources = count.div_ceil(20_000).clamp(4, 250);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut out = Scale {
+        wanted: count,
+        sources,
+        rss_before_kib: crate::procs::total_rss_kib(pids),
+        measured: pids
+            .iter()
+            .map(|p| crate::procs::describe(*p))
+            .collect::<Vec<_>>()
+            .join(" + "),
+        ..Default::default()
+    };
+    let gate = Arc::new(tokio::sync::Semaphore::new(64));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        if started.elapsed() > budget {
+            eprintln!("bench: connection budget of {budget:?} spent after {i} connections");
+            break;
+        }
+        let Ok(permit) = gate.clone().acquire_owned().await else {
+            break;
+        };
+        let target = url(i / 50, i % 50);
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % sources) as u8);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<bool>();
+        let task = tokio::spawn(async move {
+            let ws = async {
+                let mut ws = connect_from(source, &target).await?;
+                if protocol {
+                    join(&mut ws, 50).await?;
+                }
+                Some(ws)
+            }
+            .await;
+            drop(permit);
+            let Some(mut ws) = ws else {
+                let _ = ready_tx.send(false);
+                return;
+            };
+            let _ = ready_tx.send(true);
+            // Idle, but a client all the same: read what arrives until told to stop.
+            while let Some(Ok(_)) = ws.next().await {}
+        });
+        tasks.push((task, ready_rx));
+        if (i + 1) % 2000 == 0 {
+            eprintln!(
+                "bench: {} connections started after {:.1}s",
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let mut handles = Vec::with_capacity(tasks.len());
+    for (task, ready) in tasks {
+        if ready.await.unwrap_or(false) {
+            out.opened += 1;
+        } else {
+            out.failed += 1;
+        }
+        handles.push(task);
+    }
+    out.open_time = started.elapsed();
+    // Let the server settle (queued joins broadcast, buffers drained), then measure.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    out.rss_after_kib = crate::procs::total_rss_kib(pids);
+    for h in &handles {
+        h.abort();
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    out
+}

@@ -1,23 +1,33 @@
-//! Load generator and benchmarks (issue 9): fan-out, the large room and the join storm.
+//! Load generator and benchmarks (issue 9): fan-out, the large room, the join storm and
+//! connection scale.
 //!
 //! `cargo run --release -p bench -- <scenario> [options]` runs, in one invocation and on this
-//! machine, the same load against:
-//! 1. the **baseline**: a bare tokio WebSocket broadcast server (`baseline.rs`, no room logic,
-//!    no protobuf decoding), in a process of its own — this machine's fan-out floor;
-//! 2. the **edge**: the real worker and Room objects in `wrangler dev` (started like the e2e suite
+//! machine, the same load against each target in turn (`--targets`, default all three):
+//! 1. `baseline`: a bare tokio WebSocket broadcast server (`baseline.rs`, no room logic, no
+//!    protobuf decoding), in a process of its own — this machine's fan-out floor;
+//! 2. `fallback`: the native host (`k8s-fallback`, standalone: SQLite, no Redis) from
+//!    `$CARGO_TARGET_DIR/release/k8s-fallback` (or `--fallback-bin`), started like the e2e
+//!    suite starts it (`tests/fallback_server.rs`: own port, throw-away key and data directory);
+//! 3. `edge`: the real worker and Room objects in `wrangler dev` (started like the e2e suite
 //!    does, with its own key and storage).
 //!
 //! Scenarios: `fanout` (R rooms × P players, each sending F note batches per second for S s),
 //! `large-room` (one soloist and L listeners, default 1,000), `join-storm` (N new players per
-//! second, connect-to-Joined latency). Each batch is recognised by its receivers (sender and
-//! sequence number travel in the batch), so latency is the send-to-receive time on one clock, in
-//! microseconds. Results: `bench/results/<scenario>-<unix time>.md` and `.json`, and the table
-//! on stdout. Not part of the test suite.
+//! second, connect-to-Joined latency), `connections` (N idle joined connections in rooms of 50,
+//! server memory per connection from `/proc/<pid>/status`). Each batch is recognised by its
+//! receivers (sender and sequence number travel in the batch), so latency is the send-to-receive
+//! time on one clock, in microseconds. `micro` copies the criterion estimates of
+//! `cargo bench -p piano-core --bench room` into the results, and `summary` gathers the result
+//! tables into `bench/results/summary.md`. Results: `bench/results/<scenario>-<unix time>.md`
+//! and `.json`, and the table on stdout. Not part of the test suite.
 
 mod baseline;
 mod load;
+mod procs;
 
-use load::{Load, Outcome};
+use load::{Load, Outcome, Scale};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn arg(args: &[String], name: &str, default: u64) -> u64 {
@@ -27,9 +37,172 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-const USAGE: &str = "usage: bench fanout [--rooms R] [--players P] [--rate F] [--seconds S]
-       bench large-room [--listeners L] [--rate F] [--seconds S]
-       bench join-storm [--rate N] [--seconds S]";
+fn arg_str(args: &[String], name: &str) -> Option<String> {
+    args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone())
+}
+
+const USAGE: &str =
+    "usage: bench fanout [--rooms R] [--players P] [--rate F] [--seconds S] [--targets T]
+       bench large-room [--listeners L] [--rate F] [--seconds S] [--targets T]
+       bench join-storm [--rate N] [--seconds S] [--targets T]
+       bench connections [--count N] [--seconds BUDGET] [--targets T]
+       bench micro      (after `cargo bench -p piano-core --bench room`)
+       bench summary    (gathers bench/results/*.md into bench/results/summary.md)
+  T: comma-separated baseline,fallback,edge (default: all three, in that order)
+  --fallback-bin PATH: the k8s-fallback binary (default $CARGO_TARGET_DIR/release/k8s-fallback)";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Baseline,
+    Fallback,
+    Edge,
+}
+
+impl Target {
+    fn key(self) -> &'static str {
+        match self {
+            Target::Baseline => "baseline",
+            Target::Fallback => "fallback",
+            Target::Edge => "edge",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Target::Baseline => "baseline (bare tokio broadcast)",
+            Target::Fallback => "fallback (k8s-fallback, standalone)",
+            Target::Edge => "edge (wrangler dev, Room object)",
+        }
+    }
+}
+
+type UrlFn = Arc<dyn Fn(usize, usize) -> String + Send + Sync>;
+
+/// A started server: where to connect, which processes to measure, and what keeps it alive
+/// (dropping it stops the server).
+struct Running {
+    url: UrlFn,
+    pids: Vec<u32>,
+    _guard: Guard,
+}
+
+enum Guard {
+    Child(#[allow(dead_code)] tokio::process::Child),
+    Server(#[allow(dead_code)] Arc<e2e_tests::Server>),
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                e2e_tests::repo_root().join(p)
+            }
+        })
+        .unwrap_or_else(|| e2e_tests::repo_root().join("target"))
+}
+
+async fn start(target: Target, scenario: &str, args: &[String]) -> Running {
+    match target {
+        Target::Baseline => {
+            // In its own process, as the real servers are, so it does not share this process's
+            // runtime with the load generator.
+            let mut child =
+                tokio::process::Command::new(std::env::current_exe().expect("own path"))
+                    .arg("baseline-serve")
+                    .stdout(std::process::Stdio::piped())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("start the baseline server");
+            let mut line = String::new();
+            {
+                use tokio::io::AsyncBufReadExt;
+                let out = child.stdout.take().expect("baseline stdout");
+                tokio::io::BufReader::new(out)
+                    .read_line(&mut line)
+                    .await
+                    .expect("baseline address");
+            }
+            let addr = line.trim().to_owned();
+            eprintln!("bench: baseline on {addr}");
+            let pids = child.id().into_iter().collect();
+            Running {
+                url: Arc::new(move |room, _| format!("ws://{addr}/{room}")),
+                pids,
+                _guard: Guard::Child(child),
+            }
+        }
+        Target::Fallback | Target::Edge => {
+            let server = if target == Target::Edge {
+                tokio::task::spawn_blocking(e2e_tests::Server::start_edge)
+                    .await
+                    .expect("start wrangler dev")
+            } else {
+                let bin = arg_str(args, "--fallback-bin")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| target_dir().join("release/k8s-fallback"));
+                assert!(
+                    bin.is_file(),
+                    "{} is missing: cargo build --release -p k8s-fallback (scripts/bench does)",
+                    bin.display()
+                );
+                tokio::task::spawn_blocking(move || {
+                    e2e_tests::Server::start_fallback_binary(&bin, &[])
+                })
+                .await
+                .expect("start k8s-fallback")
+            };
+            let server = Arc::new(server);
+            let listener = procs::listener_pid(server.port);
+            let pids: Vec<u32> = match (target, listener) {
+                // wrangler dev: the memory is workerd's (node only proxies).
+                (Target::Edge, Some(pid)) => {
+                    let w = procs::group_members_named(pid, "workerd");
+                    if w.is_empty() { vec![pid] } else { w }
+                }
+                (_, Some(pid)) => vec![pid],
+                (_, None) => Vec::new(),
+            };
+            eprintln!(
+                "bench: {} on port {}: {}",
+                target.key(),
+                server.port,
+                pids.iter()
+                    .map(|p| procs::describe(*p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let s = server.clone();
+            let run_id = std::process::id();
+            let scenario = scenario.to_owned();
+            let url: UrlFn = Arc::new(move |room: usize, player: usize| {
+                let mut claims = s.claims(
+                    &format!("guest:bench-{room}-{player}"),
+                    &format!("B{player}"),
+                );
+                // Admins may open rooms above 99 players (the large room).
+                claims.roles = vec!["guest".into(), "admin".into()];
+                format!(
+                    "{}?token={}",
+                    s.ws_url(&format!("bench-{scenario}-{run_id}-{room}")),
+                    s.sign(&claims)
+                )
+            });
+            Running {
+                url,
+                pids,
+                _guard: Guard::Server(server),
+            }
+        }
+    }
+}
+
+enum Measured {
+    Traffic(Outcome),
+    Scale(Scale),
+}
 
 #[tokio::main]
 async fn main() {
@@ -40,7 +213,15 @@ async fn main() {
         println!("{addr}");
         std::future::pending::<()>().await;
     }
+    if scenario == "micro" {
+        return micro();
+    }
+    if scenario == "summary" {
+        return summary();
+    }
+    let fds = procs::raise_fd_limit();
     let seconds = Duration::from_secs(arg(&args, "--seconds", 10));
+    let count = arg(&args, "--count", 10_000) as usize;
     let load = match scenario.as_str() {
         "fanout" => {
             let players = arg(&args, "--players", 20) as usize;
@@ -69,77 +250,57 @@ async fn main() {
             senders: 0,
             duration: seconds,
         },
+        "connections" => Load {
+            rooms: count.div_ceil(50),
+            players: 50,
+            rate: 0,
+            senders: 0,
+            // The budget for opening them.
+            duration: Duration::from_secs(arg(&args, "--seconds", 300)),
+        },
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
         }
     };
-    eprintln!("bench: {scenario} {load:?}");
-    let storm = scenario == "join-storm";
+    let targets: Vec<Target> = arg_str(&args, "--targets")
+        .unwrap_or_else(|| "baseline,fallback,edge".into())
+        .split(',')
+        .map(|t| match t.trim() {
+            "baseline" => Target::Baseline,
+            "fallback" => Target::Fallback,
+            "edge" => Target::Edge,
+            other => {
+                eprintln!("unknown target {other:?}\n{USAGE}");
+                std::process::exit(2);
+            }
+        })
+        .collect();
+    eprintln!("bench: {scenario} {load:?}, targets {targets:?}, fd limit {fds}");
+    let load_avg = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
 
-    // The baseline runs in its own process, as the real server does, so it does not share this
-    // process's runtime with the load generator.
-    let mut child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
-        .arg("baseline-serve")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the baseline server");
-    let mut line = String::new();
-    {
-        use tokio::io::AsyncBufReadExt;
-        let out = child.stdout.take().expect("baseline stdout");
-        tokio::io::BufReader::new(out)
-            .read_line(&mut line)
-            .await
-            .expect("baseline address");
-    }
-    let base_addr = line.trim().to_owned();
-    eprintln!("bench: baseline on {base_addr}");
-    let base_url = |room: usize, _: usize| format!("ws://{base_addr}/{room}");
-    let base = if storm {
-        load::join_storm(load.rate, load.duration.as_secs(), base_url, false).await
-    } else {
-        load::run(&load, base_url, false).await
-    };
-    let _ = child.kill().await;
-
-    let server = tokio::task::spawn_blocking(e2e_tests::Server::start_edge)
-        .await
-        .expect("start wrangler dev");
-    let edge = {
-        let s = &server;
-        let run_id = std::process::id();
-        let scenario = scenario.clone();
-        let edge_url = move |room: usize, player: usize| {
-            let mut claims = s.claims(
-                &format!("guest:bench-{room}-{player}"),
-                &format!("B{player}"),
-            );
-            // Admins may open rooms above 99 players (the large room).
-            claims.roles = vec!["guest".into(), "admin".into()];
-            format!(
-                "{}?token={}",
-                s.ws_url(&format!("bench-{scenario}-{run_id}-{room}")),
-                s.sign(&claims)
-            )
+    let mut results: Vec<(Target, Measured)> = Vec::new();
+    for &target in &targets {
+        let running = start(target, &scenario, &args).await;
+        let protocol = target != Target::Baseline;
+        let url = running.url.clone();
+        let measured = match scenario.as_str() {
+            "join-storm" => Measured::Traffic(
+                load::join_storm(load.rate, load.duration.as_secs(), &*url, protocol).await,
+            ),
+            "connections" => Measured::Scale(
+                load::connections(count, &*url, protocol, &running.pids, load.duration).await,
+            ),
+            _ => Measured::Traffic(load::run(&load, &*url, protocol).await),
         };
-        if storm {
-            load::join_storm(load.rate, load.duration.as_secs(), edge_url, true).await
-        } else {
-            load::run(&load, edge_url, true).await
-        }
-    };
-    drop(server);
+        drop(url);
+        drop(running);
+        results.push((target, measured));
+    }
 
-    let table = report(
-        &scenario,
-        &load,
-        &[
-            ("baseline (bare tokio broadcast)", &base),
-            ("edge (wrangler dev, Room object)", &edge),
-        ],
-    );
+    let table = report(&scenario, &load, count, &load_avg, &results);
     println!("{table}");
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -147,13 +308,18 @@ async fn main() {
         .unwrap_or(0);
     let dir = e2e_tests::repo_root().join("bench/results");
     let _ = std::fs::create_dir_all(&dir);
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "scenario": scenario,
-        "load": { "rooms": load.rooms, "players": load.players, "senders": load.senders, "rate": load.rate, "seconds": load.duration.as_secs() },
+        "load": { "rooms": load.rooms, "players": load.players, "senders": load.senders, "rate": load.rate, "seconds": load.duration.as_secs(), "count": (scenario == "connections").then_some(count) },
         "machine": machine(),
-        "baseline": base.to_json(),
-        "edge": edge.to_json(),
+        "load_average_at_start": load_avg,
     });
+    for (target, m) in &results {
+        json[target.key()] = match m {
+            Measured::Traffic(o) => o.to_json(),
+            Measured::Scale(s) => s.to_json(),
+        };
+    }
     let _ = std::fs::write(dir.join(format!("{scenario}-{stamp}.md")), &table);
     let _ = std::fs::write(
         dir.join(format!("{scenario}-{stamp}.json")),
@@ -162,6 +328,7 @@ async fn main() {
     eprintln!("bench: wrote bench/results/{scenario}-{stamp}.md and .json");
 }
 
+/// CPUs, CPU model and memory, as `nproc`, `lscpu` and `/proc/meminfo` tell.
 fn machine() -> String {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -174,45 +341,124 @@ fn machine() -> String {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
         })
         .unwrap_or_default();
-    format!("{cpus} CPUs, {model}")
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    format!("{cpus} CPUs, {model}, {mem_gib:.1} GiB RAM")
 }
 
-fn report(scenario: &str, load: &Load, rows: &[(&str, &Outcome)]) -> String {
-    let base = rows[0].1.delivered_per_sec();
+fn ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.2}")).unwrap_or("-".into())
+}
+
+fn report(
+    scenario: &str,
+    load: &Load,
+    count: usize,
+    load_avg: &str,
+    rows: &[(Target, Measured)],
+) -> String {
     let title = match scenario {
         "large-room" => format!(
-            "Large room: 1 soloist and {} listeners, {} batches/s",
+            "Large room: 1 soloist and {} listeners, {} batches/s, {} s",
             load.players - 1,
-            load.rate
+            load.rate,
+            load.duration.as_secs()
         ),
         "join-storm" => format!(
-            "Join storm: {} joins/s into rooms of 50 (latency: connect to Joined; sent = attempts, delivered = joined, lost = failed)",
-            load.rate
+            "Join storm: {} joins/s into rooms of 50, {} s (latency: connect to Joined; sent = attempts, delivered = joined, lost = failed)",
+            load.rate,
+            load.duration.as_secs()
+        ),
+        "connections" => format!(
+            "Connection scale: {count} idle joined connections in rooms of 50 (64 opening at a time), server VmRSS after − before, per connection"
         ),
         _ => format!(
-            "Fan-out: {} rooms × {} players, {} batches/s each",
-            load.rooms, load.players, load.rate
+            "Fan-out: {} rooms × {} players, {} batches/s each, {} s",
+            load.rooms,
+            load.players,
+            load.rate,
+            load.duration.as_secs()
         ),
     };
     let mut t = format!(
-        "{title}, {} s. Machine: {}.\n\n\
-         | target | sent | delivered | delivered/s | vs baseline | p50 ms | p95 ms | p99 ms | max ms | lost |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
-        load.duration.as_secs(),
+        "### {title}\n\nMachine: {}; load average at start {load_avg}.\n\n",
         machine()
     );
-    for (name, o) in rows {
-        let p = |q: f64| {
-            o.percentile(q)
-                .map(|v| format!("{v:.2}"))
-                .unwrap_or("-".into())
+    if scenario == "connections" {
+        let base = rows.iter().find_map(|(target, m)| match m {
+            Measured::Scale(s) if *target == Target::Baseline => s.kib_per_connection(),
+            _ => None,
+        });
+        t += "| target | opened | failed | source addresses | open time s | RSS before MiB | RSS after MiB | KiB per connection | vs baseline | process |\n\
+              |---|---|---|---|---|---|---|---|---|---|\n";
+        for (target, m) in rows {
+            let Measured::Scale(s) = m else { continue };
+            let per = s.kib_per_connection();
+            let vs = match (per, base) {
+                (Some(p), Some(b)) if b > 0.0 => format!("{:.1}×", p / b),
+                _ => "-".into(),
+            };
+            t += &format!(
+                "| {}{} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} |\n",
+                target.label(),
+                if *target == Target::Edge {
+                    " (indicative)"
+                } else {
+                    ""
+                },
+                s.opened,
+                s.failed,
+                s.sources,
+                s.open_time.as_secs_f64(),
+                s.rss_before_kib as f64 / 1024.0,
+                s.rss_after_kib as f64 / 1024.0,
+                per.map(|p| format!("{p:.1}")).unwrap_or("-".into()),
+                vs,
+                s.measured,
+            );
+        }
+        if rows.iter().any(|(t, _)| *t == Target::Edge) {
+            t += "\nThe edge row sums workerd's VmRSS under `wrangler dev` (a development runtime, not \
+                  Cloudflare's): indicative only.\n";
+        }
+        return t;
+    }
+    let base = rows.iter().find_map(|(target, m)| match m {
+        Measured::Traffic(o) if *target == Target::Baseline => Some(o),
+        _ => None,
+    });
+    t += "| target | sent | delivered | delivered/s | delivered/s vs baseline | p50 ms | p95 ms | p99 ms | p99 vs baseline | max ms | lost |\n\
+          |---|---|---|---|---|---|---|---|---|---|---|\n";
+    for (target, m) in rows {
+        let Measured::Traffic(o) = m else { continue };
+        let p = |q: f64| ms(o.percentile(q));
+        let (rate_vs, p99_vs) = match base {
+            Some(b) => (
+                format!(
+                    "{:.0}%",
+                    100.0 * o.delivered_per_sec() / b.delivered_per_sec().max(1e-9)
+                ),
+                match (o.percentile(0.99), b.percentile(0.99)) {
+                    (Some(x), Some(y)) if y > 0.0 => format!("{:.1}×", x / y),
+                    _ => "-".into(),
+                },
+            ),
+            None => ("-".into(), "-".into()),
         };
         t += &format!(
-            "| {name} | {} | {} | {:.0} | {:.0}% | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.0} | {rate_vs} | {} | {} | {} | {p99_vs} | {} | {} |\n",
+            target.label(),
             o.sent,
             o.latencies_us.len(),
             o.delivered_per_sec(),
-            100.0 * o.delivered_per_sec() / base.max(1.0),
             p(0.50),
             p(0.95),
             p(0.99),
@@ -221,4 +467,86 @@ fn report(scenario: &str, load: &Load, rows: &[(&str, &Outcome)]) -> String {
         );
     }
     t
+}
+
+/// The criterion estimates of `cargo bench -p piano-core --bench room` as a results table.
+fn micro() {
+    let dir = target_dir().join("criterion");
+    let benches = [
+        (
+            "notes_50_players",
+            "one note batch into a 50-player room (decode, checks, one encode, one Send to 49)",
+        ),
+        (
+            "join_50_players",
+            "a join into a 50-player room (Joined snapshot + one ParticipantJoined)",
+        ),
+    ];
+    let mut t = format!(
+        "### Core micro-benchmarks (criterion, `cargo bench -p piano-core --bench room`: 1 s warm-up, 3 s measurement)\n\n\
+         Machine: {}.\n\n| benchmark | what | mean µs | median µs | mean 95% CI µs |\n|---|---|---|---|---|\n",
+        machine()
+    );
+    let mut json = serde_json::json!({ "scenario": "micro", "machine": machine() });
+    for (name, what) in benches {
+        let path = dir.join(name).join("new/estimates.json");
+        let Some(est) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        else {
+            eprintln!("bench: no criterion estimates at {}", path.display());
+            continue;
+        };
+        let us = |v: &serde_json::Value| v.as_f64().map(|ns| ns / 1000.0).unwrap_or(f64::NAN);
+        let mean = us(&est["mean"]["point_estimate"]);
+        let median = us(&est["median"]["point_estimate"]);
+        let lo = us(&est["mean"]["confidence_interval"]["lower_bound"]);
+        let hi = us(&est["mean"]["confidence_interval"]["upper_bound"]);
+        t += &format!("| `{name}` | {what} | {mean:.3} | {median:.3} | {lo:.3}–{hi:.3} |\n");
+        json[name] = serde_json::json!({ "mean_ns": mean * 1000.0, "median_ns": median * 1000.0, "mean_ci_ns": [lo * 1000.0, hi * 1000.0] });
+    }
+    println!("{t}");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let out = e2e_tests::repo_root().join("bench/results");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::write(out.join(format!("micro-{stamp}.md")), &t);
+    let _ = std::fs::write(
+        out.join(format!("micro-{stamp}.json")),
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    );
+}
+
+/// `bench/results/summary.md`: every result table of the folder, oldest first.
+fn summary() {
+    let dir = e2e_tests::repo_root().join("bench/results");
+    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "md")
+                        && p.file_name().is_some_and(|n| n != "summary.md")
+                })
+                .filter_map(|p| {
+                    let stem = p.file_stem()?.to_str()?;
+                    let stamp = stem.rsplit('-').next()?.parse().ok()?;
+                    Some((stamp, p))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    let mut t = format!(
+        "# Standard benchmark run (`scripts/bench`)\n\nMachine: {}.\n\n",
+        machine()
+    );
+    for (_, p) in files {
+        t += &std::fs::read_to_string(&p).unwrap_or_default();
+        t += "\n";
+    }
+    let _ = std::fs::write(dir.join("summary.md"), &t);
+    println!("{t}");
 }

@@ -1,0 +1,120 @@
+//! The server processes under test, seen through `/proc`: which process listens on a port, its
+//! process group, resident memory (`VmRSS`), and this process's file-descriptor limit.
+
+use std::path::Path;
+
+/// Raises this process's soft `RLIMIT_NOFILE` to the hard limit (children inherit it); returns
+/// the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return want.rlim_cur;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// `VmRSS` of a process in KiB (`None` when it is gone).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The summed `VmRSS` of several processes, in KiB.
+pub fn total_rss_kib(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| rss_kib(*p)).sum()
+}
+
+/// The process that has a listening TCP socket on 127.0.0.1:`port` (or any address).
+pub fn listener_pid(port: u16) -> Option<u32> {
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            text.lines().skip(1).find_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let local_port = f.get(1)?.rsplit(':').next()?;
+                let listening = f.get(3) == Some(&"0A");
+                (listening && u16::from_str_radix(local_port, 16).ok() == Some(port))
+                    .then(|| f.get(9).map(|s| s.to_string()))
+                    .flatten()
+            })
+        })?;
+    let wanted = format!("socket:[{inode}]");
+    pids().into_iter().find(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|dir| {
+                dir.flatten().any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .map(|l| l.as_os_str() == wanted.as_str())
+                        .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+    })
+}
+
+fn pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// (command name, process group) of a process.
+fn comm_and_group(pid: u32) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    // After the name: state, ppid, pgrp.
+    let pgrp = stat[close + 1..].split_whitespace().nth(2)?.parse().ok()?;
+    Some((comm, pgrp))
+}
+
+/// Every process named `comm` in the process group of `pid` (wrangler dev's workerd processes
+/// are in the group the harness started wrangler in).
+pub fn group_members_named(pid: u32, comm: &str) -> Vec<u32> {
+    let Some((_, group)) = comm_and_group(pid) else {
+        return Vec::new();
+    };
+    pids()
+        .into_iter()
+        .filter(|p| comm_and_group(*p).is_some_and(|(c, g)| g == group && c == comm))
+        .collect()
+}
+
+pub fn describe(pid: u32) -> String {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|p| {
+            Path::new(&p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    format!("{exe}[{pid}]")
+}
