@@ -1,13 +1,12 @@
 //! Tokens: guest sign-in, the JWKS, and the token check in front of every room connection —
 //! the same rules as the edge (`src/auth.rs`), over the same `piano_core::identity` code.
 //!
-//! Members' tokens: the edge also checks a member's session (`sid`/`gen`) against its Account
-//! object. The fallback has no account store; with Redis it refuses the tokens of sessions the
-//! edge marked ended (`{REDIS_KEY_PREFIX}revoked:<sid>`, the shared layout), so a logout at the
-//! edge holds here when both use one Redis. Otherwise a member's access token is accepted on
-//! its signature and lifetime (15 minutes by default). Accounts themselves (register, login,
-//! refresh, logout) answer 501 here.
+//! Members' tokens (`sid`/`gen` claims) are checked against their session at every use
+//! ([`crate::accounts`]): a logged-out or refreshed-away token is refused at once. A session
+//! this deployment never issued (the edge's, given the same key) is accepted on its signature
+//! unless the shared revocation list (`{REDIS_KEY_PREFIX}revoked:<sid>`, with Redis) names it.
 
+use crate::accounts::Check;
 use crate::http::{json_error, with_header};
 use crate::hub::Hub;
 use axum::http::{HeaderMap, Uri};
@@ -122,6 +121,14 @@ pub fn upgrade_auth(uri: &Uri, headers: &HeaderMap) -> Result<UpgradeAuth, &'sta
 
 #[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
 pub async fn verify(hub: &Hub, token: Option<&str>) -> Result<Identity, Response> {
+    verify_claims(hub, token).await.map(Identity::from)
+}
+
+/// Verifies a token; on failure, the 401 (or 503) response to return. Members' tokens are also
+/// checked against their session ([`crate::accounts::Accounts::check`]): a logged-out or
+/// refreshed-away token is refused at once.
+#[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
+pub async fn verify_claims(hub: &Hub, token: Option<&str>) -> Result<Claims, Response> {
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Err(unauthorized(
             "a token is required: Authorization: Bearer <jwt>, ?token=<jwt> or subprotocol bearer.<jwt>",
@@ -132,23 +139,20 @@ pub async fn verify(hub: &Hub, token: Option<&str>) -> Result<Identity, Response
         .verifier
         .verify(token, crate::now_ms() / 1000)
         .map_err(|e| unauthorized(&e.to_string()))?;
-    if let (Some(sid), Some(c)) = (&claims.sid, &hub.cluster) {
-        let key = piano_backends::layout::Keys {
-            prefix: hub.cfg.redis_key_prefix.clone(),
-        }
-        .revoked(sid);
-        let mut cmd = redis::cmd("EXISTS");
-        cmd.arg(key);
-        let revoked: redis::RedisResult<bool> = c.conn.cmd(&cmd).await;
-        match revoked {
-            Ok(false) => {}
-            Ok(true) => {
+    if let Some(sid) = &claims.sid {
+        match hub
+            .accounts
+            .check(&claims.sub, sid, claims.generation.unwrap_or(0))
+            .await
+        {
+            Ok(Check::Live | Check::Unknown) => {}
+            Ok(Check::Ended) => {
                 return Err(unauthorized(
                     "the session has ended (logged out or refreshed): log in again",
                 ));
             }
             Err(e) => {
-                crate::metrics::redis_error("checking a session", &e);
+                tracing::warn!(error = e, "session check failed");
                 return Err(json_error(
                     503,
                     "unavailable",
@@ -157,7 +161,7 @@ pub async fn verify(hub: &Hub, token: Option<&str>) -> Result<Identity, Response
             }
         }
     }
-    Ok(Identity::from(claims))
+    Ok(claims)
 }
 
 pub fn unauthorized(message: &str) -> Response {
@@ -177,12 +181,16 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
         .map(|t| t.trim().to_owned())
 }
 
-/// `GET /api/users/me`: who the token says you are.
+/// `GET /api/users/me`: a member's stored profile; a guest's token identity.
 pub async fn me(hub: &Hub, headers: &HeaderMap) -> Response {
-    let identity = match verify(hub, bearer(headers).as_deref()).await {
-        Ok(id) => id,
+    let claims = match verify_claims(hub, bearer(headers).as_deref()).await {
+        Ok(c) => c,
         Err(resp) => return resp,
     };
+    if let Some(resp) = crate::accounts::me(hub, &claims).await {
+        return resp;
+    }
+    let identity = Identity::from(claims);
     let guest = identity.roles.iter().any(|r| r == "guest");
     with_header(
         crate::http::json(

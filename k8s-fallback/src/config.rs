@@ -34,6 +34,12 @@ pub struct Config {
     pub issuer: String,
     pub audience: String,
     pub guest_ttl_secs: u64,
+    /// Lifetime of members' access tokens (`ACCESS_TOKEN_TTL_SECS`, as at the edge).
+    pub access_ttl_secs: u64,
+    /// `MAX_SESSIONS_PER_ACCOUNT`: 0 is unlimited; beyond it a login ends the oldest sessions.
+    pub max_sessions: u32,
+    /// `ADMIN_USERNAMES` (normalized): these members get the admin role at registration/login.
+    pub admins: Vec<String>,
     pub auth_rate_limit: usize,
     pub trust_forwarded_for: bool,
     /// Frames queued per connection before it counts as a slow consumer and is closed.
@@ -119,6 +125,14 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
         issuer,
         audience,
         guest_ttl_secs: number("GUEST_TOKEN_TTL_SECS", 86_400, 60..=30 * 86_400)?,
+        access_ttl_secs: number("ACCESS_TOKEN_TTL_SECS", 900, 30..=86_400)?,
+        max_sessions: number("MAX_SESSIONS_PER_ACCOUNT", 0, 0..=1000)? as u32,
+        admins: get("ADMIN_USERNAMES")
+            .unwrap_or_default()
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.to_ascii_lowercase())
+            .collect(),
         auth_rate_limit: number("AUTH_RATE_LIMIT_PER_MINUTE", 10, 1..=1_000_000)? as usize,
         trust_forwarded_for: flag("TRUST_X_FORWARDED_FOR"),
         outbound_queue: number("OUTBOUND_QUEUE_FRAMES", 1024, 16..=1_000_000)? as usize,

@@ -3,6 +3,7 @@
 //! (`src/lib.rs`), so the room name is percent-decoded by the same code
 //! (`piano_core::names::percent_decode`). Every error is `{"error": {"code", "message"}}`.
 
+use crate::accounts;
 use crate::auth::{self, MAX_BODY_BYTES, RateLimiter};
 use crate::hub::Hub;
 use crate::metrics;
@@ -113,35 +114,59 @@ async fn route(
             }),
         ),
         (&Method::GET, [".well-known", "jwks.json"]) => auth::jwks(hub),
-        (&Method::POST, ["api", "auth", "guest"]) => {
+        (
+            &Method::POST,
+            [
+                "api",
+                "auth",
+                endpoint @ ("guest" | "register" | "login" | "refresh" | "logout"),
+            ],
+        ) => {
+            let endpoint = *endpoint;
             if let Err(wait) = app.limiter.check(client_ip(&app, peer, &req)) {
                 return with_header(
                     json_error(
                         429,
                         "rate_limited",
-                        "too many sign-ins from this address: wait a minute",
+                        &format!("too many requests: try again in {wait} s"),
                     ),
                     "retry-after",
                     &wait.to_string(),
                 );
             }
+            let token = auth::bearer(req.headers());
+            let body = match axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await {
+                Ok(body) => body,
+                Err(_) => {
+                    return json_error(413, "body_too_large", "request body is over 4096 bytes");
+                }
+            };
+            match endpoint {
+                "guest" => auth::guest(hub, &body),
+                "register" => accounts::register(hub, &body).await,
+                "login" => accounts::login(hub, &body).await,
+                "refresh" => accounts::refresh(hub, &body).await,
+                _ => accounts::logout(hub, token, &body).await,
+            }
+        }
+        (&Method::PUT, ["api", "users", "me"]) => {
+            let token = auth::bearer(req.headers());
             match axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await {
-                Ok(body) => auth::guest(hub, &body),
+                Ok(body) => accounts::update_me(hub, token, &body).await,
                 Err(_) => json_error(413, "body_too_large", "request body is over 4096 bytes"),
             }
         }
-        (&Method::POST, ["api", "auth", "register" | "login" | "refresh" | "logout"])
-        | (&Method::PUT, ["api", "users", "me"])
-        | (&Method::POST, ["api", "admin", "users", _, "roles"]) => json_error(
-            501,
-            "not_implemented",
-            "member accounts are served by the edge deployment; the fallback issues guest tokens and accepts members' access tokens",
-        ),
+        (&Method::POST, ["api", "admin", "users", id, "roles"]) => {
+            let id = (*id).to_owned();
+            let token = auth::bearer(req.headers());
+            match axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await {
+                Ok(body) => accounts::set_roles(hub, token, &id, &body).await,
+                Err(_) => json_error(413, "body_too_large", "request body is over 4096 bytes"),
+            }
+        }
         (&Method::GET, ["api", "users", "me"]) => auth::me(hub, req.headers()).await,
         (&Method::GET, ["api", "users", id, "stats"]) => user_stats(hub, id).await,
-        (&Method::GET, ["api", "users", _]) => {
-            json_error(404, "not_found", "no such user on this server")
-        }
+        (&Method::GET, ["api", "users", id]) => accounts::user(hub, id).await,
         (&Method::GET, ["api", "rooms"]) => with_header(
             json(
                 200,
@@ -180,6 +205,7 @@ async fn route(
             | ["metrics"],
         )
         | (_, ["api", "auth", "guest"] | ["api", "rooms", _] | ["api", "rooms", _, "ws"])
+        | (_, ["api", "users", "me"])
         | (_, ["api", "rooms"] | ["api", "lobby", "next"] | ["api", "users", _])
         | (_, ["api", "users", _, "stats"])
         | (_, ["api", "auth", "register" | "login" | "refresh" | "logout"])

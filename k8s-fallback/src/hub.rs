@@ -61,6 +61,8 @@ pub struct Hub {
     pub store: Store,
     pub cluster: Option<Cluster>,
     pub mongo: Option<Arc<crate::mongo::Mongo>>,
+    /// Members' accounts and sessions (SQLite or Redis, like the rooms).
+    pub accounts: crate::accounts::Accounts,
     directory: Mutex<Directory>,
     /// Reports waiting to be written to the shared directory (cluster mode), in order.
     directory_tx: Option<mpsc::UnboundedSender<Report>>,
@@ -87,6 +89,7 @@ impl Hub {
         store: Store,
         cluster: Option<Cluster>,
         mongo: Option<Arc<crate::mongo::Mongo>>,
+        accounts: crate::accounts::Accounts,
     ) -> Arc<Hub> {
         let (directory_tx, directory_rx) = if cluster.is_some() {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -99,6 +102,7 @@ impl Hub {
             store,
             cluster,
             mongo,
+            accounts,
             directory: Mutex::new(Directory::new()),
             directory_tx,
             rooms: Mutex::new(HashMap::new()),

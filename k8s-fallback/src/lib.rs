@@ -27,6 +27,7 @@
 //!   uses, and rooms the room store does not know restored from it.
 //! - [`metrics`]: counters and the relay latency histogram, in Prometheus text format.
 
+pub mod accounts;
 pub mod auth;
 pub mod cluster;
 pub mod config;
@@ -88,7 +89,12 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         static_dir = ?cfg.static_dir,
         "listening"
     );
-    let hub = hub::Hub::new(cfg, store, cluster, mongo);
+    let accounts = match &cluster {
+        Some(c) => accounts::Accounts::redis(c.conn.clone(), &cfg.redis_key_prefix),
+        None => accounts::Accounts::sqlite(&cfg.data_dir)?,
+    }
+    .configure(cfg.access_ttl_secs, mongo.clone());
+    let hub = hub::Hub::new(cfg, store, cluster, mongo, accounts);
     let app = http::router(hub.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = {
         let hub = hub.clone();

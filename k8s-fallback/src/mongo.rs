@@ -268,6 +268,32 @@ async fn mirror_loop(mongo: Arc<Mongo>, room: String, mut rx: mpsc::UnboundedRec
     }
 }
 
+impl Mongo {
+    /// An account document (`accounts`, `_id` = user id) as JSON, `None` if there is none.
+    pub async fn find_account(&self, user_id: &str) -> Result<Option<serde_json::Value>, String> {
+        let found = self
+            .db
+            .collection::<Document>(layout::ACCOUNTS)
+            .find_one(doc! { "_id": user_id })
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(found.map(|d| Bson::Document(d).into_relaxed_extjson()))
+    }
+
+    /// Account documents (`layout::account`), written in order by one task and retried, so a
+    /// later save of an account never lands before an earlier one.
+    pub fn account_writer(self: &Arc<Self>) -> mpsc::UnboundedSender<Op> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Op>();
+        let mongo = self.clone();
+        tokio::spawn(async move {
+            while let Some(op) = rx.recv().await {
+                apply_with_retries(&mongo, "(accounts)", &op).await;
+            }
+        });
+        tx
+    }
+}
+
 async fn apply_with_retries(mongo: &Mongo, room: &str, op: &Op) {
     let mut tries: u64 = 0;
     while let Err(e) = mongo.apply(op).await {

@@ -1,4 +1,5 @@
-//! The e2e room suite's shared trials (`tests/room_features.rs`, `tests/directory.rs`, `tests/tokens.rs`), run
+//! The e2e suite's shared trials (`tests/room_features.rs`, `tests/directory.rs`, `tests/tokens.rs`,
+//! `tests/accounts.rs`), run
 //! against the native fallback instead of the edge: same harness, same clients, same
 //! assertions. One standalone `k8s-fallback` process serves them all (each trial uses its own
 //! rooms). The trial that restarts the server is edge-only here; `standalone.rs` covers the
@@ -18,6 +19,10 @@ mod directory;
 #[path = "../../tests/tokens.rs"]
 mod tokens;
 
+#[allow(dead_code)] // the session-limit and rate-limit trials restart wrangler: edge-only
+#[path = "../../tests/accounts.rs"]
+mod accounts;
+
 #[path = "common/edge_trials.rs"]
 mod edge_trials;
 
@@ -25,7 +30,10 @@ static SERVER: OnceLock<Server> = OnceLock::new();
 
 pub(crate) fn server() -> &'static Server {
     SERVER.get_or_init(|| {
-        Server::start_fallback_binary(Path::new(env!("CARGO_BIN_EXE_k8s-fallback")), &[])
+        Server::start_fallback_binary(
+            Path::new(env!("CARGO_BIN_EXE_k8s-fallback")),
+            &[("ADMIN_USERNAMES".into(), "root-admin".into())],
+        )
     })
 }
 
@@ -68,4 +76,7 @@ trials![
     directory::joining_a_new_room_creates_it_with_the_joiners_settings,
     tokens::rfc8725_bad_tokens_are_refused_at_rest_and_websocket,
     tokens::rotated_keys_verify_while_listed_and_are_published,
+    accounts::register_login_connect_refresh_logout,
+    accounts::concurrent_registrations_of_one_name_one_wins,
+    accounts::profiles_and_admin_roles,
 ];

@@ -21,6 +21,10 @@ mod directory;
 #[path = "../../tests/tokens.rs"]
 mod tokens;
 
+#[allow(dead_code)] // the session-limit and rate-limit trials restart wrangler: edge-only
+#[path = "../../tests/accounts.rs"]
+mod accounts;
+
 #[path = "common/edge_trials.rs"]
 mod edge_trials;
 
@@ -38,7 +42,10 @@ pub(crate) fn server() -> &'static Server {
             let redis = Redis::start();
             let mut server = Server::start_fallback_binary(
                 Path::new(env!("CARGO_BIN_EXE_k8s-fallback")),
-                &[("REDIS_URL".into(), redis.url())],
+                &[
+                    ("REDIS_URL".into(), redis.url()),
+                    ("ADMIN_USERNAMES".into(), "root-admin".into()),
+                ],
             );
             let previous_x = server.previous_key.public_jwk()["x"]
                 .as_str()
@@ -50,6 +57,7 @@ pub(crate) fn server() -> &'static Server {
                     ("REDIS_URL", redis.url()),
                     ("JWT_PRIVATE_KEY", server.key_pem.clone()),
                     ("JWT_VERIFY_KEYS", previous_x),
+                    ("ADMIN_USERNAMES", "root-admin".into()),
                 ],
             );
             server.port = balancer(vec![server.port, b.port]);
@@ -132,4 +140,7 @@ trials![
     directory::joining_a_new_room_creates_it_with_the_joiners_settings,
     tokens::rfc8725_bad_tokens_are_refused_at_rest_and_websocket,
     tokens::rotated_keys_verify_while_listed_and_are_published,
+    accounts::register_login_connect_refresh_logout,
+    accounts::concurrent_registrations_of_one_name_one_wins,
+    accounts::profiles_and_admin_roles,
 ];
