@@ -167,6 +167,8 @@ async fn route(
         (&Method::GET, ["api", "users", "me"]) => auth::me(hub, req.headers()).await,
         (&Method::GET, ["api", "users", id, "stats"]) => user_stats(hub, id).await,
         (&Method::GET, ["api", "users", id]) => accounts::user(hub, id).await,
+        (&Method::GET, ["api", "network", "rooms"]) => crate::network::rooms(hub).await,
+        (&Method::GET, ["api", "network", "online"]) => crate::network::online(hub).await,
         (&Method::GET, ["api", "rooms"]) => with_header(
             json(
                 200,
@@ -205,7 +207,7 @@ async fn route(
             | ["metrics"],
         )
         | (_, ["api", "auth", "guest"] | ["api", "rooms", _] | ["api", "rooms", _, "ws"])
-        | (_, ["api", "users", "me"])
+        | (_, ["api", "users", "me"] | ["api", "network", "rooms" | "online"])
         | (_, ["api", "rooms"] | ["api", "lobby", "next"] | ["api", "users", _])
         | (_, ["api", "users", _, "stats"])
         | (_, ["api", "auth", "register" | "login" | "refresh" | "logout"])

@@ -510,6 +510,9 @@ impl Hub {
 /// Writes room reports to the shared directory, in order, and tells every replica.
 async fn directory_writer(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Report>) {
     let Some(c) = &hub.cluster else { return };
+    let keys = piano_backends::layout::Keys {
+        prefix: hub.cfg.redis_key_prefix.clone(),
+    };
     while let Some(report) = rx.recv().await {
         let Ok(json) = serde_json::to_string(&report) else {
             continue;
@@ -521,6 +524,14 @@ async fn directory_writer(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Report>
             pipe.hset(cluster::DIRECTORY, &report.summary.name, &json);
         }
         pipe.publish(cluster::DIRECTORY, &json);
+        // The edge's room index across deployments (`{REDIS_KEY_PREFIX}rooms`).
+        let index = crate::network::index_command(&keys, &hub.cfg.deployment_id, &report.summary);
+        if let Some((name, args)) = index.split_first() {
+            let cmd = pipe.cmd(name);
+            for a in args {
+                cmd.arg(a);
+            }
+        }
         if let Err(e) = c.conn.pipe::<()>(&pipe).await {
             redis_error("writing the directory", &e);
             // Still apply it here, so at least this replica's list is right.

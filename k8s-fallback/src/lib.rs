@@ -35,6 +35,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod mongo;
+pub mod network;
 pub mod redis_handle;
 pub mod room_task;
 pub mod store;

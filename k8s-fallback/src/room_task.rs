@@ -94,6 +94,8 @@ struct Task {
     me: mpsc::Sender<RoomMsg>,
     checking_replicas: bool,
     stats_flushed_at: Instant,
+    /// Cluster mode: the room's players in the edge's shared presence keys.
+    presence: Option<crate::network::PresenceWriter>,
 }
 
 /// How often players' activity goes to their stored totals while they play.
@@ -210,6 +212,7 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
         me,
         checking_replicas: false,
         stats_flushed_at: Instant::now(),
+        presence: crate::network::PresenceWriter::start(hub, name),
     };
     tokio::spawn(task.run(rx, effects));
     Ok(())
@@ -283,6 +286,10 @@ impl Task {
             k.abort();
         }
         self.flush_stats(true);
+        if let Some(p) = self.presence.take() {
+            // Before the lease goes: the next holder's "joined" must land after our "left".
+            p.close().await;
+        }
         self.writer.flush().await;
         if let Some(m) = &self.mirror {
             // Best effort: MongoDB may be slow or down; the room store already has it all.
@@ -338,6 +345,17 @@ impl Task {
     }
 
     fn on_msg(&mut self, msg: RoomMsg) -> Next {
+        let before = self.room.participant_count();
+        let next = self.handle_msg(msg);
+        if self.room.participant_count() != before
+            && let Some(p) = &mut self.presence
+        {
+            p.sync(self.room.participants());
+        }
+        next
+    }
+
+    fn handle_msg(&mut self, msg: RoomMsg) -> Next {
         let now = now_ms();
         match msg {
             RoomMsg::Connect {

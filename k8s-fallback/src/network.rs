@@ -1,0 +1,253 @@
+//! What every deployment sharing one Redis sees (DESIGN §5, the edge's `src/shared.rs`): who is
+//! online in which room, and the room index, across deployments. Cluster mode only (the
+//! replicas' Redis is the shared one); keys under `REDIS_KEY_PREFIX` (default `pr:`, as at the
+//! edge), written with the layout's own commands (`piano_backends::layout`):
+//!
+//! - `presence:<room>` and `online`: [`PresenceWriter`], one per running room, writes
+//!   `presence_joined` / `presence_left` whenever the room's participants change, in order;
+//!   when the room stops (players reconnect elsewhere) its players are written as gone before
+//!   the lease is released, and a room that starts first clears entries this deployment left
+//!   for it (a replica killed without a goodbye).
+//! - `rooms`: written next to the replicas' own directory (`hub::directory_writer`): a listed
+//!   room's summary plus `deployment` (`room_listed`), removed when it empties or is hidden.
+//!
+//! `GET /api/network/rooms` and `GET /api/network/online` read them back with the edge's JSON.
+
+use crate::accounts::run_redis_op;
+use crate::http::{json, json_error, with_header};
+use crate::hub::Hub;
+use crate::metrics::redis_error;
+use crate::redis_handle::RedisHandle;
+use axum::response::Response;
+use piano_backends::layout::{self, Keys, PresenceEntry};
+use piano_backends::outbox::Op;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+enum Msg {
+    Op(Op),
+    Flush(oneshot::Sender<()>),
+}
+
+/// A room's presence in the shared keys: who is in it, as last written.
+pub struct PresenceWriter {
+    room: String,
+    keys: Keys,
+    deployment: String,
+    present: HashSet<String>,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl PresenceWriter {
+    /// Starts the room's ordered writer; first it clears what this deployment left behind for
+    /// the room (the room is starting, so nobody of ours is in it).
+    pub fn start(hub: &Hub, room: &str) -> Option<PresenceWriter> {
+        let conn = hub.cluster.as_ref()?.conn.clone();
+        let keys = Keys {
+            prefix: hub.cfg.redis_key_prefix.clone(),
+        };
+        let deployment = hub.cfg.deployment_id.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(
+            conn,
+            keys.clone(),
+            deployment.clone(),
+            room.to_owned(),
+            rx,
+        ));
+        Some(PresenceWriter {
+            room: room.to_owned(),
+            keys,
+            deployment,
+            present: HashSet::new(),
+            tx,
+        })
+    }
+
+    /// Writes who joined and who left since the last sync.
+    pub fn sync<'a>(
+        &mut self,
+        participants: impl Iterator<Item = &'a piano_core::proto::Participant>,
+    ) {
+        let now = crate::now_ms();
+        let mut current = HashSet::new();
+        for p in participants {
+            if current.insert(p.user_id.clone()) && !self.present.contains(&p.user_id) {
+                let entry = PresenceEntry {
+                    room: &self.room,
+                    user_id: &p.user_id,
+                    name: &p.name,
+                    color: &p.color,
+                };
+                let op = layout::presence_joined(&self.keys, &self.deployment, &entry, now);
+                let _ = self.tx.send(Msg::Op(op));
+            }
+        }
+        for gone in self.present.difference(&current) {
+            let _ = self
+                .tx
+                .send(Msg::Op(layout::presence_left(&self.keys, &self.room, gone)));
+        }
+        self.present = current;
+    }
+
+    /// The room stops: everyone in it is gone from here; waits (bounded) until written.
+    pub async fn close(mut self) {
+        self.sync(std::iter::empty());
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(Msg::Flush(reply)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), done).await;
+        }
+    }
+}
+
+async fn write_loop(
+    conn: RedisHandle,
+    keys: Keys,
+    deployment: String,
+    room: String,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+) {
+    clear_leftovers(&conn, &keys, &deployment, &room).await;
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Msg::Flush(reply) => {
+                let _ = reply.send(());
+            }
+            Msg::Op(op) => {
+                for attempt in 1..=3u64 {
+                    match run_redis_op(&conn, &op).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            redis_error("writing presence", &e);
+                            tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Presence entries of this deployment for a room that is only now starting are stale.
+async fn clear_leftovers(conn: &RedisHandle, keys: &Keys, deployment: &str, room: &str) {
+    let mut cmd = redis::cmd("HGETALL");
+    cmd.arg(keys.presence(room));
+    let entries: HashMap<String, String> = match conn.cmd(&cmd).await {
+        Ok(e) => e,
+        Err(e) => return redis_error("reading presence", &e),
+    };
+    for (user, value) in entries {
+        let ours = serde_json::from_str::<Value>(&value)
+            .ok()
+            .is_some_and(|v| v["deployment"] == deployment);
+        if ours && let Err(e) = run_redis_op(conn, &layout::presence_left(keys, room, &user)).await
+        {
+            redis_error("clearing presence", &e);
+        }
+    }
+}
+
+/// The shared room index commands for one directory report (added to the replicas' own
+/// directory write, so they land in the same order).
+pub fn index_command(
+    keys: &Keys,
+    deployment: &str,
+    summary: &piano_core::lobby::Summary,
+) -> Vec<String> {
+    // `Summary::listed` (private to the core): visible and not empty.
+    if summary.visible && summary.players > 0 {
+        layout::room_listed(keys, deployment, summary)
+    } else {
+        layout::room_unlisted(keys, &summary.name)
+    }
+}
+
+#[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
+fn shared_redis(hub: &Hub) -> Result<(&RedisHandle, Keys), Response> {
+    match &hub.cluster {
+        Some(c) => Ok((
+            &c.conn,
+            Keys {
+                prefix: hub.cfg.redis_key_prefix.clone(),
+            },
+        )),
+        None => Err(json_error(
+            503,
+            "not_configured",
+            "this deployment shares no Redis (set REDIS_URL)",
+        )),
+    }
+}
+
+/// An `HGETALL` answer as (field, parsed JSON value) pairs.
+async fn hash_entries(conn: &RedisHandle, key: &str) -> Result<Vec<(String, Value)>, Response> {
+    let mut cmd = redis::cmd("HGETALL");
+    cmd.arg(key);
+    let all: HashMap<String, String> = conn.cmd(&cmd).await.map_err(|e| {
+        redis_error("reading a shared hash", &e);
+        json_error(
+            502,
+            "backend_unavailable",
+            "the shared Redis cannot be reached right now",
+        )
+    })?;
+    Ok(all
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, serde_json::from_str(&v).ok()?)))
+        .collect())
+}
+
+/// `GET /api/network/rooms`: public rooms of every deployment, busiest first.
+pub async fn rooms(hub: &Hub) -> Response {
+    let (conn, keys) = match shared_redis(hub) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let mut rooms: Vec<Value> = match hash_entries(conn, &keys.rooms()).await {
+        Ok(entries) => entries.into_iter().map(|(_, v)| v).collect(),
+        Err(resp) => return resp,
+    };
+    rooms.sort_by(|a, b| {
+        let players = |v: &Value| v["players"].as_u64().unwrap_or(0);
+        players(b)
+            .cmp(&players(a))
+            .then_with(|| a["name"].as_str().cmp(&b["name"].as_str()))
+    });
+    with_header(
+        json(200, &serde_json::json!({ "rooms": rooms })),
+        "cache-control",
+        "no-store",
+    )
+}
+
+/// `GET /api/network/online`: who is in which room, on every deployment.
+pub async fn online(hub: &Hub) -> Response {
+    let (conn, keys) = match shared_redis(hub) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let entries = match hash_entries(conn, &keys.online()).await {
+        Ok(e) => e,
+        Err(resp) => return resp,
+    };
+    let mut users: Vec<Value> = entries
+        .into_iter()
+        .filter_map(|(field, mut v)| {
+            let (user_id, _room) = field.split_once(' ')?;
+            v["user_id"] = user_id.into();
+            Some(v)
+        })
+        .collect();
+    users.sort_by(|a, b| {
+        (a["room"].as_str(), a["user_id"].as_str())
+            .cmp(&(b["room"].as_str(), b["user_id"].as_str()))
+    });
+    with_header(
+        json(200, &serde_json::json!({ "online": users })),
+        "cache-control",
+        "no-store",
+    )
+}
