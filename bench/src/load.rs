@@ -169,7 +169,11 @@ pub async fn run(load: &Load, url: impl Fn(usize, usize) -> String, protocol: bo
         }
     }
 
-    let started = Instant::now();
+    // Everyone's joins were broadcast to the others (a 1,000-listener room queues ~500,000
+    // ParticipantJoined frames): the receivers start now and drain that backlog, and the senders
+    // start once it had time to settle, so latency is the steady state's, not the joins'.
+    let settle = Duration::from_millis(1000 + 2 * (load.rooms * load.players) as u64);
+    let started = Instant::now() + settle;
     let deadline = started + load.duration;
     let interval = Duration::from_secs_f64(1.0 / f64::from(load.rate.max(1)));
     let mut tasks = Vec::new();
@@ -182,7 +186,10 @@ pub async fn run(load: &Load, url: impl Fn(usize, usize) -> String, protocol: bo
                 return (0, sink);
             }
             // Spread the players' send times over the interval.
-            tokio::time::sleep(interval.mul_f64((player as f64 * 0.37) % 1.0)).await;
+            tokio::time::sleep_until(
+                (started + interval.mul_f64((player as f64 * 0.37) % 1.0)).into(),
+            )
+            .await;
             let mut tick = tokio::time::interval(interval);
             let mut seq = 0u32;
             let mut count = 0u64;
