@@ -205,11 +205,14 @@ pub async fn me(hub: &Hub, headers: &HeaderMap) -> Response {
     )
 }
 
-/// Auth requests per client IP per minute (the edge counts them in a Limiter object; here,
-/// per replica, in memory: behind N replicas a client gets up to N times the limit).
+/// Auth requests per client IP per minute. With Redis, counted there exactly as the edge counts
+/// them when it has Redis (`{REDIS_KEY_PREFIX}rate:auth:<ip>:<minute>`, fixed one-minute
+/// windows), so the limit holds across replicas and deployments; standalone, or for 30 s after
+/// Redis failed, in memory per replica (a sliding minute).
 pub struct RateLimiter {
     limit: usize,
     hits: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    redis_skip_until: std::sync::atomic::AtomicU64,
 }
 
 impl RateLimiter {
@@ -217,7 +220,44 @@ impl RateLimiter {
         RateLimiter {
             limit,
             hits: Mutex::new(HashMap::new()),
+            redis_skip_until: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// `Err(seconds to wait)` when over the limit: in Redis if there is one, else here.
+    pub async fn check_shared(&self, hub: &Hub, ip: IpAddr) -> Result<(), u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = crate::now_ms();
+        if let Some(c) = &hub.cluster
+            && self.redis_skip_until.load(Relaxed) <= now
+        {
+            let window = now / 60_000;
+            let key = piano_backends::layout::Keys {
+                prefix: hub.cfg.redis_key_prefix.clone(),
+            }
+            .rate("auth", &ip.to_string(), window);
+            let mut pipe = redis::pipe();
+            pipe.incr(&key, 1).expire(&key, 120).ignore();
+            let counted: redis::RedisResult<(u64,)> = c.conn.pipe(&pipe).await;
+            match counted {
+                Ok((count,)) => {
+                    let retry_after = ((window + 1) * 60_000)
+                        .saturating_sub(now)
+                        .div_ceil(1000)
+                        .max(1);
+                    return if count <= self.limit as u64 {
+                        Ok(())
+                    } else {
+                        Err(retry_after)
+                    };
+                }
+                Err(e) => {
+                    crate::metrics::redis_error("counting an auth request", &e);
+                    self.redis_skip_until.store(now + 30_000, Relaxed);
+                }
+            }
+        }
+        self.check(ip)
     }
 
     /// `Err(seconds to wait)` when over the limit.

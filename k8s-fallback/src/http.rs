@@ -123,7 +123,8 @@ async fn route(
             ],
         ) => {
             let endpoint = *endpoint;
-            if let Err(wait) = app.limiter.check(client_ip(&app, peer, &req)) {
+            let ip = client_ip(&app, peer, &req);
+            if let Err(wait) = app.limiter.check_shared(hub, ip).await {
                 return with_header(
                     json_error(
                         429,

@@ -422,3 +422,34 @@ async fn accounts_are_shared_with_the_edge_through_mongodb() {
 async fn client_get(url: &str) -> serde_json::Value {
     get_json(url).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_the_auth_rate_limit_is_counted_across_replicas() {
+    let redis = Redis::start();
+    let key = e2e_tests::random_key_pem();
+    let env = cluster_env(&redis, &key, &[("AUTH_RATE_LIMIT_PER_MINUTE", "3")]);
+    let a = Replica::start("rate-a", &env);
+    let b = Replica::start("rate-b", &env);
+    // Fixed one-minute windows (as at the edge): start well inside one.
+    let into_minute = e2e_tests::now_ms() % 60_000;
+    if into_minute > 50_000 {
+        tokio::time::sleep(Duration::from_millis(60_500 - into_minute)).await;
+    }
+    let window = e2e_tests::now_ms() / 60_000;
+    for r in [&a, &b, &a] {
+        let (status, _) = login(r, "nobody-here", "wrong password").await;
+        assert_eq!(status, 401);
+    }
+    let (status, body) = login(&b, "nobody-here", "wrong password").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    let mut conn = redis_conn(&redis).await;
+    let count: u64 = redis::cmd("GET")
+        .arg(format!("pr:rate:auth:127.0.0.1:{window}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(count, 4);
+}
