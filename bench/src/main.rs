@@ -540,8 +540,9 @@ fn summary() {
         .unwrap_or_default();
     files.sort();
     let mut t = format!(
-        "# Standard benchmark run (`scripts/bench`)\n\nMachine: {}.\n\n",
-        machine()
+        "# Standard benchmark run (`scripts/bench`)\n\nMachine: {}.\n\n{}\n",
+        machine(),
+        overview(&files)
     );
     for (_, p) in files {
         t += &std::fs::read_to_string(&p).unwrap_or_default();
@@ -549,4 +550,105 @@ fn summary() {
     }
     let _ = std::fs::write(dir.join("summary.md"), &t);
     println!("{t}");
+}
+
+/// One table over every scenario of the run (from the JSON next to each `.md`): per target the
+/// delivered rate and p99 with their ratios to the baseline, or memory per connection, or the
+/// criterion means.
+fn overview(files: &[(u64, PathBuf)]) -> String {
+    let mut t = String::from(
+        "| scenario | target | delivered/s | vs baseline | p50 ms | p99 ms | p99 vs baseline | lost | KiB per idle connection |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    let f = |v: &serde_json::Value, digits: usize| {
+        v.as_f64()
+            .map(|x| format!("{x:.digits$}"))
+            .unwrap_or("-".into())
+    };
+    for (_, md) in files {
+        let Some(j) = std::fs::read_to_string(md.with_extension("json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        else {
+            continue;
+        };
+        let l = &j["load"];
+        let name = match j["scenario"].as_str().unwrap_or("") {
+            "fanout" => format!(
+                "fan-out {}×{} players, {}/s each",
+                l["rooms"], l["players"], l["rate"]
+            ),
+            "large-room" => format!(
+                "large room, 1 + {} listeners, {}/s",
+                l["players"].as_u64().unwrap_or(1) - 1,
+                l["rate"]
+            ),
+            "join-storm" => format!("join storm, {} joins/s (connect to Joined)", l["rate"]),
+            "connections" => format!("{} idle connections, rooms of 50", l["count"]),
+            "micro" => {
+                for (bench, what) in [
+                    ("notes_50_players", "note batch, 50-player room"),
+                    ("join_50_players", "join, 50-player room"),
+                ] {
+                    let us = j[bench]["mean_ns"].as_f64().map(|n| n / 1000.0);
+                    t += &format!(
+                        "| core (criterion): {what} | `Room::handle` | mean {} µs | | | | | | |\n",
+                        us.map(|u| format!("{u:.2}")).unwrap_or("-".into())
+                    );
+                }
+                continue;
+            }
+            other => other.to_owned(),
+        };
+        let base = &j["baseline"];
+        for key in ["baseline", "fallback", "edge"] {
+            let r = &j[key];
+            if r.is_null() {
+                continue;
+            }
+            if j["scenario"] == "connections" {
+                let vs = match (
+                    r["kib_per_connection"].as_f64(),
+                    base["kib_per_connection"].as_f64(),
+                ) {
+                    (Some(x), Some(b)) if b > 0.0 => format!(" ({:.1}× baseline)", x / b),
+                    _ => String::new(),
+                };
+                t += &format!(
+                    "| {name} | {key}{} | | | | | | {} failed | {}{vs} |\n",
+                    if key == "edge" {
+                        " (workerd, indicative)"
+                    } else {
+                        ""
+                    },
+                    r["failed"],
+                    f(&r["kib_per_connection"], 1),
+                );
+                continue;
+            }
+            let ratio = |a: &serde_json::Value, b: &serde_json::Value, pct: bool| match (
+                a.as_f64(),
+                b.as_f64(),
+            ) {
+                (Some(x), Some(y)) if y > 0.0 => {
+                    if pct {
+                        format!("{:.0}%", 100.0 * x / y)
+                    } else {
+                        format!("{:.1}×", x / y)
+                    }
+                }
+                _ => "-".into(),
+            };
+            t += &format!(
+                "| {name} | {key} | {} | {} | {} | {} | {} | {} | |\n",
+                f(&r["delivered_per_sec"], 0),
+                ratio(&r["delivered_per_sec"], &base["delivered_per_sec"], true),
+                f(&r["latency_ms"]["p50"], 2),
+                f(&r["latency_ms"]["p99"], 2),
+                ratio(&r["latency_ms"]["p99"], &base["latency_ms"]["p99"], false),
+                r["lost"],
+            );
+        }
+    }
+    t
 }
