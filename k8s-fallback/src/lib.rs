@@ -15,7 +15,10 @@
 //! Layout (a request's path through the crate):
 //! - [`config`]: settings from the environment (documented in `k8s-fallback/README.md`).
 //! - [`http`]: the router (the edge's paths, `/readyz`, `/metrics`, static files) and the
-//!   WebSocket gate; [`auth`]: guest tokens, JWKS, token checks, the auth rate limit.
+//!   WebSocket gate; [`auth`]: guest tokens, JWKS, token checks (members' sessions included),
+//!   the auth rate limit; [`accounts`]: member accounts and sessions as the edge serves them
+//!   (register, login, refresh with rotation and reuse detection, logout, profiles, roles), in
+//!   SQLite or Redis, mirrored to and imported from MongoDB in the edge's layout.
 //! - [`ws`]: one player's socket: reader → room, bounded outbound queue → writer.
 //! - [`hub`]: the replica's state: local sockets, running rooms, followed rooms, the directory;
 //!   placement of a new connection ([`hub::Hub::attach`]); drain on SIGTERM.
@@ -24,7 +27,9 @@
 //!   the shared directory in Redis ([`redis_handle`]: the one reconnecting, time-bounded Redis
 //!   connection); [`wire`]: the binary messages replicas exchange;
 //!   [`mongo`]: with `MONGODB_URL`, every room change mirrored to MongoDB in the layout the edge
-//!   uses, and rooms the room store does not know restored from it.
+//!   uses, and rooms the room store does not know restored from it; [`network`]: in cluster
+//!   mode, the edge's cross-deployment keys (presence, `online`, the `rooms` index) and
+//!   `GET /api/network/rooms|online`.
 //! - [`metrics`]: counters and the relay latency histogram, in Prometheus text format.
 
 pub mod accounts;
