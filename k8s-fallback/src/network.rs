@@ -93,9 +93,13 @@ impl PresenceWriter {
         self.present = current;
     }
 
-    /// The room stops: everyone in it is gone from here; waits (bounded) until written.
-    pub async fn close(mut self) {
-        self.sync(std::iter::empty());
+    /// The room stops: everyone in it is gone from here; waits (bounded) until written. When
+    /// the lease was lost (`announce` false) another replica may already run the room and have
+    /// written its players: nothing is written then (that replica cleared ours when it started).
+    pub async fn close(mut self, announce: bool) {
+        if announce {
+            self.sync(std::iter::empty());
+        }
         let (reply, done) = oneshot::channel();
         if self.tx.send(Msg::Flush(reply)).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), done).await;

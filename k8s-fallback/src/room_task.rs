@@ -288,7 +288,7 @@ impl Task {
         self.flush_stats(true);
         if let Some(p) = self.presence.take() {
             // Before the lease goes: the next holder's "joined" must land after our "left".
-            p.close().await;
+            p.close(release).await;
         }
         self.writer.flush().await;
         if let Some(m) = &self.mirror {
