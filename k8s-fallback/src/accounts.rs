@@ -20,8 +20,8 @@
 //!   written to that revocation list (`layout::session_revoked`). With `MONGODB_URL`, every
 //!   account save is mirrored to MongoDB `accounts` exactly as the edge writes it
 //!   (`layout::account`, the serialized [`AccountData`] plus `usertag`), and a username unknown
-//!   here is looked up there at registration, login and profile reads and imported, so members
-//!   registered at the edge log in here and the other way round.
+//!   here is looked up there (at registration, login, and a signed-in member's own profile)
+//!   and imported, so members registered at the edge log in here and the other way round.
 
 use crate::http::{json, json_error, with_header};
 use crate::hub::Hub;
@@ -892,6 +892,7 @@ pub async fn register(hub: &Hub, bytes: &[u8]) -> Response {
         Err(e) => return unavailable(&e),
     }
     hub.accounts.mirror(&account);
+    tracing::info!(user = key, "member registered");
     start_session(hub, &account, &key, 201).await
 }
 
@@ -977,6 +978,7 @@ pub async fn refresh(hub: &Hub, bytes: &[u8]) -> Response {
         ),
         Ok(Refreshed::Reused) => {
             // A rotated-away refresh token came back: someone else may hold the new one.
+            tracing::warn!(user = key, sid, "refresh token reused: session revoked");
             hub.accounts.announce_revoked(sid, &account.user_id()).await;
             json_error(
                 401,
@@ -1106,7 +1108,8 @@ pub async fn user(hub: &Hub, raw_id: &str) -> Response {
     let Some(key) = user_key(raw_id) else {
         return json_error(404, "not_found", "no such user");
     };
-    match hub.accounts.find(&key).await {
+    // Local accounts only, as at the edge: an anonymous read must not cost a MongoDB lookup.
+    match hub.accounts.load(&key).await {
         Ok(Some(a)) => no_store(json(200, &a.public())),
         Ok(None) => json_error(404, "not_found", "no such user"),
         Err(e) => unavailable(&e),
