@@ -83,9 +83,23 @@ pub async fn mongo_client_speaks_the_data_api() {
     // to the driver as the filter (`coll.deleteOne(params)`), so it deletes nothing; the client
     // sends the Atlas shape (`{"filter": …}`), and nothing we persist ever deletes.
 
-    // A duplicate key is the op's fault: permanent.
+    // A duplicate key may be a race of two upserts: retried (the second attempt finds the
+    // document). An unknown update operator is the op's own fault: set aside.
     let e = mongo
         .insert_one(&coll, json!({"_id": "b"}))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("E11000") && e.is_transient(),
+        "{e:?}"
+    );
+    let e = mongo
+        .update_one(
+            &coll,
+            json!({"_id": "b"}),
+            json!({"$bogus": {"n": 1}}),
+            false,
+        )
         .await
         .unwrap_err();
     assert!(

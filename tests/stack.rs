@@ -117,6 +117,9 @@ impl Stack {
                     &port.to_string(),
                     "--log-level",
                     "WARNING",
+                    // Like Redis's `appendfsync always`: an acknowledged write survives the
+                    // SIGKILL of the fault test (without it WiredTiger may buffer it).
+                    "--sync-on-commit",
                     "--storage-path",
                 ])
                 .arg(self.dir.join("mongo"));

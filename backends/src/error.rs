@@ -12,26 +12,22 @@ pub enum BackendError {
     Unauthorized(u16),
     /// Any other non-success HTTP status, with the start of the body.
     Status { status: u16, body: String },
-    /// The backend understood the request and rejected it (a Redis `{"error"}`, a Data API 400).
+    /// The backend understood the request and refused it for what it is (an unknown operator,
+    /// a wrong Redis type): sending it again would fail the same way.
     Rejected(String),
-    /// The answer was not in the expected shape.
+    /// The answer was not in the expected shape (or was cut off).
     Decode(String),
 }
 
 impl BackendError {
-    /// Worth trying again later: the data is fine, the service (or its configuration) is not.
-    /// Credentials are included: an operator fixing a rotated key must not have lost the writes
-    /// made meanwhile. Rejections and undecodable answers would fail the same way again.
+    /// Worth trying again later. Only [`BackendError::Rejected`] is not: an error is treated
+    /// as the op's fault only when the backend says so in words we recognise
+    /// ([`from_status`](Self::from_status), [`redis_error`]); anything else (outages, wrong
+    /// credentials or URL, a gateway's unknown 400, a cut-off answer) keeps the data and
+    /// retries, because setting good data aside during an outage would lose it, while an op
+    /// that is wrongly retried only waits, visible in the outbox's status.
     pub fn is_transient(&self) -> bool {
-        match self {
-            BackendError::Timeout
-            | BackendError::Unreachable(_)
-            | BackendError::Unauthorized(_) => true,
-            BackendError::Status { status, body } => {
-                *status == 429 || *status >= 500 || looks_unavailable(body)
-            }
-            BackendError::Rejected(_) | BackendError::Decode(_) => false,
-        }
+        !matches!(self, BackendError::Rejected(_))
     }
 
     pub(crate) fn from_reqwest(e: reqwest::Error) -> BackendError {
@@ -45,14 +41,15 @@ impl BackendError {
     }
 
     /// Maps an HTTP failure status; `body` is cut to keep logs and outbox rows small.
+    /// Gateways in front of MongoDB answer 400 with the driver's message for everything, an
+    /// outage included, so a 400 is the op's fault only when the message says so.
     pub(crate) fn from_status(status: u16, body: &str) -> BackendError {
         let body: String = body.chars().take(300).collect();
         match status {
             401 | 403 => BackendError::Unauthorized(status),
-            // Gateways in front of MongoDB answer 400 with the driver's message when the
-            // database behind them is down; that is an outage, not a bad request.
-            400 if looks_unavailable(&body) => BackendError::Status { status, body },
-            400 | 404 | 409 | 422 => BackendError::Rejected(format!("{status}: {body}")),
+            400 | 409 | 422 if mongo_refuses_op(&body) && !looks_unavailable(&body) => {
+                BackendError::Rejected(format!("{status}: {body}"))
+            }
             _ => BackendError::Status { status, body },
         }
     }
@@ -90,18 +87,54 @@ impl std::error::Error for BackendError {}
 
 /// Driver and socket messages that mean "the database is unreachable", whatever the status.
 fn looks_unavailable(body: &str) -> bool {
-    const MARKERS: [&str; 9] = [
+    const MARKERS: [&str; 12] = [
         "ECONNREFUSED",
         "ECONNRESET",
         "ETIMEDOUT",
         "EPIPE",
         "Server selection timed out",
-        "MongoNetworkError",
+        "MongoNetwork",
         "MongoServerSelectionError",
-        "connection closed",
-        "Topology is closed",
+        "closed",
+        "not primary",
+        "shutdown",
+        "must be connected",
+        "pool",
     ];
     MARKERS.iter().any(|m| body.contains(m))
+}
+
+/// MongoDB's words for "this operation is malformed": it would fail again as it is.
+fn mongo_refuses_op(body: &str) -> bool {
+    const MARKERS: [&str; 10] = [
+        "BadValue",
+        "FailedToParse",
+        "unknown operator",
+        "Unknown modifier",
+        "failed validation",
+        "too large",
+        "would create a conflict",
+        "Cannot apply",
+        "must provide",
+        "InvalidParameter",
+    ];
+    MARKERS.iter().any(|m| body.contains(m))
+}
+
+/// Classifies one Redis error message: a wrong command or type is the op's fault; the rest
+/// (`LOADING`, `BUSY`, `READONLY`, `OOM`, `MASTERDOWN`, a gateway's lost connection, …) is an
+/// outage or overload, retried.
+pub fn redis_error(message: String) -> BackendError {
+    let permanent = (message.starts_with("ERR") || message.starts_with("WRONGTYPE"))
+        && !message.contains("max number of clients");
+    if permanent {
+        BackendError::Rejected(message)
+    } else {
+        BackendError::Status {
+            status: 200,
+            body: message,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -109,12 +142,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_gateway_reporting_its_database_down_is_transient() {
-        let down = BackendError::from_status(400, "connect ECONNREFUSED 127.0.0.1:27017");
-        assert!(down.is_transient(), "{down:?}");
-        let bad = BackendError::from_status(400, "E11000 duplicate key error");
+    fn only_recognised_refusals_are_permanent() {
+        for down in [
+            "connect ECONNREFUSED 127.0.0.1:27017",
+            "connection 7 to 127.0.0.1:27017 closed",
+            "Connection pool for 127.0.0.1:27017 was cleared because another operation failed",
+            "Client must be connected before running operations",
+            "not primary",
+            "interrupted at shutdown",
+            // A concurrent upsert of the same _id: the retry finds the document.
+            "E11000 duplicate key error collection: db.rooms index: _id_",
+            "something no one has seen before",
+        ] {
+            let e = BackendError::from_status(400, down);
+            assert!(e.is_transient(), "{down}: {e:?}");
+        }
+        let bad = BackendError::from_status(400, "Unknown modifier: $bogus");
         assert!(!bad.is_transient(), "{bad:?}");
-        assert!(BackendError::from_status(503, "").is_transient());
-        assert!(BackendError::from_status(401, "").is_transient());
+        for status in [401, 403, 404, 408, 425, 429, 500, 503] {
+            assert!(
+                BackendError::from_status(status, "").is_transient(),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn redis_errors_split_into_outages_and_bad_commands() {
+        for transient in [
+            "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script",
+            "READONLY You can't write against a read only replica.",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "Connection is closed.",
+            "Reached the max retries per request limit (which is 20).",
+            "ERR max number of clients reached",
+        ] {
+            assert!(redis_error(transient.into()).is_transient(), "{transient}");
+        }
+        for permanent in [
+            "ERR unknown command 'BAD'",
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+        ] {
+            assert!(!redis_error(permanent.into()).is_transient(), "{permanent}");
+        }
     }
 }

@@ -102,9 +102,11 @@ pub enum DeliveryError {
 
 impl DeliveryError {
     /// Keep the row and try again later.
+    /// A backend missing from the configuration keeps its rows (a configuration slip must not
+    /// lose them); only a backend's own refusal sets an op aside.
     pub fn is_transient(&self) -> bool {
         match self {
-            DeliveryError::NotConfigured(_) => false,
+            DeliveryError::NotConfigured(_) => true,
             DeliveryError::Backend(e) => e.is_transient(),
         }
     }

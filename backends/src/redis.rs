@@ -46,7 +46,7 @@ impl Upstash {
     /// Runs one command; a Redis error (`{"error"}`) is [`BackendError::Rejected`].
     pub async fn command(&self, command: &[String]) -> Result<Value, BackendError> {
         let answer = self.post("", &command).await?;
-        one_answer(answer)
+        one_answer(answer)?.map_err(crate::error::redis_error)
     }
 
     /// Runs commands in one round trip, in order (not atomically); each gets its own answer.
@@ -72,7 +72,7 @@ impl Upstash {
         }
         Ok(items
             .into_iter()
-            .map(|item| one_answer(item).map_err(|e| e.to_string()))
+            .map(|item| one_answer(item).unwrap_or_else(|e| Err(e.to_string())))
             .collect())
     }
 
@@ -82,7 +82,7 @@ impl Upstash {
         self.pipeline(commands)
             .await?
             .into_iter()
-            .map(|r| r.map_err(BackendError::Rejected))
+            .map(|r| r.map_err(crate::error::redis_error))
             .collect()
     }
 
@@ -98,27 +98,29 @@ impl Upstash {
         if (200..300).contains(&status) {
             return parsed.map_err(|e| BackendError::Decode(e.to_string()));
         }
-        // Upstash answers a failed command with 400 and `{"error"}`: the command's fault.
-        if status == 400
-            && let Ok(Value::Object(m)) = &parsed
+        // Upstash answers a failed command with 400 and `{"error"}`; gateways in front of a
+        // Redis that is down answer 500 and the same shape: the message decides.
+        if let Ok(Value::Object(m)) = &parsed
             && let Some(Value::String(e)) = m.get("error")
         {
-            return Err(BackendError::Rejected(e.clone()));
+            return Err(crate::error::redis_error(e.clone()));
         }
         Err(BackendError::from_status(status, &text))
     }
 }
 
-fn one_answer(answer: Value) -> Result<Value, BackendError> {
+/// One `{"result"}` / `{"error"}` answer: the outer error is a malformed answer, the inner one
+/// the message Redis gave for this command.
+fn one_answer(answer: Value) -> Result<Result<Value, String>, BackendError> {
     match answer {
         Value::Object(mut m) => {
             if let Some(e) = m.remove("error") {
-                return Err(BackendError::Rejected(match e {
+                return Ok(Err(match e {
                     Value::String(s) => s,
                     other => other.to_string(),
                 }));
             }
-            Ok(m.remove("result").unwrap_or(Value::Null))
+            Ok(Ok(m.remove("result").unwrap_or(Value::Null)))
         }
         other => Err(BackendError::Decode(format!("unexpected answer {other}"))),
     }
