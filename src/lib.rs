@@ -96,9 +96,13 @@ pub(crate) async fn relay_json(
     cache_control: Option<&str>,
 ) -> Result<Response> {
     let status = resp.status_code();
+    let retry_after = resp.headers().get("retry-after")?;
     let body = resp.text().await?;
     let mut out = Response::ok(body)?.with_status(status);
     out.headers_mut().set("content-type", "application/json")?;
+    if let Some(secs) = retry_after {
+        out.headers_mut().set("retry-after", &secs)?;
+    }
     if let Some(cache) = cache_control {
         out.headers_mut().set("cache-control", cache)?;
     }

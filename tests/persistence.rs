@@ -391,6 +391,23 @@ pub async fn edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis() {
 
     let name = unique("keeper");
     let user_id = format!("user:{name}");
+    // Concurrent registrations of one name while MongoDB is consulted: exactly one wins.
+    let contested = unique("contested");
+    let attempts = (0..4).map(|i| {
+        post_json(
+            &s,
+            "/api/auth/register",
+            None,
+            json!({"username": contested, "password": format!("password {i}")}),
+        )
+    });
+    let mut statuses: Vec<u16> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|(status, _)| status)
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, [201, 409, 409, 409]);
     let reg = register(&s, &name).await;
     let access = reg["access_token"].as_str().unwrap().to_owned();
     let (status, _) = put_me(&s, &access, json!({"name": "Keeper of Keys"})).await;
@@ -691,8 +708,19 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none() {
     // Account changes during the outage: a profile edit and a new registration.
     let (status, _) = put_me(&s, &access, json!({"name": "Through The Storm"})).await;
     assert_eq!(status, 200);
+    // A registration cannot check the shared accounts now: refused, not guessed (it could
+    // take a name another deployment gave out).
     let newcomer = unique("newcomer");
-    register(&s, &newcomer).await;
+    let resp = reqwest::Client::new()
+        .post(s.http("/api/auth/register"))
+        .json(&json!({"username": newcomer, "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "backend_unavailable");
     // Someone leaves while Redis is down.
     listener.close().await;
 
@@ -746,9 +774,21 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none() {
     })
     .await;
     eventually(
-        "the account registered during the outage",
+        "a registration refused during the outage, accepted after",
         Duration::from_secs(120),
-        || async { account_doc(&b, &format!("user:{newcomer}")).await },
+        || async {
+            let (status, _) = post_json(
+                &s,
+                "/api/auth/register",
+                None,
+                json!({"username": newcomer, "password": "correct horse"}),
+            )
+            .await;
+            if status != 201 && status != 409 {
+                return None;
+            }
+            account_doc(&b, &format!("user:{newcomer}")).await
+        },
     )
     .await;
     eventually(

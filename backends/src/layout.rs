@@ -147,7 +147,46 @@ fn chat_appended(deployment: &str, room: &str, r: &ChatRecord) -> Op {
     )
 }
 
-/// The whole account document, `$set` on every change (profile, roles, password).
+/// A new account: inserted only if no account of that id exists, so a registration racing
+/// one on another deployment never overwrites it (the loser's account stays local).
+pub fn account_created(user_id: &str, fields: Value, now: u64) -> Op {
+    let mut doc = match fields {
+        Value::Object(m) => m,
+        _ => Default::default(),
+    };
+    doc.remove("_id");
+    doc.insert("updated_at".into(), now.into());
+    Op::upsert(
+        ACCOUNTS,
+        json!({ "_id": user_id }),
+        json!({ "$setOnInsert": doc }),
+    )
+}
+
+/// A change to an existing account (profile, roles): applied only to the document of the same
+/// registration (same `tag`), never upserted, so it cannot take over an account of the same
+/// name that another deployment registered first.
+pub fn account_updated(user_id: &str, tag: &str, fields: Value, now: u64) -> Op {
+    let mut set = match fields {
+        Value::Object(m) => m,
+        _ => Default::default(),
+    };
+    for immutable in ["_id", "tag", "username", "usertag", "created_at"] {
+        set.remove(immutable);
+    }
+    set.insert("updated_at".into(), now.into());
+    Op::Mongo {
+        action: crate::outbox::MongoAction::UpdateOne,
+        collection: ACCOUNTS.into(),
+        filter: json!({ "_id": user_id, "tag": tag }),
+        update: json!({ "$set": set }),
+        upsert: false,
+    }
+}
+
+/// The whole account document, `$set` on every change (profile, roles, password). Prefer
+/// [`account_created`] and [`account_updated`], which cannot overwrite another deployment's
+/// account of the same name.
 pub fn account(user_id: &str, fields: Value, now: u64) -> Op {
     let mut set = match fields {
         Value::Object(m) => m,

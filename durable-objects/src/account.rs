@@ -127,6 +127,27 @@ struct SessionRow {
     revoked: i64,
 }
 
+/// After a failed MongoDB lookup, this object answers 503 without asking again for this long
+/// (each ask could cost a whole timeout).
+const LOOKUP_BACKOFF_MS: u64 = 5_000;
+
+/// What the shared database says about a username.
+enum Lookup {
+    Found(AccountData),
+    Absent,
+    Unavailable,
+}
+
+fn shared_accounts_unavailable() -> Result<Response> {
+    let mut resp = json_error(
+        503,
+        "backend_unavailable",
+        "accounts are shared with other deployments and their database cannot be reached: try again shortly",
+    )?;
+    resp.headers_mut().set("retry-after", "30")?;
+    Ok(resp)
+}
+
 pub const ROLES: [&str; 6] = ["guest", "member", "pro", "moderator", "admin", "bot"];
 
 #[durable_object]
@@ -190,7 +211,17 @@ impl Account {
                     return json_error(409, "username_taken", "that username is taken");
                 }
                 let key = r.username.trim().to_ascii_lowercase();
-                if self.import(&key).await?.is_some() {
+                match self.import(&key).await? {
+                    Lookup::Found(_) => {
+                        return json_error(409, "username_taken", "that username is taken");
+                    }
+                    // Registering now could take a name another deployment already gave out.
+                    Lookup::Unavailable => return shared_accounts_unavailable(),
+                    Lookup::Absent => {}
+                }
+                // Another registration of this name may have finished while we asked MongoDB;
+                // from here to the save nothing awaits, so this check holds.
+                if self.load()?.is_some() {
                     return json_error(409, "username_taken", "that username is taken");
                 }
                 let mut roles = vec!["member".to_owned()];
@@ -212,7 +243,7 @@ impl Account {
                     status: String::new(),
                     created_at: now,
                 };
-                self.save(&account)?;
+                self.save(&account, true)?;
                 self.new_session(&account, r.max_sessions, now, 201)
             }
             (Method::Post, "/login") => {
@@ -220,7 +251,12 @@ impl Account {
                 let local = match self.load()? {
                     Some(a) => Some(a),
                     None => match &r.key {
-                        Some(key) => self.import(key).await?,
+                        Some(key) => match self.import(key).await? {
+                            Lookup::Found(a) => Some(a),
+                            Lookup::Absent => None,
+                            // Maybe registered on another deployment: say so, not "wrong".
+                            Lookup::Unavailable => return shared_accounts_unavailable(),
+                        },
                         None => None,
                     },
                 };
@@ -233,7 +269,7 @@ impl Account {
                 }
                 if r.admin && !account.roles.iter().any(|x| x == "admin") {
                     account.roles.push("admin".into());
-                    self.save(&account)?;
+                    self.save(&account, false)?;
                 }
                 self.new_session(&account, r.max_sessions, now, 200)
             }
@@ -317,7 +353,7 @@ impl Account {
                         Err(e) => return json_error(400, "invalid_status", &e),
                     }
                 }
-                self.save(&a)?;
+                self.save(&a, false)?;
                 Response::from_json(&a.public())
             }
             (Method::Post, "/roles") => {
@@ -339,7 +375,7 @@ impl Account {
                         a.roles.push(role);
                     }
                 }
-                self.save(&a)?;
+                self.save(&a, false)?;
                 Response::from_json(&a.public())
             }
             _ => json_error(404, "not_found", "no such account route"),
@@ -365,8 +401,10 @@ impl Account {
             .and_then(|r| serde_json::from_str(&r.data).ok()))
     }
 
-    /// Writes the account, and queues its document for the shared database in the same step.
-    fn save(&self, a: &AccountData) -> Result<()> {
+    /// Writes the account, and queues its document for the shared database in the same step:
+    /// inserted if absent when `created`, otherwise updated only where it is the same
+    /// registration (see [`layout::account_created`], [`layout::account_updated`]).
+    fn save(&self, a: &AccountData, created: bool) -> Result<()> {
         let sql = self.state.storage().sql();
         sql.exec(
             "INSERT INTO account (id, data) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data",
@@ -376,21 +414,26 @@ impl Account {
             let mut doc = serde_json::to_value(a)?;
             doc["usertag"] = format!("{}#{}", a.username, a.tag).into();
             let now = Date::now().as_millis();
-            self.outbox
-                .enqueue(&sql, [layout::account(&a.user_id(), doc, now)], now)?;
+            let op = if created {
+                layout::account_created(&a.user_id(), doc, now)
+            } else {
+                layout::account_updated(&a.user_id(), &a.tag, doc, now)
+            };
+            self.outbox.enqueue(&sql, [op], now)?;
         }
         Ok(())
     }
 
     /// An account this deployment does not know yet may have been registered by another one
-    /// sharing the database: read it from MongoDB and keep it here. Without MongoDB, or while it
-    /// is unreachable, only local accounts exist (logged: registrations then only check locally).
-    async fn import(&self, key: &str) -> Result<Option<AccountData>> {
+    /// sharing the database: read it from MongoDB and keep it here. Without MongoDB the answer
+    /// is `Absent` (only local accounts exist); while it is unreachable (or failed in the last
+    /// few seconds), `Unavailable`, and callers refuse rather than guess.
+    async fn import(&self, key: &str) -> Result<Lookup> {
         let Some(mongo) = self.outbox.backends().and_then(|b| b.mongo.as_ref()) else {
-            return Ok(None);
+            return Ok(Lookup::Absent);
         };
         if self.lookup_skip_until.get() > Date::now().as_millis() {
-            return Ok(None);
+            return Ok(Lookup::Unavailable);
         }
         let doc = match mongo
             .find_one(
@@ -401,23 +444,27 @@ impl Account {
         {
             Ok(doc) => doc,
             Err(e) => {
-                console_warn!("account lookup in MongoDB failed, using local accounts only: {e}");
-                self.lookup_skip_until.set(Date::now().as_millis() + 30_000);
-                return Ok(None);
+                console_warn!("account lookup in MongoDB failed: {e}");
+                self.lookup_skip_until
+                    .set(Date::now().as_millis() + LOOKUP_BACKOFF_MS);
+                return Ok(Lookup::Unavailable);
             }
         };
         let Some(account) = doc.and_then(|d| serde_json::from_value::<AccountData>(d).ok()) else {
-            return Ok(None);
+            return Ok(Lookup::Absent);
         };
         // Another request may have created the account here while we waited.
         if let Some(local) = self.load()? {
-            return Ok(Some(local));
+            return Ok(Lookup::Found(local));
         }
         self.state.storage().sql().exec(
             "INSERT OR IGNORE INTO account (id, data) VALUES (1, ?)",
             vec![serde_json::to_string(&account)?.into()],
         )?;
-        self.load()
+        Ok(match self.load()? {
+            Some(a) => Lookup::Found(a),
+            None => Lookup::Absent,
+        })
     }
 
     fn session(&self, sid: &str) -> Result<Option<SessionRow>> {
