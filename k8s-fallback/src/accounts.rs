@@ -19,7 +19,7 @@
 //! - **Shared with the edge**: with Redis, every ended session (logout, reuse, eviction) is also
 //!   written to that revocation list (`layout::session_revoked`). With `MONGODB_URL`, every
 //!   account save is mirrored to MongoDB `accounts` exactly as the edge writes it
-//!   (`layout::account`, the serialized [`AccountData`] plus `usertag`), and a username unknown
+//!   (`layout::account_created` / `account_updated`, the serialized [`AccountData`] plus `usertag`), and a username unknown
 //!   here is looked up there (at registration, login, and a signed-in member's own profile)
 //!   and imported, so members registered at the edge log in here and the other way round.
 
@@ -389,15 +389,23 @@ impl Accounts {
             }
         };
         if let Some(a) = &updated {
-            self.mirror(a);
+            self.mirror(a, false);
         }
         Ok(updated)
     }
 
-    /// Queues the account's document for MongoDB (as the edge's `Account::save`).
-    fn mirror(&self, a: &AccountData) {
+    /// Queues the account's document for MongoDB (as the edge's `Account::save`): inserted
+    /// only if absent when `created` (a registration racing one elsewhere never overwrites
+    /// it), otherwise applied only to the document of the same registration (same tag).
+    fn mirror(&self, a: &AccountData, created: bool) {
         if let Some(tx) = &self.mongo_writes {
-            let _ = tx.send(layout::account(&a.user_id(), a.document(), crate::now_ms()));
+            let now = crate::now_ms();
+            let op = if created {
+                layout::account_created(&a.user_id(), a.document(), now)
+            } else {
+                layout::account_updated(&a.user_id(), &a.tag, a.document(), now)
+            };
+            let _ = tx.send(op);
         }
     }
 
@@ -891,7 +899,7 @@ pub async fn register(hub: &Hub, bytes: &[u8]) -> Response {
         Ok(false) => return taken(),
         Err(e) => return unavailable(&e),
     }
-    hub.accounts.mirror(&account);
+    hub.accounts.mirror(&account, true);
     tracing::info!(user = key, "member registered");
     start_session(hub, &account, &key, 201).await
 }
