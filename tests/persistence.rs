@@ -828,6 +828,25 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none() {
         .await
         .unwrap();
     assert_eq!(docs.len(), sent.len());
+    // And nothing was set aside or left behind.
+    let queued = eventually(
+        "the room's outbox empty",
+        Duration::from_secs(60),
+        || async {
+            let v: Value = reqwest::Client::new()
+                .get(s.http(&format!("/api/admin/rooms/{room}/outbox")))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["pending"] == 0).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(queued["dead"], 0, "{queued}");
     owner.close().await;
 }
 

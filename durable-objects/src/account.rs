@@ -190,12 +190,18 @@ impl DurableObject for Account {
     }
 
     async fn alarm(&self) -> Result<Response> {
-        let now = Date::now().as_millis();
-        let flushed = self.outbox.flush(&self.state.storage().sql(), now).await?;
+        self.outbox.begin_alarm();
+        let sql = self.state.storage().sql();
+        let flushed = self.outbox.flush(&sql, Date::now().as_millis()).await;
         self.outbox
-            .rearm(&self.state.storage(), &flushed, None, now)
-            .await?;
-        Response::from_json(&flushed)
+            .finish_alarm(
+                &self.state.storage(),
+                &sql,
+                flushed,
+                None,
+                Date::now().as_millis(),
+            )
+            .await
     }
 }
 

@@ -66,9 +66,6 @@ pub struct Room {
     outbox: Outbox,
     /// When players' activity was last added to their totals.
     stats_flushed_at: Cell<u64>,
-    /// An alarm is set to add the activity gathered since (so a room that falls quiet, and may
-    /// then be evicted, does not keep it only in memory).
-    stats_alarm: Cell<bool>,
 }
 
 /// How often players' activity is added to their stored totals while they play.
@@ -83,7 +80,6 @@ impl DurableObject for Room {
             loaded: RefCell::new(None),
             started_at: now(),
             stats_flushed_at: Cell::new(now()),
-            stats_alarm: Cell::new(false),
         }
     }
 
@@ -163,16 +159,22 @@ impl DurableObject for Room {
         Ok(())
     }
 
-    /// Adds pending activity to the stats and delivers the outbox.
+    /// Adds pending activity to the stats and delivers the outbox; comes back in
+    /// [`STATS_EVERY_MS`] while players are still active.
     async fn alarm(&self) -> Result<Response> {
-        self.stats_alarm.set(false);
+        self.outbox.begin_alarm();
         self.flush_stats(true);
         let sql = self.state.storage().sql();
-        let flushed = self.outbox.flush(&sql, now()).await?;
+        let flushed = self.outbox.flush(&sql, now()).await;
+        let stats_due = self
+            .loaded
+            .borrow()
+            .as_ref()
+            .is_some_and(|l| l.room.has_stats())
+            .then(|| now() + STATS_EVERY_MS);
         self.outbox
-            .rearm(&self.state.storage(), &flushed, None, now())
-            .await?;
-        Response::from_json(&flushed)
+            .finish_alarm(&self.state.storage(), &sql, flushed, stats_due, now())
+            .await
     }
 }
 
@@ -424,23 +426,6 @@ impl Room {
     /// Talks to the lobby, after the room's own effects are done (players never wait on it).
     /// Failures are logged: the directory heals at the room's next report or wake.
     async fn directory(&self, ops: Vec<DirectoryOp>) {
-        if let Err(e) = self.outbox.kick(&self.state.storage(), now()).await {
-            console_error!("could not arm the outbox alarm: {e}");
-        }
-        let stats_waiting = self
-            .loaded
-            .borrow()
-            .as_ref()
-            .is_some_and(|l| l.room.has_stats());
-        if stats_waiting && !self.stats_alarm.get() && self.outbox.wants(Lane::Mongo) {
-            self.stats_alarm.set(true);
-            let storage = self.state.storage();
-            let at = now() + STATS_EVERY_MS;
-            let sooner = matches!(storage.get_alarm().await, Ok(Some(t)) if t as u64 <= at);
-            if !sooner && let Err(e) = outbox::set_alarm_at(&storage, at, now()).await {
-                console_error!("could not arm the stats alarm: {e}");
-            }
-        }
         for op in ops {
             let result = match op {
                 DirectoryOp::Report(report) => self.lobby("/report", &report).await.map(drop),
@@ -471,6 +456,32 @@ impl Room {
             if let Err(e) = result {
                 console_warn!("directory call failed: {e}");
             }
+        }
+        self.arm_alarm().await;
+    }
+
+    /// After an event: the outbox's new rows go out now, and activity not yet added to the
+    /// stats is added within [`STATS_EVERY_MS`] even if the room falls quiet (and may then be
+    /// evicted with it in memory).
+    async fn arm_alarm(&self) {
+        let storage = self.state.storage();
+        let at = now();
+        if let Err(e) = self.outbox.kick(&storage, at).await {
+            console_error!("could not arm the outbox alarm: {e}");
+        }
+        let stats_waiting = self.outbox.wants(Lane::Mongo)
+            && self
+                .loaded
+                .borrow()
+                .as_ref()
+                .is_some_and(|l| l.room.has_stats());
+        if stats_waiting
+            && let Err(e) = self
+                .outbox
+                .alarm_by(&storage, at + STATS_EVERY_MS, at)
+                .await
+        {
+            console_error!("could not arm the stats alarm: {e}");
         }
     }
 

@@ -98,10 +98,11 @@ impl DurableObject for Lobby {
     /// Delivers the outbox and sweeps stale entries; re-armed for whichever is due first.
     async fn alarm(&self) -> Result<Response> {
         self.ensure_loaded()?;
+        self.outbox.begin_alarm();
         let flushed = self
             .outbox
             .flush(&self.state.storage().sql(), Date::now().as_millis())
-            .await?;
+            .await;
         let stale = self.with(|l| l.directory.stale(Date::now().as_millis()));
         for room in stale {
             if let Err(e) = self.room_call(&room, "/refresh", None).await {
@@ -110,10 +111,10 @@ impl DurableObject for Lobby {
         }
         let now = Date::now().as_millis();
         let sweep = (!self.with(|l| l.directory.is_empty())).then_some(now + SWEEP_EVERY_MS);
+        let sql = self.state.storage().sql();
         self.outbox
-            .rearm(&self.state.storage(), &flushed, sweep, now)
-            .await?;
-        Response::empty()
+            .finish_alarm(&self.state.storage(), &sql, flushed, sweep, now)
+            .await
     }
 }
 
@@ -238,18 +239,16 @@ impl Lobby {
         Some(Op::redis(commands))
     }
 
+    /// The sweep runs within [`SWEEP_EVERY_MS`] while the directory lists anything (the same
+    /// alarm delivers the outbox; an alarm with nothing left to do removes itself).
     async fn arm_sweep(&self) -> Result<()> {
-        let storage = self.state.storage();
         if self.with(|l| l.directory.is_empty()) {
-            // The alarm also delivers the outbox: keep it while rows wait.
-            if self.outbox.pending(&self.state.storage().sql())? == 0 {
-                storage.delete_alarm().await?;
-            }
-        } else if storage.get_alarm().await?.is_none() {
-            let now = Date::now().as_millis();
-            crate::outbox::set_alarm_at(&storage, now + SWEEP_EVERY_MS, now).await?;
+            return Ok(());
         }
-        Ok(())
+        let now = Date::now().as_millis();
+        self.outbox
+            .alarm_by(&self.state.storage(), now + SWEEP_EVERY_MS, now)
+            .await
     }
 
     /// Sends a listing change to every subscribed room. A room that answers 410 has no

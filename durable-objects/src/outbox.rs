@@ -3,12 +3,19 @@
 //! An op is inserted into the object's SQLite in the same synchronous step as the state change
 //! it mirrors, so both commit together (workerd batches the writes of one event atomically);
 //! then the object's alarm delivers the rows, oldest first, one lane per backend, deleting each
-//! once acknowledged. A transient failure leaves the row (with its attempt count and error) and
-//! re-arms the alarm after a backoff (a newer write of the same document fields replaces a
-//! queued older one, so a long outage leaves one row per field, plus the chat, not one per
-//! change); a rejected op is moved to `outbox_dead` (kept for the
-//! operator, never silently dropped) so it cannot hold up the rest. Players never wait on any of
-//! this: delivery runs in the alarm, and fetches yield to the object's other events.
+//! once acknowledged. A newer write of the same document fields replaces a queued older one,
+//! so a long outage leaves one row per field (plus the chat), not one per change.
+//!
+//! Failures: a transient one leaves the row (with its attempt count and error) and puts its
+//! lane in backoff (1 s doubling to 60 s) while the other lane carries on; an op the backend
+//! refuses as such is moved to `outbox_dead` (kept for the operator, never silently dropped) so
+//! it cannot hold up the rest.
+//!
+//! The alarm: [`Outbox::kick`] after an event that queued rows; [`Outbox::begin_alarm`] /
+//! [`Outbox::finish_alarm`] around the handler, which always sets the next alarm from the
+//! table itself (rows queued while it ran included) and the object's own timer, even when the
+//! flush failed. Players never wait on any of this: delivery runs in the alarm, and fetches
+//! yield to the object's other events.
 
 use piano_backends::outbox::{Lane, Op, deliver, retry_delay_ms};
 use piano_backends::{Backends, layout};
@@ -53,13 +60,38 @@ pub fn backends(env: &Env) -> Option<Backends> {
     }
 }
 
-/// One object's outbox.
+/// One object's outbox, and the keeper of the object's alarm (which the object may share for
+/// a timer of its own: the Lobby's sweep, the Room's stats).
 pub struct Outbox {
     backends: Option<Backends>,
-    /// Ops were queued since the alarm was last checked.
+    /// Ops were queued since the alarm was last made sure of.
     dirty: Cell<bool>,
     /// A flush is running: a second one would deliver the same rows out of order.
     flushing: Cell<bool>,
+    /// The alarm handler is running: it sets the next alarm when it ends, from the table.
+    in_alarm: Cell<bool>,
+    /// When the alarm is set for, as far as this instance knows (`None`: unknown or none).
+    scheduled: Cell<Option<u64>>,
+    /// Per lane (Mongo, Redis): no delivery attempts before this time (backoff after a
+    /// failure), so a failing backend neither holds up the other lane nor is retried on every
+    /// new write.
+    lane_retry_at: [Cell<u64>; 2],
+}
+
+/// Resets the `flushing` flag however a flush ends.
+struct FlushGuard<'a>(&'a Cell<bool>);
+
+impl Drop for FlushGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+fn lane_index(lane: Lane) -> usize {
+    match lane {
+        Lane::Mongo => 0,
+        Lane::Redis => 1,
+    }
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -90,6 +122,9 @@ impl Outbox {
             backends: backends(env),
             dirty: Cell::new(false),
             flushing: Cell::new(false),
+            in_alarm: Cell::new(false),
+            scheduled: Cell::new(None),
+            lane_retry_at: [Cell::new(0), Cell::new(0)],
         }
     }
 
@@ -141,49 +176,101 @@ impl Outbox {
         Ok(())
     }
 
-    /// After queuing: makes sure the alarm runs now (unless it already will sooner). During a
-    /// flush nothing is set here: the alarm handler re-arms when it ends ([`Outbox::rearm`]).
+    /// After queuing: makes sure the alarm runs now (unless it already will). During the alarm
+    /// handler nothing is set here: [`Outbox::finish_alarm`] looks at the table when it ends.
     pub async fn kick(&self, storage: &Storage, now: u64) -> Result<()> {
-        if self.flushing.get() || !self.dirty.replace(false) {
+        if self.in_alarm.get() || !self.dirty.replace(false) {
             return Ok(());
         }
-        match storage.get_alarm().await? {
-            Some(at) if at <= now as i64 => Ok(()),
-            _ => set_alarm_at(storage, now, now).await,
-        }
+        self.alarm_by(storage, now, now).await
     }
 
-    /// At the end of an alarm handler: the next alarm is the earliest of the outbox's retry,
-    /// "now" if ops were queued during the flush, and the object's own `other` timer; with none
-    /// of them the alarm is removed.
-    pub async fn rearm(
+    /// Makes sure the alarm runs by `at` (for the object's own timers too). Cheap when this
+    /// instance already set it that early; during the alarm handler it is left to
+    /// [`Outbox::finish_alarm`] (whose `other` argument carries such timers).
+    pub async fn alarm_by(&self, storage: &Storage, at: u64, now: u64) -> Result<()> {
+        if self.in_alarm.get() {
+            return Ok(());
+        }
+        if self.scheduled.get().is_some_and(|t| t <= at) {
+            return Ok(());
+        }
+        if let Some(existing) = storage.get_alarm().await?
+            && existing as u64 <= at
+        {
+            self.scheduled.set(Some(existing as u64));
+            return Ok(());
+        }
+        set_alarm_at(storage, at, now).await?;
+        self.scheduled.set(Some(at));
+        Ok(())
+    }
+
+    /// At the start of the alarm handler (the alarm that fired is spent).
+    pub fn begin_alarm(&self) {
+        self.in_alarm.set(true);
+        self.scheduled.set(None);
+    }
+
+    /// At the end of the alarm handler, whatever the flush did: the next alarm is the earliest
+    /// of each lane's next attempt (rows queued while the handler ran included) and the
+    /// object's `other` timer; with none, there is no alarm.
+    pub async fn finish_alarm(
         &self,
         storage: &Storage,
-        flushed: &Flushed,
+        sql: &SqlStorage,
+        flushed: Result<Flushed>,
         other: Option<u64>,
         now: u64,
-    ) -> Result<()> {
-        let queued = self.dirty.replace(false).then_some(now);
-        let next = [flushed.retry_at, queued, other]
-            .into_iter()
-            .flatten()
-            .min();
+    ) -> Result<Response> {
+        self.in_alarm.set(false);
+        self.dirty.set(false);
+        let (flushed, failed) = match flushed {
+            Ok(f) => (f, None),
+            Err(e) => {
+                console_error!("outbox flush failed, retrying in 5 s: {e}");
+                (Flushed::default(), Some(now + 5000))
+            }
+        };
+        let lanes = self.next_attempts(sql, now).unwrap_or_else(|e| {
+            console_error!("outbox read failed, retrying in 5 s: {e}");
+            Some(now + 5000)
+        });
+        let next = [lanes, failed, other].into_iter().flatten().min();
         match next {
-            Some(at) => set_alarm_at(storage, at, now).await,
-            None => storage.delete_alarm().await,
+            Some(at) => {
+                set_alarm_at(storage, at, now).await?;
+                self.scheduled.set(Some(at));
+            }
+            None => {
+                storage.delete_alarm().await?;
+                self.scheduled.set(None);
+            }
         }
+        Response::from_json(&flushed)
     }
 
-    /// Rows waiting (for objects that decide whether they still need their alarm).
-    pub fn pending(&self, sql: &SqlStorage) -> Result<usize> {
+    /// The earliest time a lane with waiting rows may be tried again.
+    fn next_attempts(&self, sql: &SqlStorage, now: u64) -> Result<Option<u64>> {
+        #[derive(serde::Deserialize)]
+        struct LaneRow {
+            lane: String,
+        }
         if self.backends.is_none() {
-            return Ok(0);
+            return Ok(None);
         }
         sql.exec(SCHEMA, None)?;
-        count(sql, "SELECT COUNT(*) AS n FROM outbox")
+        let waiting: Vec<LaneRow> = sql
+            .exec("SELECT DISTINCT lane FROM outbox", None)?
+            .to_array()?;
+        Ok(waiting
+            .iter()
+            .filter_map(|r| Lane::ALL.into_iter().find(|l| l.as_str() == r.lane))
+            .map(|lane| self.lane_retry_at[lane_index(lane)].get().max(now))
+            .min())
     }
 
-    /// Delivers what is queued; both lanes run side by side.
+    /// Delivers what is queued; both lanes run side by side, each skipped while in backoff.
     pub async fn flush(&self, sql: &SqlStorage, now: u64) -> Result<Flushed> {
         let Some(backends) = self.backends.as_ref() else {
             return Ok(Flushed::default());
@@ -194,12 +281,14 @@ impl Outbox {
                 ..Flushed::default()
             });
         }
+        let _guard = FlushGuard(&self.flushing);
+        // Rows queued from here on are seen by the end of the alarm (`finish_alarm`).
+        self.dirty.set(false);
         sql.exec(SCHEMA, None)?;
         let (mongo, redis) = futures_util::join!(
             self.flush_lane(sql, backends, Lane::Mongo, now),
             self.flush_lane(sql, backends, Lane::Redis, now)
         );
-        self.flushing.set(false);
         let (mongo, redis) = (mongo?, redis?);
         let pending = count(sql, "SELECT COUNT(*) AS n FROM outbox")?;
         let retry_at = match (mongo.retry_at, redis.retry_at) {
@@ -223,6 +312,11 @@ impl Outbox {
         now: u64,
     ) -> Result<Flushed> {
         let mut done = Flushed::default();
+        let retry_at = &self.lane_retry_at[lane_index(lane)];
+        if retry_at.get() > now {
+            done.retry_at = Some(retry_at.get());
+            return Ok(done);
+        }
         let rows: Vec<Row> = sql
             .exec(
                 "SELECT id, op, attempts FROM outbox WHERE lane = ? ORDER BY id LIMIT ?",
@@ -242,6 +336,7 @@ impl Outbox {
                 Ok(()) => {
                     sql.exec("DELETE FROM outbox WHERE id = ?", vec![row.id.into()])?;
                     done.delivered += 1;
+                    retry_at.set(0);
                 }
                 Err(e) if e.is_transient() => {
                     let attempts = row.attempts + 1;
@@ -255,7 +350,9 @@ impl Outbox {
                             lane.as_str()
                         );
                     }
-                    done.retry_at = Some(now + retry_delay_ms(attempts.clamp(1, 64) as u32));
+                    let at = now + retry_delay_ms(attempts.clamp(1, 64) as u32);
+                    retry_at.set(at);
+                    done.retry_at = Some(at);
                     break; // later rows wait: order within a lane is kept
                 }
                 Err(e) => {
