@@ -6,6 +6,7 @@
 //! 502 `backend_unavailable` while it cannot be reached.
 
 use piano_backends::Backends;
+use piano_backends::layout::NetworkSnapshot;
 use piano_backends::redis::{Upstash, cmd};
 use piano_durable_objects::json_error;
 use serde_json::{Value, json};
@@ -60,29 +61,46 @@ fn redis(env: &Env) -> std::result::Result<(Upstash, Backends), Result<Response>
     }
 }
 
-/// An `HGETALL` answer (`[field, value, …]`) as (field, parsed JSON value) pairs.
-async fn hash_entries(
+/// Every deployment's shared index (`layout::network_reads` for each member of
+/// `deployments`), in two round trips.
+async fn snapshots(
     redis: &Upstash,
-    key: &str,
-) -> std::result::Result<Vec<(String, Value)>, Result<Response>> {
-    let answer = redis.command(&cmd(["HGETALL", key])).await.map_err(|e| {
-        console_warn!("redis HGETALL failed: {e}");
+    keys: &piano_backends::layout::Keys,
+) -> std::result::Result<Vec<NetworkSnapshot>, Result<Response>> {
+    let unavailable = |e: piano_backends::BackendError| {
+        console_warn!("reading the shared index failed: {e}");
         json_error(
             502,
             "backend_unavailable",
             "the shared Redis cannot be reached right now",
         )
-    })?;
-    let flat: Vec<String> = match answer {
-        Value::Array(items) => items
-            .into_iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        _ => Vec::new(),
     };
-    Ok(flat
+    let strings = |v: Value| -> Vec<String> {
+        match v {
+            Value::Array(items) => items
+                .into_iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let deployments = strings(
+        redis
+            .command(&cmd(["SMEMBERS", &keys.deployments()]))
+            .await
+            .map_err(unavailable)?,
+    );
+    let reads: Vec<_> = deployments
+        .iter()
+        .flat_map(|d| piano_backends::layout::network_reads(keys, d))
+        .collect();
+    let answers = redis.pipeline_all(&reads).await.map_err(unavailable)?;
+    Ok(answers
         .chunks_exact(2)
-        .filter_map(|pair| Some((pair[0].clone(), serde_json::from_str(&pair[1]).ok()?)))
+        .map(|pair| NetworkSnapshot {
+            rooms: strings(pair[0].clone()),
+            online: strings(pair[1].clone()),
+        })
         .collect())
 }
 
@@ -92,39 +110,27 @@ pub async fn rooms(env: &Env) -> Result<Response> {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let mut rooms: Vec<Value> = match hash_entries(&redis, &b.keys.rooms()).await {
-        Ok(entries) => entries.into_iter().map(|(_, v)| v).collect(),
+    let snapshots = match snapshots(&redis, &b.keys).await {
+        Ok(s) => s,
         Err(resp) => return resp,
     };
-    rooms.sort_by(|a, b| {
-        let players = |v: &Value| v["players"].as_u64().unwrap_or(0);
-        players(b)
-            .cmp(&players(a))
-            .then_with(|| a["name"].as_str().cmp(&b["name"].as_str()))
-    });
+    let rooms = piano_backends::layout::network_rooms(&snapshots);
     let mut resp = Response::from_json(&json!({ "rooms": rooms }))?;
     resp.headers_mut().set("cache-control", "no-store")?;
     Ok(resp)
 }
 
-/// `GET /api/network/online`: who is in which room, on every deployment.
+/// `GET /api/network/online`: who is online on every deployment, and in which listed room.
 pub async fn online(env: &Env) -> Result<Response> {
     let (redis, b) = match redis(env) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let entries = match hash_entries(&redis, &b.keys.online()).await {
-        Ok(e) => e,
+    let snapshots = match snapshots(&redis, &b.keys).await {
+        Ok(s) => s,
         Err(resp) => return resp,
     };
-    let users: Vec<Value> = entries
-        .into_iter()
-        .filter_map(|(field, mut v)| {
-            let (user_id, _room) = field.split_once(' ')?;
-            v["user_id"] = user_id.into();
-            Some(v)
-        })
-        .collect();
+    let users = piano_backends::layout::network_online(&snapshots);
     let mut resp = Response::from_json(&json!({ "online": users }))?;
     resp.headers_mut().set("cache-control", "no-store")?;
     Ok(resp)

@@ -236,7 +236,7 @@ pub async fn outbox_ops_are_idempotent() {
     assert_eq!(docs, [json!({"_id": "m1", "text": "once"})]);
     let redis = backends.redis.as_ref().unwrap();
     let members = redis
-        .command(&cmd(["HKEYS", &keys.presence("r")]))
+        .command(&cmd(["HKEYS", &keys.presence("test", "r")]))
         .await
         .unwrap();
     assert_eq!(members, json!(["user:idem"]));
@@ -354,11 +354,11 @@ async fn account_doc(b: &Backends, user_id: &str) -> Option<Value> {
         .ok()?
 }
 
-async fn presence(b: &Backends, room: &str) -> Option<Vec<String>> {
+async fn presence(b: &Backends, deployment: &str, room: &str) -> Option<Vec<String>> {
     let keys = b
         .redis
         .as_ref()?
-        .command(&cmd(["HKEYS", &b.keys.presence(room)]))
+        .command(&cmd(["HKEYS", &b.keys.presence(deployment, room)]))
         .await
         .ok()?;
     let mut keys: Vec<String> = serde_json::from_value(keys).ok()?;
@@ -493,7 +493,7 @@ pub async fn edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis() {
 
     // Presence and the room index land in Redis, and the network endpoints read them.
     let present = eventually("both players present", SETTLE, || async {
-        presence(&b, &room).await.filter(|p| p.len() == 2)
+        presence(&b, "edge-a", &room).await.filter(|p| p.len() == 2)
     })
     .await;
     assert!(present.contains(&user_id), "{present:?}");
@@ -507,18 +507,51 @@ pub async fn edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis() {
             .is_some_and(|r| r["deployment"] == "edge-a" && r["players"] == 2),
         "{listed}"
     );
-    let (_, online) = get_json(&s, "/api/network/online").await;
-    assert!(
-        online["online"].as_array().is_some_and(|o| o
+    // Someone in a hidden room is online, but where is not said.
+    let secret_room = unique("secret");
+    let mut hider = s.player(&secret_room, "Hider").await;
+    hider
+        .send(cm::Msg::Join(proto::Join {
+            password: String::new(),
+            create_settings: Some(proto::UpdateSettings {
+                visible: Some(false),
+                ..Default::default()
+            }),
+        }))
+        .await;
+    hider
+        .recv_matching(|m| matches!(m, Msg::Joined(_)).then_some(()))
+        .await;
+    let hider_id = hider.welcome.you.clone().unwrap().user_id;
+    let online = eventually("both rooms' players online", SETTLE, || async {
+        let (_, online) = get_json(&s, "/api/network/online").await;
+        let users = online["online"].as_array()?.clone();
+        let ours = users
             .iter()
-            .any(|u| u["user_id"] == user_id.as_str() && u["room"] == room.as_str())),
-        "{online}"
-    );
+            .any(|u| u["user_id"] == user_id.as_str() && u["room"] == room.as_str());
+        let hidden = users
+            .iter()
+            .find(|u| u["user_id"] == hider_id.as_str())
+            .cloned();
+        (ours && hidden.is_some()).then_some(online)
+    })
+    .await;
+    let hidden = online["online"]
+        .as_array()
+        .and_then(|o| {
+            o.iter()
+                .find(|u| u["user_id"] == hider_id.as_str())
+                .cloned()
+        })
+        .unwrap_or_default();
+    assert_eq!(hidden["room"], Value::Null, "{online}");
+    assert!(!online.to_string().contains(&secret_room), "{online}");
+    hider.close().await;
 
     // Leaving clears presence.
     guest.close().await;
     eventually("the guest's presence removed", SETTLE, || async {
-        presence(&b, &room)
+        presence(&b, "edge-a", &room)
             .await
             .filter(|p| p == std::slice::from_ref(&user_id))
     })
@@ -795,7 +828,7 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none() {
         "presence without the listener",
         Duration::from_secs(120),
         || async {
-            presence(&b, &room)
+            presence(&b, "edge-fault", &room)
                 .await
                 .filter(|p| p == std::slice::from_ref(&user_id))
         },
@@ -860,14 +893,16 @@ pub async fn presence_of_players_lost_in_a_restart_is_cleared() {
     let mut before = s.player(&room, "Before").await;
     before.join().await;
     let first = eventually("the first player present", SETTLE, || async {
-        presence(&b, &room).await.filter(|p| p.len() == 1)
+        presence(&b, "edge-restart", &room)
+            .await
+            .filter(|p| p.len() == 1)
     })
     .await;
     s.restart();
     let mut after = s.player(&room, "After").await;
     after.join().await;
     let now_present = eventually("only the second player present", SETTLE, || async {
-        presence(&b, &room)
+        presence(&b, "edge-restart", &room)
             .await
             .filter(|p| p.len() == 1 && p[0] != first[0])
     })

@@ -14,11 +14,17 @@
 //!   only grows, so a late or repeated write never lowers it). A user's overall stats are the
 //!   sum over their documents ([`user_stats_pipeline`]).
 //!
-//! Redis (keys under `REDIS_KEY_PREFIX`, default `pr:`):
-//! - `presence:<room>` hash: user id → `{name, color, since, deployment}` while in the room.
-//! - `online` hash: `<user id> <room>` → the same JSON (everyone online, every deployment).
-//! - `rooms` hash: room name → the room's directory summary plus `deployment` (the room index
-//!   across deployments).
+//! Redis (keys under `REDIS_KEY_PREFIX`, default `pr:`; each deployment writes its own keys,
+//! so two deployments' rooms of one name ("lobby") never overwrite each other, and a
+//! deployment that vanishes leaves nothing behind for longer than [`PRESENCE_TTL_SECS`]):
+//! - `deployments` set: every deployment that ever wrote presence or a room (readers start here).
+//! - `presence:<deployment>:<room>` hash: user id → `{room, name, color, since, deployment}`.
+//! - `online:<deployment>` hash: `<user id> <room>` → the same JSON.
+//! - `rooms:<deployment>` hash: room name → the room's directory summary plus `deployment`
+//!   (listed rooms only: visible and not empty).
+//!
+//! Readers ([`network_rooms`], [`network_online`]) show a player's room only when it is listed:
+//! who is online is public, which hidden room they are in is not.
 //! - `revoked:<sid>`: user id, expiring with the last access token the session could have had.
 //! - `rate:<scope>:<client>:<window>`: request counters (written directly, not through the
 //!   outbox: a limit must be read where it is counted).
@@ -81,14 +87,17 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn presence(&self, room: &str) -> String {
-        format!("{}presence:{room}", self.prefix)
+    pub fn deployments(&self) -> String {
+        format!("{}deployments", self.prefix)
     }
-    pub fn online(&self) -> String {
-        format!("{}online", self.prefix)
+    pub fn presence(&self, deployment: &str, room: &str) -> String {
+        format!("{}presence:{deployment}:{room}", self.prefix)
     }
-    pub fn rooms(&self) -> String {
-        format!("{}rooms", self.prefix)
+    pub fn online(&self, deployment: &str) -> String {
+        format!("{}online:{deployment}", self.prefix)
+    }
+    pub fn rooms(&self, deployment: &str) -> String {
+        format!("{}rooms:{deployment}", self.prefix)
     }
     pub fn revoked(&self, sid: &str) -> String {
         format!("{}revoked:{sid}", self.prefix)
@@ -209,23 +218,31 @@ pub fn presence_joined(keys: &Keys, deployment: &str, p: &PresenceEntry<'_>, now
     let value = json!({ "room": p.room, "name": p.name, "color": p.color, "since": now,
                         "deployment": deployment })
     .to_string();
-    let room_key = keys.presence(p.room);
+    let room_key = keys.presence(deployment, p.room);
+    let online_key = keys.online(deployment);
+    let ttl = PRESENCE_TTL_SECS.to_string();
     Op::redis(vec![
         cmd(["HSET", &room_key, p.user_id, &value]),
-        cmd(["EXPIRE", &room_key, &PRESENCE_TTL_SECS.to_string()]),
+        cmd(["EXPIRE", &room_key, &ttl]),
         cmd([
             "HSET",
-            &keys.online(),
+            &online_key,
             &online_field(p.user_id, p.room),
             &value,
         ]),
+        cmd(["EXPIRE", &online_key, &ttl]),
+        cmd(["SADD", &keys.deployments(), deployment]),
     ])
 }
 
-pub fn presence_left(keys: &Keys, room: &str, user_id: &str) -> Op {
+pub fn presence_left(keys: &Keys, deployment: &str, room: &str, user_id: &str) -> Op {
     Op::redis(vec![
-        cmd(["HDEL", &keys.presence(room), user_id]),
-        cmd(["HDEL", &keys.online(), &online_field(user_id, room)]),
+        cmd(["HDEL", &keys.presence(deployment, room), user_id]),
+        cmd([
+            "HDEL",
+            &keys.online(deployment),
+            &online_field(user_id, room),
+        ]),
     ])
 }
 
@@ -245,16 +262,97 @@ pub fn session_revoked(keys: &Keys, sid: &str, user_id: &str, ttl_secs: u64) -> 
     ])])
 }
 
-pub fn room_listed(keys: &Keys, deployment: &str, summary: &Summary) -> Command {
+/// A listed room's entry in this deployment's index (refreshing the index's expiry).
+pub fn room_listed(keys: &Keys, deployment: &str, summary: &Summary) -> Vec<Command> {
     let mut value = json!(summary);
     if let Value::Object(m) = &mut value {
         m.insert("deployment".into(), deployment.into());
     }
-    cmd(["HSET", &keys.rooms(), &summary.name, &value.to_string()])
+    let key = keys.rooms(deployment);
+    vec![
+        cmd(["HSET", &key, &summary.name, &value.to_string()]),
+        cmd(["EXPIRE", &key, &PRESENCE_TTL_SECS.to_string()]),
+        cmd(["SADD", &keys.deployments(), deployment]),
+    ]
 }
 
-pub fn room_unlisted(keys: &Keys, name: &str) -> Command {
-    cmd(["HDEL", &keys.rooms(), name])
+pub fn room_unlisted(keys: &Keys, deployment: &str, name: &str) -> Vec<Command> {
+    vec![cmd(["HDEL", &keys.rooms(deployment), name])]
+}
+
+/// The commands that read the shared index back: `SMEMBERS deployments` first, then, for each
+/// deployment `d` it names, [`network_reads`]`(keys, d)`.
+pub fn network_reads(keys: &Keys, deployment: &str) -> [Command; 2] {
+    [
+        cmd(["HGETALL", &keys.rooms(deployment)]),
+        cmd(["HGETALL", &keys.online(deployment)]),
+    ]
+}
+
+/// One deployment's `HGETALL` answers (flat `[field, value, …]`), as read by [`network_reads`].
+#[derive(Debug, Clone, Default)]
+pub struct NetworkSnapshot {
+    pub rooms: Vec<String>,
+    pub online: Vec<String>,
+}
+
+fn pairs(flat: &[String]) -> impl Iterator<Item = (&str, Value)> {
+    flat.chunks_exact(2)
+        .filter_map(|p| Some((p[0].as_str(), serde_json::from_str::<Value>(&p[1]).ok()?)))
+}
+
+/// Every deployment's listed rooms, busiest first.
+pub fn network_rooms(snapshots: &[NetworkSnapshot]) -> Vec<Value> {
+    let mut rooms: Vec<Value> = snapshots
+        .iter()
+        .flat_map(|s| pairs(&s.rooms).map(|(_, v)| v))
+        .filter(Value::is_object)
+        .collect();
+    rooms.sort_by(|a, b| {
+        let players = |v: &Value| v["players"].as_u64().unwrap_or(0);
+        players(b)
+            .cmp(&players(a))
+            .then_with(|| a["name"].as_str().cmp(&b["name"].as_str()))
+    });
+    rooms
+}
+
+/// Everyone online on every deployment: `{user_id, name, color, since, deployment, room}`,
+/// with `room` null unless the room is listed (a hidden room's name is not for everyone).
+pub fn network_online(snapshots: &[NetworkSnapshot]) -> Vec<Value> {
+    let mut users = Vec::new();
+    for s in snapshots {
+        let listed: std::collections::HashSet<&str> =
+            s.rooms.chunks_exact(2).map(|p| p[0].as_str()).collect();
+        for (field, v) in pairs(&s.online) {
+            let (Some((user_id, room)), Value::Object(mut m)) = (field.split_once(' '), v) else {
+                continue;
+            };
+            m.insert("user_id".into(), user_id.into());
+            m.insert(
+                "room".into(),
+                if listed.contains(room) {
+                    room.into()
+                } else {
+                    Value::Null
+                },
+            );
+            users.push(Value::Object(m));
+        }
+    }
+    users.sort_by(|a, b| {
+        (
+            a["deployment"].as_str(),
+            a["room"].as_str(),
+            a["user_id"].as_str(),
+        )
+            .cmp(&(
+                b["deployment"].as_str(),
+                b["room"].as_str(),
+                b["user_id"].as_str(),
+            ))
+    });
+    users
 }
 
 /// The key under which a newer op makes an older queued one redundant, so an outbox that backs
@@ -262,7 +360,7 @@ pub fn room_unlisted(keys: &Keys, name: &str) -> Command {
 /// a later `$set`/`$max` of the same fields of the same document, a later join or leave of the
 /// same user in the same room. Inserts (chat), `updateMany` and other Redis writes never
 /// supersede anything.
-pub fn supersede_key(op: &Op) -> Option<String> {
+pub fn supersede_key(keys: &Keys, op: &Op) -> Option<String> {
     match op {
         Op::Mongo {
             action: crate::outbox::MongoAction::UpdateOne,
@@ -298,7 +396,8 @@ pub fn supersede_key(op: &Op) -> Option<String> {
         Op::Redis { commands } => {
             let first = commands.first()?;
             let (name, key, field) = (first.first()?, first.get(1)?, first.get(2)?);
-            (matches!(name.as_str(), "HSET" | "HDEL") && key.contains("presence:"))
+            let presence = format!("{}presence:", keys.prefix);
+            (matches!(name.as_str(), "HSET" | "HDEL") && key.starts_with(&presence))
                 .then(|| format!("redis/{key}/{field}"))
         }
         _ => None,
@@ -346,8 +445,11 @@ mod tests {
             };
             room_change("e", "r", &Change::Crown(c), 1)
         };
-        assert_eq!(supersede_key(&crown("a")), supersede_key(&crown("b")));
-        assert!(supersede_key(&crown("a")).is_some());
+        assert_eq!(
+            supersede_key(&keys, &crown("a")),
+            supersede_key(&keys, &crown("b"))
+        );
+        assert!(supersede_key(&keys, &crown("a")).is_some());
         let settings = room_change(
             "e",
             "r",
@@ -356,7 +458,10 @@ mod tests {
             )),
             1,
         );
-        assert_ne!(supersede_key(&settings), supersede_key(&crown("a")));
+        assert_ne!(
+            supersede_key(&keys, &settings),
+            supersede_key(&keys, &crown("a"))
+        );
         let chat = room_change(
             "e",
             "r",
@@ -371,9 +476,9 @@ mod tests {
             }),
             1,
         );
-        assert_eq!(supersede_key(&chat), None, "chat is never coalesced");
+        assert_eq!(supersede_key(&keys, &chat), None, "chat is never coalesced");
         assert_eq!(
-            supersede_key(&room_change("e", "r", &Change::ChatCleared, 1)),
+            supersede_key(&keys, &room_change("e", "r", &Change::ChatCleared, 1)),
             None
         );
         let p = PresenceEntry {
@@ -383,8 +488,8 @@ mod tests {
             color: "c",
         };
         assert_eq!(
-            supersede_key(&presence_joined(&keys, "e", &p, 1)),
-            supersede_key(&presence_left(&keys, "r", "u"))
+            supersede_key(&keys, &presence_joined(&keys, "e", &p, 1)),
+            supersede_key(&keys, &presence_left(&keys, "e", "r", "u"))
         );
         let stats = |n| {
             user_stats(
@@ -397,8 +502,14 @@ mod tests {
                 },
             )
         };
-        assert_eq!(supersede_key(&stats(1)), supersede_key(&stats(2)));
-        assert_eq!(supersede_key(&session_revoked(&keys, "s", "u", 9)), None);
+        assert_eq!(
+            supersede_key(&keys, &stats(1)),
+            supersede_key(&keys, &stats(2))
+        );
+        assert_eq!(
+            supersede_key(&keys, &session_revoked(&keys, "s", "u", 9)),
+            None
+        );
     }
 
     #[test]
@@ -415,11 +526,79 @@ mod tests {
         let Op::Redis { commands } = presence_joined(&keys, "edge", &p, 9) else {
             panic!()
         };
-        assert_eq!(commands[0][..3], ["HSET", "t:presence:r", "user:a"]);
-        assert_eq!(commands[2][2], "user:a r");
-        let Op::Redis { commands } = presence_left(&keys, "r", "user:a") else {
+        assert_eq!(commands[0][..3], ["HSET", "t:presence:edge:r", "user:a"]);
+        assert_eq!(commands[2][..3], ["HSET", "t:online:edge", "user:a r"]);
+        assert_eq!(commands[4], ["SADD", "t:deployments", "edge"]);
+        let Op::Redis { commands } = presence_left(&keys, "edge", "r", "user:a") else {
             panic!()
         };
-        assert_eq!(commands[1], ["HDEL", "t:online", "user:a r"]);
+        assert_eq!(commands[1], ["HDEL", "t:online:edge", "user:a r"]);
+        // A prefix that happens to contain "presence:" does not make other writes supersede.
+        let odd = Keys {
+            prefix: "presence:".into(),
+        };
+        let summary = Summary {
+            name: "x".into(),
+            players: 1,
+            capacity: 20,
+            visible: true,
+            locked: false,
+            owner_name: String::new(),
+            kind: piano_core::room::stored::RoomKind::Normal,
+            last_activity: 0,
+        };
+        assert_eq!(
+            supersede_key(&odd, &Op::redis(room_listed(&odd, "edge", &summary))),
+            None
+        );
+    }
+
+    #[test]
+    fn the_network_views_merge_deployments_and_hide_unlisted_rooms() {
+        let flat = |pairs: &[(&str, Value)]| -> Vec<String> {
+            pairs
+                .iter()
+                .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+                .collect()
+        };
+        let edge = NetworkSnapshot {
+            rooms: flat(&[(
+                "lobby",
+                json!({"name": "lobby", "players": 2, "deployment": "edge"}),
+            )]),
+            online: flat(&[
+                ("user:a lobby", json!({"name": "A", "deployment": "edge"})),
+                ("user:b secret", json!({"name": "B", "deployment": "edge"})),
+                ("broken", json!({"name": "C"})),
+            ]),
+        };
+        let fallback = NetworkSnapshot {
+            rooms: flat(&[
+                (
+                    "lobby",
+                    json!({"name": "lobby", "players": 5, "deployment": "fallback"}),
+                ),
+                ("junk", json!("not an object")),
+            ]),
+            online: vec!["user:c lobby".into(), "not json".into()],
+        };
+        let rooms = network_rooms(&[edge.clone(), fallback.clone()]);
+        let order: Vec<_> = rooms
+            .iter()
+            .map(|r| (r["deployment"].as_str(), r["players"].as_u64()))
+            .collect();
+        assert_eq!(
+            order,
+            [(Some("fallback"), Some(5)), (Some("edge"), Some(2))]
+        );
+        let online = network_online(&[edge, fallback]);
+        let seen: Vec<_> = online
+            .iter()
+            .map(|u| (u["user_id"].as_str(), u["room"].as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [(Some("user:b"), None), (Some("user:a"), Some("lobby"))]
+        );
     }
 }

@@ -50,7 +50,8 @@ impl Summary {
         }
     }
 
-    fn listed(&self) -> bool {
+    /// Shown in room lists (here and in the shared index): visible and not empty.
+    pub fn listed(&self) -> bool {
         self.visible && self.players > 0
     }
 }

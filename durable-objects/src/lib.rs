@@ -409,7 +409,12 @@ impl Room {
         let joined: Vec<String> = current.difference(&l.present).cloned().collect();
         let left: Vec<String> = l.present.difference(&current).cloned().collect();
         for gone in &left {
-            ops.push(layout::presence_left(&backends.keys, &room, gone));
+            ops.push(layout::presence_left(
+                &backends.keys,
+                &backends.deployment,
+                &room,
+                gone,
+            ));
         }
         if ops.is_empty() {
             return;

@@ -222,20 +222,16 @@ impl Lobby {
 
     /// Keeps the stale-entry sweep scheduled while there are entries (and only then, so an
     /// empty directory costs nothing).
-    /// The listing change as one Redis pipeline for the shared room index.
+    /// The listing change as one Redis pipeline for this deployment's shared room index.
     fn index_commands(&self, delta: &Delta) -> Option<Op> {
-        let backends = self.outbox.backends()?;
-        let commands = delta
-            .upserted
-            .iter()
-            .map(|summary| layout::room_listed(&backends.keys, &backends.deployment, summary))
-            .chain(
-                delta
-                    .removed
-                    .iter()
-                    .map(|name| layout::room_unlisted(&backends.keys, name)),
-            )
-            .collect();
+        let b = self.outbox.backends()?;
+        let mut commands = Vec::new();
+        for summary in &delta.upserted {
+            commands.extend(layout::room_listed(&b.keys, &b.deployment, summary));
+        }
+        for name in &delta.removed {
+            commands.extend(layout::room_unlisted(&b.keys, &b.deployment, name));
+        }
         Some(Op::redis(commands))
     }
 

@@ -155,7 +155,10 @@ impl Outbox {
                 schema_ready = true;
             }
             // A newer write of the same fields replaces a queued older one (bounded backlog).
-            let supersede = layout::supersede_key(&op);
+            let supersede = self
+                .backends
+                .as_ref()
+                .and_then(|b| layout::supersede_key(&b.keys, &op));
             if let Some(key) = &supersede {
                 sql.exec(
                     "DELETE FROM outbox WHERE supersede = ?",

@@ -524,12 +524,14 @@ async fn directory_writer(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Report>
             pipe.hset(cluster::DIRECTORY, &report.summary.name, &json);
         }
         pipe.publish(cluster::DIRECTORY, &json);
-        // The edge's room index across deployments (`{REDIS_KEY_PREFIX}rooms`).
-        let index = crate::network::index_command(&keys, &hub.cfg.deployment_id, &report.summary);
-        if let Some((name, args)) = index.split_first() {
-            let cmd = pipe.cmd(name);
-            for a in args {
-                cmd.arg(a);
+        // The edge's room index across deployments (`{REDIS_KEY_PREFIX}rooms:<deployment>`).
+        for index in crate::network::index_commands(&keys, &hub.cfg.deployment_id, &report.summary)
+        {
+            if let Some((name, args)) = index.split_first() {
+                let cmd = pipe.cmd(name);
+                for a in args {
+                    cmd.arg(a);
+                }
             }
         }
         if let Err(e) = c.conn.pipe::<()>(&pipe).await {

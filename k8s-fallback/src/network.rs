@@ -3,12 +3,12 @@
 //! replicas' Redis is the shared one); keys under `REDIS_KEY_PREFIX` (default `pr:`, as at the
 //! edge), written with the layout's own commands (`piano_backends::layout`):
 //!
-//! - `presence:<room>` and `online`: [`PresenceWriter`], one per running room, writes
+//! - `presence:<deployment>:<room>` and `online:<deployment>`: [`PresenceWriter`], one per running room, writes
 //!   `presence_joined` / `presence_left` whenever the room's participants change, in order;
 //!   when the room stops (players reconnect elsewhere) its players are written as gone before
 //!   the lease is released, and a room that starts first clears entries this deployment left
 //!   for it (a replica killed without a goodbye).
-//! - `rooms`: written next to the replicas' own directory (`hub::directory_writer`): a listed
+//! - `rooms:<deployment>`: written next to the replicas' own directory (`hub::directory_writer`): a listed
 //!   room's summary plus `deployment` (`room_listed`), removed when it empties or is hidden.
 //!
 //! `GET /api/network/rooms` and `GET /api/network/online` read them back with the edge's JSON.
@@ -19,7 +19,7 @@ use crate::hub::Hub;
 use crate::metrics::redis_error;
 use crate::redis_handle::RedisHandle;
 use axum::response::Response;
-use piano_backends::layout::{self, Keys, PresenceEntry};
+use piano_backends::layout::{self, Keys, NetworkSnapshot, PresenceEntry};
 use piano_backends::outbox::Op;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -86,9 +86,12 @@ impl PresenceWriter {
             }
         }
         for gone in self.present.difference(&current) {
-            let _ = self
-                .tx
-                .send(Msg::Op(layout::presence_left(&self.keys, &self.room, gone)));
+            let _ = self.tx.send(Msg::Op(layout::presence_left(
+                &self.keys,
+                &self.deployment,
+                &self.room,
+                gone,
+            )));
         }
         self.present = current;
     }
@@ -138,7 +141,7 @@ async fn write_loop(
 /// Presence entries of this deployment for a room that is only now starting are stale.
 async fn clear_leftovers(conn: &RedisHandle, keys: &Keys, deployment: &str, room: &str) {
     let mut cmd = redis::cmd("HGETALL");
-    cmd.arg(keys.presence(room));
+    cmd.arg(keys.presence(deployment, room));
     let entries: HashMap<String, String> = match conn.cmd(&cmd).await {
         Ok(e) => e,
         Err(e) => return redis_error("reading presence", &e),
@@ -147,7 +150,9 @@ async fn clear_leftovers(conn: &RedisHandle, keys: &Keys, deployment: &str, room
         let ours = serde_json::from_str::<Value>(&value)
             .ok()
             .is_some_and(|v| v["deployment"] == deployment);
-        if ours && let Err(e) = run_redis_op(conn, &layout::presence_left(keys, room, &user)).await
+        if ours
+            && let Err(e) =
+                run_redis_op(conn, &layout::presence_left(keys, deployment, room, &user)).await
         {
             redis_error("clearing presence", &e);
         }
@@ -156,16 +161,15 @@ async fn clear_leftovers(conn: &RedisHandle, keys: &Keys, deployment: &str, room
 
 /// The shared room index commands for one directory report (added to the replicas' own
 /// directory write, so they land in the same order).
-pub fn index_command(
+pub fn index_commands(
     keys: &Keys,
     deployment: &str,
     summary: &piano_core::lobby::Summary,
-) -> Vec<String> {
-    // `Summary::listed` (private to the core): visible and not empty.
-    if summary.visible && summary.players > 0 {
+) -> Vec<Vec<String>> {
+    if summary.listed() {
         layout::room_listed(keys, deployment, summary)
     } else {
-        layout::room_unlisted(keys, &summary.name)
+        layout::room_unlisted(keys, deployment, &summary.name)
     }
 }
 
@@ -186,21 +190,39 @@ fn shared_redis(hub: &Hub) -> Result<(&RedisHandle, Keys), Response> {
     }
 }
 
-/// An `HGETALL` answer as (field, parsed JSON value) pairs.
-async fn hash_entries(conn: &RedisHandle, key: &str) -> Result<Vec<(String, Value)>, Response> {
-    let mut cmd = redis::cmd("HGETALL");
-    cmd.arg(key);
-    let all: HashMap<String, String> = conn.cmd(&cmd).await.map_err(|e| {
-        redis_error("reading a shared hash", &e);
+/// Every deployment's shared index, read the way the edge reads it (`layout::network_reads`).
+async fn snapshots(conn: &RedisHandle, keys: &Keys) -> Result<Vec<NetworkSnapshot>, Response> {
+    let unavailable = |e: redis::RedisError| {
+        redis_error("reading the shared index", &e);
         json_error(
             502,
             "backend_unavailable",
             "the shared Redis cannot be reached right now",
         )
-    })?;
-    Ok(all
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, serde_json::from_str(&v).ok()?)))
+    };
+    let mut members = redis::cmd("SMEMBERS");
+    members.arg(keys.deployments());
+    let deployments: Vec<String> = conn.cmd(&members).await.map_err(unavailable)?;
+    let mut pipe = redis::pipe();
+    for d in &deployments {
+        for read in layout::network_reads(keys, d) {
+            let cmd = pipe.cmd(&read[0]);
+            for a in &read[1..] {
+                cmd.arg(a);
+            }
+        }
+    }
+    let flat: Vec<Vec<String>> = if deployments.is_empty() {
+        Vec::new()
+    } else {
+        conn.pipe(&pipe).await.map_err(unavailable)?
+    };
+    Ok(flat
+        .chunks_exact(2)
+        .map(|pair| NetworkSnapshot {
+            rooms: pair[0].clone(),
+            online: pair[1].clone(),
+        })
         .collect())
 }
 
@@ -210,48 +232,34 @@ pub async fn rooms(hub: &Hub) -> Response {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let mut rooms: Vec<Value> = match hash_entries(conn, &keys.rooms()).await {
-        Ok(entries) => entries.into_iter().map(|(_, v)| v).collect(),
-        Err(resp) => return resp,
-    };
-    rooms.sort_by(|a, b| {
-        let players = |v: &Value| v["players"].as_u64().unwrap_or(0);
-        players(b)
-            .cmp(&players(a))
-            .then_with(|| a["name"].as_str().cmp(&b["name"].as_str()))
-    });
-    with_header(
-        json(200, &serde_json::json!({ "rooms": rooms })),
-        "cache-control",
-        "no-store",
-    )
+    match snapshots(conn, &keys).await {
+        Ok(s) => with_header(
+            json(
+                200,
+                &serde_json::json!({ "rooms": layout::network_rooms(&s) }),
+            ),
+            "cache-control",
+            "no-store",
+        ),
+        Err(resp) => resp,
+    }
 }
 
-/// `GET /api/network/online`: who is in which room, on every deployment.
+/// `GET /api/network/online`: who is online on every deployment (and in which listed room).
 pub async fn online(hub: &Hub) -> Response {
     let (conn, keys) = match shared_redis(hub) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let entries = match hash_entries(conn, &keys.online()).await {
-        Ok(e) => e,
-        Err(resp) => return resp,
-    };
-    let mut users: Vec<Value> = entries
-        .into_iter()
-        .filter_map(|(field, mut v)| {
-            let (user_id, _room) = field.split_once(' ')?;
-            v["user_id"] = user_id.into();
-            Some(v)
-        })
-        .collect();
-    users.sort_by(|a, b| {
-        (a["room"].as_str(), a["user_id"].as_str())
-            .cmp(&(b["room"].as_str(), b["user_id"].as_str()))
-    });
-    with_header(
-        json(200, &serde_json::json!({ "online": users })),
-        "cache-control",
-        "no-store",
-    )
+    match snapshots(conn, &keys).await {
+        Ok(s) => with_header(
+            json(
+                200,
+                &serde_json::json!({ "online": layout::network_online(&s) }),
+            ),
+            "cache-control",
+            "no-store",
+        ),
+        Err(resp) => resp,
+    }
 }

@@ -1,6 +1,6 @@
 //! The edge's cross-deployment keys, written by the fallback in cluster mode (a real
-//! `redis-server`, two replicas): a player in a fallback room is in `pr:online` and
-//! `pr:presence:<room>`, the room is in `pr:rooms` (deployment `fallback`), both read back by
+//! `redis-server`, two replicas): a player in a fallback room is in `pr:online:fallback` and
+//! `pr:presence:fallback:<room>`, the room is in `pr:rooms:fallback` (deployment `fallback`), both read back by
 //! `GET /api/network/online|rooms` with the edge's JSON, and both go when the players leave or
 //! when the replica that ran the room dies and the room starts elsewhere.
 
@@ -57,7 +57,7 @@ async fn fallback_rooms_and_players_are_in_the_edges_shared_keys() {
     let mut pb = Player::connect(&b.ws_url(&room, &tb)).await.expect("Bob");
     pb.join(None).await.expect("Bob joins");
 
-    let online = until(&mut conn, "pr:online", "both online", |h| {
+    let online = until(&mut conn, "pr:online:fallback", "both online", |h| {
         h.contains_key(&format!("{alice} {room}")) && h.contains_key(&format!("{bob} {room}"))
     })
     .await;
@@ -71,12 +71,12 @@ async fn fallback_rooms_and_players_are_in_the_edges_shared_keys() {
         ),
         (Some(room.as_str()), Some("Alice"), Some("fallback"))
     );
-    let presence = hash(&mut conn, &format!("pr:presence:{room}")).await;
+    let presence = hash(&mut conn, &format!("pr:presence:fallback:{room}")).await;
     assert!(
         presence.contains_key(&alice) && presence.contains_key(&bob),
         "{presence:?}"
     );
-    let rooms = until(&mut conn, "pr:rooms", "room listed with 2", |h| {
+    let rooms = until(&mut conn, "pr:rooms:fallback", "room listed with 2", |h| {
         h.get(&room).is_some_and(|v| v.contains("\"players\":2"))
     })
     .await;
@@ -114,26 +114,26 @@ async fn fallback_rooms_and_players_are_in_the_edges_shared_keys() {
 
     // Bob leaves: he is gone, the room shows one player.
     pb.close().await;
-    until(&mut conn, "pr:online", "Bob gone", |h| {
+    until(&mut conn, "pr:online:fallback", "Bob gone", |h| {
         !h.contains_key(&format!("{bob} {room}")) && h.contains_key(&format!("{alice} {room}"))
     })
     .await;
-    until(&mut conn, "pr:rooms", "room with 1", |h| {
+    until(&mut conn, "pr:rooms:fallback", "room with 1", |h| {
         h.get(&room).is_some_and(|v| v.contains("\"players\":1"))
     })
     .await;
 
     // Alice leaves: the room and the presence go.
     pa.close().await;
-    until(&mut conn, "pr:online", "Alice gone", |h| {
+    until(&mut conn, "pr:online:fallback", "Alice gone", |h| {
         !h.keys().any(|k| k.ends_with(&format!(" {room}")))
     })
     .await;
-    until(&mut conn, "pr:rooms", "room unlisted", |h| {
+    until(&mut conn, "pr:rooms:fallback", "room unlisted", |h| {
         !h.contains_key(&room)
     })
     .await;
-    let presence = hash(&mut conn, &format!("pr:presence:{room}")).await;
+    let presence = hash(&mut conn, &format!("pr:presence:fallback:{room}")).await;
     assert!(presence.is_empty(), "{presence:?}");
 
     // The replica running a room dies without a goodbye: when the room starts on the other
@@ -145,7 +145,7 @@ async fn fallback_rooms_and_players_are_in_the_edges_shared_keys() {
     pa.join(None).await.expect("Alice joins");
     let mut pb = Player::connect(&b.ws_url(&room2, &tb)).await.expect("Bob");
     pb.join(None).await.expect("Bob joins");
-    until(&mut conn, "pr:online", "both in room 2", |h| {
+    until(&mut conn, "pr:online:fallback", "both in room 2", |h| {
         h.contains_key(&format!("{alice} {room2}")) && h.contains_key(&format!("{bob} {room2}"))
     })
     .await;
@@ -155,7 +155,7 @@ async fn fallback_rooms_and_players_are_in_the_edges_shared_keys() {
         .await
         .expect("Bob again");
     pb.join(None).await.expect("Bob rejoins");
-    until(&mut conn, "pr:online", "only Bob in room 2", |h| {
+    until(&mut conn, "pr:online:fallback", "only Bob in room 2", |h| {
         !h.contains_key(&format!("{alice} {room2}")) && h.contains_key(&format!("{bob} {room2}"))
     })
     .await;
