@@ -625,6 +625,9 @@ pub async fn edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis() {
     // The room, new to the second deployment, starts from its shared document: same settings,
     // and the crown goes back to its owner.
     owner.close().await;
+    // Looking at the room first (its info) must not make it start from defaults.
+    let (status, _) = get_json(&other, &format!("/api/rooms/{room}")).await;
+    assert_eq!(status, 200);
     let access_b = there["access_token"].as_str().unwrap();
     let mut c = Client::connect(&format!("{}?token={access_b}", other.ws_url(&room)), &[])
         .await

@@ -205,11 +205,19 @@ impl Room {
             self.shared_room(&name).await
         };
         storage::init(&sql, &name)?;
-        // Another player may have created the room while we asked MongoDB.
+        // Another player may have created the room while we asked MongoDB: then theirs
+        // stands. A room only looked at (its info, a lobby refresh) was loaded with defaults
+        // and nobody in it: it is reloaded from the imported state.
+        let untouched = self
+            .loaded
+            .borrow()
+            .as_ref()
+            .is_none_or(|l| l.room.connection_count() == 0);
         if let Some(doc) = shared
-            && self.loaded.borrow().is_none()
+            && untouched
         {
             storage::import(&sql, &doc)?;
+            *self.loaded.borrow_mut() = None;
         }
         // Load the room from the sockets accepted so far, before this one joins them.
         let restored = self.ensure_loaded(Some(&name))?;
