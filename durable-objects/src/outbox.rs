@@ -399,10 +399,40 @@ impl Outbox {
         if tables < 2 {
             return Ok(serde_json::json!({ "configured": true, "pending": 0, "dead": 0 }));
         }
+        #[derive(serde::Deserialize, serde::Serialize)]
+        struct Head {
+            lane: String,
+            attempts: i64,
+            last_error: Option<String>,
+            created: i64,
+        }
+        // Per lane, the row at the head of the queue: what delivery is waiting on.
+        let heads: Vec<Head> = sql
+            .exec(
+                "SELECT lane, attempts, last_error, created FROM outbox
+                 WHERE id IN (SELECT MIN(id) FROM outbox GROUP BY lane)",
+                None,
+            )?
+            .to_array()?;
+        let now = Date::now().as_millis() as i64;
+        let lanes: serde_json::Map<String, serde_json::Value> = heads
+            .into_iter()
+            .map(|h| {
+                (
+                    h.lane.clone(),
+                    serde_json::json!({
+                        "oldest_age_ms": (now - h.created).max(0),
+                        "attempts": h.attempts,
+                        "last_error": h.last_error,
+                    }),
+                )
+            })
+            .collect();
         Ok(serde_json::json!({
             "configured": true,
             "pending": count(sql, "SELECT COUNT(*) AS n FROM outbox")?,
             "dead": count(sql, "SELECT COUNT(*) AS n FROM outbox_dead")?,
+            "lanes": lanes,
         }))
     }
 }
