@@ -3,29 +3,35 @@
 
 use std::path::Path;
 
-/// Raises this process's soft `RLIMIT_NOFILE` to the hard limit (children inherit it); returns
-/// the new soft limit.
-pub fn raise_fd_limit() -> u64 {
+/// Raises this process's `RLIMIT_NOFILE` (children inherit it): the soft limit to the hard
+/// limit, and where the process may (root, `CAP_SYS_RESOURCE`) both up to `fs.nr_open` (at most
+/// 262,144), since `wrangler dev`'s workerd holds several descriptors per WebSocket and dies at
+/// the limit ("accept: Too many open files"). Returns (new soft limit, previous hard limit).
+pub fn raise_fd_limit() -> (u64, u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                return want.rlim_cur;
-            }
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return (0, 0);
+    }
+    let hard = lim.rlim_max;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(hard);
+    for want in [nr_open.min(262_144).max(hard), hard] {
+        let l = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: want,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } == 0 {
+            return (want, hard);
         }
     }
-    lim.rlim_cur
+    (lim.rlim_cur, hard)
 }
 
 /// `VmRSS` of a process in KiB (`None` when it is gone).
