@@ -307,8 +307,8 @@ async fn connect(app: App, req: Request, raw_name: &str) -> Response {
         .max_frame_size(MAX_FRAME_BYTES * 4)
         // tungstenite's default 128 KiB read buffer is zero-filled on the first read and stays
         // resident: 141.7 KiB per idle connection at 10,000 (`bench connections`); frames are
-        // small, 4 KiB reads them fine (16.4 KiB per connection).
-        .read_buffer_size(4096);
+        // small, 2 KiB reads them fine (a larger frame is assembled across reads).
+        .read_buffer_size(2048);
     if auth.subprotocol {
         upgrade = upgrade.protocols([SUBPROTOCOL]);
     }
