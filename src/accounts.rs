@@ -39,7 +39,10 @@ async fn account_call(
         .await
 }
 
-/// Whether the session a member's token names is still the live one.
+/// Whether the session a member's token names is still the live one. A session this deployment
+/// never issued (another deployment sharing the signing key and Redis issued it, e.g. the
+/// Kubernetes fallback) is live unless the shared revocation list names it; without a shared
+/// Redis, or while it cannot be read, it is refused.
 pub async fn session_is_live(env: &Env, user_id: &str, sid: &str, generation: u64) -> Result<bool> {
     let Some(username) = user_id.strip_prefix("user:") else {
         return Ok(false);
@@ -55,8 +58,17 @@ pub async fn session_is_live(env: &Env, user_id: &str, sid: &str, generation: u6
     #[derive(Deserialize)]
     struct Check {
         valid: bool,
+        #[serde(default = "yes")]
+        known: bool,
     }
-    Ok(resp.json::<Check>().await?.valid)
+    fn yes() -> bool {
+        true
+    }
+    let check: Check = resp.json().await?;
+    if check.valid || check.known {
+        return Ok(check.valid);
+    }
+    Ok(crate::shared::not_revoked(env, sid).await)
 }
 
 /// 429 with `Retry-After` when this client IP made too many auth requests this minute.

@@ -212,3 +212,20 @@ pub async fn user_stats(env: &Env, id: &str) -> Result<Response> {
     resp.headers_mut().set("cache-control", "no-store")?;
     Ok(resp)
 }
+
+/// Whether the shared revocation list (`revoked:<sid>`) leaves this session alone: `false`
+/// without a shared Redis or when it cannot be read (refuse rather than guess).
+pub async fn not_revoked(env: &Env, sid: &str) -> bool {
+    let Ok(b) = backends(env) else { return false };
+    let Some(redis) = b.redis.as_ref() else {
+        return false;
+    };
+    match redis.command(&cmd(["GET", &b.keys.revoked(sid)])).await {
+        Ok(Value::Null) => true,
+        Ok(_) => false,
+        Err(e) => {
+            console_warn!("revocation list unreadable, refusing a foreign session: {e}");
+            false
+        }
+    }
+}

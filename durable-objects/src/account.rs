@@ -318,7 +318,11 @@ impl Account {
             }
             (Method::Post, "/check") => {
                 let r: SessionReq = req.json().await?;
-                let valid = match (self.load()?, self.session(&r.sid)?) {
+                let session = self.session(&r.sid)?;
+                // `known`: this deployment issued the session (a session it never saw may come
+                // from another deployment sharing the signing key; the worker decides).
+                let known = session.is_some();
+                let valid = match (self.load()?, session) {
                     (Some(_), Some(row)) => {
                         row.revoked == 0
                             && row.expires as u64 > now
@@ -326,7 +330,7 @@ impl Account {
                     }
                     _ => false,
                 };
-                Response::from_json(&serde_json::json!({ "valid": valid }))
+                Response::from_json(&serde_json::json!({ "valid": valid, "known": known }))
             }
             (Method::Get, "/profile") => match self.load()? {
                 Some(a) => Response::from_json(&a.public()),
