@@ -48,7 +48,9 @@ const USAGE: &str =
        bench connections [--count N] [--seconds BUDGET] [--targets T]
        bench micro      (after `cargo bench -p piano-core --bench room`)
        bench summary    (gathers bench/results/*.md into bench/results/summary.md)
-  T: comma-separated baseline,fallback,edge (default: all three, in that order)
+  T: comma-separated baseline,fallback,edge,external (default: the first three, in that order)
+  external: --url http(s)://host:port --key-pem FILE [--issuer I] [--audience A] (a running
+            deployment; tokens signed with its key)
   --fallback-bin PATH: the k8s-fallback binary (default $CARGO_TARGET_DIR/release/k8s-fallback)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,9 @@ enum Target {
     Baseline,
     Fallback,
     Edge,
+    /// A deployment already running elsewhere (`--url`), reached with tokens signed by its key
+    /// (`--key-pem`): the operator's own token source.
+    External,
 }
 
 impl Target {
@@ -64,6 +69,7 @@ impl Target {
             Target::Baseline => "baseline",
             Target::Fallback => "fallback",
             Target::Edge => "edge",
+            Target::External => "external",
         }
     }
 
@@ -72,6 +78,7 @@ impl Target {
             Target::Baseline => "baseline (bare tokio broadcast)",
             Target::Fallback => "fallback (k8s-fallback, standalone)",
             Target::Edge => "edge (wrangler dev, Room object)",
+            Target::External => "external (--url)",
         }
     }
 }
@@ -89,6 +96,7 @@ struct Running {
 enum Guard {
     Child(#[allow(dead_code)] tokio::process::Child),
     Server(#[allow(dead_code)] Arc<e2e_tests::Server>),
+    None,
 }
 
 fn target_dir() -> PathBuf {
@@ -104,8 +112,66 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| e2e_tests::repo_root().join("target"))
 }
 
+/// `--url http(s)://host:port --key-pem FILE [--issuer I] [--audience A]`: a running
+/// deployment (the edge on Cloudflare, a fallback on Kubernetes). Tokens are signed with the
+/// deployment's key and carry the admin role (rooms above 99 players); its memory is not
+/// measured (no local process).
+fn external(scenario: &str, args: &[String]) -> Running {
+    let base = arg_str(args, "--url").unwrap_or_else(|| {
+        eprintln!("the external target needs --url http(s)://host:port\n{USAGE}");
+        std::process::exit(2);
+    });
+    let pem_path = arg_str(args, "--key-pem").unwrap_or_else(|| {
+        eprintln!(
+            "the external target needs --key-pem FILE (the deployment's signing key)\n{USAGE}"
+        );
+        std::process::exit(2);
+    });
+    let key = std::fs::read_to_string(&pem_path)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| {
+            piano_core::identity::SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("cannot use {pem_path} as an Ed25519 PKCS#8 key: {e}");
+            std::process::exit(2);
+        });
+    let issuer = arg_str(args, "--issuer").unwrap_or_else(|| "pianorhythm".into());
+    let audience = arg_str(args, "--audience").unwrap_or_else(|| "pianorhythm".into());
+    let ws_base = base
+        .trim_end_matches('/')
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
+    eprintln!("bench: external target {ws_base}");
+    let run_id = std::process::id();
+    let scenario = scenario.to_owned();
+    let url: UrlFn = Arc::new(move |room: usize, player: usize| {
+        let now = e2e_tests::now_secs();
+        let claims = piano_core::identity::Claims {
+            sub: format!("guest:bench-{room}-{player}"),
+            name: format!("B{player}"),
+            roles: vec!["guest".into(), "admin".into()],
+            iat: now,
+            exp: now + 3600,
+            nbf: None,
+            sid: None,
+            generation: None,
+            iss: issuer.clone(),
+            aud: audience.clone(),
+        };
+        let room = piano_core::names::percent_encode(&format!("bench-{scenario}-{run_id}-{room}"));
+        format!("{ws_base}/api/rooms/{room}/ws?token={}", key.sign(&claims))
+    });
+    Running {
+        url,
+        pids: Vec::new(),
+        _guard: Guard::None,
+    }
+}
+
 async fn start(target: Target, scenario: &str, args: &[String]) -> Running {
     match target {
+        Target::External => external(scenario, args),
         Target::Baseline => {
             // In its own process, as the real servers are, so it does not share this process's
             // runtime with the load generator.
@@ -270,6 +336,7 @@ async fn main() {
             "baseline" => Target::Baseline,
             "fallback" => Target::Fallback,
             "edge" => Target::Edge,
+            "external" => Target::External,
             other => {
                 eprintln!("unknown target {other:?}\n{USAGE}");
                 std::process::exit(2);
