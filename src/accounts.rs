@@ -213,19 +213,12 @@ pub async fn register(mut req: Request, env: &Env) -> Result<Response> {
         email: Option<String>,
     }
     let b: Body = try_resp!(json_body(&mut req).await);
-    let key = match names::username(&b.username) {
-        Ok(k) => k,
-        Err(e) => return json_error(400, "invalid_username", &e),
-    };
-    if !(8..=128).contains(&b.password.chars().count()) {
-        return json_error(400, "invalid_password", "password must be 8-128 characters");
-    }
-    if b.email
-        .as_deref()
-        .is_some_and(|e| e.len() > 254 || !e.contains('@') || e.chars().any(char::is_whitespace))
-    {
-        return json_error(400, "invalid_email", "email is not an address");
-    }
+    let key =
+        match piano_core::account::check_registration(&b.username, &b.password, b.email.as_deref())
+        {
+            Ok(k) => k,
+            Err((code, message)) => return json_error(400, code, &message),
+        };
     let resp = account_call(
         env,
         &key,

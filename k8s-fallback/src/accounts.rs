@@ -34,61 +34,15 @@ use piano_backends::outbox::Op;
 use piano_core::identity::Claims;
 use piano_core::names;
 use piano_core::password::{ACCOUNT_ITERATIONS, PasswordHash};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-/// How long a session (its refresh token) lives without being refreshed (as at the edge).
-pub const SESSION_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
-
-pub const ROLES: [&str; 6] = ["guest", "member", "pro", "moderator", "admin", "bot"];
-
-/// The edge's account record (`durable-objects/src/account.rs`), field for field: it is what
-/// MongoDB's `accounts` documents hold, so either side can read what the other wrote.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AccountData {
-    pub username: String,
-    pub tag: String,
-    #[serde(default)]
-    pub email: Option<String>,
-    pub password: PasswordHash,
-    pub roles: Vec<String>,
-    pub name: String,
-    #[serde(default)]
-    pub color: Option<String>,
-    #[serde(default)]
-    pub status: String,
-    pub created_at: u64,
-}
-
-impl AccountData {
-    pub fn user_id(&self) -> String {
-        format!("user:{}", self.username.to_ascii_lowercase())
-    }
-
-    /// What anyone may see.
-    pub fn public(&self) -> serde_json::Value {
-        serde_json::json!({
-            "id": self.user_id(),
-            "username": self.username,
-            "usertag": format!("{}#{}", self.username, self.tag),
-            "name": self.name,
-            "color": self.color,
-            "status": self.status,
-            "roles": self.roles,
-            "created_at": self.created_at,
-        })
-    }
-
-    /// The MongoDB document, as the edge's `Account::save` builds it.
-    fn document(&self) -> serde_json::Value {
-        let mut doc = serde_json::to_value(self).unwrap_or_default();
-        doc["usertag"] = format!("{}#{}", self.username, self.tag).into();
-        doc
-    }
-}
+// The record, roles and session lifetime are the edge's, from the core: MongoDB's `accounts`
+// documents hold this record, so either side reads what the other wrote.
+pub use piano_core::account::{AccountData, ROLES, SESSION_TTL_MS};
 
 /// A token's session as the store sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -848,19 +802,12 @@ pub async fn register(hub: &Hub, bytes: &[u8]) -> Response {
         email: Option<String>,
     }
     let b: Body = try_resp!(body(bytes));
-    let key = match names::username(&b.username) {
-        Ok(k) => k,
-        Err(e) => return json_error(400, "invalid_username", &e),
-    };
-    if !(8..=128).contains(&b.password.chars().count()) {
-        return json_error(400, "invalid_password", "password must be 8-128 characters");
-    }
-    if b.email
-        .as_deref()
-        .is_some_and(|e| e.len() > 254 || !e.contains('@') || e.chars().any(char::is_whitespace))
-    {
-        return json_error(400, "invalid_email", "email is not an address");
-    }
+    let key =
+        match piano_core::account::check_registration(&b.username, &b.password, b.email.as_deref())
+        {
+            Ok(k) => k,
+            Err((code, message)) => return json_error(400, code, &message),
+        };
     let taken = || json_error(409, "username_taken", "that username is taken");
     match hub.accounts.find(&key).await {
         Ok(Some(_)) => return taken(),
