@@ -295,7 +295,9 @@ impl Room {
                 }
             }
         }
-        let (room, effects) = CoreRoom::restore(name, stored, records, now(), random_seed());
+        let (mut room, effects) = CoreRoom::restore(name, stored, records, now(), random_seed());
+        // Players' activity has a home only in MongoDB's `user_stats`.
+        room.count_activity(self.outbox.wants(Lane::Mongo));
         let present = if self.outbox.wants(Lane::Redis) {
             storage::present(&sql)?
         } else {
@@ -646,6 +648,15 @@ fn new_conn_id() -> ConnId {
 
 fn now() -> u64 {
     Date::now().as_millis()
+}
+
+/// A setting from the worker's secrets or vars (secrets first); blank counts as unset.
+pub fn setting(env: &Env, name: &str) -> Option<String> {
+    env.secret(name)
+        .map(|s| s.to_string())
+        .or_else(|_| env.var(name).map(|v| v.to_string()))
+        .ok()
+        .filter(|s| !s.trim().is_empty())
 }
 
 /// The JSON error shape used by every HTTP endpoint.

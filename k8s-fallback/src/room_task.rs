@@ -160,12 +160,14 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
         }
     }
     let now = now_ms();
-    let (room, effects) = match stored {
+    let (mut room, effects) = match stored {
         Some(stored) => Room::restore(name, Some(stored), [], now, seed()),
         None => (Room::new(name, seed()), Vec::new()),
     };
     let writer = hub.store.writer(name, room.stored().clone());
     let mirror = hub.mongo.as_ref().map(|m| m.mirror(name));
+    // Players' activity has a home only in MongoDB's `user_stats`.
+    room.count_activity(mirror.is_some());
     let (tx, rx) = mpsc::channel(QUEUE);
     let me = tx.clone();
     let id = NEXT_ENTRY.fetch_add(1, Relaxed);
@@ -496,7 +498,7 @@ impl Task {
     /// Hands the players' activity since the last time (notes, chat, joins: the core's
     /// [`piano_core::room::StatsDelta`]) to the MongoDB mirror, which adds it to their totals
     /// in `user_stats`: every [`STATS_EVERY`] while they play, and when the room stops. Without
-    /// MongoDB there is nowhere to keep them, and they are dropped rather than left to grow.
+    /// MongoDB the room does not count them at all (`count_activity`).
     fn flush_stats(&mut self, now: bool) {
         if !self.room.has_stats() || (!now && self.stats_flushed_at.elapsed() < STATS_EVERY) {
             return;

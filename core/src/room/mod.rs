@@ -188,7 +188,27 @@ pub struct Room {
     reported: Option<Summary>,
     report_version: u64,
     /// Activity per user id since the host last took it.
-    stats: BTreeMap<String, StatsDelta>,
+    stats: Activity,
+}
+
+/// Per-user activity, gathered only for hosts that keep it ([`Room::count_activity`]): a host
+/// without anywhere to put it pays nothing per note.
+#[derive(Default)]
+struct Activity {
+    counting: bool,
+    by_user: BTreeMap<String, StatsDelta>,
+}
+
+impl Activity {
+    /// `user`'s record, seen now; `None` while not counting.
+    fn of(&mut self, user: &str, now: Millis) -> Option<&mut StatsDelta> {
+        if !self.counting {
+            return None;
+        }
+        let st = self.by_user.entry(user.to_owned()).or_default();
+        st.last_seen = now;
+        Some(st)
+    }
 }
 
 /// What one user did in the room since the host last asked ([`Room::take_stats`]): note-ons
@@ -225,7 +245,7 @@ impl Room {
             salts_made: 0,
             reported: None,
             report_version: 0,
-            stats: BTreeMap::new(),
+            stats: Activity::default(),
         }
     }
 
@@ -265,17 +285,25 @@ impl Room {
         // Waking up, the room corrects its directory entry (it may have emptied meanwhile).
         room.report_if_changed(now, &mut out);
         // Rebuilding is not activity: the joins above were counted when they happened.
-        room.stats.clear();
+        room.stats.by_user.clear();
         (room, out)
+    }
+
+    /// Starts (or stops) gathering per-user activity for [`Room::take_stats`]; off by default.
+    pub fn count_activity(&mut self, on: bool) {
+        self.stats.counting = on;
+        if !on {
+            self.stats.by_user.clear();
+        }
     }
 
     /// Hands the activity gathered since the last call to the host (and forgets it).
     pub fn take_stats(&mut self) -> BTreeMap<String, StatsDelta> {
-        std::mem::take(&mut self.stats)
+        std::mem::take(&mut self.stats.by_user)
     }
 
     pub fn has_stats(&self) -> bool {
-        !self.stats.is_empty()
+        !self.stats.by_user.is_empty()
     }
 
     pub fn name(&self) -> &str {
@@ -857,11 +885,10 @@ impl Room {
             .iter()
             .filter(|e| matches!(e.kind, Some(Kind::NoteOn(_))))
             .count() as u64;
-        if note_ons > 0 {
-            let user = self.members[m].info.user_id.clone();
-            let st = self.stats.entry(user).or_default();
+        if note_ons > 0
+            && let Some(st) = self.stats.of(&self.members[m].info.user_id, now)
+        {
             st.notes += note_ons;
-            st.last_seen = now;
         }
         batch.sender_id = self.members[m].info.id.clone();
         self.send_to_others(conn, S::Notes(batch), out);
@@ -1009,9 +1036,9 @@ impl Room {
             text,
         };
         self.stored.next_chat_id += 1;
-        let st = self.stats.entry(record.user_id.clone()).or_default();
-        st.chats += 1;
-        st.last_seen = now;
+        if let Some(st) = self.stats.of(&record.user_id, now) {
+            st.chats += 1;
+        }
         self.stored.chat.push(record.clone());
         if self.stored.chat.len() > CHAT_HISTORY {
             let excess = self.stored.chat.len() - CHAT_HISTORY;
@@ -1506,9 +1533,9 @@ impl Room {
             return false;
         }
         c.joined = Some(seq);
-        let st = self.stats.entry(c.identity.user_id.clone()).or_default();
-        st.joins += 1;
-        st.last_seen = now;
+        if let Some(st) = self.stats.of(&c.identity.user_id, now) {
+            st.joins += 1;
+        }
         let mut info = participant_info(&c.participant_id, &c.identity, &c.profile);
         if let Some(mute) = self.stored.mutes.iter().find(|e| e.user_id == info.user_id) {
             info.muted_notes = mute.notes;

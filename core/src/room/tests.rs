@@ -1586,7 +1586,14 @@ fn join_or_create_applies_the_creators_settings_once() {
 
 #[test]
 fn activity_is_counted_per_user_and_handed_over_once() {
+    // Not counted unless the host asks for it.
+    let mut off = room("quiet");
+    enter(&mut off, 1, "a");
+    binary(&mut off, 1, &notes(NOW));
+    assert!(!off.has_stats());
+
     let mut r = room("stats");
+    r.count_activity(true);
     enter(&mut r, 1, "a");
     enter(&mut r, 2, "b");
     binary(&mut r, 1, &notes(NOW));
@@ -1614,6 +1621,7 @@ fn activity_is_counted_per_user_and_handed_over_once() {
             chat: false,
         })
     });
+    muted.count_activity(true);
     enter(&mut muted, 1, "m");
     muted.take_stats();
     binary(&mut muted, 1, &notes(NOW));
