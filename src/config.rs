@@ -39,13 +39,7 @@ thread_local! {
     static CACHE: RefCell<Option<(String, Rc<Config>)>> = const { RefCell::new(None) };
 }
 
-fn setting(env: &Env, name: &str) -> Option<String> {
-    env.secret(name)
-        .map(|s| s.to_string())
-        .or_else(|_| env.var(name).map(|v| v.to_string()))
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-}
+use piano_durable_objects::setting;
 
 pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
     let key = setting(env, "JWT_PRIVATE_KEY").ok_or_else(|| {

@@ -24,12 +24,7 @@ const REDIS_BACKOFF_MS: u64 = 30_000;
 
 /// The deployment's backends; a broken configuration is `Err` with the reason.
 pub fn backends(env: &Env) -> std::result::Result<Backends, String> {
-    Backends::from_vars(|k| {
-        env.secret(k)
-            .map(|s| s.to_string())
-            .or_else(|_| env.var(k).map(|v| v.to_string()))
-            .ok()
-    })
+    piano_durable_objects::outbox::configured_backends(env)
 }
 
 /// `/healthz`: 200 with which backends are in use, or 503 naming a configuration error (so a
@@ -106,22 +101,20 @@ async fn snapshots(
 
 /// `GET /api/network/rooms`: public rooms of every deployment, busiest first.
 pub async fn rooms(env: &Env) -> Result<Response> {
-    let (redis, b) = match redis(env) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    let snapshots = match snapshots(&redis, &b.keys).await {
-        Ok(s) => s,
-        Err(resp) => return resp,
-    };
-    let rooms = piano_backends::layout::network_rooms(&snapshots);
-    let mut resp = Response::from_json(&json!({ "rooms": rooms }))?;
-    resp.headers_mut().set("cache-control", "no-store")?;
-    Ok(resp)
+    network(env, "rooms", piano_backends::layout::network_rooms).await
 }
 
 /// `GET /api/network/online`: who is online on every deployment, and in which listed room.
 pub async fn online(env: &Env) -> Result<Response> {
+    network(env, "online", piano_backends::layout::network_online).await
+}
+
+/// Reads every deployment's shared index and answers `{field: view(snapshots)}`.
+async fn network(
+    env: &Env,
+    field: &str,
+    view: fn(&[NetworkSnapshot]) -> Vec<Value>,
+) -> Result<Response> {
     let (redis, b) = match redis(env) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -130,8 +123,7 @@ pub async fn online(env: &Env) -> Result<Response> {
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    let users = piano_backends::layout::network_online(&snapshots);
-    let mut resp = Response::from_json(&json!({ "online": users }))?;
+    let mut resp = Response::from_json(&json!({ field: view(&snapshots) }))?;
     resp.headers_mut().set("cache-control", "no-store")?;
     Ok(resp)
 }

@@ -15,13 +15,11 @@ use crate::json_error;
 use crate::outbox::Outbox;
 use piano_backends::layout;
 use piano_backends::outbox::Lane;
+pub use piano_core::account::{AccountData, ROLES, SESSION_TTL_MS};
 use piano_core::password::{ACCOUNT_ITERATIONS, PasswordHash};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use worker::*;
-
-/// How long a session (its refresh token) lives without being refreshed.
-pub const SESSION_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS account (id INTEGER PRIMARY KEY CHECK (id = 1), data TEXT NOT NULL);
@@ -30,42 +28,6 @@ const SCHEMA: &str = "
         created INTEGER NOT NULL, expires INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0
     );
 ";
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AccountData {
-    pub username: String,
-    pub tag: String,
-    #[serde(default)]
-    pub email: Option<String>,
-    pub password: PasswordHash,
-    pub roles: Vec<String>,
-    pub name: String,
-    #[serde(default)]
-    pub color: Option<String>,
-    #[serde(default)]
-    pub status: String,
-    pub created_at: u64,
-}
-
-impl AccountData {
-    fn user_id(&self) -> String {
-        format!("user:{}", self.username.to_ascii_lowercase())
-    }
-
-    /// What anyone may see.
-    fn public(&self) -> serde_json::Value {
-        serde_json::json!({
-            "id": self.user_id(),
-            "username": self.username,
-            "usertag": format!("{}#{}", self.username, self.tag),
-            "name": self.name,
-            "color": self.color,
-            "status": self.status,
-            "roles": self.roles,
-            "created_at": self.created_at,
-        })
-    }
-}
 
 #[derive(Deserialize)]
 struct RegisterReq {
@@ -148,8 +110,6 @@ fn shared_accounts_unavailable() -> Result<Response> {
     Ok(resp)
 }
 
-pub const ROLES: [&str; 6] = ["guest", "member", "pro", "moderator", "admin", "bot"];
-
 #[durable_object]
 pub struct Account {
     state: State,
@@ -164,10 +124,8 @@ pub struct Account {
 
 impl DurableObject for Account {
     fn new(state: State, env: Env) -> Self {
-        let access_ttl_secs = env
-            .var("ACCESS_TOKEN_TTL_SECS")
-            .ok()
-            .and_then(|v| v.to_string().trim().parse().ok())
+        let access_ttl_secs = crate::setting(&env, "ACCESS_TOKEN_TTL_SECS")
+            .and_then(|v| v.trim().parse().ok())
             .unwrap_or(900);
         Account {
             state,
@@ -421,8 +379,7 @@ impl Account {
             vec![serde_json::to_string(a)?.into()],
         )?;
         if self.outbox.wants(Lane::Mongo) {
-            let mut doc = serde_json::to_value(a)?;
-            doc["usertag"] = format!("{}#{}", a.username, a.tag).into();
+            let doc = a.document();
             let now = Date::now().as_millis();
             let op = if created {
                 layout::account_created(&a.user_id(), doc, now)

@@ -44,13 +44,7 @@ const BATCH: usize = 100;
 /// treated as none (the object keeps working on its own storage; the worker's `/healthz`
 /// reports the error to the operator).
 pub fn backends(env: &Env) -> Option<Backends> {
-    let get = |k: &str| {
-        env.secret(k)
-            .map(|s| s.to_string())
-            .or_else(|_| env.var(k).map(|v| v.to_string()))
-            .ok()
-    };
-    match Backends::from_vars(get) {
+    match configured_backends(env) {
         Ok(b) if b.is_configured() => Some(b),
         Ok(_) => None,
         Err(e) => {
@@ -58,6 +52,11 @@ pub fn backends(env: &Env) -> Option<Backends> {
             None
         }
     }
+}
+
+/// The backends as configured in `env` (the worker's `/healthz` reports the error).
+pub fn configured_backends(env: &Env) -> std::result::Result<Backends, String> {
+    Backends::from_vars(|k| crate::setting(env, k))
 }
 
 /// One object's outbox, and the keeper of the object's alarm (which the object may share for
@@ -99,9 +98,6 @@ pub struct Flushed {
     pub delivered: usize,
     pub dead: usize,
     pub pending: usize,
-    /// When the alarm should run again for the rows left, if any.
-    #[serde(skip)]
-    pub retry_at: Option<u64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -278,11 +274,10 @@ impl Outbox {
         let Some(backends) = self.backends.as_ref() else {
             return Ok(Flushed::default());
         };
+        // Another flush is delivering these rows (in order); the alarm's end re-arms from the
+        // table.
         if self.flushing.replace(true) {
-            return Ok(Flushed {
-                retry_at: Some(now + 1000),
-                ..Flushed::default()
-            });
+            return Ok(Flushed::default());
         }
         let _guard = FlushGuard(&self.flushing);
         // Rows queued from here on are seen by the end of the alarm (`finish_alarm`).
@@ -294,16 +289,10 @@ impl Outbox {
         );
         let (mongo, redis) = (mongo?, redis?);
         let pending = count(sql, "SELECT COUNT(*) AS n FROM outbox")?;
-        let retry_at = match (mongo.retry_at, redis.retry_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         Ok(Flushed {
             delivered: mongo.delivered + redis.delivered,
             dead: mongo.dead + redis.dead,
             pending,
-            // Rows left without a failure (the batch limit): come back at once.
-            retry_at: retry_at.or((pending > 0).then_some(now)),
         })
     }
 
@@ -317,7 +306,6 @@ impl Outbox {
         let mut done = Flushed::default();
         let retry_at = &self.lane_retry_at[lane_index(lane)];
         if retry_at.get() > now {
-            done.retry_at = Some(retry_at.get());
             return Ok(done);
         }
         let rows: Vec<Row> = sql
@@ -355,7 +343,6 @@ impl Outbox {
                     }
                     let at = now + retry_delay_ms(attempts.clamp(1, 64) as u32);
                     retry_at.set(at);
-                    done.retry_at = Some(at);
                     break; // later rows wait: order within a lane is kept
                 }
                 Err(e) => {

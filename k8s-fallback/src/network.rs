@@ -228,35 +228,23 @@ async fn snapshots(conn: &RedisHandle, keys: &Keys) -> Result<Vec<NetworkSnapsho
 
 /// `GET /api/network/rooms`: public rooms of every deployment, busiest first.
 pub async fn rooms(hub: &Hub) -> Response {
-    let (conn, keys) = match shared_redis(hub) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    match snapshots(conn, &keys).await {
-        Ok(s) => with_header(
-            json(
-                200,
-                &serde_json::json!({ "rooms": layout::network_rooms(&s) }),
-            ),
-            "cache-control",
-            "no-store",
-        ),
-        Err(resp) => resp,
-    }
+    network(hub, "rooms", layout::network_rooms).await
 }
 
 /// `GET /api/network/online`: who is online on every deployment (and in which listed room).
 pub async fn online(hub: &Hub) -> Response {
+    network(hub, "online", layout::network_online).await
+}
+
+/// Reads every deployment's shared index and answers `{field: view(snapshots)}`.
+async fn network(hub: &Hub, field: &str, view: fn(&[NetworkSnapshot]) -> Vec<Value>) -> Response {
     let (conn, keys) = match shared_redis(hub) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
     match snapshots(conn, &keys).await {
         Ok(s) => with_header(
-            json(
-                200,
-                &serde_json::json!({ "online": layout::network_online(&s) }),
-            ),
+            json(200, &serde_json::json!({ field: view(&s) })),
             "cache-control",
             "no-store",
         ),
