@@ -35,8 +35,8 @@ impl Rate {
 }
 
 /// Frames of any kind, per connection, counted before decoding (the cheapest refusal):
-/// 100/s, bursts of 200.
-pub const FRAMES: Rate = Rate::per_second(100, 200);
+/// 125/s, bursts of 250 (above the sum of the per-kind budgets a client uses at once).
+pub const FRAMES: Rate = Rate::every(8, 250);
 /// Note batches per connection: 50/s, bursts of 100 (the web client sends under 7/s; a MIDI
 /// bridge that sends every event alone stays under it too).
 pub const NOTE_BATCHES: Rate = Rate::per_second(50, 100);
@@ -53,8 +53,9 @@ pub const JOIN: Rate = Rate::every(2000, 5);
 pub const TYPING: Rate = Rate::every(500, 10);
 /// Profile updates: one every 2 s, bursts of 5.
 pub const PROFILE: Rate = Rate::every(2000, 5);
-/// Cursor positions: 60/s, bursts of 120 (20/s are relayed; the rest are dropped silently).
-pub const CURSOR: Rate = Rate::per_second(60, 120);
+/// Cursor positions: 40/s, bursts of 80 (20/s are relayed; positions in between are dropped
+/// silently, as before: only sending faster than this counts as abuse).
+pub const CURSOR: Rate = Rate::per_second(40, 80);
 /// Settings changes: one a second, bursts of 10.
 pub const SETTINGS: Rate = Rate::every(1000, 10);
 /// Room-list subscribe and unsubscribe: one every 2 s, bursts of 5.
@@ -424,6 +425,7 @@ mod tests {
             assert_eq!(l.rate(kind).is_none(), kind == Kind::Chat, "{kind:?}");
             assert!(!kind.noun().is_empty());
         }
-        assert_eq!(FRAMES.every_ms, 10);
+        assert_eq!(FRAMES.every_ms, 8);
+        assert_eq!(NOTE_BATCHES.every_ms, 20);
     }
 }

@@ -18,9 +18,10 @@
 //! Layout: this file holds the state and the message handlers; [`stored`] the durable part,
 //! [`quota`] the note quota and rate windows, [`perms`] who may do what, [`text`] the checks on
 //! text players send; [`budget`] the abuse limits (per-connection budgets, socket caps,
-//! password guessing), [`admission`] who may hold a socket and join, `lifecycle` sessions,
-//! expiry and storage cleanup.
+//! password guessing) and `abuse` how they are applied, [`admission`] who may hold a socket
+//! and join, `lifecycle` sessions, expiry and storage cleanup.
 
+mod abuse;
 pub mod admission;
 pub mod budget;
 mod lifecycle;
@@ -203,6 +204,8 @@ struct Member {
     quota: NoteQuota,
     chat_rate: RateWindow,
     last_cursor: Option<Millis>,
+    /// Notes held down, so their note-offs pass free.
+    sounding: abuse::Sounding,
 }
 
 pub struct Room {
@@ -594,6 +597,9 @@ impl Room {
             });
             return;
         }
+        if !self.frame_budget(conn, now, out) {
+            return;
+        }
         let bytes = match frame {
             Frame::Binary(b) => b,
             Frame::Text(_) => {
@@ -624,6 +630,9 @@ impl Room {
                 );
             }
         };
+        if !self.message_budget(conn, &msg, now, out) {
+            return;
+        }
         match msg {
             C::Ping(ping) => out.push(send_one(
                 conn,
@@ -830,20 +839,23 @@ impl Room {
         if self.stored.settings.owner_only_play && !self.is_owner(m) {
             return dropped_all(NotesDroppedReason::OwnerOnly, out);
         }
-        let quota = &mut self.members[m].quota;
-        batch
-            .events
-            .retain(|e| !matches!(e.kind, Some(Kind::NoteOn(_))) || quota.spend_one(now));
+        let drops = self.filter_note_events(conn, m, &mut batch.events, now);
         let relayed = batch.events.len() as u32;
-        if relayed < total {
+        if drops.quota > 0 {
             out.push(send_one(
                 conn,
                 S::NotesDropped(proto::NotesDropped {
-                    dropped: total - relayed,
+                    dropped: drops.quota,
                     relayed,
                     reason: NotesDroppedReason::Quota as i32,
                 }),
             ));
+        }
+        if drops.budget > 0 {
+            self.over_budget(conn, budget::Kind::NoteEvents, drops.retry_after, now, out);
+            if !self.conns.contains_key(&conn) {
+                return; // closed for abuse: `m` may be gone too
+            }
         }
         if relayed == 0 {
             return;
@@ -983,12 +995,7 @@ impl Room {
             CHAT_RATE
         };
         if let Err(wait) = self.members[m].chat_rate.try_take(max, window, now) {
-            return error(
-                out,
-                conn,
-                ErrorCode::RateLimited,
-                format!("too many messages: try again in {wait} ms"),
-            );
+            return self.over_budget(conn, budget::Kind::Chat, wait, now, out);
         }
         if self.stored.settings.profanity_filter {
             text = text::mask_profanity(&text);
@@ -1525,6 +1532,7 @@ impl Room {
             quota: NoteQuota::new(params, limited, now),
             chat_rate: RateWindow::default(),
             last_cursor: None,
+            sounding: abuse::Sounding::default(),
         });
         true
     }
@@ -1690,3 +1698,5 @@ fn error(out: &mut Out, conn: ConnId, code: ErrorCode, message: impl Into<String
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_budget;
