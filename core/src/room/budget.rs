@@ -83,9 +83,10 @@ pub const MAX_CONNS_PER_NETWORK: usize = 16;
 /// Password checks per room, whoever asks: 5/s, bursts of 10 (guests are free to make, so a
 /// per-user delay alone does not bound guessing).
 pub const PASSWORD_CHECKS: Rate = Rate::every(200, 10);
-/// After a wrong password the user waits this long before the next guess, doubling with each
-/// wrong guess in a row up to [`PASSWORD_DELAY_MAX_MS`]; a right password resets it, and so
-/// does a quiet [`PASSWORD_DELAY_MAX_MS`] after the wait.
+/// After a wrong password the user (and, for a guest, its whole network) waits this long
+/// before the next guess, doubling with each wrong guess in a row up to
+/// [`PASSWORD_DELAY_MAX_MS`]; a right password resets the user's delay, and a quiet
+/// [`PASSWORD_DELAY_MAX_MS`] after the wait resets both.
 pub const PASSWORD_DELAY_FIRST_MS: u64 = 1000;
 pub const PASSWORD_DELAY_MAX_MS: u64 = 60_000;
 
