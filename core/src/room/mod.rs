@@ -1699,4 +1699,8 @@ fn error(out: &mut Out, conn: ConnId, code: ErrorCode, message: impl Into<String
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_admission;
+#[cfg(test)]
 mod tests_budget;
+#[cfg(test)]
+mod tests_lifecycle;

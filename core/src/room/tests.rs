@@ -408,6 +408,15 @@ enum Op {
     Crown(u8, u8, u8),
     Mute(u8, u8),
     Wait(u64),
+    /// Lock (or unlock) the room with the password "pw".
+    Lock(u8, bool),
+    /// Join with the right password or a wrong one; the check stays pending.
+    JoinPw(u8, bool),
+    /// The host's answer to a pending check.
+    Checked(u8, bool),
+    SessionEnded(u8),
+    RolesChanged(u8),
+    Tick,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -427,17 +436,31 @@ fn op() -> impl Strategy<Value = Op> {
         (c(), 0..3u8, 0..5u8).prop_map(|(c, k, u)| Op::Crown(c, k, u)),
         (c(), 0..5u8).prop_map(|(c, u)| Op::Mute(c, u)),
         (0..20_000u64).prop_map(Op::Wait),
+        (c(), any::<bool>()).prop_map(|(c, b)| Op::Lock(c, b)),
+        (c(), any::<bool>()).prop_map(|(c, b)| Op::JoinPw(c, b)),
+        (c(), any::<bool>()).prop_map(|(c, b)| Op::Checked(c, b)),
+        (0..5u8).prop_map(Op::SessionEnded),
+        (0..5u8).prop_map(Op::RolesChanged),
+        Just(Op::Tick),
     ]
 }
 
-/// User u4 is an admin, u3 a moderator, the rest guests.
+/// User u4 is an admin, u3 a moderator, the rest guests; u1's token expires 30 s in.
 fn prop_identity(u: u8) -> Identity {
     let role = match u {
         4 => "admin",
         3 => "moderator",
         _ => "guest",
     };
-    ident_with(&format!("u{u}"), &[role])
+    Identity {
+        expires_at: (u == 1).then_some(NOW + 30_000),
+        ..ident_with(&format!("u{u}"), &[role])
+    }
+}
+
+enum OpKind {
+    Tick,
+    Other,
 }
 
 proptest! {
@@ -453,6 +476,7 @@ proptest! {
         let mut persisted = Stored::new(RoomKind::Normal);
         let mut now = NOW;
         for op in ops {
+            let op_kind = if matches!(op, Op::Tick) { OpKind::Tick } else { OpKind::Other };
             let count_before = room.participant_count();
             let conn = |c: u8| ConnId::from(c);
             let at = |room: &mut Room, c: u8, m: client_message::Msg, now| msg_at(room, conn(c), m, now);
@@ -483,6 +507,15 @@ proptest! {
                     now += ms;
                     Vec::new()
                 }
+                Op::Lock(c, on) => at(&mut room, c, client_message::Msg::UpdateSettings(proto::UpdateSettings { password: Some(if on { "pw".into() } else { String::new() }), ..Default::default() }), now),
+                Op::JoinPw(c, right) => {
+                    let m = client_message::Msg::Join(proto::Join { password: if right { "pw".into() } else { "no".into() }, create_settings: None });
+                    room.handle(Input::Frame { conn: conn(c), frame: Frame::Binary(&client(m)) }, now)
+                }
+                Op::Checked(c, ok) => room.handle(Input::PasswordChecked { conn: conn(c), ok }, now),
+                Op::SessionEnded(u) => room.handle(Input::SessionEnded { user_id: format!("u{u}"), session_id: None }, now),
+                Op::RolesChanged(u) => room.handle(Input::IdentityChanged { user_id: format!("u{u}") }, now),
+                Op::Tick => room.handle(Input::Tick, now),
                 Op::Hibernate => {
                     prop_assert_eq!(&persisted, room.stored(), "storage lags the room");
                     let before: Vec<_> = room.participants().cloned().collect();
@@ -539,6 +572,14 @@ proptest! {
                 for c in &m.conns {
                     prop_assert!(room.conns.get(c).is_some_and(|c| c.joined.is_some()));
                 }
+            }
+            for u in 0..5 {
+                let user = format!("u{u}");
+                let sockets = room.conns.values().filter(|c| c.identity.user_id == user).count();
+                prop_assert!(sockets <= budget::MAX_CONNS_PER_USER, "{} holds {} sockets", user, sockets);
+            }
+            if matches!(op_kind, OpKind::Tick) {
+                prop_assert!(room.conns.values().all(|c| c.identity.expires_at.is_none_or(|t| t > now)), "an expired socket survived a tick");
             }
         }
     }
