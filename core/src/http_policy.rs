@@ -56,19 +56,55 @@ pub fn allowed_origin<'a>(origins: &[String], origin: Option<&'a str>) -> Option
 pub fn network_key(ip: &str) -> String {
     use sha2::{Digest, Sha256};
     let ip = ip.trim();
-    let canonical = match ip.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(v4)) => v4.to_string(),
-        Ok(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
-        Err(_) => ip.to_owned(),
+    let canonical = match ipv6_prefix(ip) {
+        Some(prefix) => prefix,
+        None => ip.strip_prefix("::ffff:").unwrap_or(ip).to_owned(),
     };
     let digest = Sha256::digest(format!("piano-network:{canonical}").as_bytes());
     digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The /64 of an IPv6 address as `a:b:c:d::/64` (`None` for IPv4, an IPv4-mapped address or
+/// anything unparseable). Hand-rolled rather than `std::net` to keep the parser out of the
+/// worker's wasm.
+fn ipv6_prefix(ip: &str) -> Option<String> {
+    if !ip.contains(':') || ip.contains('.') {
+        return None;
+    }
+    let (head, tail) = match ip.split_once("::") {
+        Some((h, t)) => (h, Some(t)),
+        None => (ip, None),
+    };
+    let parse = |part: &str| -> Option<Vec<u16>> {
+        if part.is_empty() {
+            return Some(Vec::new());
+        }
+        part.split(':')
+            .map(|g| {
+                (g.len() <= 4)
+                    .then(|| u16::from_str_radix(g, 16).ok())
+                    .flatten()
+            })
+            .collect()
+    };
+    let head = parse(head)?;
+    let tail = match tail {
+        Some(t) => parse(t)?,
+        None => Vec::new(),
+    };
+    let missing = 8usize.checked_sub(head.len() + tail.len())?;
+    if tail.is_empty() && missing > 0 && !ip.contains("::") {
+        return None;
+    }
+    let groups: Vec<u16> = head
+        .into_iter()
+        .chain(std::iter::repeat_n(0, missing))
+        .chain(tail)
+        .collect();
+    Some(format!(
+        "{:x}:{:x}:{:x}:{:x}::/64",
+        groups[0], groups[1], groups[2], groups[3]
+    ))
 }
 
 #[cfg(test)]
@@ -103,6 +139,14 @@ mod tests {
         assert_ne!(network_key("203.0.113.7"), network_key("203.0.113.8"));
         assert!(!network_key("203.0.113.7").contains("203"));
         assert_eq!(network_key("203.0.113.7").len(), 24);
+        assert_eq!(network_key("2001:db8:0:0::1"), network_key("2001:0db8::2"));
+        assert_eq!(
+            ipv6_prefix("2001:db8:1:2:3:4:5:6").as_deref(),
+            Some("2001:db8:1:2::/64")
+        );
+        assert_eq!(ipv6_prefix("::1").as_deref(), Some("0:0:0:0::/64"));
+        assert_eq!(ipv6_prefix("1:2:3"), None);
+        assert_eq!(ipv6_prefix("203.0.113.7"), None);
     }
 
     #[test]

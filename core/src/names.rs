@@ -249,8 +249,9 @@ fn confusable_skeleton(c: char) -> char {
         | 'Ｂ' | 'ｂ' | 'ß' | 'Ъ' | 'ъ' => 'b',
         'Y' | 'y' | 'Υ' | 'γ' | 'У' | 'у' | 'Ү' | 'ү' | 'ý' | 'ÿ' | 'Ý' | 'Ÿ' | 'ŷ' | 'Ŷ' | 'ɣ'
         | 'Ｙ' | 'ｙ' | 'ʏ' | 'ƴ' => 'y',
-        c if c.is_ascii() => c.to_ascii_lowercase(),
-        c => c.to_lowercase().next().unwrap_or(c),
+        // Other letters stay themselves (no case tables in the wasm: the lookalikes that
+        // matter are listed above).
+        c => c.to_ascii_lowercase(),
     }
 }
 
