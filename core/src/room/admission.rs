@@ -6,7 +6,8 @@
 //! ([`Room::admit_connection`]) and again at `Connect`. Every Join passes bans (by user, and by
 //! network for guests), capacity (for a user not present yet), guests/bots settings and the
 //! password. Password guessing is slowed three ways: the connection's join budget, a delay per
-//! user that doubles with each wrong guess, and a room-wide cap on checks per second. The check
+//! user (and per network, for guests) that doubles with each wrong guess, and a room-wide cap
+//! on checks per second. The check
 //! itself (a KDF) leaves the room's thread: [`Effect::VerifyPassword`] out,
 //! [`Input::PasswordChecked`] back in, and admission runs again then, since the room may have
 //! filled (or banned the user) meanwhile.
@@ -35,7 +36,8 @@ pub struct PendingJoin {
 pub struct Guard {
     /// Password checks, whoever asks (`None` until the first one: then full).
     checks: Option<Bucket>,
-    /// Wrong guesses in a row per user id, and until when the next guess must wait.
+    /// Wrong guesses in a row, and until when the next guess must wait: per user id, and per
+    /// network for guests (a new guest identity is free to make; its network is not).
     failures: BTreeMap<String, Failures>,
 }
 
@@ -72,6 +74,14 @@ fn join_failed(out: &mut Out, conn: ConnId, (reason, message, retry): Refusal) {
             retry_after_ms: retry,
         }),
     ));
+}
+
+/// Whose wrong guesses slow `who` down: the user, and for a guest its network too. The network
+/// key cannot collide with a user id (those never start with a NUL).
+fn guess_keys(who: &Identity) -> impl Iterator<Item = String> {
+    let guest = who.roles.iter().any(|r| r == "guest");
+    let network = who.network.as_deref().filter(|_| guest);
+    std::iter::once(who.user_id.clone()).chain(network.map(|n| format!("\0net:{n}")))
 }
 
 fn rate_limited(message: impl Into<String>, retry: u64) -> Refusal {
@@ -170,10 +180,13 @@ impl Room {
                 ),
             );
         }
-        if let Some(f) = self.guard.failures.get(&identity.user_id)
-            && f.until > now
-        {
-            let wait = f.until - now;
+        let until = guess_keys(&identity)
+            .filter_map(|k| self.guard.failures.get(&k))
+            .map(|f| f.until)
+            .max()
+            .unwrap_or(0);
+        if until > now {
+            let wait = until - now;
             return join_failed(
                 out,
                 conn,
@@ -242,7 +255,7 @@ impl Room {
             );
         }
         if !ok && still_locked_by.is_some() {
-            let wait = self.password_failed(&identity.user_id, now);
+            let wait = self.password_failed(&identity, now);
             return join_failed(
                 out,
                 conn,
@@ -261,22 +274,26 @@ impl Room {
         self.complete_join(conn, join, now, out);
     }
 
-    /// Records a wrong guess; returns how long the user now waits.
-    fn password_failed(&mut self, user: &str, now: Millis) -> u64 {
+    /// Records a wrong guess; returns how long the guesser now waits.
+    fn password_failed(&mut self, who: &Identity, now: Millis) -> u64 {
         let max = self.limits.password_delay_max_ms;
-        // Forget users who stopped guessing a while ago (bounded: the room-wide check budget
-        // caps how fast entries can be added).
+        // Forget guessers who stopped a while ago (bounded: the room-wide check budget caps
+        // how fast entries can be added).
         self.guard
             .failures
             .retain(|_, f| f.until.saturating_add(max) > now);
-        let f = self
-            .guard
-            .failures
-            .entry(user.to_owned())
-            .or_insert(Failures { count: 0, until: 0 });
-        f.count = f.count.saturating_add(1);
-        let wait = self.limits.password_delay(f.count);
-        f.until = now.saturating_add(wait);
+        let mut wait = 0;
+        for key in guess_keys(who) {
+            let f = self
+                .guard
+                .failures
+                .entry(key)
+                .or_insert(Failures { count: 0, until: 0 });
+            f.count = f.count.saturating_add(1);
+            let delay = self.limits.password_delay(f.count);
+            f.until = now.saturating_add(delay);
+            wait = wait.max(delay);
+        }
         wait
     }
 

@@ -83,9 +83,10 @@ pub const MAX_CONNS_PER_NETWORK: usize = 16;
 /// Password checks per room, whoever asks: 5/s, bursts of 10 (guests are free to make, so a
 /// per-user delay alone does not bound guessing).
 pub const PASSWORD_CHECKS: Rate = Rate::every(200, 10);
-/// After a wrong password the user waits this long before the next guess, doubling with each
-/// wrong guess in a row up to [`PASSWORD_DELAY_MAX_MS`]; a right password resets it, and so
-/// does a quiet [`PASSWORD_DELAY_MAX_MS`] after the wait.
+/// After a wrong password the user (and, for a guest, its whole network) waits this long
+/// before the next guess, doubling with each wrong guess in a row up to
+/// [`PASSWORD_DELAY_MAX_MS`]; a right password resets the user's delay, and a quiet
+/// [`PASSWORD_DELAY_MAX_MS`] after the wait resets both.
 pub const PASSWORD_DELAY_FIRST_MS: u64 = 1000;
 pub const PASSWORD_DELAY_MAX_MS: u64 = 60_000;
 
@@ -269,55 +270,80 @@ pub struct Over {
     pub close: bool,
 }
 
-/// One connection's budgets, notice times and recent drops. About 250 bytes.
+/// One connection's budgets, notice times and recent drops: 160 bytes, since every open
+/// socket carries one. Times are kept as milliseconds after `base` in 32 bits.
 #[derive(Debug, Clone)]
 pub struct ConnBudget {
-    buckets: [Bucket; Kind::COUNT],
-    /// When each kind was last noticed (`None`: never).
-    noticed: [Option<Millis>; Kind::COUNT],
+    base: Millis,
+    /// Tokens left and when the next one started accruing, per kind.
+    buckets: [(u32, u32); Kind::COUNT],
+    /// When each kind was last noticed ([`NEVER`]: not yet).
+    noticed: [u32; Kind::COUNT],
     drops: u32,
-    drops_since: Millis,
+    drops_since: u32,
 }
+
+const NEVER: u32 = u32::MAX;
+/// Past this age (about 24 days) the budgets start afresh, so the 32-bit times never wrap.
+const REBASE_AFTER_MS: u64 = 1 << 31;
 
 impl ConnBudget {
     pub fn new(limits: &Limits, now: Millis) -> ConnBudget {
-        let mut buckets = [Bucket { tokens: 0, at: now }; Kind::COUNT];
+        let mut buckets = [(0, 0); Kind::COUNT];
         for kind in ALL_KINDS {
             if let Some(rate) = limits.rate(kind) {
-                buckets[kind.index()] = Bucket::full(rate, now);
+                buckets[kind.index()] = (rate.burst, 0);
             }
         }
         ConnBudget {
+            base: now,
             buckets,
-            noticed: [None; Kind::COUNT],
+            noticed: [NEVER; Kind::COUNT],
             drops: 0,
-            drops_since: now,
+            drops_since: 0,
         }
+    }
+
+    /// `now` as an offset from `base` (a clock stepping back counts as `base`).
+    fn offset(&mut self, limits: &Limits, now: Millis) -> u32 {
+        if now.saturating_sub(self.base) >= REBASE_AFTER_MS {
+            *self = ConnBudget::new(limits, now);
+        }
+        now.saturating_sub(self.base) as u32
     }
 
     /// Charges one message of `kind`; `Err(retry_after_ms)` when over budget (the caller
     /// drops the message and reports it with [`ConnBudget::dropped`]).
     pub fn charge(&mut self, limits: &Limits, kind: Kind, now: Millis) -> Result<(), u64> {
-        match limits.rate(kind) {
-            Some(rate) => self.buckets[kind.index()].take(rate, now),
-            None => Ok(()),
-        }
+        let Some(rate) = limits.rate(kind) else {
+            return Ok(());
+        };
+        let offset = self.offset(limits, now); // may rebase: read `base` after it
+        let now = self.base + u64::from(offset);
+        let (tokens, at) = self.buckets[kind.index()];
+        let mut bucket = Bucket {
+            tokens,
+            at: self.base + u64::from(at),
+        };
+        let taken = bucket.take(rate, now);
+        self.buckets[kind.index()] = (bucket.tokens, (bucket.at - self.base) as u32);
+        taken
     }
 
     /// Records a dropped message of `kind`: whether to tell the sender, whether to close.
     pub fn dropped(&mut self, limits: &Limits, kind: Kind, retry_after: u64, now: Millis) -> Over {
-        if now.saturating_sub(self.drops_since) >= limits.abuse_window_ms {
+        let t = self.offset(limits, now);
+        if u64::from(t.saturating_sub(self.drops_since)) >= limits.abuse_window_ms {
             self.drops = 0;
-            self.drops_since = now;
+            self.drops_since = t;
         }
         self.drops = self.drops.saturating_add(1);
         let last = &mut self.noticed[kind.index()];
-        let notice = if last.is_none_or(|t| now.saturating_sub(t) >= limits.notice_interval_ms) {
-            *last = Some(now);
-            Some(retry_after)
-        } else {
-            None
-        };
+        let due = *last == NEVER || u64::from(t.saturating_sub(*last)) >= limits.notice_interval_ms;
+        let notice = due.then(|| {
+            *last = t;
+            retry_after
+        });
         Over {
             notice,
             close: self.drops > limits.abuse_drops,
@@ -406,6 +432,27 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_older_than_its_clock_starts_afresh() {
+        let limits = Limits::default();
+        let mut b = ConnBudget::new(&limits, 0);
+        for _ in 0..TYPING.burst {
+            b.charge(&limits, Kind::Typing, 5).unwrap();
+        }
+        assert!(b.charge(&limits, Kind::Typing, 5).is_err());
+        let late = REBASE_AFTER_MS + 5;
+        for _ in 0..TYPING.burst {
+            assert_eq!(b.charge(&limits, Kind::Typing, late), Ok(()));
+        }
+        assert_eq!(b.charge(&limits, Kind::Typing, late), Err(500));
+        assert_eq!(
+            b.dropped(&limits, Kind::Typing, 500, late).notice,
+            Some(500)
+        );
+        // A clock stepping back before the base neither panics nor refills.
+        assert!(b.charge(&limits, Kind::Typing, 0).is_err());
+    }
+
+    #[test]
     fn password_delay_doubles_to_the_cap() {
         let l = Limits::default();
         let delays: Vec<u64> = (1..=9).map(|n| l.password_delay(n)).collect();
@@ -416,6 +463,13 @@ mod tests {
             ]
         );
         assert_eq!(l.password_delay(u32::MAX), 60_000);
+    }
+
+    #[test]
+    fn a_connections_budgets_stay_small() {
+        let size = std::mem::size_of::<ConnBudget>();
+        eprintln!("ConnBudget: {size} bytes");
+        assert!(size <= 160, "{size} bytes per connection");
     }
 
     #[test]

@@ -269,6 +269,32 @@ fn wrong_passwords_make_the_user_wait_longer_each_time() {
     assert_eq!(join_failure(&fx), Some((JoinFailure::WrongPassword, 1000)));
 }
 
+/// New guest identities do not reset the delay: a guest's wrong guess slows its network's
+/// guests too (not members behind the same address, nor other networks).
+#[test]
+fn a_guests_wrong_guesses_slow_its_network_down() {
+    let mut room = locked_room();
+    connect_as(&mut room, 2, on_net("g1", &["guest"], "n1"));
+    let fx = msg(&mut room, 2, join_with("guess"));
+    assert_eq!(join_failure(&fx), Some((JoinFailure::WrongPassword, 1000)));
+    #[rustfmt::skip]
+    let table = [
+        ("a new guest on the same network", on_net("g2", &["guest"], "n1"), Some(JoinFailure::RateLimited)),
+        ("a member on the same network", on_net("m", &["member"], "n1"), None),
+        ("a guest on another network", on_net("g3", &["guest"], "n2"), None),
+    ];
+    for (i, (what, who, failure)) in table.into_iter().enumerate() {
+        let conn = 10 + i as ConnId;
+        connect_as(&mut room, conn, who);
+        let fx = msg_at(&mut room, conn, join_with("hunter2"), NOW + 500);
+        assert_eq!(join_failure(&fx).map(|f| f.0), failure, "{what}");
+    }
+    // The network's next wrong guess doubles its delay, whoever makes it.
+    connect_as(&mut room, 20, on_net("g4", &["guest"], "n1"));
+    let fx = msg_at(&mut room, 20, join_with("guess"), NOW + 1000);
+    assert_eq!(join_failure(&fx), Some((JoinFailure::WrongPassword, 2000)));
+}
+
 #[test]
 fn a_room_checks_few_passwords_per_second_whoever_asks() {
     let mut room = locked_room();

@@ -233,3 +233,33 @@ fn an_unconfigured_room_leaves_no_storage() {
         }
     }
 }
+
+/// Anonymous probes (connect, ping, subscribe, garbage, messages before joining) make the room
+/// write nothing durable: storage starts with the first successful Join.
+#[test]
+fn probes_that_never_join_write_nothing() {
+    let mut room = room("probe");
+    let mut fx = connect(&mut room, 1, "prober");
+    for m in [
+        M::Ping(proto::Ping { client_time: 1.0 }),
+        M::SubscribeRooms(proto::SubscribeRooms {}),
+        M::Typing(proto::SetTyping { typing: true }),
+        chat("hello"),
+        M::UpdateSettings(proto::UpdateSettings {
+            visible: Some(false),
+            ..Default::default()
+        }),
+        M::UnsubscribeRooms(proto::UnsubscribeRooms {}),
+    ] {
+        fx.extend(msg(&mut room, 1, m));
+    }
+    fx.extend(binary(&mut room, 1, b"\x01\x02garbage"));
+    fx.extend(room.handle(Input::Disconnect { conn: 1 }, NOW));
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Persist(_))),
+        "{fx:?}"
+    );
+    // The first Join writes (the creator's crown).
+    let fx = enter(&mut room, 2, "player");
+    assert!(fx.iter().any(|e| matches!(e, Effect::Persist(_))));
+}
