@@ -172,6 +172,17 @@ pub fn unauthorized(message: &str) -> Response {
     )
 }
 
+/// Compares two secrets without revealing, through timing, how much of them matched.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    // Hashing first makes the comparison length-independent too.
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
 /// `Authorization: Bearer <jwt>`.
 pub fn bearer(headers: &HeaderMap) -> Option<String> {
     headers
@@ -235,7 +246,11 @@ impl RateLimiter {
             let key = piano_backends::layout::Keys {
                 prefix: hub.cfg.redis_key_prefix.clone(),
             }
-            .rate("auth", &ip.to_string(), window);
+            .rate(
+                "auth",
+                &crate::client_ip::network_of(ip).to_string(),
+                window,
+            );
             let mut pipe = redis::pipe();
             pipe.incr(&key, 1).expire(&key, 120).ignore();
             let counted: redis::RedisResult<(u64,)> = c.conn.pipe(&pipe).await;
@@ -264,11 +279,19 @@ impl RateLimiter {
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
         const WINDOW: Duration = Duration::from_secs(60);
         let now = Instant::now();
+        // Bounded: at most `TRACKED` networks (each with at most `limit` instants). Past it,
+        // networks not tracked yet share one bucket, so a flood from many addresses throttles
+        // newcomers together instead of growing the map.
+        const TRACKED: usize = 100_000;
         let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
-        if hits.len() > 100_000 {
+        let mut key = crate::client_ip::network_of(ip);
+        if hits.len() >= TRACKED && !hits.contains_key(&key) {
             hits.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < WINDOW));
+            if hits.len() >= TRACKED {
+                key = IpAddr::from([0, 0, 0, 0]);
+            }
         }
-        let q = hits.entry(ip).or_default();
+        let q = hits.entry(key).or_default();
         while q.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
             q.pop_front();
         }

@@ -41,6 +41,8 @@ pub const TRY_AGAIN_LATER: u16 = 1013;
 #[derive(Debug)]
 pub enum Outbound {
     Frame(Bytes),
+    /// A WebSocket ping (idle detection); skipped when the queue is full.
+    Ping,
     Close(u16, String),
 }
 
@@ -64,8 +66,10 @@ pub struct Hub {
     /// Members' accounts and sessions (SQLite or Redis, like the rooms).
     pub accounts: crate::accounts::Accounts,
     directory: Mutex<Directory>,
-    /// Reports waiting to be written to the shared directory (cluster mode), in order.
-    directory_tx: Option<mpsc::UnboundedSender<Report>>,
+    /// Reports waiting to be written to the shared directory (cluster mode): the latest per
+    /// room only (a report is the room's whole summary), so the backlog is bounded by the
+    /// number of rooms however slow Redis is.
+    directory_pending: Option<Arc<PendingReports>>,
     rooms: Mutex<HashMap<String, RoomEntry>>,
     conns: Mutex<HashMap<ConnId, LocalConn>>,
     /// Local connections whose room runs on another replica: conn → (room, holder).
@@ -73,6 +77,8 @@ pub struct Hub {
     /// One room start at a time, so two players arriving together start it once.
     pub(crate) starting: tokio::sync::Mutex<()>,
     pub draining: AtomicBool,
+    /// Open WebSockets per client network on this replica (`MAX_WEBSOCKETS_PER_IP`).
+    pub sockets: Arc<crate::serve::ConnLimits>,
     /// Cluster mode: subscribed to this replica's channel (required before taking leases).
     pub subscribed: AtomicBool,
     pub started_at: u64,
@@ -91,12 +97,10 @@ impl Hub {
         mongo: Option<Arc<crate::mongo::Mongo>>,
         accounts: crate::accounts::Accounts,
     ) -> Arc<Hub> {
-        let (directory_tx, directory_rx) = if cluster.is_some() {
-            let (tx, rx) = mpsc::unbounded_channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
+        let directory_pending = cluster
+            .is_some()
+            .then(|| Arc::new(PendingReports::default()));
+        let sockets = crate::serve::ConnLimits::new(usize::MAX, cfg.max_sockets_per_ip);
         let hub = Arc::new(Hub {
             cfg,
             store,
@@ -104,17 +108,18 @@ impl Hub {
             mongo,
             accounts,
             directory: Mutex::new(Directory::new()),
-            directory_tx,
+            directory_pending: directory_pending.clone(),
             rooms: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             follows: Mutex::new(HashMap::new()),
             starting: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),
+            sockets,
             subscribed: AtomicBool::new(false),
             started_at: now_ms(),
         });
-        if let Some(rx) = directory_rx {
-            tokio::spawn(directory_writer(hub.clone(), rx));
+        if let Some(pending) = directory_pending {
+            tokio::spawn(directory_writer(hub.clone(), pending));
             tokio::spawn(pubsub_loop(hub.clone()));
             tokio::spawn(watchdog(hub.clone()));
         }
@@ -166,6 +171,13 @@ impl Hub {
             let _ = kill.send((SLOW_CONSUMER, "too slow: reconnect".into()));
         }
         true
+    }
+
+    /// Queues a ping; a full queue skips it (that socket is about to be closed as slow anyway).
+    pub fn ping(&self, conn: ConnId) {
+        if let Some(c) = lock(&self.conns).get(&conn) {
+            let _ = c.tx.try_send(Outbound::Ping);
+        }
     }
 
     /// Closes a local socket after what is already queued for it.
@@ -327,10 +339,8 @@ impl Hub {
 
     /// A room's report: applied here (single process) or published to every replica.
     pub fn report(&self, report: Report) {
-        match &self.directory_tx {
-            Some(tx) => {
-                let _ = tx.send(report);
-            }
+        match &self.directory_pending {
+            Some(p) => p.put(report),
             None => self.apply_report(report),
         }
     }
@@ -508,37 +518,79 @@ impl Hub {
 }
 
 /// Writes room reports to the shared directory, in order, and tells every replica.
-async fn directory_writer(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Report>) {
+/// Directory reports not written yet, the newest per room.
+#[derive(Default)]
+pub(crate) struct PendingReports {
+    reports: Mutex<HashMap<String, Report>>,
+    wake: tokio::sync::Notify,
+}
+
+impl PendingReports {
+    fn put(&self, report: Report) {
+        let mut pending = lock(&self.reports);
+        match pending.get(&report.summary.name) {
+            // Versions only grow per room; an older one arriving late changes nothing.
+            Some(old) if old.version > report.version => {}
+            _ => {
+                pending.insert(report.summary.name.clone(), report);
+            }
+        }
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    async fn take(&self) -> Vec<Report> {
+        loop {
+            let batch: Vec<Report> = lock(&self.reports).drain().map(|(_, r)| r).collect();
+            if !batch.is_empty() {
+                return batch;
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+async fn directory_writer(hub: Arc<Hub>, pending: Arc<PendingReports>) {
     let Some(c) = &hub.cluster else { return };
     let keys = piano_backends::layout::Keys {
         prefix: hub.cfg.redis_key_prefix.clone(),
     };
-    while let Some(report) = rx.recv().await {
-        let Ok(json) = serde_json::to_string(&report) else {
-            continue;
-        };
-        let mut pipe = redis::pipe();
-        if report.summary.players == 0 {
-            pipe.hdel(cluster::DIRECTORY, &report.summary.name);
-        } else {
-            pipe.hset(cluster::DIRECTORY, &report.summary.name, &json);
+    loop {
+        for report in pending.take().await {
+            write_report(&hub, c, &keys, report).await;
         }
-        pipe.publish(cluster::DIRECTORY, &json);
-        // The edge's room index across deployments (`{REDIS_KEY_PREFIX}rooms:<deployment>`).
-        for index in crate::network::index_commands(&keys, &hub.cfg.deployment_id, &report.summary)
-        {
-            if let Some((name, args)) = index.split_first() {
-                let cmd = pipe.cmd(name);
-                for a in args {
-                    cmd.arg(a);
-                }
+    }
+}
+
+async fn write_report(
+    hub: &Arc<Hub>,
+    c: &Cluster,
+    keys: &piano_backends::layout::Keys,
+    report: Report,
+) {
+    let Ok(json) = serde_json::to_string(&report) else {
+        return;
+    };
+    let mut pipe = redis::pipe();
+    if report.summary.players == 0 {
+        pipe.hdel(cluster::DIRECTORY, &report.summary.name);
+    } else {
+        pipe.hset(cluster::DIRECTORY, &report.summary.name, &json);
+    }
+    pipe.publish(cluster::DIRECTORY, &json);
+    // The edge's room index across deployments (`{REDIS_KEY_PREFIX}rooms:<deployment>`).
+    for index in crate::network::index_commands(keys, &hub.cfg.deployment_id, &report.summary) {
+        if let Some((name, args)) = index.split_first() {
+            let cmd = pipe.cmd(name);
+            for a in args {
+                cmd.arg(a);
             }
         }
-        if let Err(e) = c.conn.pipe::<()>(&pipe).await {
-            redis_error("writing the directory", &e);
-            // Still apply it here, so at least this replica's list is right.
-            hub.apply_report(report);
-        }
+    }
+    if let Err(e) = c.conn.pipe::<()>(&pipe).await {
+        redis_error("writing the directory", &e);
+        // Still apply it here, so at least this replica's list is right.
+        hub.apply_report(report);
     }
 }
 

@@ -30,6 +30,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// Inputs a room task may queue before senders wait.
 const QUEUE: usize = 4096;
+/// Broadcasts waiting to be published to other replicas. It fills only while Redis does not
+/// take them; then the lease cannot be renewed either and the room stops within a lease TTL
+/// (players reconnect), so dropping what does not fit meanwhile (counted) loses nothing more.
+const PUBLISH_QUEUE: usize = 16_384;
 
 static NEXT_ENTRY: AtomicU64 = AtomicU64::new(1);
 
@@ -80,12 +84,12 @@ struct Task {
     id: u64,
     room: Room,
     writer: Writer,
-    mirror: Option<mpsc::UnboundedSender<MirrorMsg>>,
+    mirror: Option<crate::mongo::Mirror>,
     local: HashSet<ConnId>,
     /// Connections held by other replicas: conn → replica.
     remote: HashMap<ConnId, String>,
     /// Publishes in order, so the room never waits on Redis.
-    publisher: Option<mpsc::UnboundedSender<(String, Bytes)>>,
+    publisher: Option<mpsc::Sender<(String, Bytes)>>,
     started_at: u64,
     /// The lease as [`keep_lease`] last confirmed it.
     lease: watch::Receiver<LeaseView>,
@@ -189,7 +193,7 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
         .map(|_| tokio::spawn(keep_lease(hub.clone(), name.to_owned(), lease_tx)).abort_handle());
     METRICS.rooms.fetch_add(1, Relaxed);
     let publisher = hub.cluster.as_ref().map(|_| {
-        let (ptx, prx) = mpsc::unbounded_channel();
+        let (ptx, prx) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(publish_loop(hub.clone(), prx));
         ptx
     });
@@ -220,7 +224,7 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn publish_loop(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<(String, Bytes)>) {
+async fn publish_loop(hub: Arc<Hub>, mut rx: mpsc::Receiver<(String, Bytes)>) {
     let Some(c) = &hub.cluster else { return };
     while let Some((channel, payload)) = rx.recv().await {
         if let Err(e) = c.publish(&channel, payload).await {
@@ -296,7 +300,7 @@ impl Task {
         if let Some(m) = &self.mirror {
             // Best effort: MongoDB may be slow or down; the room store already has it all.
             let (reply, done) = oneshot::channel();
-            if m.send(MirrorMsg::Flush(reply)).is_ok() {
+            if m.send(MirrorMsg::Flush(reply)) {
                 let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
             }
         }
@@ -506,13 +510,20 @@ impl Task {
         self.stats_flushed_at = Instant::now();
         let stats = self.room.take_stats();
         if let Some(m) = &self.mirror {
-            let _ = m.send(MirrorMsg::Stats(stats));
+            m.send(MirrorMsg::Stats(stats));
         }
     }
 
     fn publish(&self, replica: &str, wire: Wire) {
-        if let Some(p) = &self.publisher {
-            let _ = p.send((replica_channel(replica), wire.encode()));
+        if let Some(p) = &self.publisher
+            && let Err(mpsc::error::TrySendError::Full(_)) =
+                p.try_send((replica_channel(replica), wire.encode()))
+        {
+            METRICS.queue_full.fetch_add(1, Relaxed);
+            tracing::warn!(
+                room = self.name,
+                "publish queue full: a broadcast to a replica was dropped"
+            );
         }
     }
 
@@ -570,7 +581,7 @@ impl Task {
                 Effect::Remember(_) => {}
                 Effect::Persist(change) => {
                     if let Some(m) = &self.mirror {
-                        let _ = m.send(MirrorMsg::Change(change.clone()));
+                        m.send(MirrorMsg::Change(change.clone()));
                     }
                     self.writer.write(change);
                 }

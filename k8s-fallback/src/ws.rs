@@ -21,6 +21,19 @@ use tokio::sync::{mpsc, oneshot};
 /// How long a closing connection waits for the client's half of the close handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
+/// RFC 6455 "Going Away": the socket sent nothing, not even a pong to our pings, for
+/// `WS_IDLE_TIMEOUT_SECS` (a dead peer, or one holding a socket open for nothing).
+pub const IDLE_TIMEOUT: u16 = 1001;
+
+/// What the HTTP side learned about the connection before the upgrade.
+pub struct ConnMeta {
+    /// The client's network key (`client_ip::network_key`).
+    pub network: String,
+    /// Its places in the per-network WebSocket cap and in the TCP connection caps; held for as
+    /// long as the socket is open.
+    pub slots: (crate::serve::ConnSlot, Option<Arc<crate::serve::ConnSlot>>),
+}
+
 /// Random ids below 2^53, like the edge's (they may pass through JavaScript numbers).
 fn new_conn_id() -> ConnId {
     let mut b = [0u8; 8];
@@ -30,7 +43,17 @@ fn new_conn_id() -> ConnId {
     u64::from_le_bytes(b) & ((1 << 53) - 1)
 }
 
-pub async fn serve(hub: Arc<Hub>, socket: WebSocket, room: String, identity: Identity) {
+pub async fn serve(
+    hub: Arc<Hub>,
+    socket: WebSocket,
+    room: String,
+    identity: Identity,
+    meta: ConnMeta,
+) {
+    let ConnMeta {
+        network: _network,
+        slots: _slots,
+    } = meta;
     let conn = new_conn_id();
     let (tx, rx) = mpsc::channel(hub.cfg.outbound_queue);
     let (kill_tx, kill_rx) = oneshot::channel();
@@ -51,9 +74,17 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, room: String, identity: Ide
     let mut writer_done = false;
     let grace = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
     tokio::pin!(grace);
+    let idle = hub.cfg.ws_idle_timeout;
+    let mut heard = tokio::time::Instant::now();
+    let mut idle_check = tokio::time::interval(idle / 4);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    idle_check.tick().await;
+    let mut idle_closed = false;
     loop {
         tokio::select! {
             msg = stream.next() => {
+                // Anything at all (a pong included) shows the peer is there.
+                heard = tokio::time::Instant::now();
                 let (data, binary) = match msg {
                     Some(Ok(Message::Binary(b))) => (b, true),
                     Some(Ok(Message::Text(t))) => (Bytes::copy_from_slice(t.as_str().as_bytes()), false),
@@ -78,6 +109,15 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, room: String, identity: Ide
                 grace.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
             }
             _ = &mut grace => break,
+            _ = idle_check.tick(), if !writer_done && !idle_closed => {
+                if heard.elapsed() >= idle {
+                    METRICS.idle_closes.fetch_add(1, Relaxed);
+                    idle_closed = true;
+                    hub.close_local(conn, IDLE_TIMEOUT, "idle: nothing received, not even a pong");
+                } else {
+                    hub.ping(conn);
+                }
+            }
         }
     }
 
@@ -175,6 +215,15 @@ async fn write_loop(
                     break;
                 }
                 METRICS.messages_out.fetch_add(1, Relaxed);
+            }
+            Outbound::Ping => {
+                let ping = sink.send(Message::Ping(Bytes::new()));
+                if !matches!(
+                    tokio::time::timeout(Duration::from_secs(10), ping).await,
+                    Ok(Ok(()))
+                ) {
+                    break;
+                }
             }
             Outbound::Close(code, reason) => {
                 let frame = CloseFrame {
