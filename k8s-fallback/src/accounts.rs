@@ -27,6 +27,7 @@ use crate::http::{json, json_error, with_header};
 use crate::hub::Hub;
 use crate::metrics::redis_error;
 use crate::mongo::Mongo;
+use crate::reach::Reach;
 use crate::redis_handle::RedisHandle;
 use axum::response::Response;
 use piano_backends::layout;
@@ -38,6 +39,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 
 // The record, roles and session lifetime are the edge's, from the core: MongoDB's `accounts`
 // documents hold this record, so either side reads what the other wrote.
@@ -46,7 +48,8 @@ pub use piano_core::account::{AccountData, ROLES, SESSION_TTL_MS};
 /// A token's session as the store sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
-    Live,
+    /// Live until `expires_at` (ms), unless it ends sooner.
+    Live { expires_at: u64 },
     /// Logged out, refreshed away, revoked, expired, or an account that is not there.
     Ended,
     /// Not a session of this deployment (the edge's, with the same key): accepted on signature.
@@ -80,6 +83,8 @@ pub struct Accounts {
     shared: Option<(RedisHandle, layout::Keys)>,
     mongo: Option<Arc<Mongo>>,
     mongo_writes: Option<crate::mongo::Mirror>,
+    /// Session ends and role changes, for the rooms ([`crate::reach`]).
+    reach: Option<mpsc::Sender<Reach>>,
     access_ttl_secs: u64,
     /// After a failed MongoDB lookup, later ones are skipped until then (ms), as at the edge.
     lookup_skip_until: AtomicU64,
@@ -224,8 +229,21 @@ impl Accounts {
             shared: None,
             mongo: None,
             mongo_writes: None,
+            reach: None,
             access_ttl_secs: 900,
             lookup_skip_until: AtomicU64::new(0),
+        }
+    }
+
+    /// Where session ends and role changes go ([`crate::reach`]).
+    pub fn with_reach(mut self, tx: mpsc::Sender<Reach>) -> Accounts {
+        self.reach = Some(tx);
+        self
+    }
+
+    pub async fn reach(&self, event: Reach) {
+        if let Some(tx) = &self.reach {
+            let _ = tx.send(event).await;
         }
     }
 
@@ -696,6 +714,12 @@ impl Accounts {
     /// `{REDIS_KEY_PREFIX}revoked:<sid>` (the edge's revocation list), for as long as an
     /// access token of the session could still be presented.
     async fn announce_revoked(&self, sid: &str, user_id: &str) {
+        // Open sockets of the session close (4001), on every replica (`reach`).
+        self.reach(Reach::SessionEnded {
+            user_id: user_id.to_owned(),
+            session_id: Some(sid.to_owned()),
+        })
+        .await;
         let Some((conn, keys)) = &self.shared else {
             return;
         };
@@ -727,7 +751,9 @@ impl Accounts {
                         None => Check::Unknown,
                         Some((g, exp, revoked)) => {
                             if revoked == 0 && exp as u64 > now && g as u64 == generation {
-                                Check::Live
+                                Check::Live {
+                                    expires_at: exp as u64,
+                                }
                             } else {
                                 Check::Ended
                             }
@@ -755,7 +781,7 @@ impl Accounts {
                     _ if listed => Check::Ended,
                     (Some(g), Some(exp)) => {
                         if revoked.as_deref() == Some("0") && exp > now && g == generation {
-                            Check::Live
+                            Check::Live { expires_at: exp }
                         } else {
                             Check::Ended
                         }
@@ -1228,7 +1254,15 @@ pub async fn set_roles(hub: &Hub, bearer: Option<String>, raw_id: &str, bytes: &
         })
         .await;
     match updated {
-        Ok(Some(a)) => no_store(json(200, &a.public())),
+        Ok(Some(a)) => {
+            // Open sockets carry the old roles: they close (4002) and reconnect with new ones.
+            hub.accounts
+                .reach(Reach::IdentityChanged {
+                    user_id: a.user_id(),
+                })
+                .await;
+            no_store(json(200, &a.public()))
+        }
         Ok(None) => json_error(404, "not_found", "no such user"),
         Err(e) => unavailable(&e),
     }

@@ -121,7 +121,17 @@ pub fn upgrade_auth(uri: &Uri, headers: &HeaderMap) -> Result<UpgradeAuth, &'sta
 
 #[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
 pub async fn verify(hub: &Hub, token: Option<&str>) -> Result<Identity, Response> {
-    verify_claims(hub, token).await.map(Identity::from)
+    verify_session(hub, token)
+        .await
+        .map(|(claims, expires_at)| {
+            let mut identity = Identity::from(claims);
+            if expires_at.is_some() {
+                // A member's socket lives as long as the session (as it stands now; a refresh
+                // later does not extend sockets opened before it).
+                identity.expires_at = expires_at;
+            }
+            identity
+        })
 }
 
 /// Verifies a token; on failure, the 401 (or 503) response to return. Members' tokens are also
@@ -129,6 +139,14 @@ pub async fn verify(hub: &Hub, token: Option<&str>) -> Result<Identity, Response
 /// refreshed-away token is refused at once.
 #[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
 pub async fn verify_claims(hub: &Hub, token: Option<&str>) -> Result<Claims, Response> {
+    verify_session(hub, token).await.map(|(claims, _)| claims)
+}
+
+/// [`verify_claims`], plus when a member's session expires (ms; `None` for guests and for
+/// sessions this deployment does not hold).
+#[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
+async fn verify_session(hub: &Hub, token: Option<&str>) -> Result<(Claims, Option<u64>), Response> {
+    let mut session_expiry = None;
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Err(unauthorized(
             "a token is required: Authorization: Bearer <jwt>, ?token=<jwt> or subprotocol bearer.<jwt>",
@@ -145,7 +163,8 @@ pub async fn verify_claims(hub: &Hub, token: Option<&str>) -> Result<Claims, Res
             .check(&claims.sub, sid, claims.generation.unwrap_or(0))
             .await
         {
-            Ok(Check::Live | Check::Unknown) => {}
+            Ok(Check::Live { expires_at }) => session_expiry = Some(expires_at),
+            Ok(Check::Unknown) => {}
             Ok(Check::Ended) => {
                 return Err(unauthorized(
                     "the session has ended (logged out or refreshed): log in again",
@@ -161,7 +180,7 @@ pub async fn verify_claims(hub: &Hub, token: Option<&str>) -> Result<Claims, Res
             }
         }
     }
-    Ok(claims)
+    Ok((claims, session_expiry))
 }
 
 pub fn unauthorized(message: &str) -> Response {

@@ -61,6 +61,10 @@ pub struct Config {
     /// Open WebSockets per client network (after `TRUSTED_PROXIES`) on this replica; beyond it
     /// the upgrade is refused with 429 `too_many_connections`.
     pub max_sockets_per_ip: usize,
+    /// Sockets per user in one room, and per client network in one room (the core's
+    /// `Limits::conns_per_user` / `conns_per_network`; staff are exempt from the latter).
+    pub room_sockets_per_user: usize,
+    pub room_sockets_per_network: usize,
     /// `METRICS_TOKEN`: `/metrics` on the main port needs `Authorization: Bearer <it>`.
     pub metrics_token: Option<String>,
     /// `METRICS_ADDR`: serve `/metrics` (only) on this address, without a credential.
@@ -177,6 +181,16 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
         max_connections: number("MAX_CONNECTIONS", 20_000, 1..=1_000_000)? as usize,
         max_connections_per_ip: number("MAX_CONNECTIONS_PER_IP", 64, 1..=1_000_000)? as usize,
         max_sockets_per_ip: number("MAX_WEBSOCKETS_PER_IP", 32, 1..=1_000_000)? as usize,
+        room_sockets_per_user: number(
+            "ROOM_SOCKETS_PER_USER",
+            piano_core::room::budget::Limits::default().conns_per_user as u64,
+            1..=1000,
+        )? as usize,
+        room_sockets_per_network: number(
+            "ROOM_SOCKETS_PER_NETWORK",
+            piano_core::room::budget::Limits::default().conns_per_network as u64,
+            1..=100_000,
+        )? as usize,
         metrics_token: get("METRICS_TOKEN").map(|t| t.trim().to_owned()),
         metrics_addr,
         cors_origins: get("CORS_ORIGINS")

@@ -18,6 +18,7 @@ use piano_core::names::{self, percent_decode};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 use tower::ServiceExt;
 use tower_http::services::ServeDir;
 
@@ -370,8 +371,30 @@ async fn connect(app: App, req: Request, raw_name: &str, ip: IpAddr) -> Response
             return too_many_connections("your network holds as many sockets as it may here");
         }
     };
+    let mut identity = identity;
+    identity.network = Some(crate::client_ip::network_key(
+        &app.hub.cfg.signing.public_key(),
+        ip,
+    ));
+    // The room's own caps (sockets per user and per network in the room), asked before the
+    // upgrade when the room runs here; a room elsewhere (cluster) or not running yet checks at
+    // Connect instead (Error TOO_MANY_CONNECTIONS, close 4004).
+    if let Some(tx) = app.hub.room_tx(&name) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let ask = crate::room_task::RoomMsg::Admit {
+            identity: identity.clone(),
+            reply,
+        };
+        if tx.send(ask).await.is_ok()
+            && let Ok(Ok(Err(_))) = tokio::time::timeout(Duration::from_secs(2), answer).await
+        {
+            METRICS.refused_sockets.fetch_add(1, Relaxed);
+            return too_many_connections(
+                "you (or your network) already hold the most sockets allowed in this room",
+            );
+        }
+    }
     let meta = crate::ws::ConnMeta {
-        network: crate::client_ip::network_key(&app.hub.cfg.signing.public_key(), ip),
         slots: (
             socket_slot,
             parts.extensions.get::<Arc<ConnSlot>>().cloned(),

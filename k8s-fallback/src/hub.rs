@@ -604,6 +604,7 @@ async fn pubsub_loop(hub: Arc<Hub>) {
             Ok(mut ps) => {
                 let subscribed = async {
                     ps.subscribe(&own).await?;
+                    ps.subscribe(crate::reach::CHANNEL).await?;
                     ps.subscribe(cluster::DIRECTORY).await
                 }
                 .await;
@@ -615,7 +616,9 @@ async fn pubsub_loop(hub: Arc<Hub>) {
                         let mut stream = ps.on_message();
                         while let Some(msg) = stream.next().await {
                             let payload: &[u8] = msg.get_payload_bytes();
-                            if msg.get_channel_name() == cluster::DIRECTORY {
+                            if msg.get_channel_name() == crate::reach::CHANNEL {
+                                crate::reach::on_message(&hub, payload).await;
+                            } else if msg.get_channel_name() == cluster::DIRECTORY {
                                 if let Ok(report) = serde_json::from_slice::<Report>(payload) {
                                     hub.apply_report(report);
                                 }

@@ -34,6 +34,8 @@
 //!   caps per replica and per client network); [`client_ip`]: who the client is behind
 //!   `TRUSTED_PROXIES`; [`body`]: request bodies read capped and timed; [`security`]: security
 //!   headers and CORS on every response.
+//! - [`reach`]: session ends and role changes reach the rooms holding the member's sockets
+//!   (through Redis pub/sub across replicas).
 //! - [`metrics`]: counters and the relay latency histogram, in Prometheus text format.
 
 pub mod accounts;
@@ -48,6 +50,7 @@ pub mod hub;
 pub mod metrics;
 pub mod mongo;
 pub mod network;
+pub mod reach;
 pub mod redis_handle;
 pub mod room_task;
 pub mod security;
@@ -108,6 +111,8 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         None => accounts::Accounts::sqlite(&cfg.data_dir)?,
     }
     .configure(cfg.access_ttl_secs, mongo.clone());
+    let (reach_tx, reach_rx) = reach::channel();
+    let accounts = accounts.with_reach(reach_tx);
     let limits = serve::ConnLimits::new(cfg.max_connections, cfg.max_connections_per_ip);
     let settings = serve::Settings {
         header_timeout: cfg.header_timeout,
@@ -126,6 +131,7 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         tracing::info!("/metrics is off: set METRICS_TOKEN or METRICS_ADDR to serve it");
     }
     let hub = hub::Hub::new(cfg, store, cluster, mongo, accounts);
+    tokio::spawn(reach::run(hub.clone(), reach_rx));
     if let Some(l) = metrics_listener {
         tracing::info!(addr = ?l.local_addr().ok(), "serving /metrics");
         let metrics_limits = serve::ConnLimits::new(64, 64);

@@ -55,6 +55,21 @@ pub enum RoomMsg {
     },
     RoomListChanged(Delta),
     Info(oneshot::Sender<RoomInfo>),
+    /// Would the room take this identity's socket (`Room::admit_connection`)? Asked before
+    /// the WebSocket upgrade, so a refusal is a plain HTTP 429.
+    Admit {
+        identity: Identity,
+        reply: oneshot::Sender<Result<(), piano_core::proto::ErrorCode>>,
+    },
+    /// A session ended or roles changed somewhere ([`crate::reach`]).
+    Reach(crate::reach::Reach),
+    /// The answer of a password check run off the room's task (`Effect::VerifyPassword`).
+    PasswordChecked {
+        conn: ConnId,
+        ok: bool,
+    },
+    /// The room's deadline passed (`Room::next_deadline`).
+    Tick,
     /// The answer of the background check on the replicas of remote players.
     ReplicasChecked {
         gone: Vec<String>,
@@ -170,6 +185,11 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
     };
     let writer = hub.store.writer(name, room.stored().clone());
     let mirror = hub.mongo.as_ref().map(|m| m.mirror(name));
+    room.set_limits(piano_core::room::budget::Limits {
+        conns_per_user: hub.cfg.room_sockets_per_user,
+        conns_per_network: hub.cfg.room_sockets_per_network,
+        ..Default::default()
+    });
     // Players' activity has a home only in MongoDB's `user_stats`.
     room.count_activity(mirror.is_some());
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -243,6 +263,10 @@ impl Task {
         };
         let mut tick = tokio::time::interval(period);
         tick.tick().await;
+        // The core's next deadline (a token or session expiring): `Input::Tick` then.
+        let deadline = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(deadline);
+        let mut armed = None;
         let release = loop {
             let next = tokio::select! {
                 msg = rx.recv() => match msg {
@@ -250,7 +274,22 @@ impl Task {
                     None => Next::Stop { release: true },
                 },
                 _ = tick.tick() => self.on_tick(),
+                _ = &mut deadline, if armed.is_some() => {
+                    armed = None;
+                    self.on_msg(RoomMsg::Tick)
+                }
             };
+            let wanted = self.room.next_deadline();
+            if wanted != armed {
+                armed = wanted;
+                if let Some(at) = wanted {
+                    // A few ms late rather than early: the core closes what is due by `now`.
+                    let wait = at.saturating_sub(now_ms()) + 5;
+                    deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + Duration::from_millis(wait));
+                }
+            }
             if let Next::Stop { release } = next {
                 self.retire(&mut rx);
                 break release;
@@ -424,6 +463,33 @@ impl Task {
                     self.on_msg(RoomMsg::Disconnect { conn });
                 }
             }
+            RoomMsg::Admit { identity, reply } => {
+                let _ = reply.send(self.room.admit_connection(&identity));
+            }
+            RoomMsg::Reach(event) => {
+                let input = match event {
+                    crate::reach::Reach::SessionEnded {
+                        user_id,
+                        session_id,
+                    } => Input::SessionEnded {
+                        user_id,
+                        session_id,
+                    },
+                    crate::reach::Reach::IdentityChanged { user_id } => {
+                        Input::IdentityChanged { user_id }
+                    }
+                };
+                let effects = self.room.handle(input, now);
+                self.execute(effects, None);
+            }
+            RoomMsg::PasswordChecked { conn, ok } => {
+                let effects = self.room.handle(Input::PasswordChecked { conn, ok }, now);
+                self.execute(effects, None);
+            }
+            RoomMsg::Tick => {
+                let effects = self.room.handle(Input::Tick, now);
+                self.execute(effects, None);
+            }
             RoomMsg::Info(reply) => {
                 let _ = reply.send(RoomInfo {
                     participants: self.room.participant_count(),
@@ -572,6 +638,7 @@ impl Task {
                     }
                 }
                 Effect::Close { conn, code, reason } => {
+                    crate::reach::count_close(code);
                     self.local.remove(&conn);
                     let replica = self.remote.remove(&conn);
                     self.close(conn, replica.as_deref(), code, reason);
@@ -586,12 +653,29 @@ impl Task {
                     self.writer.write(change);
                 }
                 Effect::Directory(DirectoryOp::Report(report)) => self.hub.report(report),
-                Effect::Directory(DirectoryOp::Subscribe { conn }) => {
+                // No per-user subscription cap here (the edge's Lobby has one): the core's
+                // subscribe budget per connection applies.
+                Effect::Directory(DirectoryOp::Subscribe { conn, .. }) => {
                     let rooms = self.hub.listing();
                     let more = self.room.handle(Input::RoomList { conn, rooms }, now_ms());
                     self.execute(more, None);
                 }
                 Effect::Directory(DirectoryOp::Unsubscribe) => {}
+                Effect::VerifyPassword {
+                    conn,
+                    password,
+                    hash,
+                } => {
+                    // A KDF on a blocking thread, never on the room's task: the room keeps
+                    // relaying while it runs (the core caps how many a room asks for).
+                    let me = self.me.clone();
+                    tokio::spawn(async move {
+                        let ok = tokio::task::spawn_blocking(move || hash.verify(&password))
+                            .await
+                            .unwrap_or(false);
+                        let _ = me.send(RoomMsg::PasswordChecked { conn, ok }).await;
+                    });
+                }
             }
         }
     }

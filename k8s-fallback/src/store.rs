@@ -237,6 +237,11 @@ fn sql_write(conn: &rusqlite::Connection, room: &str, change: Change) -> Result<
             &[&room, &(id as i64)],
         ),
         Change::ChatCleared => sql("DELETE FROM chat WHERE room = ?1", &[&room]),
+        // A room nobody configured and everyone left: nothing of it stays on disk.
+        Change::Discard => {
+            sql("DELETE FROM room_meta WHERE room = ?1", &[&room])?;
+            sql("DELETE FROM chat WHERE room = ?1", &[&room])
+        }
     }
 }
 
@@ -305,10 +310,16 @@ async fn redis_writer(
             Change::ChatCleared => {
                 pipe.del(chat_key(&room));
             }
+            Change::Discard => {
+                pipe.del(state_key(&room)).del(chat_key(&room));
+            }
             _ => {}
         }
         mirror.apply(change.clone());
-        if !matches!(change, Change::ChatDeleted(_) | Change::ChatCleared) {
+        if !matches!(
+            change,
+            Change::ChatDeleted(_) | Change::ChatCleared | Change::Discard
+        ) {
             let doc = Stored {
                 chat: Vec::new(),
                 ..mirror.clone()

@@ -27,8 +27,6 @@ pub const IDLE_TIMEOUT: u16 = 1001;
 
 /// What the HTTP side learned about the connection before the upgrade.
 pub struct ConnMeta {
-    /// The client's network key (`client_ip::network_key`).
-    pub network: String,
     /// Its places in the per-network WebSocket cap and in the TCP connection caps; held for as
     /// long as the socket is open.
     pub slots: (crate::serve::ConnSlot, Option<Arc<crate::serve::ConnSlot>>),
@@ -50,10 +48,8 @@ pub async fn serve(
     identity: Identity,
     meta: ConnMeta,
 ) {
-    let ConnMeta {
-        network: _network,
-        slots: _slots,
-    } = meta;
+    // Held until the socket ends.
+    let ConnMeta { slots: _slots } = meta;
     let conn = new_conn_id();
     let (tx, rx) = mpsc::channel(hub.cfg.outbound_queue);
     let (kill_tx, kill_rx) = oneshot::channel();
