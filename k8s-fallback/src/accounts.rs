@@ -928,14 +928,14 @@ pub async fn register(hub: &Hub, bootstrap: Option<&str>, bytes: &[u8]) -> Respo
             Ok(k) => k,
             Err((code, message)) => return json_error(400, code, &message),
         };
-    let admin = match crate::admin_rule::registration(
+    let admin = match piano_core::account::admin_on_register(
+        &key,
         &hub.cfg.admins,
         hub.cfg.admin_bootstrap_secret.as_deref(),
-        &key,
         bootstrap,
     ) {
         Ok(admin) => admin,
-        Err(resp) => return resp,
+        Err((code, message)) => return json_error(403, code, message),
     };
     let taken = || json_error(409, "username_taken", "that username is taken");
     match hub.accounts.find(&key).await {
@@ -1005,7 +1005,9 @@ pub async fn login(hub: &Hub, bytes: &[u8]) -> Response {
     if !ok {
         return invalid_credentials();
     }
-    if hub.cfg.admins.contains(&key) && !account.roles.iter().any(|r| r == "admin") {
+    if piano_core::account::admin_on_login(&key, &hub.cfg.admins)
+        && !account.roles.iter().any(|r| r == "admin")
+    {
         match hub
             .accounts
             .update(&key, |a| {

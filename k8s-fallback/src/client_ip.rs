@@ -12,7 +12,6 @@
 //!   socket peer leftwards, every address in the list is skipped; the first one outside is
 //!   the client. A peer outside the list means no proxy is involved: XFF is ignored.
 
-use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,21 +158,6 @@ pub fn network_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The room's `network` key (`Identity::network`): an opaque, stable hash of the client's
-/// network, salted with the deployment's public signing key so the same key comes out on every
-/// replica (admission caps and bans meet across replicas and restarts) and an address cannot
-/// be read back from stored bans.
-pub fn network_key(salt: &[u8], ip: IpAddr) -> String {
-    let mut h = Sha256::new();
-    h.update(b"piano-network\0");
-    h.update(salt);
-    h.update(network_of(ip).to_string().as_bytes());
-    h.finalize()[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,16 +223,13 @@ mod tests {
     #[test]
     fn ipv6_networks_are_slash_64() {
         assert_eq!(
-            network_key(b"k", ip("2001:db8::1")),
-            network_key(b"k", ip("2001:db8::ffff:2"))
+            network_of(ip("2001:db8::1")),
+            network_of(ip("2001:db8::ffff:2"))
         );
         assert_ne!(
-            network_key(b"k", ip("1.2.3.4")),
-            network_key(b"k", ip("1.2.3.5"))
+            network_of(ip("2001:db8:0:1::1")),
+            network_of(ip("2001:db8::1"))
         );
-        assert_ne!(
-            network_key(b"k", ip("1.2.3.4")),
-            network_key(b"j", ip("1.2.3.4"))
-        );
+        assert_eq!(network_of(ip("::ffff:1.2.3.4")), ip("1.2.3.4"));
     }
 }

@@ -193,12 +193,7 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
         )? as usize,
         metrics_token: get("METRICS_TOKEN").map(|t| t.trim().to_owned()),
         metrics_addr,
-        cors_origins: get("CORS_ORIGINS")
-            .unwrap_or_default()
-            .split(',')
-            .map(|o| o.trim().trim_end_matches('/').to_owned())
-            .filter(|o| !o.is_empty())
-            .collect(),
+        cors_origins: piano_core::http_policy::parse_origins(get("CORS_ORIGINS").as_deref()),
         admin_bootstrap_secret: get("ADMIN_BOOTSTRAP_SECRET"),
         outbound_queue: number("OUTBOUND_QUEUE_FRAMES", 1024, 16..=1_000_000)? as usize,
         drain_timeout: Duration::from_secs(number("DRAIN_TIMEOUT_SECS", 10, 0..=600)?),

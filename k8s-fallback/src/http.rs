@@ -372,10 +372,8 @@ async fn connect(app: App, req: Request, raw_name: &str, ip: IpAddr) -> Response
         }
     };
     let mut identity = identity;
-    identity.network = Some(crate::client_ip::network_key(
-        &app.hub.cfg.signing.public_key(),
-        ip,
-    ));
+    // The core's key (as the edge computes it from CF-Connecting-IP): IPv4, or IPv6 /64.
+    identity.network = Some(piano_core::http_policy::network_key(&ip.to_string()));
     // The room's own caps (sockets per user and per network in the room), asked before the
     // upgrade when the room runs here; a room elsewhere (cluster) or not running yet checks at
     // Connect instead (Error TOO_MANY_CONNECTIONS, close 4004).

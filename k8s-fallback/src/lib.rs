@@ -39,7 +39,6 @@
 //! - [`metrics`]: counters and the relay latency histogram, in Prometheus text format.
 
 pub mod accounts;
-pub mod admin_rule;
 pub mod auth;
 pub mod body;
 pub mod client_ip;

@@ -1,5 +1,7 @@
 //! Security headers on every response and CORS for configured origins only (SPEC "HTTP"), as a
-//! layer around the whole router, so no path (API, static files, errors) can miss them.
+//! layer around the whole router, so no path (API, static files, errors) can miss them. The
+//! policy itself (headers, CSP, origins) is the core's `piano_core::http_policy`, shared with
+//! the edge.
 //!
 //! - `Content-Security-Policy` for the web client (same-origin scripts, styles and
 //!   connections, WebSockets, no framing), `X-Content-Type-Options: nosniff`,
@@ -15,18 +17,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use std::sync::Arc;
 
-// The policy both hosts send. TODO(lead): these move to `piano_core::http_policy` (edge helper);
-// switch to its constants once merged.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
-pub const SECURITY_HEADERS: [(&str, &str); 4] = [
-    ("content-security-policy", CONTENT_SECURITY_POLICY),
-    ("x-content-type-options", "nosniff"),
-    ("referrer-policy", "no-referrer"),
-    ("x-frame-options", "DENY"),
-];
-pub const CORS_ALLOW_METHODS: &str = "GET, POST, PUT, OPTIONS";
-pub const CORS_ALLOW_HEADERS: &str = "authorization, content-type, x-admin-bootstrap";
-pub const CORS_MAX_AGE_SECS: &str = "600";
+use piano_core::http_policy::{
+    CORS_ALLOW_HEADERS, CORS_ALLOW_METHODS, CORS_MAX_AGE_SECS, SECURITY_HEADERS, allowed_origin,
+};
 
 /// The configured origins (`CORS_ORIGINS`, without trailing slashes).
 #[derive(Clone, Default)]
@@ -37,11 +30,7 @@ pub struct Policy {
 impl Policy {
     fn allowed_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
         let origin = headers.get(header::ORIGIN)?;
-        let o = origin.to_str().ok()?;
-        self.cors_origins
-            .iter()
-            .any(|allowed| allowed.eq_ignore_ascii_case(o))
-            .then(|| origin.clone())
+        allowed_origin(&self.cors_origins, origin.to_str().ok()).map(|_| origin.clone())
     }
 }
 
@@ -67,7 +56,7 @@ pub async fn layer(State(policy): State<Policy>, req: Request, next: Next) -> Re
             );
             h.insert(
                 header::ACCESS_CONTROL_MAX_AGE,
-                HeaderValue::from_static(CORS_MAX_AGE_SECS),
+                HeaderValue::from(CORS_MAX_AGE_SECS),
             );
             r
         }
