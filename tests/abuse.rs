@@ -7,23 +7,23 @@
 use crate::*;
 use e2e_tests::abuse_support::{close, error_code, join_failure};
 use e2e_tests::proto::{self, client_message as cm, server_message::Msg};
+use piano_core::room::budget;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-/// How many over-budget frames a flooder may get through: a budget's burst plus its refill over
-/// the time the flood lasted (plus a second of slack). Generous on purpose: what matters is
-/// that the count is bounded while the flood is not.
-fn budget_allows(flood: Duration) -> usize {
-    // No per-kind budget in the contract refills faster than this or bursts higher.
-    const RATE_PER_SEC: f64 = 50.0;
-    const BURST: f64 = 100.0;
-    (BURST + RATE_PER_SEC * (flood.as_secs_f64() + 1.0)) as usize
+/// How many messages of a kind a flooder may get through: the budget's burst plus its refill
+/// over the time the flood lasted, plus a second of slack. What matters is that the count is
+/// bounded by the budget while the flood is not.
+fn budget_allows(rate: budget::Rate, flood: Duration) -> usize {
+    let refill_ms = flood.as_millis() as u64 + 1000;
+    rate.burst as usize + (refill_ms / u64::from(rate.every_ms.max(1))) as usize
 }
 
-/// Typed notices a flooder may get: at most one per message kind per budget window (1 s or
-/// longer), for the few kinds a trial sends, plus slack.
+/// Typed notices a flooder may get: at most one per message kind per notice interval, for the
+/// `kinds` budgets a flood can hit, plus slack.
 fn notices_allowed(flood: Duration, kinds: usize) -> usize {
-    kinds * (flood.as_secs_f64().ceil() as usize + 3)
+    let windows = flood.as_millis() as u64 / budget::NOTICE_INTERVAL_MS + 2;
+    kinds * windows as usize
 }
 
 /// Note-offs for notes that are not sounding and a sustain pedal pressed and released: nothing
@@ -136,7 +136,8 @@ async fn count_until_left(c: &mut Client, who: &str, counts: impl Fn(&Msg) -> bo
     }
 }
 
-fn assert_flood_stopped(what: &str, f: &Flood, relayed: usize) {
+/// `kinds`: the budgets the flood can run into (its own kind, note events, all frames).
+fn assert_flood_stopped(what: &str, f: &Flood, relayed: usize, rate: budget::Rate, kinds: usize) {
     eprintln!(
         "{what}: sent {}, relayed {relayed}, notices {}, lasted {:?}, ended {:?}",
         f.sent, f.notices, f.lasted, f.ending
@@ -151,13 +152,13 @@ fn assert_flood_stopped(what: &str, f: &Flood, relayed: usize) {
         "{what}: the flooder was told (RATE_LIMITED)"
     );
     assert!(
-        f.notices <= notices_allowed(f.lasted, 2) && f.notices < f.sent,
+        f.notices <= notices_allowed(f.lasted, kinds) && f.notices < f.sent,
         "{what}: {} notices for {} messages: notices must not amplify a flood",
         f.notices,
         f.sent
     );
     assert!(
-        relayed <= budget_allows(f.lasted),
+        relayed <= budget_allows(rate, f.lasted),
         "{what}: the bystander got {relayed} of {} flooded messages in {:?}",
         f.sent,
         f.lasted
@@ -185,7 +186,7 @@ pub async fn note_off_and_pedal_flood_is_bounded_and_closed_1008() {
         |m| matches!(m, Msg::Notes(b) if b.sender_id == fid),
     )
     .await;
-    assert_flood_stopped("note-off/CC64 flood", &f, relayed);
+    assert_flood_stopped("note-off/CC64 flood", &f, relayed, budget::NOTE_BATCHES, 3);
 
     honest.send(note_on(60, 90)).await;
     let hid = honest.id().to_owned();
@@ -217,7 +218,7 @@ pub async fn typing_and_profile_floods_are_bounded_and_closed_1008() {
         |m| matches!(m, Msg::Typing(t) if t.participant_id == tid),
     )
     .await;
-    assert_flood_stopped("typing flood", &f, relayed);
+    assert_flood_stopped("typing flood", &f, relayed, budget::TYPING, 2);
 
     let mut poser = s.player(&room, "Poser").await;
     poser.join().await;
@@ -234,7 +235,7 @@ pub async fn typing_and_profile_floods_are_bounded_and_closed_1008() {
             if u.participant.as_ref().is_some_and(|p| p.id == pid))
     })
     .await;
-    assert_flood_stopped("profile flood", &f, relayed);
+    assert_flood_stopped("profile flood", &f, relayed, budget::PROFILE, 2);
 
     // The room still works for whoever behaves.
     let mut other = s.player(&room, "Other").await;
@@ -313,8 +314,12 @@ pub async fn one_user_gets_at_most_four_sockets_per_room() {
         }
     }
     eprintln!("sockets: {} admitted, refused: {refused:?}", admitted.len());
-    assert_eq!(admitted.len(), 4, "MAX_CONNS_PER_USER sockets, no more");
-    assert_eq!(refused.len(), 6);
+    assert_eq!(
+        admitted.len(),
+        budget::MAX_CONNS_PER_USER,
+        "MAX_CONNS_PER_USER sockets, no more"
+    );
+    assert_eq!(refused.len(), 10 - budget::MAX_CONNS_PER_USER);
 
     // Someone else is not affected by Hydra's cap, and sees one participant for Hydra.
     let mut other = s.player(&room, "Other").await;
@@ -346,13 +351,29 @@ pub async fn one_user_gets_at_most_four_sockets_per_room() {
     }
 }
 
-async fn join_with_password(c: &mut Client, password: &str) -> Result<(), proto::JoinFailed> {
-    c.try_join(password).await.map(|_| ())
+async fn join_answer(c: &mut Client) -> Result<(), proto::JoinFailed> {
+    c.recv_matching(|m| match m {
+        Msg::Joined(_) => Some(Ok(())),
+        Msg::JoinFailed(f) => Some(Err(f.clone())),
+        _ => None,
+    })
+    .await
 }
 
-/// 4. Password guessing: a few WRONG_PASSWORDs, then RATE_LIMITED with a `retry_after_ms`
-/// that grows; a new socket of the same user is limited too; the right password after the
-/// delay works; the room's relay keeps working for its members meanwhile.
+async fn guess(c: &mut Client, password: &str) -> Result<(), proto::JoinFailed> {
+    c.send(cm::Msg::Join(proto::Join {
+        password: password.into(),
+        create_settings: None,
+    }))
+    .await;
+    join_answer(c).await
+}
+
+/// 4. Password guessing: each WRONG_PASSWORD makes the user wait longer (its `retry_after_ms`
+/// doubles from `PASSWORD_DELAY_FIRST_MS`); a guess within the wait is refused unchecked with
+/// RATE_LIMITED from any socket of the user; a burst on one socket is cut by its join budget;
+/// a spray from many guests meanwhile does not stop the room's relay; the right password after
+/// the wait works.
 pub async fn password_guessing_is_slowed_per_user_and_room() {
     let s = server();
     let room = unique("guess");
@@ -370,23 +391,21 @@ pub async fn password_guessing_is_slowed_per_user_and_room() {
         .recv_matching(|m| matches!(m, Msg::Joined(_)).then_some(()))
         .await;
     let mut member = s.player(&room, "Member").await;
-    join_with_password(&mut member, "open sesame")
+    guess(&mut member, "open sesame")
         .await
         .expect("the right password joins");
 
-    let token = s.guest_token("Guesser").await;
-    let url = format!("{}?token={token}", s.ws_url(&room));
-    let mut guesser = Client::connect(&url, &[]).await.expect("connect");
-
-    // A burst of guesses, sent without waiting; a member's note crosses the room meanwhile.
-    const BURST: usize = 12;
-    for i in 0..BURST {
-        guesser
-            .send(cm::Msg::Join(proto::Join {
-                password: format!("guess-{i}"),
-                create_settings: None,
-            }))
-            .await;
+    // A spray: guests each sending one guess at once, while a member's note crosses the room.
+    let mut spray = Vec::new();
+    for i in 0..8 {
+        spray.push(s.player(&room, &format!("Sprayer{i}")).await);
+    }
+    for (i, c) in spray.iter_mut().enumerate() {
+        c.send(cm::Msg::Join(proto::Join {
+            password: format!("spray-{i}"),
+            create_settings: None,
+        }))
+        .await;
     }
     member.send(note_on(62, 70)).await;
     let mid = member.id().to_owned();
@@ -396,76 +415,94 @@ pub async fn password_guessing_is_slowed_per_user_and_room() {
             _ => None,
         })
         .await;
-    // Every guess is answered, with a JoinFailed or a RATE_LIMITED error.
-    let mut answers = Vec::new();
-    while answers.len() < BURST {
-        let a = guesser
-            .recv_matching(|m| match m {
-                Msg::JoinFailed(f) => Some((f.reason, f.retry_after_ms)),
-                Msg::Error(e) if e.code == error_code::RATE_LIMITED => {
-                    Some((join_failure::RATE_LIMITED, 0))
-                }
-                Msg::Joined(_) => panic!("a wrong password joined"),
-                _ => None,
-            })
-            .await;
-        answers.push(a);
+    for c in &mut spray {
+        let f = join_answer(c).await.expect_err("a wrong password joined");
+        assert!(
+            f.reason == join_failure::WRONG_PASSWORD || f.reason == join_failure::RATE_LIMITED,
+            "{f:?}"
+        );
     }
-    eprintln!("password burst: {answers:?}");
-    let wrong = answers
-        .iter()
-        .filter(|a| a.0 == join_failure::WRONG_PASSWORD)
-        .count();
-    assert!(
-        (1..=5).contains(&wrong),
-        "a few guesses are checked, the rest refused unchecked: {answers:?}"
+    for c in spray {
+        c.close().await;
+    }
+
+    // One guesser with two sockets: wrong guesses on the first, and at once a guess on the
+    // second, which must wait as long as the first was told.
+    let token = s.guest_token("Guesser").await;
+    let url = format!("{}?token={token}", s.ws_url(&room));
+    let mut first = Client::connect(&url, &[]).await.expect("connect");
+    let mut second = Client::connect(&url, &[]).await.expect("connect");
+    let mut delays = Vec::new();
+    let mut waits = Vec::new();
+    for round in 0..3 {
+        let f = guess(&mut first, &format!("wrong-{round}"))
+            .await
+            .expect_err("wrong");
+        assert_eq!(f.reason, join_failure::WRONG_PASSWORD, "{f:?}");
+        delays.push(f.retry_after_ms);
+        let r = guess(&mut second, "open sesame")
+            .await
+            .expect_err("within the wait even the right password is not checked");
+        assert_eq!(r.reason, join_failure::RATE_LIMITED, "{r:?}");
+        assert!(
+            r.retry_after_ms > 0 && r.retry_after_ms <= f.retry_after_ms,
+            "{r:?} after {f:?}"
+        );
+        waits.push(r.retry_after_ms);
+        tokio::time::sleep(Duration::from_millis(f.retry_after_ms + 300)).await;
+    }
+    eprintln!("password delays told: {delays:?}, waits refused with: {waits:?}");
+    assert_eq!(
+        delays[0],
+        budget::PASSWORD_DELAY_FIRST_MS,
+        "the first wrong password's wait"
     );
     assert!(
-        answers
-            .iter()
-            .all(|a| a.0 == join_failure::WRONG_PASSWORD || a.0 == join_failure::RATE_LIMITED),
+        delays.windows(2).all(|w| w[1] > w[0]) && waits.windows(2).all(|w| w[1] > w[0]),
+        "the wait grows with each wrong guess: {delays:?} {waits:?}"
+    );
+
+    // A burst on one socket: its join budget lets a few through and answers the rest with at
+    // most one notice per interval, so far fewer answers than guesses, and one check at most.
+    let mut third = Client::connect(&url, &[]).await.expect("connect");
+    for i in 0..20 {
+        third
+            .send(cm::Msg::Join(proto::Join {
+                password: format!("burst-{i}"),
+                create_settings: None,
+            }))
+            .await;
+    }
+    let mut answers = Vec::new();
+    while let Some(Event::Msg(m)) = third.next_event(Duration::from_secs(3)).await {
+        match m {
+            Msg::JoinFailed(f) => answers.push(f.reason),
+            Msg::Joined(_) => panic!("a wrong password joined"),
+            _ => {}
+        }
+    }
+    eprintln!(
+        "a burst of 20 guesses got {} answers: {answers:?}",
+        answers.len()
+    );
+    let checked = answers
+        .iter()
+        .filter(|r| **r == join_failure::WRONG_PASSWORD)
+        .count();
+    assert!(checked <= 1, "one wait, one check: {answers:?}");
+    assert!(
+        answers.len() < 20 && answers.len() <= budget::JOIN.burst as usize + 2,
         "{answers:?}"
     );
-    let first_delay = answers
-        .iter()
-        .filter(|a| a.0 == join_failure::RATE_LIMITED)
-        .map(|a| a.1)
-        .max()
-        .unwrap_or(0);
-    assert!(
-        (1..=60_000).contains(&first_delay),
-        "RATE_LIMITED says when to retry: {answers:?}"
-    );
-
-    // The delay is the user's, not the socket's: a second socket is refused unchecked too.
-    let mut second = Client::connect(&url, &[]).await.expect("connect");
-    let f = join_with_password(&mut second, "open sesame")
-        .await
-        .expect_err("the delay applies to every socket of the user");
-    assert_eq!(f.reason, join_failure::RATE_LIMITED, "{f:?}");
+    third.close().await;
     second.close().await;
 
-    // After the delay one more wrong guess is checked, and the next delay is longer.
-    tokio::time::sleep(Duration::from_millis(first_delay + 300)).await;
-    let f = join_with_password(&mut guesser, "still wrong")
+    // The right password after the wait works.
+    let wait = *delays.last().unwrap_or(&0) * 2;
+    tokio::time::sleep(Duration::from_millis(wait + 300)).await;
+    guess(&mut first, "open sesame")
         .await
-        .expect_err("wrong");
-    assert_eq!(f.reason, join_failure::WRONG_PASSWORD, "{f:?}");
-    let f = join_with_password(&mut guesser, "wrong again")
-        .await
-        .expect_err("wrong");
-    assert_eq!(f.reason, join_failure::RATE_LIMITED, "{f:?}");
-    assert!(
-        f.retry_after_ms > first_delay,
-        "the delay grows: {} after {first_delay}",
-        f.retry_after_ms
-    );
-
-    // The right password after the delay works.
-    tokio::time::sleep(Duration::from_millis(f.retry_after_ms + 300)).await;
-    join_with_password(&mut guesser, "open sesame")
-        .await
-        .expect("the right password after the delay");
+        .expect("the right password after the wait");
 }
 
 fn big_batch(round: usize) -> cm::Msg {

@@ -6,6 +6,7 @@
 use crate::*;
 use e2e_tests::abuse_support::error_code;
 use e2e_tests::proto::{self, client_message as cm, server_message::Msg};
+use piano_core::room::budget;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -95,10 +96,10 @@ pub async fn settings_toggles_reach_subscribers_coalesced() {
             .await;
     }
 
-    // 40 capacity changes sent back to back; each is applied (SettingsChanged) or refused
-    // over the settings budget (RATE_LIMITED).
-    const TOGGLES: u32 = 40;
-    for i in 0..TOGGLES {
+    // As many capacity changes as the settings budget's burst, sent back to back: each is
+    // applied (the room's own SettingsChanged).
+    let toggles = budget::SETTINGS.burst;
+    for i in 0..toggles {
         owner
             .send(cm::Msg::UpdateSettings(proto::UpdateSettings {
                 max_players: Some(21 + i),
@@ -107,43 +108,18 @@ pub async fn settings_toggles_reach_subscribers_coalesced() {
             .await;
     }
     let mut applied = Vec::new();
-    let mut refused = 0;
-    while applied.len() + refused < TOGGLES as usize {
-        match owner
+    while applied.len() < toggles as usize {
+        let cap = owner
             .recv_matching(|m| match m {
-                Msg::SettingsChanged(c) => Some(c.settings.as_ref().map(|s| s.max_players)),
-                Msg::Error(e) if e.code == error_code::RATE_LIMITED => Some(None),
+                Msg::SettingsChanged(c) => Some(c.settings.as_ref().map_or(0, |s| s.max_players)),
+                Msg::Error(e) => panic!("a settings change within the budget was refused: {e:?}"),
                 _ => None,
             })
-            .await
-        {
-            Some(cap) => applied.push(cap),
-            None => refused += 1,
-        }
-        // Notices are at most one per window: stop counting once the answers stop coming.
-        if refused > 0 && applied.len() + refused < TOGGLES as usize {
-            match owner.next_event(Duration::from_millis(1500)).await {
-                Some(Event::Msg(Msg::SettingsChanged(c))) => {
-                    applied.push(c.settings.as_ref().map_or(0, |s| s.max_players))
-                }
-                Some(Event::Msg(Msg::Error(e))) if e.code == error_code::RATE_LIMITED => {
-                    refused += 1
-                }
-                Some(Event::Msg(_)) => {}
-                Some(Event::Closed(f)) => panic!("the owner was closed: {f:?}"),
-                None => break,
-            }
-        }
+            .await;
+        applied.push(cap);
     }
-    let last = *applied.last().expect("some toggles were applied");
-    eprintln!(
-        "toggles: {} applied (last capacity {last}), {refused} answered RATE_LIMITED",
-        applied.len()
-    );
-    assert!(
-        applied.len() >= 3,
-        "the settings budget allows a few changes"
-    );
+    let last = 20 + toggles;
+    assert_eq!(applied.last(), Some(&last), "{applied:?}");
 
     let mut pushes = 0;
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -1,37 +1,30 @@
 //! What the abuse trials (`tests/abuse*.rs`) need from the harness beyond clients: looking at a
 //! server's storage from outside (to show that probes create none), the admin account, and the
-//! protocol numbers of issue 13 as plain integers (so the trials read the same against any
-//! build of the protocol).
+//! protocol numbers of issue 13 as the integers messages carry.
 
 use crate::{ADMIN_BOOTSTRAP_SECRET, Host, Server};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-/// `ErrorCode` values (`proto/pianorhythm/v1/room.proto`).
+/// `ErrorCode` values (`proto/pianorhythm/v1/room.proto`), as the `i32`s messages carry.
 pub mod error_code {
-    pub const NOT_ALLOWED: i32 = 7;
-    pub const RATE_LIMITED: i32 = 9;
-    pub const TOO_MANY_CONNECTIONS: i32 = 13;
-    pub const TOO_MANY_SUBSCRIPTIONS: i32 = 14;
+    use piano_core::proto::ErrorCode;
+    pub const RATE_LIMITED: i32 = ErrorCode::RateLimited as i32;
+    pub const TOO_MANY_CONNECTIONS: i32 = ErrorCode::TooManyConnections as i32;
+    pub const TOO_MANY_SUBSCRIPTIONS: i32 = ErrorCode::TooManySubscriptions as i32;
 }
 
 /// `JoinFailure` values.
 pub mod join_failure {
-    pub const WRONG_PASSWORD: i32 = 2;
-    pub const BANNED: i32 = 4;
-    pub const RATE_LIMITED: i32 = 7;
-    pub const TOO_MANY_CONNECTIONS: i32 = 8;
+    use piano_core::proto::JoinFailure;
+    pub const WRONG_PASSWORD: i32 = JoinFailure::WrongPassword as i32;
+    pub const BANNED: i32 = JoinFailure::Banned as i32;
+    pub const RATE_LIMITED: i32 = JoinFailure::RateLimited as i32;
+    pub const TOO_MANY_CONNECTIONS: i32 = JoinFailure::TooManyConnections as i32;
 }
 
-/// WebSocket close codes (`core/src/limits.rs`, module `close`).
-pub mod close {
-    pub const POLICY_VIOLATION: u16 = 1008;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    pub const SESSION_ENDED: u16 = 4001;
-    pub const IDENTITY_CHANGED: u16 = 4002;
-    pub const KICKED: u16 = 4003;
-    pub const TOO_MANY_CONNECTIONS: u16 = 4004;
-}
+/// WebSocket close codes (`core/src/limits.rs`).
+pub use piano_core::limits::close;
 
 impl Server {
     /// The SQLite files of one Durable Object class under `wrangler dev`'s state directory

@@ -401,6 +401,7 @@ async fn client_identity_headers_are_ignored() {
         user_id: "admin:root".into(),
         name: "Admin".into(),
         roles: vec!["admin".into()],
+        ..Default::default()
     }
     .to_header();
     let url = format!("{}?token={token}", s.ws_url(&unique("forge")));
