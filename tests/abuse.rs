@@ -165,7 +165,7 @@ fn assert_flood_stopped(what: &str, f: &Flood, relayed: usize, rate: budget::Rat
     );
 }
 
-/// 1. Note-off / CC64 flood: dropped with RATE_LIMITED notices (not one per message), the
+/// Attack 1: Note-off / CC64 flood: dropped with RATE_LIMITED notices (not one per message), the
 /// flooder closed 1008, a bystander gets a bounded number of its batches, and an honest
 /// player's note still arrives.
 pub async fn note_off_and_pedal_flood_is_bounded_and_closed_1008() {
@@ -198,7 +198,7 @@ pub async fn note_off_and_pedal_flood_is_bounded_and_closed_1008() {
         .await;
 }
 
-/// 1. (cont.) Typing indicators and profile updates are budgeted the same way.
+/// Attack 1: Typing indicators and profile updates are budgeted the same way.
 pub async fn typing_and_profile_floods_are_bounded_and_closed_1008() {
     let s = server();
     let room = unique("flood-chatter");
@@ -297,7 +297,7 @@ async fn socket_and_join(url: &str) -> Result<Client, String> {
     }
 }
 
-/// 2. One token opens 10 sockets to one room: 4 are admitted (`MAX_CONNS_PER_USER`), the rest
+/// Attack 2: One token opens 10 sockets to one room: 4 are admitted (`MAX_CONNS_PER_USER`), the rest
 /// refused with a typed reason; the cap is per user (someone else still gets in) and a closed
 /// socket frees its place.
 pub async fn one_user_gets_at_most_four_sockets_per_room() {
@@ -369,7 +369,7 @@ async fn guess(c: &mut Client, password: &str) -> Result<(), proto::JoinFailed> 
     join_answer(c).await
 }
 
-/// 4. Password guessing: each WRONG_PASSWORD makes the user wait longer (its `retry_after_ms`
+/// Attack 4: Password guessing: each WRONG_PASSWORD makes the user wait longer (its `retry_after_ms`
 /// doubles from `PASSWORD_DELAY_FIRST_MS`); a guess within the wait is refused unchecked with
 /// RATE_LIMITED from any socket of the user; a burst on one socket is cut by its join budget;
 /// a spray from many guests meanwhile does not stop the room's relay; the right password after
@@ -522,7 +522,7 @@ fn big_batch(round: usize) -> cm::Msg {
     })
 }
 
-/// 5. A reader that never reads while a permitted stream of broadcasts flows: it is closed
+/// Attack 5: A reader that never reads while a permitted stream of broadcasts flows: it is closed
 /// 1013 and the others see it leave; the senders, who read, are not closed.
 pub async fn a_reader_that_never_reads_is_closed_1013() {
     let s = server();

@@ -47,7 +47,7 @@ async fn joined_socket(s: &Server, room: &str, token: &str) -> Client {
     c
 }
 
-/// 7. Logout closes the member's open socket with 4001 (SESSION_ENDED).
+/// Attack 7: Logout closes the member's open socket with 4001 (SESSION_ENDED).
 pub async fn logout_closes_open_sockets_4001() {
     let s = server();
     let (access, refresh, _) = member(s, "bye").await;
@@ -63,7 +63,7 @@ pub async fn logout_closes_open_sockets_4001() {
     assert_eq!(ending, Ending::Closed(close::SESSION_ENDED));
 }
 
-/// 7. A revoked session (its refresh token presented twice) closes its sockets with 4001.
+/// Attack 7: A revoked session (its refresh token presented twice) closes its sockets with 4001.
 pub async fn revoked_session_closes_open_sockets_4001() {
     let s = server();
     let (_, first_refresh, _) = member(s, "reuse").await;
@@ -87,7 +87,7 @@ pub async fn revoked_session_closes_open_sockets_4001() {
     assert_eq!(ending, Ending::Closed(close::SESSION_ENDED));
 }
 
-/// 7. A role change closes the member's sockets with 4002 (IDENTITY_CHANGED): the old token's
+/// Attack 7: A role change closes the member's sockets with 4002 (IDENTITY_CHANGED): the old token's
 /// powers do not linger on an open socket.
 pub async fn role_change_closes_open_sockets_4002() {
     let s = server();
@@ -106,7 +106,7 @@ pub async fn role_change_closes_open_sockets_4002() {
     assert_eq!(ending, Ending::Closed(close::IDENTITY_CHANGED));
 }
 
-/// 7. A guest token that expires ends its socket with 4001, at its expiry, not before.
+/// Attack 7: A guest token that expires ends its socket with 4001, at its expiry, not before.
 pub async fn expiring_guest_token_closes_its_socket_4001() {
     let s = server();
     let mut claims = s.claims(&format!("guest:{}", unique("brief")), "Brief");
@@ -121,7 +121,7 @@ pub async fn expiring_guest_token_closes_its_socket_4001() {
     );
 }
 
-/// 9. Refresh and logout need the refresh token's secret: user and session id with a wrong
+/// Attack 9: Refresh and logout need the refresh token's secret: user and session id with a wrong
 /// secret are refused (401) and the session carries on.
 pub async fn refresh_and_logout_need_the_secret() {
     let s = server();
@@ -204,7 +204,7 @@ async fn status_of_partial_post(s: &Server, path: &str, chunked: bool, body_byte
         .unwrap_or_else(|| panic!("{path}: no status line in {line:?}"))
 }
 
-/// 9. An oversized auth body is refused (413) before it is all read: the server answers while
+/// Attack 9: An oversized auth body is refused (413) before it is all read: the server answers while
 /// the client has sent 16 KiB of a declared 100 MiB (or of an endless chunked body).
 pub async fn oversized_auth_bodies_are_refused_while_streaming() {
     let s = server();
@@ -216,7 +216,7 @@ pub async fn oversized_auth_bodies_are_refused_while_streaming() {
     }
 }
 
-/// 9. A banned guest's new guest token from the same network is still refused (BANNED);
+/// Attack 9: A banned guest's new guest token from the same network is still refused (BANNED);
 /// members from that network still get in (networks are shared: NAT).
 pub async fn a_ban_holds_against_a_new_guest_token_from_the_same_network() {
     let s = server();
@@ -245,7 +245,7 @@ pub async fn a_ban_holds_against_a_new_guest_token_from_the_same_network() {
     joined_socket(s, &room, &access).await;
 }
 
-/// 9. A name in ADMIN_USERNAMES cannot be registered without the bootstrap secret (403
+/// Attack 9: A name in ADMIN_USERNAMES cannot be registered without the bootstrap secret (403
 /// `reserved_username`), whatever its case.
 pub async fn reserved_admin_names_need_the_bootstrap_secret() {
     let s = server();

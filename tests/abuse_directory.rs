@@ -22,7 +22,7 @@ async fn subscribe_and_answer(c: &mut Client) -> Result<Vec<String>, i32> {
     .await
 }
 
-/// 3. One guest subscribes to the room list from six rooms: four subscriptions are served, the
+/// Attack 3: One guest subscribes to the room list from six rooms: four subscriptions are served, the
 /// fifth and sixth refused with TOO_MANY_SUBSCRIPTIONS; the four keep receiving changes.
 pub async fn room_list_subscriptions_are_capped_per_user() {
     let s = server();
@@ -69,7 +69,7 @@ pub async fn room_list_subscriptions_are_capped_per_user() {
     }
 }
 
-/// 3. Many settings toggles of one room reach a subscriber coalesced: fewer `RoomListChanged`
+/// Attack 3: Many settings toggles of one room reach a subscriber coalesced: fewer `RoomListChanged`
 /// naming the room than changes applied, and the last one carries the final state.
 pub async fn settings_toggles_reach_subscribers_coalesced() {
     let s = server();
@@ -149,7 +149,7 @@ pub async fn settings_toggles_reach_subscribers_coalesced() {
     );
 }
 
-/// 3. `GET /api/rooms` is answered from a cache: at the edge a second call soon after the
+/// Attack 3: `GET /api/rooms` is answered from a cache: at the edge a second call soon after the
 /// first says `x-piano-cache: hit`.
 pub async fn room_list_reads_are_cached() {
     let s = server();
@@ -210,7 +210,7 @@ fn storage(s: &Server, rooms: &[String], accounts: &[String]) -> BTreeSet<String
     }
 }
 
-/// 6. Upgrades to new room names that never join, and anonymous reads of rooms and user
+/// Attack 6: Upgrades to new room names that never join, and anonymous reads of rooms and user
 /// profiles, leave no storage; a room joined once and never configured leaves none either once
 /// empty; a configured room keeps its storage (which shows the check can see storage at all).
 /// At the edge it counts Durable Object files, so it runs alone there.
@@ -308,7 +308,7 @@ pub async fn probes_and_anonymous_reads_create_no_storage() {
     owner.close().await;
 }
 
-/// 6. Lookalike room names are refused before any room is reached: invisible characters,
+/// Attack 6: Lookalike room names are refused before any room is reached: invisible characters,
 /// combining-only names and lookalikes of the lobbies.
 pub async fn lookalike_room_names_are_refused() {
     let s = server();
