@@ -3,7 +3,7 @@
 //! stops reading can only fill its own queue (and be closed), never stall its room.
 
 use crate::cluster::replica_channel;
-use crate::hub::{Hub, Outbound, Route, SERVICE_RESTART};
+use crate::hub::{Hub, Outbound, Route, SERVICE_RESTART, SLOW_CONSUMER};
 use crate::metrics::{METRICS, redis_error};
 use crate::room_task::RoomMsg;
 use crate::wire::Wire;
@@ -20,6 +20,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long a closing connection waits for the client's half of the close handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// How long a socket closed for falling behind (1013) is kept so its close frame can still
+/// reach the client behind everything already in flight, should it start reading again. The
+/// room has let it go at once; this only holds the socket (bounded).
+const SLOW_CLOSE_WAIT: Duration = Duration::from_secs(30);
 
 /// RFC 6455 "Going Away": the socket sent nothing, not even a pong to our pings, for
 /// `WS_IDLE_TIMEOUT_SECS` (a dead peer, or one holding a socket open for nothing).
@@ -56,9 +60,13 @@ pub async fn serve(
     hub.register(conn, tx, kill_tx);
     METRICS.connections.fetch_add(1, Relaxed);
     let (sink, mut stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(sink, rx, kill_rx));
+    // The writer says when a kill (slow consumer) made it give up on the queue: the room must
+    // not wait for the client to read its way to the close frame.
+    let (gone_tx, mut gone_rx) = oneshot::channel();
+    let mut writer = tokio::spawn(write_loop(sink, rx, kill_rx, gone_tx));
+    let mut gone_heard = false;
 
-    let route = match hub.attach(&room, conn, &identity).await {
+    let mut route = match hub.attach(&room, conn, &identity).await {
         Ok(r) => Some(r),
         Err((code, reason)) => {
             tracing::info!(room, code, reason, "connection refused by placement");
@@ -105,6 +113,12 @@ pub async fn serve(
                 grace.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
             }
             _ = &mut grace => break,
+            gone = &mut gone_rx, if !gone_heard => {
+                gone_heard = true;
+                if gone.is_ok() {
+                    leave(&hub, route.take(), conn).await;
+                }
+            }
             _ = idle_check.tick(), if !writer_done && !idle_closed => {
                 if heard.elapsed() >= idle {
                     METRICS.idle_closes.fetch_add(1, Relaxed);
@@ -117,23 +131,7 @@ pub async fn serve(
         }
     }
 
-    match &route {
-        Some(Route::Local(tx)) => {
-            let _ = tx.send(RoomMsg::Disconnect { conn }).await;
-        }
-        Some(Route::Remote { holder, room }) => {
-            if let Some(c) = &hub.cluster {
-                let msg = Wire::Disconnect {
-                    room: room.clone(),
-                    conn,
-                };
-                if let Err(e) = c.publish(&replica_channel(holder), msg.encode()).await {
-                    redis_error("forwarding a disconnect", &e);
-                }
-            }
-        }
-        None => {}
-    }
+    leave(&hub, route.take(), conn).await;
     hub.unregister(conn);
     if !writer_done {
         // The queue's sender is gone with the registration, so the writer ends by itself.
@@ -141,6 +139,24 @@ pub async fn serve(
         writer.abort();
     }
     METRICS.connections.fetch_sub(1, Relaxed);
+}
+
+/// Tells the room (here or on its replica) that the connection is gone.
+async fn leave(hub: &Hub, route: Option<Route>, conn: ConnId) {
+    match route {
+        Some(Route::Local(tx)) => {
+            let _ = tx.send(RoomMsg::Disconnect { conn }).await;
+        }
+        Some(Route::Remote { holder, room }) => {
+            if let Some(c) = &hub.cluster {
+                let msg = Wire::Disconnect { room, conn };
+                if let Err(e) = c.publish(&replica_channel(&holder), msg.encode()).await {
+                    redis_error("forwarding a disconnect", &e);
+                }
+            }
+        }
+        None => {}
+    }
 }
 
 async fn forward(hub: &Hub, route: &Route, conn: ConnId, data: Bytes, binary: bool) {
@@ -185,13 +201,19 @@ async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     mut kill: oneshot::Receiver<(u16, String)>,
+    gone: oneshot::Sender<()>,
 ) {
     let mut killed = false;
+    // A kill (slow consumer): the close goes after whatever the socket already holds.
+    let mut slow_close = None;
     loop {
         let out = tokio::select! {
             biased;
             k = &mut kill, if !killed => match k {
-                Ok((code, reason)) => Outbound::Close(code, reason),
+                Ok(close) => {
+                    slow_close = Some(close);
+                    break;
+                }
                 Err(_) => { killed = true; continue; }
             },
             m = rx.recv() => match m {
@@ -202,10 +224,21 @@ async fn write_loop(
         match out {
             Outbound::Frame(b) => {
                 // A socket that cannot take a frame within this long is as good as gone; a kill
-                // (slow consumer) while the send is stuck drops the socket at once.
+                // (slow consumer) while the send is stuck ends the wait at once.
                 let sent = tokio::select! {
-                    r = tokio::time::timeout(Duration::from_secs(10), sink.send(Message::Binary(b))) => matches!(r, Ok(Ok(()))),
-                    _ = &mut kill, if !killed => false,
+                    r = tokio::time::timeout(Duration::from_secs(10), sink.send(Message::Binary(b))) => match r {
+                        Ok(r) => r.is_ok(),
+                        Err(_) => {
+                            // Stuck that long: a slow consumer, whether or not its queue filled.
+                            METRICS.slow_consumers.fetch_add(1, Relaxed);
+                            slow_close = Some((SLOW_CONSUMER, "too slow: reconnect".into()));
+                            false
+                        }
+                    },
+                    k = &mut kill, if !killed => {
+                        slow_close = k.ok();
+                        false
+                    }
                 };
                 if !sent {
                     break;
@@ -234,5 +267,15 @@ async fn write_loop(
                 break;
             }
         }
+    }
+    if let Some((code, reason)) = slow_close {
+        // The room lets the connection go now; its close frame waits (bounded) behind what the
+        // socket already holds, so a client that reads again still learns why (1013).
+        let _ = gone.send(());
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(SLOW_CLOSE_WAIT, sink.send(Message::Close(Some(frame)))).await;
     }
 }

@@ -41,7 +41,15 @@ pub(crate) fn server() -> &'static Server {
     SERVER.get_or_init(|| {
         Server::start_fallback_binary(
             Path::new(env!("CARGO_BIN_EXE_k8s-fallback")),
-            &[("ADMIN_USERNAMES".into(), ADMIN_USERNAMES.into())],
+            &[
+                ("ADMIN_USERNAMES".into(), ADMIN_USERNAMES.into()),
+                // Every trial's clients share 127.0.0.1 and run at once (wrangler dev's have no
+                // CF-Connecting-IP, so no network at all): per-IP caps would pit the trials
+                // against each other. This host's own tests cover them (http_limits.rs, reach.rs).
+                ("ROOM_SOCKETS_PER_NETWORK".into(), "100000".into()),
+                ("MAX_WEBSOCKETS_PER_IP".into(), "1000000".into()),
+                ("MAX_CONNECTIONS_PER_IP".into(), "1000000".into()),
+            ],
         )
     })
 }

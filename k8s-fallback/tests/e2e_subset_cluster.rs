@@ -55,6 +55,10 @@ pub(crate) fn server() -> &'static Server {
                 &[
                     ("REDIS_URL".into(), redis.url()),
                     ("ADMIN_USERNAMES".into(), ADMIN_USERNAMES.into()),
+                    // Every trial's clients share 127.0.0.1 (see e2e_subset.rs).
+                    ("ROOM_SOCKETS_PER_NETWORK".into(), "100000".into()),
+                    ("MAX_WEBSOCKETS_PER_IP".into(), "1000000".into()),
+                    ("MAX_CONNECTIONS_PER_IP".into(), "1000000".into()),
                 ],
             );
             let previous_x = server.previous_key.public_jwk()["x"]
@@ -70,6 +74,9 @@ pub(crate) fn server() -> &'static Server {
                     ("ADMIN_USERNAMES", ADMIN_USERNAMES.into()),
                     ("ADMIN_BOOTSTRAP_SECRET", ADMIN_BOOTSTRAP_SECRET.into()),
                     ("CORS_ORIGINS", CORS_ALLOWED_ORIGIN.into()),
+                    ("ROOM_SOCKETS_PER_NETWORK", "100000".into()),
+                    ("MAX_WEBSOCKETS_PER_IP", "1000000".into()),
+                    ("MAX_CONNECTIONS_PER_IP", "1000000".into()),
                 ],
             );
             server.port = balancer(vec![server.port, b.port]);
