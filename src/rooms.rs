@@ -98,13 +98,56 @@ fn lobby_stub(env: &Env) -> Result<Stub> {
         .get_stub()
 }
 
-/// `GET /api/rooms`: the visible rooms, most players first. Cached briefly at the edge and in
-/// browsers: counts change by the second, and live clients subscribe instead of polling.
+/// How long browsers and the edge may keep the room list: counts change by the second, and
+/// live clients subscribe instead of polling.
+const LIST_CACHE_CONTROL: &str = "public, max-age=2, stale-while-revalidate=10";
+/// What the edge cache keeps a copy for (the Cache API honours `max-age`).
+const LIST_CACHE_TTL: &str = "public, max-age=2";
+/// One cache entry for every `GET /api/rooms`, whatever its query string or host, so reads
+/// cannot be made to miss on purpose.
+const LIST_CACHE_KEY: &str = "https://directory.cache.internal/api/rooms";
+
+/// `GET /api/rooms`: the visible rooms, most players first. Served from the edge cache (the
+/// Cache API, per data centre) for [`LIST_CACHE_TTL`], so anonymous reads do not all land on the
+/// one Lobby object; `x-piano-cache: hit|miss` says which. (A Worker's own `Cache-Control` does
+/// not make Cloudflare cache its answer; on `*.workers.dev` the Cache API does nothing and every
+/// read is a miss.)
 pub async fn list(env: &Env) -> Result<Response> {
-    let resp = lobby_stub(env)?
+    let cache = Cache::default();
+    match cache.get(LIST_CACHE_KEY, false).await {
+        Ok(Some(mut hit)) => match hit.text().await {
+            Ok(body) => return listing(body, LIST_CACHE_CONTROL, "hit"),
+            Err(e) => console_warn!("cached room list unreadable: {e}"),
+        },
+        Ok(None) => {}
+        Err(e) => console_warn!("room list cache read failed: {e}"),
+    }
+    let mut resp = lobby_stub(env)?
         .fetch_with_str("https://lobby.internal/list")
         .await?;
-    crate::relay_json(resp, Some("public, max-age=2, stale-while-revalidate=10")).await
+    if resp.status_code() != 200 {
+        return crate::relay_json(resp, Some("no-store")).await;
+    }
+    let body = resp.text().await?;
+    if let Err(e) = cache
+        .put(
+            LIST_CACHE_KEY,
+            listing(body.clone(), LIST_CACHE_TTL, "hit")?,
+        )
+        .await
+    {
+        console_warn!("room list cache write failed: {e}");
+    }
+    listing(body, LIST_CACHE_CONTROL, "miss")
+}
+
+fn listing(body: String, cache_control: &str, source: &str) -> Result<Response> {
+    let mut resp = Response::ok(body)?;
+    let headers = resp.headers_mut();
+    headers.set("content-type", "application/json")?;
+    headers.set("cache-control", cache_control)?;
+    headers.set("x-piano-cache", source)?;
+    Ok(resp)
 }
 
 /// `POST /api/lobby/next`: the lobby the caller should join (`lobby`, or `lobby-2`, … when the

@@ -2,25 +2,43 @@
 //!
 //! One instance (named [`LOBBY_NAME`]) for the deployment. Rooms report to it; the worker reads
 //! the listing and asks it for "the next available lobby"; rooms with subscribed players
-//! register, and every change to the listing is pushed to them (`POST /directory` on the room),
-//! which forward it to their subscribers. Reports and subscriptions are kept in the object's
+//! register, and changes to the listing are pushed to them (`POST /directory` on the room),
+//! which forward them to their subscribers. Reports and subscriptions are kept in the object's
 //! SQLite storage, so the directory survives the object being evicted between requests.
 //!
-//! Stale entries: while the directory is not empty an alarm runs every few minutes and asks each
-//! room whose entry was not refreshed for ten minutes to report afresh (`POST /refresh` on the
-//! room), so a room whose players vanished while its host restarted leaves the list.
+//! Churn: a report never waits on a push. Changes gather for [`PUSH_TICK_MS`] and the alarm
+//! pushes one net delta per tick to every subscribed room, [`PUSH_CONCURRENCY`] at a time, each
+//! with a [`PUSH_TIMEOUT_MS`] timeout; a room that answers 410 (nobody subscribed there) or
+//! fails [`MAX_PUSH_FAILURES`] pushes in a row is dropped. One user may be subscribed in at most
+//! [`MAX_SUBSCRIBED_ROOMS_PER_USER`] rooms: `POST /subscribe` beyond that answers 429
+//! `too_many_subscriptions` and registers nothing. Changes gathered but not yet pushed live in
+//! memory only: if the object restarts within that tick, subscribers miss that delta until their
+//! room subscribes again (the listing itself is stored).
 //!
-//! Routes (from rooms and the worker only): `POST /report`, `GET /list`, `POST /subscribe`,
-//! `POST /unsubscribe`, `POST /next`.
+//! Stale entries: while the directory is not empty the alarm asks, every few minutes, each room
+//! whose entry was not refreshed for ten minutes to report afresh (`POST /refresh` on the room),
+//! so a room whose players vanished while its host restarted leaves the list. The same alarm
+//! delivers the outbox; it is always re-armed for the earliest of the three.
+//!
+//! Routes (from rooms and the worker only): `POST /report`, `GET /list`,
+//! `POST /subscribe {"room", "user"?}` (200 with the listing, or 429),
+//! `POST /unsubscribe {"room", "user"?}` (with a user: that user's last subscribed connection in
+//! the room went; without: nobody in the room is subscribed any more), `POST /next`.
 
 use crate::outbox::Outbox;
 use crate::{ROOM_HEADER, json_error};
+use futures_util::future::{Either, select};
+use futures_util::stream::{self, StreamExt};
 use piano_backends::layout;
 use piano_backends::outbox::{Lane, Op};
-use piano_core::lobby::{Delta, Directory, Report, SWEEP_EVERY_MS};
+use piano_core::lobby::{
+    Delta, Directory, MAX_PUSH_FAILURES, MAX_SUBSCRIBED_ROOMS_PER_USER, PUSH_CONCURRENCY,
+    PUSH_TICK_MS, PUSH_TIMEOUT_MS, Pushed, Report, SWEEP_EVERY_MS, Subscribers,
+};
 use piano_core::names::percent_encode;
-use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::cell::{Cell, RefCell};
+use std::pin::pin;
+use std::time::Duration;
 use worker::*;
 
 /// The binding of the Lobby class (wrangler.toml) and the name of its one instance.
@@ -29,14 +47,20 @@ pub const LOBBY_NAME: &str = "directory";
 /// The binding of the Room class.
 pub const ROOMS_BINDING: &str = "ROOMS";
 
+// `subscriptions` holds one row per (room, user) ('' when the room named no user); the older
+// `subscribers` table (rooms only) is folded into it on load.
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS rooms (name TEXT PRIMARY KEY, report TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS subscribers (room TEXT PRIMARY KEY);
+    CREATE TABLE IF NOT EXISTS subscriptions (room TEXT NOT NULL, user TEXT NOT NULL,
+        PRIMARY KEY (room, user));
+    INSERT OR IGNORE INTO subscriptions (room, user) SELECT room, '' FROM subscribers;
+    DELETE FROM subscribers;
 ";
 
 struct Loaded {
     directory: Directory,
-    subscribers: BTreeSet<String>,
+    subscribers: Subscribers,
 }
 
 #[durable_object]
@@ -46,11 +70,16 @@ pub struct Lobby {
     loaded: RefCell<Option<Loaded>>,
     /// The room index mirrored to Redis (shared by every deployment using it).
     outbox: Outbox,
+    /// When the stale-entry sweep is next due (`None`: at this instance's first alarm).
+    sweep_at: Cell<Option<u64>>,
 }
 
 #[derive(serde::Deserialize)]
-struct RoomRef {
+struct Subscription {
     room: String,
+    /// The subscribing user (rooms name them so the per-user cap can count).
+    #[serde(default)]
+    user: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -65,6 +94,7 @@ impl DurableObject for Lobby {
             state,
             env,
             loaded: RefCell::new(None),
+            sweep_at: Cell::new(None),
         }
     }
 
@@ -77,13 +107,35 @@ impl DurableObject for Lobby {
             }
             (Method::Get, "/list") => self.list(),
             (Method::Post, "/subscribe") => {
-                let RoomRef { room } = req.json().await?;
-                self.set_subscribed(&room, true)?;
+                let Subscription { room, user } = req.json().await?;
+                let user = user.filter(|u| !u.is_empty());
+                if self
+                    .with(|l| l.subscribers.subscribe(&room, user.as_deref()))
+                    .is_err()
+                {
+                    return json_error(
+                        429,
+                        "too_many_subscriptions",
+                        &format!(
+                            "subscribed to the room list in {MAX_SUBSCRIBED_ROOMS_PER_USER} rooms already"
+                        ),
+                    );
+                }
+                self.store_subscription(&room, user.as_deref())?;
                 self.list()
             }
             (Method::Post, "/unsubscribe") => {
-                let RoomRef { room } = req.json().await?;
-                self.set_subscribed(&room, false)?;
+                let Subscription { room, user } = req.json().await?;
+                match user.filter(|u| !u.is_empty()) {
+                    Some(user) => {
+                        self.with(|l| l.subscribers.unsubscribe_user(&room, &user));
+                        self.state.storage().sql().exec(
+                            "DELETE FROM subscriptions WHERE room = ? AND user = ?",
+                            vec![room.into(), user.into()],
+                        )?;
+                    }
+                    None => self.drop_room(&room)?,
+                }
                 Response::empty()
             }
             (Method::Post, "/next") => {
@@ -95,25 +147,28 @@ impl DurableObject for Lobby {
         }
     }
 
-    /// Delivers the outbox and sweeps stale entries; re-armed for whichever is due first.
+    /// Pushes the tick's delta, delivers the outbox and sweeps stale entries when due; re-armed
+    /// for whichever of the three is due first (reports arriving meanwhile included).
     async fn alarm(&self) -> Result<Response> {
         self.ensure_loaded()?;
         self.outbox.begin_alarm();
+        // First: subscribers should not wait on a slow backend.
+        self.push_due().await;
         let flushed = self
             .outbox
             .flush(&self.state.storage().sql(), Date::now().as_millis())
             .await;
-        let stale = self.with(|l| l.directory.stale(Date::now().as_millis()));
-        for room in stale {
-            if let Err(e) = self.room_call(&room, "/refresh", None).await {
-                console_warn!("refresh of {room} failed: {e}");
-            }
-        }
+        self.sweep_if_due().await;
         let now = Date::now().as_millis();
-        let sweep = (!self.with(|l| l.directory.is_empty())).then_some(now + SWEEP_EVERY_MS);
         let sql = self.state.storage().sql();
         self.outbox
-            .finish_alarm(&self.state.storage(), &sql, flushed, sweep, now)
+            .finish_alarm(
+                &self.state.storage(),
+                &sql,
+                flushed,
+                self.next_timer(now),
+                now,
+            )
             .await
     }
 }
@@ -128,8 +183,9 @@ impl Lobby {
             report: String,
         }
         #[derive(serde::Deserialize)]
-        struct SubscriberRow {
+        struct SubscriptionRow {
             room: String,
+            user: String,
         }
         let sql = self.state.storage().sql();
         sql.exec(SCHEMA, None)?;
@@ -138,13 +194,13 @@ impl Lobby {
             .to_array::<ReportRow>()?
             .into_iter()
             .filter_map(|r| serde_json::from_str::<Report>(&r.report).ok());
-        let directory = Directory::from_reports(reports);
-        let subscribers = sql
-            .exec("SELECT room FROM subscribers", None)?
-            .to_array::<SubscriberRow>()?
-            .into_iter()
-            .map(|r| r.room)
-            .collect();
+        let directory = Directory::from_reports(reports).coalesce_every(PUSH_TICK_MS);
+        let subscribers = Subscribers::from_pairs(
+            sql.exec("SELECT room, user FROM subscriptions", None)?
+                .to_array::<SubscriptionRow>()?
+                .into_iter()
+                .map(|r| (r.room, Some(r.user).filter(|u| !u.is_empty()))),
+        );
         *self.loaded.borrow_mut() = Some(Loaded {
             directory,
             subscribers,
@@ -156,8 +212,8 @@ impl Lobby {
         let mut loaded = self.loaded.borrow_mut();
         // ensure_loaded ran at the start of every request.
         let l = loaded.get_or_insert_with(|| Loaded {
-            directory: Directory::new(),
-            subscribers: BTreeSet::new(),
+            directory: Directory::new().coalesce_every(PUSH_TICK_MS),
+            subscribers: Subscribers::new(),
         });
         f(l)
     }
@@ -169,23 +225,21 @@ impl Lobby {
         Ok(resp)
     }
 
-    fn set_subscribed(&self, room: &str, on: bool) -> Result<()> {
-        let sql = self.state.storage().sql();
-        self.with(|l| {
-            if on {
-                l.subscribers.insert(room.to_owned());
-            } else {
-                l.subscribers.remove(room);
-            }
-        });
-        if on {
-            sql.exec(
-                "INSERT OR IGNORE INTO subscribers (room) VALUES (?)",
-                vec![room.into()],
-            )?;
-        } else {
-            sql.exec("DELETE FROM subscribers WHERE room = ?", vec![room.into()])?;
-        }
+    fn store_subscription(&self, room: &str, user: Option<&str>) -> Result<()> {
+        self.state.storage().sql().exec(
+            "INSERT OR IGNORE INTO subscriptions (room, user) VALUES (?, ?)",
+            vec![room.into(), user.unwrap_or_default().into()],
+        )?;
+        Ok(())
+    }
+
+    /// No more pushes to `room`, and its users' subscriptions there end.
+    fn drop_room(&self, room: &str) -> Result<()> {
+        self.with(|l| l.subscribers.remove_room(room));
+        self.state.storage().sql().exec(
+            "DELETE FROM subscriptions WHERE room = ?",
+            vec![room.into()],
+        )?;
         Ok(())
     }
 
@@ -208,20 +262,31 @@ impl Lobby {
                 vec![name.as_str().into()],
             )?;
         }
+        // The shared index is written per report, in the same step (the outbox's promise);
+        // subscribers get the tick's net delta from the alarm.
         if !delta.is_empty() && self.outbox.wants(Lane::Redis) {
             let mirror = self.index_commands(&delta);
             self.outbox.enqueue(&sql, mirror, now)?;
             self.outbox.kick(&self.state.storage(), now).await?;
         }
-        if !delta.is_empty() {
-            self.push(&delta).await;
+        if let Some(at) = self.next_timer(now) {
+            self.outbox.alarm_by(&self.state.storage(), at, now).await?;
         }
-        self.arm_sweep().await?;
         Response::empty()
     }
 
-    /// Keeps the stale-entry sweep scheduled while there are entries (and only then, so an
-    /// empty directory costs nothing).
+    /// The lobby's own next timer: the gathered delta's tick, or the sweep while the directory
+    /// lists anything (an empty directory costs nothing).
+    fn next_timer(&self, now: u64) -> Option<u64> {
+        let (flush, empty) = self.with(|l| (l.directory.next_flush(), l.directory.is_empty()));
+        let sweep = (!empty).then(|| {
+            self.sweep_at
+                .get()
+                .unwrap_or(now.saturating_add(SWEEP_EVERY_MS))
+        });
+        [flush, sweep].into_iter().flatten().min()
+    }
+
     /// The listing change as one Redis pipeline for this deployment's shared room index.
     fn index_commands(&self, delta: &Delta) -> Option<Op> {
         let b = self.outbox.backends()?;
@@ -235,32 +300,76 @@ impl Lobby {
         Some(Op::redis(commands))
     }
 
-    /// The sweep runs within [`SWEEP_EVERY_MS`] while the directory lists anything (the same
-    /// alarm delivers the outbox; an alarm with nothing left to do removes itself).
-    async fn arm_sweep(&self) -> Result<()> {
-        if self.with(|l| l.directory.is_empty()) {
-            return Ok(());
-        }
+    /// Pushes the gathered delta, if due, to every subscribed room.
+    async fn push_due(&self) {
         let now = Date::now().as_millis();
-        self.outbox
-            .alarm_by(&self.state.storage(), now + SWEEP_EVERY_MS, now)
+        let Some(delta) = self.with(|l| l.directory.take_delta(now)) else {
+            return;
+        };
+        let Ok(body) = serde_json::to_string(&delta) else {
+            return;
+        };
+        let rooms = self.with(|l| l.subscribers.rooms());
+        for (room, outcome) in self.call_rooms(rooms, "/directory", Some(&body)).await {
+            if self.with(|l| l.subscribers.pushed(&room, outcome)) {
+                if outcome == Pushed::Failed {
+                    console_warn!("{room} failed {MAX_PUSH_FAILURES} pushes: no longer pushed to");
+                }
+                if let Err(e) = self.drop_room(&room) {
+                    console_warn!("could not drop subscriber {room}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Asks rooms whose entries went stale to report afresh, every [`SWEEP_EVERY_MS`].
+    async fn sweep_if_due(&self) {
+        let now = Date::now().as_millis();
+        if self.sweep_at.get().is_some_and(|at| now < at) {
+            return;
+        }
+        self.sweep_at.set(Some(now.saturating_add(SWEEP_EVERY_MS)));
+        let stale = self.with(|l| l.directory.stale(now));
+        self.call_rooms(stale, "/refresh", None).await;
+    }
+
+    /// POSTs to each room, [`PUSH_CONCURRENCY`] at a time, each call bounded by
+    /// [`PUSH_TIMEOUT_MS`] (one slow room neither holds up the others nor the next tick for
+    /// long). Returns how each went.
+    async fn call_rooms(
+        &self,
+        rooms: Vec<String>,
+        path: &str,
+        body: Option<&str>,
+    ) -> Vec<(String, Pushed)> {
+        stream::iter(rooms)
+            .map(|room| async move {
+                let outcome = self.call_room(&room, path, body).await;
+                (room, outcome)
+            })
+            .buffer_unordered(PUSH_CONCURRENCY)
+            .collect()
             .await
     }
 
-    /// Sends a listing change to every subscribed room. A room that answers 410 has no
-    /// subscribers any more (it missed telling us) and is dropped from the set.
-    async fn push(&self, delta: &Delta) {
-        let rooms: Vec<String> = self.with(|l| l.subscribers.iter().cloned().collect());
-        let Ok(body) = serde_json::to_string(delta) else {
-            return;
-        };
-        for room in rooms {
-            match self.room_call(&room, "/directory", Some(&body)).await {
-                Ok(410) => {
-                    let _ = self.set_subscribed(&room, false);
-                }
-                Ok(_) => {}
-                Err(e) => console_warn!("directory push to {room} failed: {e}"),
+    /// One bounded call: how it went.
+    async fn call_room(&self, room: &str, path: &str, body: Option<&str>) -> Pushed {
+        let call = pin!(self.room_call(room, path, body));
+        let timeout = pin!(Delay::from(Duration::from_millis(PUSH_TIMEOUT_MS)));
+        match select(call, timeout).await {
+            Either::Left((Ok(410), _)) => Pushed::Gone,
+            Either::Left((Ok(status), _)) if status < 400 => Pushed::Delivered,
+            Either::Left((Ok(status), _)) => {
+                console_warn!("{path} to {room} answered {status}");
+                Pushed::Failed
+            }
+            Either::Left((Err(e), _)) => {
+                console_warn!("{path} to {room} failed: {e}");
+                Pushed::Failed
+            }
+            Either::Right(_) => {
+                console_warn!("{path} to {room} timed out");
+                Pushed::Failed
             }
         }
     }
