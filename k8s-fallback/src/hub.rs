@@ -20,7 +20,9 @@ use crate::{now_ms, now_us};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use piano_core::identity::Identity;
-use piano_core::lobby::{Directory, Report, Summary};
+use piano_core::lobby::{
+    Directory, MAX_SUBSCRIBED_ROOMS_PER_USER, PUSH_TICK_MS, Report, Subscribers, Summary,
+};
 use piano_core::room::ConnId;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -28,6 +30,17 @@ use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+
+/// KEYS: the user's set of subscribed rooms. ARGV: room, cap, TTL (ms). 1 if subscribed.
+const SUBSCRIBE: &str = r"
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
+  if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+  redis.call('SADD', KEYS[1], ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1";
+/// A user's subscription set outlives a replica that died holding it by at most this long.
+const SUBSCRIPTION_TTL_MS: u64 = 60 * 60 * 1000;
 
 /// RFC 6455 "Service Restart": the server is going away or the room moved to another replica;
 /// reconnect (with the same token) and join again.
@@ -66,6 +79,8 @@ pub struct Hub {
     /// Members' accounts and sessions (SQLite or Redis, like the rooms).
     pub accounts: crate::accounts::Accounts,
     directory: Mutex<Directory>,
+    /// Who follows the room list from which rooms (standalone; in Redis with `REDIS_URL`).
+    subscribers: Mutex<Subscribers>,
     /// Reports waiting to be written to the shared directory (cluster mode): the latest per
     /// room only (a report is the room's whole summary), so the backlog is bounded by the
     /// number of rooms however slow Redis is.
@@ -107,7 +122,8 @@ impl Hub {
             cluster,
             mongo,
             accounts,
-            directory: Mutex::new(Directory::new()),
+            directory: Mutex::new(Directory::new().coalesce_every(PUSH_TICK_MS)),
+            subscribers: Mutex::new(Subscribers::new()),
             directory_pending: directory_pending.clone(),
             rooms: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
@@ -118,6 +134,7 @@ impl Hub {
             subscribed: AtomicBool::new(false),
             started_at: now_ms(),
         });
+        tokio::spawn(push_deltas(hub.clone()));
         if let Some(pending) = directory_pending {
             tokio::spawn(directory_writer(hub.clone(), pending));
             tokio::spawn(pubsub_loop(hub.clone()));
@@ -346,13 +363,59 @@ impl Hub {
     }
 
     fn apply_report(&self, report: Report) {
-        let delta = lock(&self.directory).report(report, now_ms());
-        if let Some(delta) = delta.filter(|d| !d.is_empty()) {
-            for entry in lock(&self.rooms).values() {
-                // A room with no subscribers ignores it; a full queue skips one listing
-                // update, which the next full list (on subscribe) corrects.
-                let _ = entry.tx.try_send(RoomMsg::RoomListChanged(delta.clone()));
+        // Listing changes are gathered and pushed as one net delta per tick ([`push_deltas`]).
+        lock(&self.directory).report(report, now_ms());
+    }
+
+    /// Pushes the directory's net change to every room with subscribers.
+    fn push_delta(&self) {
+        let Some(delta) = lock(&self.directory).take_delta(now_ms()) else {
+            return;
+        };
+        for entry in lock(&self.rooms).values() {
+            // A room with no subscribers ignores it; a full queue skips one listing update,
+            // which the next full list (on subscribe) corrects.
+            let _ = entry.tx.try_send(RoomMsg::RoomListChanged(delta.clone()));
+        }
+    }
+
+    /// May `user` follow the room list from `room`? At most
+    /// [`MAX_SUBSCRIBED_ROOMS_PER_USER`] rooms per user: in this process standalone, across the
+    /// deployment in Redis (`piano:subs:{user}`, a set of rooms, expiring after an hour unless
+    /// renewed). If Redis fails the subscription is allowed (the per-connection subscribe budget
+    /// still applies).
+    pub async fn subscribe_user(&self, room: &str, user: &str) -> bool {
+        let Some(c) = &self.cluster else {
+            return lock(&self.subscribers).subscribe(room, Some(user)).is_ok();
+        };
+        let script = redis::Script::new(SUBSCRIBE);
+        let mut call = script.key(format!("piano:subs:{user}"));
+        call.arg(room)
+            .arg(MAX_SUBSCRIBED_ROOMS_PER_USER)
+            .arg(SUBSCRIPTION_TTL_MS);
+        let allowed: redis::RedisResult<i64> = c.conn.script(&call).await;
+        match allowed {
+            Ok(n) => n == 1,
+            Err(e) => {
+                redis_error("counting a user's subscriptions", &e);
+                true
             }
+        }
+    }
+
+    /// Nobody in `room` follows the room list any more (or the room stopped): these users'
+    /// subscriptions there end.
+    pub async fn unsubscribe_room(&self, room: &str, users: Vec<String>) {
+        let Some(c) = &self.cluster else {
+            lock(&self.subscribers).remove_room(room);
+            return;
+        };
+        let mut pipe = redis::pipe();
+        for user in &users {
+            pipe.srem(format!("piano:subs:{user}"), room).ignore();
+        }
+        if let Err(e) = c.conn.pipe::<()>(&pipe).await {
+            redis_error("ending subscriptions", &e);
         }
     }
 
@@ -469,7 +532,8 @@ impl Hub {
                 let reports = all
                     .values()
                     .filter_map(|v| serde_json::from_str::<Report>(v).ok());
-                *lock(&self.directory) = Directory::from_reports(reports);
+                *lock(&self.directory) =
+                    Directory::from_reports(reports).coalesce_every(PUSH_TICK_MS);
             }
             Err(e) => redis_error("loading the directory", &e),
         }
@@ -518,6 +582,17 @@ impl Hub {
 }
 
 /// Writes room reports to the shared directory, in order, and tells every replica.
+/// Every [`PUSH_TICK_MS`], the directory's coalesced change goes to the rooms (so ten settings
+/// toggles in a tick are one push, not ten).
+async fn push_deltas(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(PUSH_TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        hub.push_delta();
+    }
+}
+
 /// Directory reports not written yet, the newest per room.
 #[derive(Default)]
 pub(crate) struct PendingReports {

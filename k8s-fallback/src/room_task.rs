@@ -70,6 +70,12 @@ pub enum RoomMsg {
     },
     /// The room's deadline passed (`Room::next_deadline`).
     Tick,
+    /// The answer of the per-user subscription cap ([`Hub::subscribe_user`]).
+    SubscribeChecked {
+        conn: ConnId,
+        user_id: String,
+        ok: bool,
+    },
     /// The answer of the background check on the replicas of remote players.
     ReplicasChecked {
         gone: Vec<String>,
@@ -112,6 +118,8 @@ struct Task {
     /// This task's own queue, for answers of background checks.
     me: mpsc::Sender<RoomMsg>,
     checking_replicas: bool,
+    /// Users who follow the room list from here (their per-user cap counts this room).
+    subscribed_users: HashSet<String>,
     stats_flushed_at: Instant,
     /// Cluster mode: the room's players in the edge's shared presence keys.
     presence: Option<crate::network::PresenceWriter>,
@@ -237,6 +245,7 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
         keeper,
         me,
         checking_replicas: false,
+        subscribed_users: HashSet::new(),
         stats_flushed_at: Instant::now(),
         presence: crate::network::PresenceWriter::start(hub, name),
     };
@@ -329,6 +338,9 @@ impl Task {
         };
         if let Some(k) = &self.keeper {
             k.abort();
+        }
+        if !self.subscribed_users.is_empty() {
+            self.end_subscriptions();
         }
         self.flush_stats(true);
         if let Some(p) = self.presence.take() {
@@ -490,6 +502,16 @@ impl Task {
                 let effects = self.room.handle(Input::Tick, now);
                 self.execute(effects, None);
             }
+            RoomMsg::SubscribeChecked { conn, user_id, ok } => {
+                let effects = if ok {
+                    self.subscribed_users.insert(user_id);
+                    let rooms = self.hub.listing();
+                    self.room.handle(Input::RoomList { conn, rooms }, now)
+                } else {
+                    self.room.handle(Input::SubscribeRefused { conn }, now)
+                };
+                self.execute(effects, None);
+            }
             RoomMsg::Info(reply) => {
                 let _ = reply.send(RoomInfo {
                     participants: self.room.participant_count(),
@@ -580,6 +602,13 @@ impl Task {
         }
     }
 
+    /// Nobody here follows the room list any more: the users' subscriptions here end.
+    fn end_subscriptions(&mut self) {
+        let users: Vec<String> = self.subscribed_users.drain().collect();
+        let (hub, room) = (self.hub.clone(), self.name.clone());
+        tokio::spawn(async move { hub.unsubscribe_room(&room, users).await });
+    }
+
     fn publish(&self, replica: &str, wire: Wire) {
         if let Some(p) = &self.publisher
             && let Err(mpsc::error::TrySendError::Full(_)) =
@@ -653,14 +682,17 @@ impl Task {
                     self.writer.write(change);
                 }
                 Effect::Directory(DirectoryOp::Report(report)) => self.hub.report(report),
-                // No per-user subscription cap here (the edge's Lobby has one): the core's
-                // subscribe budget per connection applies.
-                Effect::Directory(DirectoryOp::Subscribe { conn, .. }) => {
-                    let rooms = self.hub.listing();
-                    let more = self.room.handle(Input::RoomList { conn, rooms }, now_ms());
-                    self.execute(more, None);
+                // The per-user cap first (off the room's task), then the full list.
+                Effect::Directory(DirectoryOp::Subscribe { conn, user_id }) => {
+                    let (hub, me, room) = (self.hub.clone(), self.me.clone(), self.name.clone());
+                    tokio::spawn(async move {
+                        let ok = hub.subscribe_user(&room, &user_id).await;
+                        let _ = me
+                            .send(RoomMsg::SubscribeChecked { conn, user_id, ok })
+                            .await;
+                    });
                 }
-                Effect::Directory(DirectoryOp::Unsubscribe) => {}
+                Effect::Directory(DirectoryOp::Unsubscribe) => self.end_subscriptions(),
                 Effect::VerifyPassword {
                     conn,
                     password,
