@@ -198,9 +198,11 @@ async fn connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
-        // Requests here are small (a token in the query is the largest part): 32 KiB of headers
-        // is plenty, and bounds what a half-sent request holds (hyper's default is ~400 KiB).
-        .max_buf_size(32 * 1024)
+        // Requests here are small (a token in the query is the largest part): 32 KiB of request
+        // line and headers is plenty, and bounds what a half-sent request holds (hyper's
+        // defaults are ~400 KiB of buffer and no header-size cap); more is answered 431.
+        .max_buf_size(64 * 1024)
+        .max_header_size(32 * 1024)
         .keep_alive(true);
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)

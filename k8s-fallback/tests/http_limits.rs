@@ -165,6 +165,26 @@ async fn slowloris_sockets_are_all_closed_by_the_header_timeout() {
             .expect("GET")
             .contains("ok")
     );
+    // Headers past 32 KiB are refused, not buffered.
+    let mut s = TcpStream::connect(("127.0.0.1", r.port))
+        .await
+        .expect("tcp");
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    let _ = s.write_all(big.as_bytes()).await;
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 431"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
 }
 
 /// Opens a TCP connection and reads what comes within `wait`: `(answer, closed)`.
