@@ -44,6 +44,7 @@ pub mod body;
 pub mod client_ip;
 pub mod cluster;
 pub mod config;
+pub mod directory;
 pub mod http;
 pub mod hub;
 pub mod metrics;
