@@ -12,6 +12,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
+mod abuse;
+mod abuse_accounts;
+mod abuse_directory;
 mod accounts;
 mod directory;
 mod persistence;
@@ -76,10 +79,30 @@ fn main() {
         persistence::redis_client_speaks_the_upstash_protocol,
         persistence::clients_time_out_and_report_unreachable_services,
         persistence::outbox_ops_are_idempotent,
+        abuse::note_off_and_pedal_flood_is_bounded_and_closed_1008,
+        abuse::typing_and_profile_floods_are_bounded_and_closed_1008,
+        abuse::one_user_gets_at_most_four_sockets_per_room,
+        abuse::password_guessing_is_slowed_per_user_and_room,
+        abuse::a_reader_that_never_reads_is_closed_1013,
+        abuse_directory::room_list_subscriptions_are_capped_per_user,
+        abuse_directory::settings_toggles_reach_subscribers_coalesced,
+        abuse_directory::room_list_reads_are_cached,
+        abuse_directory::lookalike_room_names_are_refused,
+        abuse_accounts::logout_closes_open_sockets_4001,
+        abuse_accounts::revoked_session_closes_open_sockets_4001,
+        abuse_accounts::role_change_closes_open_sockets_4002,
+        abuse_accounts::expiring_guest_token_closes_its_socket_4001,
+        abuse_accounts::refresh_and_logout_need_the_secret,
+        abuse_accounts::oversized_auth_bodies_are_refused_while_streaming,
+        abuse_accounts::a_ban_holds_against_a_new_guest_token_from_the_same_network,
+        abuse_accounts::reserved_admin_names_need_the_bootstrap_secret,
+        abuse_accounts::every_response_carries_security_headers_and_cors_is_closed,
     ];
     let mut conclusion = libtest_mimic::run(&args, trials);
     // Trials that restart the server run alone, after the others, one at a time.
     let exclusive = trials![
+        // Counts the Durable Objects' files: nothing else may make rooms meanwhile.
+        abuse_directory::probes_and_anonymous_reads_create_no_storage,
         room_features::room_survives_a_restart,
         accounts::auth_endpoints_are_rate_limited_per_ip,
         accounts::session_limit_ends_older_sessions,
@@ -378,6 +401,7 @@ async fn client_identity_headers_are_ignored() {
         user_id: "admin:root".into(),
         name: "Admin".into(),
         roles: vec!["admin".into()],
+        ..Default::default()
     }
     .to_header();
     let url = format!("{}?token={token}", s.ws_url(&unique("forge")));

@@ -6,7 +6,10 @@
 //! like the edge harness. `k8s-fallback/tests/e2e_subset.rs` runs the shared trials with it.
 //! Trials that restart the server ([`Server::restart`]) are edge-only: a restart spawns wrangler.
 
-use crate::{Server, free_port, now_ms, random_key_pem, repo_root, spawn_guarded};
+use crate::{
+    ADMIN_BOOTSTRAP_SECRET, ADMIN_USERNAMES, CORS_ALLOWED_ORIGIN, Host, Server, free_port, now_ms,
+    random_key_pem, repo_root, spawn_guarded,
+};
 use piano_core::identity::SigningKey;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -50,6 +53,11 @@ impl Server {
             previous_key,
             issuer: "pianorhythm".into(),
             audience: "pianorhythm".into(),
+            host: if vars.iter().any(|(k, _)| k == "REDIS_URL") {
+                Host::FallbackCluster
+            } else {
+                Host::Fallback
+            },
         };
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -65,6 +73,9 @@ impl Server {
             // The shared server must not rate-limit the suite's own sign-ins.
             .env("AUTH_RATE_LIMIT_PER_MINUTE", "100000")
             .env("STATIC_DIR", repo_root().join("web/dist"))
+            .env("ADMIN_USERNAMES", ADMIN_USERNAMES)
+            .env("ADMIN_BOOTSTRAP_SECRET", ADMIN_BOOTSTRAP_SECRET)
+            .env("CORS_ORIGINS", CORS_ALLOWED_ORIGIN)
             .env_remove("REDIS_URL")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))

@@ -27,6 +27,7 @@ use crate::http::{json, json_error, with_header};
 use crate::hub::Hub;
 use crate::metrics::redis_error;
 use crate::mongo::Mongo;
+use crate::reach::Reach;
 use crate::redis_handle::RedisHandle;
 use axum::response::Response;
 use piano_backends::layout;
@@ -47,7 +48,8 @@ pub use piano_core::account::{AccountData, ROLES, SESSION_TTL_MS};
 /// A token's session as the store sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
-    Live,
+    /// Live until `expires_at` (ms), unless it ends sooner.
+    Live { expires_at: u64 },
     /// Logged out, refreshed away, revoked, expired, or an account that is not there.
     Ended,
     /// Not a session of this deployment (the edge's, with the same key): accepted on signature.
@@ -60,8 +62,15 @@ enum Refreshed {
     Ended,
     /// A secret that was already rotated away: the session is revoked now.
     Reused,
+    /// A secret this session never had: refused, and the session is left alone (a guess
+    /// must not be able to end someone's session).
+    WrongSecret,
     Rotated(u64),
 }
+
+/// How many rotated-away secret hashes a session remembers, to recognise a stolen refresh token
+/// presented after its owner refreshed (reuse), as opposed to a made-up one.
+const OLD_SECRETS: usize = 8;
 
 enum Backend {
     Sqlite(Arc<Mutex<rusqlite::Connection>>),
@@ -73,7 +82,9 @@ pub struct Accounts {
     /// Redis shared with the edge (cluster mode): where ended sessions are announced.
     shared: Option<(RedisHandle, layout::Keys)>,
     mongo: Option<Arc<Mongo>>,
-    mongo_writes: Option<mpsc::UnboundedSender<Op>>,
+    mongo_writes: Option<crate::mongo::Mirror>,
+    /// Session ends and role changes, for the rooms ([`crate::reach`]).
+    reach: Option<mpsc::Sender<Reach>>,
     access_ttl_secs: u64,
     /// After a failed MongoDB lookup, later ones are skipped until then (ms), as at the edge.
     lookup_skip_until: AtomicU64,
@@ -100,21 +111,43 @@ end
 return 0";
 
 /// KEYS: session hash, sessions set. ARGV: presented secret hash, new secret hash, now, new
-/// expiry, sid. Returns {0} no session, {1} ended, {2} reused (now revoked), {3, generation}.
+/// expiry, sid, sessions-set TTL, old secrets kept. Returns {0} no session, {1} ended, {2}
+/// reused (now revoked), {3, generation}, {4} a secret the session never had (left alone).
 const REFRESH: &str = r"
-local s = redis.call('HMGET', KEYS[1], 'h', 'e', 'r')
+local s = redis.call('HMGET', KEYS[1], 'h', 'e', 'r', 'o')
 if not s[1] then return {0} end
 if s[3] == '1' or tonumber(s[2]) <= tonumber(ARGV[3]) then return {1} end
+local old = s[4] or ''
 if s[1] ~= ARGV[1] then
-  redis.call('HSET', KEYS[1], 'r', '1')
-  redis.call('ZREM', KEYS[2], ARGV[5])
-  return {2}
+  if string.find(',' .. old .. ',', ',' .. ARGV[1] .. ',', 1, true) then
+    redis.call('HSET', KEYS[1], 'r', '1')
+    redis.call('ZREM', KEYS[2], ARGV[5])
+    return {2}
+  end
+  return {4}
 end
+local kept = {}
+for h in string.gmatch(old, '[^,]+') do table.insert(kept, h) end
+table.insert(kept, s[1])
+while #kept > tonumber(ARGV[7]) do table.remove(kept, 1) end
 local g = redis.call('HINCRBY', KEYS[1], 'g', 1)
-redis.call('HSET', KEYS[1], 'h', ARGV[2], 'e', ARGV[4])
+redis.call('HSET', KEYS[1], 'h', ARGV[2], 'e', ARGV[4], 'o', table.concat(kept, ','))
 redis.call('PEXPIREAT', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return {3, g}";
+
+/// Logout with a refresh token. KEYS: session hash, sessions set. ARGV: presented secret hash,
+/// sid. 1: the session held that secret (now or before) and is revoked now; 0: it did not
+/// (or there is no such session), nothing changed.
+const LOGOUT: &str = r"
+local s = redis.call('HMGET', KEYS[1], 'h', 'o')
+if not s[1] then return 0 end
+if s[1] ~= ARGV[1] and not string.find(',' .. (s[2] or '') .. ',', ',' .. ARGV[1] .. ',', 1, true) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'r', '1')
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1";
 
 /// KEYS: session hash, sessions set. ARGV: sid. 1 if the session existed (and is revoked now).
 const REVOKE: &str = r"
@@ -169,6 +202,12 @@ impl Accounts {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .and_then(|()| conn.execute_batch(SQL_SCHEMA))
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        // Rotated-away secret hashes (comma-separated), added after the first release: a
+        // database that already has the column refuses the ALTER, which is fine.
+        let _ = conn.execute(
+            "ALTER TABLE sessions ADD COLUMN old_hashes TEXT NOT NULL DEFAULT ''",
+            [],
+        );
         Ok(Accounts::with(Backend::Sqlite(Arc::new(Mutex::new(conn)))))
     }
 
@@ -190,8 +229,21 @@ impl Accounts {
             shared: None,
             mongo: None,
             mongo_writes: None,
+            reach: None,
             access_ttl_secs: 900,
             lookup_skip_until: AtomicU64::new(0),
+        }
+    }
+
+    /// Where session ends and role changes go ([`crate::reach`]).
+    pub fn with_reach(mut self, tx: mpsc::Sender<Reach>) -> Accounts {
+        self.reach = Some(tx);
+        self
+    }
+
+    pub async fn reach(&self, event: Reach) {
+        if let Some(tx) = &self.reach {
+            let _ = tx.send(event).await;
         }
     }
 
@@ -359,7 +411,7 @@ impl Accounts {
             } else {
                 layout::account_updated(&a.user_id(), &a.tag, a.document(), now)
             };
-            let _ = tx.send(op);
+            tx.send(crate::mongo::MirrorMsg::Op(op));
         }
     }
 
@@ -515,26 +567,34 @@ impl Accounts {
                 self.sql(move |c| {
                     use rusqlite::OptionalExtension;
                     let tx = c.transaction()?;
-                    let row: Option<(String, i64, i64, i64)> = tx
+                    let row: Option<(String, i64, i64, i64, String)> = tx
                         .query_row(
-                            "SELECT secret_hash, generation, expires, revoked FROM sessions WHERE sid = ?1 AND key = ?2",
+                            "SELECT secret_hash, generation, expires, revoked, old_hashes FROM sessions WHERE sid = ?1 AND key = ?2",
                             (&sid, &key),
-                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                         )
                         .optional()?;
                     let outcome = match row {
                         None => Refreshed::NoSession,
-                        Some((_, _, exp, revoked)) if revoked != 0 || exp as u64 <= now => {
+                        Some((_, _, exp, revoked, _)) if revoked != 0 || exp as u64 <= now => {
                             Refreshed::Ended
                         }
-                        Some((hash, _, _, _)) if hash != presented => {
-                            tx.execute("UPDATE sessions SET revoked = 1 WHERE sid = ?1", [&sid])?;
-                            Refreshed::Reused
+                        Some((hash, _, _, _, old)) if hash != presented => {
+                            if old.split(',').any(|h| h == presented) {
+                                tx.execute("UPDATE sessions SET revoked = 1 WHERE sid = ?1", [&sid])?;
+                                Refreshed::Reused
+                            } else {
+                                Refreshed::WrongSecret
+                            }
                         }
-                        Some((_, generation, _, _)) => {
+                        Some((hash, generation, _, _, old)) => {
+                            let mut kept: Vec<&str> =
+                                old.split(',').filter(|h| !h.is_empty()).collect();
+                            kept.push(&hash);
+                            let kept = kept[kept.len().saturating_sub(OLD_SECRETS)..].join(",");
                             tx.execute(
-                                "UPDATE sessions SET secret_hash = ?2, generation = ?3, expires = ?4 WHERE sid = ?1",
-                                (&sid, &fresh, generation + 1, expires as i64),
+                                "UPDATE sessions SET secret_hash = ?2, generation = ?3, expires = ?4, old_hashes = ?5 WHERE sid = ?1",
+                                (&sid, &fresh, generation + 1, expires as i64, kept),
                             )?;
                             Refreshed::Rotated(generation as u64 + 1)
                         }
@@ -553,7 +613,8 @@ impl Accounts {
                     .arg(now)
                     .arg(expires)
                     .arg(sid)
-                    .arg(SESSION_TTL_MS);
+                    .arg(SESSION_TTL_MS)
+                    .arg(OLD_SECRETS);
                 let answer: Vec<u64> = conn
                     .script(&call)
                     .await
@@ -561,11 +622,62 @@ impl Accounts {
                 Ok(match answer.as_slice() {
                     [1] => Refreshed::Ended,
                     [2] => Refreshed::Reused,
+                    [4] => Refreshed::WrongSecret,
                     [3, generation] => Refreshed::Rotated(*generation),
                     _ => Refreshed::NoSession,
                 })
             }
         }
+    }
+
+    /// Ends a session presented with a refresh secret it holds (or held: a rotated-away one
+    /// ends it too); `false`, and nothing changes, for a secret it never had.
+    async fn revoke_with_secret(
+        &self,
+        key: &str,
+        sid: &str,
+        secret: &str,
+    ) -> Result<bool, Failure> {
+        let presented = hash_secret(secret);
+        let ended = match &self.backend {
+            Backend::Sqlite(_) => {
+                let (key, sid) = (key.to_owned(), sid.to_owned());
+                self.sql(move |c| {
+                    use rusqlite::OptionalExtension;
+                    let tx = c.transaction()?;
+                    let row: Option<(String, String)> = tx
+                        .query_row(
+                            "SELECT secret_hash, old_hashes FROM sessions WHERE sid = ?1 AND key = ?2",
+                            (&sid, &key),
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .optional()?;
+                    let held = row.is_some_and(|(hash, old)| {
+                        hash == presented || old.split(',').any(|h| h == presented)
+                    });
+                    if held {
+                        tx.execute("UPDATE sessions SET revoked = 1 WHERE sid = ?1", [&sid])?;
+                    }
+                    tx.commit()?;
+                    Ok(held)
+                })
+                .await?
+            }
+            Backend::Redis(conn) => {
+                let script = redis::Script::new(LOGOUT);
+                let mut call = script.key(session_key(key, sid));
+                call.key(sessions_key(key)).arg(&presented).arg(sid);
+                let n: i64 = conn
+                    .script(&call)
+                    .await
+                    .map_err(|e| Self::redis_failed("ending a session", e))?;
+                n == 1
+            }
+        };
+        if ended {
+            self.announce_revoked(sid, &format!("user:{key}")).await;
+        }
+        Ok(ended)
     }
 
     /// Ends a session; `true` if there was one. With Redis, announced to the edge too.
@@ -602,6 +714,12 @@ impl Accounts {
     /// `{REDIS_KEY_PREFIX}revoked:<sid>` (the edge's revocation list), for as long as an
     /// access token of the session could still be presented.
     async fn announce_revoked(&self, sid: &str, user_id: &str) {
+        // Open sockets of the session close (4001), on every replica (`reach`).
+        self.reach(Reach::SessionEnded {
+            user_id: user_id.to_owned(),
+            session_id: Some(sid.to_owned()),
+        })
+        .await;
         let Some((conn, keys)) = &self.shared else {
             return;
         };
@@ -633,7 +751,9 @@ impl Accounts {
                         None => Check::Unknown,
                         Some((g, exp, revoked)) => {
                             if revoked == 0 && exp as u64 > now && g as u64 == generation {
-                                Check::Live
+                                Check::Live {
+                                    expires_at: exp as u64,
+                                }
                             } else {
                                 Check::Ended
                             }
@@ -661,7 +781,7 @@ impl Accounts {
                     _ if listed => Check::Ended,
                     (Some(g), Some(exp)) => {
                         if revoked.as_deref() == Some("0") && exp > now && g == generation {
-                            Check::Live
+                            Check::Live { expires_at: exp }
                         } else {
                             Check::Ended
                         }
@@ -793,7 +913,7 @@ fn invalid_credentials() -> Response {
 }
 
 /// `POST /api/auth/register {"username", "password", "email"?}`.
-pub async fn register(hub: &Hub, bytes: &[u8]) -> Response {
+pub async fn register(hub: &Hub, bootstrap: Option<&str>, bytes: &[u8]) -> Response {
     #[derive(Deserialize)]
     struct Body {
         username: String,
@@ -808,6 +928,15 @@ pub async fn register(hub: &Hub, bytes: &[u8]) -> Response {
             Ok(k) => k,
             Err((code, message)) => return json_error(400, code, &message),
         };
+    let admin = match piano_core::account::admin_on_register(
+        &key,
+        &hub.cfg.admins,
+        hub.cfg.admin_bootstrap_secret.as_deref(),
+        bootstrap,
+    ) {
+        Ok(admin) => admin,
+        Err((code, message)) => return json_error(403, code, message),
+    };
     let taken = || json_error(409, "username_taken", "that username is taken");
     match hub.accounts.find(&key).await {
         Ok(Some(_)) => return taken(),
@@ -823,7 +952,7 @@ pub async fn register(hub: &Hub, bytes: &[u8]) -> Response {
         return unavailable("password hashing failed");
     };
     let mut roles = vec!["member".to_owned()];
-    if hub.cfg.admins.contains(&key) {
+    if admin {
         roles.push("admin".into());
     }
     let username = b.username.trim().to_owned();
@@ -876,7 +1005,9 @@ pub async fn login(hub: &Hub, bytes: &[u8]) -> Response {
     if !ok {
         return invalid_credentials();
     }
-    if hub.cfg.admins.contains(&key) && !account.roles.iter().any(|r| r == "admin") {
+    if piano_core::account::admin_on_login(&key, &hub.cfg.admins)
+        && !account.roles.iter().any(|r| r == "admin")
+    {
         match hub
             .accounts
             .update(&key, |a| {
@@ -925,7 +1056,7 @@ pub async fn refresh(hub: &Hub, bytes: &[u8]) -> Response {
         .await
     {
         Err(e) => unavailable(&e),
-        Ok(Refreshed::NoSession) => not_valid(),
+        Ok(Refreshed::NoSession | Refreshed::WrongSecret) => not_valid(),
         Ok(Refreshed::Ended) => json_error(
             401,
             "invalid_session",
@@ -956,19 +1087,33 @@ pub async fn logout(hub: &Hub, bearer: Option<String>, bytes: &[u8]) -> Response
         refresh_token: Option<String>,
     }
     let b: Body = serde_json::from_slice(bytes).unwrap_or_default();
-    let (key, sid) = if let Some((key, sid, _)) = b.refresh_token.as_deref().and_then(parse_refresh)
-    {
-        (key.to_owned(), sid.to_owned())
-    } else {
-        let claims = try_resp!(crate::auth::verify_claims(hub, bearer.as_deref()).await);
-        match (claims.sub.strip_prefix("user:"), claims.sid) {
-            (Some(user), Some(sid)) => (user.to_owned(), sid),
-            _ => return json_error(400, "not_a_member", "guest tokens have no session to end"),
-        }
+    if let Some(refresh) = b.refresh_token.as_deref() {
+        // The refresh token is the credential: its secret must be this session's (user and
+        // session id alone are in every access token's readable payload).
+        let not_valid = || json_error(401, "invalid_session", "refresh token is not valid");
+        let Some((key, sid, secret)) = parse_refresh(refresh) else {
+            return not_valid();
+        };
+        return match hub.accounts.revoke_with_secret(key, sid, secret).await {
+            Ok(true) => no_content(),
+            Ok(false) => not_valid(),
+            Err(e) => unavailable(&e),
+        };
+    }
+    // Without a refresh token: the session of a live, verified access token (the whole signed
+    // token is the credential).
+    let claims = try_resp!(crate::auth::verify_claims(hub, bearer.as_deref()).await);
+    let (key, sid) = match (claims.sub.strip_prefix("user:"), claims.sid) {
+        (Some(user), Some(sid)) => (user.to_owned(), sid),
+        _ => return json_error(400, "not_a_member", "guest tokens have no session to end"),
     };
     if let Err(e) = hub.accounts.revoke(&key, &sid).await {
         return unavailable(&e);
     }
+    no_content()
+}
+
+fn no_content() -> Response {
     let mut resp = Response::new(axum::body::Body::empty());
     *resp.status_mut() = axum::http::StatusCode::NO_CONTENT;
     resp
@@ -1111,7 +1256,15 @@ pub async fn set_roles(hub: &Hub, bearer: Option<String>, raw_id: &str, bytes: &
         })
         .await;
     match updated {
-        Ok(Some(a)) => no_store(json(200, &a.public())),
+        Ok(Some(a)) => {
+            // Open sockets carry the old roles: they close (4002) and reconnect with new ones.
+            hub.accounts
+                .reach(Reach::IdentityChanged {
+                    user_id: a.user_id(),
+                })
+                .await;
+            no_store(json(200, &a.public()))
+        }
         Ok(None) => json_error(404, "not_found", "no such user"),
         Err(e) => unavailable(&e),
     }

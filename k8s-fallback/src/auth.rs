@@ -121,7 +121,17 @@ pub fn upgrade_auth(uri: &Uri, headers: &HeaderMap) -> Result<UpgradeAuth, &'sta
 
 #[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
 pub async fn verify(hub: &Hub, token: Option<&str>) -> Result<Identity, Response> {
-    verify_claims(hub, token).await.map(Identity::from)
+    verify_session(hub, token)
+        .await
+        .map(|(claims, expires_at)| {
+            let mut identity = Identity::from(claims);
+            if expires_at.is_some() {
+                // A member's socket lives as long as the session (as it stands now; a refresh
+                // later does not extend sockets opened before it).
+                identity.expires_at = expires_at;
+            }
+            identity
+        })
 }
 
 /// Verifies a token; on failure, the 401 (or 503) response to return. Members' tokens are also
@@ -129,6 +139,14 @@ pub async fn verify(hub: &Hub, token: Option<&str>) -> Result<Identity, Response
 /// refreshed-away token is refused at once.
 #[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
 pub async fn verify_claims(hub: &Hub, token: Option<&str>) -> Result<Claims, Response> {
+    verify_session(hub, token).await.map(|(claims, _)| claims)
+}
+
+/// [`verify_claims`], plus when a member's session expires (ms; `None` for guests and for
+/// sessions this deployment does not hold).
+#[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
+async fn verify_session(hub: &Hub, token: Option<&str>) -> Result<(Claims, Option<u64>), Response> {
+    let mut session_expiry = None;
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Err(unauthorized(
             "a token is required: Authorization: Bearer <jwt>, ?token=<jwt> or subprotocol bearer.<jwt>",
@@ -145,7 +163,8 @@ pub async fn verify_claims(hub: &Hub, token: Option<&str>) -> Result<Claims, Res
             .check(&claims.sub, sid, claims.generation.unwrap_or(0))
             .await
         {
-            Ok(Check::Live | Check::Unknown) => {}
+            Ok(Check::Live { expires_at }) => session_expiry = Some(expires_at),
+            Ok(Check::Unknown) => {}
             Ok(Check::Ended) => {
                 return Err(unauthorized(
                     "the session has ended (logged out or refreshed): log in again",
@@ -161,7 +180,7 @@ pub async fn verify_claims(hub: &Hub, token: Option<&str>) -> Result<Claims, Res
             }
         }
     }
-    Ok(claims)
+    Ok((claims, session_expiry))
 }
 
 pub fn unauthorized(message: &str) -> Response {
@@ -170,6 +189,17 @@ pub fn unauthorized(message: &str) -> Response {
         "www-authenticate",
         r#"Bearer error="invalid_token""#,
     )
+}
+
+/// Compares two secrets without revealing, through timing, how much of them matched.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    // Hashing first makes the comparison length-independent too.
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// `Authorization: Bearer <jwt>`.
@@ -235,7 +265,11 @@ impl RateLimiter {
             let key = piano_backends::layout::Keys {
                 prefix: hub.cfg.redis_key_prefix.clone(),
             }
-            .rate("auth", &ip.to_string(), window);
+            .rate(
+                "auth",
+                &crate::client_ip::network_of(ip).to_string(),
+                window,
+            );
             let mut pipe = redis::pipe();
             pipe.incr(&key, 1).expire(&key, 120).ignore();
             let counted: redis::RedisResult<(u64,)> = c.conn.pipe(&pipe).await;
@@ -264,11 +298,19 @@ impl RateLimiter {
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
         const WINDOW: Duration = Duration::from_secs(60);
         let now = Instant::now();
+        // Bounded: at most `TRACKED` networks (each with at most `limit` instants). Past it,
+        // networks not tracked yet share one bucket, so a flood from many addresses throttles
+        // newcomers together instead of growing the map.
+        const TRACKED: usize = 100_000;
         let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
-        if hits.len() > 100_000 {
+        let mut key = crate::client_ip::network_of(ip);
+        if hits.len() >= TRACKED && !hits.contains_key(&key) {
             hits.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < WINDOW));
+            if hits.len() >= TRACKED {
+                key = IpAddr::from([0, 0, 0, 0]);
+            }
         }
-        let q = hits.entry(ip).or_default();
+        let q = hits.entry(key).or_default();
         while q.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
             q.pop_front();
         }

@@ -4,6 +4,7 @@
 //! Token settings mean exactly what they mean at the edge (`src/config.rs`), so one key pair
 //! serves both: tokens issued by either are accepted by both.
 
+use crate::client_ip::TrustedProxies;
 use piano_core::identity::{SigningKey, Verifier, parse_public_keys};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -41,7 +42,38 @@ pub struct Config {
     /// `ADMIN_USERNAMES` (normalized): these members get the admin role at registration/login.
     pub admins: Vec<String>,
     pub auth_rate_limit: usize,
-    pub trust_forwarded_for: bool,
+    /// `TRUSTED_PROXIES`: which hops of `X-Forwarded-For` to believe ([`TrustedProxies`]).
+    pub trusted_proxies: TrustedProxies,
+    /// From the first byte of a request (or from a kept-alive connection going idle) to the end
+    /// of its headers; then the connection is closed (slowloris).
+    pub header_timeout: Duration,
+    /// Reading a request body (the JSON endpoints); then 408.
+    pub body_timeout: Duration,
+    /// A WebSocket that sends nothing, not even a pong to the server's pings, for this long is
+    /// closed; pings go out every third of it.
+    pub ws_idle_timeout: Duration,
+    /// Open TCP connections (WebSockets included) on this replica; beyond it new ones are
+    /// answered 503 and closed.
+    pub max_connections: usize,
+    /// Open TCP connections per client network (IPv4 address or IPv6 /64) that is not one of
+    /// `TRUSTED_PROXIES`; beyond it 429 and closed.
+    pub max_connections_per_ip: usize,
+    /// Open WebSockets per client network (after `TRUSTED_PROXIES`) on this replica; beyond it
+    /// the upgrade is refused with 429 `too_many_connections`.
+    pub max_sockets_per_ip: usize,
+    /// Sockets per user in one room, and per client network in one room (the core's
+    /// `Limits::conns_per_user` / `conns_per_network`; staff are exempt from the latter).
+    pub room_sockets_per_user: usize,
+    pub room_sockets_per_network: usize,
+    /// `METRICS_TOKEN`: `/metrics` on the main port needs `Authorization: Bearer <it>`.
+    pub metrics_token: Option<String>,
+    /// `METRICS_ADDR`: serve `/metrics` (only) on this address, without a credential.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `CORS_ORIGINS`: the only origins given `Access-Control-Allow-Origin`.
+    pub cors_origins: Vec<String>,
+    /// `ADMIN_BOOTSTRAP_SECRET`: registering a name in `ADMIN_USERNAMES` requires it
+    /// (`x-admin-bootstrap`).
+    pub admin_bootstrap_secret: Option<String>,
     /// Frames queued per connection before it counts as a slow consumer and is closed.
     pub outbound_queue: usize,
     pub drain_timeout: Duration,
@@ -67,11 +99,19 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
                 )
             }),
     };
-    let flag = |name: &str| {
-        get(name)
-            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+    if get("TRUST_X_FORWARDED_FOR").is_some() {
+        // It trusted the leftmost entry, which any client writes: refuse rather than guess.
+        return Err("TRUST_X_FORWARDED_FOR was removed: set TRUSTED_PROXIES to the number of proxies in front of this server (e.g. 1) or their CIDRs".into());
+    }
+    let secs = |name: &str, default: u64, range: std::ops::RangeInclusive<u64>| {
+        number(name, default, range).map(Duration::from_secs)
     };
-
+    let metrics_addr = match get("METRICS_ADDR") {
+        None => None,
+        Some(a) => Some(a.trim().parse::<SocketAddr>().map_err(|_| {
+            format!("METRICS_ADDR must be an address with a port, e.g. 0.0.0.0:9090 (got {a:?})")
+        })?),
+    };
     let port = number("PORT", 8080, 1..=65535)? as u16;
     let ip: IpAddr = match get("BIND") {
         None => IpAddr::from([127, 0, 0, 1]),
@@ -134,7 +174,27 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
             .map(|s| s.to_ascii_lowercase())
             .collect(),
         auth_rate_limit: number("AUTH_RATE_LIMIT_PER_MINUTE", 10, 1..=1_000_000)? as usize,
-        trust_forwarded_for: flag("TRUST_X_FORWARDED_FOR"),
+        trusted_proxies: TrustedProxies::parse(get("TRUSTED_PROXIES").as_deref())?,
+        header_timeout: secs("HTTP_HEADER_TIMEOUT_SECS", 10, 1..=300)?,
+        body_timeout: secs("HTTP_BODY_TIMEOUT_SECS", 10, 1..=300)?,
+        ws_idle_timeout: secs("WS_IDLE_TIMEOUT_SECS", 60, 1..=3600)?,
+        max_connections: number("MAX_CONNECTIONS", 20_000, 1..=1_000_000)? as usize,
+        max_connections_per_ip: number("MAX_CONNECTIONS_PER_IP", 64, 1..=1_000_000)? as usize,
+        max_sockets_per_ip: number("MAX_WEBSOCKETS_PER_IP", 32, 1..=1_000_000)? as usize,
+        room_sockets_per_user: number(
+            "ROOM_SOCKETS_PER_USER",
+            piano_core::room::budget::Limits::default().conns_per_user as u64,
+            1..=1000,
+        )? as usize,
+        room_sockets_per_network: number(
+            "ROOM_SOCKETS_PER_NETWORK",
+            piano_core::room::budget::Limits::default().conns_per_network as u64,
+            1..=100_000,
+        )? as usize,
+        metrics_token: get("METRICS_TOKEN").map(|t| t.trim().to_owned()),
+        metrics_addr,
+        cors_origins: piano_core::http_policy::parse_origins(get("CORS_ORIGINS").as_deref()),
+        admin_bootstrap_secret: get("ADMIN_BOOTSTRAP_SECRET"),
         outbound_queue: number("OUTBOUND_QUEUE_FRAMES", 1024, 16..=1_000_000)? as usize,
         drain_timeout: Duration::from_secs(number("DRAIN_TIMEOUT_SECS", 10, 0..=600)?),
         generated_key,
@@ -143,8 +203,13 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
 
 /// A throw-away development key, kept in the data directory so tokens survive a restart.
 fn dev_key(data_dir: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let path = data_dir.join("dev-jwt-key.pem");
     if let Ok(pem) = std::fs::read_to_string(&path) {
+        // Written world-readable by earlier versions: whoever reads it can sign any token.
+        if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(path = %path.display(), error = %e, "could not make the development key private");
+        }
         return Ok(pem);
     }
     use ed25519_dalek::pkcs8::EncodePrivateKey;
@@ -156,8 +221,21 @@ fn dev_key(data_dir: &std::path::Path) -> Result<String, String> {
         .to_string();
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("DATA_DIR {}: {e}", data_dir.display()))?;
-    std::fs::write(&path, &pem).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(pem)
+    // Owner-only from the first byte (no window where another user could read it); a file
+    // that appeared meanwhile (another process) wins.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, pem.as_bytes()));
+    match written {
+        Ok(()) => Ok(pem),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
 pub fn random_hex(bytes: usize) -> String {

@@ -6,7 +6,8 @@
 use crate::accounts;
 use crate::auth::{self, MAX_BODY_BYTES, RateLimiter};
 use crate::hub::Hub;
-use crate::metrics;
+use crate::metrics::{self, METRICS};
+use crate::serve::ConnSlot;
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
@@ -16,6 +17,8 @@ use piano_core::limits::{MAX_FRAME_BYTES, SUBPROTOCOL};
 use piano_core::names::{self, percent_decode};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 use tower::ServiceExt;
 use tower_http::services::ServeDir;
 
@@ -27,6 +30,9 @@ pub struct App {
 }
 
 pub fn router(hub: Arc<Hub>) -> axum::Router {
+    let policy = crate::security::Policy {
+        cors_origins: Arc::new(hub.cfg.cors_origins.clone()),
+    };
     let app = App {
         limiter: Arc::new(RateLimiter::new(hub.cfg.auth_rate_limit)),
         static_files: hub
@@ -36,7 +42,56 @@ pub fn router(hub: Arc<Hub>) -> axum::Router {
             .map(|d| ServeDir::new(d).append_index_html_on_directories(true)),
         hub,
     };
-    axum::Router::new().fallback(route).with_state(app)
+    axum::Router::new()
+        .fallback(route)
+        .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(
+            policy,
+            crate::security::layer,
+        ))
+}
+
+/// `METRICS_ADDR`: `/metrics` alone, without a credential (keep that port off the Service).
+pub fn metrics_router(hub: Arc<Hub>) -> axum::Router {
+    axum::Router::new().fallback(move |req: Request| {
+        let hub = hub.clone();
+        async move {
+            if req.uri().path() == "/metrics" && req.method() == Method::GET {
+                metrics_text(&hub)
+            } else {
+                json_error(404, "not_found", "only /metrics is served here")
+            }
+        }
+    })
+}
+
+fn metrics_text(hub: &Hub) -> Response {
+    with_header(
+        metrics::render(hub.replica()).into_response(),
+        "content-type",
+        "text/plain; version=0.0.4; charset=utf-8",
+    )
+}
+
+/// `/metrics` on the main port: only with `METRICS_TOKEN`, presented as a bearer token.
+fn metrics_gate(hub: &Hub, headers: &axum::http::HeaderMap) -> Response {
+    let Some(expected) = &hub.cfg.metrics_token else {
+        let message = if hub.cfg.metrics_addr.is_some() {
+            "metrics are served on METRICS_ADDR"
+        } else {
+            "metrics are off: the operator sets METRICS_TOKEN or METRICS_ADDR"
+        };
+        return json_error(404, "not_found", message);
+    };
+    let presented = auth::bearer(headers).unwrap_or_default();
+    if !crate::auth::same_secret(presented.as_bytes(), expected.as_bytes()) {
+        return with_header(
+            json_error(401, "unauthorized", "/metrics needs its bearer token"),
+            "www-authenticate",
+            r#"Bearer realm="metrics""#,
+        );
+    }
+    metrics_text(hub)
 }
 
 pub fn json(status: u16, body: &serde_json::Value) -> Response {
@@ -63,18 +118,13 @@ pub fn with_header(mut resp: Response, name: &'static str, value: &str) -> Respo
     resp
 }
 
-fn client_ip(app: &App, peer: SocketAddr, req: &Request) -> IpAddr {
-    if app.hub.cfg.trust_forwarded_for
-        && let Some(ip) = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-    {
-        return ip;
-    }
-    peer.ip()
+/// The client's address: the socket peer, or what `TRUSTED_PROXIES` lets `X-Forwarded-For` say.
+pub fn client_ip(hub: &Hub, peer: SocketAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+    let xff = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    hub.cfg.trusted_proxies.client_ip(peer.ip(), xff)
 }
 
 async fn route(
@@ -97,11 +147,7 @@ async fn route(
                 json_error(503, "not_ready", "not connected to Redis yet")
             }
         }
-        (&Method::GET, ["metrics"]) => with_header(
-            metrics::render(hub.replica()).into_response(),
-            "content-type",
-            "text/plain; version=0.0.4; charset=utf-8",
-        ),
+        (&Method::GET, ["metrics"]) => metrics_gate(hub, req.headers()),
         (&Method::GET, ["api", "version"]) => json(
             200,
             &serde_json::json!({
@@ -123,7 +169,7 @@ async fn route(
             ],
         ) => {
             let endpoint = *endpoint;
-            let ip = client_ip(&app, peer, &req);
+            let ip = client_ip(hub, peer, req.headers());
             if let Err(wait) = app.limiter.check_shared(hub, ip).await {
                 return with_header(
                     json_error(
@@ -136,15 +182,18 @@ async fn route(
                 );
             }
             let token = auth::bearer(req.headers());
-            let body = match axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await {
+            let (parts, body) = req.into_parts();
+            let body = match read_body(hub, &parts.headers, body).await {
                 Ok(body) => body,
-                Err(_) => {
-                    return json_error(413, "body_too_large", "request body is over 4096 bytes");
-                }
+                Err(resp) => return resp,
             };
+            let bootstrap = parts
+                .headers
+                .get("x-admin-bootstrap")
+                .and_then(|v| v.to_str().ok());
             match endpoint {
                 "guest" => auth::guest(hub, &body),
-                "register" => accounts::register(hub, &body).await,
+                "register" => accounts::register(hub, bootstrap, &body).await,
                 "login" => accounts::login(hub, &body).await,
                 "refresh" => accounts::refresh(hub, &body).await,
                 _ => accounts::logout(hub, token, &body).await,
@@ -152,17 +201,19 @@ async fn route(
         }
         (&Method::PUT, ["api", "users", "me"]) => {
             let token = auth::bearer(req.headers());
-            match axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await {
+            let (parts, body) = req.into_parts();
+            match read_body(hub, &parts.headers, body).await {
                 Ok(body) => accounts::update_me(hub, token, &body).await,
-                Err(_) => json_error(413, "body_too_large", "request body is over 4096 bytes"),
+                Err(resp) => resp,
             }
         }
         (&Method::POST, ["api", "admin", "users", id, "roles"]) => {
             let id = (*id).to_owned();
             let token = auth::bearer(req.headers());
-            match axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await {
+            let (parts, body) = req.into_parts();
+            match read_body(hub, &parts.headers, body).await {
                 Ok(body) => accounts::set_roles(hub, token, &id, &body).await,
-                Err(_) => json_error(413, "body_too_large", "request body is over 4096 bytes"),
+                Err(resp) => resp,
             }
         }
         (&Method::GET, ["api", "users", "me"]) => auth::me(hub, req.headers()).await,
@@ -189,7 +240,8 @@ async fn route(
         }
         (&Method::GET, ["api", "rooms", name, "ws"]) => {
             let name = (*name).to_owned();
-            connect(app.clone(), req, &name).await
+            let ip = client_ip(hub, peer, req.headers());
+            connect(app.clone(), req, &name, ip).await
         }
         (&Method::GET, ["api", "rooms", name]) => match room_name(name) {
             Ok(name) => with_header(
@@ -253,6 +305,16 @@ async fn user_stats(hub: &crate::hub::Hub, raw_id: &str) -> Response {
     }
 }
 
+/// A JSON endpoint's body: at most [`MAX_BODY_BYTES`], within `HTTP_BODY_TIMEOUT_SECS`.
+#[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
+async fn read_body(
+    hub: &Hub,
+    headers: &axum::http::HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, Response> {
+    crate::body::read(headers, body, MAX_BODY_BYTES, hub.cfg.body_timeout).await
+}
+
 /// Decodes and validates the `{name}` path segment.
 #[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
 fn room_name(raw: &str) -> Result<String, Response> {
@@ -269,7 +331,7 @@ fn room_name(raw: &str) -> Result<String, Response> {
 }
 
 /// The WebSocket gate: room name, upgrade, subprotocol, then the token (in the edge's order).
-async fn connect(app: App, req: Request, raw_name: &str) -> Response {
+async fn connect(app: App, req: Request, raw_name: &str, ip: IpAddr) -> Response {
     let name = match room_name(raw_name) {
         Ok(n) => n,
         Err(resp) => return resp,
@@ -300,6 +362,42 @@ async fn connect(app: App, req: Request, raw_name: &str) -> Response {
             "this replica is shutting down: connect again",
         );
     }
+    // Per client network on this replica (`MAX_WEBSOCKETS_PER_IP`); the room's own caps (per
+    // user and per network in the room) come next.
+    let socket_slot = match app.hub.sockets.acquire(Some(ip)) {
+        Ok(s) => s,
+        Err(_) => {
+            METRICS.refused_sockets.fetch_add(1, Relaxed);
+            return too_many_connections("your network holds as many sockets as it may here");
+        }
+    };
+    let mut identity = identity;
+    // The core's key (as the edge computes it from CF-Connecting-IP): IPv4, or IPv6 /64.
+    identity.network = Some(piano_core::http_policy::network_key(&ip.to_string()));
+    // The room's own caps (sockets per user and per network in the room), asked before the
+    // upgrade when the room runs here; a room elsewhere (cluster) or not running yet checks at
+    // Connect instead (Error TOO_MANY_CONNECTIONS, close 4004).
+    if let Some(tx) = app.hub.room_tx(&name) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let ask = crate::room_task::RoomMsg::Admit {
+            identity: identity.clone(),
+            reply,
+        };
+        if tx.send(ask).await.is_ok()
+            && let Ok(Ok(Err(_))) = tokio::time::timeout(Duration::from_secs(2), answer).await
+        {
+            METRICS.refused_sockets.fetch_add(1, Relaxed);
+            return too_many_connections(
+                "you (or your network) already hold the most sockets allowed in this room",
+            );
+        }
+    }
+    let meta = crate::ws::ConnMeta {
+        slots: (
+            socket_slot,
+            parts.extensions.get::<Arc<ConnSlot>>().cloned(),
+        ),
+    };
     let mut upgrade = upgrade
         // Frames over the protocol limit reach the room, which closes with 1009; far larger
         // ones are refused by the WebSocket layer before they are buffered.
@@ -315,5 +413,14 @@ async fn connect(app: App, req: Request, raw_name: &str) -> Response {
     let hub = app.hub.clone();
     upgrade
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| crate::ws::serve(hub, socket, name, identity))
+        .on_upgrade(move |socket| crate::ws::serve(hub, socket, name, identity, meta))
+}
+
+/// 429 `too_many_connections` (before an upgrade), with a hint when to retry.
+pub fn too_many_connections(message: &str) -> Response {
+    with_header(
+        json_error(429, "too_many_connections", message),
+        "retry-after",
+        "10",
+    )
 }

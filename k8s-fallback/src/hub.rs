@@ -12,6 +12,7 @@
 
 use crate::cluster::{self, Cluster, Lease, replica_channel};
 use crate::config::Config;
+use crate::directory::{PendingReports, directory_writer, push_deltas, sweep_directory};
 use crate::metrics::{METRICS, redis_error};
 use crate::room_task::{RoomEntry, RoomInfo, RoomMsg};
 use crate::store::Store;
@@ -20,7 +21,7 @@ use crate::{now_ms, now_us};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use piano_core::identity::Identity;
-use piano_core::lobby::{Directory, Report, Summary};
+use piano_core::lobby::{Directory, PUSH_TICK_MS, Report, Subscribers, Summary};
 use piano_core::room::ConnId;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -41,6 +42,8 @@ pub const TRY_AGAIN_LATER: u16 = 1013;
 #[derive(Debug)]
 pub enum Outbound {
     Frame(Bytes),
+    /// A WebSocket ping (idle detection); skipped when the queue is full.
+    Ping,
     Close(u16, String),
 }
 
@@ -63,9 +66,13 @@ pub struct Hub {
     pub mongo: Option<Arc<crate::mongo::Mongo>>,
     /// Members' accounts and sessions (SQLite or Redis, like the rooms).
     pub accounts: crate::accounts::Accounts,
-    directory: Mutex<Directory>,
-    /// Reports waiting to be written to the shared directory (cluster mode), in order.
-    directory_tx: Option<mpsc::UnboundedSender<Report>>,
+    pub(crate) directory: Mutex<Directory>,
+    /// Who follows the room list from which rooms (standalone; in Redis with `REDIS_URL`).
+    pub(crate) subscribers: Mutex<Subscribers>,
+    /// Reports waiting to be written to the shared directory (cluster mode): the latest per
+    /// room only (a report is the room's whole summary), so the backlog is bounded by the
+    /// number of rooms however slow Redis is.
+    directory_pending: Option<Arc<PendingReports>>,
     rooms: Mutex<HashMap<String, RoomEntry>>,
     conns: Mutex<HashMap<ConnId, LocalConn>>,
     /// Local connections whose room runs on another replica: conn → (room, holder).
@@ -73,12 +80,14 @@ pub struct Hub {
     /// One room start at a time, so two players arriving together start it once.
     pub(crate) starting: tokio::sync::Mutex<()>,
     pub draining: AtomicBool,
+    /// Open WebSockets per client network on this replica (`MAX_WEBSOCKETS_PER_IP`).
+    pub sockets: Arc<crate::serve::ConnLimits>,
     /// Cluster mode: subscribed to this replica's channel (required before taking leases).
     pub subscribed: AtomicBool,
     pub started_at: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not take the whole replica down with poisoned locks.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -91,30 +100,31 @@ impl Hub {
         mongo: Option<Arc<crate::mongo::Mongo>>,
         accounts: crate::accounts::Accounts,
     ) -> Arc<Hub> {
-        let (directory_tx, directory_rx) = if cluster.is_some() {
-            let (tx, rx) = mpsc::unbounded_channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
+        let directory_pending = cluster
+            .is_some()
+            .then(|| Arc::new(PendingReports::default()));
+        let sockets = crate::serve::ConnLimits::new(usize::MAX, cfg.max_sockets_per_ip);
         let hub = Arc::new(Hub {
             cfg,
             store,
             cluster,
             mongo,
             accounts,
-            directory: Mutex::new(Directory::new()),
-            directory_tx,
+            directory: Mutex::new(Directory::new().coalesce_every(PUSH_TICK_MS)),
+            subscribers: Mutex::new(Subscribers::new()),
+            directory_pending: directory_pending.clone(),
             rooms: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             follows: Mutex::new(HashMap::new()),
             starting: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),
+            sockets,
             subscribed: AtomicBool::new(false),
             started_at: now_ms(),
         });
-        if let Some(rx) = directory_rx {
-            tokio::spawn(directory_writer(hub.clone(), rx));
+        tokio::spawn(push_deltas(hub.clone()));
+        if let Some(pending) = directory_pending {
+            tokio::spawn(directory_writer(hub.clone(), pending));
             tokio::spawn(pubsub_loop(hub.clone()));
             tokio::spawn(watchdog(hub.clone()));
         }
@@ -166,6 +176,13 @@ impl Hub {
             let _ = kill.send((SLOW_CONSUMER, "too slow: reconnect".into()));
         }
         true
+    }
+
+    /// Queues a ping; a full queue skips it (that socket is about to be closed as slow anyway).
+    pub fn ping(&self, conn: ConnId) {
+        if let Some(c) = lock(&self.conns).get(&conn) {
+            let _ = c.tx.try_send(Outbound::Ping);
+        }
     }
 
     /// Closes a local socket after what is already queued for it.
@@ -327,22 +344,26 @@ impl Hub {
 
     /// A room's report: applied here (single process) or published to every replica.
     pub fn report(&self, report: Report) {
-        match &self.directory_tx {
-            Some(tx) => {
-                let _ = tx.send(report);
-            }
+        match &self.directory_pending {
+            Some(p) => p.put(report),
             None => self.apply_report(report),
         }
     }
 
-    fn apply_report(&self, report: Report) {
-        let delta = lock(&self.directory).report(report, now_ms());
-        if let Some(delta) = delta.filter(|d| !d.is_empty()) {
-            for entry in lock(&self.rooms).values() {
-                // A room with no subscribers ignores it; a full queue skips one listing
-                // update, which the next full list (on subscribe) corrects.
-                let _ = entry.tx.try_send(RoomMsg::RoomListChanged(delta.clone()));
-            }
+    pub(crate) fn apply_report(&self, report: Report) {
+        // Listing changes are gathered and pushed as one net delta per tick ([`push_deltas`]).
+        lock(&self.directory).report(report, now_ms());
+    }
+
+    /// Pushes the directory's net change to every room with subscribers.
+    pub(crate) fn push_delta(&self) {
+        let Some(delta) = lock(&self.directory).take_delta(now_ms()) else {
+            return;
+        };
+        for entry in lock(&self.rooms).values() {
+            // A room with no subscribers ignores it; a full queue skips one listing update,
+            // which the next full list (on subscribe) corrects.
+            let _ = entry.tx.try_send(RoomMsg::RoomListChanged(delta.clone()));
         }
     }
 
@@ -459,7 +480,8 @@ impl Hub {
                 let reports = all
                     .values()
                     .filter_map(|v| serde_json::from_str::<Report>(v).ok());
-                *lock(&self.directory) = Directory::from_reports(reports);
+                *lock(&self.directory) =
+                    Directory::from_reports(reports).coalesce_every(PUSH_TICK_MS);
             }
             Err(e) => redis_error("loading the directory", &e),
         }
@@ -507,41 +529,6 @@ impl Hub {
     }
 }
 
-/// Writes room reports to the shared directory, in order, and tells every replica.
-async fn directory_writer(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Report>) {
-    let Some(c) = &hub.cluster else { return };
-    let keys = piano_backends::layout::Keys {
-        prefix: hub.cfg.redis_key_prefix.clone(),
-    };
-    while let Some(report) = rx.recv().await {
-        let Ok(json) = serde_json::to_string(&report) else {
-            continue;
-        };
-        let mut pipe = redis::pipe();
-        if report.summary.players == 0 {
-            pipe.hdel(cluster::DIRECTORY, &report.summary.name);
-        } else {
-            pipe.hset(cluster::DIRECTORY, &report.summary.name, &json);
-        }
-        pipe.publish(cluster::DIRECTORY, &json);
-        // The edge's room index across deployments (`{REDIS_KEY_PREFIX}rooms:<deployment>`).
-        for index in crate::network::index_commands(&keys, &hub.cfg.deployment_id, &report.summary)
-        {
-            if let Some((name, args)) = index.split_first() {
-                let cmd = pipe.cmd(name);
-                for a in args {
-                    cmd.arg(a);
-                }
-            }
-        }
-        if let Err(e) = c.conn.pipe::<()>(&pipe).await {
-            redis_error("writing the directory", &e);
-            // Still apply it here, so at least this replica's list is right.
-            hub.apply_report(report);
-        }
-    }
-}
-
 /// This replica's subscription: its own channel (room traffic) and the directory channel.
 /// Reconnects forever; while it is down the replica is not ready and takes no leases.
 async fn pubsub_loop(hub: Arc<Hub>) {
@@ -552,6 +539,7 @@ async fn pubsub_loop(hub: Arc<Hub>) {
             Ok(mut ps) => {
                 let subscribed = async {
                     ps.subscribe(&own).await?;
+                    ps.subscribe(crate::reach::CHANNEL).await?;
                     ps.subscribe(cluster::DIRECTORY).await
                 }
                 .await;
@@ -563,7 +551,9 @@ async fn pubsub_loop(hub: Arc<Hub>) {
                         let mut stream = ps.on_message();
                         while let Some(msg) = stream.next().await {
                             let payload: &[u8] = msg.get_payload_bytes();
-                            if msg.get_channel_name() == cluster::DIRECTORY {
+                            if msg.get_channel_name() == crate::reach::CHANNEL {
+                                crate::reach::on_message(&hub, payload).await;
+                            } else if msg.get_channel_name() == cluster::DIRECTORY {
                                 if let Ok(report) = serde_json::from_slice::<Report>(payload) {
                                     hub.apply_report(report);
                                 }
@@ -641,40 +631,6 @@ async fn watchdog(hub: Arc<Hub>) {
                 }
                 hub.close_local(conn, SERVICE_RESTART, "the room moved: reconnect");
             }
-        }
-    }
-}
-
-/// Directory entries of rooms that nobody runs any more (their holder died and no player came
-/// back) would stay listed forever: entries not refreshed for two lease lifetimes whose room
-/// has no lease are reported empty, which removes them everywhere. A room that starts again
-/// reports with a newer version (its clock) and is listed again.
-async fn sweep_directory(hub: &Hub, c: &Cluster) {
-    let now = now_ms();
-    let grace = 2 * c.lease_ttl.as_millis() as u64;
-    let old: Vec<Report> = lock(&hub.directory)
-        .reports()
-        .filter(|r| r.received_at.saturating_add(grace) <= now)
-        .cloned()
-        .collect();
-    if old.is_empty() {
-        return;
-    }
-    let names: Vec<String> = old.iter().map(|r| r.summary.name.clone()).collect();
-    let holders = match c.holders(&names).await {
-        Ok(h) => h,
-        Err(e) => return redis_error("sweeping the directory", &e),
-    };
-    for (mut report, holder) in old.into_iter().zip(holders) {
-        if holder.is_none() {
-            tracing::info!(
-                room = report.summary.name,
-                "directory entry of a room nobody runs: removing"
-            );
-            report.summary.players = 0;
-            report.users.clear();
-            report.version += 1;
-            hub.report(report);
         }
     }
 }

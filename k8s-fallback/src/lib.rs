@@ -30,24 +30,35 @@
 //!   uses, and rooms the room store does not know restored from it; [`network`]: in cluster
 //!   mode, the edge's cross-deployment keys (presence, `online`, the `rooms` index) and
 //!   `GET /api/network/rooms|online`.
+//! - [`serve`]: the accept loop (hyper HTTP/1.1 with header/keep-alive timeouts, connection
+//!   caps per replica and per client network); [`client_ip`]: who the client is behind
+//!   `TRUSTED_PROXIES`; [`body`]: request bodies read capped and timed; [`security`]: security
+//!   headers and CORS on every response.
+//! - [`reach`]: session ends and role changes reach the rooms holding the member's sockets
+//!   (through Redis pub/sub across replicas).
 //! - [`metrics`]: counters and the relay latency histogram, in Prometheus text format.
 
 pub mod accounts;
 pub mod auth;
+pub mod body;
+pub mod client_ip;
 pub mod cluster;
 pub mod config;
+pub mod directory;
 pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod mongo;
 pub mod network;
+pub mod reach;
 pub mod redis_handle;
 pub mod room_task;
+pub mod security;
+pub mod serve;
 pub mod store;
 pub mod wire;
 pub mod ws;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub fn now_ms() -> u64 {
@@ -100,25 +111,53 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         None => accounts::Accounts::sqlite(&cfg.data_dir)?,
     }
     .configure(cfg.access_ttl_secs, mongo.clone());
+    let (reach_tx, reach_rx) = reach::channel();
+    let accounts = accounts.with_reach(reach_tx);
+    let limits = serve::ConnLimits::new(cfg.max_connections, cfg.max_connections_per_ip);
+    let settings = serve::Settings {
+        header_timeout: cfg.header_timeout,
+        trusted: cfg.trusted_proxies.clone(),
+        drain_timeout: cfg.drain_timeout,
+    };
+    let metrics_listener = match cfg.metrics_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("cannot listen on METRICS_ADDR {a}: {e}"))?,
+        ),
+        None => None,
+    };
+    if cfg.metrics_addr.is_none() && cfg.metrics_token.is_none() {
+        tracing::info!("/metrics is off: set METRICS_TOKEN or METRICS_ADDR to serve it");
+    }
     let hub = hub::Hub::new(cfg, store, cluster, mongo, accounts);
-    let app = http::router(hub.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(reach::run(hub.clone(), reach_rx));
+    if let Some(l) = metrics_listener {
+        tracing::info!(addr = ?l.local_addr().ok(), "serving /metrics");
+        let metrics_limits = serve::ConnLimits::new(64, 64);
+        let metrics_settings = serve::Settings {
+            header_timeout: hub.cfg.header_timeout,
+            trusted: client_ip::TrustedProxies::None,
+            drain_timeout: std::time::Duration::ZERO,
+        };
+        tokio::spawn(serve::serve(
+            l,
+            http::metrics_router(hub.clone()),
+            metrics_limits,
+            metrics_settings,
+            std::future::pending(),
+        ));
+    }
+    let app = http::router(hub.clone());
     let shutdown = {
         let hub = hub.clone();
         async move {
             wait_for_signal().await;
-            // Axum stops accepting once this returns; the players' sockets are closed by now.
+            // Accepting stops once this returns; the players' sockets are closed by now.
             hub.drain().await;
         }
     };
-    // Note batches are small frames sent at once: without TCP_NODELAY, Nagle's algorithm held
-    // them ~40 ms (fan-out p99 38 ms against the baseline's 0.7 ms, `bench fanout`).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| e.to_string())?;
+    serve::serve(listener, app, limits, settings, shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }

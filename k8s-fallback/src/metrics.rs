@@ -57,6 +57,27 @@ pub struct Metrics {
     pub store_errors: AtomicU64,
     /// Failed MongoDB writes (each retry counts).
     pub mongo_errors: AtomicU64,
+    /// MongoDB writes set aside: refused by MongoDB (retrying cannot help) or not queued
+    /// because the room's bounded mirror queue was full.
+    pub mongo_dropped: AtomicU64,
+    /// TCP connections refused: replica at `MAX_CONNECTIONS`.
+    pub refused_total: AtomicU64,
+    /// TCP connections refused: the client's network at `MAX_CONNECTIONS_PER_IP`.
+    pub refused_per_ip: AtomicU64,
+    /// WebSocket upgrades refused: the client's network at `MAX_WEBSOCKETS_PER_IP`, or the
+    /// room's own per-user/per-network cap (`admit_connection`).
+    pub refused_sockets: AtomicU64,
+    /// HTTP connections closed because a request's headers did not arrive in time (or the
+    /// kept-alive connection idled past it).
+    pub header_timeouts: AtomicU64,
+    /// Requests answered 408 because their body did not arrive in time.
+    pub body_timeouts: AtomicU64,
+    /// WebSockets closed for sending nothing (not even a pong) for `WS_IDLE_TIMEOUT_SECS`.
+    pub idle_closes: AtomicU64,
+    /// Sockets closed because their session ended or their roles changed (4001/4002).
+    pub session_closes: AtomicU64,
+    /// Messages dropped because a bounded internal queue was full (see each queue's comment).
+    pub queue_full: AtomicU64,
     /// From reading a frame on the sender's replica to queueing the broadcast for its listeners.
     pub relay_latency: Histogram,
 }
@@ -72,6 +93,15 @@ pub static METRICS: Metrics = Metrics {
     leases_lost: AtomicU64::new(0),
     store_errors: AtomicU64::new(0),
     mongo_errors: AtomicU64::new(0),
+    mongo_dropped: AtomicU64::new(0),
+    refused_total: AtomicU64::new(0),
+    refused_per_ip: AtomicU64::new(0),
+    refused_sockets: AtomicU64::new(0),
+    header_timeouts: AtomicU64::new(0),
+    body_timeouts: AtomicU64::new(0),
+    idle_closes: AtomicU64::new(0),
+    session_closes: AtomicU64::new(0),
+    queue_full: AtomicU64::new(0),
     relay_latency: Histogram::new(),
 };
 
@@ -148,6 +178,57 @@ pub fn render(replica: &str) -> String {
         "Failed MongoDB writes (each retry counts).",
         m.mongo_errors.load(Relaxed).to_string(),
     );
+    metric(
+        "piano_mongo_writes_dropped_total",
+        "counter",
+        "MongoDB writes set aside (refused by MongoDB, or the mirror queue was full).",
+        m.mongo_dropped.load(Relaxed).to_string(),
+    );
+    metric(
+        "piano_http_header_timeouts_total",
+        "counter",
+        "HTTP connections closed because request headers did not arrive in time (or the connection idled).",
+        m.header_timeouts.load(Relaxed).to_string(),
+    );
+    metric(
+        "piano_http_body_timeouts_total",
+        "counter",
+        "Requests answered 408 because the body did not arrive in time.",
+        m.body_timeouts.load(Relaxed).to_string(),
+    );
+    metric(
+        "piano_websocket_idle_closes_total",
+        "counter",
+        "WebSockets closed for sending nothing, not even a pong, for WS_IDLE_TIMEOUT_SECS.",
+        m.idle_closes.load(Relaxed).to_string(),
+    );
+    metric(
+        "piano_session_closes_total",
+        "counter",
+        "Sockets closed because their session ended or their roles changed.",
+        m.session_closes.load(Relaxed).to_string(),
+    );
+    metric(
+        "piano_queue_full_total",
+        "counter",
+        "Messages dropped because a bounded internal queue was full.",
+        m.queue_full.load(Relaxed).to_string(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP piano_connections_refused_total Connections refused by a cap.\n# TYPE piano_connections_refused_total counter"
+    );
+    for (reason, v) in [
+        ("max_connections", &m.refused_total),
+        ("max_connections_per_ip", &m.refused_per_ip),
+        ("websockets", &m.refused_sockets),
+    ] {
+        let _ = writeln!(
+            out,
+            "piano_connections_refused_total{{reason=\"{reason}\"}} {}",
+            v.load(Relaxed)
+        );
+    }
     let h = &m.relay_latency;
     let name = "piano_relay_latency_seconds";
     let _ = writeln!(

@@ -13,7 +13,13 @@
 //! totals per room and user, seeded from MongoDB, written with `$max`.
 //!
 //! Not an outbox: a change not yet written when the process dies is missing from MongoDB (it
-//! is still in the room store, which is what rooms read first).
+//! is still in the room store, which is what rooms read first). A durable outbox on the
+//! fallback (as the edge's Durable Objects have) is a later issue. Meanwhile: each room's (and
+//! the accounts') queue is bounded ([`MIRROR_QUEUE`]); a write MongoDB fails transiently is
+//! retried with backoff (1 s doubling to 60 s) for as long as it takes, one op at a time in
+//! order, so an outage backs the queue up and what no longer fits is dropped and counted
+//! (`piano_mongo_writes_dropped_total`), never the room's memory; a write MongoDB refuses
+//! (a validation or duplicate-key error: retrying cannot help) is set aside and counted.
 
 use crate::metrics::METRICS;
 use mongodb::bson::{self, Bson, Document, doc};
@@ -35,9 +41,36 @@ pub struct Mongo {
     pub deployment: String,
 }
 
+/// Writes one room's (or the accounts') mirror may hold while MongoDB is slow or down.
+pub const MIRROR_QUEUE: usize = 4096;
+
+/// A room's (or the accounts') ordered, bounded queue to MongoDB.
+#[derive(Clone)]
+pub struct Mirror(mpsc::Sender<MirrorMsg>);
+
+impl Mirror {
+    /// Queues without waiting (rooms never wait on MongoDB); `false` if it did not fit.
+    pub fn send(&self, msg: MirrorMsg) -> bool {
+        match self.0.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(m)) => {
+                if !matches!(m, MirrorMsg::Flush(_)) {
+                    METRICS.mongo_dropped.fetch_add(1, Relaxed);
+                    METRICS.queue_full.fetch_add(1, Relaxed);
+                    tracing::warn!("mongodb mirror queue full: a write was dropped");
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
 /// What a room's mirror task is sent.
 pub enum MirrorMsg {
     Change(Change),
+    /// An account document (`layout::account_*`).
+    Op(Op),
     /// Players' activity to add to their running totals in this room.
     Stats(BTreeMap<String, StatsDelta>),
     Flush(oneshot::Sender<()>),
@@ -64,7 +97,7 @@ impl Mongo {
     }
 
     /// Carries out one write of the shared layout.
-    pub async fn apply(&self, op: &Op) -> Result<(), String> {
+    pub async fn apply(&self, op: &Op) -> Result<(), Failure> {
         let Op::Mongo {
             action,
             collection,
@@ -75,8 +108,12 @@ impl Mongo {
         else {
             return Ok(());
         };
-        let filter: Document = bson::to_document(filter).map_err(|e| e.to_string())?;
-        let update: Document = bson::to_document(update).map_err(|e| e.to_string())?;
+        let refused = |e: bson::ser::Error| Failure {
+            transient: false,
+            message: e.to_string(),
+        };
+        let filter: Document = bson::to_document(filter).map_err(refused)?;
+        let update: Document = bson::to_document(update).map_err(refused)?;
         let coll = self.db.collection::<Document>(collection);
         match action {
             MongoAction::UpdateOne => coll
@@ -86,7 +123,10 @@ impl Mongo {
                 .map(drop),
             MongoAction::UpdateMany => coll.update_many(filter, update).await.map(drop),
         }
-        .map_err(|e| e.to_string())
+        .map_err(|e| Failure {
+            transient: is_transient(&e),
+            message: e.to_string(),
+        })
     }
 
     /// The room as MongoDB has it, `None` if it has nothing.
@@ -145,10 +185,10 @@ impl Mongo {
     }
 
     /// Starts the ordered mirror of one room's changes.
-    pub fn mirror(self: &Arc<Self>, room: &str) -> mpsc::UnboundedSender<MirrorMsg> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn mirror(self: &Arc<Self>, room: &str) -> Mirror {
+        let (tx, rx) = mpsc::channel(MIRROR_QUEUE);
         tokio::spawn(mirror_loop(self.clone(), room.to_owned(), rx));
-        tx
+        Mirror(tx)
     }
 }
 
@@ -217,7 +257,7 @@ impl Mongo {
     }
 }
 
-async fn mirror_loop(mongo: Arc<Mongo>, room: String, mut rx: mpsc::UnboundedReceiver<MirrorMsg>) {
+async fn mirror_loop(mongo: Arc<Mongo>, room: String, mut rx: mpsc::Receiver<MirrorMsg>) {
     // Running totals per user in this room, seeded from MongoDB the first time a user shows
     // up (one replica runs the room at a time, so reading then adding is safe; the layout's
     // `$max` keeps a late or repeated write from lowering a total).
@@ -232,6 +272,7 @@ async fn mirror_loop(mongo: Arc<Mongo>, room: String, mut rx: mpsc::UnboundedRec
                     crate::now_ms(),
                 )]
             }
+            MirrorMsg::Op(op) => vec![op],
             MirrorMsg::Stats(stats) => {
                 let mut ops = Vec::new();
                 for (user, d) in stats {
@@ -282,28 +323,65 @@ impl Mongo {
 
     /// Account documents (`layout::account`), written in order by one task and retried, so a
     /// later save of an account never lands before an earlier one.
-    pub fn account_writer(self: &Arc<Self>) -> mpsc::UnboundedSender<Op> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Op>();
-        let mongo = self.clone();
-        tokio::spawn(async move {
-            while let Some(op) = rx.recv().await {
-                apply_with_retries(&mongo, "(accounts)", &op).await;
-            }
-        });
-        tx
+    pub fn account_writer(self: &Arc<Self>) -> Mirror {
+        self.mirror("(accounts)")
     }
 }
 
+/// A failed MongoDB write: `transient` ones are retried until they succeed.
+#[derive(Debug)]
+pub struct Failure {
+    pub transient: bool,
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Whether trying again later may succeed: network, selection and pool trouble and the
+/// server's "not now" codes are; a write or command MongoDB refuses (validation, duplicate
+/// key, bad value) is not.
+fn is_transient(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    // Codes MongoDB answers while it cannot serve (stepdown, shutdown, timeouts, network).
+    const NOT_NOW: [i32; 14] = [
+        6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 46841,
+    ];
+    if e.contains_label("RetryableWriteError") || e.contains_label("TransientTransactionError") {
+        return true;
+    }
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => NOT_NOW.contains(&c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => NOT_NOW.contains(&w.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
+        ErrorKind::InvalidArgument { .. }
+        | ErrorKind::BsonDeserialization(_)
+        | ErrorKind::BsonSerialization(_) => false,
+        // Io, server selection, pool cleared, authentication hiccups, …
+        _ => true,
+    }
+}
+
+/// Writes `op`, retrying transient failures with backoff (1 s doubling to 60 s) until they
+/// succeed; a refusal is retried twice (in case it was misjudged) and then set aside.
 async fn apply_with_retries(mongo: &Mongo, room: &str, op: &Op) {
-    let mut tries: u64 = 0;
+    let mut tries: u32 = 0;
     while let Err(e) = mongo.apply(op).await {
         tries += 1;
         METRICS.mongo_errors.fetch_add(1, Relaxed);
-        tracing::warn!(room, error = %e, tries, "mongodb write failed");
-        if tries >= 8 {
-            tracing::error!(room, "giving up on a mongodb write");
-            break;
+        if !e.transient && tries >= 3 {
+            METRICS.mongo_dropped.fetch_add(1, Relaxed);
+            tracing::error!(room, error = %e, "mongodb refused a write: set aside");
+            return;
         }
-        tokio::time::sleep(Duration::from_millis(100 * (1 << tries.min(6)))).await;
+        // Loud at first, then once every ten tries: an outage must not flood the log.
+        if tries <= 3 || tries.is_multiple_of(10) {
+            tracing::warn!(room, error = %e, tries, "mongodb write failed; retrying");
+        }
+        let delay = piano_backends::outbox::retry_delay_ms(tries);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
 }

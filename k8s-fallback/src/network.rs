@@ -26,6 +26,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+/// Presence writes one room may have queued. It fills only while Redis does not answer (then
+/// the room's lease lapses and the room stops within a lease TTL); what does not fit is
+/// dropped and counted, and the 24 h expiry of the presence keys cleans up after it.
+const PRESENCE_QUEUE: usize = 1024;
+
 enum Msg {
     Op(Op),
     Flush(oneshot::Sender<()>),
@@ -37,7 +42,7 @@ pub struct PresenceWriter {
     keys: Keys,
     deployment: String,
     present: HashSet<String>,
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::Sender<Msg>,
 }
 
 impl PresenceWriter {
@@ -49,7 +54,7 @@ impl PresenceWriter {
             prefix: hub.cfg.redis_key_prefix.clone(),
         };
         let deployment = hub.cfg.deployment_id.clone();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(PRESENCE_QUEUE);
         tokio::spawn(write_loop(
             conn,
             keys.clone(),
@@ -82,18 +87,26 @@ impl PresenceWriter {
                     color: &p.color,
                 };
                 let op = layout::presence_joined(&self.keys, &self.deployment, &entry, now);
-                let _ = self.tx.send(Msg::Op(op));
+                self.queue(op);
             }
         }
         for gone in self.present.difference(&current) {
-            let _ = self.tx.send(Msg::Op(layout::presence_left(
-                &self.keys,
-                &self.deployment,
-                &self.room,
-                gone,
-            )));
+            let op = layout::presence_left(&self.keys, &self.deployment, &self.room, gone);
+            self.queue(op);
         }
         self.present = current;
+    }
+
+    fn queue(&self, op: Op) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Msg::Op(op)) {
+            crate::metrics::METRICS
+                .queue_full
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                room = self.room,
+                "presence queue full: an update was dropped"
+            );
+        }
     }
 
     /// The room stops: everyone in it is gone from here; waits (bounded) until written. When
@@ -104,9 +117,12 @@ impl PresenceWriter {
             self.sync(std::iter::empty());
         }
         let (reply, done) = oneshot::channel();
-        if self.tx.send(Msg::Flush(reply)).is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), done).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            if self.tx.send(Msg::Flush(reply)).await.is_ok() {
+                let _ = done.await;
+            }
+        })
+        .await;
     }
 }
 
@@ -115,7 +131,7 @@ async fn write_loop(
     keys: Keys,
     deployment: String,
     room: String,
-    mut rx: mpsc::UnboundedReceiver<Msg>,
+    mut rx: mpsc::Receiver<Msg>,
 ) {
     clear_leftovers(&conn, &keys, &deployment, &room).await;
     while let Some(msg) = rx.recv().await {

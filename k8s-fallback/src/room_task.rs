@@ -30,6 +30,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// Inputs a room task may queue before senders wait.
 const QUEUE: usize = 4096;
+/// Broadcasts waiting to be published to other replicas. It fills only while Redis does not
+/// take them; then the lease cannot be renewed either and the room stops within a lease TTL
+/// (players reconnect), so dropping what does not fit meanwhile (counted) loses nothing more.
+const PUBLISH_QUEUE: usize = 16_384;
 
 static NEXT_ENTRY: AtomicU64 = AtomicU64::new(1);
 
@@ -51,6 +55,27 @@ pub enum RoomMsg {
     },
     RoomListChanged(Delta),
     Info(oneshot::Sender<RoomInfo>),
+    /// Would the room take this identity's socket (`Room::admit_connection`)? Asked before
+    /// the WebSocket upgrade, so a refusal is a plain HTTP 429.
+    Admit {
+        identity: Identity,
+        reply: oneshot::Sender<Result<(), piano_core::proto::ErrorCode>>,
+    },
+    /// A session ended or roles changed somewhere ([`crate::reach`]).
+    Reach(crate::reach::Reach),
+    /// The answer of a password check run off the room's task (`Effect::VerifyPassword`).
+    PasswordChecked {
+        conn: ConnId,
+        ok: bool,
+    },
+    /// The room's deadline passed (`Room::next_deadline`).
+    Tick,
+    /// The answer of the per-user subscription cap ([`Hub::subscribe_user`]).
+    SubscribeChecked {
+        conn: ConnId,
+        user_id: String,
+        ok: bool,
+    },
     /// The answer of the background check on the replicas of remote players.
     ReplicasChecked {
         gone: Vec<String>,
@@ -80,12 +105,12 @@ struct Task {
     id: u64,
     room: Room,
     writer: Writer,
-    mirror: Option<mpsc::UnboundedSender<MirrorMsg>>,
+    mirror: Option<crate::mongo::Mirror>,
     local: HashSet<ConnId>,
     /// Connections held by other replicas: conn → replica.
     remote: HashMap<ConnId, String>,
     /// Publishes in order, so the room never waits on Redis.
-    publisher: Option<mpsc::UnboundedSender<(String, Bytes)>>,
+    publisher: Option<mpsc::Sender<(String, Bytes)>>,
     started_at: u64,
     /// The lease as [`keep_lease`] last confirmed it.
     lease: watch::Receiver<LeaseView>,
@@ -93,6 +118,8 @@ struct Task {
     /// This task's own queue, for answers of background checks.
     me: mpsc::Sender<RoomMsg>,
     checking_replicas: bool,
+    /// Users who follow the room list from here (their per-user cap counts this room).
+    subscribed_users: HashSet<String>,
     stats_flushed_at: Instant,
     /// Cluster mode: the room's players in the edge's shared presence keys.
     presence: Option<crate::network::PresenceWriter>,
@@ -166,6 +193,11 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
     };
     let writer = hub.store.writer(name, room.stored().clone());
     let mirror = hub.mongo.as_ref().map(|m| m.mirror(name));
+    room.set_limits(piano_core::room::budget::Limits {
+        conns_per_user: hub.cfg.room_sockets_per_user,
+        conns_per_network: hub.cfg.room_sockets_per_network,
+        ..Default::default()
+    });
     // Players' activity has a home only in MongoDB's `user_stats`.
     room.count_activity(mirror.is_some());
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -189,7 +221,7 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
         .map(|_| tokio::spawn(keep_lease(hub.clone(), name.to_owned(), lease_tx)).abort_handle());
     METRICS.rooms.fetch_add(1, Relaxed);
     let publisher = hub.cluster.as_ref().map(|_| {
-        let (ptx, prx) = mpsc::unbounded_channel();
+        let (ptx, prx) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(publish_loop(hub.clone(), prx));
         ptx
     });
@@ -213,6 +245,7 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
         keeper,
         me,
         checking_replicas: false,
+        subscribed_users: HashSet::new(),
         stats_flushed_at: Instant::now(),
         presence: crate::network::PresenceWriter::start(hub, name),
     };
@@ -220,7 +253,7 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn publish_loop(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<(String, Bytes)>) {
+async fn publish_loop(hub: Arc<Hub>, mut rx: mpsc::Receiver<(String, Bytes)>) {
     let Some(c) = &hub.cluster else { return };
     while let Some((channel, payload)) = rx.recv().await {
         if let Err(e) = c.publish(&channel, payload).await {
@@ -239,6 +272,10 @@ impl Task {
         };
         let mut tick = tokio::time::interval(period);
         tick.tick().await;
+        // The core's next deadline (a token or session expiring): `Input::Tick` then.
+        let deadline = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(deadline);
+        let mut armed = None;
         let release = loop {
             let next = tokio::select! {
                 msg = rx.recv() => match msg {
@@ -246,7 +283,22 @@ impl Task {
                     None => Next::Stop { release: true },
                 },
                 _ = tick.tick() => self.on_tick(),
+                _ = &mut deadline, if armed.is_some() => {
+                    armed = None;
+                    self.on_msg(RoomMsg::Tick)
+                }
             };
+            let wanted = self.room.next_deadline();
+            if wanted != armed {
+                armed = wanted;
+                if let Some(at) = wanted {
+                    // A few ms late rather than early: the core closes what is due by `now`.
+                    let wait = at.saturating_sub(now_ms()) + 5;
+                    deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + Duration::from_millis(wait));
+                }
+            }
             if let Next::Stop { release } = next {
                 self.retire(&mut rx);
                 break release;
@@ -287,6 +339,9 @@ impl Task {
         if let Some(k) = &self.keeper {
             k.abort();
         }
+        if !self.subscribed_users.is_empty() {
+            self.end_subscriptions();
+        }
         self.flush_stats(true);
         if let Some(p) = self.presence.take() {
             // Before the lease goes: the next holder's "joined" must land after our "left".
@@ -296,7 +351,7 @@ impl Task {
         if let Some(m) = &self.mirror {
             // Best effort: MongoDB may be slow or down; the room store already has it all.
             let (reply, done) = oneshot::channel();
-            if m.send(MirrorMsg::Flush(reply)).is_ok() {
+            if m.send(MirrorMsg::Flush(reply)) {
                 let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
             }
         }
@@ -420,6 +475,43 @@ impl Task {
                     self.on_msg(RoomMsg::Disconnect { conn });
                 }
             }
+            RoomMsg::Admit { identity, reply } => {
+                let _ = reply.send(self.room.admit_connection(&identity));
+            }
+            RoomMsg::Reach(event) => {
+                let input = match event {
+                    crate::reach::Reach::SessionEnded {
+                        user_id,
+                        session_id,
+                    } => Input::SessionEnded {
+                        user_id,
+                        session_id,
+                    },
+                    crate::reach::Reach::IdentityChanged { user_id } => {
+                        Input::IdentityChanged { user_id }
+                    }
+                };
+                let effects = self.room.handle(input, now);
+                self.execute(effects, None);
+            }
+            RoomMsg::PasswordChecked { conn, ok } => {
+                let effects = self.room.handle(Input::PasswordChecked { conn, ok }, now);
+                self.execute(effects, None);
+            }
+            RoomMsg::Tick => {
+                let effects = self.room.handle(Input::Tick, now);
+                self.execute(effects, None);
+            }
+            RoomMsg::SubscribeChecked { conn, user_id, ok } => {
+                let effects = if ok {
+                    self.subscribed_users.insert(user_id);
+                    let rooms = self.hub.listing();
+                    self.room.handle(Input::RoomList { conn, rooms }, now)
+                } else {
+                    self.room.handle(Input::SubscribeRefused { conn }, now)
+                };
+                self.execute(effects, None);
+            }
             RoomMsg::Info(reply) => {
                 let _ = reply.send(RoomInfo {
                     participants: self.room.participant_count(),
@@ -506,13 +598,27 @@ impl Task {
         self.stats_flushed_at = Instant::now();
         let stats = self.room.take_stats();
         if let Some(m) = &self.mirror {
-            let _ = m.send(MirrorMsg::Stats(stats));
+            m.send(MirrorMsg::Stats(stats));
         }
     }
 
+    /// Nobody here follows the room list any more: the users' subscriptions here end.
+    fn end_subscriptions(&mut self) {
+        let users: Vec<String> = self.subscribed_users.drain().collect();
+        let (hub, room) = (self.hub.clone(), self.name.clone());
+        tokio::spawn(async move { hub.unsubscribe_room(&room, users).await });
+    }
+
     fn publish(&self, replica: &str, wire: Wire) {
-        if let Some(p) = &self.publisher {
-            let _ = p.send((replica_channel(replica), wire.encode()));
+        if let Some(p) = &self.publisher
+            && let Err(mpsc::error::TrySendError::Full(_)) =
+                p.try_send((replica_channel(replica), wire.encode()))
+        {
+            METRICS.queue_full.fetch_add(1, Relaxed);
+            tracing::warn!(
+                room = self.name,
+                "publish queue full: a broadcast to a replica was dropped"
+            );
         }
     }
 
@@ -561,6 +667,7 @@ impl Task {
                     }
                 }
                 Effect::Close { conn, code, reason } => {
+                    crate::reach::count_close(code);
                     self.local.remove(&conn);
                     let replica = self.remote.remove(&conn);
                     self.close(conn, replica.as_deref(), code, reason);
@@ -570,17 +677,37 @@ impl Task {
                 Effect::Remember(_) => {}
                 Effect::Persist(change) => {
                     if let Some(m) = &self.mirror {
-                        let _ = m.send(MirrorMsg::Change(change.clone()));
+                        m.send(MirrorMsg::Change(change.clone()));
                     }
                     self.writer.write(change);
                 }
                 Effect::Directory(DirectoryOp::Report(report)) => self.hub.report(report),
-                Effect::Directory(DirectoryOp::Subscribe { conn }) => {
-                    let rooms = self.hub.listing();
-                    let more = self.room.handle(Input::RoomList { conn, rooms }, now_ms());
-                    self.execute(more, None);
+                // The per-user cap first (off the room's task), then the full list.
+                Effect::Directory(DirectoryOp::Subscribe { conn, user_id }) => {
+                    let (hub, me, room) = (self.hub.clone(), self.me.clone(), self.name.clone());
+                    tokio::spawn(async move {
+                        let ok = hub.subscribe_user(&room, &user_id).await;
+                        let _ = me
+                            .send(RoomMsg::SubscribeChecked { conn, user_id, ok })
+                            .await;
+                    });
                 }
-                Effect::Directory(DirectoryOp::Unsubscribe) => {}
+                Effect::Directory(DirectoryOp::Unsubscribe) => self.end_subscriptions(),
+                Effect::VerifyPassword {
+                    conn,
+                    password,
+                    hash,
+                } => {
+                    // A KDF on a blocking thread, never on the room's task: the room keeps
+                    // relaying while it runs (the core caps how many a room asks for).
+                    let me = self.me.clone();
+                    tokio::spawn(async move {
+                        let ok = tokio::task::spawn_blocking(move || hash.verify(&password))
+                            .await
+                            .unwrap_or(false);
+                        let _ = me.send(RoomMsg::PasswordChecked { conn, ok }).await;
+                    });
+                }
             }
         }
     }

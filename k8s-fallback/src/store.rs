@@ -23,9 +23,17 @@ use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::{mpsc, oneshot};
 
+/// Commands the SQLite thread may have queued (all rooms). It fills only if the disk stalls;
+/// then writes that do not fit are dropped and counted (`piano_store_errors_total`) rather than
+/// blocking rooms or growing memory.
+const SQL_QUEUE: usize = 16_384;
+/// Changes one room's Redis writer may have queued. It fills only while Redis does not answer;
+/// then the room's lease cannot be renewed either and the room stops within a lease TTL.
+const REDIS_QUEUE: usize = 4096;
+
 #[derive(Clone)]
 pub enum Store {
-    Sqlite(std::sync::mpsc::Sender<SqlCmd>),
+    Sqlite(std::sync::mpsc::SyncSender<SqlCmd>),
     Redis(RedisHandle),
 }
 
@@ -38,8 +46,8 @@ pub enum SqlCmd {
 /// The ordered write queue of one room.
 #[derive(Clone)]
 pub enum Writer {
-    Sqlite(String, std::sync::mpsc::Sender<SqlCmd>),
-    Redis(mpsc::UnboundedSender<RedisWrite>),
+    Sqlite(String, std::sync::mpsc::SyncSender<SqlCmd>),
+    Redis(mpsc::Sender<RedisWrite>),
 }
 
 pub enum RedisWrite {
@@ -61,7 +69,7 @@ impl Store {
              CREATE TABLE IF NOT EXISTS chat (room TEXT NOT NULL, id INTEGER NOT NULL, record TEXT NOT NULL, PRIMARY KEY (room, id));",
         )
         .map_err(|e| format!("{}: {e}", path.display()))?;
-        let (tx, rx) = std::sync::mpsc::channel::<SqlCmd>();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<SqlCmd>(SQL_QUEUE);
         std::thread::Builder::new()
             .name("sqlite".into())
             .spawn(move || {
@@ -91,8 +99,10 @@ impl Store {
         match self {
             Store::Sqlite(tx) => {
                 let (reply, rx) = oneshot::channel();
-                tx.send(SqlCmd::Load(room.to_owned(), reply))
-                    .map_err(|_| "the sqlite thread stopped".to_string())?;
+                // Never blocks the runtime: a full queue is answered as an error (the player
+                // gets 1011 and may reconnect).
+                tx.try_send(SqlCmd::Load(room.to_owned(), reply))
+                    .map_err(|_| "the sqlite thread is stopped or overloaded".to_string())?;
                 rx.await
                     .map_err(|_| "the sqlite thread stopped".to_string())?
             }
@@ -108,7 +118,7 @@ impl Store {
         match self {
             Store::Sqlite(tx) => Writer::Sqlite(room.to_owned(), tx.clone()),
             Store::Redis(conn) => {
-                let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, rx) = mpsc::channel(REDIS_QUEUE);
                 tokio::spawn(redis_writer(conn.clone(), room.to_owned(), current, rx));
                 Writer::Redis(tx)
             }
@@ -119,12 +129,15 @@ impl Store {
 impl Writer {
     pub fn write(&self, change: Change) {
         let sent = match self {
-            Writer::Sqlite(room, tx) => tx.send(SqlCmd::Write(room.clone(), change)).is_ok(),
-            Writer::Redis(tx) => tx.send(RedisWrite::Change(change)).is_ok(),
+            Writer::Sqlite(room, tx) => tx.try_send(SqlCmd::Write(room.clone(), change)).is_ok(),
+            Writer::Redis(tx) => tx.try_send(RedisWrite::Change(change)).is_ok(),
         };
         if !sent {
             METRICS.store_errors.fetch_add(1, Relaxed);
-            tracing::error!("room store writer is gone; a change was not saved");
+            METRICS.queue_full.fetch_add(1, Relaxed);
+            tracing::error!(
+                "room store writer is gone or its queue is full; a change was not saved"
+            );
         }
     }
 
@@ -132,8 +145,14 @@ impl Writer {
     pub async fn flush(&self) {
         let (reply, rx) = oneshot::channel();
         let sent = match self {
-            Writer::Sqlite(_, tx) => tx.send(SqlCmd::Flush(reply)).is_ok(),
-            Writer::Redis(tx) => tx.send(RedisWrite::Flush(reply)).is_ok(),
+            Writer::Sqlite(_, tx) => {
+                // Waits for room in the queue off the runtime's threads.
+                let (tx, cmd) = (tx.clone(), SqlCmd::Flush(reply));
+                tokio::task::spawn_blocking(move || tx.send(cmd).is_ok())
+                    .await
+                    .unwrap_or(false)
+            }
+            Writer::Redis(tx) => tx.send(RedisWrite::Flush(reply)).await.is_ok(),
         };
         if sent {
             let _ = rx.await;
@@ -218,6 +237,11 @@ fn sql_write(conn: &rusqlite::Connection, room: &str, change: Change) -> Result<
             &[&room, &(id as i64)],
         ),
         Change::ChatCleared => sql("DELETE FROM chat WHERE room = ?1", &[&room]),
+        // A room nobody configured and everyone left: nothing of it stays on disk.
+        Change::Discard => {
+            sql("DELETE FROM room_meta WHERE room = ?1", &[&room])?;
+            sql("DELETE FROM chat WHERE room = ?1", &[&room])
+        }
     }
 }
 
@@ -255,7 +279,7 @@ async fn redis_writer(
     conn: RedisHandle,
     room: String,
     mut mirror: Stored,
-    mut rx: mpsc::UnboundedReceiver<RedisWrite>,
+    mut rx: mpsc::Receiver<RedisWrite>,
 ) {
     while let Some(msg) = rx.recv().await {
         let change = match msg {
@@ -286,10 +310,16 @@ async fn redis_writer(
             Change::ChatCleared => {
                 pipe.del(chat_key(&room));
             }
+            Change::Discard => {
+                pipe.del(state_key(&room)).del(chat_key(&room));
+            }
             _ => {}
         }
         mirror.apply(change.clone());
-        if !matches!(change, Change::ChatDeleted(_) | Change::ChatCleared) {
+        if !matches!(
+            change,
+            Change::ChatDeleted(_) | Change::ChatCleared | Change::Discard
+        ) {
             let doc = Stored {
                 chat: Vec::new(),
                 ..mirror.clone()

@@ -196,6 +196,10 @@ mod tests {
                     user_id: "guest:1".into(),
                     name: "Ada".into(),
                     roles: vec!["guest".into()],
+                    // The fields a room needs across replicas travel too.
+                    session_id: Some("s1".into()),
+                    expires_at: Some(1_700_000_000_000),
+                    network: Some("abc123".into()),
                 },
             },
             Wire::Frame {

@@ -3,7 +3,7 @@
 //! stops reading can only fill its own queue (and be closed), never stall its room.
 
 use crate::cluster::replica_channel;
-use crate::hub::{Hub, Outbound, Route, SERVICE_RESTART};
+use crate::hub::{Hub, Outbound, Route, SERVICE_RESTART, SLOW_CONSUMER};
 use crate::metrics::{METRICS, redis_error};
 use crate::room_task::RoomMsg;
 use crate::wire::Wire;
@@ -20,6 +20,21 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long a closing connection waits for the client's half of the close handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// How long a socket closed for falling behind (1013) is kept so its close frame can still
+/// reach the client behind everything already in flight, should it start reading again. The
+/// room has let it go at once; this only holds the socket (bounded).
+const SLOW_CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// RFC 6455 "Going Away": the socket sent nothing, not even a pong to our pings, for
+/// `WS_IDLE_TIMEOUT_SECS` (a dead peer, or one holding a socket open for nothing).
+pub const IDLE_TIMEOUT: u16 = 1001;
+
+/// What the HTTP side learned about the connection before the upgrade.
+pub struct ConnMeta {
+    /// Its places in the per-network WebSocket cap and in the TCP connection caps; held for as
+    /// long as the socket is open.
+    pub slots: (crate::serve::ConnSlot, Option<Arc<crate::serve::ConnSlot>>),
+}
 
 /// Random ids below 2^53, like the edge's (they may pass through JavaScript numbers).
 fn new_conn_id() -> ConnId {
@@ -30,16 +45,28 @@ fn new_conn_id() -> ConnId {
     u64::from_le_bytes(b) & ((1 << 53) - 1)
 }
 
-pub async fn serve(hub: Arc<Hub>, socket: WebSocket, room: String, identity: Identity) {
+pub async fn serve(
+    hub: Arc<Hub>,
+    socket: WebSocket,
+    room: String,
+    identity: Identity,
+    meta: ConnMeta,
+) {
+    // Held until the socket ends.
+    let ConnMeta { slots: _slots } = meta;
     let conn = new_conn_id();
     let (tx, rx) = mpsc::channel(hub.cfg.outbound_queue);
     let (kill_tx, kill_rx) = oneshot::channel();
     hub.register(conn, tx, kill_tx);
     METRICS.connections.fetch_add(1, Relaxed);
     let (sink, mut stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(sink, rx, kill_rx));
+    // The writer says when a kill (slow consumer) made it give up on the queue: the room must
+    // not wait for the client to read its way to the close frame.
+    let (gone_tx, mut gone_rx) = oneshot::channel();
+    let mut writer = tokio::spawn(write_loop(sink, rx, kill_rx, gone_tx));
+    let mut gone_heard = false;
 
-    let route = match hub.attach(&room, conn, &identity).await {
+    let mut route = match hub.attach(&room, conn, &identity).await {
         Ok(r) => Some(r),
         Err((code, reason)) => {
             tracing::info!(room, code, reason, "connection refused by placement");
@@ -51,9 +78,17 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, room: String, identity: Ide
     let mut writer_done = false;
     let grace = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
     tokio::pin!(grace);
+    let idle = hub.cfg.ws_idle_timeout;
+    let mut heard = tokio::time::Instant::now();
+    let mut idle_check = tokio::time::interval(idle / 4);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    idle_check.tick().await;
+    let mut idle_closed = false;
     loop {
         tokio::select! {
             msg = stream.next() => {
+                // Anything at all (a pong included) shows the peer is there.
+                heard = tokio::time::Instant::now();
                 let (data, binary) = match msg {
                     Some(Ok(Message::Binary(b))) => (b, true),
                     Some(Ok(Message::Text(t))) => (Bytes::copy_from_slice(t.as_str().as_bytes()), false),
@@ -78,26 +113,25 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, room: String, identity: Ide
                 grace.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
             }
             _ = &mut grace => break,
-        }
-    }
-
-    match &route {
-        Some(Route::Local(tx)) => {
-            let _ = tx.send(RoomMsg::Disconnect { conn }).await;
-        }
-        Some(Route::Remote { holder, room }) => {
-            if let Some(c) = &hub.cluster {
-                let msg = Wire::Disconnect {
-                    room: room.clone(),
-                    conn,
-                };
-                if let Err(e) = c.publish(&replica_channel(holder), msg.encode()).await {
-                    redis_error("forwarding a disconnect", &e);
+            gone = &mut gone_rx, if !gone_heard => {
+                gone_heard = true;
+                if gone.is_ok() {
+                    leave(&hub, route.take(), conn).await;
+                }
+            }
+            _ = idle_check.tick(), if !writer_done && !idle_closed => {
+                if heard.elapsed() >= idle {
+                    METRICS.idle_closes.fetch_add(1, Relaxed);
+                    idle_closed = true;
+                    hub.close_local(conn, IDLE_TIMEOUT, "idle: nothing received, not even a pong");
+                } else {
+                    hub.ping(conn);
                 }
             }
         }
-        None => {}
     }
+
+    leave(&hub, route.take(), conn).await;
     hub.unregister(conn);
     if !writer_done {
         // The queue's sender is gone with the registration, so the writer ends by itself.
@@ -105,6 +139,24 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, room: String, identity: Ide
         writer.abort();
     }
     METRICS.connections.fetch_sub(1, Relaxed);
+}
+
+/// Tells the room (here or on its replica) that the connection is gone.
+async fn leave(hub: &Hub, route: Option<Route>, conn: ConnId) {
+    match route {
+        Some(Route::Local(tx)) => {
+            let _ = tx.send(RoomMsg::Disconnect { conn }).await;
+        }
+        Some(Route::Remote { holder, room }) => {
+            if let Some(c) = &hub.cluster {
+                let msg = Wire::Disconnect { room, conn };
+                if let Err(e) = c.publish(&replica_channel(&holder), msg.encode()).await {
+                    redis_error("forwarding a disconnect", &e);
+                }
+            }
+        }
+        None => {}
+    }
 }
 
 async fn forward(hub: &Hub, route: &Route, conn: ConnId, data: Bytes, binary: bool) {
@@ -149,13 +201,19 @@ async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     mut kill: oneshot::Receiver<(u16, String)>,
+    gone: oneshot::Sender<()>,
 ) {
     let mut killed = false;
+    // A kill (slow consumer): the close goes after whatever the socket already holds.
+    let mut slow_close = None;
     loop {
         let out = tokio::select! {
             biased;
             k = &mut kill, if !killed => match k {
-                Ok((code, reason)) => Outbound::Close(code, reason),
+                Ok(close) => {
+                    slow_close = Some(close);
+                    break;
+                }
                 Err(_) => { killed = true; continue; }
             },
             m = rx.recv() => match m {
@@ -166,15 +224,35 @@ async fn write_loop(
         match out {
             Outbound::Frame(b) => {
                 // A socket that cannot take a frame within this long is as good as gone; a kill
-                // (slow consumer) while the send is stuck drops the socket at once.
+                // (slow consumer) while the send is stuck ends the wait at once.
                 let sent = tokio::select! {
-                    r = tokio::time::timeout(Duration::from_secs(10), sink.send(Message::Binary(b))) => matches!(r, Ok(Ok(()))),
-                    _ = &mut kill, if !killed => false,
+                    r = tokio::time::timeout(Duration::from_secs(10), sink.send(Message::Binary(b))) => match r {
+                        Ok(r) => r.is_ok(),
+                        Err(_) => {
+                            // Stuck that long: a slow consumer, whether or not its queue filled.
+                            METRICS.slow_consumers.fetch_add(1, Relaxed);
+                            slow_close = Some((SLOW_CONSUMER, "too slow: reconnect".into()));
+                            false
+                        }
+                    },
+                    k = &mut kill, if !killed => {
+                        slow_close = k.ok();
+                        false
+                    }
                 };
                 if !sent {
                     break;
                 }
                 METRICS.messages_out.fetch_add(1, Relaxed);
+            }
+            Outbound::Ping => {
+                let ping = sink.send(Message::Ping(Bytes::new()));
+                if !matches!(
+                    tokio::time::timeout(Duration::from_secs(10), ping).await,
+                    Ok(Ok(()))
+                ) {
+                    break;
+                }
             }
             Outbound::Close(code, reason) => {
                 let frame = CloseFrame {
@@ -189,5 +267,15 @@ async fn write_loop(
                 break;
             }
         }
+    }
+    if let Some((code, reason)) = slow_close {
+        // The room lets the connection go now; its close frame waits (bounded) behind what the
+        // socket already holds, so a client that reads again still learns why (1013).
+        let _ = gone.send(());
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(SLOW_CLOSE_WAIT, sink.send(Message::Close(Some(frame)))).await;
     }
 }

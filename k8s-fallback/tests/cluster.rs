@@ -133,12 +133,7 @@ async fn three_replicas_share_a_room_and_survive_kill_9_of_the_lease_holder() {
 
     // Relay latency so far, as the replicas measured it (printed for the record only).
     for r in &replicas {
-        let metrics = reqwest::get(r.http("/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .unwrap_or_default();
+        let metrics = metrics(r).await;
         let value = |name: &str| {
             metrics
                 .lines()

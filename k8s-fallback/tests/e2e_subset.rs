@@ -23,6 +23,15 @@ mod tokens;
 #[path = "../../tests/accounts.rs"]
 mod accounts;
 
+#[path = "../../tests/abuse.rs"]
+mod abuse;
+
+#[path = "../../tests/abuse_accounts.rs"]
+mod abuse_accounts;
+
+#[path = "../../tests/abuse_directory.rs"]
+mod abuse_directory;
+
 #[path = "common/edge_trials.rs"]
 mod edge_trials;
 
@@ -32,7 +41,15 @@ pub(crate) fn server() -> &'static Server {
     SERVER.get_or_init(|| {
         Server::start_fallback_binary(
             Path::new(env!("CARGO_BIN_EXE_k8s-fallback")),
-            &[("ADMIN_USERNAMES".into(), "root-admin".into())],
+            &[
+                ("ADMIN_USERNAMES".into(), ADMIN_USERNAMES.into()),
+                // Every trial's clients share 127.0.0.1 and run at once (wrangler dev's have no
+                // CF-Connecting-IP, so no network at all): per-IP caps would pit the trials
+                // against each other. This host's own tests cover them (http_limits.rs, reach.rs).
+                ("ROOM_SOCKETS_PER_NETWORK".into(), "100000".into()),
+                ("MAX_WEBSOCKETS_PER_IP".into(), "1000000".into()),
+                ("MAX_CONNECTIONS_PER_IP".into(), "1000000".into()),
+            ],
         )
     })
 }
@@ -79,4 +96,23 @@ trials![
     accounts::register_login_connect_refresh_logout,
     accounts::concurrent_registrations_of_one_name_one_wins,
     accounts::profiles_and_admin_roles,
+    abuse::note_off_and_pedal_flood_is_bounded_and_closed_1008,
+    abuse::typing_and_profile_floods_are_bounded_and_closed_1008,
+    abuse::one_user_gets_at_most_four_sockets_per_room,
+    abuse::password_guessing_is_slowed_per_user_and_room,
+    abuse::a_reader_that_never_reads_is_closed_1013,
+    abuse_directory::room_list_subscriptions_are_capped_per_user,
+    abuse_directory::settings_toggles_reach_subscribers_coalesced,
+    abuse_directory::room_list_reads_are_cached,
+    abuse_directory::lookalike_room_names_are_refused,
+    abuse_accounts::logout_closes_open_sockets_4001,
+    abuse_accounts::revoked_session_closes_open_sockets_4001,
+    abuse_accounts::role_change_closes_open_sockets_4002,
+    abuse_accounts::expiring_guest_token_closes_its_socket_4001,
+    abuse_accounts::refresh_and_logout_need_the_secret,
+    abuse_accounts::oversized_auth_bodies_are_refused_while_streaming,
+    abuse_accounts::a_ban_holds_against_a_new_guest_token_from_the_same_network,
+    abuse_accounts::reserved_admin_names_need_the_bootstrap_secret,
+    abuse_accounts::every_response_carries_security_headers_and_cors_is_closed,
+    abuse_directory::probes_and_anonymous_reads_create_no_storage,
 ];

@@ -25,6 +25,16 @@ mod tokens;
 #[path = "../../tests/accounts.rs"]
 mod accounts;
 
+#[path = "../../tests/abuse.rs"]
+mod abuse;
+
+#[path = "../../tests/abuse_accounts.rs"]
+mod abuse_accounts;
+
+#[allow(dead_code)] // the storage probe reads the standalone SQLite store
+#[path = "../../tests/abuse_directory.rs"]
+mod abuse_directory;
+
 #[path = "common/edge_trials.rs"]
 mod edge_trials;
 
@@ -44,7 +54,11 @@ pub(crate) fn server() -> &'static Server {
                 Path::new(env!("CARGO_BIN_EXE_k8s-fallback")),
                 &[
                     ("REDIS_URL".into(), redis.url()),
-                    ("ADMIN_USERNAMES".into(), "root-admin".into()),
+                    ("ADMIN_USERNAMES".into(), ADMIN_USERNAMES.into()),
+                    // Every trial's clients share 127.0.0.1 (see e2e_subset.rs).
+                    ("ROOM_SOCKETS_PER_NETWORK".into(), "100000".into()),
+                    ("MAX_WEBSOCKETS_PER_IP".into(), "1000000".into()),
+                    ("MAX_CONNECTIONS_PER_IP".into(), "1000000".into()),
                 ],
             );
             let previous_x = server.previous_key.public_jwk()["x"]
@@ -57,7 +71,12 @@ pub(crate) fn server() -> &'static Server {
                     ("REDIS_URL", redis.url()),
                     ("JWT_PRIVATE_KEY", server.key_pem.clone()),
                     ("JWT_VERIFY_KEYS", previous_x),
-                    ("ADMIN_USERNAMES", "root-admin".into()),
+                    ("ADMIN_USERNAMES", ADMIN_USERNAMES.into()),
+                    ("ADMIN_BOOTSTRAP_SECRET", ADMIN_BOOTSTRAP_SECRET.into()),
+                    ("CORS_ORIGINS", CORS_ALLOWED_ORIGIN.into()),
+                    ("ROOM_SOCKETS_PER_NETWORK", "100000".into()),
+                    ("MAX_WEBSOCKETS_PER_IP", "1000000".into()),
+                    ("MAX_CONNECTIONS_PER_IP", "1000000".into()),
                 ],
             );
             server.port = balancer(vec![server.port, b.port]);
@@ -143,4 +162,22 @@ trials![
     accounts::register_login_connect_refresh_logout,
     accounts::concurrent_registrations_of_one_name_one_wins,
     accounts::profiles_and_admin_roles,
+    abuse::note_off_and_pedal_flood_is_bounded_and_closed_1008,
+    abuse::typing_and_profile_floods_are_bounded_and_closed_1008,
+    abuse::one_user_gets_at_most_four_sockets_per_room,
+    abuse::password_guessing_is_slowed_per_user_and_room,
+    abuse::a_reader_that_never_reads_is_closed_1013,
+    abuse_directory::room_list_subscriptions_are_capped_per_user,
+    abuse_directory::settings_toggles_reach_subscribers_coalesced,
+    abuse_directory::room_list_reads_are_cached,
+    abuse_directory::lookalike_room_names_are_refused,
+    abuse_accounts::logout_closes_open_sockets_4001,
+    abuse_accounts::revoked_session_closes_open_sockets_4001,
+    abuse_accounts::role_change_closes_open_sockets_4002,
+    abuse_accounts::expiring_guest_token_closes_its_socket_4001,
+    abuse_accounts::refresh_and_logout_need_the_secret,
+    abuse_accounts::oversized_auth_bodies_are_refused_while_streaming,
+    abuse_accounts::a_ban_holds_against_a_new_guest_token_from_the_same_network,
+    abuse_accounts::reserved_admin_names_need_the_bootstrap_secret,
+    abuse_accounts::every_response_carries_security_headers_and_cors_is_closed,
 ];

@@ -40,12 +40,7 @@ async fn room_survives_a_restart_and_sigterm_drains_with_1012() {
     sees_chat(&mut other, "kept on disk").await;
 
     // Operations endpoints.
-    let metrics = reqwest::get(server.http("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics(&server).await;
     for line in [
         "piano_connections 2",
         "piano_rooms 1",
@@ -257,12 +252,7 @@ async fn a_player_who_stops_reading_is_closed_not_waited_for() {
     }
     .encode_to_vec();
     let closes = || async {
-        let m = reqwest::get(server.http("/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .unwrap_or_default();
+        let m = metrics(&server).await;
         m.lines()
             .find_map(|l| {
                 l.strip_prefix("piano_slow_consumer_closes_total ")?

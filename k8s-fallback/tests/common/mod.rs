@@ -15,6 +15,22 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The `/metrics` bearer token every test replica gets (unless a test sets its own).
+pub const METRICS_TOKEN: &str = "test-metrics-token";
+
+/// `GET /metrics` with the test token.
+pub async fn metrics(replica: &Replica) -> String {
+    reqwest::Client::new()
+        .get(replica.http("/metrics"))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -169,6 +185,7 @@ impl Replica {
             .env("REPLICA_ID", name)
             .env("RUST_LOG", "info")
             .env("AUTH_RATE_LIMIT_PER_MINUTE", "100000")
+            .env("METRICS_TOKEN", METRICS_TOKEN)
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file);
         for (k, v) in env {

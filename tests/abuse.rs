@@ -1,0 +1,622 @@
+//! Issue 13, tried as a hostile guest would with nothing but guest tokens: floods of the
+//! messages the note quota does not charge, extra sockets, password guessing and a reader that
+//! never reads. Each trial asserts the documented outcome (README "Limits and abuse") on counts,
+//! close codes and error codes, never on how fast the server is; waits are bounded and generous.
+//! Every trial uses its own rooms and users, so the trials run alongside each other.
+
+use crate::*;
+use e2e_tests::abuse_support::{close, error_code, join_failure};
+use e2e_tests::proto::{self, client_message as cm, server_message::Msg};
+use piano_core::room::budget;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+/// How many messages of a kind a flooder may get through: the budget's burst plus its refill
+/// over the time the flood lasted, plus a second of slack. What matters is that the count is
+/// bounded by the budget while the flood is not.
+fn budget_allows(rate: budget::Rate, flood: Duration) -> usize {
+    let refill_ms = flood.as_millis() as u64 + 1000;
+    rate.burst as usize + (refill_ms / u64::from(rate.every_ms.max(1))) as usize
+}
+
+/// Typed notices a flooder may get: at most one per message kind per notice interval, for the
+/// `kinds` budgets a flood can hit, plus slack.
+fn notices_allowed(flood: Duration, kinds: usize) -> usize {
+    let windows = flood.as_millis() as u64 / budget::NOTICE_INTERVAL_MS + 2;
+    kinds * windows as usize
+}
+
+/// Note-offs for notes that are not sounding and a sustain pedal pressed and released: nothing
+/// the note-on quota charges.
+fn offs_and_pedal() -> cm::Msg {
+    let mut events: Vec<proto::NoteEvent> = (0..8)
+        .map(|i| proto::NoteEvent {
+            delay: i,
+            kind: Some(proto::note_event::Kind::NoteOff(proto::NoteOff {
+                note: 40 + i,
+                channel: 0,
+            })),
+        })
+        .collect();
+    for (delay, value) in [(8, 127), (9, 0)] {
+        events.push(proto::NoteEvent {
+            delay,
+            kind: Some(proto::note_event::Kind::ControlChange(
+                proto::ControlChange {
+                    control: 64,
+                    value,
+                    channel: 0,
+                },
+            )),
+        });
+    }
+    cm::Msg::Notes(proto::NoteBatch {
+        time: now_ms(),
+        events,
+        sender_id: String::new(),
+    })
+}
+
+/// A notice the server gives a sender whose messages it dropped.
+fn is_notice(m: &Msg) -> bool {
+    match m {
+        Msg::Error(e) => e.code == error_code::RATE_LIMITED,
+        Msg::NotesDropped(_) => true,
+        _ => false,
+    }
+}
+
+/// What one flooder achieved.
+struct Flood {
+    sent: usize,
+    notices: usize,
+    lasted: Duration,
+    ending: Ending,
+}
+
+/// Sends up to `count` messages made by `make` as fast as the socket takes them, reading what
+/// comes back between bursts of 50, until the server closes the socket (then up to 20 s more
+/// for the close to arrive).
+async fn flood(c: &mut Client, count: usize, make: impl Fn(usize) -> cm::Msg) -> Flood {
+    let started = Instant::now();
+    let (mut sent, mut notices) = (0, 0);
+    let mut ending = Ending::StillOpen;
+    'flood: while sent < count {
+        for _ in 0..50 {
+            if c.try_send(make(sent)).await.is_err() {
+                break 'flood;
+            }
+            sent += 1;
+        }
+        loop {
+            match c.next_event_lenient(Duration::from_millis(1)).await {
+                Some(Ok(Event::Msg(m))) => notices += usize::from(is_notice(&m)),
+                Some(Ok(Event::Closed(f))) => {
+                    ending = f.map_or(Ending::ClosedWithoutFrame, |f| {
+                        Ending::Closed(u16::from(f.code))
+                    });
+                    break 'flood;
+                }
+                Some(Err(e)) => {
+                    ending = Ending::Broken(e);
+                    break 'flood;
+                }
+                None => break,
+            }
+        }
+    }
+    let lasted = started.elapsed();
+    if ending == Ending::StillOpen {
+        ending = c
+            .until_closed(Duration::from_secs(20), |m| {
+                notices += usize::from(is_notice(m))
+            })
+            .await;
+    }
+    Flood {
+        sent,
+        notices,
+        lasted,
+        ending,
+    }
+}
+
+/// Reads `c` until `who` has left the room, counting the messages `counts` picks.
+async fn count_until_left(c: &mut Client, who: &str, counts: impl Fn(&Msg) -> bool) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.next_event(left).await {
+            Some(Event::Msg(Msg::ParticipantLeft(l))) if l.participant_id == who => return n,
+            Some(Event::Msg(m)) => n += usize::from(counts(&m)),
+            Some(Event::Closed(f)) => panic!("the bystander was closed: {f:?}"),
+            None => panic!("{who} never left the room (counted {n} of its messages)"),
+        }
+    }
+}
+
+/// `kinds`: the budgets the flood can run into (its own kind, note events, all frames).
+fn assert_flood_stopped(what: &str, f: &Flood, relayed: usize, rate: budget::Rate, kinds: usize) {
+    eprintln!(
+        "{what}: sent {}, relayed {relayed}, notices {}, lasted {:?}, ended {:?}",
+        f.sent, f.notices, f.lasted, f.ending
+    );
+    assert_eq!(
+        f.ending,
+        Ending::Closed(close::POLICY_VIOLATION),
+        "{what}: persistent abuse closes the flooder with 1008"
+    );
+    assert!(
+        f.notices >= 1,
+        "{what}: the flooder was told (RATE_LIMITED)"
+    );
+    assert!(
+        f.notices <= notices_allowed(f.lasted, kinds) && f.notices < f.sent,
+        "{what}: {} notices for {} messages: notices must not amplify a flood",
+        f.notices,
+        f.sent
+    );
+    assert!(
+        relayed <= budget_allows(rate, f.lasted),
+        "{what}: the bystander got {relayed} of {} flooded messages in {:?}",
+        f.sent,
+        f.lasted
+    );
+}
+
+/// Attack 1: Note-off / CC64 flood: dropped with RATE_LIMITED notices (not one per message), the
+/// flooder closed 1008, a bystander gets a bounded number of its batches, and an honest
+/// player's note still arrives.
+pub async fn note_off_and_pedal_flood_is_bounded_and_closed_1008() {
+    let s = server();
+    let room = unique("flood-notes");
+    let mut honest = s.player(&room, "Honest").await;
+    honest.join().await;
+    let mut bystander = s.player(&room, "Bystander").await;
+    bystander.join().await;
+    let mut flooder = s.player(&room, "Flooder").await;
+    flooder.join().await;
+    let fid = flooder.id().to_owned();
+
+    let f = flood(&mut flooder, 10_000, |_| offs_and_pedal()).await;
+    let relayed = count_until_left(
+        &mut bystander,
+        &fid,
+        |m| matches!(m, Msg::Notes(b) if b.sender_id == fid),
+    )
+    .await;
+    assert_flood_stopped("note-off/CC64 flood", &f, relayed, budget::NOTE_BATCHES, 3);
+
+    honest.send(note_on(60, 90)).await;
+    let hid = honest.id().to_owned();
+    bystander
+        .recv_matching(|m| match m {
+            Msg::Notes(b) if b.sender_id == hid => Some(()),
+            _ => None,
+        })
+        .await;
+}
+
+/// Attack 1: Typing indicators and profile updates are budgeted the same way.
+pub async fn typing_and_profile_floods_are_bounded_and_closed_1008() {
+    let s = server();
+    let room = unique("flood-chatter");
+    let mut bystander = s.player(&room, "Bystander").await;
+    bystander.join().await;
+
+    let mut typist = s.player(&room, "Typist").await;
+    typist.join().await;
+    let tid = typist.id().to_owned();
+    let f = flood(&mut typist, 5_000, |i| {
+        cm::Msg::Typing(proto::SetTyping { typing: i % 2 == 0 })
+    })
+    .await;
+    let relayed = count_until_left(
+        &mut bystander,
+        &tid,
+        |m| matches!(m, Msg::Typing(t) if t.participant_id == tid),
+    )
+    .await;
+    assert_flood_stopped("typing flood", &f, relayed, budget::TYPING, 2);
+
+    let mut poser = s.player(&room, "Poser").await;
+    poser.join().await;
+    let pid = poser.id().to_owned();
+    let f = flood(&mut poser, 5_000, |i| {
+        cm::Msg::UpdateProfile(proto::UpdateProfile {
+            status: Some(format!("status {i}")),
+            ..Default::default()
+        })
+    })
+    .await;
+    let relayed = count_until_left(&mut bystander, &pid, |m| {
+        matches!(m, Msg::ParticipantUpdated(u)
+            if u.participant.as_ref().is_some_and(|p| p.id == pid))
+    })
+    .await;
+    assert_flood_stopped("profile flood", &f, relayed, budget::PROFILE, 2);
+
+    // The room still works for whoever behaves.
+    let mut other = s.player(&room, "Other").await;
+    other.join().await;
+    other.send(note_on(64, 80)).await;
+    let oid = other.id().to_owned();
+    bystander
+        .recv_matching(|m| match m {
+            Msg::Notes(b) if b.sender_id == oid => Some(()),
+            _ => None,
+        })
+        .await;
+}
+
+/// How the server answered one more socket of a user.
+fn refusal_is_typed(a: &Admission) -> bool {
+    match a {
+        Admission::Refused(r) => {
+            r.status == 429 && r.body["error"]["code"] == "too_many_connections"
+        }
+        Admission::Closed { errors, code } => {
+            *code == Some(close::TOO_MANY_CONNECTIONS)
+                && errors
+                    .iter()
+                    .all(|e| *e == error_code::TOO_MANY_CONNECTIONS)
+        }
+        _ => false,
+    }
+}
+
+/// Opens one socket and joins with it: `Ok` if it joined, else how it was refused.
+async fn socket_and_join(url: &str) -> Result<Client, String> {
+    match Client::admission(url).await {
+        Admission::Admitted(c) => {
+            let mut c = *c;
+            c.send(cm::Msg::Join(proto::Join::default())).await;
+            match c.next_event(RECV_TIMEOUT).await {
+                Some(Event::Msg(Msg::Joined(_))) => Ok(c),
+                Some(Event::Msg(Msg::JoinFailed(f)))
+                    if f.reason == join_failure::TOO_MANY_CONNECTIONS =>
+                {
+                    Err("JoinFailed TOO_MANY_CONNECTIONS".into())
+                }
+                Some(Event::Msg(Msg::Error(e))) if e.code == error_code::TOO_MANY_CONNECTIONS => {
+                    match c.until_closed(RECV_TIMEOUT, |_| {}).await {
+                        Ending::Closed(close::TOO_MANY_CONNECTIONS) => {
+                            Err("Error TOO_MANY_CONNECTIONS, close 4004".into())
+                        }
+                        other => panic!("TOO_MANY_CONNECTIONS, then {other:?}"),
+                    }
+                }
+                other => panic!("an admitted socket's Join got {other:?}"),
+            }
+        }
+        refused => {
+            assert!(refusal_is_typed(&refused), "untyped refusal: {refused:?}");
+            Err(format!("{refused:?}"))
+        }
+    }
+}
+
+/// Attack 2: One token opens 10 sockets to one room: 4 are admitted (`MAX_CONNS_PER_USER`), the rest
+/// refused with a typed reason; the cap is per user (someone else still gets in) and a closed
+/// socket frees its place.
+pub async fn one_user_gets_at_most_four_sockets_per_room() {
+    let s = server();
+    let room = unique("sockets");
+    let token = s.guest_token("Hydra").await;
+    let url = format!("{}?token={token}", s.ws_url(&room));
+    let mut admitted = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..10 {
+        match socket_and_join(&url).await {
+            Ok(c) => admitted.push(c),
+            Err(why) => refused.push(why),
+        }
+    }
+    eprintln!("sockets: {} admitted, refused: {refused:?}", admitted.len());
+    assert_eq!(
+        admitted.len(),
+        budget::MAX_CONNS_PER_USER,
+        "MAX_CONNS_PER_USER sockets, no more"
+    );
+    assert_eq!(refused.len(), 10 - budget::MAX_CONNS_PER_USER);
+
+    // Someone else is not affected by Hydra's cap, and sees one participant for Hydra.
+    let mut other = s.player(&room, "Other").await;
+    let joined = other.join().await;
+    let hydra = joined
+        .participants
+        .iter()
+        .filter(|p| p.name == "Hydra")
+        .count();
+    assert_eq!(hydra, 1, "four sockets, one participant");
+
+    // A closed socket frees its place (the room learns of the close asynchronously).
+    if let Some(c) = admitted.pop() {
+        c.close().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match socket_and_join(&url).await {
+            Ok(c) => {
+                admitted.push(c);
+                break;
+            }
+            Err(why) => assert!(
+                Instant::now() < deadline,
+                "a closed socket's place was never freed: {why}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn join_answer(c: &mut Client) -> Result<(), proto::JoinFailed> {
+    c.recv_matching(|m| match m {
+        Msg::Joined(_) => Some(Ok(())),
+        Msg::JoinFailed(f) => Some(Err(f.clone())),
+        _ => None,
+    })
+    .await
+}
+
+async fn guess(c: &mut Client, password: &str) -> Result<(), proto::JoinFailed> {
+    c.send(cm::Msg::Join(proto::Join {
+        password: password.into(),
+        create_settings: None,
+    }))
+    .await;
+    join_answer(c).await
+}
+
+/// Attack 4: Password guessing: each WRONG_PASSWORD makes the user wait longer (its `retry_after_ms`
+/// doubles from `PASSWORD_DELAY_FIRST_MS`); a guess within the wait is refused unchecked with
+/// RATE_LIMITED from any socket of the user; a burst on one socket is cut by its join budget;
+/// a spray from many guests meanwhile does not stop the room's relay; the right password after
+/// the wait works.
+pub async fn password_guessing_is_slowed_per_user_and_room() {
+    let s = server();
+    let room = unique("guess");
+    let mut owner = s.player(&room, "Owner").await;
+    owner
+        .send(cm::Msg::Join(proto::Join {
+            password: String::new(),
+            create_settings: Some(proto::UpdateSettings {
+                password: Some("open sesame".into()),
+                ..Default::default()
+            }),
+        }))
+        .await;
+    owner
+        .recv_matching(|m| matches!(m, Msg::Joined(_)).then_some(()))
+        .await;
+    let mut member = s.player(&room, "Member").await;
+    guess(&mut member, "open sesame")
+        .await
+        .expect("the right password joins");
+
+    // A spray: guests each sending one guess at once, while a member's note crosses the room.
+    let mut spray = Vec::new();
+    for i in 0..8 {
+        spray.push(s.player(&room, &format!("Sprayer{i}")).await);
+    }
+    for (i, c) in spray.iter_mut().enumerate() {
+        c.send(cm::Msg::Join(proto::Join {
+            password: format!("spray-{i}"),
+            create_settings: None,
+        }))
+        .await;
+    }
+    member.send(note_on(62, 70)).await;
+    let mid = member.id().to_owned();
+    owner
+        .recv_matching(|m| match m {
+            Msg::Notes(b) if b.sender_id == mid => Some(()),
+            _ => None,
+        })
+        .await;
+    for c in &mut spray {
+        let f = join_answer(c).await.expect_err("a wrong password joined");
+        assert!(
+            f.reason == join_failure::WRONG_PASSWORD || f.reason == join_failure::RATE_LIMITED,
+            "{f:?}"
+        );
+    }
+    for c in spray {
+        c.close().await;
+    }
+
+    // One guesser with two sockets: wrong guesses on the first, and at once a guess on the
+    // second, which must wait as long as the first was told.
+    let token = s.guest_token("Guesser").await;
+    let url = format!("{}?token={token}", s.ws_url(&room));
+    let mut first = Client::connect(&url, &[]).await.expect("connect");
+    let mut second = Client::connect(&url, &[]).await.expect("connect");
+    let mut delays = Vec::new();
+    let mut waits = Vec::new();
+    for round in 0..3 {
+        let f = guess(&mut first, &format!("wrong-{round}"))
+            .await
+            .expect_err("wrong");
+        assert_eq!(f.reason, join_failure::WRONG_PASSWORD, "{f:?}");
+        delays.push(f.retry_after_ms);
+        let r = guess(&mut second, "open sesame")
+            .await
+            .expect_err("within the wait even the right password is not checked");
+        assert_eq!(r.reason, join_failure::RATE_LIMITED, "{r:?}");
+        assert!(
+            r.retry_after_ms > 0 && r.retry_after_ms <= f.retry_after_ms,
+            "{r:?} after {f:?}"
+        );
+        waits.push(r.retry_after_ms);
+        tokio::time::sleep(Duration::from_millis(f.retry_after_ms + 300)).await;
+    }
+    eprintln!("password delays told: {delays:?}, waits refused with: {waits:?}");
+    assert_eq!(
+        delays[0],
+        budget::PASSWORD_DELAY_FIRST_MS,
+        "the first wrong password's wait"
+    );
+    assert!(
+        delays.windows(2).all(|w| w[1] > w[0]) && waits.windows(2).all(|w| w[1] > w[0]),
+        "the wait grows with each wrong guess: {delays:?} {waits:?}"
+    );
+
+    // A burst on one socket: its join budget lets a few through and answers the rest with at
+    // most one notice per interval, so far fewer answers than guesses, and one check at most.
+    let mut third = Client::connect(&url, &[]).await.expect("connect");
+    for i in 0..20 {
+        third
+            .send(cm::Msg::Join(proto::Join {
+                password: format!("burst-{i}"),
+                create_settings: None,
+            }))
+            .await;
+    }
+    let mut answers = Vec::new();
+    while let Some(Event::Msg(m)) = third.next_event(Duration::from_secs(3)).await {
+        match m {
+            Msg::JoinFailed(f) => answers.push(f.reason),
+            Msg::Joined(_) => panic!("a wrong password joined"),
+            _ => {}
+        }
+    }
+    eprintln!(
+        "a burst of 20 guesses got {} answers: {answers:?}",
+        answers.len()
+    );
+    let checked = answers
+        .iter()
+        .filter(|r| **r == join_failure::WRONG_PASSWORD)
+        .count();
+    assert!(checked <= 1, "one wait, one check: {answers:?}");
+    assert!(
+        answers.len() < 20 && answers.len() <= budget::JOIN.burst as usize + 2,
+        "{answers:?}"
+    );
+    third.close().await;
+    second.close().await;
+
+    // The right password after the wait works.
+    let wait = *delays.last().unwrap_or(&0) * 2;
+    tokio::time::sleep(Duration::from_millis(wait + 300)).await;
+    guess(&mut first, "open sesame")
+        .await
+        .expect("the right password after the wait");
+}
+
+fn big_batch(round: usize) -> cm::Msg {
+    cm::Msg::Notes(proto::NoteBatch {
+        time: now_ms(),
+        events: (0..300)
+            .map(|i| proto::NoteEvent {
+                delay: (i % 200) as u32,
+                kind: Some(proto::note_event::Kind::NoteOn(proto::NoteOn {
+                    note: 21 + ((i + round) % 88) as u32,
+                    velocity: 1 + (i % 126) as u32,
+                    channel: 0,
+                })),
+            })
+            .collect(),
+        sender_id: String::new(),
+    })
+}
+
+/// Attack 5: A reader that never reads while a permitted stream of broadcasts flows: it is closed
+/// 1013 and the others see it leave; the senders, who read, are not closed.
+pub async fn a_reader_that_never_reads_is_closed_1013() {
+    let s = server();
+    let room = unique("slow-reader");
+    let mut owner = s.player(&room, "Owner").await;
+    owner
+        .send(cm::Msg::Join(proto::Join {
+            password: String::new(),
+            create_settings: Some(proto::UpdateSettings {
+                allow_black_midi: Some(true),
+                ..Default::default()
+            }),
+        }))
+        .await;
+    owner
+        .recv_matching(|m| matches!(m, Msg::Joined(_)).then_some(()))
+        .await;
+    let mut senders = vec![owner];
+    for i in 1..8 {
+        let mut p = s.player(&room, &format!("Sender{i}")).await;
+        p.join().await;
+        senders.push(p);
+    }
+    let token = s.guest_token("Sloth").await;
+    let mut sloth =
+        Client::connect_small_window(&format!("{}?token={token}", s.ws_url(&room)), 4096).await;
+    sloth.join().await;
+    let sloth_id = sloth.id().to_owned();
+
+    // Each sender sends a full batch every 100 ms (well inside the frame budget; Black MIDI
+    // lifts the note quota) and reads everything it gets. They stop when the watcher (the
+    // owner) sees the sloth leave, or after MAX_BATCHES in all: that is several MiB, far
+    // over both hosts' bounds.
+    const MAX_BATCHES: usize = 4000;
+    let left = Cell::new(false);
+    let sent = Cell::new(0usize);
+    let mut watcher_saw_leave = false;
+    let mut runs = Vec::new();
+    for (i, p) in senders.iter_mut().enumerate() {
+        let (left, sent) = (&left, &sent);
+        let sloth_id = sloth_id.as_str();
+        let watching = i == 0;
+        runs.push(async move {
+            let mut saw_leave = false;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut round = 0;
+            while !left.get() && sent.get() < MAX_BATCHES {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if p.try_send(big_batch(round)).await.is_ok() {
+                            sent.set(sent.get() + 1);
+                        }
+                        round += 1;
+                    }
+                    e = p.next_event_lenient(Duration::from_secs(1)) => match e {
+                        Some(Ok(Event::Msg(Msg::ParticipantLeft(l)))) if l.participant_id == sloth_id => {
+                            saw_leave = watching;
+                            left.set(true);
+                        }
+                        Some(Ok(Event::Msg(Msg::NotesDropped(d)))) => {
+                            panic!("a permitted stream was dropped: {d:?}")
+                        }
+                        Some(Ok(Event::Msg(Msg::Error(e)))) => panic!("a sender got {e:?}"),
+                        Some(Ok(Event::Closed(f))) => panic!("a sender who reads was closed: {f:?}"),
+                        Some(Err(e)) => panic!("a sender's socket broke: {e}"),
+                        _ => {}
+                    }
+                }
+            }
+            saw_leave
+        });
+    }
+    let started = Instant::now();
+    for saw in futures_util::future::join_all(runs).await {
+        watcher_saw_leave |= saw;
+    }
+    eprintln!(
+        "slow reader: {} batches sent in {:?} before it was dropped (left: {})",
+        sent.get(),
+        started.elapsed(),
+        left.get()
+    );
+    if !left.get() {
+        // The stream is over; the bound may be crossed only now. Wait, bounded, for the leave.
+        senders[0]
+            .recv_matching(|m| match m {
+                Msg::ParticipantLeft(l) if l.participant_id == sloth_id => Some(()),
+                _ => None,
+            })
+            .await;
+        watcher_saw_leave = true;
+    }
+    assert!(watcher_saw_leave, "the others saw the slow reader leave");
+    // What it finally reads ends with the close (1013), after whatever was already queued.
+    let ending = sloth.until_closed(Duration::from_secs(60), |_| {}).await;
+    assert_eq!(ending, Ending::Closed(close::TRY_AGAIN_LATER));
+}

@@ -1,0 +1,152 @@
+//! What the abuse trials (`tests/abuse*.rs`) need from the harness beyond clients: looking at a
+//! server's storage from outside (to show that probes create none), the admin account, and the
+//! protocol numbers of issue 13 as the integers messages carry.
+
+use crate::{ADMIN_BOOTSTRAP_SECRET, Host, Server};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// `ErrorCode` values (`proto/pianorhythm/v1/room.proto`), as the `i32`s messages carry.
+pub mod error_code {
+    use piano_core::proto::ErrorCode;
+    pub const RATE_LIMITED: i32 = ErrorCode::RateLimited as i32;
+    pub const TOO_MANY_CONNECTIONS: i32 = ErrorCode::TooManyConnections as i32;
+    pub const TOO_MANY_SUBSCRIPTIONS: i32 = ErrorCode::TooManySubscriptions as i32;
+}
+
+/// `JoinFailure` values.
+pub mod join_failure {
+    use piano_core::proto::JoinFailure;
+    pub const WRONG_PASSWORD: i32 = JoinFailure::WrongPassword as i32;
+    pub const BANNED: i32 = JoinFailure::Banned as i32;
+    pub const RATE_LIMITED: i32 = JoinFailure::RateLimited as i32;
+    pub const TOO_MANY_CONNECTIONS: i32 = JoinFailure::TooManyConnections as i32;
+}
+
+/// WebSocket close codes (`core/src/limits.rs`).
+pub use piano_core::limits::close;
+
+impl Server {
+    /// The SQLite files of one Durable Object class under `wrangler dev`'s state directory
+    /// (`<persist>/v3/do/<script>-<Class>/<id>.sqlite`): one per object that has storage.
+    pub fn durable_object_files(&self, class: &str) -> BTreeSet<PathBuf> {
+        assert_eq!(
+            self.host,
+            Host::Edge,
+            "Durable Objects live at the edge only"
+        );
+        let mut found = BTreeSet::new();
+        let suffix = format!("-{class}");
+        visit(&self.dir.join("state"), &mut |dir| {
+            let is_class = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(&suffix));
+            if !is_class {
+                return;
+            }
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = entry.path();
+                if p.extension().is_some_and(|e| e == "sqlite") {
+                    found.insert(p);
+                }
+            }
+        });
+        found
+    }
+
+    /// Rows the standalone fallback's room store (`DATA_DIR/rooms.sqlite3`) holds for `room`.
+    pub fn fallback_room_rows(&self, room: &str) -> usize {
+        assert_eq!(self.host, Host::Fallback, "the standalone fallback's store");
+        let db = self.dir.join("state/rooms.sqlite3");
+        count_rows(
+            &db,
+            &[
+                "SELECT COUNT(*) FROM room_meta WHERE room = ?1",
+                "SELECT COUNT(*) FROM chat WHERE room = ?1",
+            ],
+            room,
+        )
+    }
+
+    /// Rows the standalone fallback's account store holds for the user id `user:<name>` (its
+    /// key is the normalized username).
+    pub fn fallback_account_rows(&self, user_id: &str) -> usize {
+        assert_eq!(self.host, Host::Fallback, "the standalone fallback's store");
+        let db = self.dir.join("state/accounts.sqlite3");
+        let key = user_id.strip_prefix("user:").unwrap_or(user_id);
+        count_rows(
+            &db,
+            &["SELECT COUNT(*) FROM accounts WHERE key = ?1"],
+            &key.to_ascii_lowercase(),
+        )
+    }
+
+    /// An admin's access token: `root-admin` (in `ADMIN_USERNAMES`), registered with the
+    /// bootstrap secret, or logged in if another trial registered it first.
+    pub async fn admin_token(&self) -> String {
+        let body = serde_json::json!({"username": "root-admin", "password": "admin password"});
+        let client = reqwest::Client::new();
+        let resp = client
+            .post(self.http("/api/auth/register"))
+            .header("x-admin-bootstrap", ADMIN_BOOTSTRAP_SECRET)
+            .json(&body)
+            .send()
+            .await
+            .expect("register root-admin");
+        let mut answer: serde_json::Value = resp.json().await.unwrap_or_default();
+        if answer["access_token"].as_str().is_none() {
+            answer = client
+                .post(self.http("/api/auth/login"))
+                .json(&body)
+                .send()
+                .await
+                .expect("log in root-admin")
+                .json()
+                .await
+                .unwrap_or_default();
+        }
+        let roles = answer["user"]["roles"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            roles.iter().any(|r| r == "admin"),
+            "root-admin is no admin: {answer}"
+        );
+        answer["access_token"]
+            .as_str()
+            .expect("an access token")
+            .to_owned()
+    }
+}
+
+fn visit(dir: &Path, f: &mut impl FnMut(&Path)) {
+    f(dir);
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            visit(&p, f);
+        }
+    }
+}
+
+/// Sums `COUNT(*)` queries over one database, read-only (the server keeps writing it in WAL
+/// mode; a reader sees what it committed). A database or table not created yet counts 0.
+fn count_rows(db: &Path, queries: &[&str], key: &str) -> usize {
+    if !db.exists() {
+        return 0;
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+    queries
+        .iter()
+        .map(|q| {
+            conn.query_row(q, [key], |r| r.get::<_, i64>(0))
+                .map(|n| n as usize)
+                .unwrap_or(0)
+        })
+        .sum()
+}
