@@ -83,8 +83,8 @@ pub const MAX_CONNS_PER_NETWORK: usize = 16;
 /// Password checks per room, whoever asks: 5/s, bursts of 10 (guests are free to make, so a
 /// per-user delay alone does not bound guessing).
 pub const PASSWORD_CHECKS: Rate = Rate::every(200, 10);
-/// After a wrong password the user (and, for a guest, its whole network) waits this long
-/// before the next guess, doubling with each wrong guess in a row up to
+/// After a second wrong password in a row the user (and, for a guest, its whole network) waits
+/// this long before the next guess (the first miss is free: typos happen), doubling with each wrong guess in a row up to
 /// [`PASSWORD_DELAY_MAX_MS`]; a right password resets the user's delay, and a quiet
 /// [`PASSWORD_DELAY_MAX_MS`] after the wait resets both.
 pub const PASSWORD_DELAY_FIRST_MS: u64 = 1000;
@@ -204,7 +204,12 @@ impl Limits {
 
     /// The wait after `failures` wrong passwords in a row (at least one).
     pub fn password_delay(&self, failures: u32) -> u64 {
-        let doublings = failures.saturating_sub(1).min(32);
+        // The first wrong guess is free: a typo followed at once by the right password must
+        // not make a player wait. Guessing pays from the second miss on.
+        if failures <= 1 {
+            return 0;
+        }
+        let doublings = failures.saturating_sub(2).min(32);
         self.password_delay_first_ms
             .saturating_mul(1u64 << doublings)
             .min(self.password_delay_max_ms)
@@ -455,11 +460,11 @@ mod tests {
     #[test]
     fn password_delay_doubles_to_the_cap() {
         let l = Limits::default();
-        let delays: Vec<u64> = (1..=9).map(|n| l.password_delay(n)).collect();
+        let delays: Vec<u64> = (1..=10).map(|n| l.password_delay(n)).collect();
         assert_eq!(
             delays,
             [
-                1000, 2000, 4000, 8000, 16_000, 32_000, 60_000, 60_000, 60_000
+                0, 1000, 2000, 4000, 8000, 16_000, 32_000, 60_000, 60_000, 60_000
             ]
         );
         assert_eq!(l.password_delay(u32::MAX), 60_000);
