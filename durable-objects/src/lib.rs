@@ -455,6 +455,11 @@ impl Room {
                         .await
                         .map(drop)
                 }
+                DirectoryOp::UnsubscribeUser { user_id } => {
+                    let name = self.room_name();
+                    let body = serde_json::json!({ "room": name, "user": user_id });
+                    self.lobby("/unsubscribe", &body).await.map(drop)
+                }
                 DirectoryOp::Subscribe { conn, user_id } => {
                     let name = self.room_name();
                     match self

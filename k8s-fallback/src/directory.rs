@@ -48,6 +48,19 @@ impl Hub {
         }
     }
 
+    /// `user`'s last subscribed socket in `room` went (others there still follow the list).
+    pub async fn unsubscribe_user(&self, room: &str, user: &str) {
+        let Some(c) = &self.cluster else {
+            lock(&self.subscribers).unsubscribe_user(room, user);
+            return;
+        };
+        let mut srem = redis::cmd("SREM");
+        srem.arg(format!("piano:subs:{user}")).arg(room);
+        if let Err(e) = c.conn.cmd::<i64>(&srem).await {
+            redis_error("ending a subscription", &e);
+        }
+    }
+
     /// Nobody in `room` follows the room list any more (or the room stopped): these users'
     /// subscriptions there end.
     pub async fn unsubscribe_room(&self, room: &str, users: Vec<String>) {

@@ -693,6 +693,12 @@ impl Task {
                     });
                 }
                 Effect::Directory(DirectoryOp::Unsubscribe) => self.end_subscriptions(),
+                Effect::Directory(DirectoryOp::UnsubscribeUser { user_id }) => {
+                    if self.subscribed_users.remove(&user_id) {
+                        let (hub, room) = (self.hub.clone(), self.name.clone());
+                        tokio::spawn(async move { hub.unsubscribe_user(&room, &user_id).await });
+                    }
+                }
                 Effect::VerifyPassword {
                     conn,
                     password,

@@ -154,6 +154,9 @@ pub enum DirectoryOp {
     Subscribe { conn: ConnId, user_id: String },
     /// Nobody in the room is subscribed any more.
     Unsubscribe,
+    /// `user_id`'s last subscribed connection here went (others still are): it no longer
+    /// counts against that user's subscription cap.
+    UnsubscribeUser { user_id: String },
 }
 
 /// A player's own changes to how the room shows them (over what the token says).
@@ -534,11 +537,10 @@ impl Room {
     }
 
     fn on_subscribe(&mut self, conn: ConnId, subscribe: bool, out: &mut Out) {
-        let had_subscribers = self.has_subscribers();
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.subscribed = subscribe;
+        let was_subscribed = std::mem::replace(&mut c.subscribed, subscribe);
         out.extend(self.record(conn).map(Effect::Remember));
         if subscribe {
             let user_id = self
@@ -547,8 +549,24 @@ impl Room {
                 .map(|c| c.identity.user_id.clone())
                 .unwrap_or_default();
             out.push(Effect::Directory(DirectoryOp::Subscribe { conn, user_id }));
-        } else if had_subscribers && !self.has_subscribers() {
+        } else if was_subscribed {
+            let user_id = self.conns.get(&conn).map(|c| c.identity.user_id.clone());
+            self.subscription_ended(user_id, out);
+        }
+    }
+
+    /// A subscribed connection stopped (unsubscribed or went): tell the directory whether the
+    /// room, or just this user, no longer follows the list.
+    fn subscription_ended(&self, user_id: Option<String>, out: &mut Out) {
+        if !self.has_subscribers() {
             out.push(Effect::Directory(DirectoryOp::Unsubscribe));
+        } else if let Some(user_id) = user_id
+            && !self
+                .conns
+                .values()
+                .any(|c| c.subscribed && c.identity.user_id == user_id)
+        {
+            out.push(Effect::Directory(DirectoryOp::UnsubscribeUser { user_id }));
         }
     }
 
@@ -778,8 +796,8 @@ impl Room {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
-        if c.subscribed && !self.has_subscribers() {
-            out.push(Effect::Directory(DirectoryOp::Unsubscribe));
+        if c.subscribed {
+            self.subscription_ended(Some(c.identity.user_id.clone()), out);
         }
         if c.joined.is_none() {
             return;

@@ -263,3 +263,47 @@ fn probes_that_never_join_write_nothing() {
     let fx = enter(&mut room, 2, "player");
     assert!(fx.iter().any(|e| matches!(e, Effect::Persist(_))));
 }
+
+/// A user's last subscribed connection going frees that user's place in the directory's
+/// per-user cap even while others in the room still follow the list; another connection of
+/// the same user keeps it.
+#[test]
+fn a_users_last_subscription_in_a_busy_room_is_released() {
+    let mut room = room("r");
+    for (conn, user) in [(1, "alice"), (2, "alice"), (3, "bob")] {
+        connect(&mut room, conn, user);
+        msg(&mut room, conn, M::SubscribeRooms(proto::SubscribeRooms {}));
+    }
+    let unsub = || M::UnsubscribeRooms(proto::UnsubscribeRooms {});
+    let directory = |fx: &[Effect]| -> Vec<DirectoryOp> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Directory(
+                    op @ (DirectoryOp::Unsubscribe | DirectoryOp::UnsubscribeUser { .. }),
+                ) => Some(op.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        directory(&msg(&mut room, 1, unsub())),
+        [],
+        "alice still follows on conn 2"
+    );
+    assert_eq!(
+        directory(&room.handle(Input::Disconnect { conn: 2 }, NOW)),
+        [DirectoryOp::UnsubscribeUser {
+            user_id: "alice".into()
+        }]
+    );
+    assert_eq!(
+        directory(&msg(&mut room, 1, unsub())),
+        [],
+        "not subscribed: nothing to end"
+    );
+    assert_eq!(
+        directory(&msg(&mut room, 3, unsub())),
+        [DirectoryOp::Unsubscribe],
+        "the room's last subscriber"
+    );
+}
