@@ -448,7 +448,7 @@ impl Room {
         let mut more = Vec::new();
         for op in ops {
             let result = match op {
-                DirectoryOp::Report(report) => self.lobby("/report", &report).await.map(drop),
+                DirectoryOp::Report(report) => self.report(&report).await,
                 DirectoryOp::Unsubscribe => {
                     let name = self.room_name();
                     self.lobby("/unsubscribe", &serde_json::json!({ "room": name }))
@@ -490,6 +490,21 @@ impl Room {
             }
         }
         more
+    }
+
+    /// Sends a report to the directory, retrying briefly: a lost report of a room that then
+    /// empties would keep it listed until the directory's sweep (reports are versioned, so a
+    /// late retry never overwrites a newer one).
+    async fn report(&self, report: &piano_core::lobby::Report) -> Result<()> {
+        let mut result = self.lobby("/report", report).await.map(drop);
+        for pause_ms in [250, 1000] {
+            if result.is_ok() {
+                break;
+            }
+            Delay::from(std::time::Duration::from_millis(pause_ms)).await;
+            result = self.lobby("/report", report).await.map(drop);
+        }
+        result
     }
 
     /// After an event: the outbox's new rows go out now, and activity not yet added to the
