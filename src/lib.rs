@@ -1,7 +1,7 @@
 //! The stateless edge worker: the front door of every deployment on Cloudflare.
 //!
 //! It routes requests, issues and verifies Ed25519 JWTs, serves the REST API, and forwards
-//! WebSocket upgrades to the Room Durable Object named by the room (DESIGN §3). The browser
+//! WebSocket upgrades to the Room Durable Object named by the room (docs/architecture.md §3). The browser
 //! client is served from `web/dist` as static assets before the worker runs; the worker gets
 //! every request that matches no file. No state lives here beyond per-isolate caches of parsed
 //! keys; everything a room knows lives in its objects.

@@ -1,4 +1,4 @@
-//! What every deployment sharing one Redis sees (DESIGN §5): the room index and who is online,
+//! What every deployment sharing one Redis sees (docs/architecture.md §5): the room index and who is online,
 //! across deployments; and the auth rate counters, kept in Redis when it is configured so a
 //! client cannot multiply its allowance by spreading over deployments.
 //!

@@ -1,4 +1,4 @@
-//! Where each kind of data lives in the configured backends (DESIGN §5), in one place so the
+//! Where each kind of data lives in the configured backends (docs/architecture.md §5), in one place so the
 //! edge and the native fallback write the same shapes and can share one database.
 //!
 //! MongoDB (database `MONGODB_DATABASE`, default `pianorhythm`):

@@ -1,4 +1,4 @@
-//! External persistence over HTTP (DESIGN §5): the shared data of a deployment in MongoDB and
+//! External persistence over HTTP (docs/architecture.md §5): the shared data of a deployment in MongoDB and
 //! Redis, reached the same way from workerd (wasm) and natively.
 //!
 //! - [`mongo`]: a client in the shape of the Atlas Data API v1 (`/action/findOne` …).

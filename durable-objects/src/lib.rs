@@ -1,6 +1,6 @@
 //! The Room Durable Object: the sans-I/O room from `piano-core` hosted on workers-rs.
 //!
-//! One object per room name. It is a thin adapter (DESIGN §1): it accepts WebSockets with the
+//! One object per room name. It is a thin adapter (docs/architecture.md §1): it accepts WebSockets with the
 //! hibernation API, turns runtime events into [`piano_core::room::Input`]s and carries out the
 //! returned effects. The object is only reachable through the edge worker's binding, which has
 //! already verified the player's token and passes the identity in [`IDENTITY_HEADER`].

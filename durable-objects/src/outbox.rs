@@ -1,4 +1,4 @@
-//! The outbox of a Durable Object: writes bound for MongoDB and Redis (DESIGN §5).
+//! The outbox of a Durable Object: writes bound for MongoDB and Redis (docs/architecture.md §5).
 //!
 //! An op is inserted into the object's SQLite in the same synchronous step as the state change
 //! it mirrors, so both commit together (workerd batches the writes of one event atomically);

@@ -61,7 +61,7 @@ pub fn exists(sql: &SqlStorage) -> Result<bool> {
 }
 
 /// Seeds a new room's state from its shared document (another deployment's room of the same
-/// name, DESIGN §5): settings, password hash, crown, bans and mutes; fields that do not parse
+/// name, docs/architecture.md §5): settings, password hash, crown, bans and mutes; fields that do not parse
 /// are skipped. Chat is not imported: each deployment archives its own.
 pub fn import(sql: &SqlStorage, doc: &serde_json::Value) -> Result<()> {
     use piano_core::room::stored::{Ban, Crown, MuteEntry, PasswordHash, Settings};

@@ -1,4 +1,4 @@
-//! Scale-out through Redis (DESIGN §6): room leases, replica channels and the shared directory.
+//! Scale-out through Redis (docs/architecture.md §6): room leases, replica channels and the shared directory.
 //!
 //! - **Lease** `piano:lease:{room}` = the replica id running the room, `SET NX PX` with a short
 //!   TTL (`LEASE_TTL_MS`, 3 s) renewed every third of it by the holder only (a compare-and-

@@ -1,5 +1,5 @@
 //! k8s-fallback: the native host of the piano core, for operators who do not run on Cloudflare
-//! (DESIGN §6). Same rooms (`piano_core::room`), same URL paths, protobuf protocol, Ed25519
+//! (docs/architecture.md §6). Same rooms (`piano_core::room`), same URL paths, protobuf protocol, Ed25519
 //! tokens and browser client as the edge worker; tokio + axum instead of workerd.
 //!
 //! Two modes, chosen by `REDIS_URL`:

@@ -1,4 +1,4 @@
-//! MongoDB through the official driver, in the shared data layout of DESIGN §5
+//! MongoDB through the official driver, in the shared data layout of docs/architecture.md §5
 //! (`piano_backends::layout`, the same code the edge's outbox uses), so the edge and the
 //! fallback can share one database.
 //!

@@ -1,4 +1,4 @@
-//! What every deployment sharing one Redis sees (DESIGN §5, the edge's `src/shared.rs`): who is
+//! What every deployment sharing one Redis sees (docs/architecture.md §5, the edge's `src/shared.rs`): who is
 //! online in which room, and the room index, across deployments. Cluster mode only (the
 //! replicas' Redis is the shared one); keys under `REDIS_KEY_PREFIX` (default `pr:`, as at the
 //! edge), written with the layout's own commands (`piano_backends::layout`):

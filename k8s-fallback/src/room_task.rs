@@ -1,4 +1,4 @@
-//! One room, run by one tokio task: the single writer of DESIGN §1.
+//! One room, run by one tokio task: the single writer of docs/architecture.md §1.
 //!
 //! The task owns the core [`Room`] and is the only code that touches it. Inputs arrive on a
 //! bounded channel ([`RoomMsg`]) from local sockets and, in cluster mode, from other replicas

@@ -1,4 +1,4 @@
-//! The room state machine (DESIGN §1): `Room::handle(input, now) -> effects`.
+//! The room state machine (docs/architecture.md §1): `Room::handle(input, now) -> effects`.
 //!
 //! A room owns no sockets, clocks or random sources. Hosts assign each connection a [`ConnId`],
 //! pass every event in as an [`Input`] with the current time, and carry out the returned
