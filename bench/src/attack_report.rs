@@ -260,7 +260,7 @@ fn report(
         let a = &m.attacker;
         let flood = if cfg.plan.flood_batches > 0 {
             format!(
-                "{} batches written in {:.1} s; {}",
+                "{} batches written in {:.2} s; {}",
                 a.flood_sent,
                 a.flood_time.as_secs_f64(),
                 tally(&a.flood)

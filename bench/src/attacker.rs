@@ -26,8 +26,12 @@ pub type GuestUrl = Arc<dyn Fn(&str, &str) -> String + Send + Sync>;
 
 /// The attacker's address: every socket it (and its slow-reading friends) opens comes from here.
 pub const ATTACKER_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-/// The attacker's user id (one guest token for the flood, the extra sockets and the spray).
+/// The attacker's user id (one guest token for the flood and the extra sockets).
 pub const ATTACKER: &str = "guest:bench-attacker";
+/// The spray's guest identity (another free guest token of the attacker's): a user already in
+/// the room skips the password check on its other sockets (issue 13, item 2), so guessing
+/// with the flooding identity would measure no password check at all.
+pub const SPRAYER: &str = "guest:bench-attack-spray";
 /// The password of the locked room (the honest room itself with `--spray same`).
 pub const PASSWORD: &str = "bench-correct-horse";
 /// Join attempts the spray keeps in flight (it sends the next guess as an answer arrives).
@@ -87,11 +91,11 @@ impl Plan {
         match self.spray {
             Spray::Off => {}
             Spray::NextDoor => parts.push(format!(
-                "(c) password spray: ≤ {} wrong passwords against a locked room next door, {SPRAY_WINDOW} in flight",
+                "(c) password spray (a second guest token): ≤ {} wrong passwords against a locked room next door, {SPRAY_WINDOW} in flight",
                 self.spray_max
             )),
             Spray::Same => parts.push(format!(
-                "(c) password spray: ≤ {} wrong passwords against the honest (locked) room's join, {SPRAY_WINDOW} in flight",
+                "(c) password spray (a second guest token): ≤ {} wrong passwords against the honest (locked) room's join, {SPRAY_WINDOW} in flight",
                 self.spray_max
             )),
         }
@@ -527,8 +531,8 @@ pub async fn run(
     // (c) The password spray.
     let spray = match (plan.spray, next_door) {
         (Spray::Off, _) | (Spray::NextDoor, None) => None,
-        (Spray::Same, _) => Some(url(room, ATTACKER)),
-        (Spray::NextDoor, Some(n)) => Some(url(&n.room, ATTACKER)),
+        (Spray::Same, _) => Some(url(room, SPRAYER)),
+        (Spray::NextDoor, Some(n)) => Some(url(&n.room, SPRAYER)),
     }
     .map(|u| tokio::spawn(spray_run(u, plan.spray_max, until)));
 

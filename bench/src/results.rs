@@ -74,9 +74,25 @@ pub fn summary() {
         })
         .unwrap_or_default();
     files.sort();
+    // The machines the results were measured on (a scenario re-run elsewhere says so).
+    let mut machines: Vec<String> = Vec::new();
+    for (_, md) in &files {
+        let m = std::fs::read_to_string(md.with_extension("json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|j| j["machine"].as_str().map(str::to_owned));
+        if let Some(m) = m
+            && !machines.contains(&m)
+        {
+            machines.push(m);
+        }
+    }
+    if machines.is_empty() {
+        machines.push(machine());
+    }
     let mut t = format!(
         "# Standard benchmark run (`scripts/bench`)\n\nMachine: {}.\n\n{}\n",
-        machine(),
+        machines.join("; then "),
         overview(&files)
     );
     for (_, p) in files {
@@ -211,12 +227,12 @@ fn attack_rows(j: &serde_json::Value) -> String {
         let ratio = r["p99_ratio"]
             .as_f64()
             .map(|x| format!("{x:.1}×"))
-            .unwrap_or("∞".into());
+            .unwrap_or("∞: batches lost".into());
         for (phase, what) in [
             ("without_attack", "without attack".to_owned()),
             (
                 "with_attack",
-                format!("with attack (p99 {ratio} without; goal ≤ 2×)"),
+                format!("with attack (p99 ratio {ratio}; goal ≤ 2×)"),
             ),
         ] {
             let p = &r[phase];
