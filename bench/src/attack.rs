@@ -98,6 +98,8 @@ pub struct Measured {
     pub attacker: Report,
     /// Set when the run could not be measured (honest players could not join).
     pub failed: Option<String>,
+    /// Joins the honest players retried after `JoinFailed RATE_LIMITED` (before the phases).
+    pub honest_join_retries: u64,
 }
 
 impl Measured {
@@ -116,6 +118,7 @@ impl Measured {
             "p99_ratio": self.ratio().filter(|r| r.is_finite()),
             "goal_met": self.ratio().map(|r| r <= 2.0),
             "honest_sockets_ended": self.honest_closes,
+            "honest_join_retries_rate_limited": self.honest_join_retries,
             "attacker": self.attacker.to_json(),
             "failed": self.failed,
         })
@@ -150,12 +153,19 @@ pub async fn run(cfg: &Config, url: GuestUrl, pids: &[u32], room_base: &str) -> 
         }
     };
     let mut sockets = Vec::new();
+    let join_retries = AtomicU64::new(0);
     for player in 0..cfg.players {
         let source = Ipv4Addr::new(127, 0, 0, 10 + (player % 240) as u8);
         let target = url(&room, &format!("guest:bench-honest-{player}"));
         let joined = async {
             let mut ws = attacker::connect(source, &target, false).await?;
-            attacker::join(&mut ws, password, Some(attacker::create_settings(password))).await?;
+            attacker::join_patiently(
+                &mut ws,
+                password,
+                Some(attacker::create_settings(password)),
+                &join_retries,
+            )
+            .await?;
             Ok::<_, String>(ws)
         }
         .await;
@@ -167,6 +177,7 @@ pub async fn run(cfg: &Config, url: GuestUrl, pids: &[u32], room_base: &str) -> 
             }
         }
     }
+    out.honest_join_retries = join_retries.load(Ordering::Relaxed);
 
     let settle = Duration::from_millis(1000 + 2 * cfg.players as u64);
     let len = cfg.phase;

@@ -238,6 +238,17 @@ fn report(
             tally(&m.honest_closes),
         );
     }
+    let retries: Vec<String> = rows
+        .iter()
+        .filter(|(_, _, m)| m.honest_join_retries > 0)
+        .map(|(t, _, m)| format!("{} {}", t.key(), m.honest_join_retries))
+        .collect();
+    if !retries.is_empty() {
+        t += &format!(
+            "\nThe honest players' joins (before the phases) were refused `JoinFailed RATE_LIMITED` and retried after `retry_after_ms`, as a client does: {} times.\n",
+            retries.join(", ")
+        );
+    }
     t += "\nPer phase (CPU: % of one CPU over the phase; RSS: the server's, start → max):\n\n\
           | host | phase | sent | delivered | lost | p50 ms | p95 ms | p99 ms | max ms | attacker frames at honest players | server CPU % | load generator CPU % | server RSS MiB |\n\
           |---|---|---|---|---|---|---|---|---|---|---|---|---|\n";

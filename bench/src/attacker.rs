@@ -270,23 +270,61 @@ pub async fn join(
     password: &str,
     create: Option<proto::UpdateSettings>,
 ) -> Result<(), String> {
+    join_once(ws, password, create).await.map_err(|(l, _)| l)
+}
+
+/// As [`join`], as a well-behaved client joins: a `JoinFailed RATE_LIMITED` (e.g. a room-wide
+/// cap on password checks reached while many join at once) waits its `retry_after_ms` (at least
+/// 100 ms, at most 5 s) and tries again, up to 20 times. Counts the retries in `retries`.
+pub async fn join_patiently(
+    ws: &mut Ws,
+    password: &str,
+    create: Option<proto::UpdateSettings>,
+    retries: &AtomicU64,
+) -> Result<(), String> {
+    let mut tries = 0;
+    loop {
+        match join_once(ws, password, create.clone()).await {
+            Err((l, after)) if l == "JoinFailed RATE_LIMITED" && tries < 20 => {
+                tries += 1;
+                retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(after.clamp(100, 5000))).await;
+            }
+            other => return other.map_err(|(l, _)| l),
+        }
+    }
+}
+
+/// Join once: Ok on Joined, else the label of the answer and its `retry_after_ms` (0 if none).
+async fn join_once(
+    ws: &mut Ws,
+    password: &str,
+    create: Option<proto::UpdateSettings>,
+) -> Result<(), (String, u64)> {
     ws.send(join_frame(password, create))
         .await
-        .map_err(|e| format!("send failed: {e}"))?;
+        .map_err(|e| (format!("send failed: {e}"), 0))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return Err("no answer to Join within 10 s".into()),
-            Ok(None) => return Err("closed (no code)".into()),
-            Ok(Some(Err(e))) => return Err(format!("connection error: {e}")),
-            Ok(Some(Ok(Message::Close(f)))) => return Err(close_label(f.as_ref())),
+            Err(_) => return Err(("no answer to Join within 10 s".into(), 0)),
+            Ok(None) => return Err(("closed (no code)".into(), 0)),
+            Ok(Some(Err(e))) => return Err((format!("connection error: {e}"), 0)),
+            Ok(Some(Ok(Message::Close(f)))) => return Err((close_label(f.as_ref()), 0)),
             Ok(Some(Ok(Message::Binary(b)))) => b,
             Ok(Some(Ok(_))) => continue,
         };
         match ServerMessage::decode(&msg[..]).ok().and_then(|m| m.msg) {
             Some(server_message::Msg::Joined(_)) => return Ok(()),
-            Some(m @ (server_message::Msg::JoinFailed(_) | server_message::Msg::Error(_))) => {
-                return Err(label(&m).unwrap_or_default());
+            Some(m @ server_message::Msg::JoinFailed(_)) => {
+                let after = match &m {
+                    server_message::Msg::JoinFailed(f) => f.retry_after_ms,
+                    _ => 0,
+                };
+                return Err((label(&m).unwrap_or_default(), after));
+            }
+            Some(m @ server_message::Msg::Error(_)) => {
+                return Err((label(&m).unwrap_or_default(), 0));
             }
             _ => {}
         }
@@ -443,9 +481,14 @@ pub async fn prepare(
     )
     .await
     .map_err(|e| format!("the locked room's owner: {e}"))?;
-    join(&mut ws, PASSWORD, Some(create_settings(PASSWORD)))
-        .await
-        .map_err(|e| format!("the locked room's owner: {e}"))?;
+    join_patiently(
+        &mut ws,
+        PASSWORD,
+        Some(create_settings(PASSWORD)),
+        &AtomicU64::new(0),
+    )
+    .await
+    .map_err(|e| format!("the locked room's owner: {e}"))?;
     let owner = tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
     Ok(Some(NextDoor { room, owner }))
 }
