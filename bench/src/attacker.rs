@@ -109,6 +109,7 @@ impl Plan {
             "none (every component switched off)".into()
         } else {
             parts.join("; ")
+                + "; the flood and the spray start once the joining sockets had their answers (≤ 3 s)"
         }
     }
 
@@ -513,11 +514,25 @@ pub async fn run(
     let extra_tally = Arc::new(std::sync::Mutex::new(Tally::new()));
     let started = Instant::now();
     let mut floods = Vec::new();
+    // The flood and the spray start once every joining component had its answer (≤ 3 s): the
+    // slow readers are in the room before the flood, and the spray's wrong passwords (which may
+    // delay the joins of its network's guests) come after the attacker's own joins.
+    let joiners = usize::from(plan.flood_batches > 0) + plan.extra_sockets + plan.slow_readers;
+    let (arrived_tx, arrived_rx) = tokio::sync::watch::channel(0usize);
+    let arrived_tx = Arc::new(arrived_tx);
+    let all_joined = move || {
+        let mut rx = arrived_rx.clone();
+        async move {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|n| *n >= joiners)).await;
+        }
+    };
 
     // (a) The flooding guest: joins, then floods while its reader tallies the notices.
     if plan.flood_batches > 0 {
         let (url, budget, tally) = (url(room, ATTACKER), budget.clone(), flood_tally.clone());
         let events = plan.flood_events;
+        let (arrival, wait) = (Arrival(arrived_tx.clone()), all_joined());
         floods.push(tokio::spawn(async move {
             let mut ws = match connect(ATTACKER_ADDR, &url, false).await {
                 Ok(ws) => ws,
@@ -534,8 +549,10 @@ pub async fn run(
                 );
                 return (0, None);
             }
+            drop(arrival);
             let (mut sink, stream) = ws.split();
             let reader = tokio::spawn(watch(stream, until, tally));
+            wait.await;
             let out = flood(&mut sink, until, &budget, events).await;
             let _ = reader.await;
             let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
@@ -551,6 +568,7 @@ pub async fn run(
             plan.flood_events,
             plan.extra_flood && plan.flood_batches > 0,
         );
+        let arrival = Arrival(arrived_tx.clone());
         extras.push(tokio::spawn(async move {
             let note = |l: String| bump(&mut tally.lock().unwrap_or_else(|p| p.into_inner()), l, 1);
             let mut ws = match connect(ATTACKER_ADDR, &url, false).await {
@@ -561,7 +579,9 @@ pub async fn run(
                 }
             };
             note("upgrade accepted".into());
-            match join(&mut ws, password, None).await {
+            let joined = join(&mut ws, password, None).await;
+            drop(arrival);
+            match joined {
                 Ok(()) => note("join: Joined".into()),
                 Err(e) => {
                     note(format!("join: {e}"));
@@ -589,13 +609,20 @@ pub async fn run(
         (Spray::Same, _) => Some(url(room, SPRAYER)),
         (Spray::NextDoor, Some(n)) => Some(url(&n.room, SPRAYER)),
     }
-    .map(|u| tokio::spawn(spray_run(u, plan.spray_max, until)));
+    .map(|u| {
+        let wait = all_joined();
+        let max = plan.spray_max;
+        tokio::spawn(async move {
+            wait.await;
+            spray_run(u, max, until).await
+        })
+    });
 
     // (d) Slow readers.
     let slow: Vec<_> = (0..plan.slow_readers)
         .map(|k| {
             let u = url(room, &format!("guest:bench-attack-slow-{k}"));
-            tokio::spawn(slow_reader(u, password, until))
+            tokio::spawn(slow_reader(u, password, until, Arrival(arrived_tx.clone())))
         })
         .collect();
 
@@ -623,6 +650,15 @@ pub async fn run(
         }
     }
     report
+}
+
+/// One joining component's answer is in (dropped after its join attempt, or on giving up).
+struct Arrival(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n += 1);
+    }
 }
 
 /// Wrong passwords as fast as the server answers ([`SPRAY_WINDOW`] in flight), until `until`
@@ -694,12 +730,19 @@ async fn spray_run(url: String, max: u64, until: Instant) -> (u64, Tally) {
 /// A guest that joins and never reads until `until`; then reads for up to 3 s to learn whether
 /// the server closed it (its close frame) or still had a backlog for it. Returns a label and
 /// the bytes read meanwhile.
-async fn slow_reader(url: String, password: &str, until: Instant) -> (String, u64) {
+async fn slow_reader(
+    url: String,
+    password: &str,
+    until: Instant,
+    arrival: Arrival,
+) -> (String, u64) {
     let mut ws = match connect(ATTACKER_ADDR, &url, true).await {
         Ok(ws) => ws,
         Err(e) => return (e, 0),
     };
-    if let Err(e) = join(&mut ws, password, None).await {
+    let joined = join(&mut ws, password, None).await;
+    drop(arrival);
+    if let Err(e) = joined {
         return (format!("join: {e}"), 0);
     }
     tokio::time::sleep_until(until.into()).await;
