@@ -109,7 +109,7 @@ impl Plan {
             "none (every component switched off)".into()
         } else {
             parts.join("; ")
-                + "; the flood and the spray start once the joining sockets had their answers (≤ 3 s)"
+                + "; the flooder joins first, the other sockets then, and the flood and the spray start once every join had its answer (≤ 3 s each)"
         }
     }
 
@@ -519,6 +519,15 @@ pub async fn run(
     // delay the joins of its network's guests) come after the attacker's own joins.
     let joiners = usize::from(plan.flood_batches > 0) + plan.extra_sockets + plan.slow_readers;
     let (arrived_tx, arrived_rx) = tokio::sync::watch::channel(0usize);
+    // The flooder connects first (the per-user socket cap admits the first few sockets of a
+    // user: the flooding one is among them); the others follow its join answer (≤ 3 s).
+    let (flooder_tx, flooder_rx) = tokio::sync::watch::channel(plan.flood_batches == 0);
+    let after_flooder = move || {
+        let mut rx = flooder_rx.clone();
+        async move {
+            let _ = tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|d| *d)).await;
+        }
+    };
     let arrived_tx = Arc::new(arrived_tx);
     let all_joined = move || {
         let mut rx = arrived_rx.clone();
@@ -537,11 +546,14 @@ pub async fn run(
             let mut ws = match connect(ATTACKER_ADDR, &url, false).await {
                 Ok(ws) => ws,
                 Err(e) => {
+                    let _ = flooder_tx.send(true);
                     bump(&mut tally.lock().unwrap_or_else(|p| p.into_inner()), e, 1);
                     return (0, None);
                 }
             };
-            if let Err(e) = join(&mut ws, password, None).await {
+            let joined = join(&mut ws, password, None).await;
+            let _ = flooder_tx.send(true);
+            if let Err(e) = joined {
                 bump(
                     &mut tally.lock().unwrap_or_else(|p| p.into_inner()),
                     format!("join: {e}"),
@@ -568,8 +580,9 @@ pub async fn run(
             plan.flood_events,
             plan.extra_flood && plan.flood_batches > 0,
         );
-        let arrival = Arrival(arrived_tx.clone());
+        let (arrival, first) = (Arrival(arrived_tx.clone()), after_flooder());
         extras.push(tokio::spawn(async move {
+            first.await;
             let note = |l: String| bump(&mut tally.lock().unwrap_or_else(|p| p.into_inner()), l, 1);
             let mut ws = match connect(ATTACKER_ADDR, &url, false).await {
                 Ok(ws) => ws,
@@ -622,7 +635,11 @@ pub async fn run(
     let slow: Vec<_> = (0..plan.slow_readers)
         .map(|k| {
             let u = url(room, &format!("guest:bench-attack-slow-{k}"));
-            tokio::spawn(slow_reader(u, password, until, Arrival(arrived_tx.clone())))
+            let (arrival, first) = (Arrival(arrived_tx.clone()), after_flooder());
+            tokio::spawn(async move {
+                first.await;
+                slow_reader(u, password, until, arrival).await
+            })
         })
         .collect();
 
