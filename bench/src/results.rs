@@ -218,6 +218,13 @@ fn attack_rows(j: &serde_json::Value) -> String {
             .map(|x| format!("{x:.2}"))
             .unwrap_or("lost".into())
     };
+    // The note's label ("Before: ...", "After: ...") tells the runs apart.
+    let tag = j["note"]
+        .as_str()
+        .and_then(|n| n.split(':').next())
+        .filter(|t| t.len() < 30)
+        .map(|t| format!("{t}, "))
+        .unwrap_or_default();
     let mut t = String::new();
     for key in ["fallback", "edge", "external"] {
         let r = &j[key];
@@ -237,7 +244,7 @@ fn attack_rows(j: &serde_json::Value) -> String {
         ] {
             let p = &r[phase];
             t += &format!(
-                "| room under attack, {} players, {}/s each: {what} | {key} | {:.0} | | {} | {} | | {} | |\n",
+                "| room under attack ({tag}{} players, {}/s each): {what} | {key} | {:.0} | | {} | {} | | {} | |\n",
                 l["players"],
                 l["rate"],
                 p["delivered"].as_f64().unwrap_or(0.0) / seconds,
