@@ -68,7 +68,7 @@ impl Outcome {
 
 /// Which batch this is: who sent it and its sequence number, carried in the events themselves
 /// so the bare baseline (which relays bytes untouched) is measured exactly like the real server.
-fn batch(player: usize, seq: u32) -> proto::NoteBatch {
+pub(crate) fn batch(player: usize, seq: u32) -> proto::NoteBatch {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -100,7 +100,7 @@ fn batch(player: usize, seq: u32) -> proto::NoteBatch {
     }
 }
 
-fn identify(b: &proto::NoteBatch) -> Option<(usize, u32)> {
+pub(crate) fn identify(b: &proto::NoteBatch) -> Option<(usize, u32)> {
     let mut it = b.events.iter().map(|e| e.kind.as_ref());
     let (
         Some(Some(note_event::Kind::NoteOn(n))),

@@ -18,12 +18,18 @@
 //! receivers (sender and sequence number travel in the batch), so latency is the send-to-receive
 //! time on one clock, in microseconds. `micro` copies the criterion estimates of
 //! `cargo bench -p piano-core --bench room` into the results, and `summary` gathers the result
-//! tables into `bench/results/summary.md`. Results: `bench/results/<scenario>-<unix time>.md`
+//! tables into `bench/results/summary.md`. `attack` (issue 13, `attack.rs`) measures a room of
+//! honest players without and then with an attacker (flood, extra sockets, password spray, slow
+//! readers) on the fallback and the edge. Results: `bench/results/<scenario>-<unix time>.md`
 //! and `.json`, and the table on stdout. Not part of the test suite.
 
+mod attack;
+mod attack_report;
+mod attacker;
 mod baseline;
 mod load;
 mod procs;
+mod results;
 
 use load::{Load, Outcome, Scale};
 use std::path::PathBuf;
@@ -46,6 +52,7 @@ const USAGE: &str =
        bench large-room [--listeners L] [--rate F] [--seconds S] [--targets T]
        bench join-storm [--rate N] [--seconds S] [--targets T]
        bench connections [--count N] [--seconds BUDGET] [--targets T]
+       bench attack     (room under attack, issue 13: `bench attack --help`)
        bench micro      (after `cargo bench -p piano-core --bench room`)
        bench summary    (gathers bench/results/*.md into bench/results/summary.md)
   T: comma-separated baseline,fallback,edge,external (default: the first three, in that order)
@@ -89,6 +96,9 @@ type UrlFn = Arc<dyn Fn(usize, usize) -> String + Send + Sync>;
 /// (dropping it stops the server).
 struct Running {
     url: UrlFn,
+    /// The ws URL for (room name, user id) with a plain guest's token (no admin role: the
+    /// attack scenario's players are guests, as a griefer would be). None for the baseline.
+    guest_url: Option<attacker::GuestUrl>,
     pids: Vec<u32>,
     _guard: Guard,
 }
@@ -145,12 +155,12 @@ fn external(scenario: &str, args: &[String]) -> Running {
     eprintln!("bench: external target {ws_base}");
     let run_id = std::process::id();
     let scenario = scenario.to_owned();
-    let url: UrlFn = Arc::new(move |room: usize, player: usize| {
+    let sign = Arc::new(move |user: &str, name: &str, roles: &[&str]| {
         let now = e2e_tests::now_secs();
         let claims = piano_core::identity::Claims {
-            sub: format!("guest:bench-{room}-{player}"),
-            name: format!("B{player}"),
-            roles: vec!["guest".into(), "admin".into()],
+            sub: user.into(),
+            name: name.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
             iat: now,
             exp: now + 3600,
             nbf: None,
@@ -159,14 +169,40 @@ fn external(scenario: &str, args: &[String]) -> Running {
             iss: issuer.clone(),
             aud: audience.clone(),
         };
+        key.sign(&claims)
+    });
+    let (sign2, ws_base2) = (sign.clone(), ws_base.clone());
+    let url: UrlFn = Arc::new(move |room: usize, player: usize| {
+        let token = sign(
+            &format!("guest:bench-{room}-{player}"),
+            &format!("B{player}"),
+            &["guest", "admin"],
+        );
         let room = piano_core::names::percent_encode(&format!("bench-{scenario}-{run_id}-{room}"));
-        format!("{ws_base}/api/rooms/{room}/ws?token={}", key.sign(&claims))
+        format!("{ws_base}/api/rooms/{room}/ws?token={token}")
+    });
+    let guest_url: attacker::GuestUrl = Arc::new(move |room: &str, user: &str| {
+        let token = sign2(user, &guest_name(user), &["guest"]);
+        let room = piano_core::names::percent_encode(room);
+        format!("{ws_base2}/api/rooms/{room}/ws?token={token}")
     });
     Running {
         url,
+        guest_url: Some(guest_url),
         pids: Vec::new(),
         _guard: Guard::None,
     }
+}
+
+/// A display name for a bench user id: `guest:bench-honest-3` → `honest-3`.
+fn guest_name(user: &str) -> String {
+    user.rsplit(':')
+        .next()
+        .unwrap_or(user)
+        .trim_start_matches("bench-")
+        .chars()
+        .take(24)
+        .collect()
 }
 
 async fn start(target: Target, scenario: &str, args: &[String]) -> Running {
@@ -196,6 +232,7 @@ async fn start(target: Target, scenario: &str, args: &[String]) -> Running {
             let pids = child.id().into_iter().collect();
             Running {
                 url: Arc::new(move |room, _| format!("ws://{addr}/{room}")),
+                guest_url: None,
                 pids,
                 _guard: Guard::Child(child),
             }
@@ -256,8 +293,14 @@ async fn start(target: Target, scenario: &str, args: &[String]) -> Running {
                     s.sign(&claims)
                 )
             });
+            let s = server.clone();
+            let guest_url: attacker::GuestUrl = Arc::new(move |room: &str, user: &str| {
+                let claims = s.claims(user, &guest_name(user));
+                format!("{}?token={}", s.ws_url(room), s.sign(&claims))
+            });
             Running {
                 url,
+                guest_url: Some(guest_url),
                 pids,
                 _guard: Guard::Server(server),
             }
@@ -280,10 +323,13 @@ async fn main() {
         std::future::pending::<()>().await;
     }
     if scenario == "micro" {
-        return micro();
+        return results::micro();
     }
     if scenario == "summary" {
-        return summary();
+        return results::summary();
+    }
+    if scenario == "attack" {
+        return attack_report::main(&args).await;
     }
     let fds = procs::raise_fd_limit();
     let seconds = Duration::from_secs(arg(&args, "--seconds", 10));
@@ -562,190 +608,6 @@ fn report(
             p(1.0),
             o.lost(),
         );
-    }
-    t
-}
-
-/// The criterion estimates of `cargo bench -p piano-core --bench room` as a results table.
-fn micro() {
-    let dir = target_dir().join("criterion");
-    let benches = [
-        (
-            "notes_50_players",
-            "one note batch into a 50-player room (decode, checks, one encode, one Send to 49)",
-        ),
-        (
-            "join_50_players",
-            "a join into a 50-player room (Joined snapshot + one ParticipantJoined)",
-        ),
-    ];
-    let mut t = format!(
-        "### Core micro-benchmarks (criterion, `cargo bench -p piano-core --bench room`: 1 s warm-up, 3 s measurement)\n\n\
-         Machine: {}.\n\n| benchmark | what | mean µs | median µs | mean 95% CI µs |\n|---|---|---|---|---|\n",
-        machine()
-    );
-    let mut json = serde_json::json!({ "scenario": "micro", "machine": machine() });
-    for (name, what) in benches {
-        let path = dir.join(name).join("new/estimates.json");
-        let Some(est) = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        else {
-            eprintln!("bench: no criterion estimates at {}", path.display());
-            continue;
-        };
-        let us = |v: &serde_json::Value| v.as_f64().map(|ns| ns / 1000.0).unwrap_or(f64::NAN);
-        let mean = us(&est["mean"]["point_estimate"]);
-        let median = us(&est["median"]["point_estimate"]);
-        let lo = us(&est["mean"]["confidence_interval"]["lower_bound"]);
-        let hi = us(&est["mean"]["confidence_interval"]["upper_bound"]);
-        t += &format!("| `{name}` | {what} | {mean:.3} | {median:.3} | {lo:.3}–{hi:.3} |\n");
-        json[name] = serde_json::json!({ "mean_ns": mean * 1000.0, "median_ns": median * 1000.0, "mean_ci_ns": [lo * 1000.0, hi * 1000.0] });
-    }
-    println!("{t}");
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let out = e2e_tests::repo_root().join("bench/results");
-    let _ = std::fs::create_dir_all(&out);
-    let _ = std::fs::write(out.join(format!("micro-{stamp}.md")), &t);
-    let _ = std::fs::write(
-        out.join(format!("micro-{stamp}.json")),
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    );
-}
-
-/// `bench/results/summary.md`: every result table of the folder, oldest first.
-fn summary() {
-    let dir = e2e_tests::repo_root().join("bench/results");
-    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.extension().is_some_and(|x| x == "md")
-                        && p.file_name().is_some_and(|n| n != "summary.md")
-                })
-                .filter_map(|p| {
-                    let stem = p.file_stem()?.to_str()?;
-                    let stamp = stem.rsplit('-').next()?.parse().ok()?;
-                    Some((stamp, p))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    let mut t = format!(
-        "# Standard benchmark run (`scripts/bench`)\n\nMachine: {}.\n\n{}\n",
-        machine(),
-        overview(&files)
-    );
-    for (_, p) in files {
-        t += &std::fs::read_to_string(&p).unwrap_or_default();
-        t += "\n";
-    }
-    let _ = std::fs::write(dir.join("summary.md"), &t);
-    println!("{t}");
-}
-
-/// One table over every scenario of the run (from the JSON next to each `.md`): per target the
-/// delivered rate and p99 with their ratios to the baseline, or memory per connection, or the
-/// criterion means.
-fn overview(files: &[(u64, PathBuf)]) -> String {
-    let mut t = String::from(
-        "| scenario | target | delivered/s | vs baseline | p50 ms | p99 ms | p99 vs baseline | lost | KiB per idle connection |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
-    );
-    let f = |v: &serde_json::Value, digits: usize| {
-        v.as_f64()
-            .map(|x| format!("{x:.digits$}"))
-            .unwrap_or("-".into())
-    };
-    for (_, md) in files {
-        let Some(j) = std::fs::read_to_string(md.with_extension("json"))
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        else {
-            continue;
-        };
-        let l = &j["load"];
-        let name = match j["scenario"].as_str().unwrap_or("") {
-            "fanout" => format!(
-                "fan-out {}×{} players, {}/s each",
-                l["rooms"], l["players"], l["rate"]
-            ),
-            "large-room" => format!(
-                "large room, 1 + {} listeners, {}/s",
-                l["players"].as_u64().unwrap_or(1) - 1,
-                l["rate"]
-            ),
-            "join-storm" => format!("join storm, {} joins/s (connect to Joined)", l["rate"]),
-            "connections" => format!("{} idle connections, rooms of 50", l["count"]),
-            "micro" => {
-                for (bench, what) in [
-                    ("notes_50_players", "note batch, 50-player room"),
-                    ("join_50_players", "join, 50-player room"),
-                ] {
-                    let us = j[bench]["mean_ns"].as_f64().map(|n| n / 1000.0);
-                    t += &format!(
-                        "| core (criterion): {what} | `Room::handle` | mean {} µs | | | | | | |\n",
-                        us.map(|u| format!("{u:.2}")).unwrap_or("-".into())
-                    );
-                }
-                continue;
-            }
-            other => other.to_owned(),
-        };
-        let base = &j["baseline"];
-        for key in ["baseline", "fallback", "edge"] {
-            let r = &j[key];
-            if r.is_null() {
-                continue;
-            }
-            if j["scenario"] == "connections" {
-                let vs = match (
-                    r["kib_per_connection"].as_f64(),
-                    base["kib_per_connection"].as_f64(),
-                ) {
-                    (Some(x), Some(b)) if b > 0.0 => format!(" ({:.1}× baseline)", x / b),
-                    _ => String::new(),
-                };
-                t += &format!(
-                    "| {name} | {key}{} | | | | | | {} failed | {}{vs} |\n",
-                    if key == "edge" {
-                        format!(" (workerd, indicative; {} connections)", r["opened"])
-                    } else {
-                        String::new()
-                    },
-                    r["failed"],
-                    f(&r["kib_per_connection"], 1),
-                );
-                continue;
-            }
-            let ratio = |a: &serde_json::Value, b: &serde_json::Value, pct: bool| match (
-                a.as_f64(),
-                b.as_f64(),
-            ) {
-                (Some(x), Some(y)) if y > 0.0 => {
-                    if pct {
-                        format!("{:.0}%", 100.0 * x / y)
-                    } else {
-                        format!("{:.1}×", x / y)
-                    }
-                }
-                _ => "-".into(),
-            };
-            t += &format!(
-                "| {name} | {key} | {} | {} | {} | {} | {} | {} | |\n",
-                f(&r["delivered_per_sec"], 0),
-                ratio(&r["delivered_per_sec"], &base["delivered_per_sec"], true),
-                f(&r["latency_ms"]["p50"], 2),
-                f(&r["latency_ms"]["p99"], 2),
-                ratio(&r["latency_ms"]["p99"], &base["latency_ms"]["p99"], false),
-                r["lost"],
-            );
-        }
     }
     t
 }
