@@ -531,6 +531,13 @@ impl Client {
         self.ws.send(msg).await.expect("websocket send");
     }
 
+    /// Connects as a client at address `ip` (another network than the other trials'): the
+    /// edge reads `CF-Connecting-IP` (wrangler dev passes the client's header on), the
+    /// fallback `X-Forwarded-For` from its trusted proxy (the harness trusts loopback).
+    pub async fn connect_from(url: &str, ip: &str) -> Result<Client, Refused> {
+        Client::connect(url, &[("cf-connecting-ip", ip), ("x-forwarded-for", ip)]).await
+    }
+
     /// Sends without panicking: a flooder's socket may be closed under it.
     pub async fn try_send(&mut self, msg: client_message::Msg) -> Result<(), tungstenite::Error> {
         let bytes = ClientMessage { msg: Some(msg) }.encode_to_vec();
@@ -616,6 +623,11 @@ impl Client {
                     .as_deref()
                     .and_then(|b| serde_json::from_slice(b).ok())
                     .unwrap_or(serde_json::Value::Null);
+                if body.is_null() {
+                    // The WebSocket client stopped reading before the body: ask again as plain
+                    // HTTP (refused again for the same reason; a 101 fails the trial).
+                    return Admission::Refused(refused_upgrade(url, &[]).await);
+                }
                 return Admission::Refused(Refused {
                     status: resp.status().as_u16(),
                     body,
