@@ -642,6 +642,14 @@ pub async fn a_reader_that_never_reads_is_closed_1013() {
             .await;
     }
     // What it finally reads ends with the close (1013), after whatever was already queued.
-    let ending = sloth.until_closed(Duration::from_secs(60), |_| {}).await;
+    let draining = Instant::now();
+    let mut unread = 0;
+    let ending = sloth
+        .until_closed(Duration::from_secs(60), |_| unread += 1)
+        .await;
+    eprintln!(
+        "slow reader: read {unread} queued messages in {:?}, then {ending:?}",
+        draining.elapsed()
+    );
     assert_eq!(ending, Ending::Closed(close::TRY_AGAIN_LATER));
 }
