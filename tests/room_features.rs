@@ -185,6 +185,11 @@ pub async fn chat_history_typing_rate_limit_and_welcome() {
     for i in 0..3 {
         a.send(chat(&format!("  message {i} "))).await;
     }
+    // The room has them all (the sender gets its own messages back) before Bob arrives.
+    for _ in 0..3 {
+        a.recv_matching(|m| matches!(m, Msg::Chat(_)).then_some(()))
+            .await;
+    }
     let mut b = s.player(&room, "Bob").await;
     let j = b.join().await;
     let texts: Vec<_> = j.chat_history.iter().map(|c| c.text.as_str()).collect();
