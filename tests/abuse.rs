@@ -395,11 +395,13 @@ pub async fn password_guessing_is_slowed_per_user_and_room() {
         .await
         .expect("the right password joins");
 
-    // A spray: guests each sending one guess at once, while a member's note crosses the room.
+    // A spray: new guest tokens each sending one guess at once, while a member's note crosses
+    // the room (the checks run off the relay path).
     let mut spray = Vec::new();
     for i in 0..8 {
         spray.push(s.player(&room, &format!("Sprayer{i}")).await);
     }
+    let mut late_guest = s.player(&room, "Latecomer").await;
     for (i, c) in spray.iter_mut().enumerate() {
         c.send(cm::Msg::Join(proto::Join {
             password: format!("spray-{i}"),
@@ -415,20 +417,31 @@ pub async fn password_guessing_is_slowed_per_user_and_room() {
             _ => None,
         })
         .await;
+    let mut sprayed = Vec::new();
     for c in &mut spray {
         let f = join_answer(c).await.expect_err("a wrong password joined");
         assert!(
             f.reason == join_failure::WRONG_PASSWORD || f.reason == join_failure::RATE_LIMITED,
             "{f:?}"
         );
+        sprayed.push((f.reason, f.retry_after_ms));
     }
+    eprintln!("spray answers: {sprayed:?}");
+    assert!(sprayed.iter().any(|a| a.0 == join_failure::WRONG_PASSWORD));
+    // Guests are free to make, so the wait is their network's too: yet another new guest
+    // token is refused unchecked, even with the right password.
+    let f = guess(&mut late_guest, "open sesame")
+        .await
+        .expect_err("a new guest token does not escape the wait");
+    assert_eq!(f.reason, join_failure::RATE_LIMITED, "{f:?}");
     for c in spray {
         c.close().await;
     }
+    late_guest.close().await;
 
-    // One guesser with two sockets: wrong guesses on the first, and at once a guess on the
-    // second, which must wait as long as the first was told.
-    let token = s.guest_token("Guesser").await;
+    // A member guessing with two sockets: wrong guesses on the first, and at once a guess on
+    // the second, which must wait as long as the first was told.
+    let token = register(s, "guesser").await;
     let url = format!("{}?token={token}", s.ws_url(&room));
     let mut first = Client::connect(&url, &[]).await.expect("connect");
     let mut second = Client::connect(&url, &[]).await.expect("connect");
@@ -438,12 +451,16 @@ pub async fn password_guessing_is_slowed_per_user_and_room() {
         let f = guess(&mut first, &format!("wrong-{round}"))
             .await
             .expect_err("wrong");
-        assert_eq!(f.reason, join_failure::WRONG_PASSWORD, "{f:?}");
+        assert_eq!(
+            f.reason,
+            join_failure::WRONG_PASSWORD,
+            "round {round}: {f:?}"
+        );
         delays.push(f.retry_after_ms);
         let r = guess(&mut second, "open sesame")
             .await
             .expect_err("within the wait even the right password is not checked");
-        assert_eq!(r.reason, join_failure::RATE_LIMITED, "{r:?}");
+        assert_eq!(r.reason, join_failure::RATE_LIMITED, "round {round}: {r:?}");
         assert!(
             r.retry_after_ms > 0 && r.retry_after_ms <= f.retry_after_ms,
             "{r:?} after {f:?}"
@@ -476,7 +493,7 @@ pub async fn password_guessing_is_slowed_per_user_and_room() {
     let mut answers = Vec::new();
     while let Some(Event::Msg(m)) = third.next_event(Duration::from_secs(3)).await {
         match m {
-            Msg::JoinFailed(f) => answers.push(f.reason),
+            Msg::JoinFailed(f) => answers.push((f.reason, f.retry_after_ms)),
             Msg::Joined(_) => panic!("a wrong password joined"),
             _ => {}
         }
@@ -487,22 +504,39 @@ pub async fn password_guessing_is_slowed_per_user_and_room() {
     );
     let checked = answers
         .iter()
-        .filter(|r| **r == join_failure::WRONG_PASSWORD)
+        .filter(|a| a.0 == join_failure::WRONG_PASSWORD)
         .count();
     assert!(checked <= 1, "one wait, one check: {answers:?}");
     assert!(
-        answers.len() < 20 && answers.len() <= budget::JOIN.burst as usize + 2,
+        answers.len() <= budget::JOIN.burst as usize + 2,
         "{answers:?}"
     );
     third.close().await;
     second.close().await;
 
     // The right password after the wait works.
-    let wait = *delays.last().unwrap_or(&0) * 2;
+    let wait = answers.iter().map(|a| a.1).max().unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(wait + 300)).await;
     guess(&mut first, "open sesame")
         .await
         .expect("the right password after the wait");
+}
+
+/// A new member's access token.
+async fn register(s: &Server, tag: &str) -> String {
+    let username = format!("{tag}-{}", now_ms() % 1_000_000_000);
+    let resp = reqwest::Client::new()
+        .post(s.http("/api/auth/register"))
+        .json(&serde_json::json!({"username": username, "password": "member password"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(resp.status(), 201);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    body["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_owned()
 }
 
 fn big_batch(round: usize) -> cm::Msg {
@@ -559,15 +593,15 @@ pub async fn a_reader_that_never_reads_is_closed_1013() {
     const MAX_BATCHES: usize = 4000;
     let left = Cell::new(false);
     let sent = Cell::new(0usize);
-    let mut watcher_saw_leave = false;
     let mut runs = Vec::new();
-    for (i, p) in senders.iter_mut().enumerate() {
+    for p in senders.iter_mut() {
         let (left, sent) = (&left, &sent);
         let sloth_id = sloth_id.as_str();
-        let watching = i == 0;
         runs.push(async move {
-            let mut saw_leave = false;
             let mut tick = tokio::time::interval(Duration::from_millis(100));
+            // Never catch up on missed ticks in a burst: the stream stays under the budget
+            // even when this (debug-built, busy) client falls behind.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut round = 0;
             while !left.get() && sent.get() < MAX_BATCHES {
                 tokio::select! {
@@ -579,7 +613,6 @@ pub async fn a_reader_that_never_reads_is_closed_1013() {
                     }
                     e = p.next_event_lenient(Duration::from_secs(1)) => match e {
                         Some(Ok(Event::Msg(Msg::ParticipantLeft(l)))) if l.participant_id == sloth_id => {
-                            saw_leave = watching;
                             left.set(true);
                         }
                         Some(Ok(Event::Msg(Msg::NotesDropped(d)))) => {
@@ -592,13 +625,10 @@ pub async fn a_reader_that_never_reads_is_closed_1013() {
                     }
                 }
             }
-            saw_leave
         });
     }
     let started = Instant::now();
-    for saw in futures_util::future::join_all(runs).await {
-        watcher_saw_leave |= saw;
-    }
+    futures_util::future::join_all(runs).await;
     eprintln!(
         "slow reader: {} batches sent in {:?} before it was dropped (left: {})",
         sent.get(),
@@ -613,10 +643,16 @@ pub async fn a_reader_that_never_reads_is_closed_1013() {
                 _ => None,
             })
             .await;
-        watcher_saw_leave = true;
     }
-    assert!(watcher_saw_leave, "the others saw the slow reader leave");
     // What it finally reads ends with the close (1013), after whatever was already queued.
-    let ending = sloth.until_closed(Duration::from_secs(60), |_| {}).await;
+    let draining = Instant::now();
+    let mut unread = 0;
+    let ending = sloth
+        .until_closed(Duration::from_secs(60), |_| unread += 1)
+        .await;
+    eprintln!(
+        "slow reader: read {unread} queued messages in {:?}, then {ending:?}",
+        draining.elapsed()
+    );
     assert_eq!(ending, Ending::Closed(close::TRY_AGAIN_LATER));
 }

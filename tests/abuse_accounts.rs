@@ -152,8 +152,14 @@ pub async fn refresh_and_logout_need_the_secret() {
     assert_eq!(status, 200, "the real refresh token still works: {body}");
 }
 
-/// Sends a request head and `body_bytes` of body (never the rest) and reads the status line.
-async fn status_of_partial_post(s: &Server, path: &str, chunked: bool, body_bytes: usize) -> u16 {
+/// Sends a request head and `body_bytes` of body (never the rest) and reads the status line:
+/// `None` if no answer came while the body was unfinished.
+async fn status_of_partial_post(
+    s: &Server,
+    path: &str,
+    chunked: bool,
+    body_bytes: usize,
+) -> Option<u16> {
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
         .await
         .expect("connect");
@@ -193,26 +199,73 @@ async fn status_of_partial_post(s: &Server, path: &str, chunked: bool, body_byte
         }
     })
     .await;
-    assert!(
-        read.is_ok(),
-        "{path}: no answer while the body was still unfinished: the server waits for it all"
-    );
+    read.ok()?;
+    if chunked {
+        // End the body after all: `wrangler dev` drains it after the answer, and a body cut
+        // off there makes it reset the worker under the other trials.
+        let _ = tcp.write_all(b"0\r\n\r\n").await;
+        let mut rest = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut rest)).await;
+    }
     let line = String::from_utf8_lossy(&answer);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("{path}: no status line in {line:?}"))
+    line.split_whitespace().nth(1).and_then(|c| c.parse().ok())
 }
 
-/// Attack 9: An oversized auth body is refused (413) before it is all read: the server answers while
-/// the client has sent 16 KiB of a declared 100 MiB (or of an endless chunked body).
+/// Attack 9: An oversized auth body is refused (413) before it is all read: the server
+/// answers while the client has sent 16 KiB of a chunked body it has not ended, or of a
+/// declared 100 MiB.
+///
+/// At the edge the declared case sends its whole (64 KiB) body: `wrangler dev` wraps the worker
+/// in a development-only middleware that drains every request body before the answer goes out
+/// (`middleware-ensure-req-body-drained.ts`), so there no answer can beat a declared body (the
+/// worker refuses a declared length over 4 KiB from the header alone). And after an early
+/// answer to a chunked body, `wrangler dev` restarts the worker ("Your worker restarted
+/// mid-request": the next POST gets 503), so at the edge this trial runs alone, chunked cases
+/// last, and waits for the worker to answer again before it ends.
 pub async fn oversized_auth_bodies_are_refused_while_streaming() {
     let s = server();
-    for path in ["/api/auth/guest", "/api/auth/login", "/api/auth/logout"] {
-        for chunked in [false, true] {
-            let status = status_of_partial_post(s, path, chunked, 16 * 1024).await;
-            assert_eq!(status, 413, "{path} (chunked: {chunked})");
+    let mut seen = Vec::new();
+    for chunked in [false, true] {
+        for path in ["/api/auth/guest", "/api/auth/login", "/api/auth/logout"] {
+            let status = if chunked || s.host != Host::Edge {
+                status_of_partial_post(s, path, chunked, 16 * 1024).await
+            } else {
+                let resp = reqwest::Client::new()
+                    .post(s.http(path))
+                    .header("content-type", "application/json")
+                    .body(vec![b' '; 64 * 1024])
+                    .send()
+                    .await
+                    .expect("POST");
+                Some(resp.status().as_u16())
+            };
+            seen.push((path, chunked, status));
+            if chunked && s.host == Host::Edge {
+                settle_after_restart(s).await;
+            }
         }
+    }
+    eprintln!("oversized bodies (path, chunked, status): {seen:?}");
+    assert!(
+        seen.iter().all(|(_, _, status)| *status == Some(413)),
+        "413 while the body is unfinished (None: no answer until the whole body came): {seen:?}"
+    );
+}
+
+/// Waits until the (restarted) worker answers a POST again: wrangler dev retries a GET that
+/// meets a restart, not a POST.
+async fn settle_after_restart(s: &Server) {
+    for _ in 0..40 {
+        let guest = reqwest::Client::new()
+            .post(s.http("/api/auth/guest"))
+            .json(&serde_json::json!({"name": "Settle"}))
+            .send()
+            .await
+            .expect("POST");
+        if guest.status() == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -27,15 +27,19 @@ pub mod join_failure {
 pub use piano_core::limits::close;
 
 impl Server {
-    /// The SQLite files of one Durable Object class under `wrangler dev`'s state directory
-    /// (`<persist>/v3/do/<script>-<Class>/<id>.sqlite`): one per object that has storage.
-    pub fn durable_object_files(&self, class: &str) -> BTreeSet<PathBuf> {
+    /// The Durable Objects of one class that hold data under `wrangler dev`'s state directory
+    /// (`<persist>/v3/do/<script>-<Class>/<id>.sqlite`), each with the tables it has.
+    ///
+    /// `wrangler dev` (miniflare) opens a file for every object it starts by name and records
+    /// the name in a `__miniflare_do_name` table of its own: a development artefact, so such a
+    /// file with no other table holds nothing of ours and is not counted.
+    pub fn durable_objects_with_data(&self, class: &str) -> Vec<(PathBuf, Vec<String>)> {
         assert_eq!(
             self.host,
             Host::Edge,
             "Durable Objects live at the edge only"
         );
-        let mut found = BTreeSet::new();
+        let mut files = BTreeSet::new();
         let suffix = format!("-{class}");
         visit(&self.dir.join("state"), &mut |dir| {
             let is_class = dir
@@ -47,12 +51,20 @@ impl Server {
             }
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let p = entry.path();
-                if p.extension().is_some_and(|e| e == "sqlite") {
-                    found.insert(p);
+                let ours = p.extension().is_some_and(|e| e == "sqlite")
+                    && p.file_stem().is_some_and(|n| n != "metadata");
+                if ours {
+                    files.insert(p);
                 }
             }
         });
-        found
+        files
+            .into_iter()
+            .filter_map(|p| {
+                let tables = app_tables(&p);
+                (!tables.is_empty()).then_some((p, tables))
+            })
+            .collect()
     }
 
     /// Rows the standalone fallback's room store (`DATA_DIR/rooms.sqlite3`) holds for `room`.
@@ -118,6 +130,32 @@ impl Server {
             .as_str()
             .expect("an access token")
             .to_owned()
+    }
+}
+
+/// The tables of one object's database that are not SQLite's, Cloudflare's (`_cf_*`) or
+/// miniflare's (`__miniflare_*`). A file that cannot be read counts as holding data.
+fn app_tables(db: &Path) -> Vec<String> {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return vec!["(unreadable)".into()];
+    };
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+    let names = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .and_then(|mut q| {
+            q.query_map([], |r| r.get::<_, String>(0))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        });
+    match names {
+        Ok(names) => names
+            .into_iter()
+            .filter(|n| {
+                !n.starts_with("sqlite_") && !n.starts_with("_cf_") && !n.starts_with("__miniflare")
+            })
+            .collect(),
+        Err(e) => vec![format!("(unreadable: {e})")],
     }
 }
 

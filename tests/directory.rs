@@ -195,9 +195,12 @@ pub async fn thirty_one_players_overflow_into_lobby_2() {
     let in_lobby_2 = rooms.iter().filter(|r| *r == "lobby-2").count();
     assert_eq!((in_lobby, in_lobby_2), (30, 1), "{rooms:?}");
 
+    // Thirty players of a lobby come from many networks: each its own client address (the
+    // hosts cap the sockets one network may hold in a room: `Client::connect_from`).
     let mut players = Vec::new();
-    for (token, room) in tokens.iter().zip(&rooms) {
-        let mut c = Client::connect(&format!("{}?token={token}", s.ws_url(room)), &[])
+    for (i, (token, room)) in tokens.iter().zip(&rooms).enumerate() {
+        let ip = format!("198.51.100.{}", i + 1);
+        let mut c = Client::connect_from(&format!("{}?token={token}", s.ws_url(room)), &ip)
             .await
             .expect("connect");
         c.join().await;

@@ -76,6 +76,9 @@ impl Server {
             .env("ADMIN_USERNAMES", ADMIN_USERNAMES)
             .env("ADMIN_BOOTSTRAP_SECRET", ADMIN_BOOTSTRAP_SECRET)
             .env("CORS_ORIGINS", CORS_ALLOWED_ORIGIN)
+            // Loopback is the trusted proxy, so a trial can play clients of several networks
+            // (`Client::connect_from`); without the header the peer is the client.
+            .env("TRUSTED_PROXIES", "127.0.0.1/32")
             .env_remove("REDIS_URL")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))

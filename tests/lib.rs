@@ -21,9 +21,11 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod abuse_support;
+mod client_abuse;
 pub mod fallback_server;
 pub mod stack;
 
+pub use client_abuse::{Admission, Ending};
 pub use piano_core::proto;
 
 /// How long any single expected message may take to arrive.
@@ -531,124 +533,6 @@ impl Client {
         self.ws.send(msg).await.expect("websocket send");
     }
 
-    /// Sends without panicking: a flooder's socket may be closed under it.
-    pub async fn try_send(&mut self, msg: client_message::Msg) -> Result<(), tungstenite::Error> {
-        let bytes = ClientMessage { msg: Some(msg) }.encode_to_vec();
-        self.ws.send(Message::Binary(bytes.into())).await
-    }
-
-    /// Like [`Client::next_event`], but a transport error (a reset after the server closed)
-    /// is an event too instead of a panic.
-    pub async fn next_event_lenient(&mut self, within: Duration) -> Option<Result<Event, String>> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()?;
-            match next {
-                Some(Ok(Message::Binary(b))) => {
-                    let msg =
-                        ServerMessage::decode(&b[..]).expect("server sent a valid ServerMessage");
-                    return Some(Ok(Event::Msg(msg.msg.expect("server message has a body"))));
-                }
-                Some(Ok(Message::Close(frame))) => return Some(Ok(Event::Closed(frame))),
-                Some(Ok(Message::Text(t))) => panic!("server sent a text frame: {t}"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Some(Err(e.to_string())),
-                None => return Some(Ok(Event::Closed(None))),
-            }
-        }
-    }
-
-    /// Reads (handing every message to `seen`) until the server closes the socket or `within`
-    /// passes.
-    pub async fn until_closed(
-        &mut self,
-        within: Duration,
-        mut seen: impl FnMut(&server_message::Msg),
-    ) -> Ending {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_event_lenient(left).await {
-                Some(Ok(Event::Msg(m))) => seen(&m),
-                Some(Ok(Event::Closed(Some(f)))) => return Ending::Closed(u16::from(f.code)),
-                Some(Ok(Event::Closed(None))) => return Ending::ClosedWithoutFrame,
-                Some(Err(e)) => return Ending::Broken(e),
-                None => return Ending::StillOpen,
-            }
-        }
-    }
-
-    /// Opens a socket like [`Client::connect`], with the client's TCP receive buffer set to
-    /// `rcvbuf` bytes (a reader that stops reading then backs up on the server at once).
-    pub async fn connect_small_window(url: &str, rcvbuf: u32) -> Client {
-        let rest = url.trim_start_matches("ws://");
-        let host = rest.split('/').next().unwrap_or(rest);
-        let addr: std::net::SocketAddr = host.parse().expect("a loopback ip:port url");
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
-        let stream = socket.connect(addr).await.expect("tcp connect");
-        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
-            .await
-            .expect("websocket handshake");
-        let mut client = Client {
-            ws,
-            welcome: Default::default(),
-            subprotocol: None,
-        };
-        match client.recv().await {
-            server_message::Msg::Welcome(w) => client.welcome = w,
-            other => panic!("expected Welcome first, got {other:?}"),
-        }
-        client
-    }
-
-    /// Connects and reports how the server answered: admitted (a Welcome), refused before the
-    /// upgrade (HTTP status and body), or refused after it (the errors sent, then the close).
-    pub async fn admission(url: &str) -> Admission {
-        let req = url.into_client_request().expect("valid ws url");
-        let (ws, _) = match tokio_tungstenite::connect_async(req).await {
-            Ok(ok) => ok,
-            Err(tungstenite::Error::Http(resp)) => {
-                let body = resp
-                    .body()
-                    .as_deref()
-                    .and_then(|b| serde_json::from_slice(b).ok())
-                    .unwrap_or(serde_json::Value::Null);
-                return Admission::Refused(Refused {
-                    status: resp.status().as_u16(),
-                    body,
-                });
-            }
-            Err(e) => return Admission::Failed(e.to_string()),
-        };
-        let mut client = Client {
-            ws,
-            welcome: Default::default(),
-            subprotocol: None,
-        };
-        let mut errors = Vec::new();
-        loop {
-            match client.next_event_lenient(RECV_TIMEOUT).await {
-                Some(Ok(Event::Msg(server_message::Msg::Welcome(w)))) => {
-                    client.welcome = w;
-                    return Admission::Admitted(Box::new(client));
-                }
-                Some(Ok(Event::Msg(server_message::Msg::Error(e)))) => errors.push(e.code),
-                Some(Ok(Event::Msg(_))) => continue,
-                Some(Ok(Event::Closed(f))) => {
-                    return Admission::Closed {
-                        errors,
-                        code: f.map(|f| u16::from(f.code)),
-                    };
-                }
-                Some(Err(e)) => return Admission::Failed(e),
-                None => return Admission::Failed("no Welcome and no close".into()),
-            }
-        }
-    }
-
     /// The next protocol message (WebSocket pings are answered by tungstenite and skipped).
     pub async fn recv(&mut self) -> server_message::Msg {
         match self.next_event(RECV_TIMEOUT).await {
@@ -749,38 +633,6 @@ impl Client {
             while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;
-    }
-}
-
-/// How a socket ended, as [`Client::until_closed`] saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ending {
-    Closed(u16),
-    ClosedWithoutFrame,
-    Broken(String),
-    StillOpen,
-}
-
-/// What [`Client::admission`] saw.
-pub enum Admission {
-    Admitted(Box<Client>),
-    Refused(Refused),
-    /// Upgraded, then closed before any Welcome, after these `Error` codes.
-    Closed {
-        errors: Vec<i32>,
-        code: Option<u16>,
-    },
-    Failed(String),
-}
-
-impl std::fmt::Debug for Admission {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Admission::Admitted(c) => write!(f, "Admitted({})", c.id()),
-            Admission::Refused(r) => write!(f, "Refused({} {})", r.status, r.body),
-            Admission::Closed { errors, code } => write!(f, "Closed({errors:?}, {code:?})"),
-            Admission::Failed(e) => write!(f, "Failed({e})"),
-        }
     }
 }
 

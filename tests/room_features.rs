@@ -185,6 +185,11 @@ pub async fn chat_history_typing_rate_limit_and_welcome() {
     for i in 0..3 {
         a.send(chat(&format!("  message {i} "))).await;
     }
+    // The room has them all (the sender gets its own messages back) before Bob arrives.
+    for _ in 0..3 {
+        a.recv_matching(|m| matches!(m, Msg::Chat(_)).then_some(()))
+            .await;
+    }
     let mut b = s.player(&room, "Bob").await;
     let j = b.join().await;
     let texts: Vec<_> = j.chat_history.iter().map(|c| c.text.as_str()).collect();
@@ -308,6 +313,12 @@ pub async fn settings_password_and_crown() {
     assert_eq!(refused.reason, JoinFailure::WrongPassword as i32);
     let refused = carol.try_join("guess").await.expect_err("wrong password");
     assert_eq!(refused.reason, JoinFailure::WrongPassword as i32);
+    // A wrong guess makes the next one wait (`retry_after_ms`), the right password included.
+    assert!(refused.retry_after_ms > 0, "{refused:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(
+        refused.retry_after_ms + 100,
+    ))
+    .await;
     carol.try_join("open sesame").await.expect("right password");
 
     // Hand the crown to Bob; then Bob leaves and it drops; Carol must wait.
