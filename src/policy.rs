@@ -35,25 +35,20 @@ pub fn preflight(req: &Request, env: &Env) -> Result<Option<Response>> {
     Ok(Some(resp))
 }
 
-/// Adds the security headers (and CORS for a configured origin) to a response. A response
-/// whose headers are immutable (relayed from a Durable Object) is copied first; WebSocket
-/// upgrades (101) pass untouched.
+/// Adds the security headers (and CORS for a configured origin) to a response. WebSocket
+/// upgrades (101) pass untouched. Every other answer is copied into a fresh response first:
+/// one relayed from a Durable Object has immutable headers, and setting one of those throws a
+/// JS exception that workers-rs does not turn into an `Err` (it took the isolate down).
 pub async fn finish(mut resp: Response, origin: Option<&str>, env: &Env) -> Result<Response> {
     if resp.status_code() == 101 {
         return Ok(resp);
     }
-    if resp
-        .headers_mut()
-        .set("x-content-type-options", "nosniff")
-        .is_err()
-    {
-        let status = resp.status_code();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().await?;
-        resp = Response::from_bytes(body)?.with_status(status);
-        for (k, v) in headers.entries() {
-            resp.headers_mut().set(&k, &v)?;
-        }
+    let status = resp.status_code();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await?;
+    let mut resp = Response::from_bytes(body)?.with_status(status);
+    for (k, v) in headers.entries() {
+        resp.headers_mut().set(&k, &v)?;
     }
     let h = resp.headers_mut();
     for (name, value) in SECURITY_HEADERS {

@@ -369,8 +369,8 @@ async fn guess(c: &mut Client, password: &str) -> Result<(), proto::JoinFailed> 
     join_answer(c).await
 }
 
-/// Attack 4: Password guessing: each WRONG_PASSWORD makes the user wait longer (its `retry_after_ms`
-/// doubles from `PASSWORD_DELAY_FIRST_MS`); a guess within the wait is refused unchecked with
+/// Attack 4: Password guessing: the first miss is free, then each WRONG_PASSWORD makes the user
+/// wait longer (its `retry_after_ms` doubles from `PASSWORD_DELAY_FIRST_MS`); a guess within the wait is refused unchecked with
 /// RATE_LIMITED from any socket of the user; a burst on one socket is cut by its join budget;
 /// a spray from many guests meanwhile does not stop the room's relay; the right password after
 /// the wait works.
@@ -445,6 +445,15 @@ pub async fn password_guessing_is_slowed_per_user_and_room() {
     let url = format!("{}?token={token}", s.ws_url(&room));
     let mut first = Client::connect(&url, &[]).await.expect("connect");
     let mut second = Client::connect(&url, &[]).await.expect("connect");
+    // The first miss is free (a typo): told no wait.
+    let typo = guess(&mut first, "open sesame?")
+        .await
+        .expect_err("a wrong password joined");
+    assert_eq!(
+        (typo.reason, typo.retry_after_ms),
+        (join_failure::WRONG_PASSWORD, 0),
+        "{typo:?}"
+    );
     let mut delays = Vec::new();
     let mut waits = Vec::new();
     for round in 0..3 {

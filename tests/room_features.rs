@@ -313,12 +313,9 @@ pub async fn settings_password_and_crown() {
     assert_eq!(refused.reason, JoinFailure::WrongPassword as i32);
     let refused = carol.try_join("guess").await.expect_err("wrong password");
     assert_eq!(refused.reason, JoinFailure::WrongPassword as i32);
-    // A wrong guess makes the next one wait (`retry_after_ms`), the right password included.
-    assert!(refused.retry_after_ms > 0, "{refused:?}");
-    tokio::time::sleep(std::time::Duration::from_millis(
-        refused.retry_after_ms + 100,
-    ))
-    .await;
+    // The first wrong guess is free (a typo): the right password right after joins. Later
+    // misses make the guesser wait (the password-guessing trial in abuse.rs).
+    assert_eq!(refused.retry_after_ms, 0, "{refused:?}");
     carol.try_join("open sesame").await.expect("right password");
 
     // Hand the crown to Bob; then Bob leaves and it drops; Carol must wait.
