@@ -65,6 +65,7 @@ pub async fn serve(
     let (gone_tx, mut gone_rx) = oneshot::channel();
     let mut writer = tokio::spawn(write_loop(sink, rx, kill_rx, gone_tx));
     let mut gone_heard = false;
+    let mut slow_closed = false;
 
     let mut route = match hub.attach(&room, conn, &identity).await {
         Ok(r) => Some(r),
@@ -109,13 +110,23 @@ pub async fn serve(
             }
             _ = &mut writer, if !writer_done => {
                 // We closed (kick, drain, slow consumer): give the client a moment to answer.
+                // A slow reader may still be reading its way to the close frame: dropping the
+                // socket now would reset the connection and lose that frame, so it gets longer
+                // (bounded; the room let it go already).
                 writer_done = true;
-                grace.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                if !gone_heard && gone_rx.try_recv().is_ok() {
+                    gone_heard = true;
+                    slow_closed = true;
+                    leave(&hub, route.take(), conn).await;
+                }
+                let wait = if slow_closed { SLOW_CLOSE_WAIT } else { CLOSE_GRACE };
+                grace.as_mut().reset(tokio::time::Instant::now() + wait);
             }
             _ = &mut grace => break,
             gone = &mut gone_rx, if !gone_heard => {
                 gone_heard = true;
-                if gone.is_ok() {
+                slow_closed = gone.is_ok();
+                if slow_closed {
                     leave(&hub, route.take(), conn).await;
                 }
             }
