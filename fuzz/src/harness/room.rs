@@ -1,0 +1,304 @@
+//! The room core driven by arbitrary input sequences, through a model host that does what a
+//! real host does with the effects (keeps the records, applies the durable changes, forgets
+//! closed connections) and checks the room's promises after every input.
+//!
+//! Input format: byte 0 picks the room name ([`ROOMS`]); then a list of operations, each one
+//! byte `op` followed by its arguments:
+//!
+//! | `op % 16` | operation |
+//! |---|---|
+//! | 0, 1 | `Connect` a connection id (0-7) as an identity (the cast, or arbitrary strings) |
+//! | 2 | `Disconnect` |
+//! | 3-8 | a binary frame holding a structured `ClientMessage` ([`room_input::client_message`]) |
+//! | 9, 10 | a binary frame of raw bytes (up to 2 KiB) |
+//! | 11 | a text frame |
+//! | 12 | time moves: 0-63 ms, 0-6.3 s, 0-63 min forward, or up to 63 s back |
+//! | 13 | the directory answers: `RoomList` or `RoomListChanged` |
+//! | 14 | hibernation: `Room::restore` from what the host kept, which must rebuild the same room |
+//! | 15 | a host call: `refresh_report`, `count_activity`, `take_stats`, or an oversized frame |
+//!
+//! Frames may name connections the host never opened (the room must refuse, not panic).
+//!
+//! Invariants checked after every input: every `Send` has targets, each an open connection
+//! (not one closed earlier in the same batch of effects) and no duplicates; every frame is a
+//! `ServerMessage`; `Close` and `Remember` only name open connections (or the unknown one the
+//! frame came from); the room's connection count is the host's; participants ≤ connections,
+//! participant ids are unique, and the participants are exactly the users with a joined
+//! connection record; the host's copy of the durable state, built only from `Persist` effects,
+//! equals the room's (nothing durable changes unreported); a restored room shows the same
+//! participants, settings and ownership.
+
+use super::input::Bytes;
+use super::room_input::{self as make, ROOMS};
+use piano_core::Millis;
+use piano_core::limits::MAX_FRAME_BYTES;
+use piano_core::proto::{self, ClientMessage, ServerMessage, client_message::Msg as C};
+use piano_core::room::stored::{RoomKind, Stored};
+use piano_core::room::{ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, Room};
+use prost::Message;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Where the clock starts (2027).
+pub const T0: Millis = 1_800_000_000_000;
+/// PBKDF2 runs (room passwords set or checked) allowed per input: each costs milliseconds,
+/// and a fuzzer spending its time hashing finds nothing. Further ones are skipped.
+const PASSWORD_WORK: u32 = 3;
+const SEED: [u8; 32] = [7; 32];
+
+pub struct Host {
+    pub room: Room,
+    name: String,
+    open: BTreeSet<ConnId>,
+    records: BTreeMap<ConnId, ConnRecord>,
+    stored: Stored,
+    now: Millis,
+    password_work: u32,
+}
+
+impl Host {
+    pub fn new(name: &str) -> Host {
+        Host {
+            room: Room::new(name, SEED),
+            name: name.to_owned(),
+            open: BTreeSet::new(),
+            records: BTreeMap::new(),
+            stored: Stored::new(RoomKind::of(name)),
+            now: T0,
+            password_work: 0,
+        }
+    }
+
+    /// Feeds one input and checks the effects and the room afterwards.
+    pub fn feed(&mut self, input: Input<'_>) {
+        // A frame for a connection the host never opened is answered with a Close for it.
+        let unknown = match &input {
+            Input::Frame { conn, .. } if !self.open.contains(conn) => Some(*conn),
+            _ => None,
+        };
+        if let Input::Connect { conn, .. } = &input {
+            // A reused id: the room drops the old connection first (its Close is not sent).
+            self.forget(*conn);
+            self.open.insert(*conn);
+        }
+        if let Input::Disconnect { conn } = &input {
+            self.forget(*conn);
+        }
+        let effects = self.room.handle(input, self.now);
+        self.apply(&effects, unknown);
+        self.check();
+    }
+
+    fn forget(&mut self, conn: ConnId) {
+        self.open.remove(&conn);
+        self.records.remove(&conn);
+    }
+
+    /// Carries out the effects as a host would, checking each.
+    fn apply(&mut self, effects: &[Effect], unknown: Option<ConnId>) {
+        for e in effects {
+            match e {
+                Effect::Send { to, frame } => {
+                    let targets = to.as_slice();
+                    assert!(!targets.is_empty(), "Send without targets");
+                    let unique: BTreeSet<_> = targets.iter().collect();
+                    assert_eq!(unique.len(), targets.len(), "duplicate targets {targets:?}");
+                    for t in targets {
+                        assert!(
+                            self.open.contains(t) || Some(*t) == unknown,
+                            "Send to connection {t}, which is not open (open: {:?})",
+                            self.open
+                        );
+                    }
+                    let msg = ServerMessage::decode(frame.as_ref()).expect("frames decode");
+                    assert!(msg.msg.is_some(), "empty ServerMessage");
+                }
+                Effect::Close { conn, .. } => {
+                    assert!(
+                        self.open.contains(conn) || Some(*conn) == unknown,
+                        "Close of connection {conn}, which is not open"
+                    );
+                    self.forget(*conn);
+                }
+                Effect::Remember(record) => {
+                    assert!(
+                        self.open.contains(&record.conn),
+                        "Remember for connection {}, which is not open",
+                        record.conn
+                    );
+                    self.records.insert(record.conn, record.clone());
+                }
+                Effect::Persist(change) => self.stored.apply(change.clone()),
+                Effect::Directory(DirectoryOp::Subscribe { conn, .. }) => {
+                    assert!(
+                        self.open.contains(conn),
+                        "Subscribe for a closed connection"
+                    );
+                }
+                Effect::Directory(_) => {}
+            }
+        }
+    }
+
+    fn check(&self) {
+        let room = &self.room;
+        assert_eq!(
+            room.connection_count(),
+            self.open.len(),
+            "the room and the host disagree on the open connections"
+        );
+        assert!(room.participant_count() <= room.connection_count());
+        let ids: BTreeSet<_> = room.participants().map(|p| p.id.clone()).collect();
+        assert_eq!(
+            ids.len(),
+            room.participant_count(),
+            "duplicate participants"
+        );
+        let users: BTreeSet<_> = room.participants().map(|p| p.user_id.clone()).collect();
+        let joined: BTreeSet<_> = self
+            .records
+            .values()
+            .filter(|r| r.joined.is_some())
+            .map(|r| r.identity.user_id.clone())
+            .collect();
+        assert_eq!(
+            users, joined,
+            "participants are not the users with joined connections"
+        );
+        assert_eq!(
+            self.records.keys().collect::<Vec<_>>(),
+            self.open.iter().collect::<Vec<_>>(),
+            "an open connection without a record, or a record without a connection"
+        );
+        assert!(
+            *room.stored() == self.stored,
+            "durable state changed without a Persist: room {:?} host {:?}",
+            room.stored(),
+            self.stored
+        );
+    }
+
+    /// Hibernation: rebuild the room from what the host kept; it must look the same.
+    fn hibernate(&mut self) {
+        let (room, effects) = Room::restore(
+            self.name.clone(),
+            Some(self.stored.clone()),
+            self.records.values().cloned(),
+            self.now,
+            SEED,
+        );
+        let before: Vec<_> = self.room.participants().cloned().collect();
+        let after: Vec<_> = room.participants().cloned().collect();
+        assert_eq!(before, after, "participants differ after restore");
+        assert_eq!(self.room.settings_proto(), room.settings_proto());
+        assert_eq!(self.room.ownership_proto(), room.ownership_proto());
+        self.room = room;
+        self.apply(&effects, None);
+        self.check();
+    }
+
+    /// Whether feeding `bytes` would run PBKDF2 (set a password, or check one on a Join).
+    fn costs_password_work(&self, bytes: &[u8]) -> bool {
+        let Ok(ClientMessage { msg: Some(msg) }) = ClientMessage::decode(bytes) else {
+            return false;
+        };
+        let sets = |s: &proto::UpdateSettings| s.password.as_ref().is_some_and(|p| !p.is_empty());
+        match msg {
+            C::UpdateSettings(s) => sets(&s),
+            C::Join(j) => {
+                self.room.stored().password.is_some()
+                    || j.create_settings.as_ref().is_some_and(sets)
+            }
+            _ => false,
+        }
+    }
+
+    fn frame(&mut self, conn: ConnId, bytes: &[u8]) {
+        if self.costs_password_work(bytes) {
+            if self.password_work >= PASSWORD_WORK {
+                return;
+            }
+            self.password_work += 1;
+        }
+        self.feed(Input::Frame {
+            conn,
+            frame: Frame::Binary(bytes),
+        });
+    }
+}
+
+/// The whole target: one room, a sequence of operations (see the module docs).
+pub fn run(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let name = b.pick(&ROOMS);
+    let mut host = Host::new(name);
+    let mut ops = 0;
+    while !b.done() && ops < 400 {
+        ops += 1;
+        step(&mut host, &mut b);
+    }
+    // Everyone leaves: the room must empty cleanly.
+    for conn in host.open.clone() {
+        host.feed(Input::Disconnect { conn });
+    }
+    assert_eq!(host.room.participant_count(), 0);
+}
+
+fn step(host: &mut Host, b: &mut Bytes) {
+    let op = b.u8() % 16;
+    let conn = ConnId::from(b.u8() % 8);
+    match op {
+        0 | 1 => {
+            let identity = make::pick_identity(b);
+            host.feed(Input::Connect { conn, identity });
+        }
+        2 => host.feed(Input::Disconnect { conn }),
+        3..=8 => {
+            let msg = make::client_message(b, host.now);
+            host.frame(conn, &msg.encode_to_vec());
+        }
+        9 | 10 => {
+            let raw = b.slice(2048);
+            host.frame(conn, raw);
+        }
+        11 => {
+            let text = b.string(64);
+            host.feed(Input::Frame {
+                conn,
+                frame: Frame::Text(&text),
+            });
+        }
+        12 => {
+            let t = b.u8();
+            let n = u64::from(t & 63);
+            host.now = match t >> 6 {
+                0 => host.now + n,
+                1 => host.now + n * 100,
+                2 => host.now + n * 60_000,
+                _ => host.now - n * 1000,
+            };
+        }
+        13 => {
+            if b.bool() {
+                let rooms = (0..b.u8() % 4).map(|_| make::summary(b)).collect();
+                host.feed(Input::RoomList { conn, rooms });
+            } else {
+                host.feed(Input::RoomListChanged(make::delta(b)));
+            }
+        }
+        14 => host.hibernate(),
+        _ => match b.u8() % 4 {
+            0 => {
+                let effects = host.room.refresh_report(host.now);
+                host.apply(&effects, None);
+            }
+            1 => host.room.count_activity(b.bool()),
+            2 => {
+                let _ = host.room.take_stats();
+            }
+            _ => {
+                let big = vec![0u8; MAX_FRAME_BYTES + 1];
+                host.frame(conn, &big);
+            }
+        },
+    }
+}
