@@ -140,6 +140,10 @@ pub fn room_change(deployment: &str, room: &str, change: &Change, now: u64) -> O
             json!({ "room": room, "deployment": deployment, "cleared_at": { "$exists": false } }),
             json!({ "$set": { "cleared_at": now } }),
         ),
+        // The room was never configured and its last player left (issue 13): the shared
+        // document only holds who came first, so that is reset; nothing is deleted (some
+        // Data API gateways mishandle deleteOne).
+        Change::Discard => set_field("crown", json!(piano_core::room::stored::Crown::default())),
     }
 }
 

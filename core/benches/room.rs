@@ -29,6 +29,7 @@ fn identity(user: &str) -> Identity {
         user_id: user.into(),
         name: format!("Player {user}"),
         roles: vec!["guest".into()],
+        ..Default::default()
     }
 }
 

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
+use crate::Millis;
+
 /// Seconds of clock difference tolerated on `exp` and `nbf`.
 pub const CLOCK_LEEWAY_SECS: u64 = 5;
 
@@ -41,19 +43,45 @@ pub struct Claims {
 }
 
 /// A verified player, as a room knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The optional fields are skipped when unset, so records stored before they existed load,
+/// and a guest's header stays as short as before.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     pub user_id: String,
     pub name: String,
     pub roles: Vec<String>,
+    /// Members: the session behind the token (its `sid`), so ending that session reaches the
+    /// sockets it opened ([`crate::room::Input::SessionEnded`]). Guests: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// When the socket must end (ms since the epoch): a guest token's `exp`; for a member the
+    /// *session's* expiry as the account answered at upgrade (set by the host), not the
+    /// 15-minute access token's. The room closes the socket with 4001 then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Millis>,
+    /// An opaque key for the client's network, set by the host (a hash of the client IP), for
+    /// per-network socket caps and so a ban also refuses new guest identities from that
+    /// network. Never shown to clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 impl From<Claims> for Identity {
+    /// Guests (no `sid`) end with their token's `exp`; a member's socket lives as long as its
+    /// session, which the token does not carry: the host sets `expires_at` for members.
     fn from(c: Claims) -> Self {
+        let expires_at = match c.sid {
+            None => Some(c.exp.saturating_mul(1000)),
+            Some(_) => None,
+        };
         Identity {
             user_id: c.sub,
             name: c.name,
             roles: c.roles,
+            session_id: c.sid,
+            expires_at,
+            network: None,
         }
     }
 }
@@ -441,10 +469,40 @@ mod tests {
             user_id: "u".into(),
             name: "Zoë 🎹".into(),
             roles: vec!["guest".into()],
+            ..Default::default()
         };
         let h = id.to_header();
         assert!(h.is_ascii());
-        assert_eq!(Identity::from_header(&h), Some(id));
+        assert_eq!(Identity::from_header(&h), Some(id.clone()));
         assert_eq!(Identity::from_header("!!"), None);
+        let full = Identity {
+            session_id: Some("s1".into()),
+            expires_at: Some(NOW * 1000),
+            network: Some("net".into()),
+            ..id
+        };
+        assert_eq!(Identity::from_header(&full.to_header()), Some(full));
+        // A header from before these fields existed still loads.
+        let old = B64URL.encode(br#"{"user_id":"u","name":"n","roles":[]}"#);
+        assert_eq!(
+            Identity::from_header(&old).map(|i| (i.session_id, i.expires_at, i.network)),
+            Some((None, None, None))
+        );
+    }
+
+    #[test]
+    fn identity_from_claims_takes_session_and_guest_expiry() {
+        let guest = Identity::from(claims());
+        assert_eq!(guest.session_id, None);
+        assert_eq!(guest.expires_at, Some((NOW + 3600) * 1000));
+        let mut c = claims();
+        c.sid = Some("s1".into());
+        let member = Identity::from(c);
+        assert_eq!(member.session_id.as_deref(), Some("s1"));
+        assert_eq!(
+            member.expires_at, None,
+            "the host sets a member's session expiry"
+        );
+        assert_eq!(member.network, None);
     }
 }

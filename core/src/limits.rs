@@ -26,6 +26,17 @@ pub mod close {
     /// RFC 6455 "try again later": the connection fell too far behind (a slow reader) or the
     /// server cannot reach what it needs (Redis); reconnect after a pause.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// RFC 6455 "policy violation": persistent abuse, the connection kept sending over its
+    /// budgets (see `room::budget`) after being told with `RATE_LIMITED` notices.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// The token or session behind the socket ended (logout, revocation, session or token
+    /// expiry). The client must get a new token before reconnecting.
+    pub const SESSION_ENDED: u16 = 4001;
+    /// The user's roles changed: reconnect with a fresh token to get the new powers.
+    pub const IDENTITY_CHANGED: u16 = 4002;
     /// Removed from the room by its owner or a moderator (a `Kicked` message came first).
     pub const KICKED: u16 = 4003;
+    /// The user (or the client's network) already holds the most sockets allowed in this room
+    /// (an `Error TOO_MANY_CONNECTIONS` came first).
+    pub const TOO_MANY_CONNECTIONS: u16 = 4004;
 }

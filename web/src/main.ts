@@ -16,7 +16,7 @@ import {
   type RoomSummary,
   type UpdateSettings,
 } from "./gen/pianorhythm/v1/room_pb";
-import { BATCH_MS, Connection, type ClientMsg, type ServerMsg } from "./net";
+import { BATCH_MS, Connection, type ClientMsg, type ServerMsg, type Status } from "./net";
 import { Piano, noteName } from "./piano";
 import { Synth } from "./synth";
 
@@ -111,12 +111,22 @@ function saveSession(body: { token?: string; access_token?: string; refresh_toke
   return s;
 }
 
-/** A token that is valid now: refreshes a member's access token shortly before it expires. */
-async function freshToken(): Promise<string | undefined> {
+/** A token that is valid now: refreshes a member's access token shortly before it expires.
+ * `renew`: the server ended the token (4001) or the roles changed (4002): a member refreshes
+ * at once, a guest signs in again with the same name. */
+async function freshToken(renew = false): Promise<string | undefined> {
   const s = session();
   if (!s) return undefined;
-  if (s.expires * 1000 > Date.now() + 60_000) return s.token;
-  if (!s.refresh) return undefined;
+  if (!renew && s.expires * 1000 > Date.now() + 60_000) return s.token;
+  if (!s.refresh) {
+    if (!renew) return undefined;
+    try {
+      return (await signIn("guest", s.name, "")).token;
+    } catch {
+      localStorage.removeItem("piano.session");
+      return undefined;
+    }
+  }
   const resp = await fetch("/api/auth/refresh", {
     method: "POST",
     headers: { "content-type": "application/json" },
@@ -180,7 +190,7 @@ function onMessage(msg: ServerMsg): void {
       break;
     }
     case "joinFailed":
-      return joinFailed(msg.value.reason, msg.value.message);
+      return joinFailed(msg.value.reason, msg.value.message, Number(msg.value.retryAfterMs));
     case "participantJoined":
     case "participantUpdated":
       if (msg.value.participant) state.participants.set(msg.value.participant.id, msg.value.participant);
@@ -239,14 +249,16 @@ function onMessage(msg: ServerMsg): void {
       renderRooms();
       break;
     case "error":
-      if (msg.value.code !== ErrorCode.NOT_JOINED) toast(msg.value.message);
+      // A rate-limit notice is brief: the server sends one per kind per second at most.
+      if (msg.value.code === ErrorCode.RATE_LIMITED) toast(`Slow down: ${msg.value.message}`, 2000);
+      else if (msg.value.code !== ErrorCode.NOT_JOINED) toast(msg.value.message);
       break;
     default:
       break;
   }
 }
 
-function onStatus(status: string, detail?: string): void {
+function onStatus(status: Status, detail?: string): void {
   state.status = status;
   $("#status").textContent = status === "open" ? "connected" : status;
   $("#status").className = `status ${status}`;
@@ -254,13 +266,34 @@ function onStatus(status: string, detail?: string): void {
     toast(detail ? `Removed from the room: ${detail}` : "Removed from the room");
     state.you = undefined;
     void nextLobby().then((room) => enter(room));
+  } else if (status === "refused") {
+    // The connection reconnects by itself, much later (net.ts).
+    toast(`${detail ?? "Refused"}; trying again later`);
+    state.you = undefined;
+  } else if (status === "closed" && detail === "signed out") {
+    state.you = undefined;
+    showSignIn();
   }
 }
 
-function joinFailed(reason: JoinFailure, message: string): void {
+/** Sends a Join after `wait` ms (the server said when), unless the room changed meanwhile. */
+function joinLater(join: ClientMsg, wait: number): void {
+  const room = state.room;
+  window.setTimeout(() => state.room === room && !state.you && conn.send(join), wait);
+}
+
+function joinFailed(reason: JoinFailure, message: string, retryAfterMs: number): void {
   if (reason === JoinFailure.WRONG_PASSWORD) {
     const pw = window.prompt(`${message}. Password for ${state.room}:`);
-    if (pw !== null) conn.send({ case: "join", value: { password: pw } });
+    // After a wrong guess the server makes the next one wait: send it when it may be checked.
+    if (pw !== null) joinLater({ case: "join", value: { password: pw } }, retryAfterMs);
+    return;
+  }
+  if (reason === JoinFailure.RATE_LIMITED) {
+    // Too many attempts: try once more when the server says (0: an earlier join is still
+    // being checked, and its answer will come).
+    toast(message, 2000);
+    if (retryAfterMs > 0) joinLater({ case: "join", value: { password: "" } }, retryAfterMs);
     return;
   }
   toast(`Cannot join ${state.room}: ${message}`);
@@ -401,12 +434,12 @@ function renderRooms(): void {
 }
 
 let toastTimer: number | undefined;
-function toast(text: string): void {
+function toast(text: string, ms = 4000): void {
   const t = $("#toast");
   t.textContent = text;
   t.hidden = false;
   window.clearTimeout(toastTimer);
-  toastTimer = window.setTimeout(() => (t.hidden = true), 4000);
+  toastTimer = window.setTimeout(() => (t.hidden = true), ms);
 }
 
 // -- forms --------------------------------------------------------------------------------------

@@ -18,12 +18,27 @@ export type ServerMsg = ServerMessage["msg"];
 /** How often outgoing notes are flushed as one batch (the protocol wants batches). */
 export const BATCH_MS = 150;
 const MAX_EVENTS = 300;
-const KICKED = 4003;
+
+/** Close codes the room uses (README "Close codes"). */
+export const Close = {
+  /** Persistent abuse: kept sending over its budgets. */
+  POLICY_VIOLATION: 1008,
+  /** The token or session ended (logout, revocation, expiry): get a new token first. */
+  SESSION_ENDED: 4001,
+  /** The user's roles changed: a fresh token carries the new ones. */
+  IDENTITY_CHANGED: 4002,
+  KICKED: 4003,
+  /** This user (or network) already holds the most sockets allowed in the room. */
+  TOO_MANY_CONNECTIONS: 4004,
+} as const;
+
+export type Status = "connecting" | "open" | "closed" | "kicked" | "refused";
 
 export interface ConnectOptions {
   room: string;
-  /** A valid token at each (re)connect: members' access tokens are short-lived. */
-  token: () => Promise<string | undefined>;
+  /** A valid token at each (re)connect: members' access tokens are short-lived. `renew` asks
+   * for a new one even if the current one looks valid (the server ended it, or roles changed). */
+  token: (renew?: boolean) => Promise<string | undefined>;
   /** What to send as the Join (password, create settings). */
   join: ClientMsg;
 }
@@ -55,6 +70,10 @@ export class Connection {
   private ws?: WebSocket;
   private opts?: ConnectOptions;
   private retry = 0;
+  /** Refusals in a row (4004, 1008): each makes the next try wait longer. */
+  private refusals = 0;
+  /** The server ended our token: the next connect asks for a new one. */
+  private renew = false;
   private closedByUs = false;
   private pingTimer?: number;
   private batch: { start: number; events: NoteEvent[] } | null = null;
@@ -62,7 +81,7 @@ export class Connection {
 
   constructor(
     private onMessage: (msg: ServerMsg) => void,
-    private onStatus: (status: "connecting" | "open" | "closed" | "kicked", detail?: string) => void,
+    private onStatus: (status: Status, detail?: string) => void,
   ) {}
 
   connect(opts: ConnectOptions): void {
@@ -76,7 +95,8 @@ export class Connection {
     const opts = this.opts;
     if (!opts) return;
     this.onStatus("connecting");
-    const token = await opts.token();
+    const token = await opts.token(this.renew);
+    this.renew = false;
     if (this.opts !== opts || this.closedByUs) return;
     if (!token) {
       this.onStatus("closed", "signed out");
@@ -90,6 +110,7 @@ export class Connection {
     this.ws = ws;
     ws.onopen = () => {
       this.retry = 0;
+      this.refusals = 0;
       this.onStatus("open");
       this.send(opts.join);
       this.startPings();
@@ -103,16 +124,24 @@ export class Connection {
     ws.onclose = (ev) => {
       window.clearInterval(this.pingTimer);
       if (this.ws !== ws) return;
-      if (ev.code === KICKED) {
+      if (ev.code === Close.KICKED) {
         this.onStatus("kicked", ev.reason);
         return;
       }
-      this.onStatus("closed", ev.reason);
-      if (!this.closedByUs) {
+      let delay: number;
+      if (ev.code === Close.TOO_MANY_CONNECTIONS || ev.code === Close.POLICY_VIOLATION) {
+        // Refused: say why and come back much later (30 s, doubling to 5 min), never hammer.
+        this.onStatus("refused", ev.code === Close.TOO_MANY_CONNECTIONS
+          ? "too many open connections to this room: close another tab"
+          : "disconnected for sending too fast");
+        delay = Math.min(300_000, 30_000 * 2 ** this.refusals++);
+      } else {
+        this.onStatus("closed", ev.reason);
+        if (ev.code === Close.SESSION_ENDED || ev.code === Close.IDENTITY_CHANGED) this.renew = true;
         // Reconnect with backoff: 0.5 s, 1 s, 2 s, … up to 8 s.
-        const delay = Math.min(8000, 500 * 2 ** this.retry++);
-        window.setTimeout(() => this.ws === ws && void this.open(), delay);
+        delay = Math.min(8000, 500 * 2 ** this.retry++);
       }
+      if (!this.closedByUs) window.setTimeout(() => this.ws === ws && void this.open(), delay);
     };
   }
 

@@ -17,8 +17,14 @@
 //!
 //! Layout: this file holds the state and the message handlers; [`stored`] the durable part,
 //! [`quota`] the note quota and rate windows, [`perms`] who may do what, [`text`] the checks on
-//! text players send.
+//! text players send; [`budget`] the abuse limits (per-connection budgets, socket caps,
+//! password guessing) and `abuse` how they are applied, [`admission`] who may hold a socket
+//! and join, `lifecycle` sessions, expiry and storage cleanup.
 
+mod abuse;
+pub mod admission;
+pub mod budget;
+mod lifecycle;
 pub mod perms;
 pub mod quota;
 pub mod stored;
@@ -27,9 +33,7 @@ pub mod text;
 use crate::identity::Identity;
 use crate::limits::{MAX_FRAME_BYTES, PROTOCOL_VERSION, close};
 use crate::lobby::{Delta, Report, Summary};
-use crate::proto::{
-    self, ClientMessage, ErrorCode, JoinFailure, NotesDroppedReason, ServerMessage,
-};
+use crate::proto::{self, ClientMessage, ErrorCode, NotesDroppedReason, ServerMessage};
 use crate::proto::{client_message::Msg as C, note_event::Kind, server_message::Msg as S};
 use crate::{Millis, notes};
 use bytes::Bytes;
@@ -77,6 +81,23 @@ pub enum Input<'a> {
     RoomList { conn: ConnId, rooms: Vec<Summary> },
     /// A change to the directory's list, pushed by the directory.
     RoomListChanged(Delta),
+    /// A member's session ended (logout, revocation): close that user's connections of that
+    /// session (`None`: of every session) with 4001.
+    SessionEnded {
+        user_id: String,
+        session_id: Option<String>,
+    },
+    /// A user's roles changed: close that user's connections with 4002 (the client reconnects
+    /// with a fresh token carrying the new roles).
+    IdentityChanged { user_id: String },
+    /// Time passed: connections past their identity's `expires_at` are closed with 4001. Hosts
+    /// tick at [`Room::next_deadline`].
+    Tick,
+    /// The answer to [`Effect::VerifyPassword`]: the room completes or refuses the join.
+    PasswordChecked { conn: ConnId, ok: bool },
+    /// The directory refused `conn`'s subscription (its user subscribes from too many rooms):
+    /// the room unsubscribes it and tells it `TOO_MANY_SUBSCRIPTIONS`.
+    SubscribeRefused { conn: ConnId },
 }
 
 /// Who receives a frame.
@@ -113,6 +134,13 @@ pub enum Effect {
     Persist(Change),
     /// Talk to the room directory (asynchronously, after the other effects).
     Directory(DirectoryOp),
+    /// Check a Join's password off the room's thread (a KDF is slow by design) and feed the
+    /// answer back as [`Input::PasswordChecked`] (`hash.verify(&password)`).
+    VerifyPassword {
+        conn: ConnId,
+        password: String,
+        hash: PasswordHash,
+    },
 }
 
 /// What the host must tell, or ask, the room directory.
@@ -121,8 +149,9 @@ pub enum DirectoryOp {
     /// The room's summary changed (or the room woke up): report it.
     Report(Report),
     /// `conn` subscribed: register the room as a subscriber, fetch the full list and feed it
-    /// back as [`Input::RoomList`].
-    Subscribe { conn: ConnId },
+    /// back as [`Input::RoomList`]. The directory caps subscriptions per user: over the cap the
+    /// host feeds [`Input::SubscribeRefused`].
+    Subscribe { conn: ConnId, user_id: String },
     /// Nobody in the room is subscribed any more.
     Unsubscribe,
 }
@@ -160,6 +189,10 @@ struct Conn {
     joined: Option<u64>,
     profile: Profile,
     subscribed: bool,
+    /// What this connection may still send ([`budget`]).
+    budget: budget::ConnBudget,
+    /// A Join waiting for its password check.
+    pending_join: Option<Box<admission::PendingJoin>>,
 }
 
 struct Member {
@@ -171,6 +204,8 @@ struct Member {
     quota: NoteQuota,
     chat_rate: RateWindow,
     last_cursor: Option<Millis>,
+    /// Notes held down, so their note-offs pass free.
+    sounding: abuse::Sounding,
 }
 
 pub struct Room {
@@ -189,6 +224,10 @@ pub struct Room {
     report_version: u64,
     /// Activity per user id since the host last took it.
     stats: Activity,
+    /// Abuse limits ([`budget::Limits::default`] unless the host sets others).
+    limits: budget::Limits,
+    /// Room-wide password-check budget and per-user wrong-password delays.
+    guard: admission::Guard,
 }
 
 /// Per-user activity, gathered only for hosts that keep it ([`Room::count_activity`]): a host
@@ -246,6 +285,8 @@ impl Room {
             reported: None,
             report_version: 0,
             stats: Activity::default(),
+            limits: budget::Limits::default(),
+            guard: admission::Guard::default(),
         }
     }
 
@@ -267,7 +308,7 @@ impl Room {
         let mut records: Vec<ConnRecord> = records.into_iter().collect();
         records.sort_by_key(|r| (r.joined.is_none(), r.joined, r.conn));
         for r in records {
-            room.add_conn(r.conn, r.identity, r.profile);
+            room.add_conn(r.conn, r.identity, r.profile, now);
             if let Some(c) = room.conns.get_mut(&r.conn) {
                 c.subscribed = r.subscribed;
             }
@@ -393,6 +434,16 @@ impl Room {
                     out.push(send_many(targets, S::RoomListChanged(delta.to_proto())));
                 }
             }
+            Input::SessionEnded {
+                user_id,
+                session_id,
+            } => self.on_session_ended(&user_id, session_id.as_deref(), now, &mut out),
+            Input::IdentityChanged { user_id } => self.on_identity_changed(&user_id, now, &mut out),
+            Input::Tick => self.on_tick(now, &mut out),
+            Input::PasswordChecked { conn, ok } => {
+                self.on_password_checked(conn, ok, now, &mut out)
+            }
+            Input::SubscribeRefused { conn } => self.on_subscribe_refused(conn, &mut out),
         }
         self.report_if_changed(now, &mut out);
         out
@@ -490,7 +541,12 @@ impl Room {
         c.subscribed = subscribe;
         out.extend(self.record(conn).map(Effect::Remember));
         if subscribe {
-            out.push(Effect::Directory(DirectoryOp::Subscribe { conn }));
+            let user_id = self
+                .conns
+                .get(&conn)
+                .map(|c| c.identity.user_id.clone())
+                .unwrap_or_default();
+            out.push(Effect::Directory(DirectoryOp::Subscribe { conn, user_id }));
         } else if had_subscribers && !self.has_subscribers() {
             out.push(Effect::Directory(DirectoryOp::Unsubscribe));
         }
@@ -501,7 +557,10 @@ impl Room {
             // A host reusing a live id is a host bug; drop the old connection cleanly first.
             self.on_disconnect(conn, now, out);
         }
-        self.add_conn(conn, identity, Profile::default());
+        if let Err(code) = self.admit_connection(&identity) {
+            return admission::refuse_connection(conn, code, out);
+        }
+        self.add_conn(conn, identity, Profile::default(), now);
         out.extend(self.record(conn).map(Effect::Remember));
         let you = self.participant_for(conn);
         out.push(send_one(
@@ -538,6 +597,9 @@ impl Room {
             });
             return;
         }
+        if !self.frame_budget(conn, now, out) {
+            return;
+        }
         let bytes = match frame {
             Frame::Binary(b) => b,
             Frame::Text(_) => {
@@ -568,6 +630,9 @@ impl Room {
                 );
             }
         };
+        if !self.message_budget(conn, &msg, now, out) {
+            return;
+        }
         match msg {
             C::Ping(ping) => out.push(send_one(
                 conn,
@@ -610,40 +675,14 @@ impl Room {
 
     // -- joining and leaving ------------------------------------------------------------------
 
-    fn on_join(&mut self, conn: ConnId, join: proto::Join, now: Millis, out: &mut Out) {
-        let password = join.password.as_str();
+    /// Makes `conn` a participant: admission passed (see [`admission`]).
+    fn complete_join(&mut self, conn: ConnId, join: proto::Join, now: Millis, out: &mut Out) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        if c.joined.is_some() {
-            return error(
-                out,
-                conn,
-                ErrorCode::AlreadyJoined,
-                "this connection has already joined",
-            );
-        }
         let identity = c.identity.clone();
         let user = identity.user_id.clone();
         let already_present = self.member_index_by_user(&user).is_some();
-        let bans = self.stored.bans.len();
-        self.stored.bans.retain(|b| b.until > now);
-        if self.stored.bans.len() != bans {
-            out.push(Effect::Persist(Change::Bans(self.stored.bans.clone())));
-        }
-        if !already_present
-            && let Err((reason, message, retry)) = self.admission(&identity, password, now)
-        {
-            out.push(send_one(
-                conn,
-                S::JoinFailed(proto::JoinFailed {
-                    reason: reason as i32,
-                    message,
-                    retry_after_ms: retry,
-                }),
-            ));
-            return;
-        }
         // The crown: the creator of a normal room gets it; a returning previous owner gets a
         // dropped crown back. Decided before the member exists, so its quota starts right.
         let crown = &self.stored.crown;
@@ -735,69 +774,6 @@ impl Room {
         }
     }
 
-    /// Whether a user who is not present yet may join.
-    fn admission(
-        &self,
-        who: &Identity,
-        password: &str,
-        now: Millis,
-    ) -> Result<(), (JoinFailure, String, u64)> {
-        if let Some(ban) = self
-            .stored
-            .bans
-            .iter()
-            .find(|b| b.user_id == who.user_id && b.until > now)
-        {
-            let left = ban.until - now;
-            return Err((
-                JoinFailure::Banned,
-                format!(
-                    "you are banned from this room for {} more seconds",
-                    left.div_ceil(1000)
-                ),
-                left,
-            ));
-        }
-        let actor = Actor::from_roles(&who.roles, false);
-        let s = &self.stored.settings;
-        if !actor.staff() && self.members.len() >= s.max_players as usize {
-            return Err((
-                JoinFailure::RoomFull,
-                format!("the room is full ({} players)", s.max_players),
-                0,
-            ));
-        }
-        if !s.allow_guests && who.roles.iter().any(|r| r == "guest") && !actor.staff() {
-            return Err((
-                JoinFailure::GuestsNotAllowed,
-                "this room does not allow guests: sign in".into(),
-                0,
-            ));
-        }
-        if !s.allow_bots && who.roles.iter().any(|r| r == "bot") {
-            return Err((
-                JoinFailure::NotAllowed,
-                "this room does not allow bots".into(),
-                0,
-            ));
-        }
-        if let Some(hash) = &self.stored.password {
-            let crown = &self.stored.crown;
-            let owner = [&crown.owner_user, &crown.previous_user]
-                .iter()
-                .any(|u| u.as_deref() == Some(who.user_id.as_str()));
-            if !actor.staff() && !owner && !hash.verify(password) {
-                let message = if password.is_empty() {
-                    "this room needs a password"
-                } else {
-                    "wrong password"
-                };
-                return Err((JoinFailure::WrongPassword, message.into(), 0));
-            }
-        }
-        Ok(())
-    }
-
     fn on_disconnect(&mut self, conn: ConnId, now: Millis, out: &mut Out) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
@@ -829,6 +805,7 @@ impl Room {
             if self.stored.crown.owner_user.as_deref() == Some(gone.info.user_id.as_str()) {
                 self.drop_crown(gone.info.user_id, now, out);
             }
+            self.discard_if_fresh(out);
         }
     }
 
@@ -862,20 +839,23 @@ impl Room {
         if self.stored.settings.owner_only_play && !self.is_owner(m) {
             return dropped_all(NotesDroppedReason::OwnerOnly, out);
         }
-        let quota = &mut self.members[m].quota;
-        batch
-            .events
-            .retain(|e| !matches!(e.kind, Some(Kind::NoteOn(_))) || quota.spend_one(now));
+        let drops = self.filter_note_events(conn, m, &mut batch.events, now);
         let relayed = batch.events.len() as u32;
-        if relayed < total {
+        if drops.quota > 0 {
             out.push(send_one(
                 conn,
                 S::NotesDropped(proto::NotesDropped {
-                    dropped: total - relayed,
+                    dropped: drops.quota,
                     relayed,
                     reason: NotesDroppedReason::Quota as i32,
                 }),
             ));
+        }
+        if drops.budget > 0 {
+            self.over_budget(conn, budget::Kind::NoteEvents, drops.retry_after, now, out);
+            if !self.conns.contains_key(&conn) {
+                return; // closed for abuse: `m` may be gone too
+            }
         }
         if relayed == 0 {
             return;
@@ -1015,12 +995,7 @@ impl Room {
             CHAT_RATE
         };
         if let Err(wait) = self.members[m].chat_rate.try_take(max, window, now) {
-            return error(
-                out,
-                conn,
-                ErrorCode::RateLimited,
-                format!("too many messages: try again in {wait} ms"),
-            );
+            return self.over_budget(conn, budget::Kind::Chat, wait, now, out);
         }
         if self.stored.settings.profanity_filter {
             text = text::mask_profanity(&text);
@@ -1385,9 +1360,15 @@ impl Room {
             self.stored
                 .bans
                 .retain(|b| b.user_id != user && b.until > now);
+            // The network too, so the banned player cannot come back as a new guest.
+            let network = self.members[t]
+                .conns
+                .iter()
+                .find_map(|c| self.conns.get(c)?.identity.network.clone());
             self.stored.bans.push(Ban {
                 user_id: user.clone(),
                 until: banned_until,
+                network,
             });
             out.push(Effect::Persist(Change::Bans(self.stored.bans.clone())));
         }
@@ -1504,7 +1485,7 @@ impl Room {
 
     // -- helpers ------------------------------------------------------------------------------
 
-    fn add_conn(&mut self, conn: ConnId, identity: Identity, profile: Profile) {
+    fn add_conn(&mut self, conn: ConnId, identity: Identity, profile: Profile, now: Millis) {
         let participant_id = participant_id(&identity.user_id);
         self.conns.insert(
             conn,
@@ -1514,6 +1495,8 @@ impl Room {
                 joined: None,
                 profile,
                 subscribed: false,
+                budget: budget::ConnBudget::new(&self.limits, now),
+                pending_join: None,
             },
         );
     }
@@ -1549,6 +1532,7 @@ impl Room {
             quota: NoteQuota::new(params, limited, now),
             chat_rate: RateWindow::default(),
             last_cursor: None,
+            sounding: abuse::Sounding::default(),
         });
         true
     }
@@ -1707,9 +1691,16 @@ fn error(out: &mut Out, conn: ConnId, code: ErrorCode, message: impl Into<String
         S::Error(proto::Error {
             code: code as i32,
             message: message.into(),
+            retry_after_ms: 0,
         }),
     ));
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_admission;
+#[cfg(test)]
+mod tests_budget;
+#[cfg(test)]
+mod tests_lifecycle;

@@ -95,6 +95,10 @@ pub struct Crown {
 pub struct Ban {
     pub user_id: String,
     pub until: u64,
+    /// The banned connection's network key: new guest identities from it are refused too
+    /// (members from it still pass: a shared NAT holds innocent people).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +162,18 @@ impl Stored {
 }
 
 impl Stored {
+    /// Whether this is still a fresh room's durable state: nothing anyone would miss if the
+    /// storage went away (default settings, no password, nobody banned or muted, never a chat
+    /// message). The crown does not count: it only records who came first.
+    pub fn is_fresh(&self, kind: RoomKind) -> bool {
+        self.settings == Settings::defaults(kind)
+            && self.password.is_none()
+            && self.bans.is_empty()
+            && self.mutes.is_empty()
+            && self.chat.is_empty()
+            && self.next_chat_id == 1
+    }
+
     /// Applies a change as a host's storage would: what a host that keeps the whole state in
     /// one place does, and the model the other hosts' storage must agree with.
     pub fn apply(&mut self, change: Change) {
@@ -175,6 +191,16 @@ impl Stored {
             }
             Change::ChatDeleted(id) => self.chat.retain(|r| r.id != id),
             Change::ChatCleared => self.chat.clear(),
+            Change::Discard => {
+                // Only sent for fresh state (see `is_fresh`): the settings are the defaults
+                // already, and what remains is the crown.
+                self.crown = Crown::default();
+                self.password = None;
+                self.bans.clear();
+                self.mutes.clear();
+                self.chat.clear();
+                self.next_chat_id = 1;
+            }
         }
     }
 }
@@ -191,6 +217,10 @@ pub enum Change {
     ChatAppended(ChatRecord),
     ChatDeleted(u64),
     ChatCleared,
+    /// The last participant left and the room is still in a fresh room's state
+    /// ([`Stored::is_fresh`]): the host deletes the room's storage (nothing of it is worth
+    /// keeping, and anonymous probes must not leave databases behind).
+    Discard,
 }
 
 #[cfg(test)]

@@ -1,39 +1,42 @@
+//! The room's tests and the harness the other test files share (`tests_*.rs`).
+
 use super::stored::{RoomKind, Stored};
 use super::*;
-use crate::proto::{NoteEvent, NoteOn, client_message, note_event, server_message};
+use crate::proto::{JoinFailure, NoteEvent, NoteOn, client_message, note_event, server_message};
 use proptest::prelude::*;
 
-const NOW: Millis = 1_800_000_000_000;
-const SEED: [u8; 32] = [7; 32];
+pub(super) const NOW: Millis = 1_800_000_000_000;
+pub(super) const SEED: [u8; 32] = [7; 32];
 
-fn room(name: &str) -> Room {
+pub(super) fn room(name: &str) -> Room {
     Room::new(name, SEED)
 }
 
 /// A normal room "r" whose stored state was changed first.
-fn room_with(f: impl FnOnce(&mut Stored)) -> Room {
+pub(super) fn room_with(f: impl FnOnce(&mut Stored)) -> Room {
     let mut stored = Stored::new(RoomKind::Normal);
     f(&mut stored);
     Room::restore("r", Some(stored), [], NOW, SEED).0
 }
 
-fn ident(user: &str) -> Identity {
+pub(super) fn ident(user: &str) -> Identity {
     Identity {
         user_id: user.into(),
         name: format!("name of {user}"),
         roles: vec!["guest".into()],
+        ..Default::default()
     }
 }
 
-fn client(msg: client_message::Msg) -> Vec<u8> {
+pub(super) fn client(msg: client_message::Msg) -> Vec<u8> {
     ClientMessage { msg: Some(msg) }.encode_to_vec()
 }
 
-fn join() -> Vec<u8> {
+pub(super) fn join() -> Vec<u8> {
     client(client_message::Msg::Join(proto::Join::default()))
 }
 
-fn notes(time: Millis) -> Vec<u8> {
+pub(super) fn notes(time: Millis) -> Vec<u8> {
     client(client_message::Msg::Notes(proto::NoteBatch {
         time,
         events: vec![NoteEvent {
@@ -48,8 +51,29 @@ fn notes(time: Millis) -> Vec<u8> {
     }))
 }
 
-fn binary(room: &mut Room, conn: ConnId, bytes: &[u8]) -> Vec<Effect> {
-    room.handle(
+/// What a host does with an input: hands it to the room and checks the passwords the room
+/// asks about at once (feeding the answers back), so a Join's answer is in the effects.
+pub(super) fn drive(room: &mut Room, input: Input<'_>, now: Millis) -> Vec<Effect> {
+    let mut fx = room.handle(input, now);
+    let mut i = 0;
+    while i < fx.len() {
+        if let Effect::VerifyPassword {
+            conn,
+            password,
+            hash,
+        } = &fx[i]
+        {
+            let (conn, ok) = (*conn, hash.verify(password));
+            fx.extend(room.handle(Input::PasswordChecked { conn, ok }, now));
+        }
+        i += 1;
+    }
+    fx
+}
+
+pub(super) fn binary(room: &mut Room, conn: ConnId, bytes: &[u8]) -> Vec<Effect> {
+    drive(
+        room,
         Input::Frame {
             conn,
             frame: Frame::Binary(bytes),
@@ -58,7 +82,7 @@ fn binary(room: &mut Room, conn: ConnId, bytes: &[u8]) -> Vec<Effect> {
     )
 }
 
-fn connect(room: &mut Room, conn: ConnId, user: &str) -> Vec<Effect> {
+pub(super) fn connect(room: &mut Room, conn: ConnId, user: &str) -> Vec<Effect> {
     room.handle(
         Input::Connect {
             conn,
@@ -69,13 +93,13 @@ fn connect(room: &mut Room, conn: ConnId, user: &str) -> Vec<Effect> {
 }
 
 /// Connects and joins; returns the join effects.
-fn enter(room: &mut Room, conn: ConnId, user: &str) -> Vec<Effect> {
+pub(super) fn enter(room: &mut Room, conn: ConnId, user: &str) -> Vec<Effect> {
     connect(room, conn, user);
     binary(room, conn, &join())
 }
 
 /// The (targets, decoded message) of every Send effect.
-fn sent(effects: &[Effect]) -> Vec<(Vec<ConnId>, server_message::Msg)> {
+pub(super) fn sent(effects: &[Effect]) -> Vec<(Vec<ConnId>, server_message::Msg)> {
     effects
         .iter()
         .filter_map(|e| match e {
@@ -92,7 +116,7 @@ fn sent(effects: &[Effect]) -> Vec<(Vec<ConnId>, server_message::Msg)> {
         .collect()
 }
 
-fn error_code(effects: &[Effect]) -> Option<ErrorCode> {
+pub(super) fn error_code(effects: &[Effect]) -> Option<ErrorCode> {
     sent(effects).into_iter().find_map(|(_, m)| match m {
         server_message::Msg::Error(e) => ErrorCode::try_from(e.code).ok(),
         _ => None,
@@ -301,7 +325,7 @@ fn oversized_frame_closes_with_1009() {
 }
 
 /// What a host stores per socket: the last Remember; a closed socket's record goes with it.
-fn keep_records(records: &mut BTreeMap<ConnId, ConnRecord>, fx: &[Effect]) {
+pub(super) fn keep_records(records: &mut BTreeMap<ConnId, ConnRecord>, fx: &[Effect]) {
     for e in fx {
         match e {
             Effect::Remember(r) => {
@@ -310,13 +334,16 @@ fn keep_records(records: &mut BTreeMap<ConnId, ConnRecord>, fx: &[Effect]) {
             Effect::Close { conn, .. } => {
                 records.remove(conn);
             }
-            Effect::Send { .. } | Effect::Persist(_) | Effect::Directory(_) => {}
+            Effect::Send { .. }
+            | Effect::Persist(_)
+            | Effect::Directory(_)
+            | Effect::VerifyPassword { .. } => {}
         }
     }
 }
 
 /// What a host's durable storage holds after these effects.
-fn keep_stored(stored: &mut Stored, fx: &[Effect]) {
+pub(super) fn keep_stored(stored: &mut Stored, fx: &[Effect]) {
     for e in fx {
         if let Effect::Persist(change) = e {
             stored.apply(change.clone());
@@ -381,6 +408,15 @@ enum Op {
     Crown(u8, u8, u8),
     Mute(u8, u8),
     Wait(u64),
+    /// Lock (or unlock) the room with the password "pw".
+    Lock(u8, bool),
+    /// Join with the right password or a wrong one; the check stays pending.
+    JoinPw(u8, bool),
+    /// The host's answer to a pending check.
+    Checked(u8, bool),
+    SessionEnded(u8),
+    RolesChanged(u8),
+    Tick,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -400,17 +436,31 @@ fn op() -> impl Strategy<Value = Op> {
         (c(), 0..3u8, 0..5u8).prop_map(|(c, k, u)| Op::Crown(c, k, u)),
         (c(), 0..5u8).prop_map(|(c, u)| Op::Mute(c, u)),
         (0..20_000u64).prop_map(Op::Wait),
+        (c(), any::<bool>()).prop_map(|(c, b)| Op::Lock(c, b)),
+        (c(), any::<bool>()).prop_map(|(c, b)| Op::JoinPw(c, b)),
+        (c(), any::<bool>()).prop_map(|(c, b)| Op::Checked(c, b)),
+        (0..5u8).prop_map(Op::SessionEnded),
+        (0..5u8).prop_map(Op::RolesChanged),
+        Just(Op::Tick),
     ]
 }
 
-/// User u4 is an admin, u3 a moderator, the rest guests.
+/// User u4 is an admin, u3 a moderator, the rest guests; u1's token expires 30 s in.
 fn prop_identity(u: u8) -> Identity {
     let role = match u {
         4 => "admin",
         3 => "moderator",
         _ => "guest",
     };
-    ident_with(&format!("u{u}"), &[role])
+    Identity {
+        expires_at: (u == 1).then_some(NOW + 30_000),
+        ..ident_with(&format!("u{u}"), &[role])
+    }
+}
+
+enum OpKind {
+    Tick,
+    Other,
 }
 
 proptest! {
@@ -426,6 +476,7 @@ proptest! {
         let mut persisted = Stored::new(RoomKind::Normal);
         let mut now = NOW;
         for op in ops {
+            let op_kind = if matches!(op, Op::Tick) { OpKind::Tick } else { OpKind::Other };
             let count_before = room.participant_count();
             let conn = |c: u8| ConnId::from(c);
             let at = |room: &mut Room, c: u8, m: client_message::Msg, now| msg_at(room, conn(c), m, now);
@@ -456,6 +507,15 @@ proptest! {
                     now += ms;
                     Vec::new()
                 }
+                Op::Lock(c, on) => at(&mut room, c, client_message::Msg::UpdateSettings(proto::UpdateSettings { password: Some(if on { "pw".into() } else { String::new() }), ..Default::default() }), now),
+                Op::JoinPw(c, right) => {
+                    let m = client_message::Msg::Join(proto::Join { password: if right { "pw".into() } else { "no".into() }, create_settings: None });
+                    room.handle(Input::Frame { conn: conn(c), frame: Frame::Binary(&client(m)) }, now)
+                }
+                Op::Checked(c, ok) => room.handle(Input::PasswordChecked { conn: conn(c), ok }, now),
+                Op::SessionEnded(u) => room.handle(Input::SessionEnded { user_id: format!("u{u}"), session_id: None }, now),
+                Op::RolesChanged(u) => room.handle(Input::IdentityChanged { user_id: format!("u{u}") }, now),
+                Op::Tick => room.handle(Input::Tick, now),
                 Op::Hibernate => {
                     prop_assert_eq!(&persisted, room.stored(), "storage lags the room");
                     let before: Vec<_> = room.participants().cloned().collect();
@@ -513,6 +573,14 @@ proptest! {
                     prop_assert!(room.conns.get(c).is_some_and(|c| c.joined.is_some()));
                 }
             }
+            for u in 0..5 {
+                let user = format!("u{u}");
+                let sockets = room.conns.values().filter(|c| c.identity.user_id == user).count();
+                prop_assert!(sockets <= budget::MAX_CONNS_PER_USER, "{} holds {} sockets", user, sockets);
+            }
+            if matches!(op_kind, OpKind::Tick) {
+                prop_assert!(room.conns.values().all(|c| c.identity.expires_at.is_none_or(|t| t > now)), "an expired socket survived a tick");
+            }
         }
     }
 }
@@ -531,15 +599,16 @@ fn joins_never_exceed_the_limit() {
 // ---------------------------------------------------------------------------------------------
 // The complete room: roles, notes quota, chat, settings, crown, moderation, durability.
 
-fn ident_with(user: &str, roles: &[&str]) -> Identity {
+pub(super) fn ident_with(user: &str, roles: &[&str]) -> Identity {
     Identity {
         user_id: user.into(),
         name: user.into(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
+        ..Default::default()
     }
 }
 
-fn enter_as(room: &mut Room, conn: ConnId, user: &str, roles: &[&str]) -> Vec<Effect> {
+pub(super) fn enter_as(room: &mut Room, conn: ConnId, user: &str, roles: &[&str]) -> Vec<Effect> {
     room.handle(
         Input::Connect {
             conn,
@@ -550,12 +619,18 @@ fn enter_as(room: &mut Room, conn: ConnId, user: &str, roles: &[&str]) -> Vec<Ef
     binary(room, conn, &join())
 }
 
-fn msg(room: &mut Room, conn: ConnId, m: client_message::Msg) -> Vec<Effect> {
+pub(super) fn msg(room: &mut Room, conn: ConnId, m: client_message::Msg) -> Vec<Effect> {
     binary(room, conn, &client(m))
 }
 
-fn msg_at(room: &mut Room, conn: ConnId, m: client_message::Msg, at: Millis) -> Vec<Effect> {
-    room.handle(
+pub(super) fn msg_at(
+    room: &mut Room,
+    conn: ConnId,
+    m: client_message::Msg,
+    at: Millis,
+) -> Vec<Effect> {
+    drive(
+        room,
         Input::Frame {
             conn,
             frame: Frame::Binary(&client(m)),
@@ -564,15 +639,15 @@ fn msg_at(room: &mut Room, conn: ConnId, m: client_message::Msg, at: Millis) -> 
     )
 }
 
-fn chat(text: &str) -> client_message::Msg {
+pub(super) fn chat(text: &str) -> client_message::Msg {
     client_message::Msg::Chat(proto::SendChat { text: text.into() })
 }
 
-fn find<T>(fx: &[Effect], f: impl Fn(&server_message::Msg) -> Option<T>) -> Option<T> {
+pub(super) fn find<T>(fx: &[Effect], f: impl Fn(&server_message::Msg) -> Option<T>) -> Option<T> {
     sent(fx).iter().find_map(|(_, m)| f(m))
 }
 
-fn join_failure(fx: &[Effect]) -> Option<(JoinFailure, u64)> {
+pub(super) fn join_failure(fx: &[Effect]) -> Option<(JoinFailure, u64)> {
     find(fx, |m| match m {
         server_message::Msg::JoinFailed(f) => {
             Some((JoinFailure::try_from(f.reason).ok()?, f.retry_after_ms))
@@ -581,7 +656,7 @@ fn join_failure(fx: &[Effect]) -> Option<(JoinFailure, u64)> {
     })
 }
 
-fn pid(user: &str) -> String {
+pub(super) fn pid(user: &str) -> String {
     participant_id(user)
 }
 
@@ -611,6 +686,7 @@ fn privileged_actions_by_role() {
                 s.bans.push(Ban {
                     user_id: "banned".into(),
                     until: NOW + 60_000,
+                    network: None,
                 })
             });
             // The creator owns the room; for the "owner" row the actor is the creator.
@@ -1083,14 +1159,13 @@ fn settings_are_validated_and_the_password_is_hashed_never_echoed() {
     );
     assert_eq!(
         join_failure(&msg(&mut room, 2, j("wrong"))),
-        Some((JoinFailure::WrongPassword, 0))
+        Some((JoinFailure::WrongPassword, 1000)),
+        "a wrong guess makes the next one wait"
     );
     assert!(
-        find(&msg(&mut room, 2, j("hunter2")), |m| matches!(
-            m,
-            server_message::Msg::Joined(_)
-        )
-        .then_some(()))
+        find(&msg_at(&mut room, 2, j("hunter2"), NOW + 1000), |m| {
+            matches!(m, server_message::Msg::Joined(_)).then_some(())
+        })
         .is_some()
     );
 }
@@ -1503,7 +1578,10 @@ fn subscribers_get_the_list_and_changes() {
     let sub = || client_message::Msg::SubscribeRooms(proto::SubscribeRooms {});
     let fx = msg(&mut room, 1, sub());
     assert!(
-        fx.contains(&Effect::Directory(DirectoryOp::Subscribe { conn: 1 })),
+        fx.contains(&Effect::Directory(DirectoryOp::Subscribe {
+            conn: 1,
+            user_id: "alice".into()
+        })),
         "before joining too"
     );
     assert!(
