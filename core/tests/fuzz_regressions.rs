@@ -70,3 +70,15 @@ fn seed_corpus_passes_every_target() {
 fn saved_crashes_stay_fixed() {
     replay("regressions");
 }
+
+/// The room seeds reach the states the fuzzer should start from: a full room, and a join
+/// through a password check (so a seed that silently stops joining is noticed).
+#[test]
+fn room_seeds_reach_joined_rooms() {
+    let seed =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/room/seed-00"))
+            .expect("room seed");
+    let host = harness::room::run_host(&seed);
+    assert!(host.most_participants >= 3, "{}", host.most_participants);
+    assert_eq!(host.password_joins, 1);
+}

@@ -131,7 +131,8 @@ fn server_messages() -> Vec<Vec<u8>> {
 
 /// Room operation sequences (format: piano_fuzz::harness::room).
 fn rooms() -> Vec<Vec<u8>> {
-    let connect = |conn: u8, who: u8| vec![0, conn, who];
+    // The fourth byte: no network, session "s1" for members, no expiry.
+    let connect = |conn: u8, who: u8| vec![0, conn, who, 0];
     let join = |conn: u8, pw: u8| vec![3, conn, 0, pw, 0];
     let chat = |conn: u8| vec![3, conn, 4, 0];
     let notes = |conn: u8| {
@@ -166,7 +167,10 @@ fn rooms() -> Vec<Vec<u8>> {
                 set_password(0),
                 connect(3, 2),
                 join(3, 2),
+                vec![18, 0, 0],
+                advance(0x5f),
                 join(3, 1),
+                vec![18, 0, 0],
                 mute(2, 1),
                 kick(0, 1),
                 hibernate.clone(),

@@ -5,9 +5,9 @@
 //! Input format: byte 0 picks the room name ([`ROOMS`]); then a list of operations, each one
 //! byte `op` followed by its arguments:
 //!
-//! | `op % 16` | operation |
+//! | `op % 20` | operation |
 //! |---|---|
-//! | 0, 1 | `Connect` a connection id (0-7) as an identity (the cast, or arbitrary strings) |
+//! | 0, 1 | `Connect` a connection id (0-7) as an identity (the cast, or arbitrary strings; with a session, expiry and network) |
 //! | 2 | `Disconnect` |
 //! | 3-8 | a binary frame holding a structured `ClientMessage` ([`room_input::client_message`]) |
 //! | 9, 10 | a binary frame of raw bytes (up to 2 KiB) |
@@ -15,7 +15,11 @@
 //! | 12 | time moves: 0-63 ms, 0-6.3 s, 0-63 min forward, or up to 63 s back |
 //! | 13 | the directory answers: `RoomList` or `RoomListChanged` |
 //! | 14 | hibernation: `Room::restore` from what the host kept, which must rebuild the same room |
-//! | 15 | a host call: `refresh_report`, `count_activity`, `take_stats`, or an oversized frame |
+//! | 15 | a host call: `refresh_report`, `count_activity`, `take_stats`, tight `set_limits`, or an oversized frame |
+//! | 16 | `SessionEnded` (one session or all) or `IdentityChanged` for a user |
+//! | 17 | `Tick`: now, or at `next_deadline` as a host's alarm would |
+//! | 18 | the host answers a pending `VerifyPassword` with `PasswordChecked` (truthfully) |
+//! | 19 | `SubscribeRefused` (the directory's per-user cap) |
 //!
 //! Frames may name connections the host never opened (the room must refuse, not panic).
 //!
@@ -24,7 +28,9 @@
 //! `ServerMessage`; `Close` and `Remember` only name open connections (or the unknown one the
 //! frame came from); the room's connection count is the host's; participants ≤ connections,
 //! participant ids are unique, and the participants are exactly the users with a joined
-//! connection record; the host's copy of the durable state, built only from `Persist` effects,
+//! connection record; `admit_connection` predicts whether `Connect` refuses (4004);
+//! `VerifyPassword` names an open connection with no other check pending; a `Tick` before
+//! `next_deadline` closes nothing, and after a `Tick` the deadline is in the future; the host's copy of the durable state, built only from `Persist` effects,
 //! equals the room's (nothing durable changes unreported); a restored room shows the same
 //! participants, settings and ownership.
 
@@ -32,7 +38,10 @@ use super::input::Bytes;
 use super::room_input::{self as make, ROOMS};
 use piano_core::Millis;
 use piano_core::limits::MAX_FRAME_BYTES;
+use piano_core::limits::close;
 use piano_core::proto::{self, ClientMessage, ServerMessage, client_message::Msg as C};
+use piano_core::room::budget::{Limits, Rate};
+use piano_core::room::stored::PasswordHash;
 use piano_core::room::stored::{RoomKind, Stored};
 use piano_core::room::{ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, Room};
 use prost::Message;
@@ -53,6 +62,16 @@ pub struct Host {
     stored: Stored,
     now: Millis,
     password_work: u32,
+    /// Password checks asked for and not answered yet: (connection, its epoch, password, hash).
+    pending: Vec<(ConnId, u64, String, PasswordHash)>,
+    /// Bumped on every `Connect`, so an answer for a closed connection's check is told apart
+    /// from one for a new connection that reuses its id.
+    epochs: BTreeMap<ConnId, u64>,
+    next_epoch: u64,
+    /// The most participants seen at once, and the joins completed after a password check
+    /// (the replay test checks that the seeds reach those states).
+    pub most_participants: usize,
+    pub password_joins: usize,
 }
 
 impl Host {
@@ -65,27 +84,50 @@ impl Host {
             stored: Stored::new(RoomKind::of(name)),
             now: T0,
             password_work: 0,
+            pending: Vec::new(),
+            epochs: BTreeMap::new(),
+            next_epoch: 0,
+            most_participants: 0,
+            password_joins: 0,
         }
     }
 
-    /// Feeds one input and checks the effects and the room afterwards.
-    pub fn feed(&mut self, input: Input<'_>) {
+    /// Feeds one input and checks the effects and the room afterwards; returns the effects.
+    pub fn feed(&mut self, input: Input<'_>) -> Vec<Effect> {
         // A frame for a connection the host never opened is answered with a Close for it.
         let unknown = match &input {
             Input::Frame { conn, .. } if !self.open.contains(conn) => Some(*conn),
             _ => None,
         };
-        if let Input::Connect { conn, .. } = &input {
-            // A reused id: the room drops the old connection first (its Close is not sent).
+        // What the host asked before accepting the socket (a reused id: the room drops the old
+        // connection first, which changes the count, so only fresh ids are predicted).
+        let mut admitted = None;
+        if let Input::Connect { conn, identity } = &input {
+            if !self.open.contains(conn) {
+                admitted = Some((*conn, self.room.admit_connection(identity).is_ok()));
+            }
             self.forget(*conn);
             self.open.insert(*conn);
+            self.next_epoch += 1;
+            self.epochs.insert(*conn, self.next_epoch);
         }
         if let Input::Disconnect { conn } = &input {
             self.forget(*conn);
         }
         let effects = self.room.handle(input, self.now);
         self.apply(&effects, unknown);
+        if let Some((conn, ok)) = admitted {
+            let refused = effects.iter().any(|e| {
+                matches!(e, Effect::Close { conn: c, code, .. }
+                    if *c == conn && *code == close::TOO_MANY_CONNECTIONS)
+            });
+            assert_eq!(
+                refused, !ok,
+                "admit_connection said {ok}, but Connect refused: {refused}"
+            );
+        }
         self.check();
+        effects
     }
 
     fn forget(&mut self, conn: ConnId) {
@@ -135,11 +177,29 @@ impl Host {
                     );
                 }
                 Effect::Directory(_) => {}
+                Effect::VerifyPassword {
+                    conn,
+                    password,
+                    hash,
+                } => {
+                    assert!(
+                        self.open.contains(conn),
+                        "VerifyPassword for a closed connection"
+                    );
+                    let epoch = self.epochs.get(conn).copied().unwrap_or_default();
+                    assert!(
+                        !self.pending.iter().any(|p| p.0 == *conn && p.1 == epoch),
+                        "a second password check for connection {conn} while one is pending"
+                    );
+                    self.pending
+                        .push((*conn, epoch, password.clone(), hash.clone()));
+                }
             }
         }
     }
 
-    fn check(&self) {
+    fn check(&mut self) {
+        self.most_participants = self.most_participants.max(self.room.participant_count());
         let room = &self.room;
         assert_eq!(
             room.connection_count(),
@@ -201,15 +261,52 @@ impl Host {
         let Ok(ClientMessage { msg: Some(msg) }) = ClientMessage::decode(bytes) else {
             return false;
         };
+        // Joins no longer hash in the room (the host answers `VerifyPassword`, counted there).
         let sets = |s: &proto::UpdateSettings| s.password.as_ref().is_some_and(|p| !p.is_empty());
         match msg {
             C::UpdateSettings(s) => sets(&s),
-            C::Join(j) => {
-                self.room.stored().password.is_some()
-                    || j.create_settings.as_ref().is_some_and(sets)
-            }
+            C::Join(j) => j.create_settings.as_ref().is_some_and(sets),
             _ => false,
         }
+    }
+
+    /// The host's answer to the `i`th pending password check, computed as a host would
+    /// (`hash.verify`), within the hashing allowance; past it the check stays unanswered.
+    fn answer(&mut self, i: usize) {
+        if self.pending.is_empty() || self.password_work >= PASSWORD_WORK {
+            return;
+        }
+        self.password_work += 1;
+        let (conn, _, password, hash) = self.pending.remove(i % self.pending.len());
+        let ok = hash.verify(&password);
+        let effects = self.feed(Input::PasswordChecked { conn, ok });
+        if effects
+            .iter()
+            .any(|e| matches!(e, Effect::Remember(r) if r.conn == conn && r.joined.is_some()))
+        {
+            self.password_joins += 1;
+        }
+    }
+
+    /// A `Tick`, now or at the room's deadline (as a host's alarm would fire).
+    fn tick(&mut self, at_deadline: bool) {
+        let deadline = self.room.next_deadline();
+        if at_deadline && let Some(d) = deadline {
+            self.now = self.now.max(d);
+        }
+        let effects = self.feed(Input::Tick);
+        if deadline.is_none_or(|d| self.now < d) {
+            assert!(
+                !effects.iter().any(|e| matches!(e, Effect::Close { .. })),
+                "a Tick before the deadline closed a connection"
+            );
+        }
+        assert!(
+            self.room.next_deadline().is_none_or(|d| d > self.now),
+            "after a Tick the deadline {:?} is not in the future ({})",
+            self.room.next_deadline(),
+            self.now
+        );
     }
 
     fn frame(&mut self, conn: ConnId, bytes: &[u8]) {
@@ -228,6 +325,11 @@ impl Host {
 
 /// The whole target: one room, a sequence of operations (see the module docs).
 pub fn run(data: &[u8]) {
+    run_host(data);
+}
+
+/// [`run`], returning the host for a look at what the input reached.
+pub fn run_host(data: &[u8]) -> Host {
     let mut b = Bytes::new(data);
     let name = b.pick(&ROOMS);
     let mut host = Host::new(name);
@@ -241,17 +343,20 @@ pub fn run(data: &[u8]) {
         host.feed(Input::Disconnect { conn });
     }
     assert_eq!(host.room.participant_count(), 0);
+    host
 }
 
 fn step(host: &mut Host, b: &mut Bytes) {
-    let op = b.u8() % 16;
+    let op = b.u8() % 20;
     let conn = ConnId::from(b.u8() % 8);
     match op {
         0 | 1 => {
-            let identity = make::pick_identity(b);
+            let identity = make::pick_identity(b, host.now);
             host.feed(Input::Connect { conn, identity });
         }
-        2 => host.feed(Input::Disconnect { conn }),
+        2 => {
+            host.feed(Input::Disconnect { conn });
+        }
         3..=8 => {
             let msg = make::client_message(b, host.now);
             host.frame(conn, &msg.encode_to_vec());
@@ -286,7 +391,7 @@ fn step(host: &mut Host, b: &mut Bytes) {
             }
         }
         14 => host.hibernate(),
-        _ => match b.u8() % 4 {
+        15 => match b.u8() % 5 {
             0 => {
                 let effects = host.room.refresh_report(host.now);
                 host.apply(&effects, None);
@@ -295,10 +400,44 @@ fn step(host: &mut Host, b: &mut Bytes) {
             2 => {
                 let _ = host.room.take_stats();
             }
+            3 => host.room.set_limits(tight_limits()),
             _ => {
                 let big = vec![0u8; MAX_FRAME_BYTES + 1];
                 host.frame(conn, &big);
             }
         },
+        16 => {
+            let user_id = make::pick_user(b);
+            let input = match b.u8() % 4 {
+                0 => Input::IdentityChanged { user_id },
+                1 => Input::SessionEnded {
+                    user_id,
+                    session_id: None,
+                },
+                k => Input::SessionEnded {
+                    user_id,
+                    session_id: Some(make::SESSIONS[usize::from(k - 2)].to_owned()),
+                },
+            };
+            host.feed(input);
+        }
+        17 => host.tick(b.bool()),
+        18 => host.answer(usize::from(b.u8())),
+        _ => {
+            host.feed(Input::SubscribeRefused { conn });
+        }
+    }
+}
+
+/// Limits a host might configure, small enough for the fuzzer to hit every one of them.
+fn tight_limits() -> Limits {
+    Limits {
+        frames: Rate::every(100, 8),
+        join: Rate::every(1000, 2),
+        abuse_drops: 4,
+        conns_per_user: 1,
+        conns_per_network: 2,
+        password_checks: Rate::every(1000, 1),
+        ..Limits::default()
     }
 }

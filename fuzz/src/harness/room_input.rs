@@ -28,21 +28,48 @@ pub fn identity(user_id: &str, name: &str, roles: &[&str]) -> Identity {
         user_id: user_id.into(),
         name: name.into(),
         roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        session_id: None,
+        expires_at: None,
+        network: None,
     }
 }
 
-/// One of the cast, or (rarely) an identity made of arbitrary strings.
-pub fn pick_identity(b: &mut Bytes) -> Identity {
+/// Sessions the cast's members hold (`SessionEnded` names one of them, or all).
+pub const SESSIONS: [&str; 2] = ["s1", "s2"];
+pub const NETWORKS: [&str; 2] = ["net-a", "net-b"];
+
+/// One of the cast, or (rarely) an identity made of arbitrary strings; then what the host adds:
+/// a session for members, an expiry (a guest token's `exp`, a member session's end) and a
+/// network key.
+pub fn pick_identity(b: &mut Bytes, now: u64) -> Identity {
     let n = b.u8();
-    if let Some((user, name, roles)) = USERS.get(usize::from(n % 8)) {
-        return identity(user, name, roles);
+    let mut id = match USERS.get(usize::from(n % 8)) {
+        Some((user, name, roles)) => identity(user, name, roles),
+        None => {
+            let user = b.string(24);
+            let name = b.string(48);
+            let roles: Vec<&str> = (0..b.u8() % 3)
+                .map(|_| b.pick(&piano_core::account::ROLES))
+                .collect();
+            identity(&user, &name, &roles)
+        }
+    };
+    let extra = b.u8();
+    if !id.roles.iter().any(|r| r == "guest") {
+        id.session_id = Some(SESSIONS[usize::from(extra & 1)].to_owned());
     }
-    let user = b.string(24);
-    let name = b.string(48);
-    let roles: Vec<&str> = (0..b.u8() % 3)
-        .map(|_| b.pick(&piano_core::account::ROLES))
-        .collect();
-    identity(&user, &name, &roles)
+    id.network = match (extra >> 1) % 3 {
+        0 => None,
+        k => Some(NETWORKS[usize::from(k - 1)].to_owned()),
+    };
+    // Expiry: none, or 0-63 s / 0-63 min from now (the clock op moves in the same steps).
+    let t = u64::from(extra >> 3 & 15) * 4;
+    id.expires_at = match extra >> 7 {
+        0 if t == 0 => None,
+        0 => Some(now + t * 1000),
+        _ => Some(now + t * 60_000),
+    };
+    id
 }
 
 fn pick_participant(b: &mut Bytes) -> String {
@@ -54,7 +81,8 @@ fn pick_participant(b: &mut Bytes) -> String {
     }
 }
 
-fn pick_user(b: &mut Bytes) -> String {
+/// One of the cast's user ids, or any string.
+pub fn pick_user(b: &mut Bytes) -> String {
     let n = b.u8();
     match USERS.get(usize::from(n % 8)) {
         Some((user, _, _)) => (*user).to_owned(),
