@@ -39,13 +39,19 @@ async fn account_call(
         .await
 }
 
-/// Whether the session a member's token names is still the live one. A session this deployment
-/// never issued (another deployment sharing the signing key and Redis issued it, e.g. the
-/// Kubernetes fallback) is live unless the shared revocation list names it; without a shared
-/// Redis, or while it cannot be read, it is refused.
-pub async fn session_is_live(env: &Env, user_id: &str, sid: &str, generation: u64) -> Result<bool> {
+/// Whether the session a member's token names is still the live one: `Some(expiry)` when it
+/// is (the session's expiry in ms when this deployment issued it), `None` when not. A session
+/// this deployment never issued (another deployment sharing the signing key and Redis issued
+/// it, e.g. the Kubernetes fallback) is live unless the shared revocation list names it;
+/// without a shared Redis, or while it cannot be read, it is refused.
+pub async fn session_is_live(
+    env: &Env,
+    user_id: &str,
+    sid: &str,
+    generation: u64,
+) -> Result<Option<Option<u64>>> {
     let Some(username) = user_id.strip_prefix("user:") else {
-        return Ok(false);
+        return Ok(None);
     };
     let mut resp = account_call(
         env,
@@ -60,15 +66,17 @@ pub async fn session_is_live(env: &Env, user_id: &str, sid: &str, generation: u6
         valid: bool,
         #[serde(default = "yes")]
         known: bool,
+        #[serde(default)]
+        expires: Option<u64>,
     }
     fn yes() -> bool {
         true
     }
     let check: Check = resp.json().await?;
     if check.valid || check.known {
-        return Ok(check.valid);
+        return Ok(check.valid.then_some(check.expires));
     }
-    Ok(crate::shared::not_revoked(env, sid).await)
+    Ok(crate::shared::not_revoked(env, sid).await.then_some(None))
 }
 
 /// 429 with `Retry-After` when this client IP made too many auth requests this minute.
@@ -86,16 +94,25 @@ pub async fn rate_limited(req: &Request, env: &Env, cfg: &Config) -> Result<Opti
             too_many(retry_after).map(Some)
         };
     }
+    match limiter_hit(env, &format!("auth:{ip}"), cfg.auth_rate_limit).await? {
+        None => Ok(None),
+        Some(retry_after_ms) => too_many(retry_after_ms.div_ceil(1000).max(1)).map(Some),
+    }
+}
+
+/// Counts one hit on the Limiter object `key` (a sliding minute): `None` when allowed, else
+/// how long until the next hit would be (ms).
+pub async fn limiter_hit(env: &Env, key: &str, limit: usize) -> Result<Option<u64>> {
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_body(Some(
-        serde_json::json!({ "limit": cfg.auth_rate_limit, "window_ms": 60_000 })
+        serde_json::json!({ "limit": limit, "window_ms": 60_000 })
             .to_string()
             .into(),
     ));
     let hit = Request::new_with_init("https://limiter.internal/hit", &init)?;
     let stub = env
         .durable_object(LIMITER_BINDING)?
-        .id_from_name(&format!("auth:{ip}"))?
+        .id_from_name(key)?
         .get_stub()?;
     #[derive(Deserialize)]
     struct Verdict {
@@ -103,10 +120,7 @@ pub async fn rate_limited(req: &Request, env: &Env, cfg: &Config) -> Result<Opti
         retry_after_ms: u64,
     }
     let verdict: Verdict = stub.fetch_with_request(hit).await?.json().await?;
-    if verdict.allowed {
-        return Ok(None);
-    }
-    too_many(verdict.retry_after_ms.div_ceil(1000).max(1)).map(Some)
+    Ok((!verdict.allowed).then_some(verdict.retry_after_ms))
 }
 
 fn too_many(secs: u64) -> Result<Response> {
@@ -133,17 +147,39 @@ pub async fn limited_config(
     }
 }
 
+/// Reads a request body while it streams in, stopping (413 `body_too_large`) as soon as it
+/// passes [`MAX_BODY_BYTES`]: a large or endless body is never buffered whole.
+pub async fn capped_body(req: &mut Request) -> std::result::Result<Vec<u8>, Result<Response>> {
+    use futures_util::StreamExt;
+    let too_large = || json_error(413, "body_too_large", "request body is over 4096 bytes");
+    let declared = req
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    let Ok(mut stream) = req.stream() else {
+        // No body at all.
+        return Ok(body);
+    };
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(Err)?;
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 async fn json_body<T: for<'de> Deserialize<'de>>(
     req: &mut Request,
 ) -> std::result::Result<T, Result<Response>> {
-    let body = req.bytes().await.map_err(Err)?;
-    if body.len() > MAX_BODY_BYTES {
-        return Err(json_error(
-            413,
-            "body_too_large",
-            "request body is over 4096 bytes",
-        ));
-    }
+    let body = capped_body(req).await?;
     serde_json::from_slice(&body)
         .map_err(|e| json_error(400, "invalid_json", &format!("bad request body: {e}")))
 }
@@ -219,6 +255,16 @@ pub async fn register(mut req: Request, env: &Env) -> Result<Response> {
             Ok(k) => k,
             Err((code, message)) => return json_error(400, code, &message),
         };
+    let presented = req.headers().get("x-admin-bootstrap").ok().flatten();
+    let admin = match piano_core::account::admin_on_register(
+        &key,
+        &cfg.admins,
+        cfg.admin_bootstrap_secret.as_deref(),
+        presented.as_deref(),
+    ) {
+        Ok(admin) => admin,
+        Err((code, message)) => return json_error(403, code, message),
+    };
     let resp = account_call(
         env,
         &key,
@@ -229,7 +275,7 @@ pub async fn register(mut req: Request, env: &Env) -> Result<Response> {
             "password": b.password,
             "email": b.email,
             "max_sessions": cfg.max_sessions,
-            "admin": cfg.admins.contains(&key),
+            "admin": admin,
         })),
     )
     .await?;
@@ -257,7 +303,7 @@ pub async fn login(mut req: Request, env: &Env) -> Result<Response> {
             "key": key,
             "password": b.password,
             "max_sessions": cfg.max_sessions,
-            "admin": cfg.admins.contains(&key),
+            "admin": piano_core::account::admin_on_login(&key, &cfg.admins),
         })),
     )
     .await?;
@@ -302,25 +348,31 @@ pub async fn logout(mut req: Request, env: &Env) -> Result<Response> {
         refresh_token: Option<String>,
     }
     let access = bearer(&req);
-    let b: Body = req.json().await.unwrap_or_default();
-    let (user, sid) =
-        if let Some((user, sid, _)) = b.refresh_token.as_deref().and_then(parse_refresh) {
-            (user.to_owned(), sid.to_owned())
-        } else {
-            let claims = try_resp!(auth::verify_claims(env, access.as_deref()).await);
-            match (claims.sub.strip_prefix("user:"), claims.sid) {
-                (Some(user), Some(sid)) => (user.to_owned(), sid),
-                _ => return json_error(400, "not_a_member", "guest tokens have no session to end"),
-            }
-        };
-    account_call(
-        env,
-        &user,
-        Method::Post,
-        "/logout",
-        Some(serde_json::json!({ "sid": sid })),
-    )
-    .await?;
+    let body = try_resp!(capped_body(&mut req).await);
+    // An empty or unreadable body means "log out with the access token".
+    let b: Body = serde_json::from_slice(&body).unwrap_or_default();
+    let call = if let Some((user, sid, secret)) = b.refresh_token.as_deref().and_then(parse_refresh)
+    {
+        // The account checks the secret: a user name and session id alone end nothing.
+        (
+            user.to_owned(),
+            serde_json::json!({ "sid": sid, "secret": secret }),
+        )
+    } else {
+        // A live access token of the session (signature and session checked) is proof too.
+        let claims = try_resp!(auth::verify_claims(env, access.as_deref()).await);
+        match (claims.sub.strip_prefix("user:"), claims.sid) {
+            (Some(user), Some(sid)) => (
+                user.to_owned(),
+                serde_json::json!({ "sid": sid, "by_access_token": true }),
+            ),
+            _ => return json_error(400, "not_a_member", "guest tokens have no session to end"),
+        }
+    };
+    let resp = account_call(env, &call.0, Method::Post, "/logout", Some(call.1)).await?;
+    if resp.status_code() >= 400 {
+        return crate::relay_json(resp, None).await;
+    }
     Ok(Response::empty()?.with_status(204))
 }
 

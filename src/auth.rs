@@ -8,8 +8,6 @@ use piano_durable_objects::json_error;
 use std::rc::Rc;
 use worker::*;
 
-/// Largest JSON body the auth endpoints read.
-const MAX_BODY_BYTES: usize = 4096;
 /// Prefix of the subprotocol entry that carries a token (browsers cannot set headers on a
 /// WebSocket): `Sec-WebSocket-Protocol: pianorhythm.v1, bearer.<jwt>`.
 pub const BEARER_PREFIX: &str = "bearer.";
@@ -35,10 +33,10 @@ pub async fn guest(mut req: Request, env: &Env) -> Result<Response> {
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    let body = req.bytes().await?;
-    if body.len() > MAX_BODY_BYTES {
-        return json_error(413, "body_too_large", "request body is over 4096 bytes");
-    }
+    let body = match crate::accounts::capped_body(&mut req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
     #[derive(serde::Deserialize)]
     struct GuestRequest {
         name: String,
@@ -115,17 +113,33 @@ pub fn upgrade_auth(req: &Request) -> std::result::Result<UpgradeAuth, &'static 
 /// Verifies a token; on failure, the 401 (or 503) response to return.
 /// Verifies a token; on failure, the 401 (or 503) response to return. Members' tokens are also
 /// checked against their session (a logged-out or refreshed-away token is refused).
+/// A member's identity ends with their session (`expires_at`, as the account answered), a
+/// guest's with the token.
 pub async fn verify(
     env: &Env,
     token: Option<&str>,
 ) -> std::result::Result<Identity, Result<Response>> {
-    verify_claims(env, token).await.map(Identity::from)
+    let (claims, session_expires) = verify_session(env, token).await?;
+    let member = claims.sid.is_some();
+    let mut identity = Identity::from(claims);
+    if member {
+        identity.expires_at = session_expires;
+    }
+    Ok(identity)
 }
 
 pub async fn verify_claims(
     env: &Env,
     token: Option<&str>,
 ) -> std::result::Result<Claims, Result<Response>> {
+    verify_session(env, token).await.map(|(c, _)| c)
+}
+
+/// The token's claims and, for a member, when its session expires (when the account knows).
+async fn verify_session(
+    env: &Env,
+    token: Option<&str>,
+) -> std::result::Result<(Claims, Option<u64>), Result<Response>> {
     let cfg = config_or_503(env)?;
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Err(unauthorized(
@@ -137,21 +151,23 @@ pub async fn verify_claims(
         .verifier
         .verify(token, now)
         .map_err(|e| unauthorized(&e.to_string()))?;
+    let mut expires = None;
     if let Some(sid) = &claims.sid {
-        let valid =
+        let check =
             crate::accounts::session_is_live(env, &claims.sub, sid, claims.generation.unwrap_or(0))
                 .await
                 .map_err(|e| {
                     console_error!("session check failed: {e}");
                     json_error(503, "unavailable", "could not check the session; try again")
                 })?;
-        if !valid {
+        let Some(session_expires) = check else {
             return Err(unauthorized(
                 "the session has ended (logged out or refreshed): log in again",
             ));
-        }
+        };
+        expires = session_expires;
     }
-    Ok(claims)
+    Ok((claims, expires))
 }
 
 pub fn unauthorized(message: &str) -> Result<Response> {

@@ -11,11 +11,17 @@
 //! | `MAX_SESSIONS_PER_ACCOUNT` | var | `0` (no limit) | live sessions per member; older ones end |
 //! | `ADMIN_USERNAMES` | var | none | usernames that get the admin role on register/login |
 //! | `AUTH_RATE_LIMIT_PER_MINUTE` | var | `10` | auth requests per client IP per minute |
+//! | `ADMIN_BOOTSTRAP_SECRET` | secret | none | registering a name in `ADMIN_USERNAMES` needs it (header `x-admin-bootstrap`) |
+//! | `WS_UPGRADE_RATE_PER_MINUTE` | var | 3 × the auth limit (30) | WebSocket upgrades per client IP per minute |
+//! | `CORS_ORIGINS` | var | none | origins allowed to call the API from a browser (exact, comma-separated) |
 
 use piano_core::identity::{SigningKey, Verifier, parse_public_keys};
 use std::cell::RefCell;
 use std::rc::Rc;
 use worker::Env;
+
+/// Auth requests per client IP per minute unless `AUTH_RATE_LIMIT_PER_MINUTE` says otherwise.
+pub const DEFAULT_AUTH_RATE_LIMIT: usize = 10;
 
 pub struct Config {
     pub signing: SigningKey,
@@ -28,6 +34,7 @@ pub struct Config {
     pub access_ttl_secs: u64,
     pub max_sessions: u32,
     pub admins: Vec<String>,
+    pub admin_bootstrap_secret: Option<String>,
     pub auth_rate_limit: usize,
 }
 
@@ -58,6 +65,7 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
         "MAX_SESSIONS_PER_ACCOUNT",
         "ADMIN_USERNAMES",
         "AUTH_RATE_LIMIT_PER_MINUTE",
+        "ADMIN_BOOTSTRAP_SECRET",
     ]
     .iter()
     .map(|n| setting(env, n))
@@ -102,7 +110,12 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
         };
     let access_ttl_secs = number(0, "ACCESS_TOKEN_TTL_SECS", 900, 30..=86_400)?;
     let max_sessions = number(1, "MAX_SESSIONS_PER_ACCOUNT", 0, 0..=1000)? as u32;
-    let auth_rate_limit = number(3, "AUTH_RATE_LIMIT_PER_MINUTE", 10, 1..=1_000_000)? as usize;
+    let auth_rate_limit = number(
+        3,
+        "AUTH_RATE_LIMIT_PER_MINUTE",
+        DEFAULT_AUTH_RATE_LIMIT as u64,
+        1..=1_000_000,
+    )? as usize;
     let admins = others[2]
         .as_deref()
         .unwrap_or_default()
@@ -120,6 +133,7 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
         access_ttl_secs,
         max_sessions,
         admins,
+        admin_bootstrap_secret: others[4].clone(),
         auth_rate_limit,
     });
     CACHE.with_borrow_mut(|c| *c = Some((cache_key, cfg.clone())));

@@ -22,6 +22,8 @@
 mod accounts;
 mod auth;
 mod config;
+mod gate;
+mod policy;
 mod rooms;
 mod shared;
 
@@ -34,13 +36,19 @@ use worker::*;
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
-    match route(req, &env).await {
-        Ok(resp) => Ok(resp),
+    let origin = req.headers().get("origin").ok().flatten();
+    let resp = match policy::preflight(&req, &env) {
+        Ok(Some(resp)) => Ok(resp),
+        _ => route(req, &env).await,
+    };
+    let resp = match resp {
+        Ok(resp) => resp,
         Err(e) => {
             console_error!("request failed: {e}");
-            json_error(500, "internal", "internal error")
+            json_error(500, "internal", "internal error")?
         }
-    }
+    };
+    policy::finish(resp, origin.as_deref(), &env).await
 }
 
 async fn route(req: Request, env: &Env) -> Result<Response> {
@@ -72,8 +80,13 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         (Method::Get, ["api", "network", "rooms"]) => shared::rooms(env).await,
         (Method::Get, ["api", "network", "online"]) => shared::online(env).await,
         (Method::Post, ["api", "lobby", "next"]) => rooms::next_lobby(req, env).await,
-        (Method::Get, ["api", "rooms", name, "ws"]) => rooms::connect(req, env, name).await,
-        (Method::Get, ["api", "rooms", name]) => rooms::info(env, name).await,
+        (Method::Get, ["api", "rooms", name, "ws"]) => {
+            if let Some(limited) = gate::upgrade_limited(&req, env).await? {
+                return Ok(limited);
+            }
+            rooms::connect(req, env, &gate::nfc_segment(name)).await
+        }
+        (Method::Get, ["api", "rooms", name]) => rooms::info(env, &gate::nfc_segment(name)).await,
         (Method::Get, ["api", "admin", "rooms", name, "outbox"]) => {
             rooms::outbox(&req, env, name).await
         }

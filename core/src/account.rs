@@ -80,9 +80,73 @@ pub fn check_registration(
     Ok(key)
 }
 
+/// `ADMIN_USERNAMES` at registration: a listed name is reserved for whoever presents the
+/// deployment's `ADMIN_BOOTSTRAP_SECRET` (request header `x-admin-bootstrap`), so it no longer
+/// goes to whoever registers it first. `Ok(true)`: register as admin; `Ok(false)`: an ordinary
+/// member; `Err`: refuse with 403 and this code. Without a configured secret a listed name
+/// cannot be registered at all (only accounts that already exist become admins, at login).
+pub fn admin_on_register(
+    key: &str,
+    admins: &[String],
+    bootstrap_secret: Option<&str>,
+    presented: Option<&str>,
+) -> Result<bool, (&'static str, &'static str)> {
+    if !admins.iter().any(|a| a == key) {
+        return Ok(false);
+    }
+    match (bootstrap_secret, presented) {
+        (Some(secret), Some(given)) if !secret.is_empty() && ct_eq(secret, given) => Ok(true),
+        _ => Err((
+            "reserved_username",
+            "this username is reserved for the deployment's administrators",
+        )),
+    }
+}
+
+/// `ADMIN_USERNAMES` at login: an existing account with a listed name is an admin.
+pub fn admin_on_login(key: &str, admins: &[String]) -> bool {
+    admins.iter().any(|a| a == key)
+}
+
+/// Compares secrets without an early exit on the first differing byte.
+fn ct_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_names_need_the_bootstrap_secret() {
+        let admins = vec!["root".to_owned()];
+        assert_eq!(admin_on_register("ada", &admins, None, None), Ok(false));
+        assert_eq!(
+            admin_on_register("ada", &admins, Some("s3"), Some("x")),
+            Ok(false)
+        );
+        assert_eq!(
+            admin_on_register("root", &admins, Some("s3cret"), Some("s3cret")),
+            Ok(true)
+        );
+        for (secret, given) in [
+            (None, None),
+            (None, Some("")),
+            (Some("s3cret"), None),
+            (Some("s3cret"), Some("s3cre")),
+            (Some("s3cret"), Some("S3CRET")),
+            (Some(""), Some("")),
+        ] {
+            assert_eq!(
+                admin_on_register("root", &admins, secret, given).map_err(|e| e.0),
+                Err("reserved_username"),
+                "{secret:?} {given:?}"
+            );
+        }
+        assert!(admin_on_login("root", &admins));
+        assert!(!admin_on_login("ada", &admins));
+    }
 
     #[test]
     fn registrations_are_checked_in_order() {

@@ -18,6 +18,7 @@
 //! - [`limits`]: protocol-wide numbers (frame size, close codes) that clients rely on.
 
 pub mod account;
+pub mod http_policy;
 pub mod identity;
 pub mod limits;
 pub mod lobby;

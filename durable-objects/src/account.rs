@@ -9,7 +9,12 @@
 //! already rotated away revokes the session (reuse detection).
 //!
 //! Routes (worker → object, JSON): `POST /register`, `/login`, `/refresh`, `/logout`, `/check`,
-//! `/roles`; `GET /profile`, `PUT /profile`.
+//! `/roles`; `GET /profile`, `PUT /profile`; (room → object) `POST /socket`.
+//!
+//! Storage is created only by writes (a registration, an import from the shared database, a
+//! session): reads of an unknown username (profile probes, logins, checks) leave nothing
+//! behind. Ending a session or changing roles notifies the rooms holding the member's sockets
+//! ([`crate::sessions`]).
 
 use crate::json_error;
 use crate::outbox::Outbox;
@@ -27,6 +32,8 @@ const SCHEMA: &str = "
         sid TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, generation INTEGER NOT NULL,
         created INTEGER NOT NULL, expires INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0
     );
+    CREATE TABLE IF NOT EXISTS session_prev (sid TEXT PRIMARY KEY, secret_hash TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, seen INTEGER NOT NULL);
 ";
 
 #[derive(Deserialize)]
@@ -61,6 +68,9 @@ struct SessionReq {
     secret: String,
     #[serde(default)]
     generation: u64,
+    /// Logout only: the worker verified a live access token of this session instead.
+    #[serde(default)]
+    by_access_token: bool,
 }
 
 #[derive(Deserialize)]
@@ -113,6 +123,9 @@ fn shared_accounts_unavailable() -> Result<Response> {
 #[durable_object]
 pub struct Account {
     state: State,
+    env: Env,
+    /// Session ends and role changes to send to the member's rooms after the request.
+    notices: std::cell::RefCell<Vec<crate::sessions::Notice>>,
     /// Account documents bound for MongoDB, revoked sessions for Redis.
     outbox: Outbox,
     /// How long a revoked session's access tokens could still be presented.
@@ -129,14 +142,21 @@ impl DurableObject for Account {
             .unwrap_or(900);
         Account {
             state,
+            notices: std::cell::RefCell::new(Vec::new()),
             outbox: Outbox::new(&env),
             access_ttl_secs,
             lookup_skip_until: std::cell::Cell::new(0),
+            env,
         }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
         let resp = self.route(req).await;
+        self.send_notices().await;
+        if !self.has_schema() {
+            // Nothing was stored (a read of an unknown user): no alarm, no database.
+            return resp;
+        }
         if let Err(e) = self
             .outbox
             .kick(&self.state.storage(), Date::now().as_millis())
@@ -166,9 +186,31 @@ impl DurableObject for Account {
 impl Account {
     async fn route(&self, mut req: Request) -> Result<Response> {
         let sql = self.state.storage().sql();
-        sql.exec(SCHEMA, None)?;
+        if self.has_schema() {
+            // Accounts stored before a table was added get it (idempotent).
+            sql.exec(SCHEMA, None)?;
+        }
         let now = Date::now().as_millis();
         match (req.method(), req.path().as_str()) {
+            (Method::Post, "/socket") => {
+                #[derive(Deserialize)]
+                struct SocketReq {
+                    room: String,
+                }
+                let r: SocketReq = req.json().await?;
+                if self.load()?.is_none() {
+                    return json_error(404, "not_found", "no such user");
+                }
+                sql.exec(
+                    "INSERT INTO rooms (room, seen) VALUES (?, ?) ON CONFLICT(room) DO UPDATE SET seen = excluded.seen",
+                    vec![r.room.as_str().into(), (now as i64).into()],
+                )?;
+                sql.exec(
+                    "DELETE FROM rooms WHERE room NOT IN (SELECT room FROM rooms ORDER BY seen DESC LIMIT ?)",
+                    vec![(crate::sessions::MAX_ROOMS_PER_ACCOUNT as i64).into()],
+                )?;
+                Response::empty()
+            }
             (Method::Post, "/register") => {
                 let r: RegisterReq = req.json().await?;
                 if self.load()?.is_some() {
@@ -188,6 +230,7 @@ impl Account {
                 if self.load()?.is_some() {
                     return json_error(409, "username_taken", "that username is taken");
                 }
+                sql.exec(SCHEMA, None)?;
                 let mut roles = vec!["member".to_owned()];
                 if r.admin {
                     roles.push("admin".into());
@@ -252,14 +295,20 @@ impl Account {
                         "the session has ended: log in again",
                     );
                 }
-                if row.secret_hash != hash_secret(&r.secret) {
-                    // A rotated-away refresh token came back: someone else may hold the new one.
-                    self.revoke(&r.sid)?;
-                    return json_error(
-                        401,
-                        "invalid_session",
-                        "refresh token was already used: session revoked",
-                    );
+                let presented = hash_secret(&r.secret);
+                if row.secret_hash != presented {
+                    if self.previous_secret(&r.sid)?.as_deref() == Some(presented.as_str()) {
+                        // A rotated-away refresh token came back: someone else may hold the
+                        // new one.
+                        self.revoke(&r.sid)?;
+                        return json_error(
+                            401,
+                            "invalid_session",
+                            "refresh token was already used: session revoked",
+                        );
+                    }
+                    // A secret this session never had: not proof of anything, ends nothing.
+                    return json_error(401, "invalid_session", "refresh token is not valid");
                 }
                 let secret = hex(&random::<32>());
                 let generation = row.generation + 1;
@@ -267,10 +316,23 @@ impl Account {
                     "UPDATE sessions SET secret_hash = ?, generation = ?, expires = ? WHERE sid = ?",
                     vec![hash_secret(&secret).into(), generation.into(), ((now + SESSION_TTL_MS) as i64).into(), r.sid.as_str().into()],
                 )?;
+                sql.exec(
+                    "INSERT INTO session_prev (sid, secret_hash) VALUES (?, ?) ON CONFLICT(sid) DO UPDATE SET secret_hash = excluded.secret_hash",
+                    vec![r.sid.as_str().into(), presented.into()],
+                )?;
                 session_response(&account, &r.sid, &secret, generation as u64, 200)
             }
             (Method::Post, "/logout") => {
                 let r: SessionReq = req.json().await?;
+                // The refresh token's secret (or a live access token, checked by the worker):
+                // a user name and session id alone end nothing.
+                let proven = r.by_access_token
+                    || self
+                        .session(&r.sid)?
+                        .is_some_and(|row| row.secret_hash == hash_secret(&r.secret));
+                if !proven {
+                    return json_error(401, "invalid_session", "refresh token is not valid");
+                }
                 self.revoke(&r.sid)?;
                 Ok(Response::empty()?.with_status(204))
             }
@@ -288,7 +350,10 @@ impl Account {
                     }
                     _ => false,
                 };
-                Response::from_json(&serde_json::json!({ "valid": valid, "known": known }))
+                let expires = self.session(&r.sid)?.map(|row| row.expires.max(0) as u64);
+                Response::from_json(
+                    &serde_json::json!({ "valid": valid, "known": known, "expires": expires }),
+                )
             }
             (Method::Get, "/profile") => match self.load()? {
                 Some(a) => Response::from_json(&a.public()),
@@ -337,6 +402,7 @@ impl Account {
                 {
                     return json_error(400, "invalid_role", &format!("unknown role {bad:?}"));
                 }
+                let before = a.roles.clone();
                 a.roles.retain(|x| !r.remove.contains(x));
                 for role in r.add {
                     if !a.roles.contains(&role) {
@@ -344,6 +410,13 @@ impl Account {
                     }
                 }
                 self.save(&a, false)?;
+                if a.roles != before {
+                    self.notices.borrow_mut().push(crate::sessions::Notice {
+                        user_id: a.user_id(),
+                        session_id: None,
+                        changed: true,
+                    });
+                }
                 Response::from_json(&a.public())
             }
             _ => json_error(404, "not_found", "no such account route"),
@@ -352,10 +425,77 @@ impl Account {
 }
 
 impl Account {
+    /// Whether this object ever stored anything (its tables exist).
+    fn has_schema(&self) -> bool {
+        #[derive(Deserialize)]
+        struct Table {
+            #[allow(dead_code)]
+            name: String,
+        }
+        self.state
+            .storage()
+            .sql()
+            .exec(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'account'",
+                None,
+            )
+            .and_then(|c| c.to_array::<Table>())
+            .is_ok_and(|t| !t.is_empty())
+    }
+
+    /// The secret a session had before its last refresh (to tell reuse from guessing).
+    fn previous_secret(&self, sid: &str) -> Result<Option<String>> {
+        #[derive(Deserialize)]
+        struct Row {
+            secret_hash: String,
+        }
+        let rows: Vec<Row> = self
+            .state
+            .storage()
+            .sql()
+            .exec(
+                "SELECT secret_hash FROM session_prev WHERE sid = ?",
+                vec![sid.into()],
+            )?
+            .to_array()?;
+        Ok(rows.into_iter().next().map(|r| r.secret_hash))
+    }
+
+    /// Sends the queued notices to the rooms holding this member's sockets.
+    async fn send_notices(&self) {
+        let notices = std::mem::take(&mut *self.notices.borrow_mut());
+        if notices.is_empty() || !self.has_schema() {
+            return;
+        }
+        #[derive(Deserialize)]
+        struct Row {
+            room: String,
+        }
+        let rooms: Vec<String> = match self
+            .state
+            .storage()
+            .sql()
+            .exec("SELECT room FROM rooms", None)
+            .and_then(|c| c.to_array::<Row>())
+        {
+            Ok(rows) => rows.into_iter().map(|r| r.room).collect(),
+            Err(e) => {
+                console_error!("rooms of this account unreadable: {e}");
+                return;
+            }
+        };
+        for notice in &notices {
+            crate::sessions::notify(&self.env, &rooms, notice).await;
+        }
+    }
+
     fn load(&self) -> Result<Option<AccountData>> {
         #[derive(Deserialize)]
         struct Row {
             data: String,
+        }
+        if !self.has_schema() {
+            return Ok(None);
         }
         let rows: Vec<Row> = self
             .state
@@ -424,6 +564,7 @@ impl Account {
         if let Some(local) = self.load()? {
             return Ok(Lookup::Found(local));
         }
+        self.state.storage().sql().exec(SCHEMA, None)?;
         self.state.storage().sql().exec(
             "INSERT OR IGNORE INTO account (id, data) VALUES (1, ?)",
             vec![serde_json::to_string(&account)?.into()],
@@ -435,6 +576,9 @@ impl Account {
     }
 
     fn session(&self, sid: &str) -> Result<Option<SessionRow>> {
+        if !self.has_schema() {
+            return Ok(None);
+        }
         let rows: Vec<SessionRow> = self
             .state
             .storage()
@@ -450,11 +594,21 @@ impl Account {
     /// Ends a session; with Redis configured, the revocation is shared (other deployments and
     /// the fallback refuse its access tokens too).
     fn revoke(&self, sid: &str) -> Result<()> {
+        if !self.has_schema() {
+            return Ok(());
+        }
         let sql = self.state.storage().sql();
         sql.exec(
             "UPDATE sessions SET revoked = 1 WHERE sid = ?",
             vec![sid.into()],
         )?;
+        if let Some(a) = self.load()? {
+            self.notices.borrow_mut().push(crate::sessions::Notice {
+                user_id: a.user_id(),
+                session_id: Some(sid.to_owned()),
+                changed: false,
+            });
+        }
         if self.outbox.wants(Lane::Redis)
             && let (Some(a), Some(_)) = (self.load()?, self.session(sid)?)
         {

@@ -31,7 +31,10 @@ pub mod account;
 pub mod limiter;
 pub mod lobby;
 pub mod outbox;
+mod room_host;
+pub mod sessions;
 mod storage;
+mod webcrypto;
 use outbox::Outbox;
 use piano_backends::layout;
 use piano_backends::outbox::Lane;
@@ -53,6 +56,8 @@ struct Loaded {
     /// User ids last reported present to Redis (when it is configured); kept in SQLite too, so
     /// players who left while the object was down (a restart, a deploy) are taken out.
     present: HashSet<String>,
+    /// Bytes sent to each socket since the client last sent a frame (see [`room_host`]).
+    unread: HashMap<ConnId, usize>,
 }
 
 #[durable_object]
@@ -66,6 +71,17 @@ pub struct Room {
     outbox: Outbox,
     /// When players' activity was last added to their totals.
     stats_flushed_at: Cell<u64>,
+    /// Whether the room's SQLite database holds the room (created at the first successful
+    /// Join, deleted on `Change::Discard`); `None` until looked up.
+    has_storage: Cell<Option<bool>>,
+    /// Join passwords the core asked to check ([`Effect::VerifyPassword`]), run after the event.
+    pending_checks: RefCell<Vec<(ConnId, String, piano_core::password::PasswordHash)>>,
+    /// The core asked to delete the room's storage ([`Change::Discard`]).
+    discard_asked: Cell<bool>,
+    /// Members whose sockets here the Account object must learn about (user id, room name).
+    announce: RefCell<Vec<String>>,
+    /// Unread bytes after which a socket is closed as a slow reader (`SLOW_READER_BYTES`).
+    slow_reader_bytes: usize,
 }
 
 /// How often players' activity is added to their stored totals while they play.
@@ -76,10 +92,15 @@ impl DurableObject for Room {
         Room {
             outbox: Outbox::new(&env),
             state,
-            env,
             loaded: RefCell::new(None),
             started_at: now(),
             stats_flushed_at: Cell::new(now()),
+            has_storage: Cell::new(None),
+            pending_checks: RefCell::new(Vec::new()),
+            discard_asked: Cell::new(false),
+            announce: RefCell::new(Vec::new()),
+            slow_reader_bytes: room_host::slow_reader_bytes(&env),
+            env,
         }
     }
 
@@ -100,6 +121,7 @@ impl DurableObject for Room {
                 self.directory(ops).await;
                 Response::empty()
             }
+            "/session" => self.session_notice(&mut req).await,
             "/outbox" => {
                 let status = self.outbox.status(&self.state.storage().sql())?;
                 Response::from_json(&status)
@@ -130,6 +152,7 @@ impl DurableObject for Room {
             let _ = ws.close(Some(close::INTERNAL_ERROR), Some("connection state lost"));
             return Ok(());
         };
+        self.client_read(conn);
         let frame = match &message {
             WebSocketIncomingMessage::Binary(b) => Frame::Binary(b),
             WebSocketIncomingMessage::String(s) => Frame::Text(s),
@@ -163,18 +186,28 @@ impl DurableObject for Room {
     /// [`STATS_EVERY_MS`] while players are still active.
     async fn alarm(&self) -> Result<Response> {
         self.outbox.begin_alarm();
+        // Sessions and tokens that ended meanwhile close their sockets (4001).
+        let ops = self.handle(None, Input::Tick);
         self.flush_stats(true);
         let sql = self.state.storage().sql();
         let flushed = self.outbox.flush(&sql, now()).await;
+        let outbox_empty = flushed.as_ref().is_ok_and(|f| f.pending == 0);
         let stats_due = self
             .loaded
             .borrow()
             .as_ref()
             .is_some_and(|l| l.room.has_stats())
             .then(|| now() + STATS_EVERY_MS);
-        self.outbox
-            .finish_alarm(&self.state.storage(), &sql, flushed, stats_due, now())
-            .await
+        let other = [stats_due, self.deadline()].into_iter().flatten().min();
+        let resp = self
+            .outbox
+            .finish_alarm(&self.state.storage(), &sql, flushed, other, now())
+            .await;
+        if outbox_empty {
+            self.discard_if_asked().await;
+        }
+        self.directory(ops).await;
+        resp
     }
 }
 
@@ -187,7 +220,7 @@ impl Room {
         {
             return json_error(426, "upgrade_required", "expected a WebSocket upgrade");
         }
-        let (Some(identity), Some(name)) = (
+        let (Some(mut identity), Some(name)) = (
             headers
                 .get(IDENTITY_HEADER)?
                 .as_deref()
@@ -196,15 +229,20 @@ impl Room {
         ) else {
             return json_error(400, "bad_request", "missing identity or room");
         };
+        // The client's network (Cloudflare sets this header; the worker forwards it), for the
+        // per-network socket cap and bans.
+        identity.network = headers
+            .get("cf-connecting-ip")?
+            .map(|ip| piano_core::http_policy::network_key(&ip));
 
-        let pair = WebSocketPair::new()?;
         let sql = self.state.storage().sql();
-        let shared = if storage::exists(&sql)? {
+        // Nothing is written for a room before its first successful Join: a room new here is
+        // imported only when the shared database has it (created on another deployment).
+        let shared = if self.storage_exists()? {
             None
         } else {
             self.shared_room(&name).await
         };
-        storage::init(&sql, &name)?;
         // Another player may have created the room while we asked MongoDB: then theirs
         // stands. A room only looked at (its info, a lobby refresh) was loaded with defaults
         // and nobody in it: it is reloaded from the imported state.
@@ -215,19 +253,39 @@ impl Room {
             .is_none_or(|l| l.room.connection_count() == 0);
         if let Some(doc) = shared
             && untouched
+            && !self.storage_exists()?
         {
+            storage::init(&sql, &name)?;
             storage::import(&sql, &doc)?;
+            self.has_storage.set(Some(true));
             *self.loaded.borrow_mut() = None;
         }
         // Load the room from the sockets accepted so far, before this one joins them.
         let restored = self.ensure_loaded(Some(&name))?;
         let mut ops = self.apply(restored);
+        // Socket caps (per user, per network) are answered before the upgrade.
+        let admitted = match self.loaded.borrow().as_ref() {
+            Some(l) => l.room.admit_connection(&identity),
+            None => Ok(()),
+        };
+        if admitted.is_err() {
+            self.directory(ops).await;
+            return room_host::too_many_connections();
+        }
+        let member = identity
+            .session_id
+            .is_some()
+            .then(|| identity.user_id.clone());
+        let pair = WebSocketPair::new()?;
         self.state.accept_web_socket(&pair.server);
         let conn = new_conn_id();
         if let Some(l) = self.loaded.borrow_mut().as_mut() {
             l.sockets.insert(conn, pair.server.clone());
         }
         ops.extend(self.handle(Some(&name), Input::Connect { conn, identity }));
+        if let Some(user) = member {
+            self.announce.borrow_mut().push(user);
+        }
         self.directory(ops).await;
 
         let mut resp = Response::from_websocket(pair.client)?;
@@ -281,6 +339,7 @@ impl Room {
         }
         let sql = self.state.storage().sql();
         let (name, stored) = storage::load(&sql, name_hint)?;
+        self.has_storage.set(Some(stored.is_some()));
         let mut sockets = HashMap::new();
         let mut records = Vec::new();
         for ws in self.state.get_websockets() {
@@ -307,6 +366,7 @@ impl Room {
             room,
             sockets,
             present,
+            unread: HashMap::new(),
         });
         if self.outbox.wants(Lane::Redis) {
             self.sync_presence();
@@ -321,6 +381,7 @@ impl Room {
         let ops = self.handle(None, Input::Disconnect { conn });
         if let Some(l) = self.loaded.borrow_mut().as_mut() {
             l.sockets.remove(&conn);
+            l.unread.remove(&conn);
         }
         ops
     }
@@ -339,14 +400,19 @@ impl Room {
     /// Feeds the core and carries out its effects; returns the directory work left to do.
     fn handle(&self, name_hint: Option<&str>, input: Input<'_>) -> Vec<DirectoryOp> {
         let mut ops = self.handle_restore(name_hint);
-        let (effects, membership_changed) = match self.loaded.borrow_mut().as_mut() {
+        let (effects, membership_changed, first_join) = match self.loaded.borrow_mut().as_mut() {
             Some(l) => {
                 let before = l.room.participant_count();
                 let effects = l.room.handle(input, now());
-                (effects, l.room.participant_count() != before)
+                let after = l.room.participant_count();
+                (effects, after != before, after > before)
             }
             None => return ops,
         };
+        if first_join {
+            // The room's storage begins with its first successful Join.
+            self.ensure_storage();
+        }
         ops.extend(self.apply(effects));
         if membership_changed && self.outbox.wants(Lane::Redis) {
             self.sync_presence();
@@ -440,7 +506,28 @@ impl Room {
 
     /// Talks to the lobby, after the room's own effects are done (players never wait on it).
     /// Failures are logged: the directory heals at the room's next report or wake.
-    async fn directory(&self, ops: Vec<DirectoryOp>) {
+    async fn directory(&self, mut ops: Vec<DirectoryOp>) {
+        loop {
+            let batch = std::mem::take(&mut ops);
+            ops.extend(self.directory_ops(batch).await);
+            // Join passwords, checked by WebCrypto while the room keeps handling other events.
+            let checks = std::mem::take(&mut *self.pending_checks.borrow_mut());
+            for (conn, password, hash) in checks {
+                let ok = webcrypto::verify_password(&password, &hash).await;
+                ops.extend(self.handle(None, Input::PasswordChecked { conn, ok }));
+            }
+            if ops.is_empty() && self.pending_checks.borrow().is_empty() {
+                break;
+            }
+        }
+        self.announce_sockets().await;
+        self.discard_if_asked().await;
+        self.arm_alarm().await;
+    }
+
+    /// One round of directory calls; returns the directory work their answers caused.
+    async fn directory_ops(&self, ops: Vec<DirectoryOp>) -> Vec<DirectoryOp> {
+        let mut more = Vec::new();
         for op in ops {
             let result = match op {
                 DirectoryOp::Report(report) => self.lobby("/report", &report).await.map(drop),
@@ -450,20 +537,27 @@ impl Room {
                         .await
                         .map(drop)
                 }
-                DirectoryOp::Subscribe { conn } => {
+                DirectoryOp::Subscribe { conn, user_id } => {
                     let name = self.room_name();
                     match self
-                        .lobby("/subscribe", &serde_json::json!({ "room": name }))
+                        .lobby(
+                            "/subscribe",
+                            &serde_json::json!({ "room": name, "user": user_id }),
+                        )
                         .await
                     {
                         Ok(mut resp) => match resp.json::<Vec<Summary>>().await {
                             Ok(rooms) => {
-                                // Answering a subscription produces no further directory work.
-                                let _ = self.handle(None, Input::RoomList { conn, rooms });
+                                more.extend(self.handle(None, Input::RoomList { conn, rooms }));
                                 Ok(())
                             }
                             Err(e) => Err(e),
                         },
+                        // The directory's per-user subscription cap.
+                        Err(Error::RustError(e)) if e.ends_with(" answered 429") => {
+                            more.extend(self.handle(None, Input::SubscribeRefused { conn }));
+                            Ok(())
+                        }
                         Err(e) => Err(e),
                     }
                 }
@@ -472,7 +566,7 @@ impl Room {
                 console_warn!("directory call failed: {e}");
             }
         }
-        self.arm_alarm().await;
+        more
     }
 
     /// After an event: the outbox's new rows go out now, and activity not yet added to the
@@ -497,6 +591,12 @@ impl Room {
                 .await
         {
             console_error!("could not arm the stats alarm: {e}");
+        }
+        // Token and session expiry of the sockets here (shared alarm, see `deadline`).
+        if let Some(deadline) = self.deadline()
+            && let Err(e) = self.outbox.alarm_by(&storage, deadline, at).await
+        {
+            console_error!("could not arm the expiry alarm: {e}");
         }
     }
 
@@ -539,16 +639,34 @@ impl Room {
         if effects.is_empty() {
             return ops;
         }
+        if effects
+            .iter()
+            .any(|e| matches!(e, Effect::Persist(c) if !matches!(c, Change::Discard)))
+        {
+            self.ensure_storage();
+        }
         let mut loaded = self.loaded.borrow_mut();
         let Some(l) = loaded.as_mut() else { return ops };
         let sql = self.state.storage().sql();
         let mut mirrored: Vec<Change> = Vec::new();
+        let mut slow: Vec<ConnId> = Vec::new();
         for effect in effects {
             match effect {
                 Effect::Send { to, frame } => {
                     // One JS buffer per broadcast, handed to every socket.
                     let buffer = Uint8Array::from(&frame[..]).buffer();
                     for conn in to.as_slice() {
+                        if room_host::over_unread(
+                            &mut l.unread,
+                            *conn,
+                            frame.len(),
+                            self.slow_reader_bytes,
+                        ) {
+                            if !slow.contains(conn) {
+                                slow.push(*conn);
+                            }
+                            continue;
+                        }
                         if let Some(ws) = l.sockets.get(conn) {
                             let raw: &web_sys::WebSocket = ws.as_ref();
                             if let Err(e) = raw.send_with_array_buffer(&buffer) {
@@ -557,7 +675,23 @@ impl Room {
                         }
                     }
                 }
+                Effect::VerifyPassword {
+                    conn,
+                    password,
+                    hash,
+                } => self
+                    .pending_checks
+                    .borrow_mut()
+                    .push((conn, password, hash)),
+                Effect::Persist(Change::Discard) => {
+                    // Deleted after the event (and after the outbox delivered its rows).
+                    self.discard_asked.set(true);
+                    if self.outbox.wants(Lane::Mongo) {
+                        mirrored.push(Change::Discard);
+                    }
+                }
                 Effect::Close { conn, code, reason } => {
+                    l.unread.remove(&conn);
                     if let Some(ws) = l.sockets.remove(&conn) {
                         let _ = ws.close(Some(code), Some(reason));
                     }
@@ -602,6 +736,18 @@ impl Room {
             if let Err(e) = self.outbox.enqueue(&sql, ops, at) {
                 console_error!("outbox write failed: {e}");
             }
+        }
+        // Slow readers are closed (1013) and leave the room like any disconnect.
+        for conn in &slow {
+            l.unread.remove(conn);
+            if let Some(ws) = l.sockets.remove(conn) {
+                let _ = ws.close(Some(close::TRY_AGAIN_LATER), Some("slow reader"));
+            }
+        }
+        drop(loaded);
+        for conn in slow {
+            console_warn!("closed slow reader {conn}");
+            ops.extend(self.handle(None, Input::Disconnect { conn }));
         }
         ops
     }

@@ -205,6 +205,11 @@ impl Outbox {
         Ok(())
     }
 
+    /// The object deleted its alarm (and storage) behind the outbox's back.
+    pub fn forget_alarm(&self) {
+        self.scheduled.set(None);
+    }
+
     /// At the start of the alarm handler (the alarm that fired is spent).
     pub fn begin_alarm(&self) {
         self.in_alarm.set(true);

@@ -31,9 +31,10 @@ struct ChatRow {
     record: String,
 }
 
-/// Creates the tables and records the room's name (so a woken object knows it). Runs when a
-/// player connects, before anything is written; merely looking at a room (its info, a lobby
-/// refresh) writes nothing, so probing random names cannot fill storage.
+/// Creates the tables and records the room's name (so a woken object knows it). Runs at the
+/// room's first successful Join (or first change to persist); connecting without joining,
+/// and merely looking at a room (its info, a lobby refresh), write nothing, so probing random
+/// names cannot fill storage.
 pub fn init(sql: &SqlStorage, name: &str) -> Result<()> {
     sql.exec(SCHEMA, None)?;
     sql.exec(
@@ -159,6 +160,8 @@ pub fn write(sql: &SqlStorage, change: Change) -> Result<()> {
             sql.exec("DELETE FROM chat", None)?;
             Ok(())
         }
+        // The host deletes the whole storage (see `room_host::discard_if_asked`).
+        Change::Discard => Ok(()),
     }
 }
 

@@ -1,0 +1,177 @@
+//! The Room object's host duties added for abuse resistance (issue 13): slow readers, storage
+//! that begins at the first Join and ends with `Change::Discard`, socket caps answered before
+//! the upgrade, expiry ticks, and the session notices that reach open sockets.
+//!
+//! Slow readers: workerd does not implement `WebSocket.bufferedAmount` for server-side sockets
+//! (measured on wrangler 4.86: the property is absent, `undefined`, while a client that stopped
+//! reading had megabytes queued), and exposes no other view of a socket's unsent backlog. So
+//! the room bounds what it can see: the bytes it sent to a socket since that client last sent
+//! a frame (the web client pings every few seconds). Past [`DEFAULT_SLOW_READER_BYTES`]
+//! (setting `SLOW_READER_BYTES`) the socket is closed with 1013 "slow reader". A client that
+//! keeps sending while it does not read is not caught by this (its own sends are budgeted by
+//! the core); a true backlog bound needs the runtime's `bufferedAmount` or a protocol-level
+//! acknowledgement.
+
+use crate::{Room, json_error, lobby, sessions};
+use piano_core::names::percent_encode;
+use piano_core::room::{ConnId, Input};
+use std::collections::HashMap;
+use worker::*;
+
+/// Bytes a socket may be sent without the client sending anything back.
+pub const DEFAULT_SLOW_READER_BYTES: usize = 1 << 20;
+
+pub fn slow_reader_bytes(env: &Env) -> usize {
+    crate::setting(env, "SLOW_READER_BYTES")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n >= 64 * 1024)
+        .unwrap_or(DEFAULT_SLOW_READER_BYTES)
+}
+
+/// Counts `len` more bytes towards `conn`; `true` when that would pass `bound` (the frame is
+/// then not sent and the socket is closed as a slow reader).
+pub fn over_unread(
+    unread: &mut HashMap<ConnId, usize>,
+    conn: ConnId,
+    len: usize,
+    bound: usize,
+) -> bool {
+    let n = unread.entry(conn).or_insert(0);
+    *n = n.saturating_add(len);
+    *n > bound
+}
+
+/// The 429 of an upgrade over the per-user or per-network socket cap.
+pub fn too_many_connections() -> Result<Response> {
+    json_error(
+        429,
+        "too_many_connections",
+        "you (or your network) already hold the most connections allowed in this room",
+    )
+}
+
+impl Room {
+    /// The client sent a frame: it is alive and reading its socket's budget starts over.
+    pub(crate) fn client_read(&self, conn: ConnId) {
+        if let Some(l) = self.loaded.borrow_mut().as_mut() {
+            l.unread.remove(&conn);
+        }
+    }
+
+    /// Whether the room's tables exist (cached: looking once per instance).
+    pub(crate) fn storage_exists(&self) -> Result<bool> {
+        if let Some(known) = self.has_storage.get() {
+            return Ok(known);
+        }
+        let exists = crate::storage::exists(&self.state.storage().sql())?;
+        self.has_storage.set(Some(exists));
+        Ok(exists)
+    }
+
+    /// Creates the room's tables (first successful Join, or a first change to persist).
+    pub(crate) fn ensure_storage(&self) {
+        if self.has_storage.get() == Some(true) {
+            return;
+        }
+        let name = self.room_name();
+        match crate::storage::init(&self.state.storage().sql(), &name) {
+            Ok(()) => self.has_storage.set(Some(true)),
+            Err(e) => console_error!("room storage init failed: {e}"),
+        }
+    }
+
+    /// When the alarm must tick for expiring tokens and sessions. Only for a room with storage
+    /// (an alarm would create the database): sockets that never joined keep their token's
+    /// powers until they close, which is none beyond Ping and the room list.
+    pub(crate) fn deadline(&self) -> Option<u64> {
+        if self.has_storage.get() != Some(true) {
+            return None;
+        }
+        self.loaded
+            .borrow()
+            .as_ref()
+            .and_then(|l| l.room.next_deadline())
+    }
+
+    /// Deletes the room's storage when the core asked to ([`Change::Discard`]) and it is still
+    /// fresh and empty. Rows still waiting in the outbox keep it until the alarm delivered them.
+    ///
+    /// [`Change::Discard`]: piano_core::room::stored::Change::Discard
+    pub(crate) async fn discard_if_asked(&self) {
+        if !self.discard_asked.get() {
+            return;
+        }
+        let empty = self
+            .loaded
+            .borrow()
+            .as_ref()
+            .is_none_or(|l| l.room.participant_count() == 0);
+        if !empty {
+            self.discard_asked.set(false);
+            return;
+        }
+        if self.outbox.backends().is_some() {
+            match self.outbox.status(&self.state.storage().sql()) {
+                Ok(s) if s["pending"].as_u64() == Some(0) => {}
+                // Delivered first; the alarm comes back here when the outbox is empty.
+                _ => return,
+            }
+        }
+        self.discard_asked.set(false);
+        let storage = self.state.storage();
+        if let Err(e) = storage.delete_alarm().await {
+            console_warn!("discard: alarm not deleted: {e}");
+        }
+        match storage.delete_all().await {
+            Ok(()) => {
+                self.has_storage.set(Some(false));
+                self.outbox.forget_alarm();
+            }
+            Err(e) => console_error!("discard: storage not deleted: {e}"),
+        }
+    }
+
+    /// Tells each member's Account object that this room holds a socket of theirs, so logout,
+    /// revocation and role changes reach it.
+    pub(crate) async fn announce_sockets(&self) {
+        let users = std::mem::take(&mut *self.announce.borrow_mut());
+        if users.is_empty() {
+            return;
+        }
+        let room = self.room_name();
+        for user in users {
+            if let Err(e) = sessions::announce(&self.env, &user, &room).await {
+                console_warn!("could not tell {user}'s account about room {room}: {e}");
+            }
+        }
+    }
+
+    /// `POST /session {"user_id", "session_id"?, "changed"?}` from an Account object: a session
+    /// ended (close 4001) or the user's roles changed (close 4002).
+    pub(crate) async fn session_notice(&self, req: &mut Request) -> Result<Response> {
+        let name = crate::room_header(req)?;
+        let notice: sessions::Notice = req.json().await?;
+        let input = if notice.changed {
+            Input::IdentityChanged {
+                user_id: notice.user_id,
+            }
+        } else {
+            Input::SessionEnded {
+                user_id: notice.user_id,
+                session_id: notice.session_id,
+            }
+        };
+        let ops = self.handle(name.as_deref(), input);
+        self.directory(ops).await;
+        Response::empty()
+    }
+}
+
+/// The Room object of a room name (for the Account object's notices).
+pub fn room_stub(env: &Env, room: &str) -> Result<(Stub, String)> {
+    let stub = env
+        .durable_object(lobby::ROOMS_BINDING)?
+        .id_from_name(room)?
+        .get_stub()?;
+    Ok((stub, percent_encode(room)))
+}

@@ -1,0 +1,83 @@
+//! Room password checks with the runtime's WebCrypto (`crypto.subtle.deriveBits`, PBKDF2):
+//! the KDF runs outside the wasm and is awaited, so the room's other events (every player's
+//! notes) are handled while it runs, instead of a synchronous PBKDF2 on the room's only thread.
+//! The hash format is `piano_core::password`'s PBKDF2-HMAC-SHA256 (salt, iterations, hash).
+//!
+//! Called through `js_sys::Reflect` rather than web-sys's SubtleCrypto bindings: no new crate
+//! features in the worker's wasm (its size is a budget).
+
+use piano_core::password::PasswordHash;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
+use worker::wasm_bindgen_futures::JsFuture;
+
+fn get(target: &JsValue, key: &str) -> Result<JsValue, JsValue> {
+    Reflect::get(target, &JsValue::from_str(key))
+}
+
+async fn call(target: &JsValue, method: &str, args: &[JsValue]) -> Result<JsValue, JsValue> {
+    let f: Function = get(target, method)?.dyn_into()?;
+    let args: Array = args.iter().collect();
+    let promise: Promise = Reflect::apply(&f, target, &args)?.dyn_into()?;
+    JsFuture::from(promise).await
+}
+
+/// PBKDF2-HMAC-SHA256 of `password` with the hash's salt and iterations, compared in constant
+/// time with the stored hash. Any WebCrypto failure counts as a wrong password (logged).
+pub async fn verify_password(password: &str, hash: &PasswordHash) -> bool {
+    match derive(password, hash).await {
+        Ok(derived) => constant_time_eq(&derived, &hash.hash),
+        Err(e) => {
+            worker::console_error!("WebCrypto PBKDF2 failed: {e:?}");
+            false
+        }
+    }
+}
+
+async fn derive(password: &str, hash: &PasswordHash) -> Result<Vec<u8>, JsValue> {
+    if hash.hash.is_empty() || hash.hash.len() > 64 {
+        return Err(JsValue::from_str("unexpected stored hash length"));
+    }
+    let subtle = get(&get(&worker::js_sys::global(), "crypto")?, "subtle")?;
+    let usages: Array = [JsValue::from_str("deriveBits")].iter().collect();
+    let key = call(
+        &subtle,
+        "importKey",
+        &[
+            "raw".into(),
+            Uint8Array::from(password.as_bytes()).into(),
+            "PBKDF2".into(),
+            false.into(),
+            usages.into(),
+        ],
+    )
+    .await?;
+    let params = Object::new();
+    Reflect::set(&params, &"name".into(), &"PBKDF2".into())?;
+    Reflect::set(&params, &"hash".into(), &"SHA-256".into())?;
+    Reflect::set(
+        &params,
+        &"salt".into(),
+        &Uint8Array::from(&hash.salt[..]).into(),
+    )?;
+    Reflect::set(
+        &params,
+        &"iterations".into(),
+        &JsValue::from_f64(f64::from(hash.iterations)),
+    )?;
+    let bits = call(
+        &subtle,
+        "deriveBits",
+        &[
+            params.into(),
+            key,
+            JsValue::from_f64((hash.hash.len() * 8) as f64),
+        ],
+    )
+    .await?;
+    Ok(Uint8Array::new(&bits).to_vec())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
