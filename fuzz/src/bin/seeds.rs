@@ -282,5 +282,13 @@ fn names() -> Vec<Vec<u8>> {
         seed(3, "caf%C3%A9%20bar"),
         seed(4, "what the shit, Scunthorpe"),
         seed(5, "#A0b1C2"),
+        seed(0, "lobby-2"),
+        seed(0, "Lobby_3"),
+        seed(6, "2001:db8:85a3::8a2e:370:7334"),
+        seed(6, "203.0.113.7"),
+        seed(
+            7,
+            "https://a.example, https://B.example/\nhttps://b.example",
+        ),
     ]
 }
