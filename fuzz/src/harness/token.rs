@@ -63,14 +63,28 @@ pub fn jwt(token: &str, now: u64) {
 /// in `src/accounts.rs` and `k8s-fallback/src/accounts.rs`; the fallback also bounds the first
 /// two parts to 64 bytes). A split must give back the token exactly.
 pub fn refresh_token(token: &str) {
-    if let Some((user, sid, secret)) = parse_refresh(token) {
+    let edge = parse_refresh_edge(token);
+    if let Some((user, sid, secret)) = edge {
         assert!(!user.contains('.') && !sid.contains('.'));
         assert_eq!(format!("{user}.{sid}.{secret}"), token);
         let _ = piano_core::names::username(user);
     }
+    // The fallback's split is the edge's with the first two parts bounded.
+    let fallback = parse_refresh_fallback(token);
+    assert_eq!(
+        fallback,
+        edge.filter(|(user, sid, _)| user.len() <= 64 && sid.len() <= 64)
+    );
 }
 
-fn parse_refresh(token: &str) -> Option<(&str, &str, &str)> {
+/// `src/accounts.rs`.
+fn parse_refresh_edge(token: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = token.splitn(3, '.');
+    Some((parts.next()?, parts.next()?, parts.next()?))
+}
+
+/// `k8s-fallback/src/accounts.rs`.
+fn parse_refresh_fallback(token: &str) -> Option<(&str, &str, &str)> {
     let mut parts = token.splitn(3, '.');
     let parts = (parts.next()?, parts.next()?, parts.next()?);
     (parts.0.len() <= 64 && parts.1.len() <= 64).then_some(parts)
