@@ -1,0 +1,6 @@
+//! AFL++ target `client_message`: see piano_fuzz::harness::proto.
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        piano_fuzz::harness::proto::client_message(data);
+    });
+}
