@@ -2,6 +2,6 @@
 //! open are not checked here (the fuzzer would keep finding them); the replay test checks them.
 fn main() {
     afl::fuzz!(|data: &[u8]| {
-        piano_fuzz::harness::room::run_skipping_known(data);
+        piano_fuzz::harness::room::run(data);
     });
 }

@@ -1521,18 +1521,31 @@ impl Room {
 
     /// Marks `conn` joined with sequence `seq`; true when its user was not present before.
     fn join_member(&mut self, conn: ConnId, seq: u64, now: Millis) -> bool {
+        let Some(pid) = self.conns.get(&conn).map(|c| c.participant_id.clone()) else {
+            return false;
+        };
+        if let Some(m) = self.members.iter_mut().find(|m| m.info.id == pid) {
+            // Another connection of a present participant takes on the profile the participant
+            // shows (every connection's record must carry it: any one of them may be the last
+            // left to rebuild the participant from after hibernation).
+            let profile = m
+                .conns
+                .iter()
+                .find_map(|other| self.conns.get(other))
+                .map(|other| other.profile.clone());
+            let since = m.since;
+            m.conns.push(conn);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.joined = Some(since);
+                if let Some(p) = profile {
+                    c.profile = p;
+                }
+            }
+            return false;
+        }
         let Some(c) = self.conns.get_mut(&conn) else {
             return false;
         };
-        if let Some(m) = self
-            .members
-            .iter_mut()
-            .find(|m| m.info.id == c.participant_id)
-        {
-            c.joined = Some(m.since);
-            m.conns.push(conn);
-            return false;
-        }
         c.joined = Some(seq);
         if let Some(st) = self.stats.of(&c.identity.user_id, now) {
             st.joins += 1;

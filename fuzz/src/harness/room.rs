@@ -69,9 +69,6 @@ pub struct Host {
     pub most_participants: usize,
     pub password_joins: usize,
     trace: bool,
-    /// Skip the checks of findings already reported and not fixed yet (the list is in
-    /// fuzz/README.md), so the fuzzer looks for new ones; the replay test is always strict.
-    skip_known: bool,
 }
 
 impl Host {
@@ -88,7 +85,6 @@ impl Host {
             most_participants: 0,
             password_joins: 0,
             trace: false,
-            skip_known: false,
         }
     }
 
@@ -270,17 +266,8 @@ impl Host {
             self.now,
             SEED,
         );
-        let mut before: Vec<_> = self.room.participants().cloned().collect();
-        let mut after: Vec<_> = room.participants().cloned().collect();
-        if self.skip_known {
-            // Known: a profile set on a connection that closed is lost if another connection
-            // of the same user joined after the change (fuzz/regressions-open/room/).
-            for p in before.iter_mut().chain(after.iter_mut()) {
-                p.name.clear();
-                p.color.clear();
-                p.status.clear();
-            }
-        }
+        let before: Vec<_> = self.room.participants().cloned().collect();
+        let after: Vec<_> = room.participants().cloned().collect();
         assert_eq!(before, after, "participants differ after restore");
         assert_eq!(self.room.settings_proto(), room.settings_proto());
         assert_eq!(self.room.ownership_proto(), room.ownership_proto());
@@ -358,20 +345,14 @@ impl Host {
 
 /// The whole target: one room, a sequence of operations (see the module docs).
 pub fn run(data: &[u8]) {
-    run_host(data, false);
-}
-
-/// [`run`] without the checks of known open findings (what the AFL++ target runs).
-pub fn run_skipping_known(data: &[u8]) {
-    run_host(data, true);
+    run_host(data);
 }
 
 /// [`run`], returning the host for a look at what the input reached.
-pub fn run_host(data: &[u8], skip_known: bool) -> Host {
+pub fn run_host(data: &[u8]) -> Host {
     let mut b = Bytes::new(data);
     let name = b.pick(&ROOMS);
     let mut host = Host::new(name);
-    host.skip_known = skip_known;
     let mut ops = 0;
     // FUZZ_TRACE=1 prints each operation's effects (for reading a crash input).
     let trace = std::env::var_os("FUZZ_TRACE").is_some();
