@@ -114,10 +114,18 @@ pub async fn serve(
                 // socket now would reset the connection and lose that frame, so it gets longer
                 // (bounded; the room let it go already).
                 writer_done = true;
-                if !gone_heard && gone_rx.try_recv().is_ok() {
-                    gone_heard = true;
-                    slow_closed = true;
-                    leave(&hub, route.take(), conn).await;
+                if !gone_heard {
+                    // Whatever try_recv answers but "empty", the receiver is spent: polling it
+                    // again would panic.
+                    match gone_rx.try_recv() {
+                        Err(oneshot::error::TryRecvError::Empty) => {}
+                        Ok(()) => {
+                            gone_heard = true;
+                            slow_closed = true;
+                            leave(&hub, route.take(), conn).await;
+                        }
+                        Err(oneshot::error::TryRecvError::Closed) => gone_heard = true,
+                    }
                 }
                 let wait = if slow_closed { SLOW_CLOSE_WAIT } else { CLOSE_GRACE };
                 grace.as_mut().reset(tokio::time::Instant::now() + wait);
