@@ -51,6 +51,9 @@ struct LocalConn {
     tx: mpsc::Sender<Outbound>,
     /// Tells the socket's writer to close at once, bypassing a full queue.
     kill: Option<oneshot::Sender<(u16, String)>>,
+    /// A close was already asked for: the first code is the one the client must see (frames
+    /// still in flight after a 1008 would otherwise earn an "unknown connection" close too).
+    closing: bool,
 }
 
 /// Where a player's frames go.
@@ -152,6 +155,7 @@ impl Hub {
             LocalConn {
                 tx,
                 kill: Some(kill),
+                closing: false,
             },
         );
     }
@@ -191,6 +195,9 @@ impl Hub {
         let Some(c) = conns.get_mut(&conn) else {
             return;
         };
+        if std::mem::replace(&mut c.closing, true) {
+            return;
+        }
         if c.tx.try_send(Outbound::Close(code, reason.into())).is_err()
             && let Some(kill) = c.kill.take()
         {
