@@ -149,6 +149,8 @@ impl DurableObject for Room {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
+        // Frames of a socket the room already closed are dropped before they get here
+        // (worker/entry.mjs).
         let Some(conn) = conn_of(&ws) else {
             let _ = ws.close(Some(close::INTERNAL_ERROR), Some("connection state lost"));
             return Ok(());
