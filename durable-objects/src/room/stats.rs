@@ -1,7 +1,8 @@
 //! The Room object's writes for the shared backends: players' activity totals (MongoDB
 //! `user_stats`) and presence (Redis), both queued in the outbox.
 
-use crate::{Room, STATS_EVERY_MS, now, storage};
+use super::{Room, STATS_EVERY_MS, now};
+use crate::storage;
 use piano_backends::layout;
 use piano_backends::outbox::Lane;
 use std::collections::HashSet;
