@@ -11,8 +11,9 @@
 //! [`Input::IdentityChanged`]: super::Input::IdentityChanged
 
 use super::stored::{Change, Stored};
-use super::{Conn, ConnId, Effect, Out, Room, close};
+use super::{Conn, ConnId, Effect, Out, Room};
 use crate::Millis;
+use crate::limits::close;
 use crate::proto::ErrorCode;
 
 impl Room {

@@ -1,9 +1,18 @@
 //! The room's tests and the harness the other test files share (`tests_*.rs`).
 
+use super::perms::Actor;
+use super::stored::Ban;
 use super::stored::{RoomKind, Stored};
 use super::*;
+#[allow(unused_imports)]
+use crate::limits::{MAX_FRAME_BYTES, close};
+use crate::proto::NotesDroppedReason;
+#[allow(unused_imports)]
+use crate::proto::{ClientMessage, ErrorCode, ServerMessage, client_message::Msg as C};
 use crate::proto::{JoinFailure, NoteEvent, NoteOn, client_message, note_event, server_message};
 use proptest::prelude::*;
+#[allow(unused_imports)]
+use prost::Message;
 
 pub(super) const NOW: Millis = 1_800_000_000_000;
 pub(super) const SEED: [u8; 32] = [7; 32];

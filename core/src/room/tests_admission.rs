@@ -5,7 +5,13 @@
 use super::budget::{self, Limits};
 use super::tests::*;
 use super::*;
+#[allow(unused_imports)]
+use crate::limits::{MAX_FRAME_BYTES, close};
+#[allow(unused_imports)]
+use crate::proto::{ClientMessage, ErrorCode, ServerMessage, client_message::Msg as C};
 use crate::proto::{JoinFailure, client_message::Msg as M, server_message::Msg as SM};
+#[allow(unused_imports)]
+use prost::Message;
 
 fn on_net(user: &str, roles: &[&str], network: &str) -> Identity {
     Identity {

@@ -4,10 +4,16 @@
 use super::budget::{self, Limits, Rate};
 use super::tests::*;
 use super::*;
+#[allow(unused_imports)]
+use crate::limits::{MAX_FRAME_BYTES, close};
+#[allow(unused_imports)]
+use crate::proto::{ClientMessage, ErrorCode, ServerMessage, client_message::Msg as C};
 use crate::proto::{
     ControlChange, JoinFailure, NoteEvent, NoteOff, NoteOn, client_message::Msg as M,
 };
 use crate::proto::{note_event::Kind as E, server_message::Msg as SM};
+#[allow(unused_imports)]
+use prost::Message;
 
 /// The retry-after of every `RATE_LIMITED` error in the effects.
 fn rate_notices(fx: &[Effect]) -> Vec<u64> {

@@ -3,7 +3,13 @@
 
 use super::tests::*;
 use super::*;
+#[allow(unused_imports)]
+use crate::limits::{MAX_FRAME_BYTES, close};
+#[allow(unused_imports)]
+use crate::proto::{ClientMessage, ErrorCode, ServerMessage, client_message::Msg as C};
 use crate::proto::{client_message::Msg as M, server_message::Msg as SM};
+#[allow(unused_imports)]
+use prost::Message;
 
 fn member(user: &str, session: &str, expires_at: Option<Millis>) -> Identity {
     Identity {
