@@ -10,10 +10,10 @@
 //! [`Input::RoomListChanged`]: super::Input::RoomListChanged
 
 use super::stored::RoomKind;
-use super::{ConnId, DirectoryOp, Effect, Out, Room, S, send_many, send_one};
+use super::{ConnId, DirectoryOp, Effect, Out, Room, S, error, send_many, send_one};
 use crate::Millis;
 use crate::listing::{Delta, Report, Summary};
-use crate::proto;
+use crate::proto::{self, ErrorCode};
 
 impl Room {
     /// The directory's full list, fetched for a connection that subscribed (if it still is).
@@ -141,5 +141,20 @@ impl Room {
         {
             out.push(Effect::Directory(DirectoryOp::UnsubscribeUser { user_id }));
         }
+    }
+
+    /// The directory refused `conn`'s subscription (its user follows the list from too many
+    /// rooms): undone, and told.
+    pub(super) fn on_subscribe_refused(&mut self, conn: ConnId, out: &mut Out) {
+        if !self.conns.get(&conn).is_some_and(|c| c.subscribed) {
+            return;
+        }
+        self.on_subscribe(conn, false, out);
+        error(
+            out,
+            conn,
+            ErrorCode::TooManySubscriptions,
+            "you follow the room list from too many rooms: close one first",
+        );
     }
 }

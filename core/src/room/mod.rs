@@ -406,9 +406,3 @@ impl Room {
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_admission;
-#[cfg(test)]
-mod tests_budget;
-#[cfg(test)]
-mod tests_lifecycle;

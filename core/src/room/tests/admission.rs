@@ -1,53 +1,54 @@
 //! Admission (issue 13): socket caps per user and per network, every socket passing admission,
-//! bans by network, password guessing slowed per user and per room, password checks off the
-//! room's thread.
+//! bans by network, capacity, typed join failures, password guessing slowed per user and per
+//! room, password checks off the room's thread ([`super::super::admission`]).
 
-use super::budget::{self, Limits};
-use super::tests::*;
-use super::*;
-#[allow(unused_imports)]
-use crate::limits::{MAX_FRAME_BYTES, close};
-#[allow(unused_imports)]
-use crate::proto::{ClientMessage, ErrorCode, ServerMessage, client_message::Msg as C};
-use crate::proto::{JoinFailure, client_message::Msg as M, server_message::Msg as SM};
-#[allow(unused_imports)]
-use prost::Message;
+use super::harness::*;
 
-fn on_net(user: &str, roles: &[&str], network: &str) -> Identity {
-    Identity {
-        network: Some(network.into()),
-        ..ident_with(user, roles)
+/// The capacity invariant without the noise of capacity changes: joins never overfill a room.
+#[test]
+fn joins_never_exceed_the_limit() {
+    let mut room = room_with(|s| s.settings.max_players = 3);
+    for i in 0..10 {
+        enter(&mut room, i, &format!("user{i}"));
+        assert!(room.participant_count() <= 3);
     }
+    assert_eq!(room.participant_count(), 3);
 }
 
-fn connect_as(room: &mut Room, conn: ConnId, who: Identity) -> Vec<Effect> {
-    room.handle(
-        Input::Connect {
-            conn,
-            identity: who,
-        },
-        NOW,
-    )
-}
-
-fn joined(fx: &[Effect]) -> bool {
-    find(fx, |m| matches!(m, SM::Joined(_)).then_some(())).is_some()
-}
-
-fn verify_requests(fx: &[Effect]) -> Vec<(ConnId, String)> {
-    fx.iter()
-        .filter_map(|e| match e {
-            Effect::VerifyPassword { conn, password, .. } => Some((*conn, password.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
-fn join_with(password: &str) -> M {
-    M::Join(proto::Join {
-        password: password.into(),
-        create_settings: None,
-    })
+#[test]
+fn join_failures_are_typed() {
+    let mut room = room_with(|s| {
+        s.settings.max_players = 2;
+        s.settings.allow_guests = false;
+        s.settings.allow_bots = false;
+    });
+    enter_as(&mut room, 1, "owner", &["member"]);
+    assert_eq!(
+        join_failure(&enter_as(&mut room, 2, "g", &["guest"])),
+        Some((JoinFailure::GuestsNotAllowed, 0))
+    );
+    assert_eq!(
+        join_failure(&enter_as(&mut room, 3, "b", &["bot"])),
+        Some((JoinFailure::NotAllowed, 0))
+    );
+    assert_eq!(
+        join_failure(&enter_as(&mut room, 4, "m", &["member"])),
+        None
+    );
+    assert_eq!(
+        join_failure(&enter_as(&mut room, 5, "m2", &["member"])),
+        Some((JoinFailure::RoomFull, 0))
+    );
+    // Another connection of someone present is never refused; staff pass a full room.
+    assert_eq!(
+        join_failure(&enter_as(&mut room, 6, "m", &["member"])),
+        None
+    );
+    assert_eq!(
+        join_failure(&enter_as(&mut room, 7, "mod", &["moderator"])),
+        None
+    );
+    assert_eq!(room.participant_count(), 3);
 }
 
 /// A room "r" owned by "owner" (conn 1) with the password "hunter2".
