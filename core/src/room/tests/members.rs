@@ -5,29 +5,30 @@ use super::harness::*;
 
 #[test]
 fn one_user_two_connections_is_one_participant() {
-    let mut room = room("r");
-    enter(&mut room, 1, "alice");
-    enter(&mut room, 2, "bob");
-    let fx = enter(&mut room, 3, "alice");
-    assert_eq!(room.participant_count(), 2);
+    let mut host = Host::new("r");
+    host.enter(1, "alice");
+    host.enter(2, "bob");
+    let fx = host.enter(3, "alice");
+    assert_eq!(host.room.participant_count(), 2);
     assert!(
         sent(&fx)
             .iter()
-            .all(|(_, m)| !matches!(m, server_message::Msg::ParticipantJoined(_)))
+            .all(|(_, m)| !matches!(m, SM::ParticipantJoined(_)))
     );
+    for conn in [1, 2, 3] {
+        host.take(conn);
+    }
     // Her notes from one tab reach her other tab and bob.
-    let msgs = sent(&binary(&mut room, 1, &notes(NOW)));
-    assert_eq!(msgs[0].0, vec![2, 3]);
-    assert!(
-        room.handle(Input::Disconnect { conn: 1 }, NOW).is_empty(),
-        "still present via conn 3"
-    );
-    let msgs = sent(&room.handle(Input::Disconnect { conn: 3 }, NOW));
+    host.frame(1, &notes(NOW));
+    assert!(host.take(1).is_empty());
+    for conn in [2, 3] {
+        let got = host.take(conn);
+        assert!(matches!(got.as_slice(), [SM::Notes(_)]), "{conn}: {got:?}");
+    }
+    assert!(host.disconnect(1).is_empty(), "still present via conn 3");
+    let msgs = sent(&host.disconnect(3));
     assert!(matches!(
         &msgs[..],
-        [
-            (_, server_message::Msg::ParticipantLeft(_)),
-            (_, server_message::Msg::OwnerChanged(_))
-        ]
+        [(_, SM::ParticipantLeft(_)), (_, SM::OwnerChanged(_))]
     ));
 }
