@@ -1,6 +1,6 @@
-//! What the room directory lists about a room, shared by the room (which reports itself and
-//! relays the list to its subscribers, [`crate::room`]) and the directory (which keeps the
-//! reports and diffs them, [`crate::lobby`]). Neither of those depends on the other.
+//! What the room directory lists about a room, shared by the room (`room`: it reports itself and
+//! relays the list to its subscribers) and the directory (`lobby`: it keeps the reports and
+//! diffs them). Both depend on this module and neither on the other.
 
 use crate::Millis;
 use crate::proto;

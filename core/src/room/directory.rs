@@ -1,4 +1,4 @@
-//! The room and the room directory (docs/architecture.md §3, [`crate::lobby`]).
+//! The room and the room directory (docs/architecture.md §3; the directory itself is `lobby`).
 //!
 //! Outbound, the room reports its [`Summary`] whenever what the directory lists about it
 //! changes (players, capacity, visibility, lock, owner): checked after every input, but compared

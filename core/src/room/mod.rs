@@ -16,15 +16,15 @@
 //! changes for durable storage. [`Room::restore`] rebuilds the same room from both.
 //!
 //! Layout, one file per concern (this file: the types, construction and the dispatch):
-//! - what arrives: [`wire`] checks and decodes frames and encodes what leaves; [`abuse`] charges
+//! - what arrives: `wire` checks and decodes frames and encodes what leaves; `abuse` charges
 //!   each message to the sender's [`budget`].
 //! - who is in: [`admission`] who may hold a socket and join (bans, capacity, passwords),
-//!   [`join`] joining and leaving, [`members`] participants and their connections,
-//!   [`lifecycle`] sessions, expiry and storage cleanup.
-//! - what they do: [`notes`] (with [`quota`]), [`chat`], [`profile`] (and cursors),
-//!   [`settings`], [`crown`], [`moderation`], with [`perms`] deciding who may and [`text`]
+//!   `join` joining and leaving, `members` participants and their connections,
+//!   `lifecycle` sessions, expiry and storage cleanup.
+//! - what they do: `notes` (with [`quota`]), `chat`, `profile` (and cursors),
+//!   `settings`, `crown`, `moderation`, with [`perms`] deciding who may and [`text`]
 //!   checking what they write.
-//! - around the room: [`directory`] the room list, [`stats`] per-user activity, [`stored`] the
+//! - around the room: `directory` the room list, `stats` per-user activity, [`stored`] the
 //!   durable part.
 
 mod abuse;
@@ -190,7 +190,7 @@ pub struct ConnRecord {
     pub joined: Option<u64>,
     #[serde(default)]
     pub profile: Profile,
-    /// Receives the room directory (see [`crate::lobby`]).
+    /// Receives the room directory (`directory`).
     #[serde(default)]
     pub subscribed: bool,
 }
