@@ -61,12 +61,7 @@ impl Room {
         };
         let user = self.members[t].info.user_id.clone();
         self.set_owner(Some(user), now, out);
-        self.send_to_all(
-            S::OwnerChanged(proto::OwnerChanged {
-                ownership: Some(self.ownership_proto()),
-            }),
-            out,
-        );
+        self.announce_owner(out);
     }
 
     pub(super) fn on_drop(&mut self, conn: ConnId, m: usize, now: Millis, out: &mut Out) {
@@ -110,12 +105,7 @@ impl Room {
             );
         }
         self.set_owner(Some(user), now, out);
-        self.send_to_all(
-            S::OwnerChanged(proto::OwnerChanged {
-                ownership: Some(self.ownership_proto()),
-            }),
-            out,
-        );
+        self.announce_owner(out);
     }
 
     pub(super) fn drop_crown(&mut self, previous: String, now: Millis, out: &mut Out) {
@@ -123,6 +113,11 @@ impl Room {
         self.stored.crown.previous_user = Some(previous);
         self.stored.crown.dropped_at = Some(now);
         out.push(Effect::Persist(Change::Crown(self.stored.crown.clone())));
+        self.announce_owner(out);
+    }
+
+    /// Tells everyone in the room who holds the crown now.
+    fn announce_owner(&self, out: &mut Out) {
         self.send_to_all(
             S::OwnerChanged(proto::OwnerChanged {
                 ownership: Some(self.ownership_proto()),

@@ -453,13 +453,7 @@ fn the_password_goes_only_to_the_check() {
     let mut room = locked_room();
     connect(&mut room, 2, "bob");
     let fx = binary(&mut room, 2, &client(join_with("hunter3")));
-    let frames: Vec<u8> = fx
-        .iter()
-        .flat_map(|e| match e {
-            Effect::Send { frame, .. } => frame.to_vec(),
-            _ => vec![],
-        })
-        .collect();
+    let frames = sent_bytes(&fx);
     assert!(!frames.windows(7).any(|w| w == b"hunter3"));
     assert_eq!(verify_requests(&fx), vec![(2, "hunter3".to_owned())]);
 }

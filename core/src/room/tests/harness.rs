@@ -404,6 +404,17 @@ pub(super) fn sent(effects: &[Effect]) -> Vec<(Vec<ConnId>, server_message::Msg)
         .collect()
 }
 
+/// Every byte the room sends in these effects, to check what never goes out (passwords).
+pub(super) fn sent_bytes(effects: &[Effect]) -> Vec<u8> {
+    effects
+        .iter()
+        .flat_map(|e| match e {
+            Effect::Send { frame, .. } => frame.to_vec(),
+            _ => vec![],
+        })
+        .collect()
+}
+
 pub(super) fn find<T>(fx: &[Effect], f: impl Fn(&server_message::Msg) -> Option<T>) -> Option<T> {
     sent(fx).iter().find_map(|(_, m)| f(m))
 }

@@ -54,13 +54,7 @@ fn settings_are_validated_and_the_password_is_hashed_never_echoed() {
     .unwrap();
     assert!(s.has_password);
     assert_eq!(s.max_players, 5);
-    let frames: Vec<u8> = fx
-        .iter()
-        .flat_map(|e| match e {
-            Effect::Send { frame, .. } => frame.to_vec(),
-            _ => vec![],
-        })
-        .collect();
+    let frames = sent_bytes(&fx);
     assert!(
         !frames.windows(7).any(|w| w == b"hunter2"),
         "the password never goes out"
