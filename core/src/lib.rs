@@ -10,6 +10,8 @@
 //! - [`room`]: the room state machine (participants, notes and quota, chat, settings, crown,
 //!   moderation, time sync, errors) and its durable state.
 //! - [`lobby`]: the room directory and lobby placement, hosted by the Lobby object.
+//! - [`listing`]: what the directory lists about a room (its kind, summary, reports, changes),
+//!   shared by [`room`] and [`lobby`] so neither depends on the other.
 //! - [`notes`]: bounds on note batches.
 //! - [`identity`]: who a player is, and the Ed25519 (EdDSA) JWTs that prove it.
 //! - [`account`]: the member account record (shared by every host and MongoDB), roles, checks.
@@ -21,6 +23,7 @@ pub mod account;
 pub mod http_policy;
 pub mod identity;
 pub mod limits;
+pub mod listing;
 pub mod lobby;
 pub mod names;
 pub mod notes;

@@ -11,9 +11,9 @@
 //! [`Input::IdentityChanged`]: super::Input::IdentityChanged
 
 use super::stored::{Change, Stored};
-use super::{Conn, ConnId, Effect, Out, Room, close};
+use super::{Conn, ConnId, Effect, Out, Room};
 use crate::Millis;
-use crate::proto::ErrorCode;
+use crate::limits::close;
 
 impl Room {
     /// When the host should feed [`super::Input::Tick`] next: the earliest expiry of a
@@ -104,19 +104,6 @@ impl Room {
             "over budget: slow down",
             now,
             out,
-        );
-    }
-
-    pub(super) fn on_subscribe_refused(&mut self, conn: ConnId, out: &mut Out) {
-        if !self.conns.get(&conn).is_some_and(|c| c.subscribed) {
-            return;
-        }
-        self.on_subscribe(conn, false, out);
-        super::error(
-            out,
-            conn,
-            ErrorCode::TooManySubscriptions,
-            "you follow the room list from too many rooms: close one first",
         );
     }
 
