@@ -22,7 +22,7 @@ use axum::response::Response;
 use piano_backends::layout::{self, Keys, NetworkSnapshot, PresenceEntry};
 use piano_backends::outbox::Op;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -41,7 +41,6 @@ pub struct PresenceWriter {
     room: String,
     keys: Keys,
     deployment: String,
-    present: HashSet<String>,
     tx: mpsc::Sender<Msg>,
 }
 
@@ -66,35 +65,35 @@ impl PresenceWriter {
             room: room.to_owned(),
             keys,
             deployment,
-            present: HashSet::new(),
             tx,
         })
     }
 
-    /// Writes who joined and who left since the last sync.
-    pub fn sync<'a>(
-        &mut self,
-        participants: impl Iterator<Item = &'a piano_core::proto::Participant>,
-    ) {
+    /// Writes who arrived and who left, as the room reports them (`Effect::Presence`).
+    pub fn apply(&self, joined: &[piano_core::proto::Participant], left: &[String]) {
         let now = crate::now_ms();
-        let mut current = HashSet::new();
-        for p in participants {
-            if current.insert(p.user_id.clone()) && !self.present.contains(&p.user_id) {
-                let entry = PresenceEntry {
-                    room: &self.room,
-                    user_id: &p.user_id,
-                    name: &p.name,
-                    color: &p.color,
-                };
-                let op = layout::presence_joined(&self.keys, &self.deployment, &entry, now);
-                self.queue(op);
-            }
+        for p in joined {
+            let entry = PresenceEntry {
+                room: &self.room,
+                user_id: &p.user_id,
+                name: &p.name,
+                color: &p.color,
+            };
+            self.queue(layout::presence_joined(
+                &self.keys,
+                &self.deployment,
+                &entry,
+                now,
+            ));
         }
-        for gone in self.present.difference(&current) {
-            let op = layout::presence_left(&self.keys, &self.deployment, &self.room, gone);
-            self.queue(op);
+        for gone in left {
+            self.queue(layout::presence_left(
+                &self.keys,
+                &self.deployment,
+                &self.room,
+                gone,
+            ));
         }
-        self.present = current;
     }
 
     fn queue(&self, op: Op) {
@@ -112,10 +111,8 @@ impl PresenceWriter {
     /// The room stops: everyone in it is gone from here; waits (bounded) until written. When
     /// the lease was lost (`announce` false) another replica may already run the room and have
     /// written its players: nothing is written then (that replica cleared ours when it started).
-    pub async fn close(mut self, announce: bool) {
-        if announce {
-            self.sync(std::iter::empty());
-        }
+    /// Waits (briefly) until what was queued is written.
+    pub async fn close(self) {
         let (reply, done) = oneshot::channel();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             if self.tx.send(Msg::Flush(reply)).await.is_ok() {

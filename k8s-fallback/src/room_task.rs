@@ -120,13 +120,13 @@ struct Task {
     checking_replicas: bool,
     /// Users who follow the room list from here (their per-user cap counts this room).
     subscribed_users: HashSet<String>,
-    stats_flushed_at: Instant,
     /// Cluster mode: the room's players in the edge's shared presence keys.
     presence: Option<crate::network::PresenceWriter>,
 }
 
 /// How often players' activity goes to their stored totals while they play.
-const STATS_EVERY: Duration = Duration::from_secs(5);
+/// Without a lease to renew, how often an idle room looks whether it is empty.
+const IDLE_TICK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy)]
 struct LeaseView {
@@ -230,6 +230,10 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
         restored = !effects.is_empty() || room.stored().crown.assigned_once,
         "room started"
     );
+    // Cluster mode: the room reports who arrives and leaves for the shared presence keys
+    // (cleared for this room as the writer starts: nobody of ours is in it yet).
+    let presence = crate::network::PresenceWriter::start(hub, name);
+    room.track_presence(presence.is_some());
     let task = Task {
         hub: hub.clone(),
         name: name.to_owned(),
@@ -246,8 +250,7 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
         me,
         checking_replicas: false,
         subscribed_users: HashSet::new(),
-        stats_flushed_at: Instant::now(),
-        presence: crate::network::PresenceWriter::start(hub, name),
+        presence,
     };
     tokio::spawn(task.run(rx, effects));
     Ok(())
@@ -268,7 +271,7 @@ impl Task {
         let period = match &self.hub.cluster {
             Some(c) => c.lease_ttl / 6,
             // Nothing to renew; the tick flushes stats and lets an idle room notice it is empty.
-            None => STATS_EVERY,
+            None => IDLE_TICK,
         };
         let mut tick = tokio::time::interval(period);
         tick.tick().await;
@@ -342,10 +345,17 @@ impl Task {
         if !self.subscribed_users.is_empty() {
             self.end_subscriptions();
         }
-        self.flush_stats(true);
+        // What only memory holds (activity, presence) goes out; a room handed to another
+        // replica (no release) leaves presence to the next holder.
+        let stop = self.room.handle(Input::Stop, now_ms());
+        let stop = stop
+            .into_iter()
+            .filter(|e| release || !matches!(e, Effect::Presence { .. }))
+            .collect();
+        self.execute(stop, None);
         if let Some(p) = self.presence.take() {
             // Before the lease goes: the next holder's "joined" must land after our "left".
-            p.close(release).await;
+            p.close().await;
         }
         self.writer.flush().await;
         if let Some(m) = &self.mirror {
@@ -402,14 +412,7 @@ impl Task {
     }
 
     fn on_msg(&mut self, msg: RoomMsg) -> Next {
-        let before = self.room.participant_count();
-        let next = self.handle_msg(msg);
-        if self.room.participant_count() != before
-            && let Some(p) = &mut self.presence
-        {
-            p.sync(self.room.participants());
-        }
-        next
+        self.handle_msg(msg)
     }
 
     fn handle_msg(&mut self, msg: RoomMsg) -> Next {
@@ -539,7 +542,6 @@ impl Task {
     /// Checks the lease (kept by [`keep_lease`], so the room never waits on Redis) and asks,
     /// in the background, whether the replicas holding its remote players are still there.
     fn on_tick(&mut self) -> Next {
-        self.flush_stats(false);
         let Some(c) = &self.hub.cluster else {
             return Next::Continue;
         };
@@ -585,21 +587,6 @@ impl Task {
             });
         }
         Next::Continue
-    }
-
-    /// Hands the players' activity since the last time (notes, chat, joins: the core's
-    /// [`piano_core::room::StatsDelta`]) to the MongoDB mirror, which adds it to their totals
-    /// in `user_stats`: every [`STATS_EVERY`] while they play, and when the room stops. Without
-    /// MongoDB the room does not count them at all (`count_activity`).
-    fn flush_stats(&mut self, now: bool) {
-        if !self.room.has_stats() || (!now && self.stats_flushed_at.elapsed() < STATS_EVERY) {
-            return;
-        }
-        self.stats_flushed_at = Instant::now();
-        let stats = self.room.take_stats();
-        if let Some(m) = &self.mirror {
-            m.send(MirrorMsg::Stats(stats));
-        }
     }
 
     /// Nobody here follows the room list any more: the users' subscriptions here end.
@@ -675,6 +662,18 @@ impl Task {
                 // Connection records serve hibernation on the edge; here a room that restarts
                 // (another replica, a new process) has lost its sockets and players rejoin.
                 Effect::Remember(_) => {}
+                // Players' activity, added to their totals in MongoDB's `user_stats` by the
+                // mirror (the room counts it only when there is a mirror: `count_activity`).
+                Effect::Stats(stats) => {
+                    if let Some(m) = &self.mirror {
+                        m.send(MirrorMsg::Stats(stats));
+                    }
+                }
+                Effect::Presence { joined, left } => {
+                    if let Some(p) = &self.presence {
+                        p.apply(&joined, &left);
+                    }
+                }
                 Effect::Persist(change) => {
                     if let Some(m) = &self.mirror {
                         m.send(MirrorMsg::Change(change.clone()));

@@ -17,11 +17,13 @@ use crate::limits::close;
 
 impl Room {
     /// When the host should feed [`super::Input::Tick`] next: the earliest expiry of a
-    /// connected identity (`None`: no deadline).
+    /// connected identity, or when gathered activity is due (`None`: no deadline).
     pub fn next_deadline(&self) -> Option<Millis> {
+        let stats = self.stats.due.filter(|_| self.has_stats());
         self.conns
             .values()
             .filter_map(|c| c.identity.expires_at)
+            .chain(stats)
             .min()
     }
 

@@ -40,6 +40,7 @@ mod members;
 mod moderation;
 mod notes;
 pub mod perms;
+mod presence;
 mod profile;
 pub mod quota;
 mod settings;
@@ -54,7 +55,7 @@ pub use members::participant_id;
 pub use moderation::MAX_BAN_MS;
 pub use profile::CURSOR_MIN_INTERVAL_MS;
 pub use settings::{MAX_PLAYERS, MAX_PLAYERS_ADMIN};
-pub use stats::StatsDelta;
+pub use stats::{STATS_EVERY_MS, StatsDelta};
 
 use crate::Millis;
 use crate::identity::Identity;
@@ -100,9 +101,13 @@ pub enum Input<'a> {
     /// A user's roles changed: close that user's connections with 4002 (the client reconnects
     /// with a fresh token carrying the new roles).
     IdentityChanged { user_id: String },
-    /// Time passed: connections past their identity's `expires_at` are closed with 4001. Hosts
-    /// tick at [`Room::next_deadline`].
+    /// Time passed: connections past their identity's `expires_at` are closed with 4001, and
+    /// activity due is handed over ([`Effect::Stats`]). Hosts tick at [`Room::next_deadline`].
     Tick,
+    /// The host is about to drop the room (shutdown, lease lost): what only memory holds is
+    /// handed over now ([`Effect::Stats`]), and every published participant is reported gone
+    /// ([`Effect::Presence`]; a host handing the room to another may ignore that).
+    Stop,
     /// The answer to [`Effect::VerifyPassword`]: the room completes or refuses the join.
     PasswordChecked { conn: ConnId, ok: bool },
     /// The directory refused `conn`'s subscription (its user subscribes from too many rooms):
@@ -151,6 +156,15 @@ pub enum Effect {
         password: String,
         hash: PasswordHash,
     },
+    /// Who arrived in and who left the room since the last report, for a host that publishes
+    /// presence ([`Room::track_presence`]): participants' info, and the user ids that left.
+    Presence {
+        joined: Vec<proto::Participant>,
+        left: Vec<String>,
+    },
+    /// Per-user activity to add to durable totals, for a host that keeps them
+    /// ([`Room::count_activity`]; when: `stats.rs`).
+    Stats(BTreeMap<String, StatsDelta>),
 }
 
 /// What the host must tell, or ask, the room directory.
@@ -237,6 +251,8 @@ pub struct Room {
     report_version: u64,
     /// Activity per user id since the host last took it.
     stats: stats::Activity,
+    /// Who the host was last told is here.
+    presence: presence::Presence,
     /// Abuse limits ([`budget::Limits::default`] unless the host sets others).
     limits: budget::Limits,
     /// Room-wide password-check budget and per-user wrong-password delays.
@@ -267,6 +283,7 @@ impl Room {
             reported: None,
             report_version: 0,
             stats: stats::Activity::default(),
+            presence: presence::Presence::default(),
             limits: budget::Limits::default(),
             guard: admission::Guard::default(),
         }
@@ -287,6 +304,7 @@ impl Room {
     /// Feeds one input; returns what the host must do.
     pub fn handle(&mut self, input: Input<'_>, now: Millis) -> Out {
         let mut out = Vec::new();
+        let mut stop = false;
         match input {
             Input::Connect { conn, identity } => self.on_connect(conn, identity, now, &mut out),
             Input::Frame { conn, frame } => self.on_frame(conn, frame, now, &mut out),
@@ -303,8 +321,15 @@ impl Room {
                 self.on_password_checked(conn, ok, now, &mut out)
             }
             Input::SubscribeRefused { conn } => self.on_subscribe_refused(conn, &mut out),
+            Input::Stop => stop = true,
         }
         self.report_if_changed(now, &mut out);
+        if stop {
+            self.presence_withdraw(&mut out);
+        } else {
+            self.presence_if_changed(&mut out);
+        }
+        self.stats_if_due(now, stop, &mut out);
         out
     }
 

@@ -1,8 +1,15 @@
 //! Per-user activity (note-ons relayed, chats, joins, last seen) for hosts that keep totals.
+//! The room decides when the host gets it ([`Effect::Stats`]): at most [`STATS_EVERY_MS`] after
+//! the first activity not yet handed over (the host's timer is [`Room::next_deadline`]), at once
+//! when someone joins or leaves (a room may hibernate or stop right after), and on
+//! [`super::Input::Stop`].
 
-use super::Room;
+use super::{Effect, Out, Room};
 use crate::Millis;
 use std::collections::BTreeMap;
+
+/// How long activity may wait in memory before the room hands it to the host.
+pub const STATS_EVERY_MS: Millis = 5_000;
 
 /// Per-user activity, gathered only for hosts that keep it ([`Room::count_activity`]): a host
 /// without anywhere to put it pays nothing per note.
@@ -10,6 +17,10 @@ use std::collections::BTreeMap;
 pub(super) struct Activity {
     pub(super) counting: bool,
     pub(super) by_user: BTreeMap<String, StatsDelta>,
+    /// When what `by_user` holds must reach the host (set by its first entry).
+    pub(super) due: Option<Millis>,
+    /// Participants at the last hand-over: a join or leave hands over at once.
+    members_seen: usize,
 }
 
 impl Activity {
@@ -18,6 +29,7 @@ impl Activity {
         if !self.counting {
             return None;
         }
+        self.due.get_or_insert(now + STATS_EVERY_MS);
         let st = self.by_user.entry(user.to_owned()).or_default();
         st.last_seen = now;
         Some(st)
@@ -41,15 +53,26 @@ impl Room {
         self.stats.counting = on;
         if !on {
             self.stats.by_user.clear();
+            self.stats.due = None;
         }
     }
 
-    /// Hands the activity gathered since the last call to the host (and forgets it).
-    pub fn take_stats(&mut self) -> BTreeMap<String, StatsDelta> {
-        std::mem::take(&mut self.stats.by_user)
-    }
-
+    /// Whether activity is waiting to be handed over.
     pub fn has_stats(&self) -> bool {
         !self.stats.by_user.is_empty()
+    }
+
+    /// After every input: hands the activity over when it is due, when the participants
+    /// changed, or when the host asks (`now_please`: [`super::Input::Stop`]).
+    pub(super) fn stats_if_due(&mut self, now: Millis, now_please: bool, out: &mut Out) {
+        let members = self.members.len();
+        let changed = std::mem::replace(&mut self.stats.members_seen, members) != members;
+        if self.stats.by_user.is_empty()
+            || !(now_please || changed || self.stats.due.is_some_and(|d| d <= now))
+        {
+            return;
+        }
+        self.stats.due = None;
+        out.push(Effect::Stats(std::mem::take(&mut self.stats.by_user)));
     }
 }

@@ -31,20 +31,17 @@ use piano_core::room::stored::Change;
 use piano_core::room::{ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, Room as CoreRoom};
 
 use crate::outbox::Outbox;
+use crate::{IDENTITY_HEADER, PROTOCOL_HEADER, ROOM_HEADER, json_error, lobby, storage, webcrypto};
 use piano_backends::layout;
 use piano_backends::outbox::Lane;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use worker::js_sys::Uint8Array;
 use worker::*;
-use crate::{IDENTITY_HEADER, PROTOCOL_HEADER, ROOM_HEADER, json_error, lobby, storage, webcrypto};
 
 struct Loaded {
     room: CoreRoom,
     sockets: HashMap<ConnId, WebSocket>,
-    /// User ids last reported present to Redis (when it is configured); kept in SQLite too, so
-    /// players who left while the object was down (a restart, a deploy) are taken out.
-    present: HashSet<String>,
     /// Bytes sent to each socket since the client last sent a frame (see [`host`]).
     unread: HashMap<ConnId, usize>,
 }
@@ -58,8 +55,6 @@ pub struct Room {
     started_at: u64,
     /// Writes bound for MongoDB (settings, crown, bans, chat, user stats) and Redis (presence).
     outbox: Outbox,
-    /// When players' activity was last added to their totals.
-    stats_flushed_at: Cell<u64>,
     /// Whether the room's SQLite database holds the room (created at the first successful
     /// Join, deleted on `Change::Discard`); `None` until looked up.
     has_storage: Cell<Option<bool>>,
@@ -73,9 +68,6 @@ pub struct Room {
     slow_reader_bytes: usize,
 }
 
-/// How often players' activity is added to their stored totals while they play.
-const STATS_EVERY_MS: u64 = 5000;
-
 impl DurableObject for Room {
     fn new(state: State, env: Env) -> Self {
         Room {
@@ -83,7 +75,6 @@ impl DurableObject for Room {
             state,
             loaded: RefCell::new(None),
             started_at: now(),
-            stats_flushed_at: Cell::new(now()),
             has_storage: Cell::new(None),
             pending_checks: RefCell::new(Vec::new()),
             discard_asked: Cell::new(false),
@@ -173,26 +164,17 @@ impl DurableObject for Room {
         Ok(())
     }
 
-    /// Adds pending activity to the stats and delivers the outbox; comes back in
-    /// [`STATS_EVERY_MS`] while players are still active.
+    /// The core's deadline (tokens and sessions that ended close their sockets with 4001;
+    /// players' activity due reaches its totals) and the outbox's delivery.
     async fn alarm(&self) -> Result<Response> {
         self.outbox.begin_alarm();
-        // Sessions and tokens that ended meanwhile close their sockets (4001).
         let ops = self.handle(None, Input::Tick);
-        self.flush_stats(true);
         let sql = self.state.storage().sql();
         let flushed = self.outbox.flush(&sql, now()).await;
         let outbox_empty = flushed.as_ref().is_ok_and(|f| f.pending == 0);
-        let stats_due = self
-            .loaded
-            .borrow()
-            .as_ref()
-            .is_some_and(|l| l.room.has_stats())
-            .then(|| now() + STATS_EVERY_MS);
-        let other = [stats_due, self.deadline()].into_iter().flatten().min();
         let resp = self
             .outbox
-            .finish_alarm(&self.state.storage(), &sql, flushed, other, now())
+            .finish_alarm(&self.state.storage(), &sql, flushed, self.deadline(), now())
             .await;
         if outbox_empty {
             self.discard_if_asked().await;
@@ -348,20 +330,16 @@ impl Room {
         let (mut room, effects) = CoreRoom::restore(name, stored, records, now(), random_seed());
         // Players' activity has a home only in MongoDB's `user_stats`.
         room.count_activity(self.outbox.wants(Lane::Mongo));
-        let present = if self.outbox.wants(Lane::Redis) {
-            storage::present(&sql)?
-        } else {
-            HashSet::new()
-        };
+        // Presence continues from what was published before (kept in SQLite), so players who
+        // left while the object was down (a restart, a deploy) are taken out.
+        if self.outbox.wants(Lane::Redis) {
+            room.resume_presence(storage::present(&sql)?);
+        }
         *self.loaded.borrow_mut() = Some(Loaded {
             room,
             sockets,
-            present,
             unread: HashMap::new(),
         });
-        if self.outbox.wants(Lane::Redis) {
-            self.sync_presence();
-        }
         Ok(effects)
     }
 
@@ -391,12 +369,11 @@ impl Room {
     /// Feeds the core and carries out its effects; returns the directory work left to do.
     fn handle(&self, name_hint: Option<&str>, input: Input<'_>) -> Vec<DirectoryOp> {
         let mut ops = self.handle_restore(name_hint);
-        let (effects, membership_changed, first_join) = match self.loaded.borrow_mut().as_mut() {
+        let (effects, first_join) = match self.loaded.borrow_mut().as_mut() {
             Some(l) => {
                 let before = l.room.participant_count();
                 let effects = l.room.handle(input, now());
-                let after = l.room.participant_count();
-                (effects, after != before, after > before)
+                (effects, l.room.participant_count() > before)
             }
             None => return ops,
         };
@@ -405,10 +382,6 @@ impl Room {
             self.ensure_storage();
         }
         ops.extend(self.apply(effects));
-        if membership_changed && self.outbox.wants(Lane::Redis) {
-            self.sync_presence();
-        }
-        self.flush_stats(membership_changed);
         ops
     }
 
@@ -497,30 +470,15 @@ impl Room {
         result
     }
 
-    /// After an event: the outbox's new rows go out now, and activity not yet added to the
-    /// stats is added within [`STATS_EVERY_MS`] even if the room falls quiet (and may then be
-    /// evicted with it in memory).
+    /// After an event: the outbox's new rows go out now, and the core's next deadline (token
+    /// and session expiry, players' activity due: it may then be evicted with it in memory)
+    /// gets the alarm.
     async fn arm_alarm(&self) {
         let storage = self.state.storage();
         let at = now();
         if let Err(e) = self.outbox.kick(&storage, at).await {
             console_error!("could not arm the outbox alarm: {e}");
         }
-        let stats_waiting = self.outbox.wants(Lane::Mongo)
-            && self
-                .loaded
-                .borrow()
-                .as_ref()
-                .is_some_and(|l| l.room.has_stats());
-        if stats_waiting
-            && let Err(e) = self
-                .outbox
-                .alarm_by(&storage, at + STATS_EVERY_MS, at)
-                .await
-        {
-            console_error!("could not arm the stats alarm: {e}");
-        }
-        // Token and session expiry of the sockets here (shared alarm, see `deadline`).
         if let Some(deadline) = self.deadline()
             && let Err(e) = self.outbox.alarm_by(&storage, deadline, at).await
         {
@@ -578,6 +536,7 @@ impl Room {
         let sql = self.state.storage().sql();
         let mut mirrored: Vec<Change> = Vec::new();
         let mut slow: Vec<ConnId> = Vec::new();
+        let mut published = Vec::new();
         for effect in effects {
             match effect {
                 Effect::Send { to, frame } => {
@@ -640,6 +599,9 @@ impl Room {
                     }
                 }
                 Effect::Directory(op) => ops.push(op),
+                // After the loop: they write SQLite and the outbox, which the room's own
+                // effects never wait on.
+                e @ (Effect::Presence { .. } | Effect::Stats(_)) => published.push(e),
             }
         }
         // The mirror for MongoDB is queued in the same step as the changes (one commit). Only
@@ -672,7 +634,17 @@ impl Room {
                 let _ = ws.close(Some(close::TRY_AGAIN_LATER), Some("slow reader"));
             }
         }
+        let room_name = l.room.name().to_owned();
         drop(loaded);
+        for e in published {
+            match e {
+                Effect::Presence { joined, left } => {
+                    self.publish_presence(&room_name, joined, left)
+                }
+                Effect::Stats(deltas) => self.add_stats(&room_name, deltas),
+                _ => {}
+            }
+        }
         for conn in slow {
             console_warn!("closed slow reader {conn}");
             ops.extend(self.handle(None, Input::Disconnect { conn }));

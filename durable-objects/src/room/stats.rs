@@ -1,38 +1,31 @@
-//! The Room object's writes for the shared backends: players' activity totals (MongoDB
-//! `user_stats`) and presence (Redis), both queued in the outbox.
+//! The Room object's writes for the shared backends, as the core hands them over: players'
+//! activity totals (MongoDB `user_stats`, from [`Effect::Stats`]) and presence (Redis, from
+//! [`Effect::Presence`]), both queued in the outbox. When they come is the core's decision.
+//!
+//! [`Effect::Stats`]: piano_core::room::Effect::Stats
+//! [`Effect::Presence`]: piano_core::room::Effect::Presence
 
-use super::{Room, STATS_EVERY_MS, now};
+use super::{Room, now};
 use crate::storage;
 use piano_backends::layout;
-use piano_backends::outbox::Lane;
-use std::collections::HashSet;
+use piano_core::proto::Participant;
+use piano_core::room::StatsDelta;
+use std::collections::BTreeMap;
 use worker::*;
 
 impl Room {
     /// Adds the players' activity to their totals in this room (SQLite) and queues the new
-    /// totals for MongoDB: every [`STATS_EVERY_MS`] while they play, at once when someone
-    /// joins or leaves (`now`), and from the alarm after the room falls quiet.
-    pub(crate) fn flush_stats(&self, now_please: bool) {
-        if !self.outbox.wants(Lane::Mongo) {
-            return;
-        }
-        let at = now();
-        if !now_please && at.saturating_sub(self.stats_flushed_at.get()) < STATS_EVERY_MS {
-            return;
-        }
-        let (room, stats) = match self.loaded.borrow_mut().as_mut() {
-            Some(l) if l.room.has_stats() => (l.room.name().to_owned(), l.room.take_stats()),
-            _ => return,
-        };
-        self.stats_flushed_at.set(at);
+    /// totals for MongoDB.
+    pub(super) fn add_stats(&self, room: &str, stats: BTreeMap<String, StatsDelta>) {
         let Some(deployment) = self.outbox.backends().map(|b| b.deployment.clone()) else {
             return;
         };
+        let at = now();
         let sql = self.state.storage().sql();
         let mut ops = Vec::new();
         for (user, delta) in &stats {
             match storage::add_stats(&sql, user, delta) {
-                Ok(totals) => ops.push(layout::user_stats(&deployment, &room, user, &totals)),
+                Ok(totals) => ops.push(layout::user_stats(&deployment, room, user, &totals)),
                 Err(e) => console_error!("stats write failed: {e}"),
             }
         }
@@ -41,49 +34,37 @@ impl Room {
         }
     }
 
-    /// Queues presence writes for who joined and who left since the last sync (only called
-    /// when the participant count changed: nothing per note).
-    pub(crate) fn sync_presence(&self) {
+    /// Queues presence writes for who arrived and who left, and keeps the published set in
+    /// SQLite (the core resumes from it after a restart).
+    pub(super) fn publish_presence(&self, room: &str, joined: Vec<Participant>, left: Vec<String>) {
         let Some(backends) = self.outbox.backends() else {
             return;
         };
-        let mut loaded = self.loaded.borrow_mut();
-        let Some(l) = loaded.as_mut() else { return };
         let at = now();
-        let room = l.room.name().to_owned();
-        let mut current = HashSet::new();
-        let mut ops = Vec::new();
-        for p in l.room.participants() {
-            current.insert(p.user_id.clone());
-            if !l.present.contains(&p.user_id) {
-                let entry = layout::PresenceEntry {
-                    room: &room,
-                    user_id: &p.user_id,
-                    name: &p.name,
-                    color: &p.color,
-                };
-                ops.push(layout::presence_joined(
-                    &backends.keys,
-                    &backends.deployment,
-                    &entry,
-                    at,
-                ));
-            }
+        let mut ops = Vec::with_capacity(joined.len() + left.len());
+        for p in &joined {
+            let entry = layout::PresenceEntry {
+                room,
+                user_id: &p.user_id,
+                name: &p.name,
+                color: &p.color,
+            };
+            ops.push(layout::presence_joined(
+                &backends.keys,
+                &backends.deployment,
+                &entry,
+                at,
+            ));
         }
-        let joined: Vec<String> = current.difference(&l.present).cloned().collect();
-        let left: Vec<String> = l.present.difference(&current).cloned().collect();
         for gone in &left {
             ops.push(layout::presence_left(
                 &backends.keys,
                 &backends.deployment,
-                &room,
+                room,
                 gone,
             ));
         }
-        if ops.is_empty() {
-            return;
-        }
-        l.present = current;
+        let joined: Vec<String> = joined.into_iter().map(|p| p.user_id).collect();
         let sql = self.state.storage().sql();
         if let Err(e) = storage::set_present(&sql, &joined, &left)
             .and_then(|()| self.outbox.enqueue(&sql, ops, at))

@@ -37,6 +37,11 @@ pub(super) struct Host {
     pub stored: Stored,
     inbox: BTreeMap<ConnId, Vec<SM>>,
     closed: BTreeMap<ConnId, u16>,
+    /// Activity totals from [`Effect::Stats`], and how many hand-overs made them.
+    pub stats: BTreeMap<String, StatsDelta>,
+    pub stats_handovers: usize,
+    /// Who is here according to [`Effect::Presence`].
+    pub present: std::collections::BTreeSet<String>,
 }
 
 impl Host {
@@ -49,6 +54,9 @@ impl Host {
             stored: Stored::new(RoomKind::of(name)),
             inbox: BTreeMap::new(),
             closed: BTreeMap::new(),
+            stats: BTreeMap::new(),
+            stats_handovers: 0,
+            present: Default::default(),
         }
     }
 
@@ -70,8 +78,29 @@ impl Host {
             }
         }
         for e in fx {
-            if let Effect::Close { conn, code, .. } = e {
-                self.closed.insert(*conn, *code);
+            match e {
+                Effect::Close { conn, code, .. } => {
+                    self.closed.insert(*conn, *code);
+                }
+                Effect::Stats(deltas) => {
+                    self.stats_handovers += 1;
+                    for (user, d) in deltas {
+                        let t = self.stats.entry(user.clone()).or_default();
+                        t.notes += d.notes;
+                        t.chats += d.chats;
+                        t.joins += d.joins;
+                        t.last_seen = t.last_seen.max(d.last_seen);
+                    }
+                }
+                Effect::Presence { joined, left } => {
+                    for p in joined {
+                        assert!(self.present.insert(p.user_id.clone()), "joined twice");
+                    }
+                    for u in left {
+                        assert!(self.present.remove(u), "left without joining");
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -212,7 +241,12 @@ pub(super) fn join_with(password: &str) -> M {
 }
 
 pub(super) fn notes(time: Millis) -> Vec<u8> {
-    client(client_message::Msg::Notes(proto::NoteBatch {
+    client(client_message::Msg::Notes(notes_batch(time)))
+}
+
+/// One note-on at `time` (with a forged sender the room must overwrite).
+pub(super) fn notes_batch(time: Millis) -> proto::NoteBatch {
+    proto::NoteBatch {
         time,
         events: vec![NoteEvent {
             delay: 0,
@@ -223,7 +257,7 @@ pub(super) fn notes(time: Millis) -> Vec<u8> {
             })),
         }],
         sender_id: "forged".into(),
-    }))
+    }
 }
 
 pub(super) fn chat(text: &str) -> client_message::Msg {
@@ -369,7 +403,9 @@ pub(super) fn keep_records(records: &mut BTreeMap<ConnId, ConnRecord>, fx: &[Eff
             Effect::Send { .. }
             | Effect::Persist(_)
             | Effect::Directory(_)
-            | Effect::VerifyPassword { .. } => {}
+            | Effect::VerifyPassword { .. }
+            | Effect::Presence { .. }
+            | Effect::Stats(_) => {}
         }
     }
 }
