@@ -1,9 +1,10 @@
-//! Real processes for the fallback's integration tests: `redis-server` and the built
-//! `k8s-fallback` binary on free loopback ports, each killed when dropped (and by the kernel if
-//! the test process dies first), plus a small protobuf WebSocket client that reports closes
+//! Real processes for the fallback's integration tests, started with the e2e harness's process
+//! helper (`tests/process.rs`): `redis-server`, secantusdb and the built `k8s-fallback` binary
+//! on free loopback ports, each killed when dropped (and by the kernel if the test process dies
+//! first), plus a small protobuf WebSocket client that reports closes
 //! instead of panicking, for tests where servers die on purpose.
 
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 
 use futures_util::{SinkExt, StreamExt};
 use piano_core::proto::{self, ClientMessage, ServerMessage, client_message, server_message};
@@ -14,6 +15,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use e2e_tests::process::spawn_guarded;
+pub use e2e_tests::process::{Redis, free_port};
 
 /// The `/metrics` bearer token every test replica gets (unless a test sets its own).
 pub const METRICS_TOKEN: &str = "test-metrics-token";
@@ -31,13 +35,6 @@ pub async fn metrics(replica: &Replica) -> String {
         .expect("metrics text")
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 pub fn scratch_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "k8s-fallback-{tag}-{}-{}",
@@ -48,79 +45,11 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// Spawns `cmd` in its own process group, with PR_SET_PDEATHSIG so it dies with the test.
+/// Spawns `cmd` (stdin closed) with the e2e harness's process helper: its own process
+/// group, dying with the test.
 fn spawn(mut cmd: Command) -> Child {
-    use std::os::unix::process::CommandExt;
-    cmd.stdin(Stdio::null()).process_group(0);
-    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    // PDEATHSIG fires when the forking *thread* exits: fork from one that never does.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(cmd.spawn());
-        loop {
-            std::thread::park();
-        }
-    });
-    rx.recv().expect("spawner thread").expect("spawn process")
-}
-
-pub struct Redis {
-    child: Child,
-    pub port: u16,
-}
-
-impl Redis {
-    /// In memory only (`--save '' --appendonly no`).
-    pub fn start() -> Redis {
-        Redis::start_on(free_port(), None)
-    }
-
-    /// With an append-only file in `dir` (fsync always), so a restart keeps what was written.
-    pub fn start_on(port: u16, aof_dir: Option<&std::path::Path>) -> Redis {
-        let mut cmd = Command::new("/usr/bin/redis-server");
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ]);
-        match aof_dir {
-            Some(dir) => {
-                cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
-                    .arg(dir);
-            }
-            None => {
-                cmd.args(["--appendonly", "no"]);
-            }
-        }
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        let child = spawn(cmd);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Redis { child, port }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    cmd.stdin(Stdio::null());
+    spawn_guarded(cmd).expect("spawn process")
 }
 
 /// `secantusd-py` (PyPI `secantusdb`, MongoDB wire-compatible), as the e2e stack runs it.
@@ -288,20 +217,9 @@ fn log_dir() -> PathBuf {
     dir
 }
 
+/// The body of a plain blocking `GET`.
 pub fn blocking_get(port: u16, path: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default())
+    e2e_tests::process::blocking_get(port, path).map(|(_, body)| body)
 }
 
 /// A guest token and user id from a replica's real endpoint.
