@@ -1,7 +1,7 @@
 //! Issue 13, attacks 3 and 6: amplifying the room directory, and making the server store
 //! things with upgrades and reads that never join. The directory is shared by every trial, so
 //! these look only at their own rooms (by name); the storage trial counts the edge's Durable
-//! Objects that hold data and runs alone there (its exclusive list in `tests/edge.rs`).
+//! Objects that hold data and runs alone there (`alone` in the list of `tests/e2e.rs`).
 
 use crate::*;
 use e2e_tests::abuse_support::error_code;

@@ -460,7 +460,9 @@ pub async fn room_survives_hibernation(s: &Server) {
 
 /// The browser client in Debian's Chromium (tests/web/two_players.mjs, playwright-core).
 pub async fn browser_two_players_play_chat_and_see_the_room_list(s: &Server) {
-    let shots = repo_root().join("tests/artifacts/screenshots");
+    let shots = repo_root()
+        .join("tests/artifacts/screenshots")
+        .join(format!("{:?}", s.host).to_lowercase());
     let out = tokio::time::timeout(
         Duration::from_secs(180),
         tokio::process::Command::new("node")
