@@ -197,15 +197,21 @@ impl Server {
     /// Stops the server's processes (the cluster's Redis keeps running: see
     /// [`Server::shutdown`]).
     pub fn stop(&self) {
-        let children: Vec<_> = self
-            .procs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
-        for mut child in children {
+        for mut child in self.take_procs() {
             stop_group(&mut child);
         }
+    }
+
+    /// `kill -9` of the server's processes (a crash, no drain); [`Server::restart`] brings
+    /// them back on the same ports and storage.
+    pub fn kill(&self) {
+        for mut child in self.take_procs() {
+            process::kill_group(&mut child);
+        }
+    }
+
+    fn take_procs(&self) -> Vec<std::process::Child> {
+        std::mem::take(&mut *self.procs.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Stops everything the server started and removes its storage.
