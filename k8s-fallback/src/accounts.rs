@@ -23,8 +23,8 @@
 //!   here is looked up there (at registration, login, and a signed-in member's own profile)
 //!   and imported, so members registered at the edge log in here and the other way round.
 
-use crate::http::{json, json_error, with_header};
 use crate::hub::Hub;
+use crate::json::{json, json_error, with_header};
 use crate::metrics::redis_error;
 use crate::mongo::Mongo;
 use crate::reach::Reach;

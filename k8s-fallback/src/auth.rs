@@ -7,8 +7,8 @@
 //! unless the shared revocation list (`{REDIS_KEY_PREFIX}revoked:<sid>`, with Redis) names it.
 
 use crate::accounts::Check;
-use crate::http::{json_error, with_header};
 use crate::hub::Hub;
+use crate::json::{json_error, with_header};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use piano_core::identity::{Claims, Identity, public_jwk};
@@ -26,7 +26,7 @@ pub const BEARER_PREFIX: &str = "bearer.";
 pub fn jwks(hub: &Hub) -> Response {
     let keys: Vec<_> = hub.cfg.public_keys.iter().map(public_jwk).collect();
     with_header(
-        crate::http::json(200, &serde_json::json!({ "keys": keys })),
+        crate::json::json(200, &serde_json::json!({ "keys": keys })),
         "cache-control",
         "public, max-age=300",
     )
@@ -63,7 +63,7 @@ pub fn guest(hub: &Hub, body: &[u8]) -> Response {
     };
     let token = hub.cfg.signing.sign(&claims);
     with_header(
-        crate::http::json(
+        crate::json::json(
             200,
             &serde_json::json!({
                 "token": token,
@@ -223,7 +223,7 @@ pub async fn me(hub: &Hub, headers: &HeaderMap) -> Response {
     let identity = Identity::from(claims);
     let guest = identity.roles.iter().any(|r| r == "guest");
     with_header(
-        crate::http::json(
+        crate::json::json(
             200,
             &serde_json::json!({
                 "id": identity.user_id, "name": identity.name, "roles": identity.roles,

@@ -6,12 +6,13 @@
 use crate::accounts;
 use crate::auth::{self, MAX_BODY_BYTES, RateLimiter};
 use crate::hub::Hub;
+use crate::json::{json, json_error, with_header};
 use crate::metrics::{self, METRICS};
 use crate::serve::ConnSlot;
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use piano_core::limits::{MAX_FRAME_BYTES, SUBPROTOCOL};
 use piano_core::names::{self, percent_decode};
@@ -92,30 +93,6 @@ fn metrics_gate(hub: &Hub, headers: &axum::http::HeaderMap) -> Response {
         );
     }
     metrics_text(hub)
-}
-
-pub fn json(status: u16, body: &serde_json::Value) -> Response {
-    let mut resp = Response::new(Body::from(body.to_string()));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-pub fn json_error(status: u16, code: &str, message: &str) -> Response {
-    json(
-        status,
-        &serde_json::json!({ "error": { "code": code, "message": message } }),
-    )
-}
-
-pub fn with_header(mut resp: Response, name: &'static str, value: &str) -> Response {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        resp.headers_mut().insert(name, v);
-    }
-    resp
 }
 
 /// The client's address: the socket peer, or what `TRUSTED_PROXIES` lets `X-Forwarded-For` say.

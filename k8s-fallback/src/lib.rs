@@ -47,6 +47,7 @@ pub mod config;
 pub mod directory;
 pub mod http;
 pub mod hub;
+pub mod json;
 pub mod metrics;
 pub mod mongo;
 pub mod network;

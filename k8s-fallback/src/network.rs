@@ -14,8 +14,8 @@
 //! `GET /api/network/rooms` and `GET /api/network/online` read them back with the edge's JSON.
 
 use crate::accounts::run_redis_op;
-use crate::http::{json, json_error, with_header};
 use crate::hub::Hub;
+use crate::json::{json, json_error, with_header};
 use crate::metrics::redis_error;
 use crate::redis_handle::RedisHandle;
 use axum::response::Response;
