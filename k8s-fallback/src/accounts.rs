@@ -28,10 +28,9 @@ use crate::json::{json, json_error, with_header};
 use crate::metrics::redis_error;
 use crate::mongo::Mongo;
 use crate::reach::Reach;
-use crate::redis_handle::RedisHandle;
+use crate::redis_handle::{RedisHandle, run_redis_op};
 use axum::response::Response;
 use piano_backends::layout;
-use piano_backends::outbox::Op;
 use piano_core::identity::Claims;
 use piano_core::names;
 use piano_core::password::{ACCOUNT_ITERATIONS, PasswordHash};
@@ -791,24 +790,6 @@ impl Accounts {
             }
         }
     }
-}
-
-/// Runs one of the layout's Redis writes (`Op::Redis`, a list of commands) as one pipeline.
-pub async fn run_redis_op(conn: &RedisHandle, op: &Op) -> redis::RedisResult<()> {
-    let Op::Redis { commands } = op else {
-        return Ok(());
-    };
-    let mut pipe = redis::pipe();
-    for c in commands {
-        let mut parts = c.iter();
-        let Some(name) = parts.next() else { continue };
-        let cmd = pipe.cmd(name);
-        for p in parts {
-            cmd.arg(p);
-        }
-        cmd.ignore();
-    }
-    conn.pipe::<()>(&pipe).await
 }
 
 fn hash_secret(secret: &str) -> String {

@@ -13,11 +13,10 @@
 //!
 //! `GET /api/network/rooms` and `GET /api/network/online` read them back with the edge's JSON.
 
-use crate::accounts::run_redis_op;
 use crate::hub::Hub;
 use crate::json::{json, json_error, with_header};
 use crate::metrics::redis_error;
-use crate::redis_handle::RedisHandle;
+use crate::redis_handle::{RedisHandle, run_redis_op};
 use axum::response::Response;
 use piano_backends::layout::{self, Keys, NetworkSnapshot, PresenceEntry};
 use piano_backends::outbox::Op;
