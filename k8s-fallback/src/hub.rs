@@ -14,6 +14,7 @@ use crate::cluster::{self, Cluster, Lease, replica_channel};
 use crate::config::Config;
 use crate::directory::{PendingReports, directory_writer, push_deltas, sweep_directory};
 use crate::metrics::{METRICS, redis_error};
+use crate::reach::{self, Reach};
 use crate::room_task::{RoomEntry, RoomInfo, RoomMsg};
 use crate::store::Store;
 use crate::wire::Wire;
@@ -494,6 +495,17 @@ impl Hub {
         }
     }
 
+    /// A session ended or roles changed: every room this replica runs is told (each checks its
+    /// own connections).
+    pub async fn reach_rooms(&self, event: Reach) {
+        let rooms: Vec<mpsc::Sender<RoomMsg>> =
+            lock(&self.rooms).values().map(|e| e.tx.clone()).collect();
+        for tx in rooms {
+            // Waits for room in a busy room's queue rather than dropping a revocation.
+            let _ = tx.send(RoomMsg::Reach(event.clone())).await;
+        }
+    }
+
     // -- drain ---------------------------------------------------------------------------
 
     /// SIGTERM: refuse new players, tell every connected one to reconnect elsewhere
@@ -536,6 +548,26 @@ impl Hub {
     }
 }
 
+/// Hands every session change the accounts emit to the rooms of the deployment (see
+/// [`crate::reach`]).
+pub async fn pass_on_reach(hub: Arc<Hub>, mut rx: mpsc::Receiver<Reach>) {
+    while let Some(event) = rx.recv().await {
+        tracing::info!(?event, "session change: closing affected sockets");
+        if let Some(c) = &hub.cluster {
+            let Ok(json) = serde_json::to_vec(&event) else {
+                continue;
+            };
+            match c.publish(reach::CHANNEL, json.into()).await {
+                // Our own subscription delivers it here too (`pubsub_loop`).
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(e) => redis_error("publishing a session change", &e),
+            }
+        }
+        hub.reach_rooms(event).await;
+    }
+}
+
 /// This replica's subscription: its own channel (room traffic) and the directory channel.
 /// Reconnects forever; while it is down the replica is not ready and takes no leases.
 async fn pubsub_loop(hub: Arc<Hub>) {
@@ -546,7 +578,7 @@ async fn pubsub_loop(hub: Arc<Hub>) {
             Ok(mut ps) => {
                 let subscribed = async {
                     ps.subscribe(&own).await?;
-                    ps.subscribe(crate::reach::CHANNEL).await?;
+                    ps.subscribe(reach::CHANNEL).await?;
                     ps.subscribe(cluster::DIRECTORY).await
                 }
                 .await;
@@ -558,8 +590,13 @@ async fn pubsub_loop(hub: Arc<Hub>) {
                         let mut stream = ps.on_message();
                         while let Some(msg) = stream.next().await {
                             let payload: &[u8] = msg.get_payload_bytes();
-                            if msg.get_channel_name() == crate::reach::CHANNEL {
-                                crate::reach::on_message(&hub, payload).await;
+                            if msg.get_channel_name() == reach::CHANNEL {
+                                match serde_json::from_slice::<Reach>(payload) {
+                                    Ok(event) => hub.reach_rooms(event).await,
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "unreadable session change")
+                                    }
+                                }
                             } else if msg.get_channel_name() == cluster::DIRECTORY {
                                 if let Ok(report) = serde_json::from_slice::<Report>(payload) {
                                     hub.apply_report(report);

@@ -132,7 +132,7 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         tracing::info!("/metrics is off: set METRICS_TOKEN or METRICS_ADDR to serve it");
     }
     let hub = hub::Hub::new(cfg, store, cluster, mongo, accounts);
-    tokio::spawn(reach::run(hub.clone(), reach_rx));
+    tokio::spawn(hub::pass_on_reach(hub.clone(), reach_rx));
     if let Some(l) = metrics_listener {
         tracing::info!(addr = ?l.local_addr().ok(), "serving /metrics");
         let metrics_limits = serve::ConnLimits::new(64, 64);

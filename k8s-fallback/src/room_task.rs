@@ -14,6 +14,7 @@ use crate::cluster::replica_channel;
 use crate::hub::{Hub, SERVICE_RESTART};
 use crate::metrics::{METRICS, redis_error};
 use crate::mongo::MirrorMsg;
+use crate::reach::{Reach, count_close};
 use crate::store::Writer;
 use crate::wire::Wire;
 use crate::{now_ms, now_us};
@@ -62,7 +63,7 @@ pub enum RoomMsg {
         reply: oneshot::Sender<Result<(), piano_core::proto::ErrorCode>>,
     },
     /// A session ended or roles changed somewhere ([`crate::reach`]).
-    Reach(crate::reach::Reach),
+    Reach(Reach),
     /// The answer of a password check run off the room's task (`Effect::VerifyPassword`).
     PasswordChecked {
         conn: ConnId,
@@ -480,16 +481,14 @@ impl Task {
             }
             RoomMsg::Reach(event) => {
                 let input = match event {
-                    crate::reach::Reach::SessionEnded {
+                    Reach::SessionEnded {
                         user_id,
                         session_id,
                     } => Input::SessionEnded {
                         user_id,
                         session_id,
                     },
-                    crate::reach::Reach::IdentityChanged { user_id } => {
-                        Input::IdentityChanged { user_id }
-                    }
+                    Reach::IdentityChanged { user_id } => Input::IdentityChanged { user_id },
                 };
                 let effects = self.room.handle(input, now);
                 self.execute(effects, None);
@@ -667,7 +666,7 @@ impl Task {
                     }
                 }
                 Effect::Close { conn, code, reason } => {
-                    crate::reach::count_close(code);
+                    count_close(code);
                     self.local.remove(&conn);
                     let replica = self.remote.remove(&conn);
                     self.close(conn, replica.as_deref(), code, reason);
