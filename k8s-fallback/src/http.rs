@@ -3,7 +3,7 @@
 //! (`src/lib.rs`), so the room name is percent-decoded by the same code
 //! (`piano_core::names::percent_decode`). Every error is `{"error": {"code", "message"}}`.
 
-use crate::accounts;
+use crate::accounts::{self, Accounts};
 use crate::auth::{self, MAX_BODY_BYTES, RateLimiter};
 use crate::hub::Hub;
 use crate::json::{json, json_error, with_header};
@@ -26,15 +26,17 @@ use tower_http::services::ServeDir;
 #[derive(Clone)]
 pub struct App {
     pub hub: Arc<Hub>,
+    pub accounts: Arc<Accounts>,
     limiter: Arc<RateLimiter>,
     static_files: Option<ServeDir>,
 }
 
-pub fn router(hub: Arc<Hub>) -> axum::Router {
+pub fn router(hub: Arc<Hub>, accounts: Arc<Accounts>) -> axum::Router {
     let policy = crate::security::Policy {
         cors_origins: Arc::new(hub.cfg.cors_origins.clone()),
     };
     let app = App {
+        accounts,
         limiter: Arc::new(RateLimiter::new(hub.cfg.auth_rate_limit)),
         static_files: hub
             .cfg
@@ -112,7 +114,7 @@ async fn route(
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let hub = &app.hub;
+    let (hub, accounts) = (&app.hub, &*app.accounts);
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => json(200, &serde_json::json!({ "status": "ok" })),
         (&Method::GET, ["readyz"]) => {
@@ -136,7 +138,7 @@ async fn route(
                 "mode": if hub.cluster.is_some() { "redis" } else { "standalone" },
             }),
         ),
-        (&Method::GET, [".well-known", "jwks.json"]) => auth::jwks(hub),
+        (&Method::GET, [".well-known", "jwks.json"]) => auth::jwks(&hub.cfg),
         (
             &Method::POST,
             [
@@ -147,7 +149,11 @@ async fn route(
         ) => {
             let endpoint = *endpoint;
             let ip = client_ip(hub, peer, req.headers());
-            if let Err(wait) = app.limiter.check_shared(hub, ip).await {
+            let limited = app
+                .limiter
+                .check_shared(hub.cluster.as_ref(), &hub.cfg.redis_key_prefix, ip)
+                .await;
+            if let Err(wait) = limited {
                 return with_header(
                     json_error(
                         429,
@@ -169,18 +175,18 @@ async fn route(
                 .get("x-admin-bootstrap")
                 .and_then(|v| v.to_str().ok());
             match endpoint {
-                "guest" => auth::guest(hub, &body),
-                "register" => accounts::register(hub, bootstrap, &body).await,
-                "login" => accounts::login(hub, &body).await,
-                "refresh" => accounts::refresh(hub, &body).await,
-                _ => accounts::logout(hub, token, &body).await,
+                "guest" => auth::guest(&hub.cfg, &body),
+                "register" => accounts::register(&hub.cfg, accounts, bootstrap, &body).await,
+                "login" => accounts::login(&hub.cfg, accounts, &body).await,
+                "refresh" => accounts::refresh(&hub.cfg, accounts, &body).await,
+                _ => accounts::logout(&hub.cfg, accounts, token, &body).await,
             }
         }
         (&Method::PUT, ["api", "users", "me"]) => {
             let token = auth::bearer(req.headers());
             let (parts, body) = req.into_parts();
             match read_body(hub, &parts.headers, body).await {
-                Ok(body) => accounts::update_me(hub, token, &body).await,
+                Ok(body) => accounts::update_me(&hub.cfg, accounts, token, &body).await,
                 Err(resp) => resp,
             }
         }
@@ -189,13 +195,13 @@ async fn route(
             let token = auth::bearer(req.headers());
             let (parts, body) = req.into_parts();
             match read_body(hub, &parts.headers, body).await {
-                Ok(body) => accounts::set_roles(hub, token, &id, &body).await,
+                Ok(body) => accounts::set_roles(&hub.cfg, accounts, token, &id, &body).await,
                 Err(resp) => resp,
             }
         }
-        (&Method::GET, ["api", "users", "me"]) => auth::me(hub, req.headers()).await,
+        (&Method::GET, ["api", "users", "me"]) => users_me(&app, req.headers()).await,
         (&Method::GET, ["api", "users", id, "stats"]) => user_stats(hub, id).await,
-        (&Method::GET, ["api", "users", id]) => accounts::user(hub, id).await,
+        (&Method::GET, ["api", "users", id]) => accounts::user(accounts, id).await,
         (&Method::GET, ["api", "network", "rooms"]) => crate::network::rooms(hub).await,
         (&Method::GET, ["api", "network", "online"]) => crate::network::online(hub).await,
         (&Method::GET, ["api", "rooms"]) => with_header(
@@ -207,7 +213,7 @@ async fn route(
             "public, max-age=2, stale-while-revalidate=10",
         ),
         (&Method::POST, ["api", "lobby", "next"]) => {
-            match auth::verify(hub, auth::bearer(req.headers()).as_deref()).await {
+            match auth::verify(&hub.cfg, accounts, auth::bearer(req.headers()).as_deref()).await {
                 Ok(identity) => json(
                     200,
                     &serde_json::json!({ "room": hub.next_lobby(&identity.user_id).await }),
@@ -255,6 +261,31 @@ async fn route(
             _ => json_error(404, "not_found", "no such endpoint"),
         },
     }
+}
+
+/// `GET /api/users/me`: a member's stored profile; a guest's token identity.
+async fn users_me(app: &App, headers: &axum::http::HeaderMap) -> Response {
+    let (cfg, accounts) = (&app.hub.cfg, &*app.accounts);
+    let claims = match auth::verify_claims(cfg, accounts, auth::bearer(headers).as_deref()).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    if let Some(resp) = accounts::me(accounts, &claims).await {
+        return resp;
+    }
+    let identity = piano_core::identity::Identity::from(claims);
+    let guest = identity.roles.iter().any(|r| r == "guest");
+    with_header(
+        json(
+            200,
+            &serde_json::json!({
+                "id": identity.user_id, "name": identity.name, "roles": identity.roles,
+                "kind": if guest { "guest" } else { "member" },
+            }),
+        ),
+        "cache-control",
+        "no-store",
+    )
 }
 
 /// `GET /api/users/{id}/stats`: a user's totals over every room and deployment (MongoDB).
@@ -328,7 +359,7 @@ async fn connect(app: App, req: Request, raw_name: &str, ip: IpAddr) -> Response
         Ok(a) => a,
         Err(msg) => return json_error(400, "bad_subprotocol", msg),
     };
-    let identity = match auth::verify(&app.hub, auth.token.as_deref()).await {
+    let identity = match auth::verify(&app.hub.cfg, &*app.accounts, auth.token.as_deref()).await {
         Ok(id) => id,
         Err(resp) => return resp,
     };

@@ -68,8 +68,6 @@ pub struct Hub {
     pub store: Store,
     pub cluster: Option<Cluster>,
     pub mongo: Option<Arc<crate::mongo::Mongo>>,
-    /// Members' accounts and sessions (SQLite or Redis, like the rooms).
-    pub accounts: crate::accounts::Accounts,
     pub(crate) directory: Mutex<Directory>,
     /// Who follows the room list from which rooms (standalone; in Redis with `REDIS_URL`).
     pub(crate) subscribers: Mutex<Subscribers>,
@@ -102,7 +100,6 @@ impl Hub {
         store: Store,
         cluster: Option<Cluster>,
         mongo: Option<Arc<crate::mongo::Mongo>>,
-        accounts: crate::accounts::Accounts,
     ) -> Arc<Hub> {
         let directory_pending = cluster
             .is_some()
@@ -113,7 +110,6 @@ impl Hub {
             store,
             cluster,
             mongo,
-            accounts,
             directory: Mutex::new(Directory::new().coalesce_every(PUSH_TICK_MS)),
             subscribers: Mutex::new(Subscribers::new()),
             directory_pending: directory_pending.clone(),

@@ -131,7 +131,8 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
     if cfg.metrics_addr.is_none() && cfg.metrics_token.is_none() {
         tracing::info!("/metrics is off: set METRICS_TOKEN or METRICS_ADDR to serve it");
     }
-    let hub = hub::Hub::new(cfg, store, cluster, mongo, accounts);
+    let accounts = Arc::new(accounts);
+    let hub = hub::Hub::new(cfg, store, cluster, mongo);
     tokio::spawn(hub::pass_on_reach(hub.clone(), reach_rx));
     if let Some(l) = metrics_listener {
         tracing::info!(addr = ?l.local_addr().ok(), "serving /metrics");
@@ -149,7 +150,7 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
             std::future::pending(),
         ));
     }
-    let app = http::router(hub.clone());
+    let app = http::router(hub.clone(), accounts);
     let shutdown = {
         let hub = hub.clone();
         async move {
