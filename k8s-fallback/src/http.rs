@@ -8,7 +8,7 @@ use crate::auth::{self, MAX_BODY_BYTES, RateLimiter};
 use crate::hub::Hub;
 use crate::json::{json, json_error, with_header};
 use crate::metrics::{self, METRICS};
-use crate::serve::ConnSlot;
+use crate::serve::{ConnLimits, ConnSlot};
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
@@ -28,6 +28,8 @@ pub struct App {
     pub hub: Arc<Hub>,
     pub accounts: Arc<Accounts>,
     limiter: Arc<RateLimiter>,
+    /// Open WebSockets per client network on this replica (`MAX_WEBSOCKETS_PER_IP`).
+    ws_caps: Arc<ConnLimits>,
     static_files: Option<ServeDir>,
 }
 
@@ -38,6 +40,7 @@ pub fn router(hub: Arc<Hub>, accounts: Arc<Accounts>) -> axum::Router {
     let app = App {
         accounts,
         limiter: Arc::new(RateLimiter::new(hub.cfg.auth_rate_limit)),
+        ws_caps: ConnLimits::new(usize::MAX, hub.cfg.max_sockets_per_ip),
         static_files: hub
             .cfg
             .static_dir
@@ -151,7 +154,7 @@ async fn route(
             let ip = client_ip(hub, peer, req.headers());
             let limited = app
                 .limiter
-                .check_shared(hub.cluster.as_ref(), &hub.cfg.redis_key_prefix, ip)
+                .check_shared(hub.cluster.as_deref(), &hub.cfg.redis_key_prefix, ip)
                 .await;
             if let Err(wait) = limited {
                 return with_header(
@@ -202,12 +205,16 @@ async fn route(
         (&Method::GET, ["api", "users", "me"]) => users_me(&app, req.headers()).await,
         (&Method::GET, ["api", "users", id, "stats"]) => user_stats(hub, id).await,
         (&Method::GET, ["api", "users", id]) => accounts::user(accounts, id).await,
-        (&Method::GET, ["api", "network", "rooms"]) => crate::network::rooms(hub).await,
-        (&Method::GET, ["api", "network", "online"]) => crate::network::online(hub).await,
+        (&Method::GET, ["api", "network", "rooms"]) => {
+            crate::network::rooms(hub.cluster.as_deref(), &hub.cfg.redis_key_prefix).await
+        }
+        (&Method::GET, ["api", "network", "online"]) => {
+            crate::network::online(hub.cluster.as_deref(), &hub.cfg.redis_key_prefix).await
+        }
         (&Method::GET, ["api", "rooms"]) => with_header(
             json(
                 200,
-                &serde_json::to_value(hub.listing()).unwrap_or_default(),
+                &serde_json::to_value(hub.directory.listing()).unwrap_or_default(),
             ),
             "cache-control",
             "public, max-age=2, stale-while-revalidate=10",
@@ -216,7 +223,7 @@ async fn route(
             match auth::verify(&hub.cfg, accounts, auth::bearer(req.headers()).as_deref()).await {
                 Ok(identity) => json(
                     200,
-                    &serde_json::json!({ "room": hub.next_lobby(&identity.user_id).await }),
+                    &serde_json::json!({ "room": hub.directory.next_lobby(&identity.user_id).await }),
                 ),
                 Err(resp) => resp,
             }
@@ -372,7 +379,7 @@ async fn connect(app: App, req: Request, raw_name: &str, ip: IpAddr) -> Response
     }
     // Per client network on this replica (`MAX_WEBSOCKETS_PER_IP`); the room's own caps (per
     // user and per network in the room) come next.
-    let socket_slot = match app.hub.sockets.acquire(Some(ip)) {
+    let socket_slot = match app.ws_caps.acquire(Some(ip)) {
         Ok(s) => s,
         Err(_) => {
             METRICS.refused_sockets.fetch_add(1, Relaxed);
@@ -385,7 +392,7 @@ async fn connect(app: App, req: Request, raw_name: &str, ip: IpAddr) -> Response
     // The room's own caps (sockets per user and per network in the room), asked before the
     // upgrade when the room runs here; a room elsewhere (cluster) or not running yet checks at
     // Connect instead (Error TOO_MANY_CONNECTIONS, close 4004).
-    if let Some(tx) = app.hub.room_tx(&name) {
+    if let Some(tx) = app.hub.rooms.tx(&name) {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let ask = crate::room_task::RoomMsg::Admit {
             identity: identity.clone(),

@@ -56,11 +56,18 @@ pub mod redis_handle;
 pub mod room_task;
 pub mod security;
 pub mod serve;
+pub mod sockets;
 pub mod store;
 pub mod wire;
 pub mod ws;
 
 use std::sync::Arc;
+
+/// Locks a mutex even if a panic elsewhere poisoned it: one panicking task must not take the
+/// whole replica down with it.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 pub fn now_ms() -> u64 {
     now_us() / 1000
@@ -85,7 +92,10 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         Some(url) => {
             let cluster =
                 cluster::Cluster::connect(url, cfg.replica_id.clone(), cfg.lease_ttl).await?;
-            (store::Store::Redis(cluster.conn.clone()), Some(cluster))
+            (
+                store::Store::Redis(cluster.conn.clone()),
+                Some(Arc::new(cluster)),
+            )
         }
         None => (store::Store::sqlite(&cfg.data_dir)?, None),
     };
