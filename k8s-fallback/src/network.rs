@@ -8,8 +8,9 @@
 //!   when the room stops (players reconnect elsewhere) its players are written as gone before
 //!   the lease is released, and a room that starts first clears entries this deployment left
 //!   for it (a replica killed without a goodbye).
-//! - `rooms:<deployment>`: written next to the replicas' own directory (`directory::directory_writer`): a listed
-//!   room's summary plus `deployment` (`room_listed`), removed when it empties or is hidden.
+//! - `rooms:<deployment>`: written next to the replicas' own directory
+//!   (`directory::directory_writer`): a listed room's summary plus `deployment`
+//!   (`room_listed`), removed when it empties or is hidden.
 //!
 //! `GET /api/network/rooms` and `GET /api/network/online` read them back with the edge's JSON.
 

@@ -4,7 +4,8 @@
 //! bounded channel ([`RoomMsg`]) from local sockets and, in cluster mode, from other replicas
 //! through this replica's pub/sub dispatcher. Effects are carried out in order: a broadcast is
 //! one `Bytes` handed to every local target's queue and published once per other replica;
-//! durable changes go to the room's ordered store writer; directory reports to the replica's directory.
+//! durable changes go to the room's ordered store writer; directory reports to the replica's
+//! directory.
 //!
 //! In cluster mode the task also renews the room's lease every third of its TTL, and stops the
 //! room (players reconnect) the moment the lease is no longer provably its own. When the room
