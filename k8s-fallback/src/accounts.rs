@@ -23,15 +23,15 @@
 //!   here is looked up there (at registration, login, and a signed-in member's own profile)
 //!   and imported, so members registered at the edge log in here and the other way round.
 
-use crate::http::{json, json_error, with_header};
-use crate::hub::Hub;
+use crate::auth::Check;
+use crate::config::Config;
+use crate::json::{json, json_error, with_header};
 use crate::metrics::redis_error;
 use crate::mongo::Mongo;
 use crate::reach::Reach;
-use crate::redis_handle::RedisHandle;
+use crate::redis_handle::{RedisHandle, run_redis_op};
 use axum::response::Response;
 use piano_backends::layout;
-use piano_backends::outbox::Op;
 use piano_core::identity::Claims;
 use piano_core::names;
 use piano_core::password::{ACCOUNT_ITERATIONS, PasswordHash};
@@ -44,17 +44,6 @@ use tokio::sync::mpsc;
 // The record, roles and session lifetime are the edge's, from the core: MongoDB's `accounts`
 // documents hold this record, so either side reads what the other wrote.
 pub use piano_core::account::{AccountData, ROLES, SESSION_TTL_MS};
-
-/// A token's session as the store sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
-    /// Live until `expires_at` (ms), unless it ends sooner.
-    Live { expires_at: u64 },
-    /// Logged out, refreshed away, revoked, expired, or an account that is not there.
-    Ended,
-    /// Not a session of this deployment (the edge's, with the same key): accepted on signature.
-    Unknown,
-}
 
 /// The outcome of presenting a refresh secret.
 enum Refreshed {
@@ -793,24 +782,6 @@ impl Accounts {
     }
 }
 
-/// Runs one of the layout's Redis writes (`Op::Redis`, a list of commands) as one pipeline.
-pub async fn run_redis_op(conn: &RedisHandle, op: &Op) -> redis::RedisResult<()> {
-    let Op::Redis { commands } = op else {
-        return Ok(());
-    };
-    let mut pipe = redis::pipe();
-    for c in commands {
-        let mut parts = c.iter();
-        let Some(name) = parts.next() else { continue };
-        let cmd = pipe.cmd(name);
-        for p in parts {
-            cmd.arg(p);
-        }
-        cmd.ignore();
-    }
-    conn.pipe::<()>(&pipe).await
-}
-
 fn hash_secret(secret: &str) -> String {
     Sha256::digest(secret.as_bytes())
         .iter()
@@ -862,7 +833,7 @@ macro_rules! try_resp {
 
 /// Access and refresh tokens for a session, as the edge's `issue` answers.
 fn issue(
-    hub: &Hub,
+    cfg: &Config,
     a: &AccountData,
     sid: &str,
     secret: &str,
@@ -876,14 +847,14 @@ fn issue(
         name: a.name.clone(),
         roles: a.roles.clone(),
         iat: now,
-        exp: now + hub.cfg.access_ttl_secs,
+        exp: now + cfg.access_ttl_secs,
         nbf: None,
-        iss: hub.cfg.issuer.clone(),
-        aud: hub.cfg.audience.clone(),
+        iss: cfg.issuer.clone(),
+        aud: cfg.audience.clone(),
         sid: Some(sid.to_owned()),
         generation: Some(generation),
     };
-    let access = hub.cfg.signing.sign(&claims);
+    let access = cfg.signing.sign(&claims);
     no_store(json(
         status,
         &serde_json::json!({
@@ -896,14 +867,16 @@ fn issue(
     ))
 }
 
-async fn start_session(hub: &Hub, a: &AccountData, key: &str, status: u16) -> Response {
+async fn start_session(
+    cfg: &Config,
+    accounts: &Accounts,
+    a: &AccountData,
+    key: &str,
+    status: u16,
+) -> Response {
     let now = crate::now_ms();
-    match hub
-        .accounts
-        .open_session(a, key, hub.cfg.max_sessions, now)
-        .await
-    {
-        Ok((sid, secret)) => issue(hub, a, &sid, &secret, 1, status),
+    match accounts.open_session(a, key, cfg.max_sessions, now).await {
+        Ok((sid, secret)) => issue(cfg, a, &sid, &secret, 1, status),
         Err(e) => unavailable(&e),
     }
 }
@@ -913,7 +886,12 @@ fn invalid_credentials() -> Response {
 }
 
 /// `POST /api/auth/register {"username", "password", "email"?}`.
-pub async fn register(hub: &Hub, bootstrap: Option<&str>, bytes: &[u8]) -> Response {
+pub async fn register(
+    cfg: &Config,
+    accounts: &Accounts,
+    bootstrap: Option<&str>,
+    bytes: &[u8],
+) -> Response {
     #[derive(Deserialize)]
     struct Body {
         username: String,
@@ -930,15 +908,15 @@ pub async fn register(hub: &Hub, bootstrap: Option<&str>, bytes: &[u8]) -> Respo
         };
     let admin = match piano_core::account::admin_on_register(
         &key,
-        &hub.cfg.admins,
-        hub.cfg.admin_bootstrap_secret.as_deref(),
+        &cfg.admins,
+        cfg.admin_bootstrap_secret.as_deref(),
         bootstrap,
     ) {
         Ok(admin) => admin,
         Err((code, message)) => return json_error(403, code, message),
     };
     let taken = || json_error(409, "username_taken", "that username is taken");
-    match hub.accounts.find(&key).await {
+    match accounts.find(&key).await {
         Ok(Some(_)) => return taken(),
         Ok(None) => {}
         Err(e) => return unavailable(&e),
@@ -970,18 +948,18 @@ pub async fn register(hub: &Hub, bootstrap: Option<&str>, bytes: &[u8]) -> Respo
         status: String::new(),
         created_at: crate::now_ms(),
     };
-    match hub.accounts.create(&key, &account).await {
+    match accounts.create(&key, &account).await {
         Ok(true) => {}
         Ok(false) => return taken(),
         Err(e) => return unavailable(&e),
     }
-    hub.accounts.mirror(&account, true);
+    accounts.mirror(&account, true);
     tracing::info!(user = key, "member registered");
-    start_session(hub, &account, &key, 201).await
+    start_session(cfg, accounts, &account, &key, 201).await
 }
 
 /// `POST /api/auth/login {"username", "password"}`.
-pub async fn login(hub: &Hub, bytes: &[u8]) -> Response {
+pub async fn login(cfg: &Config, accounts: &Accounts, bytes: &[u8]) -> Response {
     #[derive(Deserialize)]
     struct Body {
         username: String,
@@ -991,7 +969,7 @@ pub async fn login(hub: &Hub, bytes: &[u8]) -> Response {
     let Ok(key) = names::username(&b.username) else {
         return invalid_credentials();
     };
-    let mut account = match hub.accounts.find(&key).await {
+    let mut account = match accounts.find(&key).await {
         Ok(Some(a)) => a,
         // Same answer as a wrong password: do not reveal which usernames exist.
         Ok(None) => return invalid_credentials(),
@@ -1005,11 +983,10 @@ pub async fn login(hub: &Hub, bytes: &[u8]) -> Response {
     if !ok {
         return invalid_credentials();
     }
-    if piano_core::account::admin_on_login(&key, &hub.cfg.admins)
+    if piano_core::account::admin_on_login(&key, &cfg.admins)
         && !account.roles.iter().any(|r| r == "admin")
     {
-        match hub
-            .accounts
+        match accounts
             .update(&key, |a| {
                 if !a.roles.iter().any(|r| r == "admin") {
                     a.roles.push("admin".into());
@@ -1022,7 +999,7 @@ pub async fn login(hub: &Hub, bytes: &[u8]) -> Response {
             Err(e) => return unavailable(&e),
         }
     }
-    start_session(hub, &account, &key, 200).await
+    start_session(cfg, accounts, &account, &key, 200).await
 }
 
 /// `<username>.<sid>.<secret>`.
@@ -1034,7 +1011,7 @@ fn parse_refresh(token: &str) -> Option<(&str, &str, &str)> {
 
 /// `POST /api/auth/refresh {"refresh_token"}`: new access and refresh tokens; the old ones stop
 /// working.
-pub async fn refresh(hub: &Hub, bytes: &[u8]) -> Response {
+pub async fn refresh(cfg: &Config, accounts: &Accounts, bytes: &[u8]) -> Response {
     #[derive(Deserialize)]
     struct Body {
         refresh_token: String,
@@ -1044,14 +1021,13 @@ pub async fn refresh(hub: &Hub, bytes: &[u8]) -> Response {
     let Some((key, sid, secret)) = parse_refresh(&b.refresh_token) else {
         return not_valid();
     };
-    let account = match hub.accounts.load(key).await {
+    let account = match accounts.load(key).await {
         Ok(Some(a)) => a,
         Ok(None) => return not_valid(),
         Err(e) => return unavailable(&e),
     };
     let new_secret = crate::config::random_hex(32);
-    match hub
-        .accounts
+    match accounts
         .refresh_session(key, sid, secret, &new_secret, crate::now_ms())
         .await
     {
@@ -1065,7 +1041,7 @@ pub async fn refresh(hub: &Hub, bytes: &[u8]) -> Response {
         Ok(Refreshed::Reused) => {
             // A rotated-away refresh token came back: someone else may hold the new one.
             tracing::warn!(user = key, sid, "refresh token reused: session revoked");
-            hub.accounts.announce_revoked(sid, &account.user_id()).await;
+            accounts.announce_revoked(sid, &account.user_id()).await;
             json_error(
                 401,
                 "invalid_session",
@@ -1073,14 +1049,19 @@ pub async fn refresh(hub: &Hub, bytes: &[u8]) -> Response {
             )
         }
         Ok(Refreshed::Rotated(generation)) => {
-            issue(hub, &account, sid, &new_secret, generation, 200)
+            issue(cfg, &account, sid, &new_secret, generation, 200)
         }
     }
 }
 
 /// `POST /api/auth/logout {"refresh_token"}` (or with just the access token as Bearer): ends
 /// the session; its access and refresh tokens are refused from now on.
-pub async fn logout(hub: &Hub, bearer: Option<String>, bytes: &[u8]) -> Response {
+pub async fn logout(
+    cfg: &Config,
+    accounts: &Accounts,
+    bearer: Option<String>,
+    bytes: &[u8],
+) -> Response {
     #[derive(Deserialize, Default)]
     struct Body {
         #[serde(default)]
@@ -1094,7 +1075,7 @@ pub async fn logout(hub: &Hub, bearer: Option<String>, bytes: &[u8]) -> Response
         let Some((key, sid, secret)) = parse_refresh(refresh) else {
             return not_valid();
         };
-        return match hub.accounts.revoke_with_secret(key, sid, secret).await {
+        return match accounts.revoke_with_secret(key, sid, secret).await {
             Ok(true) => no_content(),
             Ok(false) => not_valid(),
             Err(e) => unavailable(&e),
@@ -1102,12 +1083,12 @@ pub async fn logout(hub: &Hub, bearer: Option<String>, bytes: &[u8]) -> Response
     }
     // Without a refresh token: the session of a live, verified access token (the whole signed
     // token is the credential).
-    let claims = try_resp!(crate::auth::verify_claims(hub, bearer.as_deref()).await);
+    let claims = try_resp!(crate::auth::verify_claims(cfg, accounts, bearer.as_deref()).await);
     let (key, sid) = match (claims.sub.strip_prefix("user:"), claims.sid) {
         (Some(user), Some(sid)) => (user.to_owned(), sid),
         _ => return json_error(400, "not_a_member", "guest tokens have no session to end"),
     };
-    if let Err(e) = hub.accounts.revoke(&key, &sid).await {
+    if let Err(e) = accounts.revoke(&key, &sid).await {
         return unavailable(&e);
     }
     no_content()
@@ -1121,9 +1102,9 @@ fn no_content() -> Response {
 
 /// `GET /api/users/me` for a member: the stored profile. (A member token of an account this
 /// deployment cannot find, e.g. the edge's without a shared MongoDB: who the token says.)
-pub async fn me(hub: &Hub, claims: &Claims) -> Option<Response> {
+pub async fn me(accounts: &Accounts, claims: &Claims) -> Option<Response> {
     let key = claims.sub.strip_prefix("user:")?;
-    match hub.accounts.find(key).await {
+    match accounts.find(key).await {
         Ok(Some(a)) => Some(no_store(json(200, &a.public()))),
         Ok(None) => None,
         Err(e) => Some(unavailable(&e)),
@@ -1131,8 +1112,13 @@ pub async fn me(hub: &Hub, claims: &Claims) -> Option<Response> {
 }
 
 /// `PUT /api/users/me {"name"?, "color"?, "status"?}` (members).
-pub async fn update_me(hub: &Hub, bearer: Option<String>, bytes: &[u8]) -> Response {
-    let claims = try_resp!(crate::auth::verify_claims(hub, bearer.as_deref()).await);
+pub async fn update_me(
+    cfg: &Config,
+    accounts: &Accounts,
+    bearer: Option<String>,
+    bytes: &[u8],
+) -> Response {
+    let claims = try_resp!(crate::auth::verify_claims(cfg, accounts, bearer.as_deref()).await);
     let Some(key) = claims.sub.strip_prefix("user:") else {
         return json_error(403, "guests_have_no_profile", "register to keep a profile");
     };
@@ -1172,11 +1158,10 @@ pub async fn update_me(hub: &Hub, bearer: Option<String>, bytes: &[u8]) -> Respo
         Ok(s) => s,
         Err(e) => return json_error(400, "invalid_status", &e),
     };
-    if let Err(e) = hub.accounts.find(key).await {
+    if let Err(e) = accounts.find(key).await {
         return unavailable(&e);
     }
-    let updated = hub
-        .accounts
+    let updated = accounts
         .update(key, move |a| {
             if let Some(n) = &name {
                 a.name = n.clone();
@@ -1204,12 +1189,12 @@ fn user_key(raw_id: &str) -> Option<String> {
 }
 
 /// `GET /api/users/{id}`: a member's public profile.
-pub async fn user(hub: &Hub, raw_id: &str) -> Response {
+pub async fn user(accounts: &Accounts, raw_id: &str) -> Response {
     let Some(key) = user_key(raw_id) else {
         return json_error(404, "not_found", "no such user");
     };
     // Local accounts only, as at the edge: an anonymous read must not cost a MongoDB lookup.
-    match hub.accounts.load(&key).await {
+    match accounts.load(&key).await {
         Ok(Some(a)) => no_store(json(200, &a.public())),
         Ok(None) => json_error(404, "not_found", "no such user"),
         Err(e) => unavailable(&e),
@@ -1217,8 +1202,14 @@ pub async fn user(hub: &Hub, raw_id: &str) -> Response {
 }
 
 /// `POST /api/admin/users/{id}/roles {"add": [...], "remove": [...]}` (admins only).
-pub async fn set_roles(hub: &Hub, bearer: Option<String>, raw_id: &str, bytes: &[u8]) -> Response {
-    let claims = try_resp!(crate::auth::verify_claims(hub, bearer.as_deref()).await);
+pub async fn set_roles(
+    cfg: &Config,
+    accounts: &Accounts,
+    bearer: Option<String>,
+    raw_id: &str,
+    bytes: &[u8],
+) -> Response {
+    let claims = try_resp!(crate::auth::verify_claims(cfg, accounts, bearer.as_deref()).await);
     if !claims.roles.iter().any(|r| r == "admin") {
         return json_error(403, "forbidden", "only admins may change roles");
     }
@@ -1241,11 +1232,10 @@ pub async fn set_roles(hub: &Hub, bearer: Option<String>, raw_id: &str, bytes: &
     {
         return json_error(400, "invalid_role", &format!("unknown role {bad:?}"));
     }
-    if let Err(e) = hub.accounts.find(&key).await {
+    if let Err(e) = accounts.find(&key).await {
         return unavailable(&e);
     }
-    let updated = hub
-        .accounts
+    let updated = accounts
         .update(&key, move |a| {
             a.roles.retain(|x| !r.remove.contains(x));
             for role in &r.add {
@@ -1258,7 +1248,7 @@ pub async fn set_roles(hub: &Hub, bearer: Option<String>, raw_id: &str, bytes: &
     match updated {
         Ok(Some(a)) => {
             // Open sockets carry the old roles: they close (4002) and reconnect with new ones.
-            hub.accounts
+            accounts
                 .reach(Reach::IdentityChanged {
                     user_id: a.user_id(),
                 })
@@ -1267,5 +1257,17 @@ pub async fn set_roles(hub: &Hub, bearer: Option<String>, raw_id: &str, bytes: &
         }
         Ok(None) => json_error(404, "not_found", "no such user"),
         Err(e) => unavailable(&e),
+    }
+}
+
+/// The token check's view of the session store ([`crate::auth`] sits below the accounts).
+impl crate::auth::Sessions for Accounts {
+    fn check(
+        &self,
+        sub: &str,
+        sid: &str,
+        generation: u64,
+    ) -> impl std::future::Future<Output = Result<Check, Failure>> + Send {
+        Accounts::check(self, sub, sid, generation)
     }
 }

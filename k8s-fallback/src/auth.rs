@@ -6,9 +6,9 @@
 //! this deployment never issued (the edge's, given the same key) is accepted on its signature
 //! unless the shared revocation list (`{REDIS_KEY_PREFIX}revoked:<sid>`, with Redis) names it.
 
-use crate::accounts::Check;
-use crate::http::{json_error, with_header};
-use crate::hub::Hub;
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::json::{json_error, with_header};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use piano_core::identity::{Claims, Identity, public_jwk};
@@ -23,16 +23,38 @@ use std::time::{Duration, Instant};
 pub const MAX_BODY_BYTES: usize = 4096;
 pub const BEARER_PREFIX: &str = "bearer.";
 
-pub fn jwks(hub: &Hub) -> Response {
-    let keys: Vec<_> = hub.cfg.public_keys.iter().map(public_jwk).collect();
+/// A token's session as the store sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Live until `expires_at` (ms), unless it ends sooner.
+    Live { expires_at: u64 },
+    /// Logged out, refreshed away, revoked, expired, or an account that is not there.
+    Ended,
+    /// Not a session of this deployment (the edge's, with the same key): accepted on signature.
+    Unknown,
+}
+
+/// Members' sessions as the token check sees them: the account store implements this
+/// ([`crate::accounts`], above this module: its handlers check tokens here).
+pub trait Sessions: Sync {
+    fn check(
+        &self,
+        sub: &str,
+        sid: &str,
+        generation: u64,
+    ) -> impl std::future::Future<Output = Result<Check, String>> + Send;
+}
+
+pub fn jwks(cfg: &Config) -> Response {
+    let keys: Vec<_> = cfg.public_keys.iter().map(public_jwk).collect();
     with_header(
-        crate::http::json(200, &serde_json::json!({ "keys": keys })),
+        crate::json::json(200, &serde_json::json!({ "keys": keys })),
         "cache-control",
         "public, max-age=300",
     )
 }
 
-pub fn guest(hub: &Hub, body: &[u8]) -> Response {
+pub fn guest(cfg: &Config, body: &[u8]) -> Response {
     #[derive(serde::Deserialize)]
     struct GuestRequest {
         name: String,
@@ -54,16 +76,16 @@ pub fn guest(hub: &Hub, body: &[u8]) -> Response {
         name,
         roles: vec!["guest".into()],
         iat: now,
-        exp: now + hub.cfg.guest_ttl_secs,
+        exp: now + cfg.guest_ttl_secs,
         nbf: None,
         sid: None,
         generation: None,
-        iss: hub.cfg.issuer.clone(),
-        aud: hub.cfg.audience.clone(),
+        iss: cfg.issuer.clone(),
+        aud: cfg.audience.clone(),
     };
-    let token = hub.cfg.signing.sign(&claims);
+    let token = cfg.signing.sign(&claims);
     with_header(
-        crate::http::json(
+        crate::json::json(
             200,
             &serde_json::json!({
                 "token": token,
@@ -120,8 +142,12 @@ pub fn upgrade_auth(uri: &Uri, headers: &HeaderMap) -> Result<UpgradeAuth, &'sta
 }
 
 #[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
-pub async fn verify(hub: &Hub, token: Option<&str>) -> Result<Identity, Response> {
-    verify_session(hub, token)
+pub async fn verify(
+    cfg: &Config,
+    sessions: &impl Sessions,
+    token: Option<&str>,
+) -> Result<Identity, Response> {
+    verify_session(cfg, sessions, token)
         .await
         .map(|(claims, expires_at)| {
             let mut identity = Identity::from(claims);
@@ -135,31 +161,39 @@ pub async fn verify(hub: &Hub, token: Option<&str>) -> Result<Identity, Response
 }
 
 /// Verifies a token; on failure, the 401 (or 503) response to return. Members' tokens are also
-/// checked against their session ([`crate::accounts::Accounts::check`]): a logged-out or
+/// checked against their session ([`Sessions::check`]): a logged-out or
 /// refreshed-away token is refused at once.
 #[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
-pub async fn verify_claims(hub: &Hub, token: Option<&str>) -> Result<Claims, Response> {
-    verify_session(hub, token).await.map(|(claims, _)| claims)
+pub async fn verify_claims(
+    cfg: &Config,
+    sessions: &impl Sessions,
+    token: Option<&str>,
+) -> Result<Claims, Response> {
+    verify_session(cfg, sessions, token)
+        .await
+        .map(|(claims, _)| claims)
 }
 
 /// [`verify_claims`], plus when a member's session expires (ms; `None` for guests and for
 /// sessions this deployment does not hold).
 #[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
-async fn verify_session(hub: &Hub, token: Option<&str>) -> Result<(Claims, Option<u64>), Response> {
+async fn verify_session(
+    cfg: &Config,
+    sessions: &impl Sessions,
+    token: Option<&str>,
+) -> Result<(Claims, Option<u64>), Response> {
     let mut session_expiry = None;
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Err(unauthorized(
             "a token is required: Authorization: Bearer <jwt>, ?token=<jwt> or subprotocol bearer.<jwt>",
         ));
     };
-    let claims = hub
-        .cfg
+    let claims = cfg
         .verifier
         .verify(token, crate::now_ms() / 1000)
         .map_err(|e| unauthorized(&e.to_string()))?;
     if let Some(sid) = &claims.sid {
-        match hub
-            .accounts
+        match sessions
             .check(&claims.sub, sid, claims.generation.unwrap_or(0))
             .await
         {
@@ -211,30 +245,6 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
         .map(|t| t.trim().to_owned())
 }
 
-/// `GET /api/users/me`: a member's stored profile; a guest's token identity.
-pub async fn me(hub: &Hub, headers: &HeaderMap) -> Response {
-    let claims = match verify_claims(hub, bearer(headers).as_deref()).await {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
-    if let Some(resp) = crate::accounts::me(hub, &claims).await {
-        return resp;
-    }
-    let identity = Identity::from(claims);
-    let guest = identity.roles.iter().any(|r| r == "guest");
-    with_header(
-        crate::http::json(
-            200,
-            &serde_json::json!({
-                "id": identity.user_id, "name": identity.name, "roles": identity.roles,
-                "kind": if guest { "guest" } else { "member" },
-            }),
-        ),
-        "cache-control",
-        "no-store",
-    )
-}
-
 /// Auth requests per client IP per minute. With Redis, counted there exactly as the edge counts
 /// them when it has Redis (`{REDIS_KEY_PREFIX}rate:auth:<ip>:<minute>`, fixed one-minute
 /// windows), so the limit holds across replicas and deployments; standalone, or for 30 s after
@@ -255,15 +265,20 @@ impl RateLimiter {
     }
 
     /// `Err(seconds to wait)` when over the limit: in Redis if there is one, else here.
-    pub async fn check_shared(&self, hub: &Hub, ip: IpAddr) -> Result<(), u64> {
+    pub async fn check_shared(
+        &self,
+        cluster: Option<&Cluster>,
+        redis_key_prefix: &str,
+        ip: IpAddr,
+    ) -> Result<(), u64> {
         use std::sync::atomic::Ordering::Relaxed;
         let now = crate::now_ms();
-        if let Some(c) = &hub.cluster
+        if let Some(c) = cluster
             && self.redis_skip_until.load(Relaxed) <= now
         {
             let window = now / 60_000;
             let key = piano_backends::layout::Keys {
-                prefix: hub.cfg.redis_key_prefix.clone(),
+                prefix: redis_key_prefix.to_owned(),
             }
             .rate(
                 "auth",

@@ -8,16 +8,16 @@
 //!   when the room stops (players reconnect elsewhere) its players are written as gone before
 //!   the lease is released, and a room that starts first clears entries this deployment left
 //!   for it (a replica killed without a goodbye).
-//! - `rooms:<deployment>`: written next to the replicas' own directory (`hub::directory_writer`): a listed
-//!   room's summary plus `deployment` (`room_listed`), removed when it empties or is hidden.
+//! - `rooms:<deployment>`: written next to the replicas' own directory
+//!   (`directory::directory_writer`): a listed room's summary plus `deployment`
+//!   (`room_listed`), removed when it empties or is hidden.
 //!
 //! `GET /api/network/rooms` and `GET /api/network/online` read them back with the edge's JSON.
 
-use crate::accounts::run_redis_op;
-use crate::http::{json, json_error, with_header};
-use crate::hub::Hub;
+use crate::cluster::Cluster;
+use crate::json::{json, json_error, with_header};
 use crate::metrics::redis_error;
-use crate::redis_handle::RedisHandle;
+use crate::redis_handle::{RedisHandle, run_redis_op};
 use axum::response::Response;
 use piano_backends::layout::{self, Keys, NetworkSnapshot, PresenceEntry};
 use piano_backends::outbox::Op;
@@ -47,12 +47,18 @@ pub struct PresenceWriter {
 impl PresenceWriter {
     /// Starts the room's ordered writer; first it clears what this deployment left behind for
     /// the room (the room is starting, so nobody of ours is in it).
-    pub fn start(hub: &Hub, room: &str) -> Option<PresenceWriter> {
-        let conn = hub.cluster.as_ref()?.conn.clone();
+    /// `None` without a cluster (standalone).
+    pub fn start(
+        cluster: Option<&Cluster>,
+        redis_key_prefix: &str,
+        deployment: &str,
+        room: &str,
+    ) -> Option<PresenceWriter> {
+        let conn = cluster?.conn.clone();
         let keys = Keys {
-            prefix: hub.cfg.redis_key_prefix.clone(),
+            prefix: redis_key_prefix.to_owned(),
         };
-        let deployment = hub.cfg.deployment_id.clone();
+        let deployment = deployment.to_owned();
         let (tx, rx) = mpsc::channel(PRESENCE_QUEUE);
         tokio::spawn(write_loop(
             conn,
@@ -187,12 +193,15 @@ pub fn index_commands(
 }
 
 #[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
-fn shared_redis(hub: &Hub) -> Result<(&RedisHandle, Keys), Response> {
-    match &hub.cluster {
+fn shared_redis<'a>(
+    cluster: Option<&'a Cluster>,
+    redis_key_prefix: &str,
+) -> Result<(&'a RedisHandle, Keys), Response> {
+    match cluster {
         Some(c) => Ok((
             &c.conn,
             Keys {
-                prefix: hub.cfg.redis_key_prefix.clone(),
+                prefix: redis_key_prefix.to_owned(),
             },
         )),
         None => Err(json_error(
@@ -240,18 +249,23 @@ async fn snapshots(conn: &RedisHandle, keys: &Keys) -> Result<Vec<NetworkSnapsho
 }
 
 /// `GET /api/network/rooms`: public rooms of every deployment, busiest first.
-pub async fn rooms(hub: &Hub) -> Response {
-    network(hub, "rooms", layout::network_rooms).await
+pub async fn rooms(cluster: Option<&Cluster>, redis_key_prefix: &str) -> Response {
+    network(cluster, redis_key_prefix, "rooms", layout::network_rooms).await
 }
 
 /// `GET /api/network/online`: who is online on every deployment (and in which listed room).
-pub async fn online(hub: &Hub) -> Response {
-    network(hub, "online", layout::network_online).await
+pub async fn online(cluster: Option<&Cluster>, redis_key_prefix: &str) -> Response {
+    network(cluster, redis_key_prefix, "online", layout::network_online).await
 }
 
 /// Reads every deployment's shared index and answers `{field: view(snapshots)}`.
-async fn network(hub: &Hub, field: &str, view: fn(&[NetworkSnapshot]) -> Vec<Value>) -> Response {
-    let (conn, keys) = match shared_redis(hub) {
+async fn network(
+    cluster: Option<&Cluster>,
+    redis_key_prefix: &str,
+    field: &str,
+    view: fn(&[NetworkSnapshot]) -> Vec<Value>,
+) -> Response {
+    let (conn, keys) = match shared_redis(cluster, redis_key_prefix) {
         Ok(r) => r,
         Err(resp) => return resp,
     };

@@ -4,27 +4,31 @@
 //! bounded channel ([`RoomMsg`]) from local sockets and, in cluster mode, from other replicas
 //! through this replica's pub/sub dispatcher. Effects are carried out in order: a broadcast is
 //! one `Bytes` handed to every local target's queue and published once per other replica;
-//! durable changes go to the room's ordered store writer; directory reports to the hub.
+//! durable changes go to the room's ordered store writer; directory reports to the replica's
+//! directory.
 //!
 //! In cluster mode the task also renews the room's lease every third of its TTL, and stops the
 //! room (players reconnect) the moment the lease is no longer provably its own. When the room
 //! has no connections left the task retires: it saves, releases the lease, and leaves the map.
 
-use crate::cluster::replica_channel;
-use crate::hub::{Hub, SERVICE_RESTART};
+use crate::cluster::{Cluster, replica_channel};
+use crate::directory::RoomDirectory;
 use crate::metrics::{METRICS, redis_error};
-use crate::mongo::MirrorMsg;
-use crate::store::Writer;
+use crate::mongo::{Mirror, MirrorMsg, Mongo};
+use crate::network::PresenceWriter;
+use crate::reach::{Reach, count_close};
+use crate::sockets::{SERVICE_RESTART, Sockets};
+use crate::store::{Store, Writer};
 use crate::wire::Wire;
-use crate::{now_ms, now_us};
+use crate::{lock, now_ms, now_us};
 use bytes::Bytes;
 use piano_core::identity::Identity;
 use piano_core::lobby::Delta;
 use piano_core::room::{ConnId, DirectoryOp, Effect, Frame, Input, Room};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -62,7 +66,7 @@ pub enum RoomMsg {
         reply: oneshot::Sender<Result<(), piano_core::proto::ErrorCode>>,
     },
     /// A session ended or roles changed somewhere ([`crate::reach`]).
-    Reach(crate::reach::Reach),
+    Reach(Reach),
     /// The answer of a password check run off the room's task (`Effect::VerifyPassword`).
     PasswordChecked {
         conn: ConnId,
@@ -70,7 +74,7 @@ pub enum RoomMsg {
     },
     /// The room's deadline passed (`Room::next_deadline`).
     Tick,
-    /// The answer of the per-user subscription cap ([`Hub::subscribe_user`]).
+    /// The answer of the per-user subscription cap ([`RoomDirectory::subscribe_user`]).
     SubscribeChecked {
         conn: ConnId,
         user_id: String,
@@ -99,13 +103,53 @@ pub struct RoomEntry {
     pub tx: mpsc::Sender<RoomMsg>,
 }
 
+/// The rooms this replica runs, by name: a task enters when it starts and leaves when it stops.
+#[derive(Default)]
+pub struct Rooms {
+    map: Mutex<HashMap<String, RoomEntry>>,
+    /// One room start at a time, so two players arriving together start it once.
+    pub starting: tokio::sync::Mutex<()>,
+}
+
+impl Rooms {
+    pub fn lock(&self) -> MutexGuard<'_, HashMap<String, RoomEntry>> {
+        lock(&self.map)
+    }
+
+    pub fn tx(&self, room: &str) -> Option<mpsc::Sender<RoomMsg>> {
+        self.lock().get(room).map(|e| e.tx.clone())
+    }
+
+    pub fn senders(&self) -> Vec<mpsc::Sender<RoomMsg>> {
+        self.lock().values().map(|e| e.tx.clone()).collect()
+    }
+}
+
+/// What a room task uses of its replica, built once by the hub: infrastructure handles and the
+/// replica's shared tables, never the hub itself (the hub starts rooms; rooms do not call it).
+pub struct Ctx {
+    pub replica: String,
+    /// The room's socket caps per user and per network (`ROOM_SOCKETS_PER_*`).
+    pub sockets_per_user: usize,
+    pub sockets_per_network: usize,
+    /// Cluster mode's shared presence keys (`crate::network`).
+    pub redis_key_prefix: String,
+    pub deployment_id: String,
+    pub store: Store,
+    pub mongo: Option<Arc<Mongo>>,
+    pub cluster: Option<Arc<Cluster>>,
+    pub rooms: Arc<Rooms>,
+    pub sockets: Arc<Sockets>,
+    pub directory: Arc<RoomDirectory>,
+}
+
 struct Task {
-    hub: Arc<Hub>,
+    ctx: Arc<Ctx>,
     name: String,
     id: u64,
     room: Room,
     writer: Writer,
-    mirror: Option<crate::mongo::Mirror>,
+    mirror: Option<Mirror>,
     local: HashSet<ConnId>,
     /// Connections held by other replicas: conn → replica.
     remote: HashMap<ConnId, String>,
@@ -121,7 +165,7 @@ struct Task {
     /// Users who follow the room list from here (their per-user cap counts this room).
     subscribed_users: HashSet<String>,
     /// Cluster mode: the room's players in the edge's shared presence keys.
-    presence: Option<crate::network::PresenceWriter>,
+    presence: Option<PresenceWriter>,
 }
 
 /// How often players' activity goes to their stored totals while they play.
@@ -138,8 +182,7 @@ struct LeaseView {
 
 /// Renews the room's lease every third of its TTL, off the room's task, and publishes what it
 /// knows. Ends when the lease is lost or the room stops (the receiver is gone).
-async fn keep_lease(hub: Arc<Hub>, room: String, view: watch::Sender<LeaseView>) {
-    let Some(c) = &hub.cluster else { return };
+async fn keep_lease(c: Arc<Cluster>, room: String, view: watch::Sender<LeaseView>) {
     let mut tick = tokio::time::interval(c.lease_ttl / 3);
     tick.tick().await;
     loop {
@@ -169,12 +212,12 @@ enum Next {
     Stop { release: bool },
 }
 
-/// Loads the room's durable state and starts its task. The caller holds the hub's start lock
-/// (and, in cluster mode, the lease).
-pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
-    let mut stored = hub.store.load(name).await?;
+/// Loads the room's durable state and starts its task. The caller holds the start lock
+/// ([`Rooms::starting`]; in cluster mode, also the lease).
+pub async fn start(ctx: &Arc<Ctx>, name: &str) -> Result<(), String> {
+    let mut stored = ctx.store.load(name).await?;
     if stored.is_none()
-        && let Some(m) = &hub.mongo
+        && let Some(m) = &ctx.mongo
     {
         // The room store has never seen this room: MongoDB may have it (another deployment,
         // a lost Redis). If MongoDB cannot be read, the room starts as new.
@@ -191,11 +234,11 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
         Some(stored) => Room::restore(name, Some(stored), [], now, seed()),
         None => (Room::new(name, seed()), Vec::new()),
     };
-    let writer = hub.store.writer(name, room.stored().clone());
-    let mirror = hub.mongo.as_ref().map(|m| m.mirror(name));
+    let writer = ctx.store.writer(name, room.stored().clone());
+    let mirror = ctx.mongo.as_ref().map(|m| m.mirror(name));
     room.set_limits(piano_core::room::budget::Limits {
-        conns_per_user: hub.cfg.room_sockets_per_user,
-        conns_per_network: hub.cfg.room_sockets_per_network,
+        conns_per_user: ctx.sockets_per_user,
+        conns_per_network: ctx.sockets_per_network,
         ..Default::default()
     });
     // Players' activity has a home only in MongoDB's `user_stats`.
@@ -203,10 +246,11 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let me = tx.clone();
     let id = NEXT_ENTRY.fetch_add(1, Relaxed);
-    hub.rooms_lock()
+    ctx.rooms
+        .lock()
         .insert(name.to_owned(), RoomEntry { id, tx });
     // The lease was taken just before this start (cluster mode).
-    let ttl = hub
+    let ttl = ctx
         .cluster
         .as_ref()
         .map(|c| c.lease_ttl)
@@ -215,14 +259,14 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
         valid_until: Instant::now() + ttl,
         lost: false,
     });
-    let keeper = hub
+    let keeper = ctx
         .cluster
         .as_ref()
-        .map(|_| tokio::spawn(keep_lease(hub.clone(), name.to_owned(), lease_tx)).abort_handle());
+        .map(|c| tokio::spawn(keep_lease(c.clone(), name.to_owned(), lease_tx)).abort_handle());
     METRICS.rooms.fetch_add(1, Relaxed);
-    let publisher = hub.cluster.as_ref().map(|_| {
+    let publisher = ctx.cluster.as_ref().map(|c| {
         let (ptx, prx) = mpsc::channel(PUBLISH_QUEUE);
-        tokio::spawn(publish_loop(hub.clone(), prx));
+        tokio::spawn(publish_loop(c.clone(), prx));
         ptx
     });
     tracing::info!(
@@ -232,10 +276,15 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
     );
     // Cluster mode: the room reports who arrives and leaves for the shared presence keys
     // (cleared for this room as the writer starts: nobody of ours is in it yet).
-    let presence = crate::network::PresenceWriter::start(hub, name);
+    let presence = PresenceWriter::start(
+        ctx.cluster.as_deref(),
+        &ctx.redis_key_prefix,
+        &ctx.deployment_id,
+        name,
+    );
     room.track_presence(presence.is_some());
     let task = Task {
-        hub: hub.clone(),
+        ctx: ctx.clone(),
         name: name.to_owned(),
         id,
         room,
@@ -256,8 +305,7 @@ pub async fn start(hub: &Arc<Hub>, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn publish_loop(hub: Arc<Hub>, mut rx: mpsc::Receiver<(String, Bytes)>) {
-    let Some(c) = &hub.cluster else { return };
+async fn publish_loop(c: Arc<Cluster>, mut rx: mpsc::Receiver<(String, Bytes)>) {
     while let Some((channel, payload)) = rx.recv().await {
         if let Err(e) = c.publish(&channel, payload).await {
             redis_error("publishing to a replica", &e);
@@ -268,7 +316,7 @@ async fn publish_loop(hub: Arc<Hub>, mut rx: mpsc::Receiver<(String, Bytes)>) {
 impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>, initial: Vec<Effect>) {
         self.execute(initial, None);
-        let period = match &self.hub.cluster {
+        let period = match &self.ctx.cluster {
             Some(c) => c.lease_ttl / 6,
             // Nothing to renew; the tick flushes stats and lets an idle room notice it is empty.
             None => IDLE_TICK,
@@ -314,7 +362,7 @@ impl Task {
                 // Retire, unless something arrived meanwhile (checked under the map's lock,
                 // so no sender can find this task in the map after it left).
                 let pending = {
-                    let mut rooms = self.hub.rooms_lock();
+                    let mut rooms = self.ctx.rooms.lock();
                     match rx.try_recv() {
                         Ok(m) => Some(m),
                         Err(_) => {
@@ -365,13 +413,13 @@ impl Task {
                 let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
             }
         }
-        if release && let Some(c) = &self.hub.cluster {
+        if release && let Some(c) = &self.ctx.cluster {
             // A player may have come back while we were saving: a new task for the room on
             // this replica then holds the same lease (it names the replica), and keeps it.
             // Room starts take the same lock, so none can slip in between check and release.
-            let _starting = self.hub.starting.lock().await;
-            if !self.hub.rooms_lock().contains_key(&self.name) {
-                c.release_if(&self.name, self.hub.replica()).await;
+            let _starting = self.ctx.rooms.starting.lock().await;
+            if !self.ctx.rooms.lock().contains_key(&self.name) {
+                c.release_if(&self.name, &self.ctx.replica).await;
             }
         }
         METRICS.rooms.fetch_sub(1, Relaxed);
@@ -381,7 +429,7 @@ impl Task {
     /// Leaves the map and turns away whatever was still queued (those players reconnect).
     fn retire(&mut self, rx: &mut mpsc::Receiver<RoomMsg>) {
         {
-            let mut rooms = self.hub.rooms_lock();
+            let mut rooms = self.ctx.rooms.lock();
             if rooms.get(&self.name).is_some_and(|e| e.id == self.id) {
                 rooms.remove(&self.name);
             }
@@ -398,8 +446,9 @@ impl Task {
             }
         }
         for conn in std::mem::take(&mut self.local) {
-            self.hub
-                .close_local(conn, SERVICE_RESTART, "the room restarted: reconnect");
+            self.ctx
+                .sockets
+                .close(conn, SERVICE_RESTART, "the room restarted: reconnect");
         }
         for (conn, replica) in std::mem::take(&mut self.remote) {
             self.close(
@@ -483,16 +532,14 @@ impl Task {
             }
             RoomMsg::Reach(event) => {
                 let input = match event {
-                    crate::reach::Reach::SessionEnded {
+                    Reach::SessionEnded {
                         user_id,
                         session_id,
                     } => Input::SessionEnded {
                         user_id,
                         session_id,
                     },
-                    crate::reach::Reach::IdentityChanged { user_id } => {
-                        Input::IdentityChanged { user_id }
-                    }
+                    Reach::IdentityChanged { user_id } => Input::IdentityChanged { user_id },
                 };
                 let effects = self.room.handle(input, now);
                 self.execute(effects, None);
@@ -508,7 +555,7 @@ impl Task {
             RoomMsg::SubscribeChecked { conn, user_id, ok } => {
                 let effects = if ok {
                     self.subscribed_users.insert(user_id);
-                    let rooms = self.hub.listing();
+                    let rooms = self.ctx.directory.listing();
                     self.room.handle(Input::RoomList { conn, rooms }, now)
                 } else {
                     self.room.handle(Input::SubscribeRefused { conn }, now)
@@ -528,7 +575,7 @@ impl Task {
                 release,
             } => {
                 for conn in std::mem::take(&mut self.local) {
-                    self.hub.close_local(conn, code, &reason);
+                    self.ctx.sockets.close(conn, code, &reason);
                 }
                 for (conn, replica) in std::mem::take(&mut self.remote) {
                     self.close(conn, Some(&replica), code, &reason);
@@ -542,7 +589,7 @@ impl Task {
     /// Checks the lease (kept by [`keep_lease`], so the room never waits on Redis) and asks,
     /// in the background, whether the replicas holding its remote players are still there.
     fn on_tick(&mut self) -> Next {
-        let Some(c) = &self.hub.cluster else {
+        let Some(c) = &self.ctx.cluster else {
             return Next::Continue;
         };
         let lease = *self.lease.borrow();
@@ -567,10 +614,9 @@ impl Task {
             replicas.sort();
             replicas.dedup();
             self.checking_replicas = true;
-            let hub = self.hub.clone();
+            let c = c.clone();
             let me = self.me.clone();
             tokio::spawn(async move {
-                let Some(c) = &hub.cluster else { return };
                 let gone = match c.alive(&replicas).await {
                     Ok(alive) => replicas
                         .into_iter()
@@ -592,8 +638,8 @@ impl Task {
     /// Nobody here follows the room list any more: the users' subscriptions here end.
     fn end_subscriptions(&mut self) {
         let users: Vec<String> = self.subscribed_users.drain().collect();
-        let (hub, room) = (self.hub.clone(), self.name.clone());
-        tokio::spawn(async move { hub.unsubscribe_room(&room, users).await });
+        let (dir, room) = (self.ctx.directory.clone(), self.name.clone());
+        tokio::spawn(async move { dir.unsubscribe_room(&room, users).await });
     }
 
     fn publish(&self, replica: &str, wire: Wire) {
@@ -619,7 +665,7 @@ impl Task {
                     reason: reason.into(),
                 },
             ),
-            None => self.hub.close_local(conn, code, reason),
+            None => self.ctx.sockets.close(conn, code, reason),
         }
     }
 
@@ -634,7 +680,7 @@ impl Task {
                     for conn in to.as_slice() {
                         match self.remote.get(conn) {
                             Some(r) => by_replica.entry(r.as_str()).or_default().push(*conn),
-                            None => local |= self.hub.deliver(*conn, &frame),
+                            None => local |= self.ctx.sockets.deliver(*conn, &frame),
                         }
                     }
                     for (replica, conns) in by_replica {
@@ -654,7 +700,7 @@ impl Task {
                     }
                 }
                 Effect::Close { conn, code, reason } => {
-                    crate::reach::count_close(code);
+                    count_close(code);
                     self.local.remove(&conn);
                     let replica = self.remote.remove(&conn);
                     self.close(conn, replica.as_deref(), code, reason);
@@ -680,12 +726,13 @@ impl Task {
                     }
                     self.writer.write(change);
                 }
-                Effect::Directory(DirectoryOp::Report(report)) => self.hub.report(report),
+                Effect::Directory(DirectoryOp::Report(report)) => self.ctx.directory.report(report),
                 // The per-user cap first (off the room's task), then the full list.
                 Effect::Directory(DirectoryOp::Subscribe { conn, user_id }) => {
-                    let (hub, me, room) = (self.hub.clone(), self.me.clone(), self.name.clone());
+                    let dir = self.ctx.directory.clone();
+                    let (me, room) = (self.me.clone(), self.name.clone());
                     tokio::spawn(async move {
-                        let ok = hub.subscribe_user(&room, &user_id).await;
+                        let ok = dir.subscribe_user(&room, &user_id).await;
                         let _ = me
                             .send(RoomMsg::SubscribeChecked { conn, user_id, ok })
                             .await;
@@ -694,8 +741,8 @@ impl Task {
                 Effect::Directory(DirectoryOp::Unsubscribe) => self.end_subscriptions(),
                 Effect::Directory(DirectoryOp::UnsubscribeUser { user_id }) => {
                     if self.subscribed_users.remove(&user_id) {
-                        let (hub, room) = (self.hub.clone(), self.name.clone());
-                        tokio::spawn(async move { hub.unsubscribe_user(&room, &user_id).await });
+                        let (dir, room) = (self.ctx.directory.clone(), self.name.clone());
+                        tokio::spawn(async move { dir.unsubscribe_user(&room, &user_id).await });
                     }
                 }
                 Effect::VerifyPassword {
