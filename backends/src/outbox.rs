@@ -6,11 +6,9 @@
 //! a stable id, `$set`, `HSET`/`HDEL`, `SET`), so a delivery that succeeded but whose answer was
 //! lost is simply delivered again: "at least once" on the wire, "exactly once" in the data.
 //!
-//! Rows are delivered in order within a [`Lane`] (one per backend), so a later write never
-//! overtakes an earlier one to the same document, and an outage of one backend does not hold
-//! up the other. A transient failure stops the lane until [`retry_delay`]; a rejected op (the
-//! backend refuses it as it is) would fail forever, so the host sets it aside (dead letter)
-//! and goes on.
+//! When a row goes out, is retried or becomes a dead letter is decided by the core's state
+//! machine (`piano_core::outbox`, the same on both hosts); this module is what a row holds and
+//! how it reaches its backend.
 
 use crate::Backends;
 use crate::error::BackendError;
@@ -18,23 +16,8 @@ use crate::redis::Command;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Lane {
-    Mongo,
-    Redis,
-}
-
-impl Lane {
-    pub const ALL: [Lane; 2] = [Lane::Mongo, Lane::Redis];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lane::Mongo => "mongo",
-            Lane::Redis => "redis",
-        }
-    }
-}
+// The delivery rules (lanes, backoff, dead letters) are the core's, shared by both hosts.
+pub use piano_core::outbox::{Lane, retry_delay_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MongoAction {
@@ -110,6 +93,13 @@ impl DeliveryError {
             DeliveryError::Backend(e) => e.is_transient(),
         }
     }
+
+    /// The failure as the outbox's state machine weighs it.
+    pub fn outcome(&self) -> piano_core::outbox::Outcome {
+        piano_core::outbox::Outcome::Failed {
+            transient: self.is_transient(),
+        }
+    }
 }
 
 impl std::fmt::Display for DeliveryError {
@@ -160,12 +150,6 @@ pub async fn deliver(backends: &Backends, op: &Op) -> Result<(), DeliveryError> 
     }
 }
 
-/// Backoff after `attempts` failed deliveries of a lane's oldest row: 1 s, 2 s, 4 s … 60 s.
-pub fn retry_delay_ms(attempts: u32) -> u64 {
-    let exp = attempts.saturating_sub(1).min(6);
-    (1000u64 << exp).min(60_000)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,14 +169,5 @@ mod tests {
             let stored = serde_json::to_string(&op).unwrap();
             assert_eq!(serde_json::from_str::<Op>(&stored).unwrap(), op);
         }
-    }
-
-    #[test]
-    fn backoff_doubles_to_a_minute() {
-        let delays: Vec<u64> = (1..=9).map(retry_delay_ms).collect();
-        assert_eq!(
-            delays,
-            [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
-        );
     }
 }
