@@ -201,7 +201,11 @@ fn lanes_are_independent() {
     h.store(Lane::Redis, None, "r=2");
     h.answers(Lane::Mongo, &[Answer::Down; 3]);
     h.run(0);
-    assert_eq!(h.applied(Lane::Redis), ["r=1", "r=2"], "redis is not held up");
+    assert_eq!(
+        h.applied(Lane::Redis),
+        ["r=1", "r=2"],
+        "redis is not held up"
+    );
     assert!(h.applied(Lane::Mongo).is_empty());
     assert_eq!(h.outbox.backing_off_until(Lane::Mongo, 0), Some(1000));
     assert_eq!(h.outbox.backing_off_until(Lane::Redis, 0), None);
@@ -239,7 +243,11 @@ fn one_run_per_lane_at_a_time() {
     assert_eq!(o.next_lane(0), None, "a second run would reorder the lane");
     assert_eq!(o.poll_timeout(0), None, "the run's end asks again");
     o.lane_done(Lane::Mongo, true);
-    assert_eq!(o.poll_timeout(0), Some(0), "a full batch: come back at once");
+    assert_eq!(
+        o.poll_timeout(0),
+        Some(0),
+        "a full batch: come back at once"
+    );
     assert_eq!(o.next_lane(0), Some(Lane::Mongo));
     o.lane_done(Lane::Mongo, false);
     assert_eq!(o.poll_timeout(0), None);
@@ -256,7 +264,11 @@ fn batches_are_bounded_and_the_rest_follows_at_once() {
     let lane = h.outbox.next_lane(7).expect("due");
     h.outbox.lane_done(lane, true);
     h.run(7);
-    assert_eq!(h.applied.len(), BATCH + 5, "`run` loops while a lane is due");
+    assert_eq!(
+        h.applied.len(),
+        BATCH + 5,
+        "`run` loops while a lane is due"
+    );
     assert_eq!(h.outbox.poll_timeout(7), None);
 }
 
@@ -374,8 +386,18 @@ fn only_each_fields_final_state_per_action_is_mirrored() {
         ),
         // Each chat change is its own document: all of them, in order.
         (
-            vec![chat(1), Change::ChatDeleted(1), chat(2), Change::ChatCleared],
-            vec![chat(1), Change::ChatDeleted(1), chat(2), Change::ChatCleared],
+            vec![
+                chat(1),
+                Change::ChatDeleted(1),
+                chat(2),
+                Change::ChatCleared,
+            ],
+            vec![
+                chat(1),
+                Change::ChatDeleted(1),
+                chat(2),
+                Change::ChatCleared,
+            ],
         ),
         (
             vec![

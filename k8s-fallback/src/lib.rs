@@ -27,7 +27,8 @@
 //!   the shared directory in Redis ([`redis_handle`]: the one reconnecting, time-bounded Redis
 //!   connection); [`wire`]: the binary messages replicas exchange;
 //!   [`mongo`]: with `MONGODB_URL`, every room change mirrored to MongoDB in the layout the edge
-//!   uses, and rooms the room store does not know restored from it; [`network`]: in cluster
+//!   uses, and rooms the room store does not know restored from it; [`outbox`]: those writes
+//!   stored durably first (a local SQLite file) and delivered under the core's rules; [`network`]: in cluster
 //!   mode, the edge's cross-deployment keys (presence, `online`, the `rooms` index) and
 //!   `GET /api/network/rooms|online`.
 //! - [`serve`]: the accept loop (hyper HTTP/1.1 with header/keep-alive timeouts, connection
@@ -50,6 +51,7 @@ pub mod hub;
 pub mod metrics;
 pub mod mongo;
 pub mod network;
+pub mod outbox;
 pub mod reach;
 pub mod redis_handle;
 pub mod room_task;
@@ -58,8 +60,6 @@ pub mod serve;
 pub mod store;
 pub mod wire;
 pub mod ws;
-
-use std::sync::Arc;
 
 pub fn now_ms() -> u64 {
     now_us() / 1000
@@ -89,9 +89,15 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         None => (store::Store::sqlite(&cfg.data_dir)?, None),
     };
     let mongo = match &cfg.mongodb_url {
-        Some(url) => Some(Arc::new(
-            mongo::Mongo::connect(url, &cfg.mongodb_database, &cfg.deployment_id).await?,
-        )),
+        Some(url) => Some(
+            mongo::Mongo::start(
+                url,
+                &cfg.mongodb_database,
+                &cfg.deployment_id,
+                &cfg.data_dir,
+            )
+            .await?,
+        ),
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(cfg.bind)
@@ -130,7 +136,7 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
     if cfg.metrics_addr.is_none() && cfg.metrics_token.is_none() {
         tracing::info!("/metrics is off: set METRICS_TOKEN or METRICS_ADDR to serve it");
     }
-    let hub = hub::Hub::new(cfg, store, cluster, mongo, accounts);
+    let hub = hub::Hub::new(cfg, store, cluster, mongo.clone(), accounts);
     tokio::spawn(reach::run(hub.clone(), reach_rx));
     if let Some(l) = metrics_listener {
         tracing::info!(addr = ?l.local_addr().ok(), "serving /metrics");
@@ -158,6 +164,10 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         }
     };
     serve::serve(listener, app, limits, settings, shutdown).await;
+    if let Some(m) = &mongo {
+        // The rooms' last writes were stored as they stopped; deliver them while we may.
+        m.drain(std::time::Duration::from_secs(5)).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
