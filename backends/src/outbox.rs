@@ -19,6 +19,22 @@ use serde_json::Value;
 // The delivery rules (lanes, backoff, dead letters) are the core's, shared by both hosts.
 pub use piano_core::outbox::{Lane, retry_delay_ms};
 
+/// The outbox's tables in SQLite, the same on both hosts: `outbox` (the rows waiting, with
+/// their lane, stored op, failed attempts, last error and supersede key) and `outbox_dead`.
+pub const SQLITE_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, lane TEXT NOT NULL, op TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, created INTEGER NOT NULL,
+        supersede TEXT
+    );
+    CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane, id);
+    CREATE INDEX IF NOT EXISTS outbox_by_supersede ON outbox (supersede);
+    CREATE TABLE IF NOT EXISTS outbox_dead (
+        id INTEGER PRIMARY KEY, lane TEXT NOT NULL, op TEXT NOT NULL, error TEXT NOT NULL,
+        failed_at INTEGER NOT NULL
+    );
+";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MongoAction {
     #[serde(rename = "updateOne")]

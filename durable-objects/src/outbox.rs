@@ -12,25 +12,11 @@
 //! flush failed. Players never wait on any of this: delivery runs in the alarm, and fetches
 //! yield to the object's other events.
 
-use piano_backends::outbox::{Lane, Op, deliver};
+use piano_backends::outbox::{Lane, Op, SQLITE_SCHEMA as SCHEMA, deliver};
 use piano_backends::{Backends, layout};
 use piano_core::outbox::{BATCH, Outcome, RowMeta, Verdict};
 use std::cell::{Cell, RefCell};
 use worker::*;
-
-const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS outbox (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, lane TEXT NOT NULL, op TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, created INTEGER NOT NULL,
-        supersede TEXT
-    );
-    CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane, id);
-    CREATE INDEX IF NOT EXISTS outbox_by_supersede ON outbox (supersede);
-    CREATE TABLE IF NOT EXISTS outbox_dead (
-        id INTEGER PRIMARY KEY, lane TEXT NOT NULL, op TEXT NOT NULL, error TEXT NOT NULL,
-        failed_at INTEGER NOT NULL
-    );
-";
 
 /// Reads the backend configuration from the object's env; a broken configuration is logged and
 /// treated as none (the object keeps working on its own storage; the worker's `/healthz`

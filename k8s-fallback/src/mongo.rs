@@ -87,6 +87,10 @@ impl Mirror {
             Effect::Persist(c) => Some(c),
             _ => None,
         });
+        // Most actions (notes) persist nothing.
+        if changes.clone().next().is_none() {
+            return;
+        }
         let now = crate::now_ms();
         let ops: Vec<Op> = piano_core::outbox::final_changes(changes)
             .into_iter()

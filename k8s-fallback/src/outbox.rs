@@ -17,27 +17,13 @@
 //! player has seen is in the outbox. A row is deleted only once MongoDB acknowledged it.
 
 use piano_backends::layout;
-use piano_backends::outbox::{Lane, Op};
+use piano_backends::outbox::{Lane, Op, SQLITE_SCHEMA as SCHEMA};
 use piano_core::outbox::{BATCH, Outcome, RowMeta, Verdict};
 use rusqlite::{Connection, OptionalExtension};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS outbox (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, lane TEXT NOT NULL, op TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, created INTEGER NOT NULL,
-        supersede TEXT
-    );
-    CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane, id);
-    CREATE INDEX IF NOT EXISTS outbox_by_supersede ON outbox (supersede);
-    CREATE TABLE IF NOT EXISTS outbox_dead (
-        id INTEGER PRIMARY KEY, lane TEXT NOT NULL, op TEXT NOT NULL, error TEXT NOT NULL,
-        failed_at INTEGER NOT NULL
-    );
-";
 
 /// Outbox files one `DATA_DIR` may hold (one per process sharing it).
 const SLOTS: usize = 64;

@@ -193,7 +193,10 @@ async fn killed_replica_loses_nothing(redis: Option<&Redis>) {
 
     // None of it reached MongoDB before the kill (the trial would prove nothing otherwise).
     let account_id = format!("user:{member}");
-    assert_eq!(find(&db, "accounts", doc! { "_id": &account_id }).await, None);
+    assert_eq!(
+        find(&db, "accounts", doc! { "_id": &account_id }).await,
+        None
+    );
     assert_eq!(find(&db, "rooms", doc! { "_id": &room }).await, None);
 
     // MongoDB takes writes again; a process starts on the dead one's DATA_DIR.
