@@ -146,17 +146,8 @@ async fn killed_replica_loses_nothing(redis: Option<&Redis>) {
         .expect("mongo client")
         .database(&database);
 
-    // From here MongoDB answers reads and drops writes.
-    gate.drop_writes(true);
-    let member = format!("crash{}", e2e_tests::now_ms() % 1_000_000_000);
-    let resp = reqwest::Client::new()
-        .post(a.http("/api/auth/register"))
-        .json(&serde_json::json!({ "username": member, "password": "survive a kill -9" }))
-        .send()
-        .await
-        .expect("POST register");
-    assert_eq!(resp.status().as_u16(), 201, "registered");
-
+    // The room exists before the outage (its start reads MongoDB, which may take a while
+    // once writes have failed).
     let room = format!("crash-{}", e2e_tests::now_ms());
     let (token, _) = guest(&a, "Owner").await;
     let mut owner = Player::connect(&a.ws_url(&room, &token))
@@ -169,6 +160,17 @@ async fn killed_replica_loses_nothing(redis: Option<&Redis>) {
         }))
         .await
         .expect("create");
+    // From here MongoDB answers reads and drops writes.
+    gate.drop_writes(true);
+    let member = format!("crash{}", e2e_tests::now_ms() % 1_000_000_000);
+    let resp = reqwest::Client::new()
+        .post(a.http("/api/auth/register"))
+        .json(&serde_json::json!({ "username": member, "password": "survive a kill -9" }))
+        .send()
+        .await
+        .expect("POST register");
+    assert_eq!(resp.status().as_u16(), 201, "registered");
+
     owner.send(chat("kept")).await;
     sees_chat(&mut owner, "kept").await;
     owner
@@ -197,7 +199,19 @@ async fn killed_replica_loses_nothing(redis: Option<&Redis>) {
         find(&db, "accounts", doc! { "_id": &account_id }).await,
         None
     );
-    assert_eq!(find(&db, "rooms", doc! { "_id": &room }).await, None);
+    assert_eq!(
+        find(&db, "chat", doc! { "_id": format!("k8s/{room}/1") }).await,
+        None
+    );
+    let before = find(&db, "rooms", doc! { "_id": &room }).await;
+    assert_ne!(
+        before
+            .as_ref()
+            .and_then(|d| d.get_document("settings").ok())
+            .and_then(|s| s.get_str("color").ok()),
+        Some("#00ff00"),
+        "{before:?}"
+    );
 
     // MongoDB takes writes again; a process starts on the dead one's DATA_DIR.
     gate.drop_writes(false);
