@@ -17,6 +17,8 @@
 //! - [`account`]: the member account record (shared by every host and MongoDB), roles, checks.
 //! - [`names`]: validation of room names, display names and usernames.
 //! - [`password`]: password hashing (rooms and accounts).
+//! - [`outbox`]: the outbox's delivery rules (lanes, backoff, dead letters, coalescing), for
+//!   both hosts.
 //! - [`limits`]: protocol-wide numbers (frame size, close codes) that clients rely on.
 
 pub mod account;
@@ -27,6 +29,7 @@ pub mod listing;
 pub mod lobby;
 pub mod names;
 pub mod notes;
+pub mod outbox;
 pub mod password;
 pub mod room;
 

@@ -45,7 +45,8 @@
 //! **Infrastructure** (storage, messages, settings):
 //! - [`store`]: the rooms' durable state (SQLite or Redis); [`mongo`]: with `MONGODB_URL`,
 //!   every room change mirrored to MongoDB in the layout the edge uses, and rooms the room
-//!   store does not know restored from it.
+//!   store does not know restored from it; [`outbox`]: those writes stored durably first (a
+//!   local SQLite file) and delivered under the core's rules (`piano_core::outbox`).
 //! - [`cluster`]: leases, channels and the shared directory in Redis; [`redis_handle`]: the one
 //!   reconnecting, time-bounded Redis connection.
 //! - [`config`]: settings from the environment (documented in `k8s-fallback/README.md`);
@@ -68,6 +69,7 @@ pub mod json;
 pub mod metrics;
 pub mod mongo;
 pub mod network;
+pub mod outbox;
 pub mod reach;
 pub mod redis_handle;
 pub mod room_task;
@@ -117,9 +119,15 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         None => (store::Store::sqlite(&cfg.data_dir)?, None),
     };
     let mongo = match &cfg.mongodb_url {
-        Some(url) => Some(Arc::new(
-            mongo::Mongo::connect(url, &cfg.mongodb_database, &cfg.deployment_id).await?,
-        )),
+        Some(url) => Some(
+            mongo::Mongo::start(
+                url,
+                &cfg.mongodb_database,
+                &cfg.deployment_id,
+                &cfg.data_dir,
+            )
+            .await?,
+        ),
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(cfg.bind)
@@ -159,7 +167,7 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         tracing::info!("/metrics is off: set METRICS_TOKEN or METRICS_ADDR to serve it");
     }
     let accounts = Arc::new(accounts);
-    let hub = hub::Hub::new(cfg, store, cluster, mongo);
+    let hub = hub::Hub::new(cfg, store, cluster, mongo.clone());
     tokio::spawn(hub::pass_on_reach(hub.clone(), reach_rx));
     if let Some(l) = metrics_listener {
         tracing::info!(addr = ?l.local_addr().ok(), "serving /metrics");
@@ -187,6 +195,10 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         }
     };
     serve::serve(listener, app, limits, settings, shutdown).await;
+    if let Some(m) = &mongo {
+        // The rooms' last writes were stored as they stopped; deliver them while we may.
+        m.drain(std::time::Duration::from_secs(5)).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -672,6 +672,9 @@ impl Task {
     /// Carries out the room's effects in order. `at_us`: when the frame that caused them was
     /// read, for the relay latency histogram.
     fn execute(&mut self, effects: Vec<Effect>, at_us: Option<u64>) {
+        if let Some(m) = &self.mirror {
+            m.persisted(&effects);
+        }
         for effect in effects {
             match effect {
                 Effect::Send { to, frame } => {
@@ -720,12 +723,7 @@ impl Task {
                         p.apply(&joined, &left);
                     }
                 }
-                Effect::Persist(change) => {
-                    if let Some(m) = &self.mirror {
-                        m.send(MirrorMsg::Change(change.clone()));
-                    }
-                    self.writer.write(change);
-                }
+                Effect::Persist(change) => self.writer.write(change),
                 Effect::Directory(DirectoryOp::Report(report)) => self.ctx.directory.report(report),
                 // The per-user cap first (off the room's task), then the full list.
                 Effect::Directory(DirectoryOp::Subscribe { conn, user_id }) => {

@@ -604,24 +604,13 @@ impl Room {
                 e @ (Effect::Presence { .. } | Effect::Stats(_)) => published.push(e),
             }
         }
-        // The mirror for MongoDB is queued in the same step as the changes (one commit). Only
-        // the last of several changes to one field is sent: one input may pass through
-        // intermediate states (a dropped crown is first ownerless, then remembers its owner)
-        // that other deployments must never read.
+        // The mirror for MongoDB is queued in the same step as the changes (one commit), each
+        // field's final state only (the core's coalescing, as in the fallback).
         if let Some(b) = self.outbox.backends().filter(|_| !mirrored.is_empty()) {
             let at = now();
-            let last_of_kind = |i: usize| {
-                let kind = std::mem::discriminant(&mirrored[i]);
-                matches!(
-                    mirrored[i],
-                    Change::ChatAppended(_) | Change::ChatDeleted(_) | Change::ChatCleared
-                ) || !mirrored[i + 1..]
-                    .iter()
-                    .any(|c| std::mem::discriminant(c) == kind)
-            };
-            let ops: Vec<_> = (0..mirrored.len())
-                .filter(|&i| last_of_kind(i))
-                .map(|i| layout::room_change(&b.deployment, l.room.name(), &mirrored[i], at))
+            let ops: Vec<_> = piano_core::outbox::final_changes(&mirrored)
+                .into_iter()
+                .map(|c| layout::room_change(&b.deployment, l.room.name(), c, at))
                 .collect();
             if let Err(e) = self.outbox.enqueue(&sql, ops, at) {
                 console_error!("outbox write failed: {e}");
