@@ -11,6 +11,8 @@
 //!   the socket's task), so upgraded connections count too.
 //! - Graceful shutdown: when `shutdown` resolves, no more accepts; every connection is told to
 //!   finish its current request, and the loop waits (bounded) for them.
+//! - **Lingering close** ([`Lingering`]): after an answer given before the request was all read
+//!   (413 for an oversized body), what the client still sends is read and dropped for a while.
 
 use crate::client_ip::{TrustedProxies, network_of};
 use crate::metrics::METRICS;
@@ -19,10 +21,18 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tower::ServiceExt;
+
+/// How long, and how much, a closing connection's input is drained ([`Lingering`]).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// Counts open connections in total and per client network.
 pub struct ConnLimits {
@@ -188,6 +198,7 @@ async fn connection(
     settings: Arc<Settings>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let slot_for_linger = slot.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         // The WebSocket handler keeps a clone: the slot lives as long as the socket.
@@ -204,8 +215,12 @@ async fn connection(
         .max_buf_size(64 * 1024)
         .max_header_size(32 * 1024)
         .keep_alive(true);
+    let io = Lingering {
+        stream: Some(stream),
+        slot: slot_for_linger,
+    };
     let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     let stopping = async move {
@@ -224,6 +239,86 @@ async fn connection(
             METRICS.header_timeouts.fetch_add(1, Relaxed);
         }
         tracing::debug!(%peer, error = %e, "http connection ended with an error");
+    }
+}
+
+/// The connection's socket, closed the way nginx's `lingering_close` does. When hyper (or the
+/// WebSocket that took the socket over) is done with it, the client may still be sending: a
+/// body refused early (413 while it streams). Closed at once, the socket resets every later
+/// segment, and a proxy in front that is still forwarding the body fails its write and drops
+/// the connection before it passes the answer on (nginx answers 502 there; the tests'
+/// balancer lost the 413). So the write side is shut first (the answer, then FIN) and the
+/// input read and dropped for at most [`LINGER`] and [`LINGER_BYTES`] before the socket
+/// closes. The connection keeps its slot in the caps meanwhile.
+struct Lingering {
+    /// Always `Some` until dropped.
+    stream: Option<TcpStream>,
+    slot: Arc<ConnSlot>,
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.stream.as_mut() {
+            Some(s) => Pin::new(s).poll_read(cx, buf),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.stream.as_mut() {
+            Some(s) => Pin::new(s).poll_write(cx, buf),
+            None => Poll::Ready(Ok(0)),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.stream.as_mut() {
+            Some(s) => Pin::new(s).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.stream.as_mut() {
+            Some(s) => Pin::new(s).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let (Some(mut stream), Ok(rt)) =
+            (self.stream.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let slot = self.slot.clone();
+        rt.spawn(async move {
+            let _ = stream.shutdown().await;
+            let mut sink = vec![0u8; 16 * 1024];
+            let mut drained = 0;
+            let _ = tokio::time::timeout(LINGER, async {
+                while drained < LINGER_BYTES {
+                    match stream.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => drained += n,
+                    }
+                }
+            })
+            .await;
+            drop(slot);
+        });
     }
 }
 

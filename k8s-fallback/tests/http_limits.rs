@@ -423,3 +423,32 @@ async fn silent_close_code(port: u16, url: &str) -> Option<u16> {
     }
     None
 }
+
+/// After an early answer (413 while an oversized body still streams), the server goes on
+/// reading what the client sends for a while (lingering close) instead of resetting it: a proxy
+/// in front forwarding the body would otherwise fail its write and drop the connection before
+/// passing the answer on (nginx answers 502 there). The client here behaves like such a proxy:
+/// it sends the whole 64 KiB body before it reads, and any refused write is a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_413_still_takes_the_rest_of_the_body_for_a_while() {
+    let dir = scratch_dir("linger");
+    let r = Replica::start("linger", &[("DATA_DIR", dir.display().to_string())]);
+    let mut tcp = TcpStream::connect(("127.0.0.1", r.port)).await.unwrap();
+    tcp.write_all(
+        b"POST /api/auth/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let piece = format!("1000\r\n{}\r\n", " ".repeat(0x1000));
+    for i in 0..16 {
+        // Paced, so the server has answered and closed its side long before the last pieces.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Err(e) = tcp.write_all(piece.as_bytes()).await {
+            panic!("piece {i} of the body was refused after the early answer: {e}");
+        }
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text:?}");
+}
