@@ -170,16 +170,8 @@ async fn route(
         ) => {
             let endpoint = *endpoint;
             let ip = client_ip(hub, peer, req.headers());
-            if let Err(wait) = app.limiter.check_shared(hub, ip).await {
-                return with_header(
-                    json_error(
-                        429,
-                        "rate_limited",
-                        &format!("too many requests: try again in {wait} s"),
-                    ),
-                    "retry-after",
-                    &wait.to_string(),
-                );
+            if let Err(e) = app.limiter.check_shared(hub, ip).await {
+                return auth::api_error(&e);
             }
             let token = auth::bearer(req.headers());
             let (parts, body) = req.into_parts();
@@ -216,7 +208,7 @@ async fn route(
                 Err(resp) => resp,
             }
         }
-        (&Method::GET, ["api", "users", "me"]) => auth::me(hub, req.headers()).await,
+        (&Method::GET, ["api", "users", "me"]) => accounts::me(hub, req.headers()).await,
         (&Method::GET, ["api", "users", id, "stats"]) => user_stats(hub, id).await,
         (&Method::GET, ["api", "users", id]) => accounts::user(hub, id).await,
         (&Method::GET, ["api", "network", "rooms"]) => crate::network::rooms(hub).await,
