@@ -65,11 +65,12 @@ fn issue(
         audience: &hub.cfg.audience,
         ttl_secs: hub.cfg.access_ttl_secs,
     };
-    let claims = issuer.member(a, sid, generation, crate::now_ms() / 1000);
+    let public = a.public();
+    let claims = issuer.member(&public, sid, generation, crate::now_ms() / 1000);
     let access = hub.cfg.signing.sign(&claims);
     no_store(json(
         status,
-        &session_body(&access, &claims, a, sid, secret),
+        &session_body(&access, &claims, public, sid, secret),
     ))
 }
 

@@ -145,52 +145,8 @@ impl ApiError {
     }
 
     /// `{"error": {"code", "message"}}`.
-    /// (plus `retry_after` in seconds when the server knows it, so the answer survives the
-    /// edge's internal hop from the Account object to the worker).
     pub fn body(&self) -> serde_json::Value {
-        let mut body =
-            serde_json::json!({ "error": { "code": self.code(), "message": self.message() } });
-        if let ApiError::Unavailable {
-            retry_after_secs: Some(secs),
-        } = self
-        {
-            body["error"]["retry_after"] = (*secs).into();
-        }
-        body
-    }
-
-    /// Reads back an error the edge's Account object answered with (it crosses one internal
-    /// hop as JSON); `None` for anything else.
-    pub fn from_body(status: u16, body: &serde_json::Value) -> Option<ApiError> {
-        let code = body["error"]["code"].as_str()?;
-        let message = body["error"]["message"].as_str().unwrap_or_default();
-        let refusal = if message.contains("already used") {
-            SessionRefusal::Reused
-        } else if message.contains("ended") {
-            SessionRefusal::Ended
-        } else {
-            SessionRefusal::NotValid
-        };
-        let e = match code {
-            "username_taken" => ApiError::UsernameTaken,
-            "invalid_credentials" => ApiError::InvalidCredentials,
-            "invalid_session" => ApiError::InvalidSession(refusal),
-            "not_found" => ApiError::NotFound,
-            "unavailable" => ApiError::Unavailable {
-                retry_after_secs: body["error"]["retry_after"].as_u64(),
-            },
-            "invalid_role" => ApiError::InvalidRole(
-                message
-                    .trim_start_matches("unknown role ")
-                    .trim_matches('"')
-                    .to_owned(),
-            ),
-            "invalid_name" => ApiError::InvalidName(message.trim_start_matches("name ").to_owned()),
-            "invalid_color" => ApiError::InvalidColor(message.to_owned()),
-            "invalid_status" => ApiError::InvalidStatus(message.to_owned()),
-            _ => return None,
-        };
-        (e.status() == status).then_some(e)
+        serde_json::json!({ "error": { "code": self.code(), "message": self.message() } })
     }
 }
 
@@ -208,7 +164,12 @@ mod tests {
 
     #[test]
     fn every_error_has_its_status_code_and_headers() {
-        type Case = (ApiError, u16, &'static str, Option<(&'static str, &'static str)>);
+        type Case = (
+            ApiError,
+            u16,
+            &'static str,
+            Option<(&'static str, &'static str)>,
+        );
         let cases: Vec<Case> = vec![
             (ApiError::InvalidJson("x".into()), 400, "invalid_json", None),
             (ApiError::BodyTooLarge, 413, "body_too_large", None),
@@ -283,33 +244,5 @@ mod tests {
             );
             assert_eq!(e.body()["error"]["code"], code);
         }
-    }
-
-    #[test]
-    fn the_account_objects_errors_read_back_as_they_were() {
-        for e in [
-            ApiError::UsernameTaken,
-            ApiError::InvalidCredentials,
-            ApiError::InvalidSession(SessionRefusal::NotValid),
-            ApiError::InvalidSession(SessionRefusal::Ended),
-            ApiError::InvalidSession(SessionRefusal::Reused),
-            ApiError::NotFound,
-            ApiError::InvalidRole("king".into()),
-            ApiError::InvalidColor("color must be #rrggbb".into()),
-            ApiError::Unavailable {
-                retry_after_secs: Some(5),
-            },
-            ApiError::Unavailable {
-                retry_after_secs: None,
-            },
-        ] {
-            assert_eq!(ApiError::from_body(e.status(), &e.body()), Some(e.clone()));
-        }
-        assert_eq!(
-            ApiError::from_body(200, &ApiError::NotFound.body()),
-            None,
-            "a status that does not match the code is not trusted"
-        );
-        assert_eq!(ApiError::from_body(500, &serde_json::json!("oops")), None);
     }
 }

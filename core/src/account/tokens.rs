@@ -1,7 +1,6 @@
 //! What a session hands the client: the refresh token's shape (made and parsed here only), the
 //! access token's claims, the guest token's claims, and the JSON body of a sign-in.
 
-use super::AccountData;
 use crate::identity::Claims;
 
 /// Longest user and session id part a refresh token may carry (drift 4: both hosts cap them,
@@ -49,12 +48,19 @@ pub struct Issuer<'a> {
 }
 
 impl Issuer<'_> {
-    /// A member's access token of session `sid` at `generation`.
-    pub fn member(&self, a: &AccountData, sid: &str, generation: u64, now_secs: u64) -> Claims {
+    /// A member's access token of session `sid` at `generation`, from the account's public
+    /// view ([`super::AccountData::public`]: what the edge's Account object answers with, too).
+    pub fn member(
+        &self,
+        public: &serde_json::Value,
+        sid: &str,
+        generation: u64,
+        now_secs: u64,
+    ) -> Claims {
         Claims {
-            sub: a.user_id(),
-            name: a.name.clone(),
-            roles: a.roles.clone(),
+            sub: public["id"].as_str().unwrap_or_default().to_owned(),
+            name: public["name"].as_str().unwrap_or_default().to_owned(),
+            roles: serde_json::from_value(public["roles"].clone()).unwrap_or_default(),
             iat: now_secs,
             exp: now_secs + self.ttl_secs,
             nbf: None,
@@ -82,20 +88,22 @@ impl Issuer<'_> {
     }
 }
 
-/// The body of a successful register, login or refresh (`access`: the signed `claims`).
+/// The body of a successful register, login or refresh (`access`: the signed `claims`,
+/// `public`: the account's public view).
 pub fn session_body(
     access: &str,
     claims: &Claims,
-    a: &AccountData,
+    public: serde_json::Value,
     sid: &str,
     secret: &str,
 ) -> serde_json::Value {
+    let user = claims.sub.strip_prefix("user:").unwrap_or_default();
     serde_json::json!({
         "access_token": access,
         "token": access,
         "expires_at": claims.exp,
-        "refresh_token": RefreshToken::format(&a.key(), sid, secret),
-        "user": a.public(),
+        "refresh_token": RefreshToken::format(user, sid, secret),
+        "user": public,
     })
 }
 
@@ -156,12 +164,17 @@ mod tests {
             audience: "aud",
             ttl_secs: 900,
         };
-        let c = issuer.member(&a, "s1", 3, 100);
+        let c = issuer.member(&a.public(), "s1", 3, 100);
         assert_eq!(c.sub, "user:ada");
+        assert_eq!(
+            (c.name.as_str(), c.roles.clone()),
+            ("Ada", vec!["member".to_owned()])
+        );
         assert_eq!((c.iat, c.exp), (100, 1000));
         assert_eq!((c.sid.as_deref(), c.generation), (Some("s1"), Some(3)));
         assert_eq!((c.iss.as_str(), c.aud.as_str()), ("iss", "aud"));
-        let body = session_body("jwt", &c, &a, "s1", "sec");
+        let body = session_body("jwt", &c, a.public(), "s1", "sec");
+        assert_eq!(body["user"]["usertag"], "Ada#abcdef");
         assert_eq!(body["refresh_token"], "ada.s1.sec");
         assert_eq!(body["access_token"], body["token"]);
         assert_eq!(body["expires_at"], 1000);
