@@ -17,6 +17,7 @@ mod abuse_accounts;
 mod abuse_directory;
 mod accounts;
 mod directory;
+mod drifts;
 mod persistence;
 mod room_features;
 mod tokens;
@@ -96,6 +97,10 @@ fn main() {
         abuse_accounts::a_ban_holds_against_a_new_guest_token_from_the_same_network,
         abuse_accounts::reserved_admin_names_need_the_bootstrap_secret,
         abuse_accounts::every_response_carries_security_headers_and_cors_is_closed,
+        drifts::refresh_tokens_are_parsed_alike_with_capped_parts,
+        drifts::registration_is_refused_while_the_account_database_is_unreachable,
+        drifts::account_lookups_back_off_for_one_interval_on_both_hosts,
+        drifts::an_imported_account_must_be_the_user_its_key_names,
     ];
     let mut conclusion = libtest_mimic::run(&args, trials);
     // Trials that restart the server run alone, after the others, one at a time.

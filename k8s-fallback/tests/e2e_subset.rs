@@ -1,5 +1,5 @@
 //! The e2e suite's shared trials (`tests/room_features.rs`, `tests/directory.rs`, `tests/tokens.rs`,
-//! `tests/accounts.rs`), run
+//! `tests/accounts.rs`, `tests/drifts.rs`), run
 //! against the native fallback instead of the edge: same harness, same clients, same
 //! assertions. One standalone `k8s-fallback` process serves them all (each trial uses its own
 //! rooms). The trial that restarts the server is edge-only here; `standalone.rs` covers the
@@ -31,6 +31,9 @@ mod abuse_accounts;
 
 #[path = "../../tests/abuse_directory.rs"]
 mod abuse_directory;
+
+#[path = "../../tests/drifts.rs"]
+mod drifts;
 
 #[path = "common/edge_trials.rs"]
 mod edge_trials;
@@ -115,4 +118,8 @@ trials![
     abuse_accounts::reserved_admin_names_need_the_bootstrap_secret,
     abuse_accounts::every_response_carries_security_headers_and_cors_is_closed,
     abuse_directory::probes_and_anonymous_reads_create_no_storage,
+    drifts::refresh_tokens_are_parsed_alike_with_capped_parts,
+    drifts::registration_is_refused_while_the_account_database_is_unreachable,
+    drifts::account_lookups_back_off_for_one_interval_on_both_hosts,
+    drifts::an_imported_account_must_be_the_user_its_key_names,
 ];

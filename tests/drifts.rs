@@ -1,0 +1,280 @@
+//! Behaviour the two hosts used to disagree on (issue 14's drifts), now decided once in
+//! `piano_core::account`: each trial runs against the edge and against the fallback with the
+//! same assertions.
+//!
+//! The trials that need MongoDB (and its outage) start their own rig: a backend stack on
+//! loopback (`stack::Stack`: secantusdb behind a Data API gateway) and a server of the suite's
+//! host pointed at it (the edge through the Data API, the fallback through the driver). They
+//! take turns on it (one outage at a time); the last one stops it.
+
+use crate::*;
+use e2e_tests::stack::{Part, Stack};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// `piano_core::account::lookup::LOOKUP_BACKOFF_MS`, in the `Retry-After` of a refusal.
+const LOOKUP_BACKOFF_SECS: &str = "5";
+/// How many trials below use the rig (the last one to finish stops it).
+const RIG_TRIALS: usize = 3;
+
+struct Rig {
+    stack: Stack,
+    server: Server,
+}
+
+static RIG: OnceLock<Rig> = OnceLock::new();
+/// One trial at a time on the rig (they take MongoDB down).
+static TURN: Mutex<()> = Mutex::new(());
+static RIG_LEFT: AtomicUsize = AtomicUsize::new(RIG_TRIALS);
+
+/// Runs `trial` with the rig to itself; the last rig trial stops it.
+async fn with_rig<F: std::future::Future<Output = ()>>(trial: impl FnOnce(&'static Rig) -> F) {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let rig = RIG.get_or_init(start_rig);
+    trial(rig).await;
+    if RIG_LEFT.fetch_sub(1, Ordering::SeqCst) == 1 {
+        rig.server.stop();
+        let _ = std::fs::remove_dir_all(&rig.server.dir);
+        rig.stack.stop_all();
+    }
+}
+
+/// MongoDB down until dropped (also when the trial fails, so the next one finds it up).
+struct Outage<'a>(&'a Stack);
+
+impl<'a> Outage<'a> {
+    fn begin(stack: &'a Stack) -> Outage<'a> {
+        stack.kill_part(Part::Mongo);
+        Outage(stack)
+    }
+}
+
+impl Drop for Outage<'_> {
+    fn drop(&mut self) {
+        self.0.start_part(Part::Mongo);
+    }
+}
+
+fn start_rig() -> Rig {
+    let stack = Stack::start();
+    let server = match server().host {
+        Host::Edge => Server::start_edge_with(&stack.vars("drifts")),
+        _ => {
+            let vars = vec![
+                (
+                    "MONGODB_URL".to_owned(),
+                    format!("mongodb://127.0.0.1:{}", stack.port(Part::Mongo)),
+                ),
+                ("MONGODB_DATABASE".to_owned(), "pianotest".to_owned()),
+                ("DEPLOYMENT_ID".to_owned(), "drifts".to_owned()),
+            ];
+            match option_env!("CARGO_BIN_EXE_k8s-fallback") {
+                Some(bin) => Server::start_fallback_binary(std::path::Path::new(bin), &vars),
+                None => panic!("the fallback's drift trials run from k8s-fallback's tests"),
+            }
+        }
+    };
+    Rig { stack, server }
+}
+
+async fn post(
+    s: &Server,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, Option<String>, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(s.http(path))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, retry_after, resp.json().await.unwrap_or_default())
+}
+
+async fn register(s: &Server, name: &str) -> (u16, Option<String>, serde_json::Value) {
+    post(
+        s,
+        "/api/auth/register",
+        serde_json::json!({"username": name, "password": "correct horse"}),
+    )
+    .await
+}
+
+fn name(prefix: &str) -> String {
+    format!("{prefix}-{}", now_ms() % 1_000_000_000)
+}
+
+/// Drifts 1 and 7: while the shared account database cannot be reached, a registration is
+/// refused on both hosts (uniqueness cannot be checked), with one code, `unavailable`; once
+/// it is back, the same registration succeeds.
+pub async fn registration_is_refused_while_the_account_database_is_unreachable() {
+    with_rig(|rig| async move {
+        let s = &rig.server;
+        let user = name("dr-reg");
+        let outage = Outage::begin(&rig.stack);
+        let (status, _, body) = register(s, &user).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+        // Nothing was registered locally meanwhile: the name is still free once MongoDB is back.
+        drop(outage);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let (status, _, body) = register(s, &user).await;
+            if status == 201 {
+                break;
+            }
+            assert_eq!(
+                status, 503,
+                "only 'unavailable' until MongoDB answers: {body}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "still refused after MongoDB came back: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+}
+
+/// Drift 2: after a failed lookup both hosts wait the same back-off before asking again, and
+/// say so (`Retry-After`); a client that waits that long gets through once MongoDB is back.
+pub async fn account_lookups_back_off_for_one_interval_on_both_hosts() {
+    with_rig(|rig| async move {
+        let s = &rig.server;
+        let user = name("dr-back");
+        let outage = Outage::begin(&rig.stack);
+        for path in ["/api/auth/register", "/api/auth/login"] {
+            let (status, retry_after, body) = post(
+                s,
+                path,
+                serde_json::json!({"username": user, "password": "correct horse"}),
+            )
+            .await;
+            assert_eq!(status, 503, "{path}: {body}");
+            assert_eq!(
+                retry_after.as_deref(),
+                Some(LOOKUP_BACKOFF_SECS),
+                "{path}: {body}"
+            );
+        }
+        drop(outage);
+        for attempt in 0.. {
+            let (status, retry_after, body) = register(s, &user).await;
+            if status == 201 {
+                break;
+            }
+            assert_eq!(retry_after.as_deref(), Some(LOOKUP_BACKOFF_SECS), "{body}");
+            assert!(
+                attempt < 15,
+                "refused after {attempt} waits of Retry-After: {body}"
+            );
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    })
+    .await;
+}
+
+/// Drift 3: an account document found in MongoDB is imported only if its username is the one
+/// it is stored under; a document naming another user signs nobody in.
+pub async fn an_imported_account_must_be_the_user_its_key_names() {
+    use piano_core::account::AccountData;
+    use piano_core::password::PasswordHash;
+    with_rig(|rig| async move {
+        let s = &rig.server;
+        let backends = rig.stack.backends();
+        let mongo = backends.mongo.as_ref().expect("the stack has MongoDB");
+        let (stray, owner, good) = (name("dr-stray"), name("dr-owner"), name("dr-good"));
+        let doc = |id: &str, username: &str| {
+            let hash = PasswordHash::with_iterations("correct horse", vec![7; 16], 1000);
+            let mut doc =
+                AccountData::new(username, None, hash, false, [1, 2, 3], now_ms()).document();
+            doc["_id"] = format!("user:{id}").into();
+            doc
+        };
+        // Stored under `stray` but naming `owner`; and one in order, named in capitals.
+        for (id, username) in [(&stray, &owner), (&good, &good.to_uppercase())] {
+            mongo
+                .insert_one(piano_backends::layout::ACCOUNTS, doc(id, username))
+                .await
+                .expect("insert an account document");
+        }
+        let login = |user: String| {
+            post(
+                s,
+                "/api/auth/login",
+                serde_json::json!({"username": user, "password": "correct horse"}),
+            )
+        };
+        let (status, _, body) = login(stray.clone()).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_credentials");
+        let (status, _, body) = login(owner.clone()).await;
+        assert_eq!(
+            status, 401,
+            "the document is not stored under {owner}: {body}"
+        );
+        let (status, _, body) = login(good.clone()).await;
+        assert_eq!(
+            status, 200,
+            "a document of its own user is imported: {body}"
+        );
+        assert_eq!(body["user"]["id"], format!("user:{good}"));
+    })
+    .await;
+}
+
+/// Drift 4: one refresh-token parser with capped parts. Whatever is not a token the server
+/// issued is `invalid_session` for refresh and for logout alike (the edge used to take an
+/// unparseable logout token for "no token" and answer `unauthorized`); the real one still works.
+pub async fn refresh_tokens_are_parsed_alike_with_capped_parts() {
+    let s = server();
+    let user = name("dr-tok");
+    let (status, _, reg) = register(s, &user).await;
+    assert_eq!(status, 201, "{reg}");
+    let token = reg["refresh_token"]
+        .as_str()
+        .expect("refresh token")
+        .to_owned();
+    let mut parts = token.splitn(3, '.');
+    let (u, sid, secret) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let long = "a".repeat(65);
+    let bad = [
+        format!("{long}.{sid}.{secret}"),
+        format!("{u}.{long}.{secret}"),
+        format!("{u}.{sid}.{}", "f".repeat(129)),
+        format!("{}.{sid}.{secret}", u.to_uppercase()),
+        format!("{u}.{sid}"),
+        format!("{u}..{secret}"),
+        format!("{u}.{sid}.{secret}.x"),
+        String::new(),
+    ];
+    for t in &bad {
+        for path in ["/api/auth/refresh", "/api/auth/logout"] {
+            let (status, _, body) = post(s, path, serde_json::json!({"refresh_token": t})).await;
+            assert_eq!(status, 401, "{path} {t:?}: {body}");
+            assert_eq!(
+                body["error"]["code"], "invalid_session",
+                "{path} {t:?}: {body}"
+            );
+        }
+    }
+    let (status, _, body) = post(
+        s,
+        "/api/auth/refresh",
+        serde_json::json!({"refresh_token": token}),
+    )
+    .await;
+    assert_eq!(status, 200, "the issued token still refreshes: {body}");
+}
