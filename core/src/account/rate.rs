@@ -2,9 +2,9 @@
 //!
 //! - **What**: every `POST /api/auth/*` (guest, register, login, refresh, logout) counts one
 //!   hit before its body is read.
-//! - **Key**: the client's network ([`crate::http_policy::network_key`]: an IPv4 address, or
-//!   the /64 of an IPv6 one), so hopping through one subscriber's addresses does not multiply
-//!   the budget. Shared counters are `{REDIS_KEY_PREFIX}rate:auth:<key>:<minute>`.
+//! - **Key**: the client's network ([`client_key`]: an IPv4 address, or the /64 of an IPv6 one
+//!   as `a:b:c:d::/64`), so hopping through one subscriber's addresses does not multiply the
+//!   budget. Shared counters are `{REDIS_KEY_PREFIX}rate:auth:<key>:<minute>`.
 //! - **Budget**: `AUTH_RATE_LIMIT_PER_MINUTE` (default [`DEFAULT_AUTH_RATE_LIMIT`]) per
 //!   [`AUTH_WINDOW_MS`].
 //! - **Counters**: with Redis, a fixed minute per key shared by every replica and deployment
@@ -29,9 +29,11 @@ pub const SHARED_BACKOFF_MS: u64 = 30_000;
 /// from many addresses throttles newcomers together instead of growing memory.
 pub const LOCAL_TRACKED_NETWORKS: usize = 100_000;
 
-/// The counter key of a client address (as the host saw it; opaque, never shown).
+/// The counter key of a client address (as the host saw it).
 pub fn client_key(ip: &str) -> String {
-    crate::http_policy::network_key(ip)
+    let ip = ip.trim();
+    crate::http_policy::ipv6_prefix(ip)
+        .unwrap_or_else(|| ip.strip_prefix("::ffff:").unwrap_or(ip).to_owned())
 }
 
 /// The fixed window `now` falls in (part of the shared counter's key).
@@ -122,5 +124,7 @@ mod tests {
         assert_ne!(client_key("2001:db8::1"), client_key("2001:db8:0:1::1"));
         assert_eq!(client_key("::ffff:192.0.2.1"), client_key("192.0.2.1"));
         assert_ne!(client_key("192.0.2.1"), client_key("192.0.2.2"));
+        assert_eq!(client_key(" 192.0.2.1"), "192.0.2.1");
+        assert_eq!(client_key("2001:db8::1"), "2001:db8:0:0::/64");
     }
 }
