@@ -46,9 +46,28 @@ pub fn may_ask(skip_until: Millis, now: Millis) -> bool {
 /// The account in a document found under `key` (`user:<key>`), if it is one and is that
 /// user's.
 pub fn imported(key: &str, doc: Option<serde_json::Value>) -> Option<AccountData> {
-    let account = serde_json::from_value::<AccountData>(doc?).ok()?;
+    let account = serde_json::from_value::<AccountData>(integral(doc?)).ok()?;
     (account.key() == key && crate::names::username(&account.username).is_ok_and(|k| k == key))
         .then_some(account)
+}
+
+/// Whole numbers stored as doubles (a document written through a JSON gateway: every number
+/// is a double there) read back as integers.
+fn integral(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && (0.0..9.0e15).contains(&f) => {
+                Value::from(f as u64)
+            }
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(integral).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, integral(v))).collect())
+        }
+        other => other,
+    }
 }
 
 /// Registration may go on only when the name is known to be free everywhere.
@@ -89,6 +108,19 @@ mod tests {
         );
     }
 
+    /// The document as a JSON-only gateway stores it: every number a double.
+    fn doubles(v: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match v {
+            Value::Number(n) => n.as_f64().map(Value::from).unwrap_or(Value::Null),
+            Value::Array(a) => Value::Array(a.into_iter().map(doubles).collect()),
+            Value::Object(m) => {
+                Value::Object(m.into_iter().map(|(k, v)| (k, doubles(v))).collect())
+            }
+            other => other,
+        }
+    }
+
     #[test]
     fn only_a_document_of_the_user_its_key_names_is_imported() {
         let doc = |name: &str| Some(account(name).document());
@@ -100,6 +132,7 @@ mod tests {
             ("ada", None, false),
             ("ada", Some(serde_json::json!({"username": "ada"})), false),
             ("ada", Some(serde_json::json!("ada")), false),
+            ("ada", doc("Ada").map(doubles), true),
         ];
         for (key, doc, ok) in cases {
             assert_eq!(imported(key, doc.clone()).is_some(), ok, "{key} {doc:?}");
