@@ -89,15 +89,15 @@ async fn flood(c: &mut Client, count: usize, make: impl Fn(usize) -> cm::Msg) ->
             sent += 1;
         }
         loop {
-            match c.next_event_lenient(Duration::from_millis(1)).await {
-                Some(Ok(Event::Msg(m))) => notices += usize::from(is_notice(&m)),
-                Some(Ok(Event::Closed(f))) => {
+            match c.next_event(Duration::from_millis(1)).await {
+                Some(Event::Msg(m)) => notices += usize::from(is_notice(&m)),
+                Some(Event::Closed(f)) => {
                     ending = f.map_or(Ending::ClosedWithoutFrame, |f| {
                         Ending::Closed(u16::from(f.code))
                     });
                     break 'flood;
                 }
-                Some(Err(e)) => {
+                Some(Event::Broken(e)) => {
                     ending = Ending::Broken(e);
                     break 'flood;
                 }
@@ -131,6 +131,7 @@ async fn count_until_left(c: &mut Client, who: &str, counts: impl Fn(&Msg) -> bo
             Some(Event::Msg(Msg::ParticipantLeft(l))) if l.participant_id == who => return n,
             Some(Event::Msg(m)) => n += usize::from(counts(&m)),
             Some(Event::Closed(f)) => panic!("the bystander was closed: {f:?}"),
+            Some(Event::Broken(e)) => panic!("the bystander's socket broke: {e}"),
             None => panic!("{who} never left the room (counted {n} of its messages)"),
         }
     }
@@ -168,8 +169,7 @@ fn assert_flood_stopped(what: &str, f: &Flood, relayed: usize, rate: budget::Rat
 /// Attack 1: Note-off / CC64 flood: dropped with RATE_LIMITED notices (not one per message), the
 /// flooder closed 1008, a bystander gets a bounded number of its batches, and an honest
 /// player's note still arrives.
-pub async fn note_off_and_pedal_flood_is_bounded_and_closed_1008() {
-    let s = server();
+pub async fn note_off_and_pedal_flood_is_bounded_and_closed_1008(s: &Server) {
     let room = unique("flood-notes");
     let mut honest = s.player(&room, "Honest").await;
     honest.join().await;
@@ -199,8 +199,7 @@ pub async fn note_off_and_pedal_flood_is_bounded_and_closed_1008() {
 }
 
 /// Attack 1: Typing indicators and profile updates are budgeted the same way.
-pub async fn typing_and_profile_floods_are_bounded_and_closed_1008() {
-    let s = server();
+pub async fn typing_and_profile_floods_are_bounded_and_closed_1008(s: &Server) {
     let room = unique("flood-chatter");
     let mut bystander = s.player(&room, "Bystander").await;
     bystander.join().await;
@@ -300,8 +299,7 @@ async fn socket_and_join(url: &str) -> Result<Client, String> {
 /// Attack 2: One token opens 10 sockets to one room: 4 are admitted (`MAX_CONNS_PER_USER`), the rest
 /// refused with a typed reason; the cap is per user (someone else still gets in) and a closed
 /// socket frees its place.
-pub async fn one_user_gets_at_most_four_sockets_per_room() {
-    let s = server();
+pub async fn one_user_gets_at_most_four_sockets_per_room(s: &Server) {
     let room = unique("sockets");
     let token = s.guest_token("Hydra").await;
     let url = format!("{}?token={token}", s.ws_url(&room));
@@ -374,8 +372,7 @@ async fn guess(c: &mut Client, password: &str) -> Result<(), proto::JoinFailed> 
 /// RATE_LIMITED from any socket of the user; a burst on one socket is cut by its join budget;
 /// a spray from many guests meanwhile does not stop the room's relay; the right password after
 /// the wait works.
-pub async fn password_guessing_is_slowed_per_user_and_room() {
-    let s = server();
+pub async fn password_guessing_is_slowed_per_user_and_room(s: &Server) {
     let room = unique("guess");
     let mut owner = s.player(&room, "Owner").await;
     owner
@@ -533,7 +530,7 @@ pub async fn password_guessing_is_slowed_per_user_and_room() {
 
 /// A new member's access token.
 async fn register(s: &Server, tag: &str) -> String {
-    let username = format!("{tag}-{}", now_ms() % 1_000_000_000);
+    let username = unique(tag);
     let resp = reqwest::Client::new()
         .post(s.http("/api/auth/register"))
         .json(&serde_json::json!({"username": username, "password": "member password"}))
@@ -567,8 +564,7 @@ fn big_batch(round: usize) -> cm::Msg {
 
 /// Attack 5: A reader that never reads while a permitted stream of broadcasts flows: it is closed
 /// 1013 and the others see it leave; the senders, who read, are not closed.
-pub async fn a_reader_that_never_reads_is_closed_1013() {
-    let s = server();
+pub async fn a_reader_that_never_reads_is_closed_1013(s: &Server) {
     let room = unique("slow-reader");
     let mut owner = s.player(&room, "Owner").await;
     owner
@@ -620,16 +616,16 @@ pub async fn a_reader_that_never_reads_is_closed_1013() {
                         }
                         round += 1;
                     }
-                    e = p.next_event_lenient(Duration::from_secs(1)) => match e {
-                        Some(Ok(Event::Msg(Msg::ParticipantLeft(l)))) if l.participant_id == sloth_id => {
+                    e = p.next_event(Duration::from_secs(1)) => match e {
+                        Some(Event::Msg(Msg::ParticipantLeft(l))) if l.participant_id == sloth_id => {
                             left.set(true);
                         }
-                        Some(Ok(Event::Msg(Msg::NotesDropped(d)))) => {
+                        Some(Event::Msg(Msg::NotesDropped(d))) => {
                             panic!("a permitted stream was dropped: {d:?}")
                         }
-                        Some(Ok(Event::Msg(Msg::Error(e)))) => panic!("a sender got {e:?}"),
-                        Some(Ok(Event::Closed(f))) => panic!("a sender who reads was closed: {f:?}"),
-                        Some(Err(e)) => panic!("a sender's socket broke: {e}"),
+                        Some(Event::Msg(Msg::Error(e))) => panic!("a sender got {e:?}"),
+                        Some(Event::Closed(f)) => panic!("a sender who reads was closed: {f:?}"),
+                        Some(Event::Broken(e)) => panic!("a sender's socket broke: {e}"),
                         _ => {}
                     }
                 }

@@ -25,7 +25,7 @@ async fn post(s: &Server, path: &str, body: serde_json::Value) -> (u16, serde_js
 
 /// A new member: (access token, refresh token, username).
 async fn member(s: &Server, tag: &str) -> (String, String, String) {
-    let username = format!("{tag}-{}", now_ms() % 1_000_000_000);
+    let username = unique(tag);
     let (status, reg) = post(
         s,
         "/api/auth/register",
@@ -48,8 +48,7 @@ async fn joined_socket(s: &Server, room: &str, token: &str) -> Client {
 }
 
 /// Attack 7: Logout closes the member's open socket with 4001 (SESSION_ENDED).
-pub async fn logout_closes_open_sockets_4001() {
-    let s = server();
+pub async fn logout_closes_open_sockets_4001(s: &Server) {
     let (access, refresh, _) = member(s, "bye").await;
     let mut c = joined_socket(s, &unique("logout"), &access).await;
     let (status, body) = post(
@@ -64,8 +63,7 @@ pub async fn logout_closes_open_sockets_4001() {
 }
 
 /// Attack 7: A revoked session (its refresh token presented twice) closes its sockets with 4001.
-pub async fn revoked_session_closes_open_sockets_4001() {
-    let s = server();
+pub async fn revoked_session_closes_open_sockets_4001(s: &Server) {
     let (_, first_refresh, _) = member(s, "reuse").await;
     let (status, fresh) = post(
         s,
@@ -89,8 +87,7 @@ pub async fn revoked_session_closes_open_sockets_4001() {
 
 /// Attack 7: A role change closes the member's sockets with 4002 (IDENTITY_CHANGED): the old token's
 /// powers do not linger on an open socket.
-pub async fn role_change_closes_open_sockets_4002() {
-    let s = server();
+pub async fn role_change_closes_open_sockets_4002(s: &Server) {
     let (access, _, username) = member(s, "promo").await;
     let mut c = joined_socket(s, &unique("promoted"), &access).await;
     let admin = s.admin_token().await;
@@ -107,8 +104,7 @@ pub async fn role_change_closes_open_sockets_4002() {
 }
 
 /// Attack 7: A guest token that expires ends its socket with 4001, at its expiry, not before.
-pub async fn expiring_guest_token_closes_its_socket_4001() {
-    let s = server();
+pub async fn expiring_guest_token_closes_its_socket_4001(s: &Server) {
     let mut claims = s.claims(&format!("guest:{}", unique("brief")), "Brief");
     claims.exp = now_secs() + 4;
     let token = s.sign(&claims);
@@ -123,8 +119,7 @@ pub async fn expiring_guest_token_closes_its_socket_4001() {
 
 /// Attack 9: Refresh and logout need the refresh token's secret: user and session id with a wrong
 /// secret are refused (401) and the session carries on.
-pub async fn refresh_and_logout_need_the_secret() {
-    let s = server();
+pub async fn refresh_and_logout_need_the_secret(s: &Server) {
     let (access, refresh, _) = member(s, "secret").await;
     let (head, secret) = refresh.rsplit_once('.').expect("<username>.<sid>.<secret>");
     let forged_secret: String = secret
@@ -222,8 +217,7 @@ async fn status_of_partial_post(
 /// answer to a chunked body, `wrangler dev` restarts the worker ("Your worker restarted
 /// mid-request": the next POST gets 503), so at the edge this trial runs alone, chunked cases
 /// last, and waits for the worker to answer again before it ends.
-pub async fn oversized_auth_bodies_are_refused_while_streaming() {
-    let s = server();
+pub async fn oversized_auth_bodies_are_refused_while_streaming(s: &Server) {
     let mut seen = Vec::new();
     for chunked in [false, true] {
         for path in ["/api/auth/guest", "/api/auth/login", "/api/auth/logout"] {
@@ -271,8 +265,7 @@ async fn settle_after_restart(s: &Server) {
 
 /// Attack 9: A banned guest's new guest token from the same network is still refused (BANNED);
 /// members from that network still get in (networks are shared: NAT).
-pub async fn a_ban_holds_against_a_new_guest_token_from_the_same_network() {
-    let s = server();
+pub async fn a_ban_holds_against_a_new_guest_token_from_the_same_network(s: &Server) {
     let room = unique("banned");
     let mut owner = s.player(&room, "Owner").await;
     owner.join().await;
@@ -300,8 +293,7 @@ pub async fn a_ban_holds_against_a_new_guest_token_from_the_same_network() {
 
 /// Attack 9: A name in ADMIN_USERNAMES cannot be registered without the bootstrap secret (403
 /// `reserved_username`), whatever its case.
-pub async fn reserved_admin_names_need_the_bootstrap_secret() {
-    let s = server();
+pub async fn reserved_admin_names_need_the_bootstrap_secret(s: &Server) {
     for (name, secret) in [
         ("reserved-admin", None),
         ("Reserved-Admin", None),
@@ -352,8 +344,7 @@ fn assert_security_headers(what: &str, resp: &reqwest::Response) {
 }
 
 /// Security headers on every kind of response, and CORS only for the configured origin.
-pub async fn every_response_carries_security_headers_and_cors_is_closed() {
-    let s = server();
+pub async fn every_response_carries_security_headers_and_cors_is_closed(s: &Server) {
     let http = reqwest::Client::new();
     let page = http.get(s.http("/")).send().await.expect("GET /");
     assert_eq!(page.status(), 200);

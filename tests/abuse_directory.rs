@@ -1,7 +1,7 @@
 //! Issue 13, attacks 3 and 6: amplifying the room directory, and making the server store
 //! things with upgrades and reads that never join. The directory is shared by every trial, so
 //! these look only at their own rooms (by name); the storage trial counts the edge's Durable
-//! Objects that hold data and runs alone there (its exclusive list in `tests/edge.rs`).
+//! Objects that hold data and runs alone there (`alone` in the list of `tests/e2e.rs`).
 
 use crate::*;
 use e2e_tests::abuse_support::error_code;
@@ -24,8 +24,7 @@ async fn subscribe_and_answer(c: &mut Client) -> Result<Vec<String>, i32> {
 
 /// Attack 3: One guest subscribes to the room list from six rooms: four subscriptions are served, the
 /// fifth and sixth refused with TOO_MANY_SUBSCRIPTIONS; the four keep receiving changes.
-pub async fn room_list_subscriptions_are_capped_per_user() {
-    let s = server();
+pub async fn room_list_subscriptions_are_capped_per_user(s: &Server) {
     let prefix = unique("subs");
     let token = s.guest_token("Watcher").await;
     let mut sockets = Vec::new();
@@ -71,8 +70,7 @@ pub async fn room_list_subscriptions_are_capped_per_user() {
 
 /// Attack 3: Many settings toggles of one room reach a subscriber coalesced: fewer `RoomListChanged`
 /// naming the room than changes applied, and the last one carries the final state.
-pub async fn settings_toggles_reach_subscribers_coalesced() {
-    let s = server();
+pub async fn settings_toggles_reach_subscribers_coalesced(s: &Server) {
     let room = unique("toggled");
     let mut owner = s.player(&room, "Toggler").await;
     owner.join().await;
@@ -151,8 +149,7 @@ pub async fn settings_toggles_reach_subscribers_coalesced() {
 
 /// Attack 3: `GET /api/rooms` is answered from a cache: at the edge a second call soon after the
 /// first says `x-piano-cache: hit`.
-pub async fn room_list_reads_are_cached() {
-    let s = server();
+pub async fn room_list_reads_are_cached(s: &Server) {
     let get = || async {
         let r = reqwest::get(s.http("/api/rooms"))
             .await
@@ -214,8 +211,7 @@ fn storage(s: &Server, rooms: &[String], accounts: &[String]) -> BTreeSet<String
 /// profiles, leave no storage; a room joined once and never configured leaves none either once
 /// empty; a configured room keeps its storage (which shows the check can see storage at all).
 /// At the edge it counts Durable Object files, so it runs alone there.
-pub async fn probes_and_anonymous_reads_create_no_storage() {
-    let s = server();
+pub async fn probes_and_anonymous_reads_create_no_storage(s: &Server) {
     let prefix = unique("probe");
     let configured = format!("{prefix}-configured");
     let fresh = format!("{prefix}-fresh");
@@ -313,8 +309,7 @@ pub async fn probes_and_anonymous_reads_create_no_storage() {
 
 /// Attack 6: Lookalike room names are refused before any room is reached: invisible characters,
 /// combining-only names and lookalikes of the lobbies.
-pub async fn lookalike_room_names_are_refused() {
-    let s = server();
+pub async fn lookalike_room_names_are_refused(s: &Server) {
     let token = s.guest_token("Spoofer").await;
     let tail = unique("x");
     let refused = [

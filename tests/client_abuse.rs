@@ -4,8 +4,8 @@
 //! refused before or after the upgrade) and clients of other networks.
 
 use crate::{Client, Event, RECV_TIMEOUT, Refused, refused_upgrade};
-use futures_util::{SinkExt, StreamExt};
-use piano_core::proto::{ClientMessage, ServerMessage, client_message, server_message};
+use futures_util::SinkExt;
+use piano_core::proto::{ClientMessage, client_message, server_message};
 use prost::Message as _;
 use std::time::Duration;
 use tokio_tungstenite::MaybeTlsStream;
@@ -26,29 +26,6 @@ impl Client {
         self.ws.send(Message::Binary(bytes.into())).await
     }
 
-    /// Like [`Client::next_event`], but a transport error (a reset after the server closed)
-    /// is an event too instead of a panic.
-    pub async fn next_event_lenient(&mut self, within: Duration) -> Option<Result<Event, String>> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()?;
-            match next {
-                Some(Ok(Message::Binary(b))) => {
-                    let msg =
-                        ServerMessage::decode(&b[..]).expect("server sent a valid ServerMessage");
-                    return Some(Ok(Event::Msg(msg.msg.expect("server message has a body"))));
-                }
-                Some(Ok(Message::Close(frame))) => return Some(Ok(Event::Closed(frame))),
-                Some(Ok(Message::Text(t))) => panic!("server sent a text frame: {t}"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Some(Err(e.to_string())),
-                None => return Some(Ok(Event::Closed(None))),
-            }
-        }
-    }
-
     /// Reads (handing every message to `seen`) until the server closes the socket or `within`
     /// passes.
     pub async fn until_closed(
@@ -59,11 +36,11 @@ impl Client {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_event_lenient(left).await {
-                Some(Ok(Event::Msg(m))) => seen(&m),
-                Some(Ok(Event::Closed(Some(f)))) => return Ending::Closed(u16::from(f.code)),
-                Some(Ok(Event::Closed(None))) => return Ending::ClosedWithoutFrame,
-                Some(Err(e)) => return Ending::Broken(e),
+            match self.next_event(left).await {
+                Some(Event::Msg(m)) => seen(&m),
+                Some(Event::Closed(Some(f))) => return Ending::Closed(u16::from(f.code)),
+                Some(Event::Closed(None)) => return Ending::ClosedWithoutFrame,
+                Some(Event::Broken(e)) => return Ending::Broken(e),
                 None => return Ending::StillOpen,
             }
         }
@@ -124,20 +101,20 @@ impl Client {
         };
         let mut errors = Vec::new();
         loop {
-            match client.next_event_lenient(RECV_TIMEOUT).await {
-                Some(Ok(Event::Msg(server_message::Msg::Welcome(w)))) => {
+            match client.next_event(RECV_TIMEOUT).await {
+                Some(Event::Msg(server_message::Msg::Welcome(w))) => {
                     client.welcome = w;
                     return Admission::Admitted(Box::new(client));
                 }
-                Some(Ok(Event::Msg(server_message::Msg::Error(e)))) => errors.push(e.code),
-                Some(Ok(Event::Msg(_))) => continue,
-                Some(Ok(Event::Closed(f))) => {
+                Some(Event::Msg(server_message::Msg::Error(e))) => errors.push(e.code),
+                Some(Event::Msg(_)) => continue,
+                Some(Event::Closed(f)) => {
                     return Admission::Closed {
                         errors,
                         code: f.map(|f| u16::from(f.code)),
                     };
                 }
-                Some(Err(e)) => return Admission::Failed(e),
+                Some(Event::Broken(e)) => return Admission::Failed(e),
                 None => return Admission::Failed("no Welcome and no close".into()),
             }
         }

@@ -1,41 +1,54 @@
 //! Behaviour the two hosts used to disagree on (issue 14's drifts), now decided once in
-//! `piano_core::account`: each trial runs against the edge and against the fallback with the
-//! same assertions.
+//! `piano_core::account`: each trial runs on the edge and the fallback with the same assertions.
 //!
-//! The trials that need MongoDB (and its outage) start their own rig: a backend stack on
-//! loopback (`stack::Stack`: secantusdb behind a Data API gateway) and a server of the suite's
-//! host pointed at it (the edge through the Data API, the fallback through the driver). They
-//! take turns on it (one outage at a time); the last one stops it.
+//! The trials that need MongoDB (and its outage) use a rig of their host: a backend stack on
+//! loopback (`stack::Stack`: secantusdb behind a Data API gateway) and a server of that host
+//! pointed at it (the edge through the Data API, the fallback through the driver).
+//! Those run on the edge and the standalone fallback: a rig is one server of its own, and the
+//! cluster's replicas run the same account code. Trials take turns on a rig (one outage at a
+//! time); [`stop_rigs`] stops them at the end of the run.
 
 use crate::*;
 use e2e_tests::stack::{Part, Stack};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
 
 /// `piano_core::account::lookup::LOOKUP_BACKOFF_MS`, in the `Retry-After` of a refusal.
 const LOOKUP_BACKOFF_SECS: &str = "5";
-/// How many trials below use the rig (the last one to finish stops it).
-const RIG_TRIALS: usize = 3;
 
 struct Rig {
     stack: Stack,
     server: Server,
 }
 
-static RIG: OnceLock<Rig> = OnceLock::new();
-/// One trial at a time on the rig (they take MongoDB down).
-static TURN: Mutex<()> = Mutex::new(());
-static RIG_LEFT: AtomicUsize = AtomicUsize::new(RIG_TRIALS);
+/// The edge's rig and the fallback's.
+static RIGS: [OnceLock<Rig>; 2] = [OnceLock::new(), OnceLock::new()];
+/// One trial at a time on a rig (they take MongoDB down).
+static TURNS: [Mutex<()>; 2] = [Mutex::const_new(()), Mutex::const_new(())];
 
-/// Runs `trial` with the rig to itself; the last rig trial stops it.
-async fn with_rig<F: std::future::Future<Output = ()>>(trial: impl FnOnce(&'static Rig) -> F) {
-    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
-    let rig = RIG.get_or_init(start_rig);
+fn slot(host: Host) -> usize {
+    match host {
+        Host::Edge => 0,
+        _ => 1,
+    }
+}
+
+/// Runs `trial` with the rig of `target`'s host to itself.
+async fn with_rig<F: std::future::Future<Output = ()>>(
+    target: &Server,
+    trial: impl FnOnce(&'static Rig) -> F,
+) {
+    let i = slot(target.host);
+    let _turn = TURNS[i].lock().await;
+    let rig = RIGS[i].get_or_init(|| start_rig(target.host));
     trial(rig).await;
-    if RIG_LEFT.fetch_sub(1, Ordering::SeqCst) == 1 {
-        rig.server.stop();
-        let _ = std::fs::remove_dir_all(&rig.server.dir);
+}
+
+/// Stops the rigs that were started (at the end of the run).
+pub fn stop_rigs() {
+    for rig in RIGS.iter().filter_map(OnceLock::get) {
+        rig.server.shutdown();
         rig.stack.stop_all();
     }
 }
@@ -56,9 +69,9 @@ impl Drop for Outage<'_> {
     }
 }
 
-fn start_rig() -> Rig {
+fn start_rig(host: Host) -> Rig {
     let stack = Stack::start();
-    let server = match server().host {
+    let server = match host {
         Host::Edge => Server::start_edge_with(&stack.vars("drifts")),
         _ => {
             let vars = vec![
@@ -69,10 +82,8 @@ fn start_rig() -> Rig {
                 ("MONGODB_DATABASE".to_owned(), "pianotest".to_owned()),
                 ("DEPLOYMENT_ID".to_owned(), "drifts".to_owned()),
             ];
-            match option_env!("CARGO_BIN_EXE_k8s-fallback") {
-                Some(bin) => Server::start_fallback_binary(std::path::Path::new(bin), &vars),
-                None => panic!("the fallback's drift trials run from k8s-fallback's tests"),
-            }
+            let bin = std::path::Path::new(env!("CARGO_BIN_EXE_piano-fallback"));
+            Server::start_fallback_binary(bin, &vars)
         }
     };
     Rig { stack, server }
@@ -107,49 +118,52 @@ async fn register(s: &Server, name: &str) -> (u16, Option<String>, serde_json::V
     .await
 }
 
-fn name(prefix: &str) -> String {
-    format!("{prefix}-{}", now_ms() % 1_000_000_000)
+/// Registers `user`, waiting out `unavailable` while the server finds MongoDB again after an
+/// outage (the only refusal allowed meanwhile); the registration's answer.
+async fn register_once_up(s: &Server, user: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (status, _, body) = register(s, user).await;
+        if status == 201 {
+            return body;
+        }
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("unavailable")),
+            "only 'unavailable' until MongoDB answers: {body}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "still refused after MongoDB came back: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Drifts 1 and 7: while the shared account database cannot be reached, a registration is
 /// refused on both hosts (uniqueness cannot be checked), with one code, `unavailable`; once
 /// it is back, the same registration succeeds.
-pub async fn registration_is_refused_while_the_account_database_is_unreachable() {
-    with_rig(|rig| async move {
+pub async fn registration_is_refused_while_the_account_database_is_unreachable(target: &Server) {
+    with_rig(target, |rig| async move {
         let s = &rig.server;
-        let user = name("dr-reg");
+        let user = unique("dr-reg");
         let outage = Outage::begin(&rig.stack);
         let (status, _, body) = register(s, &user).await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["error"]["code"], "unavailable", "{body}");
         // Nothing was registered locally meanwhile: the name is still free once MongoDB is back.
         drop(outage);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let (status, _, body) = register(s, &user).await;
-            if status == 201 {
-                break;
-            }
-            assert_eq!(
-                status, 503,
-                "only 'unavailable' until MongoDB answers: {body}"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "still refused after MongoDB came back: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        register_once_up(s, &user).await;
     })
     .await;
 }
 
 /// Drift 2: after a failed lookup both hosts wait the same back-off before asking again, and
 /// say so (`Retry-After`); a client that waits that long gets through once MongoDB is back.
-pub async fn account_lookups_back_off_for_one_interval_on_both_hosts() {
-    with_rig(|rig| async move {
+pub async fn account_lookups_back_off_for_one_interval_on_both_hosts(target: &Server) {
+    with_rig(target, |rig| async move {
         let s = &rig.server;
-        let user = name("dr-back");
+        let user = unique("dr-back");
         let outage = Outage::begin(&rig.stack);
         for path in ["/api/auth/register", "/api/auth/login"] {
             let (status, retry_after, body) = post(
@@ -184,14 +198,14 @@ pub async fn account_lookups_back_off_for_one_interval_on_both_hosts() {
 
 /// Drift 3: an account document found in MongoDB is imported only if its username is the one
 /// it is stored under; a document naming another user signs nobody in.
-pub async fn an_imported_account_must_be_the_user_its_key_names() {
+pub async fn an_imported_account_must_be_the_user_its_key_names(target: &Server) {
     use piano_core::account::AccountData;
     use piano_core::password::PasswordHash;
-    with_rig(|rig| async move {
+    with_rig(target, |rig| async move {
         let s = &rig.server;
         let backends = rig.stack.backends();
         let mongo = backends.mongo.as_ref().expect("the stack has MongoDB");
-        let (stray, owner, good) = (name("dr-stray"), name("dr-owner"), name("dr-good"));
+        let (stray, owner, good) = (unique("dr-stray"), unique("dr-owner"), unique("dr-good"));
         let doc = |id: &str, username: &str| {
             let hash = PasswordHash::with_iterations("correct horse", vec![7; 16], 1000);
             let mut doc =
@@ -234,9 +248,8 @@ pub async fn an_imported_account_must_be_the_user_its_key_names() {
 /// Drift 4: one refresh-token parser with capped parts. Whatever is not a token the server
 /// issued is `invalid_session` for refresh and for logout alike (the edge used to take an
 /// unparseable logout token for "no token" and answer `unauthorized`); the real one still works.
-pub async fn refresh_tokens_are_parsed_alike_with_capped_parts() {
-    let s = server();
-    let user = name("dr-tok");
+pub async fn refresh_tokens_are_parsed_alike_with_capped_parts(s: &Server) {
+    let user = unique("dr-tok");
     let (status, _, reg) = register(s, &user).await;
     assert_eq!(status, 201, "{reg}");
     let token = reg["refresh_token"]

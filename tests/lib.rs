@@ -10,10 +10,9 @@ use futures_util::{SinkExt, StreamExt};
 use piano_core::identity::{Claims, SigningKey};
 use piano_core::proto::{ClientMessage, ServerMessage, client_message, server_message};
 use prost::Message as _;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Child;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -22,8 +21,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod abuse_support;
 mod client_abuse;
-pub mod fallback_server;
+pub mod process;
 pub mod stack;
+pub mod targets;
+
+pub use process::{free_port, spawn_guarded, stop_group, wait_for_port};
 
 pub use client_abuse::{Admission, Ending};
 pub use piano_core::proto;
@@ -53,13 +55,6 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -72,6 +67,14 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A name no other trial uses: `prefix-<ms>-<n>`. A trial names its rooms (and users) with it
+/// and looks only at what carries its own prefix, never at global lists or counts.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", now_ms() % 1_000_000_000)
 }
 
 /// A fresh random Ed25519 key in PKCS#8 PEM.
@@ -92,9 +95,16 @@ fn getrandom_fill(buf: &mut [u8]) {
         .expect("read /dev/urandom");
 }
 
-/// A running `wrangler dev`.
+/// One target of the e2e trials: `wrangler dev` (the edge), a standalone `k8s-fallback`, or two
+/// `k8s-fallback` replicas on a Redis behind a round-robin balancer. Trials see only its URLs,
+/// its signing keys and [`Host`]; how it is started and restarted lives in `targets.rs`.
 pub struct Server {
-    child: std::sync::Mutex<Option<Child>>,
+    /// The running processes (one `wrangler dev`, or one per replica).
+    procs: std::sync::Mutex<Vec<Child>>,
+    /// The server's environment; [`Server::set_env`] changes it for the next restart.
+    env: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    launch: targets::Launch,
+    /// The port clients use (the balancer's, for the cluster).
     pub port: u16,
     pub dir: PathBuf,
     pub key: SigningKey,
@@ -108,187 +118,6 @@ pub struct Server {
 }
 
 impl Server {
-    /// Builds the worker (incrementally) and starts wrangler dev with a new key and storage.
-    pub fn start_edge() -> Server {
-        Server::start_edge_with(&[])
-    }
-
-    /// As [`Server::start_edge`], with extra variables in the server's environment.
-    pub fn start_edge_with(vars: &[(String, String)]) -> Server {
-        let dir =
-            std::env::temp_dir().join(format!("piano-e2e-{}-{}", std::process::id(), now_ms()));
-        std::fs::create_dir_all(&dir).expect("create test dir");
-        let pem = random_key_pem();
-        let env_file = dir.join("test.env");
-        let mut f = std::fs::File::create(&env_file).expect("write env file");
-        writeln!(f, "JWT_PRIVATE_KEY=\"{}\"", pem.trim().replace('\n', "\\n"))
-            .expect("write env file");
-        let previous_key = SigningKey::from_pkcs8_pem(&random_key_pem()).expect("test key parses");
-        let previous_x = previous_key.public_jwk()["x"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        writeln!(f, "JWT_VERIFY_KEYS={previous_x}").expect("write env file");
-        // The shared server must not rate-limit the suite's own sign-ins; the rate-limit trial
-        // restarts it with the default.
-        writeln!(f, "AUTH_RATE_LIMIT_PER_MINUTE=100000").expect("write env file");
-        writeln!(f, "ADMIN_USERNAMES={ADMIN_USERNAMES}").expect("write env file");
-        writeln!(f, "ADMIN_BOOTSTRAP_SECRET={ADMIN_BOOTSTRAP_SECRET}").expect("write env file");
-        writeln!(f, "CORS_ORIGINS={CORS_ALLOWED_ORIGIN}").expect("write env file");
-        for (k, v) in vars {
-            writeln!(f, "{k}={v}").expect("write env file");
-        }
-        let key = SigningKey::from_pkcs8_pem(&pem).expect("test key parses");
-
-        eprintln!("e2e: building the worker (scripts/build-worker)");
-        let status = Command::new("bash")
-            .arg("scripts/build-worker")
-            .current_dir(repo_root())
-            .status()
-            .expect("run scripts/build-worker");
-        assert!(status.success(), "scripts/build-worker failed");
-
-        let server = Server {
-            child: std::sync::Mutex::new(None),
-            port: free_port(),
-            dir,
-            key,
-            key_pem: pem,
-            previous_key,
-            issuer: "pianorhythm".into(),
-            audience: "pianorhythm".into(),
-            host: Host::Edge,
-        };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("create wrangler log");
-        let mut cmd = Command::new(repo_root().join("node_modules/.bin/wrangler"));
-        cmd.current_dir(repo_root())
-            .args([
-                "dev",
-                "--ip",
-                "127.0.0.1",
-                "--show-interactive-dev-session=false",
-            ])
-            .args(["--port", &self.port.to_string()])
-            .args(["--inspector-port", &self.inspector_port().to_string()])
-            .arg("--persist-to")
-            .arg(self.dir.join("state"))
-            .arg("--env-file")
-            .arg(self.dir.join("test.env"))
-            .env("WRANGLER_SEND_METRICS", "false")
-            .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
-            .env(
-                "PATH",
-                format!(
-                    "{}/.cargo/bin:{}",
-                    std::env::var("HOME").unwrap_or_default(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log);
-        let started = Instant::now();
-        let child = spawn_guarded(cmd).expect("start wrangler dev");
-        *self.lock_child() = Some(child);
-        self.wait_ready();
-        eprintln!(
-            "e2e: wrangler dev ready on {} after {:.1}s",
-            self.http(""),
-            started.elapsed().as_secs_f64()
-        );
-    }
-
-    /// A free port for wrangler's inspector that is not the server's own port (the OS may hand
-    /// out a just-released port again).
-    fn inspector_port(&self) -> u16 {
-        loop {
-            let p = free_port();
-            if p != self.port {
-                return p;
-            }
-        }
-    }
-
-    fn lock_child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
-        self.child
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        let url = self.http("/healthz");
-        loop {
-            if let Ok(resp) = http_status(&url)
-                && resp == 200
-            {
-                return;
-            }
-            let exited = self.lock_child().as_mut().map(|c| c.try_wait());
-            if let Some(Ok(Some(status))) = exited {
-                panic!(
-                    "wrangler dev exited ({status}) before it was ready:\n{}",
-                    self.log_tail(60)
-                );
-            }
-            if Instant::now() > deadline {
-                panic!("wrangler dev not ready after 180 s:\n{}", self.log_tail(60));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Sets (or with `None` removes) one variable in the server's env file; it takes effect at
-    /// the next [`Server::restart`].
-    pub fn set_env(&self, key: &str, value: Option<&str>) {
-        let path = self.dir.join("test.env");
-        let text = std::fs::read_to_string(&path).expect("read env file");
-        let mut lines: Vec<String> = text
-            .lines()
-            .filter(|l| !l.starts_with(&format!("{key}=")))
-            .map(str::to_owned)
-            .collect();
-        if let Some(v) = value {
-            lines.push(format!("{key}={v}"));
-        }
-        std::fs::write(&path, lines.join("\n") + "\n").expect("write env file");
-    }
-
-    /// Stops the server and starts it again on the same port and storage.
-    pub fn restart(&self) {
-        self.stop();
-        self.spawn();
-    }
-
-    pub fn stop(&self) {
-        let Some(mut child) = self.lock_child().take() else {
-            return;
-        };
-        stop_group(&mut child);
-    }
-
-    /// Kept after the run (under target/, git-ignored) for post-mortems.
-    pub fn log_path(&self) -> PathBuf {
-        let dir = repo_root().join("target/e2e-logs");
-        let _ = std::fs::create_dir_all(&dir);
-        dir.join(format!("wrangler-{}.log", self.port))
-    }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
     pub fn http(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -356,86 +185,8 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.shutdown();
     }
-}
-
-/// Starts `cmd` in its own process group, tied to this test process: if the tests die, the
-/// kernel sends the child SIGTERM (`PR_SET_PDEATHSIG`).
-pub fn spawn_guarded(mut cmd: Command) -> std::io::Result<Child> {
-    use std::os::unix::process::CommandExt;
-    cmd.process_group(0);
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to signal the child when
-    // this test process dies, so a crashed test run leaves no server behind.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    // The kernel sends PR_SET_PDEATHSIG when the *thread* that forked exits, and test
-    // threads come and go: fork from a thread that lives as long as the process.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(cmd.spawn());
-        loop {
-            std::thread::park();
-        }
-    });
-    rx.recv()
-        .map_err(|_| std::io::Error::other("spawner thread vanished"))?
-}
-
-/// Stops a child started by [`spawn_guarded`] and everything in its process group: SIGTERM,
-/// up to 5 s of grace, then SIGKILL.
-pub fn stop_group(child: &mut Child) {
-    let pgid = child.id() as i32;
-    // SAFETY: signals our own child's process group; no memory is touched.
-    unsafe { libc::kill(-pgid, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // SAFETY: as above; whatever is left of the group goes too.
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    let _ = child.wait();
-}
-
-/// Waits until something accepts TCP connections on `port`, or `deadline` passes.
-pub fn wait_for_port(port: u16, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-/// Status of a plain blocking GET, for readiness polling before any runtime exists.
-fn http_status(url: &str) -> std::io::Result<u16> {
-    use std::io::{BufRead, Write};
-    let rest = url.trim_start_matches("http://");
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut s = std::net::TcpStream::connect(host)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-    write!(
-        s,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
-    // Only the status line: the server may keep the connection open after the body.
-    let mut status_line = String::new();
-    std::io::BufReader::new(s).read_line(&mut status_line)?;
-    Ok(status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0))
 }
 
 /// How a WebSocket connect failed: the HTTP status and JSON body the server answered with.
@@ -538,11 +289,14 @@ impl Client {
         match self.next_event(RECV_TIMEOUT).await {
             Some(Event::Msg(m)) => m,
             Some(Event::Closed(c)) => panic!("socket closed while waiting for a message: {c:?}"),
+            Some(Event::Broken(e)) => panic!("socket broke while waiting for a message: {e}"),
             None => panic!("no message within {RECV_TIMEOUT:?}"),
         }
     }
 
-    /// Waits up to `within` for the next event; `None` when nothing came.
+    /// Waits up to `within` for the next event; `None` when nothing came. A transport error (a
+    /// reset after the server closed, a server that died) is an event, not a panic: a flooder
+    /// is closed under its feet, a replica may be killed on purpose.
     pub async fn next_event(&mut self, within: Duration) -> Option<Event> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
@@ -558,7 +312,7 @@ impl Client {
                 Some(Ok(Message::Close(frame))) => return Some(Event::Closed(frame)),
                 Some(Ok(Message::Text(t))) => panic!("server sent a text frame: {t}"),
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("websocket error: {e}"),
+                Some(Err(e)) => return Some(Event::Broken(e.to_string())),
                 None => return Some(Event::Closed(None)),
             }
         }
@@ -601,6 +355,7 @@ impl Client {
                     }
                 }
                 Some(Event::Closed(c)) => panic!("socket closed while waiting: {c:?}"),
+                Some(Event::Broken(e)) => panic!("socket broke while waiting: {e}"),
                 None => panic!("the expected message did not come within {RECV_TIMEOUT:?}"),
             }
         }
@@ -641,6 +396,8 @@ impl Client {
 pub enum Event {
     Msg(server_message::Msg),
     Closed(Option<CloseFrame>),
+    /// The connection failed without a close (reset, or the server died).
+    Broken(String),
 }
 
 /// A one-note batch stamped now.

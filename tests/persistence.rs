@@ -18,7 +18,7 @@ fn stack() -> &'static Stack {
     STACK.get_or_init(Stack::start)
 }
 
-pub async fn mongo_client_speaks_the_data_api() {
+pub async fn mongo_client_speaks_the_data_api(_target: &Server) {
     let s = stack();
     let backends = s.backends();
     let mongo = backends.mongo.as_ref().expect("mongo configured");
@@ -120,7 +120,7 @@ pub async fn mongo_client_speaks_the_data_api() {
     );
 }
 
-pub async fn redis_client_speaks_the_upstash_protocol() {
+pub async fn redis_client_speaks_the_upstash_protocol(_target: &Server) {
     let s = stack();
     let backends = s.backends();
     let redis = backends.redis.as_ref().expect("redis configured");
@@ -168,7 +168,7 @@ pub async fn redis_client_speaks_the_upstash_protocol() {
     );
 }
 
-pub async fn clients_time_out_and_report_unreachable_services() {
+pub async fn clients_time_out_and_report_unreachable_services(_target: &Server) {
     // Nothing listens on a just-freed port: refused at once.
     let closed = e2e_tests::free_port();
     let mongo = DataApi::new(MongoConfig {
@@ -204,7 +204,7 @@ pub async fn clients_time_out_and_report_unreachable_services() {
     hold.abort();
 }
 
-pub async fn outbox_ops_are_idempotent() {
+pub async fn outbox_ops_are_idempotent(_target: &Server) {
     let s = stack();
     let backends = s.backends();
     let mongo = backends.mongo.as_ref().unwrap();
@@ -379,7 +379,7 @@ fn claims_of(token: &str) -> Value {
 
 const SETTLE: Duration = Duration::from_secs(30);
 
-pub async fn edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis() {
+pub async fn edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis(_target: &Server) {
     let stack = stack();
     let b = stack.backends();
     let s = Server::start_edge_with(&stack.vars("edge-a"));
@@ -655,7 +655,7 @@ pub async fn edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis() {
 
 /// Both databases die mid-session: the room keeps relaying notes and chat without waiting on
 /// them; once they are back, every chat message and account change arrives exactly once.
-pub async fn an_outage_of_both_backends_delays_writes_and_loses_none() {
+pub async fn an_outage_of_both_backends_delays_writes_and_loses_none(_target: &Server) {
     let stack = stack();
     let b = stack.backends();
     let s = Server::start_edge_with(&stack.vars("edge-fault"));
@@ -888,7 +888,7 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none() {
 
 /// Players whose sockets vanished with a restart (a deploy) are taken out of the shared presence
 /// when the room is next loaded.
-pub async fn presence_of_players_lost_in_a_restart_is_cleared() {
+pub async fn presence_of_players_lost_in_a_restart_is_cleared(_target: &Server) {
     let stack = stack();
     let b = stack.backends();
     let s = Server::start_edge_with(&stack.vars("edge-restart"));

@@ -34,8 +34,7 @@ fn batch_of_note_ons(n: usize) -> cm::Msg {
     })
 }
 
-pub async fn profiles_and_cursors_are_validated_and_broadcast() {
-    let s = server();
+pub async fn profiles_and_cursors_are_validated_and_broadcast(s: &Server) {
     let room = unique("profile");
     let mut a = s.player(&room, "Alice").await;
     a.join().await;
@@ -83,8 +82,7 @@ pub async fn profiles_and_cursors_are_validated_and_broadcast() {
     assert_eq!(b.error_code().await, ErrorCode::InvalidValue);
 }
 
-pub async fn notes_quota_black_midi_and_owner_only_play() {
-    let s = server();
+pub async fn notes_quota_black_midi_and_owner_only_play(s: &Server) {
     let room = unique("quota");
     let mut owner = s.player(&room, "Owner").await;
     let j = owner.join().await;
@@ -171,8 +169,7 @@ pub async fn notes_quota_black_midi_and_owner_only_play() {
     );
 }
 
-pub async fn chat_history_typing_rate_limit_and_welcome() {
-    let s = server();
+pub async fn chat_history_typing_rate_limit_and_welcome(s: &Server) {
     let room = unique("chat");
     let mut a = s.player(&room, "Alice").await;
     a.join().await;
@@ -274,8 +271,7 @@ pub async fn chat_history_typing_rate_limit_and_welcome() {
     .await;
 }
 
-pub async fn settings_password_and_crown() {
-    let s = server();
+pub async fn settings_password_and_crown(s: &Server) {
     let room = unique("crown");
     let mut owner = s.player(&room, "Owner").await;
     let j = owner.join().await;
@@ -352,8 +348,7 @@ pub async fn settings_password_and_crown() {
     assert_eq!(carol.error_code().await, ErrorCode::NotYet);
 }
 
-pub async fn moderation_kick_ban_unban_mute() {
-    let s = server();
+pub async fn moderation_kick_ban_unban_mute(s: &Server) {
     let room = unique("moderation");
     let mut owner = s.player_as(&room, "user:owner", &["member"]).await;
     owner.join().await;
@@ -454,8 +449,7 @@ pub async fn moderation_kick_ban_unban_mute() {
     assert_eq!(owner.error_code().await, ErrorCode::NotAllowed);
 }
 
-pub async fn typed_join_failures() {
-    let s = server();
+pub async fn typed_join_failures(s: &Server) {
     let room = unique("doors");
     let mut owner = s.player_as(&room, "user:door-owner", &["member"]).await;
     owner.join().await;
@@ -495,8 +489,7 @@ pub async fn typed_join_failures() {
 
 /// Settings, crown, bans and chat survive a restart of `wrangler dev` (the object's SQLite
 /// storage under --persist-to); clients reconnect and find the same room.
-pub async fn room_survives_a_restart() {
-    let s = server();
+pub async fn room_survives_a_restart(s: &Server) {
     let room = unique("restart");
     let mut owner = s.player_as(&room, "user:keeper", &["member"]).await;
     owner.join().await;

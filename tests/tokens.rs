@@ -45,8 +45,7 @@ async fn rest_status(s: &Server, token: &str) -> (u16, serde_json::Value) {
     (status, resp.json().await.unwrap_or_default())
 }
 
-pub async fn rfc8725_bad_tokens_are_refused_at_rest_and_websocket() {
-    let s = server();
+pub async fn rfc8725_bad_tokens_are_refused_at_rest_and_websocket(s: &Server) {
     let kid = s.key.kid().to_owned();
     let claims = serde_json::to_value(s.claims("guest:attacker", "Mallory")).unwrap();
     let good = s.sign(&s.claims("guest:attacker", "Mallory"));
@@ -171,8 +170,7 @@ pub async fn rfc8725_bad_tokens_are_refused_at_rest_and_websocket() {
     assert_eq!(resp.status(), 401);
 }
 
-pub async fn rotated_keys_verify_while_listed_and_are_published() {
-    let s = server();
+pub async fn rotated_keys_verify_while_listed_and_are_published(s: &Server) {
     let (status, jwks): (u16, serde_json::Value) = {
         let resp = reqwest::get(s.http("/.well-known/jwks.json"))
             .await

@@ -5,8 +5,8 @@
 //! - [`redis`]: a client for the Upstash REST protocol (command arrays, `/pipeline`).
 //! - [`layout`]: what goes where: collection names, Redis keys, and the writes that mirror each
 //!   change (accounts, rooms, chat → MongoDB; presence, room index, revoked sessions → Redis).
-//! - [`outbox`]: the op a host stores durably before delivering it, and the delivery rules
-//!   (idempotent ops, one ordered lane per backend, backoff, dead letters).
+//! - [`outbox`]: the op a host stores durably before delivering it (idempotent by design) and
+//!   its delivery; the rules (lanes, backoff, dead letters) are `piano_core::outbox`.
 //! - [`error`]: one error type, split into transient and permanent failures.
 //!
 //! Both backends are optional: [`Backends::from_vars`] reads the configuration and leaves a

@@ -6,11 +6,9 @@
 //! a stable id, `$set`, `HSET`/`HDEL`, `SET`), so a delivery that succeeded but whose answer was
 //! lost is simply delivered again: "at least once" on the wire, "exactly once" in the data.
 //!
-//! Rows are delivered in order within a [`Lane`] (one per backend), so a later write never
-//! overtakes an earlier one to the same document, and an outage of one backend does not hold
-//! up the other. A transient failure stops the lane until [`retry_delay`]; a rejected op (the
-//! backend refuses it as it is) would fail forever, so the host sets it aside (dead letter)
-//! and goes on.
+//! When a row goes out, is retried or becomes a dead letter is decided by the core's state
+//! machine (`piano_core::outbox`, the same on both hosts); this module is what a row holds and
+//! how it reaches its backend.
 
 use crate::Backends;
 use crate::error::BackendError;
@@ -18,23 +16,24 @@ use crate::redis::Command;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Lane {
-    Mongo,
-    Redis,
-}
+// The delivery rules (lanes, backoff, dead letters) are the core's, shared by both hosts.
+pub use piano_core::outbox::{Lane, retry_delay_ms};
 
-impl Lane {
-    pub const ALL: [Lane; 2] = [Lane::Mongo, Lane::Redis];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lane::Mongo => "mongo",
-            Lane::Redis => "redis",
-        }
-    }
-}
+/// The outbox's tables in SQLite, the same on both hosts: `outbox` (the rows waiting, with
+/// their lane, stored op, failed attempts, last error and supersede key) and `outbox_dead`.
+pub const SQLITE_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, lane TEXT NOT NULL, op TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, created INTEGER NOT NULL,
+        supersede TEXT
+    );
+    CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane, id);
+    CREATE INDEX IF NOT EXISTS outbox_by_supersede ON outbox (supersede);
+    CREATE TABLE IF NOT EXISTS outbox_dead (
+        id INTEGER PRIMARY KEY, lane TEXT NOT NULL, op TEXT NOT NULL, error TEXT NOT NULL,
+        failed_at INTEGER NOT NULL
+    );
+";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MongoAction {
@@ -110,6 +109,13 @@ impl DeliveryError {
             DeliveryError::Backend(e) => e.is_transient(),
         }
     }
+
+    /// The failure as the outbox's state machine weighs it.
+    pub fn outcome(&self) -> piano_core::outbox::Outcome {
+        piano_core::outbox::Outcome::Failed {
+            transient: self.is_transient(),
+        }
+    }
 }
 
 impl std::fmt::Display for DeliveryError {
@@ -160,12 +166,6 @@ pub async fn deliver(backends: &Backends, op: &Op) -> Result<(), DeliveryError> 
     }
 }
 
-/// Backoff after `attempts` failed deliveries of a lane's oldest row: 1 s, 2 s, 4 s … 60 s.
-pub fn retry_delay_ms(attempts: u32) -> u64 {
-    let exp = attempts.saturating_sub(1).min(6);
-    (1000u64 << exp).min(60_000)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,14 +185,5 @@ mod tests {
             let stored = serde_json::to_string(&op).unwrap();
             assert_eq!(serde_json::from_str::<Op>(&stored).unwrap(), op);
         }
-    }
-
-    #[test]
-    fn backoff_doubles_to_a_minute() {
-        let delays: Vec<u64> = (1..=9).map(retry_delay_ms).collect();
-        assert_eq!(
-            delays,
-            [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
-        );
     }
 }

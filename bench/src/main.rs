@@ -7,7 +7,7 @@
 //!    protobuf decoding), in a process of its own — this machine's fan-out floor;
 //! 2. `fallback`: the native host (`k8s-fallback`, standalone: SQLite, no Redis) from
 //!    `$CARGO_TARGET_DIR/release/k8s-fallback` (or `--fallback-bin`), started like the e2e
-//!    suite starts it (`tests/fallback_server.rs`: own port, throw-away key and data directory);
+//!    suite starts it (`tests/targets.rs`: own port, throw-away key and data directory);
 //! 3. `edge`: the real worker and Room objects in `wrangler dev` (started like the e2e suite
 //!    does, with its own key and storage).
 //!

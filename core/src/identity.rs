@@ -52,7 +52,7 @@ pub struct Identity {
     pub name: String,
     pub roles: Vec<String>,
     /// Members: the session behind the token (its `sid`), so ending that session reaches the
-    /// sockets it opened ([`crate::room::Input::SessionEnded`]). Guests: none.
+    /// sockets it opened (the room's `Input::SessionEnded`). Guests: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     /// When the socket must end (ms since the epoch): a guest token's `exp`; for a member the

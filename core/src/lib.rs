@@ -10,21 +10,27 @@
 //! - [`room`]: the room state machine (participants, notes and quota, chat, settings, crown,
 //!   moderation, time sync, errors) and its durable state.
 //! - [`lobby`]: the room directory and lobby placement, hosted by the Lobby object.
+//! - [`listing`]: what the directory lists about a room (its kind, summary, reports, changes),
+//!   shared by [`room`] and [`lobby`] so neither depends on the other.
 //! - [`notes`]: bounds on note batches.
 //! - [`identity`]: who a player is, and the Ed25519 (EdDSA) JWTs that prove it.
 //! - [`account`]: member accounts, sessions, token issuing, profile and role changes, the auth
 //!   rate limit and the one API error type, decided here and stored by the hosts.
 //! - [`names`]: validation of room names, display names and usernames.
 //! - [`password`]: password hashing (rooms and accounts).
+//! - [`outbox`]: the outbox's delivery rules (lanes, backoff, dead letters, coalescing), for
+//!   both hosts.
 //! - [`limits`]: protocol-wide numbers (frame size, close codes) that clients rely on.
 
 pub mod account;
 pub mod http_policy;
 pub mod identity;
 pub mod limits;
+pub mod listing;
 pub mod lobby;
 pub mod names;
 pub mod notes;
+pub mod outbox;
 pub mod password;
 pub mod room;
 

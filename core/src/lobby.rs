@@ -15,8 +15,7 @@
 //! subscribe in, and drops rooms that stop answering pushes.
 
 use crate::Millis;
-use crate::proto;
-use crate::room::stored::RoomKind;
+pub use crate::listing::{Delta, Report, Summary};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,73 +39,6 @@ pub const MAX_PUSH_FAILURES: u32 = 3;
 pub const PUSH_CONCURRENCY: usize = 16;
 /// A push not answered within this long counts as failed.
 pub const PUSH_TIMEOUT_MS: u64 = 5_000;
-
-/// One room as the directory lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Summary {
-    pub name: String,
-    pub players: u32,
-    pub capacity: u32,
-    pub visible: bool,
-    pub locked: bool,
-    pub owner_name: String,
-    pub kind: RoomKind,
-    pub last_activity: u64,
-}
-
-impl Summary {
-    pub fn to_proto(&self) -> proto::RoomSummary {
-        proto::RoomSummary {
-            name: self.name.clone(),
-            players: self.players,
-            capacity: self.capacity,
-            visible: self.visible,
-            locked: self.locked,
-            owner_name: self.owner_name.clone(),
-            kind: self.kind.as_str().into(),
-            last_activity: self.last_activity,
-        }
-    }
-
-    /// Shown in room lists (here and in the shared index): visible and not empty.
-    pub fn listed(&self) -> bool {
-        self.visible && self.players > 0
-    }
-}
-
-/// What a room sends the directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Report {
-    pub summary: Summary,
-    /// User ids present (lobbies only: they settle seat reservations).
-    #[serde(default)]
-    pub users: Vec<String>,
-    /// Increases with every report of a room; older reports that arrive late are ignored.
-    pub version: u64,
-    /// When the directory received it (set by the directory, not the room).
-    #[serde(default)]
-    pub received_at: Millis,
-}
-
-/// A change to the listing, for subscribers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delta {
-    pub upserted: Vec<Summary>,
-    pub removed: Vec<String>,
-}
-
-impl Delta {
-    pub fn is_empty(&self) -> bool {
-        self.upserted.is_empty() && self.removed.is_empty()
-    }
-
-    pub fn to_proto(&self) -> proto::RoomListChanged {
-        proto::RoomListChanged {
-            upserted: self.upserted.iter().map(Summary::to_proto).collect(),
-            removed: self.removed.clone(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Directory {
@@ -434,6 +366,7 @@ impl Subscribers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::listing::RoomKind;
 
     fn report(name: &str, players: u32, visible: bool, version: u64) -> Report {
         Report {

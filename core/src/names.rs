@@ -3,6 +3,7 @@
 //! Both reject control characters and the Unicode bidi overrides/isolates, which can make a name
 //! render as something else (a classic impersonation trick in chat rooms).
 
+use crate::listing::RoomKind;
 use std::fmt;
 
 /// Longest display name, in characters.
@@ -213,9 +214,9 @@ pub fn is_combining_mark(c: char) -> bool {
 /// (`0`/`ο`/`о` → o, `1`/`i`/`|`/`ӏ` → l, `8`/`в`/`β` → b, `у`/`γ` → y, accents dropped), it is
 /// `lobby` followed by nothing but digits. The real lobbies pass ([`RoomKind::of`]).
 ///
-/// [`RoomKind::of`]: crate::room::stored::RoomKind::of
+/// [`RoomKind::of`]: crate::listing::RoomKind::of
 pub fn is_lobby_lookalike(name: &str) -> bool {
-    if crate::room::stored::RoomKind::of(name) == crate::room::stored::RoomKind::Lobby {
+    if RoomKind::of(name) == RoomKind::Lobby {
         return false;
     }
     let mut skeleton = String::new();

@@ -2,14 +2,9 @@
 //!
 //! An op is inserted into the object's SQLite in the same synchronous step as the state change
 //! it mirrors, so both commit together (workerd batches the writes of one event atomically);
-//! then the object's alarm delivers the rows, oldest first, one lane per backend, deleting each
-//! once acknowledged. A newer write of the same document fields replaces a queued older one,
-//! so a long outage leaves one row per field (plus the chat), not one per change.
-//!
-//! Failures: a transient one leaves the row (with its attempt count and error) and puts its
-//! lane in backoff (1 s doubling to 60 s) while the other lane carries on; an op the backend
-//! refuses as such is moved to `outbox_dead` (kept for the operator, never silently dropped) so
-//! it cannot hold up the rest.
+//! then the object's alarm delivers the rows. What goes out next, backoff, dead letters and
+//! coalescing are the core's rules (`piano_core::outbox`, shared with the fallback); this file
+//! keeps the rows (`outbox`, `outbox_dead`) and the alarm, and performs the deliveries.
 //!
 //! The alarm: [`Outbox::kick`] after an event that queued rows; [`Outbox::begin_alarm`] /
 //! [`Outbox::finish_alarm`] around the handler, which always sets the next alarm from the
@@ -17,28 +12,11 @@
 //! flush failed. Players never wait on any of this: delivery runs in the alarm, and fetches
 //! yield to the object's other events.
 
-use piano_backends::outbox::{Lane, Op, deliver, retry_delay_ms};
+use piano_backends::outbox::{Lane, Op, SQLITE_SCHEMA as SCHEMA, deliver};
 use piano_backends::{Backends, layout};
-use std::cell::Cell;
+use piano_core::outbox::{BATCH, Outcome, RowMeta, Verdict};
+use std::cell::{Cell, RefCell};
 use worker::*;
-
-const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS outbox (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, lane TEXT NOT NULL, op TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, created INTEGER NOT NULL,
-        supersede TEXT
-    );
-    CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane, id);
-    CREATE INDEX IF NOT EXISTS outbox_by_supersede ON outbox (supersede);
-    CREATE TABLE IF NOT EXISTS outbox_dead (
-        id INTEGER PRIMARY KEY, lane TEXT NOT NULL, op TEXT NOT NULL, error TEXT NOT NULL,
-        failed_at INTEGER NOT NULL
-    );
-";
-
-/// Rows delivered per lane per alarm before yielding (the alarm is re-armed at once if more
-/// are waiting), so one alarm never runs for long.
-const BATCH: usize = 100;
 
 /// Reads the backend configuration from the object's env; a broken configuration is logged and
 /// treated as none (the object keeps working on its own storage; the worker's `/healthz`
@@ -71,10 +49,9 @@ pub struct Outbox {
     in_alarm: Cell<bool>,
     /// When the alarm is set for, as far as this instance knows (`None`: unknown or none).
     scheduled: Cell<Option<u64>>,
-    /// Per lane (Mongo, Redis): no delivery attempts before this time (backoff after a
-    /// failure), so a failing backend neither holds up the other lane nor is retried on every
-    /// new write.
-    lane_retry_at: [Cell<u64>; 2],
+    /// Which lanes are due, backing off or being delivered (the core's rules). Never borrowed
+    /// across an await.
+    machine: RefCell<piano_core::outbox::Outbox>,
 }
 
 /// Resets the `flushing` flag however a flush ends.
@@ -83,13 +60,6 @@ struct FlushGuard<'a>(&'a Cell<bool>);
 impl Drop for FlushGuard<'_> {
     fn drop(&mut self) {
         self.0.set(false);
-    }
-}
-
-fn lane_index(lane: Lane) -> usize {
-    match lane {
-        Lane::Mongo => 0,
-        Lane::Redis => 1,
     }
 }
 
@@ -120,7 +90,7 @@ impl Outbox {
             flushing: Cell::new(false),
             in_alarm: Cell::new(false),
             scheduled: Cell::new(None),
-            lane_retry_at: [Cell::new(0), Cell::new(0)],
+            machine: RefCell::default(),
         }
     }
 
@@ -170,6 +140,7 @@ impl Outbox {
                     supersede.into(),
                 ],
             )?;
+            self.machine.borrow_mut().queued(op.lane());
             self.dirty.set(true);
         }
         Ok(())
@@ -256,22 +227,29 @@ impl Outbox {
 
     /// The earliest time a lane with waiting rows may be tried again.
     fn next_attempts(&self, sql: &SqlStorage, now: u64) -> Result<Option<u64>> {
+        if self.backends.is_none() {
+            return Ok(None);
+        }
+        self.look(sql)?;
+        Ok(self.machine.borrow().poll_timeout(now))
+    }
+
+    /// Tells the state machine which lanes hold rows (this instance may be new since they
+    /// were stored: after eviction, or rows stored by an earlier instance).
+    fn look(&self, sql: &SqlStorage) -> Result<()> {
         #[derive(serde::Deserialize)]
         struct LaneRow {
             lane: String,
-        }
-        if self.backends.is_none() {
-            return Ok(None);
         }
         sql.exec(SCHEMA, None)?;
         let waiting: Vec<LaneRow> = sql
             .exec("SELECT DISTINCT lane FROM outbox", None)?
             .to_array()?;
-        Ok(waiting
-            .iter()
-            .filter_map(|r| Lane::ALL.into_iter().find(|l| l.as_str() == r.lane))
-            .map(|lane| self.lane_retry_at[lane_index(lane)].get().max(now))
-            .min())
+        let mut machine = self.machine.borrow_mut();
+        for lane in Lane::ALL {
+            machine.set_waiting(lane, waiting.iter().any(|r| r.lane == lane.as_str()));
+        }
+        Ok(())
     }
 
     /// Delivers what is queued; both lanes run side by side, each skipped while in backoff.
@@ -287,11 +265,32 @@ impl Outbox {
         let _guard = FlushGuard(&self.flushing);
         // Rows queued from here on are seen by the end of the alarm (`finish_alarm`).
         self.dirty.set(false);
-        sql.exec(SCHEMA, None)?;
-        let (mongo, redis) = futures_util::join!(
-            self.flush_lane(sql, backends, Lane::Mongo, now),
-            self.flush_lane(sql, backends, Lane::Redis, now)
-        );
+        self.look(sql)?;
+        let due: Vec<Lane> = {
+            let mut machine = self.machine.borrow_mut();
+            std::iter::from_fn(|| machine.next_lane(now)).collect()
+        };
+        let run = |lane: Lane| {
+            let due = due.contains(&lane);
+            async move {
+                if !due {
+                    return Ok(Flushed::default());
+                }
+                let result = self.flush_lane(sql, backends, lane, now).await;
+                // However the run ended, the lane is free again (an error leaves its rows).
+                let left = count(
+                    sql,
+                    &format!(
+                        "SELECT COUNT(*) AS n FROM outbox WHERE lane = '{}'",
+                        lane.as_str()
+                    ),
+                )
+                .map_or(true, |n| n > 0);
+                self.machine.borrow_mut().lane_done(lane, left);
+                result
+            }
+        };
+        let (mongo, redis) = futures_util::join!(run(Lane::Mongo), run(Lane::Redis));
         let (mongo, redis) = (mongo?, redis?);
         let pending = count(sql, "SELECT COUNT(*) AS n FROM outbox")?;
         Ok(Flushed {
@@ -301,6 +300,7 @@ impl Outbox {
         })
     }
 
+    /// One lane's run, oldest row first, as the core's verdicts say.
     async fn flush_lane(
         &self,
         sql: &SqlStorage,
@@ -309,10 +309,6 @@ impl Outbox {
         now: u64,
     ) -> Result<Flushed> {
         let mut done = Flushed::default();
-        let retry_at = &self.lane_retry_at[lane_index(lane)];
-        if retry_at.get() > now {
-            return Ok(done);
-        }
         let rows: Vec<Row> = sql
             .exec(
                 "SELECT id, op, attempts FROM outbox WHERE lane = ? ORDER BY id LIMIT ?",
@@ -320,44 +316,51 @@ impl Outbox {
             )?
             .to_array()?;
         for row in rows {
-            let op: Op = match serde_json::from_str(&row.op) {
-                Ok(op) => op,
-                Err(e) => {
-                    self.bury(sql, &row, lane, &format!("unreadable op: {e}"), now)?;
-                    done.dead += 1;
-                    continue;
-                }
+            let meta = RowMeta {
+                id: row.id,
+                lane,
+                attempts: row.attempts.clamp(0, u32::MAX as i64) as u32,
             };
-            match deliver(backends, &op).await {
-                Ok(()) => {
+            let (outcome, error) = match serde_json::from_str::<Op>(&row.op) {
+                Err(e) => (Outcome::Unreadable, format!("unreadable op: {e}")),
+                Ok(op) => match deliver(backends, &op).await {
+                    Ok(()) => (Outcome::Delivered, String::new()),
+                    Err(e) => (e.outcome(), e.to_string()),
+                },
+            };
+            let verdict = self.machine.borrow_mut().report(&meta, outcome, now);
+            match verdict {
+                Verdict::Delete => {
                     sql.exec("DELETE FROM outbox WHERE id = ?", vec![row.id.into()])?;
                     done.delivered += 1;
-                    retry_at.set(0);
                 }
-                Err(e) if e.is_transient() => {
-                    let attempts = row.attempts + 1;
+                Verdict::Retry { attempts, .. } => {
                     sql.exec(
                         "UPDATE outbox SET attempts = ?, last_error = ? WHERE id = ?",
-                        vec![attempts.into(), e.to_string().into(), row.id.into()],
+                        vec![
+                            (attempts as i64).into(),
+                            error.as_str().into(),
+                            row.id.into(),
+                        ],
                     )?;
                     if attempts == 1 || attempts % 10 == 0 {
                         console_warn!(
-                            "{} outbox: delivery failed ({attempts}x), will retry: {e}",
+                            "{} outbox: delivery failed ({attempts}x), will retry: {error}",
                             lane.as_str()
                         );
                     }
-                    let at = now + retry_delay_ms(attempts.clamp(1, 64) as u32);
-                    retry_at.set(at);
-                    break; // later rows wait: order within a lane is kept
                 }
-                Err(e) => {
+                Verdict::Bury => {
                     console_error!(
-                        "{} outbox: op rejected, set aside in outbox_dead: {e}",
+                        "{} outbox: op set aside in outbox_dead: {error}",
                         lane.as_str()
                     );
-                    self.bury(sql, &row, lane, &e.to_string(), now)?;
+                    self.bury(sql, &row, lane, &error, now)?;
                     done.dead += 1;
                 }
+            }
+            if !verdict.lane_goes_on() {
+                break; // later rows wait: order within a lane is kept
             }
         }
         Ok(done)

@@ -6,7 +6,8 @@
 //! `IdentityChanged` closes the user's sockets with 4002. Session and token expiry are the
 //! room's own alarm (`Room::next_deadline`).
 
-use crate::{ROOM_HEADER, room_host};
+use crate::ROOM_HEADER;
+use crate::room::host;
 use serde::{Deserialize, Serialize};
 use worker::*;
 
@@ -53,7 +54,7 @@ pub async fn notify(env: &Env, rooms: &[String], notice: &Notice) {
     };
     for room in rooms {
         let result = async {
-            let (stub, encoded) = room_host::room_stub(env, room)?;
+            let (stub, encoded) = host::room_stub(env, room)?;
             let headers = Headers::new();
             headers.set(ROOM_HEADER, &encoded)?;
             let mut init = RequestInit::new();

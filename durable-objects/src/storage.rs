@@ -160,7 +160,7 @@ pub fn write(sql: &SqlStorage, change: Change) -> Result<()> {
             sql.exec("DELETE FROM chat", None)?;
             Ok(())
         }
-        // The host deletes the whole storage (see `room_host::discard_if_asked`).
+        // The host deletes the whole storage (see `room::host::discard_if_asked`).
         Change::Discard => Ok(()),
     }
 }

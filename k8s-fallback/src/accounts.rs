@@ -4,17 +4,18 @@
 //! asks the core, calls the store ([`store`], [`sessions`]) and answers; every refusal is an
 //! [`ApiError`], turned into HTTP by [`crate::auth::api_error`].
 //!
-//! Layering (one way): `http` → `accounts` → `auth` (token checks) → `accounts::store`.
+//! Layering (one way): `http` → `accounts` → `auth` (token checks; members' sessions through
+//! [`crate::auth::Sessions`], which [`store::Accounts`] implements).
 
 mod sessions;
 pub mod store;
 
 pub use piano_core::account::{AccountData, ROLES, SESSION_TTL_MS};
-pub use store::{Accounts, run_redis_op};
+pub use store::Accounts;
 
 use crate::auth::{api_error, verify_claims};
-use crate::http::{json, with_header};
-use crate::hub::Hub;
+use crate::config::Config;
+use crate::json::{json, with_header};
 use crate::reach::Reach;
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -53,7 +54,7 @@ pub fn body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// Access and refresh tokens for a session.
 fn issue(
-    hub: &Hub,
+    cfg: &Config,
     a: &AccountData,
     sid: &str,
     secret: &str,
@@ -61,31 +62,25 @@ fn issue(
     status: u16,
 ) -> Response {
     let issuer = Issuer {
-        issuer: &hub.cfg.issuer,
-        audience: &hub.cfg.audience,
-        ttl_secs: hub.cfg.access_ttl_secs,
+        issuer: &cfg.issuer,
+        audience: &cfg.audience,
+        ttl_secs: cfg.access_ttl_secs,
     };
     let public = a.public();
     let claims = issuer.member(&public, sid, generation, crate::now_ms() / 1000);
-    let access = hub.cfg.signing.sign(&claims);
+    let access = cfg.signing.sign(&claims);
     no_store(json(
         status,
         &session_body(&access, &claims, public, sid, secret),
     ))
 }
 
-async fn start_session(hub: &Hub, a: &AccountData, status: u16) -> Answer {
-    let (sid, secret) = hub
-        .accounts
-        .open_session(
-            &a.user_id(),
-            &a.key(),
-            hub.cfg.max_sessions,
-            crate::now_ms(),
-        )
+async fn start_session(cfg: &Config, accounts: &Accounts, a: &AccountData, status: u16) -> Answer {
+    let (sid, secret) = accounts
+        .open_session(&a.user_id(), &a.key(), cfg.max_sessions, crate::now_ms())
         .await
         .map_err(|e| unavailable(&e))?;
-    Ok(issue(hub, a, &sid, &secret, 1, status))
+    Ok(issue(cfg, a, &sid, &secret, 1, status))
 }
 
 #[derive(Deserialize)]
@@ -97,21 +92,31 @@ struct Credentials {
 }
 
 /// `POST /api/auth/register {"username", "password", "email"?}`.
-pub async fn register(hub: &Hub, bootstrap: Option<&str>, bytes: &[u8]) -> Response {
-    answer(register_inner(hub, bootstrap, bytes).await)
+pub async fn register(
+    cfg: &Config,
+    accounts: &Accounts,
+    bootstrap: Option<&str>,
+    bytes: &[u8],
+) -> Response {
+    answer(register_inner(cfg, accounts, bootstrap, bytes).await)
 }
 
-async fn register_inner(hub: &Hub, bootstrap: Option<&str>, bytes: &[u8]) -> Answer {
+async fn register_inner(
+    cfg: &Config,
+    accounts: &Accounts,
+    bootstrap: Option<&str>,
+    bytes: &[u8],
+) -> Answer {
     let b: Credentials = body(bytes)?;
     let key =
         piano_core::account::check_registration(&b.username, &b.password, b.email.as_deref())?;
     let admin = piano_core::account::admin_on_register(
         &key,
-        &hub.cfg.admins,
-        hub.cfg.admin_bootstrap_secret.as_deref(),
+        &cfg.admins,
+        cfg.admin_bootstrap_secret.as_deref(),
         bootstrap,
     )?;
-    let found = hub.accounts.find(&key).await.map_err(|e| unavailable(&e))?;
+    let found = accounts.find(&key).await.map_err(|e| unavailable(&e))?;
     lookup::may_register(&found)?;
     let password = b.password;
     let hash = tokio::task::spawn_blocking(move || {
@@ -128,28 +133,27 @@ async fn register_inner(hub: &Hub, bootstrap: Option<&str>, bytes: &[u8]) -> Ans
         store::random_bytes::<3>(),
         crate::now_ms(),
     );
-    if !hub
-        .accounts
+    if !accounts
         .create(&key, &account)
         .await
         .map_err(|e| unavailable(&e))?
     {
         return Err(ApiError::UsernameTaken);
     }
-    hub.accounts.mirror(&account, true);
+    accounts.mirror(&account, true);
     tracing::info!(user = key, "member registered");
-    start_session(hub, &account, 201).await
+    start_session(cfg, accounts, &account, 201).await
 }
 
 /// `POST /api/auth/login {"username", "password"}`.
-pub async fn login(hub: &Hub, bytes: &[u8]) -> Response {
-    answer(login_inner(hub, bytes).await)
+pub async fn login(cfg: &Config, accounts: &Accounts, bytes: &[u8]) -> Response {
+    answer(login_inner(cfg, accounts, bytes).await)
 }
 
-async fn login_inner(hub: &Hub, bytes: &[u8]) -> Answer {
+async fn login_inner(cfg: &Config, accounts: &Accounts, bytes: &[u8]) -> Answer {
     let b: Credentials = body(bytes)?;
     let key = names::username(&b.username).map_err(|_| ApiError::InvalidCredentials)?;
-    let found = hub.accounts.find(&key).await.map_err(|e| unavailable(&e))?;
+    let found = accounts.find(&key).await.map_err(|e| unavailable(&e))?;
     let mut account = lookup::login_account(found)?;
     let stored = account.password.clone();
     let password = b.password;
@@ -159,8 +163,8 @@ async fn login_inner(hub: &Hub, bytes: &[u8]) -> Answer {
     if !ok {
         return Err(ApiError::InvalidCredentials);
     }
-    if piano_core::account::admin_on_login(&key, &hub.cfg.admins) && account.clone().grant_admin() {
-        let updated = hub.accounts.update(&key, |a| {
+    if piano_core::account::admin_on_login(&key, &cfg.admins) && account.clone().grant_admin() {
+        let updated = accounts.update(&key, |a| {
             a.grant_admin();
         });
         let updated = updated.await;
@@ -168,7 +172,7 @@ async fn login_inner(hub: &Hub, bytes: &[u8]) -> Answer {
             .map_err(|e| unavailable(&e))?
             .ok_or(ApiError::InvalidCredentials)?;
     }
-    start_session(hub, &account, 200).await
+    start_session(cfg, accounts, &account, 200).await
 }
 
 #[derive(Deserialize, Default)]
@@ -179,11 +183,11 @@ struct RefreshBody {
 
 /// `POST /api/auth/refresh {"refresh_token"}`: new access and refresh tokens; the old ones stop
 /// working.
-pub async fn refresh(hub: &Hub, bytes: &[u8]) -> Response {
-    answer(refresh_inner(hub, bytes).await)
+pub async fn refresh(cfg: &Config, accounts: &Accounts, bytes: &[u8]) -> Response {
+    answer(refresh_inner(cfg, accounts, bytes).await)
 }
 
-async fn refresh_inner(hub: &Hub, bytes: &[u8]) -> Answer {
+async fn refresh_inner(cfg: &Config, accounts: &Accounts, bytes: &[u8]) -> Answer {
     let b: RefreshBody = body(bytes)?;
     let not_valid = ApiError::InvalidSession(SessionRefusal::NotValid);
     let t = b
@@ -191,15 +195,13 @@ async fn refresh_inner(hub: &Hub, bytes: &[u8]) -> Answer {
         .as_deref()
         .and_then(RefreshToken::parse)
         .ok_or(not_valid.clone())?;
-    let account = hub
-        .accounts
+    let account = accounts
         .load(t.user)
         .await
         .map_err(|e| unavailable(&e))?
         .ok_or(not_valid)?;
     let new_secret = crate::config::random_hex(32);
-    let outcome = hub
-        .accounts
+    let outcome = accounts
         .refresh_session(t.user, t.sid, t.secret, &new_secret, crate::now_ms())
         .await
         .map_err(|e| unavailable(&e))?;
@@ -214,18 +216,28 @@ async fn refresh_inner(hub: &Hub, bytes: &[u8]) -> Answer {
             Err(ApiError::InvalidSession(SessionRefusal::Reused))
         }
         Refreshed::Rotated(generation) => {
-            Ok(issue(hub, &account, t.sid, &new_secret, generation, 200))
+            Ok(issue(cfg, &account, t.sid, &new_secret, generation, 200))
         }
     }
 }
 
 /// `POST /api/auth/logout {"refresh_token"}` (or with just the access token as Bearer): ends
 /// the session; its access and refresh tokens are refused from now on.
-pub async fn logout(hub: &Hub, bearer: Option<String>, bytes: &[u8]) -> Response {
-    answer(logout_inner(hub, bearer, bytes).await)
+pub async fn logout(
+    cfg: &Config,
+    accounts: &Accounts,
+    bearer: Option<String>,
+    bytes: &[u8],
+) -> Response {
+    answer(logout_inner(cfg, accounts, bearer, bytes).await)
 }
 
-async fn logout_inner(hub: &Hub, bearer: Option<String>, bytes: &[u8]) -> Answer {
+async fn logout_inner(
+    cfg: &Config,
+    accounts: &Accounts,
+    bearer: Option<String>,
+    bytes: &[u8],
+) -> Answer {
     // An empty or unreadable body means "log out with the access token".
     let b: RefreshBody = serde_json::from_slice(bytes).unwrap_or_default();
     let ended = if let Some(refresh) = b.refresh_token.as_deref() {
@@ -233,18 +245,18 @@ async fn logout_inner(hub: &Hub, bearer: Option<String>, bytes: &[u8]) -> Answer
         // session id alone are in every access token's readable payload).
         let t = RefreshToken::parse(refresh)
             .ok_or(ApiError::InvalidSession(SessionRefusal::NotValid))?;
-        hub.accounts
+        accounts
             .revoke_with_secret(t.user, t.sid, t.secret)
             .await
             .map_err(|e| unavailable(&e))?
     } else {
         // The session of a live, verified access token (the whole signed token is the proof).
-        let claims = verify_claims(hub, bearer.as_deref()).await?;
+        let claims = verify_claims(cfg, accounts, bearer.as_deref()).await?;
         let (Some(key), Some(sid)) = (claims.sub.strip_prefix("user:"), claims.sid.as_deref())
         else {
             return Err(ApiError::NotAMember);
         };
-        hub.accounts
+        accounts
             .revoke(key, sid)
             .await
             .map_err(|e| unavailable(&e))?;
@@ -260,14 +272,14 @@ async fn logout_inner(hub: &Hub, bearer: Option<String>, bytes: &[u8]) -> Answer
 
 /// `GET /api/users/me`: a member's stored profile; a guest's token identity (and a member's,
 /// when this deployment cannot find the account: the edge's, without a shared MongoDB).
-pub async fn me(hub: &Hub, headers: &HeaderMap) -> Response {
-    answer(me_inner(hub, headers).await)
+pub async fn me(cfg: &Config, accounts: &Accounts, headers: &HeaderMap) -> Response {
+    answer(me_inner(cfg, accounts, headers).await)
 }
 
-async fn me_inner(hub: &Hub, headers: &HeaderMap) -> Answer {
-    let claims = verify_claims(hub, crate::auth::bearer(headers).as_deref()).await?;
+async fn me_inner(cfg: &Config, accounts: &Accounts, headers: &HeaderMap) -> Answer {
+    let claims = verify_claims(cfg, accounts, crate::auth::bearer(headers).as_deref()).await?;
     if let Some(key) = claims.sub.strip_prefix("user:")
-        && let Lookup::Found(a) = hub.accounts.find(key).await.map_err(|e| unavailable(&e))?
+        && let Lookup::Found(a) = accounts.find(key).await.map_err(|e| unavailable(&e))?
     {
         return Ok(no_store(json(200, &a.public())));
     }
@@ -283,20 +295,30 @@ async fn me_inner(hub: &Hub, headers: &HeaderMap) -> Answer {
 }
 
 /// `PUT /api/users/me {"name"?, "color"?, "status"?}` (members).
-pub async fn update_me(hub: &Hub, bearer: Option<String>, bytes: &[u8]) -> Response {
-    answer(update_me_inner(hub, bearer, bytes).await)
+pub async fn update_me(
+    cfg: &Config,
+    accounts: &Accounts,
+    bearer: Option<String>,
+    bytes: &[u8],
+) -> Response {
+    answer(update_me_inner(cfg, accounts, bearer, bytes).await)
 }
 
-async fn update_me_inner(hub: &Hub, bearer: Option<String>, bytes: &[u8]) -> Answer {
-    let claims = verify_claims(hub, bearer.as_deref()).await?;
+async fn update_me_inner(
+    cfg: &Config,
+    accounts: &Accounts,
+    bearer: Option<String>,
+    bytes: &[u8],
+) -> Answer {
+    let claims = verify_claims(cfg, accounts, bearer.as_deref()).await?;
     let key = claims
         .sub
         .strip_prefix("user:")
         .ok_or(ApiError::GuestsHaveNoProfile)?;
     let change = ProfileChange::check(body::<ProfileRequest>(bytes)?)?;
     // An account registered elsewhere is imported first (as at login).
-    hub.accounts.find(key).await.map_err(|e| unavailable(&e))?;
-    let updated = hub.accounts.update(key, move |a| change.apply(a)).await;
+    accounts.find(key).await.map_err(|e| unavailable(&e))?;
+    let updated = accounts.update(key, move |a| change.apply(a)).await;
     let a = updated
         .map_err(|e| unavailable(&e))?
         .ok_or(ApiError::NotFound)?;
@@ -304,12 +326,12 @@ async fn update_me_inner(hub: &Hub, bearer: Option<String>, bytes: &[u8]) -> Ans
 }
 
 /// `GET /api/users/{id}`: a member's public profile.
-pub async fn user(hub: &Hub, raw_id: &str) -> Response {
+pub async fn user(accounts: &Accounts, raw_id: &str) -> Response {
     answer(
         async {
             let key = profile::user_key(raw_id)?;
             // Local accounts only, as at the edge: an anonymous read must not cost a lookup.
-            let a = hub.accounts.load(&key).await.map_err(|e| unavailable(&e))?;
+            let a = accounts.load(&key).await.map_err(|e| unavailable(&e))?;
             Ok(no_store(json(200, &a.ok_or(ApiError::NotFound)?.public())))
         }
         .await,
@@ -317,20 +339,31 @@ pub async fn user(hub: &Hub, raw_id: &str) -> Response {
 }
 
 /// `POST /api/admin/users/{id}/roles {"add": [...], "remove": [...]}` (admins only).
-pub async fn set_roles(hub: &Hub, bearer: Option<String>, raw_id: &str, bytes: &[u8]) -> Response {
-    answer(set_roles_inner(hub, bearer, raw_id, bytes).await)
+pub async fn set_roles(
+    cfg: &Config,
+    accounts: &Accounts,
+    bearer: Option<String>,
+    raw_id: &str,
+    bytes: &[u8],
+) -> Response {
+    answer(set_roles_inner(cfg, accounts, bearer, raw_id, bytes).await)
 }
 
-async fn set_roles_inner(hub: &Hub, bearer: Option<String>, raw_id: &str, bytes: &[u8]) -> Answer {
-    let claims = verify_claims(hub, bearer.as_deref()).await?;
+async fn set_roles_inner(
+    cfg: &Config,
+    accounts: &Accounts,
+    bearer: Option<String>,
+    raw_id: &str,
+    bytes: &[u8],
+) -> Answer {
+    let claims = verify_claims(cfg, accounts, bearer.as_deref()).await?;
     profile::may_change_roles(&claims.roles)?;
     let key = profile::user_key(raw_id)?;
     let change = body::<RoleChange>(bytes)?.check()?;
-    hub.accounts.find(&key).await.map_err(|e| unavailable(&e))?;
+    accounts.find(&key).await.map_err(|e| unavailable(&e))?;
     let changed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = changed.clone();
-    let updated = hub
-        .accounts
+    let updated = accounts
         .update(&key, move |a| {
             // The last attempt of a compare-and-set loop is the one stored.
             flag.store(change.apply(a), std::sync::atomic::Ordering::Relaxed);
@@ -341,7 +374,7 @@ async fn set_roles_inner(hub: &Hub, bearer: Option<String>, raw_id: &str, bytes:
         .ok_or(ApiError::NotFound)?;
     if changed.load(std::sync::atomic::Ordering::Relaxed) {
         // Open sockets carry the old roles: they close (4002) and reconnect with new ones.
-        hub.accounts
+        accounts
             .reach(Reach::IdentityChanged {
                 user_id: a.user_id(),
             })

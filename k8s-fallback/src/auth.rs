@@ -3,13 +3,15 @@
 //! into HTTP ([`api_error`]) — the same rules as the edge (`src/auth.rs`), from the core.
 //!
 //! Members' tokens (`sid`/`gen` claims) are checked against their session at every use
-//! ([`piano_core::account::session::check`]): a logged-out or refreshed-away token is refused
-//! at once. A session this deployment never issued (the edge's, given the same key) is accepted
-//! on its signature unless the shared revocation list (`{REDIS_KEY_PREFIX}revoked:<sid>`, with
+//! ([`Sessions`], implemented by the account store under the core's
+//! [`piano_core::account::session::check`]): a logged-out or refreshed-away token is refused at
+//! once. A session this deployment never issued (the edge's, given the same key) is accepted on
+//! its signature unless the shared revocation list (`{REDIS_KEY_PREFIX}revoked:<sid>`, with
 //! Redis) names it.
 
-use crate::http::{json_error, with_header};
-use crate::hub::Hub;
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::json::{json_error, with_header};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use piano_core::account::ApiError;
@@ -26,7 +28,7 @@ use std::sync::Mutex;
 
 /// The response of a refused API request: the one place an [`ApiError`] becomes HTTP.
 pub fn api_error(e: &ApiError) -> Response {
-    let mut resp = crate::http::json(e.status(), &e.body());
+    let mut resp = crate::json::json(e.status(), &e.body());
     for (name, value) in e.headers() {
         resp = with_header(resp, name, &value);
     }
@@ -37,16 +39,27 @@ pub fn api_error(e: &ApiError) -> Response {
 pub const MAX_BODY_BYTES: usize = 4096;
 pub const BEARER_PREFIX: &str = "bearer.";
 
-pub fn jwks(hub: &Hub) -> Response {
-    let keys: Vec<_> = hub.cfg.public_keys.iter().map(public_jwk).collect();
+/// Members' sessions as the token check sees them: the account store implements this
+/// ([`crate::accounts`], above this module: its handlers check tokens here).
+pub trait Sessions: Sync {
+    fn check(
+        &self,
+        sub: &str,
+        sid: &str,
+        generation: u64,
+    ) -> impl std::future::Future<Output = Result<Check, String>> + Send;
+}
+
+pub fn jwks(cfg: &Config) -> Response {
+    let keys: Vec<_> = cfg.public_keys.iter().map(public_jwk).collect();
     with_header(
-        crate::http::json(200, &serde_json::json!({ "keys": keys })),
+        crate::json::json(200, &serde_json::json!({ "keys": keys })),
         "cache-control",
         "public, max-age=300",
     )
 }
 
-pub fn guest(hub: &Hub, body: &[u8]) -> Response {
+pub fn guest(cfg: &Config, body: &[u8]) -> Response {
     #[derive(serde::Deserialize)]
     struct GuestRequest {
         name: String,
@@ -63,15 +76,15 @@ pub fn guest(hub: &Hub, body: &[u8]) -> Response {
         Err(e) => return api_error(&ApiError::InvalidName(e.to_string())),
     };
     let issuer = Issuer {
-        issuer: &hub.cfg.issuer,
-        audience: &hub.cfg.audience,
-        ttl_secs: hub.cfg.guest_ttl_secs,
+        issuer: &cfg.issuer,
+        audience: &cfg.audience,
+        ttl_secs: cfg.guest_ttl_secs,
     };
     let id = crate::config::random_hex(8);
     let claims = issuer.guest(&id, name, crate::now_ms() / 1000);
-    let token = hub.cfg.signing.sign(&claims);
+    let token = cfg.signing.sign(&claims);
     with_header(
-        crate::http::json(200, &guest_body(&token, &claims)),
+        crate::json::json(200, &guest_body(&token, &claims)),
         "cache-control",
         "no-store",
     )
@@ -121,8 +134,12 @@ pub fn upgrade_auth(uri: &Uri, headers: &HeaderMap) -> Result<UpgradeAuth, &'sta
 }
 
 #[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
-pub async fn verify(hub: &Hub, token: Option<&str>) -> Result<Identity, Response> {
-    verify_session(hub, token)
+pub async fn verify(
+    cfg: &Config,
+    sessions: &impl Sessions,
+    token: Option<&str>,
+) -> Result<Identity, Response> {
+    verify_session(cfg, sessions, token)
         .await
         .map(|(claims, expires_at)| {
             let mut identity = Identity::from(claims);
@@ -138,27 +155,35 @@ pub async fn verify(hub: &Hub, token: Option<&str>) -> Result<Identity, Response
 
 /// Verifies a token; members' tokens are also checked against their session: a logged-out or
 /// refreshed-away token is refused at once.
-pub async fn verify_claims(hub: &Hub, token: Option<&str>) -> Result<Claims, ApiError> {
-    verify_session(hub, token).await.map(|(claims, _)| claims)
+pub async fn verify_claims(
+    cfg: &Config,
+    sessions: &impl Sessions,
+    token: Option<&str>,
+) -> Result<Claims, ApiError> {
+    verify_session(cfg, sessions, token)
+        .await
+        .map(|(claims, _)| claims)
 }
 
 /// [`verify_claims`], plus when a member's session expires (ms; `None` for guests and for
 /// sessions this deployment does not hold).
-async fn verify_session(hub: &Hub, token: Option<&str>) -> Result<(Claims, Option<u64>), ApiError> {
+async fn verify_session(
+    cfg: &Config,
+    sessions: &impl Sessions,
+    token: Option<&str>,
+) -> Result<(Claims, Option<u64>), ApiError> {
     let mut session_expiry = None;
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Err(ApiError::Unauthorized(
             "a token is required: Authorization: Bearer <jwt>, ?token=<jwt> or subprotocol bearer.<jwt>".into(),
         ));
     };
-    let claims = hub
-        .cfg
+    let claims = cfg
         .verifier
         .verify(token, crate::now_ms() / 1000)
         .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
     if let Some(sid) = &claims.sid {
-        let check = hub
-            .accounts
+        let check = sessions
             .check(&claims.sub, sid, claims.generation.unwrap_or(0))
             .await
             .map_err(|e| {
@@ -225,14 +250,19 @@ impl RateLimiter {
     }
 
     /// Counts one auth request of `ip`: in Redis if there is one, else here.
-    pub async fn check_shared(&self, hub: &Hub, ip: IpAddr) -> Result<(), ApiError> {
+    pub async fn check_shared(
+        &self,
+        cluster: Option<&Cluster>,
+        redis_key_prefix: &str,
+        ip: IpAddr,
+    ) -> Result<(), ApiError> {
         use std::sync::atomic::Ordering::Relaxed;
         let now = crate::now_ms();
-        if let Some(c) = &hub.cluster
+        if let Some(c) = cluster
             && self.redis_skip_until.load(Relaxed) <= now
         {
             let key = piano_backends::layout::Keys {
-                prefix: hub.cfg.redis_key_prefix.clone(),
+                prefix: redis_key_prefix.to_owned(),
             }
             .rate(
                 rate::AUTH_SCOPE,

@@ -1,7 +1,7 @@
 //! Request bodies (the JSON endpoints): capped while streaming and bounded in time, so neither a
 //! huge body nor one trickled byte by byte holds a connection or memory.
 
-use crate::http::json_error;
+use crate::json::json_error;
 use crate::metrics::METRICS;
 use axum::body::{Body, Bytes};
 use axum::http::HeaderMap;

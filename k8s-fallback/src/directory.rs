@@ -2,15 +2,18 @@
 //! subscribed rooms as one coalesced delta per tick; the shared copy in Redis (cluster mode),
 //! written by one task that keeps only the newest report per room; the per-user cap on
 //! room-list subscriptions; and the sweep of rooms nobody runs any more.
+//!
+//! The hub owns one [`RoomDirectory`] and hands it to the room tasks (their reports, their
+//! subscribers' caps); pushing each tick's delta to the rooms is the hub's ([`crate::hub`]).
 
 use crate::cluster::{self, Cluster};
-use crate::hub::{Hub, lock};
 use crate::metrics::redis_error;
-use crate::now_ms;
-use piano_core::lobby::{MAX_SUBSCRIBED_ROOMS_PER_USER, PUSH_TICK_MS, Report};
+use crate::{lock, now_ms};
+use piano_core::lobby::{
+    Delta, Directory, MAX_SUBSCRIBED_ROOMS_PER_USER, PUSH_TICK_MS, Report, Subscribers, Summary,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// KEYS: the user's set of subscribed rooms. ARGV: room, cap, TTL (ms). 1 if subscribed.
 const SUBSCRIBE: &str = r"
@@ -23,7 +26,97 @@ return 1";
 /// A user's subscription set outlives a replica that died holding it by at most this long.
 const SUBSCRIPTION_TTL_MS: u64 = 60 * 60 * 1000;
 
-impl Hub {
+/// This replica's room directory (see the module comment).
+pub struct RoomDirectory {
+    directory: Mutex<Directory>,
+    /// Who follows the room list from which rooms (standalone; in Redis with `REDIS_URL`).
+    subscribers: Mutex<Subscribers>,
+    /// Reports waiting to be written to the shared directory (cluster mode): the latest per
+    /// room only (a report is the room's whole summary), so the backlog is bounded by the
+    /// number of rooms however slow Redis is.
+    pending: Option<PendingReports>,
+    cluster: Option<Arc<Cluster>>,
+}
+
+impl RoomDirectory {
+    pub fn new(cluster: Option<Arc<Cluster>>) -> RoomDirectory {
+        RoomDirectory {
+            directory: Mutex::new(Directory::new().coalesce_every(PUSH_TICK_MS)),
+            subscribers: Mutex::new(Subscribers::new()),
+            pending: cluster.is_some().then(PendingReports::default),
+            cluster,
+        }
+    }
+
+    /// A room's report: applied here (single process) or published to every replica.
+    pub fn report(&self, report: Report) {
+        match &self.pending {
+            Some(p) => p.put(report),
+            None => self.apply_report(report),
+        }
+    }
+
+    pub fn apply_report(&self, report: Report) {
+        // Listing changes are gathered and pushed as one net delta per tick (`Hub::push_delta`).
+        lock(&self.directory).report(report, now_ms());
+    }
+
+    /// The net change since the last call, if any.
+    pub fn take_delta(&self) -> Option<Delta> {
+        lock(&self.directory).take_delta(now_ms())
+    }
+
+    pub fn listing(&self) -> Vec<Summary> {
+        lock(&self.directory).listing()
+    }
+
+    /// Players in `room` as last reported (0 if unknown).
+    pub fn players(&self, room: &str) -> u32 {
+        lock(&self.directory)
+            .get(room)
+            .map(|r| r.summary.players)
+            .unwrap_or(0)
+    }
+
+    /// The lobby `user` should join (`POST /api/lobby/next`). With Redis, the seat count must be
+    /// shared by every replica or each would fill `lobby` on its own: the same rule as
+    /// [`Directory::next_lobby`] runs as one atomic script over the shared directory hash and
+    /// one reservation set per lobby.
+    pub async fn next_lobby(&self, user: &str) -> String {
+        if let Some(c) = &self.cluster {
+            let script = redis::Script::new(cluster::NEXT_LOBBY);
+            let mut call = script.prepare_invoke();
+            call.arg(user)
+                .arg(now_ms())
+                .arg(piano_core::lobby::RESERVATION_MS)
+                .arg(piano_core::lobby::LOBBY_CAPACITY);
+            let placed: redis::RedisResult<String> = c.conn.script(&call).await;
+            match placed {
+                Ok(lobby) => return lobby,
+                Err(e) => redis_error("placing a player in a lobby", &e),
+            }
+        }
+        lock(&self.directory).next_lobby(user, now_ms())
+    }
+
+    /// Rebuilds the directory copy from the shared hash (after (re)subscribing).
+    pub async fn load(&self) {
+        let Some(c) = &self.cluster else { return };
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(cluster::DIRECTORY);
+        let all: redis::RedisResult<HashMap<String, String>> = c.conn.cmd(&cmd).await;
+        match all {
+            Ok(all) => {
+                let reports = all
+                    .values()
+                    .filter_map(|v| serde_json::from_str::<Report>(v).ok());
+                *lock(&self.directory) =
+                    Directory::from_reports(reports).coalesce_every(PUSH_TICK_MS);
+            }
+            Err(e) => redis_error("loading the directory", &e),
+        }
+    }
+
     /// May `user` follow the room list from `room`? At most
     /// [`MAX_SUBSCRIBED_ROOMS_PER_USER`] rooms per user: in this process standalone, across the
     /// deployment in Redis (`piano:subs:{user}`, a set of rooms, expiring after an hour unless
@@ -78,26 +171,15 @@ impl Hub {
     }
 }
 
-/// Every [`PUSH_TICK_MS`], the directory's coalesced change goes to the rooms (so ten settings
-/// toggles in a tick are one push, not ten).
-pub(crate) async fn push_deltas(hub: Arc<Hub>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(PUSH_TICK_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        hub.push_delta();
-    }
-}
-
 /// Directory reports not written yet, the newest per room.
 #[derive(Default)]
-pub(crate) struct PendingReports {
+struct PendingReports {
     reports: Mutex<HashMap<String, Report>>,
     wake: tokio::sync::Notify,
 }
 
 impl PendingReports {
-    pub(crate) fn put(&self, report: Report) {
+    fn put(&self, report: Report) {
         let mut pending = lock(&self.reports);
         match pending.get(&report.summary.name) {
             // Versions only grow per room; an older one arriving late changes nothing.
@@ -121,23 +203,28 @@ impl PendingReports {
     }
 }
 
-/// Writes room reports to the shared directory, in order, and tells every replica.
-pub(crate) async fn directory_writer(hub: Arc<Hub>, pending: Arc<PendingReports>) {
-    let Some(c) = &hub.cluster else { return };
-    let keys = piano_backends::layout::Keys {
-        prefix: hub.cfg.redis_key_prefix.clone(),
+/// Writes room reports to the shared directory, in order, and tells every replica (cluster
+/// mode; `keys`/`deployment`: the edge's room index beside it).
+pub async fn directory_writer(
+    dir: Arc<RoomDirectory>,
+    keys: piano_backends::layout::Keys,
+    deployment: String,
+) {
+    let (Some(c), Some(pending)) = (&dir.cluster, &dir.pending) else {
+        return;
     };
     loop {
         for report in pending.take().await {
-            write_report(&hub, c, &keys, report).await;
+            write_report(&dir, c, &keys, &deployment, report).await;
         }
     }
 }
 
 async fn write_report(
-    hub: &Arc<Hub>,
+    dir: &RoomDirectory,
     c: &Cluster,
     keys: &piano_backends::layout::Keys,
+    deployment: &str,
     report: Report,
 ) {
     let Ok(json) = serde_json::to_string(&report) else {
@@ -151,7 +238,7 @@ async fn write_report(
     }
     pipe.publish(cluster::DIRECTORY, &json);
     // The edge's room index across deployments (`{REDIS_KEY_PREFIX}rooms:<deployment>`).
-    for index in crate::network::index_commands(keys, &hub.cfg.deployment_id, &report.summary) {
+    for index in crate::network::index_commands(keys, deployment, &report.summary) {
         if let Some((name, args)) = index.split_first() {
             let cmd = pipe.cmd(name);
             for a in args {
@@ -162,7 +249,7 @@ async fn write_report(
     if let Err(e) = c.conn.pipe::<()>(&pipe).await {
         redis_error("writing the directory", &e);
         // Still apply it here, so at least this replica's list is right.
-        hub.apply_report(report);
+        dir.apply_report(report);
     }
 }
 
@@ -170,10 +257,10 @@ async fn write_report(
 /// back) would stay listed forever: entries not refreshed for two lease lifetimes whose room
 /// has no lease are reported empty, which removes them everywhere. A room that starts again
 /// reports with a newer version (its clock) and is listed again.
-pub(crate) async fn sweep_directory(hub: &Hub, c: &Cluster) {
+pub async fn sweep_directory(dir: &RoomDirectory, c: &Cluster) {
     let now = now_ms();
     let grace = 2 * c.lease_ttl.as_millis() as u64;
-    let old: Vec<Report> = lock(&hub.directory)
+    let old: Vec<Report> = lock(&dir.directory)
         .reports()
         .filter(|r| r.received_at.saturating_add(grace) <= now)
         .cloned()
@@ -195,7 +282,7 @@ pub(crate) async fn sweep_directory(hub: &Hub, c: &Cluster) {
             report.summary.players = 0;
             report.users.clear();
             report.version += 1;
-            hub.report(report);
+            dir.report(report);
         }
     }
 }

@@ -3,15 +3,16 @@
 //! (`src/lib.rs`), so the room name is percent-decoded by the same code
 //! (`piano_core::names::percent_decode`). Every error is `{"error": {"code", "message"}}`.
 
-use crate::accounts;
+use crate::accounts::{self, Accounts};
 use crate::auth::{self, MAX_BODY_BYTES, RateLimiter};
 use crate::hub::Hub;
+use crate::json::{json, json_error, with_header};
 use crate::metrics::{self, METRICS};
-use crate::serve::ConnSlot;
+use crate::serve::{ConnLimits, ConnSlot};
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use piano_core::limits::{MAX_FRAME_BYTES, SUBPROTOCOL};
 use piano_core::names::{self, percent_decode};
@@ -25,16 +26,21 @@ use tower_http::services::ServeDir;
 #[derive(Clone)]
 pub struct App {
     pub hub: Arc<Hub>,
+    pub accounts: Arc<Accounts>,
     limiter: Arc<RateLimiter>,
+    /// Open WebSockets per client network on this replica (`MAX_WEBSOCKETS_PER_IP`).
+    ws_caps: Arc<ConnLimits>,
     static_files: Option<ServeDir>,
 }
 
-pub fn router(hub: Arc<Hub>) -> axum::Router {
+pub fn router(hub: Arc<Hub>, accounts: Arc<Accounts>) -> axum::Router {
     let policy = crate::security::Policy {
         cors_origins: Arc::new(hub.cfg.cors_origins.clone()),
     };
     let app = App {
+        accounts,
         limiter: Arc::new(RateLimiter::new(hub.cfg.auth_rate_limit)),
+        ws_caps: ConnLimits::new(usize::MAX, hub.cfg.max_sockets_per_ip),
         static_files: hub
             .cfg
             .static_dir
@@ -94,30 +100,6 @@ fn metrics_gate(hub: &Hub, headers: &axum::http::HeaderMap) -> Response {
     metrics_text(hub)
 }
 
-pub fn json(status: u16, body: &serde_json::Value) -> Response {
-    let mut resp = Response::new(Body::from(body.to_string()));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-pub fn json_error(status: u16, code: &str, message: &str) -> Response {
-    json(
-        status,
-        &serde_json::json!({ "error": { "code": code, "message": message } }),
-    )
-}
-
-pub fn with_header(mut resp: Response, name: &'static str, value: &str) -> Response {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        resp.headers_mut().insert(name, v);
-    }
-    resp
-}
-
 /// The client's address: the socket peer, or what `TRUSTED_PROXIES` lets `X-Forwarded-For` say.
 pub fn client_ip(hub: &Hub, peer: SocketAddr, headers: &axum::http::HeaderMap) -> IpAddr {
     let xff = headers
@@ -135,7 +117,7 @@ async fn route(
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let hub = &app.hub;
+    let (hub, accounts) = (&app.hub, &*app.accounts);
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => json(200, &serde_json::json!({ "status": "ok" })),
         (&Method::GET, ["readyz"]) => {
@@ -159,7 +141,7 @@ async fn route(
                 "mode": if hub.cluster.is_some() { "redis" } else { "standalone" },
             }),
         ),
-        (&Method::GET, [".well-known", "jwks.json"]) => auth::jwks(hub),
+        (&Method::GET, [".well-known", "jwks.json"]) => auth::jwks(&hub.cfg),
         (
             &Method::POST,
             [
@@ -170,7 +152,11 @@ async fn route(
         ) => {
             let endpoint = *endpoint;
             let ip = client_ip(hub, peer, req.headers());
-            if let Err(e) = app.limiter.check_shared(hub, ip).await {
+            let limited = app
+                .limiter
+                .check_shared(hub.cluster.as_deref(), &hub.cfg.redis_key_prefix, ip)
+                .await;
+            if let Err(e) = limited {
                 return auth::api_error(&e);
             }
             let token = auth::bearer(req.headers());
@@ -184,18 +170,18 @@ async fn route(
                 .get("x-admin-bootstrap")
                 .and_then(|v| v.to_str().ok());
             match endpoint {
-                "guest" => auth::guest(hub, &body),
-                "register" => accounts::register(hub, bootstrap, &body).await,
-                "login" => accounts::login(hub, &body).await,
-                "refresh" => accounts::refresh(hub, &body).await,
-                _ => accounts::logout(hub, token, &body).await,
+                "guest" => auth::guest(&hub.cfg, &body),
+                "register" => accounts::register(&hub.cfg, accounts, bootstrap, &body).await,
+                "login" => accounts::login(&hub.cfg, accounts, &body).await,
+                "refresh" => accounts::refresh(&hub.cfg, accounts, &body).await,
+                _ => accounts::logout(&hub.cfg, accounts, token, &body).await,
             }
         }
         (&Method::PUT, ["api", "users", "me"]) => {
             let token = auth::bearer(req.headers());
             let (parts, body) = req.into_parts();
             match read_body(hub, &parts.headers, body).await {
-                Ok(body) => accounts::update_me(hub, token, &body).await,
+                Ok(body) => accounts::update_me(&hub.cfg, accounts, token, &body).await,
                 Err(resp) => resp,
             }
         }
@@ -204,28 +190,34 @@ async fn route(
             let token = auth::bearer(req.headers());
             let (parts, body) = req.into_parts();
             match read_body(hub, &parts.headers, body).await {
-                Ok(body) => accounts::set_roles(hub, token, &id, &body).await,
+                Ok(body) => accounts::set_roles(&hub.cfg, accounts, token, &id, &body).await,
                 Err(resp) => resp,
             }
         }
-        (&Method::GET, ["api", "users", "me"]) => accounts::me(hub, req.headers()).await,
+        (&Method::GET, ["api", "users", "me"]) => {
+            accounts::me(&hub.cfg, accounts, req.headers()).await
+        }
         (&Method::GET, ["api", "users", id, "stats"]) => user_stats(hub, id).await,
-        (&Method::GET, ["api", "users", id]) => accounts::user(hub, id).await,
-        (&Method::GET, ["api", "network", "rooms"]) => crate::network::rooms(hub).await,
-        (&Method::GET, ["api", "network", "online"]) => crate::network::online(hub).await,
+        (&Method::GET, ["api", "users", id]) => accounts::user(accounts, id).await,
+        (&Method::GET, ["api", "network", "rooms"]) => {
+            crate::network::rooms(hub.cluster.as_deref(), &hub.cfg.redis_key_prefix).await
+        }
+        (&Method::GET, ["api", "network", "online"]) => {
+            crate::network::online(hub.cluster.as_deref(), &hub.cfg.redis_key_prefix).await
+        }
         (&Method::GET, ["api", "rooms"]) => with_header(
             json(
                 200,
-                &serde_json::to_value(hub.listing()).unwrap_or_default(),
+                &serde_json::to_value(hub.directory.listing()).unwrap_or_default(),
             ),
             "cache-control",
             "public, max-age=2, stale-while-revalidate=10",
         ),
         (&Method::POST, ["api", "lobby", "next"]) => {
-            match auth::verify(hub, auth::bearer(req.headers()).as_deref()).await {
+            match auth::verify(&hub.cfg, accounts, auth::bearer(req.headers()).as_deref()).await {
                 Ok(identity) => json(
                     200,
-                    &serde_json::json!({ "room": hub.next_lobby(&identity.user_id).await }),
+                    &serde_json::json!({ "room": hub.directory.next_lobby(&identity.user_id).await }),
                 ),
                 Err(resp) => resp,
             }
@@ -343,7 +335,7 @@ async fn connect(app: App, req: Request, raw_name: &str, ip: IpAddr) -> Response
         Ok(a) => a,
         Err(msg) => return json_error(400, "bad_subprotocol", msg),
     };
-    let identity = match auth::verify(&app.hub, auth.token.as_deref()).await {
+    let identity = match auth::verify(&app.hub.cfg, &*app.accounts, auth.token.as_deref()).await {
         Ok(id) => id,
         Err(resp) => return resp,
     };
@@ -356,7 +348,7 @@ async fn connect(app: App, req: Request, raw_name: &str, ip: IpAddr) -> Response
     }
     // Per client network on this replica (`MAX_WEBSOCKETS_PER_IP`); the room's own caps (per
     // user and per network in the room) come next.
-    let socket_slot = match app.hub.sockets.acquire(Some(ip)) {
+    let socket_slot = match app.ws_caps.acquire(Some(ip)) {
         Ok(s) => s,
         Err(_) => {
             METRICS.refused_sockets.fetch_add(1, Relaxed);
@@ -369,7 +361,7 @@ async fn connect(app: App, req: Request, raw_name: &str, ip: IpAddr) -> Response
     // The room's own caps (sockets per user and per network in the room), asked before the
     // upgrade when the room runs here; a room elsewhere (cluster) or not running yet checks at
     // Connect instead (Error TOO_MANY_CONNECTIONS, close 4004).
-    if let Some(tx) = app.hub.room_tx(&name) {
+    if let Some(tx) = app.hub.rooms.tx(&name) {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let ask = crate::room_task::RoomMsg::Admit {
             identity: identity.clone(),

@@ -7,54 +7,32 @@
 //! the player's frames are published ([`Route::Remote`]); the holder publishes its broadcasts
 //! back, once per replica, and this replica hands the same `Bytes` to each local socket.
 //!
-//! Sockets never block a room: each has a bounded outbound queue, and a connection whose queue
-//! is full is closed ([`SLOW_CONSUMER`]) rather than slowing everyone else down.
+//! The hub builds what the rooms share (the socket table [`Sockets`], the room map [`Rooms`],
+//! the [`RoomDirectory`]) and hands each room task a [`room_task::Ctx`] of them: rooms never
+//! call back into the hub.
 
 use crate::cluster::{self, Cluster, Lease, replica_channel};
 use crate::config::Config;
-use crate::directory::{PendingReports, directory_writer, push_deltas, sweep_directory};
+use crate::directory::{RoomDirectory, directory_writer, sweep_directory};
 use crate::metrics::{METRICS, redis_error};
-use crate::room_task::{RoomEntry, RoomInfo, RoomMsg};
+use crate::mongo::Mongo;
+use crate::reach::{self, Reach};
+use crate::room_task::{self, RoomInfo, RoomMsg, Rooms};
+use crate::sockets::{SERVICE_RESTART, Sockets, TRY_AGAIN_LATER};
 use crate::store::Store;
 use crate::wire::Wire;
-use crate::{now_ms, now_us};
+use crate::{lock, now_ms, now_us};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use piano_core::identity::Identity;
-use piano_core::lobby::{Directory, PUSH_TICK_MS, Report, Subscribers, Summary};
+use piano_core::lobby::{PUSH_TICK_MS, Report};
 use piano_core::room::ConnId;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-
-/// RFC 6455 "Service Restart": the server is going away or the room moved to another replica;
-/// reconnect (with the same token) and join again.
-pub const SERVICE_RESTART: u16 = 1012;
-/// RFC 6455 "Try Again Later": the connection fell behind its room (outbound queue full), or
-/// the room could not be placed right now. Reconnecting is the right answer to both.
-pub const SLOW_CONSUMER: u16 = 1013;
-pub const TRY_AGAIN_LATER: u16 = 1013;
-
-/// What a player's socket is sent.
-#[derive(Debug)]
-pub enum Outbound {
-    Frame(Bytes),
-    /// A WebSocket ping (idle detection); skipped when the queue is full.
-    Ping,
-    Close(u16, String),
-}
-
-struct LocalConn {
-    tx: mpsc::Sender<Outbound>,
-    /// Tells the socket's writer to close at once, bypassing a full queue.
-    kill: Option<oneshot::Sender<(u16, String)>>,
-    /// A close was already asked for: the first code is the one the client must see (frames
-    /// still in flight after a 1008 would otherwise earn an "unknown connection" close too).
-    closing: bool,
-}
 
 /// Where a player's frames go.
 pub enum Route {
@@ -64,70 +42,66 @@ pub enum Route {
 
 pub struct Hub {
     pub cfg: Config,
-    pub store: Store,
-    pub cluster: Option<Cluster>,
-    pub mongo: Option<Arc<crate::mongo::Mongo>>,
-    /// Members' accounts and sessions (SQLite or Redis, like the rooms).
-    pub accounts: crate::accounts::Accounts,
-    pub(crate) directory: Mutex<Directory>,
-    /// Who follows the room list from which rooms (standalone; in Redis with `REDIS_URL`).
-    pub(crate) subscribers: Mutex<Subscribers>,
-    /// Reports waiting to be written to the shared directory (cluster mode): the latest per
-    /// room only (a report is the room's whole summary), so the backlog is bounded by the
-    /// number of rooms however slow Redis is.
-    directory_pending: Option<Arc<PendingReports>>,
-    rooms: Mutex<HashMap<String, RoomEntry>>,
-    conns: Mutex<HashMap<ConnId, LocalConn>>,
+    pub cluster: Option<Arc<Cluster>>,
+    pub mongo: Option<Arc<Mongo>>,
+    /// The replica's copy of the room directory (and, with Redis, its writer to the shared one).
+    pub directory: Arc<RoomDirectory>,
+    pub rooms: Arc<Rooms>,
+    /// This replica's players' sockets.
+    pub sockets: Arc<Sockets>,
+    /// What every room task started here is given.
+    room_ctx: Arc<room_task::Ctx>,
     /// Local connections whose room runs on another replica: conn → (room, holder).
     follows: Mutex<HashMap<ConnId, (String, String)>>,
-    /// One room start at a time, so two players arriving together start it once.
-    pub(crate) starting: tokio::sync::Mutex<()>,
     pub draining: AtomicBool,
-    /// Open WebSockets per client network on this replica (`MAX_WEBSOCKETS_PER_IP`).
-    pub sockets: Arc<crate::serve::ConnLimits>,
     /// Cluster mode: subscribed to this replica's channel (required before taking leases).
     pub subscribed: AtomicBool,
     pub started_at: u64,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere must not take the whole replica down with poisoned locks.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Hub {
     pub fn new(
         cfg: Config,
         store: Store,
-        cluster: Option<Cluster>,
-        mongo: Option<Arc<crate::mongo::Mongo>>,
-        accounts: crate::accounts::Accounts,
+        cluster: Option<Arc<Cluster>>,
+        mongo: Option<Arc<Mongo>>,
     ) -> Arc<Hub> {
-        let directory_pending = cluster
-            .is_some()
-            .then(|| Arc::new(PendingReports::default()));
-        let sockets = crate::serve::ConnLimits::new(usize::MAX, cfg.max_sockets_per_ip);
+        let directory = Arc::new(RoomDirectory::new(cluster.clone()));
+        let rooms = Arc::new(Rooms::default());
+        let sockets = Arc::new(Sockets::default());
+        let room_ctx = Arc::new(room_task::Ctx {
+            replica: cfg.replica_id.clone(),
+            sockets_per_user: cfg.room_sockets_per_user,
+            sockets_per_network: cfg.room_sockets_per_network,
+            redis_key_prefix: cfg.redis_key_prefix.clone(),
+            deployment_id: cfg.deployment_id.clone(),
+            store,
+            mongo: mongo.clone(),
+            cluster: cluster.clone(),
+            rooms: rooms.clone(),
+            sockets: sockets.clone(),
+            directory: directory.clone(),
+        });
+        let keys = piano_backends::layout::Keys {
+            prefix: cfg.redis_key_prefix.clone(),
+        };
+        let deployment = cfg.deployment_id.clone();
         let hub = Arc::new(Hub {
             cfg,
-            store,
             cluster,
             mongo,
-            accounts,
-            directory: Mutex::new(Directory::new().coalesce_every(PUSH_TICK_MS)),
-            subscribers: Mutex::new(Subscribers::new()),
-            directory_pending: directory_pending.clone(),
-            rooms: Mutex::new(HashMap::new()),
-            conns: Mutex::new(HashMap::new()),
-            follows: Mutex::new(HashMap::new()),
-            starting: tokio::sync::Mutex::new(()),
-            draining: AtomicBool::new(false),
+            directory,
+            rooms,
             sockets,
+            room_ctx,
+            follows: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             started_at: now_ms(),
         });
         tokio::spawn(push_deltas(hub.clone()));
-        if let Some(pending) = directory_pending {
-            tokio::spawn(directory_writer(hub.clone(), pending));
+        if hub.cluster.is_some() {
+            tokio::spawn(directory_writer(hub.directory.clone(), keys, deployment));
             tokio::spawn(pubsub_loop(hub.clone()));
             tokio::spawn(watchdog(hub.clone()));
         }
@@ -142,82 +116,13 @@ impl Hub {
         !self.draining.load(SeqCst) && (self.cluster.is_none() || self.subscribed.load(SeqCst))
     }
 
-    // -- local sockets -------------------------------------------------------------------
-
-    pub fn register(
-        &self,
-        conn: ConnId,
-        tx: mpsc::Sender<Outbound>,
-        kill: oneshot::Sender<(u16, String)>,
-    ) {
-        lock(&self.conns).insert(
-            conn,
-            LocalConn {
-                tx,
-                kill: Some(kill),
-                closing: false,
-            },
-        );
-    }
-
+    /// A socket of this replica closed: it no longer follows a room elsewhere either.
     pub fn unregister(&self, conn: ConnId) {
-        lock(&self.conns).remove(&conn);
+        self.sockets.remove(conn);
         lock(&self.follows).remove(&conn);
     }
 
-    /// Queues a frame for a local socket; `false` if the connection is not on this replica.
-    pub fn deliver(&self, conn: ConnId, frame: &Bytes) -> bool {
-        let mut conns = lock(&self.conns);
-        let Some(c) = conns.get_mut(&conn) else {
-            return false;
-        };
-        if let Err(mpsc::error::TrySendError::Full(_)) =
-            c.tx.try_send(Outbound::Frame(frame.clone()))
-            && let Some(kill) = c.kill.take()
-        {
-            METRICS.slow_consumers.fetch_add(1, Relaxed);
-            tracing::warn!(conn, "closing a connection that fell behind its room");
-            let _ = kill.send((SLOW_CONSUMER, "too slow: reconnect".into()));
-        }
-        true
-    }
-
-    /// Queues a ping; a full queue skips it (that socket is about to be closed as slow anyway).
-    pub fn ping(&self, conn: ConnId) {
-        if let Some(c) = lock(&self.conns).get(&conn) {
-            let _ = c.tx.try_send(Outbound::Ping);
-        }
-    }
-
-    /// Closes a local socket after what is already queued for it.
-    pub fn close_local(&self, conn: ConnId, code: u16, reason: &str) {
-        let mut conns = lock(&self.conns);
-        let Some(c) = conns.get_mut(&conn) else {
-            return;
-        };
-        if std::mem::replace(&mut c.closing, true) {
-            return;
-        }
-        if c.tx.try_send(Outbound::Close(code, reason.into())).is_err()
-            && let Some(kill) = c.kill.take()
-        {
-            let _ = kill.send((code, reason.into()));
-        }
-    }
-
-    pub fn local_connections(&self) -> usize {
-        lock(&self.conns).len()
-    }
-
     // -- rooms ---------------------------------------------------------------------------
-
-    pub(crate) fn room_tx(&self, room: &str) -> Option<mpsc::Sender<RoomMsg>> {
-        lock(&self.rooms).get(room).map(|e| e.tx.clone())
-    }
-
-    pub(crate) fn rooms_lock(&self) -> MutexGuard<'_, HashMap<String, RoomEntry>> {
-        lock(&self.rooms)
-    }
 
     /// Places a new connection in its room; the route for its frames, or a close code.
     pub async fn attach(
@@ -227,7 +132,7 @@ impl Hub {
         identity: &Identity,
     ) -> Result<Route, (u16, &'static str)> {
         for _ in 0..8 {
-            if let Some(tx) = self.room_tx(room) {
+            if let Some(tx) = self.rooms.tx(room) {
                 let msg = RoomMsg::Connect {
                     conn,
                     identity: identity.clone(),
@@ -239,12 +144,12 @@ impl Hub {
                 // The room task just retired; start it again.
                 continue;
             }
-            let guard = self.starting.lock().await;
-            if self.room_tx(room).is_some() {
+            let guard = self.rooms.starting.lock().await;
+            if self.rooms.tx(room).is_some() {
                 continue;
             }
             let Some(cluster) = &self.cluster else {
-                if let Err(e) = crate::room_task::start(self, room).await {
+                if let Err(e) = room_task::start(&self.room_ctx, room).await {
                     tracing::error!(room, error = %e, "could not start a room");
                     return Err((
                         piano_core::limits::close::INTERNAL_ERROR,
@@ -258,7 +163,7 @@ impl Hub {
             }
             match cluster.acquire(room).await {
                 Ok(Lease::Mine) => {
-                    if let Err(e) = crate::room_task::start(self, room).await {
+                    if let Err(e) = room_task::start(&self.room_ctx, room).await {
                         tracing::error!(room, error = %e, "could not start a room");
                         cluster.release_if(room, self.replica()).await;
                         return Err((
@@ -312,7 +217,7 @@ impl Hub {
     /// Room info as `GET /api/rooms/{name}` shows it.
     pub async fn info(&self, room: &str) -> serde_json::Value {
         let kind = piano_core::room::stored::RoomKind::of(room);
-        if let Some(tx) = self.room_tx(room) {
+        if let Some(tx) = self.rooms.tx(room) {
             let (reply, rx) = oneshot::channel();
             if tx.send(RoomMsg::Info(reply)).await.is_ok()
                 && let Ok(Ok(i)) = tokio::time::timeout(Duration::from_secs(2), rx).await
@@ -329,10 +234,7 @@ impl Hub {
                 });
             }
         }
-        let players = lock(&self.directory)
-            .get(room)
-            .map(|r| r.summary.players)
-            .unwrap_or(0);
+        let players = self.directory.players(room);
         let served_by = match &self.cluster {
             Some(c) => c
                 .holders(&[room.to_owned()])
@@ -349,54 +251,16 @@ impl Hub {
 
     // -- directory -----------------------------------------------------------------------
 
-    /// A room's report: applied here (single process) or published to every replica.
-    pub fn report(&self, report: Report) {
-        match &self.directory_pending {
-            Some(p) => p.put(report),
-            None => self.apply_report(report),
-        }
-    }
-
-    pub(crate) fn apply_report(&self, report: Report) {
-        // Listing changes are gathered and pushed as one net delta per tick ([`push_deltas`]).
-        lock(&self.directory).report(report, now_ms());
-    }
-
     /// Pushes the directory's net change to every room with subscribers.
-    pub(crate) fn push_delta(&self) {
-        let Some(delta) = lock(&self.directory).take_delta(now_ms()) else {
+    fn push_delta(&self) {
+        let Some(delta) = self.directory.take_delta() else {
             return;
         };
-        for entry in lock(&self.rooms).values() {
+        for entry in self.rooms.lock().values() {
             // A room with no subscribers ignores it; a full queue skips one listing update,
             // which the next full list (on subscribe) corrects.
             let _ = entry.tx.try_send(RoomMsg::RoomListChanged(delta.clone()));
         }
-    }
-
-    pub fn listing(&self) -> Vec<Summary> {
-        lock(&self.directory).listing()
-    }
-
-    /// The lobby `user` should join (`POST /api/lobby/next`). With Redis, the seat count must be
-    /// shared by every replica or each would fill `lobby` on its own: the same rule as
-    /// [`Directory::next_lobby`] runs as one atomic script over the shared directory hash and
-    /// one reservation set per lobby.
-    pub async fn next_lobby(&self, user: &str) -> String {
-        if let Some(c) = &self.cluster {
-            let script = redis::Script::new(cluster::NEXT_LOBBY);
-            let mut call = script.prepare_invoke();
-            call.arg(user)
-                .arg(now_ms())
-                .arg(piano_core::lobby::RESERVATION_MS)
-                .arg(piano_core::lobby::LOBBY_CAPACITY);
-            let placed: redis::RedisResult<String> = c.conn.script(&call).await;
-            match placed {
-                Ok(lobby) => return lobby,
-                Err(e) => redis_error("placing a player in a lobby", &e),
-            }
-        }
-        lock(&self.directory).next_lobby(user, now_ms())
     }
 
     // -- cluster messages ----------------------------------------------------------------
@@ -431,7 +295,7 @@ impl Hub {
                     identity,
                     origin: Some(from.clone()),
                 };
-                match self.room_tx(&room) {
+                match self.rooms.tx(&room) {
                     Some(tx) if tx.send(msg).await.is_ok() => {}
                     _ => refuse(conn, from).await,
                 }
@@ -443,7 +307,7 @@ impl Hub {
                 at_us,
                 data,
             } => {
-                if let Some(tx) = self.room_tx(&room) {
+                if let Some(tx) = self.rooms.tx(&room) {
                     let _ = tx
                         .send(RoomMsg::Frame {
                             conn,
@@ -455,13 +319,13 @@ impl Hub {
                 }
             }
             Wire::Disconnect { room, conn } => {
-                if let Some(tx) = self.room_tx(&room) {
+                if let Some(tx) = self.rooms.tx(&room) {
                     let _ = tx.send(RoomMsg::Disconnect { conn }).await;
                 }
             }
             Wire::Deliver { at_us, conns, data } => {
                 for c in &conns {
-                    self.deliver(*c, &data);
+                    self.sockets.deliver(*c, &data);
                 }
                 if at_us > 0 {
                     METRICS
@@ -471,26 +335,17 @@ impl Hub {
             }
             Wire::Close { conn, code, reason } => {
                 lock(&self.follows).remove(&conn);
-                self.close_local(conn, code, &reason);
+                self.sockets.close(conn, code, &reason);
             }
         }
     }
 
-    /// Rebuilds the directory copy from the shared hash (after (re)subscribing).
-    async fn load_directory(&self) {
-        let Some(c) = &self.cluster else { return };
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(cluster::DIRECTORY);
-        let all: redis::RedisResult<HashMap<String, String>> = c.conn.cmd(&cmd).await;
-        match all {
-            Ok(all) => {
-                let reports = all
-                    .values()
-                    .filter_map(|v| serde_json::from_str::<Report>(v).ok());
-                *lock(&self.directory) =
-                    Directory::from_reports(reports).coalesce_every(PUSH_TICK_MS);
-            }
-            Err(e) => redis_error("loading the directory", &e),
+    /// A session ended or roles changed: every room this replica runs is told (each checks its
+    /// own connections).
+    pub async fn reach_rooms(&self, event: Reach) {
+        for tx in self.rooms.senders() {
+            // Waits for room in a busy room's queue rather than dropping a revocation.
+            let _ = tx.send(RoomMsg::Reach(event.clone())).await;
         }
     }
 
@@ -500,11 +355,10 @@ impl Hub {
     /// ([`SERVICE_RESTART`]), save and hand over the rooms, and wait (bounded) for sockets to go.
     pub async fn drain(&self) {
         self.draining.store(true, SeqCst);
-        let rooms: Vec<mpsc::Sender<RoomMsg>> =
-            lock(&self.rooms).values().map(|e| e.tx.clone()).collect();
+        let rooms = self.rooms.senders();
         tracing::info!(
             rooms = rooms.len(),
-            connections = self.local_connections(),
+            connections = self.sockets.count(),
             "draining"
         );
         for tx in rooms {
@@ -516,23 +370,54 @@ impl Hub {
                 })
                 .await;
         }
-        let conns: Vec<ConnId> = lock(&self.conns).keys().copied().collect();
-        for conn in conns {
-            self.close_local(conn, SERVICE_RESTART, "server restarting: reconnect");
+        for conn in self.sockets.ids() {
+            self.sockets
+                .close(conn, SERVICE_RESTART, "server restarting: reconnect");
         }
         let deadline = tokio::time::Instant::now() + self.cfg.drain_timeout;
         // A room leaves the map when it stops, but is done only after saving (room store,
         // MongoDB) and releasing its lease: `piano_rooms` counts it until then.
         while tokio::time::Instant::now() < deadline
-            && (METRICS.rooms.load(Relaxed) > 0 || self.local_connections() > 0)
+            && (METRICS.rooms.load(Relaxed) > 0 || self.sockets.count() > 0)
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tracing::info!(
-            rooms = lock(&self.rooms).len(),
-            connections = self.local_connections(),
+            rooms = self.rooms.lock().len(),
+            connections = self.sockets.count(),
             "drained"
         );
+    }
+}
+
+/// Every [`PUSH_TICK_MS`], the directory's coalesced change goes to the rooms (so ten settings
+/// toggles in a tick are one push, not ten).
+async fn push_deltas(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(PUSH_TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        hub.push_delta();
+    }
+}
+
+/// Hands every session change the accounts emit to the rooms of the deployment (see
+/// [`crate::reach`]).
+pub async fn pass_on_reach(hub: Arc<Hub>, mut rx: mpsc::Receiver<Reach>) {
+    while let Some(event) = rx.recv().await {
+        tracing::info!(?event, "session change: closing affected sockets");
+        if let Some(c) = &hub.cluster {
+            let Ok(json) = serde_json::to_vec(&event) else {
+                continue;
+            };
+            match c.publish(reach::CHANNEL, json.into()).await {
+                // Our own subscription delivers it here too (`pubsub_loop`).
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(e) => redis_error("publishing a session change", &e),
+            }
+        }
+        hub.reach_rooms(event).await;
     }
 }
 
@@ -546,23 +431,28 @@ async fn pubsub_loop(hub: Arc<Hub>) {
             Ok(mut ps) => {
                 let subscribed = async {
                     ps.subscribe(&own).await?;
-                    ps.subscribe(crate::reach::CHANNEL).await?;
+                    ps.subscribe(reach::CHANNEL).await?;
                     ps.subscribe(cluster::DIRECTORY).await
                 }
                 .await;
                 match subscribed {
                     Ok(()) => {
-                        hub.load_directory().await;
+                        hub.directory.load().await;
                         hub.subscribed.store(true, SeqCst);
                         tracing::info!(channel = own, "subscribed");
                         let mut stream = ps.on_message();
                         while let Some(msg) = stream.next().await {
                             let payload: &[u8] = msg.get_payload_bytes();
-                            if msg.get_channel_name() == crate::reach::CHANNEL {
-                                crate::reach::on_message(&hub, payload).await;
+                            if msg.get_channel_name() == reach::CHANNEL {
+                                match serde_json::from_slice::<Reach>(payload) {
+                                    Ok(event) => hub.reach_rooms(event).await,
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "unreadable session change")
+                                    }
+                                }
                             } else if msg.get_channel_name() == cluster::DIRECTORY {
                                 if let Ok(report) = serde_json::from_slice::<Report>(payload) {
-                                    hub.apply_report(report);
+                                    hub.directory.apply_report(report);
                                 }
                             } else if let Some(wire) = Wire::decode(Bytes::copy_from_slice(payload))
                             {
@@ -592,7 +482,7 @@ async fn watchdog(hub: Arc<Hub>) {
         tick.tick().await;
         ticks += 1;
         if ticks.is_multiple_of(20) {
-            sweep_directory(&hub, c).await;
+            sweep_directory(&hub.directory, c).await;
         }
         let follows: Vec<(ConnId, String, String)> = lock(&hub.follows)
             .iter()
@@ -636,7 +526,8 @@ async fn watchdog(hub: Arc<Hub>) {
                     // Free the dead holder's lease now rather than when it lapses.
                     c.release_if(&room, &holder).await;
                 }
-                hub.close_local(conn, SERVICE_RESTART, "the room moved: reconnect");
+                hub.sockets
+                    .close(conn, SERVICE_RESTART, "the room moved: reconnect");
             }
         }
     }

@@ -12,31 +12,49 @@
 //!   the next replica with a player for the room takes the lease and restores it; players
 //!   reconnect with the same token and find the same room, owner and chat.
 //!
-//! Layout (a request's path through the crate):
-//! - [`config`]: settings from the environment (documented in `k8s-fallback/README.md`).
+//! Layout: a one-way stack of three layers. Each list runs top to bottom, and a module imports
+//! only modules listed after it (in its own layer or a lower one), never one above it: no
+//! import cycles (`scripts/module-cycles k8s-fallback` checks it).
+//!
+//! **Transport** (HTTP and WebSocket in, responses out):
 //! - [`http`]: the router (the edge's paths, `/readyz`, `/metrics`, static files) and the
-//!   WebSocket gate; [`auth`]: guest tokens, JWKS, token checks (members' sessions included),
-//!   the auth rate limit; [`accounts`]: member accounts and sessions as the edge serves them
-//!   (register, login, refresh with rotation and reuse detection, logout, profiles, roles), in
-//!   SQLite or Redis, mirrored to and imported from MongoDB in the edge's layout.
+//!   WebSocket gate.
 //! - [`ws`]: one player's socket: reader → room, bounded outbound queue → writer.
-//! - [`hub`]: the replica's state: local sockets, running rooms, followed rooms, the directory;
-//!   placement of a new connection ([`hub::Hub::attach`]); drain on SIGTERM.
-//! - [`room_task`]: one task per running room, the single writer of its core `Room`.
-//! - [`store`]: the rooms' durable state (SQLite or Redis); [`cluster`]: leases, channels and
-//!   the shared directory in Redis ([`redis_handle`]: the one reconnecting, time-bounded Redis
-//!   connection); [`wire`]: the binary messages replicas exchange;
-//!   [`mongo`]: with `MONGODB_URL`, every room change mirrored to MongoDB in the layout the edge
-//!   uses, and rooms the room store does not know restored from it; [`network`]: in cluster
-//!   mode, the edge's cross-deployment keys (presence, `online`, the `rooms` index) and
-//!   `GET /api/network/rooms|online`.
+//! - [`body`]: request bodies read capped and timed; [`security`]: security headers and CORS on
+//!   every response.
 //! - [`serve`]: the accept loop (hyper HTTP/1.1 with header/keep-alive timeouts, connection
-//!   caps per replica and per client network); [`client_ip`]: who the client is behind
-//!   `TRUSTED_PROXIES`; [`body`]: request bodies read capped and timed; [`security`]: security
-//!   headers and CORS on every response.
-//! - [`reach`]: session ends and role changes reach the rooms holding the member's sockets
-//!   (through Redis pub/sub across replicas).
-//! - [`metrics`]: counters and the relay latency histogram, in Prometheus text format.
+//!   caps per replica and per client network).
+//!
+//! **Services** (what the server does):
+//! - [`accounts`]: member accounts and sessions as the edge serves them (register, login,
+//!   refresh with rotation and reuse detection, logout, profiles, roles), in SQLite or Redis,
+//!   mirrored to and imported from MongoDB in the edge's layout.
+//! - [`auth`]: guest tokens, JWKS, token checks (members' sessions through [`auth::Sessions`],
+//!   which the account store implements), the auth rate limit.
+//! - [`hub`]: the replica's routing: placement of a new connection ([`hub::Hub::attach`]),
+//!   followed rooms and messages from other replicas, session changes to the rooms, drain on
+//!   SIGTERM. It builds what the rooms share and starts them.
+//! - [`room_task`]: one task per running room, the single writer of its core `Room`, given a
+//!   [`room_task::Ctx`] of handles (never the hub).
+//! - [`directory`]: the room directory (local copy, shared copy in Redis, subscription caps).
+//! - [`network`]: in cluster mode, the edge's cross-deployment keys (presence, `online`, the
+//!   `rooms` index) and `GET /api/network/rooms|online`.
+//! - [`sockets`]: the table of this replica's sockets (bounded queues, closes) that the hub and
+//!   the rooms write to.
+//!
+//! **Infrastructure** (storage, messages, settings):
+//! - [`store`]: the rooms' durable state (SQLite or Redis); [`mongo`]: with `MONGODB_URL`,
+//!   every room change mirrored to MongoDB in the layout the edge uses, and rooms the room
+//!   store does not know restored from it; [`outbox`]: those writes stored durably first (a
+//!   local SQLite file) and delivered under the core's rules (`piano_core::outbox`).
+//! - [`cluster`]: leases, channels and the shared directory in Redis; [`redis_handle`]: the one
+//!   reconnecting, time-bounded Redis connection.
+//! - [`config`]: settings from the environment (documented in `k8s-fallback/README.md`);
+//!   [`client_ip`]: who the client is behind `TRUSTED_PROXIES`.
+//! - [`reach`]: the message that takes session ends and role changes to the rooms holding the
+//!   member's sockets; [`wire`]: the binary messages replicas exchange.
+//! - [`json`]: JSON responses and errors; [`metrics`]: counters and the relay latency
+//!   histogram, in Prometheus text format.
 
 pub mod accounts;
 pub mod auth;
@@ -47,19 +65,28 @@ pub mod config;
 pub mod directory;
 pub mod http;
 pub mod hub;
+pub mod json;
 pub mod metrics;
 pub mod mongo;
 pub mod network;
+pub mod outbox;
 pub mod reach;
 pub mod redis_handle;
 pub mod room_task;
 pub mod security;
 pub mod serve;
+pub mod sockets;
 pub mod store;
 pub mod wire;
 pub mod ws;
 
 use std::sync::Arc;
+
+/// Locks a mutex even if a panic elsewhere poisoned it: one panicking task must not take the
+/// whole replica down with it.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 pub fn now_ms() -> u64 {
     now_us() / 1000
@@ -84,14 +111,23 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         Some(url) => {
             let cluster =
                 cluster::Cluster::connect(url, cfg.replica_id.clone(), cfg.lease_ttl).await?;
-            (store::Store::Redis(cluster.conn.clone()), Some(cluster))
+            (
+                store::Store::Redis(cluster.conn.clone()),
+                Some(Arc::new(cluster)),
+            )
         }
         None => (store::Store::sqlite(&cfg.data_dir)?, None),
     };
     let mongo = match &cfg.mongodb_url {
-        Some(url) => Some(Arc::new(
-            mongo::Mongo::connect(url, &cfg.mongodb_database, &cfg.deployment_id).await?,
-        )),
+        Some(url) => Some(
+            mongo::Mongo::start(
+                url,
+                &cfg.mongodb_database,
+                &cfg.deployment_id,
+                &cfg.data_dir,
+            )
+            .await?,
+        ),
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(cfg.bind)
@@ -130,8 +166,9 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
     if cfg.metrics_addr.is_none() && cfg.metrics_token.is_none() {
         tracing::info!("/metrics is off: set METRICS_TOKEN or METRICS_ADDR to serve it");
     }
-    let hub = hub::Hub::new(cfg, store, cluster, mongo, accounts);
-    tokio::spawn(reach::run(hub.clone(), reach_rx));
+    let accounts = Arc::new(accounts);
+    let hub = hub::Hub::new(cfg, store, cluster, mongo.clone());
+    tokio::spawn(hub::pass_on_reach(hub.clone(), reach_rx));
     if let Some(l) = metrics_listener {
         tracing::info!(addr = ?l.local_addr().ok(), "serving /metrics");
         let metrics_limits = serve::ConnLimits::new(64, 64);
@@ -148,7 +185,7 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
             std::future::pending(),
         ));
     }
-    let app = http::router(hub.clone());
+    let app = http::router(hub.clone(), accounts);
     let shutdown = {
         let hub = hub.clone();
         async move {
@@ -158,6 +195,10 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         }
     };
     serve::serve(listener, app, limits, settings, shutdown).await;
+    if let Some(m) = &mongo {
+        // The rooms' last writes were stored as they stopped; deliver them while we may.
+        m.drain(std::time::Duration::from_secs(5)).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -4,31 +4,29 @@
 //!
 //! Role here: a mirror and a source of last resort. The room store (SQLite or Redis) stays the
 //! room's working state; every change is also written to MongoDB (`rooms` document `$set` per
-//! field, one `chat` document per message, marked `deleted_at`/`cleared_at` rather than removed),
-//! in order per room, retried with backoff. When a room starts and the room store has nothing
-//! for it (a new deployment, a lost Redis), it is restored from MongoDB: the room document plus
-//! the last 100 live messages this deployment (`DEPLOYMENT_ID`) wrote.
+//! field, one `chat` document per message, marked `deleted_at`/`cleared_at` rather than removed).
+//! When a room starts and the room store has nothing for it (a new deployment, a lost Redis),
+//! it is restored from MongoDB: the room document plus the last 100 live messages this
+//! deployment (`DEPLOYMENT_ID`) wrote.
 //!
-//! Players' activity (the core's per-user stats) goes to `user_stats` the same way: running
-//! totals per room and user, seeded from MongoDB, written with `$max`.
+//! Writes go through the process's durable outbox ([`crate::outbox`], the core's rules, as at
+//! the edge): an action's room changes (each field's final state only) and account documents
+//! are stored before the action's effects go out, and delivered in order with backoff; a
+//! write MongoDB refuses (validation, duplicate key) is set aside after three tries, counted
+//! (`piano_mongo_writes_dropped_total`) and kept in `outbox_dead`. A crash loses none.
 //!
-//! Not an outbox: a change not yet written when the process dies is missing from MongoDB (it
-//! is still in the room store, which is what rooms read first). A durable outbox on the
-//! fallback (as the edge's Durable Objects have) is a later issue. Meanwhile: each room's (and
-//! the accounts') queue is bounded ([`MIRROR_QUEUE`]); a write MongoDB fails transiently is
-//! retried with backoff (1 s doubling to 60 s) for as long as it takes, one op at a time in
-//! order, so an outage backs the queue up and what no longer fits is dropped and counted
-//! (`piano_mongo_writes_dropped_total`), never the room's memory; a write MongoDB refuses
-//! (a validation or duplicate-key error: retrying cannot help) is set aside and counted.
+//! Players' activity (the core's per-user stats) goes to `user_stats` through the outbox too:
+//! running totals per room and user, seeded from MongoDB, written with `$max`.
 
 use crate::metrics::METRICS;
+use crate::outbox::Outbox;
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::options::ClientOptions;
 use piano_backends::layout;
 use piano_backends::layout::StatsTotals;
 use piano_backends::outbox::{MongoAction, Op};
-use piano_core::room::StatsDelta;
-use piano_core::room::stored::{CHAT_HISTORY, Change, ChatRecord, RoomKind, Stored};
+use piano_core::room::stored::{CHAT_HISTORY, ChatRecord, RoomKind, Stored};
+use piano_core::room::{Effect, StatsDelta};
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -39,45 +37,137 @@ use tokio::sync::{mpsc, oneshot};
 pub struct Mongo {
     db: mongodb::Database,
     pub deployment: String,
+    outbox: Outbox,
 }
 
-/// Writes one room's (or the accounts') mirror may hold while MongoDB is slow or down.
-pub const MIRROR_QUEUE: usize = 4096;
+/// Stats batches one room's totals task may hold while MongoDB is slow (they are sent every
+/// few seconds; the totals are read from MongoDB once per user).
+pub const STATS_QUEUE: usize = 64;
 
-/// A room's (or the accounts') ordered, bounded queue to MongoDB.
+/// A room's (or the accounts') way to MongoDB: writes go into the outbox at once; players'
+/// activity goes through a task that knows their totals.
 #[derive(Clone)]
-pub struct Mirror(mpsc::Sender<MirrorMsg>);
+pub struct Mirror {
+    room: String,
+    mongo: Arc<Mongo>,
+    stats: Option<mpsc::Sender<MirrorMsg>>,
+}
 
 impl Mirror {
-    /// Queues without waiting (rooms never wait on MongoDB); `false` if it did not fit.
+    /// Stores a write in the outbox (an [`MirrorMsg::Op`], before returning) or hands the
+    /// stats task its work, never waiting on MongoDB; `false` if it could not.
     pub fn send(&self, msg: MirrorMsg) -> bool {
-        match self.0.try_send(msg) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(m)) => {
-                if !matches!(m, MirrorMsg::Flush(_)) {
-                    METRICS.mongo_dropped.fetch_add(1, Relaxed);
-                    METRICS.queue_full.fetch_add(1, Relaxed);
-                    tracing::warn!("mongodb mirror queue full: a write was dropped");
+        match msg {
+            MirrorMsg::Op(op) => self.store(vec![op]),
+            msg => {
+                let Some(tx) = &self.stats else { return false };
+                match tx.try_send(msg) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(m)) => {
+                        if !matches!(m, MirrorMsg::Flush(_)) {
+                            METRICS.queue_full.fetch_add(1, Relaxed);
+                            tracing::warn!(
+                                room = self.room,
+                                "stats queue full: a batch was dropped"
+                            );
+                        }
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
                 }
+            }
+        }
+    }
+
+    /// One action's effects: the room changes it persists, each field's final state only
+    /// (the core's coalescing, as at the edge), stored in the outbox before the caller carries
+    /// the effects out, so a change anyone has seen is never lost to a crash.
+    pub fn persisted(&self, effects: &[Effect]) {
+        let changes = effects.iter().filter_map(|e| match e {
+            Effect::Persist(c) => Some(c),
+            _ => None,
+        });
+        // Most actions (notes) persist nothing.
+        if changes.clone().next().is_none() {
+            return;
+        }
+        let now = crate::now_ms();
+        let ops: Vec<Op> = piano_core::outbox::final_changes(changes)
+            .into_iter()
+            .map(|c| layout::room_change(&self.mongo.deployment, &self.room, c, now))
+            .collect();
+        self.store(ops);
+    }
+
+    fn store(&self, ops: Vec<Op>) -> bool {
+        let n = ops.len();
+        match self.mongo.outbox.enqueue(ops) {
+            Ok(()) => true,
+            Err(e) => {
+                METRICS.mongo_dropped.fetch_add(n as u64, Relaxed);
+                tracing::error!(room = self.room, error = %e, "outbox write failed: MongoDB will miss a write");
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 }
 
-/// What a room's mirror task is sent.
+/// What a room's mirror is sent.
 pub enum MirrorMsg {
-    Change(Change),
-    /// An account document (`layout::account_*`).
+    /// A write of the shared layout (an account document, `layout::account_*`).
     Op(Op),
     /// Players' activity to add to their running totals in this room.
     Stats(BTreeMap<String, StatsDelta>),
+    /// Answered once the stats sent before it are in the outbox.
     Flush(oneshot::Sender<()>),
 }
 
 impl Mongo {
-    pub async fn connect(url: &str, database: &str, deployment: &str) -> Result<Mongo, String> {
+    /// Connects, claims the outbox in `data_dir` and starts delivering it (rows a crashed
+    /// process left included).
+    pub async fn start(
+        url: &str,
+        database: &str,
+        deployment: &str,
+        data_dir: &std::path::Path,
+    ) -> Result<Arc<Mongo>, String> {
+        // Mongo ops need no Redis keys; the prefix only names presence rows, never queued here.
+        let keys = layout::Keys {
+            prefix: String::new(),
+        };
+        let outbox = Outbox::open(data_dir, keys)?;
+        let mongo = Arc::new(Mongo::connect(url, database, deployment, outbox.clone()).await?);
+        let deliverer = mongo.clone();
+        tokio::spawn(outbox.run(move |op| {
+            let mongo = deliverer.clone();
+            async move {
+                mongo.apply(&op).await.map_err(|f| crate::outbox::Failed {
+                    transient: f.transient,
+                    message: f.message,
+                })
+            }
+        }));
+        Ok(mongo)
+    }
+
+    /// Waits (at most `limit`) for the outbox to empty: at shutdown.
+    pub async fn drain(&self, limit: Duration) {
+        let depth = self.outbox.drain(limit).await;
+        if depth.pending > 0 {
+            tracing::warn!(
+                pending = depth.pending,
+                path = %self.outbox.path().display(),
+                "stopping with MongoDB writes queued: the next process on this DATA_DIR delivers them"
+            );
+        }
+    }
+
+    async fn connect(
+        url: &str,
+        database: &str,
+        deployment: &str,
+        outbox: Outbox,
+    ) -> Result<Mongo, String> {
         let mut opts = ClientOptions::parse(url)
             .await
             .map_err(|e| format!("MONGODB_URL: {e}"))?;
@@ -93,6 +183,7 @@ impl Mongo {
         Ok(Mongo {
             db,
             deployment: deployment.to_owned(),
+            outbox,
         })
     }
 
@@ -106,7 +197,10 @@ impl Mongo {
             upsert,
         } = op
         else {
-            return Ok(());
+            return Err(Failure {
+                transient: false,
+                message: "not a MongoDB op".into(),
+            });
         };
         let refused = |e: bson::ser::Error| Failure {
             transient: false,
@@ -184,11 +278,15 @@ impl Mongo {
         Ok(Some(stored))
     }
 
-    /// Starts the ordered mirror of one room's changes.
+    /// One room's way to MongoDB (and its players' totals task).
     pub fn mirror(self: &Arc<Self>, room: &str) -> Mirror {
-        let (tx, rx) = mpsc::channel(MIRROR_QUEUE);
-        tokio::spawn(mirror_loop(self.clone(), room.to_owned(), rx));
-        Mirror(tx)
+        let (tx, rx) = mpsc::channel(STATS_QUEUE);
+        tokio::spawn(stats_loop(self.clone(), room.to_owned(), rx));
+        Mirror {
+            room: room.to_owned(),
+            mongo: self.clone(),
+            stats: Some(tx),
+        }
     }
 }
 
@@ -257,22 +355,15 @@ impl Mongo {
     }
 }
 
-async fn mirror_loop(mongo: Arc<Mongo>, room: String, mut rx: mpsc::Receiver<MirrorMsg>) {
+async fn stats_loop(mongo: Arc<Mongo>, room: String, mut rx: mpsc::Receiver<MirrorMsg>) {
     // Running totals per user in this room, seeded from MongoDB the first time a user shows
     // up (one replica runs the room at a time, so reading then adding is safe; the layout's
     // `$max` keeps a late or repeated write from lowering a total).
     let mut totals: HashMap<String, StatsTotals> = HashMap::new();
     while let Some(msg) = rx.recv().await {
         let ops = match msg {
-            MirrorMsg::Change(change) => {
-                vec![layout::room_change(
-                    &mongo.deployment,
-                    &room,
-                    &change,
-                    crate::now_ms(),
-                )]
-            }
-            MirrorMsg::Op(op) => vec![op],
+            // Stored by `Mirror::send` itself.
+            MirrorMsg::Op(_) => continue,
             MirrorMsg::Stats(stats) => {
                 let mut ops = Vec::new();
                 for (user, d) in stats {
@@ -303,8 +394,9 @@ async fn mirror_loop(mongo: Arc<Mongo>, room: String, mut rx: mpsc::Receiver<Mir
                 continue;
             }
         };
-        for op in ops {
-            apply_with_retries(&mongo, &room, &op).await;
+        if let Err(e) = mongo.outbox.enqueue(ops) {
+            METRICS.mongo_dropped.fetch_add(1, Relaxed);
+            tracing::error!(room, error = %e, "outbox write failed: players' totals not stored");
         }
     }
 }
@@ -321,10 +413,14 @@ impl Mongo {
         Ok(found.map(|d| Bson::Document(d).into_relaxed_extjson()))
     }
 
-    /// Account documents (`layout::account`), written in order by one task and retried, so a
+    /// Account documents (`layout::account_*`), through the outbox's one ordered lane, so a
     /// later save of an account never lands before an earlier one.
     pub fn account_writer(self: &Arc<Self>) -> Mirror {
-        self.mirror("(accounts)")
+        Mirror {
+            room: "(accounts)".into(),
+            mongo: self.clone(),
+            stats: None,
+        }
     }
 }
 
@@ -362,26 +458,5 @@ fn is_transient(e: &mongodb::error::Error) -> bool {
         | ErrorKind::BsonSerialization(_) => false,
         // Io, server selection, pool cleared, authentication hiccups, …
         _ => true,
-    }
-}
-
-/// Writes `op`, retrying transient failures with backoff (1 s doubling to 60 s) until they
-/// succeed; a refusal is retried twice (in case it was misjudged) and then set aside.
-async fn apply_with_retries(mongo: &Mongo, room: &str, op: &Op) {
-    let mut tries: u32 = 0;
-    while let Err(e) = mongo.apply(op).await {
-        tries += 1;
-        METRICS.mongo_errors.fetch_add(1, Relaxed);
-        if !e.transient && tries >= 3 {
-            METRICS.mongo_dropped.fetch_add(1, Relaxed);
-            tracing::error!(room, error = %e, "mongodb refused a write: set aside");
-            return;
-        }
-        // Loud at first, then once every ten tries: an outage must not flood the log.
-        if tries <= 3 || tries.is_multiple_of(10) {
-            tracing::warn!(room, error = %e, tries, "mongodb write failed; retrying");
-        }
-        let delay = piano_backends::outbox::retry_delay_ms(tries);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
 }

@@ -8,21 +8,21 @@
 //!   when the room stops (players reconnect elsewhere) its players are written as gone before
 //!   the lease is released, and a room that starts first clears entries this deployment left
 //!   for it (a replica killed without a goodbye).
-//! - `rooms:<deployment>`: written next to the replicas' own directory (`hub::directory_writer`): a listed
-//!   room's summary plus `deployment` (`room_listed`), removed when it empties or is hidden.
+//! - `rooms:<deployment>`: written next to the replicas' own directory
+//!   (`directory::directory_writer`): a listed room's summary plus `deployment`
+//!   (`room_listed`), removed when it empties or is hidden.
 //!
 //! `GET /api/network/rooms` and `GET /api/network/online` read them back with the edge's JSON.
 
-use crate::accounts::run_redis_op;
-use crate::http::{json, json_error, with_header};
-use crate::hub::Hub;
+use crate::cluster::Cluster;
+use crate::json::{json, json_error, with_header};
 use crate::metrics::redis_error;
-use crate::redis_handle::RedisHandle;
+use crate::redis_handle::{RedisHandle, run_redis_op};
 use axum::response::Response;
 use piano_backends::layout::{self, Keys, NetworkSnapshot, PresenceEntry};
 use piano_backends::outbox::Op;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -41,19 +41,24 @@ pub struct PresenceWriter {
     room: String,
     keys: Keys,
     deployment: String,
-    present: HashSet<String>,
     tx: mpsc::Sender<Msg>,
 }
 
 impl PresenceWriter {
     /// Starts the room's ordered writer; first it clears what this deployment left behind for
     /// the room (the room is starting, so nobody of ours is in it).
-    pub fn start(hub: &Hub, room: &str) -> Option<PresenceWriter> {
-        let conn = hub.cluster.as_ref()?.conn.clone();
+    /// `None` without a cluster (standalone).
+    pub fn start(
+        cluster: Option<&Cluster>,
+        redis_key_prefix: &str,
+        deployment: &str,
+        room: &str,
+    ) -> Option<PresenceWriter> {
+        let conn = cluster?.conn.clone();
         let keys = Keys {
-            prefix: hub.cfg.redis_key_prefix.clone(),
+            prefix: redis_key_prefix.to_owned(),
         };
-        let deployment = hub.cfg.deployment_id.clone();
+        let deployment = deployment.to_owned();
         let (tx, rx) = mpsc::channel(PRESENCE_QUEUE);
         tokio::spawn(write_loop(
             conn,
@@ -66,35 +71,35 @@ impl PresenceWriter {
             room: room.to_owned(),
             keys,
             deployment,
-            present: HashSet::new(),
             tx,
         })
     }
 
-    /// Writes who joined and who left since the last sync.
-    pub fn sync<'a>(
-        &mut self,
-        participants: impl Iterator<Item = &'a piano_core::proto::Participant>,
-    ) {
+    /// Writes who arrived and who left, as the room reports them (`Effect::Presence`).
+    pub fn apply(&self, joined: &[piano_core::proto::Participant], left: &[String]) {
         let now = crate::now_ms();
-        let mut current = HashSet::new();
-        for p in participants {
-            if current.insert(p.user_id.clone()) && !self.present.contains(&p.user_id) {
-                let entry = PresenceEntry {
-                    room: &self.room,
-                    user_id: &p.user_id,
-                    name: &p.name,
-                    color: &p.color,
-                };
-                let op = layout::presence_joined(&self.keys, &self.deployment, &entry, now);
-                self.queue(op);
-            }
+        for p in joined {
+            let entry = PresenceEntry {
+                room: &self.room,
+                user_id: &p.user_id,
+                name: &p.name,
+                color: &p.color,
+            };
+            self.queue(layout::presence_joined(
+                &self.keys,
+                &self.deployment,
+                &entry,
+                now,
+            ));
         }
-        for gone in self.present.difference(&current) {
-            let op = layout::presence_left(&self.keys, &self.deployment, &self.room, gone);
-            self.queue(op);
+        for gone in left {
+            self.queue(layout::presence_left(
+                &self.keys,
+                &self.deployment,
+                &self.room,
+                gone,
+            ));
         }
-        self.present = current;
     }
 
     fn queue(&self, op: Op) {
@@ -112,10 +117,8 @@ impl PresenceWriter {
     /// The room stops: everyone in it is gone from here; waits (bounded) until written. When
     /// the lease was lost (`announce` false) another replica may already run the room and have
     /// written its players: nothing is written then (that replica cleared ours when it started).
-    pub async fn close(mut self, announce: bool) {
-        if announce {
-            self.sync(std::iter::empty());
-        }
+    /// Waits (briefly) until what was queued is written.
+    pub async fn close(self) {
         let (reply, done) = oneshot::channel();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             if self.tx.send(Msg::Flush(reply)).await.is_ok() {
@@ -190,12 +193,15 @@ pub fn index_commands(
 }
 
 #[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
-fn shared_redis(hub: &Hub) -> Result<(&RedisHandle, Keys), Response> {
-    match &hub.cluster {
+fn shared_redis<'a>(
+    cluster: Option<&'a Cluster>,
+    redis_key_prefix: &str,
+) -> Result<(&'a RedisHandle, Keys), Response> {
+    match cluster {
         Some(c) => Ok((
             &c.conn,
             Keys {
-                prefix: hub.cfg.redis_key_prefix.clone(),
+                prefix: redis_key_prefix.to_owned(),
             },
         )),
         None => Err(json_error(
@@ -243,18 +249,23 @@ async fn snapshots(conn: &RedisHandle, keys: &Keys) -> Result<Vec<NetworkSnapsho
 }
 
 /// `GET /api/network/rooms`: public rooms of every deployment, busiest first.
-pub async fn rooms(hub: &Hub) -> Response {
-    network(hub, "rooms", layout::network_rooms).await
+pub async fn rooms(cluster: Option<&Cluster>, redis_key_prefix: &str) -> Response {
+    network(cluster, redis_key_prefix, "rooms", layout::network_rooms).await
 }
 
 /// `GET /api/network/online`: who is online on every deployment (and in which listed room).
-pub async fn online(hub: &Hub) -> Response {
-    network(hub, "online", layout::network_online).await
+pub async fn online(cluster: Option<&Cluster>, redis_key_prefix: &str) -> Response {
+    network(cluster, redis_key_prefix, "online", layout::network_online).await
 }
 
 /// Reads every deployment's shared index and answers `{field: view(snapshots)}`.
-async fn network(hub: &Hub, field: &str, view: fn(&[NetworkSnapshot]) -> Vec<Value>) -> Response {
-    let (conn, keys) = match shared_redis(hub) {
+async fn network(
+    cluster: Option<&Cluster>,
+    redis_key_prefix: &str,
+    field: &str,
+    view: fn(&[NetworkSnapshot]) -> Vec<Value>,
+) -> Response {
+    let (conn, keys) = match shared_redis(cluster, redis_key_prefix) {
         Ok(r) => r,
         Err(resp) => return resp,
     };

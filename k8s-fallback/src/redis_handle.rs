@@ -6,6 +6,7 @@
 //! (redis' own `ConnectionManager` was tried first: after Redis restarted it kept failing
 //! commands instead of reconnecting, see `tests/cluster.rs`, the Redis restart test.)
 
+use piano_backends::outbox::Op;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue, RedisError, RedisResult};
 use std::sync::Arc;
@@ -113,4 +114,22 @@ impl RedisHandle {
         };
         self.run(call.invoke_async(&mut c)).await
     }
+}
+
+/// Runs one of the layout's Redis writes (`Op::Redis`, a list of commands) as one pipeline.
+pub async fn run_redis_op(conn: &RedisHandle, op: &Op) -> redis::RedisResult<()> {
+    let Op::Redis { commands } = op else {
+        return Ok(());
+    };
+    let mut pipe = redis::pipe();
+    for c in commands {
+        let mut parts = c.iter();
+        let Some(name) = parts.next() else { continue };
+        let cmd = pipe.cmd(name);
+        for p in parts {
+            cmd.arg(p);
+        }
+        cmd.ignore();
+    }
+    conn.pipe::<()>(&pipe).await
 }

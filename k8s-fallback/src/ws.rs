@@ -3,9 +3,10 @@
 //! stops reading can only fill its own queue (and be closed), never stall its room.
 
 use crate::cluster::replica_channel;
-use crate::hub::{Hub, Outbound, Route, SERVICE_RESTART, SLOW_CONSUMER};
+use crate::hub::{Hub, Route};
 use crate::metrics::{METRICS, redis_error};
 use crate::room_task::RoomMsg;
+use crate::sockets::{Outbound, SERVICE_RESTART, SLOW_CONSUMER};
 use crate::wire::Wire;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
@@ -57,7 +58,7 @@ pub async fn serve(
     let conn = new_conn_id();
     let (tx, rx) = mpsc::channel(hub.cfg.outbound_queue);
     let (kill_tx, kill_rx) = oneshot::channel();
-    hub.register(conn, tx, kill_tx);
+    hub.sockets.register(conn, tx, kill_tx);
     METRICS.connections.fetch_add(1, Relaxed);
     let (sink, mut stream) = socket.split();
     // The writer says when a kill (slow consumer) made it give up on the queue: the room must
@@ -71,7 +72,7 @@ pub async fn serve(
         Ok(r) => Some(r),
         Err((code, reason)) => {
             tracing::info!(room, code, reason, "connection refused by placement");
-            hub.close_local(conn, code, reason);
+            hub.sockets.close(conn, code, reason);
             None
         }
     };
@@ -99,7 +100,7 @@ pub async fn serve(
                         // The WebSocket layer refused the frame (far over the size limit, or
                         // not WebSocket at all): close with the protocol's code.
                         tracing::debug!(conn, error = %e, "websocket read failed");
-                        hub.close_local(conn, close::FRAME_TOO_LARGE, "frame too large");
+                        hub.sockets.close(conn, close::FRAME_TOO_LARGE, "frame too large");
                         break;
                     }
                 };
@@ -142,9 +143,9 @@ pub async fn serve(
                 if heard.elapsed() >= idle {
                     METRICS.idle_closes.fetch_add(1, Relaxed);
                     idle_closed = true;
-                    hub.close_local(conn, IDLE_TIMEOUT, "idle: nothing received, not even a pong");
+                    hub.sockets.close(conn, IDLE_TIMEOUT, "idle: nothing received, not even a pong");
                 } else {
-                    hub.ping(conn);
+                    hub.sockets.ping(conn);
                 }
             }
         }
@@ -205,11 +206,13 @@ async fn forward(hub: &Hub, route: &Route, conn: ConnId, data: Bytes, binary: bo
                 Ok(_) => {
                     // The holder is gone: free its lease so the reconnect restores the room.
                     c.release_if(room, holder).await;
-                    hub.close_local(conn, SERVICE_RESTART, "the room moved: reconnect");
+                    hub.sockets
+                        .close(conn, SERVICE_RESTART, "the room moved: reconnect");
                 }
                 Err(e) => {
                     redis_error("forwarding a frame", &e);
-                    hub.close_local(conn, SERVICE_RESTART, "the room is unavailable: reconnect");
+                    hub.sockets
+                        .close(conn, SERVICE_RESTART, "the room is unavailable: reconnect");
                 }
             }
         }

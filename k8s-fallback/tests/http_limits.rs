@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use futures_util::StreamExt;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -303,25 +302,7 @@ async fn websockets_are_capped_per_ip_and_idle_ones_closed() {
     // ...one that never reads (no pongs) is closed with 1001.
     drop(players);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (mut silent, _) = tokio_tungstenite::connect_async(r.ws_url("caps-idle", &token))
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
-    // Not reading for a while: its pings go unanswered.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let mut code = None;
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(msg) = silent.next().await {
-            match msg {
-                Ok(tokio_tungstenite::tungstenite::Message::Close(f)) => {
-                    code = f.map(|f| u16::from(f.code));
-                    return;
-                }
-                Ok(_) => continue,
-                Err(_) => return,
-            }
-        }
-    })
-    .await;
+    let code = silent_close_code(r.port, &r.ws_url("caps-idle", &token)).await;
     assert_eq!(code, Some(1001), "closed as idle");
     let m = metrics(&r).await;
     assert!(
@@ -394,4 +375,51 @@ async fn auth_bodies_are_capped_while_streaming_and_timed() {
         let answer = read_answer(s).await;
         assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
     }
+}
+
+/// Opens a WebSocket that never writes after the upgrade request (no pongs, no close reply),
+/// waits 5 s, and returns the close code among the frames the server sent. Raw bytes, because
+/// a WebSocket client answers pings on its next read: once the server has closed, that write
+/// meets a reset, which may hide the close frame behind an error.
+async fn silent_close_code(port: u16, url: &str) -> Option<u16> {
+    let path = url.splitn(4, '/').nth(3).map(|p| format!("/{p}"))?;
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.ok()?;
+    // Not reading for a while: its pings go unanswered.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    assert!(got.starts_with(b"HTTP/1.1 101"), "upgraded");
+    // Server frames are unmasked: opcode, length (7 bits, or 16/64 more), payload.
+    let mut frames = &got[head_end..];
+    while frames.len() >= 2 {
+        let opcode = frames[0] & 0x0f;
+        let (len, skip) = match frames[1] & 0x7f {
+            126 if frames.len() >= 4 => (u16::from_be_bytes([frames[2], frames[3]]) as usize, 4),
+            127 if frames.len() >= 10 => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&frames[2..10]);
+                (u64::from_be_bytes(n) as usize, 10)
+            }
+            n @ 0..=125 => (n as usize, 2),
+            _ => return None,
+        };
+        let payload = frames.get(skip..skip + len)?;
+        if opcode == 8 && payload.len() >= 2 {
+            return Some(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+        frames = &frames[skip + len..];
+    }
+    None
 }

@@ -1,5 +1,5 @@
-//! Member accounts on real processes, beyond the edge's own trials (which `e2e_subset.rs` and
-//! `e2e_subset_cluster.rs` run unchanged): accounts and sessions surviving a restart, the
+//! Member accounts on real processes, beyond the shared e2e trials (which `tests/e2e.rs` runs on the
+//! standalone fallback and the cluster): accounts and sessions surviving a restart, the
 //! session limit and the auth rate limit (standalone); concurrent registrations of one name on
 //! two replicas, a member moving between replicas, and the edge's revocation list (Redis);
 //! accounts shared with the edge through MongoDB (secantusdb).

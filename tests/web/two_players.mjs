@@ -1,5 +1,5 @@
 // Browser test: two people play together in Debian's Chromium, driven by playwright-core (no
-// browser download). Run by the Rust e2e harness (tests/edge.rs) against its wrangler dev:
+// browser download). Run by the Rust e2e harness (tests/basics.rs) against each target:
 //   node tests/web/two_players.mjs <base url> <screenshot dir>
 // Exits non-zero with a message on the first failed check. Writes desktop and phone screenshots.
 import { chromium } from "playwright-core";
@@ -33,7 +33,9 @@ async function player(name, viewport = { width: 1280, height: 800 }, password = 
   }
   await page.fill("#nickname", name);
   await page.click("#signin-form button[type=submit]");
-  await page.waitForFunction(() => window.__piano?.you?.id, null, { timeout: 15000 });
+  // A member's sign-up hashes the password (PBKDF2, 100k rounds): seconds in the fallback's
+  // debug build on a busy test machine.
+  await page.waitForFunction(() => window.__piano?.you?.id, null, { timeout: password ? 60000 : 15000 });
   return page;
 }
 
@@ -89,6 +91,10 @@ try {
 
   assert.deepEqual(errors, [], `no page errors: ${errors.join("; ")}`);
   console.log(`browser: ok (screenshots in ${shots})`);
+} catch (e) {
+  // What the pages said is usually the reason a wait timed out.
+  console.error(`page errors so far: ${errors.join("; ") || "none"}`);
+  throw e;
 } finally {
   await browser.close();
 }

@@ -17,9 +17,10 @@
 use super::budget::{self, Bucket, Kind};
 use super::perms::Actor;
 use super::stored::{Change, PasswordHash};
-use super::{ConnId, Effect, Out, Room, S, close, send_one};
+use super::{ConnId, Effect, Out, Room, S, send_one};
 use crate::Millis;
 use crate::identity::Identity;
+use crate::limits::close;
 use crate::proto::{self, ErrorCode, JoinFailure};
 use std::collections::BTreeMap;
 

@@ -11,17 +11,19 @@
 //! [`Input::IdentityChanged`]: super::Input::IdentityChanged
 
 use super::stored::{Change, Stored};
-use super::{Conn, ConnId, Effect, Out, Room, close};
+use super::{Conn, ConnId, Effect, Out, Room};
 use crate::Millis;
-use crate::proto::ErrorCode;
+use crate::limits::close;
 
 impl Room {
     /// When the host should feed [`super::Input::Tick`] next: the earliest expiry of a
-    /// connected identity (`None`: no deadline).
+    /// connected identity, or when gathered activity is due (`None`: no deadline).
     pub fn next_deadline(&self) -> Option<Millis> {
+        let stats = self.stats.due.filter(|_| self.has_stats());
         self.conns
             .values()
             .filter_map(|c| c.identity.expires_at)
+            .chain(stats)
             .min()
     }
 
@@ -104,19 +106,6 @@ impl Room {
             "over budget: slow down",
             now,
             out,
-        );
-    }
-
-    pub(super) fn on_subscribe_refused(&mut self, conn: ConnId, out: &mut Out) {
-        if !self.conns.get(&conn).is_some_and(|c| c.subscribed) {
-            return;
-        }
-        self.on_subscribe(conn, false, out);
-        super::error(
-            out,
-            conn,
-            ErrorCode::TooManySubscriptions,
-            "you follow the room list from too many rooms: close one first",
         );
     }
 

@@ -7,43 +7,11 @@
 use crate::proto;
 use serde::{Deserialize, Serialize};
 
+// Kept here too: hosts and the room name it as part of the durable state.
+pub use crate::listing::RoomKind;
+
 /// Chat messages a room keeps (and sends to each joiner).
 pub const CHAT_HISTORY: usize = 100;
-
-/// Lobby rooms (`lobby`, `lobby-2`, …) have no owner and lobby quotas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RoomKind {
-    Lobby,
-    Normal,
-}
-
-impl RoomKind {
-    pub fn of(name: &str) -> RoomKind {
-        let numbered_lobby = name.strip_prefix("lobby-").is_some_and(|n| {
-            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0')
-        });
-        if name == "lobby" || numbered_lobby {
-            RoomKind::Lobby
-        } else {
-            RoomKind::Normal
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RoomKind::Lobby => "lobby",
-            RoomKind::Normal => "normal",
-        }
-    }
-
-    pub fn default_capacity(self) -> u32 {
-        match self {
-            RoomKind::Lobby => 30,
-            RoomKind::Normal => 20,
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
@@ -226,15 +194,6 @@ pub enum Change {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kinds() {
-        assert_eq!(RoomKind::of("lobby"), RoomKind::Lobby);
-        assert_eq!(RoomKind::of("lobby-12"), RoomKind::Lobby);
-        for normal in ["lobby-", "lobby-01", "lobby-x", "Lobby", "my lobby"] {
-            assert_eq!(RoomKind::of(normal), RoomKind::Normal, "{normal}");
-        }
-    }
 
     #[test]
     fn passwords() {

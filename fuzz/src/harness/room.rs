@@ -15,7 +15,7 @@
 //! | 12 | time moves: 0-63 ms, 0-6.3 s, 0-63 min forward, or up to 63 s back |
 //! | 13 | the directory answers: `RoomList` or `RoomListChanged` |
 //! | 14 | hibernation (unless a password check is in flight): `Room::restore` from what the host kept, which must rebuild the same room |
-//! | 15 | a host call: `refresh_report`, `count_activity`, `take_stats`, tight `set_limits`, or an oversized frame |
+//! | 15 | a host call: `refresh_report`, `count_activity`, `Input::Stop`, `track_presence`, tight `set_limits`, or an oversized frame |
 //! | 16 | `SessionEnded` (one session or all) or `IdentityChanged` for a user |
 //! | 17 | `Tick`: now, or at `next_deadline` as a host's alarm would |
 //! | 18 | the host answers a pending `VerifyPassword` with `PasswordChecked` (truthfully) |
@@ -69,12 +69,18 @@ pub struct Host {
     pub most_participants: usize,
     pub password_joins: usize,
     trace: bool,
+    /// Who is here according to the room's `Effect::Presence` (tracked from the start and
+    /// again after each wake), and whether an input ran since the last wake.
+    present: BTreeSet<String>,
+    presence_synced: bool,
 }
 
 impl Host {
     pub fn new(name: &str) -> Host {
+        let mut room = Room::new(name, SEED);
+        room.track_presence(true);
         Host {
-            room: Room::new(name, SEED),
+            room,
             name: name.to_owned(),
             open: BTreeSet::new(),
             records: BTreeMap::new(),
@@ -85,6 +91,8 @@ impl Host {
             most_participants: 0,
             password_joins: 0,
             trace: false,
+            present: BTreeSet::new(),
+            presence_synced: true,
         }
     }
 
@@ -116,6 +124,7 @@ impl Host {
             eprintln!("@{} {input:?}", self.now - T0);
         }
         let effects = self.room.handle(input, self.now);
+        self.presence_synced = true;
         if self.trace {
             for e in &effects {
                 match e {
@@ -189,7 +198,22 @@ impl Host {
                         "Subscribe for a closed connection"
                     );
                 }
-                Effect::Directory(_) => {}
+                Effect::Directory(_) | Effect::Stats(_) => {}
+                Effect::Presence { joined, left } => {
+                    for p in joined {
+                        assert!(
+                            self.present.insert(p.user_id.clone()),
+                            "reported present twice: {}",
+                            p.user_id
+                        );
+                    }
+                    for u in left {
+                        assert!(
+                            self.present.remove(u),
+                            "reported gone but never present: {u}"
+                        );
+                    }
+                }
                 Effect::VerifyPassword {
                     conn,
                     password,
@@ -212,6 +236,13 @@ impl Host {
     fn check(&mut self) {
         self.most_participants = self.most_participants.max(self.room.participant_count());
         let room = &self.room;
+        if self.presence_synced {
+            let here: BTreeSet<String> = room.participants().map(|p| p.user_id.clone()).collect();
+            assert_eq!(
+                here, self.present,
+                "presence reported differs from the participants"
+            );
+        }
         assert_eq!(
             room.connection_count(),
             self.open.len(),
@@ -272,6 +303,9 @@ impl Host {
         assert_eq!(self.room.settings_proto(), room.settings_proto());
         assert_eq!(self.room.ownership_proto(), room.ownership_proto());
         self.room = room;
+        self.room.track_presence(true);
+        self.present.clear();
+        self.presence_synced = false;
         self.apply(&effects, None);
         self.check();
     }
@@ -421,7 +455,7 @@ fn step(host: &mut Host, b: &mut Bytes) {
             }
             1 => host.room.count_activity(b.bool()),
             2 => {
-                let _ = host.room.take_stats();
+                host.feed(Input::Stop);
             }
             3 => host.room.set_limits(tight_limits()),
             _ => {

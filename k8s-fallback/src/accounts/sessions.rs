@@ -4,9 +4,10 @@
 //! [`session::OLD_SECRETS`] old hashes and the core's expiry, and the e2e trials run them
 //! against the same assertions as the edge.
 
-use super::store::{Accounts, Backend, Failure, run_redis_op, session_key, sessions_key};
+use super::store::{Accounts, Backend, Failure, session_key, sessions_key};
 use crate::metrics::redis_error;
 use crate::reach::Reach;
+use crate::redis_handle::run_redis_op;
 use piano_backends::layout;
 use piano_core::account::SessionRefusal;
 use piano_core::account::session::{self, Check, OLD_SECRETS, Refresh, SESSION_TTL_MS, Session};
@@ -418,5 +419,17 @@ impl Accounts {
                 Ok(session::check(exists, row.as_ref(), generation, now))
             }
         }
+    }
+}
+
+/// The token check's view of the session store ([`crate::auth`] sits below the accounts).
+impl crate::auth::Sessions for Accounts {
+    fn check(
+        &self,
+        sub: &str,
+        sid: &str,
+        generation: u64,
+    ) -> impl std::future::Future<Output = Result<Check, Failure>> + Send {
+        Accounts::check(self, sub, sid, generation)
     }
 }

@@ -19,7 +19,6 @@ use crate::mongo::Mongo;
 use crate::reach::Reach;
 use crate::redis_handle::RedisHandle;
 use piano_backends::layout;
-use piano_backends::outbox::Op;
 use piano_core::account::AccountData;
 use piano_core::account::lookup::{self, Lookup};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -333,24 +332,6 @@ impl Accounts {
             None => Lookup::Absent,
         })
     }
-}
-
-/// Runs one of the layout's Redis writes (`Op::Redis`, a list of commands) as one pipeline.
-pub async fn run_redis_op(conn: &RedisHandle, op: &Op) -> redis::RedisResult<()> {
-    let Op::Redis { commands } = op else {
-        return Ok(());
-    };
-    let mut pipe = redis::pipe();
-    for c in commands {
-        let mut parts = c.iter();
-        let Some(name) = parts.next() else { continue };
-        let cmd = pipe.cmd(name);
-        for p in parts {
-            cmd.arg(p);
-        }
-        cmd.ignore();
-    }
-    conn.pipe::<()>(&pipe).await
 }
 
 pub(super) fn random_bytes<const N: usize>() -> [u8; N] {

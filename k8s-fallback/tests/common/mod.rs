@@ -1,19 +1,18 @@
-//! Real processes for the fallback's integration tests: `redis-server` and the built
-//! `k8s-fallback` binary on free loopback ports, each killed when dropped (and by the kernel if
-//! the test process dies first), plus a small protobuf WebSocket client that reports closes
-//! instead of panicking, for tests where servers die on purpose.
+//! Real processes for the fallback's integration tests, started with the e2e harness's process
+//! helper (`tests/process.rs`): `redis-server`, secantusdb and the built `k8s-fallback` binary
+//! on free loopback ports, each killed when dropped (and by the kernel if the test process dies
+//! first), plus [`Player`], the harness's WebSocket client as these tests use it.
 
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 
-use futures_util::{SinkExt, StreamExt};
-use piano_core::proto::{self, ClientMessage, ServerMessage, client_message, server_message};
-use prost::Message as _;
+use e2e_tests::process::spawn_guarded;
+use e2e_tests::{Admission, Client};
+use piano_core::proto::{self, client_message, server_message};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use e2e_tests::process::{Redis, free_port};
 
 /// The `/metrics` bearer token every test replica gets (unless a test sets its own).
 pub const METRICS_TOKEN: &str = "test-metrics-token";
@@ -31,13 +30,6 @@ pub async fn metrics(replica: &Replica) -> String {
         .expect("metrics text")
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 pub fn scratch_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "k8s-fallback-{tag}-{}-{}",
@@ -48,79 +40,11 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// Spawns `cmd` in its own process group, with PR_SET_PDEATHSIG so it dies with the test.
+/// Spawns `cmd` (stdin closed) with the e2e harness's process helper: its own process
+/// group, dying with the test.
 fn spawn(mut cmd: Command) -> Child {
-    use std::os::unix::process::CommandExt;
-    cmd.stdin(Stdio::null()).process_group(0);
-    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    // PDEATHSIG fires when the forking *thread* exits: fork from one that never does.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(cmd.spawn());
-        loop {
-            std::thread::park();
-        }
-    });
-    rx.recv().expect("spawner thread").expect("spawn process")
-}
-
-pub struct Redis {
-    child: Child,
-    pub port: u16,
-}
-
-impl Redis {
-    /// In memory only (`--save '' --appendonly no`).
-    pub fn start() -> Redis {
-        Redis::start_on(free_port(), None)
-    }
-
-    /// With an append-only file in `dir` (fsync always), so a restart keeps what was written.
-    pub fn start_on(port: u16, aof_dir: Option<&std::path::Path>) -> Redis {
-        let mut cmd = Command::new("/usr/bin/redis-server");
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ]);
-        match aof_dir {
-            Some(dir) => {
-                cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
-                    .arg(dir);
-            }
-            None => {
-                cmd.args(["--appendonly", "no"]);
-            }
-        }
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        let child = spawn(cmd);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Redis { child, port }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    cmd.stdin(Stdio::null());
+    spawn_guarded(cmd).expect("spawn process")
 }
 
 /// `secantusd-py` (PyPI `secantusdb`, MongoDB wire-compatible), as the e2e stack runs it.
@@ -288,20 +212,9 @@ fn log_dir() -> PathBuf {
     dir
 }
 
+/// The body of a plain blocking `GET`.
 pub fn blocking_get(port: u16, path: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default())
+    e2e_tests::process::blocking_get(port, path).map(|(_, body)| body)
 }
 
 /// A guest token and user id from a replica's real endpoint.
@@ -338,66 +251,44 @@ pub enum Event {
     Closed(u16),
 }
 
+/// The e2e harness's [`e2e_tests::Client`] in the words of these tests: a connect that reports
+/// a refusal or a dead server as text, and closes as bare codes (0 when the socket just ended
+/// or broke), for servers that die on purpose.
 pub struct Player {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    client: e2e_tests::Client,
     pub welcome: proto::Welcome,
 }
 
 impl Player {
     /// Connects and reads the Welcome; an error (refused, closed, dead server) as text.
     pub async fn connect(url: &str) -> Result<Player, String> {
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(3),
-            tokio_tungstenite::connect_async(url),
-        )
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-        let mut p = Player {
-            ws,
-            welcome: Default::default(),
-        };
-        match p.next(Duration::from_secs(3)).await {
-            Some(Event::Msg(server_message::Msg::Welcome(w))) => {
-                p.welcome = w;
-                Ok(p)
-            }
+        let admitted = tokio::time::timeout(Duration::from_secs(6), Client::admission(url))
+            .await
+            .map_err(|_| "connect timed out".to_string())?;
+        match admitted {
+            Admission::Admitted(client) => Ok(Player {
+                welcome: client.welcome.clone(),
+                client: *client,
+            }),
             other => Err(format!("expected Welcome, got {other:?}")),
         }
     }
 
     pub fn id(&self) -> String {
-        self.welcome
-            .you
-            .as_ref()
-            .map(|p| p.id.clone())
-            .unwrap_or_default()
+        self.client.id().to_owned()
     }
 
     pub async fn send(&mut self, msg: client_message::Msg) {
-        let bytes = ClientMessage { msg: Some(msg) }.encode_to_vec();
         // A send to a dying server shows up as a close on the next read.
-        let _ = self.ws.send(Message::Binary(bytes.into())).await;
+        let _ = self.client.try_send(msg).await;
     }
 
     pub async fn next(&mut self, within: Duration) -> Option<Event> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()?;
-            match next {
-                Some(Ok(Message::Binary(b))) => {
-                    let msg = ServerMessage::decode(&b[..]).expect("a valid ServerMessage");
-                    return Some(Event::Msg(msg.msg.expect("a message body")));
-                }
-                Some(Ok(Message::Close(f))) => {
-                    return Some(Event::Closed(f.map(|f| u16::from(f.code)).unwrap_or(0)));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Some(Event::Closed(0)),
-            }
-        }
+        Some(match self.client.next_event(within).await? {
+            e2e_tests::Event::Msg(m) => Event::Msg(m),
+            e2e_tests::Event::Closed(f) => Event::Closed(f.map(|f| u16::from(f.code)).unwrap_or(0)),
+            e2e_tests::Event::Broken(_) => Event::Closed(0),
+        })
     }
 
     /// The first message `pick` accepts within 10 s (panics otherwise).
@@ -455,12 +346,8 @@ impl Player {
         }
     }
 
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(_)) = self.ws.next().await {}
-        })
-        .await;
+    pub async fn close(self) {
+        self.client.close().await;
     }
 }
 

@@ -12,7 +12,8 @@
 //! the core); a true backlog bound needs the runtime's `bufferedAmount` or a protocol-level
 //! acknowledgement.
 
-use crate::{Room, json_error, lobby, sessions};
+use super::Room;
+use crate::{json_error, lobby, sessions};
 use piano_core::names::percent_encode;
 use piano_core::room::{ConnId, Input};
 use std::collections::HashMap;
@@ -149,7 +150,7 @@ impl Room {
     /// `POST /session {"user_id", "session_id"?, "changed"?}` from an Account object: a session
     /// ended (close 4001) or the user's roles changed (close 4002).
     pub(crate) async fn session_notice(&self, req: &mut Request) -> Result<Response> {
-        let name = crate::room_header(req)?;
+        let name = super::room_header(req)?;
         let notice: sessions::Notice = req.json().await?;
         let input = if notice.changed {
             Input::IdentityChanged {

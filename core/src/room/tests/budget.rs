@@ -1,76 +1,8 @@
 //! Per-connection budgets (issue 13): every kind of client message, note events, notices,
-//! closing persistent abusers, and honest clients never noticing any of it.
+//! closing persistent abusers, and honest clients never noticing any of it
+//! ([`super::super::budget`], [`super::super::abuse`]).
 
-use super::budget::{self, Limits, Rate};
-use super::tests::*;
-use super::*;
-use crate::proto::{
-    ControlChange, JoinFailure, NoteEvent, NoteOff, NoteOn, client_message::Msg as M,
-};
-use crate::proto::{note_event::Kind as E, server_message::Msg as SM};
-
-/// The retry-after of every `RATE_LIMITED` error in the effects.
-fn rate_notices(fx: &[Effect]) -> Vec<u64> {
-    sent(fx)
-        .into_iter()
-        .filter_map(|(_, m)| match m {
-            SM::Error(e) if e.code == ErrorCode::RateLimited as i32 => Some(e.retry_after_ms),
-            _ => None,
-        })
-        .collect()
-}
-
-fn closes(fx: &[Effect]) -> Vec<(ConnId, u16)> {
-    fx.iter()
-        .filter_map(|e| match e {
-            Effect::Close { conn, code, .. } => Some((*conn, *code)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Note batches relayed to others (the sender's own conn excluded from the targets).
-fn relayed_events(fx: &[Effect]) -> Option<usize> {
-    find(fx, |m| match m {
-        SM::Notes(b) => Some(b.events.len()),
-        _ => None,
-    })
-}
-
-fn ev(kind: E) -> NoteEvent {
-    NoteEvent {
-        delay: 0,
-        kind: Some(kind),
-    }
-}
-
-fn on(note: u32) -> E {
-    E::NoteOn(NoteOn {
-        note,
-        velocity: 80,
-        channel: 0,
-    })
-}
-
-fn off(note: u32) -> E {
-    E::NoteOff(NoteOff { note, channel: 0 })
-}
-
-fn pedal(value: u32) -> E {
-    E::ControlChange(ControlChange {
-        control: 64,
-        value,
-        channel: 0,
-    })
-}
-
-fn batch_at(time: Millis, events: Vec<NoteEvent>) -> M {
-    M::Notes(proto::NoteBatch {
-        time,
-        events,
-        sender_id: String::new(),
-    })
-}
+use super::harness::*;
 
 /// Room "r": "owner" on conn 1 (owns it), "bob" on conn 2.
 fn two_players() -> Room {

@@ -1,47 +1,54 @@
 //! Admission (issue 13): socket caps per user and per network, every socket passing admission,
-//! bans by network, password guessing slowed per user and per room, password checks off the
-//! room's thread.
+//! bans by network, capacity, typed join failures, password guessing slowed per user and per
+//! room, password checks off the room's thread ([`super::super::admission`]).
 
-use super::budget::{self, Limits};
-use super::tests::*;
-use super::*;
-use crate::proto::{JoinFailure, client_message::Msg as M, server_message::Msg as SM};
+use super::harness::*;
 
-fn on_net(user: &str, roles: &[&str], network: &str) -> Identity {
-    Identity {
-        network: Some(network.into()),
-        ..ident_with(user, roles)
+/// The capacity invariant without the noise of capacity changes: joins never overfill a room.
+#[test]
+fn joins_never_exceed_the_limit() {
+    let mut room = room_with(|s| s.settings.max_players = 3);
+    for i in 0..10 {
+        enter(&mut room, i, &format!("user{i}"));
+        assert!(room.participant_count() <= 3);
     }
+    assert_eq!(room.participant_count(), 3);
 }
 
-fn connect_as(room: &mut Room, conn: ConnId, who: Identity) -> Vec<Effect> {
-    room.handle(
-        Input::Connect {
-            conn,
-            identity: who,
-        },
-        NOW,
-    )
-}
-
-fn joined(fx: &[Effect]) -> bool {
-    find(fx, |m| matches!(m, SM::Joined(_)).then_some(())).is_some()
-}
-
-fn verify_requests(fx: &[Effect]) -> Vec<(ConnId, String)> {
-    fx.iter()
-        .filter_map(|e| match e {
-            Effect::VerifyPassword { conn, password, .. } => Some((*conn, password.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
-fn join_with(password: &str) -> M {
-    M::Join(proto::Join {
-        password: password.into(),
-        create_settings: None,
-    })
+#[test]
+fn join_failures_are_typed() {
+    let mut room = room_with(|s| {
+        s.settings.max_players = 2;
+        s.settings.allow_guests = false;
+        s.settings.allow_bots = false;
+    });
+    enter_as(&mut room, 1, "owner", &["member"]);
+    assert_eq!(
+        join_failure(&enter_as(&mut room, 2, "g", &["guest"])),
+        Some((JoinFailure::GuestsNotAllowed, 0))
+    );
+    assert_eq!(
+        join_failure(&enter_as(&mut room, 3, "b", &["bot"])),
+        Some((JoinFailure::NotAllowed, 0))
+    );
+    assert_eq!(
+        join_failure(&enter_as(&mut room, 4, "m", &["member"])),
+        None
+    );
+    assert_eq!(
+        join_failure(&enter_as(&mut room, 5, "m2", &["member"])),
+        Some((JoinFailure::RoomFull, 0))
+    );
+    // Another connection of someone present is never refused; staff pass a full room.
+    assert_eq!(
+        join_failure(&enter_as(&mut room, 6, "m", &["member"])),
+        None
+    );
+    assert_eq!(
+        join_failure(&enter_as(&mut room, 7, "mod", &["moderator"])),
+        None
+    );
+    assert_eq!(room.participant_count(), 3);
 }
 
 /// A room "r" owned by "owner" (conn 1) with the password "hunter2".
@@ -446,13 +453,7 @@ fn the_password_goes_only_to_the_check() {
     let mut room = locked_room();
     connect(&mut room, 2, "bob");
     let fx = binary(&mut room, 2, &client(join_with("hunter3")));
-    let frames: Vec<u8> = fx
-        .iter()
-        .flat_map(|e| match e {
-            Effect::Send { frame, .. } => frame.to_vec(),
-            _ => vec![],
-        })
-        .collect();
+    let frames = sent_bytes(&fx);
     assert!(!frames.windows(7).any(|w| w == b"hunter3"));
     assert_eq!(verify_requests(&fx), vec![(2, "hunter3".to_owned())]);
 }

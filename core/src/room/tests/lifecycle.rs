@@ -1,29 +1,7 @@
-//! Sessions reaching open sockets, expiry, refused subscriptions, and rooms that leave no
-//! storage behind (issue 13).
+//! Sessions reaching open sockets, expiry, and rooms that leave no storage behind (issue 13)
+//! ([`super::super::lifecycle`]).
 
-use super::tests::*;
-use super::*;
-use crate::proto::{client_message::Msg as M, server_message::Msg as SM};
-
-fn member(user: &str, session: &str, expires_at: Option<Millis>) -> Identity {
-    Identity {
-        session_id: Some(session.into()),
-        expires_at,
-        ..ident_with(user, &["member"])
-    }
-}
-
-fn closes(fx: &[Effect]) -> Vec<(ConnId, u16)> {
-    let mut v: Vec<_> = fx
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Close { conn, code, .. } => Some((*conn, *code)),
-            _ => None,
-        })
-        .collect();
-    v.sort();
-    v
-}
+use super::harness::*;
 
 /// Conns 1, 2: alice on sessions s1, s2; conn 3: bob on s3; conn 4: alice connected, not
 /// joined, on s1.
@@ -139,44 +117,6 @@ fn a_guest_token_expires_with_its_exp() {
     assert_eq!(room.next_deadline(), Some(NOW + 10_000));
 }
 
-#[test]
-fn a_refused_subscription_is_undone_and_told() {
-    let mut room = room("r");
-    connect(&mut room, 1, "alice");
-    connect(&mut room, 2, "bob");
-    msg(&mut room, 1, M::SubscribeRooms(proto::SubscribeRooms {}));
-    msg(&mut room, 2, M::SubscribeRooms(proto::SubscribeRooms {}));
-    let fx = room.handle(Input::SubscribeRefused { conn: 1 }, NOW);
-    assert_eq!(error_code(&fx), Some(ErrorCode::TooManySubscriptions));
-    assert!(
-        fx.iter()
-            .any(|e| matches!(e, Effect::Remember(r) if r.conn == 1 && !r.subscribed))
-    );
-    assert!(
-        !fx.iter()
-            .any(|e| matches!(e, Effect::Directory(DirectoryOp::Unsubscribe))),
-        "bob still follows the list"
-    );
-    let fx = room.handle(Input::SubscribeRefused { conn: 2 }, NOW);
-    assert!(fx.contains(&Effect::Directory(DirectoryOp::Unsubscribe)));
-    assert!(!room.has_subscribers());
-    // Late or repeated refusals change nothing.
-    assert!(
-        room.handle(Input::SubscribeRefused { conn: 2 }, NOW)
-            .is_empty()
-    );
-    assert!(
-        room.handle(Input::SubscribeRefused { conn: 9 }, NOW)
-            .is_empty()
-    );
-}
-
-fn discards(fx: &[Effect]) -> usize {
-    fx.iter()
-        .filter(|e| matches!(e, Effect::Persist(stored::Change::Discard)))
-        .count()
-}
-
 /// The last participant leaving a room nobody configured asks the host to delete its storage;
 /// anything worth keeping keeps it.
 #[test]
@@ -262,48 +202,4 @@ fn probes_that_never_join_write_nothing() {
     // The first Join writes (the creator's crown).
     let fx = enter(&mut room, 2, "player");
     assert!(fx.iter().any(|e| matches!(e, Effect::Persist(_))));
-}
-
-/// A user's last subscribed connection going frees that user's place in the directory's
-/// per-user cap even while others in the room still follow the list; another connection of
-/// the same user keeps it.
-#[test]
-fn a_users_last_subscription_in_a_busy_room_is_released() {
-    let mut room = room("r");
-    for (conn, user) in [(1, "alice"), (2, "alice"), (3, "bob")] {
-        connect(&mut room, conn, user);
-        msg(&mut room, conn, M::SubscribeRooms(proto::SubscribeRooms {}));
-    }
-    let unsub = || M::UnsubscribeRooms(proto::UnsubscribeRooms {});
-    let directory = |fx: &[Effect]| -> Vec<DirectoryOp> {
-        fx.iter()
-            .filter_map(|e| match e {
-                Effect::Directory(
-                    op @ (DirectoryOp::Unsubscribe | DirectoryOp::UnsubscribeUser { .. }),
-                ) => Some(op.clone()),
-                _ => None,
-            })
-            .collect()
-    };
-    assert_eq!(
-        directory(&msg(&mut room, 1, unsub())),
-        [],
-        "alice still follows on conn 2"
-    );
-    assert_eq!(
-        directory(&room.handle(Input::Disconnect { conn: 2 }, NOW)),
-        [DirectoryOp::UnsubscribeUser {
-            user_id: "alice".into()
-        }]
-    );
-    assert_eq!(
-        directory(&msg(&mut room, 1, unsub())),
-        [],
-        "not subscribed: nothing to end"
-    );
-    assert_eq!(
-        directory(&msg(&mut room, 3, unsub())),
-        [DirectoryOp::Unsubscribe],
-        "the room's last subscriber"
-    );
 }

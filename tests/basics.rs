@@ -1,145 +1,12 @@
-//! End-to-end suite against the edge deployment: the real worker and Room Durable Object in
-//! workerd (`wrangler dev`), reached over loopback with real HTTP and WebSocket clients.
-//! One server is started on first use and shared by all trials (each uses its own rooms);
-//! it is stopped when the run ends, pass or fail.
+//! The basics on every target: guest tokens and the JWKS, the WebSocket upgrade's checks,
+//! join/relay/ping/leave, malformed frames, room isolation, hibernation (edge), and the browser
+//! client in Chromium.
 
+use crate::*;
 use e2e_tests::proto::{ErrorCode, client_message, server_message};
-use e2e_tests::*;
-use libtest_mimic::{Arguments, Failed, Trial};
 use piano_core::identity::Verifier;
-use std::future::Future;
-use std::sync::OnceLock;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
-
-mod abuse;
-mod abuse_accounts;
-mod abuse_directory;
-mod accounts;
-mod directory;
-mod drifts;
-mod persistence;
-mod room_features;
-mod tokens;
-
-static SERVER: OnceLock<Server> = OnceLock::new();
-
-pub(crate) fn server() -> &'static Server {
-    SERVER.get_or_init(Server::start_edge)
-}
-
-fn run<F: Future<Output = ()>>(f: F) -> Result<(), Failed> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failed::from(format!("runtime: {e}")))?
-        .block_on(f);
-    Ok(())
-}
-
-macro_rules! trials {
-    ($($($path:ident)::+),* $(,)?) => {
-        vec![$(Trial::test(last_segment(stringify!($($path)::+)), || run($($path)::+()))),*]
-    };
-}
-
-fn last_segment(path: &'static str) -> &'static str {
-    path.rsplit(':').next().unwrap_or(path).trim()
-}
-
-fn main() {
-    let args = Arguments::from_args();
-    let trials = trials![
-        guest_token_is_an_eddsa_jwt_verifiable_with_the_jwks,
-        guest_token_refuses_bad_names,
-        upgrade_refuses_missing_and_bad_tokens,
-        upgrade_refuses_bad_room_names_and_plain_requests,
-        browser_subprotocol_token_is_accepted_and_echoed,
-        client_identity_headers_are_ignored,
-        join_relay_ping_and_leave,
-        malformed_frames_get_typed_errors_and_oversized_frames_close,
-        rooms_are_isolated,
-        room_survives_hibernation,
-        room_features::profiles_and_cursors_are_validated_and_broadcast,
-        room_features::notes_quota_black_midi_and_owner_only_play,
-        room_features::chat_history_typing_rate_limit_and_welcome,
-        room_features::settings_password_and_crown,
-        room_features::moderation_kick_ban_unban_mute,
-        room_features::typed_join_failures,
-        directory::rooms_are_listed_by_players_and_private_rooms_are_absent,
-        directory::a_subscriber_sees_joins_leaves_and_emptied_rooms_go,
-        directory::thirty_one_players_overflow_into_lobby_2,
-        directory::joining_a_new_room_creates_it_with_the_joiners_settings,
-        browser_two_players_play_chat_and_see_the_room_list,
-        tokens::rfc8725_bad_tokens_are_refused_at_rest_and_websocket,
-        tokens::rotated_keys_verify_while_listed_and_are_published,
-        accounts::register_login_connect_refresh_logout,
-        accounts::concurrent_registrations_of_one_name_one_wins,
-        accounts::profiles_and_admin_roles,
-        persistence::mongo_client_speaks_the_data_api,
-        persistence::redis_client_speaks_the_upstash_protocol,
-        persistence::clients_time_out_and_report_unreachable_services,
-        persistence::outbox_ops_are_idempotent,
-        abuse::note_off_and_pedal_flood_is_bounded_and_closed_1008,
-        abuse::typing_and_profile_floods_are_bounded_and_closed_1008,
-        abuse::one_user_gets_at_most_four_sockets_per_room,
-        abuse::password_guessing_is_slowed_per_user_and_room,
-        abuse::a_reader_that_never_reads_is_closed_1013,
-        abuse_directory::room_list_subscriptions_are_capped_per_user,
-        abuse_directory::settings_toggles_reach_subscribers_coalesced,
-        abuse_directory::room_list_reads_are_cached,
-        abuse_directory::lookalike_room_names_are_refused,
-        abuse_accounts::logout_closes_open_sockets_4001,
-        abuse_accounts::revoked_session_closes_open_sockets_4001,
-        abuse_accounts::role_change_closes_open_sockets_4002,
-        abuse_accounts::expiring_guest_token_closes_its_socket_4001,
-        abuse_accounts::refresh_and_logout_need_the_secret,
-        abuse_accounts::a_ban_holds_against_a_new_guest_token_from_the_same_network,
-        abuse_accounts::reserved_admin_names_need_the_bootstrap_secret,
-        abuse_accounts::every_response_carries_security_headers_and_cors_is_closed,
-        drifts::refresh_tokens_are_parsed_alike_with_capped_parts,
-        drifts::registration_is_refused_while_the_account_database_is_unreachable,
-        drifts::account_lookups_back_off_for_one_interval_on_both_hosts,
-        drifts::an_imported_account_must_be_the_user_its_key_names,
-    ];
-    let mut conclusion = libtest_mimic::run(&args, trials);
-    // Trials that restart the server run alone, after the others, one at a time.
-    let exclusive = trials![
-        // Counts the Durable Objects' files: nothing else may make rooms meanwhile.
-        abuse_directory::probes_and_anonymous_reads_create_no_storage,
-        // wrangler dev restarts the worker after an early answer to a streamed body.
-        abuse_accounts::oversized_auth_bodies_are_refused_while_streaming,
-        room_features::room_survives_a_restart,
-        accounts::auth_endpoints_are_rate_limited_per_ip,
-        accounts::session_limit_ends_older_sessions,
-        persistence::edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis,
-        persistence::an_outage_of_both_backends_delays_writes_and_loses_none,
-        persistence::presence_of_players_lost_in_a_restart_is_cleared,
-    ];
-    let one_at_a_time = Arguments {
-        test_threads: Some(1),
-        ..args.clone()
-    };
-    let second = libtest_mimic::run(&one_at_a_time, exclusive);
-    conclusion.num_passed += second.num_passed;
-    conclusion.num_failed += second.num_failed;
-    conclusion.num_filtered_out += second.num_filtered_out;
-    if let Some(s) = SERVER.get() {
-        if conclusion.has_failed() {
-            eprintln!(
-                "--- last lines of wrangler dev's log ---\n{}",
-                s.log_tail(80)
-            );
-        }
-        s.stop();
-        let _ = std::fs::remove_dir_all(&s.dir);
-    }
-    // Statics are never dropped: stop the shared backend stack by hand.
-    if let Some(stack) = persistence::STACK.get() {
-        stack.stop_all();
-    }
-    conclusion.exit();
-}
 
 fn http() -> reqwest::Client {
     reqwest::Client::new()
@@ -150,12 +17,7 @@ async fn json_of(resp: reqwest::Response) -> (u16, serde_json::Value) {
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
 
-pub(crate) fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", now_ms() % 1_000_000_000)
-}
-
-async fn guest_token_is_an_eddsa_jwt_verifiable_with_the_jwks() {
-    let s = server();
+pub async fn guest_token_is_an_eddsa_jwt_verifiable_with_the_jwks(s: &Server) {
     let (status, body) = json_of(
         http()
             .post(s.http("/api/auth/guest"))
@@ -220,8 +82,7 @@ fn jsonwebtoken_header(token: &str) -> serde_json::Value {
     .unwrap()
 }
 
-async fn guest_token_refuses_bad_names() {
-    let s = server();
+pub async fn guest_token_refuses_bad_names(s: &Server) {
     let long = "x".repeat(41);
     let cases: Vec<(reqwest::RequestBuilder, &str)> = vec![
         (
@@ -287,8 +148,7 @@ async fn guest_token_refuses_bad_names() {
     );
 }
 
-async fn upgrade_refuses_missing_and_bad_tokens() {
-    let s = server();
+pub async fn upgrade_refuses_missing_and_bad_tokens(s: &Server) {
     let url = s.ws_url(&unique("auth"));
     let mut expired = s.claims("guest:old", "Old");
     expired.iat -= 7200;
@@ -334,8 +194,7 @@ async fn upgrade_refuses_missing_and_bad_tokens() {
         .expect("valid token connects");
 }
 
-async fn upgrade_refuses_bad_room_names_and_plain_requests() {
-    let s = server();
+pub async fn upgrade_refuses_bad_room_names_and_plain_requests(s: &Server) {
     let token = s.sign(&s.claims("guest:names", "Names"));
     let long = "r".repeat(65);
     for raw in [
@@ -373,8 +232,7 @@ async fn upgrade_refuses_bad_room_names_and_plain_requests() {
     );
 }
 
-async fn browser_subprotocol_token_is_accepted_and_echoed() {
-    let s = server();
+pub async fn browser_subprotocol_token_is_accepted_and_echoed(s: &Server) {
     let token = s.guest_token("Browser").await;
     let url = s.ws_url(&unique("proto"));
     let proto = format!("pianorhythm.v1, bearer.{token}");
@@ -400,8 +258,7 @@ async fn browser_subprotocol_token_is_accepted_and_echoed() {
     );
 }
 
-async fn client_identity_headers_are_ignored() {
-    let s = server();
+pub async fn client_identity_headers_are_ignored(s: &Server) {
     let token = s.sign(&s.claims("guest:honest", "Honest"));
     let forged = piano_core::identity::Identity {
         user_id: "admin:root".into(),
@@ -430,8 +287,7 @@ async fn client_identity_headers_are_ignored() {
     );
 }
 
-async fn join_relay_ping_and_leave() {
-    let s = server();
+pub async fn join_relay_ping_and_leave(s: &Server) {
     let room = unique("relay");
     let mut a = s.player(&room, "Alice").await;
     let w = &a.welcome;
@@ -456,45 +312,53 @@ async fn join_relay_ping_and_leave() {
         ["Alice", "Bob"],
         "newcomer sees everyone present, in join order"
     );
-    match a.recv().await {
-        server_message::Msg::ParticipantJoined(pj) => {
-            assert_eq!(pj.participant.unwrap().name, "Bob")
-        }
-        other => panic!("expected ParticipantJoined, got {other:?}"),
-    }
+    // Other traffic (presence, ownership) may come in between on some hosts: pick what counts.
+    let pj = a
+        .recv_matching(|m| match m {
+            server_message::Msg::ParticipantJoined(p) => p.participant.clone(),
+            _ => None,
+        })
+        .await;
+    assert_eq!(pj.name, "Bob");
 
     a.send(note_on(60, 100)).await;
-    match b.recv().await {
-        server_message::Msg::Notes(batch) => {
-            assert_eq!(
-                batch.sender_id,
-                a.id(),
-                "stamped with the sender's participant id"
-            );
-            assert_eq!(batch.events.len(), 1);
-        }
-        other => panic!("expected Notes, got {other:?}"),
-    }
-    // The sender does not hear its own batch back; its next message is the pong.
+    let batch = b
+        .recv_matching(|m| match m {
+            server_message::Msg::Notes(n) => Some(n.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        batch.sender_id,
+        a.id(),
+        "stamped with the sender's participant id"
+    );
+    assert_eq!(batch.events.len(), 1);
+    // The sender does not hear its own batch back: no Notes before its pong.
     let before = now_ms();
     a.send(client_message::Msg::Ping(e2e_tests::proto::Ping {
         client_time: 1234.5,
     }))
     .await;
-    match a.recv().await {
-        server_message::Msg::Pong(p) => {
-            assert_eq!(p.client_time, 1234.5);
-            assert!(p.server_time + 5_000 >= before && p.server_time <= now_ms() + 5_000);
-        }
-        other => panic!("expected Pong (and no echo of own notes), got {other:?}"),
-    }
+    let pong = a
+        .recv_matching(|m| match m {
+            server_message::Msg::Pong(p) => Some(*p),
+            server_message::Msg::Notes(n) => panic!("the sender heard its own notes: {n:?}"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(pong.client_time, 1234.5);
+    assert!(pong.server_time + 5_000 >= before && pong.server_time <= now_ms() + 5_000);
 
     let bob_id = b.id().to_owned();
     b.close().await;
-    match a.recv().await {
-        server_message::Msg::ParticipantLeft(l) => assert_eq!(l.participant_id, bob_id),
-        other => panic!("expected ParticipantLeft, got {other:?}"),
-    }
+    let left = a
+        .recv_matching(|m| match m {
+            server_message::Msg::ParticipantLeft(l) => Some(l.participant_id.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(left, bob_id);
 }
 
 fn error_code(msg: &server_message::Msg) -> Option<ErrorCode> {
@@ -504,8 +368,7 @@ fn error_code(msg: &server_message::Msg) -> Option<ErrorCode> {
     }
 }
 
-async fn malformed_frames_get_typed_errors_and_oversized_frames_close() {
-    let s = server();
+pub async fn malformed_frames_get_typed_errors_and_oversized_frames_close(s: &Server) {
     let room = unique("bad");
     let mut a = s.player(&room, "Alice").await;
     a.send(note_on(60, 100)).await;
@@ -534,8 +397,7 @@ async fn malformed_frames_get_typed_errors_and_oversized_frames_close() {
     }
 }
 
-async fn rooms_are_isolated() {
-    let s = server();
+pub async fn rooms_are_isolated(s: &Server) {
     let (r1, r2) = (unique("iso-one"), unique("iso-two"));
     let mut a = s.player(&r1, "A").await;
     a.join().await;
@@ -550,7 +412,7 @@ async fn rooms_are_isolated() {
     c.expect_silence(Duration::from_millis(700)).await;
 }
 
-async fn room_info(s: &Server, room: &str) -> serde_json::Value {
+pub async fn room_info(s: &Server, room: &str) -> serde_json::Value {
     let url = s.http(&format!(
         "/api/rooms/{}",
         piano_core::names::percent_encode(room)
@@ -560,8 +422,7 @@ async fn room_info(s: &Server, room: &str) -> serde_json::Value {
     body
 }
 
-async fn room_survives_hibernation() {
-    let s = server();
+pub async fn room_survives_hibernation(s: &Server) {
     let room = unique("hibernate");
     let mut a = s.player(&room, "Alice").await;
     a.join().await;
@@ -598,9 +459,10 @@ async fn room_survives_hibernation() {
 }
 
 /// The browser client in Debian's Chromium (tests/web/two_players.mjs, playwright-core).
-async fn browser_two_players_play_chat_and_see_the_room_list() {
-    let s = server();
-    let shots = repo_root().join("tests/artifacts/screenshots");
+pub async fn browser_two_players_play_chat_and_see_the_room_list(s: &Server) {
+    let shots = repo_root()
+        .join("tests/artifacts/screenshots")
+        .join(format!("{:?}", s.host).to_lowercase());
     let out = tokio::time::timeout(
         Duration::from_secs(180),
         tokio::process::Command::new("node")

@@ -1,0 +1,47 @@
+//! Hibernation and restarts: a room rebuilt from its durable state ([`super::stored`]) and the
+//! records its host kept per socket ([`super::ConnRecord`]) looks the same to its players.
+
+use super::{ConnRecord, Out, Room, Stored};
+use crate::Millis;
+
+impl Room {
+    /// Rebuilds a room from its durable state and the records its host kept; the room looks to
+    /// its players exactly as before (same participants, order, ids, settings, crown, chat).
+    /// If the owner is no longer connected (the host restarted), the crown drops now, and the
+    /// returned effects persist that.
+    pub fn restore(
+        name: impl Into<String>,
+        stored: Option<Stored>,
+        records: impl IntoIterator<Item = ConnRecord>,
+        now: Millis,
+        seed: [u8; 32],
+    ) -> (Room, Out) {
+        let mut room = Room::blank(name.into(), seed);
+        if let Some(s) = stored {
+            room.stored = s;
+        }
+        let mut records: Vec<ConnRecord> = records.into_iter().collect();
+        records.sort_by_key(|r| (r.joined.is_none(), r.joined, r.conn));
+        for r in records {
+            room.add_conn(r.conn, r.identity, r.profile, now);
+            if let Some(c) = room.conns.get_mut(&r.conn) {
+                c.subscribed = r.subscribed;
+            }
+            if let Some(seq) = r.joined {
+                room.join_member(r.conn, seq, now);
+                room.next_join_seq = room.next_join_seq.max(seq + 1);
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(owner) = room.stored.crown.owner_user.clone()
+            && room.member_index_by_user(&owner).is_none()
+        {
+            room.drop_crown(owner, now, &mut out);
+        }
+        // Waking up, the room corrects its directory entry (it may have emptied meanwhile).
+        room.report_if_changed(now, &mut out);
+        // Rebuilding is not activity: the joins above were counted when they happened.
+        room.stats.by_user.clear();
+        (room, out)
+    }
+}

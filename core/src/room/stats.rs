@@ -1,0 +1,78 @@
+//! Per-user activity (note-ons relayed, chats, joins, last seen) for hosts that keep totals.
+//! The room decides when the host gets it ([`Effect::Stats`]): at most [`STATS_EVERY_MS`] after
+//! the first activity not yet handed over (the host's timer is [`Room::next_deadline`]), at once
+//! when someone joins or leaves (a room may hibernate or stop right after), and on
+//! [`super::Input::Stop`].
+
+use super::{Effect, Out, Room};
+use crate::Millis;
+use std::collections::BTreeMap;
+
+/// How long activity may wait in memory before the room hands it to the host.
+pub const STATS_EVERY_MS: Millis = 5_000;
+
+/// Per-user activity, gathered only for hosts that keep it ([`Room::count_activity`]): a host
+/// without anywhere to put it pays nothing per note.
+#[derive(Default)]
+pub(super) struct Activity {
+    pub(super) counting: bool,
+    pub(super) by_user: BTreeMap<String, StatsDelta>,
+    /// When what `by_user` holds must reach the host (set by its first entry).
+    pub(super) due: Option<Millis>,
+    /// Participants at the last hand-over: a join or leave hands over at once.
+    members_seen: usize,
+}
+
+impl Activity {
+    /// `user`'s record, seen now; `None` while not counting.
+    pub(super) fn of(&mut self, user: &str, now: Millis) -> Option<&mut StatsDelta> {
+        if !self.counting {
+            return None;
+        }
+        self.due.get_or_insert(now + STATS_EVERY_MS);
+        let st = self.by_user.entry(user.to_owned()).or_default();
+        st.last_seen = now;
+        Some(st)
+    }
+}
+
+/// What one user did in the room since the host last asked ([`Room::take_stats`]): note-ons
+/// relayed, chat messages posted, joins, and when they were last active. Hosts add the deltas
+/// to durable per-user totals (the edge mirrors them to MongoDB's `user_stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StatsDelta {
+    pub notes: u64,
+    pub chats: u64,
+    pub joins: u64,
+    pub last_seen: Millis,
+}
+
+impl Room {
+    /// Starts (or stops) gathering per-user activity for [`Room::take_stats`]; off by default.
+    pub fn count_activity(&mut self, on: bool) {
+        self.stats.counting = on;
+        if !on {
+            self.stats.by_user.clear();
+            self.stats.due = None;
+        }
+    }
+
+    /// Whether activity is waiting to be handed over.
+    pub fn has_stats(&self) -> bool {
+        !self.stats.by_user.is_empty()
+    }
+
+    /// After every input: hands the activity over when it is due, when the participants
+    /// changed, or when the host asks (`now_please`: [`super::Input::Stop`]).
+    pub(super) fn stats_if_due(&mut self, now: Millis, now_please: bool, out: &mut Out) {
+        let members = self.members.len();
+        let changed = std::mem::replace(&mut self.stats.members_seen, members) != members;
+        if self.stats.by_user.is_empty()
+            || !(now_please || changed || self.stats.due.is_some_and(|d| d <= now))
+        {
+            return;
+        }
+        self.stats.due = None;
+        out.push(Effect::Stats(std::mem::take(&mut self.stats.by_user)));
+    }
+}

@@ -1,0 +1,22 @@
+//! The room's tests, one file per concern (named like the production files), all on one
+//! harness ([`harness`]): a host's view of a room, and builders and decoders of frames.
+
+mod harness;
+
+mod admission;
+mod budget;
+mod chat;
+mod crown;
+mod directory;
+mod hibernation;
+mod invariants;
+mod join;
+mod lifecycle;
+mod members;
+mod moderation;
+mod notes;
+mod perms;
+mod profile;
+mod settings;
+mod stats;
+mod wire;

@@ -1,0 +1,686 @@
+//! The Room Durable Object: the sans-I/O room from `piano-core` hosted on workers-rs.
+//!
+//! One object per room name. It is a thin adapter (docs/architecture.md §1): it accepts WebSockets with the
+//! hibernation API, turns runtime events into [`piano_core::room::Input`]s and carries out the
+//! returned effects. The object is only reachable through the edge worker's binding, which has
+//! already verified the player's token and passes the identity in [`IDENTITY_HEADER`].
+//!
+//! Hibernation: the runtime may evict the object whenever no event is running; the WebSockets
+//! stay open. Each socket's attachment holds its [`ConnRecord`], so the first event after a wake
+//! rebuilds the same room from `get_websockets()`. No timers run while the room is idle.
+//!
+//! Durability: the room's durable state (settings, crown, bans, mutes, chat) is written to the
+//! object's SQLite storage as the core reports each [`Change`] (see [`storage`]), and read back
+//! whenever the object is constructed, so it survives hibernation, eviction and restarts.
+//!
+//! Directory: the core's [`DirectoryOp`]s (reports on joins, leaves and settings changes, and
+//! subscriptions) go to the [`lobby::Lobby`] object once the room's own effects are done; the
+//! lobby pushes listing changes back with `POST /directory`.
+//!
+//! Internal routes (worker → object): `GET /connect` (WebSocket upgrade), `GET /info`; (lobby →
+//! object): `POST /directory` (a listing change for subscribers), `POST /refresh` (report now).
+
+pub(crate) mod host;
+mod stats;
+
+use piano_core::identity::Identity;
+use piano_core::limits::close;
+use piano_core::lobby::{Delta, Summary};
+use piano_core::names::percent_decode;
+use piano_core::room::stored::Change;
+use piano_core::room::{ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, Room as CoreRoom};
+
+use crate::outbox::Outbox;
+use crate::{IDENTITY_HEADER, PROTOCOL_HEADER, ROOM_HEADER, json_error, lobby, storage, webcrypto};
+use piano_backends::layout;
+use piano_backends::outbox::Lane;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use worker::js_sys::Uint8Array;
+use worker::*;
+
+struct Loaded {
+    room: CoreRoom,
+    sockets: HashMap<ConnId, WebSocket>,
+    /// Bytes sent to each socket since the client last sent a frame (see [`host`]).
+    unread: HashMap<ConnId, usize>,
+}
+
+#[durable_object]
+pub struct Room {
+    state: State,
+    env: Env,
+    loaded: RefCell<Option<Loaded>>,
+    /// When this instance was constructed: a wake after hibernation makes a new instance.
+    started_at: u64,
+    /// Writes bound for MongoDB (settings, crown, bans, chat, user stats) and Redis (presence).
+    outbox: Outbox,
+    /// Whether the room's SQLite database holds the room (created at the first successful
+    /// Join, deleted on `Change::Discard`); `None` until looked up.
+    has_storage: Cell<Option<bool>>,
+    /// Join passwords the core asked to check ([`Effect::VerifyPassword`]), run after the event.
+    pending_checks: RefCell<Vec<(ConnId, String, piano_core::password::PasswordHash)>>,
+    /// The core asked to delete the room's storage ([`Change::Discard`]).
+    discard_asked: Cell<bool>,
+    /// Members whose sockets here the Account object must learn about (user id, room name).
+    announce: RefCell<Vec<String>>,
+    /// Unread bytes after which a socket is closed as a slow reader (`SLOW_READER_BYTES`).
+    slow_reader_bytes: usize,
+}
+
+impl DurableObject for Room {
+    fn new(state: State, env: Env) -> Self {
+        Room {
+            outbox: Outbox::new(&env),
+            state,
+            loaded: RefCell::new(None),
+            started_at: now(),
+            has_storage: Cell::new(None),
+            pending_checks: RefCell::new(Vec::new()),
+            discard_asked: Cell::new(false),
+            announce: RefCell::new(Vec::new()),
+            slow_reader_bytes: host::slow_reader_bytes(&env),
+            env,
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        match req.path().as_str() {
+            "/connect" => self.accept_player(&req).await,
+            "/info" => self.info(&req).await,
+            "/refresh" => {
+                // The lobby's entry for this room is old: report afresh (loading the room, if
+                // it was not in memory, reports by itself).
+                let name = room_header(&req)?;
+                let mut ops = self.handle_restore(name.as_deref());
+                let fresh = match self.loaded.borrow_mut().as_mut() {
+                    Some(l) if ops.is_empty() => l.room.refresh_report(now()),
+                    _ => Vec::new(),
+                };
+                ops.extend(self.apply(fresh));
+                self.directory(ops).await;
+                Response::empty()
+            }
+            "/session" => self.session_notice(&mut req).await,
+            "/outbox" => {
+                let status = self.outbox.status(&self.state.storage().sql())?;
+                Response::from_json(&status)
+            }
+            "/directory" => {
+                let name = room_header(&req)?;
+                let delta: Delta = req.json().await?;
+                let ops = self.handle(name.as_deref(), Input::RoomListChanged(delta));
+                self.directory(ops).await;
+                let subscribed = self
+                    .loaded
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|l| l.room.has_subscribers());
+                // 410 tells the lobby to stop pushing here.
+                Response::empty().map(|r| r.with_status(if subscribed { 204 } else { 410 }))
+            }
+            _ => json_error(404, "not_found", "no such room route"),
+        }
+    }
+
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> Result<()> {
+        // Frames of a socket the room already closed are dropped before they get here
+        // (worker/entry.mjs).
+        let Some(conn) = conn_of(&ws) else {
+            let _ = ws.close(Some(close::INTERNAL_ERROR), Some("connection state lost"));
+            return Ok(());
+        };
+        self.client_read(conn);
+        let frame = match &message {
+            WebSocketIncomingMessage::Binary(b) => Frame::Binary(b),
+            WebSocketIncomingMessage::String(s) => Frame::Text(s),
+        };
+        let ops = self.handle(None, Input::Frame { conn, frame });
+        self.directory(ops).await;
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        _code: usize,
+        _reason: String,
+        _clean: bool,
+    ) -> Result<()> {
+        let ops = self.drop_socket(&ws);
+        // Complete the closing handshake (a no-op if the runtime already did).
+        let _ = ws.close(Some(close::NORMAL), Some("bye"));
+        self.directory(ops).await;
+        Ok(())
+    }
+
+    async fn websocket_error(&self, ws: WebSocket, _error: Error) -> Result<()> {
+        let ops = self.drop_socket(&ws);
+        self.directory(ops).await;
+        Ok(())
+    }
+
+    /// The core's deadline (tokens and sessions that ended close their sockets with 4001;
+    /// players' activity due reaches its totals) and the outbox's delivery.
+    async fn alarm(&self) -> Result<Response> {
+        self.outbox.begin_alarm();
+        let ops = self.handle(None, Input::Tick);
+        let sql = self.state.storage().sql();
+        let flushed = self.outbox.flush(&sql, now()).await;
+        let outbox_empty = flushed.as_ref().is_ok_and(|f| f.pending == 0);
+        let resp = self
+            .outbox
+            .finish_alarm(&self.state.storage(), &sql, flushed, self.deadline(), now())
+            .await;
+        if outbox_empty {
+            self.discard_if_asked().await;
+        }
+        self.directory(ops).await;
+        resp
+    }
+}
+
+impl Room {
+    async fn accept_player(&self, req: &Request) -> Result<Response> {
+        let headers = req.headers();
+        if !headers
+            .get("upgrade")?
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+        {
+            return json_error(426, "upgrade_required", "expected a WebSocket upgrade");
+        }
+        let (Some(mut identity), Some(name)) = (
+            headers
+                .get(IDENTITY_HEADER)?
+                .as_deref()
+                .and_then(Identity::from_header),
+            room_header(req)?,
+        ) else {
+            return json_error(400, "bad_request", "missing identity or room");
+        };
+        // The client's network (Cloudflare sets this header; the worker forwards it), for the
+        // per-network socket cap and bans.
+        identity.network = headers
+            .get("cf-connecting-ip")?
+            .map(|ip| piano_core::http_policy::network_key(&ip));
+
+        let sql = self.state.storage().sql();
+        // Nothing is written for a room before its first successful Join: a room new here is
+        // imported only when the shared database has it (created on another deployment).
+        let shared = if self.storage_exists()? {
+            None
+        } else {
+            self.shared_room(&name).await
+        };
+        // Another player may have created the room while we asked MongoDB: then theirs
+        // stands. A room only looked at (its info, a lobby refresh) was loaded with defaults
+        // and nobody in it: it is reloaded from the imported state.
+        let untouched = self
+            .loaded
+            .borrow()
+            .as_ref()
+            .is_none_or(|l| l.room.connection_count() == 0);
+        if let Some(doc) = shared
+            && untouched
+            && !self.storage_exists()?
+        {
+            storage::init(&sql, &name)?;
+            storage::import(&sql, &doc)?;
+            self.has_storage.set(Some(true));
+            *self.loaded.borrow_mut() = None;
+        }
+        // Load the room from the sockets accepted so far, before this one joins them.
+        let restored = self.ensure_loaded(Some(&name))?;
+        let mut ops = self.apply(restored);
+        // Socket caps (per user, per network) are answered before the upgrade.
+        let admitted = match self.loaded.borrow().as_ref() {
+            Some(l) => l.room.admit_connection(&identity),
+            None => Ok(()),
+        };
+        if admitted.is_err() {
+            self.directory(ops).await;
+            return host::too_many_connections();
+        }
+        let member = identity
+            .session_id
+            .is_some()
+            .then(|| identity.user_id.clone());
+        let pair = WebSocketPair::new()?;
+        self.state.accept_web_socket(&pair.server);
+        let conn = new_conn_id();
+        if let Some(l) = self.loaded.borrow_mut().as_mut() {
+            l.sockets.insert(conn, pair.server.clone());
+        }
+        ops.extend(self.handle(Some(&name), Input::Connect { conn, identity }));
+        if let Some(user) = member {
+            self.announce.borrow_mut().push(user);
+        }
+        self.directory(ops).await;
+
+        let mut resp = Response::from_websocket(pair.client)?;
+        if let Some(p) = headers.get(PROTOCOL_HEADER)? {
+            resp.headers_mut().set("sec-websocket-protocol", &p)?;
+        }
+        Ok(resp)
+    }
+
+    /// A room new to this object may exist in the shared database (created on another
+    /// deployment): its document, if MongoDB is configured and answers.
+    async fn shared_room(&self, name: &str) -> Option<serde_json::Value> {
+        let mongo = self.outbox.backends()?.mongo.as_ref()?;
+        match mongo
+            .find_one(layout::ROOMS, serde_json::json!({ "_id": name }))
+            .await
+        {
+            Ok(doc) => doc,
+            Err(e) => {
+                console_warn!("shared room lookup failed, starting {name} fresh: {e}");
+                None
+            }
+        }
+    }
+
+    async fn info(&self, req: &Request) -> Result<Response> {
+        let name = room_header(req)?;
+        let restored = self.ensure_loaded(name.as_deref())?;
+        let ops = self.apply(restored);
+        self.directory(ops).await;
+        let loaded = self.loaded.borrow();
+        let Some(l) = loaded.as_ref() else {
+            return json_error(500, "internal", "room not loaded");
+        };
+        let mut resp = Response::from_json(&serde_json::json!({
+            "room": l.room.name(),
+            "kind": l.room.kind().as_str(),
+            "participants": l.room.participant_count(),
+            "connections": l.room.connection_count(),
+            "instance_started_at": self.started_at,
+        }))?;
+        resp.headers_mut().set("cache-control", "no-store")?;
+        Ok(resp)
+    }
+
+    /// Rebuilds the in-memory room after construction (first use or wake from hibernation);
+    /// returns what the core asks for on restore (a crown that fell while the host was down).
+    fn ensure_loaded(&self, name_hint: Option<&str>) -> Result<Vec<Effect>> {
+        if self.loaded.borrow().is_some() {
+            return Ok(Vec::new());
+        }
+        let sql = self.state.storage().sql();
+        let (name, stored) = storage::load(&sql, name_hint)?;
+        self.has_storage.set(Some(stored.is_some()));
+        let mut sockets = HashMap::new();
+        let mut records = Vec::new();
+        for ws in self.state.get_websockets() {
+            match ws.deserialize_attachment::<ConnRecord>() {
+                Ok(Some(record)) => {
+                    sockets.insert(record.conn, ws);
+                    records.push(record);
+                }
+                // A socket without a record cannot be placed in the room; it must reconnect.
+                _ => {
+                    let _ = ws.close(Some(close::INTERNAL_ERROR), Some("connection state lost"));
+                }
+            }
+        }
+        let (mut room, effects) = CoreRoom::restore(name, stored, records, now(), random_seed());
+        // Players' activity has a home only in MongoDB's `user_stats`.
+        room.count_activity(self.outbox.wants(Lane::Mongo));
+        // Presence continues from what was published before (kept in SQLite), so players who
+        // left while the object was down (a restart, a deploy) are taken out.
+        if self.outbox.wants(Lane::Redis) {
+            room.resume_presence(storage::present(&sql)?);
+        }
+        *self.loaded.borrow_mut() = Some(Loaded {
+            room,
+            sockets,
+            unread: HashMap::new(),
+        });
+        Ok(effects)
+    }
+
+    fn drop_socket(&self, ws: &WebSocket) -> Vec<DirectoryOp> {
+        let Some(conn) = conn_of(ws) else {
+            return Vec::new();
+        };
+        let ops = self.handle(None, Input::Disconnect { conn });
+        if let Some(l) = self.loaded.borrow_mut().as_mut() {
+            l.sockets.remove(&conn);
+            l.unread.remove(&conn);
+        }
+        ops
+    }
+
+    /// Loads the room if needed and carries out what restoring asked for.
+    fn handle_restore(&self, name_hint: Option<&str>) -> Vec<DirectoryOp> {
+        match self.ensure_loaded(name_hint) {
+            Ok(restored) => self.apply(restored),
+            Err(e) => {
+                console_error!("room load failed: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Feeds the core and carries out its effects; returns the directory work left to do.
+    fn handle(&self, name_hint: Option<&str>, input: Input<'_>) -> Vec<DirectoryOp> {
+        let mut ops = self.handle_restore(name_hint);
+        let (effects, first_join) = match self.loaded.borrow_mut().as_mut() {
+            Some(l) => {
+                let before = l.room.participant_count();
+                let effects = l.room.handle(input, now());
+                (effects, l.room.participant_count() > before)
+            }
+            None => return ops,
+        };
+        if first_join {
+            // The room's storage begins with its first successful Join.
+            self.ensure_storage();
+        }
+        ops.extend(self.apply(effects));
+        ops
+    }
+
+    /// Talks to the lobby, after the room's own effects are done (players never wait on it).
+    /// Failures are logged: the directory heals at the room's next report or wake.
+    async fn directory(&self, mut ops: Vec<DirectoryOp>) {
+        loop {
+            let batch = std::mem::take(&mut ops);
+            ops.extend(self.directory_ops(batch).await);
+            // Join passwords, checked by WebCrypto while the room keeps handling other events.
+            let checks = std::mem::take(&mut *self.pending_checks.borrow_mut());
+            for (conn, password, hash) in checks {
+                let ok = webcrypto::verify_password(&password, &hash).await;
+                ops.extend(self.handle(None, Input::PasswordChecked { conn, ok }));
+            }
+            if ops.is_empty() && self.pending_checks.borrow().is_empty() {
+                break;
+            }
+        }
+        self.announce_sockets().await;
+        self.discard_if_asked().await;
+        self.arm_alarm().await;
+    }
+
+    /// One round of directory calls; returns the directory work their answers caused.
+    async fn directory_ops(&self, ops: Vec<DirectoryOp>) -> Vec<DirectoryOp> {
+        let mut more = Vec::new();
+        for op in ops {
+            let result = match op {
+                DirectoryOp::Report(report) => self.report(&report).await,
+                DirectoryOp::Unsubscribe => {
+                    let name = self.room_name();
+                    self.lobby("/unsubscribe", &serde_json::json!({ "room": name }))
+                        .await
+                        .map(drop)
+                }
+                DirectoryOp::UnsubscribeUser { user_id } => {
+                    let name = self.room_name();
+                    let body = serde_json::json!({ "room": name, "user": user_id });
+                    self.lobby("/unsubscribe", &body).await.map(drop)
+                }
+                DirectoryOp::Subscribe { conn, user_id } => {
+                    let name = self.room_name();
+                    match self
+                        .lobby(
+                            "/subscribe",
+                            &serde_json::json!({ "room": name, "user": user_id }),
+                        )
+                        .await
+                    {
+                        Ok(mut resp) => match resp.json::<Vec<Summary>>().await {
+                            Ok(rooms) => {
+                                more.extend(self.handle(None, Input::RoomList { conn, rooms }));
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        },
+                        // The directory's per-user subscription cap.
+                        Err(Error::RustError(e)) if e.ends_with(" answered 429") => {
+                            more.extend(self.handle(None, Input::SubscribeRefused { conn }));
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            if let Err(e) = result {
+                console_warn!("directory call failed: {e}");
+            }
+        }
+        more
+    }
+
+    /// Sends a report to the directory, retrying briefly: a lost report of a room that then
+    /// empties would keep it listed until the directory's sweep (reports are versioned, so a
+    /// late retry never overwrites a newer one).
+    async fn report(&self, report: &piano_core::lobby::Report) -> Result<()> {
+        let mut result = self.lobby("/report", report).await.map(drop);
+        for pause_ms in [250, 1000] {
+            if result.is_ok() {
+                break;
+            }
+            Delay::from(std::time::Duration::from_millis(pause_ms)).await;
+            result = self.lobby("/report", report).await.map(drop);
+        }
+        result
+    }
+
+    /// After an event: the outbox's new rows go out now, and the core's next deadline (token
+    /// and session expiry, players' activity due: it may then be evicted with it in memory)
+    /// gets the alarm.
+    async fn arm_alarm(&self) {
+        let storage = self.state.storage();
+        let at = now();
+        if let Err(e) = self.outbox.kick(&storage, at).await {
+            console_error!("could not arm the outbox alarm: {e}");
+        }
+        if let Some(deadline) = self.deadline()
+            && let Err(e) = self.outbox.alarm_by(&storage, deadline, at).await
+        {
+            console_error!("could not arm the expiry alarm: {e}");
+        }
+    }
+
+    fn room_name(&self) -> String {
+        self.loaded
+            .borrow()
+            .as_ref()
+            .map(|l| l.room.name().to_owned())
+            .unwrap_or_default()
+    }
+
+    async fn lobby(&self, path: &str, body: &impl serde::Serialize) -> Result<Response> {
+        let headers = Headers::new();
+        headers.set("content-type", "application/json")?;
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post)
+            .with_headers(headers)
+            .with_body(Some(serde_json::to_string(body)?.into()));
+        let req = Request::new_with_init(&format!("https://lobby.internal{path}"), &init)?;
+        let stub = self
+            .env
+            .durable_object(lobby::LOBBY_BINDING)?
+            .id_from_name(lobby::LOBBY_NAME)?
+            .get_stub()?;
+        let resp = stub.fetch_with_request(req).await?;
+        if resp.status_code() >= 400 {
+            return Err(Error::RustError(format!(
+                "lobby {path} answered {}",
+                resp.status_code()
+            )));
+        }
+        Ok(resp)
+    }
+
+    /// Carries out effects in order, returning the directory work for later. A failed send on
+    /// one socket (it may be closing) never stops the others; a failed storage write is logged
+    /// and the room keeps playing.
+    fn apply(&self, effects: Vec<Effect>) -> Vec<DirectoryOp> {
+        let mut ops = Vec::new();
+        if effects.is_empty() {
+            return ops;
+        }
+        if effects
+            .iter()
+            .any(|e| matches!(e, Effect::Persist(c) if !matches!(c, Change::Discard)))
+        {
+            self.ensure_storage();
+        }
+        let mut loaded = self.loaded.borrow_mut();
+        let Some(l) = loaded.as_mut() else { return ops };
+        let sql = self.state.storage().sql();
+        let mut mirrored: Vec<Change> = Vec::new();
+        let mut slow: Vec<ConnId> = Vec::new();
+        let mut published = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Send { to, frame } => {
+                    // One JS buffer per broadcast, handed to every socket.
+                    let buffer = Uint8Array::from(&frame[..]).buffer();
+                    for conn in to.as_slice() {
+                        if host::over_unread(
+                            &mut l.unread,
+                            *conn,
+                            frame.len(),
+                            self.slow_reader_bytes,
+                        ) {
+                            if !slow.contains(conn) {
+                                slow.push(*conn);
+                            }
+                            continue;
+                        }
+                        if let Some(ws) = l.sockets.get(conn) {
+                            let raw: &web_sys::WebSocket = ws.as_ref();
+                            if let Err(e) = raw.send_with_array_buffer(&buffer) {
+                                console_warn!("send to {conn} failed: {e:?}");
+                            }
+                        }
+                    }
+                }
+                Effect::VerifyPassword {
+                    conn,
+                    password,
+                    hash,
+                } => self
+                    .pending_checks
+                    .borrow_mut()
+                    .push((conn, password, hash)),
+                Effect::Persist(Change::Discard) => {
+                    // Deleted after the event (and after the outbox delivered its rows).
+                    self.discard_asked.set(true);
+                    if self.outbox.wants(Lane::Mongo) {
+                        mirrored.push(Change::Discard);
+                    }
+                }
+                Effect::Close { conn, code, reason } => {
+                    l.unread.remove(&conn);
+                    if let Some(ws) = l.sockets.remove(&conn) {
+                        let _ = ws.close(Some(code), Some(reason));
+                    }
+                }
+                Effect::Remember(record) => {
+                    if let Some(ws) = l.sockets.get(&record.conn)
+                        && let Err(e) = ws.serialize_attachment(&record)
+                    {
+                        console_error!("attachment write failed: {e}");
+                    }
+                }
+                Effect::Persist(change) => {
+                    if self.outbox.wants(Lane::Mongo) {
+                        mirrored.push(change.clone());
+                    }
+                    if let Err(e) = storage::write(&sql, change) {
+                        console_error!("storage write failed: {e}");
+                    }
+                }
+                Effect::Directory(op) => ops.push(op),
+                // After the loop: they write SQLite and the outbox, which the room's own
+                // effects never wait on.
+                e @ (Effect::Presence { .. } | Effect::Stats(_)) => published.push(e),
+            }
+        }
+        // The mirror for MongoDB is queued in the same step as the changes (one commit), each
+        // field's final state only (the core's coalescing, as in the fallback).
+        if let Some(b) = self.outbox.backends().filter(|_| !mirrored.is_empty()) {
+            let at = now();
+            let ops: Vec<_> = piano_core::outbox::final_changes(&mirrored)
+                .into_iter()
+                .map(|c| layout::room_change(&b.deployment, l.room.name(), c, at))
+                .collect();
+            if let Err(e) = self.outbox.enqueue(&sql, ops, at) {
+                console_error!("outbox write failed: {e}");
+            }
+        }
+        // Slow readers are closed (1013) and leave the room like any disconnect.
+        for conn in &slow {
+            l.unread.remove(conn);
+            if let Some(ws) = l.sockets.remove(conn) {
+                let _ = ws.close(Some(close::TRY_AGAIN_LATER), Some("slow reader"));
+            }
+        }
+        let room_name = l.room.name().to_owned();
+        drop(loaded);
+        for e in published {
+            match e {
+                Effect::Presence { joined, left } => {
+                    self.publish_presence(&room_name, joined, left)
+                }
+                Effect::Stats(deltas) => self.add_stats(&room_name, deltas),
+                _ => {}
+            }
+        }
+        for conn in slow {
+            console_warn!("closed slow reader {conn}");
+            ops.extend(self.handle(None, Input::Disconnect { conn }));
+        }
+        ops
+    }
+}
+
+/// The room name the worker (or the lobby) put in [`ROOM_HEADER`].
+fn room_header(req: &Request) -> Result<Option<String>> {
+    Ok(req
+        .headers()
+        .get(ROOM_HEADER)?
+        .and_then(|n| percent_decode(&n)))
+}
+
+/// The connection id stored in the socket's attachment.
+fn conn_of(ws: &WebSocket) -> Option<ConnId> {
+    #[derive(serde::Deserialize)]
+    struct JustConn {
+        conn: ConnId,
+    }
+    ws.deserialize_attachment::<JustConn>()
+        .ok()
+        .flatten()
+        .map(|r| r.conn)
+}
+
+/// Randomness for the core (password salts), fresh per instance.
+fn random_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    if getrandom::getrandom(&mut seed).is_err() {
+        seed[..8].copy_from_slice(&now().to_le_bytes());
+    }
+    seed
+}
+
+/// Random connection ids below 2^53, so they survive a trip through a JavaScript number.
+fn new_conn_id() -> ConnId {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_err() {
+        // crypto.getRandomValues does not fail in workerd; fall back to the clock anyway.
+        return now() & ((1 << 53) - 1);
+    }
+    u64::from_le_bytes(b) & ((1 << 53) - 1)
+}
+
+fn now() -> u64 {
+    Date::now().as_millis()
+}

@@ -1,0 +1,75 @@
+//! The Room object's writes for the shared backends, as the core hands them over: players'
+//! activity totals (MongoDB `user_stats`, from [`Effect::Stats`]) and presence (Redis, from
+//! [`Effect::Presence`]), both queued in the outbox. When they come is the core's decision.
+//!
+//! [`Effect::Stats`]: piano_core::room::Effect::Stats
+//! [`Effect::Presence`]: piano_core::room::Effect::Presence
+
+use super::{Room, now};
+use crate::storage;
+use piano_backends::layout;
+use piano_core::proto::Participant;
+use piano_core::room::StatsDelta;
+use std::collections::BTreeMap;
+use worker::*;
+
+impl Room {
+    /// Adds the players' activity to their totals in this room (SQLite) and queues the new
+    /// totals for MongoDB.
+    pub(super) fn add_stats(&self, room: &str, stats: BTreeMap<String, StatsDelta>) {
+        let Some(deployment) = self.outbox.backends().map(|b| b.deployment.clone()) else {
+            return;
+        };
+        let at = now();
+        let sql = self.state.storage().sql();
+        let mut ops = Vec::new();
+        for (user, delta) in &stats {
+            match storage::add_stats(&sql, user, delta) {
+                Ok(totals) => ops.push(layout::user_stats(&deployment, room, user, &totals)),
+                Err(e) => console_error!("stats write failed: {e}"),
+            }
+        }
+        if let Err(e) = self.outbox.enqueue(&sql, ops, at) {
+            console_error!("outbox write failed: {e}");
+        }
+    }
+
+    /// Queues presence writes for who arrived and who left, and keeps the published set in
+    /// SQLite (the core resumes from it after a restart).
+    pub(super) fn publish_presence(&self, room: &str, joined: Vec<Participant>, left: Vec<String>) {
+        let Some(backends) = self.outbox.backends() else {
+            return;
+        };
+        let at = now();
+        let mut ops = Vec::with_capacity(joined.len() + left.len());
+        for p in &joined {
+            let entry = layout::PresenceEntry {
+                room,
+                user_id: &p.user_id,
+                name: &p.name,
+                color: &p.color,
+            };
+            ops.push(layout::presence_joined(
+                &backends.keys,
+                &backends.deployment,
+                &entry,
+                at,
+            ));
+        }
+        for gone in &left {
+            ops.push(layout::presence_left(
+                &backends.keys,
+                &backends.deployment,
+                room,
+                gone,
+            ));
+        }
+        let joined: Vec<String> = joined.into_iter().map(|p| p.user_id).collect();
+        let sql = self.state.storage().sql();
+        if let Err(e) = storage::set_present(&sql, &joined, &left)
+            .and_then(|()| self.outbox.enqueue(&sql, ops, at))
+        {
+            console_error!("presence write failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Carrying out the room's effects: frames to local queues and other replicas, closes,
+//! durable writes, the directory, presence and activity.
+
+use super::*;
+
+impl Task {
+    /// Nobody here follows the room list any more: the users' subscriptions here end.
+    pub(super) fn end_subscriptions(&mut self) {
+        let users: Vec<String> = self.subscribed_users.drain().collect();
+        let (dir, room) = (self.ctx.directory.clone(), self.name.clone());
+        tokio::spawn(async move { dir.unsubscribe_room(&room, users).await });
+    }
+
+    pub(super) fn publish(&self, replica: &str, wire: Wire) {
+        if let Some(p) = &self.publisher
+            && let Err(mpsc::error::TrySendError::Full(_)) =
+                p.try_send((replica_channel(replica), wire.encode()))
+        {
+            METRICS.queue_full.fetch_add(1, Relaxed);
+            tracing::warn!(
+                room = self.name,
+                "publish queue full: a broadcast to a replica was dropped"
+            );
+        }
+    }
+
+    pub(super) fn close(&self, conn: ConnId, replica: Option<&str>, code: u16, reason: &str) {
+        match replica {
+            Some(r) => self.publish(
+                r,
+                Wire::Close {
+                    conn,
+                    code,
+                    reason: reason.into(),
+                },
+            ),
+            None => self.ctx.sockets.close(conn, code, reason),
+        }
+    }
+
+    /// Carries out the room's effects in order. `at_us`: when the frame that caused them was
+    /// read, for the relay latency histogram.
+    pub(super) fn execute(&mut self, effects: Vec<Effect>, at_us: Option<u64>) {
+        if let Some(m) = &self.mirror {
+            m.persisted(&effects);
+        }
+        for effect in effects {
+            match effect {
+                Effect::Send { to, frame } => {
+                    let mut by_replica: HashMap<&str, Vec<ConnId>> = HashMap::new();
+                    let mut local = false;
+                    for conn in to.as_slice() {
+                        match self.remote.get(conn) {
+                            Some(r) => by_replica.entry(r.as_str()).or_default().push(*conn),
+                            None => local |= self.ctx.sockets.deliver(*conn, &frame),
+                        }
+                    }
+                    for (replica, conns) in by_replica {
+                        self.publish(
+                            replica,
+                            Wire::Deliver {
+                                at_us: at_us.unwrap_or(0),
+                                conns,
+                                data: frame.clone(),
+                            },
+                        );
+                    }
+                    if local && let Some(at) = at_us {
+                        METRICS
+                            .relay_latency
+                            .observe_us(now_us().saturating_sub(at));
+                    }
+                }
+                Effect::Close { conn, code, reason } => {
+                    count_close(code);
+                    self.local.remove(&conn);
+                    let replica = self.remote.remove(&conn);
+                    self.close(conn, replica.as_deref(), code, reason);
+                }
+                // Connection records serve hibernation on the edge; here a room that restarts
+                // (another replica, a new process) has lost its sockets and players rejoin.
+                Effect::Remember(_) => {}
+                // Players' activity, added to their totals in MongoDB's `user_stats` by the
+                // mirror (the room counts it only when there is a mirror: `count_activity`).
+                Effect::Stats(stats) => {
+                    if let Some(m) = &self.mirror {
+                        m.send(MirrorMsg::Stats(stats));
+                    }
+                }
+                Effect::Presence { joined, left } => {
+                    if let Some(p) = &self.presence {
+                        p.apply(&joined, &left);
+                    }
+                }
+                Effect::Persist(change) => self.writer.write(change),
+                Effect::Directory(DirectoryOp::Report(report)) => self.ctx.directory.report(report),
+                // The per-user cap first (off the room's task), then the full list.
+                Effect::Directory(DirectoryOp::Subscribe { conn, user_id }) => {
+                    let dir = self.ctx.directory.clone();
+                    let (me, room) = (self.me.clone(), self.name.clone());
+                    tokio::spawn(async move {
+                        let ok = dir.subscribe_user(&room, &user_id).await;
+                        let _ = me
+                            .send(RoomMsg::SubscribeChecked { conn, user_id, ok })
+                            .await;
+                    });
+                }
+                Effect::Directory(DirectoryOp::Unsubscribe) => self.end_subscriptions(),
+                Effect::Directory(DirectoryOp::UnsubscribeUser { user_id }) => {
+                    if self.subscribed_users.remove(&user_id) {
+                        let (dir, room) = (self.ctx.directory.clone(), self.name.clone());
+                        tokio::spawn(async move { dir.unsubscribe_user(&room, &user_id).await });
+                    }
+                }
+                Effect::VerifyPassword {
+                    conn,
+                    password,
+                    hash,
+                } => {
+                    // A KDF on a blocking thread, never on the room's task: the room keeps
+                    // relaying while it runs (the core caps how many a room asks for).
+                    let me = self.me.clone();
+                    tokio::spawn(async move {
+                        let ok = tokio::task::spawn_blocking(move || hash.verify(&password))
+                            .await
+                            .unwrap_or(false);
+                        let _ = me.send(RoomMsg::PasswordChecked { conn, ok }).await;
+                    });
+                }
+            }
+        }
+    }
+}

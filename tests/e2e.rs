@@ -1,0 +1,297 @@
+//! The end-to-end suite: one list of trials, each run against every target — the edge
+//! (`wrangler dev`: the worker and Durable Objects in workerd), a standalone fallback and a
+//! two-replica fallback on Redis (`targets.rs`) — with real HTTP, WebSocket and browser clients.
+//!
+//! A trial is `async fn name(s: &Server)` in one of the modules below and one line in
+//! [`trials`]. It names its rooms and users with [`unique`] and looks only at what carries
+//! them, so trials run concurrently on one server. A trial that is about one host says so
+//! with [`Spec::only`] and a reason; one that restarts its server or counts its storage runs
+//! alone on it ([`Spec::alone`]), after the others.
+//!
+//! Each target starts on first use and is shut down when the run ends, pass or fail. Trials
+//! are named `<target>::<trial>`: `cargo test -p e2e-tests --test e2e -- fallback::` runs one
+//! target, `-- rooms_are_isolated` one trial everywhere.
+
+use e2e_tests::*;
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Mutex, OnceLock, RwLock};
+
+mod abuse;
+mod abuse_accounts;
+mod abuse_directory;
+mod accounts;
+mod basics;
+mod directory;
+mod drifts;
+mod persistence;
+mod room_features;
+mod tokens;
+
+type TrialFuture = Pin<Box<dyn Future<Output = ()>>>;
+
+/// One trial of the list and where it runs.
+#[derive(Clone, Copy)]
+struct Spec {
+    name: &'static str,
+    run: fn(&'static Server) -> TrialFuture,
+    /// The targets it runs on, and why not on the others.
+    hosts: &'static [Host],
+    why_only: &'static str,
+    /// The targets on which it runs alone (nothing else on that server meanwhile).
+    alone: &'static [Host],
+    /// Runs while no other trial of this kind runs on any target (a browser each).
+    one_at_a_time: bool,
+}
+
+const ALL: &[Host] = &[Host::Edge, Host::Fallback, Host::FallbackCluster];
+
+impl Spec {
+    fn new(path: &'static str, run: fn(&'static Server) -> TrialFuture) -> Spec {
+        Spec {
+            name: path.rsplit(':').next().unwrap_or(path).trim(),
+            run,
+            hosts: ALL,
+            why_only: "",
+            alone: &[],
+            one_at_a_time: false,
+        }
+    }
+
+    /// Runs on `hosts` only, for the reason given (the list must say why).
+    fn only(self, hosts: &'static [Host], why: &'static str) -> Spec {
+        assert!(
+            !why.is_empty(),
+            "{}: say why it is not on every host",
+            self.name
+        );
+        Spec {
+            hosts,
+            why_only: why,
+            ..self
+        }
+    }
+
+    /// Runs alone on `hosts` (it restarts the server, or looks at all of its storage).
+    fn alone(self, hosts: &'static [Host]) -> Spec {
+        Spec {
+            alone: hosts,
+            ..self
+        }
+    }
+
+    fn one_at_a_time(self) -> Spec {
+        Spec {
+            one_at_a_time: true,
+            ..self
+        }
+    }
+}
+
+/// `t!(module::trial)`: a trial that runs against the target it is given.
+macro_rules! t {
+    ($($path:ident)::+) => {
+        Spec::new(stringify!($($path)::+), |s| Box::pin($($path)::+(s)))
+    };
+}
+
+/// Why the drift trials that take MongoDB down run on a rig of the edge and of the standalone
+/// fallback only (`drifts.rs`).
+const DRIFT_RIG: &str = "a server of its own on a MongoDB it takes down; the cluster's replicas run the same account code";
+
+/// The one list. Each entry runs on every target unless it says otherwise.
+fn trials() -> Vec<Spec> {
+    use Host::*;
+    vec![
+        t!(basics::guest_token_is_an_eddsa_jwt_verifiable_with_the_jwks),
+        t!(basics::guest_token_refuses_bad_names),
+        t!(basics::upgrade_refuses_missing_and_bad_tokens),
+        t!(basics::upgrade_refuses_bad_room_names_and_plain_requests),
+        t!(basics::browser_subprotocol_token_is_accepted_and_echoed),
+        t!(basics::client_identity_headers_are_ignored),
+        t!(basics::join_relay_ping_and_leave),
+        t!(basics::malformed_frames_get_typed_errors_and_oversized_frames_close),
+        t!(basics::rooms_are_isolated),
+        t!(basics::room_survives_hibernation).only(
+            &[Edge],
+            "workerd evicts idle Durable Objects; the fallback's room tasks never hibernate",
+        ),
+        t!(basics::browser_two_players_play_chat_and_see_the_room_list).one_at_a_time(),
+        t!(room_features::profiles_and_cursors_are_validated_and_broadcast),
+        t!(room_features::notes_quota_black_midi_and_owner_only_play),
+        t!(room_features::chat_history_typing_rate_limit_and_welcome),
+        t!(room_features::settings_password_and_crown),
+        t!(room_features::moderation_kick_ban_unban_mute),
+        t!(room_features::typed_join_failures),
+        t!(room_features::room_survives_a_restart).alone(ALL),
+        t!(directory::rooms_are_listed_by_players_and_private_rooms_are_absent),
+        t!(directory::a_subscriber_sees_joins_leaves_and_emptied_rooms_go),
+        t!(directory::thirty_one_players_overflow_into_lobby_2),
+        t!(directory::joining_a_new_room_creates_it_with_the_joiners_settings),
+        t!(tokens::rfc8725_bad_tokens_are_refused_at_rest_and_websocket),
+        t!(tokens::rotated_keys_verify_while_listed_and_are_published),
+        t!(accounts::register_login_connect_refresh_logout),
+        t!(accounts::concurrent_registrations_of_one_name_one_wins),
+        t!(accounts::profiles_and_admin_roles),
+        t!(accounts::auth_endpoints_are_rate_limited_per_ip).alone(ALL),
+        t!(accounts::session_limit_ends_older_sessions).alone(ALL),
+        t!(abuse::note_off_and_pedal_flood_is_bounded_and_closed_1008),
+        t!(abuse::typing_and_profile_floods_are_bounded_and_closed_1008),
+        t!(abuse::one_user_gets_at_most_four_sockets_per_room),
+        t!(abuse::password_guessing_is_slowed_per_user_and_room),
+        t!(abuse::a_reader_that_never_reads_is_closed_1013),
+        t!(abuse_directory::room_list_subscriptions_are_capped_per_user),
+        t!(abuse_directory::settings_toggles_reach_subscribers_coalesced),
+        t!(abuse_directory::room_list_reads_are_cached),
+        t!(abuse_directory::lookalike_room_names_are_refused),
+        // At the edge it counts every Durable Object's file: nothing else may make rooms.
+        t!(abuse_directory::probes_and_anonymous_reads_create_no_storage)
+            .only(
+                &[Edge, Fallback],
+                "reads the host's own storage files; the cluster keeps rooms in Redis",
+            )
+            .alone(&[Edge]),
+        t!(abuse_accounts::logout_closes_open_sockets_4001),
+        t!(abuse_accounts::revoked_session_closes_open_sockets_4001),
+        t!(abuse_accounts::role_change_closes_open_sockets_4002),
+        t!(abuse_accounts::expiring_guest_token_closes_its_socket_4001),
+        t!(abuse_accounts::refresh_and_logout_need_the_secret),
+        t!(abuse_accounts::a_ban_holds_against_a_new_guest_token_from_the_same_network),
+        t!(abuse_accounts::reserved_admin_names_need_the_bootstrap_secret),
+        t!(abuse_accounts::every_response_carries_security_headers_and_cors_is_closed),
+        // wrangler dev restarts the worker after an early answer to a streamed body.
+        t!(abuse_accounts::oversized_auth_bodies_are_refused_while_streaming).alone(&[Edge]),
+        t!(drifts::refresh_tokens_are_parsed_alike_with_capped_parts),
+        t!(drifts::registration_is_refused_while_the_account_database_is_unreachable)
+            .only(&[Edge, Fallback], DRIFT_RIG),
+        t!(drifts::account_lookups_back_off_for_one_interval_on_both_hosts)
+            .only(&[Edge, Fallback], DRIFT_RIG),
+        t!(drifts::an_imported_account_must_be_the_user_its_key_names)
+            .only(&[Edge, Fallback], DRIFT_RIG),
+        t!(persistence::mongo_client_speaks_the_data_api).only(
+            &[Edge],
+            "the edge's MongoDB Data API client (the fallback's driver: k8s-fallback/tests/mongo.rs)",
+        ),
+        t!(persistence::redis_client_speaks_the_upstash_protocol).only(
+            &[Edge],
+            "the edge's Upstash REST client (the fallback speaks RESP: k8s-fallback/tests/cluster.rs)",
+        ),
+        t!(persistence::clients_time_out_and_report_unreachable_services)
+            .only(&[Edge], "the edge's HTTP backend clients"),
+        t!(persistence::outbox_ops_are_idempotent)
+            .only(&[Edge], "the edge outbox's Data API and Upstash ops"),
+        t!(persistence::edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis)
+            .only(
+                &[Edge],
+                "edges of two deployments on the Data API and Upstash stack (fallback: mongo.rs)",
+            )
+            .alone(&[Edge]),
+        t!(persistence::an_outage_of_both_backends_delays_writes_and_loses_none)
+            .only(&[Edge], "the edge outbox under a Data API and Upstash outage")
+            .alone(&[Edge]),
+        t!(persistence::presence_of_players_lost_in_a_restart_is_cleared)
+            .only(&[Edge], "a restarted edge clears its Upstash presence")
+            .alone(&[Edge]),
+    ]
+}
+
+/// A started target and its gate: trials hold it shared, a trial that runs alone exclusively.
+struct Target {
+    server: Server,
+    gate: RwLock<()>,
+}
+
+static TARGETS: [OnceLock<Target>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn index(host: Host) -> usize {
+    ALL.iter().position(|h| *h == host).unwrap_or(0)
+}
+
+fn tag(host: Host) -> &'static str {
+    match host {
+        Host::Edge => "edge",
+        Host::Fallback => "fallback",
+        Host::FallbackCluster => "cluster",
+    }
+}
+
+fn target(host: Host) -> &'static Target {
+    TARGETS[index(host)].get_or_init(|| Target {
+        server: Server::start(
+            host,
+            std::path::Path::new(env!("CARGO_BIN_EXE_piano-fallback")),
+        ),
+        gate: RwLock::new(()),
+    })
+}
+
+fn run_on(host: Host, spec: Spec) -> Result<(), Failed> {
+    let target = target(host);
+    // A failed trial poisons the locks it held; the next one proceeds all the same.
+    let _shared;
+    let _exclusive;
+    if spec.alone.contains(&host) {
+        _exclusive = target.gate.write().unwrap_or_else(|p| p.into_inner());
+    } else {
+        _shared = target.gate.read().unwrap_or_else(|p| p.into_inner());
+    }
+    let _one = spec
+        .one_at_a_time
+        .then(|| ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner()));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("runtime: {e}")))?
+        .block_on((spec.run)(&target.server));
+    Ok(())
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // Trials mostly wait on servers: two at a time per target keeps a 2-core machine busy
+    // without starving the servers themselves.
+    args.test_threads = args.test_threads.or(Some(2 * ALL.len()));
+    let specs = trials();
+    let mut shared = Vec::new();
+    let mut alone = Vec::new();
+    // Trial by trial, target by target: the targets' work interleaves from the start.
+    for spec in specs {
+        for &host in spec.hosts {
+            let trial = Trial::test(format!("{}::{}", tag(host), spec.name), move || {
+                run_on(host, spec)
+            });
+            match spec.alone.contains(&host) {
+                true => alone.push(trial),
+                false => shared.push(trial),
+            }
+        }
+        if spec.hosts != ALL {
+            eprintln!(
+                "e2e: {} runs on {:?} only: {}",
+                spec.name, spec.hosts, spec.why_only
+            );
+        }
+    }
+    // Trials that run alone come last, so they rarely wait for a gate.
+    shared.extend(alone);
+    let conclusion = libtest_mimic::run(&args, shared);
+    for (host, slot) in ALL.iter().zip(&TARGETS) {
+        if let Some(t) = slot.get() {
+            if conclusion.has_failed() {
+                eprintln!(
+                    "--- last lines of the {host:?} target's logs ---\n{}",
+                    t.server.log_tail(60)
+                );
+            }
+            // Statics are never dropped: stop every target by hand.
+            t.server.shutdown();
+        }
+    }
+    drifts::stop_rigs();
+    if let Some(stack) = persistence::STACK.get() {
+        stack.stop_all();
+    }
+    conclusion.exit();
+}
