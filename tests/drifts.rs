@@ -1,9 +1,10 @@
 //! Behaviour the two hosts used to disagree on (issue 14's drifts), now decided once in
 //! `piano_core::account`: each trial runs on the edge and the fallback with the same assertions.
 //!
-//! The trials that need MongoDB (and its outage) use a rig of their host: a backend stack on
-//! loopback (`stack::Stack`: secantusdb behind a Data API gateway) and a server of that host
-//! pointed at it (the edge through the Data API, the fallback through the driver).
+//! The trials that need MongoDB (and its outage) or a short session lifetime use a rig of
+//! their host: a backend stack on loopback (`stack::Stack`: secantusdb behind a Data API
+//! gateway) and a server of that host pointed at it (the edge through the Data API, the
+//! fallback through the driver), with `REFRESH_TOKEN_TTL_SECS` at [`RIG_SESSION_TTL_SECS`].
 //! Those run on the edge and the standalone fallback: a rig is one server of its own, and the
 //! cluster's replicas run the same account code. Trials take turns on a rig (one outage at a
 //! time); [`stop_rigs`] stops them at the end of the run.
@@ -16,6 +17,9 @@ use tokio::sync::Mutex;
 
 /// `piano_core::account::lookup::LOOKUP_BACKOFF_MS`, in the `Retry-After` of a refusal.
 const LOOKUP_BACKOFF_SECS: &str = "5";
+/// The rigs' session lifetime: short enough for a trial to watch a session expire, long
+/// enough for the other rig trials, which never refresh, to be unaffected.
+const RIG_SESSION_TTL_SECS: u64 = 3;
 
 struct Rig {
     stack: Stack,
@@ -71,8 +75,16 @@ impl Drop for Outage<'_> {
 
 fn start_rig(host: Host) -> Rig {
     let stack = Stack::start();
+    let ttl = (
+        "REFRESH_TOKEN_TTL_SECS".to_owned(),
+        RIG_SESSION_TTL_SECS.to_string(),
+    );
     let server = match host {
-        Host::Edge => Server::start_edge_with(&stack.vars("drifts")),
+        Host::Edge => {
+            let mut vars = stack.vars("drifts");
+            vars.push(ttl);
+            Server::start_edge_with(&vars)
+        }
         _ => {
             let vars = vec![
                 (
@@ -81,6 +93,7 @@ fn start_rig(host: Host) -> Rig {
                 ),
                 ("MONGODB_DATABASE".to_owned(), "pianotest".to_owned()),
                 ("DEPLOYMENT_ID".to_owned(), "drifts".to_owned()),
+                ttl,
             ];
             let bin = std::path::Path::new(env!("CARGO_BIN_EXE_piano-fallback"));
             Server::start_fallback_binary(bin, &vars)
@@ -290,4 +303,48 @@ pub async fn refresh_tokens_are_parsed_alike_with_capped_parts(s: &Server) {
     )
     .await;
     assert_eq!(status, 200, "the issued token still refreshes: {body}");
+}
+
+/// Drift 6: a session that outlived `REFRESH_TOKEN_TTL_SECS` is refused as ended, and the
+/// member's next login forgets it (the Account object used to keep it forever): its refresh
+/// token then names no session at all.
+pub async fn an_expired_session_is_forgotten_at_the_next_login(target: &Server) {
+    with_rig(target, |rig| async move {
+        let s = &rig.server;
+        let user = unique("dr-exp");
+        let reg = register_once_up(s, &user).await;
+        let token = reg["refresh_token"]
+            .as_str()
+            .expect("refresh token")
+            .to_owned();
+        let refresh = || {
+            post(
+                s,
+                "/api/auth/refresh",
+                serde_json::json!({"refresh_token": token}),
+            )
+        };
+        tokio::time::sleep(Duration::from_secs(RIG_SESSION_TTL_SECS + 1)).await;
+        let (status, _, body) = refresh().await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_session", "{body}");
+        assert_eq!(
+            body["error"]["message"], "the session has ended: log in again",
+            "expired, still stored: {body}"
+        );
+        let (status, _, body) = post(
+            s,
+            "/api/auth/login",
+            serde_json::json!({"username": user, "password": "correct horse"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, _, body) = refresh().await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(
+            body["error"]["message"], "refresh token is not valid",
+            "the login forgot the expired session: {body}"
+        );
+    })
+    .await;
 }

@@ -169,6 +169,10 @@ fn trials() -> Vec<Spec> {
             .only(&[Edge, Fallback], DRIFT_RIG),
         t!(drifts::an_imported_account_must_be_the_user_its_key_names)
             .only(&[Edge, Fallback], DRIFT_RIG),
+        t!(drifts::an_expired_session_is_forgotten_at_the_next_login).only(
+            &[Edge, Fallback],
+            "a short REFRESH_TOKEN_TTL_SECS on a rig of its own (the cluster's sessions are Redis keys that expire by themselves)",
+        ),
         t!(persistence::mongo_client_speaks_the_data_api).only(
             &[Edge],
             "the edge's MongoDB Data API client (the fallback's driver: k8s-fallback/tests/mongo.rs)",

@@ -108,6 +108,9 @@ pub struct Account {
     outbox: Outbox,
     /// How long a revoked session's access tokens could still be presented.
     access_ttl_secs: u64,
+    /// How long a session lives without a refresh (`REFRESH_TOKEN_TTL_SECS`; the worker
+    /// refuses a value out of range before asking this object).
+    session_ttl_ms: u64,
     /// After a failed MongoDB lookup, later ones are skipped until then (ms;
     /// [`lookup::skip_until`]), so logins do not each wait out a timeout during an outage.
     lookup_skip_until: std::cell::Cell<u64>,
@@ -118,11 +121,16 @@ impl DurableObject for Account {
         let access_ttl_secs = crate::setting(&env, "ACCESS_TOKEN_TTL_SECS")
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(900);
+        let session_ttl_ms = crate::setting(&env, "REFRESH_TOKEN_TTL_SECS")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|s| session::SESSION_TTL_SECS_RANGE.contains(s))
+            .map_or(SESSION_TTL_MS, |s| s * 1000);
         Account {
             state,
             notices: std::cell::RefCell::new(Vec::new()),
             outbox: Outbox::new(&env),
             access_ttl_secs,
+            session_ttl_ms,
             lookup_skip_until: std::cell::Cell::new(0),
             env,
         }
@@ -266,7 +274,13 @@ impl Account {
             return Ok(Err(ApiError::InvalidSession(SessionRefusal::NotValid)));
         };
         let secret = hex(&random::<32>());
-        match session::refresh(self.session(&r.sid)?.as_ref(), &r.secret, &secret, now) {
+        match session::refresh(
+            self.session(&r.sid)?.as_ref(),
+            &r.secret,
+            &secret,
+            now,
+            self.session_ttl_ms,
+        ) {
             Refresh::Refuse(why) => Ok(Err(ApiError::InvalidSession(why))),
             Refresh::RevokeReused => {
                 // Someone else may hold the current secret.
@@ -557,7 +571,7 @@ impl Account {
             })
             .collect();
         let secret = hex(&random::<32>());
-        let new = Session::new(hex(&random::<16>()), &secret, now);
+        let new = Session::new(hex(&random::<16>()), &secret, now, self.session_ttl_ms);
         let opening = session::open(&existing, &new, max_sessions, now);
         sql.exec(
             "INSERT INTO sessions (sid, secret_hash, generation, created, expires) VALUES (?, ?, 1, ?, ?)",

@@ -13,8 +13,13 @@ use super::error::{ApiError, SessionRefusal};
 use crate::Millis;
 use sha2::{Digest, Sha256};
 
-/// How long a session (its refresh token) lives without being refreshed.
+/// How long a session (its refresh token) lives without being refreshed, unless the host's
+/// `REFRESH_TOKEN_TTL_SECS` says otherwise.
 pub const SESSION_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// The lifetimes `REFRESH_TOKEN_TTL_SECS` may set (seconds): from 1 s (trials that watch a
+/// session expire) to a year.
+pub const SESSION_TTL_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=365 * 86_400;
 
 /// How many rotated-away secret hashes a session remembers, to tell a stolen refresh token
 /// presented after its owner refreshed (reuse) from a made-up one.
@@ -42,15 +47,15 @@ pub fn hash_secret(secret: &str) -> String {
 }
 
 impl Session {
-    /// A new session; `sid` and `secret` are the host's random values.
-    pub fn new(sid: String, secret: &str, now: Millis) -> Session {
+    /// A new session living `ttl_ms`; `sid` and `secret` are the host's random values.
+    pub fn new(sid: String, secret: &str, now: Millis, ttl_ms: Millis) -> Session {
         Session {
             sid,
             secret_hash: hash_secret(secret),
             old_hashes: Vec::new(),
             created: now,
             generation: 1,
-            expires: now + SESSION_TTL_MS,
+            expires: now + ttl_ms,
             revoked: false,
         }
     }
@@ -117,8 +122,15 @@ pub enum Refresh {
     Refuse(SessionRefusal),
 }
 
-/// Presenting `secret` for `session`; `new_secret` is the host's random value for the rotation.
-pub fn refresh(session: Option<&Session>, secret: &str, new_secret: &str, now: Millis) -> Refresh {
+/// Presenting `secret` for `session`; `new_secret` is the host's random value for the rotation,
+/// which lives `ttl_ms` from now.
+pub fn refresh(
+    session: Option<&Session>,
+    secret: &str,
+    new_secret: &str,
+    now: Millis,
+    ttl_ms: Millis,
+) -> Refresh {
     let Some(s) = session else {
         return Refresh::Refuse(SessionRefusal::NotValid);
     };
@@ -141,7 +153,7 @@ pub fn refresh(session: Option<&Session>, secret: &str, new_secret: &str, now: M
         secret_hash: hash_secret(new_secret),
         old_hashes: old,
         generation: s.generation + 1,
-        expires: now + SESSION_TTL_MS,
+        expires: now + ttl_ms,
         ..s.clone()
     })
 }
@@ -194,7 +206,12 @@ mod tests {
     fn session(sid: &str, created: Millis, revoked: bool) -> Session {
         Session {
             revoked,
-            ..Session::new(sid.into(), &format!("secret-{sid}"), created)
+            ..Session::new(
+                sid.into(),
+                &format!("secret-{sid}"),
+                created,
+                SESSION_TTL_MS,
+            )
         }
     }
 
@@ -243,8 +260,8 @@ mod tests {
 
     #[test]
     fn refresh_rotates_detects_reuse_and_ignores_guesses() {
-        let s = Session::new("a".into(), "one", 0);
-        let Refresh::Rotate(second) = refresh(Some(&s), "one", "two", 10) else {
+        let s = Session::new("a".into(), "one", 0, SESSION_TTL_MS);
+        let Refresh::Rotate(second) = refresh(Some(&s), "one", "two", 10, SESSION_TTL_MS) else {
             panic!("the current secret rotates");
         };
         assert_eq!(second.generation, 2);
@@ -272,17 +289,25 @@ mod tests {
             ),
         ];
         for (row, secret, now, want) in cases {
-            assert_eq!(refresh(row, secret, "new", now), want, "{secret}");
+            assert_eq!(
+                refresh(row, secret, "new", now, SESSION_TTL_MS),
+                want,
+                "{secret}"
+            );
         }
     }
 
     #[test]
     fn only_the_last_old_secrets_are_remembered() {
-        let mut s = Session::new("a".into(), "s0", 0);
+        let mut s = Session::new("a".into(), "s0", 0, SESSION_TTL_MS);
         for i in 1..=OLD_SECRETS + 3 {
-            let Refresh::Rotate(next) =
-                refresh(Some(&s), &format!("s{}", i - 1), &format!("s{i}"), 0)
-            else {
+            let Refresh::Rotate(next) = refresh(
+                Some(&s),
+                &format!("s{}", i - 1),
+                &format!("s{i}"),
+                0,
+                SESSION_TTL_MS,
+            ) else {
                 panic!("rotation {i}");
             };
             s = next;
@@ -299,8 +324,8 @@ mod tests {
 
     #[test]
     fn logout_needs_a_secret_the_session_holds_or_held() {
-        let s = Session::new("a".into(), "one", 0);
-        let Refresh::Rotate(s2) = refresh(Some(&s), "one", "two", 0) else {
+        let s = Session::new("a".into(), "one", 0, SESSION_TTL_MS);
+        let Refresh::Rotate(s2) = refresh(Some(&s), "one", "two", 0, SESSION_TTL_MS) else {
             panic!()
         };
         for (row, secret, ok) in [
@@ -338,5 +363,24 @@ mod tests {
             assert_eq!(o.revoke, revoke.to_vec(), "max {max}");
         }
         assert_eq!(open(&[], &new, 1, now), Opening::default());
+    }
+
+    /// Drift 6 with a configured lifetime (`REFRESH_TOKEN_TTL_SECS`): the session expires when
+    /// it says, a refresh after that is refused, and the next opening forgets it.
+    #[test]
+    fn a_configured_lifetime_expires_the_session_and_the_next_opening_forgets_it() {
+        let ttl = 2_000;
+        let s = Session::new("a".into(), "one", 100, ttl);
+        assert_eq!(s.expires, 2_100);
+        let Refresh::Rotate(r) = refresh(Some(&s), "one", "two", 1_000, ttl) else {
+            panic!("a live session rotates")
+        };
+        assert_eq!(r.expires, 3_000);
+        assert_eq!(
+            refresh(Some(&r), "two", "three", 3_000, ttl),
+            Refresh::Refuse(SessionRefusal::Ended)
+        );
+        let new = Session::new("b".into(), "x", 3_000, ttl);
+        assert_eq!(open(&[r], &new, 0, 3_000).forget, vec!["a".to_owned()]);
     }
 }

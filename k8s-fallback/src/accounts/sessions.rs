@@ -10,7 +10,7 @@ use crate::reach::Reach;
 use crate::redis_handle::run_redis_op;
 use piano_backends::layout;
 use piano_core::account::SessionRefusal;
-use piano_core::account::session::{self, Check, OLD_SECRETS, Refresh, SESSION_TTL_MS, Session};
+use piano_core::account::session::{self, Check, OLD_SECRETS, Refresh, Session};
 use rusqlite::OptionalExtension;
 
 /// The outcome of presenting a refresh secret.
@@ -134,7 +134,7 @@ impl Accounts {
     ) -> Result<(String, String), Failure> {
         let sid = crate::config::random_hex(16);
         let secret = crate::config::random_hex(32);
-        let new = Session::new(sid.clone(), &secret, now);
+        let new = Session::new(sid.clone(), &secret, now, self.session_ttl_ms);
         let (hash, expires) = (new.secret_hash.clone(), new.expires);
         let evicted: Vec<String> = match &self.backend {
             Backend::Sqlite(_) => {
@@ -191,7 +191,7 @@ impl Accounts {
                     .ignore()
                     .cmd("PEXPIRE")
                     .arg(sessions_key(key))
-                    .arg(SESSION_TTL_MS)
+                    .arg(self.session_ttl_ms)
                     .ignore();
                 conn.pipe::<()>(&pipe)
                     .await
@@ -222,7 +222,7 @@ impl Accounts {
     ) -> Result<Refreshed, Failure> {
         let presented = session::hash_secret(secret);
         let fresh = session::hash_secret(new_secret);
-        let expires = now + SESSION_TTL_MS;
+        let (expires, ttl_ms) = (now + self.session_ttl_ms, self.session_ttl_ms);
         let outcome = match &self.backend {
             Backend::Sqlite(_) => {
                 let (key, sid, secret, new_secret) = (
@@ -234,7 +234,7 @@ impl Accounts {
                 self.sql(move |c| {
                     let tx = c.transaction()?;
                     let row = sql_session(&tx, &key, &sid)?;
-                    let outcome = match session::refresh(row.as_ref(), &secret, &new_secret, now) {
+                    let outcome = match session::refresh(row.as_ref(), &secret, &new_secret, now, ttl_ms) {
                         Refresh::Refuse(why) => Refreshed::Refused(why),
                         Refresh::RevokeReused => {
                             sql_revoke(&tx, &sid)?;
@@ -262,7 +262,7 @@ impl Accounts {
                     .arg(now)
                     .arg(expires)
                     .arg(sid)
-                    .arg(SESSION_TTL_MS)
+                    .arg(self.session_ttl_ms)
                     .arg(OLD_SECRETS);
                 let answer: Vec<u64> = conn
                     .script(&call)

@@ -39,6 +39,8 @@ pub struct Accounts {
     /// Session ends and role changes, for the rooms ([`crate::reach`]).
     reach: Option<mpsc::Sender<Reach>>,
     pub(super) access_ttl_secs: u64,
+    /// How long a session lives without a refresh (`REFRESH_TOKEN_TTL_SECS`, in ms).
+    pub(super) session_ttl_ms: u64,
     /// After a failed MongoDB lookup, later ones are skipped until then (ms; [`lookup::skip_until`]).
     lookup_skip_until: AtomicU64,
 }
@@ -115,6 +117,7 @@ impl Accounts {
             mongo_writes: None,
             reach: None,
             access_ttl_secs: 900,
+            session_ttl_ms: piano_core::account::SESSION_TTL_MS,
             lookup_skip_until: AtomicU64::new(0),
         }
     }
@@ -131,8 +134,15 @@ impl Accounts {
         }
     }
 
-    pub fn configure(mut self, access_ttl_secs: u64, mongo: Option<Arc<Mongo>>) -> Accounts {
+    /// The token lifetimes (`ACCESS_TOKEN_TTL_SECS`, `REFRESH_TOKEN_TTL_SECS`) and MongoDB.
+    pub fn configure(
+        mut self,
+        access_ttl_secs: u64,
+        session_ttl_secs: u64,
+        mongo: Option<Arc<Mongo>>,
+    ) -> Accounts {
         self.access_ttl_secs = access_ttl_secs;
+        self.session_ttl_ms = session_ttl_secs * 1000;
         self.mongo_writes = mongo.as_ref().map(|m| m.account_writer());
         self.mongo = mongo;
         self
