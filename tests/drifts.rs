@@ -24,6 +24,8 @@ const RIG_SESSION_TTL_SECS: u64 = 3;
 struct Rig {
     stack: Stack,
     server: Server,
+    /// The fallback's way to MongoDB (the edge's goes through the stack's Data API gateway).
+    link: Option<Link>,
 }
 
 /// The edge's rig and the fallback's.
@@ -57,19 +59,79 @@ pub fn stop_rigs() {
     }
 }
 
-/// MongoDB down until dropped (also when the trial fails, so the next one finds it up).
-struct Outage<'a>(&'a Stack);
+/// The account database out of the server's reach until dropped (also when the trial fails,
+/// so the next one finds it back). MongoDB itself keeps running: a SIGKILL while it creates a
+/// table has left its storage unable to start again. At the edge the Data API gateway (no
+/// state) goes down; the fallback's [`Link`] is cut.
+struct Outage<'a>(&'a Rig);
 
 impl<'a> Outage<'a> {
-    fn begin(stack: &'a Stack) -> Outage<'a> {
-        stack.kill_part(Part::Mongo);
-        Outage(stack)
+    fn begin(rig: &'a Rig) -> Outage<'a> {
+        match &rig.link {
+            Some(link) => link.set_up(false),
+            None => rig.stack.kill_part(Part::DataApi),
+        }
+        Outage(rig)
     }
 }
 
 impl Drop for Outage<'_> {
     fn drop(&mut self) {
-        self.0.start_part(Part::Mongo);
+        match &self.0.link {
+            Some(link) => link.set_up(true),
+            None => self.0.stack.start_part(Part::DataApi),
+        }
+    }
+}
+
+/// A loopback TCP path to MongoDB that can be cut: open connections are dropped and new ones
+/// closed at once, as when the database is unreachable, until it is restored.
+struct Link {
+    port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Link {
+    fn start(target: u16) -> Link {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind link");
+        let port = listener.local_addr().expect("link address").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (up, watch) = tokio::sync::watch::channel(true);
+        // Lives as long as the test process, on a runtime of its own (each trial has its own).
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("link runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let mut watch = watch.clone();
+                    if !*watch.borrow() {
+                        continue; // dropped: closed at once
+                    }
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                        else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = watch.wait_for(|up| !*up) => {}
+                        }
+                    });
+                }
+            });
+        });
+        Link { port, up }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
     }
 }
 
@@ -79,17 +141,19 @@ fn start_rig(host: Host) -> Rig {
         "REFRESH_TOKEN_TTL_SECS".to_owned(),
         RIG_SESSION_TTL_SECS.to_string(),
     );
-    let server = match host {
-        Host::Edge => {
+    let link = (host != Host::Edge).then(|| Link::start(stack.port(Part::Mongo)));
+    let server = match &link {
+        None => {
             let mut vars = stack.vars("drifts");
             vars.push(ttl);
             Server::start_edge_with(&vars)
         }
-        _ => {
+        Some(link) => {
             let vars = vec![
                 (
                     "MONGODB_URL".to_owned(),
-                    format!("mongodb://127.0.0.1:{}", stack.port(Part::Mongo)),
+                    // Only through the link: not to an address the server reports.
+                    format!("mongodb://127.0.0.1:{}/?directConnection=true", link.port),
                 ),
                 ("MONGODB_DATABASE".to_owned(), "pianotest".to_owned()),
                 ("DEPLOYMENT_ID".to_owned(), "drifts".to_owned()),
@@ -99,7 +163,11 @@ fn start_rig(host: Host) -> Rig {
             Server::start_fallback_binary(bin, &vars)
         }
     };
-    Rig { stack, server }
+    Rig {
+        stack,
+        server,
+        link,
+    }
 }
 
 async fn post(
@@ -160,7 +228,7 @@ pub async fn registration_is_refused_while_the_account_database_is_unreachable(t
     with_rig(target, |rig| async move {
         let s = &rig.server;
         let user = unique("dr-reg");
-        let outage = Outage::begin(&rig.stack);
+        let outage = Outage::begin(rig);
         let (status, _, body) = register(s, &user).await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["error"]["code"], "unavailable", "{body}");
@@ -177,7 +245,7 @@ pub async fn account_lookups_back_off_for_one_interval_on_both_hosts(target: &Se
     with_rig(target, |rig| async move {
         let s = &rig.server;
         let user = unique("dr-back");
-        let outage = Outage::begin(&rig.stack);
+        let outage = Outage::begin(rig);
         for path in ["/api/auth/register", "/api/auth/login"] {
             let (status, retry_after, body) = post(
                 s,
