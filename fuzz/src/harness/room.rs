@@ -123,6 +123,7 @@ impl Host {
         if self.trace {
             eprintln!("@{} {input:?}", self.now - T0);
         }
+        let stop = matches!(input, Input::Stop);
         let effects = self.room.handle(input, self.now);
         self.presence_synced = true;
         if self.trace {
@@ -138,6 +139,13 @@ impl Host {
             }
         }
         self.apply(&effects, unknown);
+        if stop {
+            // Stop withdraws everyone it published; a host keeping the room goes on tracking,
+            // and the next input reports everyone present again.
+            assert!(self.present.is_empty(), "Stop left {:?} published", self.present);
+            self.room.track_presence(true);
+            self.presence_synced = false;
+        }
         if let Some((conn, ok)) = admitted {
             let refused = effects.iter().any(|e| {
                 matches!(e, Effect::Close { conn: c, code, .. }
