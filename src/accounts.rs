@@ -1,194 +1,35 @@
 //! Member accounts: register, log in, refresh, log out, profiles and roles.
 //!
 //! Each account is an Account Durable Object named by the normalized username (so uniqueness
-//! holds under concurrency). Logging in gives a short-lived access token (EdDSA JWT with `sid`
-//! and `gen`) and a rotating refresh token `<username>.<sid>.<secret>`. Auth endpoints are rate
-//! limited per client IP (a Limiter object per IP).
+//! holds under concurrency); the rules are the core's (`piano_core::account`). Logging in gives
+//! a short-lived access token (EdDSA JWT with `sid` and `gen`) and a rotating refresh token
+//! `<username>.<sid>.<secret>`. Auth endpoints are rate limited per client network
+//! ([`crate::auth`] counts them). Calls go one way: this module uses [`crate::auth`].
 
-use crate::auth::{self, bearer, config_or_503};
+use crate::auth::{self, account_call, api_response, bearer, capped_body, limited_config};
 use crate::config::Config;
-use piano_core::identity::Claims;
+use piano_core::account::profile;
+use piano_core::account::tokens::{Issuer, RefreshToken, session_body};
+use piano_core::account::{ApiError, SessionRefusal};
 use piano_core::names;
-use piano_durable_objects::json_error;
 use serde::Deserialize;
-use std::rc::Rc;
 use worker::*;
 
-const ACCOUNTS_BINDING: &str = "ACCOUNTS";
-const LIMITER_BINDING: &str = "LIMITER";
-const MAX_BODY_BYTES: usize = 4096;
-
-async fn account_call(
-    env: &Env,
-    username: &str,
-    method: Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> Result<Response> {
-    let headers = Headers::new();
-    headers.set("content-type", "application/json")?;
-    let mut init = RequestInit::new();
-    init.with_method(method)
-        .with_headers(headers)
-        .with_body(body.map(|b| b.to_string().into()));
-    let req = Request::new_with_init(&format!("https://account.internal{path}"), &init)?;
-    env.durable_object(ACCOUNTS_BINDING)?
-        .id_from_name(username)?
-        .get_stub()?
-        .fetch_with_request(req)
-        .await
-}
-
-/// Whether the session a member's token names is still the live one: `Some(expiry)` when it
-/// is (the session's expiry in ms when this deployment issued it), `None` when not. A session
-/// this deployment never issued (another deployment sharing the signing key and Redis issued
-/// it, e.g. the Kubernetes fallback) is live unless the shared revocation list names it;
-/// without a shared Redis, or while it cannot be read, it is refused.
-pub async fn session_is_live(
-    env: &Env,
-    user_id: &str,
-    sid: &str,
-    generation: u64,
-) -> Result<Option<Option<u64>>> {
-    let Some(username) = user_id.strip_prefix("user:") else {
-        return Ok(None);
-    };
-    let mut resp = account_call(
-        env,
-        username,
-        Method::Post,
-        "/check",
-        Some(serde_json::json!({ "sid": sid, "generation": generation })),
-    )
-    .await?;
-    #[derive(Deserialize)]
-    struct Check {
-        valid: bool,
-        #[serde(default = "yes")]
-        known: bool,
-        #[serde(default)]
-        expires: Option<u64>,
-    }
-    fn yes() -> bool {
-        true
-    }
-    let check: Check = resp.json().await?;
-    if check.valid || check.known {
-        return Ok(check.valid.then_some(check.expires));
-    }
-    Ok(crate::shared::not_revoked(env, sid).await.then_some(None))
-}
-
-/// 429 with `Retry-After` when this client IP made too many auth requests this minute.
-pub async fn rate_limited(req: &Request, env: &Env, cfg: &Config) -> Result<Option<Response>> {
-    let ip = req
-        .headers()
-        .get("cf-connecting-ip")?
-        .unwrap_or_else(|| "unknown".into());
-    if let Some((allowed, retry_after)) =
-        crate::shared::rate_hit(env, &ip, cfg.auth_rate_limit, Date::now().as_millis()).await
-    {
-        return if allowed {
-            Ok(None)
-        } else {
-            too_many(retry_after).map(Some)
-        };
-    }
-    match limiter_hit(env, &format!("auth:{ip}"), cfg.auth_rate_limit).await? {
-        None => Ok(None),
-        Some(retry_after_ms) => too_many(retry_after_ms.div_ceil(1000).max(1)).map(Some),
-    }
-}
-
-/// Counts one hit on the Limiter object `key` (a sliding minute): `None` when allowed, else
-/// how long until the next hit would be (ms).
-pub async fn limiter_hit(env: &Env, key: &str, limit: usize) -> Result<Option<u64>> {
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_body(Some(
-        serde_json::json!({ "limit": limit, "window_ms": 60_000 })
-            .to_string()
-            .into(),
-    ));
-    let hit = Request::new_with_init("https://limiter.internal/hit", &init)?;
-    let stub = env
-        .durable_object(LIMITER_BINDING)?
-        .id_from_name(key)?
-        .get_stub()?;
-    #[derive(Deserialize)]
-    struct Verdict {
-        allowed: bool,
-        retry_after_ms: u64,
-    }
-    let verdict: Verdict = stub.fetch_with_request(hit).await?.json().await?;
-    Ok((!verdict.allowed).then_some(verdict.retry_after_ms))
-}
-
-fn too_many(secs: u64) -> Result<Response> {
-    let mut resp = json_error(
-        429,
-        "rate_limited",
-        &format!("too many requests: try again in {secs} s"),
-    )?;
-    resp.headers_mut().set("retry-after", &secs.to_string())?;
-    Ok(resp)
-}
-
-/// The configuration for an auth endpoint, unless the caller is over the rate limit (or the
-/// server is not configured): then the response to send.
-pub async fn limited_config(
-    req: &Request,
-    env: &Env,
-) -> std::result::Result<Rc<Config>, Result<Response>> {
-    let cfg = config_or_503(env)?;
-    match rate_limited(req, env, &cfg).await {
-        Ok(None) => Ok(cfg),
-        Ok(Some(resp)) => Err(Ok(resp)),
-        Err(e) => Err(Err(e)),
-    }
-}
-
-/// Reads a request body while it streams in, stopping (413 `body_too_large`) as soon as it
-/// passes [`MAX_BODY_BYTES`]: a large or endless body is never buffered whole.
-pub async fn capped_body(req: &mut Request) -> std::result::Result<Vec<u8>, Result<Response>> {
-    use futures_util::StreamExt;
-    let too_large = || json_error(413, "body_too_large", "request body is over 4096 bytes");
-    let declared = req
-        .headers()
-        .get("content-length")
-        .ok()
-        .flatten()
-        .and_then(|n| n.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    let Ok(mut stream) = req.stream() else {
-        // No body at all.
-        return Ok(body);
-    };
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(Err)?;
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
+/// The WebSocket gate counts upgrades on the same Limiter objects.
+pub use crate::auth::limiter_hit;
 
 async fn json_body<T: for<'de> Deserialize<'de>>(
     req: &mut Request,
 ) -> std::result::Result<T, Result<Response>> {
     let body = capped_body(req).await?;
-    serde_json::from_slice(&body)
-        .map_err(|e| json_error(400, "invalid_json", &format!("bad request body: {e}")))
+    serde_json::from_slice(&body).map_err(|e| api_response(&ApiError::InvalidJson(e.to_string())))
 }
 
 /// Turns an Account object's session answer into tokens for the client.
 async fn issue(cfg: &Config, mut resp: Response) -> Result<Response> {
     let status = resp.status_code();
     if status >= 400 {
-        // The object's JSON error passes through unchanged (its code is stable).
+        // The object's error passes through unchanged (it is an `ApiError` already).
         return crate::relay_json(resp, None).await;
     }
     #[derive(Deserialize)]
@@ -199,32 +40,20 @@ async fn issue(cfg: &Config, mut resp: Response) -> Result<Response> {
         generation: u64,
     }
     let s: Session = resp.json().await?;
-    let now = Date::now().as_millis() / 1000;
-    let username = s.user["username"]
-        .as_str()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let claims = Claims {
-        sub: format!("user:{username}"),
-        name: s.user["name"].as_str().unwrap_or_default().to_owned(),
-        roles: serde_json::from_value(s.user["roles"].clone()).unwrap_or_default(),
-        iat: now,
-        exp: now + cfg.access_ttl_secs,
-        nbf: None,
-        iss: cfg.issuer.clone(),
-        aud: cfg.audience.clone(),
-        sid: Some(s.sid.clone()),
-        generation: Some(s.generation),
+    let issuer = Issuer {
+        issuer: &cfg.issuer,
+        audience: &cfg.audience,
+        ttl_secs: cfg.access_ttl_secs,
     };
+    let claims = issuer.member(
+        &s.user,
+        &s.sid,
+        s.generation,
+        Date::now().as_millis() / 1000,
+    );
     let access = cfg.signing.sign(&claims);
-    let mut out = Response::from_json(&serde_json::json!({
-        "access_token": access,
-        "token": access,
-        "expires_at": claims.exp,
-        "refresh_token": format!("{username}.{}.{}", s.sid, s.secret),
-        "user": s.user,
-    }))?
-    .with_status(status);
+    let body = session_body(&access, &claims, s.user, &s.sid, &s.secret);
+    let mut out = Response::from_json(&body)?.with_status(status);
     out.headers_mut().set("cache-control", "no-store")?;
     Ok(out)
 }
@@ -253,7 +82,7 @@ pub async fn register(mut req: Request, env: &Env) -> Result<Response> {
         match piano_core::account::check_registration(&b.username, &b.password, b.email.as_deref())
         {
             Ok(k) => k,
-            Err((code, message)) => return json_error(400, code, &message),
+            Err(e) => return api_response(&e),
         };
     let presented = req.headers().get("x-admin-bootstrap").ok().flatten();
     let admin = match piano_core::account::admin_on_register(
@@ -263,7 +92,7 @@ pub async fn register(mut req: Request, env: &Env) -> Result<Response> {
         presented.as_deref(),
     ) {
         Ok(admin) => admin,
-        Err((code, message)) => return json_error(403, code, message),
+        Err(e) => return api_response(&e),
     };
     let resp = account_call(
         env,
@@ -292,7 +121,7 @@ pub async fn login(mut req: Request, env: &Env) -> Result<Response> {
     }
     let b: Body = try_resp!(json_body(&mut req).await);
     let Ok(key) = names::username(&b.username) else {
-        return json_error(401, "invalid_credentials", "wrong username or password");
+        return api_response(&ApiError::InvalidCredentials);
     };
     let resp = account_call(
         env,
@@ -310,9 +139,11 @@ pub async fn login(mut req: Request, env: &Env) -> Result<Response> {
     issue(&cfg, resp).await
 }
 
-fn parse_refresh(token: &str) -> Option<(&str, &str, &str)> {
-    let mut parts = token.splitn(3, '.');
-    Some((parts.next()?, parts.next()?, parts.next()?))
+/// The refresh token of a body, parsed by the core (401 `invalid_session` if unusable).
+fn refresh_token(token: Option<&str>) -> std::result::Result<RefreshToken<'_>, Result<Response>> {
+    token
+        .and_then(RefreshToken::parse)
+        .ok_or_else(|| api_response(&ApiError::InvalidSession(SessionRefusal::NotValid)))
 }
 
 /// `POST /api/auth/refresh {"refresh_token"}`: new access and refresh tokens; the old ones stop
@@ -321,18 +152,17 @@ pub async fn refresh(mut req: Request, env: &Env) -> Result<Response> {
     let cfg = try_resp!(limited_config(&req, env).await);
     #[derive(Deserialize)]
     struct Body {
-        refresh_token: String,
+        #[serde(default)]
+        refresh_token: Option<String>,
     }
     let b: Body = try_resp!(json_body(&mut req).await);
-    let Some((user, sid, secret)) = parse_refresh(&b.refresh_token) else {
-        return json_error(401, "invalid_session", "refresh token is not valid");
-    };
+    let t = try_resp!(refresh_token(b.refresh_token.as_deref()));
     let resp = account_call(
         env,
-        user,
+        t.user,
         Method::Post,
         "/refresh",
-        Some(serde_json::json!({ "sid": sid, "secret": secret })),
+        Some(serde_json::json!({ "sid": t.sid, "secret": t.secret })),
     )
     .await?;
     issue(&cfg, resp).await
@@ -351,12 +181,13 @@ pub async fn logout(mut req: Request, env: &Env) -> Result<Response> {
     let body = try_resp!(capped_body(&mut req).await);
     // An empty or unreadable body means "log out with the access token".
     let b: Body = serde_json::from_slice(&body).unwrap_or_default();
-    let call = if let Some((user, sid, secret)) = b.refresh_token.as_deref().and_then(parse_refresh)
-    {
-        // The account checks the secret: a user name and session id alone end nothing.
+    let call = if let Some(token) = b.refresh_token.as_deref() {
+        // The account checks the secret: a user name and session id alone end nothing. A
+        // token that does not parse is refused as such (not taken for "no token").
+        let t = try_resp!(refresh_token(Some(token)));
         (
-            user.to_owned(),
-            serde_json::json!({ "sid": sid, "secret": secret }),
+            t.user.to_owned(),
+            serde_json::json!({ "sid": t.sid, "secret": t.secret }),
         )
     } else {
         // A live access token of the session (signature and session checked) is proof too.
@@ -366,7 +197,7 @@ pub async fn logout(mut req: Request, env: &Env) -> Result<Response> {
                 user.to_owned(),
                 serde_json::json!({ "sid": sid, "by_access_token": true }),
             ),
-            _ => return json_error(400, "not_a_member", "guest tokens have no session to end"),
+            _ => return api_response(&ApiError::NotAMember),
         }
     };
     let resp = account_call(env, &call.0, Method::Post, "/logout", Some(call.1)).await?;
@@ -395,7 +226,7 @@ pub async fn me(req: Request, env: &Env) -> Result<Response> {
 pub async fn update_me(mut req: Request, env: &Env) -> Result<Response> {
     let claims = try_resp!(auth::verify_claims(env, bearer(&req).as_deref()).await);
     let Some(user) = claims.sub.strip_prefix("user:") else {
-        return json_error(403, "guests_have_no_profile", "register to keep a profile");
+        return api_response(&ApiError::GuestsHaveNoProfile);
     };
     let body: serde_json::Value = try_resp!(json_body(&mut req).await);
     crate::relay_json(
@@ -407,12 +238,9 @@ pub async fn update_me(mut req: Request, env: &Env) -> Result<Response> {
 
 /// `GET /api/users/{id}`: a member's public profile.
 pub async fn user(env: &Env, id: &str) -> Result<Response> {
-    let id = names::percent_decode(id).unwrap_or_default();
-    let Some(user) = id
-        .strip_prefix("user:")
-        .and_then(|u| names::username(u).ok())
-    else {
-        return json_error(404, "not_found", "no such user");
+    let user = match profile::user_key(id) {
+        Ok(u) => u,
+        Err(e) => return api_response(&e),
     };
     crate::relay_json(
         account_call(env, &user, Method::Get, "/profile", None).await?,
@@ -424,15 +252,9 @@ pub async fn user(env: &Env, id: &str) -> Result<Response> {
 /// `POST /api/admin/users/{id}/roles {"add": [...], "remove": [...]}` (admins only).
 pub async fn set_roles(mut req: Request, env: &Env, id: &str) -> Result<Response> {
     let claims = try_resp!(auth::verify_claims(env, bearer(&req).as_deref()).await);
-    if !claims.roles.iter().any(|r| r == "admin") {
-        return json_error(403, "forbidden", "only admins may change roles");
-    }
-    let id = names::percent_decode(id).unwrap_or_default();
-    let Some(user) = id
-        .strip_prefix("user:")
-        .and_then(|u| names::username(u).ok())
-    else {
-        return json_error(404, "not_found", "no such user");
+    let user = match profile::may_change_roles(&claims.roles).and_then(|()| profile::user_key(id)) {
+        Ok(u) => u,
+        Err(e) => return api_response(&e),
     };
     let body: serde_json::Value = try_resp!(json_body(&mut req).await);
     crate::relay_json(

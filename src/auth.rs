@@ -1,12 +1,177 @@
-//! Tokens: guest sign-in, the JWKS, and the token check in front of every room connection.
+//! Tokens: guest sign-in, the JWKS, the token check in front of every room connection and
+//! member request (with the session check at the member's Account object), and what guards
+//! every auth endpoint: the rate limit's counters (the policy is `piano_core::account::rate`)
+//! and the capped body. [`crate::accounts`] builds on this module; this one never calls it.
 
 use crate::config::{self, Config};
+use piano_core::account::ApiError;
+use piano_core::account::rate;
+use piano_core::account::tokens::{Issuer, guest_body};
 use piano_core::identity::{Claims, Identity, public_jwk};
 use piano_core::limits::SUBPROTOCOL;
 use piano_core::names;
+pub use piano_durable_objects::account::api_response;
 use piano_durable_objects::json_error;
+use serde::Deserialize;
 use std::rc::Rc;
 use worker::*;
+
+const ACCOUNTS_BINDING: &str = "ACCOUNTS";
+const LIMITER_BINDING: &str = "LIMITER";
+const MAX_BODY_BYTES: usize = 4096;
+
+/// Calls the Account object of `username` (the normalized name).
+pub async fn account_call(
+    env: &Env,
+    username: &str,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    let mut init = RequestInit::new();
+    init.with_method(method)
+        .with_headers(headers)
+        .with_body(body.map(|b| b.to_string().into()));
+    let req = Request::new_with_init(&format!("https://account.internal{path}"), &init)?;
+    env.durable_object(ACCOUNTS_BINDING)?
+        .id_from_name(username)?
+        .get_stub()?
+        .fetch_with_request(req)
+        .await
+}
+
+/// Whether the session a member's token names is still the live one: `Some(expiry)` when it
+/// is (the session's expiry in ms when this deployment issued it), `None` when not. A session
+/// this deployment never issued (another deployment sharing the signing key and Redis issued
+/// it, e.g. the Kubernetes fallback) is live unless the shared revocation list names it;
+/// without a shared Redis, or while it cannot be read, it is refused.
+async fn session_is_live(
+    env: &Env,
+    user_id: &str,
+    sid: &str,
+    generation: u64,
+) -> Result<Option<Option<u64>>> {
+    let Some(username) = user_id.strip_prefix("user:") else {
+        return Ok(None);
+    };
+    let mut resp = account_call(
+        env,
+        username,
+        Method::Post,
+        "/check",
+        Some(serde_json::json!({ "sid": sid, "generation": generation })),
+    )
+    .await?;
+    #[derive(Deserialize)]
+    struct Check {
+        valid: bool,
+        #[serde(default = "yes")]
+        known: bool,
+        #[serde(default)]
+        expires: Option<u64>,
+    }
+    fn yes() -> bool {
+        true
+    }
+    let check: Check = resp.json().await?;
+    if check.valid || check.known {
+        return Ok(check.valid.then_some(check.expires));
+    }
+    Ok(crate::shared::not_revoked(env, sid).await.then_some(None))
+}
+
+/// Counts one auth request of this client's network ([`rate`]): in the shared Redis when
+/// there is one (fixed minutes, shared with every deployment), else in its Limiter object.
+async fn rate_limited(
+    req: &Request,
+    env: &Env,
+    cfg: &Config,
+) -> Result<std::result::Result<(), ApiError>> {
+    let ip = req
+        .headers()
+        .get("cf-connecting-ip")?
+        .unwrap_or_else(|| "unknown".into());
+    let key = rate::client_key(&ip);
+    let now = Date::now().as_millis();
+    if let Some(count) = crate::shared::rate_hit(env, &key, now).await {
+        return Ok(rate::shared_verdict(count, cfg.auth_rate_limit, now));
+    }
+    let wait = limiter_hit(
+        env,
+        &format!("{}:{key}", rate::AUTH_SCOPE),
+        cfg.auth_rate_limit,
+    )
+    .await?;
+    Ok(rate::verdict_of_wait(wait))
+}
+
+/// Counts one hit on the Limiter object `key` (a sliding minute, [`rate::AUTH_WINDOW_MS`]):
+/// `None` when allowed, else how long until the next hit would be (ms).
+pub async fn limiter_hit(env: &Env, key: &str, limit: usize) -> Result<Option<u64>> {
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post).with_body(Some(
+        serde_json::json!({ "limit": limit, "window_ms": rate::AUTH_WINDOW_MS })
+            .to_string()
+            .into(),
+    ));
+    let hit = Request::new_with_init("https://limiter.internal/hit", &init)?;
+    let stub = env
+        .durable_object(LIMITER_BINDING)?
+        .id_from_name(key)?
+        .get_stub()?;
+    #[derive(Deserialize)]
+    struct Verdict {
+        allowed: bool,
+        retry_after_ms: u64,
+    }
+    let verdict: Verdict = stub.fetch_with_request(hit).await?.json().await?;
+    Ok((!verdict.allowed).then_some(verdict.retry_after_ms))
+}
+
+/// The configuration for an auth endpoint, unless the caller is over the rate limit (or the
+/// server is not configured): then the response to send.
+pub async fn limited_config(
+    req: &Request,
+    env: &Env,
+) -> std::result::Result<Rc<Config>, Result<Response>> {
+    let cfg = config_or_503(env)?;
+    match rate_limited(req, env, &cfg).await {
+        Ok(Ok(())) => Ok(cfg),
+        Ok(Err(e)) => Err(api_response(&e)),
+        Err(e) => Err(Err(e)),
+    }
+}
+
+/// Reads a request body while it streams in, stopping (413 `body_too_large`) as soon as it
+/// passes [`MAX_BODY_BYTES`]: a large or endless body is never buffered whole.
+pub async fn capped_body(req: &mut Request) -> std::result::Result<Vec<u8>, Result<Response>> {
+    use futures_util::StreamExt;
+    let too_large = || api_response(&ApiError::BodyTooLarge);
+    let declared = req
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    let Ok(mut stream) = req.stream() else {
+        // No body at all.
+        return Ok(body);
+    };
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(Err)?;
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
 
 /// Prefix of the subprotocol entry that carries a token (browsers cannot set headers on a
 /// WebSocket): `Sec-WebSocket-Protocol: pianorhythm.v1, bearer.<jwt>`.
@@ -29,11 +194,11 @@ pub fn jwks(env: &Env) -> Result<Response> {
 }
 
 pub async fn guest(mut req: Request, env: &Env) -> Result<Response> {
-    let cfg = match crate::accounts::limited_config(&req, env).await {
+    let cfg = match limited_config(&req, env).await {
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    let body = match crate::accounts::capped_body(&mut req).await {
+    let body = match capped_body(&mut req).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
@@ -50,27 +215,16 @@ pub async fn guest(mut req: Request, env: &Env) -> Result<Response> {
     };
     let name = match names::display_name(&name) {
         Ok(n) => n,
-        Err(e) => return json_error(400, "invalid_name", &format!("name {e}")),
+        Err(e) => return api_response(&ApiError::InvalidName(e.to_string())),
     };
-    let now = Date::now().as_millis() / 1000;
-    let claims = Claims {
-        sub: format!("guest:{}", random_hex(8)?),
-        name,
-        roles: vec!["guest".into()],
-        iat: now,
-        exp: now + cfg.guest_ttl_secs,
-        nbf: None,
-        sid: None,
-        generation: None,
-        iss: cfg.issuer.clone(),
-        aud: cfg.audience.clone(),
+    let issuer = Issuer {
+        issuer: &cfg.issuer,
+        audience: &cfg.audience,
+        ttl_secs: cfg.guest_ttl_secs,
     };
+    let claims = issuer.guest(&random_hex(8)?, name, Date::now().as_millis() / 1000);
     let token = cfg.signing.sign(&claims);
-    let mut resp = Response::from_json(&serde_json::json!({
-        "token": token,
-        "expires_at": claims.exp,
-        "user": { "id": claims.sub, "name": claims.name, "roles": claims.roles },
-    }))?;
+    let mut resp = Response::from_json(&guest_body(&token, &claims))?;
     resp.headers_mut().set("cache-control", "no-store")?;
     Ok(resp)
 }
@@ -110,7 +264,6 @@ pub fn upgrade_auth(req: &Request) -> std::result::Result<UpgradeAuth, &'static 
     Ok(UpgradeAuth { token, subprotocol })
 }
 
-/// Verifies a token; on failure, the 401 (or 503) response to return.
 /// Verifies a token; on failure, the 401 (or 503) response to return. Members' tokens are also
 /// checked against their session (a logged-out or refreshed-away token is refused).
 /// A member's identity ends with their session (`expires_at`, as the account answered), a
@@ -153,13 +306,14 @@ async fn verify_session(
         .map_err(|e| unauthorized(&e.to_string()))?;
     let mut expires = None;
     if let Some(sid) = &claims.sid {
-        let check =
-            crate::accounts::session_is_live(env, &claims.sub, sid, claims.generation.unwrap_or(0))
-                .await
-                .map_err(|e| {
-                    console_error!("session check failed: {e}");
-                    json_error(503, "unavailable", "could not check the session; try again")
-                })?;
+        let check = session_is_live(env, &claims.sub, sid, claims.generation.unwrap_or(0))
+            .await
+            .map_err(|e| {
+                console_error!("session check failed: {e}");
+                api_response(&ApiError::Unavailable {
+                    retry_after_secs: None,
+                })
+            })?;
         let Some(session_expires) = check else {
             return Err(unauthorized(
                 "the session has ended (logged out or refreshed): log in again",
@@ -171,10 +325,7 @@ async fn verify_session(
 }
 
 pub fn unauthorized(message: &str) -> Result<Response> {
-    let mut resp = json_error(401, "unauthorized", message)?;
-    resp.headers_mut()
-        .set("www-authenticate", r#"Bearer error="invalid_token""#)?;
-    Ok(resp)
+    api_response(&ApiError::Unauthorized(message.to_owned()))
 }
 
 fn random_hex(bytes: usize) -> Result<String> {
@@ -193,7 +344,7 @@ pub fn bearer(req: &Request) -> Option<String> {
 }
 
 /// `GET /api/users/me` for a guest: who the token says you are (members get their stored
-/// profile, see [`crate::accounts`]).
+/// profile from `accounts::me`).
 pub async fn me(req: &Request, env: &Env) -> Result<Response> {
     let identity = match verify(env, bearer(req).as_deref()).await {
         Ok(id) => id,

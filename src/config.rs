@@ -8,6 +8,7 @@
 //! | `JWT_AUDIENCE` | var | `pianorhythm` | `aud` of issued tokens, and the only one accepted |
 //! | `GUEST_TOKEN_TTL_SECS` | var | `86400` | lifetime of guest tokens |
 //! | `ACCESS_TOKEN_TTL_SECS` | var | `900` | lifetime of members' access tokens |
+//! | `REFRESH_TOKEN_TTL_SECS` | var | `2592000` (30 days) | lifetime of a session (its refresh token) without a refresh |
 //! | `MAX_SESSIONS_PER_ACCOUNT` | var | `0` (no limit) | live sessions per member; older ones end |
 //! | `ADMIN_USERNAMES` | var | none | usernames that get the admin role on register/login |
 //! | `AUTH_RATE_LIMIT_PER_MINUTE` | var | `10` | auth requests per client IP per minute |
@@ -66,6 +67,7 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
         "ADMIN_USERNAMES",
         "AUTH_RATE_LIMIT_PER_MINUTE",
         "ADMIN_BOOTSTRAP_SECRET",
+        "REFRESH_TOKEN_TTL_SECS",
     ]
     .iter()
     .map(|n| setting(env, n))
@@ -110,6 +112,14 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
         };
     let access_ttl_secs = number(0, "ACCESS_TOKEN_TTL_SECS", 900, 30..=86_400)?;
     let max_sessions = number(1, "MAX_SESSIONS_PER_ACCOUNT", 0, 0..=1000)? as u32;
+    // The Account object reads it itself (it rotates sessions); checked here so that a bad
+    // value refuses the auth endpoints as `not_configured` instead of passing unnoticed.
+    number(
+        5,
+        "REFRESH_TOKEN_TTL_SECS",
+        piano_core::account::SESSION_TTL_MS / 1000,
+        piano_core::account::session::SESSION_TTL_SECS_RANGE,
+    )?;
     let auth_rate_limit = number(
         3,
         "AUTH_RATE_LIMIT_PER_MINUTE",

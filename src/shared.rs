@@ -19,9 +19,6 @@ thread_local! {
     static REDIS_SKIP_UNTIL: Cell<u64> = const { Cell::new(0) };
 }
 
-/// How long a Redis failure sends rate counting to the Limiter objects.
-const REDIS_BACKOFF_MS: u64 = 30_000;
-
 /// The deployment's backends; a broken configuration is `Err` with the reason.
 pub fn backends(env: &Env) -> std::result::Result<Backends, String> {
     piano_durable_objects::outbox::configured_backends(env)
@@ -128,34 +125,32 @@ async fn network(
     Ok(resp)
 }
 
-/// The auth rate limit counted in Redis (fixed one-minute windows shared by every deployment):
-/// `Some(allowed, retry_after_secs)`, or `None` when Redis is not configured or unreachable (the
-/// caller then counts in its Limiter object).
-pub async fn rate_hit(env: &Env, client: &str, limit: usize, now_ms: u64) -> Option<(bool, u64)> {
+/// One auth request counted in Redis (`piano_core::account::rate`: a fixed window shared by
+/// every deployment): the count so far this window, or `None` when Redis is not configured or
+/// unreachable (the caller then counts in its Limiter object).
+pub async fn rate_hit(env: &Env, client: &str, now_ms: u64) -> Option<u64> {
+    use piano_core::account::rate;
     let b = backends(env).ok()?;
     let redis = b.redis.as_ref()?;
     if REDIS_SKIP_UNTIL.with(Cell::get) > now_ms {
         return None;
     }
-    let window = now_ms / 60_000;
-    let key = b.keys.rate("auth", client, window);
+    let key = b
+        .keys
+        .rate(rate::AUTH_SCOPE, client, rate::shared_window(now_ms));
+    let ttl = rate::SHARED_COUNTER_TTL_SECS.to_string();
     let answers = match redis
-        .pipeline_all(&[cmd(["INCR", &key]), cmd(["EXPIRE", &key, "120"])])
+        .pipeline_all(&[cmd(["INCR", &key]), cmd(["EXPIRE", &key, &ttl])])
         .await
     {
         Ok(a) => a,
         Err(e) => {
-            console_warn!("redis rate counter failed, counting locally for 30 s: {e}");
-            REDIS_SKIP_UNTIL.with(|c| c.set(now_ms + REDIS_BACKOFF_MS));
+            console_warn!("redis rate counter failed, counting locally for a while: {e}");
+            REDIS_SKIP_UNTIL.with(|c| c.set(now_ms + rate::SHARED_BACKOFF_MS));
             return None;
         }
     };
-    let count = answers.first().and_then(Value::as_u64)?;
-    let retry_after = ((window + 1) * 60_000)
-        .saturating_sub(now_ms)
-        .div_ceil(1000)
-        .max(1);
-    Some((count <= limit as u64, retry_after))
+    answers.first().and_then(Value::as_u64)
 }
 
 /// `GET /api/users/{id}/stats`: a user's totals over every room and deployment (MongoDB).

@@ -24,6 +24,7 @@ mod abuse_directory;
 mod accounts;
 mod basics;
 mod directory;
+mod drifts;
 mod persistence;
 mod room_features;
 mod tokens;
@@ -95,6 +96,10 @@ macro_rules! t {
     };
 }
 
+/// Why the drift trials that take MongoDB down run on a rig of the edge and of the standalone
+/// fallback only (`drifts.rs`).
+const DRIFT_RIG: &str = "a server of its own on a MongoDB it takes down; the cluster's replicas run the same account code";
+
 /// The one list. Each entry runs on every target unless it says otherwise.
 fn trials() -> Vec<Spec> {
     use Host::*;
@@ -157,6 +162,17 @@ fn trials() -> Vec<Spec> {
         t!(abuse_accounts::every_response_carries_security_headers_and_cors_is_closed),
         // wrangler dev restarts the worker after an early answer to a streamed body.
         t!(abuse_accounts::oversized_auth_bodies_are_refused_while_streaming).alone(&[Edge]),
+        t!(drifts::refresh_tokens_are_parsed_alike_with_capped_parts),
+        t!(drifts::registration_is_refused_while_the_account_database_is_unreachable)
+            .only(&[Edge, Fallback], DRIFT_RIG),
+        t!(drifts::account_lookups_back_off_for_one_interval_on_both_hosts)
+            .only(&[Edge, Fallback], DRIFT_RIG),
+        t!(drifts::an_imported_account_must_be_the_user_its_key_names)
+            .only(&[Edge, Fallback], DRIFT_RIG),
+        t!(drifts::an_expired_session_is_forgotten_at_the_next_login).only(
+            &[Edge, Fallback],
+            "a short REFRESH_TOKEN_TTL_SECS on a rig of its own (the cluster's sessions are Redis keys that expire by themselves)",
+        ),
         t!(persistence::mongo_client_speaks_the_data_api).only(
             &[Edge],
             "the edge's MongoDB Data API client (the fallback's driver: k8s-fallback/tests/mongo.rs)",
@@ -277,6 +293,7 @@ fn main() {
             t.server.shutdown();
         }
     }
+    drifts::stop_rigs();
     if let Some(stack) = persistence::STACK.get() {
         stack.stop_all();
     }

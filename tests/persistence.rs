@@ -756,7 +756,7 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none(_target: &S
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "backend_unavailable");
+    assert_eq!(body["error"]["code"], "unavailable");
     // Someone leaves while Redis is down.
     listener.close().await;
 

@@ -67,7 +67,7 @@ pub fn network_key(ip: &str) -> String {
 /// The /64 of an IPv6 address as `a:b:c:d::/64` (`None` for IPv4, an IPv4-mapped address or
 /// anything unparseable). Hand-rolled rather than `std::net` to keep the parser out of the
 /// worker's wasm.
-fn ipv6_prefix(ip: &str) -> Option<String> {
+pub fn ipv6_prefix(ip: &str) -> Option<String> {
     if !ip.contains(':') || ip.contains('.') {
         return None;
     }

@@ -14,7 +14,8 @@
 //!   shared by [`room`] and [`lobby`] so neither depends on the other.
 //! - [`notes`]: bounds on note batches.
 //! - [`identity`]: who a player is, and the Ed25519 (EdDSA) JWTs that prove it.
-//! - [`account`]: the member account record (shared by every host and MongoDB), roles, checks.
+//! - [`account`]: member accounts, sessions, token issuing, profile and role changes, the auth
+//!   rate limit and the one API error type, decided here and stored by the hosts.
 //! - [`names`]: validation of room names, display names and usernames.
 //! - [`password`]: password hashing (rooms and accounts).
 //! - [`outbox`]: the outbox's delivery rules (lanes, backoff, dead letters, coalescing), for

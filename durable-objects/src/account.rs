@@ -11,6 +11,11 @@
 //! Routes (worker → object, JSON): `POST /register`, `/login`, `/refresh`, `/logout`, `/check`,
 //! `/roles`; `GET /profile`, `PUT /profile`; (room → object) `POST /socket`.
 //!
+//! The rules are the core's (`piano_core::account`: registration, lookups, the session life
+//! cycle, profile and role changes); this object reads its rows, asks the core, and stores
+//! what it answers. Refusals are [`ApiError`]s, answered by [`api_response`] (the worker
+//! relays them unchanged).
+//!
 //! Storage is created only by writes (a registration, an import from the shared database, a
 //! session): reads of an unknown username (profile probes, logins, checks) leave nothing
 //! behind. Ending a session or changing roles notifies the rooms holding the member's sockets
@@ -20,11 +25,26 @@ use crate::json_error;
 use crate::outbox::Outbox;
 use piano_backends::layout;
 use piano_backends::outbox::Lane;
-pub use piano_core::account::{AccountData, ROLES, SESSION_TTL_MS};
+use piano_core::account::lookup::{self, Lookup};
+use piano_core::account::profile::{ProfileChange, ProfileRequest, RoleChange};
+use piano_core::account::session::{self, Check, Refresh, Session};
+pub use piano_core::account::{AccountData, ApiError, ROLES, SESSION_TTL_MS, SessionRefusal};
 use piano_core::password::{ACCOUNT_ITERATIONS, PasswordHash};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use worker::*;
+
+/// The response of a refused API request: the one place an [`ApiError`] becomes HTTP at the
+/// edge (the object answers it, the worker relays it or answers its own with it).
+pub fn api_response(e: &ApiError) -> Result<Response> {
+    let mut resp = Response::from_json(&e.body())?.with_status(e.status());
+    for (name, value) in e.headers() {
+        resp.headers_mut().set(name, &value)?;
+    }
+    Ok(resp)
+}
+
+/// A handler's answer: a response, or the refusal to answer with.
+type Answer = std::result::Result<Response, ApiError>;
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS account (id INTEGER PRIMARY KEY CHECK (id = 1), data TEXT NOT NULL);
@@ -62,6 +82,11 @@ struct LoginReq {
 }
 
 #[derive(Deserialize)]
+struct SocketReq {
+    room: String,
+}
+
+#[derive(Deserialize)]
 struct SessionReq {
     sid: String,
     #[serde(default)]
@@ -71,53 +96,6 @@ struct SessionReq {
     /// Logout only: the worker verified a live access token of this session instead.
     #[serde(default)]
     by_access_token: bool,
-}
-
-#[derive(Deserialize)]
-struct RolesReq {
-    #[serde(default)]
-    add: Vec<String>,
-    #[serde(default)]
-    remove: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct ProfileReq {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    color: Option<String>,
-    #[serde(default)]
-    status: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct SessionRow {
-    secret_hash: String,
-    generation: i64,
-    expires: i64,
-    revoked: i64,
-}
-
-/// After a failed MongoDB lookup, this object answers 503 without asking again for this long
-/// (each ask could cost a whole timeout).
-const LOOKUP_BACKOFF_MS: u64 = 5_000;
-
-/// What the shared database says about a username.
-enum Lookup {
-    Found(AccountData),
-    Absent,
-    Unavailable,
-}
-
-fn shared_accounts_unavailable() -> Result<Response> {
-    let mut resp = json_error(
-        503,
-        "backend_unavailable",
-        "accounts are shared with other deployments and their database cannot be reached: try again shortly",
-    )?;
-    resp.headers_mut().set("retry-after", "30")?;
-    Ok(resp)
 }
 
 #[durable_object]
@@ -130,8 +108,11 @@ pub struct Account {
     outbox: Outbox,
     /// How long a revoked session's access tokens could still be presented.
     access_ttl_secs: u64,
-    /// After a failed MongoDB lookup, later ones are skipped until then (ms), so logins do not
-    /// each wait out a timeout during an outage.
+    /// How long a session lives without a refresh (`REFRESH_TOKEN_TTL_SECS`; the worker
+    /// refuses a value out of range before asking this object).
+    session_ttl_ms: u64,
+    /// After a failed MongoDB lookup, later ones are skipped until then (ms;
+    /// [`lookup::skip_until`]), so logins do not each wait out a timeout during an outage.
     lookup_skip_until: std::cell::Cell<u64>,
 }
 
@@ -140,11 +121,16 @@ impl DurableObject for Account {
         let access_ttl_secs = crate::setting(&env, "ACCESS_TOKEN_TTL_SECS")
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(900);
+        let session_ttl_ms = crate::setting(&env, "REFRESH_TOKEN_TTL_SECS")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|s| session::SESSION_TTL_SECS_RANGE.contains(s))
+            .map_or(SESSION_TTL_MS, |s| s * 1000);
         Account {
             state,
             notices: std::cell::RefCell::new(Vec::new()),
             outbox: Outbox::new(&env),
             access_ttl_secs,
+            session_ttl_ms,
             lookup_skip_until: std::cell::Cell::new(0),
             env,
         }
@@ -185,242 +171,178 @@ impl DurableObject for Account {
 
 impl Account {
     async fn route(&self, mut req: Request) -> Result<Response> {
-        let sql = self.state.storage().sql();
         if self.has_schema() {
             // Accounts stored before a table was added get it (idempotent).
-            sql.exec(SCHEMA, None)?;
+            self.state.storage().sql().exec(SCHEMA, None)?;
         }
         let now = Date::now().as_millis();
-        match (req.method(), req.path().as_str()) {
-            (Method::Post, "/socket") => {
-                #[derive(Deserialize)]
-                struct SocketReq {
-                    room: String,
-                }
-                let r: SocketReq = req.json().await?;
-                if self.load()?.is_none() {
-                    return json_error(404, "not_found", "no such user");
-                }
-                sql.exec(
-                    "INSERT INTO rooms (room, seen) VALUES (?, ?) ON CONFLICT(room) DO UPDATE SET seen = excluded.seen",
-                    vec![r.room.as_str().into(), (now as i64).into()],
-                )?;
-                sql.exec(
-                    "DELETE FROM rooms WHERE room NOT IN (SELECT room FROM rooms ORDER BY seen DESC LIMIT ?)",
-                    vec![(crate::sessions::MAX_ROOMS_PER_ACCOUNT as i64).into()],
-                )?;
-                Response::empty()
-            }
-            (Method::Post, "/register") => {
-                let r: RegisterReq = req.json().await?;
-                if self.load()?.is_some() {
-                    return json_error(409, "username_taken", "that username is taken");
-                }
-                let key = r.username.trim().to_ascii_lowercase();
-                match self.import(&key).await? {
-                    Lookup::Found(_) => {
-                        return json_error(409, "username_taken", "that username is taken");
-                    }
-                    // Registering now could take a name another deployment already gave out.
-                    Lookup::Unavailable => return shared_accounts_unavailable(),
-                    Lookup::Absent => {}
-                }
-                // Another registration of this name may have finished while we asked MongoDB;
-                // from here to the save nothing awaits, so this check holds.
-                if self.load()?.is_some() {
-                    return json_error(409, "username_taken", "that username is taken");
-                }
-                sql.exec(SCHEMA, None)?;
-                let mut roles = vec!["member".to_owned()];
-                if r.admin {
-                    roles.push("admin".into());
-                }
-                let account = AccountData {
-                    username: r.username.clone(),
-                    tag: hex(&random::<3>()),
-                    email: r.email,
-                    password: PasswordHash::with_iterations(
-                        &r.password,
-                        random::<16>().to_vec(),
-                        ACCOUNT_ITERATIONS,
-                    ),
-                    roles,
-                    name: r.username,
-                    color: None,
-                    status: String::new(),
-                    created_at: now,
-                };
-                self.save(&account, true)?;
-                self.new_session(&account, r.max_sessions, now, 201)
-            }
-            (Method::Post, "/login") => {
-                let r: LoginReq = req.json().await?;
-                let local = match self.load()? {
-                    Some(a) => Some(a),
-                    None => match &r.key {
-                        Some(key) => match self.import(key).await? {
-                            Lookup::Found(a) => Some(a),
-                            Lookup::Absent => None,
-                            // Maybe registered on another deployment: say so, not "wrong".
-                            Lookup::Unavailable => return shared_accounts_unavailable(),
-                        },
-                        None => None,
-                    },
-                };
-                let Some(mut account) = local else {
-                    // Same answer as a wrong password: do not reveal which usernames exist.
-                    return json_error(401, "invalid_credentials", "wrong username or password");
-                };
-                if !account.password.verify(&r.password) {
-                    return json_error(401, "invalid_credentials", "wrong username or password");
-                }
-                if r.admin && !account.roles.iter().any(|x| x == "admin") {
-                    account.roles.push("admin".into());
-                    self.save(&account, false)?;
-                }
-                self.new_session(&account, r.max_sessions, now, 200)
-            }
-            (Method::Post, "/refresh") => {
-                let r: SessionReq = req.json().await?;
-                let Some(account) = self.load()? else {
-                    return json_error(401, "invalid_session", "refresh token is not valid");
-                };
-                let Some(row) = self.session(&r.sid)? else {
-                    return json_error(401, "invalid_session", "refresh token is not valid");
-                };
-                if row.revoked != 0 || row.expires as u64 <= now {
-                    return json_error(
-                        401,
-                        "invalid_session",
-                        "the session has ended: log in again",
-                    );
-                }
-                let presented = hash_secret(&r.secret);
-                if row.secret_hash != presented {
-                    if self.previous_secret(&r.sid)?.as_deref() == Some(presented.as_str()) {
-                        // A rotated-away refresh token came back: someone else may hold the
-                        // new one.
-                        self.revoke(&r.sid)?;
-                        return json_error(
-                            401,
-                            "invalid_session",
-                            "refresh token was already used: session revoked",
-                        );
-                    }
-                    // A secret this session never had: not proof of anything, ends nothing.
-                    return json_error(401, "invalid_session", "refresh token is not valid");
-                }
-                let secret = hex(&random::<32>());
-                let generation = row.generation + 1;
-                sql.exec(
-                    "UPDATE sessions SET secret_hash = ?, generation = ?, expires = ? WHERE sid = ?",
-                    vec![hash_secret(&secret).into(), generation.into(), ((now + SESSION_TTL_MS) as i64).into(), r.sid.as_str().into()],
-                )?;
-                sql.exec(
-                    "INSERT INTO session_prev (sid, secret_hash) VALUES (?, ?) ON CONFLICT(sid) DO UPDATE SET secret_hash = excluded.secret_hash",
-                    vec![r.sid.as_str().into(), presented.into()],
-                )?;
-                session_response(&account, &r.sid, &secret, generation as u64, 200)
-            }
-            (Method::Post, "/logout") => {
-                let r: SessionReq = req.json().await?;
-                // The refresh token's secret (or a live access token, checked by the worker):
-                // a user name and session id alone end nothing.
-                let proven = r.by_access_token
-                    || self
-                        .session(&r.sid)?
-                        .is_some_and(|row| row.secret_hash == hash_secret(&r.secret));
-                if !proven {
-                    return json_error(401, "invalid_session", "refresh token is not valid");
-                }
-                self.revoke(&r.sid)?;
-                Ok(Response::empty()?.with_status(204))
-            }
-            (Method::Post, "/check") => {
-                let r: SessionReq = req.json().await?;
-                let session = self.session(&r.sid)?;
-                // `known`: this deployment issued the session (a session it never saw may come
-                // from another deployment sharing the signing key; the worker decides).
-                let known = session.is_some();
-                let valid = match (self.load()?, session) {
-                    (Some(_), Some(row)) => {
-                        row.revoked == 0
-                            && row.expires as u64 > now
-                            && row.generation as u64 == r.generation
-                    }
-                    _ => false,
-                };
-                let expires = self.session(&r.sid)?.map(|row| row.expires.max(0) as u64);
-                Response::from_json(
-                    &serde_json::json!({ "valid": valid, "known": known, "expires": expires }),
-                )
-            }
+        let answer = match (req.method(), req.path().as_str()) {
+            (Method::Post, "/socket") => self.socket(req.json().await?, now)?,
+            (Method::Post, "/register") => self.register(req.json().await?, now).await?,
+            (Method::Post, "/login") => self.login(req.json().await?, now).await?,
+            (Method::Post, "/refresh") => self.refresh(req.json().await?, now)?,
+            (Method::Post, "/logout") => self.logout(req.json().await?)?,
+            (Method::Post, "/check") => self.check(req.json().await?, now)?,
             (Method::Get, "/profile") => match self.load()? {
-                Some(a) => Response::from_json(&a.public()),
-                None => json_error(404, "not_found", "no such user"),
+                Some(a) => Ok(Response::from_json(&a.public())?),
+                None => Err(ApiError::NotFound),
             },
             (Method::Put, "/profile") => {
-                let r: ProfileReq = req.json().await?;
-                let Some(mut a) = self.load()? else {
-                    return json_error(404, "not_found", "no such user");
-                };
-                if let Some(n) = r.name {
-                    match piano_core::names::display_name(&n) {
-                        Ok(n) => a.name = n,
-                        Err(e) => return json_error(400, "invalid_name", &format!("name {e}")),
-                    }
-                }
-                if let Some(c) = r.color {
-                    match piano_core::room::text::color(&c) {
-                        Ok(c) => a.color = Some(c),
-                        Err(e) => return json_error(400, "invalid_color", &e),
-                    }
-                }
-                if let Some(s) = r.status {
-                    match piano_core::room::text::optional_line(
-                        "status",
-                        &s,
-                        piano_core::room::text::MAX_STATUS_CHARS,
-                    ) {
-                        Ok(s) => a.status = s,
-                        Err(e) => return json_error(400, "invalid_status", &e),
-                    }
-                }
-                self.save(&a, false)?;
-                Response::from_json(&a.public())
+                let change = ProfileChange::check(req.json::<ProfileRequest>().await?);
+                self.change(|a| change.clone().map(|c| c.apply(a)))?
             }
             (Method::Post, "/roles") => {
-                let r: RolesReq = req.json().await?;
-                let Some(mut a) = self.load()? else {
-                    return json_error(404, "not_found", "no such user");
-                };
-                if let Some(bad) = r
-                    .add
-                    .iter()
-                    .chain(&r.remove)
-                    .find(|x| !ROLES.contains(&x.as_str()))
-                {
-                    return json_error(400, "invalid_role", &format!("unknown role {bad:?}"));
-                }
-                let before = a.roles.clone();
-                a.roles.retain(|x| !r.remove.contains(x));
-                for role in r.add {
-                    if !a.roles.contains(&role) {
-                        a.roles.push(role);
-                    }
-                }
-                self.save(&a, false)?;
-                if a.roles != before {
+                let change = req.json::<RoleChange>().await?.check();
+                let mut changed = false;
+                let answer = self.change(|a| change.clone().map(|c| changed = c.apply(a)))?;
+                if let (true, Some(a)) = (changed, self.load()?) {
                     self.notices.borrow_mut().push(crate::sessions::Notice {
                         user_id: a.user_id(),
                         session_id: None,
                         changed: true,
                     });
                 }
-                Response::from_json(&a.public())
+                answer
             }
-            _ => json_error(404, "not_found", "no such account route"),
+            _ => return json_error(404, "not_found", "no such account route"),
+        };
+        match answer {
+            Ok(resp) => Ok(resp),
+            Err(e) => api_response(&e),
         }
+    }
+
+    fn socket(&self, r: SocketReq, now: u64) -> Result<Answer> {
+        if self.load()?.is_none() {
+            return Ok(Err(ApiError::NotFound));
+        }
+        let sql = self.state.storage().sql();
+        sql.exec(
+            "INSERT INTO rooms (room, seen) VALUES (?, ?) ON CONFLICT(room) DO UPDATE SET seen = excluded.seen",
+            vec![r.room.as_str().into(), (now as i64).into()],
+        )?;
+        sql.exec(
+            "DELETE FROM rooms WHERE room NOT IN (SELECT room FROM rooms ORDER BY seen DESC LIMIT ?)",
+            vec![(crate::sessions::MAX_ROOMS_PER_ACCOUNT as i64).into()],
+        )?;
+        Ok(Ok(Response::empty()?))
+    }
+
+    async fn register(&self, r: RegisterReq, now: u64) -> Result<Answer> {
+        if self.load()?.is_some() {
+            return Ok(Err(ApiError::UsernameTaken));
+        }
+        let key = r.username.trim().to_ascii_lowercase();
+        if let Err(e) = lookup::may_register(&self.import(&key).await?) {
+            // Unavailable: registering now could take a name another deployment gave out.
+            return Ok(Err(e));
+        }
+        // Another registration of this name may have finished while we asked MongoDB;
+        // from here to the save nothing awaits, so this check holds.
+        if self.load()?.is_some() {
+            return Ok(Err(ApiError::UsernameTaken));
+        }
+        self.state.storage().sql().exec(SCHEMA, None)?;
+        let password =
+            PasswordHash::with_iterations(&r.password, random::<16>().to_vec(), ACCOUNT_ITERATIONS);
+        let account = AccountData::new(&r.username, r.email, password, r.admin, random(), now);
+        self.save(&account, true)?;
+        self.new_session(&account, r.max_sessions, now, 201)
+    }
+
+    async fn login(&self, r: LoginReq, now: u64) -> Result<Answer> {
+        let found = match (self.load()?, &r.key) {
+            (Some(a), _) => Lookup::Found(a),
+            (None, Some(key)) => self.import(key).await?,
+            (None, None) => Lookup::Absent,
+        };
+        let mut account = match lookup::login_account(found) {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
+        if !account.password.verify(&r.password) {
+            return Ok(Err(ApiError::InvalidCredentials));
+        }
+        if r.admin && account.grant_admin() {
+            self.save(&account, false)?;
+        }
+        self.new_session(&account, r.max_sessions, now, 200)
+    }
+
+    fn refresh(&self, r: SessionReq, now: u64) -> Result<Answer> {
+        let Some(account) = self.load()? else {
+            return Ok(Err(ApiError::InvalidSession(SessionRefusal::NotValid)));
+        };
+        let secret = hex(&random::<32>());
+        match session::refresh(
+            self.session(&r.sid)?.as_ref(),
+            &r.secret,
+            &secret,
+            now,
+            self.session_ttl_ms,
+        ) {
+            Refresh::Refuse(why) => Ok(Err(ApiError::InvalidSession(why))),
+            Refresh::RevokeReused => {
+                // Someone else may hold the current secret.
+                self.revoke(&r.sid)?;
+                Ok(Err(ApiError::InvalidSession(SessionRefusal::Reused)))
+            }
+            Refresh::Rotate(s) => {
+                let sql = self.state.storage().sql();
+                sql.exec(
+                    "UPDATE sessions SET secret_hash = ?, generation = ?, expires = ? WHERE sid = ?",
+                    vec![s.secret_hash.as_str().into(), (s.generation as i64).into(), (s.expires as i64).into(), r.sid.as_str().into()],
+                )?;
+                sql.exec(
+                    "INSERT INTO session_prev (sid, secret_hash) VALUES (?, ?) ON CONFLICT(sid) DO UPDATE SET secret_hash = excluded.secret_hash",
+                    vec![r.sid.as_str().into(), s.old_hashes_text().into()],
+                )?;
+                session_response(&account, &r.sid, &secret, s.generation, 200).map(Ok)
+            }
+        }
+    }
+
+    fn logout(&self, r: SessionReq) -> Result<Answer> {
+        // The refresh token's secret (or a live access token, checked by the worker): a user
+        // name and session id alone end nothing.
+        if !r.by_access_token
+            && let Err(e) = session::logout(self.session(&r.sid)?.as_ref(), &r.secret)
+        {
+            return Ok(Err(e));
+        }
+        self.revoke(&r.sid)?;
+        Ok(Ok(Response::empty()?.with_status(204)))
+    }
+
+    fn check(&self, r: SessionReq, now: u64) -> Result<Answer> {
+        let row = self.session(&r.sid)?;
+        let exists = self.load()?.is_some();
+        // `known`: this deployment issued the session (a session it never saw may come from
+        // another deployment sharing the signing key; the worker decides).
+        let (valid, known) = match session::check(exists, row.as_ref(), r.generation, now) {
+            Check::Live { .. } => (true, true),
+            Check::Ended => (false, true),
+            Check::Unknown => (false, false),
+        };
+        let expires = row.map(|s| s.expires);
+        Ok(Ok(Response::from_json(
+            &serde_json::json!({ "valid": valid, "known": known, "expires": expires }),
+        )?))
+    }
+
+    /// Applies a checked change to the stored account and answers its public view.
+    fn change(
+        &self,
+        mut apply: impl FnMut(&mut AccountData) -> std::result::Result<(), ApiError>,
+    ) -> Result<Answer> {
+        let Some(mut a) = self.load()? else {
+            return Ok(Err(ApiError::NotFound));
+        };
+        if let Err(e) = apply(&mut a) {
+            return Ok(Err(e));
+        }
+        self.save(&a, false)?;
+        Ok(Ok(Response::from_json(&a.public())?))
     }
 }
 
@@ -441,24 +363,6 @@ impl Account {
             )
             .and_then(|c| c.to_array::<Table>())
             .is_ok_and(|t| !t.is_empty())
-    }
-
-    /// The secret a session had before its last refresh (to tell reuse from guessing).
-    fn previous_secret(&self, sid: &str) -> Result<Option<String>> {
-        #[derive(Deserialize)]
-        struct Row {
-            secret_hash: String,
-        }
-        let rows: Vec<Row> = self
-            .state
-            .storage()
-            .sql()
-            .exec(
-                "SELECT secret_hash FROM session_prev WHERE sid = ?",
-                vec![sid.into()],
-            )?
-            .to_array()?;
-        Ok(rows.into_iter().next().map(|r| r.secret_hash))
     }
 
     /// Sends the queued notices to the rooms holding this member's sockets.
@@ -532,32 +436,27 @@ impl Account {
     }
 
     /// An account this deployment does not know yet may have been registered by another one
-    /// sharing the database: read it from MongoDB and keep it here. Without MongoDB the answer
-    /// is `Absent` (only local accounts exist); while it is unreachable (or failed in the last
-    /// few seconds), `Unavailable`, and callers refuse rather than guess.
+    /// sharing the database: read it from MongoDB and keep it here ([`lookup`]: without MongoDB
+    /// only local accounts exist; while it is unreachable, or failed in the last few seconds,
+    /// `Unavailable`, and callers refuse rather than guess).
     async fn import(&self, key: &str) -> Result<Lookup> {
         let Some(mongo) = self.outbox.backends().and_then(|b| b.mongo.as_ref()) else {
             return Ok(Lookup::Absent);
         };
-        if self.lookup_skip_until.get() > Date::now().as_millis() {
+        if !lookup::may_ask(self.lookup_skip_until.get(), Date::now().as_millis()) {
             return Ok(Lookup::Unavailable);
         }
-        let doc = match mongo
-            .find_one(
-                layout::ACCOUNTS,
-                serde_json::json!({ "_id": format!("user:{key}") }),
-            )
-            .await
-        {
+        let filter = serde_json::json!({ "_id": format!("user:{key}") });
+        let doc = match mongo.find_one(layout::ACCOUNTS, filter).await {
             Ok(doc) => doc,
             Err(e) => {
                 console_warn!("account lookup in MongoDB failed: {e}");
                 self.lookup_skip_until
-                    .set(Date::now().as_millis() + LOOKUP_BACKOFF_MS);
+                    .set(lookup::skip_until(Date::now().as_millis()));
                 return Ok(Lookup::Unavailable);
             }
         };
-        let Some(account) = doc.and_then(|d| serde_json::from_value::<AccountData>(d).ok()) else {
+        let Some(account) = lookup::imported(key, doc) else {
             return Ok(Lookup::Absent);
         };
         // Another request may have created the account here while we waited.
@@ -575,20 +474,41 @@ impl Account {
         })
     }
 
-    fn session(&self, sid: &str) -> Result<Option<SessionRow>> {
+    /// A session as stored (with its rotated-away secret hashes).
+    fn session(&self, sid: &str) -> Result<Option<Session>> {
+        #[derive(Deserialize)]
+        struct Row {
+            sid: String,
+            secret_hash: String,
+            generation: i64,
+            created: i64,
+            expires: i64,
+            revoked: i64,
+            #[serde(default)]
+            old: Option<String>,
+        }
         if !self.has_schema() {
             return Ok(None);
         }
-        let rows: Vec<SessionRow> = self
+        let rows: Vec<Row> = self
             .state
             .storage()
             .sql()
             .exec(
-                "SELECT secret_hash, generation, expires, revoked FROM sessions WHERE sid = ?",
+                "SELECT s.sid, s.secret_hash, s.generation, s.created, s.expires, s.revoked, p.secret_hash AS old \
+                 FROM sessions s LEFT JOIN session_prev p ON p.sid = s.sid WHERE s.sid = ?",
                 vec![sid.into()],
             )?
             .to_array()?;
-        Ok(rows.into_iter().next())
+        Ok(rows.into_iter().next().map(|r| Session {
+            sid: r.sid,
+            secret_hash: r.secret_hash,
+            old_hashes: Session::parse_old_hashes(r.old.as_deref().unwrap_or_default()),
+            created: r.created.max(0) as u64,
+            generation: r.generation.max(0) as u64,
+            expires: r.expires.max(0) as u64,
+            revoked: r.revoked != 0,
+        }))
     }
 
     /// Ends a session; with Redis configured, the revocation is shared (other deployments and
@@ -621,38 +541,56 @@ impl Account {
         Ok(())
     }
 
-    /// Starts a session; with `max_sessions` > 0, the oldest live ones beyond it are revoked.
+    /// Starts a session: the core forgets expired ones (drift 6) and, with `max_sessions` > 0,
+    /// ends the oldest live ones beyond it.
     fn new_session(
         &self,
         account: &AccountData,
         max_sessions: u32,
         now: u64,
         status: u16,
-    ) -> Result<Response> {
+    ) -> Result<Answer> {
+        #[derive(Deserialize)]
+        struct Row {
+            sid: String,
+            created: i64,
+            expires: i64,
+            revoked: i64,
+        }
         let sql = self.state.storage().sql();
-        let sid = hex(&random::<16>());
+        let existing: Vec<Session> = sql
+            .exec("SELECT sid, created, expires, revoked FROM sessions", None)?
+            .to_array::<Row>()?
+            .into_iter()
+            .map(|r| Session {
+                sid: r.sid,
+                created: r.created.max(0) as u64,
+                expires: r.expires.max(0) as u64,
+                revoked: r.revoked != 0,
+                ..Session::default()
+            })
+            .collect();
         let secret = hex(&random::<32>());
+        let new = Session::new(hex(&random::<16>()), &secret, now, self.session_ttl_ms);
+        let opening = session::open(&existing, &new, max_sessions, now);
         sql.exec(
             "INSERT INTO sessions (sid, secret_hash, generation, created, expires) VALUES (?, ?, 1, ?, ?)",
-            vec![sid.as_str().into(), hash_secret(&secret).into(), (now as i64).into(), ((now + SESSION_TTL_MS) as i64).into()],
+            vec![new.sid.as_str().into(), new.secret_hash.as_str().into(), (now as i64).into(), (new.expires as i64).into()],
         )?;
-        if max_sessions > 0 {
-            #[derive(Deserialize)]
-            struct Sid {
-                sid: String,
-            }
-            let older: Vec<Sid> = sql
-                .exec(
-                    "SELECT sid FROM sessions WHERE revoked = 0 AND sid NOT IN \
-                     (SELECT sid FROM sessions WHERE revoked = 0 AND expires > ? ORDER BY created DESC, sid LIMIT ?)",
-                    vec![(now as i64).into(), (max_sessions as i64).into()],
-                )?
-                .to_array()?;
-            for Sid { sid } in older {
-                self.revoke(&sid)?;
-            }
+        for sid in &opening.forget {
+            sql.exec(
+                "DELETE FROM sessions WHERE sid = ?",
+                vec![sid.as_str().into()],
+            )?;
+            sql.exec(
+                "DELETE FROM session_prev WHERE sid = ?",
+                vec![sid.as_str().into()],
+            )?;
         }
-        session_response(account, &sid, &secret, 1, status)
+        for sid in &opening.revoke {
+            self.revoke(sid)?;
+        }
+        session_response(account, &new.sid, &secret, 1, status).map(Ok)
     }
 }
 
@@ -670,10 +608,6 @@ fn session_response(
         "generation": generation,
     }))?
     .with_status(status))
-}
-
-fn hash_secret(secret: &str) -> String {
-    hex(&Sha256::digest(secret.as_bytes()))
 }
 
 fn random<const N: usize>() -> [u8; N] {

@@ -1,6 +1,7 @@
-//! The Limiter Durable Object: a sliding-window counter per key (the auth endpoints use one per
-//! client IP). In memory only: a limiter that was idle long enough to be evicted had an empty
-//! window anyway.
+//! The Limiter Durable Object: a sliding-window counter per key, the edge's local counter of
+//! the auth rate limit (one per client network, `auth:<key>`; the policy is
+//! `piano_core::account::rate`) and of WebSocket upgrades. In memory only: a limiter that was
+//! idle long enough to be evicted had an empty window anyway.
 
 use piano_core::room::quota::RateWindow;
 use std::cell::RefCell;

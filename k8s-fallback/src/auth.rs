@@ -1,38 +1,43 @@
-//! Tokens: guest sign-in, the JWKS, and the token check in front of every room connection —
-//! the same rules as the edge (`src/auth.rs`), over the same `piano_core::identity` code.
+//! Tokens: guest sign-in, the JWKS, the token check in front of every room connection and
+//! member request, the auth rate limit's counters, and the one conversion of an [`ApiError`]
+//! into HTTP ([`api_error`]) — the same rules as the edge (`src/auth.rs`), from the core.
 //!
 //! Members' tokens (`sid`/`gen` claims) are checked against their session at every use
-//! ([`crate::accounts`]): a logged-out or refreshed-away token is refused at once. A session
-//! this deployment never issued (the edge's, given the same key) is accepted on its signature
-//! unless the shared revocation list (`{REDIS_KEY_PREFIX}revoked:<sid>`, with Redis) names it.
+//! ([`Sessions`], implemented by the account store under the core's
+//! [`piano_core::account::session::check`]): a logged-out or refreshed-away token is refused at
+//! once. A session this deployment never issued (the edge's, given the same key) is accepted on
+//! its signature unless the shared revocation list (`{REDIS_KEY_PREFIX}revoked:<sid>`, with
+//! Redis) names it.
 
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::json::{json_error, with_header};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
+use piano_core::account::ApiError;
+use piano_core::account::rate;
+use piano_core::account::session::Check;
+use piano_core::account::tokens::{Issuer, guest_body};
 use piano_core::identity::{Claims, Identity, public_jwk};
 use piano_core::limits::SUBPROTOCOL;
 use piano_core::names;
-use std::collections::{HashMap, VecDeque};
+use piano_core::room::quota::RateWindow;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+
+/// The response of a refused API request: the one place an [`ApiError`] becomes HTTP.
+pub fn api_error(e: &ApiError) -> Response {
+    let mut resp = crate::json::json(e.status(), &e.body());
+    for (name, value) in e.headers() {
+        resp = with_header(resp, name, &value);
+    }
+    resp
+}
 
 /// Largest JSON body the auth endpoints read.
 pub const MAX_BODY_BYTES: usize = 4096;
 pub const BEARER_PREFIX: &str = "bearer.";
-
-/// A token's session as the store sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
-    /// Live until `expires_at` (ms), unless it ends sooner.
-    Live { expires_at: u64 },
-    /// Logged out, refreshed away, revoked, expired, or an account that is not there.
-    Ended,
-    /// Not a session of this deployment (the edge's, with the same key): accepted on signature.
-    Unknown,
-}
 
 /// Members' sessions as the token check sees them: the account store implements this
 /// ([`crate::accounts`], above this module: its handlers check tokens here).
@@ -68,31 +73,18 @@ pub fn guest(cfg: &Config, body: &[u8]) -> Response {
     };
     let name = match names::display_name(&name) {
         Ok(n) => n,
-        Err(e) => return json_error(400, "invalid_name", &format!("name {e}")),
+        Err(e) => return api_error(&ApiError::InvalidName(e.to_string())),
     };
-    let now = crate::now_ms() / 1000;
-    let claims = Claims {
-        sub: format!("guest:{}", crate::config::random_hex(8)),
-        name,
-        roles: vec!["guest".into()],
-        iat: now,
-        exp: now + cfg.guest_ttl_secs,
-        nbf: None,
-        sid: None,
-        generation: None,
-        iss: cfg.issuer.clone(),
-        aud: cfg.audience.clone(),
+    let issuer = Issuer {
+        issuer: &cfg.issuer,
+        audience: &cfg.audience,
+        ttl_secs: cfg.guest_ttl_secs,
     };
+    let id = crate::config::random_hex(8);
+    let claims = issuer.guest(&id, name, crate::now_ms() / 1000);
     let token = cfg.signing.sign(&claims);
     with_header(
-        crate::json::json(
-            200,
-            &serde_json::json!({
-                "token": token,
-                "expires_at": claims.exp,
-                "user": { "id": claims.sub, "name": claims.name, "roles": claims.roles },
-            }),
-        ),
+        crate::json::json(200, &guest_body(&token, &claims)),
         "cache-control",
         "no-store",
     )
@@ -158,17 +150,16 @@ pub async fn verify(
             }
             identity
         })
+        .map_err(|e| api_error(&e))
 }
 
-/// Verifies a token; on failure, the 401 (or 503) response to return. Members' tokens are also
-/// checked against their session ([`Sessions::check`]): a logged-out or
+/// Verifies a token; members' tokens are also checked against their session: a logged-out or
 /// refreshed-away token is refused at once.
-#[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
 pub async fn verify_claims(
     cfg: &Config,
     sessions: &impl Sessions,
     token: Option<&str>,
-) -> Result<Claims, Response> {
+) -> Result<Claims, ApiError> {
     verify_session(cfg, sessions, token)
         .await
         .map(|(claims, _)| claims)
@@ -176,40 +167,37 @@ pub async fn verify_claims(
 
 /// [`verify_claims`], plus when a member's session expires (ms; `None` for guests and for
 /// sessions this deployment does not hold).
-#[allow(clippy::result_large_err)] // built once per request; boxing buys nothing
 async fn verify_session(
     cfg: &Config,
     sessions: &impl Sessions,
     token: Option<&str>,
-) -> Result<(Claims, Option<u64>), Response> {
+) -> Result<(Claims, Option<u64>), ApiError> {
     let mut session_expiry = None;
     let Some(token) = token.filter(|t| !t.is_empty()) else {
-        return Err(unauthorized(
-            "a token is required: Authorization: Bearer <jwt>, ?token=<jwt> or subprotocol bearer.<jwt>",
+        return Err(ApiError::Unauthorized(
+            "a token is required: Authorization: Bearer <jwt>, ?token=<jwt> or subprotocol bearer.<jwt>".into(),
         ));
     };
     let claims = cfg
         .verifier
         .verify(token, crate::now_ms() / 1000)
-        .map_err(|e| unauthorized(&e.to_string()))?;
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
     if let Some(sid) = &claims.sid {
-        match sessions
+        let check = sessions
             .check(&claims.sub, sid, claims.generation.unwrap_or(0))
             .await
-        {
-            Ok(Check::Live { expires_at }) => session_expiry = Some(expires_at),
-            Ok(Check::Unknown) => {}
-            Ok(Check::Ended) => {
-                return Err(unauthorized(
-                    "the session has ended (logged out or refreshed): log in again",
-                ));
-            }
-            Err(e) => {
+            .map_err(|e| {
                 tracing::warn!(error = e, "session check failed");
-                return Err(json_error(
-                    503,
-                    "unavailable",
-                    "could not check the session; try again",
+                ApiError::Unavailable {
+                    retry_after_secs: None,
+                }
+            })?;
+        match check {
+            Check::Live { expires_at } => session_expiry = Some(expires_at),
+            Check::Unknown => {}
+            Check::Ended => {
+                return Err(ApiError::Unauthorized(
+                    "the session has ended (logged out or refreshed): log in again".into(),
                 ));
             }
         }
@@ -218,11 +206,7 @@ async fn verify_session(
 }
 
 pub fn unauthorized(message: &str) -> Response {
-    with_header(
-        json_error(401, "unauthorized", message),
-        "www-authenticate",
-        r#"Bearer error="invalid_token""#,
-    )
+    api_error(&ApiError::Unauthorized(message.to_owned()))
 }
 
 /// Compares two secrets without revealing, through timing, how much of them matched.
@@ -245,13 +229,14 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
         .map(|t| t.trim().to_owned())
 }
 
-/// Auth requests per client IP per minute. With Redis, counted there exactly as the edge counts
-/// them when it has Redis (`{REDIS_KEY_PREFIX}rate:auth:<ip>:<minute>`, fixed one-minute
-/// windows), so the limit holds across replicas and deployments; standalone, or for 30 s after
-/// Redis failed, in memory per replica (a sliding minute).
+/// The counters of the auth rate limit ([`rate`]: what is limited, key, window, budget). With
+/// Redis, counted there exactly as the edge counts them when it has Redis, so the limit holds
+/// across replicas and deployments; standalone, or for a while after Redis failed, in memory
+/// per replica.
 pub struct RateLimiter {
     limit: usize,
-    hits: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    /// Each network's window and its last hit (to drop idle networks).
+    hits: Mutex<HashMap<IpAddr, (RateWindow, u64)>>,
     redis_skip_until: std::sync::atomic::AtomicU64,
 }
 
@@ -264,79 +249,55 @@ impl RateLimiter {
         }
     }
 
-    /// `Err(seconds to wait)` when over the limit: in Redis if there is one, else here.
+    /// Counts one auth request of `ip`: in Redis if there is one, else here.
     pub async fn check_shared(
         &self,
         cluster: Option<&Cluster>,
         redis_key_prefix: &str,
         ip: IpAddr,
-    ) -> Result<(), u64> {
+    ) -> Result<(), ApiError> {
         use std::sync::atomic::Ordering::Relaxed;
         let now = crate::now_ms();
         if let Some(c) = cluster
             && self.redis_skip_until.load(Relaxed) <= now
         {
-            let window = now / 60_000;
             let key = piano_backends::layout::Keys {
                 prefix: redis_key_prefix.to_owned(),
             }
             .rate(
-                "auth",
-                &crate::client_ip::network_of(ip).to_string(),
-                window,
+                rate::AUTH_SCOPE,
+                &rate::client_key(&ip.to_string()),
+                rate::shared_window(now),
             );
             let mut pipe = redis::pipe();
-            pipe.incr(&key, 1).expire(&key, 120).ignore();
+            pipe.incr(&key, 1)
+                .expire(&key, rate::SHARED_COUNTER_TTL_SECS as i64)
+                .ignore();
             let counted: redis::RedisResult<(u64,)> = c.conn.pipe(&pipe).await;
             match counted {
-                Ok((count,)) => {
-                    let retry_after = ((window + 1) * 60_000)
-                        .saturating_sub(now)
-                        .div_ceil(1000)
-                        .max(1);
-                    return if count <= self.limit as u64 {
-                        Ok(())
-                    } else {
-                        Err(retry_after)
-                    };
-                }
+                Ok((count,)) => return rate::shared_verdict(count, self.limit, now),
                 Err(e) => {
                     crate::metrics::redis_error("counting an auth request", &e);
-                    self.redis_skip_until.store(now + 30_000, Relaxed);
+                    self.redis_skip_until
+                        .store(now + rate::SHARED_BACKOFF_MS, Relaxed);
                 }
             }
         }
-        self.check(ip)
+        self.check(ip, now)
     }
 
-    /// `Err(seconds to wait)` when over the limit.
-    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
-        const WINDOW: Duration = Duration::from_secs(60);
-        let now = Instant::now();
-        // Bounded: at most `TRACKED` networks (each with at most `limit` instants). Past it,
-        // networks not tracked yet share one bucket, so a flood from many addresses throttles
-        // newcomers together instead of growing the map.
-        const TRACKED: usize = 100_000;
+    /// Counts one auth request of `ip` in this process (a sliding window per network).
+    pub fn check(&self, ip: IpAddr, now: u64) -> Result<(), ApiError> {
         let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
         let mut key = crate::client_ip::network_of(ip);
-        if hits.len() >= TRACKED && !hits.contains_key(&key) {
-            hits.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < WINDOW));
-            if hits.len() >= TRACKED {
+        if hits.len() >= rate::LOCAL_TRACKED_NETWORKS && !hits.contains_key(&key) {
+            hits.retain(|_, (_, last)| *last + rate::AUTH_WINDOW_MS > now);
+            if hits.len() >= rate::LOCAL_TRACKED_NETWORKS {
                 key = IpAddr::from([0, 0, 0, 0]);
             }
         }
-        let q = hits.entry(key).or_default();
-        while q.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
-            q.pop_front();
-        }
-        if q.len() >= self.limit {
-            let wait = q
-                .front()
-                .map(|t| WINDOW.saturating_sub(now.duration_since(*t)))
-                .unwrap_or(WINDOW);
-            return Err(wait.as_secs().max(1));
-        }
-        q.push_back(now);
-        Ok(())
+        let (window, last) = hits.entry(key).or_default();
+        *last = now;
+        rate::local_verdict(window, self.limit, now)
     }
 }

@@ -37,6 +37,9 @@ pub struct Config {
     pub guest_ttl_secs: u64,
     /// Lifetime of members' access tokens (`ACCESS_TOKEN_TTL_SECS`, as at the edge).
     pub access_ttl_secs: u64,
+    /// How long a session (its refresh token) lives without a refresh
+    /// (`REFRESH_TOKEN_TTL_SECS`, as at the edge).
+    pub session_ttl_secs: u64,
     /// `MAX_SESSIONS_PER_ACCOUNT`: 0 is unlimited; beyond it a login ends the oldest sessions.
     pub max_sessions: u32,
     /// `ADMIN_USERNAMES` (normalized): these members get the admin role at registration/login.
@@ -166,6 +169,11 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
         audience,
         guest_ttl_secs: number("GUEST_TOKEN_TTL_SECS", 86_400, 60..=30 * 86_400)?,
         access_ttl_secs: number("ACCESS_TOKEN_TTL_SECS", 900, 30..=86_400)?,
+        session_ttl_secs: number(
+            "REFRESH_TOKEN_TTL_SECS",
+            piano_core::account::SESSION_TTL_MS / 1000,
+            piano_core::account::session::SESSION_TTL_SECS_RANGE,
+        )?,
         max_sessions: number("MAX_SESSIONS_PER_ACCOUNT", 0, 0..=1000)? as u32,
         admins: get("ADMIN_USERNAMES")
             .unwrap_or_default()

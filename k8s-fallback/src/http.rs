@@ -156,16 +156,8 @@ async fn route(
                 .limiter
                 .check_shared(hub.cluster.as_deref(), &hub.cfg.redis_key_prefix, ip)
                 .await;
-            if let Err(wait) = limited {
-                return with_header(
-                    json_error(
-                        429,
-                        "rate_limited",
-                        &format!("too many requests: try again in {wait} s"),
-                    ),
-                    "retry-after",
-                    &wait.to_string(),
-                );
+            if let Err(e) = limited {
+                return auth::api_error(&e);
             }
             let token = auth::bearer(req.headers());
             let (parts, body) = req.into_parts();
@@ -202,7 +194,9 @@ async fn route(
                 Err(resp) => resp,
             }
         }
-        (&Method::GET, ["api", "users", "me"]) => users_me(&app, req.headers()).await,
+        (&Method::GET, ["api", "users", "me"]) => {
+            accounts::me(&hub.cfg, accounts, req.headers()).await
+        }
         (&Method::GET, ["api", "users", id, "stats"]) => user_stats(hub, id).await,
         (&Method::GET, ["api", "users", id]) => accounts::user(accounts, id).await,
         (&Method::GET, ["api", "network", "rooms"]) => {
@@ -268,31 +262,6 @@ async fn route(
             _ => json_error(404, "not_found", "no such endpoint"),
         },
     }
-}
-
-/// `GET /api/users/me`: a member's stored profile; a guest's token identity.
-async fn users_me(app: &App, headers: &axum::http::HeaderMap) -> Response {
-    let (cfg, accounts) = (&app.hub.cfg, &*app.accounts);
-    let claims = match auth::verify_claims(cfg, accounts, auth::bearer(headers).as_deref()).await {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
-    if let Some(resp) = accounts::me(accounts, &claims).await {
-        return resp;
-    }
-    let identity = piano_core::identity::Identity::from(claims);
-    let guest = identity.roles.iter().any(|r| r == "guest");
-    with_header(
-        json(
-            200,
-            &serde_json::json!({
-                "id": identity.user_id, "name": identity.name, "roles": identity.roles,
-                "kind": if guest { "guest" } else { "member" },
-            }),
-        ),
-        "cache-control",
-        "no-store",
-    )
 }
 
 /// `GET /api/users/{id}/stats`: a user's totals over every room and deployment (MongoDB).

@@ -146,7 +146,7 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         Some(c) => accounts::Accounts::redis(c.conn.clone(), &cfg.redis_key_prefix),
         None => accounts::Accounts::sqlite(&cfg.data_dir)?,
     }
-    .configure(cfg.access_ttl_secs, mongo.clone());
+    .configure(cfg.access_ttl_secs, cfg.session_ttl_secs, mongo.clone());
     let (reach_tx, reach_rx) = reach::channel();
     let accounts = accounts.with_reach(reach_tx);
     let limits = serve::ConnLimits::new(cfg.max_connections, cfg.max_connections_per_ip);

@@ -1,12 +1,28 @@
-//! Member accounts as every host stores them: the record (also the shared MongoDB `accounts`
-//! document, so the edge and the fallback read what the other wrote), the roles, the session
-//! lifetime, and the checks a registration must pass. Storage and sessions are the hosts'.
+//! Member accounts, sessions and token checks, decided once for every host (sans I/O: the
+//! hosts pass `now`, random values and what their storage read, and store what comes back).
+//!
+//! - this file: the record (also the shared MongoDB `accounts` document, so the edge and the
+//!   fallback read what the other wrote), the roles, and registration;
+//! - [`lookup`]: accounts shared through MongoDB (uniqueness, back-off, imports);
+//! - [`session`]: the session life cycle (open, check, refresh with rotation and reuse
+//!   detection, logout, limit, expiry);
+//! - [`tokens`]: the refresh token's shape, access and guest claims, sign-in bodies;
+//! - [`profile`]: profile and role changes;
+//! - [`rate`]: the auth rate limit;
+//! - [`error`]: [`ApiError`], the one error type each host turns into HTTP in one place.
 
 use crate::password::PasswordHash;
 use serde::{Deserialize, Serialize};
 
-/// How long a session (its refresh token) lives without being refreshed.
-pub const SESSION_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+pub mod error;
+pub mod lookup;
+pub mod profile;
+pub mod rate;
+pub mod session;
+pub mod tokens;
+
+pub use error::{ApiError, SessionRefusal};
+pub use session::SESSION_TTL_MS;
 
 /// Every role an admin may grant or remove.
 pub const ROLES: [&str; 6] = ["guest", "member", "pro", "moderator", "admin", "bot"];
@@ -28,8 +44,49 @@ pub struct AccountData {
 }
 
 impl AccountData {
+    /// A new member (`username` as typed, trimmed; `tag` and the hash from the host's
+    /// randomness).
+    pub fn new(
+        username: &str,
+        email: Option<String>,
+        password: PasswordHash,
+        admin: bool,
+        tag: [u8; 3],
+        now: crate::Millis,
+    ) -> AccountData {
+        let mut roles = vec!["member".to_owned()];
+        if admin {
+            roles.push("admin".into());
+        }
+        AccountData {
+            username: username.trim().to_owned(),
+            tag: tag.iter().map(|b| format!("{b:02x}")).collect(),
+            email,
+            password,
+            roles,
+            name: username.trim().to_owned(),
+            color: None,
+            status: String::new(),
+            created_at: now,
+        }
+    }
+
+    /// The normalized username: the account's key in every store.
+    pub fn key(&self) -> String {
+        self.username.to_ascii_lowercase()
+    }
+
     pub fn user_id(&self) -> String {
-        format!("user:{}", self.username.to_ascii_lowercase())
+        format!("user:{}", self.key())
+    }
+
+    /// `ADMIN_USERNAMES` at login: a listed name gains `admin`; `true` if that changed it.
+    pub fn grant_admin(&mut self) -> bool {
+        if self.roles.iter().any(|r| r == "admin") {
+            return false;
+        }
+        self.roles.push("admin".into());
+        true
     }
 
     pub fn usertag(&self) -> String {
@@ -58,24 +115,20 @@ impl AccountData {
     }
 }
 
-/// The checks of `POST /api/auth/register`: the normalized username, or the error code and
-/// message to answer 400 with.
+/// The checks of `POST /api/auth/register`: the normalized username.
 pub fn check_registration(
     username: &str,
     password: &str,
     email: Option<&str>,
-) -> Result<String, (&'static str, String)> {
-    let key = crate::names::username(username).map_err(|e| ("invalid_username", e))?;
+) -> Result<String, ApiError> {
+    let key = crate::names::username(username).map_err(ApiError::InvalidUsername)?;
     if !(8..=128).contains(&password.chars().count()) {
-        return Err((
-            "invalid_password",
-            "password must be 8-128 characters".into(),
-        ));
+        return Err(ApiError::InvalidPassword);
     }
     if email
         .is_some_and(|e| e.len() > 254 || !e.contains('@') || e.chars().any(char::is_whitespace))
     {
-        return Err(("invalid_email", "email is not an address".into()));
+        return Err(ApiError::InvalidEmail);
     }
     Ok(key)
 }
@@ -83,23 +136,20 @@ pub fn check_registration(
 /// `ADMIN_USERNAMES` at registration: a listed name is reserved for whoever presents the
 /// deployment's `ADMIN_BOOTSTRAP_SECRET` (request header `x-admin-bootstrap`), so it no longer
 /// goes to whoever registers it first. `Ok(true)`: register as admin; `Ok(false)`: an ordinary
-/// member; `Err`: refuse with 403 and this code. Without a configured secret a listed name
+/// member; `Err`: refuse (403). Without a configured secret a listed name
 /// cannot be registered at all (only accounts that already exist become admins, at login).
 pub fn admin_on_register(
     key: &str,
     admins: &[String],
     bootstrap_secret: Option<&str>,
     presented: Option<&str>,
-) -> Result<bool, (&'static str, &'static str)> {
+) -> Result<bool, ApiError> {
     if !admins.iter().any(|a| a == key) {
         return Ok(false);
     }
     match (bootstrap_secret, presented) {
         (Some(secret), Some(given)) if !secret.is_empty() && ct_eq(secret, given) => Ok(true),
-        _ => Err((
-            "reserved_username",
-            "this username is reserved for the deployment's administrators",
-        )),
+        _ => Err(ApiError::ReservedUsername),
     }
 }
 
@@ -115,8 +165,43 @@ fn ct_eq(a: &str, b: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A member for the tests (a cheap hash: one iteration).
+    pub(crate) fn account(username: &str) -> AccountData {
+        AccountData::new(
+            username,
+            None,
+            PasswordHash::with_iterations("correct horse", vec![1; 16], 1),
+            false,
+            [0xab, 0xcd, 0xef],
+            7,
+        )
+    }
+
+    #[test]
+    fn a_new_account_is_a_member_keyed_by_its_normalized_name() {
+        let a = account(" Ada ");
+        assert_eq!((a.username.as_str(), a.name.as_str()), ("Ada", "Ada"));
+        assert_eq!(
+            (a.key(), a.user_id(), a.usertag()),
+            ("ada".into(), "user:ada".into(), "Ada#abcdef".into())
+        );
+        assert_eq!(a.roles, vec!["member".to_owned()]);
+        assert_eq!(a.document()["usertag"], "Ada#abcdef");
+        assert_eq!(a.public()["id"], "user:ada");
+        assert!(
+            a.public().get("password").is_none(),
+            "the hash is never public"
+        );
+        let mut b = a.clone();
+        assert!(b.grant_admin());
+        assert!(!b.grant_admin(), "granted once");
+        assert_eq!(b.roles, vec!["member".to_owned(), "admin".to_owned()]);
+        let admin = AccountData::new("root", None, a.password.clone(), true, [0; 3], 0);
+        assert_eq!(admin.roles, vec!["member".to_owned(), "admin".to_owned()]);
+    }
 
     #[test]
     fn listed_names_need_the_bootstrap_secret() {
@@ -139,7 +224,7 @@ mod tests {
             (Some(""), Some("")),
         ] {
             assert_eq!(
-                admin_on_register("root", &admins, secret, given).map_err(|e| e.0),
+                admin_on_register("root", &admins, secret, given).map_err(|e| e.code()),
                 Err("reserved_username"),
                 "{secret:?} {given:?}"
             );
@@ -157,17 +242,17 @@ mod tests {
         assert_eq!(
             check_registration("a", "correct horse", None)
                 .unwrap_err()
-                .0,
+                .code(),
             "invalid_username"
         );
         assert_eq!(
-            check_registration("ada", "short", None).unwrap_err().0,
+            check_registration("ada", "short", None).unwrap_err().code(),
             "invalid_password"
         );
         assert_eq!(
             check_registration("ada", "correct horse", Some("no at sign"))
                 .unwrap_err()
-                .0,
+                .code(),
             "invalid_email"
         );
         assert!(check_registration("ada", "correct horse", Some("a@b.example")).is_ok());
