@@ -705,6 +705,14 @@ impl Task {
                     let replica = self.remote.remove(&conn);
                     self.close(conn, replica.as_deref(), code, reason);
                 }
+                // Only MPP connections change rooms, and none connects to this host yet (no
+                // MPP entry): should one, it is closed rather than left hanging.
+                Effect::ChangeRoom { conn, .. } => {
+                    self.local.remove(&conn);
+                    let replica = self.remote.remove(&conn);
+                    let code = piano_core::limits::close::INTERNAL_ERROR;
+                    self.close(conn, replica.as_deref(), code, "room change unsupported");
+                }
                 // Connection records serve hibernation on the edge; here a room that restarts
                 // (another replica, a new process) has lost its sockets and players rejoin.
                 Effect::Remember(_) => {}

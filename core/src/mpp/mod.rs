@@ -139,6 +139,28 @@ pub fn hi(you: &proto::Participant, now: Millis, motd: &str, token: Option<&str>
     hi
 }
 
+/// The `ch` frame that asks for `room` (with its settings for a new room), for a host taking an
+/// MPP connection there (`room::Effect::ChangeRoom`).
+pub fn ch_frame(room: &str, create: Option<&proto::UpdateSettings>) -> String {
+    let mut ch = json!({"m": "ch", "_id": room});
+    if let Some(s) = create {
+        let mut set = serde_json::Map::new();
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                set.insert(k.into(), v);
+            }
+        };
+        put("visible", s.visible.map(Value::from));
+        put("chat", s.owner_only_chat.map(|o| Value::from(!o)));
+        put("crownsolo", s.owner_only_play.map(Value::from));
+        put("limit", s.max_players.map(Value::from));
+        put("color", s.color.clone().map(Value::from));
+        put("no cussing", s.profanity_filter.map(Value::from));
+        ch["set"] = Value::Object(set);
+    }
+    json!([ch]).to_string()
+}
+
 /// One text frame for these messages, or `None` when there are none.
 pub fn frame(messages: &[Value]) -> Option<String> {
     if messages.is_empty() {

@@ -32,6 +32,13 @@ impl Channel {
         Channel::default()
     }
 
+    /// Brings the mirror's room name and participants in line with the room's own (a room
+    /// rebuilt after hibernation has a fresh mirror).
+    pub fn sync(&mut self, name: &str, participants: Vec<proto::Participant>) {
+        name.clone_into(&mut self.name);
+        self.participants = participants;
+    }
+
     /// The MPP messages for one server message (none when MPP has no form for it, see
     /// README "MPP clients"), updating the mirror.
     pub fn encode(&mut self, msg: &S) -> Vec<Value> {

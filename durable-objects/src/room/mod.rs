@@ -583,6 +583,15 @@ impl Room {
                         let _ = ws.close(Some(code), Some(reason));
                     }
                 }
+                // Only MPP connections change rooms, and none connects to a Room object yet
+                // (no MPP entry on the edge): should one, it is closed rather than left hanging.
+                Effect::ChangeRoom { conn, .. } => {
+                    l.unread.remove(&conn);
+                    if let Some(ws) = l.sockets.remove(&conn) {
+                        let code = piano_core::limits::close::INTERNAL_ERROR;
+                        let _ = ws.close(Some(code), Some("room change unsupported"));
+                    }
+                }
                 Effect::Remember(record) => {
                     if let Some(ws) = l.sockets.get(&record.conn)
                         && let Err(e) = ws.serialize_attachment(&record)

@@ -176,7 +176,8 @@ impl Host {
                     let msg = ServerMessage::decode(frame.as_ref()).expect("frames decode");
                     assert!(msg.msg.is_some(), "empty ServerMessage");
                 }
-                Effect::Close { conn, .. } => {
+                // A room change leaves this room as a close does (the socket lives on elsewhere).
+                Effect::Close { conn, .. } | Effect::ChangeRoom { conn, .. } => {
                     assert!(
                         self.open.contains(conn) || Some(*conn) == unknown,
                         "Close of connection {conn}, which is not open"
