@@ -8,6 +8,8 @@
 //!   (`hi`), or a [`notification`] for what our rooms do not have (`dm`, `custom`, `devices`).
 //! - out: [`Channel::encode`] the room's `ServerMessage`s into MPP messages, [`frame`] them.
 //!
+//! - before a room: [`Session`], what a socket does between `hi` and its first `ch`.
+//!
 //! The room's rules (budgets, quotas, permissions, bounds) stay in `room`: an MPP message is
 //! checked exactly as the protobuf message it becomes. What MPP cannot express either way is left
 //! out, listed in README "MPP clients".
@@ -15,9 +17,11 @@
 mod inbound;
 pub mod keys;
 mod outbound;
+mod session;
 
 pub use inbound::{Action, ChannelSettings, MppIn, MppNote, parse_frame, parse_message};
 pub use outbound::{CHAT_HISTORY, Channel, participant};
+pub use session::{FRAMES_PER_WINDOW, Session, Step, WINDOW_MS};
 
 use crate::Millis;
 use crate::proto;

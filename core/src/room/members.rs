@@ -172,6 +172,15 @@ impl Room {
     }
 }
 
+/// How a room shows `identity` before any profile change (what MPP's `hi` answers with).
+pub fn participant_of(identity: &Identity) -> proto::Participant {
+    participant_info(
+        &participant_id(&identity.user_id),
+        identity,
+        &Profile::default(),
+    )
+}
+
 pub(super) fn participant_info(
     id: &str,
     identity: &Identity,

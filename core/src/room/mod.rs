@@ -54,7 +54,7 @@ mod wire;
 
 pub use chat::{CHAT_RATE, CHAT_RATE_OWNER};
 pub use crown::CROWN_CLAIM_DELAY_MS;
-pub use members::participant_id;
+pub use members::{participant_id, participant_of};
 pub use moderation::MAX_BAN_MS;
 pub use profile::CURSOR_MIN_INTERVAL_MS;
 pub use settings::{MAX_PLAYERS, MAX_PLAYERS_ADMIN};
