@@ -67,6 +67,7 @@ pub mod hub;
 pub mod json;
 pub mod metrics;
 pub mod mongo;
+pub mod mpp;
 pub mod network;
 pub mod reach;
 pub mod redis_handle;

@@ -24,7 +24,7 @@ use crate::{lock, now_ms, now_us};
 use bytes::Bytes;
 use piano_core::identity::Identity;
 use piano_core::lobby::Delta;
-use piano_core::room::{ConnId, DirectoryOp, Effect, Frame, Input, Room};
+use piano_core::room::{ConnId, DirectoryOp, Effect, Frame, Input, Protocol, Room};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -47,6 +47,7 @@ pub enum RoomMsg {
         conn: ConnId,
         identity: Identity,
         origin: Option<String>,
+        protocol: Protocol,
     },
     Frame {
         conn: ConnId,
@@ -471,6 +472,7 @@ impl Task {
                 conn,
                 identity,
                 origin,
+                protocol,
             } => {
                 match origin {
                     Some(r) => {
@@ -480,7 +482,11 @@ impl Task {
                         self.local.insert(conn);
                     }
                 }
-                let effects = self.room.handle(Input::Connect { conn, identity }, now);
+                let input = match protocol {
+                    Protocol::Protobuf => Input::Connect { conn, identity },
+                    Protocol::Mpp => Input::ConnectMpp { conn, identity },
+                };
+                let effects = self.room.handle(input, now);
                 self.execute(effects, None);
             }
             RoomMsg::Frame {
@@ -705,13 +711,17 @@ impl Task {
                     let replica = self.remote.remove(&conn);
                     self.close(conn, replica.as_deref(), code, reason);
                 }
-                // Only MPP connections change rooms, and none connects to this host yet (no
-                // MPP entry): should one, it is closed rather than left hanging.
-                Effect::ChangeRoom { conn, .. } => {
-                    self.local.remove(&conn);
-                    let replica = self.remote.remove(&conn);
-                    let code = piano_core::limits::close::INTERNAL_ERROR;
-                    self.close(conn, replica.as_deref(), code, "room change unsupported");
+                // An MPP socket asked for another room: its reader (here, or on the replica
+                // holding it) takes it there.
+                Effect::ChangeRoom { conn, room, frame } => {
+                    if let Some(replica) = self.remote.remove(&conn) {
+                        self.publish(&replica, Wire::Move { conn, room, frame });
+                    } else if !(self.local.remove(&conn)
+                        && self.ctx.sockets.change_room(conn, room, frame))
+                    {
+                        let code = piano_core::limits::close::INTERNAL_ERROR;
+                        self.ctx.sockets.close(conn, code, "the room change failed");
+                    }
                 }
                 // Connection records serve hibernation on the edge; here a room that restarts
                 // (another replica, a new process) has lost its sockets and players rejoin.

@@ -6,7 +6,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use piano_core::identity::Identity;
-use piano_core::room::ConnId;
+use piano_core::room::{ConnId, Protocol};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Wire {
@@ -16,6 +16,7 @@ pub enum Wire {
         conn: ConnId,
         from: String,
         identity: Identity,
+        protocol: Protocol,
     },
     /// Follower → lease holder: a frame from that player. `at_us` is when the follower read it
     /// (wall clock, µs), carried through to measure relay latency across replicas.
@@ -40,6 +41,12 @@ pub enum Wire {
         code: u16,
         reason: String,
     },
+    /// Lease holder → follower: this MPP connection left for `room` (`Effect::ChangeRoom`).
+    Move {
+        conn: ConnId,
+        room: String,
+        frame: String,
+    },
 }
 
 const CONNECT: u8 = 1;
@@ -47,6 +54,7 @@ const FRAME: u8 = 2;
 const DISCONNECT: u8 = 3;
 const DELIVER: u8 = 4;
 const CLOSE: u8 = 5;
+const MOVE: u8 = 6;
 
 fn put_str(b: &mut BytesMut, s: &str) {
     b.put_u32(s.len() as u32);
@@ -87,12 +95,14 @@ impl Wire {
                 conn,
                 from,
                 identity,
+                protocol,
             } => {
                 b.put_u8(CONNECT);
                 put_str(&mut b, room);
                 b.put_u64(*conn);
                 put_str(&mut b, from);
                 put_str(&mut b, &serde_json::to_string(identity).unwrap_or_default());
+                b.put_u8(u8::from(*protocol == Protocol::Mpp));
             }
             Wire::Frame {
                 room,
@@ -132,6 +142,12 @@ impl Wire {
                 b.put_u16(*code);
                 put_str(&mut b, reason);
             }
+            Wire::Move { conn, room, frame } => {
+                b.put_u8(MOVE);
+                b.put_u64(*conn);
+                put_str(&mut b, room);
+                put_str(&mut b, frame);
+            }
         }
         b.freeze()
     }
@@ -145,6 +161,11 @@ impl Wire {
                 conn: take_u64(b)?,
                 from: take_str(b)?,
                 identity: serde_json::from_str(&take_str(b)?).ok()?,
+                protocol: match take_u8(b)? {
+                    0 => Protocol::Protobuf,
+                    1 => Protocol::Mpp,
+                    _ => return None,
+                },
             },
             FRAME => Wire::Frame {
                 room: take_str(b)?,
@@ -175,6 +196,11 @@ impl Wire {
                 code: take_u16(b)?,
                 reason: take_str(b)?,
             },
+            MOVE => Wire::Move {
+                conn: take_u64(b)?,
+                room: take_str(b)?,
+                frame: take_str(b)?,
+            },
             _ => return None,
         };
         b.is_empty().then_some(wire)
@@ -201,6 +227,7 @@ mod tests {
                     expires_at: Some(1_700_000_000_000),
                     network: Some("abc123".into()),
                 },
+                protocol: Protocol::Mpp,
             },
             Wire::Frame {
                 room: "x".into(),
@@ -222,6 +249,11 @@ mod tests {
                 conn: 3,
                 code: 1012,
                 reason: "moved".into(),
+            },
+            Wire::Move {
+                conn: 4,
+                room: "r ü".into(),
+                frame: r#"[{"m":"ch","_id":"r ü"}]"#.into(),
             },
         ];
         for w in all {
