@@ -108,6 +108,11 @@ pub fn parse_frame(text: &str) -> Result<Vec<Result<MppIn, MppError>>, FrameErro
     if text.len() > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge { len: text.len() });
     }
+    Ok(frame_items(text)?.iter().map(parse_message).collect())
+}
+
+/// A frame's messages, each still to be parsed on its own.
+pub(super) fn frame_items(text: &str) -> Result<Vec<Value>, FrameError> {
     // serde_json bounds nesting depth (128), so hostile nesting is an error, not a stack overflow.
     let value: Value =
         serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
@@ -120,7 +125,7 @@ pub fn parse_frame(text: &str) -> Result<Vec<Result<MppIn, MppError>>, FrameErro
     if items.len() > MAX_MESSAGES_PER_FRAME {
         return Err(FrameError::TooManyMessages { count: items.len() });
     }
-    Ok(items.iter().map(parse_message).collect())
+    Ok(items)
 }
 
 /// Parses one message object.

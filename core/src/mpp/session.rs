@@ -3,7 +3,8 @@
 //! with `room::Effect::ChangeRoom`). Both hosts run this until the socket is in a room, then
 //! forward its frames to the room, which speaks MPP itself (`room::Protocol::Mpp`).
 
-use super::{Action, FrameError, MAX_MESSAGES_PER_FRAME, close, notification, parse_message};
+use super::inbound::frame_items;
+use super::{Action, close, notification, parse_message};
 use crate::Millis;
 use crate::limits::MAX_FRAME_BYTES;
 use crate::names;
@@ -143,22 +144,6 @@ impl Session {
         self.greeted = false;
         frame_of(notification("Sign-in failed", why))
     }
-}
-
-/// A frame's messages, unparsed (each is parsed on its own).
-fn frame_items(text: &str) -> Result<Vec<Value>, FrameError> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
-    let Value::Array(items) = value else {
-        return Err(FrameError::NotArray);
-    };
-    if items.is_empty() {
-        return Err(FrameError::Empty);
-    }
-    if items.len() > MAX_MESSAGES_PER_FRAME {
-        return Err(FrameError::TooManyMessages { count: items.len() });
-    }
-    Ok(items)
 }
 
 fn reply(v: Value) -> Step {

@@ -55,56 +55,31 @@ fn all_mpp(s: &Sent) -> Vec<Value> {
 fn mixed() -> Room {
     let mut r = room("r");
     for (c, u) in [(1, "ann"), (2, "bob")] {
-        drive(
-            &mut r,
-            Input::Connect {
-                conn: c,
-                identity: ident(u),
-            },
-            NOW,
-        );
-        drive(
-            &mut r,
-            Input::Frame {
-                conn: c,
-                frame: Frame::Binary(&join()),
-            },
-            NOW,
-        );
+        enter(&mut r, c, u);
     }
     for (c, u) in [(10, "cy"), (11, "di")] {
-        drive(
-            &mut r,
-            Input::ConnectMpp {
-                conn: c,
-                identity: ident(u),
-            },
-            NOW,
-        );
-        mpp_frame(&mut r, c, json!([{"m": "ch", "_id": "r"}]), NOW);
+        mpp_enter(&mut r, c, u);
     }
     r
+}
+
+/// Connects `user` on `conn` as an MPP client and sends `ch` into room "r".
+fn mpp_enter(r: &mut Room, conn: ConnId, user: &str) -> Vec<Effect> {
+    drive(
+        r,
+        Input::ConnectMpp {
+            conn,
+            identity: ident(user),
+        },
+        NOW,
+    );
+    mpp_frame(r, conn, json!([{"m": "ch", "_id": "r"}]), NOW)
 }
 
 #[test]
 fn an_mpp_join_gets_ch_history_and_quota_and_protobuf_players_see_it() {
     let mut r = room("r");
-    drive(
-        &mut r,
-        Input::Connect {
-            conn: 1,
-            identity: ident("ann"),
-        },
-        NOW,
-    );
-    drive(
-        &mut r,
-        Input::Frame {
-            conn: 1,
-            frame: Frame::Binary(&join()),
-        },
-        NOW,
-    );
+    enter(&mut r, 1, "ann");
     let fx = drive(
         &mut r,
         Input::ConnectMpp {
@@ -174,22 +149,7 @@ fn a_broadcast_is_encoded_once_per_protocol() {
 #[test]
 fn without_mpp_connections_sends_are_untouched() {
     let mut r = room("r");
-    drive(
-        &mut r,
-        Input::Connect {
-            conn: 1,
-            identity: ident("ann"),
-        },
-        NOW,
-    );
-    drive(
-        &mut r,
-        Input::Frame {
-            conn: 1,
-            frame: Frame::Binary(&join()),
-        },
-        NOW,
-    );
+    enter(&mut r, 1, "ann");
     drive(
         &mut r,
         Input::Connect {
@@ -383,31 +343,8 @@ fn ch_to_another_room_hands_the_connection_over_and_bye_closes() {
 #[test]
 fn chset_and_chown_from_the_mpp_side_reach_protobuf_players() {
     let mut r = room("r");
-    drive(
-        &mut r,
-        Input::ConnectMpp {
-            conn: 10,
-            identity: ident("cy"),
-        },
-        NOW,
-    );
-    mpp_frame(&mut r, 10, json!([{"m": "ch", "_id": "r"}]), NOW);
-    drive(
-        &mut r,
-        Input::Connect {
-            conn: 1,
-            identity: ident("ann"),
-        },
-        NOW,
-    );
-    drive(
-        &mut r,
-        Input::Frame {
-            conn: 1,
-            frame: Frame::Binary(&join()),
-        },
-        NOW,
-    );
+    mpp_enter(&mut r, 10, "cy");
+    enter(&mut r, 1, "ann");
     // cy created the room and holds the crown; chset reaches ann as SettingsChanged.
     let fx = mpp_frame(
         &mut r,
