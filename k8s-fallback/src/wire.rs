@@ -102,7 +102,11 @@ impl Wire {
                 b.put_u64(*conn);
                 put_str(&mut b, from);
                 put_str(&mut b, &serde_json::to_string(identity).unwrap_or_default());
-                b.put_u8(u8::from(*protocol == Protocol::Mpp));
+                // Only MPP connections carry the byte: a protobuf Connect stays as replicas of
+                // the previous version read it (rolling upgrades).
+                if *protocol == Protocol::Mpp {
+                    b.put_u8(1);
+                }
             }
             Wire::Frame {
                 room,
@@ -161,10 +165,10 @@ impl Wire {
                 conn: take_u64(b)?,
                 from: take_str(b)?,
                 identity: serde_json::from_str(&take_str(b)?).ok()?,
-                protocol: match take_u8(b)? {
-                    0 => Protocol::Protobuf,
-                    1 => Protocol::Mpp,
-                    _ => return None,
+                protocol: match take_u8(b) {
+                    None => Protocol::Protobuf,
+                    Some(1) => Protocol::Mpp,
+                    Some(_) => return None,
                 },
             },
             FRAME => Wire::Frame {
@@ -258,10 +262,29 @@ mod tests {
         ];
         for w in all {
             let enc = w.encode();
-            assert_eq!(Wire::decode(enc.clone()), Some(w));
-            // Every truncation is refused, never a panic.
+            assert_eq!(Wire::decode(enc.clone()).as_ref(), Some(&w));
+            // Every truncation is refused, never a panic; but an MPP Connect without its last
+            // byte is a protobuf one (the byte is only there for MPP).
             for cut in 0..enc.len() {
-                assert_eq!(Wire::decode(enc.slice(..cut)), None);
+                let got = Wire::decode(enc.slice(..cut));
+                let mpp_connect = matches!(
+                    &w,
+                    Wire::Connect {
+                        protocol: Protocol::Mpp,
+                        ..
+                    }
+                );
+                if mpp_connect && cut == enc.len() - 1 {
+                    assert!(matches!(
+                        got,
+                        Some(Wire::Connect {
+                            protocol: Protocol::Protobuf,
+                            ..
+                        })
+                    ));
+                } else {
+                    assert_eq!(got, None);
+                }
             }
         }
         assert_eq!(Wire::decode(Bytes::from_static(b"\x09")), None);
