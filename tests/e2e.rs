@@ -158,10 +158,7 @@ fn trials() -> Vec<Spec> {
         t!(abuse_accounts::every_response_carries_security_headers_and_cors_is_closed),
         // wrangler dev restarts the worker after an early answer to a streamed body.
         t!(abuse_accounts::oversized_auth_bodies_are_refused_while_streaming).alone(&[Edge]),
-        t!(mpp::mpp_client_plays_with_protobuf_players).only(
-            &[Fallback, FallbackCluster],
-            "the edge has no MPP entry yet (issue 15): the worker's /mpp is not built",
-        ),
+        t!(mpp::mpp_client_plays_with_protobuf_players),
         t!(persistence::mongo_client_speaks_the_data_api).only(
             &[Edge],
             "the edge's MongoDB Data API client (the fallback's driver: k8s-fallback/tests/mongo.rs)",
