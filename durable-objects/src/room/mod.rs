@@ -561,31 +561,14 @@ impl Room {
         let mut published = Vec::new();
         for effect in effects {
             match effect {
-                // The room sends MPP connections their own Sends (UTF-8 JSON), as text.
-                Effect::Send { to, frame } if to.as_slice().iter().any(|c| l.mpp.contains(c)) => {
-                    let text = String::from_utf8_lossy(&frame);
-                    for conn in to.as_slice() {
-                        if host::over_unread(
-                            &mut l.unread,
-                            *conn,
-                            frame.len(),
-                            self.slow_reader_bytes,
-                        ) {
-                            if !slow.contains(conn) {
-                                slow.push(*conn);
-                            }
-                            continue;
-                        }
-                        if let Some(ws) = l.sockets.get(conn)
-                            && let Err(e) = ws.send_with_str(&text)
-                        {
-                            console_warn!("send to {conn} failed: {e:?}");
-                        }
-                    }
-                }
                 Effect::Send { to, frame } => {
-                    // One JS buffer per broadcast, handed to every socket.
-                    let buffer = Uint8Array::from(&frame[..]).buffer();
+                    // One JS buffer per broadcast, handed to every socket; MPP connections are
+                    // sent their own Sends (UTF-8 JSON) as text. The targets of one Send all
+                    // speak one protocol: the first says which.
+                    let mpp = !l.mpp.is_empty()
+                        && to.as_slice().first().is_some_and(|c| l.mpp.contains(c));
+                    let text = mpp.then(|| String::from_utf8_lossy(&frame).into_owned());
+                    let buffer = (!mpp).then(|| Uint8Array::from(&frame[..]).buffer());
                     for conn in to.as_slice() {
                         if host::over_unread(
                             &mut l.unread,
@@ -600,7 +583,12 @@ impl Room {
                         }
                         if let Some(ws) = l.sockets.get(conn) {
                             let raw: &web_sys::WebSocket = ws.as_ref();
-                            if let Err(e) = raw.send_with_array_buffer(&buffer) {
+                            let sent = match (&text, &buffer) {
+                                (Some(t), _) => raw.send_with_str(t),
+                                (_, Some(b)) => raw.send_with_array_buffer(b),
+                                _ => Ok(()),
+                            };
+                            if let Err(e) = sent {
                                 console_warn!("send to {conn} failed: {e:?}");
                             }
                         }
