@@ -12,6 +12,7 @@
 //! - [`auth`]: guest tokens, JWKS, and extracting/verifying tokens (sessions included);
 //! - [`accounts`]: member accounts (register, login, refresh, logout), profiles, roles, and the
 //!   per-IP rate limit of the auth endpoints;
+//! - [`mpp`]: `GET /mpp`, the Multiplayer Piano entry (a relay to the rooms' objects);
 //! - [`rooms`]: room routes (`/api/rooms`, `/api/rooms/{name}/ws`, `/api/rooms/{name}`,
 //!   `/api/lobby/next`);
 //! - [`shared`]: what deployments sharing one Redis see together (`/api/network/rooms`,
@@ -23,6 +24,7 @@ mod accounts;
 mod auth;
 mod config;
 mod gate;
+mod mpp;
 mod policy;
 mod rooms;
 mod shared;
@@ -86,6 +88,12 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
             }
             rooms::connect(req, env, &gate::nfc_segment(name)).await
         }
+        (Method::Get, ["mpp"]) => {
+            if let Some(limited) = gate::upgrade_limited(&req, env).await? {
+                return Ok(limited);
+            }
+            mpp::connect(req, env).await
+        }
         (Method::Get, ["api", "rooms", name]) => rooms::info(env, &gate::nfc_segment(name)).await,
         (Method::Get, ["api", "admin", "rooms", name, "outbox"]) => {
             rooms::outbox(&req, env, name).await
@@ -95,9 +103,8 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         | (_, ["api", "rooms"] | ["api", "lobby", "next"] | ["api", "users", _])
         | (_, ["api", "auth", "register" | "login" | "refresh" | "logout"])
         | (_, ["api", "admin", "users", _, "roles"] | ["api", "network", "rooms" | "online"])
-        | (_, ["api", "users", _, "stats"] | ["api", "admin", "rooms", _, "outbox"]) => {
-            json_error(405, "method_not_allowed", "method not allowed on this path")
-        }
+        | (_, ["api", "users", _, "stats"] | ["api", "admin", "rooms", _, "outbox"])
+        | (_, ["mpp"]) => json_error(405, "method_not_allowed", "method not allowed on this path"),
         _ => json_error(404, "not_found", "no such endpoint"),
     }
 }

@@ -25,6 +25,7 @@ mod accounts;
 mod basics;
 mod directory;
 mod drifts;
+mod mpp;
 mod persistence;
 mod room_features;
 mod tokens;
@@ -173,6 +174,7 @@ fn trials() -> Vec<Spec> {
             &[Edge, Fallback],
             "a short REFRESH_TOKEN_TTL_SECS on a rig of its own (the cluster's sessions are Redis keys that expire by themselves)",
         ),
+        t!(mpp::mpp_client_plays_with_protobuf_players),
         t!(persistence::mongo_client_speaks_the_data_api).only(
             &[Edge],
             "the edge's MongoDB Data API client (the fallback's driver: k8s-fallback/tests/mongo.rs)",

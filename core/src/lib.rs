@@ -12,6 +12,7 @@
 //! - [`lobby`]: the room directory and lobby placement, hosted by the Lobby object.
 //! - [`listing`]: what the directory lists about a room (its kind, summary, reports, changes),
 //!   shared by [`room`] and [`lobby`] so neither depends on the other.
+//! - [`mpp`]: the Multiplayer Piano protocol bridge (MPP JSON ⇄ the room's messages).
 //! - [`notes`]: bounds on note batches.
 //! - [`identity`]: who a player is, and the Ed25519 (EdDSA) JWTs that prove it.
 //! - [`account`]: member accounts, sessions, token issuing, profile and role changes, the auth
@@ -28,6 +29,7 @@ pub mod identity;
 pub mod limits;
 pub mod listing;
 pub mod lobby;
+pub mod mpp;
 pub mod names;
 pub mod notes;
 pub mod outbox;

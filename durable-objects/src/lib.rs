@@ -31,6 +31,12 @@ pub const IDENTITY_HEADER: &str = "x-piano-identity";
 pub const ROOM_HEADER: &str = "x-piano-room";
 /// The WebSocket subprotocol to echo to the client, if it offered one.
 pub const PROTOCOL_HEADER: &str = "x-piano-subprotocol";
+/// Set (to "1") by the worker's MPP relay (`src/mpp.rs`): the socket speaks MPP JSON.
+pub const MPP_HEADER: &str = "x-piano-mpp";
+/// What the Room object sends its MPP relay socket instead of an MPP frame (which is always a
+/// JSON array): the connection left for another room (`Effect::ChangeRoom`), `{"relay": "ch",
+/// "room", "frame"}`; then it closes the socket.
+pub const RELAY_CHANGE_ROOM: &str = "ch";
 
 /// A setting from the worker's secrets or vars (secrets first); blank counts as unset.
 pub fn setting(env: &Env, name: &str) -> Option<String> {

@@ -227,6 +227,10 @@ async fn route(
             let ip = client_ip(hub, peer, req.headers());
             connect(app.clone(), req, &name, ip).await
         }
+        (&Method::GET, ["mpp"]) => {
+            let ip = client_ip(hub, peer, req.headers());
+            crate::mpp::connect(hub, &app.accounts, &app.ws_caps, req, ip).await
+        }
         (&Method::GET, ["api", "rooms", name]) => match room_name(name) {
             Ok(name) => with_header(
                 json(200, &hub.info(&name).await),
@@ -246,7 +250,7 @@ async fn route(
         | (_, ["api", "auth", "guest"] | ["api", "rooms", _] | ["api", "rooms", _, "ws"])
         | (_, ["api", "users", "me"] | ["api", "network", "rooms" | "online"])
         | (_, ["api", "rooms"] | ["api", "lobby", "next"] | ["api", "users", _])
-        | (_, ["api", "users", _, "stats"])
+        | (_, ["api", "users", _, "stats"] | ["mpp"])
         | (_, ["api", "auth", "register" | "login" | "refresh" | "logout"])
         | (_, ["api", "admin", "users", _, "roles"]) => {
             json_error(405, "method_not_allowed", "method not allowed on this path")
@@ -397,7 +401,13 @@ async fn connect(app: App, req: Request, raw_name: &str, ip: IpAddr) -> Response
     let hub = app.hub.clone();
     upgrade
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| crate::ws::serve(hub, socket, name, identity, meta))
+        .on_upgrade(move |socket| {
+            let entry = crate::ws::Entry::Room {
+                room: name,
+                identity,
+            };
+            crate::ws::serve(hub, socket, entry, meta)
+        })
 }
 
 /// 429 `too_many_connections` (before an upgrade), with a hint when to retry.

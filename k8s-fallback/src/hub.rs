@@ -26,7 +26,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use piano_core::identity::Identity;
 use piano_core::lobby::{PUSH_TICK_MS, Report};
-use piano_core::room::ConnId;
+use piano_core::room::{ConnId, Protocol};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -116,6 +116,11 @@ impl Hub {
         !self.draining.load(SeqCst) && (self.cluster.is_none() || self.subscribed.load(SeqCst))
     }
 
+    /// A socket of this replica left its room (for another one): it follows it no more.
+    pub fn unfollow(&self, conn: ConnId) {
+        lock(&self.follows).remove(&conn);
+    }
+
     /// A socket of this replica closed: it no longer follows a room elsewhere either.
     pub fn unregister(&self, conn: ConnId) {
         self.sockets.remove(conn);
@@ -130,6 +135,7 @@ impl Hub {
         room: &str,
         conn: ConnId,
         identity: &Identity,
+        protocol: Protocol,
     ) -> Result<Route, (u16, &'static str)> {
         for _ in 0..8 {
             if let Some(tx) = self.rooms.tx(room) {
@@ -137,6 +143,7 @@ impl Hub {
                     conn,
                     identity: identity.clone(),
                     origin: None,
+                    protocol,
                 };
                 if tx.send(msg).await.is_ok() {
                     return Ok(Route::Local(tx));
@@ -179,6 +186,7 @@ impl Hub {
                         conn,
                         from: self.replica().to_owned(),
                         identity: identity.clone(),
+                        protocol,
                     };
                     lock(&self.follows).insert(conn, (room.to_owned(), holder.clone()));
                     match cluster
@@ -289,11 +297,13 @@ impl Hub {
                 conn,
                 from,
                 identity,
+                protocol,
             } => {
                 let msg = RoomMsg::Connect {
                     conn,
                     identity,
                     origin: Some(from.clone()),
+                    protocol,
                 };
                 match self.rooms.tx(&room) {
                     Some(tx) if tx.send(msg).await.is_ok() => {}
@@ -336,6 +346,13 @@ impl Hub {
             Wire::Close { conn, code, reason } => {
                 lock(&self.follows).remove(&conn);
                 self.sockets.close(conn, code, &reason);
+            }
+            Wire::Move { conn, room, frame } => {
+                lock(&self.follows).remove(&conn);
+                if !self.sockets.change_room(conn, room, frame) {
+                    let code = piano_core::limits::close::INTERNAL_ERROR;
+                    self.sockets.close(conn, code, "the room change failed");
+                }
             }
         }
     }

@@ -68,6 +68,7 @@ pub mod hub;
 pub mod json;
 pub mod metrics;
 pub mod mongo;
+pub mod mpp;
 pub mod network;
 pub mod outbox;
 pub mod reach;

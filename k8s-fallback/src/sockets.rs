@@ -31,8 +31,13 @@ pub enum Outbound {
     Close(u16, String),
 }
 
+/// An MPP socket's way to its reader: take the socket to another room, feeding it a frame
+/// (`Effect::ChangeRoom`).
+pub type Moves = mpsc::Sender<(String, String)>;
+
 struct LocalConn {
     tx: mpsc::Sender<Outbound>,
+    moves: Option<Moves>,
     /// Tells the socket's writer to close at once, bypassing a full queue.
     kill: Option<oneshot::Sender<(u16, String)>>,
     /// A close was already asked for: the first code is the one the client must see (frames
@@ -52,11 +57,13 @@ impl Sockets {
         conn: ConnId,
         tx: mpsc::Sender<Outbound>,
         kill: oneshot::Sender<(u16, String)>,
+        moves: Option<Moves>,
     ) {
         lock(&self.conns).insert(
             conn,
             LocalConn {
                 tx,
+                moves,
                 kill: Some(kill),
                 closing: false,
             },
@@ -82,6 +89,15 @@ impl Sockets {
             let _ = kill.send((SLOW_CONSUMER, "too slow: reconnect".into()));
         }
         true
+    }
+
+    /// Hands a local MPP socket over to `room`; `false` when it cannot be (not here, not MPP,
+    /// or a move already pending).
+    pub fn change_room(&self, conn: ConnId, room: String, frame: String) -> bool {
+        lock(&self.conns)
+            .get(&conn)
+            .and_then(|c| c.moves.as_ref())
+            .is_some_and(|m| m.try_send((room, frame)).is_ok())
     }
 
     /// Queues a ping; a full queue skips it (that socket is about to be closed as slow anyway).

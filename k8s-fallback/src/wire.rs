@@ -6,7 +6,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use piano_core::identity::Identity;
-use piano_core::room::ConnId;
+use piano_core::room::{ConnId, Protocol};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Wire {
@@ -16,6 +16,7 @@ pub enum Wire {
         conn: ConnId,
         from: String,
         identity: Identity,
+        protocol: Protocol,
     },
     /// Follower → lease holder: a frame from that player. `at_us` is when the follower read it
     /// (wall clock, µs), carried through to measure relay latency across replicas.
@@ -40,6 +41,12 @@ pub enum Wire {
         code: u16,
         reason: String,
     },
+    /// Lease holder → follower: this MPP connection left for `room` (`Effect::ChangeRoom`).
+    Move {
+        conn: ConnId,
+        room: String,
+        frame: String,
+    },
 }
 
 const CONNECT: u8 = 1;
@@ -47,6 +54,7 @@ const FRAME: u8 = 2;
 const DISCONNECT: u8 = 3;
 const DELIVER: u8 = 4;
 const CLOSE: u8 = 5;
+const MOVE: u8 = 6;
 
 fn put_str(b: &mut BytesMut, s: &str) {
     b.put_u32(s.len() as u32);
@@ -87,12 +95,18 @@ impl Wire {
                 conn,
                 from,
                 identity,
+                protocol,
             } => {
                 b.put_u8(CONNECT);
                 put_str(&mut b, room);
                 b.put_u64(*conn);
                 put_str(&mut b, from);
                 put_str(&mut b, &serde_json::to_string(identity).unwrap_or_default());
+                // Only MPP connections carry the byte: a protobuf Connect stays as replicas of
+                // the previous version read it (rolling upgrades).
+                if *protocol == Protocol::Mpp {
+                    b.put_u8(1);
+                }
             }
             Wire::Frame {
                 room,
@@ -132,6 +146,12 @@ impl Wire {
                 b.put_u16(*code);
                 put_str(&mut b, reason);
             }
+            Wire::Move { conn, room, frame } => {
+                b.put_u8(MOVE);
+                b.put_u64(*conn);
+                put_str(&mut b, room);
+                put_str(&mut b, frame);
+            }
         }
         b.freeze()
     }
@@ -145,6 +165,11 @@ impl Wire {
                 conn: take_u64(b)?,
                 from: take_str(b)?,
                 identity: serde_json::from_str(&take_str(b)?).ok()?,
+                protocol: match take_u8(b) {
+                    None => Protocol::Protobuf,
+                    Some(1) => Protocol::Mpp,
+                    Some(_) => return None,
+                },
             },
             FRAME => Wire::Frame {
                 room: take_str(b)?,
@@ -175,6 +200,11 @@ impl Wire {
                 code: take_u16(b)?,
                 reason: take_str(b)?,
             },
+            MOVE => Wire::Move {
+                conn: take_u64(b)?,
+                room: take_str(b)?,
+                frame: take_str(b)?,
+            },
             _ => return None,
         };
         b.is_empty().then_some(wire)
@@ -201,6 +231,7 @@ mod tests {
                     expires_at: Some(1_700_000_000_000),
                     network: Some("abc123".into()),
                 },
+                protocol: Protocol::Mpp,
             },
             Wire::Frame {
                 room: "x".into(),
@@ -223,13 +254,37 @@ mod tests {
                 code: 1012,
                 reason: "moved".into(),
             },
+            Wire::Move {
+                conn: 4,
+                room: "r ü".into(),
+                frame: r#"[{"m":"ch","_id":"r ü"}]"#.into(),
+            },
         ];
         for w in all {
             let enc = w.encode();
-            assert_eq!(Wire::decode(enc.clone()), Some(w));
-            // Every truncation is refused, never a panic.
+            assert_eq!(Wire::decode(enc.clone()).as_ref(), Some(&w));
+            // Every truncation is refused, never a panic; but an MPP Connect without its last
+            // byte is a protobuf one (the byte is only there for MPP).
             for cut in 0..enc.len() {
-                assert_eq!(Wire::decode(enc.slice(..cut)), None);
+                let got = Wire::decode(enc.slice(..cut));
+                let mpp_connect = matches!(
+                    &w,
+                    Wire::Connect {
+                        protocol: Protocol::Mpp,
+                        ..
+                    }
+                );
+                if mpp_connect && cut == enc.len() - 1 {
+                    assert!(matches!(
+                        got,
+                        Some(Wire::Connect {
+                            protocol: Protocol::Protobuf,
+                            ..
+                        })
+                    ));
+                } else {
+                    assert_eq!(got, None);
+                }
             }
         }
         assert_eq!(Wire::decode(Bytes::from_static(b"\x09")), None);

@@ -8,12 +8,12 @@ use crate::metrics::{METRICS, redis_error};
 use crate::room_task::RoomMsg;
 use crate::sockets::{Outbound, SERVICE_RESTART, SLOW_CONSUMER};
 use crate::wire::Wire;
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use piano_core::identity::Identity;
 use piano_core::limits::close;
-use piano_core::room::ConnId;
+use piano_core::room::{ConnId, Protocol};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -46,35 +46,46 @@ fn new_conn_id() -> ConnId {
     u64::from_le_bytes(b) & ((1 << 53) - 1)
 }
 
-pub async fn serve(
-    hub: Arc<Hub>,
-    socket: WebSocket,
-    room: String,
-    identity: Identity,
-    meta: ConnMeta,
-) {
+/// What a socket came for.
+pub enum Entry {
+    /// `/api/rooms/{name}/ws`: protobuf, in the room named at the upgrade.
+    Room { room: String, identity: Identity },
+    /// `/mpp`: MPP text frames; rooms come with `ch` ([`crate::mpp`]).
+    Mpp(crate::mpp::MppSocket),
+}
+
+pub async fn serve(hub: Arc<Hub>, socket: WebSocket, mut entry: Entry, meta: ConnMeta) {
     // Held until the socket ends.
     let ConnMeta { slots: _slots } = meta;
     let conn = new_conn_id();
     let (tx, rx) = mpsc::channel(hub.cfg.outbound_queue);
     let (kill_tx, kill_rx) = oneshot::channel();
-    hub.sockets.register(conn, tx, kill_tx);
+    let mpp = matches!(entry, Entry::Mpp(_));
+    // An MPP socket may be moved to another room by its room (`Effect::ChangeRoom`).
+    let (moves_tx, mut moves) = mpsc::channel(1);
+    hub.sockets
+        .register(conn, tx, kill_tx, mpp.then_some(moves_tx));
     METRICS.connections.fetch_add(1, Relaxed);
     let (sink, mut stream) = socket.split();
     // The writer says when a kill (slow consumer) made it give up on the queue: the room must
     // not wait for the client to read its way to the close frame.
     let (gone_tx, mut gone_rx) = oneshot::channel();
-    let mut writer = tokio::spawn(write_loop(sink, rx, kill_rx, gone_tx));
+    let mut writer = tokio::spawn(write_loop(sink, rx, kill_rx, gone_tx, mpp));
     let mut gone_heard = false;
     let mut slow_closed = false;
 
-    let mut route = match hub.attach(&room, conn, &identity).await {
-        Ok(r) => Some(r),
-        Err((code, reason)) => {
-            tracing::info!(room, code, reason, "connection refused by placement");
-            hub.sockets.close(conn, code, reason);
-            None
+    let mut route = match &entry {
+        Entry::Room { room, identity } => {
+            match hub.attach(room, conn, identity, Protocol::Protobuf).await {
+                Ok(r) => Some(r),
+                Err((code, reason)) => {
+                    tracing::info!(room, code, reason, "connection refused by placement");
+                    hub.sockets.close(conn, code, reason);
+                    None
+                }
+            }
         }
+        Entry::Mpp(_) => None,
     };
 
     let mut writer_done = false;
@@ -107,6 +118,16 @@ pub async fn serve(
                 METRICS.messages_in.fetch_add(1, Relaxed);
                 if let Some(route) = &route {
                     forward(&hub, route, conn, data, binary).await;
+                } else if let Entry::Mpp(m) = &mut entry {
+                    route = m.on_frame(&hub, conn, &data).await;
+                }
+            }
+            Some((room, frame)) = moves.recv(), if mpp => {
+                // The old room has let the connection go already.
+                route = None;
+                hub.unfollow(conn);
+                if let Entry::Mpp(m) = &mut entry {
+                    route = m.enter(&hub, conn, room, frame).await;
                 }
             }
             _ = &mut writer, if !writer_done => {
@@ -179,7 +200,7 @@ async fn leave(hub: &Hub, route: Option<Route>, conn: ConnId) {
     }
 }
 
-async fn forward(hub: &Hub, route: &Route, conn: ConnId, data: Bytes, binary: bool) {
+pub async fn forward(hub: &Hub, route: &Route, conn: ConnId, data: Bytes, binary: bool) {
     let at_us = crate::now_us();
     match route {
         Route::Local(tx) => {
@@ -224,6 +245,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Outbound>,
     mut kill: oneshot::Receiver<(u16, String)>,
     gone: oneshot::Sender<()>,
+    text: bool,
 ) {
     let mut killed = false;
     // A kill (slow consumer): the close goes after whatever the socket already holds.
@@ -245,10 +267,19 @@ async fn write_loop(
         };
         match out {
             Outbound::Frame(b) => {
+                // MPP sockets are sent MPP JSON (the room's frames for them), as text.
+                let message = if text {
+                    match Utf8Bytes::try_from(b) {
+                        Ok(t) => Message::Text(t),
+                        Err(_) => continue,
+                    }
+                } else {
+                    Message::Binary(b)
+                };
                 // A socket that cannot take a frame within this long is as good as gone; a kill
                 // (slow consumer) while the send is stuck ends the wait at once.
                 let sent = tokio::select! {
-                    r = tokio::time::timeout(Duration::from_secs(10), sink.send(Message::Binary(b))) => match r {
+                    r = tokio::time::timeout(Duration::from_secs(10), sink.send(message)) => match r {
                         Ok(r) => r.is_ok(),
                         Err(_) => {
                             // Stuck that long: a slow consumer, whether or not its queue filled.

@@ -23,7 +23,7 @@ impl Room {
         let mut records: Vec<ConnRecord> = records.into_iter().collect();
         records.sort_by_key(|r| (r.joined.is_none(), r.joined, r.conn));
         for r in records {
-            room.add_conn(r.conn, r.identity, r.profile, now);
+            room.add_conn(r.conn, r.identity, r.profile, r.protocol, now);
             if let Some(c) = room.conns.get_mut(&r.conn) {
                 c.subscribed = r.subscribed;
             }

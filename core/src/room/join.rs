@@ -5,7 +5,7 @@
 
 use super::perms::Actor;
 use super::stored::{self, Change, ChatRecord, RoomKind};
-use super::{ConnId, Effect, Out, Profile, Room, S, admission, error, send_one};
+use super::{ConnId, Effect, Out, Profile, Protocol, Room, S, admission, error, send_one};
 use crate::Millis;
 use crate::identity::Identity;
 use crate::limits::{MAX_FRAME_BYTES, PROTOCOL_VERSION};
@@ -16,6 +16,7 @@ impl Room {
         &mut self,
         conn: ConnId,
         identity: Identity,
+        protocol: Protocol,
         now: Millis,
         out: &mut Out,
     ) {
@@ -26,7 +27,7 @@ impl Room {
         if let Err(code) = self.admit_connection(&identity) {
             return admission::refuse_connection(conn, code, out);
         }
-        self.add_conn(conn, identity, Profile::default(), now);
+        self.add_conn(conn, identity, Profile::default(), protocol, now);
         out.extend(self.record(conn).map(Effect::Remember));
         let you = self.participant_for(conn);
         out.push(send_one(
@@ -150,6 +151,9 @@ impl Room {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        if c.protocol == Protocol::Mpp {
+            self.mpp.gone(conn);
+        }
         if c.subscribed {
             self.subscription_ended(Some(c.identity.user_id.clone()), out);
         }

@@ -5,7 +5,9 @@
 use super::perms::Actor;
 use super::profile::color_for;
 use super::quota::{NoteQuota, RateWindow};
-use super::{Conn, ConnId, ConnRecord, Member, Out, Profile, Room, S, abuse, budget, send_many};
+use super::{
+    Conn, ConnId, ConnRecord, Member, Out, Profile, Protocol, Room, S, abuse, budget, send_many,
+};
 use crate::Millis;
 use crate::identity::Identity;
 use crate::proto;
@@ -34,6 +36,7 @@ impl Room {
             joined: c.joined,
             profile: c.profile.clone(),
             subscribed: c.subscribed,
+            protocol: c.protocol,
         })
     }
 
@@ -42,9 +45,13 @@ impl Room {
         conn: ConnId,
         identity: Identity,
         profile: Profile,
+        protocol: Protocol,
         now: Millis,
     ) {
         let participant_id = participant_id(&identity.user_id);
+        if protocol == Protocol::Mpp {
+            self.mpp.conns += 1;
+        }
         self.conns.insert(
             conn,
             Conn {
@@ -53,6 +60,7 @@ impl Room {
                 joined: None,
                 profile,
                 subscribed: false,
+                protocol,
                 budget: budget::ConnBudget::new(&self.limits, now),
                 pending_join: None,
             },
@@ -162,6 +170,15 @@ impl Room {
             out.push(send_many(targets, msg));
         }
     }
+}
+
+/// How a room shows `identity` before any profile change (what MPP's `hi` answers with).
+pub fn participant_of(identity: &Identity) -> proto::Participant {
+    participant_info(
+        &participant_id(&identity.user_id),
+        identity,
+        &Profile::default(),
+    )
 }
 
 pub(super) fn participant_info(

@@ -2,8 +2,10 @@
 //!
 //! A room owns no sockets, clocks or random sources. Hosts assign each connection a [`ConnId`],
 //! pass every event in as an [`Input`] with the current time, and carry out the returned
-//! [`Effect`]s in order. Broadcasts are encoded once: one [`Effect::Send`] carries one frame and
-//! the whole target list, and the host sends that same buffer to every target.
+//! [`Effect`]s in order. Broadcasts are encoded once per protocol in use: one [`Effect::Send`]
+//! carries one frame and the whole target list, and the host sends that same buffer to every
+//! target. Connections speak protobuf, or MPP JSON ([`Protocol`], `mpp.rs`): with MPP
+//! connections present, a broadcast becomes one protobuf `Send` and one MPP `Send`.
 //!
 //! Participants vs connections: a participant is a user in the room; one user may hold several
 //! connections (two tabs, a MIDI bridge next to the browser) and is still one participant, as in
@@ -38,6 +40,7 @@ mod join;
 mod lifecycle;
 mod members;
 mod moderation;
+mod mpp;
 mod notes;
 pub mod perms;
 mod presence;
@@ -51,7 +54,7 @@ mod wire;
 
 pub use chat::{CHAT_RATE, CHAT_RATE_OWNER};
 pub use crown::CROWN_CLAIM_DELAY_MS;
-pub use members::participant_id;
+pub use members::{participant_id, participant_of};
 pub use moderation::MAX_BAN_MS;
 pub use profile::CURSOR_MIN_INTERVAL_MS;
 pub use settings::{MAX_PLAYERS, MAX_PLAYERS_ADMIN};
@@ -84,6 +87,9 @@ pub enum Frame<'a> {
 pub enum Input<'a> {
     /// A connection was accepted for a verified identity.
     Connect { conn: ConnId, identity: Identity },
+    /// The same, for a connection speaking Multiplayer Piano JSON ([`Protocol::Mpp`]): it sends
+    /// text frames of MPP messages and is sent the same ([`Effect::Send`]).
+    ConnectMpp { conn: ConnId, identity: Identity },
     /// A frame arrived on a connection.
     Frame { conn: ConnId, frame: Frame<'a> },
     /// A connection closed (either side) or failed.
@@ -131,10 +137,29 @@ impl Targets {
     }
 }
 
+/// What a connection speaks; the host knows it from the entry the socket came through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Binary frames of protobuf `ClientMessage`/`ServerMessage` (`/ws`).
+    #[default]
+    Protobuf,
+    /// Text frames of Multiplayer Piano JSON messages (`crate::mpp`).
+    Mpp,
+}
+
+impl Protocol {
+    fn is_protobuf(&self) -> bool {
+        *self == Protocol::Protobuf
+    }
+}
+
 /// What the host must do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    /// Send one encoded `ServerMessage` to every target (the same bytes to each).
+    /// Send one frame to every target (the same bytes to each). The targets all speak one
+    /// [`Protocol`]: an encoded `ServerMessage` sent as a binary frame to protobuf connections,
+    /// UTF-8 MPP JSON sent as a text frame to MPP connections (the host knows which it holds).
     Send { to: Targets, frame: Bytes },
     /// Close the connection with this WebSocket close code. The room has already forgotten it.
     Close {
@@ -165,6 +190,14 @@ pub enum Effect {
     /// Per-user activity to add to durable totals, for a host that keeps them
     /// ([`Room::count_activity`]; when: `stats.rs`).
     Stats(BTreeMap<String, StatsDelta>),
+    /// An MPP connection asked for another room (`ch`): it has left this one (no close frame:
+    /// the socket stays open). The host connects it to `room` ([`Input::ConnectMpp`]) and feeds
+    /// it `frame` there, the `ch` that asked (with its settings for a new room).
+    ChangeRoom {
+        conn: ConnId,
+        room: String,
+        frame: String,
+    },
 }
 
 /// What the host must tell, or ask, the room directory.
@@ -208,6 +241,8 @@ pub struct ConnRecord {
     /// Receives the room directory (`directory`).
     #[serde(default)]
     pub subscribed: bool,
+    #[serde(default, skip_serializing_if = "Protocol::is_protobuf")]
+    pub protocol: Protocol,
 }
 
 struct Conn {
@@ -216,6 +251,7 @@ struct Conn {
     joined: Option<u64>,
     profile: Profile,
     subscribed: bool,
+    protocol: Protocol,
     /// What this connection may still send ([`budget`]).
     budget: budget::ConnBudget,
     /// A Join waiting for its password check.
@@ -257,6 +293,8 @@ pub struct Room {
     limits: budget::Limits,
     /// Room-wide password-check budget and per-user wrong-password delays.
     guard: admission::Guard,
+    /// MPP connections present, and what MPP's whole-channel messages need (`mpp.rs`).
+    mpp: mpp::MppState,
 }
 
 type Out = Vec<Effect>;
@@ -286,6 +324,7 @@ impl Room {
             presence: presence::Presence::default(),
             limits: budget::Limits::default(),
             guard: admission::Guard::default(),
+            mpp: mpp::MppState::default(),
         }
     }
 
@@ -305,8 +344,15 @@ impl Room {
     pub fn handle(&mut self, input: Input<'_>, now: Millis) -> Out {
         let mut out = Vec::new();
         let mut stop = false;
+        // Zero MPP connections before and after: the protobuf path, untouched.
+        let mpp = self.mpp.present();
         match input {
-            Input::Connect { conn, identity } => self.on_connect(conn, identity, now, &mut out),
+            Input::Connect { conn, identity } => {
+                self.on_connect(conn, identity, Protocol::Protobuf, now, &mut out)
+            }
+            Input::ConnectMpp { conn, identity } => {
+                self.on_connect(conn, identity, Protocol::Mpp, now, &mut out)
+            }
             Input::Frame { conn, frame } => self.on_frame(conn, frame, now, &mut out),
             Input::Disconnect { conn } => self.on_disconnect(conn, now, &mut out),
             Input::RoomList { conn, rooms } => self.on_room_list(conn, &rooms, &mut out),
@@ -330,15 +376,26 @@ impl Room {
             self.presence_if_changed(&mut out);
         }
         self.stats_if_due(now, stop, &mut out);
+        if mpp || self.mpp.present() {
+            self.mpp_outbound(&mut out);
+        }
         out
     }
 
     /// A frame from `conn`: checked and decoded ([`wire`]), charged to the sender's budgets
     /// ([`abuse`]), then handed to the handler of its concern.
     fn on_frame(&mut self, conn: ConnId, frame: Frame<'_>, now: Millis, out: &mut Out) {
+        if self.mpp.present() && self.speaks_mpp(conn) {
+            return self.on_mpp_frame(conn, frame, now, out);
+        }
         let Some(msg) = self.decode_frame(conn, frame, now, out) else {
             return;
         };
+        self.on_message(conn, msg, now, out);
+    }
+
+    /// A decoded message (from either protocol): charged, then handled.
+    fn on_message(&mut self, conn: ConnId, msg: C, now: Millis, out: &mut Out) {
         if !self.message_budget(conn, &msg, now, out) {
             return;
         }

@@ -95,7 +95,10 @@ impl Room {
             );
         }
         let before = self.stored.bans.len();
-        self.stored.bans.retain(|b| b.user_id != user);
+        // By user id, or by participant id: the only id MPP clients see (`mpp`).
+        self.stored
+            .bans
+            .retain(|b| b.user_id != user && super::participant_id(&b.user_id) != user);
         if self.stored.bans.len() == before {
             return error(
                 out,

@@ -28,20 +28,27 @@ use piano_core::limits::close;
 use piano_core::lobby::{Delta, Summary};
 use piano_core::names::percent_decode;
 use piano_core::room::stored::Change;
-use piano_core::room::{ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, Room as CoreRoom};
+use piano_core::room::{
+    ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, Protocol, Room as CoreRoom,
+};
 
 use crate::outbox::Outbox;
-use crate::{IDENTITY_HEADER, PROTOCOL_HEADER, ROOM_HEADER, json_error, lobby, storage, webcrypto};
+use crate::{
+    IDENTITY_HEADER, MPP_HEADER, PROTOCOL_HEADER, RELAY_CHANGE_ROOM, ROOM_HEADER, json_error,
+    lobby, storage, webcrypto,
+};
 use piano_backends::layout;
 use piano_backends::outbox::Lane;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use worker::js_sys::Uint8Array;
 use worker::*;
 
 struct Loaded {
     room: CoreRoom,
     sockets: HashMap<ConnId, WebSocket>,
+    /// The sockets that speak MPP JSON (the worker's relay sockets): sent text frames.
+    mpp: HashSet<ConnId>,
     /// Bytes sent to each socket since the client last sent a frame (see [`host`]).
     unread: HashMap<ConnId, usize>,
 }
@@ -252,10 +259,19 @@ impl Room {
         let pair = WebSocketPair::new()?;
         self.state.accept_web_socket(&pair.server);
         let conn = new_conn_id();
+        let mpp = headers.get(MPP_HEADER)?.is_some();
         if let Some(l) = self.loaded.borrow_mut().as_mut() {
             l.sockets.insert(conn, pair.server.clone());
+            if mpp {
+                l.mpp.insert(conn);
+            }
         }
-        ops.extend(self.handle(Some(&name), Input::Connect { conn, identity }));
+        let input = if mpp {
+            Input::ConnectMpp { conn, identity }
+        } else {
+            Input::Connect { conn, identity }
+        };
+        ops.extend(self.handle(Some(&name), input));
         if let Some(user) = member {
             self.announce.borrow_mut().push(user);
         }
@@ -314,10 +330,14 @@ impl Room {
         let (name, stored) = storage::load(&sql, name_hint)?;
         self.has_storage.set(Some(stored.is_some()));
         let mut sockets = HashMap::new();
+        let mut mpp = HashSet::new();
         let mut records = Vec::new();
         for ws in self.state.get_websockets() {
             match ws.deserialize_attachment::<ConnRecord>() {
                 Ok(Some(record)) => {
+                    if record.protocol == Protocol::Mpp {
+                        mpp.insert(record.conn);
+                    }
                     sockets.insert(record.conn, ws);
                     records.push(record);
                 }
@@ -338,6 +358,7 @@ impl Room {
         *self.loaded.borrow_mut() = Some(Loaded {
             room,
             sockets,
+            mpp,
             unread: HashMap::new(),
         });
         Ok(effects)
@@ -351,6 +372,7 @@ impl Room {
         if let Some(l) = self.loaded.borrow_mut().as_mut() {
             l.sockets.remove(&conn);
             l.unread.remove(&conn);
+            l.mpp.remove(&conn);
         }
         ops
     }
@@ -540,8 +562,13 @@ impl Room {
         for effect in effects {
             match effect {
                 Effect::Send { to, frame } => {
-                    // One JS buffer per broadcast, handed to every socket.
-                    let buffer = Uint8Array::from(&frame[..]).buffer();
+                    // One JS buffer per broadcast, handed to every socket; MPP connections are
+                    // sent their own Sends (UTF-8 JSON) as text. The targets of one Send all
+                    // speak one protocol: the first says which.
+                    let mpp = !l.mpp.is_empty()
+                        && to.as_slice().first().is_some_and(|c| l.mpp.contains(c));
+                    let text = mpp.then(|| String::from_utf8_lossy(&frame).into_owned());
+                    let buffer = (!mpp).then(|| Uint8Array::from(&frame[..]).buffer());
                     for conn in to.as_slice() {
                         if host::over_unread(
                             &mut l.unread,
@@ -556,7 +583,12 @@ impl Room {
                         }
                         if let Some(ws) = l.sockets.get(conn) {
                             let raw: &web_sys::WebSocket = ws.as_ref();
-                            if let Err(e) = raw.send_with_array_buffer(&buffer) {
+                            let sent = match (&text, &buffer) {
+                                (Some(t), _) => raw.send_with_str(t),
+                                (_, Some(b)) => raw.send_with_array_buffer(b),
+                                _ => Ok(()),
+                            };
+                            if let Err(e) = sent {
                                 console_warn!("send to {conn} failed: {e:?}");
                             }
                         }
@@ -579,8 +611,22 @@ impl Room {
                 }
                 Effect::Close { conn, code, reason } => {
                     l.unread.remove(&conn);
+                    l.mpp.remove(&conn);
                     if let Some(ws) = l.sockets.remove(&conn) {
                         let _ = ws.close(Some(code), Some(reason));
+                    }
+                }
+                // An MPP connection left for another room: its relay (the worker) takes the
+                // client there on hearing so.
+                Effect::ChangeRoom { conn, room, frame } => {
+                    l.unread.remove(&conn);
+                    l.mpp.remove(&conn);
+                    if let Some(ws) = l.sockets.remove(&conn) {
+                        let note = serde_json::json!({
+                            "relay": RELAY_CHANGE_ROOM, "room": room, "frame": frame,
+                        });
+                        let _ = ws.send_with_str(note.to_string());
+                        let _ = ws.close(Some(close::NORMAL), Some("room change"));
                     }
                 }
                 Effect::Remember(record) => {
@@ -619,6 +665,7 @@ impl Room {
         // Slow readers are closed (1013) and leave the room like any disconnect.
         for conn in &slow {
             l.unread.remove(conn);
+            l.mpp.remove(conn);
             if let Some(ws) = l.sockets.remove(conn) {
                 let _ = ws.close(Some(close::TRY_AGAIN_LATER), Some("slow reader"));
             }

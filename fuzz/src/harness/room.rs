@@ -142,7 +142,11 @@ impl Host {
         if stop {
             // Stop withdraws everyone it published; a host keeping the room goes on tracking,
             // and the next input reports everyone present again.
-            assert!(self.present.is_empty(), "Stop left {:?} published", self.present);
+            assert!(
+                self.present.is_empty(),
+                "Stop left {:?} published",
+                self.present
+            );
             self.room.track_presence(true);
             self.presence_synced = false;
         }
@@ -184,7 +188,8 @@ impl Host {
                     let msg = ServerMessage::decode(frame.as_ref()).expect("frames decode");
                     assert!(msg.msg.is_some(), "empty ServerMessage");
                 }
-                Effect::Close { conn, .. } => {
+                // A room change leaves this room as a close does (the socket lives on elsewhere).
+                Effect::Close { conn, .. } | Effect::ChangeRoom { conn, .. } => {
                     assert!(
                         self.open.contains(conn) || Some(*conn) == unknown,
                         "Close of connection {conn}, which is not open"

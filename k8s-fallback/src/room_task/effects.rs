@@ -77,6 +77,18 @@ impl Task {
                     let replica = self.remote.remove(&conn);
                     self.close(conn, replica.as_deref(), code, reason);
                 }
+                // An MPP socket asked for another room: its reader (here, or on the replica
+                // holding it) takes it there.
+                Effect::ChangeRoom { conn, room, frame } => {
+                    if let Some(replica) = self.remote.remove(&conn) {
+                        self.publish(&replica, Wire::Move { conn, room, frame });
+                    } else if !(self.local.remove(&conn)
+                        && self.ctx.sockets.change_room(conn, room, frame))
+                    {
+                        let code = piano_core::limits::close::INTERNAL_ERROR;
+                        self.ctx.sockets.close(conn, code, "the room change failed");
+                    }
+                }
                 // Connection records serve hibernation on the edge; here a room that restarts
                 // (another replica, a new process) has lost its sockets and players rejoin.
                 Effect::Remember(_) => {}

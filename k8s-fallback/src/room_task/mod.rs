@@ -32,7 +32,7 @@ use bytes::Bytes;
 use lease::{LeaseView, keep_lease, publish_loop};
 use piano_core::identity::Identity;
 use piano_core::lobby::Delta;
-use piano_core::room::{ConnId, DirectoryOp, Effect, Frame, Input, Room};
+use piano_core::room::{ConnId, DirectoryOp, Effect, Frame, Input, Protocol, Room};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -55,6 +55,7 @@ pub enum RoomMsg {
         conn: ConnId,
         identity: Identity,
         origin: Option<String>,
+        protocol: Protocol,
     },
     Frame {
         conn: ConnId,

@@ -160,6 +160,7 @@ impl Task {
                 conn,
                 identity,
                 origin,
+                protocol,
             } => {
                 match origin {
                     Some(r) => {
@@ -169,7 +170,11 @@ impl Task {
                         self.local.insert(conn);
                     }
                 }
-                let effects = self.room.handle(Input::Connect { conn, identity }, now);
+                let input = match protocol {
+                    Protocol::Protobuf => Input::Connect { conn, identity },
+                    Protocol::Mpp => Input::ConnectMpp { conn, identity },
+                };
+                let effects = self.room.handle(input, now);
                 self.execute(effects, None);
             }
             RoomMsg::Frame {

@@ -397,7 +397,7 @@ pub(super) fn keep_records(records: &mut BTreeMap<ConnId, ConnRecord>, fx: &[Eff
             Effect::Remember(r) => {
                 records.insert(r.conn, r.clone());
             }
-            Effect::Close { conn, .. } => {
+            Effect::Close { conn, .. } | Effect::ChangeRoom { conn, .. } => {
                 records.remove(conn);
             }
             Effect::Send { .. }

@@ -14,6 +14,7 @@ mod join;
 mod lifecycle;
 mod members;
 mod moderation;
+mod mpp;
 mod notes;
 mod perms;
 mod profile;

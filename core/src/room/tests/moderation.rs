@@ -130,4 +130,25 @@ fn bans_keep_users_out_until_they_expire_or_are_lifted() {
         )),
         Some(ErrorCode::NotFound)
     );
+    // Unban by participant id too (what MPP clients know a user by).
+    msg_at(
+        &mut room,
+        1,
+        client_message::Msg::Kick(proto::Kick {
+            participant_id: pid("bob"),
+            ban_ms: 60_000,
+        }),
+        NOW + 63_000,
+    );
+    assert_eq!(
+        error_code(&msg(
+            &mut room,
+            1,
+            client_message::Msg::Unban(proto::Unban {
+                user_id: pid("bob")
+            })
+        )),
+        None
+    );
+    assert!(room.stored().bans.is_empty());
 }
