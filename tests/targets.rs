@@ -278,8 +278,6 @@ impl Server {
         let mut cmd = Command::new(repo_root().join("node_modules/.bin/wrangler"));
         cmd.current_dir(repo_root())
             .args(["dev", "--ip", "127.0.0.1"])
-            .arg("--config")
-            .arg(unwatched_config())
             .arg("--show-interactive-dev-session=false")
             .args(["--port", &self.port.to_string()])
             .args(["--inspector-port", &self.inspector_port().to_string()])
@@ -341,30 +339,4 @@ impl Server {
             .unwrap_or_else(|p| p.into_inner())
             .push(child);
     }
-}
-
-/// `wrangler.toml` as the tests run it: the same, but watching nothing. wrangler dev rebuilds and
-/// restarts when a file under `[build] watch_dir` changes (or its watcher says so): once, mid-run,
-/// a restart of a freshly started instance lost its port to its own previous workerd, and the
-/// worker answered 503 meanwhile (a fresh-clone run, 2 trials failed). The tests build the
-/// worker first and never edit sources, so they need no watcher. Written next to wrangler.toml
-/// (its relative paths stay right), atomically, as several instances start at once.
-fn unwatched_config() -> PathBuf {
-    let root = repo_root();
-    let source = std::fs::read_to_string(root.join("wrangler.toml")).expect("read wrangler.toml");
-    let quiet = root.join("target/e2e-no-watch");
-    std::fs::create_dir_all(&quiet).expect("create target/e2e-no-watch");
-    let config: String = source
-        .lines()
-        .map(|l| match l.trim_start().starts_with("watch_dir") {
-            true => "watch_dir = [\"target/e2e-no-watch\"]".to_owned(),
-            false => l.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let path = root.join(".wrangler-e2e.toml");
-    let tmp = root.join(format!(".wrangler-e2e.toml.{}", std::process::id()));
-    std::fs::write(&tmp, config + "\n").expect("write the e2e wrangler config");
-    std::fs::rename(&tmp, &path).expect("place the e2e wrangler config");
-    path
 }
