@@ -278,6 +278,8 @@ impl Server {
         let mut cmd = Command::new(repo_root().join("node_modules/.bin/wrangler"));
         cmd.current_dir(repo_root())
             .args(["dev", "--ip", "127.0.0.1"])
+            .arg("--config")
+            .arg(prebuilt_config())
             .arg("--show-interactive-dev-session=false")
             .args(["--port", &self.port.to_string()])
             .args(["--inspector-port", &self.inspector_port().to_string()])
@@ -339,4 +341,44 @@ impl Server {
             .unwrap_or_else(|p| p.into_inner())
             .push(child);
     }
+}
+
+/// `wrangler.toml` as the tests run it: the same, without the `[build]` section. With a custom
+/// build, wrangler dev starts a file watcher and, once that watcher is ready, always runs the build
+/// again and reloads the worker ("The file … changed, restarting build", ~3 times per instance
+/// with no file changed): a reload of an instance already in use answered 503 or lost its port
+/// to its own previous workerd (fresh-clone runs lost 1–2 trials so). The tests build the worker
+/// before starting wrangler and never edit sources, so wrangler only bundles `build/` (esbuild's
+/// watcher reacts to real changes only). Written next to wrangler.toml so its relative paths
+/// hold; once, atomically (instances start concurrently, and wrangler watches its config).
+fn prebuilt_config() -> PathBuf {
+    static CONFIG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(write_prebuilt_config).clone()
+}
+
+fn write_prebuilt_config() -> PathBuf {
+    let root = repo_root();
+    let source = std::fs::read_to_string(root.join("wrangler.toml")).expect("read wrangler.toml");
+    let mut in_build = false;
+    let mut config = String::new();
+    for line in source.lines() {
+        let header = line.trim_start().starts_with('[');
+        if header {
+            in_build = line.trim() == "[build]";
+        }
+        if !in_build {
+            config.push_str(line);
+            config.push('\n');
+        }
+    }
+    let path = root.join(".wrangler-e2e.toml");
+    // wrangler dev reloads when its config file changes: a running instance must never see
+    // this file rewritten, even with the same text.
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == config) {
+        return path;
+    }
+    let tmp = root.join(format!(".wrangler-e2e.toml.{}", std::process::id()));
+    std::fs::write(&tmp, config).expect("write the e2e wrangler config");
+    std::fs::rename(&tmp, &path).expect("place the e2e wrangler config");
+    path
 }
