@@ -323,6 +323,13 @@ pub const TEST_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
 MC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g
 -----END PRIVATE KEY-----";
 
+/// Participant ids are derived from the user id: stable across reconnects and hibernation with
+/// nothing to store, and short (12 characters), since every relayed note batch carries one.
+pub fn participant_id(user_id: &str) -> String {
+    let digest = Sha256::digest(user_id.as_bytes());
+    B64URL.encode(&digest[..9])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,7 @@ pub mod notes;
 pub mod outbox;
 pub mod password;
 pub mod room;
+pub mod window;
 
 /// Wire types generated from `proto/pianorhythm/v1/room.proto`.
 #[allow(clippy::all, missing_docs)]

@@ -3,7 +3,7 @@
 //! `piano_core::account::rate`) and of WebSocket upgrades. In memory only: a limiter that was
 //! idle long enough to be evicted had an empty window anyway.
 
-use piano_core::room::quota::RateWindow;
+use piano_core::window::RateWindow;
 use std::cell::RefCell;
 use worker::*;
 

@@ -21,7 +21,7 @@ use piano_core::account::tokens::{Issuer, guest_body};
 use piano_core::identity::{Claims, Identity, public_jwk};
 use piano_core::limits::SUBPROTOCOL;
 use piano_core::names;
-use piano_core::room::quota::RateWindow;
+use piano_core::window::RateWindow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;

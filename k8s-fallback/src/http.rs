@@ -6,7 +6,7 @@
 use crate::accounts::{self, Accounts};
 use crate::auth::{self, MAX_BODY_BYTES, RateLimiter};
 use crate::hub::Hub;
-use crate::json::{json, json_error, with_header};
+use crate::json::{json, json_error, too_many_connections, with_header};
 use crate::metrics::{self, METRICS};
 use crate::serve::{ConnLimits, ConnSlot};
 use axum::body::Body;
@@ -229,7 +229,7 @@ async fn route(
         }
         (&Method::GET, ["mpp"]) => {
             let ip = client_ip(hub, peer, req.headers());
-            crate::mpp::connect(hub, &app.accounts, &app.ws_caps, req, ip).await
+            crate::ws::mpp::connect(hub, &app.accounts, &app.ws_caps, req, ip).await
         }
         (&Method::GET, ["api", "rooms", name]) => match room_name(name) {
             Ok(name) => with_header(
@@ -408,13 +408,4 @@ async fn connect(app: App, req: Request, raw_name: &str, ip: IpAddr) -> Response
             };
             crate::ws::serve(hub, socket, entry, meta)
         })
-}
-
-/// 429 `too_many_connections` (before an upgrade), with a hint when to retry.
-pub fn too_many_connections(message: &str) -> Response {
-    with_header(
-        json_error(429, "too_many_connections", message),
-        "retry-after",
-        "10",
-    )
 }

@@ -28,3 +28,12 @@ pub fn with_header(mut resp: Response, name: &'static str, value: &str) -> Respo
     }
     resp
 }
+
+/// 429 `too_many_connections` (before an upgrade), with a hint when to retry.
+pub fn too_many_connections(message: &str) -> Response {
+    with_header(
+        json_error(429, "too_many_connections", message),
+        "retry-after",
+        "10",
+    )
+}

@@ -19,7 +19,8 @@
 //! **Transport** (HTTP and WebSocket in, responses out):
 //! - [`http`]: the router (the edge's paths, `/readyz`, `/metrics`, static files) and the
 //!   WebSocket gate.
-//! - [`ws`]: one player's socket: reader → room, bounded outbound queue → writer.
+//! - [`ws`]: one player's socket: reader → room, bounded outbound queue → writer; [`ws::mpp`]:
+//!   `GET /mpp`, sockets speaking Multiplayer Piano JSON that pick their room after `hi`.
 //! - [`body`]: request bodies read capped and timed; [`security`]: security headers and CORS on
 //!   every response.
 //! - [`serve`]: the accept loop (hyper HTTP/1.1 with header/keep-alive timeouts, connection
@@ -68,7 +69,6 @@ pub mod hub;
 pub mod json;
 pub mod metrics;
 pub mod mongo;
-pub mod mpp;
 pub mod network;
 pub mod outbox;
 pub mod reach;

@@ -15,7 +15,7 @@
 
 use super::error::ApiError;
 use crate::Millis;
-use crate::room::quota::RateWindow;
+use crate::window::RateWindow;
 
 pub const AUTH_SCOPE: &str = "auth";
 pub const AUTH_WINDOW_MS: u64 = 60_000;

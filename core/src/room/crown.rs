@@ -6,10 +6,8 @@ use super::perms::{self, Action};
 use super::stored::{Change, RoomKind};
 use super::{ConnId, Effect, Out, Room, S, error, participant_id};
 use crate::Millis;
+use crate::limits::CROWN_CLAIM_DELAY_MS;
 use crate::proto::{self, ErrorCode};
-
-/// How long after the crown drops anyone (not just the previous owner) may claim it.
-pub const CROWN_CLAIM_DELAY_MS: u64 = 15_000;
 
 impl Room {
     pub fn ownership_proto(&self) -> proto::Ownership {
@@ -40,13 +38,8 @@ impl Room {
         now: Millis,
         out: &mut Out,
     ) {
-        if self.kind == RoomKind::Lobby {
-            return error(
-                out,
-                conn,
-                ErrorCode::NotAllowed,
-                "lobby rooms have no owner",
-            );
+        if self.refused_in_lobby(conn, out) {
+            return;
         }
         if !perms::allowed(self.actor(m), Action::TransferOwnership) {
             return error(
@@ -78,13 +71,8 @@ impl Room {
     }
 
     pub(super) fn on_claim(&mut self, conn: ConnId, m: usize, now: Millis, out: &mut Out) {
-        if self.kind == RoomKind::Lobby {
-            return error(
-                out,
-                conn,
-                ErrorCode::NotAllowed,
-                "lobby rooms have no owner",
-            );
+        if self.refused_in_lobby(conn, out) {
+            return;
         }
         let crown = &self.stored.crown;
         if crown.owner_user.is_some() {
@@ -106,6 +94,20 @@ impl Room {
         }
         self.set_owner(Some(user), now, out);
         self.announce_owner(out);
+    }
+
+    /// Lobbies have no owner: refuses (and returns true) there.
+    fn refused_in_lobby(&self, conn: ConnId, out: &mut Out) -> bool {
+        let lobby = self.kind == RoomKind::Lobby;
+        if lobby {
+            error(
+                out,
+                conn,
+                ErrorCode::NotAllowed,
+                "lobby rooms have no owner",
+            );
+        }
+        lobby
     }
 
     pub(super) fn drop_crown(&mut self, previous: String, now: Millis, out: &mut Out) {

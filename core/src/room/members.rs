@@ -9,9 +9,8 @@ use super::{
     Conn, ConnId, ConnRecord, Member, Out, Profile, Protocol, Room, S, abuse, budget, send_many,
 };
 use crate::Millis;
-use crate::identity::Identity;
+use crate::identity::{Identity, participant_id};
 use crate::proto;
-use sha2::{Digest, Sha256};
 
 impl Room {
     /// Participants present, in join order.
@@ -202,12 +201,4 @@ pub(super) fn participant_info(
         muted_notes: false,
         muted_chat: false,
     }
-}
-
-/// Participant ids are derived from the user id: stable across reconnects and hibernation with
-/// nothing to store, and short (12 characters), since every relayed note batch carries one.
-pub fn participant_id(user_id: &str) -> String {
-    use base64::Engine;
-    let digest = Sha256::digest(user_id.as_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..9])
 }

@@ -52,9 +52,10 @@ pub mod stored;
 pub mod text;
 mod wire;
 
+pub use crate::identity::participant_id;
+pub use crate::limits::CROWN_CLAIM_DELAY_MS;
 pub use chat::{CHAT_RATE, CHAT_RATE_OWNER};
-pub use crown::CROWN_CLAIM_DELAY_MS;
-pub use members::{participant_id, participant_of};
+pub use members::participant_of;
 pub use moderation::MAX_BAN_MS;
 pub use profile::CURSOR_MIN_INTERVAL_MS;
 pub use settings::{MAX_PLAYERS, MAX_PLAYERS_ADMIN};

@@ -1,10 +1,11 @@
-//! Rate limits: Multiplayer Piano's note quota, and a sliding window for chat and cursors.
+//! Rate limits: Multiplayer Piano's note quota; chat and cursors use [`RateWindow`].
 //!
 //! Both are computed lazily from the `now` the host passes in, so a room needs no timer (and
 //! can hibernate) while players are idle.
 
 use crate::Millis;
 use crate::proto;
+pub use crate::window::RateWindow;
 use std::collections::VecDeque;
 
 /// The quota refills once per interval.
@@ -132,27 +133,6 @@ impl NoteQuota {
     }
 }
 
-/// At most `max` events per `window_ms` (a sliding window).
-#[derive(Debug, Clone, Default)]
-pub struct RateWindow {
-    times: VecDeque<Millis>,
-}
-
-impl RateWindow {
-    /// Records an event at `now` if allowed; otherwise `Err(ms until one is allowed)`.
-    pub fn try_take(&mut self, max: usize, window_ms: u64, now: Millis) -> Result<(), u64> {
-        while self.times.front().is_some_and(|&t| t + window_ms <= now) {
-            self.times.pop_front();
-        }
-        if self.times.len() >= max {
-            let oldest = self.times.front().copied().unwrap_or(now);
-            return Err(oldest + window_ms - now);
-        }
-        self.times.push_back(now);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,15 +180,5 @@ mod tests {
         assert!(q.set(LOBBY, true, 0));
         assert!(!q.set(LOBBY, true, 0), "same params: no change");
         assert_eq!(q.points(0), 600);
-    }
-
-    #[test]
-    fn rate_window() {
-        let mut w = RateWindow::default();
-        for t in 0..4 {
-            assert_eq!(w.try_take(4, 6000, t), Ok(()));
-        }
-        assert_eq!(w.try_take(4, 6000, 10), Err(5990));
-        assert_eq!(w.try_take(4, 6000, 6000), Ok(()));
     }
 }

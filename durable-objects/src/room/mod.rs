@@ -20,12 +20,13 @@
 //! Internal routes (worker → object): `GET /connect` (WebSocket upgrade), `GET /info`; (lobby →
 //! object): `POST /directory` (a listing change for subscribers), `POST /refresh` (report now).
 
+mod directory;
 pub(crate) mod host;
 mod stats;
 
 use piano_core::identity::Identity;
 use piano_core::limits::close;
-use piano_core::lobby::{Delta, Summary};
+use piano_core::lobby::Delta;
 use piano_core::names::percent_decode;
 use piano_core::room::stored::Change;
 use piano_core::room::{
@@ -35,7 +36,7 @@ use piano_core::room::{
 use crate::outbox::Outbox;
 use crate::{
     IDENTITY_HEADER, MPP_HEADER, PROTOCOL_HEADER, RELAY_CHANGE_ROOM, ROOM_HEADER, json_error,
-    lobby, storage, webcrypto,
+    storage,
 };
 use piano_backends::layout;
 use piano_backends::outbox::Lane;
@@ -407,91 +408,6 @@ impl Room {
         ops
     }
 
-    /// Talks to the lobby, after the room's own effects are done (players never wait on it).
-    /// Failures are logged: the directory heals at the room's next report or wake.
-    async fn directory(&self, mut ops: Vec<DirectoryOp>) {
-        loop {
-            let batch = std::mem::take(&mut ops);
-            ops.extend(self.directory_ops(batch).await);
-            // Join passwords, checked by WebCrypto while the room keeps handling other events.
-            let checks = std::mem::take(&mut *self.pending_checks.borrow_mut());
-            for (conn, password, hash) in checks {
-                let ok = webcrypto::verify_password(&password, &hash).await;
-                ops.extend(self.handle(None, Input::PasswordChecked { conn, ok }));
-            }
-            if ops.is_empty() && self.pending_checks.borrow().is_empty() {
-                break;
-            }
-        }
-        self.announce_sockets().await;
-        self.discard_if_asked().await;
-        self.arm_alarm().await;
-    }
-
-    /// One round of directory calls; returns the directory work their answers caused.
-    async fn directory_ops(&self, ops: Vec<DirectoryOp>) -> Vec<DirectoryOp> {
-        let mut more = Vec::new();
-        for op in ops {
-            let result = match op {
-                DirectoryOp::Report(report) => self.report(&report).await,
-                DirectoryOp::Unsubscribe => {
-                    let name = self.room_name();
-                    self.lobby("/unsubscribe", &serde_json::json!({ "room": name }))
-                        .await
-                        .map(drop)
-                }
-                DirectoryOp::UnsubscribeUser { user_id } => {
-                    let name = self.room_name();
-                    let body = serde_json::json!({ "room": name, "user": user_id });
-                    self.lobby("/unsubscribe", &body).await.map(drop)
-                }
-                DirectoryOp::Subscribe { conn, user_id } => {
-                    let name = self.room_name();
-                    match self
-                        .lobby(
-                            "/subscribe",
-                            &serde_json::json!({ "room": name, "user": user_id }),
-                        )
-                        .await
-                    {
-                        Ok(mut resp) => match resp.json::<Vec<Summary>>().await {
-                            Ok(rooms) => {
-                                more.extend(self.handle(None, Input::RoomList { conn, rooms }));
-                                Ok(())
-                            }
-                            Err(e) => Err(e),
-                        },
-                        // The directory's per-user subscription cap.
-                        Err(Error::RustError(e)) if e.ends_with(" answered 429") => {
-                            more.extend(self.handle(None, Input::SubscribeRefused { conn }));
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-            };
-            if let Err(e) = result {
-                console_warn!("directory call failed: {e}");
-            }
-        }
-        more
-    }
-
-    /// Sends a report to the directory, retrying briefly: a lost report of a room that then
-    /// empties would keep it listed until the directory's sweep (reports are versioned, so a
-    /// late retry never overwrites a newer one).
-    async fn report(&self, report: &piano_core::lobby::Report) -> Result<()> {
-        let mut result = self.lobby("/report", report).await.map(drop);
-        for pause_ms in [250, 1000] {
-            if result.is_ok() {
-                break;
-            }
-            Delay::from(std::time::Duration::from_millis(pause_ms)).await;
-            result = self.lobby("/report", report).await.map(drop);
-        }
-        result
-    }
-
     /// After an event: the outbox's new rows go out now, and the core's next deadline (token
     /// and session expiry, players' activity due: it may then be evicted with it in memory)
     /// gets the alarm.
@@ -506,37 +422,6 @@ impl Room {
         {
             console_error!("could not arm the expiry alarm: {e}");
         }
-    }
-
-    fn room_name(&self) -> String {
-        self.loaded
-            .borrow()
-            .as_ref()
-            .map(|l| l.room.name().to_owned())
-            .unwrap_or_default()
-    }
-
-    async fn lobby(&self, path: &str, body: &impl serde::Serialize) -> Result<Response> {
-        let headers = Headers::new();
-        headers.set("content-type", "application/json")?;
-        let mut init = RequestInit::new();
-        init.with_method(Method::Post)
-            .with_headers(headers)
-            .with_body(Some(serde_json::to_string(body)?.into()));
-        let req = Request::new_with_init(&format!("https://lobby.internal{path}"), &init)?;
-        let stub = self
-            .env
-            .durable_object(lobby::LOBBY_BINDING)?
-            .id_from_name(lobby::LOBBY_NAME)?
-            .get_stub()?;
-        let resp = stub.fetch_with_request(req).await?;
-        if resp.status_code() >= 400 {
-            return Err(Error::RustError(format!(
-                "lobby {path} answered {}",
-                resp.status_code()
-            )));
-        }
-        Ok(resp)
     }
 
     /// Carries out effects in order, returning the directory work for later. A failed send on

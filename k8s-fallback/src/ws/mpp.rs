@@ -3,7 +3,7 @@
 //! guest), then `ch` into a room by name, and may `ch` again later. Until it is in a room the
 //! core's [`Session`] decides what each frame does; in a room its frames go to the room as they
 //! are (the room speaks MPP itself: `Input::ConnectMpp`), and the room hands it over to the next
-//! one ([`crate::sockets::Sockets::change_room`]). The socket's loop is [`crate::ws::serve`].
+//! one ([`crate::sockets::Sockets::change_room`]). The socket's loop is the parent's [`super::serve`].
 
 use crate::accounts::Accounts;
 use crate::auth;
@@ -54,7 +54,7 @@ pub async fn connect(
     }
     let Ok(slot) = ws_caps.acquire(Some(ip)) else {
         METRICS.refused_sockets.fetch_add(1, Relaxed);
-        return crate::http::too_many_connections(
+        return crate::json::too_many_connections(
             "your network holds as many sockets as it may here",
         );
     };
