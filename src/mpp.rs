@@ -12,11 +12,19 @@
 //! the next room. The cost of this design: the worker's isolate stays busy while an MPP client
 //! is connected (the Room object still hibernates); the gain: one room logic, unchanged
 //! hibernation, and no room-to-room socket hand-over inside the Durable Object runtime.
+//!
+//! Bounds: the relay queues nothing of its own (each frame is passed on as it arrives; it holds
+//! at most the one `ch` frame that moves the client). What it passes is bounded where it is
+//! for any socket: the client's frames by the core's budgets (the room counts them as they come
+//! through), the room's by the Room object's slow-reader rule, which sees the relay socket
+//! as it sees any (bytes sent since the client last sent a frame; 1013 past the bound).
+//! Closes reach the client with MPP's codes (`piano_core::mpp::close::for_mpp`).
 
 use crate::auth;
 use futures_util::StreamExt;
 use futures_util::future::{Either, select};
 use piano_core::identity::Identity;
+use piano_core::mpp::close::for_mpp;
 use piano_core::mpp::{Session, Step, notification};
 use piano_core::names::percent_encode;
 use piano_core::room::participant_of;
@@ -111,7 +119,7 @@ async fn relay(client: &WebSocket, env: &Env, ip: Option<&str>) -> Result<()> {
                 }
                 Step::Enter { room, frame } => next = Some((room, frame)),
                 Step::Close { code, reason } => {
-                    client.close(Some(code), Some(reason))?;
+                    client.close(Some(for_mpp(code)), Some(reason))?;
                     return Ok(());
                 }
             }
@@ -191,7 +199,8 @@ async fn in_room(
                         1005 | 1006 | 1015 => 1011,
                         code => code,
                     };
-                    let _ = client.close(Some(code), Some(c.reason()));
+                    // The room and the core close with our codes; MPP clients get MPP's.
+                    let _ = client.close(Some(for_mpp(code)), Some(c.reason()));
                     return Ok(Left::Done);
                 }
                 None | Some(Err(_)) => {

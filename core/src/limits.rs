@@ -12,10 +12,16 @@ pub const SUBPROTOCOL: &str = "pianorhythm.v1";
 /// client can make the room decode.
 pub const MAX_FRAME_BYTES: usize = 32 * 1024;
 
+/// How long after the crown drops anyone (not just the previous owner) may claim it.
+pub const CROWN_CLAIM_DELAY_MS: u64 = 15_000;
+
 /// WebSocket close codes the server uses.
 pub mod close {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
+    /// RFC 6455 "going away": the socket sent nothing, not even a pong, for the idle timeout
+    /// (a host's transport closes it).
+    pub const GOING_AWAY: u16 = 1001;
     /// RFC 6455 "message too big": a frame over [`super::MAX_FRAME_BYTES`].
     pub const FRAME_TOO_LARGE: u16 = 1009;
     /// RFC 6455 "internal error": the server could not serve this connection.

@@ -2,6 +2,8 @@
 //! task that drains the connection's bounded outbound queue. The two are split so a player who
 //! stops reading can only fill its own queue (and be closed), never stall its room.
 
+pub mod mpp;
+
 use crate::cluster::replica_channel;
 use crate::hub::{Hub, Route};
 use crate::metrics::{METRICS, redis_error};
@@ -28,7 +30,7 @@ const SLOW_CLOSE_WAIT: Duration = Duration::from_secs(30);
 
 /// RFC 6455 "Going Away": the socket sent nothing, not even a pong to our pings, for
 /// `WS_IDLE_TIMEOUT_SECS` (a dead peer, or one holding a socket open for nothing).
-pub const IDLE_TIMEOUT: u16 = 1001;
+pub const IDLE_TIMEOUT: u16 = close::GOING_AWAY;
 
 /// What the HTTP side learned about the connection before the upgrade.
 pub struct ConnMeta {
@@ -50,8 +52,8 @@ fn new_conn_id() -> ConnId {
 pub enum Entry {
     /// `/api/rooms/{name}/ws`: protobuf, in the room named at the upgrade.
     Room { room: String, identity: Identity },
-    /// `/mpp`: MPP text frames; rooms come with `ch` ([`crate::mpp`]).
-    Mpp(crate::mpp::MppSocket),
+    /// `/mpp`: MPP text frames; rooms come with `ch` ([`mpp`]).
+    Mpp(mpp::MppSocket),
 }
 
 pub async fn serve(hub: Arc<Hub>, socket: WebSocket, mut entry: Entry, meta: ConnMeta) {
@@ -308,15 +310,8 @@ async fn write_loop(
                 }
             }
             Outbound::Close(code, reason) => {
-                let frame = CloseFrame {
-                    code,
-                    reason: reason.into(),
-                };
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    sink.send(Message::Close(Some(frame))),
-                )
-                .await;
+                let frame = close_frame(code, reason, text);
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(frame)).await;
                 break;
             }
         }
@@ -325,10 +320,20 @@ async fn write_loop(
         // The room lets the connection go now; its close frame waits (bounded) behind what the
         // socket already holds, so a client that reads again still learns why (1013).
         let _ = gone.send(());
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = tokio::time::timeout(SLOW_CLOSE_WAIT, sink.send(Message::Close(Some(frame)))).await;
+        let frame = close_frame(code, reason, text);
+        let _ = tokio::time::timeout(SLOW_CLOSE_WAIT, sink.send(frame)).await;
     }
+}
+
+/// The close frame for `code`; an MPP client (`mpp`) gets MPP's code for it, here where every
+/// close of its socket passes (the room's and this host's own).
+fn close_frame(code: u16, reason: String, mpp: bool) -> Message {
+    let code = match mpp {
+        true => piano_core::mpp::close::for_mpp(code),
+        false => code,
+    };
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
 }

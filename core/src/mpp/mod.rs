@@ -31,18 +31,46 @@ use std::fmt;
 /// Most messages in one frame (MPP's own client sends a handful; bots batch notes in `n`).
 pub const MAX_MESSAGES_PER_FRAME: usize = 64;
 
-/// MPP's WebSocket close codes, used where MPP has one for what happened.
+/// MPP's WebSocket close codes. The core (room and [`Session`]) closes MPP connections with our
+/// codes, like any other; each host's transport, where it sends an MPP client its close frame,
+/// turns them into MPP's with [`close::for_mpp`], once, so host-made closes (drain, idle) are
+/// covered too and none of our 4001–4004 reaches an MPP client meaning what MPP means by it.
 pub mod close {
+    use crate::limits::close as ours;
+
+    /// "Server closing.": reconnect in a few seconds.
+    pub const SERVER_CLOSING: u16 = 4000;
     /// "Exceeded x bytes per y seconds": the byte budget (or one oversized frame).
     pub const BYTE_QUOTA: u16 = 4002;
+    /// "Timed out.": nothing heard from the client for too long.
+    pub const TIMED_OUT: u16 = 4004;
     /// "Exceeded x messages per y seconds": the message budget.
     pub const MESSAGE_RATE: u16 = 4007;
+    /// "Client limit reached.": too many connections of one user.
+    pub const CLIENT_LIMIT: u16 = 4009;
+
+    /// The code an MPP client gets for one of ours: MPP's where MPP has one for what happened;
+    /// a normal closure (the reason and a `notification` say why) for ours that MPP lacks and
+    /// whose numbers mean something else there (session ended 4001, kicked 4003); standard
+    /// codes as they are.
+    pub fn for_mpp(code: u16) -> u16 {
+        match code {
+            ours::FRAME_TOO_LARGE => BYTE_QUOTA,
+            ours::POLICY_VIOLATION => MESSAGE_RATE,
+            // Reconnecting is the remedy for both (a new identity comes with the new socket).
+            ours::SERVICE_RESTART | ours::IDENTITY_CHANGED => SERVER_CLOSING,
+            ours::GOING_AWAY => TIMED_OUT,
+            ours::TOO_MANY_CONNECTIONS => CLIENT_LIMIT,
+            ours::SESSION_ENDED | ours::KICKED => ours::NORMAL,
+            other => other,
+        }
+    }
 }
 
 /// A frame refused whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
-    /// Over [`crate::limits::MAX_FRAME_BYTES`]: close with [`close::BYTE_QUOTA`].
+    /// Over [`crate::limits::MAX_FRAME_BYTES`]: close (1009, for MPP [`close::BYTE_QUOTA`]).
     TooLarge {
         len: usize,
     },
@@ -71,7 +99,7 @@ pub enum MppError {
 impl FrameError {
     /// The close code, when the socket must close rather than be told.
     pub fn close_code(&self) -> Option<u16> {
-        matches!(self, FrameError::TooLarge { .. }).then_some(close::BYTE_QUOTA)
+        matches!(self, FrameError::TooLarge { .. }).then_some(crate::limits::close::FRAME_TOO_LARGE)
     }
 }
 

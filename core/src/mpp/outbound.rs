@@ -7,9 +7,11 @@
 //! MPP clients treat as "you are who you were").
 
 use super::keys;
+use crate::identity::participant_id;
+use crate::limits::CROWN_CLAIM_DELAY_MS;
 use crate::proto::{self, note_event::Kind, server_message::Msg as S};
-use crate::room::{CROWN_CLAIM_DELAY_MS, participant_id};
 use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 
 /// MPP's history window on join.
 pub const CHAT_HISTORY: usize = 32;
@@ -25,6 +27,10 @@ pub struct Channel {
     participants: Vec<proto::Participant>,
     settings: proto::RoomSettings,
     ownership: proto::Ownership,
+    /// Each present participant's last cursor position (as sent in `m`), for `ppl` and `p`:
+    /// known from the first cursor move this mirror saw (it is fed only while the room has an
+    /// MPP player); bounded by the participants, as leavers are forgotten.
+    pub(super) cursors: HashMap<String, (Value, Value)>,
 }
 
 impl Channel {
@@ -37,6 +43,23 @@ impl Channel {
     pub fn sync(&mut self, name: &str, participants: Vec<proto::Participant>) {
         name.clone_into(&mut self.name);
         self.participants = participants;
+        self.forget_leavers();
+    }
+
+    fn forget_leavers(&mut self) {
+        let present = &self.participants;
+        self.cursors
+            .retain(|id, _| present.iter().any(|p| &p.id == id));
+    }
+
+    /// A participant's info with its last cursor position, if known.
+    fn info_of(&self, p: &proto::Participant) -> Map<String, Value> {
+        let mut info = participant(p);
+        if let Some((x, y)) = self.cursors.get(&p.id) {
+            info.insert("x".into(), x.clone());
+            info.insert("y".into(), y.clone());
+        }
+        info
     }
 
     /// The MPP messages for one server message (none when MPP has no form for it, see
@@ -51,6 +74,7 @@ impl Channel {
             S::Joined(j) => {
                 self.name.clone_from(&j.room);
                 self.participants.clone_from(&j.participants);
+                self.forget_leavers();
                 self.settings = j.settings.clone().unwrap_or_default();
                 self.ownership = j.ownership.clone().unwrap_or_default();
                 let you = j.you.as_ref().map(|p| p.id.clone());
@@ -70,13 +94,14 @@ impl Channel {
                     Some(q) => *q = p.clone(),
                     None => self.participants.push(p.clone()),
                 }
-                let mut info = participant(p);
+                let mut info = self.info_of(p);
                 info.insert("m".into(), "p".into());
                 vec![Value::Object(info)]
             }
             S::ParticipantJoined(_) | S::ParticipantUpdated(_) => vec![],
             S::ParticipantLeft(l) => {
                 self.participants.retain(|p| p.id != l.participant_id);
+                self.cursors.remove(&l.participant_id);
                 vec![json!({"m": "bye", "p": l.participant_id})]
             }
             S::Notes(batch) => notes(batch).into_iter().collect(),
@@ -109,12 +134,14 @@ impl Channel {
                 };
                 vec![super::notification("Kicked", text)]
             }
-            S::Cursor(c) => vec![json!({
-                "m": "m",
-                "id": c.participant_id,
-                "x": format!("{:.2}", c.x),
-                "y": format!("{:.2}", c.y),
-            })],
+            S::Cursor(c) => {
+                let (x, y) = (json!(format!("{:.2}", c.x)), json!(format!("{:.2}", c.y)));
+                if self.participants.iter().any(|p| p.id == c.participant_id) {
+                    let at = (x.clone(), y.clone());
+                    self.cursors.insert(c.participant_id.clone(), at);
+                }
+                vec![json!({"m": "m", "id": c.participant_id, "x": x, "y": y})]
+            }
             S::RoomList(l) => vec![json!({
                 "m": "ls", "c": true,
                 "u": l.rooms.iter().map(summary).collect::<Vec<_>>(),
@@ -137,7 +164,7 @@ impl Channel {
         let ppl: Vec<Value> = self
             .participants
             .iter()
-            .map(|p| Value::Object(participant(p)))
+            .map(|p| Value::Object(self.info_of(p)))
             .collect();
         let mut ch = json!({"m": "ch", "ch": self.info(), "ppl": ppl});
         if let Some(you) = you {

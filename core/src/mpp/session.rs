@@ -4,11 +4,11 @@
 //! forward its frames to the room, which speaks MPP itself (`room::Protocol::Mpp`).
 
 use super::inbound::frame_items;
-use super::{Action, close, notification, parse_message};
+use super::{Action, notification, parse_message};
 use crate::Millis;
-use crate::limits::MAX_FRAME_BYTES;
+use crate::limits::{MAX_FRAME_BYTES, close};
 use crate::names;
-use crate::room::quota::RateWindow;
+use crate::window::RateWindow;
 use serde_json::{Value, json};
 
 /// Frames a socket may send before it is in a room, per [`WINDOW_MS`] (a client says `hi`,
@@ -49,7 +49,7 @@ impl Session {
     pub fn on_frame(&mut self, text: &str, now: Millis) -> Vec<Step> {
         if text.len() > MAX_FRAME_BYTES {
             return vec![Step::Close {
-                code: close::BYTE_QUOTA,
+                code: close::FRAME_TOO_LARGE,
                 reason: "frame too large",
             }];
         }
@@ -59,7 +59,7 @@ impl Session {
             .is_err()
         {
             return vec![Step::Close {
-                code: close::MESSAGE_RATE,
+                code: close::POLICY_VIOLATION,
                 reason: "too many messages",
             }];
         }
@@ -102,7 +102,7 @@ impl Session {
                 },
                 Ok(Action::Bye) => {
                     steps.push(Step::Close {
-                        code: crate::limits::close::NORMAL,
+                        code: close::NORMAL,
                         reason: "bye",
                     });
                     return steps;
@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(
             s.on_frame(&big, NOW),
             vec![Step::Close {
-                code: close::BYTE_QUOTA,
+                code: close::FRAME_TOO_LARGE,
                 reason: "frame too large"
             }]
         );

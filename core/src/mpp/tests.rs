@@ -231,7 +231,9 @@ fn bad_frames_and_messages_get_typed_errors() {
         assert!(!got.to_string().is_empty());
     }
     assert_eq!(
-        FrameError::TooLarge { len: 1 }.close_code(),
+        FrameError::TooLarge { len: 1 }
+            .close_code()
+            .map(close::for_mpp),
         Some(close::BYTE_QUOTA)
     );
     assert_eq!(FrameError::NotArray.close_code(), None);
@@ -606,7 +608,7 @@ fn settings_crown_and_presence_changes_send_the_whole_channel() {
     assert_eq!(c["ppl"].as_array().unwrap().len(), 1);
     let crown = &c["ch"]["crown"];
     assert!(crown.get("participantId").is_none(), "dropped");
-    assert_eq!(crown["userId"], crate::room::participant_id("user-p1"));
+    assert_eq!(crown["userId"], crate::identity::participant_id("user-p1"));
     assert_eq!(crown["time"], 5_000);
 
     let mut lobby = settings();
@@ -619,6 +621,67 @@ fn settings_crown_and_presence_changes_send_the_whole_channel() {
     assert_eq!(s["lobby"], true);
     assert_eq!(s["chat"], false);
     assert!(out[0]["ch"].get("crown").is_none(), "lobbies have no crown");
+}
+
+#[test]
+fn our_close_codes_reach_mpp_clients_with_mpp_meanings() {
+    use crate::limits::close as ours;
+    let table = [
+        (ours::FRAME_TOO_LARGE, close::BYTE_QUOTA),
+        (ours::POLICY_VIOLATION, close::MESSAGE_RATE),
+        (ours::SERVICE_RESTART, close::SERVER_CLOSING),
+        (ours::IDENTITY_CHANGED, close::SERVER_CLOSING),
+        (ours::GOING_AWAY, close::TIMED_OUT),
+        (ours::TOO_MANY_CONNECTIONS, close::CLIENT_LIMIT),
+        (ours::SESSION_ENDED, ours::NORMAL),
+        (ours::KICKED, ours::NORMAL),
+        (ours::NORMAL, ours::NORMAL),
+        (ours::INTERNAL_ERROR, ours::INTERNAL_ERROR),
+        (ours::TRY_AGAIN_LATER, ours::TRY_AGAIN_LATER),
+    ];
+    for (code, mpp) in table {
+        assert_eq!(close::for_mpp(code), mpp, "{code}");
+    }
+}
+
+#[test]
+fn the_channel_shows_where_cursors_last_were_and_forgets_leavers() {
+    let (mut ch, out) = joined_channel();
+    let ann = |out: &[Value]| out[0]["ppl"][0].clone();
+    assert_eq!(
+        (ann(&out)["x"].clone(), ann(&out)["y"].clone()),
+        (json!(200), json!(100))
+    );
+    let cursor = |id: &str| {
+        S::Cursor(proto::Cursor {
+            participant_id: id.into(),
+            x: 12.5,
+            y: 80.0,
+        })
+    };
+    ch.encode(&cursor("p1"));
+    ch.encode(&cursor("nobody here"));
+    let crown = S::OwnerChanged(proto::OwnerChanged {
+        ownership: Some(proto::Ownership::default()),
+    });
+    let out = ch.encode(&crown);
+    assert_eq!(
+        (ann(&out)["x"].clone(), ann(&out)["y"].clone()),
+        (json!("12.50"), json!("80.00"))
+    );
+    let update = S::ParticipantUpdated(proto::ParticipantUpdated {
+        participant: Some(player("p1", "Ann", &["admin"])),
+    });
+    assert_eq!(ch.encode(&update)[0]["x"], "12.50", "p carries it too");
+    assert_eq!(
+        ch.cursors.len(),
+        1,
+        "only present participants are remembered"
+    );
+    ch.encode(&S::ParticipantLeft(proto::ParticipantLeft {
+        participant_id: "p1".into(),
+    }));
+    assert!(ch.cursors.is_empty(), "a leaver is forgotten");
 }
 
 #[test]

@@ -65,7 +65,7 @@ impl Room {
             self.on_disconnect(conn, now, out);
             return out.push(Effect::Close {
                 conn,
-                code: mpp::close::BYTE_QUOTA,
+                code: close::FRAME_TOO_LARGE,
                 reason: "frame too large",
             });
         }
@@ -140,8 +140,8 @@ impl Room {
         }
     }
 
-    /// Splits each `Send` with MPP targets into a protobuf `Send` and one MPP `Send`, and gives
-    /// MPP connections MPP's close codes.
+    /// Splits each `Send` with MPP targets into a protobuf `Send` and one MPP `Send` (closes
+    /// keep our codes: hosts give MPP clients MPP's, `mpp::close::for_mpp`).
     pub(super) fn mpp_outbound(&mut self, out: &mut Out) {
         if !self.mpp.involved() {
             return;
@@ -187,14 +187,6 @@ impl Room {
                             frame: Bytes::from(text),
                         });
                     }
-                }
-                Effect::Close { conn, code, reason } if is_mpp(&self.conns, &conn) => {
-                    let code = match code {
-                        close::FRAME_TOO_LARGE => mpp::close::BYTE_QUOTA,
-                        close::POLICY_VIOLATION => mpp::close::MESSAGE_RATE,
-                        other => other,
-                    };
-                    out.push(Effect::Close { conn, code, reason });
                 }
                 e => out.push(e),
             }
