@@ -12,26 +12,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// How long a session change may take to reach an open socket ("within seconds"), with slack.
 const SESSION_REACH: Duration = Duration::from_secs(20);
 
-async fn post(s: &Server, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-    let resp = reqwest::Client::new()
-        .post(s.http(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or_default())
-}
-
 /// A new member: (access token, refresh token, username).
 async fn member(s: &Server, tag: &str) -> (String, String, String) {
     let username = unique(tag);
-    let (status, reg) = post(
-        s,
-        "/api/auth/register",
-        serde_json::json!({"username": username, "password": "member password"}),
-    )
-    .await;
+    let (status, reg) = s
+        .post_json(
+            "/api/auth/register",
+            serde_json::json!({"username": username, "password": "member password"}),
+        )
+        .await;
     assert_eq!(status, 201, "{reg}");
     (
         reg["access_token"].as_str().expect("access").to_owned(),
@@ -51,12 +40,12 @@ async fn joined_socket(s: &Server, room: &str, token: &str) -> Client {
 pub async fn logout_closes_open_sockets_4001(s: &Server) {
     let (access, refresh, _) = member(s, "bye").await;
     let mut c = joined_socket(s, &unique("logout"), &access).await;
-    let (status, body) = post(
-        s,
-        "/api/auth/logout",
-        serde_json::json!({"refresh_token": refresh}),
-    )
-    .await;
+    let (status, body) = s
+        .post_json(
+            "/api/auth/logout",
+            serde_json::json!({"refresh_token": refresh}),
+        )
+        .await;
     assert_eq!(status, 204, "{body}");
     let ending = c.until_closed(SESSION_REACH, |_| {}).await;
     assert_eq!(ending, Ending::Closed(close::SESSION_ENDED));
@@ -65,21 +54,21 @@ pub async fn logout_closes_open_sockets_4001(s: &Server) {
 /// Attack 7: A revoked session (its refresh token presented twice) closes its sockets with 4001.
 pub async fn revoked_session_closes_open_sockets_4001(s: &Server) {
     let (_, first_refresh, _) = member(s, "reuse").await;
-    let (status, fresh) = post(
-        s,
-        "/api/auth/refresh",
-        serde_json::json!({"refresh_token": first_refresh}),
-    )
-    .await;
+    let (status, fresh) = s
+        .post_json(
+            "/api/auth/refresh",
+            serde_json::json!({"refresh_token": first_refresh}),
+        )
+        .await;
     assert_eq!(status, 200, "{fresh}");
     let access = fresh["access_token"].as_str().expect("access").to_owned();
     let mut c = joined_socket(s, &unique("revoked"), &access).await;
-    let (status, _) = post(
-        s,
-        "/api/auth/refresh",
-        serde_json::json!({"refresh_token": first_refresh}),
-    )
-    .await;
+    let (status, _) = s
+        .post_json(
+            "/api/auth/refresh",
+            serde_json::json!({"refresh_token": first_refresh}),
+        )
+        .await;
     assert_eq!(status, 401, "a reused refresh token revokes the session");
     let ending = c.until_closed(SESSION_REACH, |_| {}).await;
     assert_eq!(ending, Ending::Closed(close::SESSION_ENDED));
@@ -128,7 +117,9 @@ pub async fn refresh_and_logout_need_the_secret(s: &Server) {
         .collect();
     let forged = format!("{head}.{forged_secret}");
     for path in ["/api/auth/refresh", "/api/auth/logout"] {
-        let (status, body) = post(s, path, serde_json::json!({"refresh_token": forged})).await;
+        let (status, body) = s
+            .post_json(path, serde_json::json!({"refresh_token": forged}))
+            .await;
         assert_eq!(status, 401, "{path} with a wrong secret: {body}");
     }
     let me = reqwest::Client::new()
@@ -138,12 +129,12 @@ pub async fn refresh_and_logout_need_the_secret(s: &Server) {
         .await
         .expect("me");
     assert_eq!(me.status(), 200, "the session was not ended by a forger");
-    let (status, body) = post(
-        s,
-        "/api/auth/refresh",
-        serde_json::json!({"refresh_token": refresh}),
-    )
-    .await;
+    let (status, body) = s
+        .post_json(
+            "/api/auth/refresh",
+            serde_json::json!({"refresh_token": refresh}),
+        )
+        .await;
     assert_eq!(status, 200, "the real refresh token still works: {body}");
 }
 

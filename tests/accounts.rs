@@ -7,17 +7,6 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-async fn post(s: &Server, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-    let resp = client()
-        .post(s.http(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or_default())
-}
-
 async fn me(s: &Server, token: &str) -> (u16, serde_json::Value) {
     let resp = client()
         .get(s.http("/api/users/me"))
@@ -43,7 +32,7 @@ fn username() -> String {
 
 pub async fn register_login_connect_refresh_logout(s: &Server) {
     let name = username();
-    let (status, reg) = post(s, "/api/auth/register", serde_json::json!({"username": name, "password": "correct horse", "email": "m@example.org"})).await;
+    let (status, reg) = s.post_json("/api/auth/register", serde_json::json!({"username": name, "password": "correct horse", "email": "m@example.org"})).await;
     assert_eq!(status, 201, "{reg}");
     let tag = reg["user"]["usertag"].as_str().unwrap();
     assert!(
@@ -51,12 +40,12 @@ pub async fn register_login_connect_refresh_logout(s: &Server) {
         "{tag}"
     );
     assert_eq!(reg["user"]["roles"], serde_json::json!(["member"]));
-    let (status, body) = post(
-        s,
-        "/api/auth/register",
-        serde_json::json!({"username": name.to_uppercase(), "password": "another one"}),
-    )
-    .await;
+    let (status, body) = s
+        .post_json(
+            "/api/auth/register",
+            serde_json::json!({"username": name.to_uppercase(), "password": "another one"}),
+        )
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("username_taken")),
@@ -64,22 +53,22 @@ pub async fn register_login_connect_refresh_logout(s: &Server) {
     );
 
     // Log in (a second session), connect with the access token.
-    let (status, body) = post(
-        s,
-        "/api/auth/login",
-        serde_json::json!({"username": name, "password": "wrong password"}),
-    )
-    .await;
+    let (status, body) = s
+        .post_json(
+            "/api/auth/login",
+            serde_json::json!({"username": name, "password": "wrong password"}),
+        )
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (401, Some("invalid_credentials"))
     );
-    let (status, login) = post(
-        s,
-        "/api/auth/login",
-        serde_json::json!({"username": name, "password": "correct horse"}),
-    )
-    .await;
+    let (status, login) = s
+        .post_json(
+            "/api/auth/login",
+            serde_json::json!({"username": name, "password": "correct horse"}),
+        )
+        .await;
     assert_eq!(status, 200, "{login}");
     let access = login["access_token"].as_str().unwrap().to_owned();
     let refresh = login["refresh_token"].as_str().unwrap().to_owned();
@@ -97,12 +86,12 @@ pub async fn register_login_connect_refresh_logout(s: &Server) {
     assert_eq!(me(s, &access).await.1["username"], name);
 
     // Refresh: new tokens work; the refreshed-away ones are refused at REST and WebSocket.
-    let (status, fresh) = post(
-        s,
-        "/api/auth/refresh",
-        serde_json::json!({"refresh_token": refresh}),
-    )
-    .await;
+    let (status, fresh) = s
+        .post_json(
+            "/api/auth/refresh",
+            serde_json::json!({"refresh_token": refresh}),
+        )
+        .await;
     assert_eq!(status, 200, "{fresh}");
     let access2 = fresh["access_token"].as_str().unwrap().to_owned();
     let refresh2 = fresh["refresh_token"].as_str().unwrap().to_owned();
@@ -126,29 +115,29 @@ pub async fn register_login_connect_refresh_logout(s: &Server) {
     assert_eq!(resp.status(), 204);
     assert_eq!(me(s, &access2).await.0, 401);
     assert_eq!(ws_status(s, &access2).await, 401);
-    let (status, _) = post(
-        s,
-        "/api/auth/refresh",
-        serde_json::json!({"refresh_token": refresh2}),
-    )
-    .await;
+    let (status, _) = s
+        .post_json(
+            "/api/auth/refresh",
+            serde_json::json!({"refresh_token": refresh2}),
+        )
+        .await;
     assert_eq!(status, 401);
     // The registration's own session is untouched by all that.
     let first = reg["access_token"].as_str().unwrap();
     assert_eq!(me(s, first).await.0, 200);
     // Reusing a rotated-away refresh token revokes that session.
-    let (_, again) = post(
-        s,
-        "/api/auth/refresh",
-        serde_json::json!({"refresh_token": reg["refresh_token"]}),
-    )
-    .await;
-    let (status, _) = post(
-        s,
-        "/api/auth/refresh",
-        serde_json::json!({"refresh_token": reg["refresh_token"]}),
-    )
-    .await;
+    let (_, again) = s
+        .post_json(
+            "/api/auth/refresh",
+            serde_json::json!({"refresh_token": reg["refresh_token"]}),
+        )
+        .await;
+    let (status, _) = s
+        .post_json(
+            "/api/auth/refresh",
+            serde_json::json!({"refresh_token": reg["refresh_token"]}),
+        )
+        .await;
     assert_eq!(status, 401, "a refresh token works once");
     assert_eq!(
         me(s, again["access_token"].as_str().unwrap()).await.0,
@@ -172,7 +161,7 @@ pub async fn register_login_connect_refresh_logout(s: &Server) {
         ),
         (serde_json::json!({"user": "x"}), "invalid_json"),
     ] {
-        let (status, resp) = post(s, "/api/auth/register", body).await;
+        let (status, resp) = s.post_json("/api/auth/register", body).await;
         assert_eq!(
             (status, resp["error"]["code"].as_str()),
             (400, Some(code)),
@@ -191,8 +180,7 @@ pub async fn concurrent_registrations_of_one_name_one_wins(s: &Server) {
             name.to_uppercase()
         };
         async move {
-            post(
-                s,
+            s.post_json(
                 "/api/auth/register",
                 serde_json::json!({"username": variant, "password": format!("password {i}")}),
             )
@@ -210,12 +198,12 @@ pub async fn concurrent_registrations_of_one_name_one_wins(s: &Server) {
 
 pub async fn profiles_and_admin_roles(s: &Server) {
     let name = username();
-    let (_, reg) = post(
-        s,
-        "/api/auth/register",
-        serde_json::json!({"username": name, "password": "profile pass"}),
-    )
-    .await;
+    let (_, reg) = s
+        .post_json(
+            "/api/auth/register",
+            serde_json::json!({"username": name, "password": "profile pass"}),
+        )
+        .await;
     let token = reg["access_token"].as_str().unwrap().to_owned();
     let put = |body: serde_json::Value, token: String| async move {
         let resp = client()
@@ -311,12 +299,12 @@ pub async fn profiles_and_admin_roles(s: &Server) {
     )
     .await;
     assert_eq!(resp.status(), 200);
-    let (_, fresh) = post(
-        s,
-        "/api/auth/refresh",
-        serde_json::json!({"refresh_token": reg["refresh_token"]}),
-    )
-    .await;
+    let (_, fresh) = s
+        .post_json(
+            "/api/auth/refresh",
+            serde_json::json!({"refresh_token": reg["refresh_token"]}),
+        )
+        .await;
     let (_, me_now) = me(s, fresh["access_token"].as_str().unwrap()).await;
     assert_eq!(
         me_now["roles"],
@@ -333,20 +321,20 @@ pub async fn session_limit_ends_older_sessions(s: &Server) {
     s.set_env("MAX_SESSIONS_PER_ACCOUNT", Some("1"));
     s.restart();
     let name = username();
-    let (_, reg) = post(
-        s,
-        "/api/auth/register",
-        serde_json::json!({"username": name, "password": "one at a time"}),
-    )
-    .await;
+    let (_, reg) = s
+        .post_json(
+            "/api/auth/register",
+            serde_json::json!({"username": name, "password": "one at a time"}),
+        )
+        .await;
     let first = reg["access_token"].as_str().unwrap().to_owned();
     assert_eq!(me(s, &first).await.0, 200);
-    let (_, login) = post(
-        s,
-        "/api/auth/login",
-        serde_json::json!({"username": name, "password": "one at a time"}),
-    )
-    .await;
+    let (_, login) = s
+        .post_json(
+            "/api/auth/login",
+            serde_json::json!({"username": name, "password": "one at a time"}),
+        )
+        .await;
     assert_eq!(me(s, login["access_token"].as_str().unwrap()).await.0, 200);
     assert_eq!(me(s, &first).await.0, 401, "the older session ended");
     s.set_env("MAX_SESSIONS_PER_ACCOUNT", None);

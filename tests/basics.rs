@@ -483,7 +483,7 @@ pub async fn browser_two_players_play_chat_and_see_the_room_list(s: &Server) {
     );
     eprintln!("{text}");
     assert!(out.status.success(), "browser test failed:\n{text}");
-    for shot in ["room-desktop.png", "room-phone.png"] {
+    for shot in ["room-desktop.png", "room-phone.png", "room-with-mpp.png"] {
         assert!(shots.join(shot).exists(), "{shot} was written");
     }
 }

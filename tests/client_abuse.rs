@@ -77,20 +77,13 @@ impl Client {
         let (ws, _) = match tokio_tungstenite::connect_async(req).await {
             Ok(ok) => ok,
             Err(tungstenite::Error::Http(resp)) => {
-                let body = resp
-                    .body()
-                    .as_deref()
-                    .and_then(|b| serde_json::from_slice(b).ok())
-                    .unwrap_or(serde_json::Value::Null);
-                if body.is_null() {
+                let refused = Refused::from_response(&resp);
+                if refused.body.is_null() {
                     // The WebSocket client stopped reading before the body: ask again as plain
                     // HTTP (refused again for the same reason; a 101 fails the trial).
                     return Admission::Refused(refused_upgrade(url, &[]).await);
                 }
-                return Admission::Refused(Refused {
-                    status: resp.status().as_u16(),
-                    body,
-                });
+                return Admission::Refused(refused);
             }
             Err(e) => return Admission::Failed(e.to_string()),
         };

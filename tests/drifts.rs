@@ -170,29 +170,8 @@ fn start_rig(host: Host) -> Rig {
     }
 }
 
-async fn post(
-    s: &Server,
-    path: &str,
-    body: serde_json::Value,
-) -> (u16, Option<String>, serde_json::Value) {
-    let resp = reqwest::Client::new()
-        .post(s.http(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST");
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    (status, retry_after, resp.json().await.unwrap_or_default())
-}
-
 async fn register(s: &Server, name: &str) -> (u16, Option<String>, serde_json::Value) {
-    post(
-        s,
+    s.post_json_retry_after(
         "/api/auth/register",
         serde_json::json!({"username": name, "password": "correct horse"}),
     )
@@ -247,12 +226,12 @@ pub async fn account_lookups_back_off_for_one_interval_on_both_hosts(target: &Se
         let user = unique("dr-back");
         let outage = Outage::begin(rig);
         for path in ["/api/auth/register", "/api/auth/login"] {
-            let (status, retry_after, body) = post(
-                s,
-                path,
-                serde_json::json!({"username": user, "password": "correct horse"}),
-            )
-            .await;
+            let (status, retry_after, body) = s
+                .post_json_retry_after(
+                    path,
+                    serde_json::json!({"username": user, "password": "correct horse"}),
+                )
+                .await;
             assert_eq!(status, 503, "{path}: {body}");
             assert_eq!(
                 retry_after.as_deref(),
@@ -302,8 +281,7 @@ pub async fn an_imported_account_must_be_the_user_its_key_names(target: &Server)
                 .expect("insert an account document");
         }
         let login = |user: String| {
-            post(
-                s,
+            s.post_json_retry_after(
                 "/api/auth/login",
                 serde_json::json!({"username": user, "password": "correct horse"}),
             )
@@ -356,7 +334,9 @@ pub async fn refresh_tokens_are_parsed_alike_with_capped_parts(s: &Server) {
     ];
     for t in &bad {
         for path in ["/api/auth/refresh", "/api/auth/logout"] {
-            let (status, _, body) = post(s, path, serde_json::json!({"refresh_token": t})).await;
+            let (status, _, body) = s
+                .post_json_retry_after(path, serde_json::json!({"refresh_token": t}))
+                .await;
             assert_eq!(status, 401, "{path} {t:?}: {body}");
             assert_eq!(
                 body["error"]["code"], "invalid_session",
@@ -364,12 +344,12 @@ pub async fn refresh_tokens_are_parsed_alike_with_capped_parts(s: &Server) {
             );
         }
     }
-    let (status, _, body) = post(
-        s,
-        "/api/auth/refresh",
-        serde_json::json!({"refresh_token": token}),
-    )
-    .await;
+    let (status, _, body) = s
+        .post_json_retry_after(
+            "/api/auth/refresh",
+            serde_json::json!({"refresh_token": token}),
+        )
+        .await;
     assert_eq!(status, 200, "the issued token still refreshes: {body}");
 }
 
@@ -386,8 +366,7 @@ pub async fn an_expired_session_is_forgotten_at_the_next_login(target: &Server) 
             .expect("refresh token")
             .to_owned();
         let refresh = || {
-            post(
-                s,
+            s.post_json_retry_after(
                 "/api/auth/refresh",
                 serde_json::json!({"refresh_token": token}),
             )
@@ -400,12 +379,12 @@ pub async fn an_expired_session_is_forgotten_at_the_next_login(target: &Server) 
             body["error"]["message"], "the session has ended: log in again",
             "expired, still stored: {body}"
         );
-        let (status, _, body) = post(
-            s,
-            "/api/auth/login",
-            serde_json::json!({"username": user, "password": "correct horse"}),
-        )
-        .await;
+        let (status, _, body) = s
+            .post_json_retry_after(
+                "/api/auth/login",
+                serde_json::json!({"username": user, "password": "correct horse"}),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
         let (status, _, body) = refresh().await;
         assert_eq!(status, 401, "{body}");
@@ -413,6 +392,87 @@ pub async fn an_expired_session_is_forgotten_at_the_next_login(target: &Server) 
             body["error"]["message"], "refresh token is not valid",
             "the login forgot the expired session: {body}"
         );
+    })
+    .await;
+}
+
+/// Drift 5: of one action's changes only each field's final state reaches MongoDB, on both
+/// hosts (`piano_core::outbox::final_changes`). Dropping the crown passes through an
+/// intermediate state, ownerless and remembering nobody, that other deployments must never
+/// read: the database's own record of writes (secantusdb's oplog, as a replica set keeps it)
+/// shows every crown the room's document ever held, and that one is not among them. Two rules
+/// keep it out, both the core's: `final_changes` per action, and a queued row superseded by a
+/// newer one of the same field (`layout::supersede_key`); with both disabled this trial fails
+/// (tried on the fallback), with either alone it passes.
+pub async fn only_final_states_reach_mongodb(target: &Server) {
+    use piano_core::proto::client_message::Msg as Cm;
+    use piano_core::proto::server_message::Msg as Sm;
+    with_rig(target, |rig| async move {
+        let s = &rig.server;
+        let room = unique("dr-crown");
+        let mut owner = s.player_as(&room, "user:dr-owner", &["member"]).await;
+        owner.join().await;
+        // A second player keeps the room from emptying (and being discarded).
+        let mut other = s.player(&room, "Other").await;
+        other.join().await;
+        let backends = rig.stack.backends();
+        let mongo = backends.mongo.as_ref().expect("the stack has MongoDB");
+        let crown_now = || async {
+            let doc = mongo
+                .find_one(
+                    piano_backends::layout::ROOMS,
+                    serde_json::json!({ "_id": room }),
+                )
+                .await
+                .expect("read the room document");
+            doc.map(|d| d["crown"].clone()).unwrap_or_default()
+        };
+        let within = Duration::from_secs(20);
+        eventually("the crown's owner reaches MongoDB", within, || async {
+            (crown_now().await["owner_user"] == "user:dr-owner").then_some(())
+        })
+        .await;
+        owner
+            .send(Cm::DropOwnership(piano_core::proto::DropOwnership {}))
+            .await;
+        owner
+            .recv_matching(|m| matches!(m, Sm::OwnerChanged(_)).then_some(()))
+            .await;
+        eventually("the dropped crown reaches MongoDB", within, || async {
+            (crown_now().await["previous_user"] == "user:dr-owner").then_some(())
+        })
+        .await;
+
+        let mut oplog = mongo.config().clone();
+        oplog.database = "local".into();
+        let entries = piano_backends::mongo::DataApi::new(oplog)
+            .find(
+                "oplog.rs",
+                serde_json::json!({ "ns": "pianotest.rooms", "o2._id": room }),
+                Default::default(),
+            )
+            .await
+            .expect("read the oplog");
+        let crowns: Vec<&serde_json::Value> = entries
+            .iter()
+            .filter_map(|e| match e["op"].as_str() {
+                Some("i") => e["o"].get("crown"),
+                Some("u") => e["o"]["diff"]["updatedFields"]
+                    .get("crown")
+                    .or_else(|| e["o"]["$set"].get("crown")),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            crowns
+                .iter()
+                .all(|c| !c["owner_user"].is_null() || !c["previous_user"].is_null()),
+            "an intermediate crown reached MongoDB: {crowns:#?}"
+        );
+        let dropped = crowns.iter().filter(|c| c["owner_user"].is_null()).count();
+        assert_eq!(dropped, 1, "the drop is one write: {crowns:#?}");
+        owner.close().await;
+        other.close().await;
     })
     .await;
 }

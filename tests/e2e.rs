@@ -170,11 +170,13 @@ fn trials() -> Vec<Spec> {
             .only(&[Edge, Fallback], DRIFT_RIG),
         t!(drifts::an_imported_account_must_be_the_user_its_key_names)
             .only(&[Edge, Fallback], DRIFT_RIG),
+        t!(drifts::only_final_states_reach_mongodb).only(&[Edge, Fallback], DRIFT_RIG),
         t!(drifts::an_expired_session_is_forgotten_at_the_next_login).only(
             &[Edge, Fallback],
             "a short REFRESH_TOKEN_TTL_SECS on a rig of its own (the cluster's sessions are Redis keys that expire by themselves)",
         ),
         t!(mpp::mpp_client_plays_with_protobuf_players),
+        t!(mpp::mpp_clients_are_closed_with_mpp_codes),
         t!(persistence::mongo_client_speaks_the_data_api).only(
             &[Edge],
             "the edge's MongoDB Data API client (the fallback's driver: k8s-fallback/tests/mongo.rs)",

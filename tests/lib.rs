@@ -151,6 +151,33 @@ impl Server {
         self.key.sign(claims)
     }
 
+    /// `POST path` with a JSON body: the status and the JSON answer (null if there is none).
+    pub async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let (status, _, answer) = self.post_json_retry_after(path, body).await;
+        (status, answer)
+    }
+
+    /// As [`Server::post_json`], with the answer's `retry-after` header.
+    pub async fn post_json_retry_after(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, Option<String>, serde_json::Value) {
+        let resp = reqwest::Client::new()
+            .post(self.http(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (status, retry_after, resp.json().await.unwrap_or_default())
+    }
+
     /// A guest token from the real endpoint.
     pub async fn guest_token(&self, name: &str) -> String {
         let resp = reqwest::Client::new()
@@ -196,6 +223,21 @@ pub struct Refused {
     pub body: serde_json::Value,
 }
 
+impl Refused {
+    /// The refusal a WebSocket client saw (the body is null if it stopped reading before it).
+    pub fn from_response(resp: &tungstenite::http::Response<Option<Vec<u8>>>) -> Refused {
+        let body = resp
+            .body()
+            .as_deref()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        Refused {
+            status: resp.status().as_u16(),
+            body,
+        }
+    }
+}
+
 /// Sends a WebSocket upgrade request as plain HTTP and returns the refusal. Used for refusals
 /// because a WebSocket client may stop reading before the error body arrives.
 pub async fn refused_upgrade(url: &str, headers: &[(&str, &str)]) -> Refused {
@@ -237,17 +279,7 @@ impl Client {
         }
         let (ws, resp) = match tokio_tungstenite::connect_async(req).await {
             Ok(ok) => ok,
-            Err(tungstenite::Error::Http(resp)) => {
-                let body = resp
-                    .body()
-                    .as_deref()
-                    .and_then(|b| serde_json::from_slice(b).ok())
-                    .unwrap_or(serde_json::Value::Null);
-                return Err(Refused {
-                    status: resp.status().as_u16(),
-                    body,
-                });
-            }
+            Err(tungstenite::Error::Http(resp)) => return Err(Refused::from_response(&resp)),
             Err(e) => panic!("websocket connect to {url} failed: {e}"),
         };
         let subprotocol = resp
@@ -414,4 +446,23 @@ pub fn note_on(note: u32, velocity: u32) -> client_message::Msg {
         }],
         sender_id: String::new(),
     })
+}
+
+/// Polls `probe` until it answers `Some`, for up to `within`; panics with `what` otherwise.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -314,3 +314,61 @@ pub async fn mpp_client_plays_with_protobuf_players(s: &Server) {
     bot.cmd(json!({"cmd": "stop"})).await;
     pb.close().await;
 }
+
+/// Closes reach MPP clients with MPP's codes on every host, whoever closes: an oversized frame
+/// before any room (the core's session) and in a room (the room, through the edge's relay),
+/// and a `bye` normally. The core closes with our codes; each host's transport translates.
+pub async fn mpp_clients_are_closed_with_mpp_codes(s: &Server) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = s.http("/mpp").replacen("http://", "ws://", 1);
+    let big = format!(
+        r#"[{{"m":"a","message":"{}"}}]"#,
+        "x".repeat(piano_core::limits::MAX_FRAME_BYTES)
+    );
+    let room = unique("mpp closes");
+    for (enter_room, last, code) in [(false, &big, 4002), (true, &big, 4002)]
+        .into_iter()
+        .chain([(true, &r#"[{"m":"bye"}]"#.to_owned(), 1000)])
+    {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect to /mpp");
+        ws.send(Message::text(r#"[{"m":"hi"}]"#))
+            .await
+            .expect("send hi");
+        if enter_room {
+            let ch = json!([{"m": "ch", "_id": room}]).to_string();
+            ws.send(Message::text(ch)).await.expect("send ch");
+        }
+        // Waits for the answer to hi (and ch), then sends the last frame.
+        let mut waiting_for = if enter_room { "ch" } else { "hi" };
+        let closed = tokio::time::timeout(RECV_TIMEOUT, async {
+            while let Some(msg) = ws.next().await {
+                match msg {
+                    Ok(Message::Text(t)) if !waiting_for.is_empty() => {
+                        let v: Value = serde_json::from_str(&t).expect("MPP JSON");
+                        if v.as_array()
+                            .is_some_and(|a| a.iter().any(|m| m["m"] == waiting_for))
+                        {
+                            waiting_for = "";
+                            ws.send(Message::text(last.clone())).await.expect("send");
+                        }
+                    }
+                    Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                    Ok(_) => {}
+                    Err(e) => panic!("the socket broke instead of closing: {e}"),
+                }
+            }
+            None
+        })
+        .await
+        .expect("closed in time");
+        assert_eq!(
+            closed,
+            Some(code),
+            "in a room: {enter_room}, last frame of {} bytes",
+            last.len()
+        );
+    }
+}

@@ -247,27 +247,10 @@ pub async fn outbox_ops_are_idempotent(_target: &Server) {
 
 use e2e_tests::proto::{self, client_message as cm, server_message::Msg};
 use e2e_tests::stack::Part;
-use e2e_tests::{Client, Server};
+use e2e_tests::{Client, Server, eventually};
 use piano_backends::Backends;
 use serde_json::Value;
-use std::future::Future;
 use std::time::Instant;
-
-/// Polls `probe` until it answers `Some`, for up to `within`; panics with `what` otherwise.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 async fn post_json(s: &Server, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
     let mut req = reqwest::Client::new().post(s.http(path)).json(&body);

@@ -1,10 +1,14 @@
 // Browser test: two people play together in Debian's Chromium, driven by playwright-core (no
-// browser download). Run by the Rust e2e harness (tests/basics.rs) against each target:
+// browser download), then with a Multiplayer Piano client (mpp-client-net on /mpp). Run by the Rust e2e harness (tests/basics.rs) against each target:
 //   node tests/web/two_players.mjs <base url> <screenshot dir>
 // Exits non-zero with a message on the first failed check. Writes desktop and phone screenshots.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import assert from "node:assert/strict";
+import { createRequire } from "node:module";
+
+// An MPP client from npm (written independently of this server; pinned in package.json).
+const { Client: MppClient } = createRequire(import.meta.url)("mpp-client-net");
 
 const [base, shots] = process.argv.slice(2);
 mkdirSync(shots, { recursive: true });
@@ -88,6 +92,47 @@ try {
   const carolIs = await carol.evaluate(() => [window.__piano.you.userId, window.__piano.you.roles]);
   assert.deepEqual(carolIs, [`user:${carolName}`, ["member"]], "Carol signed up as a member");
   await carol.screenshot({ path: `${shots}/room-phone.png`, fullPage: true });
+
+  // An MPP client joins the room on /mpp: the pages list it like anyone else, hear its notes
+  // (MPP's c3 is MIDI 60) in its colour, and it hears theirs and reads their chat.
+  const mpp = new MppClient(base.replace(/^http/, "ws") + "/mpp");
+  const mppHeard = [];
+  const mppChat = [];
+  mpp.on("n", (msg) => mppHeard.push(msg));
+  mpp.on("a", (msg) => mppChat.push(msg.a));
+  mpp.on("hi", () => mpp.setName("Mpp Bot"));
+  mpp.setChannel(room);
+  mpp.start();
+  try {
+    const until = async (what, check, ms = 15000) => {
+      const end = Date.now() + ms;
+      while (!check()) {
+        if (Date.now() > end) throw new Error(`MPP client: ${what} within ${ms} ms`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    await until("in the room", () => mpp.channel?._id === room && mpp.getOwnParticipant()?._id);
+    const mppId = mpp.getOwnParticipant()._id;
+    await alice.waitForFunction((id) => window.__piano.participants.get(id)?.name === "Mpp Bot", mppId, { timeout: 15000 });
+    await alice.locator("#participants", { hasText: "Mpp Bot" }).waitFor({ timeout: 10000 });
+    mpp.startNote("c3", 0.8);
+    await alice.waitForFunction((id) => window.__piano.scheduled.some((s) => s.note === 60 && s.from === id), mppId, { timeout: 10000 });
+    await alice.waitForFunction((id) => document.querySelector('.key[data-note="60"]')?.dataset.litBy === id, mppId, { timeout: 5000 });
+    mpp.stopNote("c3");
+    const bobKey = bob.locator('.key[data-note="64"]');
+    await bobKey.scrollIntoViewIfNeeded();
+    const kb = await bobKey.boundingBox();
+    await bob.mouse.move(kb.x + kb.width / 2, kb.y + kb.height * 0.8);
+    await bob.mouse.down();
+    await until("heard Bob's e3", () => mppHeard.some((m) => m.n.some((n) => n.n === "e3" && !n.s)));
+    await bob.mouse.up();
+    await bob.fill("#chat-input", "hello MPP");
+    await bob.press("#chat-input", "Enter");
+    await until("read Bob's chat", () => mppChat.includes("hello MPP"));
+    await alice.screenshot({ path: `${shots}/room-with-mpp.png` });
+  } finally {
+    mpp.stop();
+  }
 
   assert.deepEqual(errors, [], `no page errors: ${errors.join("; ")}`);
   console.log(`browser: ok (screenshots in ${shots})`);
