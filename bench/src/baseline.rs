@@ -1,5 +1,5 @@
 //! The baseline: a minimal tokio WebSocket broadcast server with no room logic. A connection to
-//! `/<room>` receives every binary frame any other connection of that room sends, as is. It
+//! `/<room>` receives every data frame (binary, or text in the MPP mode) any other connection of that room sends, as is. It
 //! shows the fan-out this machine can do at all, and the least memory a connection needs, so
 //! the real servers are judged against it.
 
@@ -64,13 +64,14 @@ pub async fn start() -> SocketAddr {
                     }
                 });
                 while let Some(Ok(msg)) = stream.next().await {
-                    if let Message::Binary(bytes) = msg {
-                        // Encoded once (the client's bytes), handed to every other member.
-                        if let Ok(r) = rooms.lock() {
-                            for (other, tx) in r.get(&path).into_iter().flatten() {
-                                if *other != id {
-                                    let _ = tx.send(Message::Binary(bytes.clone()));
-                                }
+                    // Encoded once (the client's frame: binary, or text in the MPP mode),
+                    // handed to every other member.
+                    if (msg.is_binary() || msg.is_text())
+                        && let Ok(r) = rooms.lock()
+                    {
+                        for (other, tx) in r.get(&path).into_iter().flatten() {
+                            if *other != id {
+                                let _ = tx.send(msg.clone());
                             }
                         }
                     }

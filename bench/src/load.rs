@@ -12,6 +12,30 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// How the load's clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Our protocol: protobuf in binary frames.
+    Protobuf,
+    /// Multiplayer Piano JSON in text frames (`mpp_wire`).
+    Mpp,
+}
+
+/// Where one simulated player connects, and how it gets into its room.
+pub struct Endpoint {
+    pub url: String,
+    pub enter: Enter,
+}
+
+pub enum Enter {
+    /// The baseline: connected is in (it relays every frame as it is).
+    Connected,
+    /// Our protocol: `Join` after the `Welcome`.
+    Join,
+    /// MPP: `hi` (with our token, if any), then `ch` into `room`.
+    Mpp { room: String, token: Option<String> },
+}
+
 #[derive(Debug, Clone)]
 pub struct Load {
     pub rooms: usize,
@@ -147,23 +171,65 @@ async fn join(ws: &mut Ws, capacity: u32) -> Option<()> {
     }
 }
 
-/// Runs the load against `url(room, player)`; `protocol` is true for the real server (Welcome,
-/// Join, ServerMessage frames), false for the baseline (raw relayed ClientMessage frames).
-pub async fn run(load: &Load, url: impl Fn(usize, usize) -> String, protocol: bool) -> Outcome {
+/// MPP's `hi` and `ch`, and the `ch` answer that says we are in.
+async fn enter_mpp(ws: &mut Ws, room: &str, token: Option<&str>, capacity: u32) -> Option<()> {
+    let (hi, ch) = crate::mpp_wire::enter(room, token, capacity);
+    ws.send(Message::Text(hi.into())).await.ok()?;
+    wait_text(ws, |t| crate::mpp_wire::holds(t, "hi", room)).await?;
+    ws.send(Message::Text(ch.into())).await.ok()?;
+    wait_text(ws, |t| crate::mpp_wire::holds(t, "ch", room)).await
+}
+
+async fn wait_text(ws: &mut Ws, done: impl Fn(&str) -> bool) -> Option<()> {
+    loop {
+        if let Message::Text(t) = ws.next().await?.ok()?
+            && done(&t)
+        {
+            return Some(());
+        }
+    }
+}
+
+/// Connects player `index` of the load. MPP clients each come from a loopback address of
+/// their own (127.0.0.2 and up) when the server is on loopback: many MPP servers take one
+/// address for one participant.
+async fn connect(url: &str, wire: Wire, index: usize) -> Ws {
+    let loopback = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|authority| authority.parse::<std::net::SocketAddr>().ok())
+        .is_some_and(|a| a.ip().is_loopback());
+    if wire == Wire::Mpp && loopback {
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (index % 250) as u8);
+        return connect_from(source, url)
+            .await
+            .expect("bench client connects");
+    }
+    tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .expect("bench client connects")
+        .0
+}
+
+/// Runs the load against `endpoint(room, player)`, speaking `wire`.
+pub async fn run(load: &Load, endpoint: impl Fn(usize, usize) -> Endpoint, wire: Wire) -> Outcome {
     let sent: Sent = Arc::default();
     let mut sockets = Vec::new();
+    // Room for everyone (the default capacity is 20; above 99 the creator must be an admin,
+    // which the bench's tokens are).
+    let capacity = load.players.max(99) as u32;
+    let mut server = true;
     for room in 0..load.rooms {
         for player in 0..load.players {
-            let (mut ws, _) =
-                tokio_tungstenite::connect_async_with_config(url(room, player), None, true)
+            let Endpoint { url, enter } = endpoint(room, player);
+            let mut ws = connect(&url, wire, room * load.players + player).await;
+            match enter {
+                Enter::Connected => server = false,
+                Enter::Join => join(&mut ws, capacity).await.expect("bench client joins"),
+                Enter::Mpp { room, token } => enter_mpp(&mut ws, &room, token.as_deref(), capacity)
                     .await
-                    .expect("bench client connects");
-            if protocol {
-                // Room for everyone (the default capacity is 20; above 99 the creator must be an
-                // admin, which the bench's tokens are).
-                join(&mut ws, load.players.max(99) as u32)
-                    .await
-                    .expect("bench client joins");
+                    .expect("bench MPP client enters its room"),
             }
             sockets.push((room, player, ws));
         }
@@ -195,14 +261,20 @@ pub async fn run(load: &Load, url: impl Fn(usize, usize) -> String, protocol: bo
             let mut count = 0u64;
             while Instant::now() < deadline {
                 tick.tick().await;
-                let bytes = ClientMessage {
-                    msg: Some(client_message::Msg::Notes(batch(player, seq))),
-                }
-                .encode_to_vec();
+                let frame = match wire {
+                    Wire::Protobuf => Message::Binary(
+                        ClientMessage {
+                            msg: Some(client_message::Msg::Notes(batch(player, seq))),
+                        }
+                        .encode_to_vec()
+                        .into(),
+                    ),
+                    Wire::Mpp => Message::Text(crate::mpp_wire::batch(player, seq).into()),
+                };
                 if let Ok(mut s) = sent_w.lock() {
                     s.insert((room, player, seq), Instant::now());
                 }
-                if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                if sink.send(frame).await.is_err() {
                     break;
                 }
                 seq += 1;
@@ -215,20 +287,8 @@ pub async fn run(load: &Load, url: impl Fn(usize, usize) -> String, protocol: bo
             let mut latencies = Vec::new();
             let end = deadline + Duration::from_secs(2);
             while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(end.into(), stream.next()).await {
-                let Message::Binary(b) = msg else { continue };
                 let received = Instant::now();
-                let batch = if protocol {
-                    match ServerMessage::decode(&b[..]).ok().and_then(|m| m.msg) {
-                        Some(server_message::Msg::Notes(n)) => n,
-                        _ => continue,
-                    }
-                } else {
-                    match ClientMessage::decode(&b[..]).ok().and_then(|m| m.msg) {
-                        Some(client_message::Msg::Notes(n)) => n,
-                        _ => continue,
-                    }
-                };
-                if let Some((from, seq)) = identify(&batch) {
+                for (from, seq) in batches_in(&msg, server) {
                     let at = sent_r
                         .lock()
                         .ok()
@@ -259,6 +319,26 @@ pub async fn run(load: &Load, url: impl Fn(usize, usize) -> String, protocol: bo
         let _ = sink.close().await;
     }
     out
+}
+
+/// The (sender, seq) of the batches in a received frame: the real server's `ServerMessage`s or
+/// MPP `n` messages, or for the baseline (`server` false) the senders' own frames.
+fn batches_in(msg: &Message, server: bool) -> Vec<(usize, u32)> {
+    let notes = match msg {
+        Message::Text(t) => return crate::mpp_wire::identify(t),
+        Message::Binary(b) if server => {
+            match ServerMessage::decode(&b[..]).ok().and_then(|m| m.msg) {
+                Some(server_message::Msg::Notes(n)) => n,
+                _ => return Vec::new(),
+            }
+        }
+        Message::Binary(b) => match ClientMessage::decode(&b[..]).ok().and_then(|m| m.msg) {
+            Some(client_message::Msg::Notes(n)) => n,
+            _ => return Vec::new(),
+        },
+        _ => return Vec::new(),
+    };
+    identify(&notes).into_iter().collect()
 }
 
 /// Join storm: `rate` new players per second for `seconds`, into rooms of at most 50. Measures

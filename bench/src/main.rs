@@ -28,10 +28,11 @@ mod attack_report;
 mod attacker;
 mod baseline;
 mod load;
+mod mpp_wire;
 mod procs;
 mod results;
 
-use load::{Load, Outcome, Scale};
+use load::{Endpoint, Enter, Load, Outcome, Scale, Wire};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +58,11 @@ const USAGE: &str =
        bench summary    (gathers bench/results/*.md into bench/results/summary.md)
   T: comma-separated baseline,fallback,edge,external (default: the first three, in that order)
   external: --url http(s)://host:port --key-pem FILE [--issuer I] [--audience A] (a running
-            deployment; tokens signed with its key)
+            deployment; tokens signed with its key). With --protocol mpp the key is optional
+            (MPP clients are guests) and --mpp-url ws(s)://host:port/path names any MPP server
+            (default: --url's /mpp)
+  --protocol protobuf|mpp|both (fanout, large-room): our protocol (default), Multiplayer
+            Piano JSON, or each in turn on the same servers, side by side in one table
   --fallback-bin PATH: the k8s-fallback binary (default $CARGO_TARGET_DIR/release/k8s-fallback)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,11 +96,15 @@ impl Target {
 }
 
 type UrlFn = Arc<dyn Fn(usize, usize) -> String + Send + Sync>;
+/// Where the MPP mode's player (room, player) connects, and how it enters its room.
+type MppFn = Arc<dyn Fn(usize, usize) -> Endpoint + Send + Sync>;
 
 /// A started server: where to connect, which processes to measure, and what keeps it alive
 /// (dropping it stops the server).
 struct Running {
     url: UrlFn,
+    /// The MPP mode's endpoints (the real servers' `/mpp`, or the baseline's room paths).
+    mpp: MppFn,
     /// The ws URL for (room name, user id) with a plain guest's token (no admin role: the
     /// attack scenario's players are guests, as a griefer would be). None for the baseline.
     guest_url: Option<attacker::GuestUrl>,
@@ -131,21 +140,24 @@ fn external(scenario: &str, args: &[String]) -> Running {
         eprintln!("the external target needs --url http(s)://host:port\n{USAGE}");
         std::process::exit(2);
     });
-    let pem_path = arg_str(args, "--key-pem").unwrap_or_else(|| {
+    let pem_path = arg_str(args, "--key-pem");
+    if pem_path.is_none() && wires(args).contains(&Wire::Protobuf) {
         eprintln!(
             "the external target needs --key-pem FILE (the deployment's signing key)\n{USAGE}"
         );
         std::process::exit(2);
+    }
+    let key = pem_path.map(|pem_path| {
+        std::fs::read_to_string(&pem_path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| {
+                piano_core::identity::SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())
+            })
+            .unwrap_or_else(|e| {
+                eprintln!("cannot use {pem_path} as an Ed25519 PKCS#8 key: {e}");
+                std::process::exit(2);
+            })
     });
-    let key = std::fs::read_to_string(&pem_path)
-        .map_err(|e| e.to_string())
-        .and_then(|pem| {
-            piano_core::identity::SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())
-        })
-        .unwrap_or_else(|e| {
-            eprintln!("cannot use {pem_path} as an Ed25519 PKCS#8 key: {e}");
-            std::process::exit(2);
-        });
     let issuer = arg_str(args, "--issuer").unwrap_or_else(|| "pianorhythm".into());
     let audience = arg_str(args, "--audience").unwrap_or_else(|| "pianorhythm".into());
     let ws_base = base
@@ -155,7 +167,10 @@ fn external(scenario: &str, args: &[String]) -> Running {
     eprintln!("bench: external target {ws_base}");
     let run_id = std::process::id();
     let scenario = scenario.to_owned();
+    let mpp_url = arg_str(args, "--mpp-url").unwrap_or_else(|| format!("{ws_base}/mpp"));
+    // Without a key (the MPP mode only) there are no tokens: MPP clients are guests.
     let sign = Arc::new(move |user: &str, name: &str, roles: &[&str]| {
+        let key = key.as_ref()?;
         let now = e2e_tests::now_secs();
         let claims = piano_core::identity::Claims {
             sub: user.into(),
@@ -169,25 +184,40 @@ fn external(scenario: &str, args: &[String]) -> Running {
             iss: issuer.clone(),
             aud: audience.clone(),
         };
-        key.sign(&claims)
+        Some(key.sign(&claims))
     });
-    let (sign2, ws_base2) = (sign.clone(), ws_base.clone());
+    let (sign2, sign3, ws_base2) = (sign.clone(), sign.clone(), ws_base.clone());
+    let bench_user =
+        |room: usize, player: usize| (format!("guest:bench-{room}-{player}"), format!("B{player}"));
+    let room_name = move |wire: Wire, room: usize| match wire {
+        Wire::Protobuf => format!("bench-{scenario}-{run_id}-{room}"),
+        Wire::Mpp => format!("bench-{scenario}-mpp-{run_id}-{room}"),
+    };
+    let room_name2 = room_name.clone();
     let url: UrlFn = Arc::new(move |room: usize, player: usize| {
-        let token = sign(
-            &format!("guest:bench-{room}-{player}"),
-            &format!("B{player}"),
-            &["guest", "admin"],
-        );
-        let room = piano_core::names::percent_encode(&format!("bench-{scenario}-{run_id}-{room}"));
+        let (user, name) = bench_user(room, player);
+        let token = sign(&user, &name, &["guest", "admin"]).unwrap_or_default();
+        let room = piano_core::names::percent_encode(&room_name(Wire::Protobuf, room));
         format!("{ws_base}/api/rooms/{room}/ws?token={token}")
     });
     let guest_url: attacker::GuestUrl = Arc::new(move |room: &str, user: &str| {
-        let token = sign2(user, &guest_name(user), &["guest"]);
+        let token = sign2(user, &guest_name(user), &["guest"]).unwrap_or_default();
         let room = piano_core::names::percent_encode(room);
         format!("{ws_base2}/api/rooms/{room}/ws?token={token}")
     });
+    let mpp: MppFn = Arc::new(move |room: usize, player: usize| {
+        let (user, name) = bench_user(room, player);
+        Endpoint {
+            url: mpp_url.clone(),
+            enter: Enter::Mpp {
+                room: room_name2(Wire::Mpp, room),
+                token: sign3(&user, &name, &["guest", "admin"]),
+            },
+        }
+    });
     Running {
         url,
+        mpp,
         guest_url: Some(guest_url),
         pids: Vec::new(),
         _guard: Guard::None,
@@ -230,8 +260,13 @@ async fn start(target: Target, scenario: &str, args: &[String]) -> Running {
             let addr = line.trim().to_owned();
             eprintln!("bench: baseline on {addr}");
             let pids = child.id().into_iter().collect();
+            let addr2 = addr.clone();
             Running {
                 url: Arc::new(move |room, _| format!("ws://{addr}/{room}")),
+                mpp: Arc::new(move |room, _| Endpoint {
+                    url: format!("ws://{addr2}/mpp-{room}"),
+                    enter: Enter::Connected,
+                }),
                 guest_url: None,
                 pids,
                 _guard: Guard::Child(child),
@@ -280,6 +315,7 @@ async fn start(target: Target, scenario: &str, args: &[String]) -> Running {
             let s = server.clone();
             let run_id = std::process::id();
             let scenario = scenario.to_owned();
+            let scenario_name = scenario.clone();
             let url: UrlFn = Arc::new(move |room: usize, player: usize| {
                 let mut claims = s.claims(
                     &format!("guest:bench-{room}-{player}"),
@@ -298,8 +334,25 @@ async fn start(target: Target, scenario: &str, args: &[String]) -> Running {
                 let claims = s.claims(user, &guest_name(user));
                 format!("{}?token={}", s.ws_url(room), s.sign(&claims))
             });
+            let s = server.clone();
+            let scenario = scenario_name.clone();
+            let mpp: MppFn = Arc::new(move |room: usize, player: usize| {
+                let mut claims = s.claims(
+                    &format!("guest:bench-{room}-{player}"),
+                    &format!("B{player}"),
+                );
+                claims.roles = vec!["guest".into(), "admin".into()];
+                Endpoint {
+                    url: format!("ws://127.0.0.1:{}/mpp", s.port),
+                    enter: Enter::Mpp {
+                        room: format!("bench-{scenario}-mpp-{run_id}-{room}"),
+                        token: Some(s.sign(&claims)),
+                    },
+                }
+            });
             Running {
                 url,
+                mpp,
                 guest_url: Some(guest_url),
                 pids,
                 _guard: Guard::Server(server),
@@ -397,30 +450,49 @@ async fn main() {
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default();
 
-    let mut results: Vec<(Target, Measured)> = Vec::new();
+    let wires = match scenario.as_str() {
+        "fanout" | "large-room" => wires(&args),
+        _ => vec![Wire::Protobuf],
+    };
+    let mut results: Vec<(Target, Wire, Measured)> = Vec::new();
     for &target in &targets {
         let running = start(target, &scenario, &args).await;
         let protocol = target != Target::Baseline;
         let url = running.url.clone();
-        let measured = match scenario.as_str() {
-            "join-storm" => Measured::Traffic(
-                load::join_storm(load.rate, load.duration.as_secs(), &*url, protocol).await,
-            ),
-            "connections" => {
-                let n = if target == Target::Edge {
-                    count.min(edge_connections(fds.0))
-                } else {
-                    count
-                };
-                Measured::Scale(
-                    load::connections(n, &*url, protocol, &running.pids, load.duration).await,
-                )
-            }
-            _ => Measured::Traffic(load::run(&load, &*url, protocol).await),
-        };
+        for &wire in &wires {
+            let measured = match scenario.as_str() {
+                "join-storm" => Measured::Traffic(
+                    load::join_storm(load.rate, load.duration.as_secs(), &*url, protocol).await,
+                ),
+                "connections" => {
+                    let n = if target == Target::Edge {
+                        count.min(edge_connections(fds.0))
+                    } else {
+                        count
+                    };
+                    Measured::Scale(
+                        load::connections(n, &*url, protocol, &running.pids, load.duration).await,
+                    )
+                }
+                _ if wire == Wire::Mpp => {
+                    Measured::Traffic(load::run(&load, &*running.mpp, wire).await)
+                }
+                _ => {
+                    let enter = || match protocol {
+                        true => Enter::Join,
+                        false => Enter::Connected,
+                    };
+                    let endpoint = |room, player| Endpoint {
+                        url: url(room, player),
+                        enter: enter(),
+                    };
+                    Measured::Traffic(load::run(&load, endpoint, wire).await)
+                }
+            };
+            results.push((target, wire, measured));
+        }
         drop(url);
         drop(running);
-        results.push((target, measured));
     }
 
     let table = report(&scenario, &load, count, fds.0, &load_avg, &results);
@@ -437,8 +509,12 @@ async fn main() {
         "machine": machine(),
         "load_average_at_start": load_avg,
     });
-    for (target, m) in &results {
-        json[target.key()] = match m {
+    for (target, wire, m) in &results {
+        let key = match wire {
+            Wire::Protobuf => target.key().to_owned(),
+            Wire::Mpp => format!("{}_mpp", target.key()),
+        };
+        json[key] = match m {
             Measured::Traffic(o) => o.to_json(),
             Measured::Scale(s) => s.to_json(),
         };
@@ -455,6 +531,19 @@ async fn main() {
 /// connections here) and dies at its descriptor limit ("accept: Too many open files"), which it
 /// inherits from us: the edge gets as many connections as 90% of that limit allows.
 const WORKERD_FDS_PER_CONNECTION: u64 = 6;
+
+/// `--protocol protobuf|mpp|both`.
+fn wires(args: &[String]) -> Vec<Wire> {
+    match arg_str(args, "--protocol").as_deref() {
+        None | Some("protobuf") => vec![Wire::Protobuf],
+        Some("mpp") => vec![Wire::Mpp],
+        Some("both") => vec![Wire::Protobuf, Wire::Mpp],
+        Some(other) => {
+            eprintln!("unknown protocol {other:?}\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
 
 fn edge_connections(fd_limit: u64) -> usize {
     (fd_limit * 9 / 10 / WORKERD_FDS_PER_CONNECTION) as usize
@@ -496,7 +585,7 @@ fn report(
     count: usize,
     fd_limit: u64,
     load_avg: &str,
-    rows: &[(Target, Measured)],
+    rows: &[(Target, Wire, Measured)],
 ) -> String {
     let title = match scenario {
         "large-room" => format!(
@@ -526,13 +615,13 @@ fn report(
         machine()
     );
     if scenario == "connections" {
-        let base = rows.iter().find_map(|(target, m)| match m {
+        let base = rows.iter().find_map(|(target, _, m)| match m {
             Measured::Scale(s) if *target == Target::Baseline => s.kib_per_connection(),
             _ => None,
         });
         t += "| target | opened | failed | source addresses | open time s | RSS before MiB | RSS after MiB | KiB per connection | vs baseline | process |\n\
               |---|---|---|---|---|---|---|---|---|---|\n";
-        for (target, m) in rows {
+        for (target, _, m) in rows {
             let Measured::Scale(s) = m else { continue };
             let per = s.kib_per_connection();
             let vs = match (per, base) {
@@ -558,7 +647,7 @@ fn report(
                 s.measured,
             );
         }
-        if let Some((_, Measured::Scale(s))) = rows.iter().find(|(t, _)| *t == Target::Edge) {
+        if let Some((_, _, Measured::Scale(s))) = rows.iter().find(|(t, _, _)| *t == Target::Edge) {
             t += "\nThe edge row sums workerd's VmRSS under `wrangler dev` (a development runtime, not \
                   Cloudflare's): indicative only.";
             if s.wanted < count {
@@ -574,16 +663,19 @@ fn report(
         }
         return t;
     }
-    let base = rows.iter().find_map(|(target, m)| match m {
-        Measured::Traffic(o) if *target == Target::Baseline => Some(o),
-        _ => None,
-    });
+    // Each protocol is judged against the baseline relaying the same frames.
+    let base = |wire: Wire| {
+        rows.iter().find_map(|(target, w, m)| match m {
+            Measured::Traffic(o) if *target == Target::Baseline && *w == wire => Some(o),
+            _ => None,
+        })
+    };
     t += "| target | sent | delivered | delivered/s | delivered/s vs baseline | p50 ms | p95 ms | p99 ms | p99 vs baseline | max ms | lost |\n\
           |---|---|---|---|---|---|---|---|---|---|---|\n";
-    for (target, m) in rows {
+    for (target, wire, m) in rows {
         let Measured::Traffic(o) = m else { continue };
         let p = |q: f64| ms(o.percentile(q));
-        let (rate_vs, p99_vs) = match base {
+        let (rate_vs, p99_vs) = match base(*wire) {
             Some(b) => (
                 format!(
                     "{:.0}%",
@@ -597,8 +689,12 @@ fn report(
             None => ("-".into(), "-".into()),
         };
         t += &format!(
-            "| {} | {} | {} | {:.0} | {rate_vs} | {} | {} | {} | {p99_vs} | {} | {} |\n",
+            "| {}{} | {} | {} | {:.0} | {rate_vs} | {} | {} | {} | {p99_vs} | {} | {} |\n",
             target.label(),
+            match wire {
+                Wire::Protobuf => "",
+                Wire::Mpp => " · MPP",
+            },
             o.sent,
             o.latencies_us.len(),
             o.delivered_per_sec(),
@@ -608,6 +704,11 @@ fn report(
             p(1.0),
             o.lost(),
         );
+    }
+    if rows.iter().any(|(_, w, _)| *w == Wire::Mpp) {
+        t += "\nRows marked MPP: the same load in Multiplayer Piano JSON (text frames; `/mpp` on \
+              our servers, `hi` and `ch` into the room), each client from a loopback address of \
+              its own; their ratios are to the baseline relaying the same text frames.\n";
     }
     t
 }
