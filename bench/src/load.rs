@@ -190,10 +190,27 @@ async fn wait_text(ws: &mut Ws, done: impl Fn(&str) -> bool) -> Option<()> {
     }
 }
 
-/// Connects player `index` of the load. MPP clients each come from a loopback address of
-/// their own (127.0.0.2 and up) when the server is on loopback: many MPP servers take one
-/// address for one participant.
+/// Gets a connected client into its room as `enter` says; `None` when the room refused or the
+/// socket ended.
+async fn enter(ws: &mut Ws, enter: &Enter, capacity: u32) -> Option<()> {
+    match enter {
+        Enter::Connected => Some(()),
+        Enter::Join => join(ws, capacity).await,
+        Enter::Mpp { room, token } => enter_mpp(ws, room, token.as_deref(), capacity).await,
+    }
+}
+
+/// Connects player `index` of the load (the steady loads expect every connection to open).
 async fn connect(url: &str, wire: Wire, index: usize) -> Ws {
+    connect_as(url, wire, index)
+        .await
+        .expect("bench client connects")
+}
+
+/// Connects player `index`. MPP clients each come from a loopback address of their own
+/// (127.0.0.2 and up) when the server is on loopback: many MPP servers take one address for
+/// one participant.
+async fn connect_as(url: &str, wire: Wire, index: usize) -> Option<Ws> {
     let loopback = url
         .split("://")
         .nth(1)
@@ -202,14 +219,12 @@ async fn connect(url: &str, wire: Wire, index: usize) -> Ws {
         .is_some_and(|a| a.ip().is_loopback());
     if wire == Wire::Mpp && loopback {
         let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (index % 250) as u8);
-        return connect_from(source, url)
-            .await
-            .expect("bench client connects");
+        return connect_from(source, url).await;
     }
     tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
-        .expect("bench client connects")
-        .0
+        .ok()
+        .map(|(ws, _)| ws)
 }
 
 /// Runs the load against `endpoint(room, player)`, speaking `wire`.
@@ -222,15 +237,12 @@ pub async fn run(load: &Load, endpoint: impl Fn(usize, usize) -> Endpoint, wire:
     let mut server = true;
     for room in 0..load.rooms {
         for player in 0..load.players {
-            let Endpoint { url, enter } = endpoint(room, player);
+            let Endpoint { url, enter: how } = endpoint(room, player);
             let mut ws = connect(&url, wire, room * load.players + player).await;
-            match enter {
-                Enter::Connected => server = false,
-                Enter::Join => join(&mut ws, capacity).await.expect("bench client joins"),
-                Enter::Mpp { room, token } => enter_mpp(&mut ws, &room, token.as_deref(), capacity)
-                    .await
-                    .expect("bench MPP client enters its room"),
-            }
+            server &= !matches!(how, Enter::Connected);
+            enter(&mut ws, &how, capacity)
+                .await
+                .expect("bench client enters its room");
             sockets.push((room, player, ws));
         }
     }
@@ -347,8 +359,8 @@ fn batches_in(msg: &Message, server: bool) -> Vec<(usize, u32)> {
 pub async fn join_storm(
     rate: u32,
     seconds: u64,
-    url: impl Fn(usize, usize) -> String,
-    protocol: bool,
+    endpoint: impl Fn(usize, usize) -> Endpoint,
+    wire: Wire,
 ) -> Outcome {
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let total = rate as usize * seconds as usize;
@@ -357,15 +369,11 @@ pub async fn join_storm(
     let started = Instant::now();
     for i in 0..total {
         tick.tick().await;
-        let target = url(i / 50, i % 50);
+        let Endpoint { url, enter: how } = endpoint(i / 50, i % 50);
         tasks.push(tokio::spawn(async move {
             let t0 = Instant::now();
-            let (mut ws, _) = tokio_tungstenite::connect_async_with_config(target, None, true)
-                .await
-                .ok()?;
-            if protocol {
-                join(&mut ws, 99).await?;
-            }
+            let mut ws = connect_as(&url, wire, i).await?;
+            enter(&mut ws, &how, 99).await?;
             Some((t0.elapsed().as_micros() as u64, ws))
         }));
     }
@@ -454,8 +462,7 @@ async fn connect_from(source: std::net::Ipv4Addr, url: &str) -> Option<Ws> {
 /// before and after. Stops opening new connections after `budget`.
 pub async fn connections(
     count: usize,
-    url: &(dyn Fn(usize, usize) -> String + Sync),
-    protocol: bool,
+    endpoint: &(dyn Fn(usize, usize) -> Endpoint + Sync),
     pids: &[u32],
     budget: Duration,
 ) -> Scale {
@@ -483,15 +490,13 @@ pub async fn connections(
         let Ok(permit) = gate.clone().acquire_owned().await else {
             break;
         };
-        let target = url(i / 50, i % 50);
+        let Endpoint { url, enter: how } = endpoint(i / 50, i % 50);
         let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % sources) as u8);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<bool>();
         let task = tokio::spawn(async move {
             let ws = async {
-                let mut ws = connect_from(source, &target).await?;
-                if protocol {
-                    join(&mut ws, 50).await?;
-                }
+                let mut ws = connect_from(source, &url).await?;
+                enter(&mut ws, &how, 50).await?;
                 Some(ws)
             }
             .await;

@@ -61,8 +61,8 @@ const USAGE: &str =
             deployment; tokens signed with its key). With --protocol mpp the key is optional
             (MPP clients are guests) and --mpp-url ws(s)://host:port/path names any MPP server
             (default: --url's /mpp)
-  --protocol protobuf|mpp|both (fanout, large-room): our protocol (default), Multiplayer
-            Piano JSON, or each in turn on the same servers, side by side in one table
+  --protocol protobuf|mpp|both: our protocol (default), Multiplayer Piano JSON, or each in
+            turn on the same servers, side by side in one table (every scenario but attack)
   --fallback-bin PATH: the k8s-fallback binary (default $CARGO_TARGET_DIR/release/k8s-fallback)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +96,8 @@ impl Target {
 }
 
 type UrlFn = Arc<dyn Fn(usize, usize) -> String + Send + Sync>;
-/// Where the MPP mode's player (room, player) connects, and how it enters its room.
+/// Where player (room, player) connects, and how it enters its room (the MPP mode's, or the
+/// protobuf one's built from a [`UrlFn`]).
 type MppFn = Arc<dyn Fn(usize, usize) -> Endpoint + Send + Sync>;
 
 /// A started server: where to connect, which processes to measure, and what keeps it alive
@@ -450,19 +451,29 @@ async fn main() {
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default();
 
-    let wires = match scenario.as_str() {
-        "fanout" | "large-room" => wires(&args),
-        _ => vec![Wire::Protobuf],
-    };
+    let wires = wires(&args);
     let mut results: Vec<(Target, Wire, Measured)> = Vec::new();
     for &target in &targets {
         let running = start(target, &scenario, &args).await;
-        let protocol = target != Target::Baseline;
-        let url = running.url.clone();
         for &wire in &wires {
+            let endpoint: MppFn = match wire {
+                Wire::Mpp => running.mpp.clone(),
+                Wire::Protobuf => {
+                    let url = running.url.clone();
+                    let server = target != Target::Baseline;
+                    Arc::new(move |room, player| Endpoint {
+                        url: url(room, player),
+                        enter: if server {
+                            Enter::Join
+                        } else {
+                            Enter::Connected
+                        },
+                    })
+                }
+            };
             let measured = match scenario.as_str() {
                 "join-storm" => Measured::Traffic(
-                    load::join_storm(load.rate, load.duration.as_secs(), &*url, protocol).await,
+                    load::join_storm(load.rate, load.duration.as_secs(), &*endpoint, wire).await,
                 ),
                 "connections" => {
                     let n = if target == Target::Edge {
@@ -471,27 +482,13 @@ async fn main() {
                         count
                     };
                     Measured::Scale(
-                        load::connections(n, &*url, protocol, &running.pids, load.duration).await,
+                        load::connections(n, &*endpoint, &running.pids, load.duration).await,
                     )
                 }
-                _ if wire == Wire::Mpp => {
-                    Measured::Traffic(load::run(&load, &*running.mpp, wire).await)
-                }
-                _ => {
-                    let enter = || match protocol {
-                        true => Enter::Join,
-                        false => Enter::Connected,
-                    };
-                    let endpoint = |room, player| Endpoint {
-                        url: url(room, player),
-                        enter: enter(),
-                    };
-                    Measured::Traffic(load::run(&load, endpoint, wire).await)
-                }
+                _ => Measured::Traffic(load::run(&load, &*endpoint, wire).await),
             };
             results.push((target, wire, measured));
         }
-        drop(url);
         drop(running);
     }
 
@@ -575,6 +572,13 @@ fn machine() -> String {
     format!("{cpus} CPUs, {model}, {mem_gib:.1} GiB RAM")
 }
 
+fn wire_label(wire: Wire) -> &'static str {
+    match wire {
+        Wire::Protobuf => "",
+        Wire::Mpp => " · MPP",
+    }
+}
+
 fn ms(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.2}")).unwrap_or("-".into())
 }
@@ -615,22 +619,27 @@ fn report(
         machine()
     );
     if scenario == "connections" {
-        let base = rows.iter().find_map(|(target, _, m)| match m {
-            Measured::Scale(s) if *target == Target::Baseline => s.kib_per_connection(),
-            _ => None,
-        });
+        let base = |wire: Wire| {
+            rows.iter().find_map(|(target, w, m)| match m {
+                Measured::Scale(s) if *target == Target::Baseline && *w == wire => {
+                    s.kib_per_connection()
+                }
+                _ => None,
+            })
+        };
         t += "| target | opened | failed | source addresses | open time s | RSS before MiB | RSS after MiB | KiB per connection | vs baseline | process |\n\
               |---|---|---|---|---|---|---|---|---|---|\n";
-        for (target, _, m) in rows {
+        for (target, wire, m) in rows {
             let Measured::Scale(s) = m else { continue };
             let per = s.kib_per_connection();
-            let vs = match (per, base) {
+            let vs = match (per, base(*wire)) {
                 (Some(p), Some(b)) if b > 0.0 => format!("{:.1}×", p / b),
                 _ => "-".into(),
             };
             t += &format!(
-                "| {}{} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} |\n",
+                "| {}{}{} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} |\n",
                 target.label(),
+                wire_label(*wire),
                 if *target == Target::Edge {
                     " (indicative)"
                 } else {
@@ -660,6 +669,9 @@ fn report(
                 );
             }
             t += "\n";
+        }
+        if rows.iter().any(|(_, w, _)| *w == Wire::Mpp) {
+            t += MPP_NOTE;
         }
         return t;
     }
@@ -691,10 +703,7 @@ fn report(
         t += &format!(
             "| {}{} | {} | {} | {:.0} | {rate_vs} | {} | {} | {} | {p99_vs} | {} | {} |\n",
             target.label(),
-            match wire {
-                Wire::Protobuf => "",
-                Wire::Mpp => " · MPP",
-            },
+            wire_label(*wire),
             o.sent,
             o.latencies_us.len(),
             o.delivered_per_sec(),
@@ -706,9 +715,11 @@ fn report(
         );
     }
     if rows.iter().any(|(_, w, _)| *w == Wire::Mpp) {
-        t += "\nRows marked MPP: the same load in Multiplayer Piano JSON (text frames; `/mpp` on \
-              our servers, `hi` and `ch` into the room), each client from a loopback address of \
-              its own; their ratios are to the baseline relaying the same text frames.\n";
+        t += MPP_NOTE;
     }
     t
 }
+
+const MPP_NOTE: &str = "\nRows marked MPP: the same load in Multiplayer Piano JSON (text frames; \
+    `/mpp` on our servers, `hi` and `ch` into the room), each client from a loopback address of \
+    its own; their ratios are to the baseline relaying the same text frames.\n";
