@@ -14,14 +14,16 @@
 //!   shared by [`room`] and [`lobby`] so neither depends on the other.
 //! - [`mpp`]: the Multiplayer Piano protocol bridge (MPP JSON ⇄ the room's messages).
 //! - [`notes`]: bounds on note batches.
-//! - [`identity`]: who a player is, and the Ed25519 (EdDSA) JWTs that prove it.
+//! - [`identity`]: who a player is, and the Ed25519 (EdDSA) JWTs that prove it; [`pkcs8`]:
+//!   the signing key read from its PEM.
 //! - [`account`]: member accounts, sessions, token issuing, profile and role changes, the auth
 //!   rate limit and the one API error type, decided here and stored by the hosts.
 //! - [`names`]: validation of room names, display names and usernames.
 //! - [`password`]: password hashing (rooms and accounts).
 //! - [`outbox`]: the outbox's delivery rules (lanes, backoff, dead letters, coalescing), for
 //!   both hosts.
-//! - [`limits`]: protocol-wide numbers (frame size, close codes) that clients rely on.
+//! - [`limits`]: protocol-wide numbers (frame size, close codes) that clients rely on;
+//!   [`window`]: the sliding-window rate counter rooms, sessions and accounts share.
 
 pub mod account;
 pub mod http_policy;
@@ -34,6 +36,7 @@ pub mod names;
 pub mod notes;
 pub mod outbox;
 pub mod password;
+pub mod pkcs8;
 pub mod room;
 pub mod window;
 

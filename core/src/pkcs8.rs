@@ -1,0 +1,149 @@
+//! Reading an Ed25519 private key from PKCS#8 PEM (RFC 5958 / RFC 8410), the one key format the
+//! hosts are configured with. Written here rather than pulled from the `pkcs8`/`der`/`pem`
+//! crates: the edge compiles every crate into the worker it ships (a size budget), and this one
+//! shape needs only a few lines of DER.
+//!
+//! Accepted: `-----BEGIN PRIVATE KEY-----` around base64 of
+//! `SEQUENCE { INTEGER 0|1, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING (32) },
+//! [0] attributes?, [1] public key? }` (v1 from `openssl genpkey -algorithm ed25519`, v2 with
+//! the public key as some libraries write it). A v2 public key must match the seed.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+/// The DER of OID 1.3.101.112 (id-Ed25519).
+const ED25519_OID: [u8; 3] = [0x2b, 0x65, 0x70];
+
+/// The 32-byte seed of the key in `pem`, or `None` if it is not an Ed25519 PKCS#8 PEM.
+pub fn ed25519_seed(pem: &str) -> Option<[u8; 32]> {
+    let body = pem
+        .trim()
+        .strip_prefix("-----BEGIN PRIVATE KEY-----")?
+        .strip_suffix("-----END PRIVATE KEY-----")?;
+    let b64: String = body.split_whitespace().collect();
+    let der = STANDARD.decode(b64).ok()?;
+    let (key, rest) = take(&der, 0x30)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let (version, key) = take(key, 0x02)?;
+    if version != [0] && version != [1] {
+        return None;
+    }
+    let (algorithm, key) = take(key, 0x30)?;
+    let (oid, params) = take(algorithm, 0x06)?;
+    if oid != ED25519_OID || !params.is_empty() {
+        return None;
+    }
+    let (outer, mut key) = take(key, 0x04)?;
+    let (seed, extra) = take(outer, 0x04)?;
+    let seed: [u8; 32] = seed.try_into().ok()?;
+    if !extra.is_empty() {
+        return None;
+    }
+    if let Some((_attributes, rest)) = take(key, 0xa0) {
+        key = rest;
+    }
+    if let Some((public, rest)) = take(key, 0x81) {
+        // A BIT STRING's content: no unused bits, then the key.
+        let derived = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+        if public.first() != Some(&0) || public[1..] != derived.to_bytes() {
+            return None;
+        }
+        key = rest;
+    }
+    key.is_empty().then_some(seed)
+}
+
+/// One DER element of `tag` at the start of `der`: (its content, what follows it).
+fn take(der: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&t, rest) = der.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        n @ 0..=0x7f => (usize::from(n), rest),
+        0x81 => {
+            let (&n, rest) = rest.split_first()?;
+            (usize::from(n), rest)
+        }
+        0x82 => {
+            let (n, rest) = rest.split_first_chunk::<2>()?;
+            (usize::from(u16::from_be_bytes(*n)), rest)
+        }
+        _ => return None,
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+
+    const V1: &str = crate::identity::TEST_KEY_PEM;
+
+    #[test]
+    fn reads_what_the_pkcs8_crate_reads() {
+        let ours = ed25519_seed(V1).expect("v1 parses");
+        let theirs = ed25519_dalek::SigningKey::from_pkcs8_pem(V1).expect("pkcs8 crate");
+        assert_eq!(ours, theirs.to_bytes());
+        for seed in [0u8, 7, 255] {
+            let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+            let pem = key.to_pkcs8_pem(Default::default()).expect("encode");
+            assert_eq!(ed25519_seed(&pem), Some([seed; 32]), "{}", &*pem);
+        }
+    }
+
+    #[test]
+    fn refuses_everything_else() {
+        let b64 = |der: &[u8]| {
+            format!(
+                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----",
+                STANDARD.encode(der)
+            )
+        };
+        let good = STANDARD
+            .decode(
+                V1.lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .collect::<String>(),
+            )
+            .expect("base64");
+        assert!(ed25519_seed(&b64(&good)).is_some());
+        // Every truncation, and every single-byte change of the structure (not the seed).
+        for cut in 0..good.len() {
+            assert_eq!(ed25519_seed(&b64(&good[..cut])), None, "cut at {cut}");
+        }
+        for i in 0..16 {
+            let mut bad = good.clone();
+            bad[i] ^= 0x40;
+            assert_eq!(ed25519_seed(&b64(&bad)), None, "byte {i}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(ed25519_seed(&b64(&trailing)), None);
+        // v2 (OneAsymmetricKey) with the public key, as RFC 8410 §10.3 shows it; then with a
+        // public half that is not the seed's.
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let mut v2 = vec![
+            0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70,
+        ];
+        v2.extend([0x04, 0x22, 0x04, 0x20]);
+        v2.extend([9; 32]);
+        v2.extend([0x81, 0x21, 0x00]);
+        v2.extend(key.verifying_key().to_bytes());
+        assert_eq!(ed25519_seed(&b64(&v2)), Some([9; 32]));
+        let last = v2.len() - 1;
+        v2[last] ^= 1;
+        assert_eq!(ed25519_seed(&b64(&v2)), None);
+        for junk in [
+            "",
+            "not a key",
+            "-----BEGIN PRIVATE KEY-----\n!!\n-----END PRIVATE KEY-----",
+        ] {
+            assert_eq!(ed25519_seed(junk), None);
+        }
+    }
+}
