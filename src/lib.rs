@@ -36,6 +36,14 @@ pub use piano_durable_objects::limiter::Limiter;
 pub use piano_durable_objects::lobby::Lobby;
 use worker::*;
 
+/// Once per isolate: a panic's message goes to the logs. Without it a panic (which aborts: the
+/// runtime then starts a new instance of the module, and requests in flight on the old one
+/// fail) would leave no trace.
+#[event(start)]
+fn start() {
+    std::panic::set_hook(Box::new(|info| console_error!("panic: {info}")));
+}
+
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let origin = req.headers().get("origin").ok().flatten();

@@ -140,7 +140,7 @@ pub(crate) fn identify(b: &proto::NoteBatch) -> Option<(usize, u32)> {
 }
 
 type Sent = Arc<Mutex<HashMap<(usize, usize, u32), Instant>>>;
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Join-or-create a room of `capacity` and wait for Joined (Welcome comes first); `None` when
 /// the room refused or the socket ended.
@@ -180,14 +180,33 @@ async fn enter_mpp(ws: &mut Ws, room: &str, token: Option<&str>, capacity: u32) 
     wait_text(ws, |t| crate::mpp_wire::holds(t, "ch", room)).await
 }
 
+/// Waits (at most 15 s) for a text frame `done` accepts; `None` on a refusal (MPP servers
+/// refuse a sign-in or a room with a `notification`, not a close), the socket's end or the time.
 async fn wait_text(ws: &mut Ws, done: impl Fn(&str) -> bool) -> Option<()> {
-    loop {
-        if let Message::Text(t) = ws.next().await?.ok()?
-            && done(&t)
-        {
-            return Some(());
+    let wait = async {
+        loop {
+            let Message::Text(t) = ws.next().await?.ok()? else {
+                continue;
+            };
+            if done(&t) {
+                return Some(());
+            }
+            if crate::mpp_wire::refused(&t) {
+                return None;
+            }
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(15), wait)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A protobuf client joined to the room of `url` (the wake scenario's players).
+pub(crate) async fn connect_joined(url: &str) -> Ws {
+    let mut ws = connect(url, Wire::Protobuf, 0).await;
+    join(&mut ws, 99).await.expect("bench client joins");
+    ws
 }
 
 /// Gets a connected client into its room as `enter` says; `None` when the room refused or the
@@ -211,15 +230,19 @@ async fn connect(url: &str, wire: Wire, index: usize) -> Ws {
 /// (127.0.0.2 and up) when the server is on loopback: many MPP servers take one address for
 /// one participant.
 async fn connect_as(url: &str, wire: Wire, index: usize) -> Option<Ws> {
-    let loopback = url
-        .split("://")
-        .nth(1)
+    // Plain ws:// to an IPv4 loopback address (an IP or `localhost`): the only case where
+    // binding another loopback source address works.
+    let loopback_v4 = url
+        .strip_prefix("ws://")
         .and_then(|rest| rest.split('/').next())
-        .and_then(|authority| authority.parse::<std::net::SocketAddr>().ok())
-        .is_some_and(|a| a.ip().is_loopback());
-    if wire == Wire::Mpp && loopback {
+        .and_then(|authority| {
+            let (host, _) = authority.rsplit_once(':')?;
+            Some(host == "localhost" || host.parse::<std::net::Ipv4Addr>().ok()?.is_loopback())
+        })
+        .unwrap_or(false);
+    if wire == Wire::Mpp && loopback_v4 {
         let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (index % 250) as u8);
-        return connect_from(source, url).await;
+        return connect_from(source, url, None).await;
     }
     tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
@@ -434,25 +457,29 @@ impl Scale {
 }
 
 /// Opens one client connection from `source` (a loopback address of its own, so more than one
-/// address's ~28k ephemeral ports are available) to the server in `url`.
-async fn connect_from(source: std::net::Ipv4Addr, url: &str) -> Option<Ws> {
+/// address's ~28k ephemeral ports are available) to the server in `url`, with `config` (the
+/// default client's when `None`: the traffic loads compare protocols on equal clients).
+async fn connect_from(
+    source: std::net::Ipv4Addr,
+    url: &str,
+    config: Option<tokio_tungstenite::tungstenite::protocol::WebSocketConfig>,
+) -> Option<Ws> {
     let authority = url.split("://").nth(1)?.split('/').next()?;
-    let server: std::net::SocketAddr = authority.parse().ok()?;
+    let server: std::net::SocketAddr = match authority.parse() {
+        Ok(a) => a,
+        Err(_) => tokio::net::lookup_host(authority)
+            .await
+            .ok()?
+            .find(std::net::SocketAddr::is_ipv4)?,
+    };
     let socket = tokio::net::TcpSocket::new_v4().ok()?;
     socket.bind((source, 0).into()).ok()?;
     let stream = socket.connect(server).await.ok()?;
     let _ = stream.set_nodelay(true);
-    // Small client buffers: the load generator holds every connection too.
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(
-        url,
-        MaybeTlsStream::Plain(stream),
-        Some(config),
-    )
-    .await
-    .ok()?;
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(stream), config)
+            .await
+            .ok()?;
     Some(ws)
 }
 
@@ -495,7 +522,11 @@ pub async fn connections(
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<bool>();
         let task = tokio::spawn(async move {
             let ws = async {
-                let mut ws = connect_from(source, &url).await?;
+                // Small client buffers: the load generator holds every connection too.
+                let lean = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                    .read_buffer_size(4096)
+                    .write_buffer_size(0);
+                let mut ws = connect_from(source, &url, Some(lean)).await?;
                 enter(&mut ws, &how, 50).await?;
                 Some(ws)
             }

@@ -31,6 +31,7 @@ mod load;
 mod mpp_wire;
 mod procs;
 mod results;
+mod wake;
 
 use load::{Endpoint, Enter, Load, Outcome, Scale, Wire};
 use std::path::PathBuf;
@@ -53,6 +54,7 @@ const USAGE: &str =
        bench large-room [--listeners L] [--rate F] [--seconds S] [--targets T]
        bench join-storm [--rate N] [--seconds S] [--targets T]
        bench connections [--count N] [--seconds BUDGET] [--targets T]
+       bench wake [--rooms R] [--idle S] [--targets T]   (hibernated rooms' first relay)
        bench attack     (room under attack, issue 13: `bench attack --help`)
        bench micro      (after `cargo bench -p piano-core --bench room`)
        bench summary    (gathers bench/results/*.md into bench/results/summary.md)
@@ -385,6 +387,9 @@ async fn main() {
     if scenario == "attack" {
         return attack_report::main(&args).await;
     }
+    if scenario == "wake" {
+        return wake_report(&args).await;
+    }
     let fds = procs::raise_fd_limit();
     let seconds = Duration::from_secs(arg(&args, "--seconds", 10));
     let count = arg(&args, "--count", 10_000) as usize;
@@ -528,6 +533,70 @@ async fn main() {
 /// connections here) and dies at its descriptor limit ("accept: Too many open files"), which it
 /// inherits from us: the edge gets as many connections as 90% of that limit allows.
 const WORKERD_FDS_PER_CONNECTION: u64 = 6;
+
+/// `bench wake`: the table and JSON of [`wake::run`] on each target (default: fallback, edge).
+async fn wake_report(args: &[String]) {
+    let rooms = arg(args, "--rooms", 5) as usize;
+    let idle = Duration::from_secs(arg(args, "--idle", 15));
+    let targets: Vec<Target> = arg_str(args, "--targets")
+        .unwrap_or_else(|| "fallback,edge".into())
+        .split(',')
+        .filter_map(|t| match t.trim() {
+            "fallback" => Some(Target::Fallback),
+            "edge" => Some(Target::Edge),
+            "external" => Some(Target::External),
+            _ => None,
+        })
+        .collect();
+    let load_avg = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let mut t = format!(
+        "### Wake: {rooms} rooms of 2 players, idle {} s, then one batch\n\nMachine: {}; load \
+         average at start {load_avg}. Warm: a batch's send-to-receive time while the room is awake; \
+         wake: the first batch after the idle time. Evicted: rooms whose instance started anew.\n\n\
+         | target | rooms | evicted | warm p50 ms | warm max ms | wake p50 ms | wake max ms | wake p50 vs warm |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        idle.as_secs(),
+        machine()
+    );
+    let mut json =
+        serde_json::json!({ "scenario": "wake", "machine": machine(), "idle_s": idle.as_secs() });
+    for target in targets {
+        let running = start(target, "wake", args).await;
+        let w = wake::run(rooms, idle, &*running.url).await;
+        let p = |v: &[u64], q| wake::percentile(v, q);
+        let ratio = match (p(&w.wake_us, 0.5), p(&w.warm_us, 0.5)) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.0}×", a / b),
+            _ => "-".into(),
+        };
+        t += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {ratio} |\n",
+            target.label(),
+            w.rooms,
+            w.evicted,
+            ms(p(&w.warm_us, 0.5)),
+            ms(p(&w.warm_us, 1.0)),
+            ms(p(&w.wake_us, 0.5)),
+            ms(p(&w.wake_us, 1.0)),
+        );
+        json[target.key()] = w.to_json();
+        drop(running);
+    }
+    println!("{t}");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let dir = e2e_tests::repo_root().join("bench/results");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("wake-{stamp}.md")), &t);
+    let _ = std::fs::write(
+        dir.join(format!("wake-{stamp}.json")),
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    );
+    eprintln!("bench: wrote bench/results/wake-{stamp}.md and .json");
+}
 
 /// `--protocol protobuf|mpp|both`.
 fn wires(args: &[String]) -> Vec<Wire> {

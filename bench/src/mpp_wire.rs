@@ -23,6 +23,9 @@ pub fn batch(player: usize, seq: u32) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    // Three digits of the sequence and two of the player: unique below 681,472 batches per
+    // player and 7,744 players, far above any load here.
+    debug_assert!(seq < KEYS.pow(3) && player < (KEYS * KEYS) as usize);
     let p = player as u32;
     let notes = [seq, seq / KEYS, seq / (KEYS * KEYS), p, p / KEYS].map(key);
     json!([{ "m": "n", "t": now, "n": notes }]).to_string()
@@ -61,6 +64,22 @@ pub fn enter(room: &str, token: Option<&str>, capacity: u32) -> (String, String)
     }
     let ch = json!({ "m": "ch", "_id": room, "set": { "limit": capacity } });
     (json!([hi]).to_string(), json!([ch]).to_string())
+}
+
+/// Whether `frame` refuses us: MPP servers answer a failed sign-in or a refused room with a
+/// `notification` (ours title them so; others' notifications before `ch` mean the same).
+pub fn refused(frame: &str) -> bool {
+    let Ok(Value::Array(messages)) = serde_json::from_str::<Value>(frame) else {
+        return false;
+    };
+    messages.iter().any(|m| {
+        m["m"] == "notification"
+            && ["Sign-in failed", "Could not join"].iter().any(|t| {
+                m["title"]
+                    .as_str()
+                    .is_some_and(|title| title.starts_with(t))
+            })
+    })
 }
 
 /// Whether `frame` holds the message `m` (for `ch`: about `room`).

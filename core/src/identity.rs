@@ -178,6 +178,9 @@ struct Header {
     typ: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kid: Option<String>,
+    /// RFC 7515 §4.1.11: extensions the verifier must understand; we understand none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crit: Option<serde_json::Value>,
 }
 
 /// The one `alg` we sign with and accept (RFC 8037).
@@ -219,6 +222,7 @@ impl SigningKey {
             alg: ALG.into(),
             typ: Some("JWT".into()),
             kid: Some(self.kid.clone()),
+            crit: None,
         };
         // Serialising these structs cannot fail (string keys, no maps of other keys).
         let part = |json: Vec<u8>| B64URL.encode(json);
@@ -312,14 +316,15 @@ impl Verifier {
         else {
             return Err(TokenError::Malformed);
         };
-        let json = |part: &str| -> Result<serde_json::Value, TokenError> {
-            let bytes = B64URL.decode(part).map_err(|_| TokenError::Malformed)?;
-            serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
-        };
+        let decode = |part: &str| B64URL.decode(part).map_err(|_| TokenError::Malformed);
+        // Straight from the bytes into the struct: a duplicated member is refused.
         let header: Header =
-            serde_json::from_value(json(header)?).map_err(|_| TokenError::Malformed)?;
+            serde_json::from_slice(&decode(header)?).map_err(|_| TokenError::Malformed)?;
         if header.alg != ALG {
             return Err(TokenError::WrongAlgorithm);
+        }
+        if header.crit.is_some() {
+            return Err(TokenError::Malformed);
         }
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
         let key = self
@@ -336,7 +341,9 @@ impl Verifier {
         let signing_input = &token[..header_and_payload_len(token)];
         key.verify_strict(signing_input.as_bytes(), &signature)
             .map_err(|_| TokenError::BadSignature)?;
-        let claims = json(payload)?;
+        let payload = decode(payload)?;
+        let claims: serde_json::Value =
+            serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
         if ["exp", "sub", "iss", "aud"]
             .iter()
             .any(|c| claims.get(c).is_none_or(serde_json::Value::is_null))
@@ -349,7 +356,7 @@ impl Verifier {
         if claims["aud"] != self.audience.as_str() {
             return Err(TokenError::WrongAudience);
         }
-        let claims: Claims = serde_json::from_value(claims).map_err(|_| TokenError::Malformed)?;
+        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
         if claims.exp.saturating_add(CLOCK_LEEWAY_SECS) <= now_secs {
             return Err(TokenError::Expired);
         }
@@ -484,6 +491,35 @@ mod tests {
             verifier.verify(&signed(serde_json::json!([1])), NOW),
             Err(TokenError::MissingClaim)
         );
+        // A duplicated claim, and a header with extensions we would have to understand.
+        let dup = |header: String, payload: &str| {
+            let input = format!("{}.{}", B64URL.encode(header), B64URL.encode(payload));
+            let signature = key.key.sign(input.as_bytes());
+            format!("{input}.{}", B64URL.encode(signature.to_bytes()))
+        };
+        let kid = key.kid();
+        let good = serde_json::to_string(&claims()).unwrap();
+        let twice = good.replacen('{', r#"{"sub":"guest:other","#, 1);
+        let plain = format!(r#"{{"alg":"EdDSA","kid":"{kid}"}}"#);
+        assert_eq!(
+            verifier.verify(&dup(plain.clone(), &good), NOW),
+            Ok(claims())
+        );
+        assert_eq!(
+            verifier.verify(&dup(plain, &twice), NOW),
+            Err(TokenError::Malformed)
+        );
+        let crit = format!(r#"{{"alg":"EdDSA","kid":"{kid}","crit":["exp"]}}"#);
+        assert_eq!(
+            verifier.verify(&dup(crit, &good), NOW),
+            Err(TokenError::Malformed)
+        );
+        let two_algs = format!(r#"{{"alg":"none","alg":"EdDSA","kid":"{kid}"}}"#);
+        assert_eq!(
+            verifier.verify(&dup(two_algs, &good), NOW),
+            Err(TokenError::Malformed)
+        );
+
         // A fourth part, a padded or non-base64url signature, a truncated one.
         let token = key.sign(&claims());
         for bad in [

@@ -6,10 +6,12 @@
 //! Accepted: `-----BEGIN PRIVATE KEY-----` around base64 of
 //! `SEQUENCE { INTEGER 0|1, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING (32) },
 //! [0] attributes?, [1] public key? }` (v1 from `openssl genpkey -algorithm ed25519`, v2 with
-//! the public key as some libraries write it). A v2 public key must match the seed.
+//! the public key as some libraries write it). A v2 public key must match the seed. The decoded
+//! key material is wiped from memory when dropped.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use zeroize::Zeroizing;
 
 /// The DER of OID 1.3.101.112 (id-Ed25519).
 const ED25519_OID: [u8; 3] = [0x2b, 0x65, 0x70];
@@ -20,16 +22,18 @@ pub fn ed25519_seed(pem: &str) -> Option<[u8; 32]> {
         .trim()
         .strip_prefix("-----BEGIN PRIVATE KEY-----")?
         .strip_suffix("-----END PRIVATE KEY-----")?;
-    let b64: String = body.split_whitespace().collect();
-    let der = STANDARD.decode(b64).ok()?;
-    let (key, rest) = take(&der, 0x30)?;
+    let b64 = Zeroizing::new(body.split_whitespace().collect::<String>());
+    let der = Zeroizing::new(STANDARD.decode(b64.as_bytes()).ok()?);
+    let (key, rest) = take(&der[..], 0x30)?;
     if !rest.is_empty() {
         return None;
     }
     let (version, key) = take(key, 0x02)?;
-    if version != [0] && version != [1] {
-        return None;
-    }
+    let v2 = match version {
+        [0] => false,
+        [1] => true,
+        _ => return None,
+    };
     let (algorithm, key) = take(key, 0x30)?;
     let (oid, params) = take(algorithm, 0x06)?;
     if oid != ED25519_OID || !params.is_empty() {
@@ -44,7 +48,8 @@ pub fn ed25519_seed(pem: &str) -> Option<[u8; 32]> {
     if let Some((_attributes, rest)) = take(key, 0xa0) {
         key = rest;
     }
-    if let Some((public, rest)) = take(key, 0x81) {
+    // Only version 2 (OneAsymmetricKey) may carry the public key.
+    if let Some((public, rest)) = take(key, 0x81).filter(|_| v2) {
         // A BIT STRING's content: no unused bits, then the key.
         let derived = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
         if public.first() != Some(&0) || public[1..] != derived.to_bytes() {
@@ -64,6 +69,7 @@ fn take(der: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = match first {
         n @ 0..=0x7f => (usize::from(n), rest),
+        // Long forms only where the short one cannot say it (DER: the shortest encoding).
         0x81 => {
             let (&n, rest) = rest.split_first()?;
             (usize::from(n), rest)
@@ -74,6 +80,14 @@ fn take(der: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
         }
         _ => return None,
     };
+    let shortest = match first {
+        0x81 => len >= 0x80,
+        0x82 => len >= 0x100,
+        _ => true,
+    };
+    if !shortest {
+        return None;
+    }
     (rest.len() >= len).then(|| rest.split_at(len))
 }
 
@@ -135,6 +149,20 @@ mod tests {
         v2.extend([0x81, 0x21, 0x00]);
         v2.extend(key.verifying_key().to_bytes());
         assert_eq!(ed25519_seed(&b64(&v2)), Some([9; 32]));
+        let mut v1_with_public = v2.clone();
+        v1_with_public[4] = 0;
+        assert_eq!(
+            ed25519_seed(&b64(&v1_with_public)),
+            None,
+            "v1 carries no public key"
+        );
+        let mut long_form = vec![0x30, 0x81, 0x2e];
+        long_form.extend(&good[2..]);
+        assert_eq!(
+            ed25519_seed(&b64(&long_form)),
+            None,
+            "not the shortest length"
+        );
         let last = v2.len() - 1;
         v2[last] ^= 1;
         assert_eq!(ed25519_seed(&b64(&v2)), None);
