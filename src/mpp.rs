@@ -92,7 +92,11 @@ async fn relay(client: &WebSocket, env: &Env, ip: Option<&str>) -> Result<()> {
             continue;
         }
         let text = match from_client.next().await {
-            None | Some(Err(_)) | Some(Ok(WebsocketEvent::Close(_))) => return Ok(()),
+            None | Some(Err(_)) => return Ok(()),
+            Some(Ok(WebsocketEvent::Close(_))) => {
+                answer_close(client);
+                return Ok(());
+            }
             Some(Ok(WebsocketEvent::Message(m))) => m.text(),
         };
         let Some(text) = text else {
@@ -174,7 +178,10 @@ async fn in_room(
                     Some(t) => upstream.send_with_str(&t)?,
                     None => send(client, notification("Bad message", "frames are JSON text"))?,
                 },
-                _ => {
+                other => {
+                    if matches!(other, Some(Ok(WebsocketEvent::Close(_)))) {
+                        answer_close(client);
+                    }
                     let _ = upstream.close(Some(1000), Some("client left"));
                     return Ok(Left::Done);
                 }
@@ -201,6 +208,7 @@ async fn in_room(
                     };
                     // The room and the core close with our codes; MPP clients get MPP's.
                     let _ = client.close(Some(for_mpp(code)), Some(c.reason()));
+                    answer_close(&upstream);
                     return Ok(Left::Done);
                 }
                 None | Some(Err(_)) => {
@@ -210,6 +218,14 @@ async fn in_room(
             },
         }
     }
+}
+
+/// Completes a closing handshake the other side began. A socket of a `WebSocketPair` (and one
+/// to a Durable Object) that was sent a close and never answers stays half-closed, and the
+/// runtime then cancels the relay's request as hung ("The Workers runtime canceled this request
+/// because it detected that your Worker's code had hung"). A no-op if already closed.
+fn answer_close(socket: &WebSocket) {
+    let _ = socket.close(Some(1000), Some("bye"));
 }
 
 /// The room's hand-over note: the next room and the frame to feed it.
