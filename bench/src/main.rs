@@ -31,6 +31,7 @@ mod load;
 mod mpp_wire;
 mod procs;
 mod results;
+mod saturate;
 mod wake;
 
 use load::{Endpoint, Enter, Load, Outcome, Scale, Wire};
@@ -55,6 +56,8 @@ const USAGE: &str =
        bench join-storm [--rate N] [--seconds S] [--targets T]
        bench connections [--count N] [--seconds BUDGET] [--targets T]
        bench wake [--rooms R] [--idle S] [--targets T]   (hibernated rooms' first relay)
+       bench saturate [--rooms R] [--players P] [--rates 20,40,..] [--seconds S] [--targets T]
+                        (rising fan-out until p99 > 50 ms or loss > 0.1%: each target's capacity)
        bench attack     (room under attack, issue 13: `bench attack --help`)
        bench micro      (after `cargo bench -p piano-core --bench room`)
        bench summary    (gathers bench/results/*.md into bench/results/summary.md)
@@ -390,6 +393,9 @@ async fn main() {
     if scenario == "wake" {
         return wake_report(&args).await;
     }
+    if scenario == "saturate" {
+        return saturate_report(&args).await;
+    }
     let fds = procs::raise_fd_limit();
     let seconds = Duration::from_secs(arg(&args, "--seconds", 10));
     let count = arg(&args, "--count", 10_000) as usize;
@@ -584,18 +590,166 @@ async fn wake_report(args: &[String]) {
         drop(running);
     }
     println!("{t}");
+    write_results("wake", &t, &json);
+}
+
+/// `bench saturate`: [`saturate::ramp`] on each target, a table of every step and one of the
+/// capacities, as ratios to the baseline's.
+async fn saturate_report(args: &[String]) {
+    procs::raise_fd_limit();
+    let rooms = arg(args, "--rooms", 1) as usize;
+    let players = arg(args, "--players", 50) as usize;
+    let seconds = Duration::from_secs(arg(args, "--seconds", 5));
+    let rates: Vec<u32> = arg_str(args, "--rates")
+        .unwrap_or_else(|| "10,20,40,80,160,320".into())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+    let targets = parse_targets(args);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let load_avg = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let mut results = Vec::new();
+    for target in targets {
+        let running = start(target, "saturate", args).await;
+        let steps = saturate::ramp(
+            rooms,
+            players,
+            &rates,
+            seconds,
+            &*running.url,
+            target != Target::Baseline,
+            &running.pids,
+        )
+        .await;
+        results.push((target, steps));
+        drop(running);
+    }
+    let mut t = format!(
+        "### Saturation: {rooms} room(s) × {players} players, every player sending; {} s per \
+         offered rate\n\nMachine: {}; load average at start {load_avg}. A step meets the service \
+         level with p99 ≤ {} ms and at most {}% of deliveries lost; the ramp stops after the \
+         first step that does not. CPU: cores used during the step by the load generator and \
+         by the target's processes, which share the machine's {cpus:.0}.\n\n\
+         | target | offered batches/s per player | delivered/s | p99 ms | lost | met | generator cores | target cores |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        seconds.as_secs(),
+        machine(),
+        saturate::P99_LIMIT_MS,
+        saturate::LOSS_LIMIT * 100.0,
+    );
+    for (target, steps) in &results {
+        for s in steps {
+            t += &format!(
+                "| {} | {} | {:.0} | {} | {:.2}% | {} | {:.2} | {:.2} |\n",
+                target.label(),
+                s.rate,
+                s.outcome.delivered_per_sec(),
+                ms(s.outcome.percentile(0.99)),
+                100.0 * s.loss(),
+                if s.met() { "yes" } else { "**no**" },
+                s.generator_cores,
+                s.target_cores,
+            );
+        }
+    }
+    let base = results
+        .iter()
+        .find(|(t, _)| *t == Target::Baseline)
+        .and_then(|(_, s)| saturate::capacity(s));
+    t += "\n| target | capacity: delivered/s at the service level | vs baseline | what stopped the ramp |\n|---|---|---|---|\n";
+    let mut json = serde_json::json!({
+        "scenario": "saturate", "machine": machine(), "rooms": rooms, "players": players,
+        "seconds": seconds.as_secs(), "rates": rates, "load_average_at_start": load_avg,
+    });
+    for (target, steps) in &results {
+        let cap = saturate::capacity(steps);
+        let vs = match (cap, base) {
+            (Some(c), Some(b)) if b > 0.0 => format!("{:.0}%", 100.0 * c / b),
+            _ => "-".into(),
+        };
+        let stopped = match steps.last() {
+            Some(s) if s.met() => "nothing: the highest rate offered was met".to_owned(),
+            Some(s) if s.generator_cores + s.target_cores >= 0.9 * cpus => format!(
+                "the machine's CPUs at {} batches/s (generator {:.2} + target {:.2} of {cpus:.0} cores; p99 {} ms, {:.2}% lost)",
+                s.rate,
+                s.generator_cores,
+                s.target_cores,
+                ms(s.outcome.percentile(0.99)),
+                100.0 * s.loss()
+            ),
+            Some(s) => {
+                let why = if s.target_cores >= 0.9 {
+                    "one core's worth of target CPU: a room runs on one thread"
+                } else if s.loss() > saturate::LOSS_LIMIT {
+                    "the target dropped deliveries with CPU to spare"
+                } else {
+                    "the target's latency with CPU to spare"
+                };
+                format!(
+                    "{why}, at {} batches/s (generator {:.2} + target {:.2} of {cpus:.0} cores; p99 {} ms, {:.2}% lost)",
+                    s.rate,
+                    s.generator_cores,
+                    s.target_cores,
+                    ms(s.outcome.percentile(0.99)),
+                    100.0 * s.loss()
+                )
+            }
+            None => "-".into(),
+        };
+        t += &format!(
+            "| {} | {} | {vs} | {stopped} |\n",
+            target.label(),
+            cap.map(|c| format!("{c:.0}")).unwrap_or("-".into()),
+        );
+        json[target.key()] = serde_json::json!({
+            "capacity_delivered_per_sec": cap,
+            "steps": steps.iter().map(|s| serde_json::json!({
+                "rate": s.rate, "met": s.met(), "loss": s.loss(),
+                "generator_cores": s.generator_cores, "target_cores": s.target_cores,
+                "outcome": s.outcome.to_json(),
+            })).collect::<Vec<_>>(),
+        });
+    }
+    println!("{t}");
+    write_results("saturate", &t, &json);
+}
+
+/// Writes `bench/results/<scenario>-<unix time>.md` and `.json`.
+fn write_results(scenario: &str, table: &str, json: &serde_json::Value) {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let dir = e2e_tests::repo_root().join("bench/results");
     let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join(format!("wake-{stamp}.md")), &t);
+    let _ = std::fs::write(dir.join(format!("{scenario}-{stamp}.md")), table);
     let _ = std::fs::write(
-        dir.join(format!("wake-{stamp}.json")),
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
+        dir.join(format!("{scenario}-{stamp}.json")),
+        serde_json::to_string_pretty(json).unwrap_or_default(),
     );
-    eprintln!("bench: wrote bench/results/wake-{stamp}.md and .json");
+    eprintln!("bench: wrote bench/results/{scenario}-{stamp}.md and .json");
+}
+
+/// `--targets` for the scenarios with their own reports (default: all three).
+fn parse_targets(args: &[String]) -> Vec<Target> {
+    arg_str(args, "--targets")
+        .unwrap_or_else(|| "baseline,fallback,edge".into())
+        .split(',')
+        .map(|t| match t.trim() {
+            "baseline" => Target::Baseline,
+            "fallback" => Target::Fallback,
+            "edge" => Target::Edge,
+            "external" => Target::External,
+            other => {
+                eprintln!("unknown target {other:?}\n{USAGE}");
+                std::process::exit(2);
+            }
+        })
+        .collect()
 }
 
 /// `--protocol protobuf|mpp|both`.
