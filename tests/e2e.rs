@@ -74,7 +74,7 @@ impl Spec {
         }
     }
 
-    /// Runs alone on `hosts` (it restarts the server, or looks at all of its storage).
+    /// Runs alone on `hosts` (it restarts the server, looks at all of its storage, or floods it).
     fn alone(self, hosts: &'static [Host]) -> Spec {
         Spec {
             alone: hosts,
@@ -137,8 +137,11 @@ fn trials() -> Vec<Spec> {
         t!(accounts::profiles_and_admin_roles),
         t!(accounts::auth_endpoints_are_rate_limited_per_ip).alone(ALL),
         t!(accounts::session_limit_ends_older_sessions).alone(ALL),
-        t!(abuse::note_off_and_pedal_flood_is_bounded_and_closed_1008),
-        t!(abuse::typing_and_profile_floods_are_bounded_and_closed_1008),
+        // Floods of 10,000 frames: `wrangler dev` runs the worker and every object on one
+        // thread, and a request queued behind such a flood was answered 503 by the runtime (two
+        // fresh-clone runs lost a concurrent trial's `POST /api/auth/guest` so).
+        t!(abuse::note_off_and_pedal_flood_is_bounded_and_closed_1008).alone(&[Edge]),
+        t!(abuse::typing_and_profile_floods_are_bounded_and_closed_1008).alone(&[Edge]),
         t!(abuse::one_user_gets_at_most_four_sockets_per_room),
         t!(abuse::password_guessing_is_slowed_per_user_and_room),
         t!(abuse::a_reader_that_never_reads_is_closed_1013),
