@@ -67,7 +67,7 @@ pub async fn main(args: &[String]) {
         "bench: attack {cfg:?}, targets {targets:?}, fd limit {}",
         fds.0
     );
-    let load_avg = loadavg();
+    let load_avg = crate::load_average();
     let run_id = std::process::id();
     let mut rows = Vec::new();
     for &target in &targets {
@@ -79,7 +79,7 @@ pub async fn main(args: &[String]) {
         if target == Target::External && pids.is_empty() {
             pids = local_server_pids(args);
         }
-        let la = loadavg();
+        let la = crate::load_average();
         let m = attack::run(&cfg, url, &pids, &format!("bench-attack-{run_id}")).await;
         drop(running);
         if let Some(f) = &m.failed {
@@ -90,12 +90,6 @@ pub async fn main(args: &[String]) {
     let note = arg_str(args, "--note");
     let table = report(&cfg, note.as_deref(), &load_avg, &rows);
     println!("{table}");
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let dir = e2e_tests::repo_root().join("bench/results");
-    let _ = std::fs::create_dir_all(&dir);
     let mut json = serde_json::json!({
         "scenario": "attack",
         "load": { "rooms": 1, "players": cfg.players, "senders": cfg.players, "rate": cfg.rate, "seconds": cfg.phase.as_secs(), "attack": cfg.plan.to_json() },
@@ -107,12 +101,7 @@ pub async fn main(args: &[String]) {
         json[target.key()] = m.to_json();
         json[target.key()]["load_average_at_start"] = la.clone().into();
     }
-    let _ = std::fs::write(dir.join(format!("attack-{stamp}.md")), &table);
-    let _ = std::fs::write(
-        dir.join(format!("attack-{stamp}.json")),
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    );
-    eprintln!("bench: wrote bench/results/attack-{stamp}.md and .json");
+    crate::write_results("attack", &table, &json);
 }
 
 /// An external target on this machine (`--url http://127.0.0.1:PORT`, e.g. a `wrangler dev`
@@ -140,12 +129,6 @@ fn local_server_pids(args: &[String]) -> Vec<u32> {
             .join(", ")
     );
     pids
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 /// Milliseconds, "lost" for a percentile that fell among lost batches.

@@ -440,27 +440,12 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let targets: Vec<Target> = arg_str(&args, "--targets")
-        .unwrap_or_else(|| "baseline,fallback,edge".into())
-        .split(',')
-        .map(|t| match t.trim() {
-            "baseline" => Target::Baseline,
-            "fallback" => Target::Fallback,
-            "edge" => Target::Edge,
-            "external" => Target::External,
-            other => {
-                eprintln!("unknown target {other:?}\n{USAGE}");
-                std::process::exit(2);
-            }
-        })
-        .collect();
+    let targets = parse_targets(&args, "baseline,fallback,edge");
     eprintln!(
         "bench: {scenario} {load:?}, targets {targets:?}, fd limit {} (hard limit was {})",
         fds.0, fds.1
     );
-    let load_avg = std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
+    let load_avg = load_average();
 
     let wires = wires(&args);
     let mut results: Vec<(Target, Wire, Measured)> = Vec::new();
@@ -505,12 +490,6 @@ async fn main() {
 
     let table = report(&scenario, &load, count, fds.0, &load_avg, &results);
     println!("{table}");
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let dir = e2e_tests::repo_root().join("bench/results");
-    let _ = std::fs::create_dir_all(&dir);
     let mut json = serde_json::json!({
         "scenario": scenario,
         "load": { "rooms": load.rooms, "players": load.players, "senders": load.senders, "rate": load.rate, "seconds": load.duration.as_secs(), "count": (scenario == "connections").then_some(count) },
@@ -527,12 +506,7 @@ async fn main() {
             Measured::Scale(s) => s.to_json(),
         };
     }
-    let _ = std::fs::write(dir.join(format!("{scenario}-{stamp}.md")), &table);
-    let _ = std::fs::write(
-        dir.join(format!("{scenario}-{stamp}.json")),
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    );
-    eprintln!("bench: wrote bench/results/{scenario}-{stamp}.md and .json");
+    write_results(&scenario, &table, &json);
 }
 
 /// `wrangler dev`'s workerd holds about six descriptors per WebSocket (12,111 at 2,000
@@ -544,19 +518,10 @@ const WORKERD_FDS_PER_CONNECTION: u64 = 6;
 async fn wake_report(args: &[String]) {
     let rooms = arg(args, "--rooms", 5) as usize;
     let idle = Duration::from_secs(arg(args, "--idle", 15));
-    let targets: Vec<Target> = arg_str(args, "--targets")
-        .unwrap_or_else(|| "fallback,edge".into())
-        .split(',')
-        .filter_map(|t| match t.trim() {
-            "fallback" => Some(Target::Fallback),
-            "edge" => Some(Target::Edge),
-            "external" => Some(Target::External),
-            _ => None,
-        })
-        .collect();
-    let load_avg = std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
+    // The baseline has no rooms to evict.
+    let mut targets = parse_targets(args, "fallback,edge");
+    targets.retain(|t| *t != Target::Baseline);
+    let load_avg = load_average();
     let mut t = format!(
         "### Wake: {rooms} rooms of 2 players, idle {} s, then one batch\n\nMachine: {}; load \
          average at start {load_avg}. Warm: a batch's send-to-receive time while the room is awake; \
@@ -605,13 +570,11 @@ async fn saturate_report(args: &[String]) {
         .split(',')
         .filter_map(|r| r.trim().parse().ok())
         .collect();
-    let targets = parse_targets(args);
+    let targets = parse_targets(args, "baseline,fallback,edge");
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1) as f64;
-    let load_avg = std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
+    let load_avg = load_average();
     let mut results = Vec::new();
     for target in targets {
         let running = start(target, "saturate", args).await;
@@ -719,7 +682,7 @@ async fn saturate_report(args: &[String]) {
 }
 
 /// Writes `bench/results/<scenario>-<unix time>.md` and `.json`.
-fn write_results(scenario: &str, table: &str, json: &serde_json::Value) {
+pub(crate) fn write_results(scenario: &str, table: &str, json: &serde_json::Value) {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -734,10 +697,17 @@ fn write_results(scenario: &str, table: &str, json: &serde_json::Value) {
     eprintln!("bench: wrote bench/results/{scenario}-{stamp}.md and .json");
 }
 
-/// `--targets` for the scenarios with their own reports (default: all three).
-fn parse_targets(args: &[String]) -> Vec<Target> {
+/// The load average (1, 5, 15 minutes) as `/proc/loadavg` has it, for the result tables.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// `--targets`, or `default` (comma-separated target keys).
+pub(crate) fn parse_targets(args: &[String], default: &str) -> Vec<Target> {
     arg_str(args, "--targets")
-        .unwrap_or_else(|| "baseline,fallback,edge".into())
+        .unwrap_or_else(|| default.into())
         .split(',')
         .map(|t| match t.trim() {
             "baseline" => Target::Baseline,

@@ -41,17 +41,7 @@ pub fn micro() {
         json[name] = serde_json::json!({ "mean_ns": mean * 1000.0, "median_ns": median * 1000.0, "mean_ci_ns": [lo * 1000.0, hi * 1000.0] });
     }
     println!("{t}");
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let out = e2e_tests::repo_root().join("bench/results");
-    let _ = std::fs::create_dir_all(&out);
-    let _ = std::fs::write(out.join(format!("micro-{stamp}.md")), &t);
-    let _ = std::fs::write(
-        out.join(format!("micro-{stamp}.json")),
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    );
+    crate::write_results("micro", &t, &json);
 }
 
 /// `bench/results/summary.md`: every result table of the folder, oldest first.
