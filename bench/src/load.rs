@@ -66,13 +66,7 @@ impl Outcome {
 
     /// Latency percentile in milliseconds (q = 1.0 is the maximum).
     pub fn percentile(&self, q: f64) -> Option<f64> {
-        if self.latencies_us.is_empty() {
-            return None;
-        }
-        let mut v = self.latencies_us.clone();
-        v.sort_unstable();
-        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
-        Some(v[i] as f64 / 1000.0)
+        percentile_ms(&self.latencies_us, q)
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -88,6 +82,17 @@ impl Outcome {
             },
         })
     }
+}
+
+/// Percentile `q` of microsecond samples, in milliseconds (q = 1.0 is the maximum).
+pub fn percentile_ms(us: &[u64], q: f64) -> Option<f64> {
+    if us.is_empty() {
+        return None;
+    }
+    let mut v = us.to_vec();
+    v.sort_unstable();
+    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+    Some(v[i] as f64 / 1000.0)
 }
 
 /// Which batch this is: who sent it and its sequence number, carried in the events themselves

@@ -536,7 +536,7 @@ async fn wake_report(args: &[String]) {
     for target in targets {
         let running = start(target, "wake", args).await;
         let w = wake::run(rooms, idle, &*running.url).await;
-        let p = |v: &[u64], q| wake::percentile(v, q);
+        let p = |v: &[u64], q| load::percentile_ms(v, q);
         let ratio = match (p(&w.wake_us, 0.5), p(&w.warm_us, 0.5)) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.1}×", a / b),
             _ => "-".into(),

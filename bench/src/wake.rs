@@ -37,15 +37,7 @@ impl Wake {
 }
 
 fn ms_summary(us: &[u64]) -> serde_json::Value {
-    serde_json::json!({ "p50": percentile(us, 0.5), "max": percentile(us, 1.0) })
-}
-
-/// Percentile `q` of microsecond samples, in milliseconds.
-pub fn percentile(us: &[u64], q: f64) -> Option<f64> {
-    let mut v = us.to_vec();
-    v.sort_unstable();
-    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len().max(1)) - 1;
-    v.get(i).map(|x| *x as f64 / 1000.0)
+    serde_json::json!({ "p50": load::percentile_ms(us, 0.5), "max": load::percentile_ms(us, 1.0) })
 }
 
 /// Sends batch `seq` from `from` and waits until `to` has it: the time in microseconds.
