@@ -305,8 +305,24 @@ pub async fn reserved_admin_names_need_the_bootstrap_secret(s: &Server) {
             "{name} with {secret:?}: {body}"
         );
     }
-    // With the secret, the listed name registers as an admin (the suite's root-admin).
-    s.admin_token().await;
+    // With the secret, the listed name registers, as an admin (this trial is the only one
+    // that uses reserved-admin; the suite's shared admin is root-admin).
+    let resp = reqwest::Client::new()
+        .post(s.http("/api/auth/register"))
+        .header("x-admin-bootstrap", ADMIN_BOOTSTRAP_SECRET)
+        .json(&serde_json::json!({"username": "Reserved-Admin", "password": "i am admin now"}))
+        .send()
+        .await
+        .expect("register");
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    assert_eq!(status, 201, "{body}");
+    assert!(
+        body["user"]["roles"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r == "admin")),
+        "{body}"
+    );
 }
 
 fn assert_security_headers(what: &str, resp: &reqwest::Response) {

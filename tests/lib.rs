@@ -115,6 +115,9 @@ pub struct Server {
     pub issuer: String,
     pub audience: String,
     pub host: Host,
+    /// `root-admin` was registered ([`Server::admin_token`]): once per server, by whichever
+    /// trial asks first, the others waiting for it.
+    admin_registered: tokio::sync::OnceCell<()>,
 }
 
 impl Server {

@@ -171,6 +171,7 @@ impl Server {
             issuer: "pianorhythm".into(),
             audience: "pianorhythm".into(),
             host,
+            admin_registered: tokio::sync::OnceCell::new(),
         }
     }
 
