@@ -22,10 +22,13 @@
 //! - [`password`]: password hashing (rooms and accounts).
 //! - [`outbox`]: the outbox's delivery rules (lanes, backoff, dead letters, coalescing), for
 //!   both hosts.
+//! - [`backlog`]: what a host skips (stale note batches, cursor moves) for a listener that
+//!   fell behind, and when it must close it instead.
 //! - [`limits`]: protocol-wide numbers (frame size, close codes) that clients rely on;
 //!   [`window`]: the sliding-window rate counter rooms, sessions and accounts share.
 
 pub mod account;
+pub mod backlog;
 pub mod http_policy;
 pub mod identity;
 pub mod limits;

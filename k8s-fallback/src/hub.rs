@@ -333,9 +333,14 @@ impl Hub {
                     let _ = tx.send(RoomMsg::Disconnect { conn }).await;
                 }
             }
-            Wire::Deliver { at_us, conns, data } => {
+            Wire::Deliver {
+                at_us,
+                conns,
+                data,
+                delivery,
+            } => {
                 for c in &conns {
-                    self.sockets.deliver(*c, &data);
+                    self.sockets.deliver(*c, &data, delivery);
                 }
                 if at_us > 0 {
                     METRICS

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub messages_out: AtomicU64,
     /// Connections closed because their outbound queue was full.
     pub slow_consumers: AtomicU64,
+    /// Note batches and cursor moves not sent to connections that fell behind.
+    pub frames_skipped: AtomicU64,
     /// Failed Redis commands and lost pub/sub connections.
     pub redis_errors: AtomicU64,
     /// Rooms this replica took over or started under a lease.
@@ -88,6 +90,7 @@ pub static METRICS: Metrics = Metrics {
     messages_in: AtomicU64::new(0),
     messages_out: AtomicU64::new(0),
     slow_consumers: AtomicU64::new(0),
+    frames_skipped: AtomicU64::new(0),
     redis_errors: AtomicU64::new(0),
     leases_acquired: AtomicU64::new(0),
     leases_lost: AtomicU64::new(0),
@@ -147,6 +150,12 @@ pub fn render(replica: &str) -> String {
         "counter",
         "Connections closed because they did not keep up with their room.",
         m.slow_consumers.load(Relaxed).to_string(),
+    );
+    metric(
+        "piano_frames_skipped_total",
+        "counter",
+        "Note batches and cursor moves not sent to connections that fell behind (they are told how many).",
+        m.frames_skipped.load(Relaxed).to_string(),
     );
     metric(
         "piano_redis_errors_total",

@@ -1,6 +1,8 @@
 //! The players' sockets on this replica, as the rooms see them: each a bounded outbound queue
-//! and a kill switch. Sockets never block a room: a connection whose queue is full is closed
-//! ([`SLOW_CONSUMER`]) rather than slowing everyone else down.
+//! and a kill switch. Sockets never block a room: for a connection that falls behind, note
+//! batches and cursor moves are skipped and it is told how many once it catches up
+//! (`piano_core::backlog`); one whose queue is full when a frame that must arrive comes is
+//! closed ([`SLOW_CONSUMER`]) rather than slowing everyone else down.
 //!
 //! Shared by the hub (placement, drain, frames from other replicas) and the room tasks (their
 //! broadcasts and closes), below both; the socket's own task ([`crate::ws`]) registers here.
@@ -8,7 +10,8 @@
 use crate::lock;
 use crate::metrics::METRICS;
 use bytes::Bytes;
-use piano_core::room::ConnId;
+use piano_core::backlog::{Backlog, Delivery, Verdict};
+use piano_core::room::{ConnId, Protocol, fell_behind};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
@@ -37,6 +40,8 @@ pub type Moves = mpsc::Sender<(String, String)>;
 
 struct LocalConn {
     tx: mpsc::Sender<Outbound>,
+    protocol: Protocol,
+    backlog: Backlog,
     moves: Option<Moves>,
     /// Tells the socket's writer to close at once, bypassing a full queue.
     kill: Option<oneshot::Sender<(u16, String)>>,
@@ -59,10 +64,17 @@ impl Sockets {
         kill: oneshot::Sender<(u16, String)>,
         moves: Option<Moves>,
     ) {
+        // Only MPP sockets can be moved between rooms.
+        let protocol = match moves {
+            Some(_) => Protocol::Mpp,
+            None => Protocol::Protobuf,
+        };
         lock(&self.conns).insert(
             conn,
             LocalConn {
                 tx,
+                protocol,
+                backlog: Backlog::default(),
                 moves,
                 kill: Some(kill),
                 closing: false,
@@ -74,16 +86,34 @@ impl Sockets {
         lock(&self.conns).remove(&conn);
     }
 
-    /// Queues a frame for a local socket; `false` if the connection is not on this replica.
-    pub fn deliver(&self, conn: ConnId, frame: &Bytes) -> bool {
+    /// Queues a frame for a local socket, or skips it if the socket fell behind and it may be
+    /// skipped (`delivery`); `false` if the connection is not on this replica.
+    pub fn deliver(&self, conn: ConnId, frame: &Bytes, delivery: Delivery) -> bool {
         let mut conns = lock(&self.conns);
         let Some(c) = conns.get_mut(&conn) else {
             return false;
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) =
-            c.tx.try_send(Outbound::Frame(frame.clone()))
-            && let Some(kill) = c.kill.take()
-        {
+        let queued = c.tx.max_capacity() - c.tx.capacity();
+        match c.backlog.offer(delivery, queued, c.tx.max_capacity()) {
+            Verdict::Skip => {
+                METRICS.frames_skipped.fetch_add(1, Relaxed);
+                return true;
+            }
+            Verdict::Queue { notice } => {
+                if let Some(n) = notice {
+                    let _ = c.tx.try_send(Outbound::Frame(fell_behind(c.protocol, n)));
+                    tracing::info!(conn, skipped = n, "a connection caught up with its room");
+                }
+                match c.tx.try_send(Outbound::Frame(frame.clone())) {
+                    // Full only if the queue filled since it was measured: a slow consumer.
+                    Err(mpsc::error::TrySendError::Full(_)) => {}
+                    // Sent, or the socket is already gone.
+                    _ => return true,
+                }
+            }
+            Verdict::Close => {}
+        }
+        if let Some(kill) = c.kill.take() {
             METRICS.slow_consumers.fetch_add(1, Relaxed);
             tracing::warn!(conn, "closing a connection that fell behind its room");
             let _ = kill.send((SLOW_CONSUMER, "too slow: reconnect".into()));
@@ -129,5 +159,61 @@ impl Sockets {
 
     pub fn ids(&self) -> Vec<ConnId> {
         lock(&self.conns).keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use piano_core::proto::{ServerMessage, server_message::Msg as S};
+    use prost::Message;
+
+    fn frames(rx: &mut mpsc::Receiver<Outbound>) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            if let Outbound::Frame(b) = m {
+                out.push(b);
+            }
+        }
+        out
+    }
+
+    /// A listener whose writer stalls: from half a queue its note batches are skipped, what
+    /// must arrive still queues, it is told how many were skipped once it catches up, and only
+    /// a full queue with a frame that must arrive closes it.
+    #[test]
+    fn a_listener_behind_skips_fresh_frames_is_told_and_closed_only_when_full() {
+        let sockets = Sockets::default();
+        let (tx, mut rx) = mpsc::channel(8);
+        let (kill_tx, mut kill_rx) = oneshot::channel();
+        sockets.register(1, tx, kill_tx, None);
+        let note = Bytes::from_static(b"note");
+        let chat = Bytes::from_static(b"chat");
+        for _ in 0..10 {
+            assert!(sockets.deliver(1, &note, Delivery::Fresh));
+        }
+        // 4 of 8 queued, then skipping; a frame that must arrive still goes in.
+        assert!(sockets.deliver(1, &chat, Delivery::Reliable));
+        let got = frames(&mut rx);
+        assert_eq!(got.len(), 5);
+        assert_eq!(got[4], chat);
+        // Caught up: the next frame comes after the notice of the 6 skipped.
+        assert!(sockets.deliver(1, &note, Delivery::Fresh));
+        let got = frames(&mut rx);
+        let told = ServerMessage::decode(got[0].clone())
+            .ok()
+            .and_then(|m| m.msg);
+        assert_eq!(
+            told,
+            Some(S::FellBehind(piano_core::proto::FellBehind { skipped: 6 }))
+        );
+        assert_eq!(got[1], note);
+        assert!(kill_rx.try_recv().is_err(), "never closed so far");
+        // A queue full of what must arrive: the next such frame closes the connection.
+        for _ in 0..8 {
+            sockets.deliver(1, &chat, Delivery::Reliable);
+        }
+        assert!(sockets.deliver(1, &chat, Delivery::Reliable));
+        assert_eq!(kill_rx.try_recv().map(|(code, _)| code), Ok(SLOW_CONSUMER));
     }
 }

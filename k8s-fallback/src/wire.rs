@@ -6,7 +6,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use piano_core::identity::Identity;
-use piano_core::room::{ConnId, Protocol};
+use piano_core::room::{ConnId, Delivery, Protocol};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Wire {
@@ -29,11 +29,13 @@ pub enum Wire {
     },
     /// Follower → lease holder: the player's socket closed.
     Disconnect { room: String, conn: ConnId },
-    /// Lease holder → follower: send `data` to these local connections.
+    /// Lease holder → follower: send `data` to these local connections (`delivery`: whether
+    /// it may be skipped for one that fell behind).
     Deliver {
         at_us: u64,
         conns: Vec<ConnId>,
         data: Bytes,
+        delivery: Delivery,
     },
     /// Lease holder → follower: close this connection.
     Close {
@@ -55,6 +57,9 @@ const DISCONNECT: u8 = 3;
 const DELIVER: u8 = 4;
 const CLOSE: u8 = 5;
 const MOVE: u8 = 6;
+/// A `Deliver` of a frame that may be skipped: its own tag, so a replica of an older version
+/// drops it (a note batch) during a rolling update rather than misreading it.
+const DELIVER_FRESH: u8 = 7;
 
 fn put_str(b: &mut BytesMut, s: &str) {
     b.put_u32(s.len() as u32);
@@ -129,9 +134,17 @@ impl Wire {
                 put_str(&mut b, room);
                 b.put_u64(*conn);
             }
-            Wire::Deliver { at_us, conns, data } => {
+            Wire::Deliver {
+                at_us,
+                conns,
+                data,
+                delivery,
+            } => {
                 b.reserve(data.len() + conns.len() * 8 + 16);
-                b.put_u8(DELIVER);
+                b.put_u8(match delivery {
+                    Delivery::Reliable => DELIVER,
+                    Delivery::Fresh => DELIVER_FRESH,
+                });
                 b.put_u64(*at_us);
                 b.put_u32(conns.len() as u32);
                 for c in conns {
@@ -182,7 +195,7 @@ impl Wire {
                 room: take_str(b)?,
                 conn: take_u64(b)?,
             },
-            DELIVER => {
+            tag @ (DELIVER | DELIVER_FRESH) => {
                 let at_us = take_u64(b)?;
                 let n = take_u32(b)? as usize;
                 if b.remaining() < n.saturating_mul(8) {
@@ -193,6 +206,10 @@ impl Wire {
                     at_us,
                     conns,
                     data: take_bytes(b)?,
+                    delivery: match tag {
+                        DELIVER_FRESH => Delivery::Fresh,
+                        _ => Delivery::Reliable,
+                    },
                 }
             }
             CLOSE => Wire::Close {
@@ -248,6 +265,13 @@ mod tests {
                 at_us: 9,
                 conns: vec![1, 2, 3],
                 data: Bytes::from_static(b"abc"),
+                delivery: Delivery::Reliable,
+            },
+            Wire::Deliver {
+                at_us: 0,
+                conns: vec![4],
+                data: Bytes::from_static(b"notes"),
+                delivery: Delivery::Fresh,
             },
             Wire::Close {
                 conn: 3,

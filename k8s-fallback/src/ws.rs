@@ -278,10 +278,20 @@ async fn write_loop(
                 } else {
                     Message::Binary(b)
                 };
+                // Frames already queued behind this one go out in the same write: a busy
+                // room's listener costs one syscall per burst, not one per frame.
+                let more = !rx.is_empty();
+                let write = async {
+                    sink.feed(message).await?;
+                    if !more {
+                        sink.flush().await?;
+                    }
+                    Ok::<_, axum::Error>(())
+                };
                 // A socket that cannot take a frame within this long is as good as gone; a kill
                 // (slow consumer) while the send is stuck ends the wait at once.
                 let sent = tokio::select! {
-                    r = tokio::time::timeout(Duration::from_secs(10), sink.send(message)) => match r {
+                    r = tokio::time::timeout(Duration::from_secs(10), write) => match r {
                         Ok(r) => r.is_ok(),
                         Err(_) => {
                             // Stuck that long: a slow consumer, whether or not its queue filled.

@@ -60,11 +60,11 @@ const state = {
 
 let synth: Synth | undefined;
 /** The synth, created on first use; a browser without WebAudio still shows and sends notes. */
-const audio = (): Pick<Synth, "noteOn" | "noteOff" | "sustain" | "at" | "resume"> => {
+const audio = (): Pick<Synth, "noteOn" | "noteOff" | "sustain" | "releaseOthers" | "at" | "resume"> => {
   try {
     return (synth ??= new Synth());
   } catch {
-    return { noteOn() {}, noteOff() {}, sustain() {}, at: () => 0, resume() {} };
+    return { noteOn() {}, noteOff() {}, sustain() {}, releaseOthers() {}, at: () => 0, resume() {} };
   }
 };
 document.addEventListener("pointerdown", () => audio().resume(), { capture: true });
@@ -236,6 +236,13 @@ function onMessage(msg: ServerMsg): void {
       toast(`${msg.value.dropped} notes not played: ${why[msg.value.reason] ?? "refused"}`);
       break;
     }
+    case "fellBehind":
+      // The connection fell behind and note batches were skipped; their note-offs may have
+      // been among them, so nothing of the others' is left sounding.
+      audio().releaseOthers(state.you?.id);
+      piano.unlightOthers(state.you?.id);
+      toast(`Your connection fell behind: ${msg.value.skipped} note batches were skipped`);
+      break;
     case "kicked":
       toast(msg.value.bannedUntil ? `You were kicked and banned for ${Math.ceil((Number(msg.value.bannedUntil) - conn.clock.serverNow()) / 60000)} min` : "You were kicked");
       break;

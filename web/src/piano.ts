@@ -58,6 +58,11 @@ export class Piano {
     key.dataset.litBy = who;
   }
 
+  /** Unlights every key held by anyone but `keep`. */
+  unlightOthers(keep: string | undefined): void {
+    for (const [note, set] of this.lit) for (const who of [...set]) if (who !== keep) this.unlight(note, who);
+  }
+
   unlight(note: number, who: string): void {
     const key = this.keys.get(note);
     const set = this.lit.get(note);

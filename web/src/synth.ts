@@ -77,6 +77,17 @@ export class Synth {
     }
   }
 
+  /** Releases every voice and pedal of every source but `keep` (notes left sounding when
+   * their note-offs were skipped). */
+  releaseOthers(keep: string | undefined): void {
+    const when = this.ctx.currentTime;
+    for (const key of [...this.voices.keys()]) {
+      const [source, note] = [key.slice(0, key.lastIndexOf(":")), Number(key.slice(key.lastIndexOf(":") + 1))];
+      if (source !== keep) this.release(source, note, when);
+    }
+    for (const [source, pedal] of this.pedal) if (source !== keep) (pedal.down = false), pedal.held.clear();
+  }
+
   private release(source: string, note: number, when: number): void {
     const key = `${source}:${note}`;
     const v = this.voices.get(key);

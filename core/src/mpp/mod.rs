@@ -144,6 +144,17 @@ pub fn notification(title: &str, text: &str) -> Value {
     })
 }
 
+/// The `notification` that `skipped` note batches and cursor moves were not sent to a client
+/// that fell behind its room (`crate::backlog`).
+pub fn fell_behind(skipped: u32) -> Value {
+    notification(
+        "Connection behind",
+        &format!(
+            "Your connection fell behind the room: {skipped} note batches and cursor moves were skipped so you hear what is played now."
+        ),
+    )
+}
+
 /// The `notification` for something MPP has and our rooms do not ([`Action::Unsupported`]).
 pub fn unsupported(what: &str) -> Value {
     let text = match what {

@@ -113,6 +113,7 @@ impl Channel {
                 vec![t]
             }
             S::Error(e) => vec![super::notification("Error", &e.message)],
+            S::FellBehind(f) => vec![super::fell_behind(f.skipped)],
             S::JoinFailed(f) => vec![super::notification("Could not join", &f.message)],
             S::Chat(c) => vec![chat(c)],
             // MPP sends `c` when chat is cleared.

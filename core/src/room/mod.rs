@@ -60,8 +60,10 @@ pub use moderation::MAX_BAN_MS;
 pub use profile::CURSOR_MIN_INTERVAL_MS;
 pub use settings::{MAX_PLAYERS, MAX_PLAYERS_ADMIN};
 pub use stats::{STATS_EVERY_MS, StatsDelta};
+pub use wire::fell_behind;
 
 use crate::Millis;
+pub use crate::backlog::Delivery;
 use crate::identity::Identity;
 use crate::listing::{Delta, Report, Summary};
 use crate::proto::client_message::Msg as C;
@@ -161,7 +163,14 @@ pub enum Effect {
     /// Send one frame to every target (the same bytes to each). The targets all speak one
     /// [`Protocol`]: an encoded `ServerMessage` sent as a binary frame to protobuf connections,
     /// UTF-8 MPP JSON sent as a text frame to MPP connections (the host knows which it holds).
-    Send { to: Targets, frame: Bytes },
+    ///
+    /// `delivery`: whether the host may skip it for a connection that fell behind
+    /// ([`crate::backlog`]).
+    Send {
+        to: Targets,
+        frame: Bytes,
+        delivery: Delivery,
+    },
     /// Close the connection with this WebSocket close code. The room has already forgotten it.
     Close {
         conn: ConnId,

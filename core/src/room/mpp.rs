@@ -6,7 +6,7 @@
 //! others, and one MPP JSON frame for all MPP targets (translated once, whatever their number).
 //! A room without MPP connections never comes here.
 
-use super::{C, ConnId, Effect, Out, Protocol, Room, S, Targets};
+use super::{C, ConnId, Delivery, Effect, Out, Protocol, Room, S, Targets};
 use crate::Millis;
 use crate::limits::{MAX_FRAME_BYTES, close};
 use crate::mpp::{self, Action};
@@ -136,6 +136,7 @@ impl Room {
             out.push(Effect::Send {
                 to: Targets::One(conn),
                 frame: Bytes::from(frame),
+                delivery: Delivery::Reliable,
             });
         }
     }
@@ -155,20 +156,29 @@ impl Room {
         };
         for (i, effect) in std::mem::take(out).into_iter().enumerate() {
             match effect {
-                Effect::Send { to, frame } if !native.contains(&i) => {
+                Effect::Send {
+                    to,
+                    frame,
+                    delivery,
+                } if !native.contains(&i) => {
                     let (theirs, ours): (Vec<ConnId>, Vec<ConnId>) = to
                         .as_slice()
                         .iter()
                         .copied()
                         .partition(|c| is_mpp(&self.conns, c));
                     if theirs.is_empty() {
-                        out.push(Effect::Send { to, frame });
+                        out.push(Effect::Send {
+                            to,
+                            frame,
+                            delivery,
+                        });
                         continue;
                     }
                     if !ours.is_empty() {
                         out.push(Effect::Send {
                             to: targets(ours),
                             frame: frame.clone(),
+                            delivery,
                         });
                     }
                     // The room encoded it a moment ago: it decodes.
@@ -185,6 +195,7 @@ impl Room {
                         out.push(Effect::Send {
                             to: targets(theirs),
                             frame: Bytes::from(text),
+                            delivery,
                         });
                     }
                 }

@@ -2,7 +2,7 @@
 //! `ClientMessage` with a message set), encoding each server message once, and the typed
 //! errors every handler answers with.
 
-use super::{ConnId, Effect, Frame, Out, Room, S, Targets};
+use super::{ConnId, Delivery, Effect, Frame, Out, Protocol, Room, S, Targets};
 use crate::Millis;
 use crate::limits::{MAX_FRAME_BYTES, close};
 use crate::proto::{self, ClientMessage, ErrorCode, ServerMessage, client_message::Msg as C};
@@ -88,6 +88,7 @@ pub(super) fn encode(msg: S) -> Bytes {
 pub(super) fn send_one(conn: ConnId, msg: S) -> Effect {
     Effect::Send {
         to: Targets::One(conn),
+        delivery: Delivery::of(&msg),
         frame: encode(msg),
     }
 }
@@ -95,7 +96,19 @@ pub(super) fn send_one(conn: ConnId, msg: S) -> Effect {
 pub(super) fn send_many(conns: Vec<ConnId>, msg: S) -> Effect {
     Effect::Send {
         to: Targets::Many(conns),
+        delivery: Delivery::of(&msg),
         frame: encode(msg),
+    }
+}
+
+/// The notice that `skipped` fresh frames were not sent to a connection that fell behind
+/// (`crate::backlog`), in the connection's protocol; the host queues it.
+pub fn fell_behind(protocol: Protocol, skipped: u32) -> Bytes {
+    match protocol {
+        Protocol::Protobuf => encode(S::FellBehind(proto::FellBehind { skipped })),
+        Protocol::Mpp => {
+            Bytes::from(crate::mpp::frame(&[crate::mpp::fell_behind(skipped)]).unwrap_or_default())
+        }
     }
 }
 

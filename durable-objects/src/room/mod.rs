@@ -446,7 +446,7 @@ impl Room {
         let mut published = Vec::new();
         for effect in effects {
             match effect {
-                Effect::Send { to, frame } => {
+                Effect::Send { to, frame, .. } => {
                     // One JS buffer per broadcast, handed to every socket; MPP connections are
                     // sent their own Sends (UTF-8 JSON) as text. The targets of one Send all
                     // speak one protocol: the first says which.

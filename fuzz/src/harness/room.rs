@@ -129,7 +129,7 @@ impl Host {
         if self.trace {
             for e in &effects {
                 match e {
-                    Effect::Send { to, frame } => eprintln!(
+                    Effect::Send { to, frame, .. } => eprintln!(
                         "    Send {:?} {:?}",
                         to.as_slice(),
                         ServerMessage::decode(frame.as_ref()).map(|m| m.msg)
@@ -173,7 +173,7 @@ impl Host {
     fn apply(&mut self, effects: &[Effect], unknown: Option<ConnId>) {
         for e in effects {
             match e {
-                Effect::Send { to, frame } => {
+                Effect::Send { to, frame, .. } => {
                     let targets = to.as_slice();
                     assert!(!targets.is_empty(), "Send without targets");
                     let unique: BTreeSet<_> = targets.iter().collect();

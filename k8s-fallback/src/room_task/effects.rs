@@ -46,13 +46,17 @@ impl Task {
         }
         for effect in effects {
             match effect {
-                Effect::Send { to, frame } => {
+                Effect::Send {
+                    to,
+                    frame,
+                    delivery,
+                } => {
                     let mut by_replica: HashMap<&str, Vec<ConnId>> = HashMap::new();
                     let mut local = false;
                     for conn in to.as_slice() {
                         match self.remote.get(conn) {
                             Some(r) => by_replica.entry(r.as_str()).or_default().push(*conn),
-                            None => local |= self.ctx.sockets.deliver(*conn, &frame),
+                            None => local |= self.ctx.sockets.deliver(*conn, &frame, delivery),
                         }
                     }
                     for (replica, conns) in by_replica {
@@ -62,6 +66,7 @@ impl Task {
                                 at_us: at_us.unwrap_or(0),
                                 conns,
                                 data: frame.clone(),
+                                delivery,
                             },
                         );
                     }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use piano_core::identity::Identity;
 use piano_core::limits::MAX_FRAME_BYTES;
 use piano_core::mpp::{Session, Step, notification};
-use piano_core::room::{ConnId, Protocol, participant_of};
+use piano_core::room::{ConnId, Delivery, Protocol, participant_of};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -99,7 +99,8 @@ impl MppSocket {
         for step in self.session.on_frame(text, crate::now_ms()) {
             match step {
                 Step::Reply(frame) => {
-                    hub.sockets.deliver(conn, &Bytes::from(frame));
+                    hub.sockets
+                        .deliver(conn, &Bytes::from(frame), Delivery::Reliable);
                 }
                 Step::SignIn { token } => {
                     let reply = match self.sign_in(hub, token).await {
@@ -114,7 +115,8 @@ impl MppSocket {
                             self.session.sign_in_failed(&why)
                         }
                     };
-                    hub.sockets.deliver(conn, &Bytes::from(reply));
+                    hub.sockets
+                        .deliver(conn, &Bytes::from(reply), Delivery::Reliable);
                 }
                 Step::Enter { room, frame } => return self.enter(hub, conn, room, frame).await,
                 Step::Close { code, reason } => {
@@ -188,6 +190,7 @@ impl MppSocket {
 
 fn send(hub: &Hub, conn: ConnId, message: serde_json::Value) {
     if let Some(frame) = piano_core::mpp::frame(&[message]) {
-        hub.sockets.deliver(conn, &Bytes::from(frame));
+        hub.sockets
+            .deliver(conn, &Bytes::from(frame), Delivery::Reliable);
     }
 }

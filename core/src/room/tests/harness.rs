@@ -427,7 +427,7 @@ pub(super) fn sent(effects: &[Effect]) -> Vec<(Vec<ConnId>, server_message::Msg)
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Send { to, frame } => {
+            Effect::Send { to, frame, .. } => {
                 let mut t = to.as_slice().to_vec();
                 t.sort();
                 Some((

@@ -144,10 +144,14 @@ proptest! {
                 _ => None,
             }).collect();
             for e in &fx {
-                if let Effect::Send { to, .. } = e {
+                if let Effect::Send { to, frame, delivery } = e {
                     for t in to.as_slice() {
                         prop_assert!(room.conns.contains_key(t) || closed.contains(t), "sent to unknown conn {}", t);
                     }
+                    // Only note batches and cursor moves may be skipped for a listener that
+                    // fell behind (every connection here speaks protobuf).
+                    let msg = ServerMessage::decode(frame.clone()).ok().and_then(|m| m.msg);
+                    prop_assert_eq!(Some(*delivery), msg.as_ref().map(Delivery::of));
                 }
             }
             keep_records(&mut records, &fx);

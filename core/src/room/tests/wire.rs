@@ -107,7 +107,7 @@ fn one_encode_per_broadcast_whatever_the_room_size() {
         let frames: Vec<(&Targets, &Bytes)> = fx
             .iter()
             .filter_map(|e| match e {
-                Effect::Send { to, frame } => Some((to, frame)),
+                Effect::Send { to, frame, .. } => Some((to, frame)),
                 _ => None,
             })
             .collect();
@@ -133,4 +133,26 @@ fn one_encode_per_broadcast_whatever_the_room_size() {
         let shared = frame.clone();
         assert_eq!(shared.as_ptr(), frame.as_ptr());
     }
+}
+
+/// The notice a host queues for a listener that fell behind (`crate::backlog`), in each
+/// protocol.
+#[test]
+fn fell_behind_notices_in_both_protocols() {
+    let pb = fell_behind(Protocol::Protobuf, 7);
+    assert_eq!(
+        ServerMessage::decode(pb).ok().and_then(|m| m.msg),
+        Some(server_message::Msg::FellBehind(proto::FellBehind {
+            skipped: 7
+        }))
+    );
+    let mpp: serde_json::Value =
+        serde_json::from_slice(&fell_behind(Protocol::Mpp, 7)).expect("MPP JSON");
+    assert_eq!(mpp[0]["m"], "notification");
+    assert!(
+        mpp[0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("7 note batches")),
+        "{mpp}"
+    );
 }

@@ -1,0 +1,158 @@
+//! A listener that falls behind its room (sans-I/O: a host measures a connection's outbound
+//! queue and asks [`Backlog::offer`] before queueing each frame for it).
+//!
+//! A piano room's traffic is mostly note batches and cursor moves ([`Delivery::Fresh`]): worth
+//! hearing while they are fresh, worth nothing as a late rush. Everything else
+//! ([`Delivery::Reliable`]: chat, arrivals and departures, settings, the crown, errors) changes
+//! what the client believes about the room and must arrive.
+//!
+//! So a connection's queue has two marks. From half full ([`SHED_FROM`]) its fresh frames are
+//! skipped, and stay skipped until the queue is down to a quarter ([`SHED_UNTIL`]): the gap
+//! keeps a listener at the mark from getting every other batch. The first frame queued after
+//! that is preceded by a notice (`room::fell_behind`: `FellBehind`, or an MPP `notification`) of how
+//! many were skipped, so the client can release notes left sounding. A reliable frame that
+//! finds the queue full closes the connection (1013: reconnect), as before this existed: what
+//! must arrive cannot be dropped.
+
+use crate::proto::server_message::Msg as S;
+
+/// Whether a frame may be skipped for a connection that is behind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// Must arrive, or the connection must end.
+    #[default]
+    Reliable,
+    /// Worth sending only while the listener keeps up (note batches, cursor moves).
+    Fresh,
+}
+
+impl Delivery {
+    /// The class of a server message.
+    pub fn of(msg: &S) -> Delivery {
+        match msg {
+            S::Notes(_) | S::Cursor(_) => Delivery::Fresh,
+            _ => Delivery::Reliable,
+        }
+    }
+}
+
+/// Skipping starts when the queue holds this share of its capacity (numerator, denominator)…
+pub const SHED_FROM: (usize, usize) = (1, 2);
+/// …and ends when it is down to this share.
+pub const SHED_UNTIL: (usize, usize) = (1, 4);
+
+/// What to do with one frame for one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Queue it; when `notice` is `Some(n)`, first queue `room::fell_behind(protocol, n)`.
+    Queue { notice: Option<u32> },
+    /// Do not send it (counted towards the next notice).
+    Skip,
+    /// The queue is full and the frame must arrive: close the connection (1013).
+    Close,
+}
+
+/// One connection's state between frames.
+#[derive(Debug, Clone, Default)]
+pub struct Backlog {
+    shedding: bool,
+    skipped: u32,
+}
+
+impl Backlog {
+    /// A frame of class `delivery` for a queue holding `queued` of `capacity` (frames, or
+    /// bytes: any unit, the same for both).
+    pub fn offer(&mut self, delivery: Delivery, queued: usize, capacity: usize) -> Verdict {
+        let capacity = capacity.max(1);
+        let at = |(n, d): (usize, usize)| capacity.saturating_mul(n) / d;
+        if self.shedding && queued <= at(SHED_UNTIL) {
+            self.shedding = false;
+        } else if !self.shedding && queued >= at(SHED_FROM) {
+            self.shedding = true;
+        }
+        if delivery == Delivery::Fresh && self.shedding {
+            self.skipped = self.skipped.saturating_add(1);
+            return Verdict::Skip;
+        }
+        let notice =
+            (!self.shedding && self.skipped > 0).then(|| std::mem::take(&mut self.skipped));
+        // The notice takes a place in the queue too.
+        let needed = 1 + usize::from(notice.is_some());
+        if queued.saturating_add(needed) > capacity {
+            self.skipped = self.skipped.saturating_add(notice.unwrap_or(0));
+            return Verdict::Close;
+        }
+        Verdict::Queue { notice }
+    }
+
+    /// Frames skipped and not yet told.
+    pub fn untold(&self) -> u32 {
+        self.skipped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Delivery::*;
+
+    #[test]
+    fn classes() {
+        assert_eq!(Delivery::of(&S::Notes(Default::default())), Fresh);
+        assert_eq!(Delivery::of(&S::Cursor(Default::default())), Fresh);
+        for reliable in [
+            S::Chat(Default::default()),
+            S::ParticipantJoined(Default::default()),
+            S::ParticipantLeft(Default::default()),
+            S::SettingsChanged(Default::default()),
+            S::OwnerChanged(Default::default()),
+            S::Kicked(Default::default()),
+            S::Error(Default::default()),
+            S::Typing(Default::default()),
+        ] {
+            assert_eq!(Delivery::of(&reliable), Reliable, "{reliable:?}");
+        }
+    }
+
+    /// (delivery, queued of 8) → verdict, in order, on one connection.
+    #[test]
+    fn marks_hysteresis_notice_and_close() {
+        let q = |notice| Verdict::Queue { notice };
+        let steps: &[(Delivery, usize, Verdict)] = &[
+            (Fresh, 0, q(None)),
+            (Fresh, 3, q(None)),
+            // Half full: fresh frames are skipped, reliable ones still queue.
+            (Fresh, 4, Verdict::Skip),
+            (Reliable, 4, q(None)),
+            (Fresh, 5, Verdict::Skip),
+            // Draining, but above a quarter: still skipping.
+            (Fresh, 3, Verdict::Skip),
+            // A reliable frame while skipping carries no notice yet (not caught up).
+            (Reliable, 3, q(None)),
+            // A quarter: caught up; the next frame is preceded by the notice of 3.
+            (Fresh, 2, q(Some(3))),
+            (Fresh, 2, q(None)),
+            // Full: reliable frames close; fresh ones are skipped first.
+            (Fresh, 8, Verdict::Skip),
+            (Reliable, 8, Verdict::Close),
+        ];
+        let mut b = Backlog::default();
+        for (i, (delivery, queued, verdict)) in steps.iter().enumerate() {
+            assert_eq!(b.offer(*delivery, *queued, 8), *verdict, "step {i}");
+        }
+    }
+
+    #[test]
+    fn the_notice_needs_room_too() {
+        let mut b = Backlog::default();
+        assert_eq!(b.offer(Fresh, 6, 8), Verdict::Skip);
+        // Caught up to 2 of 8 with the notice: both fit.
+        assert_eq!(b.offer(Reliable, 2, 8), Verdict::Queue { notice: Some(1) });
+        // A queue of one has no room for the notice and the frame: the connection closes and
+        // the count is kept.
+        let mut b = Backlog::default();
+        assert_eq!(b.offer(Fresh, 0, 1), Verdict::Skip);
+        assert_eq!(b.offer(Fresh, 0, 1), Verdict::Close);
+        assert_eq!(b.untold(), 1);
+    }
+}
