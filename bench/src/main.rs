@@ -634,7 +634,15 @@ async fn saturate_report(args: &[String]) {
             (Some(c), Some(b)) if b > 0.0 => format!("{:.0}%", 100.0 * c / b),
             _ => "-".into(),
         };
+        let capped =
+            *target != Target::Baseline && rates.iter().any(|r| *r > saturate::budget_per_player());
         let stopped = match steps.last() {
+            Some(s) if s.met() && capped => format!(
+                "the room's budget: every rate up to a player's {} note batches/s was met (p99 {} ms at {} batches/s); more would be refused by design",
+                saturate::budget_per_player(),
+                ms(s.outcome.percentile(0.99)),
+                s.rate
+            ),
             Some(s) if s.met() => "nothing: the highest rate offered was met".to_owned(),
             Some(s) if s.generator_cores + s.target_cores >= 0.9 * cpus => format!(
                 "the machine's CPUs at {} batches/s (generator {:.2} + target {:.2} of {cpus:.0} cores; p99 {} ms, {:.2}% lost)",

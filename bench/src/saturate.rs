@@ -6,6 +6,12 @@
 //! target's processes (`/proc/<pid>/stat` over the step's wall time, in cores): they share the
 //! machine, so when together they near its cores the machine, not the target's design, is the
 //! limit.
+//!
+//! A real server refuses a player's note batches beyond its budget (the core's
+//! `budget::NOTE_BATCHES`, 50/s sustained): offering more measures that rule, not the server
+//! (a first version of this ramp did, and read the refusals as lost deliveries). So servers are
+//! offered only rates within it; a shape whose every step met the service level up to the budget
+//! is capped by design there, and a room with more players measures further.
 
 use crate::load::{self, Endpoint, Enter, Load, Outcome, Wire};
 use std::time::{Duration, Instant};
@@ -54,8 +60,14 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
         .sum()
 }
 
-/// Ramps `rates` on one target (`server`: the real protocol; else the baseline), stopping after
-/// the first step that misses the service level.
+/// The most note batches per second a server lets one player send, sustained.
+pub fn budget_per_player() -> u32 {
+    1000 / piano_core::room::budget::NOTE_BATCHES.every_ms.max(1)
+}
+
+/// Ramps `rates` on one target (`server`: the real protocol, offered no rate over
+/// [`budget_per_player`]; else the baseline), stopping after the first step that misses the
+/// service level.
 pub async fn ramp(
     rooms: usize,
     players: usize,
@@ -68,6 +80,9 @@ pub async fn ramp(
     let me = [std::process::id()];
     let mut steps = Vec::new();
     for (i, &rate) in rates.iter().enumerate() {
+        if server && rate > budget_per_player() {
+            break;
+        }
         let offered = Load {
             rooms,
             players,
