@@ -56,9 +56,13 @@ pub async fn start() -> SocketAddr {
                 if let Ok(mut r) = rooms.lock() {
                     r.entry(path.clone()).or_default().push((id, tx));
                 }
+                // What is queued behind a frame goes out in the same write (one flush per
+                // burst), as the fallback's writer does: the floor is the best a bare server
+                // does, not one syscall per frame.
                 let writer = tokio::spawn(async move {
                     while let Some(m) = rx.recv().await {
-                        if sink.send(m).await.is_err() {
+                        let more = !rx.is_empty();
+                        if sink.feed(m).await.is_err() || (!more && sink.flush().await.is_err()) {
                             break;
                         }
                     }
