@@ -8,6 +8,7 @@ use crate::*;
 use e2e_tests::abuse_support::{close, error_code, join_failure};
 use e2e_tests::proto::{self, client_message as cm, server_message::Msg};
 use piano_core::room::budget;
+use prost::Message as _;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -660,4 +661,105 @@ pub async fn a_reader_that_never_reads_is_closed_1013(s: &Server) {
         draining.elapsed()
     );
     assert_eq!(ending, Ending::Closed(close::TRY_AGAIN_LATER));
+}
+
+/// Graceful overload at the edge (issue 16): a listener that reads but says nothing has its
+/// note batches skipped once it has been sent half of the slow-reader bound (the Room object
+/// cannot see a socket's backlog; a word back is its proof of reading), is not closed, and
+/// when it speaks again hears `FellBehind` with the count, then the notes again.
+pub async fn a_silent_listener_at_the_edge_skips_notes_and_is_told(s: &Server) {
+    let room = unique("silent-listener");
+    let mut owner = s.player(&room, "Owner").await;
+    owner
+        .send(cm::Msg::Join(proto::Join {
+            password: String::new(),
+            create_settings: Some(proto::UpdateSettings {
+                allow_black_midi: Some(true),
+                ..Default::default()
+            }),
+        }))
+        .await;
+    owner
+        .recv_matching(|m| matches!(m, Msg::Joined(_)).then_some(()))
+        .await;
+    let mut senders = vec![owner];
+    for i in 1..8 {
+        let mut p = s.player(&room, &format!("Sender{i}")).await;
+        p.join().await;
+        senders.push(p);
+    }
+    let mut quiet = s.player(&room, "Quiet").await;
+    quiet.join().await;
+
+    // Senders stream full batches (10/s each) while the listener reads, silent, until no
+    // batch has come for 2 s: skipped from half a MiB on.
+    let stop = Cell::new(false);
+    let runs = senders.iter_mut().map(|p| {
+        let stop = &stop;
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut round = 0;
+            while !stop.get() {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let _ = p.try_send(big_batch(round)).await;
+                        round += 1;
+                    }
+                    e = p.next_event(Duration::from_secs(1)) => {
+                        if let Some(Event::Closed(f)) = e {
+                            panic!("a sender who reads was closed: {f:?}");
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let listen = async {
+        let (mut bytes, mut batches) = (0usize, 0usize);
+        let started = Instant::now();
+        loop {
+            match quiet.next_event(Duration::from_secs(2)).await {
+                Some(Event::Msg(m)) => {
+                    bytes += proto::ServerMessage {
+                        msg: Some(m.clone()),
+                    }
+                    .encoded_len();
+                    batches += usize::from(matches!(m, Msg::Notes(_)));
+                }
+                None => break,
+                Some(other) => panic!("the silent listener got {other:?}"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "batches never stopped: {batches} batches, {bytes} bytes"
+            );
+        }
+        stop.set(true);
+        (bytes, batches)
+    };
+    let ((bytes, batches), _) = tokio::join!(listen, futures_util::future::join_all(runs));
+    eprintln!("silent listener: {batches} batches, {bytes} bytes before they were skipped");
+    assert!(batches > 0, "it heard the room at first");
+    // The default bound is 1 MiB: skipping starts at half of it (one batch may pass it).
+    assert!(
+        bytes < 600 * 1024,
+        "{bytes} bytes were sent before skipping"
+    );
+
+    // It speaks: the next frame it is sent comes after the notice of what was skipped.
+    quiet
+        .send(cm::Msg::Ping(proto::Ping { client_time: 1.0 }))
+        .await;
+    senders[0].send(big_batch(0)).await;
+    let skipped = quiet
+        .recv_matching(|m| match m {
+            Msg::FellBehind(f) => Some(f.skipped),
+            _ => None,
+        })
+        .await;
+    assert!(skipped > 0, "{skipped}");
+    quiet
+        .recv_matching(|m| matches!(m, Msg::Notes(_)).then_some(()))
+        .await;
 }

@@ -145,6 +145,10 @@ fn trials() -> Vec<Spec> {
         t!(abuse::one_user_gets_at_most_four_sockets_per_room),
         t!(abuse::password_guessing_is_slowed_per_user_and_room),
         t!(abuse::a_reader_that_never_reads_is_closed_1013),
+        t!(abuse::a_silent_listener_at_the_edge_skips_notes_and_is_told).only(
+            &[Edge],
+            "the Room object counts what it sent since the client last spoke; the fallback sees its queue (a reader keeps it empty; k8s-fallback/src/sockets.rs tests the skipping)",
+        ),
         t!(abuse_directory::room_list_subscriptions_are_capped_per_user),
         t!(abuse_directory::settings_toggles_reach_subscribers_coalesced),
         t!(abuse_directory::room_list_reads_are_cached),

@@ -13,6 +13,11 @@
 //! many were skipped, so the client can release notes left sounding. A reliable frame that
 //! finds the queue full closes the connection (1013: reconnect), as before this existed: what
 //! must arrive cannot be dropped.
+//!
+//! A host that cannot see a socket's queue (workerd shows no `bufferedAmount`) uses
+//! [`Unacked`]: what it sent a connection since the connection last sent anything stands in for
+//! the queue, and clients prove they read by sending (the web client pings after every
+//! [`ACK_EVERY_BYTES`] it reads; MPP clients send `t` every 20 s).
 
 use crate::proto::server_message::Msg as S;
 
@@ -60,9 +65,15 @@ pub struct Backlog {
 }
 
 impl Backlog {
-    /// A frame of class `delivery` for a queue holding `queued` of `capacity` (frames, or
-    /// bytes: any unit, the same for both).
-    pub fn offer(&mut self, delivery: Delivery, queued: usize, capacity: usize) -> Verdict {
+    /// A frame of class `delivery` and size `len` for a queue holding `queued` of `capacity`
+    /// (frames, `len` 1; or bytes: any unit, the same for all three; a notice counts as one).
+    pub fn offer(
+        &mut self,
+        delivery: Delivery,
+        queued: usize,
+        len: usize,
+        capacity: usize,
+    ) -> Verdict {
         let capacity = capacity.max(1);
         let at = |(n, d): (usize, usize)| capacity.saturating_mul(n) / d;
         if self.shedding && queued <= at(SHED_UNTIL) {
@@ -77,7 +88,7 @@ impl Backlog {
         let notice =
             (!self.shedding && self.skipped > 0).then(|| std::mem::take(&mut self.skipped));
         // The notice takes a place in the queue too.
-        let needed = 1 + usize::from(notice.is_some());
+        let needed = len + usize::from(notice.is_some());
         if queued.saturating_add(needed) > capacity {
             self.skipped = self.skipped.saturating_add(notice.unwrap_or(0));
             return Verdict::Close;
@@ -88,6 +99,49 @@ impl Backlog {
     /// Frames skipped and not yet told.
     pub fn untold(&self) -> u32 {
         self.skipped
+    }
+}
+
+/// How often (bytes read) the web client tells a host that cannot see its queue that it reads.
+pub const ACK_EVERY_BYTES: usize = 256 * 1024;
+
+/// A connection owed this many times its bound (sent and skipped) without a word back has
+/// stopped reading altogether.
+pub const STALLED_FACTOR: usize = 4;
+
+/// [`Backlog`] for a host that counts what it sent since the client last sent anything.
+#[derive(Debug, Clone, Default)]
+pub struct Unacked {
+    backlog: Backlog,
+    sent: usize,
+    skipped_bytes: usize,
+}
+
+impl Unacked {
+    /// A frame of `len` bytes; `bound`: the bytes a client may be sent without a word back.
+    pub fn offer(&mut self, delivery: Delivery, len: usize, bound: usize) -> Verdict {
+        match self.backlog.offer(delivery, self.sent, len, bound) {
+            Verdict::Queue { notice } => {
+                self.sent = self.sent.saturating_add(len);
+                Verdict::Queue { notice }
+            }
+            Verdict::Skip => {
+                self.skipped_bytes = self.skipped_bytes.saturating_add(len);
+                let owed = self.sent.saturating_add(self.skipped_bytes);
+                if owed > bound.saturating_mul(STALLED_FACTOR) {
+                    Verdict::Close
+                } else {
+                    Verdict::Skip
+                }
+            }
+            Verdict::Close => Verdict::Close,
+        }
+    }
+
+    /// The client sent a frame: it reads, and its count starts over.
+    pub fn heard(&mut self) {
+        self.sent = 0;
+        self.skipped_bytes = 0;
     }
 }
 
@@ -138,21 +192,53 @@ mod tests {
         ];
         let mut b = Backlog::default();
         for (i, (delivery, queued, verdict)) in steps.iter().enumerate() {
-            assert_eq!(b.offer(*delivery, *queued, 8), *verdict, "step {i}");
+            assert_eq!(b.offer(*delivery, *queued, 1, 8), *verdict, "step {i}");
         }
     }
 
     #[test]
     fn the_notice_needs_room_too() {
         let mut b = Backlog::default();
-        assert_eq!(b.offer(Fresh, 6, 8), Verdict::Skip);
+        assert_eq!(b.offer(Fresh, 6, 1, 8), Verdict::Skip);
         // Caught up to 2 of 8 with the notice: both fit.
-        assert_eq!(b.offer(Reliable, 2, 8), Verdict::Queue { notice: Some(1) });
+        assert_eq!(
+            b.offer(Reliable, 2, 1, 8),
+            Verdict::Queue { notice: Some(1) }
+        );
         // A queue of one has no room for the notice and the frame: the connection closes and
         // the count is kept.
         let mut b = Backlog::default();
-        assert_eq!(b.offer(Fresh, 0, 1), Verdict::Skip);
-        assert_eq!(b.offer(Fresh, 0, 1), Verdict::Close);
+        assert_eq!(b.offer(Fresh, 0, 1, 1), Verdict::Skip);
+        assert_eq!(b.offer(Fresh, 0, 1, 1), Verdict::Close);
         assert_eq!(b.untold(), 1);
+    }
+
+    /// Bytes sent without a word back (bound 1,000): fresh frames are skipped from 500, what
+    /// must arrive closes past 1,000, and a client owed 4,000 has stopped reading.
+    #[test]
+    fn unacked_bytes_stand_in_for_the_queue() {
+        let mut u = Unacked::default();
+        let q = |notice| Verdict::Queue { notice };
+        for _ in 0..5 {
+            assert_eq!(u.offer(Fresh, 100, 1000), q(None));
+        }
+        assert_eq!(u.offer(Fresh, 100, 1000), Verdict::Skip);
+        assert_eq!(u.offer(Reliable, 100, 1000), q(None));
+        // The client sent something: it reads; the next frame comes after the notice.
+        u.heard();
+        assert_eq!(u.offer(Fresh, 100, 1000), q(Some(1)));
+        // A frame that must arrive and would pass the bound closes.
+        let mut u = Unacked::default();
+        assert_eq!(u.offer(Reliable, 900, 1000), q(None));
+        assert_eq!(u.offer(Reliable, 200, 1000), Verdict::Close);
+        // Silent while owed four bounds: stopped reading.
+        let mut u = Unacked::default();
+        assert_eq!(u.offer(Fresh, 600, 1000), q(None));
+        let mut verdicts = Vec::new();
+        for _ in 0..40 {
+            verdicts.push(u.offer(Fresh, 100, 1000));
+        }
+        assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Skip).count(), 34);
+        assert_eq!(verdicts.last(), Some(&Verdict::Close));
     }
 }

@@ -94,7 +94,7 @@ impl Sockets {
             return false;
         };
         let queued = c.tx.max_capacity() - c.tx.capacity();
-        match c.backlog.offer(delivery, queued, c.tx.max_capacity()) {
+        match c.backlog.offer(delivery, queued, 1, c.tx.max_capacity()) {
             Verdict::Skip => {
                 METRICS.frames_skipped.fetch_add(1, Relaxed);
                 return true;

@@ -18,6 +18,10 @@ export type ServerMsg = ServerMessage["msg"];
 /** How often outgoing notes are flushed as one batch (the protocol wants batches). */
 export const BATCH_MS = 150;
 const MAX_EVENTS = 300;
+/** Bytes read between pings that tell the server this client reads (`backlog::ACK_EVERY_BYTES`):
+ * a Room object cannot see a socket's backlog, and skips note batches for a client that has been
+ * sent half a MiB without a word back. */
+const ACK_EVERY_BYTES = 256 * 1024;
 
 /** Close codes the room uses (README "Close codes"). */
 export const Close = {
@@ -76,6 +80,7 @@ export class Connection {
   private renew = false;
   private closedByUs = false;
   private pingTimer?: number;
+  private readSinceSend = 0;
   private batch: { start: number; events: NoteEvent[] } | null = null;
   private flushTimer?: number;
 
@@ -117,6 +122,8 @@ export class Connection {
     };
     ws.onmessage = (ev) => {
       if (!(ev.data instanceof ArrayBuffer)) return;
+      this.readSinceSend += ev.data.byteLength;
+      if (this.readSinceSend >= ACK_EVERY_BYTES) this.send({ case: "ping", value: { clientTime: Date.now() } });
       const msg = fromBinary(ServerMessageSchema, new Uint8Array(ev.data)).msg;
       if (msg.case === "pong") this.clock.pong(msg.value.clientTime, Number(msg.value.serverTime));
       this.onMessage(msg);
@@ -158,6 +165,7 @@ export class Connection {
 
   send(msg: ClientMsg): void {
     if (this.ws?.readyState !== WebSocket.OPEN) return;
+    this.readSinceSend = 0;
     this.ws.send(toBinary(ClientMessageSchema, create(ClientMessageSchema, { msg })));
   }
 

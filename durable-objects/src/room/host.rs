@@ -6,17 +6,19 @@
 //! (measured on wrangler 4.86: the property is absent, `undefined`, while a client that stopped
 //! reading had megabytes queued), and exposes no other view of a socket's unsent backlog. So
 //! the room bounds what it can see: the bytes it sent to a socket since that client last sent
-//! a frame (the web client pings every few seconds). Past [`DEFAULT_SLOW_READER_BYTES`]
-//! (setting `SLOW_READER_BYTES`) the socket is closed with 1013 "slow reader". A client that
-//! keeps sending while it does not read is not caught by this (its own sends are budgeted by
-//! the core); a true backlog bound needs the runtime's `bufferedAmount` or a protocol-level
-//! acknowledgement.
+//! a frame (the web client pings after every 256 KiB it reads, and every 10 s), by the core's
+//! rule for such hosts (`piano_core::backlog::Unacked`): past half of
+//! [`DEFAULT_SLOW_READER_BYTES`] (setting `SLOW_READER_BYTES`) its note batches and cursor
+//! moves are skipped and it is told how many once it sends again; a frame that must arrive and
+//! would pass the bound, or four bounds owed without a word back (it stopped reading), closes
+//! it with 1013 "slow reader". A client that keeps sending while it does not read is not caught
+//! by this (its own sends are budgeted by the core); a true backlog bound needs the runtime's
+//! `bufferedAmount` or acknowledgements by sequence number (issue 19).
 
 use super::Room;
 use crate::{json_error, lobby, sessions};
 use piano_core::names::percent_encode;
-use piano_core::room::{ConnId, Input};
-use std::collections::HashMap;
+use piano_core::room::{ConnId, Input, Protocol, fell_behind};
 use worker::*;
 
 /// Bytes a socket may be sent without the client sending anything back.
@@ -29,17 +31,24 @@ pub fn slow_reader_bytes(env: &Env) -> usize {
         .unwrap_or(DEFAULT_SLOW_READER_BYTES)
 }
 
-/// Counts `len` more bytes towards `conn`; `true` when that would pass `bound` (the frame is
-/// then not sent and the socket is closed as a slow reader).
-pub fn over_unread(
-    unread: &mut HashMap<ConnId, usize>,
-    conn: ConnId,
-    len: usize,
-    bound: usize,
-) -> bool {
-    let n = unread.entry(conn).or_insert(0);
-    *n = n.saturating_add(len);
-    *n > bound
+/// Tells a socket that `skipped` note batches and cursor moves were not sent to it.
+pub fn send_fell_behind(ws: &WebSocket, mpp: bool, skipped: u32) {
+    let protocol = if mpp {
+        Protocol::Mpp
+    } else {
+        Protocol::Protobuf
+    };
+    let notice = fell_behind(protocol, skipped);
+    let raw: &web_sys::WebSocket = ws.as_ref();
+    let sent = if mpp {
+        raw.send_with_str(&String::from_utf8_lossy(&notice))
+    } else {
+        // A copy the runtime owns (as for every frame): it may read the bytes after send.
+        raw.send_with_array_buffer(&worker::js_sys::Uint8Array::from(&notice[..]).buffer())
+    };
+    if let Err(e) = sent {
+        console_warn!("notice not sent: {e:?}");
+    }
 }
 
 /// The 429 of an upgrade over the per-user or per-network socket cap.
@@ -52,10 +61,16 @@ pub fn too_many_connections() -> Result<Response> {
 }
 
 impl Room {
-    /// The client sent a frame: it is alive and reading its socket's budget starts over.
+    /// The client sent a frame: it is alive and reading; its socket's count starts over (and
+    /// what was skipped is told with the next frame).
     pub(crate) fn client_read(&self, conn: ConnId) {
-        if let Some(l) = self.loaded.borrow_mut().as_mut() {
-            l.unread.remove(&conn);
+        if let Some(u) = self
+            .loaded
+            .borrow_mut()
+            .as_mut()
+            .and_then(|l| l.unread.get_mut(&conn))
+        {
+            u.heard();
         }
     }
 

@@ -24,6 +24,7 @@ mod directory;
 pub(crate) mod host;
 mod stats;
 
+use piano_core::backlog::{Unacked, Verdict};
 use piano_core::identity::Identity;
 use piano_core::limits::close;
 use piano_core::lobby::Delta;
@@ -50,8 +51,9 @@ struct Loaded {
     sockets: HashMap<ConnId, WebSocket>,
     /// The sockets that speak MPP JSON (the worker's relay sockets): sent text frames.
     mpp: HashSet<ConnId>,
-    /// Bytes sent to each socket since the client last sent a frame (see [`host`]).
-    unread: HashMap<ConnId, usize>,
+    /// What each socket was sent (and skipped) since the client last sent a frame (see
+    /// [`host`]).
+    unread: HashMap<ConnId, Unacked>,
 }
 
 #[durable_object]
@@ -446,7 +448,11 @@ impl Room {
         let mut published = Vec::new();
         for effect in effects {
             match effect {
-                Effect::Send { to, frame, .. } => {
+                Effect::Send {
+                    to,
+                    frame,
+                    delivery,
+                } => {
                     // One JS buffer per broadcast, handed to every socket; MPP connections are
                     // sent their own Sends (UTF-8 JSON) as text. The targets of one Send all
                     // speak one protocol: the first says which.
@@ -455,16 +461,21 @@ impl Room {
                     let text = mpp.then(|| String::from_utf8_lossy(&frame).into_owned());
                     let buffer = (!mpp).then(|| Uint8Array::from(&frame[..]).buffer());
                     for conn in to.as_slice() {
-                        if host::over_unread(
-                            &mut l.unread,
-                            *conn,
-                            frame.len(),
-                            self.slow_reader_bytes,
-                        ) {
-                            if !slow.contains(conn) {
-                                slow.push(*conn);
+                        let unread = l.unread.entry(*conn).or_default();
+                        match unread.offer(delivery, frame.len(), self.slow_reader_bytes) {
+                            Verdict::Skip => continue,
+                            Verdict::Close => {
+                                if !slow.contains(conn) {
+                                    slow.push(*conn);
+                                }
+                                continue;
                             }
-                            continue;
+                            Verdict::Queue { notice: None } => {}
+                            Verdict::Queue { notice: Some(n) } => {
+                                if let Some(ws) = l.sockets.get(conn) {
+                                    host::send_fell_behind(ws, mpp, n);
+                                }
+                            }
                         }
                         if let Some(ws) = l.sockets.get(conn) {
                             let raw: &web_sys::WebSocket = ws.as_ref();
