@@ -27,6 +27,7 @@ mod attack;
 mod attack_report;
 mod attacker;
 mod baseline;
+mod cold;
 mod load;
 mod mpp_wire;
 mod procs;
@@ -58,6 +59,7 @@ const USAGE: &str =
        bench wake [--rooms R] [--idle S] [--targets T]   (hibernated rooms' first relay)
        bench saturate [--rooms R] [--players P] [--rates 20,40,..] [--seconds S] [--targets T]
                         (rising fan-out until p99 > 50 ms or loss > 0.1%: each target's capacity)
+       bench cold [--wasm A.wasm,B.wasm] [--samples N]   (V8 compile of the worker's wasm)
        bench attack     (room under attack, issue 13: `bench attack --help`)
        bench micro      (after `cargo bench -p piano-core --bench room`)
        bench summary    (gathers bench/results/*.md into bench/results/summary.md)
@@ -396,6 +398,9 @@ async fn main() {
     if scenario == "saturate" {
         return saturate_report(&args).await;
     }
+    if scenario == "cold" {
+        return cold_report(&args);
+    }
     let fds = procs::raise_fd_limit();
     let seconds = Duration::from_secs(arg(&args, "--seconds", 10));
     let count = arg(&args, "--count", 10_000) as usize;
@@ -556,6 +561,57 @@ async fn wake_report(args: &[String]) {
     }
     println!("{t}");
     write_results("wake", &t, &json);
+}
+
+/// `bench cold`: [`cold::compile_ms`] of each module, with its size.
+fn cold_report(args: &[String]) {
+    let samples = arg(args, "--samples", 15) as usize;
+    let wasms: Vec<std::path::PathBuf> = match arg_str(args, "--wasm") {
+        Some(list) => list.split(',').map(std::path::PathBuf::from).collect(),
+        None => vec![e2e_tests::repo_root().join("build/index_bg.wasm")],
+    };
+    let mut t = format!(
+        "### Cold isolate: compiling the worker's wasm\n\nMachine: {}; load average at start {}. \
+         `WebAssembly.compile` in Debian's Chromium (V8, the engine workerd runs; \
+         `bench/cold-compile.mjs`), {samples} samples per module, each with bytes of its own so \
+         no cache answers; lazy: V8's default (a function compiles at its first call), eager: \
+         every function at once (`--no-wasm-lazy-compilation`). Ratios to the first module.\n\n\
+         | module | size | gzip | lazy p50 ms | lazy min–max | eager p50 ms | eager min–max | eager p50 vs first |\n|---|---|---|---|---|---|---|---|\n",
+        machine(),
+        load_average(),
+    );
+    let mut json = serde_json::json!({ "scenario": "cold", "machine": machine(), "modules": [] });
+    let mut first = None;
+    for wasm in &wasms {
+        let lazy = cold::compile_ms(wasm, samples, false);
+        let eager = cold::compile_ms(wasm, samples, true);
+        let (raw, gz) = cold::sizes(wasm).unwrap_or((0, 0));
+        let p50 = |v: &[f64]| v.get(v.len() / 2).copied();
+        first = first.or(p50(&eager));
+        let vs = match (p50(&eager), first) {
+            (Some(p), Some(f)) if f > 0.0 => format!("{:.2}×", p / f),
+            _ => "-".into(),
+        };
+        let range = |v: &[f64]| format!("{}–{}", ms(v.first().copied()), ms(v.last().copied()));
+        t += &format!(
+            "| `{}` | {} KiB | {} KiB | {} | {} | {} | {} | {vs} |\n",
+            wasm.display(),
+            raw / 1024,
+            gz / 1024,
+            ms(p50(&lazy)),
+            range(&lazy),
+            ms(p50(&eager)),
+            range(&eager),
+        );
+        if let Some(list) = json["modules"].as_array_mut() {
+            list.push(serde_json::json!({
+                "path": wasm.display().to_string(), "bytes": raw, "gzip_bytes": gz,
+                "lazy_compile_ms": lazy, "eager_compile_ms": eager,
+            }));
+        }
+    }
+    println!("{t}");
+    write_results("cold", &t, &json);
 }
 
 /// `bench saturate`: [`saturate::ramp`] on each target, a table of every step and one of the
