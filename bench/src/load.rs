@@ -53,6 +53,10 @@ pub struct Outcome {
     pub expected: u64,
     pub latencies_us: Vec<u64>,
     pub elapsed: Duration,
+    /// Join storms: the part of each join's latency spent before the WebSocket was open
+    /// (TCP, the upgrade, the token check and the hop to the room), the rest being the room's
+    /// answer to `Join`.
+    pub connect_us: Vec<u64>,
 }
 
 impl Outcome {
@@ -80,6 +84,10 @@ impl Outcome {
                 "p50": self.percentile(0.50), "p95": self.percentile(0.95),
                 "p99": self.percentile(0.99), "max": self.percentile(1.0),
             },
+            "connect_ms": (!self.connect_us.is_empty()).then(|| serde_json::json!({
+                "p50": percentile_ms(&self.connect_us, 0.50),
+                "p99": percentile_ms(&self.connect_us, 0.99),
+            })),
         })
     }
 }
@@ -401,8 +409,9 @@ pub async fn join_storm(
         tasks.push(tokio::spawn(async move {
             let t0 = Instant::now();
             let mut ws = connect_as(&url, wire, i).await?;
+            let open = t0.elapsed().as_micros() as u64;
             enter(&mut ws, &how, 99).await?;
-            Some((t0.elapsed().as_micros() as u64, ws))
+            Some((t0.elapsed().as_micros() as u64, open, ws))
         }));
     }
     let mut out = Outcome {
@@ -412,12 +421,20 @@ pub async fn join_storm(
     };
     let mut open = Vec::new();
     for t in tasks {
-        if let Ok(Some((us, ws))) = t.await {
+        if let Ok(Some((us, connect, ws))) = t.await {
             out.latencies_us.push(us);
+            out.connect_us.push(connect);
             open.push(ws);
         }
     }
     out.elapsed = started.elapsed();
+    eprintln!(
+        "bench: join-storm: open p50 {:?} ms p99 {:?} ms; the whole join p50 {:?} ms p99 {:?} ms",
+        percentile_ms(&out.connect_us, 0.5),
+        percentile_ms(&out.connect_us, 0.99),
+        out.percentile(0.5),
+        out.percentile(0.99),
+    );
     for mut ws in open {
         let _ = ws.close(None).await;
     }
