@@ -734,6 +734,7 @@ async fn saturate_report(args: &[String]) {
         );
         json[target.key()] = serde_json::json!({
             "capacity_delivered_per_sec": cap,
+            "stopped": stopped,
             "steps": steps.iter().map(|s| serde_json::json!({
                 "rate": s.rate, "met": s.met(), "loss": s.loss(),
                 "generator_cores": s.generator_cores, "target_cores": s.target_cores,

@@ -93,12 +93,88 @@ pub fn summary() {
     println!("{t}");
 }
 
+/// Overview rows of the scenarios that find a limit or a cost rather than relay a load:
+/// saturation (capacity and what stopped the ramp), waking a hibernated room, and compiling the
+/// worker's wasm in a cold isolate (with its size).
+fn limit_rows(j: &serde_json::Value) -> String {
+    let mut t = String::new();
+    let ms = |v: &serde_json::Value| v.as_f64().map(|x| format!("{x:.2}")).unwrap_or("-".into());
+    match j["scenario"].as_str().unwrap_or("") {
+        "saturate" => {
+            let name = format!(
+                "saturation {}×{} (capacity: p99 ≤ 50 ms, ≤ 0.1% lost)",
+                j["rooms"], j["players"]
+            );
+            let base = j["baseline"]["capacity_delivered_per_sec"].as_f64();
+            for key in ["baseline", "fallback", "edge"] {
+                let r = &j[key];
+                if r.is_null() {
+                    continue;
+                }
+                let cap = r["capacity_delivered_per_sec"].as_f64();
+                let vs = match (cap, base) {
+                    (Some(c), Some(b)) if b > 0.0 => format!("{:.0}%", 100.0 * c / b),
+                    _ => "-".into(),
+                };
+                t += &format!(
+                    "| {name} | {key} | {} | {vs} | | | | {} | |\n",
+                    cap.map(|c| format!("{c:.0}")).unwrap_or("none met".into()),
+                    r["stopped"].as_str().unwrap_or("-"),
+                );
+            }
+        }
+        "wake" => {
+            for key in ["fallback", "edge"] {
+                let r = &j[key];
+                if r.is_null() {
+                    continue;
+                }
+                t += &format!(
+                    "| wake: first relay after {} s idle ({} of {} rooms evicted; warm p50 {} ms) | {key} | | | {} | max {} | | | |\n",
+                    j["idle_s"],
+                    r["evicted"],
+                    r["rooms"],
+                    ms(&r["warm_ms"]["p50"]),
+                    ms(&r["wake_ms"]["p50"]),
+                    ms(&r["wake_ms"]["max"]),
+                );
+            }
+        }
+        "cold" => {
+            for m in j["modules"].as_array().into_iter().flatten() {
+                let p50 = |k: &str| {
+                    let mut v: Vec<f64> = m[k]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|x| x.as_f64())
+                        .collect();
+                    v.sort_by(f64::total_cmp);
+                    v.get(v.len() / 2)
+                        .map(|x| format!("{x:.1}"))
+                        .unwrap_or("-".into())
+                };
+                t += &format!(
+                    "| worker wasm: {} KiB, {} KiB gzip; V8 compile in a cold isolate (lazy / eager p50 ms) | `{}` | | | {} / {} | | | | |\n",
+                    m["bytes"].as_u64().unwrap_or(0) / 1024,
+                    m["gzip_bytes"].as_u64().unwrap_or(0) / 1024,
+                    m["path"].as_str().unwrap_or("-"),
+                    p50("lazy_compile_ms"),
+                    p50("eager_compile_ms"),
+                );
+            }
+        }
+        _ => {}
+    }
+    t
+}
+
 /// One table over every scenario of the run (from the JSON next to each `.md`): per target the
 /// delivered rate and p99 with their ratios to the baseline, or memory per connection, or the
 /// criterion means.
 fn overview(files: &[(u64, PathBuf)]) -> String {
     let mut t = String::from(
-        "| scenario | target | delivered/s | vs baseline | p50 ms | p99 ms | p99 vs baseline | lost | KiB per idle connection |\n\
+        "| scenario | target | delivered/s | vs baseline | p50 ms | p99 ms | p99 vs baseline | lost (saturation: what stopped it) | KiB per idle connection |\n\
          |---|---|---|---|---|---|---|---|---|\n",
     );
     let f = |v: &serde_json::Value, digits: usize| {
@@ -128,6 +204,10 @@ fn overview(files: &[(u64, PathBuf)]) -> String {
             "connections" => format!("{} idle connections, rooms of 50", l["count"]),
             "attack" => {
                 t += &attack_rows(&j);
+                continue;
+            }
+            "saturate" | "wake" | "cold" => {
+                t += &limit_rows(&j);
                 continue;
             }
             "micro" => {
