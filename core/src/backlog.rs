@@ -91,9 +91,26 @@ impl Backlog {
         let needed = len + usize::from(notice.is_some());
         if queued.saturating_add(needed) > capacity {
             self.skipped = self.skipped.saturating_add(notice.unwrap_or(0));
+            // What may be skipped is, even where it would not fit; only what must arrive closes.
+            if delivery == Delivery::Fresh {
+                self.skipped = self.skipped.saturating_add(1);
+                return Verdict::Skip;
+            }
             return Verdict::Close;
         }
         Verdict::Queue { notice }
+    }
+
+    /// The notice to queue now, when nothing else is coming: skipped frames not yet told and
+    /// the queue back under the lower mark (a host asks when the room is quiet, e.g. at its
+    /// keep-alive ping, so a listener is not left waiting for the room's next frame).
+    pub fn notice_due(&mut self, queued: usize, capacity: usize) -> Option<u32> {
+        let low = capacity.max(1).saturating_mul(SHED_UNTIL.0) / SHED_UNTIL.1;
+        if self.skipped == 0 || queued > low || queued.saturating_add(1) > capacity {
+            return None;
+        }
+        self.shedding = false;
+        Some(std::mem::take(&mut self.skipped))
     }
 
     /// Frames skipped and not yet told.
@@ -102,8 +119,11 @@ impl Backlog {
     }
 }
 
-/// How often (bytes read) the web client tells a host that cannot see its queue that it reads.
-pub const ACK_EVERY_BYTES: usize = 256 * 1024;
+/// How often (bytes read) the web client tells a host that cannot see its queue that it reads
+/// (a ping, at most one per [`ACK_MIN_INTERVAL_MS`]: within the ping budget).
+pub const ACK_EVERY_BYTES: usize = 128 * 1024;
+/// The least time between two such pings.
+pub const ACK_MIN_INTERVAL_MS: u64 = 250;
 
 /// A connection owed this many times its bound (sent and skipped) without a word back has
 /// stopped reading altogether.
@@ -138,10 +158,12 @@ impl Unacked {
         }
     }
 
-    /// The client sent a frame: it reads, and its count starts over.
-    pub fn heard(&mut self) {
+    /// The client sent a frame: it reads, and its count starts over. Returns the count of
+    /// frames skipped and not yet told: the host sends the notice now.
+    pub fn heard(&mut self) -> Option<u32> {
         self.sent = 0;
         self.skipped_bytes = 0;
+        self.backlog.notice_due(0, usize::MAX)
     }
 }
 
@@ -205,12 +227,25 @@ mod tests {
             b.offer(Reliable, 2, 1, 8),
             Verdict::Queue { notice: Some(1) }
         );
-        // A queue of one has no room for the notice and the frame: the connection closes and
-        // the count is kept.
+        // A queue of one has no room for the notice and the frame: a frame that may be
+        // skipped is, one that must arrive closes, and the count is kept.
         let mut b = Backlog::default();
         assert_eq!(b.offer(Fresh, 0, 1, 1), Verdict::Skip);
-        assert_eq!(b.offer(Fresh, 0, 1, 1), Verdict::Close);
-        assert_eq!(b.untold(), 1);
+        assert_eq!(b.offer(Fresh, 0, 1, 1), Verdict::Skip);
+        assert_eq!(b.offer(Reliable, 1, 1, 1), Verdict::Close);
+        assert_eq!(b.untold(), 2);
+    }
+
+    /// A quiet room: the notice is due once the queue is low, without waiting for a frame.
+    #[test]
+    fn the_notice_is_due_when_the_queue_is_low() {
+        let mut b = Backlog::default();
+        assert_eq!(b.notice_due(0, 8), None, "nothing skipped");
+        assert_eq!(b.offer(Fresh, 5, 1, 8), Verdict::Skip);
+        assert_eq!(b.notice_due(3, 8), None, "still above a quarter");
+        assert_eq!(b.notice_due(2, 8), Some(1));
+        assert_eq!(b.notice_due(0, 8), None, "told once");
+        assert_eq!(b.offer(Fresh, 0, 1, 8), Verdict::Queue { notice: None });
     }
 
     /// Bytes sent without a word back (bound 1,000): fresh frames are skipped from 500, what
@@ -224,9 +259,10 @@ mod tests {
         }
         assert_eq!(u.offer(Fresh, 100, 1000), Verdict::Skip);
         assert_eq!(u.offer(Reliable, 100, 1000), q(None));
-        // The client sent something: it reads; the next frame comes after the notice.
-        u.heard();
-        assert_eq!(u.offer(Fresh, 100, 1000), q(Some(1)));
+        // The client sent something: it reads, and is told at once.
+        assert_eq!(u.heard(), Some(1));
+        assert_eq!(u.offer(Fresh, 100, 1000), q(None));
+        assert_eq!(u.heard(), None);
         // A frame that must arrive and would pass the bound closes.
         let mut u = Unacked::default();
         assert_eq!(u.offer(Reliable, 900, 1000), q(None));

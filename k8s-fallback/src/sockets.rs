@@ -63,12 +63,8 @@ impl Sockets {
         tx: mpsc::Sender<Outbound>,
         kill: oneshot::Sender<(u16, String)>,
         moves: Option<Moves>,
+        protocol: Protocol,
     ) {
-        // Only MPP sockets can be moved between rooms.
-        let protocol = match moves {
-            Some(_) => Protocol::Mpp,
-            None => Protocol::Protobuf,
-        };
         lock(&self.conns).insert(
             conn,
             LocalConn {
@@ -131,8 +127,13 @@ impl Sockets {
     }
 
     /// Queues a ping; a full queue skips it (that socket is about to be closed as slow anyway).
+    /// A listener that caught up while its room went quiet is told what it missed now.
     pub fn ping(&self, conn: ConnId) {
-        if let Some(c) = lock(&self.conns).get(&conn) {
+        if let Some(c) = lock(&self.conns).get_mut(&conn) {
+            let queued = c.tx.max_capacity() - c.tx.capacity();
+            if let Some(n) = c.backlog.notice_due(queued, c.tx.max_capacity()) {
+                let _ = c.tx.try_send(Outbound::Frame(fell_behind(c.protocol, n)));
+            }
             let _ = c.tx.try_send(Outbound::Ping);
         }
     }
@@ -186,7 +187,7 @@ mod tests {
         let sockets = Sockets::default();
         let (tx, mut rx) = mpsc::channel(8);
         let (kill_tx, mut kill_rx) = oneshot::channel();
-        sockets.register(1, tx, kill_tx, None);
+        sockets.register(1, tx, kill_tx, None, Protocol::Protobuf);
         let note = Bytes::from_static(b"note");
         let chat = Bytes::from_static(b"chat");
         for _ in 0..10 {
@@ -215,5 +216,27 @@ mod tests {
         }
         assert!(sockets.deliver(1, &chat, Delivery::Reliable));
         assert_eq!(kill_rx.try_recv().map(|(code, _)| code), Ok(SLOW_CONSUMER));
+    }
+
+    /// A room that went quiet while a listener caught up: its keep-alive ping tells it.
+    #[test]
+    fn a_quiet_room_tells_at_the_ping() {
+        let sockets = Sockets::default();
+        let (tx, mut rx) = mpsc::channel(8);
+        let (kill_tx, _kill_rx) = oneshot::channel();
+        sockets.register(1, tx, kill_tx, None, Protocol::Protobuf);
+        for _ in 0..6 {
+            sockets.deliver(1, &Bytes::from_static(b"note"), Delivery::Fresh);
+        }
+        assert_eq!(frames(&mut rx).len(), 4);
+        sockets.ping(1);
+        let told = frames(&mut rx)
+            .first()
+            .and_then(|b| ServerMessage::decode(b.clone()).ok())
+            .and_then(|m| m.msg);
+        assert_eq!(
+            told,
+            Some(S::FellBehind(piano_core::proto::FellBehind { skipped: 2 }))
+        );
     }
 }

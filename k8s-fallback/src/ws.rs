@@ -65,8 +65,13 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, mut entry: Entry, meta: Con
     let mpp = matches!(entry, Entry::Mpp(_));
     // An MPP socket may be moved to another room by its room (`Effect::ChangeRoom`).
     let (moves_tx, mut moves) = mpsc::channel(1);
+    let protocol = if mpp {
+        Protocol::Mpp
+    } else {
+        Protocol::Protobuf
+    };
     hub.sockets
-        .register(conn, tx, kill_tx, mpp.then_some(moves_tx));
+        .register(conn, tx, kill_tx, mpp.then_some(moves_tx), protocol);
     METRICS.connections.fetch_add(1, Relaxed);
     let (sink, mut stream) = socket.split();
     // The writer says when a kill (slow consumer) made it give up on the queue: the room must
@@ -273,7 +278,13 @@ async fn write_loop(
                 let message = if text {
                     match Utf8Bytes::try_from(b) {
                         Ok(t) => Message::Text(t),
-                        Err(_) => continue,
+                        Err(_) => {
+                            // Skipped; what was fed before it must still go out.
+                            if rx.is_empty() && sink.flush().await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
                     }
                 } else {
                     Message::Binary(b)

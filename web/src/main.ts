@@ -54,6 +54,8 @@ const state = {
   /** Every remote note-on scheduled for playback: who, which note, when it arrived and when it
    * plays (local ms). */
   scheduled: [] as { from: string; note: number; receivedAt: number; at: number }[],
+  /** Bumped when the connection fell behind: key lights scheduled before it are dropped. */
+  behind: 0,
   status: "signed out",
 };
 (window as unknown as { __piano: typeof state }).__piano = state;
@@ -239,8 +241,10 @@ function onMessage(msg: ServerMsg): void {
     case "fellBehind":
       // The connection fell behind and note batches were skipped; their note-offs may have
       // been among them, so nothing of the others' is left sounding.
-      audio().releaseOthers(state.you?.id);
-      piano.unlightOthers(state.you?.id);
+      // The player's own notes are "me" and keep sounding.
+      state.behind++;
+      audio().releaseOthers("me");
+      piano.unlightOthers("me");
       toast(`Your connection fell behind: ${msg.value.skipped} note batches were skipped`);
       break;
     case "kicked":
@@ -318,6 +322,7 @@ function play(batch: NoteBatch): void {
   const color = state.participants.get(from)?.color ?? "#888";
   const receivedAt = Date.now();
   const base = Number(batch.time) - conn.clock.offset + LATENCY_MS;
+  const behind = state.behind;
   for (const ev of batch.events) {
     const local = base + ev.delay;
     const when = audio().at(local);
@@ -328,11 +333,11 @@ function play(batch: NoteBatch): void {
       state.scheduled.push({ from, note, receivedAt, at: local });
       audio().noteOn(from, note, k.value.velocity, when);
       if (state.scheduled.length > 500) state.scheduled.shift();
-      window.setTimeout(() => piano.light(note, from, color), wait);
+      window.setTimeout(() => behind === state.behind && piano.light(note, from, color), wait);
     } else if (k.case === "noteOff") {
       const note = k.value.note;
       audio().noteOff(from, note, when);
-      window.setTimeout(() => piano.unlight(note, from), wait);
+      window.setTimeout(() => behind === state.behind && piano.unlight(note, from), wait);
     } else if (k.case === "controlChange" && k.value.control === 64) {
       audio().sustain(from, k.value.value >= 64, when);
     }

@@ -18,10 +18,11 @@ export type ServerMsg = ServerMessage["msg"];
 /** How often outgoing notes are flushed as one batch (the protocol wants batches). */
 export const BATCH_MS = 150;
 const MAX_EVENTS = 300;
-/** Bytes read between pings that tell the server this client reads (`backlog::ACK_EVERY_BYTES`):
- * a Room object cannot see a socket's backlog, and skips note batches for a client that has been
- * sent half a MiB without a word back. */
-const ACK_EVERY_BYTES = 256 * 1024;
+/** Bytes read between pings that tell the server this client reads (`backlog::ACK_EVERY_BYTES`,
+ * at most one per `ACK_MIN_INTERVAL_MS`, within the ping budget): a Room object cannot see a
+ * socket's backlog, and skips note batches for a client sent half a MiB without a word back. */
+const ACK_EVERY_BYTES = 128 * 1024;
+const ACK_MIN_INTERVAL_MS = 250;
 
 /** Close codes the room uses (README "Close codes"). */
 export const Close = {
@@ -81,6 +82,7 @@ export class Connection {
   private closedByUs = false;
   private pingTimer?: number;
   private readSinceSend = 0;
+  private lastSend = 0;
   private batch: { start: number; events: NoteEvent[] } | null = null;
   private flushTimer?: number;
 
@@ -123,7 +125,9 @@ export class Connection {
     ws.onmessage = (ev) => {
       if (!(ev.data instanceof ArrayBuffer)) return;
       this.readSinceSend += ev.data.byteLength;
-      if (this.readSinceSend >= ACK_EVERY_BYTES) this.send({ case: "ping", value: { clientTime: Date.now() } });
+      if (this.readSinceSend >= ACK_EVERY_BYTES && Date.now() - this.lastSend >= ACK_MIN_INTERVAL_MS) {
+        this.send({ case: "ping", value: { clientTime: Date.now() } });
+      }
       const msg = fromBinary(ServerMessageSchema, new Uint8Array(ev.data)).msg;
       if (msg.case === "pong") this.clock.pong(msg.value.clientTime, Number(msg.value.serverTime));
       this.onMessage(msg);
@@ -166,6 +170,7 @@ export class Connection {
   send(msg: ClientMsg): void {
     if (this.ws?.readyState !== WebSocket.OPEN) return;
     this.readSinceSend = 0;
+    this.lastSend = Date.now();
     this.ws.send(toBinary(ClientMessageSchema, create(ClientMessageSchema, { msg })));
   }
 

@@ -27,7 +27,9 @@ pub const DEFAULT_SLOW_READER_BYTES: usize = 1 << 20;
 pub fn slow_reader_bytes(env: &Env) -> usize {
     crate::setting(env, "SLOW_READER_BYTES")
         .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|n| *n >= 64 * 1024)
+        // The web client says it reads every ACK_EVERY_BYTES; skipping starts at half the
+        // bound, which must leave it room to.
+        .filter(|n| *n >= 4 * piano_core::backlog::ACK_EVERY_BYTES)
         .unwrap_or(DEFAULT_SLOW_READER_BYTES)
 }
 
@@ -61,16 +63,15 @@ pub fn too_many_connections() -> Result<Response> {
 }
 
 impl Room {
-    /// The client sent a frame: it is alive and reading; its socket's count starts over (and
-    /// what was skipped is told with the next frame).
+    /// The client sent a frame: it is alive and reading; its socket's count starts over, and
+    /// what was skipped for it is told now.
     pub(crate) fn client_read(&self, conn: ConnId) {
-        if let Some(u) = self
-            .loaded
-            .borrow_mut()
-            .as_mut()
-            .and_then(|l| l.unread.get_mut(&conn))
+        let mut loaded = self.loaded.borrow_mut();
+        let Some(l) = loaded.as_mut() else { return };
+        if let Some(n) = l.unread.get_mut(&conn).and_then(|u| u.heard())
+            && let Some(ws) = l.sockets.get(&conn)
         {
-            u.heard();
+            send_fell_behind(ws, l.mpp.contains(&conn), n);
         }
     }
 
