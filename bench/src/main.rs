@@ -694,7 +694,7 @@ async fn saturate_report(args: &[String]) {
             *target != Target::Baseline && rates.iter().any(|r| *r > saturate::budget_per_player());
         let stopped = match steps.last() {
             Some(s) if s.met() && capped => format!(
-                "the room's budget: every rate up to a player's {} note batches/s was met (p99 {} ms at {} batches/s); more would be refused by design",
+                "the room's budget: every rate offered up to a player's {} note batches/s was met (p99 {} ms at {} batches/s); more would be refused by design",
                 saturate::budget_per_player(),
                 ms(s.outcome.percentile(0.99)),
                 s.rate
