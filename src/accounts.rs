@@ -51,7 +51,10 @@ async fn issue(cfg: &Config, mut resp: Response) -> Result<Response> {
         s.generation,
         Date::now().as_millis() / 1000,
     );
-    let access = cfg.signing.sign(&claims);
+    let access = match auth::keys_or_503(cfg).await {
+        Ok(keys) => keys.sign(&claims).await.map_err(auth::signing_failed)?,
+        Err(resp) => return resp,
+    };
     let body = session_body(&access, &claims, s.user, &s.sid, &s.secret);
     let mut out = Response::from_json(&body)?.with_status(status);
     out.headers_mut().set("cache-control", "no-store")?;

@@ -3,7 +3,7 @@
 //! every auth endpoint: the rate limit's counters (the policy is `piano_core::account::rate`)
 //! and the capped body. [`crate::accounts`] builds on this module; this one never calls it.
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, Keys};
 use piano_core::account::ApiError;
 use piano_core::account::rate;
 use piano_core::account::tokens::{Issuer, guest_body};
@@ -181,12 +181,22 @@ pub fn config_or_503(env: &Env) -> std::result::Result<Rc<Config>, Result<Respon
     config::load(env).map_err(|e| json_error(503, "not_configured", &e.0))
 }
 
-pub fn jwks(env: &Env) -> Result<Response> {
-    let cfg = match config_or_503(env) {
-        Ok(c) => c,
+/// The configuration's keys in WebCrypto, or the 503 that says why there are none.
+pub async fn keys_or_503(cfg: &Config) -> std::result::Result<Rc<Keys>, Result<Response>> {
+    cfg.keys()
+        .await
+        .map_err(|e| json_error(503, "not_configured", &e.0))
+}
+
+pub async fn jwks(env: &Env) -> Result<Response> {
+    let keys = match config_or_503(env) {
+        Ok(cfg) => match keys_or_503(&cfg).await {
+            Ok(k) => k,
+            Err(resp) => return resp,
+        },
         Err(resp) => return resp,
     };
-    let keys: Vec<_> = cfg.public_keys.iter().map(public_jwk).collect();
+    let keys: Vec<_> = keys.public_keys().map(public_jwk).collect();
     let mut resp = Response::from_json(&serde_json::json!({ "keys": keys }))?;
     resp.headers_mut()
         .set("cache-control", "public, max-age=300")?;
@@ -223,7 +233,10 @@ pub async fn guest(mut req: Request, env: &Env) -> Result<Response> {
         ttl_secs: cfg.guest_ttl_secs,
     };
     let claims = issuer.guest(&random_hex(8)?, name, Date::now().as_millis() / 1000);
-    let token = cfg.signing.sign(&claims);
+    let token = match keys_or_503(&cfg).await {
+        Ok(keys) => keys.sign(&claims).await.map_err(signing_failed)?,
+        Err(resp) => return resp,
+    };
     let mut resp = Response::from_json(&guest_body(&token, &claims))?;
     resp.headers_mut().set("cache-control", "no-store")?;
     Ok(resp)
@@ -300,9 +313,10 @@ async fn verify_session(
         ));
     };
     let now = Date::now().as_millis() / 1000;
-    let claims = cfg
-        .verifier
+    let claims = keys_or_503(&cfg)
+        .await?
         .verify(token, now)
+        .await
         .map_err(|e| unauthorized(&e.to_string()))?;
     let mut expires = None;
     if let Some(sid) = &claims.sid {
@@ -322,6 +336,11 @@ async fn verify_session(
         expires = session_expires;
     }
     Ok((claims, expires))
+}
+
+/// WebCrypto refused to sign (it never should with a key it imported): an error of ours.
+pub fn signing_failed(e: wasm_bindgen::JsValue) -> Error {
+    Error::RustError(format!("token signing failed: {e:?}"))
 }
 
 pub fn unauthorized(message: &str) -> Result<Response> {

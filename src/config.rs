@@ -16,19 +16,26 @@
 //! | `WS_UPGRADE_RATE_PER_MINUTE` | var | 3 × the auth limit (30) | WebSocket upgrades per client IP per minute |
 //! | `CORS_ORIGINS` | var | none | origins allowed to call the API from a browser (exact, comma-separated) |
 
-use piano_core::identity::{SigningKey, Verifier, parse_public_keys};
-use std::cell::RefCell;
+use piano_core::identity::{self, Claims, TokenError, Verifier, parse_public_keys};
+use piano_durable_objects::webcrypto::ed25519;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
+use wasm_bindgen::JsValue;
 use worker::Env;
+use zeroize::Zeroizing;
 
 /// Auth requests per client IP per minute unless `AUTH_RATE_LIMIT_PER_MINUTE` says otherwise.
 pub const DEFAULT_AUTH_RATE_LIMIT: usize = 10;
 
 pub struct Config {
-    pub signing: SigningKey,
-    pub verifier: Verifier,
-    /// Every public key tokens may be signed with: the current one first, then previous ones.
-    pub public_keys: Vec<[u8; 32]>,
+    /// The signing key's seed, and the public key a PKCS#8 v2 key lists (checked against what
+    /// WebCrypto derives).
+    seed: Zeroizing<[u8; 32]>,
+    listed_public: Option<[u8; 32]>,
+    /// Previous public keys still accepted (`JWT_VERIFY_KEYS`).
+    previous: Vec<[u8; 32]>,
+    /// The keys in WebCrypto, made at first use ([`Config::keys`]: importing is asynchronous).
+    keys: OnceCell<Rc<Keys>>,
     pub issuer: String,
     pub audience: String,
     pub guest_ttl_secs: u64,
@@ -81,8 +88,13 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
     }) {
         return Ok(hit);
     }
-    let signing = SigningKey::from_pkcs8_pem(&key)
-        .map_err(|e| NotConfigured(format!("JWT_PRIVATE_KEY is unusable: {e}")))?;
+    let (seed, listed_public) = piano_core::pkcs8::ed25519_key(&key.trim().replace("\\n", "\n"))
+        .ok_or_else(|| {
+            NotConfigured(format!(
+                "JWT_PRIVATE_KEY is unusable: {}",
+                identity::KeyError::NotEd25519Pkcs8Pem
+            ))
+        })?;
     let guest_ttl_secs = match ttl {
         None => 86_400,
         Some(t) => t
@@ -94,9 +106,6 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
     };
     let previous = parse_public_keys(&previous)
         .map_err(|e| NotConfigured(format!("JWT_VERIFY_KEYS is unusable: {e}")))?;
-    let mut public_keys = vec![signing.public_key()];
-    public_keys.extend(previous.into_iter().filter(|k| *k != signing.public_key()));
-    let verifier = Verifier::new(&issuer, &audience).with_keys(public_keys.iter().copied());
     let number =
         |i: usize, name: &str, default: u64, range: std::ops::RangeInclusive<u64>| match &others[i]
         {
@@ -134,9 +143,10 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
         .map(|s| s.to_ascii_lowercase())
         .collect();
     let cfg = Rc::new(Config {
-        signing,
-        verifier,
-        public_keys,
+        seed: Zeroizing::new(seed),
+        listed_public,
+        previous,
+        keys: OnceCell::new(),
         issuer,
         audience,
         guest_ttl_secs,
@@ -148,4 +158,81 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
     });
     CACHE.with_borrow_mut(|c| *c = Some((cache_key, cfg.clone())));
     Ok(cfg)
+}
+
+/// The token keys in the runtime's WebCrypto: the signing key, and a verification key for each
+/// accepted public key (the current one first, then previous ones).
+pub struct Keys {
+    kid: String,
+    signing: JsValue,
+    verifier: Verifier,
+    verifying: Vec<([u8; 32], JsValue)>,
+}
+
+impl Config {
+    /// The keys, imported into WebCrypto once per isolate (a setting WebCrypto refuses, e.g. a
+    /// public key that is no Ed25519 point, is `NotConfigured`).
+    pub async fn keys(&self) -> Result<Rc<Keys>, NotConfigured> {
+        if let Some(k) = self.keys.get() {
+            return Ok(k.clone());
+        }
+        let unusable = |what: &str, e: JsValue| NotConfigured(format!("{what} is unusable: {e:?}"));
+        let der = piano_core::pkcs8::ed25519_der(&self.seed);
+        let (signing, public) = ed25519::import_signing(&der)
+            .await
+            .map_err(|e| unusable("JWT_PRIVATE_KEY", e))?;
+        if self.listed_public.is_some_and(|p| p != public) {
+            return Err(NotConfigured(
+                "JWT_PRIVATE_KEY is unusable: its public key does not match its seed".into(),
+            ));
+        }
+        let mut public_keys = vec![public];
+        public_keys.extend(self.previous.iter().copied().filter(|k| *k != public));
+        let mut verifying = Vec::with_capacity(public_keys.len());
+        for k in &public_keys {
+            let key = ed25519::import_public(k)
+                .await
+                .map_err(|e| unusable("JWT_VERIFY_KEYS", e))?;
+            verifying.push((*k, key));
+        }
+        let keys = Rc::new(Keys {
+            kid: identity::key_id(&public),
+            signing,
+            verifier: Verifier::new(&self.issuer, &self.audience)
+                .with_keys(public_keys.iter().copied()),
+            verifying,
+        });
+        // Two requests may have imported at once: the first one kept is the one used.
+        let _ = self.keys.set(keys.clone());
+        Ok(self.keys.get().cloned().unwrap_or(keys))
+    }
+}
+
+impl Keys {
+    /// Every public key tokens may be signed with: the current one first.
+    pub fn public_keys(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.verifying.iter().map(|(k, _)| k)
+    }
+
+    /// A token of these claims, signed with the current key.
+    pub async fn sign(&self, claims: &Claims) -> Result<String, JsValue> {
+        let input = identity::signing_input(claims, &self.kid);
+        let signature = ed25519::sign(&self.signing, input.as_bytes()).await?;
+        Ok(identity::signed_token(&input, &signature))
+    }
+
+    /// The core's checks around WebCrypto's signature check.
+    pub async fn verify(&self, token: &str, now_secs: u64) -> Result<Claims, TokenError> {
+        let u = self.verifier.unverified(token)?;
+        let key = self
+            .verifying
+            .iter()
+            .find(|(k, _)| *k == u.key)
+            .map(|(_, key)| key)
+            .ok_or(TokenError::UnknownKey)?;
+        if !ed25519::verify(key, &u.signature, u.signing_input.as_bytes()).await {
+            return Err(TokenError::BadSignature);
+        }
+        self.verifier.accept(u, now_secs)
+    }
 }

@@ -73,7 +73,7 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
             "protocol": piano_core::limits::PROTOCOL_VERSION,
             "subprotocol": piano_core::limits::SUBPROTOCOL,
         })),
-        (Method::Get, [".well-known", "jwks.json"]) => auth::jwks(env),
+        (Method::Get, [".well-known", "jwks.json"]) => auth::jwks(env).await,
         (Method::Post, ["api", "auth", "guest"]) => auth::guest(req, env).await,
         (Method::Post, ["api", "auth", "register"]) => accounts::register(req, env).await,
         (Method::Post, ["api", "auth", "login"]) => accounts::login(req, env).await,

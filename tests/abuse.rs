@@ -563,11 +563,10 @@ fn big_batch(round: usize) -> cm::Msg {
     })
 }
 
-/// Attack 5: A reader that never reads while a permitted stream of broadcasts flows: it is closed
-/// 1013 and the others see it leave; the senders, who read, are not closed.
-pub async fn a_reader_that_never_reads_is_closed_1013(s: &Server) {
-    let room = unique("slow-reader");
-    let mut owner = s.player(&room, "Owner").await;
+/// Eight joined players in a new Black MIDI room (no note quota), the first its owner: the
+/// streams of the slow-reader trials.
+async fn black_midi_senders(s: &Server, room: &str) -> Vec<Client> {
+    let mut owner = s.player(room, "Owner").await;
     owner
         .send(cm::Msg::Join(proto::Join {
             password: String::new(),
@@ -582,10 +581,18 @@ pub async fn a_reader_that_never_reads_is_closed_1013(s: &Server) {
         .await;
     let mut senders = vec![owner];
     for i in 1..8 {
-        let mut p = s.player(&room, &format!("Sender{i}")).await;
+        let mut p = s.player(room, &format!("Sender{i}")).await;
         p.join().await;
         senders.push(p);
     }
+    senders
+}
+
+/// Attack 5: A reader that never reads while a permitted stream of broadcasts flows: it is closed
+/// 1013 and the others see it leave; the senders, who read, are not closed.
+pub async fn a_reader_that_never_reads_is_closed_1013(s: &Server) {
+    let room = unique("slow-reader");
+    let mut senders = black_midi_senders(s, &room).await;
     let token = s.guest_token("Sloth").await;
     let mut sloth =
         Client::connect_small_window(&format!("{}?token={token}", s.ws_url(&room)), 4096).await;
@@ -671,25 +678,7 @@ pub async fn a_silent_listener_at_the_edge_skips_notes_and_is_told(s: &Server) {
     // Half the default SLOW_READER_BYTES (1 MiB).
     const SKIPPING_FROM: usize = 512 * 1024;
     let room = unique("silent-listener");
-    let mut owner = s.player(&room, "Owner").await;
-    owner
-        .send(cm::Msg::Join(proto::Join {
-            password: String::new(),
-            create_settings: Some(proto::UpdateSettings {
-                allow_black_midi: Some(true),
-                ..Default::default()
-            }),
-        }))
-        .await;
-    owner
-        .recv_matching(|m| matches!(m, Msg::Joined(_)).then_some(()))
-        .await;
-    let mut senders = vec![owner];
-    for i in 1..8 {
-        let mut p = s.player(&room, &format!("Sender{i}")).await;
-        p.join().await;
-        senders.push(p);
-    }
+    let mut senders = black_midi_senders(s, &room).await;
     let mut quiet = s.player(&room, "Quiet").await;
     quiet.join().await;
 

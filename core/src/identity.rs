@@ -6,12 +6,17 @@
 //! known keys, the signature, `iss`, `aud`, `exp` and `nbf`, and refuses anything else.
 //!
 //! The JWT encoding (RFC 7519 compact form, RFC 8037 `EdDSA`) is written here for the one
-//! algorithm we accept, on `ed25519-dalek`: a general JWT crate brings every other algorithm
-//! (RSA, ECDSA) into the edge worker, whose size every cold start pays for. The tests check it
-//! against an independent implementation (`jsonwebtoken`) both ways.
+//! algorithm we accept: a general JWT crate brings every other algorithm (RSA, ECDSA) into the
+//! edge worker, whose size every cold start pays for. The signature itself is a step of its own
+//! ([`Verifier::unverified`], then the host checks the signature, then [`Verifier::accept`];
+//! [`signing_input`], then the host signs, then [`signed_token`]), so the edge signs and
+//! verifies with the runtime's WebCrypto while native hosts use `ed25519-dalek` through
+//! [`SigningKey`] and [`Verifier::verify`] (feature `ed25519`). The tests check it against an
+//! independent implementation (`jsonwebtoken`) both ways.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+#[cfg(feature = "ed25519")]
 use ed25519_dalek::{Signer, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -164,6 +169,7 @@ impl fmt::Display for TokenError {
 impl std::error::Error for TokenError {}
 
 /// The server's signing key, with the public half it publishes.
+#[cfg(feature = "ed25519")]
 pub struct SigningKey {
     kid: String,
     key: ed25519_dalek::SigningKey,
@@ -186,6 +192,30 @@ struct Header {
 /// The one `alg` we sign with and accept (RFC 8037).
 const ALG: &str = "EdDSA";
 
+/// `header.payload` of a token of these claims, signed with the key `kid` names: what the
+/// signature covers.
+pub fn signing_input(claims: &Claims, kid: &str) -> String {
+    let header = Header {
+        alg: ALG.into(),
+        typ: Some("JWT".into()),
+        kid: Some(kid.into()),
+        crit: None,
+    };
+    // Serialising these structs cannot fail (string keys, no maps of other keys).
+    let part = |json: Vec<u8>| B64URL.encode(json);
+    format!(
+        "{}.{}",
+        part(serde_json::to_vec(&header).unwrap_or_default()),
+        part(serde_json::to_vec(claims).unwrap_or_default())
+    )
+}
+
+/// The token: [`signing_input`] and its Ed25519 signature.
+pub fn signed_token(signing_input: &str, signature: &[u8; 64]) -> String {
+    format!("{signing_input}.{}", B64URL.encode(signature))
+}
+
+#[cfg(feature = "ed25519")]
 impl SigningKey {
     /// Reads a PKCS#8 PEM Ed25519 private key (`openssl genpkey -algorithm ed25519`, or what
     /// `scripts/dev` generates into `.dev.vars`). Literal `\n` sequences are accepted as line
@@ -218,21 +248,9 @@ impl SigningKey {
     }
 
     pub fn sign(&self, claims: &Claims) -> String {
-        let header = Header {
-            alg: ALG.into(),
-            typ: Some("JWT".into()),
-            kid: Some(self.kid.clone()),
-            crit: None,
-        };
-        // Serialising these structs cannot fail (string keys, no maps of other keys).
-        let part = |json: Vec<u8>| B64URL.encode(json);
-        let signing_input = format!(
-            "{}.{}",
-            part(serde_json::to_vec(&header).unwrap_or_default()),
-            part(serde_json::to_vec(claims).unwrap_or_default())
-        );
-        let signature = self.key.sign(signing_input.as_bytes());
-        format!("{signing_input}.{}", B64URL.encode(signature.to_bytes()))
+        let input = signing_input(claims, &self.kid);
+        let signature = self.key.sign(input.as_bytes());
+        signed_token(&input, &signature.to_bytes())
     }
 }
 
@@ -261,6 +279,8 @@ pub fn parse_public_keys(list: &str) -> Result<Vec<[u8; 32]>, KeyError> {
             let key: [u8; 32] = bytes
                 .try_into()
                 .map_err(|_| KeyError::NotEd25519PublicKey)?;
+            // Without Ed25519 arithmetic here, the host's crypto refuses a bad point at import.
+            #[cfg(feature = "ed25519")]
             ed25519_dalek::VerifyingKey::from_bytes(&key)
                 .map_err(|_| KeyError::NotEd25519PublicKey)?;
             Ok(key)
@@ -268,7 +288,8 @@ pub fn parse_public_keys(list: &str) -> Result<Vec<[u8; 32]>, KeyError> {
         .collect()
 }
 
-fn key_id(public: &[u8; 32]) -> String {
+/// The `kid` of a public key: an RFC 7638 thumbprint, shortened.
+pub fn key_id(public: &[u8; 32]) -> String {
     let jwk = format!(
         r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
         B64URL.encode(public)
@@ -279,9 +300,20 @@ fn key_id(public: &[u8; 32]) -> String {
 
 /// Verifies tokens against a set of public keys (several during key rotation).
 pub struct Verifier {
-    keys: Vec<(String, VerifyingKey)>,
+    keys: Vec<(String, [u8; 32])>,
     issuer: String,
     audience: String,
+}
+
+/// A token taken apart and checked as far as it can be without its signature
+/// ([`Verifier::unverified`]): the host checks `signature` over `signing_input` with `key`,
+/// then hands it to [`Verifier::accept`].
+pub struct Unverified<'a> {
+    pub signing_input: &'a str,
+    pub signature: [u8; 64],
+    /// The public key the token's `kid` names.
+    pub key: [u8; 32],
+    payload: Vec<u8>,
 }
 
 impl Verifier {
@@ -296,9 +328,11 @@ impl Verifier {
     /// Adds a public key; one that is not a valid Ed25519 point (refused already by
     /// [`parse_public_keys`]) verifies nothing.
     pub fn with_key(mut self, public: [u8; 32]) -> Self {
-        if let Ok(key) = VerifyingKey::from_bytes(&public) {
-            self.keys.push((key_id(&public), key));
+        #[cfg(feature = "ed25519")]
+        if VerifyingKey::from_bytes(&public).is_err() {
+            return self;
         }
+        self.keys.push((key_id(&public), public));
         self
     }
 
@@ -309,7 +343,19 @@ impl Verifier {
     /// Verifies `token` at `now` (seconds since the epoch) and returns its claims. In order:
     /// the form (three base64url parts), the header (`alg` EdDSA, a known `kid`), the signature
     /// (strict: no malleable or small-order signatures), then the claims.
+    #[cfg(feature = "ed25519")]
     pub fn verify(&self, token: &str, now_secs: u64) -> Result<Claims, TokenError> {
+        let u = self.unverified(token)?;
+        let key = VerifyingKey::from_bytes(&u.key).map_err(|_| TokenError::UnknownKey)?;
+        let signature = ed25519_dalek::Signature::from_bytes(&u.signature);
+        key.verify_strict(u.signing_input.as_bytes(), &signature)
+            .map_err(|_| TokenError::BadSignature)?;
+        self.accept(u, now_secs)
+    }
+
+    /// The first steps of [`Verifier::verify`]: the form and the header, and the key its `kid`
+    /// names. The signature is the host's to check next.
+    pub fn unverified<'a>(&self, token: &'a str) -> Result<Unverified<'a>, TokenError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -331,17 +377,25 @@ impl Verifier {
             .keys
             .iter()
             .find(|(k, _)| *k == kid)
-            .map(|(_, key)| key)
+            .map(|(_, key)| *key)
             .ok_or(TokenError::UnknownKey)?;
-        let signature = B64URL
+        let signature: [u8; 64] = B64URL
             .decode(signature)
             .ok()
-            .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
+            .and_then(|b| b.try_into().ok())
             .ok_or(TokenError::BadSignature)?;
-        let signing_input = &token[..header_and_payload_len(token)];
-        key.verify_strict(signing_input.as_bytes(), &signature)
-            .map_err(|_| TokenError::BadSignature)?;
-        let payload = decode(payload)?;
+        Ok(Unverified {
+            signing_input: &token[..header_and_payload_len(token)],
+            signature,
+            key,
+            payload: decode(payload)?,
+        })
+    }
+
+    /// The last step of [`Verifier::verify`], once the host found the signature good: the
+    /// claims (present, issuer, audience, times).
+    pub fn accept(&self, token: Unverified<'_>, now_secs: u64) -> Result<Claims, TokenError> {
+        let payload = token.payload;
         let claims: serde_json::Value =
             serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
         if ["exp", "sub", "iss", "aud"]

@@ -16,8 +16,31 @@ use zeroize::Zeroizing;
 /// The DER of OID 1.3.101.112 (id-Ed25519).
 const ED25519_OID: [u8; 3] = [0x2b, 0x65, 0x70];
 
-/// The 32-byte seed of the key in `pem`, or `None` if it is not an Ed25519 PKCS#8 PEM.
+/// The 32-byte seed of the key in `pem`, or `None` if it is not an Ed25519 PKCS#8 PEM (or a v2
+/// key whose public key does not match its seed).
+#[cfg(feature = "ed25519")]
 pub fn ed25519_seed(pem: &str) -> Option<[u8; 32]> {
+    let (seed, listed) = ed25519_key(pem)?;
+    let derived = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .verifying_key()
+        .to_bytes();
+    listed.is_none_or(|p| p == derived).then_some(seed)
+}
+
+/// The v1 PKCS#8 DER of a seed: what WebCrypto's `importKey("pkcs8", …)` takes.
+pub fn ed25519_der(seed: &[u8; 32]) -> Zeroizing<Vec<u8>> {
+    let mut der = Zeroizing::new(Vec::with_capacity(48));
+    der.extend_from_slice(&[
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ]);
+    der.extend_from_slice(seed);
+    der
+}
+
+/// The seed of the key in `pem` and the public key a v2 key lists (not checked against the
+/// seed here: a host without Ed25519 arithmetic checks it against what its crypto derives).
+pub fn ed25519_key(pem: &str) -> Option<([u8; 32], Option<[u8; 32]>)> {
     let body = pem
         .trim()
         .strip_prefix("-----BEGIN PRIVATE KEY-----")?
@@ -49,15 +72,16 @@ pub fn ed25519_seed(pem: &str) -> Option<[u8; 32]> {
         key = rest;
     }
     // Only version 2 (OneAsymmetricKey) may carry the public key.
+    let mut listed = None;
     if let Some((public, rest)) = take(key, 0x81).filter(|_| v2) {
         // A BIT STRING's content: no unused bits, then the key.
-        let derived = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
-        if public.first() != Some(&0) || public[1..] != derived.to_bytes() {
+        if public.first() != Some(&0) {
             return None;
         }
+        listed = Some(public[1..].try_into().ok()?);
         key = rest;
     }
-    key.is_empty().then_some(seed)
+    key.is_empty().then_some((seed, listed))
 }
 
 /// One DER element of `tag` at the start of `der`: (its content, what follows it).
@@ -108,6 +132,19 @@ mod tests {
             let pem = key.to_pkcs8_pem(Default::default()).expect("encode");
             assert_eq!(ed25519_seed(&pem), Some([seed; 32]), "{}", &*pem);
         }
+    }
+
+    #[test]
+    fn the_der_for_webcrypto_is_a_v1_key_of_the_seed() {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        let der = ed25519_der(&[5; 32]);
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----",
+            STANDARD.encode(&der[..])
+        );
+        assert_eq!(ed25519_key(&pem), Some(([5; 32], None)));
+        let theirs = ed25519_dalek::SigningKey::from_pkcs8_der(&der).expect("pkcs8 crate");
+        assert_eq!(theirs.to_bytes(), [5; 32]);
     }
 
     #[test]

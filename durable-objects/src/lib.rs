@@ -20,7 +20,7 @@ pub mod outbox;
 pub mod room;
 pub mod sessions;
 mod storage;
-mod webcrypto;
+pub mod webcrypto;
 
 pub use room::Room;
 use worker::*;

@@ -81,3 +81,101 @@ async fn derive(password: &str, hash: &PasswordHash) -> Result<Vec<u8>, JsValue>
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+/// Ed25519 with the runtime's WebCrypto (RFC 8032, deterministic): the worker signs and
+/// verifies its tokens here instead of compiling Ed25519 arithmetic into its wasm (a size
+/// budget), and the runtime's native code is faster than wasm at it. The JWT rules themselves
+/// are `piano_core::identity`'s.
+pub mod ed25519 {
+    use super::{call, get};
+    use wasm_bindgen::JsValue;
+    use worker::js_sys::{Array, Object, Reflect, Uint8Array};
+
+    fn subtle() -> Result<JsValue, JsValue> {
+        get(&get(&worker::js_sys::global(), "crypto")?, "subtle")
+    }
+
+    fn usages(usage: &str) -> Array {
+        [JsValue::from_str(usage)].iter().collect()
+    }
+
+    fn algorithm() -> Result<JsValue, JsValue> {
+        let a = Object::new();
+        Reflect::set(&a, &"name".into(), &"Ed25519".into())?;
+        Ok(a.into())
+    }
+
+    /// A signing key from its PKCS#8 DER (`piano_core::pkcs8::ed25519_der`), and its public
+    /// key (the JWK's `x`, which WebCrypto derives).
+    pub async fn import_signing(der: &[u8]) -> Result<(JsValue, [u8; 32]), JsValue> {
+        let s = subtle()?;
+        let key = call(
+            &s,
+            "importKey",
+            &[
+                "pkcs8".into(),
+                Uint8Array::from(der).into(),
+                algorithm()?,
+                true.into(),
+                usages("sign").into(),
+            ],
+        )
+        .await?;
+        let jwk = call(&s, "exportKey", &["jwk".into(), key.clone()]).await?;
+        let x = get(&jwk, "x")?
+            .as_string()
+            .ok_or_else(|| JsValue::from_str("no x in the exported key"))?;
+        let public = piano_core::identity::parse_public_keys(&x)
+            .ok()
+            .and_then(|k| k.first().copied())
+            .ok_or_else(|| JsValue::from_str("the exported public key does not parse"))?;
+        Ok((key, public))
+    }
+
+    /// A verification key from its 32 raw bytes (refused when not a valid Ed25519 point).
+    pub async fn import_public(public: &[u8; 32]) -> Result<JsValue, JsValue> {
+        call(
+            &subtle()?,
+            "importKey",
+            &[
+                "raw".into(),
+                Uint8Array::from(&public[..]).into(),
+                algorithm()?,
+                false.into(),
+                usages("verify").into(),
+            ],
+        )
+        .await
+    }
+
+    pub async fn sign(key: &JsValue, data: &[u8]) -> Result<[u8; 64], JsValue> {
+        let sig = call(
+            &subtle()?,
+            "sign",
+            &[algorithm()?, key.clone(), Uint8Array::from(data).into()],
+        )
+        .await?;
+        Uint8Array::new(&sig)
+            .to_vec()
+            .try_into()
+            .map_err(|_| JsValue::from_str("a signature is 64 bytes"))
+    }
+
+    /// Whether `signature` is `key`'s over `data`; any failure counts as no.
+    pub async fn verify(key: &JsValue, signature: &[u8; 64], data: &[u8]) -> bool {
+        let Ok(s) = subtle() else { return false };
+        let Ok(alg) = algorithm() else { return false };
+        call(
+            &s,
+            "verify",
+            &[
+                alg,
+                key.clone(),
+                Uint8Array::from(&signature[..]).into(),
+                Uint8Array::from(data).into(),
+            ],
+        )
+        .await
+        .is_ok_and(|ok| ok.as_bool() == Some(true))
+    }
+}
