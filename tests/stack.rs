@@ -36,11 +36,10 @@ pub struct Stack {
 
 impl Stack {
     pub fn start() -> Stack {
-        let dir = std::env::temp_dir().join(format!(
-            "piano-stack-{}-{}",
-            std::process::id(),
-            crate::now_ms()
-        ));
+        // Unique within the run too: two trials may start a stack in the same millisecond (they
+        // once shared a MongoDB directory so, and the second MongoDB could not start).
+        let id = crate::unique(&std::process::id().to_string());
+        let dir = std::env::temp_dir().join(format!("piano-stack-{id}"));
         std::fs::create_dir_all(dir.join("mongo")).expect("create stack dir");
         std::fs::create_dir_all(dir.join("redis")).expect("create stack dir");
         let ports = [Part::Mongo, Part::DataApi, Part::Redis, Part::RedisRest]
@@ -49,9 +48,9 @@ impl Stack {
             .collect();
         let stack = Stack {
             dir,
-            api_key: format!("key-{}", crate::now_ms()),
-            token: format!("token-{}", crate::now_ms()),
-            prefix: format!("t{}:", crate::now_ms()),
+            api_key: format!("key-{id}"),
+            token: format!("token-{id}"),
+            prefix: format!("t{id}:"),
             ports,
             children: Mutex::new(HashMap::new()),
         };

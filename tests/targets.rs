@@ -14,7 +14,7 @@
 
 use crate::process::{self, Redis, log_dir, log_to, spawn_guarded, stop_group, tail, wait_ok};
 use crate::{
-    ADMIN_BOOTSTRAP_SECRET, ADMIN_USERNAMES, CORS_ALLOWED_ORIGIN, Host, Server, free_port, now_ms,
+    ADMIN_BOOTSTRAP_SECRET, ADMIN_USERNAMES, CORS_ALLOWED_ORIGIN, Host, Server, free_port,
     random_key_pem, repo_root,
 };
 use piano_core::identity::SigningKey;
@@ -112,10 +112,10 @@ impl Server {
 
     fn new(host: Host, launch: Launch, port: u16, vars: &[(String, String)]) -> Server {
         let tag = format!("{host:?}").to_lowercase();
+        // Unique within the run: drift rigs of one host may start in the same millisecond.
         let dir = std::env::temp_dir().join(format!(
-            "piano-e2e-{tag}-{}-{}",
-            std::process::id(),
-            now_ms()
+            "piano-e2e-{tag}-{}",
+            crate::unique(&std::process::id().to_string())
         ));
         std::fs::create_dir_all(&dir).expect("create test dir");
         let pem = random_key_pem();
