@@ -59,7 +59,7 @@ pub use members::participant_of;
 pub use moderation::MAX_BAN_MS;
 pub use profile::CURSOR_MIN_INTERVAL_MS;
 pub use settings::{MAX_PLAYERS, MAX_PLAYERS_ADMIN};
-pub use stats::{STATS_EVERY_MS, StatsDelta};
+pub use stats::{STATS_EVERY_MS, STATS_MAX_WAIT_MS, StatsDelta};
 pub use wire::fell_behind;
 
 use crate::Millis;

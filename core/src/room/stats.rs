@@ -1,15 +1,21 @@
 //! Per-user activity (note-ons relayed, chats, joins, last seen) for hosts that keep totals.
-//! The room decides when the host gets it ([`Effect::Stats`]): at most [`STATS_EVERY_MS`] after
-//! the first activity not yet handed over (the host's timer is [`Room::next_deadline`]), at once
-//! when someone joins or leaves (a room may hibernate or stop right after), and on
-//! [`super::Input::Stop`].
+//! The room decides when the host gets it ([`Effect::Stats`]): [`STATS_EVERY_MS`] after the last
+//! activity, or [`STATS_MAX_WAIT_MS`] after the first not yet handed over if the players keep
+//! playing (the host's timer is [`Room::next_deadline`]), at once when someone joins or leaves
+//! (a room may hibernate or stop right after), and on [`super::Input::Stop`]. Each hand-over
+//! costs the host storage writes per player (billed per row at the edge), so a room that plays
+//! for an hour hands over once a minute, not every few seconds.
 
 use super::{Effect, Out, Room};
 use crate::Millis;
 use std::collections::BTreeMap;
 
-/// How long activity may wait in memory before the room hands it to the host.
+/// How long after the last activity the room hands it over: shorter than the ~10 s after which
+/// an idle edge room may hibernate and forget what it holds in memory.
 pub const STATS_EVERY_MS: Millis = 5_000;
+/// The longest activity waits while the players keep playing (a room that plays does not
+/// hibernate; a crash or a deploy loses at most this much of it).
+pub const STATS_MAX_WAIT_MS: Millis = 60_000;
 
 /// Per-user activity, gathered only for hosts that keep it ([`Room::count_activity`]): a host
 /// without anywhere to put it pays nothing per note.
@@ -17,8 +23,10 @@ pub const STATS_EVERY_MS: Millis = 5_000;
 pub(super) struct Activity {
     pub(super) counting: bool,
     pub(super) by_user: BTreeMap<String, StatsDelta>,
-    /// When what `by_user` holds must reach the host (set by its first entry).
+    /// When what `by_user` holds must reach the host.
     pub(super) due: Option<Millis>,
+    /// When its first entry came.
+    first: Option<Millis>,
     /// Participants at the last hand-over: a join or leave hands over at once.
     members_seen: usize,
 }
@@ -29,7 +37,8 @@ impl Activity {
         if !self.counting {
             return None;
         }
-        self.due.get_or_insert(now + STATS_EVERY_MS);
+        let first = *self.first.get_or_insert(now);
+        self.due = Some((now + STATS_EVERY_MS).min(first + STATS_MAX_WAIT_MS));
         let st = self.by_user.entry(user.to_owned()).or_default();
         st.last_seen = now;
         Some(st)
@@ -54,6 +63,7 @@ impl Room {
         if !on {
             self.stats.by_user.clear();
             self.stats.due = None;
+            self.stats.first = None;
         }
     }
 
@@ -73,6 +83,7 @@ impl Room {
             return;
         }
         self.stats.due = None;
+        self.stats.first = None;
         out.push(Effect::Stats(std::mem::take(&mut self.stats.by_user)));
     }
 }

@@ -49,6 +49,29 @@ fn activity_is_counted_per_user_and_handed_over_when_due() {
     assert_eq!(h.stats_handovers, 5, "nothing left to hand over");
 }
 
+/// Players who keep playing: their activity is handed over once a minute, not every few
+/// seconds (each hand-over costs the host storage writes per player).
+#[test]
+fn steady_play_is_handed_over_once_a_minute() {
+    let mut h = Host::new("steady");
+    h.room.count_activity(true);
+    h.enter(1, "a");
+    let start = h.now;
+    let mut handed = Vec::new();
+    while h.now < start + STATS_MAX_WAIT_MS + 10_000 {
+        h.send(1, M::Notes(notes_batch(h.now)));
+        h.advance(1_000);
+        let before = h.stats_handovers;
+        if h.room.next_deadline().is_some_and(|d| d <= h.now) {
+            h.input(Input::Tick);
+        }
+        if h.stats_handovers > before {
+            handed.push(h.now - start);
+        }
+    }
+    assert_eq!(handed, vec![STATS_MAX_WAIT_MS], "{handed:?}");
+}
+
 #[test]
 fn unrelayed_notes_are_not_counted() {
     let mut muted = Host::new("muted");
