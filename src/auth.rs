@@ -138,10 +138,14 @@ pub async fn limited_config(
 ) -> std::result::Result<Rc<Config>, Result<Response>> {
     let cfg = config_or_503(env)?;
     match rate_limited(req, env, &cfg).await {
-        Ok(Ok(())) => Ok(cfg),
-        Ok(Err(e)) => Err(api_response(&e)),
-        Err(e) => Err(Err(e)),
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(api_response(&e)),
+        Err(e) => return Err(Err(e)),
     }
+    // The keys before any account call: a session the Account object created or rotated must
+    // not be lost to a signing key that cannot be imported.
+    keys_or_503(&cfg).await?;
+    Ok(cfg)
 }
 
 /// Reads a request body while it streams in, stopping (413 `body_too_large`) as soon as it
@@ -317,6 +321,12 @@ async fn verify_session(
         .await?
         .verify(token, now)
         .await
+        .map_err(|e| {
+            console_error!("WebCrypto could not check a token's signature: {e:?}");
+            api_response(&ApiError::Unavailable {
+                retry_after_secs: None,
+            })
+        })?
         .map_err(|e| unauthorized(&e.to_string()))?;
     let mut expires = None;
     if let Some(sid) = &claims.sid {

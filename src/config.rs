@@ -88,13 +88,13 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
     }) {
         return Ok(hit);
     }
-    let (seed, listed_public) = piano_core::pkcs8::ed25519_key(&key.trim().replace("\\n", "\n"))
-        .ok_or_else(|| {
-            NotConfigured(format!(
-                "JWT_PRIVATE_KEY is unusable: {}",
-                identity::KeyError::NotEd25519Pkcs8Pem
-            ))
-        })?;
+    let pem = Zeroizing::new(key.trim().replace("\\n", "\n"));
+    let (seed, listed_public) = piano_core::pkcs8::ed25519_key(&pem).ok_or_else(|| {
+        NotConfigured(format!(
+            "JWT_PRIVATE_KEY is unusable: {}",
+            identity::KeyError::NotEd25519Pkcs8Pem
+        ))
+    })?;
     let guest_ttl_secs = match ttl {
         None => 86_400,
         Some(t) => t
@@ -143,7 +143,7 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
         .map(|s| s.to_ascii_lowercase())
         .collect();
     let cfg = Rc::new(Config {
-        seed: Zeroizing::new(seed),
+        seed,
         listed_public,
         previous,
         keys: OnceCell::new(),
@@ -221,18 +221,30 @@ impl Keys {
         Ok(identity::signed_token(&input, &signature))
     }
 
-    /// The core's checks around WebCrypto's signature check.
-    pub async fn verify(&self, token: &str, now_secs: u64) -> Result<Claims, TokenError> {
-        let u = self.verifier.unverified(token)?;
-        let key = self
+    /// The core's checks around WebCrypto's signature check: the token's verdict, or `Err`
+    /// when WebCrypto itself failed (not the token's fault: the caller answers 503).
+    pub async fn verify(
+        &self,
+        token: &str,
+        now_secs: u64,
+    ) -> Result<Result<Claims, TokenError>, JsValue> {
+        let u = match self.verifier.unverified(token) {
+            Ok(u) => u,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(key) = self
             .verifying
             .iter()
             .find(|(k, _)| *k == u.key)
             .map(|(_, key)| key)
-            .ok_or(TokenError::UnknownKey)?;
-        if !ed25519::verify(key, &u.signature, u.signing_input.as_bytes()).await {
-            return Err(TokenError::BadSignature);
-        }
-        self.verifier.accept(u, now_secs)
+        else {
+            return Ok(Err(TokenError::UnknownKey));
+        };
+        Ok(
+            match ed25519::verify(key, &u.signature, u.signing_input.as_bytes()).await? {
+                true => self.verifier.accept(u, now_secs),
+                false => Err(TokenError::BadSignature),
+            },
+        )
     }
 }

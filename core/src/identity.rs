@@ -279,6 +279,9 @@ pub fn parse_public_keys(list: &str) -> Result<Vec<[u8; 32]>, KeyError> {
             let key: [u8; 32] = bytes
                 .try_into()
                 .map_err(|_| KeyError::NotEd25519PublicKey)?;
+            if is_small_order(&key) {
+                return Err(KeyError::NotEd25519PublicKey);
+            }
             // Without Ed25519 arithmetic here, the host's crypto refuses a bad point at import.
             #[cfg(feature = "ed25519")]
             ed25519_dalek::VerifyingKey::from_bytes(&key)
@@ -286,6 +289,55 @@ pub fn parse_public_keys(list: &str) -> Result<Vec<[u8; 32]>, KeyError> {
             Ok(key)
         })
         .collect()
+}
+
+/// The y-coordinates (little-endian, sign bit clear) of Ed25519's eight points of small order,
+/// and the two encodings y + p that lenient decoders also read (of y = 0 and y = 1). A "public
+/// key" among them verifies forged signatures over any message with some verifiers (WebCrypto's
+/// among them, which does not refuse such keys as `verify_strict` does), so none is ever
+/// accepted. The tests derive the list from curve25519-dalek's eight-torsion points.
+const SMALL_ORDER_Y: [[u8; 32]; 7] = [
+    // y = 0 (order 4) and y = 1 (the identity)
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    // y = p - 1 (order 2)
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    // the two y of the points of order 8
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+    // y = p and y = p + 1: non-canonical encodings of y = 0 and y = 1
+    [
+        0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
+
+/// Whether `key` encodes a point of small order (whatever its sign bit).
+pub fn is_small_order(key: &[u8; 32]) -> bool {
+    let mut y = *key;
+    y[31] &= 0x7f;
+    SMALL_ORDER_Y.contains(&y)
 }
 
 /// The `kid` of a public key: an RFC 7638 thumbprint, shortened.
@@ -328,6 +380,9 @@ impl Verifier {
     /// Adds a public key; one that is not a valid Ed25519 point (refused already by
     /// [`parse_public_keys`]) verifies nothing.
     pub fn with_key(mut self, public: [u8; 32]) -> Self {
+        if is_small_order(&public) {
+            return self;
+        }
         #[cfg(feature = "ed25519")]
         if VerifyingKey::from_bytes(&public).is_err() {
             return self;
@@ -681,6 +736,53 @@ mod tests {
     }
 
     /// A PKCS#8 PEM for a fixed seed (tests only).
+    /// The list of small-order keys is curve25519-dalek's eight-torsion points (by y), plus the
+    /// non-canonical y + p of y = 0 and 1; each such key, with either sign bit, is refused as a
+    /// key and verifies nothing.
+    #[test]
+    fn small_order_keys_are_refused() {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        let mut expected: Vec<[u8; 32]> = EIGHT_TORSION
+            .iter()
+            .map(|p| {
+                let mut y = p.compress().to_bytes();
+                y[31] &= 0x7f;
+                y
+            })
+            .collect();
+        for small in [0u8, 1] {
+            // p + small, little-endian (p = 2^255 - 19).
+            let mut y = [0xff; 32];
+            y[0] = 0xed + small;
+            y[31] = 0x7f;
+            expected.push(y);
+        }
+        expected.sort();
+        expected.dedup();
+        let mut ours = SMALL_ORDER_Y.to_vec();
+        ours.sort();
+        assert_eq!(ours, expected);
+        for y in SMALL_ORDER_Y {
+            for sign in [0, 0x80] {
+                let mut key = y;
+                key[31] |= sign;
+                assert!(is_small_order(&key));
+                assert!(
+                    VerifyingKey::from_bytes(&key).map_or(true, |k| k.is_weak()),
+                    "{key:?}"
+                );
+                let x = B64URL.encode(key);
+                assert!(parse_public_keys(&x).is_err(), "{x}");
+                let v = Verifier::new("i", "a").with_key(key);
+                assert!(v.keys.is_empty());
+            }
+        }
+        let good = SigningKey::from_pkcs8_pem(TEST_KEY_PEM)
+            .unwrap()
+            .public_key();
+        assert!(!is_small_order(&good));
+    }
+
     fn ed25519_pem(seed: u8) -> String {
         use ed25519_dalek::pkcs8::EncodePrivateKey;
         ed25519_dalek::SigningKey::from_bytes(&[seed; 32])

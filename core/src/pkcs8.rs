@@ -24,8 +24,11 @@ pub fn ed25519_seed(pem: &str) -> Option<[u8; 32]> {
     let derived = ed25519_dalek::SigningKey::from_bytes(&seed)
         .verifying_key()
         .to_bytes();
-    listed.is_none_or(|p| p == derived).then_some(seed)
+    listed.is_none_or(|p| p == derived).then_some(*seed)
 }
+
+/// A private key's seed, wiped from memory when dropped.
+pub type Seed = Zeroizing<[u8; 32]>;
 
 /// The v1 PKCS#8 DER of a seed: what WebCrypto's `importKey("pkcs8", …)` takes.
 pub fn ed25519_der(seed: &[u8; 32]) -> Zeroizing<Vec<u8>> {
@@ -40,7 +43,7 @@ pub fn ed25519_der(seed: &[u8; 32]) -> Zeroizing<Vec<u8>> {
 
 /// The seed of the key in `pem` and the public key a v2 key lists (not checked against the
 /// seed here: a host without Ed25519 arithmetic checks it against what its crypto derives).
-pub fn ed25519_key(pem: &str) -> Option<([u8; 32], Option<[u8; 32]>)> {
+pub fn ed25519_key(pem: &str) -> Option<(Seed, Option<[u8; 32]>)> {
     let body = pem
         .trim()
         .strip_prefix("-----BEGIN PRIVATE KEY-----")?
@@ -64,7 +67,7 @@ pub fn ed25519_key(pem: &str) -> Option<([u8; 32], Option<[u8; 32]>)> {
     }
     let (outer, mut key) = take(key, 0x04)?;
     let (seed, extra) = take(outer, 0x04)?;
-    let seed: [u8; 32] = seed.try_into().ok()?;
+    let seed = Zeroizing::new(<[u8; 32]>::try_from(seed).ok()?);
     if !extra.is_empty() {
         return None;
     }
@@ -142,7 +145,10 @@ mod tests {
             "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----",
             STANDARD.encode(&der[..])
         );
-        assert_eq!(ed25519_key(&pem), Some(([5; 32], None)));
+        assert_eq!(
+            ed25519_key(&pem).map(|(s, p)| (*s, p)),
+            Some(([5; 32], None))
+        );
         let theirs = ed25519_dalek::SigningKey::from_pkcs8_der(&der).expect("pkcs8 crate");
         assert_eq!(theirs.to_bytes(), [5; 32]);
     }

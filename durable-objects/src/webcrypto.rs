@@ -109,22 +109,35 @@ pub mod ed25519 {
     /// key (the JWK's `x`, which WebCrypto derives).
     pub async fn import_signing(der: &[u8]) -> Result<(JsValue, [u8; 32]), JsValue> {
         let s = subtle()?;
-        let key = call(
-            &s,
-            "importKey",
-            &[
-                "pkcs8".into(),
-                Uint8Array::from(der).into(),
-                algorithm()?,
-                true.into(),
-                usages("sign").into(),
-            ],
-        )
-        .await?;
-        let jwk = call(&s, "exportKey", &["jwk".into(), key.clone()]).await?;
+        let bytes = Uint8Array::from(der);
+        let import = |extractable: bool| {
+            let (s, bytes) = (s.clone(), bytes.clone());
+            async move {
+                call(
+                    &s,
+                    "importKey",
+                    &[
+                        "pkcs8".into(),
+                        bytes.into(),
+                        algorithm()?,
+                        extractable.into(),
+                        usages("sign").into(),
+                    ],
+                )
+                .await
+            }
+        };
+        // Exported once to read the public key; the key kept cannot be exported.
+        let exportable = import(true).await;
+        let key = import(false).await;
+        bytes.fill(0, 0, bytes.length());
+        let jwk = call(&s, "exportKey", &["jwk".into(), exportable?]).await?;
+        let key = key?;
         let x = get(&jwk, "x")?
             .as_string()
             .ok_or_else(|| JsValue::from_str("no x in the exported key"))?;
+        // The exported JWK holds the private `d` too: gone from it before it is dropped.
+        let _ = Reflect::delete_property(&jwk.clone().into(), &"d".into());
         let public = piano_core::identity::parse_public_keys(&x)
             .ok()
             .and_then(|k| k.first().copied())
@@ -161,21 +174,20 @@ pub mod ed25519 {
             .map_err(|_| JsValue::from_str("a signature is 64 bytes"))
     }
 
-    /// Whether `signature` is `key`'s over `data`; any failure counts as no.
-    pub async fn verify(key: &JsValue, signature: &[u8; 64], data: &[u8]) -> bool {
-        let Ok(s) = subtle() else { return false };
-        let Ok(alg) = algorithm() else { return false };
-        call(
-            &s,
+    /// Whether `signature` is `key`'s over `data`; `Err` when WebCrypto itself failed (not
+    /// the token's fault).
+    pub async fn verify(key: &JsValue, signature: &[u8; 64], data: &[u8]) -> Result<bool, JsValue> {
+        let ok = call(
+            &subtle()?,
             "verify",
             &[
-                alg,
+                algorithm()?,
                 key.clone(),
                 Uint8Array::from(&signature[..]).into(),
                 Uint8Array::from(data).into(),
             ],
         )
-        .await
-        .is_ok_and(|ok| ok.as_bool() == Some(true))
+        .await?;
+        Ok(ok.as_bool() == Some(true))
     }
 }
