@@ -352,9 +352,18 @@ pub fn key_id(public: &[u8; 32]) -> String {
 
 /// Verifies tokens against a set of public keys (several during key rotation).
 pub struct Verifier {
-    keys: Vec<(String, [u8; 32])>,
+    keys: Vec<Known>,
     issuer: String,
     audience: String,
+}
+
+/// A key tokens may be signed with.
+struct Known {
+    kid: String,
+    public: [u8; 32],
+    /// Decoded once: each verification would otherwise decompress the point again.
+    #[cfg(feature = "ed25519")]
+    point: VerifyingKey,
 }
 
 /// A token taken apart and checked as far as it can be without its signature
@@ -384,10 +393,15 @@ impl Verifier {
             return self;
         }
         #[cfg(feature = "ed25519")]
-        if VerifyingKey::from_bytes(&public).is_err() {
+        let Ok(point) = VerifyingKey::from_bytes(&public) else {
             return self;
-        }
-        self.keys.push((key_id(&public), public));
+        };
+        self.keys.push(Known {
+            kid: key_id(&public),
+            public,
+            #[cfg(feature = "ed25519")]
+            point,
+        });
         self
     }
 
@@ -401,7 +415,12 @@ impl Verifier {
     #[cfg(feature = "ed25519")]
     pub fn verify(&self, token: &str, now_secs: u64) -> Result<Claims, TokenError> {
         let u = self.unverified(token)?;
-        let key = VerifyingKey::from_bytes(&u.key).map_err(|_| TokenError::UnknownKey)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.public == u.key)
+            .map(|k| &k.point)
+            .ok_or(TokenError::UnknownKey)?;
         let signature = ed25519_dalek::Signature::from_bytes(&u.signature);
         key.verify_strict(u.signing_input.as_bytes(), &signature)
             .map_err(|_| TokenError::BadSignature)?;
@@ -431,8 +450,8 @@ impl Verifier {
         let key = self
             .keys
             .iter()
-            .find(|(k, _)| *k == kid)
-            .map(|(_, key)| *key)
+            .find(|k| k.kid == kid)
+            .map(|k| k.public)
             .ok_or(TokenError::UnknownKey)?;
         let signature: [u8; 64] = B64URL
             .decode(signature)
