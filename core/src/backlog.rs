@@ -75,10 +75,9 @@ impl Backlog {
         capacity: usize,
     ) -> Verdict {
         let capacity = capacity.max(1);
-        let at = |(n, d): (usize, usize)| capacity.saturating_mul(n) / d;
-        if self.shedding && queued <= at(SHED_UNTIL) {
+        if self.shedding && queued <= mark(capacity, SHED_UNTIL) {
             self.shedding = false;
-        } else if !self.shedding && queued >= at(SHED_FROM) {
+        } else if !self.shedding && queued >= mark(capacity, SHED_FROM) {
             self.shedding = true;
         }
         if delivery == Delivery::Fresh && self.shedding {
@@ -105,8 +104,10 @@ impl Backlog {
     /// the queue back under the lower mark (a host asks when the room is quiet, e.g. at its
     /// keep-alive ping, so a listener is not left waiting for the room's next frame).
     pub fn notice_due(&mut self, queued: usize, capacity: usize) -> Option<u32> {
-        let low = capacity.max(1).saturating_mul(SHED_UNTIL.0) / SHED_UNTIL.1;
-        if self.skipped == 0 || queued > low || queued.saturating_add(1) > capacity {
+        if self.skipped == 0
+            || queued > mark(capacity.max(1), SHED_UNTIL)
+            || queued.saturating_add(1) > capacity
+        {
             return None;
         }
         self.shedding = false;
@@ -114,9 +115,15 @@ impl Backlog {
     }
 
     /// Frames skipped and not yet told.
-    pub fn untold(&self) -> u32 {
+    #[cfg(test)]
+    fn untold(&self) -> u32 {
         self.skipped
     }
+}
+
+/// Where a share of `capacity` lies.
+fn mark(capacity: usize, (n, d): (usize, usize)) -> usize {
+    capacity.saturating_mul(n) / d
 }
 
 /// How often (bytes read) the web client tells a host that cannot see its queue that it reads
