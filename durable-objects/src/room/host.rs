@@ -33,24 +33,41 @@ pub fn slow_reader_bytes(env: &Env) -> usize {
         .unwrap_or(DEFAULT_SLOW_READER_BYTES)
 }
 
-/// Tells a socket that `skipped` note batches and cursor moves were not sent to it.
-pub fn send_fell_behind(ws: &WebSocket, mpp: bool, skipped: u32) {
-    let protocol = if mpp {
-        Protocol::Mpp
-    } else {
-        Protocol::Protobuf
-    };
-    let notice = fell_behind(protocol, skipped);
-    let raw: &web_sys::WebSocket = ws.as_ref();
-    let sent = if mpp {
-        raw.send_with_str(&String::from_utf8_lossy(&notice))
-    } else {
-        // A copy the runtime owns (as for every frame): it may read the bytes after send.
-        raw.send_with_array_buffer(&worker::js_sys::Uint8Array::from(&notice[..]).buffer())
-    };
-    if let Err(e) = sent {
-        console_warn!("notice not sent: {e:?}");
+/// A frame as the runtime takes it, made once and sent to any number of sockets: UTF-8 text for
+/// the MPP relay's sockets, otherwise a copy in a buffer the runtime owns (it may read the
+/// bytes after `send` returns; a view of wasm memory was seen sent as garbage).
+pub enum Outgoing {
+    Text(String),
+    Binary(worker::js_sys::ArrayBuffer),
+}
+
+impl Outgoing {
+    pub fn new(frame: &[u8], mpp: bool) -> Outgoing {
+        match mpp {
+            true => Outgoing::Text(String::from_utf8_lossy(frame).into_owned()),
+            false => Outgoing::Binary(worker::js_sys::Uint8Array::from(frame).buffer()),
+        }
     }
+
+    pub fn send(&self, ws: &WebSocket, conn: ConnId) {
+        let raw: &web_sys::WebSocket = ws.as_ref();
+        let sent = match self {
+            Outgoing::Text(t) => raw.send_with_str(t),
+            Outgoing::Binary(b) => raw.send_with_array_buffer(b),
+        };
+        if let Err(e) = sent {
+            console_warn!("send to {conn} failed: {e:?}");
+        }
+    }
+}
+
+/// Tells a socket that `skipped` note batches and cursor moves were not sent to it.
+pub fn send_fell_behind(ws: &WebSocket, conn: ConnId, mpp: bool, skipped: u32) {
+    let protocol = match mpp {
+        true => Protocol::Mpp,
+        false => Protocol::Protobuf,
+    };
+    Outgoing::new(&fell_behind(protocol, skipped), mpp).send(ws, conn);
 }
 
 /// The 429 of an upgrade over the per-user or per-network socket cap.
@@ -71,7 +88,7 @@ impl Room {
         if let Some(n) = l.unread.get_mut(&conn).and_then(|u| u.heard())
             && let Some(ws) = l.sockets.get(&conn)
         {
-            send_fell_behind(ws, l.mpp.contains(&conn), n);
+            send_fell_behind(ws, conn, l.mpp.contains(&conn), n);
         }
     }
 

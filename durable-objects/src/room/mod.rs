@@ -43,7 +43,6 @@ use piano_backends::layout;
 use piano_backends::outbox::Lane;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
-use worker::js_sys::Uint8Array;
 use worker::*;
 
 struct Loaded {
@@ -458,9 +457,11 @@ impl Room {
                     // speak one protocol: the first says which.
                     let mpp = !l.mpp.is_empty()
                         && to.as_slice().first().is_some_and(|c| l.mpp.contains(c));
-                    let text = mpp.then(|| String::from_utf8_lossy(&frame).into_owned());
-                    let buffer = (!mpp).then(|| Uint8Array::from(&frame[..]).buffer());
+                    let out = host::Outgoing::new(&frame, mpp);
                     for conn in to.as_slice() {
+                        let Some(ws) = l.sockets.get(conn) else {
+                            continue;
+                        };
                         let unread = l.unread.entry(*conn).or_default();
                         match unread.offer(delivery, frame.len(), self.slow_reader_bytes) {
                             Verdict::Skip => continue,
@@ -472,22 +473,10 @@ impl Room {
                             }
                             Verdict::Queue { notice: None } => {}
                             Verdict::Queue { notice: Some(n) } => {
-                                if let Some(ws) = l.sockets.get(conn) {
-                                    host::send_fell_behind(ws, mpp, n);
-                                }
+                                host::send_fell_behind(ws, *conn, mpp, n)
                             }
                         }
-                        if let Some(ws) = l.sockets.get(conn) {
-                            let raw: &web_sys::WebSocket = ws.as_ref();
-                            let sent = match (&text, &buffer) {
-                                (Some(t), _) => raw.send_with_str(t),
-                                (_, Some(b)) => raw.send_with_array_buffer(b),
-                                _ => Ok(()),
-                            };
-                            if let Err(e) = sent {
-                                console_warn!("send to {conn} failed: {e:?}");
-                            }
-                        }
+                        out.send(ws, *conn);
                     }
                 }
                 Effect::VerifyPassword {
