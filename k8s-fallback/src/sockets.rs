@@ -50,6 +50,21 @@ struct LocalConn {
     closing: bool,
 }
 
+impl LocalConn {
+    /// Frames waiting in the socket's queue.
+    fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Queues the notice that `n` note batches and cursor moves were skipped for it.
+    fn tell_skipped(&self, conn: ConnId, n: u32) {
+        let _ = self
+            .tx
+            .try_send(Outbound::Frame(fell_behind(self.protocol, n)));
+        tracing::info!(conn, skipped = n, "a connection caught up with its room");
+    }
+}
+
 /// Every local socket by connection id.
 #[derive(Default)]
 pub struct Sockets {
@@ -89,16 +104,17 @@ impl Sockets {
         let Some(c) = conns.get_mut(&conn) else {
             return false;
         };
-        let queued = c.tx.max_capacity() - c.tx.capacity();
-        match c.backlog.offer(delivery, queued, 1, c.tx.max_capacity()) {
+        match c
+            .backlog
+            .offer(delivery, c.queued(), 1, c.tx.max_capacity())
+        {
             Verdict::Skip => {
                 METRICS.frames_skipped.fetch_add(1, Relaxed);
                 return true;
             }
             Verdict::Queue { notice } => {
                 if let Some(n) = notice {
-                    let _ = c.tx.try_send(Outbound::Frame(fell_behind(c.protocol, n)));
-                    tracing::info!(conn, skipped = n, "a connection caught up with its room");
+                    c.tell_skipped(conn, n);
                 }
                 match c.tx.try_send(Outbound::Frame(frame.clone())) {
                     // Full only if the queue filled since it was measured: a slow consumer.
@@ -130,9 +146,8 @@ impl Sockets {
     /// A listener that caught up while its room went quiet is told what it missed now.
     pub fn ping(&self, conn: ConnId) {
         if let Some(c) = lock(&self.conns).get_mut(&conn) {
-            let queued = c.tx.max_capacity() - c.tx.capacity();
-            if let Some(n) = c.backlog.notice_due(queued, c.tx.max_capacity()) {
-                let _ = c.tx.try_send(Outbound::Frame(fell_behind(c.protocol, n)));
+            if let Some(n) = c.backlog.notice_due(c.queued(), c.tx.max_capacity()) {
+                c.tell_skipped(conn, n);
             }
             let _ = c.tx.try_send(Outbound::Ping);
         }

@@ -62,14 +62,12 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, mut entry: Entry, meta: Con
     let conn = new_conn_id();
     let (tx, rx) = mpsc::channel(hub.cfg.outbound_queue);
     let (kill_tx, kill_rx) = oneshot::channel();
-    let mpp = matches!(entry, Entry::Mpp(_));
+    let (mpp, protocol) = match entry {
+        Entry::Mpp(_) => (true, Protocol::Mpp),
+        Entry::Room { .. } => (false, Protocol::Protobuf),
+    };
     // An MPP socket may be moved to another room by its room (`Effect::ChangeRoom`).
     let (moves_tx, mut moves) = mpsc::channel(1);
-    let protocol = if mpp {
-        Protocol::Mpp
-    } else {
-        Protocol::Protobuf
-    };
     hub.sockets
         .register(conn, tx, kill_tx, mpp.then_some(moves_tx), protocol);
     METRICS.connections.fetch_add(1, Relaxed);
