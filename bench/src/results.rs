@@ -93,12 +93,19 @@ pub fn summary() {
     println!("{t}");
 }
 
+/// A JSON number with `digits` decimals, or "-".
+fn number(v: &serde_json::Value, digits: usize) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.digits$}"))
+        .unwrap_or("-".into())
+}
+
 /// Overview rows of the scenarios that find a limit or a cost rather than relay a load:
 /// saturation (capacity and what stopped the ramp), waking a hibernated room, and compiling the
 /// worker's wasm in a cold isolate (with its size).
 fn limit_rows(j: &serde_json::Value) -> String {
     let mut t = String::new();
-    let ms = |v: &serde_json::Value| v.as_f64().map(|x| format!("{x:.2}")).unwrap_or("-".into());
+    let ms = |v: &serde_json::Value| number(v, 2);
     match j["scenario"].as_str().unwrap_or("") {
         "saturate" => {
             let name = format!(
@@ -177,11 +184,6 @@ fn overview(files: &[(u64, PathBuf)]) -> String {
         "| scenario | target | delivered/s | vs baseline | p50 ms | p99 ms | p99 vs baseline | lost (saturation: what stopped it) | KiB per idle connection |\n\
          |---|---|---|---|---|---|---|---|---|\n",
     );
-    let f = |v: &serde_json::Value, digits: usize| {
-        v.as_f64()
-            .map(|x| format!("{x:.digits$}"))
-            .unwrap_or("-".into())
-    };
     for (_, md) in files {
         let Some(j) = std::fs::read_to_string(md.with_extension("json"))
             .ok()
@@ -247,7 +249,7 @@ fn overview(files: &[(u64, PathBuf)]) -> String {
                         String::new()
                     },
                     r["failed"],
-                    f(&r["kib_per_connection"], 1),
+                    number(&r["kib_per_connection"], 1),
                 );
                 continue;
             }
@@ -266,10 +268,10 @@ fn overview(files: &[(u64, PathBuf)]) -> String {
             };
             t += &format!(
                 "| {name} | {key} | {} | {} | {} | {} | {} | {} | |\n",
-                f(&r["delivered_per_sec"], 0),
+                number(&r["delivered_per_sec"], 0),
                 ratio(&r["delivered_per_sec"], &base["delivered_per_sec"], true),
-                f(&r["latency_ms"]["p50"], 2),
-                f(&r["latency_ms"]["p99"], 2),
+                number(&r["latency_ms"]["p50"], 2),
+                number(&r["latency_ms"]["p99"], 2),
                 ratio(&r["latency_ms"]["p99"], &base["latency_ms"]["p99"], false),
                 r["lost"],
             );

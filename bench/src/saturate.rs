@@ -62,7 +62,7 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
 
 /// The most note batches per second a server lets one player send, sustained.
 pub fn budget_per_player() -> u32 {
-    1000 / piano_core::room::budget::NOTE_BATCHES.every_ms.max(1)
+    piano_core::room::budget::NOTE_BATCHES.sustained_per_second()
 }
 
 /// Ramps `rates` on one target (`server`: the real protocol, offered no rate over

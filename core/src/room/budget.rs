@@ -32,6 +32,11 @@ impl Rate {
     pub const fn every(every_ms: u32, burst: u32) -> Rate {
         Rate { burst, every_ms }
     }
+
+    /// How many per second it allows, sustained.
+    pub const fn sustained_per_second(&self) -> u32 {
+        1000 / if self.every_ms == 0 { 1 } else { self.every_ms }
+    }
 }
 
 /// Frames of any kind, per connection, counted before decoding (the cheapest refusal):
@@ -486,5 +491,6 @@ mod tests {
         }
         assert_eq!(FRAMES.every_ms, 8);
         assert_eq!(NOTE_BATCHES.every_ms, 20);
+        assert_eq!(NOTE_BATCHES.sustained_per_second(), 50);
     }
 }
