@@ -24,6 +24,8 @@
 //!   both hosts.
 //! - [`backlog`]: what a host skips (stale note batches, cursor moves) for a listener that
 //!   fell behind, and when it must close it instead.
+//! - [`metrics`]: the metrics both hosts serve (names, labels, help, the Prometheus text);
+//!   [`status`]: the components' states `/api/status` reports.
 //! - [`limits`]: protocol-wide numbers (frame size, close codes) that clients rely on;
 //!   [`window`]: the sliding-window rate counter rooms, sessions and accounts share.
 
@@ -34,6 +36,7 @@ pub mod identity;
 pub mod limits;
 pub mod listing;
 pub mod lobby;
+pub mod metrics;
 pub mod mpp;
 pub mod names;
 pub mod notes;
@@ -41,6 +44,7 @@ pub mod outbox;
 pub mod password;
 pub mod pkcs8;
 pub mod room;
+pub mod status;
 pub mod window;
 
 /// Wire types generated from `proto/pianorhythm/v1/room.proto`.

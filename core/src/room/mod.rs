@@ -33,6 +33,7 @@ mod abuse;
 pub mod admission;
 pub mod budget;
 mod chat;
+mod counting;
 mod crown;
 mod directory;
 mod hibernation;
@@ -305,6 +306,8 @@ pub struct Room {
     guard: admission::Guard,
     /// MPP connections present, and what MPP's whole-channel messages need (`mpp.rs`).
     mpp: mpp::MppState,
+    /// What the room counted for the host's metrics since it last took them (`counting.rs`).
+    counters: crate::metrics::Counters,
 }
 
 type Out = Vec<Effect>;
@@ -335,6 +338,7 @@ impl Room {
             limits: budget::Limits::default(),
             guard: admission::Guard::default(),
             mpp: mpp::MppState::default(),
+            counters: crate::metrics::Counters::default(),
         }
     }
 
@@ -386,6 +390,7 @@ impl Room {
             self.presence_if_changed(&mut out);
         }
         self.stats_if_due(now, stop, &mut out);
+        self.count_sent(&out, &self.mpp.native.clone());
         if mpp || self.mpp.present() {
             self.mpp_outbound(&mut out);
         }
@@ -399,13 +404,14 @@ impl Room {
             return self.on_mpp_frame(conn, frame, now, out);
         }
         let Some(msg) = self.decode_frame(conn, frame, now, out) else {
-            return;
+            return self.count(crate::metrics::Fam::MessagesIn, 0, 1);
         };
         self.on_message(conn, msg, now, out);
     }
 
     /// A decoded message (from either protocol): charged, then handled.
     fn on_message(&mut self, conn: ConnId, msg: C, now: Millis, out: &mut Out) {
+        self.count(crate::metrics::Fam::MessagesIn, counting::in_kind(&msg), 1);
         if !self.message_budget(conn, &msg, now, out) {
             return;
         }

@@ -23,7 +23,7 @@ pub(super) struct MppState {
     /// MPP connections that went during this input: their last frames and closes are MPP too.
     gone: Vec<ConnId>,
     /// Positions in this input's effects of frames already in MPP form.
-    native: Vec<usize>,
+    pub(super) native: Vec<usize>,
     /// What MPP's whole-channel messages are written from.
     channel: mpp::Channel,
 }

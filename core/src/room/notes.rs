@@ -7,6 +7,7 @@ use super::quota::{self, QuotaParams};
 use super::stored::RoomKind;
 use super::{ConnId, Out, Room, S, budget, error, send_many, send_one};
 use crate::Millis;
+use crate::metrics::{self, Fam};
 use crate::proto::{self, ErrorCode, NotesDroppedReason, note_event::Kind};
 
 impl Room {
@@ -22,7 +23,8 @@ impl Room {
             return error(out, conn, ErrorCode::InvalidNotes, &msg);
         }
         let total = batch.events.len() as u32;
-        let dropped_all = |reason: NotesDroppedReason, out: &mut Out| {
+        let dropped_all = |room: &mut Room, reason: NotesDroppedReason, out: &mut Out| {
+            room.count(Fam::NotesDropped, reason as usize, u64::from(total));
             out.push(send_one(
                 conn,
                 S::NotesDropped(proto::NotesDropped {
@@ -33,13 +35,15 @@ impl Room {
             ));
         };
         if self.members[m].info.muted_notes {
-            return dropped_all(NotesDroppedReason::Muted, out);
+            return dropped_all(self, NotesDroppedReason::Muted, out);
         }
         if self.stored.settings.owner_only_play && !self.is_owner(m) {
-            return dropped_all(NotesDroppedReason::OwnerOnly, out);
+            return dropped_all(self, NotesDroppedReason::OwnerOnly, out);
         }
         let drops = self.filter_note_events(conn, m, &mut batch.events, now);
         let relayed = batch.events.len() as u32;
+        self.count(Fam::NotesDropped, NotesDroppedReason::Quota as usize, drops.quota.into());
+        self.count(Fam::NotesDropped, metrics::DROP_BUDGET, drops.budget.into());
         if drops.quota > 0 {
             out.push(send_one(
                 conn,
@@ -70,6 +74,7 @@ impl Room {
             st.notes += note_ons;
         }
         batch.sender_id = self.members[m].info.id.clone();
+        self.count(Fam::NotesRelayed, 0, relayed.into());
         self.send_to_others(conn, S::Notes(batch), out);
     }
 

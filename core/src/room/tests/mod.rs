@@ -6,6 +6,7 @@ mod harness;
 mod admission;
 mod budget;
 mod chat;
+mod counting;
 mod crown;
 mod directory;
 mod hibernation;

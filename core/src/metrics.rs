@@ -1,0 +1,645 @@
+//! The one list of metrics both hosts serve at `/metrics`: names, kinds, labels, help texts,
+//! and the Prometheus text rendering (docs/operating-metrics-status.md).
+//!
+//! Every label value comes from a closed list here (message kinds, error codes, reasons,
+//! lanes), never from a client: a hostile client cannot grow the number of series. Counters
+//! are a flat array of `u64` ([`Counters`], one slot per series), so a room can count into its
+//! own copy without locks and a host can add copies together (the fallback into atomics, the
+//! edge's rooms into the directory's aggregate) and ship them as sparse `(slot, n)` pairs.
+
+use crate::outbox::Lane;
+use std::fmt::Write;
+
+/// A family of counters: one name, one optional label, a fixed list of label values.
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    /// `(label name, values)`; `None` for a family of one unlabelled series.
+    pub label: Option<(&'static str, &'static [&'static str])>,
+}
+
+impl Family {
+    const fn width(&self) -> usize {
+        match self.label {
+            Some((_, values)) => values.len(),
+            None => 1,
+        }
+    }
+}
+
+/// Client message kinds, by `ClientMessage` field number (0: a frame refused before it
+/// decoded: too large, over the frame budget, text, empty, malformed).
+pub const IN_KINDS: &[&str] = &[
+    "undecoded",
+    "join",
+    "notes",
+    "ping",
+    "update_profile",
+    "chat",
+    "typing",
+    "delete_chat",
+    "clear_chat",
+    "update_settings",
+    "transfer_ownership",
+    "drop_ownership",
+    "claim_ownership",
+    "kick",
+    "unban",
+    "mute",
+    "cursor",
+    "subscribe_rooms",
+    "unsubscribe_rooms",
+];
+
+/// Server message kinds, by `ServerMessage` field number (0: anything else).
+pub const OUT_KINDS: &[&str] = &[
+    "other",
+    "welcome",
+    "joined",
+    "participant_joined",
+    "participant_left",
+    "notes",
+    "pong",
+    "error",
+    "join_failed",
+    "participant_updated",
+    "chat",
+    "typing",
+    "chat_deleted",
+    "chat_cleared",
+    "settings_changed",
+    "owner_changed",
+    "quota",
+    "notes_dropped",
+    "kicked",
+    "cursor",
+    "room_list",
+    "room_list_changed",
+    "fell_behind",
+];
+
+/// Why note events were not relayed: the proto's `NotesDroppedReason` (1-3), and the
+/// per-connection note-event budget (answered with a rate-limit error, not `NotesDropped`).
+pub const DROP_REASONS: &[&str] = &["unspecified", "quota", "muted", "owner_only", "budget"];
+pub const DROP_BUDGET: usize = 4;
+
+/// The proto's `JoinFailure`, by value.
+pub const JOIN_FAILURES: &[&str] = &[
+    "unspecified",
+    "room_full",
+    "wrong_password",
+    "guests_not_allowed",
+    "banned",
+    "not_allowed",
+    "invalid_room_name",
+    "rate_limited",
+    "too_many_connections",
+];
+
+/// The proto's `ErrorCode`, by value (the typed errors a room sends).
+pub const ERROR_CODES: &[&str] = &[
+    "unspecified",
+    "malformed_frame",
+    "text_frame",
+    "not_joined",
+    "already_joined",
+    "invalid_notes",
+    "empty_message",
+    "not_allowed",
+    "invalid_value",
+    "rate_limited",
+    "not_found",
+    "muted",
+    "not_yet",
+    "too_many_connections",
+    "too_many_subscriptions",
+];
+
+/// Outcomes of the accounts endpoints ([`Auth`]).
+pub const AUTH_OUTCOMES: &[&str] = &[
+    "login_ok",
+    "login_refused",
+    "register_ok",
+    "register_refused",
+    "refresh_ok",
+    "refresh_refused",
+    "rate_limited",
+];
+
+/// An outcome of an accounts endpoint, counted by the host that answered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    LoginOk,
+    LoginRefused,
+    RegisterOk,
+    RegisterRefused,
+    RefreshOk,
+    RefreshRefused,
+    RateLimited,
+}
+
+/// HTTP error statuses counted by the host's router (`other`: any other 4xx/5xx).
+pub const HTTP_STATUSES: &[&str] = &[
+    "400", "401", "403", "404", "405", "408", "409", "413", "415", "429", "500", "502", "503",
+    "other",
+];
+
+/// The families, in rendering order; [`Fam`] indexes this list.
+pub const FAMILIES: &[Family] = &[
+    Family {
+        name: "piano_messages_in_total",
+        help: "Frames received from players, by message kind.",
+        label: Some(("kind", IN_KINDS)),
+    },
+    Family {
+        name: "piano_messages_out_total",
+        help: "Messages the rooms sent to players, by kind (one per receiving connection).",
+        label: Some(("kind", OUT_KINDS)),
+    },
+    Family {
+        name: "piano_notes_relayed_total",
+        help: "Note events relayed to the other players of a room (counted once per batch sent).",
+        label: None,
+    },
+    Family {
+        name: "piano_notes_dropped_total",
+        help: "Note events not relayed, by reason.",
+        label: Some(("reason", DROP_REASONS)),
+    },
+    Family {
+        name: "piano_join_failures_total",
+        help: "Joins refused, by reason.",
+        label: Some(("reason", JOIN_FAILURES)),
+    },
+    Family {
+        name: "piano_errors_total",
+        help: "Typed errors the rooms sent to players, by code.",
+        label: Some(("code", ERROR_CODES)),
+    },
+    Family {
+        name: "piano_auth_total",
+        help: "Outcomes of login, registration and token refresh requests.",
+        label: Some(("outcome", AUTH_OUTCOMES)),
+    },
+    Family {
+        name: "piano_http_errors_total",
+        help: "HTTP error responses, by status.",
+        label: Some(("status", HTTP_STATUSES)),
+    },
+    Family {
+        name: "piano_slow_consumer_closes_total",
+        help: "Connections closed because they did not keep up with their room.",
+        label: None,
+    },
+    Family {
+        name: "piano_frames_skipped_total",
+        help: "Note batches and cursor moves not sent to connections that fell behind (they are told how many).",
+        label: None,
+    },
+    Family {
+        name: "piano_redis_errors_total",
+        help: "Failed Redis commands and lost pub/sub connections (fallback).",
+        label: None,
+    },
+    Family {
+        name: "piano_leases_acquired_total",
+        help: "Room leases this replica acquired (fallback with Redis).",
+        label: None,
+    },
+    Family {
+        name: "piano_leases_lost_total",
+        help: "Room leases lost while running the room (fallback with Redis).",
+        label: None,
+    },
+    Family {
+        name: "piano_store_errors_total",
+        help: "Failed writes or reads of room state (fallback).",
+        label: None,
+    },
+    Family {
+        name: "piano_mongo_errors_total",
+        help: "Failed MongoDB writes (each retry counts).",
+        label: None,
+    },
+    Family {
+        name: "piano_mongo_writes_dropped_total",
+        help: "MongoDB writes set aside (refused by MongoDB, or a queue was full).",
+        label: None,
+    },
+    Family {
+        name: "piano_http_header_timeouts_total",
+        help: "HTTP connections closed because request headers did not arrive in time (fallback).",
+        label: None,
+    },
+    Family {
+        name: "piano_http_body_timeouts_total",
+        help: "Requests answered 408 because the body did not arrive in time (fallback).",
+        label: None,
+    },
+    Family {
+        name: "piano_websocket_idle_closes_total",
+        help: "WebSockets closed for sending nothing, not even a pong, for WS_IDLE_TIMEOUT_SECS (fallback).",
+        label: None,
+    },
+    Family {
+        name: "piano_session_closes_total",
+        help: "Sockets closed because their session ended or their roles changed.",
+        label: None,
+    },
+    Family {
+        name: "piano_queue_full_total",
+        help: "Messages dropped because a bounded internal queue was full.",
+        label: None,
+    },
+    Family {
+        name: "piano_connections_refused_total",
+        help: "Connections refused by a cap.",
+        label: Some((
+            "reason",
+            &["max_connections", "max_connections_per_ip", "websockets"],
+        )),
+    },
+];
+
+/// A family of [`FAMILIES`], by position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Fam {
+    MessagesIn,
+    MessagesOut,
+    NotesRelayed,
+    NotesDropped,
+    JoinFailures,
+    Errors,
+    Auth,
+    HttpErrors,
+    SlowConsumerCloses,
+    FramesSkipped,
+    RedisErrors,
+    LeasesAcquired,
+    LeasesLost,
+    StoreErrors,
+    MongoErrors,
+    MongoDropped,
+    HeaderTimeouts,
+    BodyTimeouts,
+    IdleCloses,
+    SessionCloses,
+    QueueFull,
+    Refused,
+}
+
+const fn offsets() -> [usize; FAMILIES.len() + 1] {
+    let mut o = [0; FAMILIES.len() + 1];
+    let mut i = 0;
+    while i < FAMILIES.len() {
+        o[i + 1] = o[i] + FAMILIES[i].width();
+        i += 1;
+    }
+    o
+}
+
+const OFFSETS: [usize; FAMILIES.len() + 1] = offsets();
+
+/// How many counter series there are.
+pub const SLOTS: usize = OFFSETS[FAMILIES.len()];
+
+/// The slot of `fam`'s series with label value number `i` (clamped to the family's last value,
+/// so an out-of-range code from a newer client lands in a bounded place).
+pub fn slot(fam: Fam, i: usize) -> usize {
+    let f = fam as usize;
+    OFFSETS[f] + i.min(FAMILIES[f].width() - 1)
+}
+
+/// The slot of an HTTP error status.
+pub fn http_status_slot(status: u16) -> usize {
+    let s = status.to_string();
+    let i = HTTP_STATUSES
+        .iter()
+        .position(|v| *v == s)
+        .unwrap_or(HTTP_STATUSES.len() - 1);
+    slot(Fam::HttpErrors, i)
+}
+
+/// The slot of an auth outcome.
+pub fn auth_slot(a: Auth) -> usize {
+    slot(Fam::Auth, a as usize)
+}
+
+/// Counter values, one per series; what a room or a host has counted (since it was last taken).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters {
+    v: Box<[u64; SLOTS]>,
+    dirty: bool,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            v: Box::new([0; SLOTS]),
+            dirty: false,
+        }
+    }
+}
+
+impl Counters {
+    pub fn add(&mut self, fam: Fam, i: usize, n: u64) {
+        self.add_slot(slot(fam, i), n);
+    }
+
+    /// Adds `n` to a slot (out of range: ignored, e.g. sent by another version).
+    pub fn add_slot(&mut self, slot: usize, n: u64) {
+        if let Some(v) = self.v.get_mut(slot)
+            && n > 0
+        {
+            *v = v.saturating_add(n);
+            self.dirty = true;
+        }
+    }
+
+    pub fn set_slot(&mut self, slot: usize, n: u64) {
+        if let Some(v) = self.v.get_mut(slot) {
+            *v = n;
+            self.dirty = true;
+        }
+    }
+
+    pub fn get(&self, fam: Fam, i: usize) -> u64 {
+        self.v[slot(fam, i)]
+    }
+
+    /// Whether anything was counted since it was made or taken.
+    pub fn is_empty(&self) -> bool {
+        !self.dirty
+    }
+
+    /// Takes everything counted, leaving zeros.
+    pub fn take(&mut self) -> Counters {
+        std::mem::take(self)
+    }
+
+    /// The non-zero slots, to ship or to add elsewhere.
+    pub fn sparse(&self) -> Vec<(u32, u64)> {
+        (self.v.iter().enumerate())
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| (i as u32, *n))
+            .collect()
+    }
+
+    pub fn add_sparse(&mut self, pairs: &[(u32, u64)]) {
+        for (slot, n) in pairs {
+            self.add_slot(*slot as usize, *n);
+        }
+    }
+
+    pub fn merge(&mut self, other: &Counters) {
+        for (i, n) in other.v.iter().enumerate() {
+            self.add_slot(i, *n);
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the relay latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// The relay latency histogram: per-bucket (not cumulative) counts, total count, sum in µs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Histogram {
+    pub buckets: [u64; LATENCY_BUCKETS.len()],
+    pub count: u64,
+    pub sum_us: u64,
+}
+
+impl Histogram {
+    /// The bucket a latency falls in (`None`: above the last bound, only in `+Inf`).
+    pub fn bucket_of(us: u64) -> Option<usize> {
+        let secs = us as f64 / 1e6;
+        LATENCY_BUCKETS.iter().position(|b| secs <= *b)
+    }
+
+    pub fn observe_us(&mut self, us: u64) {
+        if let Some(i) = Histogram::bucket_of(us) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    pub fn merge(&mut self, o: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets) {
+            *a += b;
+        }
+        self.count += o.count;
+        self.sum_us = self.sum_us.saturating_add(o.sum_us);
+    }
+}
+
+/// One outbox lane's backlog, as its host sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LaneBacklog {
+    /// Rows waiting (dead letters excluded).
+    pub depth: u64,
+    /// Age of the oldest waiting row, in seconds (0: none waiting).
+    pub oldest_age_secs: u64,
+}
+
+impl LaneBacklog {
+    /// Two hosts' (or objects') backlogs as one: rows add up, the oldest is the oldest.
+    pub fn merge(&mut self, o: LaneBacklog) {
+        self.depth += o.depth;
+        self.oldest_age_secs = self.oldest_age_secs.max(o.oldest_age_secs);
+    }
+}
+
+/// The gauges: what is true now, gathered by the host when it is scraped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Open player WebSockets.
+    pub connections: u64,
+    /// Rooms running (loaded in memory, not hibernated).
+    pub rooms_awake: u64,
+    /// Participants joined to a room.
+    pub players: u64,
+    /// Outbox backlog per lane, in [`Lane::ALL`] order.
+    pub outbox: [LaneBacklog; 2],
+}
+
+fn lane_index(l: Lane) -> usize {
+    Lane::ALL.iter().position(|x| *x == l).unwrap_or(0)
+}
+
+impl Gauges {
+    pub fn lane_mut(&mut self, l: Lane) -> &mut LaneBacklog {
+        &mut self.outbox[lane_index(l)]
+    }
+}
+
+/// Everything at `/metrics`: the host's counters, gauges and latency histogram, and `info`
+/// (the host kind, its replica or deployment id and the release) as an info gauge.
+pub struct Snapshot<'a> {
+    pub counters: &'a Counters,
+    pub gauges: &'a Gauges,
+    pub latency: &'a Histogram,
+    pub host: &'static str,
+    pub instance: &'a str,
+    pub release: &'a str,
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A label value from configuration (not from clients), made safe to quote.
+fn quoted(v: &str) -> String {
+    v.chars()
+        .take(100)
+        .map(|c| if matches!(c, '"' | '\\' | '\n') { '_' } else { c })
+        .collect()
+}
+
+/// The Prometheus text exposition (version 0.0.4).
+pub fn render(s: &Snapshot<'_>) -> String {
+    let mut out = String::with_capacity(8192);
+    let g = s.gauges;
+    for (name, help, v) in [
+        (
+            "piano_connections",
+            "Open player WebSocket connections.",
+            g.connections,
+        ),
+        (
+            "piano_rooms_awake",
+            "Rooms running in memory (at the edge: not hibernated).",
+            g.rooms_awake,
+        ),
+        ("piano_players", "Participants joined to a room.", g.players),
+    ] {
+        header(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    for (name, help, get) in [
+        (
+            "piano_outbox_depth",
+            "Rows waiting in the outbox, per backend lane.",
+            (|b: &LaneBacklog| b.depth) as fn(&LaneBacklog) -> u64,
+        ),
+        (
+            "piano_outbox_oldest_age_seconds",
+            "Age of the oldest row waiting in the outbox, per backend lane (0: none).",
+            |b: &LaneBacklog| b.oldest_age_secs,
+        ),
+    ] {
+        header(&mut out, name, "gauge", help);
+        for lane in Lane::ALL {
+            let v = get(&g.outbox[lane_index(lane)]);
+            let _ = writeln!(out, "{name}{{lane=\"{}\"}} {v}", lane.as_str());
+        }
+    }
+    for (f, fam) in FAMILIES.iter().enumerate() {
+        header(&mut out, fam.name, "counter", fam.help);
+        match fam.label {
+            None => {
+                let _ = writeln!(out, "{} {}", fam.name, s.counters.v[OFFSETS[f]]);
+            }
+            Some((label, values)) => {
+                for (i, value) in values.iter().enumerate() {
+                    let n = s.counters.v[OFFSETS[f] + i];
+                    let _ = writeln!(out, "{}{{{label}=\"{value}\"}} {n}", fam.name);
+                }
+            }
+        }
+    }
+    let h = s.latency;
+    let name = "piano_relay_latency_seconds";
+    header(
+        &mut out,
+        name,
+        "histogram",
+        "From reading a player's note batch to queueing the room's broadcast to each listener's connection.",
+    );
+    let mut cumulative = 0;
+    for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += h.buckets[i];
+        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum {}", h.sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {}", h.count);
+    header(
+        &mut out,
+        "piano_build_info",
+        "gauge",
+        "The host kind (edge or fallback), its instance (replica or deployment id) and release.",
+    );
+    let _ = writeln!(
+        out,
+        "piano_build_info{{host=\"{}\",instance=\"{}\",release=\"{}\"}} 1",
+        s.host,
+        quoted(s.instance),
+        quoted(s.release)
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_distinct_and_clamped() {
+        assert_eq!(slot(Fam::MessagesIn, 0), 0);
+        assert_eq!(slot(Fam::MessagesOut, 0), IN_KINDS.len());
+        // A code past the list lands on the family's last slot, never in the next family.
+        assert_eq!(slot(Fam::Errors, 999), slot(Fam::Errors, ERROR_CODES.len() - 1));
+        assert_eq!(slot(Fam::Refused, 2), SLOTS - 1);
+        assert_eq!(http_status_slot(404), slot(Fam::HttpErrors, 3));
+        assert_eq!(
+            http_status_slot(418),
+            slot(Fam::HttpErrors, HTTP_STATUSES.len() - 1)
+        );
+    }
+
+    #[test]
+    fn counters_ship_sparse_and_merge() {
+        let mut a = Counters::default();
+        assert!(a.is_empty());
+        a.add(Fam::NotesRelayed, 0, 5);
+        a.add(Fam::JoinFailures, 2, 1);
+        let mut b = Counters::default();
+        b.add_sparse(&a.sparse());
+        b.add_sparse(&[(u32::MAX, 7)]);
+        b.merge(&a.take());
+        assert!(a.is_empty());
+        assert_eq!(b.get(Fam::NotesRelayed, 0), 10);
+        assert_eq!(b.get(Fam::JoinFailures, 2), 2);
+    }
+
+    #[test]
+    fn renders_every_family_with_help_and_type() {
+        let mut c = Counters::default();
+        c.add(Fam::Errors, 9, 3);
+        let mut g = Gauges::default();
+        g.lane_mut(Lane::Redis).depth = 4;
+        let mut h = Histogram::default();
+        h.observe_us(300);
+        h.observe_us(5_000_000);
+        let text = render(&Snapshot {
+            counters: &c,
+            gauges: &g,
+            latency: &h,
+            host: "fallback",
+            instance: "a\"b",
+            release: "1.0",
+        });
+        for f in FAMILIES {
+            assert!(text.contains(&format!("# TYPE {} counter", f.name)), "{}", f.name);
+        }
+        assert!(text.contains("piano_errors_total{code=\"rate_limited\"} 3"));
+        assert!(text.contains("piano_outbox_depth{lane=\"redis\"} 4"));
+        assert!(text.contains("piano_relay_latency_seconds_bucket{le=\"0.0005\"} 1"));
+        assert!(text.contains("piano_relay_latency_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("instance=\"a_b\""));
+    }
+}
