@@ -7,6 +7,8 @@
 //! own copy without locks and a host can add copies together (the fallback into atomics, the
 //! edge's rooms into the directory's aggregate) and ship them as sparse `(slot, n)` pairs.
 
+pub mod push;
+
 use crate::outbox::Lane;
 use std::fmt::Write;
 

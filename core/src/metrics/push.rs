@@ -1,0 +1,198 @@
+//! How the edge gathers metrics without waking hibernated rooms: each Room object **pushes**
+//! what it counted, with its current gauges, to one aggregator (the directory's Lobby object),
+//! at most every [`PUSH_EVERY_MS`] while it is busy and once more before it may hibernate; the
+//! stateless worker pushes its own counters the same way. The aggregator adds the counters to
+//! stored totals and keeps each room's latest gauges; a scrape reads only the aggregator.
+//!
+//! The rules (what a push holds, when one is due, how the gauges add up) are here so the host
+//! only stores and sends.
+
+use super::{Counters, Gauges, Histogram, LaneBacklog};
+use crate::Millis;
+use crate::outbox::Lane;
+use serde::{Deserialize, Serialize};
+
+/// A busy room pushes at most this often (one storage write at the aggregator per push).
+pub const PUSH_EVERY_MS: Millis = 2_000;
+
+/// A room that pushed within this long counts as awake: an idle Room object hibernates ~10 s
+/// after its last event, and a busy one pushes every [`PUSH_EVERY_MS`].
+pub const AWAKE_MS: Millis = 15_000;
+
+/// One lane's head as a room or account sees it: rows waiting and when the oldest was queued
+/// (its age is computed when read, so a quiet object's backlog keeps ageing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneHead {
+    pub depth: u64,
+    /// Ms since the epoch; `None` when nothing waits.
+    pub oldest: Option<Millis>,
+}
+
+impl LaneHead {
+    pub fn backlog(&self, now: Millis) -> LaneBacklog {
+        LaneBacklog {
+            depth: self.depth,
+            oldest_age_secs: self.oldest.map_or(0, |t| now.saturating_sub(t) / 1000),
+        }
+    }
+}
+
+/// What an object reports of itself now (replacing its previous report).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Present {
+    pub connections: u64,
+    pub players: u64,
+    /// Per lane, in [`Lane::ALL`] order.
+    pub outbox: [LaneHead; 2],
+}
+
+impl Present {
+    pub fn is_idle(&self) -> bool {
+        self.connections == 0 && self.outbox.iter().all(|l| l.depth == 0)
+    }
+}
+
+/// One push: counter deltas (sparse `(slot, n)`), latency observations, and, from a room or
+/// an account, its present state under `source` (e.g. `room:<name>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Push {
+    #[serde(default)]
+    pub counters: Vec<(u32, u64)>,
+    #[serde(default)]
+    pub latency: Option<Histogram>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub present: Option<Present>,
+}
+
+/// What a pusher remembers between pushes: what it counted, and what it last said about
+/// itself (a change of that is pushed at once, e.g. the outbox emptying).
+#[derive(Debug, Default)]
+pub struct Pusher {
+    pub counters: Counters,
+    pub latency: Histogram,
+    last_push: Option<Millis>,
+    last_present: Option<Present>,
+}
+
+impl Pusher {
+    /// The push to send now, if one is due: something counted and [`PUSH_EVERY_MS`] passed
+    /// since the last push (or `force`, before the object may go idle), or the present state
+    /// changed in a way the status page shows (the outbox, the object becoming idle).
+    pub fn due(
+        &mut self,
+        source: &str,
+        present: Present,
+        now: Millis,
+        force: bool,
+    ) -> Option<Push> {
+        let counted = !self.counters.is_empty() || self.latency.count > 0;
+        let quiet = self
+            .last_push
+            .is_some_and(|t| now.saturating_sub(t) < PUSH_EVERY_MS);
+        let changed = self.last_present.as_ref().is_none_or(|p| {
+            p.outbox != present.outbox
+                || p.is_idle() != present.is_idle()
+                || p.connections != present.connections
+                || p.players != present.players
+        });
+        if !(changed || (counted && (force || !quiet))) {
+            return None;
+        }
+        self.last_push = Some(now);
+        self.last_present = Some(present.clone());
+        Some(Push {
+            counters: self.counters.take().sparse(),
+            latency: (self.latency.count > 0).then(|| std::mem::take(&mut self.latency)),
+            source: Some(source.to_owned()),
+            present: Some(present),
+        })
+    }
+
+    /// When a push will be due for what is counted but not yet sent (the host's timer).
+    pub fn deadline(&self) -> Option<Millis> {
+        if self.counters.is_empty() && self.latency.count == 0 {
+            return None;
+        }
+        Some(self.last_push.map_or(0, |t| t + PUSH_EVERY_MS))
+    }
+}
+
+/// The gauges from every object's latest report: `(report, when it came)`.
+pub fn gauges<'a>(reports: impl IntoIterator<Item = (&'a Present, Millis)>, now: Millis) -> Gauges {
+    let mut g = Gauges::default();
+    for (p, at) in reports {
+        g.connections += p.connections;
+        g.players += p.players;
+        if p.connections > 0 && now.saturating_sub(at) < AWAKE_MS {
+            g.rooms_awake += 1;
+        }
+        for (i, lane) in Lane::ALL.into_iter().enumerate() {
+            g.lane_mut(lane).merge(p.outbox[i].backlog(now));
+        }
+    }
+    g
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Fam;
+
+    #[test]
+    fn a_busy_room_pushes_at_most_every_few_seconds_and_a_change_at_once() {
+        let mut p = Pusher::default();
+        let idle = Present::default();
+        // First: the room's state is news.
+        assert!(p.due("room:a", idle.clone(), 0, false).is_some());
+        p.counters.add(Fam::NotesRelayed, 0, 3);
+        assert!(p.due("room:a", idle.clone(), 500, false).is_none());
+        assert_eq!(p.deadline(), Some(PUSH_EVERY_MS));
+        let push = p.due("room:a", idle.clone(), PUSH_EVERY_MS, false);
+        assert_eq!(push.map(|p| p.counters.len()), Some(1));
+        assert_eq!(p.deadline(), None);
+        // Nothing counted, nothing changed: nothing to say.
+        assert!(p.due("room:a", idle.clone(), 10 * PUSH_EVERY_MS, true).is_none());
+        // Forced (the room may hibernate next): counted work goes now.
+        p.counters.add(Fam::NotesRelayed, 0, 1);
+        assert!(p.due("room:a", idle.clone(), 10 * PUSH_EVERY_MS + 1, true).is_some());
+        // The outbox filling is news at once.
+        let mut backlog = idle.clone();
+        backlog.outbox[0] = LaneHead {
+            depth: 2,
+            oldest: Some(5),
+        };
+        assert!(p.due("room:a", backlog, 10 * PUSH_EVERY_MS + 2, false).is_some());
+    }
+
+    #[test]
+    fn gauges_add_up_and_backlogs_keep_ageing() {
+        let a = Present {
+            connections: 2,
+            players: 1,
+            outbox: [
+                LaneHead {
+                    depth: 3,
+                    oldest: Some(1_000),
+                },
+                LaneHead::default(),
+            ],
+        };
+        let b = Present {
+            connections: 1,
+            players: 1,
+            outbox: [
+                LaneHead {
+                    depth: 1,
+                    oldest: Some(9_000),
+                },
+                LaneHead::default(),
+            ],
+        };
+        let g = gauges([(&a, 10_000), (&b, 0)], 21_000);
+        assert_eq!((g.connections, g.players, g.rooms_awake), (3, 2, 1));
+        assert_eq!(g.outbox[0].depth, 4);
+        assert_eq!(g.outbox[0].oldest_age_secs, 20);
+    }
+}
