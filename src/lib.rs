@@ -12,6 +12,8 @@
 //! - [`auth`]: guest tokens, JWKS, and extracting/verifying tokens (sessions included);
 //! - [`accounts`]: member accounts (register, login, refresh, logout), profiles, roles, and the
 //!   per-IP rate limit of the auth endpoints;
+//! - [`metrics`]: `GET /metrics` (behind `METRICS_TOKEN`) and `GET /api/status`, read from the
+//!   metrics aggregator, and this isolate's own counters;
 //! - [`mpp`]: `GET /mpp`, the Multiplayer Piano entry (a relay to the rooms' objects);
 //! - [`rooms`]: room routes (`/api/rooms`, `/api/rooms/{name}/ws`, `/api/rooms/{name}`,
 //!   `/api/lobby/next`);
@@ -24,6 +26,7 @@ mod accounts;
 mod auth;
 mod config;
 mod gate;
+mod metrics;
 mod mpp;
 mod policy;
 mod rooms;
@@ -45,8 +48,9 @@ fn start() {
 }
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let origin = req.headers().get("origin").ok().flatten();
+    let path = req.path();
     let resp = match policy::preflight(&req, &env) {
         Ok(Some(resp)) => Ok(resp),
         _ => route(req, &env).await,
@@ -58,6 +62,8 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             json_error(500, "internal", "internal error")?
         }
     };
+    metrics::count(&path, resp.status_code());
+    metrics::push_in_background(&env, &ctx);
     policy::finish(resp, origin.as_deref(), &env).await
 }
 
@@ -67,6 +73,8 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
         (Method::Get, ["healthz"]) => shared::health(env),
+        (Method::Get, ["metrics"]) => metrics::scrape(&req, env).await,
+        (Method::Get, ["api", "status"]) => metrics::status(env).await,
         (Method::Get, ["api", "version"]) => Response::from_json(&serde_json::json!({
             "name": env!("CARGO_PKG_NAME"),
             "version": env!("CARGO_PKG_VERSION"),
@@ -107,6 +115,7 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
             rooms::outbox(&req, env, name).await
         }
         (_, [".well-known", "jwks.json"] | ["api", "version"] | ["healthz"])
+        | (_, ["metrics"] | ["api", "status"])
         | (_, ["api", "auth", "guest"] | ["api", "rooms", _] | ["api", "rooms", _, "ws"])
         | (_, ["api", "rooms"] | ["api", "lobby", "next"] | ["api", "users", _])
         | (_, ["api", "auth", "register" | "login" | "refresh" | "logout"])

@@ -9,6 +9,7 @@
 //! - [`lobby`]: the Lobby object, the room directory.
 //! - [`account`]: the Account object, one per username: the account and its sessions.
 //! - [`limiter`]: the Limiter object, per-key request rates.
+//! - [`metrics`]: the edge's metrics aggregator (hosted by the Lobby) and pushing to it.
 //! - [`outbox`]: durable delivery of writes to MongoDB and Redis, shared by the objects.
 //! - [`sessions`]: how an account tells the rooms holding a member's sockets that a session ended.
 //! - `storage`: the Room object's SQLite tables; `webcrypto`: password checks through WebCrypto.
@@ -16,6 +17,7 @@
 pub mod account;
 pub mod limiter;
 pub mod lobby;
+pub mod metrics;
 pub mod outbox;
 pub mod room;
 pub mod sessions;
@@ -45,6 +47,12 @@ pub fn setting(env: &Env, name: &str) -> Option<String> {
         .or_else(|_| env.var(name).map(|v| v.to_string()))
         .ok()
         .filter(|s| !s.trim().is_empty())
+}
+
+/// The release this deployment reports (`/metrics`, `/api/status`): `RELEASE`, or the crate's
+/// version.
+pub fn release(env: &Env) -> String {
+    setting(env, "RELEASE").unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())
 }
 
 /// The JSON error shape used by every HTTP endpoint.

@@ -20,7 +20,8 @@
 //! so a room whose players vanished while its host restarted leaves the list. The same alarm
 //! delivers the outbox; it is always re-armed for the earliest of the three.
 //!
-//! Routes (from rooms and the worker only): `POST /report`, `GET /list`,
+//! Routes (from rooms and the worker only): the metrics aggregator's (`crate::metrics`),
+//! `POST /report`, `GET /list`,
 //! `POST /subscribe {"room", "user"?}` (200 with the listing, or 429),
 //! `POST /unsubscribe {"room", "user"?}` (with a user: that user's last subscribed connection in
 //! the room went; without: nobody in the room is subscribed any more), `POST /next`.
@@ -101,6 +102,28 @@ impl DurableObject for Lobby {
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         self.ensure_loaded()?;
         match (req.method(), req.path().as_str()) {
+            // The metrics aggregator (`metrics.rs`): pushes in, the text and backlog out.
+            (Method::Post, "/metrics/push") => {
+                let push: piano_core::metrics::push::Push = req.json().await?;
+                let sql = self.state.storage().sql();
+                crate::metrics::apply(&sql, &push, Date::now().as_millis())?;
+                Response::empty()
+            }
+            (Method::Get, "/metrics") => {
+                let sql = self.state.storage().sql();
+                let text = crate::metrics::render(
+                    &sql,
+                    Date::now().as_millis(),
+                    &crate::setting(&self.env, "DEPLOYMENT_ID").unwrap_or_else(|| "edge".into()),
+                    &crate::release(&self.env),
+                )?;
+                Response::ok(text)
+            }
+            (Method::Get, "/metrics/backlog") => {
+                let sql = self.state.storage().sql();
+                let backlog = crate::metrics::backlog(&sql, Date::now().as_millis())?;
+                Response::from_json(&backlog)
+            }
             (Method::Post, "/report") => {
                 let report: Report = req.json().await?;
                 self.report(report).await

@@ -16,6 +16,7 @@ use piano_backends::outbox::{Lane, Op, SQLITE_SCHEMA as SCHEMA, deliver};
 use piano_backends::{Backends, layout};
 use piano_core::outbox::{BATCH, Outcome, RowMeta, Verdict};
 use std::cell::{Cell, RefCell};
+use piano_core::metrics::push::LaneHead;
 use worker::*;
 
 /// Reads the backend configuration from the object's env; a broken configuration is logged and
@@ -379,6 +380,42 @@ impl Outbox {
         )?;
         sql.exec("DELETE FROM outbox WHERE id = ?", vec![row.id.into()])?;
         Ok(())
+    }
+
+    /// Per lane, rows waiting and when the oldest was queued (pushed with the metrics).
+    pub fn heads(&self, sql: &SqlStorage) -> Result<[LaneHead; 2]> {
+        let mut out = [LaneHead::default(); 2];
+        if self.backends.is_none() {
+            return Ok(out);
+        }
+        let tables = count(
+            sql,
+            "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
+        )?;
+        if tables == 0 {
+            return Ok(out);
+        }
+        #[derive(serde::Deserialize)]
+        struct Head {
+            lane: String,
+            n: i64,
+            oldest: i64,
+        }
+        let heads: Vec<Head> = sql
+            .exec(
+                "SELECT lane, COUNT(*) AS n, MIN(created) AS oldest FROM outbox GROUP BY lane",
+                None,
+            )?
+            .to_array()?;
+        for h in heads {
+            if let Some(i) = Lane::parse(&h.lane).and_then(|l| Lane::ALL.iter().position(|x| *x == l)) {
+                out[i] = LaneHead {
+                    depth: h.n.max(0) as u64,
+                    oldest: Some(h.oldest.max(0) as u64),
+                };
+            }
+        }
+        Ok(out)
     }
 
     /// Queue depth and dead letters, for the operator (`/outbox` on the objects).

@@ -257,3 +257,12 @@ pub fn random_hex(bytes: usize) -> String {
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The release this process reports (`/metrics`, `/api/status`): `RELEASE`, or the crate's
+/// version.
+pub fn release() -> String {
+    std::env::var("RELEASE")
+        .ok()
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())
+}

@@ -8,6 +8,7 @@ use crate::auth::{self, MAX_BODY_BYTES, RateLimiter};
 use crate::hub::Hub;
 use crate::json::{json, json_error, too_many_connections, with_header};
 use crate::metrics::{self, METRICS};
+use piano_core::metrics::{Auth, auth_slot as metrics_auth_slot};
 use crate::serve::{ConnLimits, ConnSlot};
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
@@ -31,6 +32,7 @@ pub struct App {
     /// Open WebSockets per client network on this replica (`MAX_WEBSOCKETS_PER_IP`).
     ws_caps: Arc<ConnLimits>,
     static_files: Option<ServeDir>,
+    status: Arc<crate::status::Cache>,
 }
 
 pub fn router(hub: Arc<Hub>, accounts: Arc<Accounts>) -> axum::Router {
@@ -46,6 +48,7 @@ pub fn router(hub: Arc<Hub>, accounts: Arc<Accounts>) -> axum::Router {
             .static_dir
             .as_ref()
             .map(|d| ServeDir::new(d).append_index_html_on_directories(true)),
+        status: Arc::default(),
         hub,
     };
     axum::Router::new()
@@ -73,7 +76,7 @@ pub fn metrics_router(hub: Arc<Hub>) -> axum::Router {
 
 fn metrics_text(hub: &Hub) -> Response {
     with_header(
-        metrics::render(hub.replica()).into_response(),
+        metrics::render(hub.replica(), crate::status::backlog(hub)).into_response(),
         "content-type",
         "text/plain; version=0.0.4; charset=utf-8",
     )
@@ -109,11 +112,18 @@ pub fn client_ip(hub: &Hub, peer: SocketAddr, headers: &axum::http::HeaderMap) -
     hub.cfg.trusted_proxies.client_ip(peer.ip(), xff)
 }
 
+/// Every request, counted: HTTP errors by status (`piano_http_errors_total`).
 async fn route(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
+    let resp = route_inner(app, peer, req).await;
+    metrics::http_response(resp.status().as_u16());
+    resp
+}
+
+async fn route_inner(app: App, peer: SocketAddr, req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -130,6 +140,11 @@ async fn route(
             }
         }
         (&Method::GET, ["metrics"]) => metrics_gate(hub, req.headers()),
+        (&Method::GET, ["api", "status"]) => with_header(
+            json(200, &app.status.get(hub).await),
+            "cache-control",
+            "public, max-age=3",
+        ),
         (&Method::GET, ["api", "version"]) => json(
             200,
             &serde_json::json!({
@@ -157,6 +172,7 @@ async fn route(
                 .check_shared(hub.cluster.as_deref(), &hub.cfg.redis_key_prefix, ip)
                 .await;
             if let Err(e) = limited {
+                metrics::add_slot(metrics_auth_slot(Auth::RateLimited), 1);
                 return auth::api_error(&e);
             }
             let token = auth::bearer(req.headers());
@@ -169,13 +185,17 @@ async fn route(
                 .headers
                 .get("x-admin-bootstrap")
                 .and_then(|v| v.to_str().ok());
-            match endpoint {
+            let resp = match endpoint {
                 "guest" => auth::guest(&hub.cfg, &body),
                 "register" => accounts::register(&hub.cfg, accounts, bootstrap, &body).await,
                 "login" => accounts::login(&hub.cfg, accounts, &body).await,
                 "refresh" => accounts::refresh(&hub.cfg, accounts, &body).await,
                 _ => accounts::logout(&hub.cfg, accounts, token, &body).await,
+            };
+            if let Some(outcome) = Auth::of(endpoint, resp.status().as_u16()) {
+                metrics::add_slot(metrics_auth_slot(outcome), 1);
             }
+            resp
         }
         (&Method::PUT, ["api", "users", "me"]) => {
             let token = auth::bearer(req.headers());
@@ -245,7 +265,8 @@ async fn route(
             | ["api", "version"]
             | ["healthz"]
             | ["readyz"]
-            | ["metrics"],
+            | ["metrics"]
+            | ["api", "status"],
         )
         | (_, ["api", "auth", "guest"] | ["api", "rooms", _] | ["api", "rooms", _, "ws"])
         | (_, ["api", "users", "me"] | ["api", "network", "rooms" | "online"])

@@ -76,6 +76,7 @@ pub mod redis_handle;
 pub mod room_task;
 pub mod security;
 pub mod serve;
+pub mod status;
 pub mod sockets;
 pub mod store;
 pub mod wire;

@@ -1,18 +1,16 @@
-//! Process-wide counters, rendered as Prometheus text at `/metrics`.
+//! Process-wide counters, rendered as Prometheus text at `/metrics` by the core's one list of
+//! metrics (`piano_core::metrics`, the same names and labels as the edge).
 //!
 //! Plain atomics in a static: the hot path (every relayed frame) pays one relaxed add, and no
-//! metrics crate or registry has to be threaded through the code.
+//! metrics crate or registry has to be threaded through the code. What the rooms count (messages
+//! by kind, notes, joins refused, errors) and the HTTP layer's outcomes go into [`SERIES`], one
+//! atomic per series of the core's list.
 
-use std::fmt::Write;
+use piano_core::metrics::{self, Counters, Fam, Gauges, LATENCY_BUCKETS, SLOTS};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-/// Upper bounds (seconds) of the relay latency histogram buckets.
-const BUCKETS: [f64; 12] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-];
-
 pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
+    counts: [AtomicU64; LATENCY_BUCKETS.len()],
     count: AtomicU64,
     sum_us: AtomicU64,
 }
@@ -20,19 +18,26 @@ pub struct Histogram {
 impl Histogram {
     const fn new() -> Histogram {
         Histogram {
-            counts: [const { AtomicU64::new(0) }; BUCKETS.len()],
+            counts: [const { AtomicU64::new(0) }; LATENCY_BUCKETS.len()],
             count: AtomicU64::new(0),
             sum_us: AtomicU64::new(0),
         }
     }
 
     pub fn observe_us(&self, us: u64) {
-        let secs = us as f64 / 1e6;
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+        if let Some(i) = metrics::Histogram::bucket_of(us) {
             self.counts[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
         self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    fn load(&self) -> metrics::Histogram {
+        metrics::Histogram {
+            buckets: std::array::from_fn(|i| self.counts[i].load(Relaxed)),
+            count: self.count.load(Relaxed),
+            sum_us: self.sum_us.load(Relaxed),
+        }
     }
 }
 
@@ -41,10 +46,8 @@ pub struct Metrics {
     pub connections: AtomicI64,
     /// Rooms this replica runs (holds the lease of).
     pub rooms: AtomicI64,
-    /// Frames read from players' sockets.
-    pub messages_in: AtomicU64,
-    /// Frames written to players' sockets.
-    pub messages_out: AtomicU64,
+    /// Participants joined to the rooms this replica runs.
+    pub players: AtomicI64,
     /// Connections closed because their outbound queue was full.
     pub slow_consumers: AtomicU64,
     /// Note batches and cursor moves not sent to connections that fell behind.
@@ -87,8 +90,7 @@ pub struct Metrics {
 pub static METRICS: Metrics = Metrics {
     connections: AtomicI64::new(0),
     rooms: AtomicI64::new(0),
-    messages_in: AtomicU64::new(0),
-    messages_out: AtomicU64::new(0),
+    players: AtomicI64::new(0),
     slow_consumers: AtomicU64::new(0),
     frames_skipped: AtomicU64::new(0),
     redis_errors: AtomicU64::new(0),
@@ -113,150 +115,71 @@ pub fn redis_error(context: &str, e: &dyn std::fmt::Display) {
     tracing::warn!(error = %e, "redis: {context} failed");
 }
 
-/// The Prometheus text exposition (version 0.0.4).
-pub fn render(replica: &str) -> String {
+/// One atomic per series of the core's list: what rooms and the HTTP layer count.
+static SERIES: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+
+/// Adds what a room counted (`Room::take_counters`).
+pub fn add(counters: &Counters) {
+    for (slot, n) in counters.sparse() {
+        if let Some(a) = SERIES.get(slot as usize) {
+            a.fetch_add(n, Relaxed);
+        }
+    }
+}
+
+pub fn add_slot(slot: usize, n: u64) {
+    if let Some(a) = SERIES.get(slot) {
+        a.fetch_add(n, Relaxed);
+    }
+}
+
+/// Counts an HTTP error response (status 400 and up).
+pub fn http_response(status: u16) {
+    if status >= 400 {
+        add_slot(metrics::http_status_slot(status), 1);
+    }
+}
+
+/// The Prometheus text exposition (version 0.0.4), with the outbox backlog as the caller
+/// read it.
+pub fn render(replica: &str, outbox: [metrics::LaneBacklog; 2]) -> String {
     let m = &METRICS;
-    let mut out = String::with_capacity(2048);
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {value}");
-    };
-    metric(
-        "piano_connections",
-        "gauge",
-        "Open player WebSocket connections on this replica.",
-        m.connections.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_rooms",
-        "gauge",
-        "Rooms this replica runs (lease holder).",
-        m.rooms.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_messages_in_total",
-        "counter",
-        "Frames received from players.",
-        m.messages_in.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_messages_out_total",
-        "counter",
-        "Frames sent to players.",
-        m.messages_out.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_slow_consumer_closes_total",
-        "counter",
-        "Connections closed because they did not keep up with their room.",
-        m.slow_consumers.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_frames_skipped_total",
-        "counter",
-        "Note batches and cursor moves not sent to connections that fell behind (they are told how many).",
-        m.frames_skipped.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_redis_errors_total",
-        "counter",
-        "Failed Redis commands and lost pub/sub connections.",
-        m.redis_errors.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_leases_acquired_total",
-        "counter",
-        "Room leases this replica acquired.",
-        m.leases_acquired.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_leases_lost_total",
-        "counter",
-        "Room leases lost while running the room.",
-        m.leases_lost.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_store_errors_total",
-        "counter",
-        "Failed writes or reads of room state.",
-        m.store_errors.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_mongo_errors_total",
-        "counter",
-        "Failed MongoDB writes (each retry counts).",
-        m.mongo_errors.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_mongo_writes_dropped_total",
-        "counter",
-        "MongoDB writes set aside (refused by MongoDB, or the mirror queue was full).",
-        m.mongo_dropped.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_http_header_timeouts_total",
-        "counter",
-        "HTTP connections closed because request headers did not arrive in time (or the connection idled).",
-        m.header_timeouts.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_http_body_timeouts_total",
-        "counter",
-        "Requests answered 408 because the body did not arrive in time.",
-        m.body_timeouts.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_websocket_idle_closes_total",
-        "counter",
-        "WebSockets closed for sending nothing, not even a pong, for WS_IDLE_TIMEOUT_SECS.",
-        m.idle_closes.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_session_closes_total",
-        "counter",
-        "Sockets closed because their session ended or their roles changed.",
-        m.session_closes.load(Relaxed).to_string(),
-    );
-    metric(
-        "piano_queue_full_total",
-        "counter",
-        "Messages dropped because a bounded internal queue was full.",
-        m.queue_full.load(Relaxed).to_string(),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP piano_connections_refused_total Connections refused by a cap.\n# TYPE piano_connections_refused_total counter"
-    );
-    for (reason, v) in [
-        ("max_connections", &m.refused_total),
-        ("max_connections_per_ip", &m.refused_per_ip),
-        ("websockets", &m.refused_sockets),
+    let mut c = Counters::default();
+    for (slot, a) in SERIES.iter().enumerate() {
+        c.set_slot(slot, a.load(Relaxed));
+    }
+    for (fam, i, a) in [
+        (Fam::SlowConsumerCloses, 0, &m.slow_consumers),
+        (Fam::FramesSkipped, 0, &m.frames_skipped),
+        (Fam::RedisErrors, 0, &m.redis_errors),
+        (Fam::LeasesAcquired, 0, &m.leases_acquired),
+        (Fam::LeasesLost, 0, &m.leases_lost),
+        (Fam::StoreErrors, 0, &m.store_errors),
+        (Fam::MongoErrors, 0, &m.mongo_errors),
+        (Fam::MongoDropped, 0, &m.mongo_dropped),
+        (Fam::HeaderTimeouts, 0, &m.header_timeouts),
+        (Fam::BodyTimeouts, 0, &m.body_timeouts),
+        (Fam::IdleCloses, 0, &m.idle_closes),
+        (Fam::SessionCloses, 0, &m.session_closes),
+        (Fam::QueueFull, 0, &m.queue_full),
+        (Fam::Refused, 0, &m.refused_total),
+        (Fam::Refused, 1, &m.refused_per_ip),
+        (Fam::Refused, 2, &m.refused_sockets),
     ] {
-        let _ = writeln!(
-            out,
-            "piano_connections_refused_total{{reason=\"{reason}\"}} {}",
-            v.load(Relaxed)
-        );
+        c.set_slot(metrics::slot(fam, i), a.load(Relaxed));
     }
-    let h = &m.relay_latency;
-    let name = "piano_relay_latency_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} From reading a player's frame to queueing the room's broadcast to each listener's connection.\n# TYPE {name} histogram"
-    );
-    let mut cumulative = 0;
-    for (i, b) in BUCKETS.iter().enumerate() {
-        cumulative += h.counts[i].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-    }
-    let count = h.count.load(Relaxed);
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum {}", h.sum_us.load(Relaxed) as f64 / 1e6);
-    let _ = writeln!(out, "{name}_count {count}");
-    let _ = writeln!(
-        out,
-        "# HELP piano_replica_info This replica's id.\n# TYPE piano_replica_info gauge\npiano_replica_info{{replica=\"{}\"}} 1",
-        replica.replace(['"', '\\', '\n'], "_")
-    );
-    out
+    let gauges = Gauges {
+        connections: m.connections.load(Relaxed).max(0) as u64,
+        rooms_awake: m.rooms.load(Relaxed).max(0) as u64,
+        players: m.players.load(Relaxed).max(0) as u64,
+        outbox,
+    };
+    metrics::render(&metrics::Snapshot {
+        counters: &c,
+        gauges: &gauges,
+        latency: &m.relay_latency.load(),
+        host: "fallback",
+        instance: replica,
+        release: &crate::config::release(),
+    })
 }

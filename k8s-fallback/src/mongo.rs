@@ -296,6 +296,11 @@ fn from_bson<T: DeserializeOwned>(b: Bson) -> Option<T> {
 }
 
 impl Mongo {
+    /// The process's outbox (its backlog for `/metrics` and `/api/status`).
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
     /// A user's totals over every room and deployment (`GET /api/users/{id}/stats`), summed by
     /// the layout's aggregation; JSON as the edge answers it.
     pub async fn user_totals(&self, user_id: &str) -> Result<serde_json::Value, String> {

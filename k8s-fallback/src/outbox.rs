@@ -165,6 +165,31 @@ impl Outbox {
         })
     }
 
+    /// Rows waiting per lane and the oldest one's age (`/metrics`, `/api/status`).
+    pub fn backlog(&self) -> Result<[piano_core::metrics::LaneBacklog; 2], String> {
+        let now = crate::now_ms() as i64;
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT lane, COUNT(*), MIN(created) FROM outbox GROUP BY lane")
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+            .map_err(|e| e.to_string())?;
+        let mut out = [piano_core::metrics::LaneBacklog::default(); 2];
+        for row in rows {
+            let (lane, depth, oldest) = row.map_err(|e| e.to_string())?;
+            if let Some(i) = Lane::parse(&lane).and_then(|l| Lane::ALL.iter().position(|x| *x == l)) {
+                out[i] = piano_core::metrics::LaneBacklog {
+                    depth: depth.max(0) as u64,
+                    oldest_age_secs: (now - oldest).max(0) as u64 / 1000,
+                };
+            }
+        }
+        Ok(out)
+    }
+
     /// Waits (at most `limit`) until every row is delivered or set aside: at shutdown, so a
     /// replica that stops in order leaves nothing for the next one while MongoDB is up.
     pub async fn drain(&self, limit: Duration) -> Depth {

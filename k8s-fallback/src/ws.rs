@@ -120,7 +120,6 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, mut entry: Entry, meta: Con
                         break;
                     }
                 };
-                METRICS.messages_in.fetch_add(1, Relaxed);
                 if let Some(route) = &route {
                     forward(&hub, route, conn, data, binary).await;
                 } else if let Entry::Mpp(m) = &mut entry {
@@ -317,7 +316,6 @@ async fn write_loop(
                 if !sent {
                     break;
                 }
-                METRICS.messages_out.fetch_add(1, Relaxed);
             }
             Outbound::Ping => {
                 let ping = sink.send(Message::Ping(Bytes::new()));

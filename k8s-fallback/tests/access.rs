@@ -67,7 +67,7 @@ async fn metrics_need_their_token_or_their_port() {
             .text()
             .await
             .unwrap_or_default()
-            .contains("piano_rooms ")
+            .contains("piano_rooms_awake ")
     );
     let other = reqwest::get(format!("http://127.0.0.1:{port}/api/rooms"))
         .await

@@ -43,7 +43,7 @@ async fn room_survives_a_restart_and_sigterm_drains_with_1012() {
     let metrics = metrics(&server).await;
     for line in [
         "piano_connections 2",
-        "piano_rooms 1",
+        "piano_rooms_awake 1",
         "piano_relay_latency_seconds_count",
     ] {
         assert!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");

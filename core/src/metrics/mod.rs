@@ -140,6 +140,24 @@ pub enum Auth {
     RateLimited,
 }
 
+impl Auth {
+    /// The outcome of an answer of `endpoint` (`login`, `register`, `refresh`; others are not
+    /// counted): 2xx is ok, 429 is the auth rate limit, anything else refused.
+    pub fn of(endpoint: &str, status: u16) -> Option<Auth> {
+        let ok = (200..300).contains(&status);
+        Some(match (endpoint, ok) {
+            (_, false) if status == 429 => Auth::RateLimited,
+            ("login", true) => Auth::LoginOk,
+            ("login", false) => Auth::LoginRefused,
+            ("register", true) => Auth::RegisterOk,
+            ("register", false) => Auth::RegisterRefused,
+            ("refresh", true) => Auth::RefreshOk,
+            ("refresh", false) => Auth::RefreshRefused,
+            _ => return None,
+        })
+    }
+}
+
 /// HTTP error statuses counted by the host's router (`other`: any other 4xx/5xx).
 pub const HTTP_STATUSES: &[&str] = &[
     "400", "401", "403", "404", "405", "408", "409", "413", "415", "429", "500", "502", "503",
@@ -326,6 +344,13 @@ pub fn http_status_slot(status: u16) -> usize {
 /// The slot of an auth outcome.
 pub fn auth_slot(a: Auth) -> usize {
     slot(Fam::Auth, a as usize)
+}
+
+/// Whether a presented `METRICS_TOKEN` is the configured one, compared without an early exit
+/// on the first differing byte.
+pub fn token_matches(presented: &str, expected: &str) -> bool {
+    let (a, b) = (presented.as_bytes(), expected.as_bytes());
+    !b.is_empty() && a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Counter values, one per series; what a room or a host has counted (since it was last taken).

@@ -110,6 +110,11 @@ impl Pusher {
         })
     }
 
+    /// The last push failed: the present state is news again.
+    pub fn forget_present(&mut self) {
+        self.last_present = None;
+    }
+
     /// When a push will be due for what is counted but not yet sent (the host's timer).
     pub fn deadline(&self) -> Option<Millis> {
         if self.counters.is_empty() && self.latency.count == 0 {

@@ -121,10 +121,16 @@ impl Room {
         if self.has_storage.get() != Some(true) {
             return None;
         }
-        self.loaded
+        let room = self
+            .loaded
             .borrow()
             .as_ref()
-            .and_then(|l| l.room.next_deadline())
+            .and_then(|l| l.room.next_deadline());
+        // Counted work not yet pushed (`metrics.rs`) must be pushed before the room sleeps.
+        [room, self.pusher.borrow().deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Deletes the room's storage when the core asked to ([`Change::Discard`]) and it is still

@@ -22,6 +22,7 @@
 
 mod directory;
 pub(crate) mod host;
+mod metrics;
 mod stats;
 
 use piano_core::backlog::{Unacked, Verdict};
@@ -75,6 +76,8 @@ pub struct Room {
     announce: RefCell<Vec<String>>,
     /// Unread bytes after which a socket is closed as a slow reader (`SLOW_READER_BYTES`).
     slow_reader_bytes: usize,
+    /// What the room counted and has not yet pushed to the metrics aggregator (`metrics.rs`).
+    pusher: RefCell<piano_core::metrics::push::Pusher>,
 }
 
 impl DurableObject for Room {
@@ -89,6 +92,7 @@ impl DurableObject for Room {
             discard_asked: Cell::new(false),
             announce: RefCell::new(Vec::new()),
             slow_reader_bytes: host::slow_reader_bytes(&env),
+            pusher: RefCell::default(),
             env,
         }
     }
@@ -188,6 +192,8 @@ impl DurableObject for Room {
         if outbox_empty {
             self.discard_if_asked().await;
         }
+        // Counted work goes now: the room may hibernate after this.
+        self.push_metrics(true).await;
         self.directory(ops).await;
         resp
     }

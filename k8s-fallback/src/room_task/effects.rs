@@ -41,6 +41,18 @@ impl Task {
     /// Carries out the room's effects in order. `at_us`: when the frame that caused them was
     /// read, for the relay latency histogram.
     pub(super) fn execute(&mut self, effects: Vec<Effect>, at_us: Option<u64>) {
+        // What the room counted goes to the process's metrics; the players gauge moves by
+        // this room's change.
+        let counted = self.room.take_counters();
+        if !counted.is_empty() {
+            crate::metrics::add(&counted);
+        }
+        let players = self.room.participant_count();
+        if players != self.players {
+            let delta = players as i64 - self.players as i64;
+            METRICS.players.fetch_add(delta, Relaxed);
+            self.players = players;
+        }
         if let Some(m) = &self.mirror {
             m.persisted(&effects);
         }

@@ -175,6 +175,8 @@ struct Task {
     subscribed_users: HashSet<String>,
     /// Cluster mode: the room's players in the edge's shared presence keys.
     presence: Option<PresenceWriter>,
+    /// Participants as last added to the players gauge.
+    players: usize,
 }
 
 /// How often players' activity goes to their stored totals while they play.
@@ -273,6 +275,7 @@ pub async fn start(ctx: &Arc<Ctx>, name: &str) -> Result<(), String> {
         me,
         checking_replicas: false,
         subscribed_users: HashSet::new(),
+        players: 0,
         presence,
     };
     tokio::spawn(task.run(rx, effects));

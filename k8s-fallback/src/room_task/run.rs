@@ -112,6 +112,8 @@ impl Task {
             }
         }
         METRICS.rooms.fetch_sub(1, Relaxed);
+        METRICS.players.fetch_sub(self.players as i64, Relaxed);
+        self.players = 0;
         tracing::info!(room = self.name, "room stopped");
     }
 

@@ -1,0 +1,46 @@
+//! The room's metrics, pushed to the aggregator (`crate::metrics`, in the Lobby) because a
+//! hibernated room cannot be asked: what the core counted (`Room::take_counters`), the room's
+//! connections and players, and its outbox's head per lane. When a push is due is the core's
+//! rule (`piano_core::metrics::push::Pusher`); a push still due when the room goes quiet is
+//! made by the alarm ([`Room::deadline`](super::Room)), before the runtime may evict the object.
+
+use super::{Room, now};
+use piano_core::metrics::push::Present;
+use worker::*;
+
+impl Room {
+    /// Pushes what is due. `force`: what was counted goes now (the alarm, or a room without
+    /// storage, which sets no alarm).
+    pub(super) async fn push_metrics(&self, force: bool) {
+        let at = now();
+        let (source, mut present) = {
+            let mut loaded = self.loaded.borrow_mut();
+            let Some(l) = loaded.as_mut() else { return };
+            let counted = l.room.take_counters();
+            self.pusher.borrow_mut().counters.merge(&counted);
+            let present = Present {
+                connections: l.room.connection_count() as u64,
+                players: l.room.participant_count() as u64,
+                outbox: Default::default(),
+            };
+            (format!("room:{}", l.room.name()), present)
+        };
+        if self.has_storage.get() == Some(true) && self.outbox.backends().is_some() {
+            match self.outbox.heads(&self.state.storage().sql()) {
+                Ok(heads) => present.outbox = heads,
+                Err(e) => console_warn!("outbox heads unreadable: {e}"),
+            }
+        }
+        let force = force || self.has_storage.get() != Some(true);
+        let Some(push) = self.pusher.borrow_mut().due(&source, present, at, force) else {
+            return;
+        };
+        if let Err(e) = crate::metrics::send(&self.env, &push).await {
+            // Kept for the next push: counters only go up.
+            console_warn!("metrics push failed: {e}");
+            let mut pusher = self.pusher.borrow_mut();
+            pusher.counters.add_sparse(&push.counters);
+            pusher.forget_present();
+        }
+    }
+}
