@@ -15,6 +15,8 @@
 //! | `ADMIN_BOOTSTRAP_SECRET` | secret | none | registering a name in `ADMIN_USERNAMES` needs it (header `x-admin-bootstrap`) |
 //! | `WS_UPGRADE_RATE_PER_MINUTE` | var | 3 × the auth limit (30) | WebSocket upgrades per client IP per minute |
 //! | `CORS_ORIGINS` | var | none | origins allowed to call the API from a browser (exact, comma-separated) |
+//! | `METRICS_TOKEN` | secret | none (`/metrics` answers 404) | bearer token a scraper presents at `/metrics` (read by `metrics.rs`) |
+//! | `RELEASE` | var | the crate's version | the release `/metrics` and `/api/status` report |
 
 use piano_core::identity::{self, Claims, TokenError, Verifier, parse_public_keys};
 use piano_durable_objects::webcrypto::ed25519;

@@ -25,6 +25,7 @@ mod accounts;
 mod basics;
 mod directory;
 mod drifts;
+mod metrics;
 mod mpp;
 mod persistence;
 mod room_features;
@@ -181,6 +182,10 @@ fn trials() -> Vec<Spec> {
         t!(drifts::an_expired_session_is_forgotten_at_the_next_login).only(
             &[Edge, Fallback],
             "a short REFRESH_TOKEN_TTL_SECS on a rig of its own (the cluster's sessions are Redis keys that expire by themselves)",
+        ),
+        t!(metrics::metrics_count_what_a_session_did).only(
+            &[Edge, Fallback],
+            "a server of its own for exact counts (the cluster's replicas count alike)",
         ),
         t!(mpp::mpp_client_plays_with_protobuf_players),
         t!(mpp::mpp_clients_are_closed_with_mpp_codes),

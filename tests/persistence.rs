@@ -296,6 +296,11 @@ async fn register(s: &Server, name: &str) -> Value {
     body
 }
 
+/// `GET /api/status`'s answer.
+async fn status_of(s: &Server) -> Option<Value> {
+    reqwest::get(s.http("/api/status")).await.ok()?.json().await.ok()
+}
+
 async fn member(s: &Server, room: &str, access: &str) -> Client {
     let mut c = Client::connect(&format!("{}?token={access}", s.ws_url(room)), &[])
         .await
@@ -742,6 +747,15 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none(_target: &S
     assert_eq!(body["error"]["code"], "unavailable");
     // Someone leaves while Redis is down.
     listener.close().await;
+    // The status says so (`/api/status`, public): MongoDB's writes wait in the room's outbox.
+    let degraded = eventually(
+        "/api/status shows MongoDB degraded",
+        Duration::from_secs(60),
+        || async { status_of(&s).await.filter(|v| v["mongodb"]["state"] == "degraded") },
+    )
+    .await;
+    assert_eq!(degraded["state"], "degraded", "{degraded}");
+    assert!(degraded["mongodb"]["outbox"]["depth"].as_u64() >= Some(1), "{degraded}");
 
     for part in [Part::Mongo, Part::Redis, Part::DataApi, Part::RedisRest] {
         stack.start_part(part);
@@ -862,6 +876,17 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none(_target: &S
                 .await
                 .ok()?;
             (v["pending"] == 0).then_some(v)
+        },
+    )
+    .await;
+    // And the status is back to up (it is cached for a few seconds).
+    eventually(
+        "/api/status shows the backends up again",
+        Duration::from_secs(60),
+        || async {
+            status_of(&s)
+                .await
+                .filter(|v| v["mongodb"]["state"] == "up" && v["redis"]["state"] == "up")
         },
     )
     .await;

@@ -114,6 +114,8 @@ pub struct Account {
     /// After a failed MongoDB lookup, later ones are skipped until then (ms;
     /// [`lookup::skip_until`]), so logins do not each wait out a timeout during an outage.
     lookup_skip_until: std::cell::Cell<u64>,
+    /// The outbox backlog last pushed to the metrics aggregator (`crate::metrics`).
+    pusher: std::cell::RefCell<piano_core::metrics::push::Pusher>,
 }
 
 impl DurableObject for Account {
@@ -132,6 +134,7 @@ impl DurableObject for Account {
             access_ttl_secs,
             session_ttl_ms,
             lookup_skip_until: std::cell::Cell::new(0),
+            pusher: Default::default(),
             env,
         }
     }
@@ -150,6 +153,7 @@ impl DurableObject for Account {
         {
             console_error!("could not arm the outbox alarm: {e}");
         }
+        self.push_backlog().await;
         resp
     }
 
@@ -157,6 +161,7 @@ impl DurableObject for Account {
         self.outbox.begin_alarm();
         let sql = self.state.storage().sql();
         let flushed = self.outbox.flush(&sql, Date::now().as_millis()).await;
+        self.push_backlog().await;
         self.outbox
             .finish_alarm(
                 &self.state.storage(),
@@ -170,6 +175,20 @@ impl DurableObject for Account {
 }
 
 impl Account {
+    /// Tells the metrics aggregator when the outbox's backlog changed (`/api/status`).
+    async fn push_backlog(&self) {
+        let sql = self.state.storage().sql();
+        let source = format!("account:{}", self.state.id());
+        let Some(push) = crate::metrics::backlog_push(&self.pusher, &self.outbox, &sql, &source)
+        else {
+            return;
+        };
+        if let Err(e) = crate::metrics::send(&self.env, &push).await {
+            console_warn!("metrics push failed: {e}");
+            self.pusher.borrow_mut().forget_present();
+        }
+    }
+
     async fn route(&self, mut req: Request) -> Result<Response> {
         if self.has_schema() {
             // Accounts stored before a table was added get it (idempotent).

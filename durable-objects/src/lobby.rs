@@ -73,6 +73,8 @@ pub struct Lobby {
     outbox: Outbox,
     /// When the stale-entry sweep is next due (`None`: at this instance's first alarm).
     sweep_at: Cell<Option<u64>>,
+    /// The lobby's own outbox backlog as last added to the metrics (`crate::metrics`).
+    pusher: RefCell<piano_core::metrics::push::Pusher>,
 }
 
 #[derive(serde::Deserialize)]
@@ -96,6 +98,7 @@ impl DurableObject for Lobby {
             env,
             loaded: RefCell::new(None),
             sweep_at: Cell::new(None),
+            pusher: RefCell::default(),
         }
     }
 
@@ -184,6 +187,7 @@ impl DurableObject for Lobby {
         self.sweep_if_due().await;
         let now = Date::now().as_millis();
         let sql = self.state.storage().sql();
+        self.note_backlog(&sql);
         self.outbox
             .finish_alarm(
                 &self.state.storage(),
@@ -291,11 +295,22 @@ impl Lobby {
             let mirror = self.index_commands(&delta);
             self.outbox.enqueue(&sql, mirror, now)?;
             self.outbox.kick(&self.state.storage(), now).await?;
+            self.note_backlog(&sql);
         }
         if let Some(at) = self.next_timer(now) {
             self.outbox.alarm_by(&self.state.storage(), at, now).await?;
         }
         Response::empty()
+    }
+
+    /// The lobby's own outbox backlog, into the metrics it aggregates (when it changed).
+    fn note_backlog(&self, sql: &SqlStorage) {
+        if let Some(push) =
+            crate::metrics::backlog_push(&self.pusher, &self.outbox, sql, "lobby:directory")
+            && let Err(e) = crate::metrics::apply(sql, &push, Date::now().as_millis())
+        {
+            console_warn!("metrics: {e}");
+        }
     }
 
     /// The lobby's own next timer: the gathered delta's tick, or the sweep while the directory

@@ -124,6 +124,28 @@ pub fn backlog(sql: &SqlStorage, now: u64) -> Result<[LaneBacklog; 2]> {
     Ok(read(sql, now)?.1.outbox)
 }
 
+/// For an object whose only metrics are its outbox (an Account, the Lobby): its backlog, as a
+/// push when it changed since the last one (`None` otherwise, or without backends).
+pub fn backlog_push(
+    pusher: &std::cell::RefCell<push::Pusher>,
+    outbox: &crate::outbox::Outbox,
+    sql: &SqlStorage,
+    source: &str,
+) -> Option<Push> {
+    outbox.backends()?;
+    let heads = outbox
+        .heads(sql)
+        .map_err(|e| console_warn!("outbox heads unreadable: {e}"))
+        .ok()?;
+    let present = Present {
+        outbox: heads,
+        ..Present::default()
+    };
+    pusher
+        .borrow_mut()
+        .due(source, present, Date::now().as_millis(), false)
+}
+
 /// Sends a push to the aggregator (from a Room object or the worker).
 pub async fn send(env: &Env, push: &Push) -> Result<()> {
     let headers = Headers::new();
