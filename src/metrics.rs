@@ -62,7 +62,7 @@ fn take_due(now: u64, now_please: bool) -> Option<Push> {
 }
 
 async fn send(env: &Env, push: Push) {
-    if let Err(e) = piano_durable_objects::metrics::send(env, &push).await {
+    if let Err(e) = piano_durable_objects::lobby::send_metrics(env, &push).await {
         console_warn!("metrics push failed: {e}");
         ISOLATE.with_borrow_mut(|i| i.counters.add_sparse(&push.counters));
     }
@@ -100,7 +100,7 @@ pub async fn scrape(req: &Request, env: &Env) -> Result<Response> {
     if let Some(push) = take_due(Date::now().as_millis(), true) {
         send(env, push).await;
     }
-    let mut inner = piano_durable_objects::metrics::get(env, "/metrics").await?;
+    let mut inner = piano_durable_objects::lobby::get_metrics(env, "/metrics").await?;
     if inner.status_code() != 200 {
         return json_error(502, "unavailable", "the metrics aggregator did not answer");
     }
@@ -140,7 +140,7 @@ pub async fn status(env: &Env) -> Result<Response> {
 async fn gather(env: &Env, now: u64) -> Status {
     let backends = piano_durable_objects::outbox::configured_backends(env);
     // The directory answers with the backlog every room and the lobby reported.
-    let backlog = match piano_durable_objects::metrics::get(env, "/metrics/backlog").await {
+    let backlog = match piano_durable_objects::lobby::get_metrics(env, "/metrics/backlog").await {
         Ok(mut r) if r.status_code() == 200 => r.json::<[metrics::LaneBacklog; 2]>().await.ok(),
         _ => None,
     };
@@ -152,7 +152,7 @@ async fn gather(env: &Env, now: u64) -> Status {
     let facts = |configured: bool, l: Lane| {
         if configured {
             LaneFacts::Configured {
-                backlog: backlog[Lane::ALL.iter().position(|x| *x == l).unwrap_or(0)],
+                backlog: backlog[l.index()],
                 reachable: None,
             }
         } else {

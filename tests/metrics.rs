@@ -29,7 +29,10 @@ async fn scrape(s: &Server, token: Option<&str>) -> (u16, String) {
         req = req.bearer_auth(t);
     }
     let resp = req.send().await.expect("GET /metrics");
-    (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+    (
+        resp.status().as_u16(),
+        resp.text().await.unwrap_or_default(),
+    )
 }
 
 /// The value of one series (`name` or `name{label="value"}`), if present.
@@ -47,7 +50,10 @@ pub async fn metrics_count_what_a_session_did(target: &Server) {
     // Accounts: one registration, one login, one refused login.
     let name = unique("metered");
     let creds = json!({"username": name, "password": "correct horse"});
-    assert_eq!(s.post_json("/api/auth/register", creds.clone()).await.0, 201);
+    assert_eq!(
+        s.post_json("/api/auth/register", creds.clone()).await.0,
+        201
+    );
     assert_eq!(s.post_json("/api/auth/login", creds).await.0, 200);
     let wrong = json!({"username": name, "password": "wrong horse!"});
     assert_ne!(s.post_json("/api/auth/login", wrong).await.0, 200);
@@ -68,7 +74,10 @@ pub async fn metrics_count_what_a_session_did(target: &Server) {
         .recv_matching(|m| matches!(m, Msg::SettingsChanged(_)).then_some(()))
         .await;
     let mut stranger = s.player(&room, "Stranger").await;
-    let refused = stranger.try_join("guess").await.expect_err("wrong password");
+    let refused = stranger
+        .try_join("guess")
+        .await
+        .expect_err("wrong password");
     assert_eq!(refused.reason, proto::JoinFailure::WrongPassword as i32);
     stranger.send(note_on(60, 80)).await;
     assert_eq!(stranger.error_code().await, proto::ErrorCode::NotJoined);
@@ -113,23 +122,19 @@ pub async fn metrics_count_what_a_session_did(target: &Server) {
         ("piano_players", 2.0),
         ("piano_rooms_awake", 1.0),
     ];
-    let mut last = String::new();
-    let settled = {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let (status, text) = scrape(&s, Some(TOKEN)).await;
-            assert_eq!(status, 200, "{text}");
-            let wrong: Vec<String> = expected
-                .iter()
-                .filter(|(series, want)| value(&text, series) != Some(*want))
-                .map(|(series, want)| format!("{series}: {:?} (want {want})", value(&text, series)))
-                .collect();
-            last = text;
-            if wrong.is_empty() || std::time::Instant::now() > deadline {
-                break wrong;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (settled, last) = loop {
+        let (status, text) = scrape(&s, Some(TOKEN)).await;
+        assert_eq!(status, 200, "{text}");
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter(|(series, want)| value(&text, series) != Some(*want))
+            .map(|(series, want)| format!("{series}: {:?} (want {want})", value(&text, series)))
+            .collect();
+        if wrong.is_empty() || std::time::Instant::now() > deadline {
+            break (wrong, text);
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(settled.is_empty(), "{settled:#?}\n{last}");
     assert!(
@@ -144,12 +149,16 @@ pub async fn metrics_count_what_a_session_did(target: &Server) {
 
     // The status: public, every component named, nothing degraded on a server without
     // backends; and the page that renders it.
-    let resp = reqwest::get(s.http("/api/status")).await.expect("GET status");
+    let resp = reqwest::get(s.http("/api/status"))
+        .await
+        .expect("GET status");
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["cache-control"]
-        .to_str()
-        .unwrap_or_default()
-        .contains("max-age"));
+    assert!(
+        resp.headers()["cache-control"]
+            .to_str()
+            .unwrap_or_default()
+            .contains("max-age")
+    );
     let status: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(status["state"], "up", "{status}");
     assert!(!status["version"].as_str().unwrap_or_default().is_empty());
@@ -159,10 +168,20 @@ pub async fn metrics_count_what_a_session_did(target: &Server) {
     for c in ["mongodb", "redis"] {
         assert_eq!(status[c]["state"], "off", "{status}");
     }
-    let page = reqwest::get(s.http("/status.html")).await.expect("GET page");
+    let page = reqwest::get(s.http("/status.html"))
+        .await
+        .expect("GET page");
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap_or_default().contains("/status.js"));
-    let script = reqwest::get(s.http("/status.js")).await.expect("GET script");
+    let script = reqwest::get(s.http("/status.js"))
+        .await
+        .expect("GET script");
     assert_eq!(script.status(), 200);
-    assert!(script.text().await.unwrap_or_default().contains("/api/status"));
+    assert!(
+        script
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("/api/status")
+    );
 }

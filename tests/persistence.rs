@@ -298,7 +298,12 @@ async fn register(s: &Server, name: &str) -> Value {
 
 /// `GET /api/status`'s answer.
 async fn status_of(s: &Server) -> Option<Value> {
-    reqwest::get(s.http("/api/status")).await.ok()?.json().await.ok()
+    reqwest::get(s.http("/api/status"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
 }
 
 async fn member(s: &Server, room: &str, access: &str) -> Client {
@@ -751,11 +756,18 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none(_target: &S
     let degraded = eventually(
         "/api/status shows MongoDB degraded",
         Duration::from_secs(60),
-        || async { status_of(&s).await.filter(|v| v["mongodb"]["state"] == "degraded") },
+        || async {
+            status_of(&s)
+                .await
+                .filter(|v| v["mongodb"]["state"] == "degraded")
+        },
     )
     .await;
     assert_eq!(degraded["state"], "degraded", "{degraded}");
-    assert!(degraded["mongodb"]["outbox"]["depth"].as_u64() >= Some(1), "{degraded}");
+    assert!(
+        degraded["mongodb"]["outbox"]["depth"].as_u64() >= Some(1),
+        "{degraded}"
+    );
 
     for part in [Part::Mongo, Part::Redis, Part::DataApi, Part::RedisRest] {
         stack.start_part(part);

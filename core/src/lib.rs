@@ -21,7 +21,7 @@
 //! - [`names`]: validation of room names, display names and usernames.
 //! - [`password`]: password hashing (rooms and accounts).
 //! - [`outbox`]: the outbox's delivery rules (lanes, backoff, dead letters, coalescing), for
-//!   both hosts.
+//!   both hosts; [`lane`]: its lanes, one per backend.
 //! - [`backlog`]: what a host skips (stale note batches, cursor moves) for a listener that
 //!   fell behind, and when it must close it instead.
 //! - [`metrics`]: the metrics both hosts serve (names, labels, help, the Prometheus text);
@@ -33,6 +33,7 @@ pub mod account;
 pub mod backlog;
 pub mod http_policy;
 pub mod identity;
+pub mod lane;
 pub mod limits;
 pub mod listing;
 pub mod lobby;

@@ -37,36 +37,7 @@
 use crate::Millis;
 use crate::room::stored::Change;
 
-/// One ordered lane per backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Lane {
-    Mongo,
-    Redis,
-}
-
-impl Lane {
-    pub const ALL: [Lane; 2] = [Lane::Mongo, Lane::Redis];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lane::Mongo => "mongo",
-            Lane::Redis => "redis",
-        }
-    }
-
-    /// The lane a stored row names (`None`: not a lane this version knows).
-    pub fn parse(s: &str) -> Option<Lane> {
-        Lane::ALL.into_iter().find(|l| l.as_str() == s)
-    }
-
-    fn index(self) -> usize {
-        match self {
-            Lane::Mongo => 0,
-            Lane::Redis => 1,
-        }
-    }
-}
+pub use crate::lane::Lane;
 
 /// Rows of one lane delivered per run before the host yields (and comes back at once if more
 /// are waiting), so one run never takes long.

@@ -183,7 +183,7 @@ impl Account {
         else {
             return;
         };
-        if let Err(e) = crate::metrics::send(&self.env, &push).await {
+        if let Err(e) = crate::lobby::send_metrics(&self.env, &push).await {
             console_warn!("metrics push failed: {e}");
             self.pusher.borrow_mut().forget_present();
         }

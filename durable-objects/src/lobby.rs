@@ -430,3 +430,41 @@ impl Lobby {
         Ok(stub.fetch_with_request(req).await?.status_code())
     }
 }
+
+/// POSTs JSON to one of the Lobby's internal routes (from a Room or Account object or the
+/// worker); an answer of 400 or more is an error naming the route and status.
+pub async fn post(env: &Env, path: &str, body: &impl serde::Serialize) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(serde_json::to_string(body)?.into()));
+    let req = Request::new_with_init(&format!("https://lobby.internal{path}"), &init)?;
+    let resp = stub(env)?.fetch_with_request(req).await?;
+    if resp.status_code() >= 400 {
+        return Err(Error::RustError(format!(
+            "lobby {path} answered {}",
+            resp.status_code()
+        )));
+    }
+    Ok(resp)
+}
+
+/// Sends a push to the metrics aggregator this object hosts (`crate::metrics`).
+pub async fn send_metrics(env: &Env, push: &piano_core::metrics::push::Push) -> Result<()> {
+    post(env, "/metrics/push", push).await.map(drop)
+}
+
+/// A GET of one of the metrics aggregator's routes (`/metrics`, `/metrics/backlog`).
+pub async fn get_metrics(env: &Env, path: &str) -> Result<Response> {
+    let req = Request::new(&format!("https://lobby.internal{path}"), Method::Get)?;
+    stub(env)?.fetch_with_request(req).await
+}
+
+/// The directory's one instance.
+fn stub(env: &Env) -> Result<Stub> {
+    env.durable_object(LOBBY_BINDING)?
+        .id_from_name(LOBBY_NAME)?
+        .get_stub()
+}

@@ -5,7 +5,8 @@
 //! Lobby being evicted.
 //!
 //! Routes on the Lobby (internal): `POST /metrics/push` (a [`Push`]), `GET /metrics` (the
-//! Prometheus text), `GET /metrics/backlog` (the outbox backlog per lane, for `/api/status`).
+//! Prometheus text), `GET /metrics/backlog` (the outbox backlog per lane, for `/api/status`);
+//! objects and the worker reach them with `lobby::send_metrics` and `lobby::get_metrics`.
 
 use piano_core::metrics::push::{self, Present, Push};
 use piano_core::metrics::{self, Counters, Gauges, Histogram, LaneBacklog, SLOTS};
@@ -144,35 +145,4 @@ pub fn backlog_push(
     pusher
         .borrow_mut()
         .due(source, present, Date::now().as_millis(), false)
-}
-
-/// Sends a push to the aggregator (from a Room object or the worker).
-pub async fn send(env: &Env, push: &Push) -> Result<()> {
-    let headers = Headers::new();
-    headers.set("content-type", "application/json")?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(serde_json::to_string(push)?.into()));
-    let req = Request::new_with_init("https://lobby.internal/metrics/push", &init)?;
-    let resp = aggregator(env)?.fetch_with_request(req).await?;
-    if resp.status_code() >= 400 {
-        return Err(Error::RustError(format!(
-            "metrics push answered {}",
-            resp.status_code()
-        )));
-    }
-    Ok(())
-}
-
-/// A GET of one of the aggregator's routes (`/metrics`, `/metrics/backlog`).
-pub async fn get(env: &Env, path: &str) -> Result<Response> {
-    let req = Request::new(&format!("https://lobby.internal{path}"), Method::Get)?;
-    aggregator(env)?.fetch_with_request(req).await
-}
-
-fn aggregator(env: &Env) -> Result<Stub> {
-    env.durable_object(crate::lobby::LOBBY_BINDING)?
-        .id_from_name(crate::lobby::LOBBY_NAME)?
-        .get_stub()
 }

@@ -14,9 +14,9 @@
 
 use piano_backends::outbox::{Lane, Op, SQLITE_SCHEMA as SCHEMA, deliver};
 use piano_backends::{Backends, layout};
+use piano_core::metrics::push::LaneHead;
 use piano_core::outbox::{BATCH, Outcome, RowMeta, Verdict};
 use std::cell::{Cell, RefCell};
-use piano_core::metrics::push::LaneHead;
 use worker::*;
 
 /// Reads the backend configuration from the object's env; a broken configuration is logged and
@@ -408,7 +408,7 @@ impl Outbox {
             )?
             .to_array()?;
         for h in heads {
-            if let Some(i) = Lane::parse(&h.lane).and_then(|l| Lane::ALL.iter().position(|x| *x == l)) {
+            if let Some(i) = Lane::parse(&h.lane).map(Lane::index) {
                 out[i] = LaneHead {
                     depth: h.n.max(0) as u64,
                     oldest: Some(h.oldest.max(0) as u64),

@@ -118,15 +118,7 @@ pub fn redis_error(context: &str, e: &dyn std::fmt::Display) {
 /// One atomic per series of the core's list: what rooms and the HTTP layer count.
 static SERIES: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
 
-/// Adds what a room counted (`Room::take_counters`).
-pub fn add(counters: &Counters) {
-    for (slot, n) in counters.sparse() {
-        if let Some(a) = SERIES.get(slot as usize) {
-            a.fetch_add(n, Relaxed);
-        }
-    }
-}
-
+/// Adds to one series (what a room counted: `Room::drain_counters`).
 pub fn add_slot(slot: usize, n: u64) {
     if let Some(a) = SERIES.get(slot) {
         a.fetch_add(n, Relaxed);

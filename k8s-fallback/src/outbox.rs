@@ -174,13 +174,17 @@ impl Outbox {
             .map_err(|e| e.to_string())?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })
             .map_err(|e| e.to_string())?;
         let mut out = [piano_core::metrics::LaneBacklog::default(); 2];
         for row in rows {
             let (lane, depth, oldest) = row.map_err(|e| e.to_string())?;
-            if let Some(i) = Lane::parse(&lane).and_then(|l| Lane::ALL.iter().position(|x| *x == l)) {
+            if let Some(i) = Lane::parse(&lane).map(Lane::index) {
                 out[i] = piano_core::metrics::LaneBacklog {
                     depth: depth.max(0) as u64,
                     oldest_age_secs: (now - oldest).max(0) as u64 / 1000,

@@ -43,7 +43,7 @@ impl Cache {
 
 async fn gather(hub: &Hub, now: u64) -> Status {
     let backlog = backlog(hub);
-    let at = |l: Lane| backlog[Lane::ALL.iter().position(|x| *x == l).unwrap_or(0)];
+    let at = |l: Lane| backlog[l.index()];
     let redis_up = match &hub.cluster {
         Some(c) => Some(
             tokio::time::timeout(Duration::from_secs(1), c.ping())

@@ -9,7 +9,7 @@
 
 pub mod push;
 
-use crate::outbox::Lane;
+use crate::lane::Lane;
 use std::fmt::Write;
 
 /// A family of counters: one name, one optional label, a fixed list of label values.
@@ -350,7 +350,9 @@ pub fn auth_slot(a: Auth) -> usize {
 /// on the first differing byte.
 pub fn token_matches(presented: &str, expected: &str) -> bool {
     let (a, b) = (presented.as_bytes(), expected.as_bytes());
-    !b.is_empty() && a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    !b.is_empty()
+        && a.len() == b.len()
+        && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Counter values, one per series; what a room or a host has counted (since it was last taken).
@@ -403,6 +405,20 @@ impl Counters {
     /// Takes everything counted, leaving zeros.
     pub fn take(&mut self) -> Counters {
         std::mem::take(self)
+    }
+
+    /// Hands each non-zero slot to `f` and zeroes it (no allocation: a host drains a room's
+    /// counters after every input).
+    pub fn drain(&mut self, mut f: impl FnMut(usize, u64)) {
+        if !self.dirty {
+            return;
+        }
+        for (i, n) in self.v.iter_mut().enumerate() {
+            if *n > 0 {
+                f(i, std::mem::take(n));
+            }
+        }
+        self.dirty = false;
     }
 
     /// The non-zero slots, to ship or to add elsewhere.
@@ -493,13 +509,9 @@ pub struct Gauges {
     pub outbox: [LaneBacklog; 2],
 }
 
-fn lane_index(l: Lane) -> usize {
-    Lane::ALL.iter().position(|x| *x == l).unwrap_or(0)
-}
-
 impl Gauges {
     pub fn lane_mut(&mut self, l: Lane) -> &mut LaneBacklog {
-        &mut self.outbox[lane_index(l)]
+        &mut self.outbox[l.index()]
     }
 }
 
@@ -522,7 +534,13 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 fn quoted(v: &str) -> String {
     v.chars()
         .take(100)
-        .map(|c| if matches!(c, '"' | '\\' | '\n') { '_' } else { c })
+        .map(|c| {
+            if matches!(c, '"' | '\\' | '\n') {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -560,7 +578,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     ] {
         header(&mut out, name, "gauge", help);
         for lane in Lane::ALL {
-            let v = get(&g.outbox[lane_index(lane)]);
+            let v = get(&g.outbox[lane.index()]);
             let _ = writeln!(out, "{name}{{lane=\"{}\"}} {v}", lane.as_str());
         }
     }
@@ -619,7 +637,10 @@ mod tests {
         assert_eq!(slot(Fam::MessagesIn, 0), 0);
         assert_eq!(slot(Fam::MessagesOut, 0), IN_KINDS.len());
         // A code past the list lands on the family's last slot, never in the next family.
-        assert_eq!(slot(Fam::Errors, 999), slot(Fam::Errors, ERROR_CODES.len() - 1));
+        assert_eq!(
+            slot(Fam::Errors, 999),
+            slot(Fam::Errors, ERROR_CODES.len() - 1)
+        );
         assert_eq!(slot(Fam::Refused, 2), SLOTS - 1);
         assert_eq!(http_status_slot(404), slot(Fam::HttpErrors, 3));
         assert_eq!(
@@ -641,6 +662,11 @@ mod tests {
         assert!(a.is_empty());
         assert_eq!(b.get(Fam::NotesRelayed, 0), 10);
         assert_eq!(b.get(Fam::JoinFailures, 2), 2);
+        let mut drained = Vec::new();
+        b.drain(|slot, n| drained.push((slot, n)));
+        assert_eq!(drained.len(), 2);
+        assert!(b.is_empty());
+        assert_eq!(b.get(Fam::NotesRelayed, 0), 0);
     }
 
     #[test]
@@ -661,7 +687,11 @@ mod tests {
             release: "1.0",
         });
         for f in FAMILIES {
-            assert!(text.contains(&format!("# TYPE {} counter", f.name)), "{}", f.name);
+            assert!(
+                text.contains(&format!("# TYPE {} counter", f.name)),
+                "{}",
+                f.name
+            );
         }
         assert!(text.contains("piano_errors_total{code=\"rate_limited\"} 3"));
         assert!(text.contains("piano_outbox_depth{lane=\"redis\"} 4"));

@@ -9,7 +9,7 @@
 
 use super::{Counters, Gauges, Histogram, LaneBacklog};
 use crate::Millis;
-use crate::outbox::Lane;
+use crate::lane::Lane;
 use serde::{Deserialize, Serialize};
 
 /// A busy room pushes at most this often (one storage write at the aggregator per push).
@@ -158,17 +158,26 @@ mod tests {
         assert_eq!(push.map(|p| p.counters.len()), Some(1));
         assert_eq!(p.deadline(), None);
         // Nothing counted, nothing changed: nothing to say.
-        assert!(p.due("room:a", idle.clone(), 10 * PUSH_EVERY_MS, true).is_none());
+        assert!(
+            p.due("room:a", idle.clone(), 10 * PUSH_EVERY_MS, true)
+                .is_none()
+        );
         // Forced (the room may hibernate next): counted work goes now.
         p.counters.add(Fam::NotesRelayed, 0, 1);
-        assert!(p.due("room:a", idle.clone(), 10 * PUSH_EVERY_MS + 1, true).is_some());
+        assert!(
+            p.due("room:a", idle.clone(), 10 * PUSH_EVERY_MS + 1, true)
+                .is_some()
+        );
         // The outbox filling is news at once.
         let mut backlog = idle.clone();
         backlog.outbox[0] = LaneHead {
             depth: 2,
             oldest: Some(5),
         };
-        assert!(p.due("room:a", backlog, 10 * PUSH_EVERY_MS + 2, false).is_some());
+        assert!(
+            p.due("room:a", backlog, 10 * PUSH_EVERY_MS + 2, false)
+                .is_some()
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The room's share of the metrics (`crate::metrics`): messages in and out by kind, note events
 //! relayed and dropped, joins refused and typed errors sent. The room counts into its own
-//! [`Counters`]; the host takes them ([`Room::take_counters`]) and adds them to its totals (the
+//! [`Counters`]; the host drains them (`Room::drain_counters`) and adds them to its totals (the
 //! fallback into process-wide atomics, the edge's Room objects to the directory's aggregate), so
 //! both hosts count the same things the same way.
 
@@ -52,6 +52,12 @@ impl Room {
         self.counters.take()
     }
 
+    /// Hands each counted `(slot, n)` to `f`, leaving zeros (what a host does after every
+    /// input, without allocating).
+    pub fn drain_counters(&mut self, f: impl FnMut(usize, u64)) {
+        self.counters.drain(f);
+    }
+
     pub(super) fn count(&mut self, fam: Fam, i: usize, n: u64) {
         self.counters.add(fam, i, n);
     }
@@ -79,7 +85,9 @@ impl Room {
                 }) => self.counters.add(Fam::Errors, e.code.max(0) as usize, n),
                 Ok(ServerMessage {
                     msg: Some(S::JoinFailed(j)),
-                }) => self.counters.add(Fam::JoinFailures, j.reason.max(0) as usize, n),
+                }) => self
+                    .counters
+                    .add(Fam::JoinFailures, j.reason.max(0) as usize, n),
                 _ => {}
             }
         }

@@ -42,7 +42,11 @@ impl Room {
         }
         let drops = self.filter_note_events(conn, m, &mut batch.events, now);
         let relayed = batch.events.len() as u32;
-        self.count(Fam::NotesDropped, NotesDroppedReason::Quota as usize, drops.quota.into());
+        self.count(
+            Fam::NotesDropped,
+            NotesDroppedReason::Quota as usize,
+            drops.quota.into(),
+        );
         self.count(Fam::NotesDropped, metrics::DROP_BUDGET, drops.budget.into());
         if drops.quota > 0 {
             out.push(send_one(

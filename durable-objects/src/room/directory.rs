@@ -105,25 +105,6 @@ impl Room {
     }
 
     async fn lobby(&self, path: &str, body: &impl serde::Serialize) -> Result<Response> {
-        let headers = Headers::new();
-        headers.set("content-type", "application/json")?;
-        let mut init = RequestInit::new();
-        init.with_method(Method::Post)
-            .with_headers(headers)
-            .with_body(Some(serde_json::to_string(body)?.into()));
-        let req = Request::new_with_init(&format!("https://lobby.internal{path}"), &init)?;
-        let stub = self
-            .env
-            .durable_object(lobby::LOBBY_BINDING)?
-            .id_from_name(lobby::LOBBY_NAME)?
-            .get_stub()?;
-        let resp = stub.fetch_with_request(req).await?;
-        if resp.status_code() >= 400 {
-            return Err(Error::RustError(format!(
-                "lobby {path} answered {}",
-                resp.status_code()
-            )));
-        }
-        Ok(resp)
+        lobby::post(&self.env, path, body).await
     }
 }

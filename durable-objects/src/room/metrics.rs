@@ -1,5 +1,5 @@
 //! The room's metrics, pushed to the aggregator (`crate::metrics`, in the Lobby) because a
-//! hibernated room cannot be asked: what the core counted (`Room::take_counters`), the room's
+//! hibernated room cannot be asked: what the core counted (`Room::drain_counters`), the room's
 //! connections and players, and its outbox's head per lane. When a push is due is the core's
 //! rule (`piano_core::metrics::push::Pusher`); a push still due when the room goes quiet is
 //! made by the alarm ([`Room::deadline`](super::Room)), before the runtime may evict the object.
@@ -16,8 +16,9 @@ impl Room {
         let (source, mut present) = {
             let mut loaded = self.loaded.borrow_mut();
             let Some(l) = loaded.as_mut() else { return };
-            let counted = l.room.take_counters();
-            self.pusher.borrow_mut().counters.merge(&counted);
+            let mut pusher = self.pusher.borrow_mut();
+            l.room
+                .drain_counters(|slot, n| pusher.counters.add_slot(slot, n));
             let present = Present {
                 connections: l.room.connection_count() as u64,
                 players: l.room.participant_count() as u64,
@@ -35,7 +36,7 @@ impl Room {
         let Some(push) = self.pusher.borrow_mut().due(&source, present, at, force) else {
             return;
         };
-        if let Err(e) = crate::metrics::send(&self.env, &push).await {
+        if let Err(e) = crate::lobby::send_metrics(&self.env, &push).await {
             // Kept for the next push: counters only go up.
             console_warn!("metrics push failed: {e}");
             let mut pusher = self.pusher.borrow_mut();

@@ -43,10 +43,7 @@ impl Task {
     pub(super) fn execute(&mut self, effects: Vec<Effect>, at_us: Option<u64>) {
         // What the room counted goes to the process's metrics; the players gauge moves by
         // this room's change.
-        let counted = self.room.take_counters();
-        if !counted.is_empty() {
-            crate::metrics::add(&counted);
-        }
+        self.room.drain_counters(crate::metrics::add_slot);
         let players = self.room.participant_count();
         if players != self.players {
             let delta = players as i64 - self.players as i64;

@@ -34,7 +34,10 @@ fn the_room_counts_messages_relays_drops_refusals_and_errors() {
     );
     let c = room.take_counters();
     assert_eq!(c.get(Fam::NotesRelayed, 0), 1);
-    assert_eq!(c.get(Fam::NotesDropped, NotesDroppedReason::OwnerOnly as usize), 1);
+    assert_eq!(
+        c.get(Fam::NotesDropped, NotesDroppedReason::OwnerOnly as usize),
+        1
+    );
     assert_eq!(c.get(Fam::JoinFailures, JoinFailure::RoomFull as usize), 1);
     assert_eq!(c.get(Fam::Errors, ErrorCode::NotJoined as usize), 1);
     assert_eq!(c.get(Fam::Errors, ErrorCode::TextFrame as usize), 1);
