@@ -382,6 +382,11 @@ impl Outbox {
         Ok(())
     }
 
+    /// Whether rows were queued since the alarm was last kicked (the backlog changed).
+    pub fn has_new_rows(&self) -> bool {
+        self.dirty.get()
+    }
+
     /// Per lane, rows waiting and when the oldest was queued (pushed with the metrics).
     pub fn heads(&self, sql: &SqlStorage) -> Result<[LaneHead; 2]> {
         let mut out = [LaneHead::default(); 2];

@@ -18,7 +18,7 @@
 //!
 //! **Transport** (HTTP and WebSocket in, responses out):
 //! - [`http`]: the router (the edge's paths, `/readyz`, `/metrics`, static files) and the
-//!   WebSocket gate.
+//!   WebSocket gate; [`status`]: `GET /api/status` (the core's component states, cached).
 //! - [`ws`]: one player's socket: reader → room, bounded outbound queue → writer; [`ws::mpp`]:
 //!   `GET /mpp`, sockets speaking Multiplayer Piano JSON that pick their room after `hi`.
 //! - [`body`]: request bodies read capped and timed; [`security`]: security headers and CORS on
@@ -55,7 +55,7 @@
 //! - [`reach`]: the message that takes session ends and role changes to the rooms holding the
 //!   member's sockets; [`wire`]: the binary messages replicas exchange.
 //! - [`json`]: JSON responses and errors; [`metrics`]: counters and the relay latency
-//!   histogram, in Prometheus text format.
+//!   histogram, rendered by the core's one list of metrics (`piano_core::metrics`).
 
 pub mod accounts;
 pub mod auth;

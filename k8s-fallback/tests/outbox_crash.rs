@@ -189,6 +189,22 @@ async fn killed_replica_loses_nothing(redis: Option<&Redis>) {
             _ => None,
         })
         .await;
+    // `/api/status` says MongoDB is behind once the oldest waiting write is a few seconds old
+    // (`piano_core::status::DEGRADED_AFTER_SECS`), and the metrics show the backlog.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = get_json(&a.http("/api/status")).await;
+        if status["mongodb"]["state"] == "degraded" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "never degraded: {status}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(status["state"], "degraded", "{status}");
+    assert!(
+        status["mongodb"]["outbox"]["depth"].as_u64() >= Some(1),
+        "{status}"
+    );
     // The change is seen: kill -9, no drain.
     a.kill();
     drop(owner);
@@ -236,5 +252,15 @@ async fn killed_replica_loses_nothing(redis: Option<&Redis>) {
             b.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Delivered: the status is up again (after its few seconds of cache).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = get_json(&b.http("/api/status")).await;
+        if status["mongodb"]["state"] == "up" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never up again: {status}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -110,6 +110,17 @@ impl Pusher {
         })
     }
 
+    /// The outbox heads last pushed (`None` before the first push or after a failed one): a
+    /// host may reuse them rather than read its storage again when nothing was queued since.
+    pub fn last_outbox(&self) -> Option<[LaneHead; 2]> {
+        self.last_present.as_ref().map(|p| p.outbox)
+    }
+
+    /// Whether counted work is due to be pushed at `now`.
+    pub fn counted_due(&self, now: Millis) -> bool {
+        self.deadline().is_some_and(|d| d <= now)
+    }
+
     /// The last push failed: the present state is news again.
     pub fn forget_present(&mut self) {
         self.last_present = None;

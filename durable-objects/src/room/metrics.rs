@@ -27,9 +27,18 @@ impl Room {
             (format!("room:{}", l.room.name()), present)
         };
         if self.has_storage.get() == Some(true) && self.outbox.backends().is_some() {
-            match self.outbox.heads(&self.state.storage().sql()) {
-                Ok(heads) => present.outbox = heads,
-                Err(e) => console_warn!("outbox heads unreadable: {e}"),
+            // Read again only when they may have changed or a push goes anyway: not per note.
+            let last = self.pusher.borrow().last_outbox();
+            let read = force
+                || self.outbox.has_new_rows()
+                || self.pusher.borrow().counted_due(at)
+                || last.is_none();
+            match (read, last) {
+                (false, Some(heads)) => present.outbox = heads,
+                _ => match self.outbox.heads(&self.state.storage().sql()) {
+                    Ok(heads) => present.outbox = heads,
+                    Err(e) => console_warn!("outbox heads unreadable: {e}"),
+                },
             }
         }
         let force = force || self.has_storage.get() != Some(true);
