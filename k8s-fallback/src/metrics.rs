@@ -79,8 +79,6 @@ pub struct Metrics {
     pub body_timeouts: AtomicU64,
     /// WebSockets closed for sending nothing (not even a pong) for `WS_IDLE_TIMEOUT_SECS`.
     pub idle_closes: AtomicU64,
-    /// Sockets closed because their session ended or their roles changed (4001/4002).
-    pub session_closes: AtomicU64,
     /// Messages dropped because a bounded internal queue was full (see each queue's comment).
     pub queue_full: AtomicU64,
     /// From reading a frame on the sender's replica to queueing the broadcast for its listeners.
@@ -105,7 +103,6 @@ pub static METRICS: Metrics = Metrics {
     header_timeouts: AtomicU64::new(0),
     body_timeouts: AtomicU64::new(0),
     idle_closes: AtomicU64::new(0),
-    session_closes: AtomicU64::new(0),
     queue_full: AtomicU64::new(0),
     relay_latency: Histogram::new(),
 };
@@ -152,7 +149,6 @@ pub fn render(replica: &str, outbox: [metrics::LaneBacklog; 2]) -> String {
         (Fam::HeaderTimeouts, 0, &m.header_timeouts),
         (Fam::BodyTimeouts, 0, &m.body_timeouts),
         (Fam::IdleCloses, 0, &m.idle_closes),
-        (Fam::SessionCloses, 0, &m.session_closes),
         (Fam::QueueFull, 0, &m.queue_full),
         (Fam::Refused, 0, &m.refused_total),
         (Fam::Refused, 1, &m.refused_per_ip),

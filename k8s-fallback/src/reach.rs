@@ -17,9 +17,7 @@
 //!
 //! Expiry needs no event: each room task ticks at the core's `Room::next_deadline()`.
 
-use crate::metrics::METRICS;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::mpsc;
 
 /// Redis channel of session events (cluster mode), one for every replica of the deployment.
@@ -43,12 +41,4 @@ pub enum Reach {
 
 pub fn channel() -> (mpsc::Sender<Reach>, mpsc::Receiver<Reach>) {
     mpsc::channel(QUEUE)
-}
-
-/// Counts a close the core decided for a session reason.
-pub fn count_close(code: u16) {
-    use piano_core::limits::close;
-    if code == close::SESSION_ENDED || code == close::IDENTITY_CHANGED {
-        METRICS.session_closes.fetch_add(1, Relaxed);
-    }
 }

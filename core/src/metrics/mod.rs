@@ -208,7 +208,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "piano_slow_consumer_closes_total",
-        help: "Connections closed because they did not keep up with their room.",
+        help: "Connections closed because they did not keep up with their room (slow readers).",
         label: None,
     },
     Family {
@@ -263,7 +263,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "piano_session_closes_total",
-        help: "Sockets closed because their session ended or their roles changed.",
+        help: "Sockets closed because their session ended or their roles changed (4001/4002).",
         label: None,
     },
     Family {

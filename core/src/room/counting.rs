@@ -1,10 +1,12 @@
 //! The room's share of the metrics (`crate::metrics`): messages in and out by kind, note events
-//! relayed and dropped, joins refused and typed errors sent. The room counts into its own
+//! relayed and dropped, joins refused, typed errors sent, sockets closed because their session
+//! ended or their roles changed. The room counts into its own
 //! [`Counters`]; the host drains them (`Room::drain_counters`) and adds them to its totals (the
 //! fallback into process-wide atomics, the edge's Room objects to the directory's aggregate), so
 //! both hosts count the same things the same way.
 
 use super::{C, Effect, Out, Room};
+use crate::limits::close;
 use crate::metrics::{Counters, Fam};
 use crate::proto::{ServerMessage, server_message::Msg as S};
 use prost::Message;
@@ -67,8 +69,15 @@ impl Room {
     /// Only errors, refused joins and dropped-note notices are decoded, for their code.
     pub(super) fn count_sent(&mut self, out: &Out, native: &[usize]) {
         for (i, effect) in out.iter().enumerate() {
-            let Effect::Send { to, frame, .. } = effect else {
-                continue;
+            let (to, frame) = match effect {
+                Effect::Send { to, frame, .. } => (to, frame),
+                Effect::Close { code, .. }
+                    if *code == close::SESSION_ENDED || *code == close::IDENTITY_CHANGED =>
+                {
+                    self.counters.add(Fam::SessionCloses, 0, 1);
+                    continue;
+                }
+                _ => continue,
             };
             if native.contains(&i) {
                 continue;

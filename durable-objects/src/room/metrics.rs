@@ -5,10 +5,17 @@
 //! made by the alarm ([`Room::deadline`](super::Room)), before the runtime may evict the object.
 
 use super::{Room, now};
+use piano_core::metrics::Fam;
 use piano_core::metrics::push::Present;
 use worker::*;
 
 impl Room {
+    /// Counts what the host itself does (frames skipped for a slow reader, slow readers
+    /// closed): pushed with the core's counts.
+    pub(super) fn count(&self, fam: Fam) {
+        self.pusher.borrow_mut().counters.add(fam, 0, 1);
+    }
+
     /// Pushes what is due. `force`: what was counted goes now (the alarm, or a room without
     /// storage, which sets no alarm).
     pub(super) async fn push_metrics(&self, force: bool) {

@@ -29,6 +29,7 @@ use piano_core::backlog::{Unacked, Verdict};
 use piano_core::identity::Identity;
 use piano_core::limits::close;
 use piano_core::lobby::Delta;
+use piano_core::metrics::Fam;
 use piano_core::names::percent_decode;
 use piano_core::room::stored::Change;
 use piano_core::room::{
@@ -470,10 +471,14 @@ impl Room {
                         };
                         let unread = l.unread.entry(*conn).or_default();
                         match unread.offer(delivery, frame.len(), self.slow_reader_bytes) {
-                            Verdict::Skip => continue,
+                            Verdict::Skip => {
+                                self.count(Fam::FramesSkipped);
+                                continue;
+                            }
                             Verdict::Close => {
                                 if !slow.contains(conn) {
                                     slow.push(*conn);
+                                    self.count(Fam::SlowConsumerCloses);
                                 }
                                 continue;
                             }

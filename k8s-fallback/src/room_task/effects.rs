@@ -86,7 +86,6 @@ impl Task {
                     }
                 }
                 Effect::Close { conn, code, reason } => {
-                    count_close(code);
                     self.local.remove(&conn);
                     let replica = self.remote.remove(&conn);
                     self.close(conn, replica.as_deref(), code, reason);

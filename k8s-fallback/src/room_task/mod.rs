@@ -23,7 +23,7 @@ use crate::directory::RoomDirectory;
 use crate::metrics::{METRICS, redis_error};
 use crate::mongo::{Mirror, MirrorMsg, Mongo};
 use crate::network::PresenceWriter;
-use crate::reach::{Reach, count_close};
+use crate::reach::Reach;
 use crate::sockets::{SERVICE_RESTART, Sockets};
 use crate::store::{Store, Writer};
 use crate::wire::Wire;

@@ -50,3 +50,26 @@ fn the_room_counts_messages_relays_drops_refusals_and_errors() {
     // Taken: nothing left.
     assert!(room.take_counters().is_empty());
 }
+
+#[test]
+fn sockets_closed_for_an_ended_session_or_changed_roles_are_counted() {
+    let mut room = room("r");
+    connect_as(&mut room, 1, member("alice", "s1", None));
+    connect_as(&mut room, 2, member("alice", "s2", None));
+    connect_as(&mut room, 3, member("bob", "s3", None));
+    let _ = room.take_counters();
+    room.handle(
+        Input::SessionEnded {
+            user_id: "alice".into(),
+            session_id: None,
+        },
+        NOW,
+    );
+    room.handle(
+        Input::IdentityChanged {
+            user_id: "bob".into(),
+        },
+        NOW,
+    );
+    assert_eq!(room.take_counters().get(Fam::SessionCloses, 0), 3);
+}
