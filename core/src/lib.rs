@@ -24,10 +24,13 @@
 //!   both hosts.
 //! - [`backlog`]: what a host skips (stale note batches, cursor moves) for a listener that
 //!   fell behind, and when it must close it instead.
+//! - [`analytics`]: analytics events derived from rooms' activity, their NDJSON, and the
+//!   bounded batcher both hosts deliver from.
 //! - [`limits`]: protocol-wide numbers (frame size, close codes) that clients rely on;
 //!   [`window`]: the sliding-window rate counter rooms, sessions and accounts share.
 
 pub mod account;
+pub mod analytics;
 pub mod backlog;
 pub mod http_policy;
 pub mod identity;
