@@ -58,6 +58,7 @@
 //!   histogram, in Prometheus text format.
 
 pub mod accounts;
+pub mod analytics;
 pub mod auth;
 pub mod body;
 pub mod client_ip;
@@ -78,6 +79,7 @@ pub mod security;
 pub mod serve;
 pub mod sockets;
 pub mod store;
+pub mod user_stats;
 pub mod wire;
 pub mod ws;
 

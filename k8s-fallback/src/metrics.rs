@@ -80,6 +80,12 @@ pub struct Metrics {
     pub session_closes: AtomicU64,
     /// Messages dropped because a bounded internal queue was full (see each queue's comment).
     pub queue_full: AtomicU64,
+    /// Analytics events the HTTP sink accepted (`ANALYTICS_URL`).
+    pub analytics_delivered: AtomicU64,
+    /// Analytics events dropped: a queue was full or their batch failed.
+    pub analytics_dropped: AtomicU64,
+    /// Analytics batches that failed (refused, unreachable, timed out).
+    pub analytics_failed_batches: AtomicU64,
     /// From reading a frame on the sender's replica to queueing the broadcast for its listeners.
     pub relay_latency: Histogram,
 }
@@ -105,6 +111,9 @@ pub static METRICS: Metrics = Metrics {
     idle_closes: AtomicU64::new(0),
     session_closes: AtomicU64::new(0),
     queue_full: AtomicU64::new(0),
+    analytics_delivered: AtomicU64::new(0),
+    analytics_dropped: AtomicU64::new(0),
+    analytics_failed_batches: AtomicU64::new(0),
     relay_latency: Histogram::new(),
 };
 
@@ -222,6 +231,24 @@ pub fn render(replica: &str) -> String {
         "counter",
         "Messages dropped because a bounded internal queue was full.",
         m.queue_full.load(Relaxed).to_string(),
+    );
+    metric(
+        "piano_analytics_events_delivered_total",
+        "counter",
+        "Analytics events the HTTP sink (ANALYTICS_URL) accepted.",
+        m.analytics_delivered.load(Relaxed).to_string(),
+    );
+    metric(
+        "piano_analytics_events_dropped_total",
+        "counter",
+        "Analytics events dropped (a queue was full, or their batch failed).",
+        m.analytics_dropped.load(Relaxed).to_string(),
+    );
+    metric(
+        "piano_analytics_batches_failed_total",
+        "counter",
+        "Analytics batches the sink refused or that could not be sent.",
+        m.analytics_failed_batches.load(Relaxed).to_string(),
     );
     let _ = writeln!(
         out,

@@ -41,6 +41,12 @@ pub enum SqlCmd {
     Load(String, oneshot::Sender<Result<Option<Stored>, String>>),
     Write(String, Change),
     Flush(oneshot::Sender<()>),
+    /// Members' activity (`crate::user_stats`).
+    AddUserStats(Vec<(String, piano_core::room::StatsDelta)>),
+    UserStats(
+        String,
+        oneshot::Sender<Result<Option<crate::user_stats::Totals>, String>>,
+    ),
 }
 
 /// The ordered write queue of one room.
@@ -68,6 +74,7 @@ impl Store {
              CREATE TABLE IF NOT EXISTS room_meta (room TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (room, key));
              CREATE TABLE IF NOT EXISTS chat (room TEXT NOT NULL, id INTEGER NOT NULL, record TEXT NOT NULL, PRIMARY KEY (room, id));",
         )
+        .and_then(|()| conn.execute_batch(crate::user_stats::SQL_SCHEMA))
         .map_err(|e| format!("{}: {e}", path.display()))?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<SqlCmd>(SQL_QUEUE);
         std::thread::Builder::new()
@@ -86,6 +93,16 @@ impl Store {
                         }
                         SqlCmd::Flush(reply) => {
                             let _ = reply.send(());
+                        }
+                        SqlCmd::AddUserStats(rows) => {
+                            if let Err(e) = crate::user_stats::sql_add(&conn, &rows) {
+                                METRICS.store_errors.fetch_add(1, Relaxed);
+                                tracing::error!(error = %e, "sqlite user stats write failed");
+                            }
+                        }
+                        SqlCmd::UserStats(user, reply) => {
+                            let got = crate::user_stats::sql_get(&conn, &user);
+                            let _ = reply.send(got.map_err(|e| e.to_string()));
                         }
                     }
                 }
