@@ -15,6 +15,9 @@
 //! | `ADMIN_BOOTSTRAP_SECRET` | secret | none | registering a name in `ADMIN_USERNAMES` needs it (header `x-admin-bootstrap`) |
 //! | `WS_UPGRADE_RATE_PER_MINUTE` | var | 3 × the auth limit (30) | WebSocket upgrades per client IP per minute |
 //! | `CORS_ORIGINS` | var | none | origins allowed to call the API from a browser (exact, comma-separated) |
+//! | `ENVIRONMENT` | var | `dev` | dev, staging or production; analytics events carry it (read by the Room objects) |
+//! | `ANALYTICS_URL` | var | none | HTTP sink for analytics events, NDJSON POSTs (read by the Room objects, `durable-objects/src/analytics.rs`) |
+//! | `ANALYTICS` | Analytics Engine binding | per environment in `wrangler.toml` | one data point per analytics event |
 
 use piano_core::identity::{self, Claims, TokenError, Verifier, parse_public_keys};
 use piano_durable_objects::webcrypto::ed25519;

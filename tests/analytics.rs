@@ -1,6 +1,9 @@
 //! Analytics (`piano_core::analytics`): a server of its own with `ANALYTICS_URL` pointed at a
 //! local NDJSON receiver; a session's events must arrive with the right counts, and the
-//! member's totals (time played included) must be served without MongoDB.
+//! member's totals (time played included) must be served without MongoDB. At the edge the
+//! same events are written to Workers Analytics Engine: wrangler dev's local dataset keeps
+//! nothing (its `writeDataPoint` is a no-op), so the trial reads the Room object's log line
+//! saying how many data points it wrote, and that none failed.
 
 use crate::*;
 use e2e_tests::proto::{self, client_message as cm};
@@ -186,4 +189,39 @@ pub async fn the_http_sink_receives_a_sessions_events(target: &Server) {
     let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
     assert_eq!(body["notes_played"], 0, "a guest keeps nothing: {body}");
     assert_eq!(body["joins"], 0, "a guest keeps nothing: {body}");
+
+    if s.host == Host::Edge {
+        // One data point per event (the log line: durable-objects/src/analytics.rs).
+        let marker = format!("for room {room:?}");
+        let written = || {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            for path in s.log_paths() {
+                let log = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines = log.lines();
+                for line in
+                    lines.filter(|l| l.contains("analytics engine: wrote") && l.contains(&marker))
+                {
+                    let nums: Vec<u64> = line
+                        .split(|c: char| !c.is_ascii_digit())
+                        .filter_map(|w| w.parse().ok())
+                        .collect();
+                    ok += nums.first().copied().unwrap_or(0);
+                    failed += nums.get(1).copied().unwrap_or(0);
+                }
+            }
+            (ok, failed)
+        };
+        let sent = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["room"] == room.as_str())
+            .count() as u64;
+        eventually("a data point per event", Duration::from_secs(10), || {
+            let w = written();
+            async move { (w.0 >= sent).then_some(()) }
+        })
+        .await;
+        assert_eq!(written(), (sent, 0), "{}", s.log_tail(40));
+    }
 }

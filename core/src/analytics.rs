@@ -223,6 +223,11 @@ impl Batcher {
         }
     }
 
+    /// Where the events come from (environment, deployment).
+    pub fn source(&self) -> &Source {
+        &self.src
+    }
+
     pub fn len(&self) -> usize {
         self.lines.len()
     }

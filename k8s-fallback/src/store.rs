@@ -114,15 +114,8 @@ impl Store {
     /// The room's durable state, `None` if it was never written.
     pub async fn load(&self, room: &str) -> Result<Option<Stored>, String> {
         match self {
-            Store::Sqlite(tx) => {
-                let (reply, rx) = oneshot::channel();
-                // Never blocks the runtime: a full queue is answered as an error (the player
-                // gets 1011 and may reconnect).
-                tx.try_send(SqlCmd::Load(room.to_owned(), reply))
-                    .map_err(|_| "the sqlite thread is stopped or overloaded".to_string())?;
-                rx.await
-                    .map_err(|_| "the sqlite thread stopped".to_string())?
-            }
+            // A failure here gives the player 1011; they may reconnect.
+            Store::Sqlite(tx) => ask(tx, |reply| SqlCmd::Load(room.to_owned(), reply)).await,
             Store::Redis(conn) => redis_load(conn.clone(), room).await.map_err(|e| {
                 redis_error("loading a room", &e);
                 e.to_string()
@@ -141,6 +134,59 @@ impl Store {
             }
         }
     }
+}
+
+/// Members' activity totals (`crate::user_stats`).
+impl Store {
+    /// Adds a hand-over's activity to members' totals, never waiting.
+    pub fn add_user_stats(
+        &self,
+        stats: &std::collections::BTreeMap<String, piano_core::room::StatsDelta>,
+    ) {
+        let rows = crate::user_stats::members(stats);
+        if rows.is_empty() {
+            return;
+        }
+        match self {
+            Store::Sqlite(tx) => {
+                if tx.try_send(SqlCmd::AddUserStats(rows)).is_err() {
+                    METRICS.store_errors.fetch_add(1, Relaxed);
+                    METRICS.queue_full.fetch_add(1, Relaxed);
+                }
+            }
+            Store::Redis(conn) => {
+                let conn = conn.clone();
+                tokio::spawn(async move { crate::user_stats::redis_add(&conn, rows).await });
+            }
+        }
+    }
+
+    /// A member's totals (`None`: nothing recorded).
+    pub async fn user_stats(
+        &self,
+        user: &str,
+    ) -> Result<Option<crate::user_stats::Totals>, String> {
+        match self {
+            Store::Sqlite(tx) => ask(tx, |reply| SqlCmd::UserStats(user.to_owned(), reply)).await,
+            Store::Redis(conn) => crate::user_stats::redis_get(conn, user).await.map_err(|e| {
+                redis_error("reading user stats", &e);
+                e.to_string()
+            }),
+        }
+    }
+}
+
+/// One question to the SQLite thread. Never blocks the runtime: a full queue is answered as
+/// an error.
+async fn ask<T>(
+    tx: &std::sync::mpsc::SyncSender<SqlCmd>,
+    cmd: impl FnOnce(oneshot::Sender<Result<T, String>>) -> SqlCmd,
+) -> Result<T, String> {
+    let (reply, rx) = oneshot::channel();
+    tx.try_send(cmd(reply))
+        .map_err(|_| "the sqlite thread is stopped or overloaded".to_string())?;
+    rx.await
+        .map_err(|_| "the sqlite thread stopped".to_string())?
 }
 
 impl Writer {

@@ -1,16 +1,15 @@
 //! Members' activity totals in the fallback's own store (`GET /api/users/{id}/stats` without
 //! MongoDB): one row per member in SQLite (`user_stats` in `rooms.sqlite3`, written by the store's
 //! thread) or one hash per member in Redis (`piano:user:{id}:stats`). Guests keep nothing.
-//! Totals only grow; a write lost to a full queue is counted like a room's.
+//! Totals only grow; a write lost to a full queue is counted like a room's. The store's thread
+//! and queue (`crate::store`) run these.
 
 use crate::metrics::{METRICS, redis_error};
 use crate::redis_handle::RedisHandle;
-use crate::store::{SqlCmd, Store};
 use piano_core::analytics::is_guest;
 use piano_core::room::StatsDelta;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
-use tokio::sync::oneshot;
 
 /// A member's totals over every room of this deployment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -29,51 +28,12 @@ fn key(user: &str) -> String {
 }
 
 /// Members only: guests' ids are random and their totals would be kept for nobody.
-fn members(stats: &BTreeMap<String, StatsDelta>) -> Vec<(String, StatsDelta)> {
+pub fn members(stats: &BTreeMap<String, StatsDelta>) -> Vec<(String, StatsDelta)> {
     stats
         .iter()
         .filter(|(u, _)| !is_guest(u))
         .map(|(u, d)| (u.clone(), d.clone()))
         .collect()
-}
-
-impl Store {
-    /// Adds a hand-over's activity to members' totals, never waiting.
-    pub fn add_user_stats(&self, stats: &BTreeMap<String, StatsDelta>) {
-        let rows = members(stats);
-        if rows.is_empty() {
-            return;
-        }
-        match self {
-            Store::Sqlite(tx) => {
-                if tx.try_send(SqlCmd::AddUserStats(rows)).is_err() {
-                    METRICS.store_errors.fetch_add(1, Relaxed);
-                    METRICS.queue_full.fetch_add(1, Relaxed);
-                }
-            }
-            Store::Redis(conn) => {
-                let conn = conn.clone();
-                tokio::spawn(async move { redis_add(&conn, rows).await });
-            }
-        }
-    }
-
-    /// A member's totals (`None`: nothing recorded).
-    pub async fn user_stats(&self, user: &str) -> Result<Option<Totals>, String> {
-        match self {
-            Store::Sqlite(tx) => {
-                let (reply, rx) = oneshot::channel();
-                tx.try_send(SqlCmd::UserStats(user.to_owned(), reply))
-                    .map_err(|_| "the sqlite thread is stopped or overloaded".to_string())?;
-                rx.await
-                    .map_err(|_| "the sqlite thread stopped".to_string())?
-            }
-            Store::Redis(conn) => redis_get(conn, user).await.map_err(|e| {
-                redis_error("reading user stats", &e);
-                e.to_string()
-            }),
-        }
-    }
 }
 
 pub fn sql_add(conn: &rusqlite::Connection, rows: &[(String, StatsDelta)]) -> rusqlite::Result<()> {
@@ -107,7 +67,7 @@ pub fn sql_get(conn: &rusqlite::Connection, user: &str) -> rusqlite::Result<Opti
     .optional()
 }
 
-async fn redis_add(conn: &RedisHandle, rows: Vec<(String, StatsDelta)>) {
+pub async fn redis_add(conn: &RedisHandle, rows: Vec<(String, StatsDelta)>) {
     let mut pipe = redis::pipe();
     for (user, d) in &rows {
         let k = key(user);
@@ -124,7 +84,7 @@ async fn redis_add(conn: &RedisHandle, rows: Vec<(String, StatsDelta)>) {
     }
 }
 
-async fn redis_get(conn: &RedisHandle, user: &str) -> redis::RedisResult<Option<Totals>> {
+pub async fn redis_get(conn: &RedisHandle, user: &str) -> redis::RedisResult<Option<Totals>> {
     let mut pipe = redis::pipe();
     pipe.hgetall(key(user));
     let (h,): (BTreeMap<String, u64>,) = conn.pipe(&pipe).await?;
