@@ -79,12 +79,12 @@ pub async fn the_http_sink_receives_a_sessions_events(target: &Server) {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_piano-fallback"));
     let s = match target.host {
         Host::Edge => Server::start_edge_with(&vars),
-        _ => Server::start_fallback_binary(
-            std::path::Path::new(env!("CARGO_BIN_EXE_piano-fallback")),
-            &vars,
-        ),
+        Host::Fallback => Server::start_fallback_binary(bin, &vars),
+        // Replicas on Redis: members' totals in Redis hashes, each replica its own sink.
+        Host::FallbackCluster => Server::start_fallback_cluster_with(bin, &vars),
     };
     let room = unique("analytics");
     let member = format!("user:{}", unique("an-member"));

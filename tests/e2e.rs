@@ -172,10 +172,7 @@ fn trials() -> Vec<Spec> {
         // wrangler dev restarts the worker after an early answer to a streamed body.
         t!(abuse_accounts::oversized_auth_bodies_are_refused_while_streaming).alone(&[Edge]),
         t!(drifts::refresh_tokens_are_parsed_alike_with_capped_parts),
-        t!(analytics::the_http_sink_receives_a_sessions_events).only(
-            &[Edge, Fallback],
-            "a server of its own with ANALYTICS_URL; the cluster's replicas run the same room code",
-        ),
+        t!(analytics::the_http_sink_receives_a_sessions_events),
         t!(drifts::registration_is_refused_while_the_account_database_is_unreachable)
             .only(&[Edge, Fallback], DRIFT_RIG),
         t!(drifts::account_lookups_back_off_for_one_interval_on_both_hosts)
