@@ -225,3 +225,47 @@ pub async fn the_http_sink_receives_a_sessions_events(target: &Server) {
         assert_eq!(written(), (sent, 0), "{}", s.log_tail(40));
     }
 }
+
+/// The fallback's batching by time, and its drain: with a long `ANALYTICS_FLUSH_MS` a session's
+/// events wait in the queue, and SIGTERM delivers them before the process exits.
+pub async fn queued_analytics_are_delivered_at_shutdown(_target: &Server) {
+    let (port, got) = receiver().await;
+    let vars: Vec<(String, String)> = [
+        ("ANALYTICS_URL", format!("http://127.0.0.1:{port}/ingest")),
+        ("ANALYTICS_FLUSH_MS", "600000".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_piano-fallback"));
+    let s = Server::start_fallback_binary(bin, &vars);
+    let room = unique("analytics-drain");
+    let mut a = s.player(&room, "Drained").await;
+    a.join().await;
+    a.send(note_on(60, 90)).await;
+    a.close().await;
+    // The leave is handed over at once; the batch is not due for ten minutes.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        got.lock().unwrap().is_empty(),
+        "sent before its batch was due"
+    );
+    // SIGTERM and a wait (blocking), while the receiver keeps answering on this runtime.
+    let s = std::sync::Arc::new(s);
+    let stopping = s.clone();
+    tokio::task::spawn_blocking(move || stopping.stop())
+        .await
+        .expect("stop");
+    let events: Vec<_> = got.lock().unwrap().clone();
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter(|e| e["room"] == room.as_str())
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    // (An `activity` event between them carries the time in the room.)
+    assert_eq!(
+        (kinds.first(), kinds.last()),
+        (Some(&"join"), Some(&"leave")),
+        "{events:#?}"
+    );
+}

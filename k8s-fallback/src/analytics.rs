@@ -10,7 +10,7 @@ use crate::metrics::METRICS;
 use piano_core::analytics::{Batch, BatchLimits, Batcher, Event, Source};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Hand-overs the channel holds before rooms' events are dropped (the batcher holds more).
 const CHANNEL: usize = 1024;
@@ -52,7 +52,13 @@ impl Target {
 
 /// What rooms hold: the sending side of the sink's channel.
 pub struct Sink {
-    tx: mpsc::Sender<Vec<Event>>,
+    tx: mpsc::Sender<Msg>,
+}
+
+enum Msg {
+    Events(Vec<Event>),
+    /// Deliver everything queued now, then answer (the process is stopping).
+    Flush(oneshot::Sender<()>),
 }
 
 impl Sink {
@@ -69,14 +75,29 @@ impl Sink {
             return;
         }
         let n = events.len() as u64;
-        if self.tx.try_send(events).is_err() {
+        if self.tx.try_send(Msg::Events(events)).is_err() {
             METRICS.analytics_dropped.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Delivers what is queued, waiting at most `within` (after the rooms stopped, so their
+    /// last hand-overs are in).
+    pub async fn drain(&self, within: Duration) {
+        let (reply, done) = oneshot::channel();
+        let flushed = async {
+            if self.tx.send(Msg::Flush(reply)).await.is_ok() {
+                let _ = done.await;
+            }
+        };
+        if tokio::time::timeout(within, flushed).await.is_err() {
+            tracing::warn!("analytics: not every event was delivered before stopping");
         }
     }
 }
 
-async fn deliver(target: Target, mut batcher: Batcher, mut rx: mpsc::Receiver<Vec<Event>>) {
+async fn deliver(target: Target, mut batcher: Batcher, mut rx: mpsc::Receiver<Msg>) {
     let mut open = true;
+    let mut flush: Option<oneshot::Sender<()>> = None;
     while open || !batcher.is_empty() {
         let now = crate::now_ms();
         let wait = batcher
@@ -84,13 +105,15 @@ async fn deliver(target: Target, mut batcher: Batcher, mut rx: mpsc::Receiver<Ve
             .map(|d| Duration::from_millis(d.saturating_sub(now)));
         tokio::select! {
             got = rx.recv(), if open => match got {
-                Some(events) => push(&mut batcher, events),
+                Some(Msg::Events(events)) => push(&mut batcher, events),
+                Some(Msg::Flush(reply)) => flush = Some(reply),
                 None => open = false,
             },
             _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {}
         }
         // Whatever is due now, one batch after another (the channel waits meanwhile).
-        while let Some(batch) = batcher.poll_batch(crate::now_ms(), !open) {
+        let now_please = !open || flush.is_some();
+        while let Some(batch) = batcher.poll_batch(crate::now_ms(), now_please) {
             match post(&target, &batch).await {
                 Ok(()) => {
                     batcher.delivered(&batch);
@@ -107,6 +130,9 @@ async fn deliver(target: Target, mut batcher: Batcher, mut rx: mpsc::Receiver<Ve
                     tracing::warn!(error = %e, events = batch.events, "analytics batch dropped");
                 }
             }
+        }
+        if let Some(reply) = flush.take() {
+            let _ = reply.send(());
         }
     }
 }

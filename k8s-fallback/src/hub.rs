@@ -120,6 +120,11 @@ impl Hub {
         hub
     }
 
+    /// The HTTP analytics sink, if `ANALYTICS_URL` is set.
+    pub fn analytics(&self) -> Option<&Arc<crate::analytics::Sink>> {
+        self.room_ctx.analytics.as_ref()
+    }
+
     /// Rooms' store (members' activity totals live there too).
     pub fn store(&self) -> &Store {
         &self.room_ctx.store

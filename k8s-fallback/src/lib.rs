@@ -198,6 +198,10 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         }
     };
     serve::serve(listener, app, limits, settings, shutdown).await;
+    if let Some(a) = hub.analytics() {
+        // The rooms' last hand-overs are queued by now; deliver them while we may.
+        a.drain(std::time::Duration::from_secs(5)).await;
+    }
     if let Some(m) = &mongo {
         // The rooms' last writes were stored as they stopped; deliver them while we may.
         m.drain(std::time::Duration::from_secs(5)).await;
