@@ -188,6 +188,7 @@ pub async fn user_stats(env: &Env, id: &str) -> Result<Response> {
         "notes_played": field("notes_played"),
         "chat_messages": field("chat_messages"),
         "joins": field("joins"),
+        "played_ms": field("played_ms"),
         "rooms": field("rooms"),
         "last_seen": totals.get("last_seen").and_then(Value::as_u64),
     }))?;
