@@ -1,6 +1,8 @@
-//! The Room object's writes for the shared backends, as the core hands them over: players'
-//! activity totals (MongoDB `user_stats`, from [`Effect::Stats`]) and presence (Redis, from
-//! [`Effect::Presence`]), both queued in the outbox. When they come is the core's decision.
+//! What the Room object does with players' activity and presence as the core hands them over:
+//! activity ([`Effect::Stats`]) becomes analytics events (`crate::analytics`), members' totals
+//! in their Account objects (`crate::account_stats`) and, with MongoDB, per-room totals in
+//! `user_stats` through the outbox; presence ([`Effect::Presence`]) goes to Redis through the
+//! outbox. When they come is the core's decision.
 //!
 //! [`Effect::Stats`]: piano_core::room::Effect::Stats
 //! [`Effect::Presence`]: piano_core::room::Effect::Presence
@@ -14,8 +16,9 @@ use std::collections::BTreeMap;
 use worker::*;
 
 impl Room {
-    /// Adds the players' activity to their totals in this room (SQLite) and queues the new
-    /// totals for MongoDB.
+    /// Records the analytics events, keeps members' activity for their Account objects
+    /// ([`Room::send_activity`], after the event) and, with MongoDB, adds the players' activity
+    /// to their totals in this room (SQLite) and queues the new totals.
     pub(super) fn add_stats(&self, room: &str, stats: BTreeMap<String, StatsDelta>) {
         let at = now();
         if self.analytics.on() {
