@@ -17,6 +17,9 @@
 //! | `CORS_ORIGINS` | var | none | origins allowed to call the API from a browser (exact, comma-separated) |
 //! | `METRICS_TOKEN` | secret | none (`/metrics` answers 404) | bearer token a scraper presents at `/metrics` (read by `metrics.rs`) |
 //! | `RELEASE` | var | the crate's version | the release `/metrics` and `/api/status` report |
+//! | `ENVIRONMENT` | var | `dev` | dev, staging or production; analytics events carry it (read by the Room objects) |
+//! | `ANALYTICS_URL` | var | none | HTTP sink for analytics events, NDJSON POSTs (read by the Room objects, `durable-objects/src/analytics.rs`) |
+//! | `ANALYTICS` | Analytics Engine binding | per environment in `wrangler.toml` | one data point per analytics event |
 
 use piano_core::identity::{self, Claims, TokenError, Verifier, parse_public_keys};
 use piano_durable_objects::webcrypto::ed25519;

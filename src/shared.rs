@@ -153,7 +153,8 @@ pub async fn rate_hit(env: &Env, client: &str, now_ms: u64) -> Option<u64> {
     answers.first().and_then(Value::as_u64)
 }
 
-/// `GET /api/users/{id}/stats`: a user's totals over every room and deployment (MongoDB).
+/// `GET /api/users/{id}/stats`: a user's totals over every room and deployment (MongoDB), or
+/// without MongoDB a member's totals in their Account object (this deployment's rooms).
 pub async fn user_stats(env: &Env, id: &str) -> Result<Response> {
     let Some(user_id) =
         piano_core::names::percent_decode(id).filter(|u| !u.is_empty() && u.len() <= 100)
@@ -162,13 +163,7 @@ pub async fn user_stats(env: &Env, id: &str) -> Result<Response> {
     };
     let mongo = match backends(env) {
         Ok(Backends { mongo: Some(m), .. }) => m,
-        Ok(_) => {
-            return json_error(
-                503,
-                "not_configured",
-                "user stats live in MongoDB, which this deployment does not use (set MONGODB_DATA_API_URL)",
-            );
-        }
+        Ok(_) => return embedded_user_stats(env, &user_id).await,
         Err(e) => return json_error(503, "not_configured", &e),
     };
     let pipeline = piano_backends::layout::user_stats_pipeline(&user_id);
@@ -193,9 +188,37 @@ pub async fn user_stats(env: &Env, id: &str) -> Result<Response> {
         "notes_played": field("notes_played"),
         "chat_messages": field("chat_messages"),
         "joins": field("joins"),
+        "played_ms": field("played_ms"),
         "rooms": field("rooms"),
         "last_seen": totals.get("last_seen").and_then(Value::as_u64),
     }))?;
+    resp.headers_mut().set("cache-control", "no-store")?;
+    Ok(resp)
+}
+
+/// A member's totals from their Account object (guests and unknown ids: zeros; a read
+/// creates nothing).
+async fn embedded_user_stats(env: &Env, user_id: &str) -> Result<Response> {
+    // The Room objects address it by the same key (`user:<key>`, the normalized username).
+    let mut totals = match user_id.strip_prefix("user:").filter(|k| !k.is_empty()) {
+        Some(name) => {
+            let req = Request::new("https://account.internal/stats", Method::Get)?;
+            let mut resp = env
+                .durable_object(piano_durable_objects::sessions::ACCOUNTS_BINDING)?
+                .id_from_name(name)?
+                .get_stub()?
+                .fetch_with_request(req)
+                .await?;
+            if resp.status_code() != 200 {
+                return json_error(502, "backend_unavailable", "the account did not answer");
+            }
+            resp.json::<Value>().await?
+        }
+        None => json!({ "notes_played": 0, "chat_messages": 0, "joins": 0, "played_ms": 0,
+            "last_seen": null }),
+    };
+    totals["user_id"] = user_id.into();
+    let mut resp = Response::from_json(&totals)?;
     resp.headers_mut().set("cache-control", "no-store")?;
     Ok(resp)
 }

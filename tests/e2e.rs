@@ -22,6 +22,7 @@ mod abuse;
 mod abuse_accounts;
 mod abuse_directory;
 mod accounts;
+mod analytics;
 mod basics;
 mod directory;
 mod drifts;
@@ -172,6 +173,11 @@ fn trials() -> Vec<Spec> {
         // wrangler dev restarts the worker after an early answer to a streamed body.
         t!(abuse_accounts::oversized_auth_bodies_are_refused_while_streaming).alone(&[Edge]),
         t!(drifts::refresh_tokens_are_parsed_alike_with_capped_parts),
+        t!(analytics::the_http_sink_receives_a_sessions_events),
+        t!(analytics::queued_analytics_are_delivered_at_shutdown).only(
+            &[Fallback],
+            "a fallback of its own, stopped by the trial (the edge posts at each hand-over)",
+        ),
         t!(drifts::registration_is_refused_while_the_account_database_is_unreachable)
             .only(&[Edge, Fallback], DRIFT_RIG),
         t!(drifts::account_lookups_back_off_for_one_interval_on_both_hosts)

@@ -483,6 +483,11 @@ pub async fn edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis(_tar
         (Some(1), Some(1)),
         "{stats}"
     );
+    // Credited up to the hand-over that carried the notes.
+    assert!(
+        stats["played_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "time in the room: {stats}"
+    );
 
     // Presence and the room index land in Redis, and the network endpoints read them.
     let present = eventually("both players present", SETTLE, || async {

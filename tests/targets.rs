@@ -89,17 +89,23 @@ impl Server {
 
     /// Two `k8s-fallback` replicas on a new Redis, behind a round-robin balancer.
     pub fn start_fallback_cluster(binary: &Path) -> Server {
+        Server::start_fallback_cluster_with(binary, &[])
+    }
+
+    /// As [`Server::start_fallback_cluster`], with extra variables in the replicas' environment.
+    pub fn start_fallback_cluster_with(binary: &Path, extra: &[(String, String)]) -> Server {
         build("scripts/build-web");
         let redis = Redis::start();
         let replicas = vec![free_port(), free_port()];
         let port = process::balancer(replicas.clone());
-        let vars = [
+        let mut vars = vec![
             ("REDIS_URL".to_owned(), redis.url()),
             // Redis commands time out after a third of the lease (1 s by default), and a busy
             // 2-core test machine running three targets at once has missed that: a longer
             // lease keeps rooms where they are. Failover itself: k8s-fallback/tests/cluster.rs.
             ("LEASE_TTL_MS".to_owned(), "9000".to_owned()),
         ];
+        vars.extend_from_slice(extra);
         let launch = Launch::Fallback {
             binary: binary.to_owned(),
             replicas,

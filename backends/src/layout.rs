@@ -47,6 +47,9 @@ pub struct StatsTotals {
     pub chat_messages: u64,
     pub joins: u64,
     pub last_seen: u64,
+    /// Time spent in the room as a participant, ms (older documents have none: 0).
+    #[serde(default)]
+    pub played_ms: u64,
 }
 
 pub fn user_stats(deployment: &str, room: &str, user_id: &str, t: &StatsTotals) -> Op {
@@ -55,7 +58,7 @@ pub fn user_stats(deployment: &str, room: &str, user_id: &str, t: &StatsTotals) 
         json!({ "_id": format!("{deployment}/{room}/{user_id}") }),
         json!({
             "$max": { "notes_played": t.notes_played, "chat_messages": t.chat_messages,
-                      "joins": t.joins, "last_seen": t.last_seen },
+                      "joins": t.joins, "last_seen": t.last_seen, "played_ms": t.played_ms },
             "$setOnInsert": { "user_id": user_id, "room": room, "deployment": deployment },
         }),
     )
@@ -70,6 +73,7 @@ pub fn user_stats_pipeline(user_id: &str) -> Value {
             "notes_played": { "$sum": "$notes_played" },
             "chat_messages": { "$sum": "$chat_messages" },
             "joins": { "$sum": "$joins" },
+            "played_ms": { "$sum": "$played_ms" },
             "rooms": { "$sum": 1 },
             "last_seen": { "$max": "$last_seen" },
         } },

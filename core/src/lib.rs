@@ -26,10 +26,13 @@
 //!   fell behind, and when it must close it instead.
 //! - [`metrics`]: the metrics both hosts serve (names, labels, help, the Prometheus text);
 //!   [`status`]: the components' states `/api/status` reports.
+//! - [`analytics`]: analytics events derived from rooms' activity, their NDJSON, and the
+//!   bounded batcher both hosts deliver from.
 //! - [`limits`]: protocol-wide numbers (frame size, close codes) that clients rely on;
 //!   [`window`]: the sliding-window rate counter rooms, sessions and accounts share.
 
 pub mod account;
+pub mod analytics;
 pub mod backlog;
 pub mod http_policy;
 pub mod identity;

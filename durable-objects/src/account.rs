@@ -194,6 +194,9 @@ impl Account {
             // Accounts stored before a table was added get it (idempotent).
             self.state.storage().sql().exec(SCHEMA, None)?;
         }
+        if req.path() == "/stats" {
+            return crate::account_stats::serve(&self.state.storage().sql(), &mut req).await;
+        }
         let now = Date::now().as_millis();
         let answer = match (req.method(), req.path().as_str()) {
             (Method::Post, "/socket") => self.socket(req.json().await?, now)?,

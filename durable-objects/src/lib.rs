@@ -15,6 +15,8 @@
 //! - `storage`: the Room object's SQLite tables; `webcrypto`: password checks through WebCrypto.
 
 pub mod account;
+mod account_stats;
+pub mod analytics;
 pub mod limiter;
 pub mod lobby;
 pub mod metrics;

@@ -197,7 +197,26 @@ pub fn add_stats(
     let t = rows
         .first()
         .ok_or_else(|| worker::Error::RustError("no totals".into()))?;
+    // Time played has its own table: rooms stored before it existed have `user_stats` without
+    // such a column, and a table created when first needed asks no migration of them.
+    #[derive(serde::Deserialize)]
+    struct Played {
+        played_ms: i64,
+    }
+    sql.exec(
+        "CREATE TABLE IF NOT EXISTS user_played (user_id TEXT PRIMARY KEY, played_ms INTEGER NOT NULL)",
+        None,
+    )?;
+    let played: Vec<Played> = sql
+        .exec(
+            "INSERT INTO user_played (user_id, played_ms) VALUES (?, ?)
+             ON CONFLICT(user_id) DO UPDATE SET played_ms = played_ms + excluded.played_ms
+             RETURNING played_ms",
+            vec![user_id.into(), (d.played_ms as i64).into()],
+        )?
+        .to_array()?;
     Ok(piano_backends::layout::StatsTotals {
+        played_ms: played.first().map_or(0, |p| p.played_ms.max(0) as u64),
         notes_played: t.notes.max(0) as u64,
         chat_messages: t.chats.max(0) as u64,
         joins: t.joins.max(0) as u64,

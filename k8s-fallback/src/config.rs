@@ -80,6 +80,12 @@ pub struct Config {
     /// Frames queued per connection before it counts as a slow consumer and is closed.
     pub outbound_queue: usize,
     pub drain_timeout: Duration,
+    /// `ENVIRONMENT`: dev, staging or production (analytics events carry it).
+    pub environment: String,
+    /// `ANALYTICS_URL`: the HTTP sink for analytics events (NDJSON batches), if any.
+    pub analytics_url: Option<crate::analytics::Target>,
+    /// `ANALYTICS_QUEUE_EVENTS`, `ANALYTICS_BATCH_EVENTS`, `ANALYTICS_FLUSH_MS`.
+    pub analytics_limits: piano_core::analytics::BatchLimits,
     /// Whether the signing key was generated here (development only; logged as a warning).
     pub generated_key: bool,
 }
@@ -205,8 +211,28 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
         admin_bootstrap_secret: get("ADMIN_BOOTSTRAP_SECRET"),
         outbound_queue: number("OUTBOUND_QUEUE_FRAMES", 1024, 16..=1_000_000)? as usize,
         drain_timeout: Duration::from_secs(number("DRAIN_TIMEOUT_SECS", 10, 0..=600)?),
+        environment: environment(get("ENVIRONMENT"))?,
+        analytics_url: get("ANALYTICS_URL")
+            .map(|u| crate::analytics::Target::parse(&u))
+            .transpose()?,
+        analytics_limits: piano_core::analytics::BatchLimits {
+            queue: number("ANALYTICS_QUEUE_EVENTS", 10_000, 1..=1_000_000)? as usize,
+            batch: number("ANALYTICS_BATCH_EVENTS", 500, 1..=10_000)? as usize,
+            max_wait_ms: number("ANALYTICS_FLUSH_MS", 5_000, 10..=600_000)?,
+        },
         generated_key,
     })
+}
+
+/// `ENVIRONMENT`: one of the three names both hosts use (default `dev`).
+pub fn environment(v: Option<String>) -> Result<String, String> {
+    match v.as_deref().map(str::trim) {
+        None => Ok("dev".into()),
+        Some(e @ ("dev" | "staging" | "production")) => Ok(e.to_owned()),
+        Some(e) => Err(format!(
+            "ENVIRONMENT must be dev, staging or production (got {e:?})"
+        )),
+    }
 }
 
 /// A throw-away development key, kept in the data directory so tokens survive a restart.

@@ -289,17 +289,35 @@ async fn route_inner(app: App, peer: SocketAddr, req: Request) -> Response {
     }
 }
 
-/// `GET /api/users/{id}/stats`: a user's totals over every room and deployment (MongoDB).
+/// `GET /api/users/{id}/stats`: a member's totals over every room and deployment (MongoDB),
+/// or over this deployment's rooms from its own store without MongoDB.
 async fn user_stats(hub: &crate::hub::Hub, raw_id: &str) -> Response {
     let Some(user_id) = percent_decode(raw_id).filter(|u| !u.is_empty() && u.len() <= 100) else {
         return json_error(400, "invalid_user_id", "not a user id");
     };
     let Some(mongo) = &hub.mongo else {
-        return json_error(
-            503,
-            "not_configured",
-            "user stats live in MongoDB, which this deployment does not use (set MONGODB_URL)",
-        );
+        return match hub.store().user_stats(&user_id).await {
+            Ok(t) => {
+                let t = t.unwrap_or_default();
+                let body = serde_json::json!({
+                    "user_id": user_id,
+                    "notes_played": t.notes_played,
+                    "chat_messages": t.chat_messages,
+                    "joins": t.joins,
+                    "played_ms": t.played_ms,
+                    "last_seen": (t.last_seen > 0).then_some(t.last_seen),
+                });
+                with_header(json(200, &body), "cache-control", "no-store")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "user stats read failed");
+                json_error(
+                    503,
+                    "store_unavailable",
+                    "the store cannot be read right now",
+                )
+            }
+        };
     };
     match mongo.user_totals(&user_id).await {
         Ok(totals) => with_header(json(200, &totals), "cache-control", "no-store"),

@@ -69,6 +69,17 @@ impl Hub {
         let directory = Arc::new(RoomDirectory::new(cluster.clone()));
         let rooms = Arc::new(Rooms::default());
         let sockets = Arc::new(Sockets::default());
+        let analytics = cfg.analytics_url.clone().map(|target| {
+            let src = piano_core::analytics::Source {
+                env: cfg.environment.clone(),
+                deployment: cfg.deployment_id.clone(),
+            };
+            Arc::new(crate::analytics::Sink::start(
+                target,
+                src,
+                cfg.analytics_limits,
+            ))
+        });
         let room_ctx = Arc::new(room_task::Ctx {
             replica: cfg.replica_id.clone(),
             sockets_per_user: cfg.room_sockets_per_user,
@@ -81,6 +92,7 @@ impl Hub {
             rooms: rooms.clone(),
             sockets: sockets.clone(),
             directory: directory.clone(),
+            analytics: analytics.clone(),
         });
         let keys = piano_backends::layout::Keys {
             prefix: cfg.redis_key_prefix.clone(),
@@ -106,6 +118,16 @@ impl Hub {
             tokio::spawn(watchdog(hub.clone()));
         }
         hub
+    }
+
+    /// The HTTP analytics sink, if `ANALYTICS_URL` is set.
+    pub fn analytics(&self) -> Option<&Arc<crate::analytics::Sink>> {
+        self.room_ctx.analytics.as_ref()
+    }
+
+    /// Rooms' store (members' activity totals live there too).
+    pub fn store(&self) -> &Store {
+        &self.room_ctx.store
     }
 
     pub fn replica(&self) -> &str {

@@ -58,6 +58,7 @@
 //!   histogram, rendered by the core's one list of metrics (`piano_core::metrics`).
 
 pub mod accounts;
+pub mod analytics;
 pub mod auth;
 pub mod body;
 pub mod client_ip;
@@ -79,6 +80,7 @@ pub mod serve;
 pub mod sockets;
 pub mod status;
 pub mod store;
+pub mod user_stats;
 pub mod wire;
 pub mod ws;
 
@@ -197,6 +199,10 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
         }
     };
     serve::serve(listener, app, limits, settings, shutdown).await;
+    if let Some(a) = hub.analytics() {
+        // The rooms' last hand-overs are queued by now; deliver them while we may.
+        a.drain(std::time::Duration::from_secs(5)).await;
+    }
     if let Some(m) = &mongo {
         // The rooms' last writes were stored as they stopped; deliver them while we may.
         m.drain(std::time::Duration::from_secs(5)).await;

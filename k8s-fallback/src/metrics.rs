@@ -81,6 +81,12 @@ pub struct Metrics {
     pub idle_closes: AtomicU64,
     /// Messages dropped because a bounded internal queue was full (see each queue's comment).
     pub queue_full: AtomicU64,
+    /// Analytics events the HTTP sink accepted (`ANALYTICS_URL`).
+    pub analytics_delivered: AtomicU64,
+    /// Analytics events dropped: a queue was full or their batch failed.
+    pub analytics_dropped: AtomicU64,
+    /// Analytics batches that failed (refused, unreachable, timed out).
+    pub analytics_failed_batches: AtomicU64,
     /// From reading a frame on the sender's replica to queueing the broadcast for its listeners.
     pub relay_latency: Histogram,
 }
@@ -104,6 +110,9 @@ pub static METRICS: Metrics = Metrics {
     body_timeouts: AtomicU64::new(0),
     idle_closes: AtomicU64::new(0),
     queue_full: AtomicU64::new(0),
+    analytics_delivered: AtomicU64::new(0),
+    analytics_dropped: AtomicU64::new(0),
+    analytics_failed_batches: AtomicU64::new(0),
     relay_latency: Histogram::new(),
 };
 
@@ -150,6 +159,9 @@ pub fn render(replica: &str, outbox: [metrics::LaneBacklog; 2]) -> String {
         (Fam::BodyTimeouts, 0, &m.body_timeouts),
         (Fam::IdleCloses, 0, &m.idle_closes),
         (Fam::QueueFull, 0, &m.queue_full),
+        (Fam::AnalyticsDelivered, 0, &m.analytics_delivered),
+        (Fam::AnalyticsDropped, 0, &m.analytics_dropped),
+        (Fam::AnalyticsFailedBatches, 0, &m.analytics_failed_batches),
         (Fam::Refused, 0, &m.refused_total),
         (Fam::Refused, 1, &m.refused_per_ip),
         (Fam::Refused, 2, &m.refused_sockets),

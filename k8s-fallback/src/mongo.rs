@@ -334,6 +334,7 @@ impl Mongo {
             "notes_played": field("notes_played"),
             "chat_messages": field("chat_messages"),
             "joins": field("joins"),
+            "played_ms": field("played_ms"),
             "rooms": field("rooms"),
             "last_seen": totals.get("last_seen").and_then(serde_json::Value::as_u64),
         }))
@@ -355,6 +356,7 @@ impl Mongo {
                 chat_messages: n(&d, "chat_messages"),
                 joins: n(&d, "joins"),
                 last_seen: n(&d, "last_seen"),
+                played_ms: n(&d, "played_ms"),
             })
             .unwrap_or_default())
     }
@@ -388,6 +390,7 @@ async fn stats_loop(mongo: Arc<Mongo>, room: String, mut rx: mpsc::Receiver<Mirr
                         chat_messages: t.chat_messages + d.chats,
                         joins: t.joins + d.joins,
                         last_seen: t.last_seen.max(d.last_seen),
+                        played_ms: t.played_ms + d.played_ms,
                     };
                     totals.insert(user.clone(), t);
                     ops.push(layout::user_stats(&mongo.deployment, &room, &user, &t));

@@ -41,6 +41,12 @@ pub enum SqlCmd {
     Load(String, oneshot::Sender<Result<Option<Stored>, String>>),
     Write(String, Change),
     Flush(oneshot::Sender<()>),
+    /// Members' activity (`crate::user_stats`).
+    AddUserStats(Vec<(String, piano_core::room::StatsDelta)>),
+    UserStats(
+        String,
+        oneshot::Sender<Result<Option<crate::user_stats::Totals>, String>>,
+    ),
 }
 
 /// The ordered write queue of one room.
@@ -68,6 +74,7 @@ impl Store {
              CREATE TABLE IF NOT EXISTS room_meta (room TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (room, key));
              CREATE TABLE IF NOT EXISTS chat (room TEXT NOT NULL, id INTEGER NOT NULL, record TEXT NOT NULL, PRIMARY KEY (room, id));",
         )
+        .and_then(|()| conn.execute_batch(crate::user_stats::SQL_SCHEMA))
         .map_err(|e| format!("{}: {e}", path.display()))?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<SqlCmd>(SQL_QUEUE);
         std::thread::Builder::new()
@@ -87,6 +94,16 @@ impl Store {
                         SqlCmd::Flush(reply) => {
                             let _ = reply.send(());
                         }
+                        SqlCmd::AddUserStats(rows) => {
+                            if let Err(e) = crate::user_stats::sql_add(&conn, &rows) {
+                                METRICS.store_errors.fetch_add(1, Relaxed);
+                                tracing::error!(error = %e, "sqlite user stats write failed");
+                            }
+                        }
+                        SqlCmd::UserStats(user, reply) => {
+                            let got = crate::user_stats::sql_get(&conn, &user);
+                            let _ = reply.send(got.map_err(|e| e.to_string()));
+                        }
                     }
                 }
             })
@@ -97,15 +114,8 @@ impl Store {
     /// The room's durable state, `None` if it was never written.
     pub async fn load(&self, room: &str) -> Result<Option<Stored>, String> {
         match self {
-            Store::Sqlite(tx) => {
-                let (reply, rx) = oneshot::channel();
-                // Never blocks the runtime: a full queue is answered as an error (the player
-                // gets 1011 and may reconnect).
-                tx.try_send(SqlCmd::Load(room.to_owned(), reply))
-                    .map_err(|_| "the sqlite thread is stopped or overloaded".to_string())?;
-                rx.await
-                    .map_err(|_| "the sqlite thread stopped".to_string())?
-            }
+            // A failure here gives the player 1011; they may reconnect.
+            Store::Sqlite(tx) => ask(tx, |reply| SqlCmd::Load(room.to_owned(), reply)).await,
             Store::Redis(conn) => redis_load(conn.clone(), room).await.map_err(|e| {
                 redis_error("loading a room", &e);
                 e.to_string()
@@ -124,6 +134,59 @@ impl Store {
             }
         }
     }
+}
+
+/// Members' activity totals (`crate::user_stats`).
+impl Store {
+    /// Adds a hand-over's activity to members' totals, never waiting.
+    pub fn add_user_stats(
+        &self,
+        stats: &std::collections::BTreeMap<String, piano_core::room::StatsDelta>,
+    ) {
+        let rows = crate::user_stats::members(stats);
+        if rows.is_empty() {
+            return;
+        }
+        match self {
+            Store::Sqlite(tx) => {
+                if tx.try_send(SqlCmd::AddUserStats(rows)).is_err() {
+                    METRICS.store_errors.fetch_add(1, Relaxed);
+                    METRICS.queue_full.fetch_add(1, Relaxed);
+                }
+            }
+            Store::Redis(conn) => {
+                let conn = conn.clone();
+                tokio::spawn(async move { crate::user_stats::redis_add(&conn, rows).await });
+            }
+        }
+    }
+
+    /// A member's totals (`None`: nothing recorded).
+    pub async fn user_stats(
+        &self,
+        user: &str,
+    ) -> Result<Option<crate::user_stats::Totals>, String> {
+        match self {
+            Store::Sqlite(tx) => ask(tx, |reply| SqlCmd::UserStats(user.to_owned(), reply)).await,
+            Store::Redis(conn) => crate::user_stats::redis_get(conn, user).await.map_err(|e| {
+                redis_error("reading user stats", &e);
+                e.to_string()
+            }),
+        }
+    }
+}
+
+/// One question to the SQLite thread. Never blocks the runtime: a full queue is answered as
+/// an error.
+async fn ask<T>(
+    tx: &std::sync::mpsc::SyncSender<SqlCmd>,
+    cmd: impl FnOnce(oneshot::Sender<Result<T, String>>) -> SqlCmd,
+) -> Result<T, String> {
+    let (reply, rx) = oneshot::channel();
+    tx.try_send(cmd(reply))
+        .map_err(|_| "the sqlite thread is stopped or overloaded".to_string())?;
+    rx.await
+        .map_err(|_| "the sqlite thread stopped".to_string())?
 }
 
 impl Writer {

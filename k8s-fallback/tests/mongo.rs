@@ -115,6 +115,10 @@ async fn rooms_are_mirrored_to_mongodb_and_restored_from_it() {
     let stats = stats_of(db.clone(), stats_id.clone()).await;
     assert_eq!(stats.get_i64("chat_messages").ok(), Some(3), "{stats}");
     assert_eq!(stats.get_i64("joins").ok(), Some(1), "{stats}");
+    assert!(
+        stats.get_i64("played_ms").is_ok_and(|ms| ms > 0),
+        "time in the room: {stats}"
+    );
 
     // A new deployment of the fallback (empty room store), same MongoDB and deployment id: the
     // room comes back from MongoDB, minus the deleted message, and its owner gets the crown.

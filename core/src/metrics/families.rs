@@ -247,6 +247,21 @@ pub const FAMILIES: &[Family] = &[
         label: None,
     },
     Family {
+        name: "piano_analytics_events_delivered_total",
+        help: "Analytics events the HTTP sink (ANALYTICS_URL) accepted (fallback).",
+        label: None,
+    },
+    Family {
+        name: "piano_analytics_events_dropped_total",
+        help: "Analytics events dropped: a queue was full, or their batch failed (fallback).",
+        label: None,
+    },
+    Family {
+        name: "piano_analytics_batches_failed_total",
+        help: "Analytics batches the sink refused or that could not be sent (fallback).",
+        label: None,
+    },
+    Family {
         name: "piano_connections_refused_total",
         help: "Connections refused by a cap.",
         label: Some((
@@ -281,5 +296,8 @@ pub enum Fam {
     IdleCloses,
     SessionCloses,
     QueueFull,
+    AnalyticsDelivered,
+    AnalyticsDropped,
+    AnalyticsFailedBatches,
     Refused,
 }

@@ -66,17 +66,6 @@ pub(super) fn refuse_connection(conn: ConnId, code: ErrorCode, out: &mut Out) {
     });
 }
 
-fn join_failed(out: &mut Out, conn: ConnId, (reason, message, retry): Refusal) {
-    out.push(send_one(
-        conn,
-        S::JoinFailed(proto::JoinFailed {
-            reason: reason as i32,
-            message,
-            retry_after_ms: retry,
-        }),
-    ));
-}
-
 /// Whose wrong guesses slow `who` down: the user, and for a guest its network too. The network
 /// key cannot collide with a user id (those never start with a NUL).
 fn guess_keys(who: &Identity) -> impl Iterator<Item = String> {
@@ -90,6 +79,24 @@ fn rate_limited(message: impl Into<String>, retry: u64) -> Refusal {
 }
 
 impl Room {
+    /// Refuses a Join with its typed reason, counted as a join failure (analytics).
+    fn join_failed(
+        &mut self,
+        now: Millis,
+        out: &mut Out,
+        conn: ConnId,
+        (reason, message, retry): Refusal,
+    ) {
+        self.count_join_failure(conn, now);
+        out.push(send_one(
+            conn,
+            S::JoinFailed(proto::JoinFailed {
+                reason: reason as i32,
+                message,
+                retry_after_ms: retry,
+            }),
+        ));
+    }
     /// Whether a new socket for `who` may be accepted: hosts ask before the upgrade (and answer
     /// HTTP 429 `too_many_connections`); `Connect` asks again (error, then close 4004).
     pub fn admit_connection(&self, who: &Identity) -> Result<(), ErrorCode> {
@@ -151,7 +158,8 @@ impl Room {
             );
         }
         if c.pending_join.is_some() {
-            return join_failed(
+            return self.join_failed(
+                now,
                 out,
                 conn,
                 rate_limited("your previous join is still being checked", 0),
@@ -164,14 +172,15 @@ impl Room {
             out.push(Effect::Persist(Change::Bans(self.stored.bans.clone())));
         }
         if let Err(refusal) = self.admission(&identity, now) {
-            return join_failed(out, conn, refusal);
+            return self.join_failed(now, out, conn, refusal);
         }
         let Some(hash) = self.password_to_check(&identity) else {
             return self.complete_join(conn, join, now, out);
         };
         if join.password.is_empty() {
             // Not a guess: the client learns the room is locked (and asks its user).
-            return join_failed(
+            return self.join_failed(
+                now,
                 out,
                 conn,
                 (
@@ -188,7 +197,8 @@ impl Room {
             .unwrap_or(0);
         if until > now {
             let wait = until - now;
-            return join_failed(
+            return self.join_failed(
+                now,
                 out,
                 conn,
                 rate_limited(
@@ -203,7 +213,8 @@ impl Room {
         let rate = self.limits.password_checks;
         let checks = self.guard.checks.get_or_insert(Bucket::full(rate, now));
         if let Err(wait) = checks.take(rate, now) {
-            return join_failed(
+            return self.join_failed(
+                now,
                 out,
                 conn,
                 rate_limited(
@@ -245,7 +256,8 @@ impl Room {
         let still_locked_by = self.password_to_check(&identity);
         if still_locked_by.as_ref().is_some_and(|h| *h != hash) {
             // The password changed while this one was checked: the answer is about the old one.
-            return join_failed(
+            return self.join_failed(
+                now,
                 out,
                 conn,
                 (
@@ -257,7 +269,8 @@ impl Room {
         }
         if !ok && still_locked_by.is_some() {
             let wait = self.password_failed(&identity, now);
-            return join_failed(
+            return self.join_failed(
+                now,
                 out,
                 conn,
                 (
@@ -270,7 +283,7 @@ impl Room {
         self.guard.failures.remove(&identity.user_id);
         // The room may have filled, or banned the user, while the password was checked.
         if let Err(refusal) = self.admission(&identity, now) {
-            return join_failed(out, conn, refusal);
+            return self.join_failed(now, out, conn, refusal);
         }
         self.complete_join(conn, join, now, out);
     }
@@ -371,7 +384,8 @@ impl Room {
         if over.close {
             self.close_abusive(conn, now, out);
         } else if let Some(wait) = over.notice {
-            join_failed(
+            self.join_failed(
+                now,
                 out,
                 conn,
                 rate_limited("too many join attempts: slow down", wait),

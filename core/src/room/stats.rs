@@ -29,6 +29,10 @@ pub(super) struct Activity {
     first: Option<Millis>,
     /// Participants at the last hand-over: a join or leave hands over at once.
     members_seen: usize,
+    /// Since when each participant's time in the room is not yet counted (`played_ms`). A
+    /// room rebuilt after hibernation starts them again from its wake: time spent hibernated
+    /// (nobody sent anything) is not counted.
+    playing: BTreeMap<String, Millis>,
 }
 
 impl Activity {
@@ -54,6 +58,15 @@ pub struct StatsDelta {
     pub chats: u64,
     pub joins: u64,
     pub last_seen: Millis,
+    /// Time spent in the room as a participant (joined, not yet left), in ms.
+    #[serde(default)]
+    pub played_ms: u64,
+    /// Times this user left the room (their last socket went, or they were kicked).
+    #[serde(default)]
+    pub leaves: u64,
+    /// Joins this user asked for and the room refused (full, banned, wrong password, …).
+    #[serde(default)]
+    pub join_failures: u64,
 }
 
 impl Room {
@@ -64,6 +77,55 @@ impl Room {
             self.stats.by_user.clear();
             self.stats.due = None;
             self.stats.first = None;
+            self.stats.playing.clear();
+        }
+    }
+
+    /// Counts a refused join for the user behind `conn` (analytics: join failures).
+    pub(super) fn count_join_failure(&mut self, conn: super::ConnId, now: Millis) {
+        if let Some(user) = self.conns.get(&conn).map(|c| c.identity.user_id.clone())
+            && let Some(st) = self.stats.of(&user, now)
+        {
+            st.join_failures += 1;
+        }
+    }
+
+    /// Credits participants' time in the room: whoever left since the last input gets what
+    /// they had not been credited (which makes a hand-over due at once), whoever arrived
+    /// starts counting; with `all`, everyone present is credited up to `now` (a hand-over).
+    fn credit_time(&mut self, now: Millis, all: bool) {
+        let st = &mut self.stats;
+        // A join or leave changes the number of participants: the common input costs one
+        // comparison.
+        if !st.counting || (!all && st.playing.len() == self.members.len()) {
+            return;
+        }
+        let here: std::collections::BTreeSet<&str> = self
+            .members
+            .iter()
+            .map(|m| m.info.user_id.as_str())
+            .collect();
+        let gone: Vec<String> = st
+            .playing
+            .keys()
+            .filter(|u| !here.contains(u.as_str()))
+            .cloned()
+            .collect();
+        for user in gone {
+            if let Some(since) = st.playing.remove(&user) {
+                let d = st.by_user.entry(user).or_default();
+                d.played_ms += now.saturating_sub(since);
+                d.leaves += 1;
+                d.last_seen = d.last_seen.max(now);
+            }
+        }
+        for user in here {
+            let since = st.playing.entry(user.to_owned()).or_insert(now);
+            if all && *since < now {
+                let d = st.by_user.entry(user.to_owned()).or_default();
+                d.played_ms += now - *since;
+                *since = now;
+            }
         }
     }
 
@@ -77,9 +139,9 @@ impl Room {
     pub(super) fn stats_if_due(&mut self, now: Millis, now_please: bool, out: &mut Out) {
         let members = self.members.len();
         let changed = std::mem::replace(&mut self.stats.members_seen, members) != members;
-        if self.stats.by_user.is_empty()
-            || !(now_please || changed || self.stats.due.is_some_and(|d| d <= now))
-        {
+        let due = now_please || changed || self.stats.due.is_some_and(|d| d <= now);
+        self.credit_time(now, due);
+        if self.stats.by_user.is_empty() || !due {
             return;
         }
         self.stats.due = None;

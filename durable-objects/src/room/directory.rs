@@ -27,6 +27,7 @@ impl Room {
             }
         }
         self.announce_sockets().await;
+        self.send_activity().await;
         self.discard_if_asked().await;
         self.push_metrics(false).await;
         self.arm_alarm().await;

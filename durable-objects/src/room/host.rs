@@ -186,6 +186,33 @@ impl Room {
         }
     }
 
+    /// Adds a member's (`user:<name>`) activity to their Account object's totals
+    /// (`crate::account_stats`, `POST /stats`).
+    pub(crate) async fn add_to_account(
+        &self,
+        user_id: &str,
+        delta: &piano_core::room::StatsDelta,
+    ) -> Result<()> {
+        let Some(username) = user_id.strip_prefix("user:") else {
+            return Ok(());
+        };
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post)
+            .with_body(Some(serde_json::to_string(delta)?.into()));
+        let req = Request::new_with_init("https://account.internal/stats", &init)?;
+        let resp = self
+            .env
+            .durable_object(sessions::ACCOUNTS_BINDING)?
+            .id_from_name(username)?
+            .get_stub()?
+            .fetch_with_request(req)
+            .await?;
+        match resp.status_code() {
+            204 => Ok(()),
+            s => Err(Error::RustError(format!("the account answered {s}"))),
+        }
+    }
+
     /// `POST /session {"user_id", "session_id"?, "changed"?}` from an Account object: a session
     /// ended (close 4001) or the user's roles changed (close 4002).
     pub(crate) async fn session_notice(&self, req: &mut Request) -> Result<Response> {

@@ -79,6 +79,10 @@ pub struct Room {
     slow_reader_bytes: usize,
     /// What the room counted and has not yet pushed to the metrics aggregator (`metrics.rs`).
     pusher: RefCell<piano_core::metrics::push::Pusher>,
+    /// Analytics Engine and the HTTP analytics sink.
+    analytics: crate::analytics::Analytics,
+    /// Members' activity for their Account objects' totals, sent after the event.
+    member_stats: RefCell<Vec<(String, piano_core::room::StatsDelta)>>,
 }
 
 impl DurableObject for Room {
@@ -92,6 +96,8 @@ impl DurableObject for Room {
             pending_checks: RefCell::new(Vec::new()),
             discard_asked: Cell::new(false),
             announce: RefCell::new(Vec::new()),
+            analytics: crate::analytics::Analytics::new(&env),
+            member_stats: RefCell::new(Vec::new()),
             slow_reader_bytes: host::slow_reader_bytes(&env),
             pusher: RefCell::default(),
             env,
@@ -357,8 +363,9 @@ impl Room {
             }
         }
         let (mut room, effects) = CoreRoom::restore(name, stored, records, now(), random_seed());
-        // Players' activity has a home only in MongoDB's `user_stats`.
-        room.count_activity(self.outbox.wants(Lane::Mongo));
+        // Players' activity: members' totals (their Account objects, MongoDB's `user_stats`)
+        // and the analytics events; counted always (the stats endpoint needs no MongoDB).
+        room.count_activity(true);
         // Presence continues from what was published before (kept in SQLite), so players who
         // left while the object was down (a restart, a deploy) are taken out.
         if self.outbox.wants(Lane::Redis) {

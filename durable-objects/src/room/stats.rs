@@ -1,6 +1,8 @@
-//! The Room object's writes for the shared backends, as the core hands them over: players'
-//! activity totals (MongoDB `user_stats`, from [`Effect::Stats`]) and presence (Redis, from
-//! [`Effect::Presence`]), both queued in the outbox. When they come is the core's decision.
+//! What the Room object does with players' activity and presence as the core hands them over:
+//! activity ([`Effect::Stats`]) becomes analytics events (`crate::analytics`), members' totals
+//! in their Account objects (`crate::account_stats`) and, with MongoDB, per-room totals in
+//! `user_stats` through the outbox; presence ([`Effect::Presence`]) goes to Redis through the
+//! outbox. When they come is the core's decision.
 //!
 //! [`Effect::Stats`]: piano_core::room::Effect::Stats
 //! [`Effect::Presence`]: piano_core::room::Effect::Presence
@@ -14,13 +16,25 @@ use std::collections::BTreeMap;
 use worker::*;
 
 impl Room {
-    /// Adds the players' activity to their totals in this room (SQLite) and queues the new
-    /// totals for MongoDB.
+    /// Records the analytics events, keeps members' activity for their Account objects
+    /// ([`Room::send_activity`], after the event) and, with MongoDB, adds the players' activity
+    /// to their totals in this room (SQLite) and queues the new totals.
     pub(super) fn add_stats(&self, room: &str, stats: BTreeMap<String, StatsDelta>) {
+        let at = now();
+        if self.analytics.on() {
+            self.analytics
+                .record(piano_core::analytics::events(room, &stats, at), at);
+        }
+        // Members' totals live in their Account objects (guests keep nothing).
+        self.member_stats.borrow_mut().extend(
+            stats
+                .iter()
+                .filter(|(u, d)| u.starts_with("user:") && **d != StatsDelta::default())
+                .map(|(u, d)| (u.clone(), d.clone())),
+        );
         let Some(deployment) = self.outbox.backends().map(|b| b.deployment.clone()) else {
             return;
         };
-        let at = now();
         let sql = self.state.storage().sql();
         let mut ops = Vec::new();
         for (user, delta) in &stats {
@@ -31,6 +45,18 @@ impl Room {
         }
         if let Err(e) = self.outbox.enqueue(&sql, ops, at) {
             console_error!("outbox write failed: {e}");
+        }
+    }
+
+    /// After the event: the HTTP analytics batch, and members' activity to their Account
+    /// objects (one call per member per hand-over; a failure loses that hand-over, logged).
+    pub(super) async fn send_activity(&self) {
+        self.analytics.deliver(now()).await;
+        let rows = std::mem::take(&mut *self.member_stats.borrow_mut());
+        for (user, delta) in rows {
+            if let Err(e) = self.add_to_account(&user, &delta).await {
+                console_warn!("could not add {user}'s activity to their totals: {e}");
+            }
         }
     }
 

@@ -105,9 +105,13 @@ impl Task {
                 // Connection records serve hibernation on the edge; here a room that restarts
                 // (another replica, a new process) has lost its sockets and players rejoin.
                 Effect::Remember(_) => {}
-                // Players' activity, added to their totals in MongoDB's `user_stats` by the
-                // mirror (the room counts it only when there is a mirror: `count_activity`).
+                // Players' activity: the analytics events, members' totals in the store
+                // (guests keep none), and MongoDB's `user_stats` through the mirror.
                 Effect::Stats(stats) => {
+                    if let Some(a) = &self.ctx.analytics {
+                        a.send(piano_core::analytics::events(&self.name, &stats, now_ms()));
+                    }
+                    self.ctx.store.add_user_stats(&stats);
                     if let Some(m) = &self.mirror {
                         m.send(MirrorMsg::Stats(stats));
                     }

@@ -150,6 +150,8 @@ pub struct Ctx {
     pub rooms: Arc<Rooms>,
     pub sockets: Arc<Sockets>,
     pub directory: Arc<RoomDirectory>,
+    /// The HTTP analytics sink (`ANALYTICS_URL`).
+    pub analytics: Option<Arc<crate::analytics::Sink>>,
 }
 
 struct Task {
@@ -217,8 +219,9 @@ pub async fn start(ctx: &Arc<Ctx>, name: &str) -> Result<(), String> {
         conns_per_network: ctx.sockets_per_network,
         ..Default::default()
     });
-    // Players' activity has a home only in MongoDB's `user_stats`.
-    room.count_activity(mirror.is_some());
+    // Players' activity: members' totals in the store (and MongoDB's `user_stats`), and the
+    // analytics events; counted always (`GET /api/users/{id}/stats` needs no MongoDB).
+    room.count_activity(true);
     let (tx, rx) = mpsc::channel(QUEUE);
     let me = tx.clone();
     let id = NEXT_ENTRY.fetch_add(1, Relaxed);

@@ -89,6 +89,9 @@ impl Host {
                         t.notes += d.notes;
                         t.chats += d.chats;
                         t.joins += d.joins;
+                        t.leaves += d.leaves;
+                        t.played_ms += d.played_ms;
+                        t.join_failures += d.join_failures;
                         t.last_seen = t.last_seen.max(d.last_seen);
                     }
                 }

@@ -49,6 +49,38 @@ fn activity_is_counted_per_user_and_handed_over_when_due() {
     assert_eq!(h.stats_handovers, 5, "nothing left to hand over");
 }
 
+/// Time in the room is credited at every hand-over and on leaving; a leave is counted; a
+/// refused join is counted for the user who asked (analytics: `core/src/analytics.rs`).
+#[test]
+fn time_played_leaves_and_refused_joins_are_counted() {
+    let mut h = Host::new("timed");
+    h.room.count_activity(true);
+    h.enter(1, "a");
+    h.advance(7_000);
+    h.enter(2, "b");
+    assert_eq!(h.stats["a"].played_ms, 7_000, "credited at b's join");
+    h.advance(3_000);
+    h.disconnect(1);
+    assert_eq!((h.stats["a"].played_ms, h.stats["a"].leaves), (10_000, 1));
+    // The leave is a hand-over: whoever stays is credited up to it.
+    assert_eq!((h.stats["b"].played_ms, h.stats["b"].leaves), (3_000, 0));
+    h.advance(2_000);
+    h.input(Input::Stop);
+    assert_eq!(h.stats["b"].played_ms, 5_000, "Stop credits who is present");
+    assert_eq!(h.stats["a"].played_ms, 10_000, "a is gone: nothing more");
+
+    // A join refused (the room is full) counts for the one who asked.
+    let mut full = Host::new("full");
+    full.room = room_with(|s| s.settings.max_players = 1);
+    full.room.count_activity(true);
+    full.enter(1, "a");
+    full.enter(2, "z");
+    full.input(Input::Stop);
+    assert_eq!(full.stats["z"].join_failures, 1);
+    assert_eq!(full.stats["z"].joins, 0);
+    assert_eq!(full.stats["a"].join_failures, 0);
+}
+
 /// Players who keep playing: their activity is handed over once a minute, not every few
 /// seconds (each hand-over costs the host storage writes per player).
 #[test]

@@ -1,0 +1,197 @@
+//! The optional HTTP analytics sink (`ANALYTICS_URL`): rooms hand their events over without
+//! waiting ([`Sink::send`], a bounded channel; a full one drops and counts), one task batches them
+//! with the core's [`Batcher`] (by count and by time) and POSTs each batch as NDJSON. A batch
+//! that fails is dropped and counted: analytics never hold a room back and are never retried.
+//!
+//! Plain HTTP only (an in-cluster collector or sidecar): the process carries no TLS client for
+//! this; an `https://` URL is refused at start-up.
+
+use crate::metrics::METRICS;
+use piano_core::analytics::{Batch, BatchLimits, Batcher, Event, Source};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Hand-overs the channel holds before rooms' events are dropped (the batcher holds more).
+const CHANNEL: usize = 1024;
+/// One POST, connect included.
+const POST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where to POST: `http://host[:port]/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub authority: String,
+    pub path: String,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let rest = url.trim().strip_prefix("http://").ok_or_else(|| {
+            format!(
+                "ANALYTICS_URL must be a plain http:// URL (an in-cluster collector); got {url:?}"
+            )
+        })?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!("ANALYTICS_URL has no usable host: {url:?}"));
+        }
+        let authority = if authority.contains(':') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(Target {
+            authority,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// What rooms hold: the sending side of the sink's channel.
+pub struct Sink {
+    tx: mpsc::Sender<Msg>,
+}
+
+enum Msg {
+    Events(Vec<Event>),
+    /// Deliver everything queued now, then answer (the process is stopping).
+    Flush(oneshot::Sender<()>),
+}
+
+impl Sink {
+    /// Starts the delivery task.
+    pub fn start(target: Target, src: Source, limits: BatchLimits) -> Sink {
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        tokio::spawn(deliver(target, Batcher::new(src, limits), rx));
+        Sink { tx }
+    }
+
+    /// Hands events over, never waiting: a full channel drops them (counted).
+    pub fn send(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let n = events.len() as u64;
+        if self.tx.try_send(Msg::Events(events)).is_err() {
+            METRICS.analytics_dropped.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Delivers what is queued, waiting at most `within` (after the rooms stopped, so their
+    /// last hand-overs are in).
+    pub async fn drain(&self, within: Duration) {
+        let (reply, done) = oneshot::channel();
+        let flushed = async {
+            if self.tx.send(Msg::Flush(reply)).await.is_ok() {
+                let _ = done.await;
+            }
+        };
+        if tokio::time::timeout(within, flushed).await.is_err() {
+            tracing::warn!("analytics: not every event was delivered before stopping");
+        }
+    }
+}
+
+async fn deliver(target: Target, mut batcher: Batcher, mut rx: mpsc::Receiver<Msg>) {
+    let mut open = true;
+    let mut flush: Option<oneshot::Sender<()>> = None;
+    while open || !batcher.is_empty() {
+        let now = crate::now_ms();
+        let wait = batcher
+            .poll_timeout()
+            .map(|d| Duration::from_millis(d.saturating_sub(now)));
+        tokio::select! {
+            got = rx.recv(), if open => match got {
+                Some(Msg::Events(events)) => push(&mut batcher, events),
+                Some(Msg::Flush(reply)) => flush = Some(reply),
+                None => open = false,
+            },
+            _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {}
+        }
+        // Whatever is due now, one batch after another (the channel waits meanwhile).
+        let now_please = !open || flush.is_some();
+        while let Some(batch) = batcher.poll_batch(crate::now_ms(), now_please) {
+            match post(&target, &batch).await {
+                Ok(()) => {
+                    batcher.delivered(&batch);
+                    METRICS
+                        .analytics_delivered
+                        .fetch_add(batch.events as u64, Relaxed);
+                }
+                Err(e) => {
+                    batcher.failed(&batch);
+                    METRICS
+                        .analytics_dropped
+                        .fetch_add(batch.events as u64, Relaxed);
+                    METRICS.analytics_failed_batches.fetch_add(1, Relaxed);
+                    tracing::warn!(error = %e, events = batch.events, "analytics batch dropped");
+                }
+            }
+        }
+        if let Some(reply) = flush.take() {
+            let _ = reply.send(());
+        }
+    }
+}
+
+fn push(batcher: &mut Batcher, events: Vec<Event>) {
+    let before = batcher.counters.dropped;
+    batcher.push(events, crate::now_ms());
+    let dropped = batcher.counters.dropped - before;
+    if dropped > 0 {
+        METRICS.analytics_dropped.fetch_add(dropped, Relaxed);
+    }
+}
+
+/// One POST of `application/x-ndjson` over a new connection; `Ok` on a 2xx answer.
+async fn post(target: &Target, batch: &Batch) -> Result<(), String> {
+    let send = async {
+        let tcp = tokio::net::TcpStream::connect(&target.authority)
+            .await
+            .map_err(|e| format!("connect {}: {e}", target.authority))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        let req = hyper::Request::post(&target.path)
+            .header(hyper::header::HOST, &target.authority)
+            .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(axum::body::Body::from(batch.body.clone()))
+            .map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {}", resp.status()))
+        }
+    };
+    tokio::time::timeout(POST_TIMEOUT, send)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    #[test]
+    fn only_plain_http_urls_are_accepted() {
+        assert_eq!(
+            Target::parse("http://collector:9000/ingest").unwrap(),
+            Target {
+                authority: "collector:9000".into(),
+                path: "/ingest".into()
+            }
+        );
+        assert_eq!(Target::parse("http://c").unwrap().authority, "c:80");
+        assert!(Target::parse("https://c/x").is_err());
+        assert!(Target::parse("http:///x").is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! Members' activity totals in the fallback's own store (`GET /api/users/{id}/stats` without
+//! MongoDB): one row per member in SQLite (`user_stats` in `rooms.sqlite3`, written by the store's
+//! thread) or one hash per member in Redis (`piano:user:{id}:stats`). Guests keep nothing.
+//! Totals only grow; a write lost to a full queue is counted like a room's. The store's thread
+//! and queue (`crate::store`) run these.
+
+use crate::metrics::{METRICS, redis_error};
+use crate::redis_handle::RedisHandle;
+use piano_core::analytics::is_guest;
+use piano_core::room::StatsDelta;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// A member's totals over every room of this deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    pub notes_played: u64,
+    pub chat_messages: u64,
+    pub joins: u64,
+    pub played_ms: u64,
+    pub last_seen: u64,
+}
+
+pub const SQL_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS user_stats (user TEXT PRIMARY KEY, notes INTEGER NOT NULL, chats INTEGER NOT NULL, joins INTEGER NOT NULL, played_ms INTEGER NOT NULL, last_seen INTEGER NOT NULL);";
+
+fn key(user: &str) -> String {
+    format!("piano:user:{user}:stats")
+}
+
+/// Members only: guests' ids are random and their totals would be kept for nobody.
+pub fn members(stats: &BTreeMap<String, StatsDelta>) -> Vec<(String, StatsDelta)> {
+    stats
+        .iter()
+        .filter(|(u, _)| !is_guest(u))
+        .map(|(u, d)| (u.clone(), d.clone()))
+        .collect()
+}
+
+pub fn sql_add(conn: &rusqlite::Connection, rows: &[(String, StatsDelta)]) -> rusqlite::Result<()> {
+    for (user, d) in rows {
+        conn.execute(
+            "INSERT INTO user_stats (user, notes, chats, joins, played_ms, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (user) DO UPDATE SET notes = notes + ?2, chats = chats + ?3, joins = joins + ?4,
+               played_ms = played_ms + ?5, last_seen = max(last_seen, ?6)",
+            rusqlite::params![user, d.notes as i64, d.chats as i64, d.joins as i64, d.played_ms as i64, d.last_seen as i64],
+        )?;
+    }
+    Ok(())
+}
+
+pub fn sql_get(conn: &rusqlite::Connection, user: &str) -> rusqlite::Result<Option<Totals>> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        "SELECT notes, chats, joins, played_ms, last_seen FROM user_stats WHERE user = ?1",
+        [user],
+        |r| {
+            let n = |i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+            Ok(Totals {
+                notes_played: n(0)?,
+                chat_messages: n(1)?,
+                joins: n(2)?,
+                played_ms: n(3)?,
+                last_seen: n(4)?,
+            })
+        },
+    )
+    .optional()
+}
+
+pub async fn redis_add(conn: &RedisHandle, rows: Vec<(String, StatsDelta)>) {
+    let mut pipe = redis::pipe();
+    for (user, d) in &rows {
+        let k = key(user);
+        pipe.hincr(&k, "notes", d.notes)
+            .hincr(&k, "chats", d.chats)
+            .hincr(&k, "joins", d.joins)
+            .hincr(&k, "played_ms", d.played_ms)
+            .hset(&k, "last_seen", d.last_seen)
+            .ignore();
+    }
+    if let Err(e) = conn.pipe::<()>(&pipe).await {
+        METRICS.store_errors.fetch_add(1, Relaxed);
+        redis_error("adding user stats", &e);
+    }
+}
+
+pub async fn redis_get(conn: &RedisHandle, user: &str) -> redis::RedisResult<Option<Totals>> {
+    let mut pipe = redis::pipe();
+    pipe.hgetall(key(user));
+    let (h,): (BTreeMap<String, u64>,) = conn.pipe(&pipe).await?;
+    if h.is_empty() {
+        return Ok(None);
+    }
+    let f = |k: &str| h.get(k).copied().unwrap_or(0);
+    Ok(Some(Totals {
+        notes_played: f("notes"),
+        chat_messages: f("chats"),
+        joins: f("joins"),
+        played_ms: f("played_ms"),
+        last_seen: f("last_seen"),
+    }))
+}
