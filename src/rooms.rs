@@ -3,8 +3,8 @@
 
 use crate::auth;
 use piano_core::names::{self, percent_decode, percent_encode};
-use piano_durable_objects::lobby::{LOBBY_BINDING, LOBBY_NAME, ROOMS_BINDING};
-use piano_durable_objects::{IDENTITY_HEADER, PROTOCOL_HEADER, ROOM_HEADER, json_error};
+use piano_durable_objects::lobby::{LOBBY_BINDING, LOBBY_NAME};
+use piano_durable_objects::{IDENTITY_HEADER, PROTOCOL_HEADER, ROOM_HEADER, json_error, room_stub};
 use worker::*;
 
 /// Decodes and validates the `{name}` path segment.
@@ -84,12 +84,6 @@ pub async fn info(env: &Env, raw_name: &str) -> Result<Response> {
     let req = Request::new_with_init("https://room.internal/info", &init)?;
     // The object's response headers are immutable here; it sets its own cache-control.
     room_stub(env, &name)?.fetch_with_request(req).await
-}
-
-fn room_stub(env: &Env, name: &str) -> Result<Stub> {
-    env.durable_object(ROOMS_BINDING)?
-        .id_from_name(name)?
-        .get_stub()
 }
 
 fn lobby_stub(env: &Env) -> Result<Stub> {

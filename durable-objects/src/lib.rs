@@ -57,6 +57,13 @@ pub fn release(env: &Env) -> String {
     setting(env, "RELEASE").unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())
 }
 
+/// The Room object of a room name (the worker's routes and the Account object's notices).
+pub fn room_stub(env: &Env, room: &str) -> Result<Stub> {
+    env.durable_object(lobby::ROOMS_BINDING)?
+        .id_from_name(room)?
+        .get_stub()
+}
+
 /// The JSON error shape used by every HTTP endpoint.
 pub fn json_error(status: u16, code: &str, message: &str) -> Result<Response> {
     Ok(

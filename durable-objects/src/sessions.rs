@@ -7,7 +7,6 @@
 //! room's own alarm (`Room::next_deadline`).
 
 use crate::ROOM_HEADER;
-use crate::room::host;
 use serde::{Deserialize, Serialize};
 use worker::*;
 
@@ -54,9 +53,9 @@ pub async fn notify(env: &Env, rooms: &[String], notice: &Notice) {
     };
     for room in rooms {
         let result = async {
-            let (stub, encoded) = host::room_stub(env, room)?;
+            let stub = crate::room_stub(env, room)?;
             let headers = Headers::new();
-            headers.set(ROOM_HEADER, &encoded)?;
+            headers.set(ROOM_HEADER, &piano_core::names::percent_encode(room))?;
             let mut init = RequestInit::new();
             init.with_method(Method::Post)
                 .with_headers(headers)

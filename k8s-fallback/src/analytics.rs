@@ -6,6 +6,7 @@
 //! Plain HTTP only (an in-cluster collector or sidecar): the process carries no TLS client for
 //! this; an `https://` URL is refused at start-up.
 
+use crate::config::AnalyticsTarget as Target;
 use crate::metrics::METRICS;
 use piano_core::analytics::{Batch, BatchLimits, Batcher, Event, Source};
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,39 +17,6 @@ use tokio::sync::{mpsc, oneshot};
 const CHANNEL: usize = 1024;
 /// One POST, connect included.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where to POST: `http://host[:port]/path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub authority: String,
-    pub path: String,
-}
-
-impl Target {
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let rest = url.trim().strip_prefix("http://").ok_or_else(|| {
-            format!(
-                "ANALYTICS_URL must be a plain http:// URL (an in-cluster collector); got {url:?}"
-            )
-        })?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() || authority.contains('@') {
-            return Err(format!("ANALYTICS_URL has no usable host: {url:?}"));
-        }
-        let authority = if authority.contains(':') {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
-        Ok(Target {
-            authority,
-            path: path.to_owned(),
-        })
-    }
-}
 
 /// What rooms hold: the sending side of the sink's channel.
 pub struct Sink {

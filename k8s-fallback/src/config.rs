@@ -83,7 +83,7 @@ pub struct Config {
     /// `ENVIRONMENT`: dev, staging or production (analytics events carry it).
     pub environment: String,
     /// `ANALYTICS_URL`: the HTTP sink for analytics events (NDJSON batches), if any.
-    pub analytics_url: Option<crate::analytics::Target>,
+    pub analytics_url: Option<AnalyticsTarget>,
     /// `ANALYTICS_QUEUE_EVENTS`, `ANALYTICS_BATCH_EVENTS`, `ANALYTICS_FLUSH_MS`.
     pub analytics_limits: piano_core::analytics::BatchLimits,
     /// Whether the signing key was generated here (development only; logged as a warning).
@@ -213,7 +213,7 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
         drain_timeout: Duration::from_secs(number("DRAIN_TIMEOUT_SECS", 10, 0..=600)?),
         environment: environment(get("ENVIRONMENT"))?,
         analytics_url: get("ANALYTICS_URL")
-            .map(|u| crate::analytics::Target::parse(&u))
+            .map(|u| AnalyticsTarget::parse(&u))
             .transpose()?,
         analytics_limits: piano_core::analytics::BatchLimits {
             queue: number("ANALYTICS_QUEUE_EVENTS", 10_000, 1..=1_000_000)? as usize,
@@ -291,4 +291,37 @@ pub fn release() -> String {
         .ok()
         .filter(|r| !r.trim().is_empty())
         .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())
+}
+
+/// Where the analytics sink POSTs (`ANALYTICS_URL`): `http://host[:port]/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalyticsTarget {
+    pub authority: String,
+    pub path: String,
+}
+
+impl AnalyticsTarget {
+    pub fn parse(url: &str) -> Result<AnalyticsTarget, String> {
+        let rest = url.trim().strip_prefix("http://").ok_or_else(|| {
+            format!(
+                "ANALYTICS_URL must be a plain http:// URL (an in-cluster collector); got {url:?}"
+            )
+        })?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!("ANALYTICS_URL has no usable host: {url:?}"));
+        }
+        let authority = if authority.contains(':') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(AnalyticsTarget {
+            authority,
+            path: path.to_owned(),
+        })
+    }
 }

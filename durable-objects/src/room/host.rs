@@ -16,8 +16,7 @@
 //! `bufferedAmount` or acknowledgements by sequence number (issue 19).
 
 use super::Room;
-use crate::{json_error, lobby, sessions};
-use piano_core::names::percent_encode;
+use crate::{json_error, sessions};
 use piano_core::room::{ConnId, Input, Protocol, fell_behind};
 use worker::*;
 
@@ -232,13 +231,4 @@ impl Room {
         self.directory(ops).await;
         Response::empty()
     }
-}
-
-/// The Room object of a room name (for the Account object's notices).
-pub fn room_stub(env: &Env, room: &str) -> Result<(Stub, String)> {
-    let stub = env
-        .durable_object(lobby::ROOMS_BINDING)?
-        .id_from_name(room)?
-        .get_stub()?;
-    Ok((stub, percent_encode(room)))
 }
