@@ -26,6 +26,8 @@
 //!   fell behind, and when it must close it instead.
 //! - [`limits`]: protocol-wide numbers (frame size, close codes) that clients rely on;
 //!   [`window`]: the sliding-window rate counter rooms, sessions and accounts share.
+//! - [`logging`]: the one JSON log line schema, level filter and redaction; [`report`]: error
+//!   reports to a Sentry-compatible service (envelopes, dedup and rate limit).
 
 pub mod account;
 pub mod backlog;
@@ -34,12 +36,14 @@ pub mod identity;
 pub mod limits;
 pub mod listing;
 pub mod lobby;
+pub mod logging;
 pub mod mpp;
 pub mod names;
 pub mod notes;
 pub mod outbox;
 pub mod password;
 pub mod pkcs8;
+pub mod report;
 pub mod room;
 pub mod window;
 
