@@ -55,6 +55,17 @@ pub mod event {
     pub const CIRCUIT_OPEN: &str = "circuit_open";
 }
 
+/// How a refused API request is logged, by its status (both hosts, in the one place each turns
+/// an error into HTTP): `None` for a refusal that is the client's ordinary mistake (400, 404…).
+pub fn for_refusal(status: u16) -> Option<(Level, &'static str)> {
+    match status {
+        401 | 403 => Some((Level::Warn, event::AUTH_FAILURE)),
+        429 => Some((Level::Warn, event::RATE_LIMITED)),
+        500..=599 => Some((Level::Error, event::BACKEND_ERROR)),
+        _ => None,
+    }
+}
+
 /// One log line. `msg`, `error` and the values of `fields` are free text and pass through
 /// [`redact`]; the identifiers are the server's own (room names, user ids, request ids).
 #[derive(Debug, Clone, Default, Serialize)]

@@ -82,6 +82,14 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Whether the signing key was generated here (development only; logged as a warning).
     pub generated_key: bool,
+    /// `ENVIRONMENT` (dev|staging|production) and `RELEASE` (default: the crate's version), in
+    /// every error report.
+    pub environment: String,
+    pub release: String,
+    /// `SENTRY_DSN`: where error reports go (any Sentry-compatible service); none without it.
+    pub sentry_dsn: Option<piano_core::report::Dsn>,
+    /// `PIANO_TEST_ROUTES=1`: `/api/debug/…` (a forced panic and a forced 500) exist.
+    pub test_routes: bool,
 }
 
 /// Reads settings through `get` (the process environment in production, a map in tests).
@@ -203,6 +211,12 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
         metrics_addr,
         cors_origins: piano_core::http_policy::parse_origins(get("CORS_ORIGINS").as_deref()),
         admin_bootstrap_secret: get("ADMIN_BOOTSTRAP_SECRET"),
+        environment: get("ENVIRONMENT").unwrap_or_else(|| "dev".into()),
+        release: get("RELEASE").unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
+        sentry_dsn: get("SENTRY_DSN")
+            .map(|d| piano_core::report::Dsn::parse(&d))
+            .transpose()?,
+        test_routes: get("PIANO_TEST_ROUTES").as_deref() == Some("1"),
         outbound_queue: number("OUTBOUND_QUEUE_FRAMES", 1024, 16..=1_000_000)? as usize,
         drain_timeout: Duration::from_secs(number("DRAIN_TIMEOUT_SECS", 10, 0..=600)?),
         generated_key,

@@ -77,6 +77,15 @@ impl Task {
                     }
                 }
                 Effect::Close { conn, code, reason } => {
+                    if code == piano_core::limits::close::KICKED {
+                        tracing::info!(
+                            event = piano_core::logging::event::KICK,
+                            room = self.name,
+                            conn,
+                            reason,
+                            "removed from the room"
+                        );
+                    }
                     count_close(code);
                     self.local.remove(&conn);
                     let replica = self.remote.remove(&conn);

@@ -1,0 +1,217 @@
+//! Logs and error reports (`docs/operating-logs-errors.md`): every `tracing` event printed as one
+//! line of the core's schema (`piano_core::logging`), panics logged and reported, and reports
+//! sent to `SENTRY_DSN` under the core's throttle (`piano_core::report`). This module only
+//! collects fields and sends bytes; the line and the envelope are the core's.
+
+use piano_core::logging::{Level, Line, event, valid_request_id};
+use piano_core::report::{self, Dsn, Origin, Policy, Report, Reporter, Severity};
+use std::borrow::Cow;
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+/// Fields of the schema a span may carry for the events inside it (a request's id, a room).
+const INHERITED: [&str; 4] = ["room", "user", "conn", "request_id"];
+
+/// The `LOG_LEVEL` filter (`RUST_LOG`, when set, wins: its directives are finer).
+pub fn filter(rust_log: Option<String>, log_level: Option<String>) -> tracing_subscriber::EnvFilter {
+    if let Some(directives) = rust_log.filter(|d| !d.trim().is_empty()) {
+        return tracing_subscriber::EnvFilter::new(directives);
+    }
+    let level = log_level
+        .as_deref()
+        .and_then(Level::parse)
+        .unwrap_or(Level::Info);
+    tracing_subscriber::EnvFilter::new(level.as_str())
+}
+
+/// A `tracing` layer printing each event as one JSON line of the core's schema on stdout.
+pub struct JsonLines {
+    pub deployment: String,
+}
+
+#[derive(Default)]
+struct Fields(Vec<(&'static str, String)>);
+
+impl Fields {
+    fn take(&mut self, name: &str) -> Option<String> {
+        let i = self.0.iter().position(|(k, _)| *k == name)?;
+        Some(self.0.swap_remove(i).1)
+    }
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.push((field.name(), value.to_owned()));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.push((field.name(), format!("{value:?}")));
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_event(&self, ev: &Event<'_>, ctx: Context<'_, S>) {
+        let mut f = Fields::default();
+        ev.record(&mut f);
+        if let Some(scope) = ctx.event_scope(ev) {
+            for span in scope {
+                if let Some(outer) = span.extensions().get::<Fields>() {
+                    for (k, v) in &outer.0 {
+                        if INHERITED.contains(k) && !f.0.iter().any(|(n, _)| n == k) {
+                            f.0.push((k, v.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        let meta = ev.metadata();
+        let level = match *meta.level() {
+            tracing::Level::ERROR => Level::Error,
+            tracing::Level::WARN => Level::Warn,
+            tracing::Level::INFO => Level::Info,
+            _ => Level::Debug,
+        };
+        let name = f.take("event").unwrap_or_else(|| meta.target().to_owned());
+        let (room, user, conn, request_id) = (
+            f.take("room"),
+            f.take("user"),
+            f.take("conn"),
+            f.take("request_id"),
+        );
+        let mut line = Line::at(crate::now_ms(), level, &name, &self.deployment);
+        line.room = room.as_deref();
+        line.user = user.as_deref();
+        line.conn = conn.as_deref();
+        line.request_id = request_id.as_deref();
+        line.duration_ms = f.take("duration_ms").and_then(|d| d.parse().ok());
+        line.error = f.take("error").map(Cow::Owned);
+        line.msg = f.take("message").map(Cow::Owned);
+        line.fields = f
+            .0
+            .into_iter()
+            .map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(v)))
+            .collect();
+        let mut text = line.render();
+        text.push('\n');
+        // One write per line, so lines of concurrent threads never interleave.
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    }
+}
+
+/// Logs a panic (with the request's or room's fields of the span it happened in) and reports
+/// it. Installed once, before anything can panic.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_owned());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(event = event::PANIC, error = %message, location, "panicked");
+        send(
+            Report::new(report::kind::PANIC, Severity::Fatal, message)
+                .tag("location", location),
+        );
+    }));
+}
+
+struct Sink {
+    dsn: Dsn,
+    origin: Origin,
+    throttle: Mutex<Reporter>,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// Starts sending reports to `dsn` (from within the runtime). Without a DSN reports are only
+/// the log lines their callers print.
+pub fn start_reports(dsn: Option<Dsn>, origin: Origin) {
+    let Some(dsn) = dsn else { return };
+    // Envelopes wait here while one is in flight; admitted ones are few (the throttle's bound),
+    // and a full queue drops the newest rather than blocking the caller.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(32);
+    let url = dsn.envelope_url();
+    let auth = dsn.auth_header(&origin.client);
+    let sink = Sink {
+        dsn,
+        origin,
+        throttle: Mutex::new(Reporter::new(Policy::default(), crate::now_ms())),
+        tx,
+    };
+    if SINK.set(sink).is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        while let Some(body) = rx.recv().await {
+            let sent = client
+                .post(&url)
+                .header("content-type", "application/x-sentry-envelope")
+                .header("x-sentry-auth", &auth)
+                .body(body)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => tracing::warn!(status = r.status().as_u16(), "error report refused"),
+                Err(e) => tracing::warn!(error = %e.without_url(), "error report not sent"),
+            }
+        }
+    });
+}
+
+/// Reports `r` if a DSN is configured and the throttle admits it. Never blocks.
+pub fn send(r: Report) {
+    let Some(sink) = SINK.get() else { return };
+    let now = crate::now_ms();
+    let admitted = crate::lock(&sink.throttle).admit(&r.fingerprint(), now);
+    let Some(suppressed) = admitted else { return };
+    let mut id = [0u8; 16];
+    if getrandom::fill(&mut id).is_err() {
+        return;
+    }
+    let bytes = report::envelope(&sink.dsn, &sink.origin, &r, id, now, suppressed);
+    let _ = sink.tx.try_send(bytes);
+}
+
+/// The request id: a valid `x-request-id` from the balancer, else a new random one.
+pub fn request_id(headers: &axum::http::HeaderMap) -> String {
+    if let Some(id) = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_request_id(v))
+    {
+        return id.to_owned();
+    }
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
