@@ -204,7 +204,9 @@ fn keyed_secret(rest: &str, key: &str) -> Option<(usize, usize)> {
     while s < b.len() && matches!(b[s], b'"' | b'\'' | b'=' | b':' | b' ') && s < 4 {
         s += 1;
     }
-    if s == 0 && k != "bearer" {
+    // `key=value`, `key: value`, `"key":"value"`; a bare space only after `Bearer`.
+    let separated = b[..s].iter().any(|c| matches!(c, b'=' | b':'));
+    if !(separated || (k == "bearer" && s > 0)) {
         return None;
     }
     // An `Authorization` value is a scheme and a credential: mask to the end of the value.
@@ -286,6 +288,10 @@ mod tests {
         assert!(!redact("password=hunter2&x=1").contains("hunter2"));
         assert!(!redact("Authorization: Bearer abc.def").contains("abc.def"));
         // Ordinary text is left alone (and not copied).
+        assert!(matches!(
+            redact("set METRICS_TOKEN or METRICS_ADDR to serve it"),
+            Cow::Borrowed(_)
+        ));
         assert!(matches!(
             redact("connect to db.example.com failed: timeout"),
             Cow::Borrowed(_)

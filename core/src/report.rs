@@ -222,7 +222,7 @@ pub fn envelope(
 /// The throttle's numbers. The bound: within any `T` ms a process (an isolate at the edge)
 /// sends at most `burst + T / refill_ms` reports, and one fingerprint at most once per
 /// `dedup_ms`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     pub burst: u32,
     pub refill_ms: u64,
@@ -243,8 +243,9 @@ impl Default for Policy {
 }
 
 /// Deduplication within a window plus a token bucket. The host asks [`Reporter::admit`] before
-/// building an envelope, and sends only when it answers `Some`.
-#[derive(Debug)]
+/// building an envelope, and sends only when it answers `Some`. Serializable: the edge keeps it
+/// across a restart of its wasm instance (a panic), so panics cannot reset the budget.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Reporter {
     policy: Policy,
     tokens: u32,

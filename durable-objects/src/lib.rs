@@ -10,12 +10,15 @@
 //! - [`account`]: the Account object, one per username: the account and its sessions.
 //! - [`limiter`]: the Limiter object, per-key request rates.
 //! - [`outbox`]: durable delivery of writes to MongoDB and Redis, shared by the objects.
+//! - [`log`]: log lines in the core's schema and error reports to `SENTRY_DSN`, for the
+//!   worker and the objects.
 //! - [`sessions`]: how an account tells the rooms holding a member's sockets that a session ended.
 //! - `storage`: the Room object's SQLite tables; `webcrypto`: password checks through WebCrypto.
 
 pub mod account;
 pub mod limiter;
 pub mod lobby;
+pub mod log;
 pub mod outbox;
 pub mod room;
 pub mod sessions;

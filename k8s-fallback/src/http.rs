@@ -241,8 +241,8 @@ async fn route(
             Err(resp) => resp,
         },
         // Test-only (`PIANO_TEST_ROUTES=1`): a panic and a 500 on demand, for the reports' trials.
-        (&Method::GET, ["api", "debug", "panic"]) if hub.cfg.test_routes => {
-            panic!("debug panic requested")
+        (&Method::GET, ["api", "debug", "panic", marker @ ..]) if hub.cfg.test_routes => {
+            panic!("debug panic requested {}", marker.join("/"))
         }
         (&Method::GET, ["api", "debug", "error", ..]) if hub.cfg.test_routes => {
             json_error(500, "internal", "debug error requested")
