@@ -15,6 +15,15 @@
 //! | `ADMIN_BOOTSTRAP_SECRET` | secret | none | registering a name in `ADMIN_USERNAMES` needs it (header `x-admin-bootstrap`) |
 //! | `WS_UPGRADE_RATE_PER_MINUTE` | var | 3 × the auth limit (30) | WebSocket upgrades per client IP per minute |
 //! | `CORS_ORIGINS` | var | none | origins allowed to call the API from a browser (exact, comma-separated) |
+//! | `LOG_LEVEL` | var | `info` | `error`, `warn`, `info` or `debug`: the least severe log lines printed |
+//! | `DEPLOYMENT_ID` | var | `edge` | names this deployment in logs, reports (`server_name`) and shared keys |
+//! | `SENTRY_DSN` | secret | none | error reports to any Sentry-compatible service (`docs/operating-logs-errors.md`) |
+//! | `ENVIRONMENT` | var | `dev` | `dev`, `staging` or `production`, in every report |
+//! | `RELEASE` | var | the crate version | the release named in every report |
+//! | `PIANO_TEST_ROUTES` | var | none | `1` (tests only): `GET /api/debug/panic` and `/api/debug/error` exist |
+//!
+//! The logging and reporting settings are read by `piano_durable_objects::log`, for the worker
+//! and the objects alike.
 
 use piano_core::identity::{self, Claims, TokenError, Verifier, parse_public_keys};
 use piano_durable_objects::webcrypto::ed25519;

@@ -77,14 +77,26 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let resp = match resp {
         Ok(resp) => {
             let status = resp.status_code();
+            // Refusals worth a line (auth failures, rate limits), the same rule as the fallback's.
+            if let Some((piano_core::logging::Level::Warn, name)) =
+                piano_core::logging::for_refusal(status)
+            {
+                log::warn(name)
+                    .request_id(&request_id)
+                    .duration_ms(Date::now().as_millis().saturating_sub(started))
+                    .field("status", status)
+                    .field("path", &path)
+                    .msg("refused")
+                    .emit();
+            }
             // 503 is a deliberate "not now" (misconfigured, overloaded), not a fault.
             if status >= 500 && status != 503 {
-                failed(kind::HTTP_5XX, format!("{method:?} {path} answered {status}"), status);
+                failed(kind::HTTP_5XX, format!("{method} {path} answered {status}"), status);
             }
             resp
         }
         Err(e) => {
-            failed(kind::EXCEPTION, format!("{method:?} {path}: {e}"), 500);
+            failed(kind::EXCEPTION, format!("{method} {path}: {e}"), 500);
             json_error(500, "internal", "internal error")?
         }
     };

@@ -53,6 +53,7 @@ pub mod event {
     pub const PANIC: &str = "panic";
     pub const HTTP_ERROR: &str = "http_error";
     pub const CIRCUIT_OPEN: &str = "circuit_open";
+    pub const CLOSE: &str = "close";
 }
 
 /// How a refused API request is logged, by its status (both hosts, in the one place each turns
@@ -63,6 +64,17 @@ pub fn for_refusal(status: u16) -> Option<(Level, &'static str)> {
         429 => Some((Level::Warn, event::RATE_LIMITED)),
         500..=599 => Some((Level::Error, event::BACKEND_ERROR)),
         _ => None,
+    }
+}
+
+/// How a socket the room closes is logged, by its close code (both hosts, where they carry out
+/// `Effect::Close`): kicks and bans, floods and caps; any other close at debug.
+pub fn for_close(code: u16) -> (Level, &'static str) {
+    use crate::limits::close;
+    match code {
+        close::KICKED => (Level::Info, event::KICK),
+        close::POLICY_VIOLATION | close::TOO_MANY_CONNECTIONS => (Level::Warn, event::RATE_LIMITED),
+        _ => (Level::Debug, event::CLOSE),
     }
 }
 

@@ -118,6 +118,7 @@ pub struct Account {
 
 impl DurableObject for Account {
     fn new(state: State, env: Env) -> Self {
+        crate::log::init(&env);
         let access_ttl_secs = crate::setting(&env, "ACCESS_TOKEN_TTL_SECS")
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(900);
@@ -148,7 +149,7 @@ impl DurableObject for Account {
             .kick(&self.state.storage(), Date::now().as_millis())
             .await
         {
-            console_error!("could not arm the outbox alarm: {e}");
+            crate::log::error("outbox").msg(format!("could not arm the outbox alarm: {e}")).emit();
         }
         resp
     }
@@ -384,7 +385,7 @@ impl Account {
         {
             Ok(rows) => rows.into_iter().map(|r| r.room).collect(),
             Err(e) => {
-                console_error!("rooms of this account unreadable: {e}");
+                crate::log::error("account").msg(format!("rooms of this account unreadable: {e}")).emit();
                 return;
             }
         };
@@ -450,7 +451,7 @@ impl Account {
         let doc = match mongo.find_one(layout::ACCOUNTS, filter).await {
             Ok(doc) => doc,
             Err(e) => {
-                console_warn!("account lookup in MongoDB failed: {e}");
+                crate::log::warn(piano_core::logging::event::BACKEND_ERROR).msg(format!("account lookup in MongoDB failed: {e}")).emit();
                 self.lookup_skip_until
                     .set(lookup::skip_until(Date::now().as_millis()));
                 return Ok(Lookup::Unavailable);

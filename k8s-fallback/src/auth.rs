@@ -28,16 +28,6 @@ use std::sync::Mutex;
 
 /// The response of a refused API request: the one place an [`ApiError`] becomes HTTP.
 pub fn api_error(e: &ApiError) -> Response {
-    use piano_core::logging::{Level, for_refusal};
-    match for_refusal(e.status()) {
-        Some((Level::Error, name)) => {
-            tracing::error!(event = name, status = e.status(), code = e.code(), "api error")
-        }
-        Some((_, name)) => {
-            tracing::warn!(event = name, status = e.status(), code = e.code(), "api refusal")
-        }
-        None => {}
-    }
     let mut resp = crate::json::json(e.status(), &e.body());
     for (name, value) in e.headers() {
         resp = with_header(resp, name, &value);

@@ -7,7 +7,7 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use futures_util::FutureExt;
-use piano_core::logging::event;
+use piano_core::logging::{Level, event, for_refusal};
 use piano_core::report::{Report, Severity, kind};
 use std::panic::AssertUnwindSafe;
 use tracing::Instrument;
@@ -30,6 +30,16 @@ pub async fn layer(req: Request, next: Next) -> Response {
         Err(_) => (json_error(500, "internal", "internal error"), true),
     };
     let status = resp.status().as_u16();
+    // Refusals worth a line (auth failures, rate limits), the same rule as the edge's.
+    match for_refusal(status) {
+        Some((Level::Warn, name)) => {
+            tracing::warn!(event = name, request_id = %id, status, method = %method, path, duration_ms, "refused")
+        }
+        Some((Level::Error, _)) if status == 503 => {
+            tracing::warn!(request_id = %id, status, method = %method, path, duration_ms, "unavailable")
+        }
+        _ => {}
+    }
     // 503 is a deliberate "not now" (draining, not ready, at capacity), not a fault.
     if status >= 500 && status != 503 && !panicked {
         tracing::error!(

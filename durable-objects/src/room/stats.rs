@@ -11,7 +11,6 @@ use piano_backends::layout;
 use piano_core::proto::Participant;
 use piano_core::room::StatsDelta;
 use std::collections::BTreeMap;
-use worker::*;
 
 impl Room {
     /// Adds the players' activity to their totals in this room (SQLite) and queues the new
@@ -26,11 +25,11 @@ impl Room {
         for (user, delta) in &stats {
             match storage::add_stats(&sql, user, delta) {
                 Ok(totals) => ops.push(layout::user_stats(&deployment, room, user, &totals)),
-                Err(e) => console_error!("stats write failed: {e}"),
+                Err(e) => crate::log::error(piano_core::logging::event::BACKEND_ERROR).msg(format!("stats write failed: {e}")).emit(),
             }
         }
         if let Err(e) = self.outbox.enqueue(&sql, ops, at) {
-            console_error!("outbox write failed: {e}");
+            crate::log::error("outbox").msg(format!("outbox write failed: {e}")).emit();
         }
     }
 
@@ -69,7 +68,7 @@ impl Room {
         if let Err(e) = storage::set_present(&sql, &joined, &left)
             .and_then(|()| self.outbox.enqueue(&sql, ops, at))
         {
-            console_error!("presence write failed: {e}");
+            crate::log::error(piano_core::logging::event::BACKEND_ERROR).msg(format!("presence write failed: {e}")).emit();
         }
     }
 }
