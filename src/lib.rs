@@ -29,13 +29,13 @@ mod policy;
 mod rooms;
 mod shared;
 
+use piano_core::report::{Report, Severity, kind};
 pub use piano_durable_objects::Room;
 pub use piano_durable_objects::account::Account;
-use piano_core::report::{Report, Severity, kind};
 use piano_durable_objects::json_error;
 pub use piano_durable_objects::limiter::Limiter;
-use piano_durable_objects::log;
 pub use piano_durable_objects::lobby::Lobby;
+use piano_durable_objects::log;
 use worker::*;
 
 /// Once per instance: a panic's message goes to the logs, and its report to the next request
@@ -91,7 +91,11 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
             }
             // 503 is a deliberate "not now" (misconfigured, overloaded), not a fault.
             if status >= 500 && status != 503 {
-                failed(kind::HTTP_5XX, format!("{method} {path} answered {status}"), status);
+                failed(
+                    kind::HTTP_5XX,
+                    format!("{method} {path} answered {status}"),
+                    status,
+                );
             }
             resp
         }

@@ -117,10 +117,14 @@ pub async fn list(env: &Env) -> Result<Response> {
     match cache.get(LIST_CACHE_KEY, false).await {
         Ok(Some(mut hit)) => match hit.text().await {
             Ok(body) => return listing(body, LIST_CACHE_CONTROL, "hit"),
-            Err(e) => piano_durable_objects::log::warn("rooms").msg(format!("cached room list unreadable: {e}")).emit(),
+            Err(e) => piano_durable_objects::log::warn("rooms")
+                .msg(format!("cached room list unreadable: {e}"))
+                .emit(),
         },
         Ok(None) => {}
-        Err(e) => piano_durable_objects::log::warn("rooms").msg(format!("room list cache read failed: {e}")).emit(),
+        Err(e) => piano_durable_objects::log::warn("rooms")
+            .msg(format!("room list cache read failed: {e}"))
+            .emit(),
     }
     let mut resp = lobby_stub(env)?
         .fetch_with_str("https://lobby.internal/list")
@@ -136,7 +140,9 @@ pub async fn list(env: &Env) -> Result<Response> {
         )
         .await
     {
-        piano_durable_objects::log::warn("rooms").msg(format!("room list cache write failed: {e}")).emit();
+        piano_durable_objects::log::warn("rooms")
+            .msg(format!("room list cache write failed: {e}"))
+            .emit();
     }
     listing(body, LIST_CACHE_CONTROL, "miss")
 }

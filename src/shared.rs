@@ -62,7 +62,9 @@ async fn snapshots(
     keys: &piano_backends::layout::Keys,
 ) -> std::result::Result<Vec<NetworkSnapshot>, Result<Response>> {
     let unavailable = |e: piano_backends::BackendError| {
-        log::warn(piano_core::logging::event::BACKEND_ERROR).msg(format!("reading the shared index failed: {e}")).emit();
+        log::warn(piano_core::logging::event::BACKEND_ERROR)
+            .msg(format!("reading the shared index failed: {e}"))
+            .emit();
         json_error(
             502,
             "backend_unavailable",
@@ -193,7 +195,9 @@ pub async fn user_stats(env: &Env, id: &str) -> Result<Response> {
     {
         Ok(rows) => rows,
         Err(e) => {
-            log::warn(piano_core::logging::event::BACKEND_ERROR).msg(format!("user stats aggregation failed: {e}")).emit();
+            log::warn(piano_core::logging::event::BACKEND_ERROR)
+                .msg(format!("user stats aggregation failed: {e}"))
+                .emit();
             return json_error(
                 502,
                 "backend_unavailable",
@@ -226,7 +230,11 @@ pub async fn not_revoked(env: &Env, sid: &str) -> bool {
         Ok(Value::Null) => true,
         Ok(_) => false,
         Err(e) => {
-            log::warn(piano_core::logging::event::BACKEND_ERROR).msg(format!("revocation list unreadable, refusing a foreign session: {e}")).emit();
+            log::warn(piano_core::logging::event::BACKEND_ERROR)
+                .msg(format!(
+                    "revocation list unreadable, refusing a foreign session: {e}"
+                ))
+                .emit();
             false
         }
     }

@@ -8,12 +8,12 @@
 //! storm runs on a server of its own (it spends the reporter's budget).
 
 use crate::*;
+use e2e_tests::rigs::Rigs;
 use e2e_tests::stack::{Part, Stack};
 use piano_core::proto::client_message::Msg as Cm;
 use sentry_types::protocol::v7::{Envelope, EnvelopeItem, Event};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
 
 const ENVIRONMENT: &str = "staging";
 const RELEASE: &str = "e2e-9.9.9";
@@ -135,7 +135,10 @@ async fn read_request(mut stream: tokio::net::TcpStream) -> Result<Received, Str
     let envelope = Envelope::from_slice(body).map_err(|e| {
         format!(
             "not an envelope ({e}): {}",
-            String::from_utf8_lossy(body).chars().take(300).collect::<String>()
+            String::from_utf8_lossy(body)
+                .chars()
+                .take(300)
+                .collect::<String>()
         )
     })?;
     let event = envelope
@@ -213,8 +216,11 @@ impl Rig {
     /// Reports whose message contains `marker`, once `within` has passed with at least one
     /// (and a further moment, so a duplicate would have arrived too).
     async fn reports_with(&self, marker: &str, within: Duration) -> Vec<Received> {
-        self.reports_where(|r| r.event.message.as_deref().unwrap_or("").contains(marker), within)
-            .await
+        self.reports_where(
+            |r| r.event.message.as_deref().unwrap_or("").contains(marker),
+            within,
+        )
+        .await
     }
 
     /// As [`Rig::reports_with`], for the reports `pick` chooses.
@@ -286,31 +292,19 @@ fn refuse_on(port: u16) {
     });
 }
 
-/// The rig of each host (0: edge, 1: fallback), and the storm's servers.
-static RIGS: [OnceLock<Rig>; 2] = [OnceLock::new(), OnceLock::new()];
-static TURNS: [Mutex<()>; 2] = [Mutex::const_new(()), Mutex::const_new(())];
-static STORMS: [OnceLock<Rig>; 2] = [OnceLock::new(), OnceLock::new()];
-
-fn slot(host: Host) -> usize {
-    match host {
-        Host::Edge => 0,
-        _ => 1,
-    }
-}
+/// The rig of each host, which trials take turns on, and the storm's servers.
+static RIGS: Rigs<Rig> = Rigs::new();
+static STORMS: Rigs<Rig> = Rigs::new();
 
 async fn with_rig<F: std::future::Future<Output = ()>>(
     target: &Server,
     trial: impl FnOnce(&'static Rig) -> F,
 ) {
-    let i = slot(target.host);
-    let _turn = TURNS[i].lock().await;
-    let host = target.host;
-    let rig = RIGS[i].get_or_init(|| Rig::start(host, true));
-    trial(rig).await;
+    RIGS.with(target.host, |h| Rig::start(h, true), trial).await;
 }
 
 pub fn stop_rigs() {
-    for rig in RIGS.iter().chain(&STORMS).filter_map(OnceLock::get) {
+    for rig in RIGS.started().chain(STORMS.started()) {
         rig.server.shutdown();
         if let Some(s) = &rig.stack {
             s.stop_all();
@@ -380,8 +374,7 @@ pub async fn a_dead_letter_is_reported_once(target: &Server) {
 }
 
 pub async fn an_error_storm_sends_a_bounded_number_of_reports(target: &Server) {
-    let host = target.host;
-    let rig = STORMS[slot(host)].get_or_init(|| Rig::start(host, false));
+    let rig = STORMS.get(target.host, |h| Rig::start(h, false));
     let marker = unique("storm");
     let client = reqwest::Client::new();
     let started = Instant::now();
@@ -450,8 +443,14 @@ pub async fn logs_are_json_lines_without_secrets(target: &Server) {
             )
             .await;
         assert_eq!(status, 200, "{login}");
-        let access = login["access_token"].as_str().expect("access token").to_owned();
-        let refresh = login["refresh_token"].as_str().expect("refresh token").to_owned();
+        let access = login["access_token"]
+            .as_str()
+            .expect("access token")
+            .to_owned();
+        let refresh = login["refresh_token"]
+            .as_str()
+            .expect("refresh token")
+            .to_owned();
         let room = unique("rp-logs");
         let mut member = Client::connect(&format!("{}?token={access}", s.ws_url(&room)), &[])
             .await
@@ -460,11 +459,17 @@ pub async fn logs_are_json_lines_without_secrets(target: &Server) {
         let _ = Client::connect(&format!("{}?token={access}x", s.ws_url(&room)), &[]).await;
         member.close().await;
         let (status, fresh) = s
-            .post_json("/api/auth/refresh", serde_json::json!({"refresh_token": refresh}))
+            .post_json(
+                "/api/auth/refresh",
+                serde_json::json!({"refresh_token": refresh}),
+            )
             .await;
         assert_eq!(status, 200, "{fresh}");
         let (status, _) = s
-            .post_json("/api/auth/refresh", serde_json::json!({"refresh_token": refresh}))
+            .post_json(
+                "/api/auth/refresh",
+                serde_json::json!({"refresh_token": refresh}),
+            )
             .await;
         assert_eq!(status, 401, "reuse is refused");
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -484,7 +489,11 @@ pub async fn logs_are_json_lines_without_secrets(target: &Server) {
             let text = std::fs::read_to_string(&path).expect("read the server's log");
             for line in our_lines(s.host, &text) {
                 for secret in &secrets {
-                    assert!(!line.contains(secret), "a secret in {}: {line}", path.display());
+                    assert!(
+                        !line.contains(secret),
+                        "a secret in {}: {line}",
+                        path.display()
+                    );
                 }
                 let v: serde_json::Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -505,9 +514,13 @@ pub async fn logs_are_json_lines_without_secrets(target: &Server) {
                 assert!(v.get("duration_ms").is_none_or(|d| d.is_u64()), "{line}");
                 let name = v["event"].as_str().unwrap_or("");
                 // A name, not a value that landed there (`[a-z_:]`, as `piano_core::logging::event`
-                // and the modules' paths).
+                // and the modules' paths, `[a-z0-9_:]`).
                 assert!(
-                    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b':'),
+                    !name.is_empty()
+                        && name.bytes().all(|b| b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || b == b'_'
+                            || b == b':'),
                     "event is not a name: {line}"
                 );
                 events.insert(name.to_owned());
@@ -516,7 +529,10 @@ pub async fn logs_are_json_lines_without_secrets(target: &Server) {
         }
         assert!(ours > 0, "no lines of ours in the logs");
         for expected in ["join", "leave", "auth_failure"] {
-            assert!(events.contains(expected), "no {expected} line among {events:?}");
+            assert!(
+                events.contains(expected),
+                "no {expected} line among {events:?}"
+            );
         }
     })
     .await;

@@ -142,6 +142,21 @@ impl<'a> Line<'a> {
     }
 }
 
+/// A panic's message and `file:line`, for the hosts' panic hooks.
+pub fn panic_text(info: &std::panic::PanicHookInfo<'_>) -> (String, String) {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned());
+    let location = info
+        .location()
+        .map(|l| format!("{}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    (message, location)
+}
+
 /// What request ids we accept from a client or balancer (`x-request-id`, `cf-ray`): at most 64
 /// bytes of `[A-Za-z0-9._:-]`, else the host generates its own. Clients are hostile: no log
 /// injection through it.
@@ -168,7 +183,9 @@ pub fn redact(text: &str) -> Cow<'_, str> {
             i += 1;
             continue;
         }
-        let end = (i..bytes.len()).find(|&j| !word(bytes[j])).unwrap_or(bytes.len());
+        let end = (i..bytes.len())
+            .find(|&j| !word(bytes[j]))
+            .unwrap_or(bytes.len());
         let token = &text[i..end];
         if credential_shaped(token) {
             out.push_str(&text[last..i]);
@@ -205,9 +222,16 @@ fn credential_shaped(token: &str) -> bool {
 /// value to mask (start, end).
 fn keyed_secret(rest: &str, key: &str) -> Option<(usize, usize)> {
     let k = key.to_ascii_lowercase();
-    let sensitive = ["password", "passwd", "token", "secret", "authorization", "bearer"]
-        .iter()
-        .any(|s| k.ends_with(s));
+    let sensitive = [
+        "password",
+        "passwd",
+        "token",
+        "secret",
+        "authorization",
+        "bearer",
+    ]
+    .iter()
+    .any(|s| k.ends_with(s));
     if !sensitive {
         return None;
     }

@@ -310,10 +310,16 @@ mod tests {
     #[test]
     fn dsn_parts() {
         let d = Dsn::parse("https://abc123@o1.ingest.sentry.io/42").unwrap();
-        assert_eq!(d.envelope_url(), "https://o1.ingest.sentry.io/api/42/envelope/");
+        assert_eq!(
+            d.envelope_url(),
+            "https://o1.ingest.sentry.io/api/42/envelope/"
+        );
         assert!(d.auth_header("x/1").contains("sentry_key=abc123"));
         let d = Dsn::parse("http://k:s@127.0.0.1:9000/glitch/7").unwrap();
-        assert_eq!(d.envelope_url(), "http://127.0.0.1:9000/glitch/api/7/envelope/");
+        assert_eq!(
+            d.envelope_url(),
+            "http://127.0.0.1:9000/glitch/api/7/envelope/"
+        );
         assert!(d.auth_header("x").ends_with("sentry_secret=s"));
         assert!(Dsn::parse("ftp://k@h/1").is_err());
         assert!(Dsn::parse("https://h/1").is_err());
@@ -329,8 +335,12 @@ mod tests {
             server_name: "r1".into(),
             client: "t".into(),
         };
-        let r = Report::new(kind::PANIC, Severity::Fatal, "boom eyJhbGciOi.eyJzdWIiOiJh.c2ln")
-            .tag("request_id", "r-1");
+        let r = Report::new(
+            kind::PANIC,
+            Severity::Fatal,
+            "boom eyJhbGciOi.eyJzdWIiOiJh.c2ln",
+        )
+        .tag("request_id", "r-1");
         let bytes = envelope(&d, &o, &r, [0xab; 16], 1_000, 3);
         let text = String::from_utf8(bytes).unwrap();
         let lines: Vec<&str> = text.lines().collect();

@@ -149,7 +149,9 @@ impl DurableObject for Account {
             .kick(&self.state.storage(), Date::now().as_millis())
             .await
         {
-            crate::log::error("outbox").msg(format!("could not arm the outbox alarm: {e}")).emit();
+            crate::log::error("outbox")
+                .msg(format!("could not arm the outbox alarm: {e}"))
+                .emit();
         }
         resp
     }
@@ -385,7 +387,9 @@ impl Account {
         {
             Ok(rows) => rows.into_iter().map(|r| r.room).collect(),
             Err(e) => {
-                crate::log::error("account").msg(format!("rooms of this account unreadable: {e}")).emit();
+                crate::log::error("account")
+                    .msg(format!("rooms of this account unreadable: {e}"))
+                    .emit();
                 return;
             }
         };
@@ -451,7 +455,9 @@ impl Account {
         let doc = match mongo.find_one(layout::ACCOUNTS, filter).await {
             Ok(doc) => doc,
             Err(e) => {
-                crate::log::warn(piano_core::logging::event::BACKEND_ERROR).msg(format!("account lookup in MongoDB failed: {e}")).emit();
+                crate::log::warn(piano_core::logging::event::BACKEND_ERROR)
+                    .msg(format!("account lookup in MongoDB failed: {e}"))
+                    .emit();
                 self.lookup_skip_until
                     .set(lookup::skip_until(Date::now().as_millis()));
                 return Ok(Lookup::Unavailable);

@@ -314,10 +314,16 @@ impl Lobby {
         for (room, outcome) in self.call_rooms(rooms, "/directory", Some(&body)).await {
             if self.with(|l| l.subscribers.pushed(&room, outcome)) {
                 if outcome == Pushed::Failed {
-                    crate::log::warn("lobby").msg(format!("{room} failed {MAX_PUSH_FAILURES} pushes: no longer pushed to")).emit();
+                    crate::log::warn("lobby")
+                        .msg(format!(
+                            "{room} failed {MAX_PUSH_FAILURES} pushes: no longer pushed to"
+                        ))
+                        .emit();
                 }
                 if let Err(e) = self.drop_room(&room) {
-                    crate::log::warn("lobby").msg(format!("could not drop subscriber {room}: {e}")).emit();
+                    crate::log::warn("lobby")
+                        .msg(format!("could not drop subscriber {room}: {e}"))
+                        .emit();
                 }
             }
         }
@@ -361,15 +367,21 @@ impl Lobby {
             Either::Left((Ok(410), _)) => Pushed::Gone,
             Either::Left((Ok(status), _)) if status < 400 => Pushed::Delivered,
             Either::Left((Ok(status), _)) => {
-                crate::log::warn("lobby").msg(format!("{path} to {room} answered {status}")).emit();
+                crate::log::warn("lobby")
+                    .msg(format!("{path} to {room} answered {status}"))
+                    .emit();
                 Pushed::Failed
             }
             Either::Left((Err(e), _)) => {
-                crate::log::warn("lobby").msg(format!("{path} to {room} failed: {e}")).emit();
+                crate::log::warn("lobby")
+                    .msg(format!("{path} to {room} failed: {e}"))
+                    .emit();
                 Pushed::Failed
             }
             Either::Right(_) => {
-                crate::log::warn("lobby").msg(format!("{path} to {room} timed out")).emit();
+                crate::log::warn("lobby")
+                    .msg(format!("{path} to {room} timed out"))
+                    .emit();
                 Pushed::Failed
             }
         }

@@ -47,8 +47,7 @@ pub fn init(env: &Env) {
     let dsn = crate::setting(env, "SENTRY_DSN").map(|d| Dsn::parse(&d));
     let origin = Origin {
         environment: crate::setting(env, "ENVIRONMENT").unwrap_or_else(|| "dev".into()),
-        release: crate::setting(env, "RELEASE")
-            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
+        release: crate::setting(env, "RELEASE").unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
         server_name: deployment.clone(),
         client: format!("piano-edge/{}", env!("CARGO_PKG_VERSION")),
     };
@@ -241,16 +240,7 @@ async fn send(url: &str, auth: &str, body: &[u8]) -> Result<()> {
 
 /// The panic hook (`#[event(start)]`): the line now, the report kept for the next request.
 pub fn on_panic(info: &std::panic::PanicHookInfo<'_>) {
-    let payload = info.payload();
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".to_owned());
-    let location = info
-        .location()
-        .map(|l| format!("{}:{}", l.file(), l.line()))
-        .unwrap_or_default();
+    let (message, location) = piano_core::logging::panic_text(info);
     error(piano_core::logging::event::PANIC)
         .error(&message)
         .field("location", &location)

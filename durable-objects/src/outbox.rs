@@ -26,7 +26,9 @@ pub fn backends(env: &Env) -> Option<Backends> {
         Ok(b) if b.is_configured() => Some(b),
         Ok(_) => None,
         Err(e) => {
-            crate::log::error(piano_core::logging::event::BACKEND_ERROR).msg(format!("external backends not used: {e}")).emit();
+            crate::log::error(piano_core::logging::event::BACKEND_ERROR)
+                .msg(format!("external backends not used: {e}"))
+                .emit();
             None
         }
     }
@@ -203,12 +205,16 @@ impl Outbox {
         let (flushed, failed) = match flushed {
             Ok(f) => (f, None),
             Err(e) => {
-                crate::log::error("outbox").msg(format!("outbox flush failed, retrying in 5 s: {e}")).emit();
+                crate::log::error("outbox")
+                    .msg(format!("outbox flush failed, retrying in 5 s: {e}"))
+                    .emit();
                 (Flushed::default(), Some(now + 5000))
             }
         };
         let lanes = self.next_attempts(sql, now).unwrap_or_else(|e| {
-            crate::log::error("outbox").msg(format!("outbox read failed, retrying in 5 s: {e}")).emit();
+            crate::log::error("outbox")
+                .msg(format!("outbox read failed, retrying in 5 s: {e}"))
+                .emit();
             Some(now + 5000)
         });
         let next = [lanes, failed, other].into_iter().flatten().min();

@@ -66,7 +66,9 @@ pub async fn notify(env: &Env, rooms: &[String], notice: &Notice) {
         }
         .await;
         if let Err(e) = result {
-            crate::log::warn("sessions").msg(format!("session notice to room {room} failed: {e}")).emit();
+            crate::log::warn("sessions")
+                .msg(format!("session notice to room {room} failed: {e}"))
+                .emit();
         }
     }
 }

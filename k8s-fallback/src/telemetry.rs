@@ -17,7 +17,10 @@ use tracing_subscriber::registry::LookupSpan;
 const INHERITED: [&str; 4] = ["room", "user", "conn", "request_id"];
 
 /// The `LOG_LEVEL` filter (`RUST_LOG`, when set, wins: its directives are finer).
-pub fn filter(rust_log: Option<String>, log_level: Option<String>) -> tracing_subscriber::EnvFilter {
+pub fn filter(
+    rust_log: Option<String>,
+    log_level: Option<String>,
+) -> tracing_subscriber::EnvFilter {
     if let Some(directives) = rust_log.filter(|d| !d.trim().is_empty()) {
         return tracing_subscriber::EnvFilter::new(directives);
     }
@@ -105,11 +108,10 @@ where
         line.duration_ms = f.take("duration_ms").and_then(|d| d.parse().ok());
         line.error = f.take("error").map(Cow::Owned);
         line.msg = f.take("message").map(Cow::Owned);
-        line.fields = f
-            .0
-            .into_iter()
-            .map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(v)))
-            .collect();
+        line.fields =
+            f.0.into_iter()
+                .map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(v)))
+                .collect();
         let mut text = line.render();
         text.push('\n');
         // One write per line, so lines of concurrent threads never interleave.
@@ -121,21 +123,9 @@ where
 /// it. Installed once, before anything can panic.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic".to_owned());
-        let location = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_default();
+        let (message, location) = piano_core::logging::panic_text(info);
         tracing::error!(event = event::PANIC, error = %message, location, "panicked");
-        send(
-            Report::new(report::kind::PANIC, Severity::Fatal, message)
-                .tag("location", location),
-        );
+        send(Report::new(report::kind::PANIC, Severity::Fatal, message).tag("location", location));
     }));
 }
 

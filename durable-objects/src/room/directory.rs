@@ -74,7 +74,9 @@ impl Room {
                 }
             };
             if let Err(e) = result {
-                crate::log::warn("room").msg(format!("directory call failed: {e}")).emit();
+                crate::log::warn("room")
+                    .msg(format!("directory call failed: {e}"))
+                    .emit();
             }
         }
         more

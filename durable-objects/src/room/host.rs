@@ -56,7 +56,9 @@ impl Outgoing {
             Outgoing::Binary(b) => raw.send_with_array_buffer(b),
         };
         if let Err(e) = sent {
-            crate::log::warn("room").msg(format!("send to {conn} failed: {e:?}")).emit();
+            crate::log::warn("room")
+                .msg(format!("send to {conn} failed: {e:?}"))
+                .emit();
         }
     }
 }
@@ -110,7 +112,9 @@ impl Room {
         let name = self.room_name();
         match crate::storage::init(&self.state.storage().sql(), &name) {
             Ok(()) => self.has_storage.set(Some(true)),
-            Err(e) => crate::log::error("storage").msg(format!("room storage init failed: {e}")).emit(),
+            Err(e) => crate::log::error("storage")
+                .msg(format!("room storage init failed: {e}"))
+                .emit(),
         }
     }
 
@@ -154,14 +158,18 @@ impl Room {
         self.discard_asked.set(false);
         let storage = self.state.storage();
         if let Err(e) = storage.delete_alarm().await {
-            crate::log::warn("storage").msg(format!("discard: alarm not deleted: {e}")).emit();
+            crate::log::warn("storage")
+                .msg(format!("discard: alarm not deleted: {e}"))
+                .emit();
         }
         match storage.delete_all().await {
             Ok(()) => {
                 self.has_storage.set(Some(false));
                 self.outbox.forget_alarm();
             }
-            Err(e) => crate::log::error("storage").msg(format!("discard: storage not deleted: {e}")).emit(),
+            Err(e) => crate::log::error("storage")
+                .msg(format!("discard: storage not deleted: {e}"))
+                .emit(),
         }
     }
 
@@ -175,7 +183,11 @@ impl Room {
         let room = self.room_name();
         for user in users {
             if let Err(e) = sessions::announce(&self.env, &user, &room).await {
-                crate::log::warn("room").msg(format!("could not tell {user}'s account about room {room}: {e}")).emit();
+                crate::log::warn("room")
+                    .msg(format!(
+                        "could not tell {user}'s account about room {room}: {e}"
+                    ))
+                    .emit();
             }
         }
     }

@@ -303,7 +303,11 @@ impl Room {
         {
             Ok(doc) => doc,
             Err(e) => {
-                crate::log::warn(piano_core::logging::event::BACKEND_ERROR).msg(format!("shared room lookup failed, starting {name} fresh: {e}")).emit();
+                crate::log::warn(piano_core::logging::event::BACKEND_ERROR)
+                    .msg(format!(
+                        "shared room lookup failed, starting {name} fresh: {e}"
+                    ))
+                    .emit();
                 None
             }
         }
@@ -395,7 +399,9 @@ impl Room {
         match self.ensure_loaded(name_hint) {
             Ok(restored) => self.apply(restored),
             Err(e) => {
-                crate::log::error("storage").msg(format!("room load failed: {e}")).emit();
+                crate::log::error("storage")
+                    .msg(format!("room load failed: {e}"))
+                    .emit();
                 Vec::new()
             }
         }
@@ -427,12 +433,16 @@ impl Room {
         let storage = self.state.storage();
         let at = now();
         if let Err(e) = self.outbox.kick(&storage, at).await {
-            crate::log::error("outbox").msg(format!("could not arm the outbox alarm: {e}")).emit();
+            crate::log::error("outbox")
+                .msg(format!("could not arm the outbox alarm: {e}"))
+                .emit();
         }
         if let Some(deadline) = self.deadline()
             && let Err(e) = self.outbox.alarm_by(&storage, deadline, at).await
         {
-            crate::log::error("storage").msg(format!("could not arm the expiry alarm: {e}")).emit();
+            crate::log::error("storage")
+                .msg(format!("could not arm the expiry alarm: {e}"))
+                .emit();
         }
     }
 
@@ -537,7 +547,9 @@ impl Room {
                     if let Some(ws) = l.sockets.get(&record.conn)
                         && let Err(e) = ws.serialize_attachment(&record)
                     {
-                        crate::log::error("storage").msg(format!("attachment write failed: {e}")).emit();
+                        crate::log::error("storage")
+                            .msg(format!("attachment write failed: {e}"))
+                            .emit();
                     }
                 }
                 Effect::Persist(change) => {
@@ -545,7 +557,9 @@ impl Room {
                         mirrored.push(change.clone());
                     }
                     if let Err(e) = storage::write(&sql, change) {
-                        crate::log::error("storage").msg(format!("storage write failed: {e}")).emit();
+                        crate::log::error("storage")
+                            .msg(format!("storage write failed: {e}"))
+                            .emit();
                     }
                 }
                 Effect::Directory(op) => ops.push(op),
@@ -563,7 +577,9 @@ impl Room {
                 .map(|c| layout::room_change(&b.deployment, l.room.name(), c, at))
                 .collect();
             if let Err(e) = self.outbox.enqueue(&sql, ops, at) {
-                crate::log::error("outbox").msg(format!("outbox write failed: {e}")).emit();
+                crate::log::error("outbox")
+                    .msg(format!("outbox write failed: {e}"))
+                    .emit();
             }
         }
         // Slow readers are closed (1013) and leave the room like any disconnect.
@@ -586,7 +602,9 @@ impl Room {
             }
         }
         for conn in slow {
-            crate::log::warn("slow_reader").msg(format!("closed slow reader {conn}")).emit();
+            crate::log::warn("slow_reader")
+                .msg(format!("closed slow reader {conn}"))
+                .emit();
             ops.extend(self.handle(None, Input::Disconnect { conn }));
         }
         ops

@@ -25,11 +25,15 @@ impl Room {
         for (user, delta) in &stats {
             match storage::add_stats(&sql, user, delta) {
                 Ok(totals) => ops.push(layout::user_stats(&deployment, room, user, &totals)),
-                Err(e) => crate::log::error(piano_core::logging::event::BACKEND_ERROR).msg(format!("stats write failed: {e}")).emit(),
+                Err(e) => crate::log::error(piano_core::logging::event::BACKEND_ERROR)
+                    .msg(format!("stats write failed: {e}"))
+                    .emit(),
             }
         }
         if let Err(e) = self.outbox.enqueue(&sql, ops, at) {
-            crate::log::error("outbox").msg(format!("outbox write failed: {e}")).emit();
+            crate::log::error("outbox")
+                .msg(format!("outbox write failed: {e}"))
+                .emit();
         }
     }
 
@@ -68,7 +72,9 @@ impl Room {
         if let Err(e) = storage::set_present(&sql, &joined, &left)
             .and_then(|()| self.outbox.enqueue(&sql, ops, at))
         {
-            crate::log::error(piano_core::logging::event::BACKEND_ERROR).msg(format!("presence write failed: {e}")).emit();
+            crate::log::error(piano_core::logging::event::BACKEND_ERROR)
+                .msg(format!("presence write failed: {e}"))
+                .emit();
         }
     }
 }
