@@ -74,6 +74,15 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
             ctx.wait_until(send);
         }
     };
+    let took = Date::now().as_millis().saturating_sub(started);
+    if took >= piano_core::logging::SLOW_MS {
+        log::warn(piano_core::logging::event::SLOW_OP)
+            .request_id(&request_id)
+            .duration_ms(took)
+            .field("path", &path)
+            .msg("slow request")
+            .emit();
+    }
     let resp = match resp {
         Ok(resp) => {
             let status = resp.status_code();

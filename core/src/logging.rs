@@ -56,6 +56,9 @@ pub mod event {
     pub const CLOSE: &str = "close";
 }
 
+/// A request (or other operation) slower than this is logged as [`event::SLOW_OP`].
+pub const SLOW_MS: u64 = 1_000;
+
 /// How a refused API request is logged, by its status (both hosts, in the one place each turns
 /// an error into HTTP): `None` for a refusal that is the client's ordinary mistake (400, 404…).
 pub fn for_refusal(status: u16) -> Option<(Level, &'static str)> {

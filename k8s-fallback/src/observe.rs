@@ -7,7 +7,7 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use futures_util::FutureExt;
-use piano_core::logging::{Level, event, for_refusal};
+use piano_core::logging::{Level, SLOW_MS, event, for_refusal};
 use piano_core::report::{Report, Severity, kind};
 use std::panic::AssertUnwindSafe;
 use tracing::Instrument;
@@ -39,6 +39,9 @@ pub async fn layer(req: Request, next: Next) -> Response {
             tracing::warn!(request_id = %id, status, method = %method, path, duration_ms, "unavailable")
         }
         _ => {}
+    }
+    if duration_ms >= SLOW_MS {
+        tracing::warn!(event = event::SLOW_OP, request_id = %id, status, method = %method, path, duration_ms, "slow request");
     }
     // 503 is a deliberate "not now" (draining, not ready, at capacity), not a fault.
     if status >= 500 && status != 503 && !panicked {
