@@ -125,13 +125,23 @@ pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let (message, location) = piano_core::logging::panic_text(info);
         tracing::error!(event = event::PANIC, error = %message, location, "panicked");
-        send(Report::new(report::kind::PANIC, Severity::Fatal, message).tag("location", location));
+        let r =
+            Report::new(report::kind::PANIC, Severity::Fatal, message).tag("location", location);
+        if cfg!(panic = "abort") {
+            // Release builds abort after this hook (the workspace's profile): the sending task
+            // dies with the process, so this report goes now, on a thread of its own.
+            send_before_abort(r);
+        } else {
+            send(r);
+        }
     }));
 }
 
 struct Sink {
     dsn: Dsn,
     origin: Origin,
+    url: String,
+    auth: String,
     throttle: Mutex<Reporter>,
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
 }
@@ -145,9 +155,9 @@ pub fn start_reports(dsn: Option<Dsn>, origin: Origin) {
     // Envelopes wait here while one is in flight; admitted ones are few (the throttle's bound),
     // and a full queue drops the newest rather than blocking the caller.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(32);
-    let url = dsn.envelope_url();
-    let auth = dsn.auth_header(&origin.client);
     let sink = Sink {
+        url: dsn.envelope_url(),
+        auth: dsn.auth_header(&origin.client),
         dsn,
         origin,
         throttle: Mutex::new(Reporter::new(Policy::default(), crate::now_ms())),
@@ -157,39 +167,74 @@ pub fn start_reports(dsn: Option<Dsn>, origin: Origin) {
         return;
     }
     tokio::spawn(async move {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        let client = client();
         while let Some(body) = rx.recv().await {
-            let sent = client
-                .post(&url)
-                .header("content-type", "application/x-sentry-envelope")
-                .header("x-sentry-auth", &auth)
-                .body(body)
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => tracing::warn!(status = r.status().as_u16(), "error report refused"),
-                Err(e) => tracing::warn!(error = %e.without_url(), "error report not sent"),
-            }
+            post(&client, body).await;
         }
     });
 }
 
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap_or_default()
+}
+
+async fn post(client: &reqwest::Client, body: Vec<u8>) {
+    let Some(sink) = SINK.get() else { return };
+    let sent = client
+        .post(&sink.url)
+        .header("content-type", "application/x-sentry-envelope")
+        .header("x-sentry-auth", &sink.auth)
+        .body(body)
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_success() => {}
+        Ok(r) => tracing::warn!(status = r.status().as_u16(), "error report refused"),
+        Err(e) => tracing::warn!(error = %e.without_url(), "error report not sent"),
+    }
+}
+
+/// The envelope of `r` if a DSN is configured and the throttle admits it.
+fn envelope(r: &Report) -> Option<Vec<u8>> {
+    let sink = SINK.get()?;
+    let now = crate::now_ms();
+    let suppressed = crate::lock(&sink.throttle).admit(&r.fingerprint(), now)?;
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).ok()?;
+    Some(report::envelope(
+        &sink.dsn,
+        &sink.origin,
+        r,
+        id,
+        now,
+        suppressed,
+    ))
+}
+
 /// Reports `r` if a DSN is configured and the throttle admits it. Never blocks.
 pub fn send(r: Report) {
-    let Some(sink) = SINK.get() else { return };
-    let now = crate::now_ms();
-    let admitted = crate::lock(&sink.throttle).admit(&r.fingerprint(), now);
-    let Some(suppressed) = admitted else { return };
-    let mut id = [0u8; 16];
-    if getrandom::fill(&mut id).is_err() {
-        return;
+    if let (Some(sink), Some(bytes)) = (SINK.get(), envelope(&r)) {
+        let _ = sink.tx.try_send(bytes);
     }
-    let bytes = report::envelope(&sink.dsn, &sink.origin, &r, id, now, suppressed);
-    let _ = sink.tx.try_send(bytes);
+}
+
+/// Reports `r` and waits (5 s at most) until it is sent: the process is about to end.
+fn send_before_abort(r: Report) {
+    let Some(bytes) = envelope(&r) else { return };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(post(&client(), bytes));
+        }
+        let _ = done_tx.send(());
+    });
+    let _ = done_rx.recv_timeout(std::time::Duration::from_secs(5));
 }
 
 /// The request id: a valid `x-request-id` from the balancer, else a new random one.

@@ -381,11 +381,12 @@ impl Room {
         let Some(conn) = conn_of(ws) else {
             return Vec::new();
         };
-        crate::log::info(piano_core::logging::event::LEAVE)
-            .conn(conn)
-            .msg("left the room")
-            .emit();
         let ops = self.handle(None, Input::Disconnect { conn });
+        let mut line = crate::log::info(piano_core::logging::event::LEAVE).conn(conn);
+        if let Some(l) = self.loaded.borrow().as_ref() {
+            line = line.room(l.room.name());
+        }
+        line.msg("left the room").emit();
         if let Some(l) = self.loaded.borrow_mut().as_mut() {
             l.sockets.remove(&conn);
             l.unread.remove(&conn);
