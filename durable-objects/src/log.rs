@@ -221,6 +221,15 @@ pub fn report_in_background(r: Report) {
     }
 }
 
+/// An error an object handled but should not have had (storage, …): logged, and reported before
+/// the handler returns (objects have no `wait_until`).
+pub async fn exception(event: &'static str, what: String) {
+    error(event).error(&what).emit();
+    if let Some(sending) = report(Report::new(report::kind::EXCEPTION, Severity::Error, what)) {
+        sending.await;
+    }
+}
+
 async fn send(url: &str, auth: &str, body: &[u8]) -> Result<()> {
     let headers = Headers::new();
     headers.set("content-type", "application/x-sentry-envelope")?;

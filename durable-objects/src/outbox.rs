@@ -205,18 +205,19 @@ impl Outbox {
         let (flushed, failed) = match flushed {
             Ok(f) => (f, None),
             Err(e) => {
-                crate::log::error("outbox")
-                    .msg(format!("outbox flush failed, retrying in 5 s: {e}"))
-                    .emit();
+                let what = format!("outbox flush failed, retrying in 5 s: {e}");
+                crate::log::exception("outbox", what).await;
                 (Flushed::default(), Some(now + 5000))
             }
         };
-        let lanes = self.next_attempts(sql, now).unwrap_or_else(|e| {
-            crate::log::error("outbox")
-                .msg(format!("outbox read failed, retrying in 5 s: {e}"))
-                .emit();
-            Some(now + 5000)
-        });
+        let lanes = match self.next_attempts(sql, now) {
+            Ok(lanes) => lanes,
+            Err(e) => {
+                let what = format!("outbox read failed, retrying in 5 s: {e}");
+                crate::log::exception("outbox", what).await;
+                Some(now + 5000)
+            }
+        };
         let next = [lanes, failed, other].into_iter().flatten().min();
         match next {
             Some(at) => {
