@@ -322,7 +322,11 @@ async fn verify_session(
         .verify(token, now)
         .await
         .map_err(|e| {
-            console_error!("WebCrypto could not check a token's signature: {e:?}");
+            piano_durable_objects::log::error("crypto")
+                .msg(format!(
+                    "WebCrypto could not check a token's signature: {e:?}"
+                ))
+                .emit();
             api_response(&ApiError::Unavailable {
                 retry_after_secs: None,
             })
@@ -333,7 +337,9 @@ async fn verify_session(
         let check = session_is_live(env, &claims.sub, sid, claims.generation.unwrap_or(0))
             .await
             .map_err(|e| {
-                console_error!("session check failed: {e}");
+                piano_durable_objects::log::error("crypto")
+                    .msg(format!("session check failed: {e}"))
+                    .emit();
                 api_response(&ApiError::Unavailable {
                     retry_after_secs: None,
                 })

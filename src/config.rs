@@ -20,6 +20,13 @@
 //! | `ENVIRONMENT` | var | `dev` | dev, staging or production; analytics events carry it (read by the Room objects) |
 //! | `ANALYTICS_URL` | var | none | HTTP sink for analytics events, NDJSON POSTs (read by the Room objects, `durable-objects/src/analytics.rs`) |
 //! | `ANALYTICS` | Analytics Engine binding | per environment in `wrangler.toml` | one data point per analytics event |
+//! | `LOG_LEVEL` | var | `info` | `error`, `warn`, `info` or `debug`: the least severe log lines printed |
+//! | `DEPLOYMENT_ID` | var | `edge` | names this deployment in logs, reports (`server_name`) and shared keys |
+//! | `SENTRY_DSN` | secret | none | error reports to any Sentry-compatible service (`docs/operating-logs-errors.md`) |
+//! | `PIANO_TEST_ROUTES` | var | none | `1` (tests only): `GET /api/debug/panic` and `/api/debug/error` exist |
+//!
+//! The logging and reporting settings are read by `piano_durable_objects::log`, for the worker
+//! and the objects alike.
 
 use piano_core::identity::{self, Claims, TokenError, Verifier, parse_public_keys};
 use piano_durable_objects::webcrypto::ed25519;

@@ -32,39 +32,105 @@ mod policy;
 mod rooms;
 mod shared;
 
+use piano_core::report::{Report, Severity, kind};
 pub use piano_durable_objects::Room;
 pub use piano_durable_objects::account::Account;
 use piano_durable_objects::json_error;
 pub use piano_durable_objects::limiter::Limiter;
 pub use piano_durable_objects::lobby::Lobby;
+use piano_durable_objects::log;
 use worker::*;
 
-/// Once per isolate: a panic's message goes to the logs. Without it a panic (which aborts: the
-/// runtime then starts a new instance of the module, and requests in flight on the old one
-/// fail) would leave no trace.
+/// Once per instance: a panic's message goes to the logs, and its report to the next request
+/// (`log::on_panic`). Without it a panic (which aborts: the runtime then starts a new instance
+/// of the module, and requests in flight on the old one fail) would leave no trace.
 #[event(start)]
 fn start() {
-    std::panic::set_hook(Box::new(|info| console_error!("panic: {info}")));
+    std::panic::set_hook(Box::new(log::on_panic));
 }
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    log::init(&env);
+    if let Some(flush) = log::flush_panics() {
+        ctx.wait_until(flush);
+    }
+    let started = Date::now().as_millis();
+    let request_id = request_id(&req);
     let origin = req.headers().get("origin").ok().flatten();
-    let path = req.path();
+    let (method, path) = (req.method(), req.path());
     let resp = match policy::preflight(&req, &env) {
         Ok(Some(resp)) => Ok(resp),
         _ => route(req, &env).await,
     };
+    let failed = |kind, message: String, status: u16| {
+        log::error(piano_core::logging::event::HTTP_ERROR)
+            .request_id(&request_id)
+            .duration_ms(Date::now().as_millis().saturating_sub(started))
+            .error(&message)
+            .field("status", status)
+            .emit();
+        let r = Report::new(kind, Severity::Error, message)
+            .tag("request_id", request_id.clone())
+            .tag("status", status.to_string());
+        if let Some(send) = log::report(r) {
+            ctx.wait_until(send);
+        }
+    };
+    let took = Date::now().as_millis().saturating_sub(started);
+    if took >= piano_core::logging::SLOW_MS {
+        log::warn(piano_core::logging::event::SLOW_OP)
+            .request_id(&request_id)
+            .duration_ms(took)
+            .field("path", &path)
+            .msg("slow request")
+            .emit();
+    }
     let resp = match resp {
-        Ok(resp) => resp,
+        Ok(resp) => {
+            let status = resp.status_code();
+            // Refusals worth a line (auth failures, rate limits), the same rule as the fallback's.
+            if let Some((piano_core::logging::Level::Warn, name)) =
+                piano_core::logging::for_refusal(status)
+            {
+                log::warn(name)
+                    .request_id(&request_id)
+                    .duration_ms(Date::now().as_millis().saturating_sub(started))
+                    .field("status", status)
+                    .field("path", &path)
+                    .msg("refused")
+                    .emit();
+            }
+            // 503 is a deliberate "not now" (misconfigured, overloaded), not a fault.
+            if status >= 500 && status != 503 {
+                failed(
+                    kind::HTTP_5XX,
+                    format!("{method} {path} answered {status}"),
+                    status,
+                );
+            }
+            resp
+        }
         Err(e) => {
-            console_error!("request failed: {e}");
+            failed(kind::EXCEPTION, format!("{method} {path}: {e}"), 500);
             json_error(500, "internal", "internal error")?
         }
     };
     metrics::count(&path, resp.status_code());
     metrics::push_in_background(&env, &ctx);
     policy::finish(resp, origin.as_deref(), &env).await
+}
+
+/// Cloudflare's `cf-ray` (checked: clients are hostile), else a random id (`wrangler dev`).
+fn request_id(req: &Request) -> String {
+    match req.headers().get("cf-ray").ok().flatten() {
+        Some(ray) if piano_core::logging::valid_request_id(&ray) => ray,
+        _ => {
+            let mut b = [0u8; 8];
+            let _ = getrandom::getrandom(&mut b);
+            b.iter().map(|x| format!("{x:02x}")).collect()
+        }
+    }
 }
 
 async fn route(req: Request, env: &Env) -> Result<Response> {
@@ -111,6 +177,13 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
             mpp::connect(req, env).await
         }
         (Method::Get, ["api", "rooms", name]) => rooms::info(env, &gate::nfc_segment(name)).await,
+        // Test-only (`PIANO_TEST_ROUTES=1`): a panic and a 500 on demand, for the reports' trials.
+        (Method::Get, ["api", "debug", "panic", marker @ ..]) if log::test_routes(env) => {
+            panic!("debug panic requested {}", marker.join("/"))
+        }
+        (Method::Get, ["api", "debug", "error", ..]) if log::test_routes(env) => {
+            json_error(500, "internal", "debug error requested")
+        }
         (Method::Get, ["api", "admin", "rooms", name, "outbox"]) => {
             rooms::outbox(&req, env, name).await
         }

@@ -63,7 +63,10 @@ fn take_due(now: u64, now_please: bool) -> Option<Push> {
 
 async fn send(env: &Env, push: Push) {
     if let Err(e) = piano_durable_objects::lobby::send_metrics(env, &push).await {
-        console_warn!("metrics push failed: {e}");
+        piano_durable_objects::log::warn("metrics")
+            .error(e)
+            .msg("metrics push failed")
+            .emit();
         ISOLATE.with_borrow_mut(|i| i.counters.add_sparse(&push.counters));
     }
 }

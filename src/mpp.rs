@@ -56,7 +56,9 @@ pub async fn connect(req: Request, env: &Env) -> Result<Response> {
     let env = env.clone();
     wasm_bindgen_futures::spawn_local(async move {
         if let Err(e) = relay(&client, &env, ip.as_deref()).await {
-            console_warn!("mpp relay failed: {e}");
+            piano_durable_objects::log::warn("mpp")
+                .msg(format!("mpp relay failed: {e}"))
+                .emit();
             let _ = client.close(Some(1011), Some("relay failed"));
         }
     });

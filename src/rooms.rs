@@ -111,10 +111,14 @@ pub async fn list(env: &Env) -> Result<Response> {
     match cache.get(LIST_CACHE_KEY, false).await {
         Ok(Some(mut hit)) => match hit.text().await {
             Ok(body) => return listing(body, LIST_CACHE_CONTROL, "hit"),
-            Err(e) => console_warn!("cached room list unreadable: {e}"),
+            Err(e) => piano_durable_objects::log::warn("rooms")
+                .msg(format!("cached room list unreadable: {e}"))
+                .emit(),
         },
         Ok(None) => {}
-        Err(e) => console_warn!("room list cache read failed: {e}"),
+        Err(e) => piano_durable_objects::log::warn("rooms")
+            .msg(format!("room list cache read failed: {e}"))
+            .emit(),
     }
     let mut resp = lobby_stub(env)?
         .fetch_with_str("https://lobby.internal/list")
@@ -130,7 +134,9 @@ pub async fn list(env: &Env) -> Result<Response> {
         )
         .await
     {
-        console_warn!("room list cache write failed: {e}");
+        piano_durable_objects::log::warn("rooms")
+            .msg(format!("room list cache write failed: {e}"))
+            .emit();
     }
     listing(body, LIST_CACHE_CONTROL, "miss")
 }

@@ -8,7 +8,9 @@
 use piano_backends::Backends;
 use piano_backends::layout::NetworkSnapshot;
 use piano_backends::redis::{Upstash, cmd};
+use piano_core::report::{Report, Severity, kind};
 use piano_durable_objects::json_error;
+use piano_durable_objects::log;
 use serde_json::{Value, json};
 use std::cell::Cell;
 use worker::*;
@@ -60,7 +62,9 @@ async fn snapshots(
     keys: &piano_backends::layout::Keys,
 ) -> std::result::Result<Vec<NetworkSnapshot>, Result<Response>> {
     let unavailable = |e: piano_backends::BackendError| {
-        console_warn!("reading the shared index failed: {e}");
+        log::warn(piano_core::logging::event::BACKEND_ERROR)
+            .msg(format!("reading the shared index failed: {e}"))
+            .emit();
         json_error(
             502,
             "backend_unavailable",
@@ -145,8 +149,21 @@ pub async fn rate_hit(env: &Env, client: &str, now_ms: u64) -> Option<u64> {
     {
         Ok(a) => a,
         Err(e) => {
-            console_warn!("redis rate counter failed, counting locally for a while: {e}");
+            // The breaker opens: logged and reported (the throttle keeps a flapping Redis to a
+            // few reports).
+            log::error(piano_core::logging::event::CIRCUIT_OPEN)
+                .error(&e)
+                .field("backend", "redis")
+                .msg("redis rate counter failed, counting locally for a while")
+                .emit();
             REDIS_SKIP_UNTIL.with(|c| c.set(now_ms + rate::SHARED_BACKOFF_MS));
+            if let Some(send) = log::report(Report::new(
+                kind::CIRCUIT_OPEN,
+                Severity::Error,
+                format!("redis rate counter: {e}"),
+            )) {
+                worker::wasm_bindgen_futures::spawn_local(send);
+            }
             return None;
         }
     };
@@ -173,7 +190,9 @@ pub async fn user_stats(env: &Env, id: &str) -> Result<Response> {
     {
         Ok(rows) => rows,
         Err(e) => {
-            console_warn!("user stats aggregation failed: {e}");
+            log::warn(piano_core::logging::event::BACKEND_ERROR)
+                .msg(format!("user stats aggregation failed: {e}"))
+                .emit();
             return json_error(
                 502,
                 "backend_unavailable",
@@ -234,7 +253,11 @@ pub async fn not_revoked(env: &Env, sid: &str) -> bool {
         Ok(Value::Null) => true,
         Ok(_) => false,
         Err(e) => {
-            console_warn!("revocation list unreadable, refusing a foreign session: {e}");
+            log::warn(piano_core::logging::event::BACKEND_ERROR)
+                .msg(format!(
+                    "revocation list unreadable, refusing a foreign session: {e}"
+                ))
+                .emit();
             false
         }
     }

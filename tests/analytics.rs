@@ -191,22 +191,22 @@ pub async fn the_http_sink_receives_a_sessions_events(target: &Server) {
     assert_eq!(body["joins"], 0, "a guest keeps nothing: {body}");
 
     if s.host == Host::Edge {
-        // One data point per event (the log line: durable-objects/src/analytics.rs).
-        let marker = format!("for room {room:?}");
+        // One data point per event (the `analytics_engine` log line of
+        // durable-objects/src/analytics.rs).
         let written = || {
             let (mut ok, mut failed) = (0u64, 0u64);
             for path in s.log_paths() {
                 let log = std::fs::read_to_string(&path).unwrap_or_default();
-                let lines = log.lines();
-                for line in
-                    lines.filter(|l| l.contains("analytics engine: wrote") && l.contains(&marker))
-                {
-                    let nums: Vec<u64> = line
-                        .split(|c: char| !c.is_ascii_digit())
-                        .filter_map(|w| w.parse().ok())
-                        .collect();
-                    ok += nums.first().copied().unwrap_or(0);
-                    failed += nums.get(1).copied().unwrap_or(0);
+                for line in log.lines().filter(|l| l.starts_with('{')) {
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                        continue;
+                    };
+                    if v["event"] != "analytics_engine" || v["room"] != room.as_str() {
+                        continue;
+                    }
+                    let n = |k: &str| v["fields"][k].as_str().and_then(|n| n.parse::<u64>().ok());
+                    ok += n("written").unwrap_or(0);
+                    failed += n("failed").unwrap_or(0);
                 }
             }
             (ok, failed)

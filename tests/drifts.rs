@@ -10,10 +10,9 @@
 //! time); [`stop_rigs`] stops them at the end of the run.
 
 use crate::*;
+use e2e_tests::rigs::Rigs;
 use e2e_tests::stack::{Part, Stack};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
 
 /// `piano_core::account::lookup::LOOKUP_BACKOFF_MS`, in the `Retry-After` of a refusal.
 const LOOKUP_BACKOFF_SECS: &str = "5";
@@ -28,32 +27,20 @@ struct Rig {
     link: Option<Link>,
 }
 
-/// The edge's rig and the fallback's.
-static RIGS: [OnceLock<Rig>; 2] = [OnceLock::new(), OnceLock::new()];
-/// One trial at a time on a rig (they take MongoDB down).
-static TURNS: [Mutex<()>; 2] = [Mutex::const_new(()), Mutex::const_new(())];
-
-fn slot(host: Host) -> usize {
-    match host {
-        Host::Edge => 0,
-        _ => 1,
-    }
-}
+/// The edge's rig and the fallback's; one trial at a time on each (they take MongoDB down).
+static RIGS: Rigs<Rig> = Rigs::new();
 
 /// Runs `trial` with the rig of `target`'s host to itself.
 async fn with_rig<F: std::future::Future<Output = ()>>(
     target: &Server,
     trial: impl FnOnce(&'static Rig) -> F,
 ) {
-    let i = slot(target.host);
-    let _turn = TURNS[i].lock().await;
-    let rig = RIGS[i].get_or_init(|| start_rig(target.host));
-    trial(rig).await;
+    RIGS.with(target.host, start_rig, trial).await;
 }
 
 /// Stops the rigs that were started (at the end of the run).
 pub fn stop_rigs() {
-    for rig in RIGS.iter().filter_map(OnceLock::get) {
+    for rig in RIGS.started() {
         rig.server.shutdown();
         rig.stack.stop_all();
     }

@@ -29,6 +29,7 @@ mod drifts;
 mod metrics;
 mod mpp;
 mod persistence;
+mod reports;
 mod room_features;
 mod tokens;
 
@@ -102,6 +103,9 @@ macro_rules! t {
 /// Why the drift trials that take MongoDB down run on a rig of the edge and of the standalone
 /// fallback only (`drifts.rs`).
 const DRIFT_RIG: &str = "a server of its own on a MongoDB it takes down; the cluster's replicas run the same account code";
+
+/// Why the reports' trials run on the edge and the standalone fallback only (`reports.rs`).
+const REPORTS_RIG: &str = "a server of its own with SENTRY_DSN at a local receiver and test routes; the cluster's replicas run the same telemetry code";
 
 /// The one list. Each entry runs on every target unless it says otherwise.
 fn trials() -> Vec<Spec> {
@@ -193,6 +197,12 @@ fn trials() -> Vec<Spec> {
             &[Edge, Fallback],
             "a server of its own for exact counts (the cluster's replicas count alike)",
         ),
+        t!(reports::a_panic_is_reported_once).only(&[Edge, Fallback], REPORTS_RIG),
+        t!(reports::a_server_error_is_reported_once).only(&[Edge, Fallback], REPORTS_RIG),
+        t!(reports::a_dead_letter_is_reported_once).only(&[Edge, Fallback], REPORTS_RIG),
+        t!(reports::an_error_storm_sends_a_bounded_number_of_reports)
+            .only(&[Edge, Fallback], REPORTS_RIG),
+        t!(reports::logs_are_json_lines_without_secrets).only(&[Edge, Fallback], REPORTS_RIG),
         t!(mpp::mpp_client_plays_with_protobuf_players),
         t!(mpp::mpp_clients_are_closed_with_mpp_codes),
         t!(persistence::mongo_client_speaks_the_data_api).only(
@@ -316,6 +326,7 @@ fn main() {
         }
     }
     drifts::stop_rigs();
+    reports::stop_rigs();
     if let Some(stack) = persistence::STACK.get() {
         stack.stop_all();
     }

@@ -22,6 +22,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub mod abuse_support;
 mod client_abuse;
 pub mod process;
+pub mod rigs;
 pub mod stack;
 pub mod targets;
 

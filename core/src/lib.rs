@@ -30,6 +30,8 @@
 //!   bounded batcher both hosts deliver from.
 //! - [`limits`]: protocol-wide numbers (frame size, close codes) that clients rely on;
 //!   [`window`]: the sliding-window rate counter rooms, sessions and accounts share.
+//! - [`logging`]: the one JSON log line schema, level filter and redaction; [`report`]: error
+//!   reports to a Sentry-compatible service (envelopes, dedup and rate limit).
 
 pub mod account;
 pub mod analytics;
@@ -40,6 +42,7 @@ pub mod lane;
 pub mod limits;
 pub mod listing;
 pub mod lobby;
+pub mod logging;
 pub mod metrics;
 pub mod mpp;
 pub mod names;
@@ -47,6 +50,7 @@ pub mod notes;
 pub mod outbox;
 pub mod password;
 pub mod pkcs8;
+pub mod report;
 pub mod room;
 pub mod status;
 pub mod window;

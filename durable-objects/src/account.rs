@@ -120,6 +120,7 @@ pub struct Account {
 
 impl DurableObject for Account {
     fn new(state: State, env: Env) -> Self {
+        crate::log::init(&env);
         let access_ttl_secs = crate::setting(&env, "ACCESS_TOKEN_TTL_SECS")
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(900);
@@ -151,7 +152,9 @@ impl DurableObject for Account {
             .kick(&self.state.storage(), Date::now().as_millis())
             .await
         {
-            console_error!("could not arm the outbox alarm: {e}");
+            crate::log::error("outbox")
+                .msg(format!("could not arm the outbox alarm: {e}"))
+                .emit();
         }
         self.push_backlog().await;
         resp
@@ -184,7 +187,10 @@ impl Account {
             return;
         };
         if let Err(e) = crate::lobby::send_metrics(&self.env, &push).await {
-            console_warn!("metrics push failed: {e}");
+            crate::log::warn("metrics")
+                .error(e)
+                .msg("metrics push failed")
+                .emit();
             self.pusher.borrow_mut().forget_present();
         }
     }
@@ -406,7 +412,9 @@ impl Account {
         {
             Ok(rows) => rows.into_iter().map(|r| r.room).collect(),
             Err(e) => {
-                console_error!("rooms of this account unreadable: {e}");
+                crate::log::error("account")
+                    .msg(format!("rooms of this account unreadable: {e}"))
+                    .emit();
                 return;
             }
         };
@@ -472,7 +480,9 @@ impl Account {
         let doc = match mongo.find_one(layout::ACCOUNTS, filter).await {
             Ok(doc) => doc,
             Err(e) => {
-                console_warn!("account lookup in MongoDB failed: {e}");
+                crate::log::warn(piano_core::logging::event::BACKEND_ERROR)
+                    .msg(format!("account lookup in MongoDB failed: {e}"))
+                    .emit();
                 self.lookup_skip_until
                     .set(lookup::skip_until(Date::now().as_millis()));
                 return Ok(Lookup::Unavailable);

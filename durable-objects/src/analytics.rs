@@ -65,9 +65,11 @@ impl Analytics {
             self.written.set(self.written.get() + ok);
             if let Some(room) = events.first().map(|e| e.room.as_str()) {
                 // The trial reads this line (wrangler dev's Analytics Engine keeps nothing).
-                console_log!(
-                    "analytics engine: wrote {ok} data points ({failed} failed) for room {room:?}"
-                );
+                crate::log::info("analytics_engine")
+                    .room(room)
+                    .field("written", ok)
+                    .field("failed", failed)
+                    .emit();
             }
         }
         if self.url.is_some() {
@@ -87,11 +89,12 @@ impl Analytics {
             Ok(()) => b.delivered(&batch),
             Err(e) => {
                 b.failed(&batch);
-                console_warn!(
-                    "analytics batch of {} events dropped ({} dropped so far): {e}",
-                    batch.events,
-                    b.counters.dropped
-                );
+                crate::log::warn(piano_core::logging::event::BACKEND_ERROR)
+                    .error(e)
+                    .field("events", batch.events)
+                    .field("dropped_so_far", b.counters.dropped)
+                    .msg("analytics batch dropped")
+                    .emit();
             }
         }
     }

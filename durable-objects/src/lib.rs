@@ -11,6 +11,8 @@
 //! - [`limiter`]: the Limiter object, per-key request rates.
 //! - [`metrics`]: the edge's metrics aggregator (hosted by the Lobby) and pushing to it.
 //! - [`outbox`]: durable delivery of writes to MongoDB and Redis, shared by the objects.
+//! - [`log`]: log lines in the core's schema and error reports to `SENTRY_DSN`, for the
+//!   worker and the objects.
 //! - [`sessions`]: how an account tells the rooms holding a member's sockets that a session ended.
 //! - `storage`: the Room object's SQLite tables; `webcrypto`: password checks through WebCrypto.
 
@@ -19,6 +21,7 @@ mod account_stats;
 pub mod analytics;
 pub mod limiter;
 pub mod lobby;
+pub mod log;
 pub mod metrics;
 pub mod outbox;
 pub mod room;

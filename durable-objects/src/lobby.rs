@@ -92,6 +92,7 @@ struct UserRef {
 
 impl DurableObject for Lobby {
     fn new(state: State, env: Env) -> Self {
+        crate::log::init(&env);
         Lobby {
             outbox: Outbox::new(&env),
             state,
@@ -309,7 +310,7 @@ impl Lobby {
             crate::metrics::backlog_push(&self.pusher, &self.outbox, sql, "lobby:directory")
             && let Err(e) = crate::metrics::apply(sql, &push, Date::now().as_millis())
         {
-            console_warn!("metrics: {e}");
+            crate::log::warn("metrics").error(e).emit();
         }
     }
 
@@ -351,10 +352,16 @@ impl Lobby {
         for (room, outcome) in self.call_rooms(rooms, "/directory", Some(&body)).await {
             if self.with(|l| l.subscribers.pushed(&room, outcome)) {
                 if outcome == Pushed::Failed {
-                    console_warn!("{room} failed {MAX_PUSH_FAILURES} pushes: no longer pushed to");
+                    crate::log::warn("lobby")
+                        .msg(format!(
+                            "{room} failed {MAX_PUSH_FAILURES} pushes: no longer pushed to"
+                        ))
+                        .emit();
                 }
                 if let Err(e) = self.drop_room(&room) {
-                    console_warn!("could not drop subscriber {room}: {e}");
+                    crate::log::warn("lobby")
+                        .msg(format!("could not drop subscriber {room}: {e}"))
+                        .emit();
                 }
             }
         }
@@ -398,15 +405,21 @@ impl Lobby {
             Either::Left((Ok(410), _)) => Pushed::Gone,
             Either::Left((Ok(status), _)) if status < 400 => Pushed::Delivered,
             Either::Left((Ok(status), _)) => {
-                console_warn!("{path} to {room} answered {status}");
+                crate::log::warn("lobby")
+                    .msg(format!("{path} to {room} answered {status}"))
+                    .emit();
                 Pushed::Failed
             }
             Either::Left((Err(e), _)) => {
-                console_warn!("{path} to {room} failed: {e}");
+                crate::log::warn("lobby")
+                    .msg(format!("{path} to {room} failed: {e}"))
+                    .emit();
                 Pushed::Failed
             }
             Either::Right(_) => {
-                console_warn!("{path} to {room} timed out");
+                crate::log::warn("lobby")
+                    .msg(format!("{path} to {room} timed out"))
+                    .emit();
                 Pushed::Failed
             }
         }

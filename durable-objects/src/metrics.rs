@@ -136,7 +136,12 @@ pub fn backlog_push(
     outbox.backends()?;
     let heads = outbox
         .heads(sql)
-        .map_err(|e| console_warn!("outbox heads unreadable: {e}"))
+        .map_err(|e| {
+            crate::log::warn("storage")
+                .error(e)
+                .msg("outbox heads unreadable")
+                .emit()
+        })
         .ok()?;
     let present = Present {
         outbox: heads,

@@ -27,7 +27,9 @@ pub fn backends(env: &Env) -> Option<Backends> {
         Ok(b) if b.is_configured() => Some(b),
         Ok(_) => None,
         Err(e) => {
-            console_error!("external backends not used: {e}");
+            crate::log::error(piano_core::logging::event::BACKEND_ERROR)
+                .msg(format!("external backends not used: {e}"))
+                .emit();
             None
         }
     }
@@ -204,14 +206,19 @@ impl Outbox {
         let (flushed, failed) = match flushed {
             Ok(f) => (f, None),
             Err(e) => {
-                console_error!("outbox flush failed, retrying in 5 s: {e}");
+                let what = format!("outbox flush failed, retrying in 5 s: {e}");
+                crate::log::exception("outbox", what).await;
                 (Flushed::default(), Some(now + 5000))
             }
         };
-        let lanes = self.next_attempts(sql, now).unwrap_or_else(|e| {
-            console_error!("outbox read failed, retrying in 5 s: {e}");
-            Some(now + 5000)
-        });
+        let lanes = match self.next_attempts(sql, now) {
+            Ok(lanes) => lanes,
+            Err(e) => {
+                let what = format!("outbox read failed, retrying in 5 s: {e}");
+                crate::log::exception("outbox", what).await;
+                Some(now + 5000)
+            }
+        };
         let next = [lanes, failed, other].into_iter().flatten().min();
         match next {
             Some(at) => {
@@ -345,16 +352,28 @@ impl Outbox {
                         ],
                     )?;
                     if attempts == 1 || attempts % 10 == 0 {
-                        console_warn!(
-                            "{} outbox: delivery failed ({attempts}x), will retry: {error}",
-                            lane.as_str()
-                        );
+                        crate::log::warn(piano_core::logging::event::BACKEND_ERROR)
+                            .error(&error)
+                            .field("lane", lane.as_str())
+                            .field("attempts", attempts)
+                            .msg("outbox delivery failed; will retry")
+                            .emit();
                     }
                 }
                 Verdict::Bury => {
-                    console_error!(
-                        "{} outbox: op set aside in outbox_dead: {error}",
-                        lane.as_str()
+                    crate::log::error(piano_core::logging::event::DEAD_LETTER)
+                        .error(&error)
+                        .field("lane", lane.as_str())
+                        .msg("outbox: op set aside in outbox_dead")
+                        .emit();
+                    // Objects have no `wait_until`: the report finishes while the object lives.
+                    crate::log::report_in_background(
+                        piano_core::report::Report::new(
+                            piano_core::report::kind::DEAD_LETTER,
+                            piano_core::report::Severity::Error,
+                            format!("outbox {}: {error}", lane.as_str()),
+                        )
+                        .tag("lane", lane.as_str()),
                     );
                     self.bury(sql, &row, lane, &error, now)?;
                     done.dead += 1;

@@ -65,7 +65,9 @@ pub async fn notify(env: &Env, rooms: &[String], notice: &Notice) {
         }
         .await;
         if let Err(e) = result {
-            console_warn!("session notice to room {room} failed: {e}");
+            crate::log::warn("sessions")
+                .msg(format!("session notice to room {room} failed: {e}"))
+                .emit();
         }
     }
 }

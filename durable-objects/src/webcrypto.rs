@@ -28,7 +28,9 @@ pub async fn verify_password(password: &str, hash: &PasswordHash) -> bool {
     match derive(password, hash).await {
         Ok(derived) => constant_time_eq(&derived, &hash.hash),
         Err(e) => {
-            worker::console_error!("WebCrypto PBKDF2 failed: {e:?}");
+            crate::log::error("crypto")
+                .msg(format!("WebCrypto PBKDF2 failed: {e:?}"))
+                .emit();
             false
         }
     }

@@ -80,14 +80,20 @@ pub struct Config {
     /// Frames queued per connection before it counts as a slow consumer and is closed.
     pub outbound_queue: usize,
     pub drain_timeout: Duration,
-    /// `ENVIRONMENT`: dev, staging or production (analytics events carry it).
-    pub environment: String,
     /// `ANALYTICS_URL`: the HTTP sink for analytics events (NDJSON batches), if any.
     pub analytics_url: Option<AnalyticsTarget>,
     /// `ANALYTICS_QUEUE_EVENTS`, `ANALYTICS_BATCH_EVENTS`, `ANALYTICS_FLUSH_MS`.
     pub analytics_limits: piano_core::analytics::BatchLimits,
     /// Whether the signing key was generated here (development only; logged as a warning).
     pub generated_key: bool,
+    /// `ENVIRONMENT` (dev|staging|production) and `RELEASE` (default: the crate's version), in
+    /// every error report; analytics events carry the environment too.
+    pub environment: String,
+    pub release: String,
+    /// `SENTRY_DSN`: where error reports go (any Sentry-compatible service); none without it.
+    pub sentry_dsn: Option<piano_core::report::Dsn>,
+    /// `PIANO_TEST_ROUTES=1`: `/api/debug/…` (a forced panic and a forced 500) exist.
+    pub test_routes: bool,
 }
 
 /// Reads settings through `get` (the process environment in production, a map in tests).
@@ -209,6 +215,11 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
         metrics_addr,
         cors_origins: piano_core::http_policy::parse_origins(get("CORS_ORIGINS").as_deref()),
         admin_bootstrap_secret: get("ADMIN_BOOTSTRAP_SECRET"),
+        release: get("RELEASE").unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
+        sentry_dsn: get("SENTRY_DSN")
+            .map(|d| piano_core::report::Dsn::parse(&d))
+            .transpose()?,
+        test_routes: get("PIANO_TEST_ROUTES").as_deref() == Some("1"),
         outbound_queue: number("OUTBOUND_QUEUE_FRAMES", 1024, 16..=1_000_000)? as usize,
         drain_timeout: Duration::from_secs(number("DRAIN_TIMEOUT_SECS", 10, 0..=600)?),
         environment: environment(get("ENVIRONMENT"))?,

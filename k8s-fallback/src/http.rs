@@ -58,6 +58,7 @@ pub fn router(hub: Arc<Hub>, accounts: Arc<Accounts>) -> axum::Router {
             policy,
             crate::security::layer,
         ))
+        .layer(axum::middleware::from_fn(crate::observe::layer))
 }
 
 /// `METRICS_ADDR`: `/metrics` alone, without a credential (keep that port off the Service).
@@ -259,6 +260,13 @@ async fn route_inner(app: App, peer: SocketAddr, req: Request) -> Response {
             ),
             Err(resp) => resp,
         },
+        // Test-only (`PIANO_TEST_ROUTES=1`): a panic and a 500 on demand, for the reports' trials.
+        (&Method::GET, ["api", "debug", "panic", marker @ ..]) if hub.cfg.test_routes => {
+            panic!("debug panic requested {}", marker.join("/"))
+        }
+        (&Method::GET, ["api", "debug", "error", ..]) if hub.cfg.test_routes => {
+            json_error(500, "internal", "debug error requested")
+        }
         (
             _,
             [".well-known", "jwks.json"]

@@ -449,7 +449,7 @@ async fn push_deltas(hub: Arc<Hub>) {
 /// [`crate::reach`]).
 pub async fn pass_on_reach(hub: Arc<Hub>, mut rx: mpsc::Receiver<Reach>) {
     while let Some(event) = rx.recv().await {
-        tracing::info!(?event, "session change: closing affected sockets");
+        tracing::info!(change = ?event, "session change: closing affected sockets");
         if let Some(c) = &hub.cluster {
             let Ok(json) = serde_json::to_vec(&event) else {
                 continue;

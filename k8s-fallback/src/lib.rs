@@ -21,6 +21,8 @@
 //!   WebSocket gate; [`status`]: `GET /api/status` (the core's component states, cached).
 //! - [`ws`]: one player's socket: reader → room, bounded outbound queue → writer; [`ws::mpp`]:
 //!   `GET /mpp`, sockets speaking Multiplayer Piano JSON that pick their room after `hi`.
+//! - [`observe`]: every request's id, its panics turned into 500s, server errors logged and
+//!   reported.
 //! - [`body`]: request bodies read capped and timed; [`security`]: security headers and CORS on
 //!   every response.
 //! - [`serve`]: the accept loop (hyper HTTP/1.1 with header/keep-alive timeouts, connection
@@ -54,6 +56,8 @@
 //!   [`client_ip`]: who the client is behind `TRUSTED_PROXIES`.
 //! - [`reach`]: the message that takes session ends and role changes to the rooms holding the
 //!   member's sockets; [`wire`]: the binary messages replicas exchange.
+//! - [`telemetry`]: log lines in the core's schema, the panic hook, error reports to
+//!   `SENTRY_DSN`.
 //! - [`json`]: JSON responses and errors; [`metrics`]: counters and the relay latency
 //!   histogram, rendered by the core's one list of metrics (`piano_core::metrics`).
 
@@ -71,6 +75,7 @@ pub mod json;
 pub mod metrics;
 pub mod mongo;
 pub mod network;
+pub mod observe;
 pub mod outbox;
 pub mod reach;
 pub mod redis_handle;
@@ -80,6 +85,7 @@ pub mod serve;
 pub mod sockets;
 pub mod status;
 pub mod store;
+pub mod telemetry;
 pub mod user_stats;
 pub mod wire;
 pub mod ws;
@@ -105,6 +111,15 @@ pub fn now_us() -> u64 {
 
 /// Runs the server until SIGTERM or SIGINT, then drains.
 pub async fn run(cfg: config::Config) -> Result<(), String> {
+    telemetry::start_reports(
+        cfg.sentry_dsn.clone(),
+        piano_core::report::Origin {
+            environment: cfg.environment.clone(),
+            release: cfg.release.clone(),
+            server_name: cfg.replica_id.clone(),
+            client: format!("piano-fallback/{}", env!("CARGO_PKG_VERSION")),
+        },
+    );
     if cfg.generated_key {
         tracing::warn!(
             path = %cfg.data_dir.join("dev-jwt-key.pem").display(),

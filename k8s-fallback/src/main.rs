@@ -1,20 +1,26 @@
-//! `k8s-fallback`: configuration from the environment, JSON logs, then [`k8s_fallback::run`].
+//! `k8s-fallback`: configuration from the environment, JSON logs (the core's schema, `LOG_LEVEL`;
+//! `LOG_FORMAT=text` for people), then [`k8s_fallback::run`].
 
 fn main() -> std::process::ExitCode {
     let json = std::env::var("LOG_FORMAT")
         .map(|f| f != "text")
         .unwrap_or(true);
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = k8s_fallback::telemetry::filter(
+        std::env::var("RUST_LOG").ok(),
+        std::env::var("LOG_LEVEL").ok(),
+    );
     if json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_current_span(false)
-            .with_env_filter(filter)
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let deployment = std::env::var("DEPLOYMENT_ID").unwrap_or_else(|_| "fallback".into());
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(k8s_fallback::telemetry::JsonLines { deployment })
             .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
+    k8s_fallback::telemetry::install_panic_hook();
     let cfg = match k8s_fallback::config::from_lookup(|name| std::env::var(name).ok()) {
         Ok(cfg) => cfg,
         Err(e) => {

@@ -309,6 +309,7 @@ impl Outbox {
                 // Loud at first, then once every ten tries: an outage must not flood the log.
                 if attempts <= 3 || attempts.is_multiple_of(10) {
                     tracing::warn!(
+                        event = piano_core::logging::event::BACKEND_ERROR,
                         lane = lane.as_str(),
                         attempts,
                         error,
@@ -324,9 +325,18 @@ impl Outbox {
                 METRICS.mongo_errors.fetch_add(1, Relaxed);
                 METRICS.mongo_dropped.fetch_add(1, Relaxed);
                 tracing::error!(
+                    event = piano_core::logging::event::DEAD_LETTER,
                     lane = lane.as_str(),
                     error,
                     "outbox: op set aside in outbox_dead"
+                );
+                crate::telemetry::send(
+                    piano_core::report::Report::new(
+                        piano_core::report::kind::DEAD_LETTER,
+                        piano_core::report::Severity::Error,
+                        format!("outbox {}: {error}", lane.as_str()),
+                    )
+                    .tag("lane", lane.as_str()),
                 );
                 conn.prepare_cached(
                     "INSERT OR REPLACE INTO outbox_dead (id, lane, op, error, failed_at) VALUES (?1, ?2, ?3, ?4, ?5)",

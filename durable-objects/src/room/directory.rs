@@ -76,7 +76,9 @@ impl Room {
                 }
             };
             if let Err(e) = result {
-                console_warn!("directory call failed: {e}");
+                crate::log::warn("room")
+                    .msg(format!("directory call failed: {e}"))
+                    .emit();
             }
         }
         more

@@ -55,7 +55,9 @@ impl Outgoing {
             Outgoing::Binary(b) => raw.send_with_array_buffer(b),
         };
         if let Err(e) = sent {
-            console_warn!("send to {conn} failed: {e:?}");
+            crate::log::warn("room")
+                .msg(format!("send to {conn} failed: {e:?}"))
+                .emit();
         }
     }
 }
@@ -109,7 +111,9 @@ impl Room {
         let name = self.room_name();
         match crate::storage::init(&self.state.storage().sql(), &name) {
             Ok(()) => self.has_storage.set(Some(true)),
-            Err(e) => console_error!("room storage init failed: {e}"),
+            Err(e) => crate::log::error("storage")
+                .msg(format!("room storage init failed: {e}"))
+                .emit(),
         }
     }
 
@@ -159,14 +163,18 @@ impl Room {
         self.discard_asked.set(false);
         let storage = self.state.storage();
         if let Err(e) = storage.delete_alarm().await {
-            console_warn!("discard: alarm not deleted: {e}");
+            crate::log::warn("storage")
+                .msg(format!("discard: alarm not deleted: {e}"))
+                .emit();
         }
         match storage.delete_all().await {
             Ok(()) => {
                 self.has_storage.set(Some(false));
                 self.outbox.forget_alarm();
             }
-            Err(e) => console_error!("discard: storage not deleted: {e}"),
+            Err(e) => crate::log::error("storage")
+                .msg(format!("discard: storage not deleted: {e}"))
+                .emit(),
         }
     }
 
@@ -180,7 +188,11 @@ impl Room {
         let room = self.room_name();
         for user in users {
             if let Err(e) = sessions::announce(&self.env, &user, &room).await {
-                console_warn!("could not tell {user}'s account about room {room}: {e}");
+                crate::log::warn("room")
+                    .msg(format!(
+                        "could not tell {user}'s account about room {room}: {e}"
+                    ))
+                    .emit();
             }
         }
     }

@@ -7,7 +7,6 @@
 use super::{Room, now};
 use piano_core::metrics::Fam;
 use piano_core::metrics::push::Present;
-use worker::*;
 
 impl Room {
     /// Counts what the host itself does (frames skipped for a slow reader, slow readers
@@ -44,7 +43,10 @@ impl Room {
                 (false, Some(heads)) => present.outbox = heads,
                 _ => match self.outbox.heads(&self.state.storage().sql()) {
                     Ok(heads) => present.outbox = heads,
-                    Err(e) => console_warn!("outbox heads unreadable: {e}"),
+                    Err(e) => crate::log::warn("storage")
+                        .error(e)
+                        .msg("outbox heads unreadable")
+                        .emit(),
                 },
             }
         }
@@ -54,7 +56,10 @@ impl Room {
         };
         if let Err(e) = crate::lobby::send_metrics(&self.env, &push).await {
             // Kept for the next push: counters only go up.
-            console_warn!("metrics push failed: {e}");
+            crate::log::warn("metrics")
+                .error(e)
+                .msg("metrics push failed")
+                .emit();
             let mut pusher = self.pusher.borrow_mut();
             pusher.counters.add_sparse(&push.counters);
             pusher.forget_present();

@@ -87,6 +87,7 @@ pub struct Room {
 
 impl DurableObject for Room {
     fn new(state: State, env: Env) -> Self {
+        crate::log::init(&env);
         Room {
             outbox: Outbox::new(&env),
             state,
@@ -281,6 +282,12 @@ impl Room {
                 l.mpp.insert(conn);
             }
         }
+        crate::log::info(piano_core::logging::event::JOIN)
+            .room(&name)
+            .user(&identity.user_id)
+            .conn(conn)
+            .msg("connected to the room")
+            .emit();
         let input = if mpp {
             Input::ConnectMpp { conn, identity }
         } else {
@@ -309,7 +316,11 @@ impl Room {
         {
             Ok(doc) => doc,
             Err(e) => {
-                console_warn!("shared room lookup failed, starting {name} fresh: {e}");
+                crate::log::warn(piano_core::logging::event::BACKEND_ERROR)
+                    .msg(format!(
+                        "shared room lookup failed, starting {name} fresh: {e}"
+                    ))
+                    .emit();
                 None
             }
         }
@@ -385,6 +396,11 @@ impl Room {
             return Vec::new();
         };
         let ops = self.handle(None, Input::Disconnect { conn });
+        let mut line = crate::log::info(piano_core::logging::event::LEAVE).conn(conn);
+        if let Some(l) = self.loaded.borrow().as_ref() {
+            line = line.room(l.room.name());
+        }
+        line.msg("left the room").emit();
         if let Some(l) = self.loaded.borrow_mut().as_mut() {
             l.sockets.remove(&conn);
             l.unread.remove(&conn);
@@ -398,7 +414,9 @@ impl Room {
         match self.ensure_loaded(name_hint) {
             Ok(restored) => self.apply(restored),
             Err(e) => {
-                console_error!("room load failed: {e}");
+                crate::log::error("storage")
+                    .msg(format!("room load failed: {e}"))
+                    .emit();
                 Vec::new()
             }
         }
@@ -430,12 +448,16 @@ impl Room {
         let storage = self.state.storage();
         let at = now();
         if let Err(e) = self.outbox.kick(&storage, at).await {
-            console_error!("could not arm the outbox alarm: {e}");
+            crate::log::error("outbox")
+                .msg(format!("could not arm the outbox alarm: {e}"))
+                .emit();
         }
         if let Some(deadline) = self.deadline()
             && let Err(e) = self.outbox.alarm_by(&storage, deadline, at).await
         {
-            console_error!("could not arm the expiry alarm: {e}");
+            crate::log::error("storage")
+                .msg(format!("could not arm the expiry alarm: {e}"))
+                .emit();
         }
     }
 
@@ -513,6 +535,14 @@ impl Room {
                     }
                 }
                 Effect::Close { conn, code, reason } => {
+                    let (level, name) = piano_core::logging::for_close(code);
+                    crate::log::at(level, name)
+                        .room(l.room.name())
+                        .conn(conn)
+                        .field("code", code)
+                        .field("reason", reason)
+                        .msg("socket closed")
+                        .emit();
                     l.unread.remove(&conn);
                     l.mpp.remove(&conn);
                     if let Some(ws) = l.sockets.remove(&conn) {
@@ -536,7 +566,9 @@ impl Room {
                     if let Some(ws) = l.sockets.get(&record.conn)
                         && let Err(e) = ws.serialize_attachment(&record)
                     {
-                        console_error!("attachment write failed: {e}");
+                        crate::log::error("storage")
+                            .msg(format!("attachment write failed: {e}"))
+                            .emit();
                     }
                 }
                 Effect::Persist(change) => {
@@ -544,7 +576,9 @@ impl Room {
                         mirrored.push(change.clone());
                     }
                     if let Err(e) = storage::write(&sql, change) {
-                        console_error!("storage write failed: {e}");
+                        crate::log::error("storage")
+                            .msg(format!("storage write failed: {e}"))
+                            .emit();
                     }
                 }
                 Effect::Directory(op) => ops.push(op),
@@ -562,7 +596,9 @@ impl Room {
                 .map(|c| layout::room_change(&b.deployment, l.room.name(), c, at))
                 .collect();
             if let Err(e) = self.outbox.enqueue(&sql, ops, at) {
-                console_error!("outbox write failed: {e}");
+                crate::log::error("outbox")
+                    .msg(format!("outbox write failed: {e}"))
+                    .emit();
             }
         }
         // Slow readers are closed (1013) and leave the room like any disconnect.
@@ -585,7 +621,9 @@ impl Room {
             }
         }
         for conn in slow {
-            console_warn!("closed slow reader {conn}");
+            crate::log::warn("slow_reader")
+                .msg(format!("closed slow reader {conn}"))
+                .emit();
             ops.extend(self.handle(None, Input::Disconnect { conn }));
         }
         ops

@@ -13,7 +13,6 @@ use piano_backends::layout;
 use piano_core::proto::Participant;
 use piano_core::room::StatsDelta;
 use std::collections::BTreeMap;
-use worker::*;
 
 impl Room {
     /// Records the analytics events, keeps members' activity for their Account objects
@@ -40,11 +39,15 @@ impl Room {
         for (user, delta) in &stats {
             match storage::add_stats(&sql, user, delta) {
                 Ok(totals) => ops.push(layout::user_stats(&deployment, room, user, &totals)),
-                Err(e) => console_error!("stats write failed: {e}"),
+                Err(e) => crate::log::error(piano_core::logging::event::BACKEND_ERROR)
+                    .msg(format!("stats write failed: {e}"))
+                    .emit(),
             }
         }
         if let Err(e) = self.outbox.enqueue(&sql, ops, at) {
-            console_error!("outbox write failed: {e}");
+            crate::log::error("outbox")
+                .msg(format!("outbox write failed: {e}"))
+                .emit();
         }
     }
 
@@ -55,7 +58,11 @@ impl Room {
         let rows = std::mem::take(&mut *self.member_stats.borrow_mut());
         for (user, delta) in rows {
             if let Err(e) = self.add_to_account(&user, &delta).await {
-                console_warn!("could not add {user}'s activity to their totals: {e}");
+                crate::log::warn(piano_core::logging::event::BACKEND_ERROR)
+                    .user(user)
+                    .error(e)
+                    .msg("activity not added to the member's totals")
+                    .emit();
             }
         }
     }
@@ -95,7 +102,9 @@ impl Room {
         if let Err(e) = storage::set_present(&sql, &joined, &left)
             .and_then(|()| self.outbox.enqueue(&sql, ops, at))
         {
-            console_error!("presence write failed: {e}");
+            crate::log::error(piano_core::logging::event::BACKEND_ERROR)
+                .msg(format!("presence write failed: {e}"))
+                .emit();
         }
     }
 }

@@ -86,6 +86,7 @@ impl Task {
                     }
                 }
                 Effect::Close { conn, code, reason } => {
+                    log_close(&self.name, conn, code, reason);
                     self.local.remove(&conn);
                     let replica = self.remote.remove(&conn);
                     self.close(conn, replica.as_deref(), code, reason);
@@ -158,5 +159,18 @@ impl Task {
                 }
             }
         }
+    }
+}
+
+/// A closed socket, at the level the core gives its code (kicks, floods, caps).
+fn log_close(room: &str, conn: ConnId, code: u16, reason: &str) {
+    use piano_core::logging::{Level, for_close};
+    let (level, name) = for_close(code);
+    match level {
+        Level::Error | Level::Warn => {
+            tracing::warn!(event = name, room, conn, code, reason, "socket closed")
+        }
+        Level::Info => tracing::info!(event = name, room, conn, code, reason, "socket closed"),
+        Level::Debug => tracing::debug!(event = name, room, conn, code, reason, "socket closed"),
     }
 }

@@ -172,6 +172,13 @@ impl Task {
                         self.local.insert(conn);
                     }
                 }
+                tracing::info!(
+                    event = piano_core::logging::event::JOIN,
+                    room = self.name,
+                    user = identity.user_id,
+                    conn,
+                    "connected to the room"
+                );
                 let input = match protocol {
                     Protocol::Protobuf => Input::Connect { conn, identity },
                     Protocol::Mpp => Input::ConnectMpp { conn, identity },
@@ -193,6 +200,12 @@ impl Task {
                 self.execute(effects, Some(at_us));
             }
             RoomMsg::Disconnect { conn } => {
+                tracing::info!(
+                    event = piano_core::logging::event::LEAVE,
+                    room = self.name,
+                    conn,
+                    "left the room"
+                );
                 self.local.remove(&conn);
                 self.remote.remove(&conn);
                 let effects = self.room.handle(Input::Disconnect { conn }, now);

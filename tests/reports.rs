@@ -1,0 +1,539 @@
+//! Structured logs and error reports (`docs/operating-logs-errors.md`), on both hosts.
+//!
+//! A rig per host: a server of its own with `SENTRY_DSN` pointed at a local receiver that
+//! parses every envelope with the official Sentry types (`sentry-types`), `PIANO_TEST_ROUTES=1`
+//! for the forced panic and 500, `LOG_LEVEL=debug`, and a MongoDB-compatible stack whose `chat`
+//! collection refuses messages starting `deadletter` (a validator), so such a message becomes an
+//! outbox dead letter. Trials take turns on a rig: each expects exactly its own reports. The
+//! storm runs on a server of its own (it spends the reporter's budget).
+
+use crate::*;
+use e2e_tests::rigs::Rigs;
+use e2e_tests::stack::{Part, Stack};
+use piano_core::proto::client_message::Msg as Cm;
+use sentry_types::protocol::v7::{Envelope, EnvelopeItem, Event};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ENVIRONMENT: &str = "staging";
+const RELEASE: &str = "e2e-9.9.9";
+const PROJECT: &str = "42";
+const PUBLIC_KEY: &str = "e2epublickey";
+/// `piano_core::report::Policy::default()`: the documented bound.
+const BURST: u64 = 10;
+const REFILL_SECS: u64 = 6;
+
+/// One envelope as received: the parsed event and what the request carried.
+#[derive(Clone, Debug)]
+struct Received {
+    path: String,
+    auth: String,
+    event: Event<'static>,
+}
+
+/// A Sentry-compatible ingestion endpoint on loopback: every request must be a POST of a valid
+/// envelope (else it is recorded as a failure and the trial fails).
+struct Receiver {
+    port: u16,
+    got: Arc<std::sync::Mutex<Vec<Received>>>,
+    bad: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+        let port = listener.local_addr().expect("receiver address").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (g, b) = (got.clone(), bad.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("receiver runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (g, b) = (g.clone(), b.clone());
+                    tokio::spawn(async move {
+                        match read_request(stream).await {
+                            Ok(r) => g.lock().unwrap().push(r),
+                            Err(e) => b.lock().unwrap().push(e),
+                        }
+                    });
+                }
+            });
+        });
+        Receiver { port, got, bad }
+    }
+
+    fn dsn(&self) -> String {
+        format!("http://{PUBLIC_KEY}@127.0.0.1:{}/{PROJECT}", self.port)
+    }
+
+    fn received(&self) -> Vec<Received> {
+        let bad = self.bad.lock().unwrap().clone();
+        assert!(bad.is_empty(), "the receiver got invalid requests: {bad:?}");
+        self.got.lock().unwrap().clone()
+    }
+}
+
+/// Reads one HTTP/1.1 request, answers 200 and parses its body as an envelope.
+async fn read_request(mut stream: tokio::net::TcpStream) -> Result<Received, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before the headers ended".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.lines();
+    let request_line = lines.next().unwrap_or_default().to_owned();
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let length: usize = header("content-length")
+        .and_then(|l| l.parse().ok())
+        .ok_or("no content-length")?;
+    while buf.len() < head_end + length {
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before the body ended".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let _ = stream
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+        .await;
+    let mut parts = request_line.split(' ');
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method != "POST" {
+        return Err(format!("{request_line}: not a POST"));
+    }
+    let auth = header("x-sentry-auth").ok_or("no X-Sentry-Auth")?;
+    let parsed: sentry_types::Auth = auth
+        .parse()
+        .map_err(|e| format!("X-Sentry-Auth {auth:?}: {e}"))?;
+    if parsed.public_key() != PUBLIC_KEY || parsed.version() != 7 {
+        return Err(format!("X-Sentry-Auth {auth:?}: wrong key or version"));
+    }
+    let body = &buf[head_end..head_end + length];
+    let envelope = Envelope::from_slice(body).map_err(|e| {
+        format!(
+            "not an envelope ({e}): {}",
+            String::from_utf8_lossy(body)
+                .chars()
+                .take(300)
+                .collect::<String>()
+        )
+    })?;
+    let event = envelope
+        .items()
+        .find_map(|i| match i {
+            EnvelopeItem::Event(e) => Some((**e).clone()),
+            _ => None,
+        })
+        .ok_or("an envelope without an event")?;
+    if envelope.uuid() != Some(&event.event_id) {
+        return Err("the envelope's event_id is not its event's".into());
+    }
+    Ok(Received {
+        path: path.to_owned(),
+        auth,
+        event,
+    })
+}
+
+struct Rig {
+    receiver: Receiver,
+    server: Server,
+    stack: Option<Stack>,
+    deployment: String,
+}
+
+impl Rig {
+    fn start(host: Host, with_stack: bool) -> Rig {
+        let receiver = Receiver::start();
+        let deployment = unique("reports");
+        let stack = with_stack.then(Stack::start);
+        let mut vars: Vec<(String, String)> = vec![
+            ("SENTRY_DSN".into(), receiver.dsn()),
+            ("ENVIRONMENT".into(), ENVIRONMENT.into()),
+            ("RELEASE".into(), RELEASE.into()),
+            ("PIANO_TEST_ROUTES".into(), "1".into()),
+            ("LOG_LEVEL".into(), "debug".into()),
+            // The fallback's harness default; LOG_LEVEL is what is tried here.
+            ("RUST_LOG".into(), String::new()),
+            ("DEPLOYMENT_ID".into(), deployment.clone()),
+        ];
+        if let Some(stack) = &stack {
+            refuse_dead_letter_chat(stack);
+            match host {
+                Host::Edge => {
+                    vars.extend(stack.vars(&deployment));
+                }
+                _ => {
+                    vars.push((
+                        "MONGODB_URL".into(),
+                        format!(
+                            "mongodb://127.0.0.1:{}/?directConnection=true",
+                            stack.port(Part::Mongo)
+                        ),
+                    ));
+                    vars.push(("MONGODB_DATABASE".into(), "pianotest".into()));
+                }
+            }
+        }
+        let server = match host {
+            Host::Edge => Server::start_edge_with(&vars),
+            _ => Server::start_fallback_binary(
+                std::path::Path::new(env!("CARGO_BIN_EXE_piano-fallback")),
+                &vars,
+            ),
+        };
+        Rig {
+            receiver,
+            server,
+            stack,
+            deployment,
+        }
+    }
+
+    /// Reports whose message contains `marker`, once `within` has passed with at least one
+    /// (and a further moment, so a duplicate would have arrived too).
+    async fn reports_with(&self, marker: &str, within: Duration) -> Vec<Received> {
+        self.reports_where(
+            |r| r.event.message.as_deref().unwrap_or("").contains(marker),
+            within,
+        )
+        .await
+    }
+
+    /// As [`Rig::reports_with`], for the reports `pick` chooses.
+    async fn reports_where(
+        &self,
+        pick: impl Fn(&Received) -> bool,
+        within: Duration,
+    ) -> Vec<Received> {
+        let matching = || {
+            self.receiver
+                .received()
+                .into_iter()
+                .filter(|r| pick(r))
+                .collect::<Vec<_>>()
+        };
+        let deadline = Instant::now() + within;
+        while matching().is_empty() && Instant::now() < deadline {
+            // The edge sends a panic's report with the next request its isolate serves.
+            let _ = reqwest::get(self.server.http("/healthz")).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        matching()
+    }
+
+    /// What every report of this rig must say about where it comes from.
+    fn check_origin(&self, r: &Received) {
+        let e = &r.event;
+        assert_eq!(r.path, format!("/api/{PROJECT}/envelope/"));
+        assert!(r.auth.starts_with("Sentry "), "{}", r.auth);
+        assert_eq!(e.environment.as_deref(), Some(ENVIRONMENT));
+        assert_eq!(e.release.as_deref(), Some(RELEASE));
+        let server = e.server_name.as_deref().unwrap_or("");
+        match self.server.host {
+            Host::Edge => assert_eq!(server, self.deployment),
+            // REPLICA_ID from the harness, made unique per process start.
+            _ => assert!(server.starts_with("e2e-0-"), "server_name {server}"),
+        }
+    }
+}
+
+/// The stack's `chat` collection refuses any message whose text starts `deadletter`.
+fn refuse_dead_letter_chat(stack: &Stack) {
+    let port = stack.port(Part::Mongo);
+    // On a thread of its own: the trials' runtime is already running on this one.
+    std::thread::spawn(move || refuse_on(port))
+        .join()
+        .expect("set the validator");
+}
+
+fn refuse_on(port: u16) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let url = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
+        let client = mongodb::Client::with_uri_str(&url)
+            .await
+            .expect("connect to the stack's MongoDB");
+        let db = client.database("pianotest");
+        db.run_command(mongodb::bson::doc! {
+            "create": piano_backends::layout::CHAT,
+            "validator": { "text": { "$not": { "$regex": "^deadletter" } } },
+            "validationAction": "error",
+        })
+        .await
+        .expect("create the chat collection with a validator");
+    });
+}
+
+/// The rig of each host, which trials take turns on, and the storm's servers.
+static RIGS: Rigs<Rig> = Rigs::new();
+static STORMS: Rigs<Rig> = Rigs::new();
+
+async fn with_rig<F: std::future::Future<Output = ()>>(
+    target: &Server,
+    trial: impl FnOnce(&'static Rig) -> F,
+) {
+    RIGS.with(target.host, |h| Rig::start(h, true), trial).await;
+}
+
+pub fn stop_rigs() {
+    for rig in RIGS.started().chain(STORMS.started()) {
+        rig.server.shutdown();
+        if let Some(s) = &rig.stack {
+            s.stop_all();
+        }
+    }
+}
+
+fn tag<'a>(r: &'a Received, key: &str) -> &'a str {
+    r.event.tags.get(key).map(String::as_str).unwrap_or("")
+}
+
+pub async fn a_panic_is_reported_once(target: &Server) {
+    with_rig(target, |rig| async move {
+        let marker = unique("panic");
+        let url = rig.server.http(&format!("/api/debug/panic/{marker}"));
+        // The worker's isolate or the fallback's handler dies; the client sees a 500 or a
+        // dropped connection, and nothing else is asserted about it.
+        let _ = reqwest::get(&url).await;
+        let reports = rig.reports_with(&marker, Duration::from_secs(20)).await;
+        assert_eq!(reports.len(), 1, "one report per panic: {reports:#?}");
+        let r = &reports[0];
+        rig.check_origin(r);
+        assert_eq!(tag(r, "kind"), "panic");
+        assert_eq!(r.event.level, sentry_types::protocol::v7::Level::Fatal);
+    })
+    .await;
+}
+
+pub async fn a_server_error_is_reported_once(target: &Server) {
+    with_rig(target, |rig| async move {
+        let marker = unique("error");
+        let resp = reqwest::get(rig.server.http(&format!("/api/debug/error/{marker}")))
+            .await
+            .expect("GET /api/debug/error");
+        assert_eq!(resp.status().as_u16(), 500);
+        let reports = rig.reports_with(&marker, Duration::from_secs(20)).await;
+        assert_eq!(reports.len(), 1, "one report per 5xx: {reports:#?}");
+        let r = &reports[0];
+        rig.check_origin(r);
+        assert_eq!(tag(r, "kind"), "http_5xx");
+        assert_eq!(tag(r, "status"), "500");
+        assert!(!tag(r, "request_id").is_empty(), "the request id is a tag");
+    })
+    .await;
+}
+
+pub async fn a_dead_letter_is_reported_once(target: &Server) {
+    with_rig(target, |rig| async move {
+        let room = unique("rp-dead");
+        let mut player = rig.server.player(&room, "Dead Letter").await;
+        player.join().await;
+        let text = format!("deadletter {}", unique("m"));
+        player
+            .send(Cm::Chat(piano_core::proto::SendChat { text: text.clone() }))
+            .await;
+        // Three refusals with backoff (1 s, 2 s) before the row is set aside.
+        // Only this trial makes dead letters on the rig (trials take turns on it).
+        let dead = rig
+            .reports_where(|r| tag(r, "kind") == "dead_letter", Duration::from_secs(60))
+            .await;
+        assert_eq!(dead.len(), 1, "one report per dead letter: {dead:#?}");
+        rig.check_origin(&dead[0]);
+        assert!(!tag(&dead[0], "lane").is_empty(), "the lane is a tag");
+        player.close().await;
+    })
+    .await;
+}
+
+pub async fn an_error_storm_sends_a_bounded_number_of_reports(target: &Server) {
+    let rig = STORMS.get(target.host, |h| Rig::start(h, false));
+    let marker = unique("storm");
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    // 1,000 distinct 5xx (so deduplication alone would not bound them), 8 at a time.
+    let urls: Vec<String> = (0..1000)
+        .map(|i| rig.server.http(&format!("/api/debug/error/{marker}-{i}")))
+        .collect();
+    for batch in urls.chunks(8) {
+        let answers = futures_util::future::join_all(batch.iter().map(|u| client.get(u).send()));
+        for a in answers.await {
+            assert_eq!(a.expect("GET /api/debug/error").status().as_u16(), 500);
+        }
+    }
+    let elapsed = started.elapsed().as_secs();
+    // Whatever the throttle admitted is sent within moments; then count.
+    let reports = rig.reports_with(&marker, Duration::from_secs(20)).await;
+    let bound = BURST + (elapsed + 3) / REFILL_SECS;
+    assert!(
+        !reports.is_empty() && reports.len() as u64 <= bound,
+        "{} reports for 1,000 errors in {elapsed} s (bound {bound})",
+        reports.len()
+    );
+    for r in &reports {
+        rig.check_origin(r);
+        assert_eq!(tag(r, "kind"), "http_5xx");
+    }
+}
+
+/// The lines of a log file that our code printed: the fallback prints only ours; wrangler
+/// prints its own around the worker's `console.log`, so there ours are the lines that start
+/// with `{"time":`.
+fn our_lines(host: Host, text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.trim_end())
+        .filter(|l| !l.is_empty())
+        .filter(|l| host != Host::Edge || l.starts_with("{\"time\":"))
+        .map(str::to_owned)
+        .collect()
+}
+
+pub async fn logs_are_json_lines_without_secrets(target: &Server) {
+    with_rig(target, |rig| async move {
+        let s = &rig.server;
+        let user = unique("logs").to_lowercase().replace('-', "");
+        let user: String = user.chars().take(20).collect();
+        let password = format!("pw-{}-secret", unique("p"));
+        let (status, reg) = s
+            .post_json(
+                "/api/auth/register",
+                serde_json::json!({"username": user, "password": password}),
+            )
+            .await;
+        assert_eq!(status, 201, "{reg}");
+        // Paths that log refusals: a wrong password, a refresh token used twice, a bad token.
+        let (status, _) = s
+            .post_json(
+                "/api/auth/login",
+                serde_json::json!({"username": user, "password": format!("{password}x")}),
+            )
+            .await;
+        assert_eq!(status, 401);
+        let (status, login) = s
+            .post_json(
+                "/api/auth/login",
+                serde_json::json!({"username": user, "password": password}),
+            )
+            .await;
+        assert_eq!(status, 200, "{login}");
+        let access = login["access_token"]
+            .as_str()
+            .expect("access token")
+            .to_owned();
+        let refresh = login["refresh_token"]
+            .as_str()
+            .expect("refresh token")
+            .to_owned();
+        let room = unique("rp-logs");
+        let mut member = Client::connect(&format!("{}?token={access}", s.ws_url(&room)), &[])
+            .await
+            .expect("connect with the access token");
+        member.join().await;
+        let _ = Client::connect(&format!("{}?token={access}x", s.ws_url(&room)), &[]).await;
+        member.close().await;
+        let (status, fresh) = s
+            .post_json(
+                "/api/auth/refresh",
+                serde_json::json!({"refresh_token": refresh}),
+            )
+            .await;
+        assert_eq!(status, 200, "{fresh}");
+        let (status, _) = s
+            .post_json(
+                "/api/auth/refresh",
+                serde_json::json!({"refresh_token": refresh}),
+            )
+            .await;
+        assert_eq!(status, 401, "reuse is refused");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let refresh_secret = refresh.rsplit('.').next().unwrap_or_default().to_owned();
+        let secrets = [
+            access.as_str(),
+            refresh.as_str(),
+            refresh_secret.as_str(),
+            password.as_str(),
+            fresh["refresh_token"].as_str().unwrap_or("none"),
+            fresh["access_token"].as_str().unwrap_or("none"),
+        ];
+        let mut ours = 0;
+        let mut events = std::collections::BTreeSet::new();
+        for path in s.log_paths() {
+            let text = std::fs::read_to_string(&path).expect("read the server's log");
+            for line in our_lines(s.host, &text) {
+                for secret in &secrets {
+                    assert!(
+                        !line.contains(secret),
+                        "a secret in {}: {line}",
+                        path.display()
+                    );
+                }
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                for key in ["time", "level", "event", "deployment"] {
+                    assert!(v[key].is_string(), "no {key}: {line}");
+                }
+                assert!(
+                    ["error", "warn", "info", "debug"].contains(&v["level"].as_str().unwrap()),
+                    "{line}"
+                );
+                assert_eq!(v["deployment"], rig.deployment.as_str(), "{line}");
+                for key in ["room", "user", "conn", "request_id", "error", "msg"] {
+                    assert!(
+                        v.get(key).is_none_or(|x| x.is_string()),
+                        "{key} is not text: {line}"
+                    );
+                }
+                assert!(v.get("duration_ms").is_none_or(|d| d.is_u64()), "{line}");
+                let name = v["event"].as_str().unwrap_or("");
+                // A name, not a value that landed there (`[a-z_:]`, as `piano_core::logging::event`
+                // and the modules' paths, `[a-z0-9_:]`).
+                assert!(
+                    !name.is_empty()
+                        && name.bytes().all(|b| b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || b == b'_'
+                            || b == b':'),
+                    "event is not a name: {line}"
+                );
+                events.insert(name.to_owned());
+                ours += 1;
+            }
+        }
+        assert!(ours > 0, "no lines of ours in the logs");
+        for expected in ["join", "leave", "auth_failure"] {
+            assert!(
+                events.contains(expected),
+                "no {expected} line among {events:?}"
+            );
+        }
+    })
+    .await;
+}
