@@ -473,11 +473,20 @@ pub async fn edge_writes_accounts_and_chat_to_mongodb_and_presence_to_redis(_tar
         "/api/users/{}/stats",
         piano_core::names::percent_encode(&user_id)
     );
-    let stats = eventually("the owner's stats", SETTLE, || async {
+    // Handed over by the room's timer (5 s after the last activity): no one leaves here.
+    let deadline = std::time::Instant::now() + SETTLE;
+    let stats = loop {
         let (status, st) = get_json(&s, &stats_url).await;
-        (status == 200 && st["notes_played"] == 3 && st["chat_messages"] == 2).then_some(st)
-    })
-    .await;
+        if status == 200 && st["notes_played"] == 3 && st["chat_messages"] == 2 {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {SETTLE:?}: the owner's stats; last answer {status} {st}\n{}",
+            s.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(
         (stats["joins"].as_u64(), stats["rooms"].as_u64()),
         (Some(1), Some(1)),
