@@ -93,7 +93,7 @@ pub async fn scrape(req: &Request, env: &Env) -> Result<Response> {
         .get("authorization")?
         .and_then(|h| h.strip_prefix("Bearer ").map(str::to_owned))
         .unwrap_or_default();
-    if !metrics::token_matches(presented.trim(), &expected) {
+    if !metrics::token_matches(&presented, &expected) {
         let mut resp = json_error(401, "unauthorized", "/metrics needs its bearer token")?;
         resp.headers_mut()
             .set("www-authenticate", r#"Bearer realm="metrics""#)?;

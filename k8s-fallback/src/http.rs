@@ -94,7 +94,7 @@ fn metrics_gate(hub: &Hub, headers: &axum::http::HeaderMap) -> Response {
         return json_error(404, "not_found", message);
     };
     let presented = auth::bearer(headers).unwrap_or_default();
-    if !crate::auth::same_secret(presented.as_bytes(), expected.as_bytes()) {
+    if !piano_core::metrics::token_matches(&presented, expected) {
         return with_header(
             json_error(401, "unauthorized", "/metrics needs its bearer token"),
             "www-authenticate",

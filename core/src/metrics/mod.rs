@@ -70,9 +70,10 @@ pub fn auth_slot(a: Auth) -> usize {
 }
 
 /// Whether a presented `METRICS_TOKEN` is the configured one, compared without an early exit
-/// on the first differing byte.
+/// on the first differing byte. Both sides are trimmed: a secret stored with a trailing
+/// newline (`echo token | wrangler secret put`) must still match on every host.
 pub fn token_matches(presented: &str, expected: &str) -> bool {
-    let (a, b) = (presented.as_bytes(), expected.as_bytes());
+    let (a, b) = (presented.trim().as_bytes(), expected.trim().as_bytes());
     !b.is_empty()
         && a.len() == b.len()
         && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -370,6 +371,14 @@ mod tests {
             http_status_slot(418),
             slot(Fam::HttpErrors, HTTP_STATUSES.len() - 1)
         );
+    }
+
+    #[test]
+    fn metrics_token_ignores_surrounding_whitespace_on_both_sides() {
+        assert!(token_matches("s3cret", "s3cret\n"));
+        assert!(token_matches(" s3cret ", "s3cret"));
+        assert!(!token_matches("s3cre", "s3cret"));
+        assert!(!token_matches("", "  \n"));
     }
 
     #[test]
