@@ -73,13 +73,27 @@ pub struct Pusher {
     pub counters: Counters,
     pub latency: Histogram,
     last_push: Option<Millis>,
-    last_present: Option<Present>,
+    last_present: Said,
+    /// Connections or players changed since the last push, which waits for the next one.
+    counts_pending: bool,
+}
+
+/// What the aggregator last heard from this object.
+#[derive(Debug, Default)]
+enum Said {
+    /// Nothing since the object woke: it holds no row, or one the object's idle state matches.
+    #[default]
+    Nothing,
+    /// The last push failed: whatever the object says next is news.
+    Unsure,
+    Present(Present),
 }
 
 impl Pusher {
-    /// The push to send now, if one is due: something counted and [`PUSH_EVERY_MS`] passed
-    /// since the last push (or `force`, before the object may go idle), or the present state
-    /// changed in a way the status page shows (the outbox, the object becoming idle).
+    /// The push to send now, if one is due: something counted or the connection/player counts
+    /// changed, and [`PUSH_EVERY_MS`] passed since the last push (or `force`, before the object
+    /// may go idle); or at once when the present state changed in a way the status page shows
+    /// (the outbox, the object turning busy or idle).
     pub fn due(
         &mut self,
         source: &str,
@@ -91,17 +105,26 @@ impl Pusher {
         let quiet = self
             .last_push
             .is_some_and(|t| now.saturating_sub(t) < PUSH_EVERY_MS);
-        let changed = self.last_present.as_ref().is_none_or(|p| {
-            p.outbox != present.outbox
-                || p.is_idle() != present.is_idle()
-                || p.connections != present.connections
-                || p.players != present.players
-        });
-        if !(changed || (counted && (force || !quiet))) {
+        // Only what the status page shows is news at once: the outbox, and the object turning
+        // busy or idle. Count changes (a socket joining or leaving) wait for the next periodic
+        // push, so a reconnect loop cannot turn into one aggregator write per socket. A freshly
+        // woken object that is idle has nothing to say (its absence already means idle), so a
+        // public read that wakes an object does not write to the aggregator.
+        let (changed, counts_changed) = match &self.last_present {
+            Said::Nothing => (!present.is_idle(), false),
+            Said::Unsure => (true, false),
+            Said::Present(p) => (
+                p.outbox != present.outbox || p.is_idle() != present.is_idle(),
+                p.connections != present.connections || p.players != present.players,
+            ),
+        };
+        self.counts_pending |= counts_changed;
+        if !(changed || ((counted || self.counts_pending) && (force || !quiet))) {
             return None;
         }
         self.last_push = Some(now);
-        self.last_present = Some(present.clone());
+        self.counts_pending = false;
+        self.last_present = Said::Present(present.clone());
         Some(Push {
             counters: self.counters.take().sparse(),
             latency: (self.latency.count > 0).then(|| std::mem::take(&mut self.latency)),
@@ -113,7 +136,10 @@ impl Pusher {
     /// The outbox heads last pushed (`None` before the first push or after a failed one): a
     /// host may reuse them rather than read its storage again when nothing was queued since.
     pub fn last_outbox(&self) -> Option<[LaneHead; 2]> {
-        self.last_present.as_ref().map(|p| p.outbox)
+        match &self.last_present {
+            Said::Present(p) => Some(p.outbox),
+            _ => None,
+        }
     }
 
     /// Whether counted work is due to be pushed at `now`.
@@ -123,12 +149,12 @@ impl Pusher {
 
     /// The last push failed: the present state is news again.
     pub fn forget_present(&mut self) {
-        self.last_present = None;
+        self.last_present = Said::Unsure;
     }
 
     /// When a push will be due for what is counted but not yet sent (the host's timer).
     pub fn deadline(&self) -> Option<Millis> {
-        if self.counters.is_empty() && self.latency.count == 0 {
+        if self.counters.is_empty() && self.latency.count == 0 && !self.counts_pending {
             return None;
         }
         Some(self.last_push.map_or(0, |t| t + PUSH_EVERY_MS))
@@ -160,12 +186,18 @@ mod tests {
     fn a_busy_room_pushes_at_most_every_few_seconds_and_a_change_at_once() {
         let mut p = Pusher::default();
         let idle = Present::default();
-        // First: the room's state is news.
-        assert!(p.due("room:a", idle.clone(), 0, false).is_some());
+        let busy = Present {
+            connections: 1,
+            ..Present::default()
+        };
+        // First: a busy room's state is news.
+        assert!(p.due("room:a", busy.clone(), 0, false).is_some());
+        // Becoming idle is news at once.
+        assert!(p.due("room:a", idle.clone(), 1, false).is_some());
         p.counters.add(Fam::NotesRelayed, 0, 3);
         assert!(p.due("room:a", idle.clone(), 500, false).is_none());
-        assert_eq!(p.deadline(), Some(PUSH_EVERY_MS));
-        let push = p.due("room:a", idle.clone(), PUSH_EVERY_MS, false);
+        assert_eq!(p.deadline(), Some(PUSH_EVERY_MS + 1));
+        let push = p.due("room:a", idle.clone(), PUSH_EVERY_MS + 1, false);
         assert_eq!(push.map(|p| p.counters.len()), Some(1));
         assert_eq!(p.deadline(), None);
         // Nothing counted, nothing changed: nothing to say.
@@ -189,6 +221,45 @@ mod tests {
             p.due("room:a", backlog, 10 * PUSH_EVERY_MS + 2, false)
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_woken_idle_object_says_nothing() {
+        // A public read wakes an account: no aggregator write for an idle object.
+        let mut p = Pusher::default();
+        assert!(p.due("account:x", Present::default(), 0, false).is_none());
+        assert!(p.due("account:x", Present::default(), 0, true).is_none());
+        assert_eq!(p.deadline(), None);
+        // After a failed push, even idle is news (the aggregator may hold a busy row).
+        let busy = Present {
+            connections: 1,
+            ..Present::default()
+        };
+        assert!(p.due("account:x", busy, 1, false).is_some());
+        p.forget_present();
+        assert!(p.due("account:x", Present::default(), 2, false).is_some());
+    }
+
+    #[test]
+    fn connection_counts_wait_for_the_periodic_push() {
+        let mut p = Pusher::default();
+        let with = |connections, players| Present {
+            connections,
+            players,
+            ..Present::default()
+        };
+        assert!(p.due("room:a", with(1, 1), 0, false).is_some());
+        // A reconnect loop: counts change on every socket, no push until PUSH_EVERY_MS.
+        for (i, n) in [2, 1, 2, 1, 3].into_iter().enumerate() {
+            assert!(p.due("room:a", with(n, 1), 10 + i as Millis, false).is_none());
+        }
+        // ... but the host's timer knows a push is owed, and it carries the latest counts.
+        assert_eq!(p.deadline(), Some(PUSH_EVERY_MS));
+        let push = p.due("room:a", with(3, 1), PUSH_EVERY_MS, false);
+        assert_eq!(push.and_then(|p| p.present).map(|p| p.connections), Some(3));
+        assert_eq!(p.deadline(), None);
+        // The last socket leaving (busy -> idle) is news at once.
+        assert!(p.due("room:a", with(0, 0), PUSH_EVERY_MS + 1, false).is_some());
     }
 
     #[test]
