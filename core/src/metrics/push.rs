@@ -19,6 +19,22 @@ pub const PUSH_EVERY_MS: Millis = 2_000;
 /// after its last event, and a busy one pushes every [`PUSH_EVERY_MS`].
 pub const AWAKE_MS: Millis = 15_000;
 
+/// A busy object says its present state again at least this often (at its next event: a
+/// client pings every 10 s, every minute in a throttled background tab).
+pub const REFRESH_MS: Millis = 60_000;
+
+/// A report this old no longer counts its connections and players: the object was evicted
+/// without saying it went idle (a deploy restarts every object and drops its sockets without a
+/// close event). Its outbox still counts: queued rows survive a restart and their alarm keeps
+/// retrying, so a stuck backlog stays visible. A busy object refreshes every [`REFRESH_MS`].
+pub const STALE_MS: Millis = 5 * REFRESH_MS;
+
+/// Whether a report made at `at` is stale at `now` ([`STALE_MS`]) and says nothing more: the
+/// aggregator may delete it.
+pub fn forgettable(p: &Present, at: Millis, now: Millis) -> bool {
+    now.saturating_sub(at) >= STALE_MS && p.outbox.iter().all(|l| l.depth == 0)
+}
+
 /// One lane's head as a room or account sees it: rows waiting and when the oldest was queued
 /// (its age is computed when read, so a quiet object's backlog keeps ageing).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,7 +135,12 @@ impl Pusher {
             ),
         };
         self.counts_pending |= counts_changed;
-        if !(changed || ((counted || self.counts_pending) && (force || !quiet))) {
+        // A busy object's report must not go stale (`STALE_MS`) while it is still busy.
+        let refresh = !present.is_idle()
+            && self
+                .last_push
+                .is_some_and(|t| now.saturating_sub(t) >= REFRESH_MS);
+        if !(changed || refresh || ((counted || self.counts_pending) && (force || !quiet))) {
             return None;
         }
         self.last_push = Some(now);
@@ -165,8 +186,10 @@ impl Pusher {
 pub fn gauges<'a>(reports: impl IntoIterator<Item = (&'a Present, Millis)>, now: Millis) -> Gauges {
     let mut g = Gauges::default();
     for (p, at) in reports {
-        g.connections += p.connections;
-        g.players += p.players;
+        if now.saturating_sub(at) < STALE_MS {
+            g.connections += p.connections;
+            g.players += p.players;
+        }
         if p.connections > 0 && now.saturating_sub(at) < AWAKE_MS {
             g.rooms_awake += 1;
         }
@@ -260,6 +283,32 @@ mod tests {
         assert_eq!(p.deadline(), None);
         // The last socket leaving (busy -> idle) is news at once.
         assert!(p.due("room:a", with(0, 0), PUSH_EVERY_MS + 1, false).is_some());
+    }
+
+    #[test]
+    fn evicted_rooms_stop_counting_but_backlogs_stay() {
+        let room = Present {
+            connections: 4,
+            players: 2,
+            ..Present::default()
+        };
+        let mut account = Present::default();
+        account.outbox[1] = LaneHead {
+            depth: 1,
+            oldest: Some(0),
+        };
+        let now = STALE_MS + 10;
+        let g = gauges([(&room, 10), (&account, 10)], now);
+        assert_eq!((g.connections, g.players), (0, 0));
+        assert_eq!(g.outbox[1].depth, 1);
+        assert!(forgettable(&room, 10, now));
+        assert!(!forgettable(&account, 10, now));
+        assert!(!forgettable(&room, 11, now));
+        // A busy room with a quiet client still refreshes its report in time.
+        let mut p = Pusher::default();
+        assert!(p.due("room:a", room.clone(), 0, false).is_some());
+        assert!(p.due("room:a", room.clone(), REFRESH_MS - 1, false).is_none());
+        assert!(p.due("room:a", room.clone(), REFRESH_MS, false).is_some());
     }
 
     #[test]
