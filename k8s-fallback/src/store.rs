@@ -34,7 +34,8 @@ const REDIS_QUEUE: usize = 4096;
 #[derive(Clone)]
 pub enum Store {
     Sqlite(std::sync::mpsc::SyncSender<SqlCmd>),
-    Redis(RedisHandle),
+    /// With the prefix of members' totals (`crate::user_stats::redis_key_base`).
+    Redis(RedisHandle, std::sync::Arc<str>),
 }
 
 pub enum SqlCmd {
@@ -116,7 +117,7 @@ impl Store {
         match self {
             // A failure here gives the player 1011; they may reconnect.
             Store::Sqlite(tx) => ask(tx, |reply| SqlCmd::Load(room.to_owned(), reply)).await,
-            Store::Redis(conn) => redis_load(conn.clone(), room).await.map_err(|e| {
+            Store::Redis(conn, _) => redis_load(conn.clone(), room).await.map_err(|e| {
                 redis_error("loading a room", &e);
                 e.to_string()
             }),
@@ -127,7 +128,7 @@ impl Store {
     pub fn writer(&self, room: &str, current: Stored) -> Writer {
         match self {
             Store::Sqlite(tx) => Writer::Sqlite(room.to_owned(), tx.clone()),
-            Store::Redis(conn) => {
+            Store::Redis(conn, _) => {
                 let (tx, rx) = mpsc::channel(REDIS_QUEUE);
                 tokio::spawn(redis_writer(conn.clone(), room.to_owned(), current, rx));
                 Writer::Redis(tx)
@@ -154,9 +155,9 @@ impl Store {
                     METRICS.queue_full.fetch_add(1, Relaxed);
                 }
             }
-            Store::Redis(conn) => {
-                let conn = conn.clone();
-                tokio::spawn(async move { crate::user_stats::redis_add(&conn, rows).await });
+            Store::Redis(conn, base) => {
+                let (conn, base) = (conn.clone(), base.clone());
+                tokio::spawn(async move { crate::user_stats::redis_add(&conn, &base, rows).await });
             }
         }
     }
@@ -168,10 +169,12 @@ impl Store {
     ) -> Result<Option<crate::user_stats::Totals>, String> {
         match self {
             Store::Sqlite(tx) => ask(tx, |reply| SqlCmd::UserStats(user.to_owned(), reply)).await,
-            Store::Redis(conn) => crate::user_stats::redis_get(conn, user).await.map_err(|e| {
-                redis_error("reading user stats", &e);
-                e.to_string()
-            }),
+            Store::Redis(conn, base) => crate::user_stats::redis_get(conn, base, user)
+                .await
+                .map_err(|e| {
+                    redis_error("reading user stats", &e);
+                    e.to_string()
+                }),
         }
     }
 }

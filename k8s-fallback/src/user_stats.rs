@@ -1,6 +1,7 @@
 //! Members' activity totals in the fallback's own store (`GET /api/users/{id}/stats` without
 //! MongoDB): one row per member in SQLite (`user_stats` in `rooms.sqlite3`, written by the store's
-//! thread) or one hash per member in Redis (`piano:user:{id}:stats`). Guests keep nothing.
+//! thread) or one hash per member in Redis (`{REDIS_KEY_PREFIX}user-stats:{DEPLOYMENT_ID}:{id}`,
+//! so deployments sharing a Redis keep their own totals). Guests keep nothing.
 //! Totals only grow; a write lost to a full queue is counted like a room's. The store's thread
 //! and queue (`crate::store`) run these.
 
@@ -23,9 +24,22 @@ pub struct Totals {
 
 pub const SQL_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS user_stats (user TEXT PRIMARY KEY, notes INTEGER NOT NULL, chats INTEGER NOT NULL, joins INTEGER NOT NULL, played_ms INTEGER NOT NULL, last_seen INTEGER NOT NULL);";
 
-fn key(user: &str) -> String {
-    format!("piano:user:{user}:stats")
+/// The start of every member's totals key in Redis.
+pub fn redis_key_base(redis_key_prefix: &str, deployment_id: &str) -> String {
+    format!("{redis_key_prefix}user-stats:{deployment_id}:")
 }
+
+/// Adds to a member's totals; `last_seen` only moves forward (replicas' hand-overs may land
+/// out of order).
+const ADD: &str = "
+    redis.call('HINCRBY', KEYS[1], 'notes', ARGV[1])
+    redis.call('HINCRBY', KEYS[1], 'chats', ARGV[2])
+    redis.call('HINCRBY', KEYS[1], 'joins', ARGV[3])
+    redis.call('HINCRBY', KEYS[1], 'played_ms', ARGV[4])
+    local seen = tonumber(redis.call('HGET', KEYS[1], 'last_seen') or '0') or 0
+    if tonumber(ARGV[5]) > seen then redis.call('HSET', KEYS[1], 'last_seen', ARGV[5]) end
+    return 1
+";
 
 /// Members only: guests' ids are random and their totals would be kept for nobody.
 pub fn members(stats: &BTreeMap<String, StatsDelta>) -> Vec<(String, StatsDelta)> {
@@ -67,15 +81,18 @@ pub fn sql_get(conn: &rusqlite::Connection, user: &str) -> rusqlite::Result<Opti
     .optional()
 }
 
-pub async fn redis_add(conn: &RedisHandle, rows: Vec<(String, StatsDelta)>) {
+pub async fn redis_add(conn: &RedisHandle, base: &str, rows: Vec<(String, StatsDelta)>) {
     let mut pipe = redis::pipe();
     for (user, d) in &rows {
-        let k = key(user);
-        pipe.hincr(&k, "notes", d.notes)
-            .hincr(&k, "chats", d.chats)
-            .hincr(&k, "joins", d.joins)
-            .hincr(&k, "played_ms", d.played_ms)
-            .hset(&k, "last_seen", d.last_seen)
+        pipe.cmd("EVAL")
+            .arg(ADD)
+            .arg(1)
+            .arg(format!("{base}{user}"))
+            .arg(d.notes)
+            .arg(d.chats)
+            .arg(d.joins)
+            .arg(d.played_ms)
+            .arg(d.last_seen)
             .ignore();
     }
     if let Err(e) = conn.pipe::<()>(&pipe).await {
@@ -84,9 +101,13 @@ pub async fn redis_add(conn: &RedisHandle, rows: Vec<(String, StatsDelta)>) {
     }
 }
 
-pub async fn redis_get(conn: &RedisHandle, user: &str) -> redis::RedisResult<Option<Totals>> {
+pub async fn redis_get(
+    conn: &RedisHandle,
+    base: &str,
+    user: &str,
+) -> redis::RedisResult<Option<Totals>> {
     let mut pipe = redis::pipe();
-    pipe.hgetall(key(user));
+    pipe.hgetall(format!("{base}{user}"));
     let (h,): (BTreeMap<String, u64>,) = conn.pipe(&pipe).await?;
     if h.is_empty() {
         return Ok(None);
