@@ -274,7 +274,10 @@ mod tests {
         assert!(p.due("room:a", with(1, 1), 0, false).is_some());
         // A reconnect loop: counts change on every socket, no push until PUSH_EVERY_MS.
         for (i, n) in [2, 1, 2, 1, 3].into_iter().enumerate() {
-            assert!(p.due("room:a", with(n, 1), 10 + i as Millis, false).is_none());
+            assert!(
+                p.due("room:a", with(n, 1), 10 + i as Millis, false)
+                    .is_none()
+            );
         }
         // ... but the host's timer knows a push is owed, and it carries the latest counts.
         assert_eq!(p.deadline(), Some(PUSH_EVERY_MS));
@@ -282,7 +285,10 @@ mod tests {
         assert_eq!(push.and_then(|p| p.present).map(|p| p.connections), Some(3));
         assert_eq!(p.deadline(), None);
         // The last socket leaving (busy -> idle) is news at once.
-        assert!(p.due("room:a", with(0, 0), PUSH_EVERY_MS + 1, false).is_some());
+        assert!(
+            p.due("room:a", with(0, 0), PUSH_EVERY_MS + 1, false)
+                .is_some()
+        );
     }
 
     #[test]
@@ -307,7 +313,10 @@ mod tests {
         // A busy room with a quiet client still refreshes its report in time.
         let mut p = Pusher::default();
         assert!(p.due("room:a", room.clone(), 0, false).is_some());
-        assert!(p.due("room:a", room.clone(), REFRESH_MS - 1, false).is_none());
+        assert!(
+            p.due("room:a", room.clone(), REFRESH_MS - 1, false)
+                .is_none()
+        );
         assert!(p.due("room:a", room.clone(), REFRESH_MS, false).is_some());
     }
 
