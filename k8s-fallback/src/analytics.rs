@@ -3,10 +3,9 @@
 //! with the core's [`Batcher`] (by count and by time) and POSTs each batch as NDJSON. A batch
 //! that fails is dropped and counted: analytics never hold a room back and are never retried.
 //!
-//! Plain HTTP only (an in-cluster collector or sidecar): the process carries no TLS client for
-//! this; an `https://` URL is refused at start-up.
+//! `http://` (an in-cluster collector or sidecar) or `https://`: the POSTs go through the same
+//! HTTP client library as error reports (`reqwest` with rustls, `crate::telemetry`).
 
-use crate::config::AnalyticsTarget as Target;
 use crate::metrics::METRICS;
 use piano_core::analytics::{Batch, BatchLimits, Batcher, Event, Source};
 use std::sync::atomic::Ordering::Relaxed;
@@ -17,6 +16,32 @@ use tokio::sync::{mpsc, oneshot};
 const CHANNEL: usize = 1024;
 /// One POST, connect included.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the analytics sink POSTs (`ANALYTICS_URL`): an `http://` or `https://` URL with a
+/// host and no credentials (they would be logged with the URL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub url: reqwest::Url,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let parsed = reqwest::Url::parse(url.trim())
+            .map_err(|e| format!("ANALYTICS_URL is not a URL ({e}): {url:?}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!(
+                "ANALYTICS_URL must be an http:// or https:// URL; got {url:?}"
+            ));
+        }
+        if parsed.host_str().is_none_or(str::is_empty)
+            || !parsed.username().is_empty()
+            || parsed.password().is_some()
+        {
+            return Err(format!("ANALYTICS_URL has no usable host: {url:?}"));
+        }
+        Ok(Target { url: parsed })
+    }
+}
 
 /// What rooms hold: the sending side of the sink's channel.
 pub struct Sink {
@@ -33,7 +58,11 @@ impl Sink {
     /// Starts the delivery task.
     pub fn start(target: Target, src: Source, limits: BatchLimits) -> Sink {
         let (tx, rx) = mpsc::channel(CHANNEL);
-        tokio::spawn(deliver(target, Batcher::new(src, limits), rx));
+        let client = reqwest::Client::builder()
+            .timeout(POST_TIMEOUT)
+            .build()
+            .unwrap_or_default();
+        tokio::spawn(deliver(client, target, Batcher::new(src, limits), rx));
         Sink { tx }
     }
 
@@ -63,7 +92,12 @@ impl Sink {
     }
 }
 
-async fn deliver(target: Target, mut batcher: Batcher, mut rx: mpsc::Receiver<Msg>) {
+async fn deliver(
+    client: reqwest::Client,
+    target: Target,
+    mut batcher: Batcher,
+    mut rx: mpsc::Receiver<Msg>,
+) {
     let mut open = true;
     let mut flush: Option<oneshot::Sender<()>> = None;
     while open || !batcher.is_empty() {
@@ -82,7 +116,7 @@ async fn deliver(target: Target, mut batcher: Batcher, mut rx: mpsc::Receiver<Ms
         // Whatever is due now, one batch after another (the channel waits meanwhile).
         let now_please = !open || flush.is_some();
         while let Some(batch) = batcher.poll_batch(crate::now_ms(), now_please) {
-            match post(&target, &batch).await {
+            match post(&client, &target, &batch).await {
                 Ok(()) => {
                     batcher.delivered(&batch);
                     METRICS
@@ -114,35 +148,20 @@ fn push(batcher: &mut Batcher, events: Vec<Event>) {
     }
 }
 
-/// One POST of `application/x-ndjson` over a new connection; `Ok` on a 2xx answer.
-async fn post(target: &Target, batch: &Batch) -> Result<(), String> {
-    let send = async {
-        let tcp = tokio::net::TcpStream::connect(&target.authority)
-            .await
-            .map_err(|e| format!("connect {}: {e}", target.authority))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(conn);
-        let req = hyper::Request::post(&target.path)
-            .header(hyper::header::HOST, &target.authority)
-            .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
-            .body(axum::body::Body::from(batch.body.clone()))
-            .map_err(|e| e.to_string())?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("answered {}", resp.status()))
-        }
-    };
-    tokio::time::timeout(POST_TIMEOUT, send)
+/// One POST of `application/x-ndjson`; `Ok` on a 2xx answer.
+async fn post(client: &reqwest::Client, target: &Target, batch: &Batch) -> Result<(), String> {
+    let resp = client
+        .post(target.url.clone())
+        .header("content-type", "application/x-ndjson")
+        .body(batch.body.clone())
+        .send()
         .await
-        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.without_url().to_string())?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("answered {}", resp.status()))
+    }
 }
 
 #[cfg(test)]
@@ -150,16 +169,13 @@ mod tests {
     use super::Target;
 
     #[test]
-    fn only_plain_http_urls_are_accepted() {
-        assert_eq!(
-            Target::parse("http://collector:9000/ingest").unwrap(),
-            Target {
-                authority: "collector:9000".into(),
-                path: "/ingest".into()
-            }
-        );
-        assert_eq!(Target::parse("http://c").unwrap().authority, "c:80");
-        assert!(Target::parse("https://c/x").is_err());
+    fn http_and_https_urls_are_accepted() {
+        let t = Target::parse(" http://collector:9000/ingest ").unwrap();
+        assert_eq!(t.url.as_str(), "http://collector:9000/ingest");
+        assert!(Target::parse("https://c.example/x").is_ok());
+        assert!(Target::parse("ftp://c/x").is_err());
         assert!(Target::parse("http:///x").is_err());
+        assert!(Target::parse("https://user:pw@c/x").is_err());
+        assert!(Target::parse("collector:9000").is_err());
     }
 }

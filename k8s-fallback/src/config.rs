@@ -304,35 +304,5 @@ pub fn release() -> String {
         .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())
 }
 
-/// Where the analytics sink POSTs (`ANALYTICS_URL`): `http://host[:port]/path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AnalyticsTarget {
-    pub authority: String,
-    pub path: String,
-}
-
-impl AnalyticsTarget {
-    pub fn parse(url: &str) -> Result<AnalyticsTarget, String> {
-        let rest = url.trim().strip_prefix("http://").ok_or_else(|| {
-            format!(
-                "ANALYTICS_URL must be a plain http:// URL (an in-cluster collector); got {url:?}"
-            )
-        })?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() || authority.contains('@') {
-            return Err(format!("ANALYTICS_URL has no usable host: {url:?}"));
-        }
-        let authority = if authority.contains(':') {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
-        Ok(AnalyticsTarget {
-            authority,
-            path: path.to_owned(),
-        })
-    }
-}
+/// Where the analytics sink POSTs (`ANALYTICS_URL`), checked at start-up.
+pub use crate::analytics::Target as AnalyticsTarget;
