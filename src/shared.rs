@@ -219,15 +219,10 @@ pub async fn user_stats(env: &Env, id: &str) -> Result<Response> {
 /// creates nothing).
 async fn embedded_user_stats(env: &Env, user_id: &str) -> Result<Response> {
     // The Room objects address it by the same key (`user:<key>`, the normalized username).
-    let mut totals = match user_id.strip_prefix("user:").filter(|k| !k.is_empty()) {
-        Some(name) => {
+    let mut totals = match piano_durable_objects::account_stub(env, user_id)? {
+        Some(account) => {
             let req = Request::new("https://account.internal/stats", Method::Get)?;
-            let mut resp = env
-                .durable_object(piano_durable_objects::sessions::ACCOUNTS_BINDING)?
-                .id_from_name(name)?
-                .get_stub()?
-                .fetch_with_request(req)
-                .await?;
+            let mut resp = account.fetch_with_request(req).await?;
             if resp.status_code() != 200 {
                 return json_error(502, "backend_unavailable", "the account did not answer");
             }

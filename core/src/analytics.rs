@@ -99,6 +99,17 @@ impl Event {
     }
 }
 
+/// A member's account key (`user:<key>`, the normalized username), `None` for a guest or any
+/// other id: the one rule for whose activity gets stored totals, on both hosts.
+pub fn member_key(user_id: &str) -> Option<&str> {
+    user_id.strip_prefix("user:").filter(|k| !k.is_empty())
+}
+
+/// Whether a user id is a member's ([`member_key`]).
+pub fn is_member(user_id: &str) -> bool {
+    member_key(user_id).is_some()
+}
+
 /// Whether a user id is a guest's (`guest:<random hex>`, `account::tokens`): guests' totals are
 /// never stored.
 pub fn is_guest(user_id: &str) -> bool {
@@ -278,6 +289,15 @@ mod tests {
         let mut d = StatsDelta::default();
         f(&mut d);
         d
+    }
+
+    #[test]
+    fn members_are_user_ids_with_a_key() {
+        assert_eq!(member_key("user:ada"), Some("ada"));
+        assert!(is_member("user:ada"));
+        assert!(!is_member("user:"));
+        assert!(!is_member("guest:ab12"));
+        assert!(!is_member("ada"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use crate::metrics::{METRICS, redis_error};
 use crate::redis_handle::RedisHandle;
-use piano_core::analytics::is_guest;
+use piano_core::analytics::is_member;
 use piano_core::room::StatsDelta;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -41,11 +41,11 @@ const ADD: &str = "
     return 1
 ";
 
-/// Members only: guests' ids are random and their totals would be kept for nobody.
+/// Members only (the core's rule): guests' ids are random and their totals would be kept for nobody.
 pub fn members(stats: &BTreeMap<String, StatsDelta>) -> Vec<(String, StatsDelta)> {
     stats
         .iter()
-        .filter(|(u, _)| !is_guest(u))
+        .filter(|(u, _)| is_member(u))
         .map(|(u, d)| (u.clone(), d.clone()))
         .collect()
 }

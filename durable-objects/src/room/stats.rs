@@ -28,7 +28,9 @@ impl Room {
         self.member_stats.borrow_mut().extend(
             stats
                 .iter()
-                .filter(|(u, d)| u.starts_with("user:") && **d != StatsDelta::default())
+                .filter(|(u, d)| {
+                    piano_core::analytics::is_member(u) && **d != StatsDelta::default()
+                })
                 .map(|(u, d)| (u.clone(), d.clone())),
         );
         let Some(deployment) = self.outbox.backends().map(|b| b.deployment.clone()) else {
