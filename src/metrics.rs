@@ -125,8 +125,8 @@ pub async fn scrape(req: &Request, env: &Env) -> Result<Response> {
     Ok(resp)
 }
 
-/// `GET /api/status`: public, the same answer for `piano_core::status::CACHE_MS` per isolate (and to shared
-/// caches), so it cannot be used to hammer the directory or the backends.
+/// `GET /api/status`: public, the same answer for `piano_core::status::CACHE_MS` per isolate
+/// (and to shared caches), so it cannot be used to hammer the directory or the backends.
 pub async fn status(env: &Env) -> Result<Response> {
     let now = Date::now().as_millis();
     // One request per isolate gathers when the answer expired; the others get the last one.

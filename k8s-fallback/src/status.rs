@@ -1,8 +1,8 @@
 //! `GET /api/status`: each component's state as the core derives it (`piano_core::status`) from
 //! what this replica sees: its outbox backlog per lane, whether Redis answers a PING, whether it
 //! is draining. Cached for `CACHE_MS` per replica (one request refreshes, the others get the
-//! previous answer meanwhile), so the endpoint (public) cannot be used to
-//! hammer Redis or the outbox file.
+//! previous answer meanwhile), so the endpoint (public) cannot be used to hammer Redis or the
+//! outbox file.
 
 use crate::hub::Hub;
 use piano_core::metrics::LaneBacklog;
