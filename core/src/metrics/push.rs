@@ -140,7 +140,10 @@ impl Pusher {
             && self
                 .last_push
                 .is_some_and(|t| now.saturating_sub(t) >= REFRESH_MS);
-        if !(changed || refresh || ((counted || self.counts_pending) && (force || !quiet))) {
+        // `force` hurries counted work only: a count change alone always waits (a host that forces
+        // every push, as a room without storage does, must not push per socket).
+        let periodic = (counted && force) || ((counted || self.counts_pending) && !quiet);
+        if !(changed || refresh || periodic) {
             return None;
         }
         self.last_push = Some(now);
@@ -279,6 +282,8 @@ mod tests {
                     .is_none()
             );
         }
+        // Even from a host that forces every push (a room without storage has no alarm).
+        assert!(p.due("room:a", with(3, 1), 20, true).is_none());
         // ... but the host's timer knows a push is owed, and it carries the latest counts.
         assert_eq!(p.deadline(), Some(PUSH_EVERY_MS));
         let push = p.due("room:a", with(3, 1), PUSH_EVERY_MS, false);
