@@ -23,7 +23,7 @@ fn own_server(target: &Server) -> Server {
     }
 }
 
-async fn scrape(s: &Server, token: Option<&str>) -> (u16, String) {
+pub(crate) async fn scrape(s: &Server, token: Option<&str>) -> (u16, String) {
     let mut req = reqwest::Client::new().get(s.http("/metrics"));
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -36,7 +36,7 @@ async fn scrape(s: &Server, token: Option<&str>) -> (u16, String) {
 }
 
 /// The value of one series (`name` or `name{label="value"}`), if present.
-fn value(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

@@ -133,6 +133,9 @@ async fn deliver(
                 }
             }
         }
+        METRICS
+            .analytics_queued
+            .store(batcher.len() as u64, Relaxed);
         if let Some(reply) = flush.take() {
             let _ = reply.send(());
         }

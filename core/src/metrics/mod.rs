@@ -231,6 +231,9 @@ pub struct Gauges {
     pub players: u64,
     /// Outbox backlog per lane, in [`Lane::ALL`] order.
     pub outbox: [LaneBacklog; 2],
+    /// Analytics events waiting in the host's batcher (the fallback's `ANALYTICS_URL` sink;
+    /// the edge sends each hand-over at once and reports 0).
+    pub analytics_queued: u64,
 }
 
 impl Gauges {
@@ -284,6 +287,11 @@ pub fn render(s: &Snapshot<'_>) -> String {
             g.rooms_awake,
         ),
         ("piano_players", "Participants joined to a room.", g.players),
+        (
+            "piano_analytics_events_queued",
+            "Analytics events waiting to be sent to the HTTP sink (fallback).",
+            g.analytics_queued,
+        ),
     ] {
         header(&mut out, name, "gauge", help);
         let _ = writeln!(out, "{name} {v}");
