@@ -305,18 +305,11 @@ async fn user_stats(hub: &crate::hub::Hub, raw_id: &str) -> Response {
     };
     let Some(mongo) = &hub.mongo else {
         return match hub.store().user_stats(&user_id).await {
-            Ok(t) => {
-                let t = t.unwrap_or_default();
-                let body = serde_json::json!({
-                    "user_id": user_id,
-                    "notes_played": t.notes_played,
-                    "chat_messages": t.chat_messages,
-                    "joins": t.joins,
-                    "played_ms": t.played_ms,
-                    "last_seen": (t.last_seen > 0).then_some(t.last_seen),
-                });
-                with_header(json(200, &body), "cache-control", "no-store")
-            }
+            Ok(t) => with_header(
+                json(200, &t.unwrap_or_default().to_json(&user_id)),
+                "cache-control",
+                "no-store",
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, "user stats read failed");
                 json_error(

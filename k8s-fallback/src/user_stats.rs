@@ -12,15 +12,8 @@ use piano_core::room::StatsDelta;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 
-/// A member's totals over every room of this deployment.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Totals {
-    pub notes_played: u64,
-    pub chat_messages: u64,
-    pub joins: u64,
-    pub played_ms: u64,
-    pub last_seen: u64,
-}
+/// A member's totals over every room of this deployment (the core's one JSON form).
+pub use piano_core::analytics::UserTotals as Totals;
 
 pub const SQL_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS user_stats (user TEXT PRIMARY KEY, notes INTEGER NOT NULL, chats INTEGER NOT NULL, joins INTEGER NOT NULL, played_ms INTEGER NOT NULL, last_seen INTEGER NOT NULL);";
 
@@ -69,13 +62,7 @@ pub fn sql_get(conn: &rusqlite::Connection, user: &str) -> rusqlite::Result<Opti
         [user],
         |r| {
             let n = |i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
-            Ok(Totals {
-                notes_played: n(0)?,
-                chat_messages: n(1)?,
-                joins: n(2)?,
-                played_ms: n(3)?,
-                last_seen: n(4)?,
-            })
+            Ok(Totals::stored(n(0)?, n(1)?, n(2)?, n(3)?, n(4)?))
         },
     )
     .optional()
@@ -113,11 +100,11 @@ pub async fn redis_get(
         return Ok(None);
     }
     let f = |k: &str| h.get(k).copied().unwrap_or(0);
-    Ok(Some(Totals {
-        notes_played: f("notes"),
-        chat_messages: f("chats"),
-        joins: f("joins"),
-        played_ms: f("played_ms"),
-        last_seen: f("last_seen"),
-    }))
+    Ok(Some(Totals::stored(
+        f("notes"),
+        f("chats"),
+        f("joins"),
+        f("played_ms"),
+        f("last_seen"),
+    )))
 }

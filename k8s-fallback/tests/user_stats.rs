@@ -36,12 +36,12 @@ async fn totals_are_per_deployment_and_last_seen_only_rises() {
         .await
         .expect("read")
         .expect("some");
-    assert_eq!((got.notes_played, got.last_seen), (5, 2_000));
+    assert_eq!((got.notes_played, got.last_seen), (5, Some(2_000)));
     let other = redis_get(&conn, &b, &user)
         .await
         .expect("read")
         .expect("some");
-    assert_eq!((other.notes_played, other.last_seen), (7, 500));
+    assert_eq!((other.notes_played, other.last_seen), (7, Some(500)));
     assert_eq!(
         redis_get(&conn, &a, "user:nobody").await.expect("read"),
         None
