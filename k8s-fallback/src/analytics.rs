@@ -6,6 +6,7 @@
 //! `http://` (an in-cluster collector or sidecar) or `https://`: the POSTs go through the same
 //! HTTP client library as error reports (`reqwest` with rustls, `crate::telemetry`).
 
+use crate::config::AnalyticsTarget as Target;
 use crate::metrics::METRICS;
 use piano_core::analytics::{Batch, BatchLimits, Batcher, Event, Source};
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,32 +17,6 @@ use tokio::sync::{mpsc, oneshot};
 const CHANNEL: usize = 1024;
 /// One POST, connect included.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where the analytics sink POSTs (`ANALYTICS_URL`): an `http://` or `https://` URL with a
-/// host and no credentials (they would be logged with the URL).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub url: reqwest::Url,
-}
-
-impl Target {
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let parsed = reqwest::Url::parse(url.trim())
-            .map_err(|e| format!("ANALYTICS_URL is not a URL ({e}): {url:?}"))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(format!(
-                "ANALYTICS_URL must be an http:// or https:// URL; got {url:?}"
-            ));
-        }
-        if parsed.host_str().is_none_or(str::is_empty)
-            || !parsed.username().is_empty()
-            || parsed.password().is_some()
-        {
-            return Err(format!("ANALYTICS_URL has no usable host: {url:?}"));
-        }
-        Ok(Target { url: parsed })
-    }
-}
 
 /// What rooms hold: the sending side of the sink's channel.
 pub struct Sink {

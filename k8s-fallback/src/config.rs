@@ -304,5 +304,28 @@ pub fn release() -> String {
         .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())
 }
 
-/// Where the analytics sink POSTs (`ANALYTICS_URL`), checked at start-up.
-pub use crate::analytics::Target as AnalyticsTarget;
+/// Where the analytics sink POSTs (`ANALYTICS_URL`): an `http://` or `https://` URL with a
+/// host and no credentials (they would be logged with the URL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalyticsTarget {
+    pub url: reqwest::Url,
+}
+
+impl AnalyticsTarget {
+    pub fn parse(url: &str) -> Result<AnalyticsTarget, String> {
+        let parsed = reqwest::Url::parse(url.trim())
+            .map_err(|e| format!("ANALYTICS_URL is not a URL ({e}): {url:?}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!(
+                "ANALYTICS_URL must be an http:// or https:// URL; got {url:?}"
+            ));
+        }
+        if parsed.host_str().is_none_or(str::is_empty)
+            || !parsed.username().is_empty()
+            || parsed.password().is_some()
+        {
+            return Err(format!("ANALYTICS_URL has no usable host: {url:?}"));
+        }
+        Ok(AnalyticsTarget { url: parsed })
+    }
+}
