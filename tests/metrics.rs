@@ -13,7 +13,8 @@ const TOKEN: &str = "metrics-trial-token";
 
 /// A server of `target`'s host with `METRICS_TOKEN` set.
 fn own_server(target: &Server) -> Server {
-    let vars = vec![("METRICS_TOKEN".to_owned(), TOKEN.to_owned())];
+    // Stored with a trailing newline (`echo token | wrangler secret put`): still the token.
+    let vars = vec![("METRICS_TOKEN".to_owned(), format!("{TOKEN}\n"))];
     match target.host {
         Host::Edge => Server::start_edge_with(&vars),
         _ => Server::start_fallback_binary(
