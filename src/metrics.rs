@@ -12,7 +12,7 @@
 use piano_core::metrics::push::{PUSH_EVERY_MS, Push};
 use piano_core::metrics::{self, Auth, Counters};
 use piano_core::outbox::Lane;
-use piano_core::status::{CACHE_MS, Component, LaneFacts, Status, lane};
+use piano_core::status::{Cached, Component, LaneFacts, Lookup, Status, lane};
 use piano_durable_objects::{json_error, setting};
 use std::cell::RefCell;
 use worker::*;
@@ -21,7 +21,17 @@ use worker::*;
 struct Isolate {
     counters: Counters,
     last_push: u64,
-    status: Option<(u64, String)>,
+    status: Cached<String>,
+}
+
+/// Clears the isolate's "refreshing" mark if a gathering ends without storing (an error, or
+/// the request cancelled), so the next request tries again.
+struct Refreshing;
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        ISOLATE.with_borrow_mut(|i| i.status.abandon());
+    }
 }
 
 thread_local! {
@@ -93,7 +103,7 @@ pub async fn scrape(req: &Request, env: &Env) -> Result<Response> {
         .get("authorization")?
         .and_then(|h| h.strip_prefix("Bearer ").map(str::to_owned))
         .unwrap_or_default();
-    if !metrics::token_matches(presented.trim(), &expected) {
+    if !metrics::token_matches(&presented, &expected) {
         let mut resp = json_error(401, "unauthorized", "/metrics needs its bearer token")?;
         resp.headers_mut()
             .set("www-authenticate", r#"Bearer realm="metrics""#)?;
@@ -115,21 +125,18 @@ pub async fn scrape(req: &Request, env: &Env) -> Result<Response> {
     Ok(resp)
 }
 
-/// `GET /api/status`: public, the same answer for [`CACHE_MS`] per isolate (and to shared
-/// caches), so it cannot be used to hammer the directory or the backends.
+/// `GET /api/status`: public, the same answer for `piano_core::status::CACHE_MS` per isolate
+/// (and to shared caches), so it cannot be used to hammer the directory or the backends.
 pub async fn status(env: &Env) -> Result<Response> {
     let now = Date::now().as_millis();
-    let cached = ISOLATE.with_borrow(|i| {
-        i.status
-            .as_ref()
-            .filter(|(at, _)| now.saturating_sub(*at) < CACHE_MS)
-            .map(|(_, body)| body.clone())
-    });
-    let body = match cached {
-        Some(body) => body,
-        None => {
+    // One request per isolate gathers when the answer expired; the others get the last one.
+    let body = match ISOLATE.with_borrow_mut(|i| i.status.lookup(now)) {
+        Lookup::Ready(body) => body,
+        Lookup::Gather => {
+            let guard = Refreshing;
             let body = serde_json::to_string(&gather(env, now).await)?;
-            ISOLATE.with_borrow_mut(|i| i.status = Some((now, body.clone())));
+            std::mem::forget(guard);
+            ISOLATE.with_borrow_mut(|i| i.status.store(now, body.clone()));
             body
         }
     };

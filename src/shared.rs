@@ -8,6 +8,7 @@
 use piano_backends::Backends;
 use piano_backends::layout::NetworkSnapshot;
 use piano_backends::redis::{Upstash, cmd};
+use piano_core::analytics::UserTotals;
 use piano_core::report::{Report, Severity, kind};
 use piano_durable_objects::json_error;
 use piano_durable_objects::log;
@@ -201,16 +202,7 @@ pub async fn user_stats(env: &Env, id: &str) -> Result<Response> {
         }
     };
     let totals = rows.into_iter().next().unwrap_or_else(|| json!({}));
-    let field = |k: &str| totals.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let mut resp = Response::from_json(&json!({
-        "user_id": user_id,
-        "notes_played": field("notes_played"),
-        "chat_messages": field("chat_messages"),
-        "joins": field("joins"),
-        "played_ms": field("played_ms"),
-        "rooms": field("rooms"),
-        "last_seen": totals.get("last_seen").and_then(Value::as_u64),
-    }))?;
+    let mut resp = Response::from_json(&UserTotals::from_aggregate(&totals).to_json(&user_id))?;
     resp.headers_mut().set("cache-control", "no-store")?;
     Ok(resp)
 }
@@ -219,25 +211,18 @@ pub async fn user_stats(env: &Env, id: &str) -> Result<Response> {
 /// creates nothing).
 async fn embedded_user_stats(env: &Env, user_id: &str) -> Result<Response> {
     // The Room objects address it by the same key (`user:<key>`, the normalized username).
-    let mut totals = match user_id.strip_prefix("user:").filter(|k| !k.is_empty()) {
-        Some(name) => {
+    let totals = match piano_durable_objects::account_stub(env, user_id)? {
+        Some(account) => {
             let req = Request::new("https://account.internal/stats", Method::Get)?;
-            let mut resp = env
-                .durable_object(piano_durable_objects::sessions::ACCOUNTS_BINDING)?
-                .id_from_name(name)?
-                .get_stub()?
-                .fetch_with_request(req)
-                .await?;
+            let mut resp = account.fetch_with_request(req).await?;
             if resp.status_code() != 200 {
                 return json_error(502, "backend_unavailable", "the account did not answer");
             }
-            resp.json::<Value>().await?
+            resp.json::<UserTotals>().await?
         }
-        None => json!({ "notes_played": 0, "chat_messages": 0, "joins": 0, "played_ms": 0,
-            "last_seen": null }),
+        None => UserTotals::default(),
     };
-    totals["user_id"] = user_id.into();
-    let mut resp = Response::from_json(&totals)?;
+    let mut resp = Response::from_json(&totals.to_json(user_id))?;
     resp.headers_mut().set("cache-control", "no-store")?;
     Ok(resp)
 }

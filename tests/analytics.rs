@@ -226,6 +226,8 @@ pub async fn the_http_sink_receives_a_sessions_events(target: &Server) {
     }
 }
 
+const DRAIN_TOKEN: &str = "analytics-drain-token";
+
 /// The fallback's batching by time, and its drain: with a long `ANALYTICS_FLUSH_MS` a session's
 /// events wait in the queue, and SIGTERM delivers them before the process exits.
 pub async fn queued_analytics_are_delivered_at_shutdown(_target: &Server) {
@@ -233,6 +235,7 @@ pub async fn queued_analytics_are_delivered_at_shutdown(_target: &Server) {
     let vars: Vec<(String, String)> = [
         ("ANALYTICS_URL", format!("http://127.0.0.1:{port}/ingest")),
         ("ANALYTICS_FLUSH_MS", "600000".to_owned()),
+        ("METRICS_TOKEN", DRAIN_TOKEN.to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -244,8 +247,18 @@ pub async fn queued_analytics_are_delivered_at_shutdown(_target: &Server) {
     a.join().await;
     a.send(note_on(60, 90)).await;
     a.close().await;
-    // The leave is handed over at once; the batch is not due for ten minutes.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The leave is handed over at once; the batch is not due for ten minutes: the session's
+    // events (join, activity, leave) wait in the sink's queue, and nothing was sent.
+    eventually(
+        "the session's events queued",
+        Duration::from_secs(10),
+        || async {
+            let (_, text) = crate::metrics::scrape(&s, Some(DRAIN_TOKEN)).await;
+            let queued = crate::metrics::value(&text, "piano_analytics_events_queued");
+            (queued.unwrap_or(0.0) >= 2.0).then_some(())
+        },
+    )
+    .await;
     assert!(
         got.lock().unwrap().is_empty(),
         "sent before its batch was due"

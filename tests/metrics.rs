@@ -13,7 +13,8 @@ const TOKEN: &str = "metrics-trial-token";
 
 /// A server of `target`'s host with `METRICS_TOKEN` set.
 fn own_server(target: &Server) -> Server {
-    let vars = vec![("METRICS_TOKEN".to_owned(), TOKEN.to_owned())];
+    // Stored with a trailing newline (`echo token | wrangler secret put`): still the token.
+    let vars = vec![("METRICS_TOKEN".to_owned(), format!("{TOKEN}\n"))];
     match target.host {
         Host::Edge => Server::start_edge_with(&vars),
         _ => Server::start_fallback_binary(
@@ -23,7 +24,7 @@ fn own_server(target: &Server) -> Server {
     }
 }
 
-async fn scrape(s: &Server, token: Option<&str>) -> (u16, String) {
+pub(crate) async fn scrape(s: &Server, token: Option<&str>) -> (u16, String) {
     let mut req = reqwest::Client::new().get(s.http("/metrics"));
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -36,7 +37,7 @@ async fn scrape(s: &Server, token: Option<&str>) -> (u16, String) {
 }
 
 /// The value of one series (`name` or `name{label="value"}`), if present.
-fn value(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

@@ -99,10 +99,80 @@ impl Event {
     }
 }
 
+/// A member's account key (`user:<key>`, the normalized username), `None` for a guest or any
+/// other id: the one rule for whose activity gets stored totals, on both hosts.
+pub fn member_key(user_id: &str) -> Option<&str> {
+    user_id.strip_prefix("user:").filter(|k| !k.is_empty())
+}
+
+/// Whether a user id is a member's ([`member_key`]).
+pub fn is_member(user_id: &str) -> bool {
+    member_key(user_id).is_some()
+}
+
 /// Whether a user id is a guest's (`guest:<random hex>`, `account::tokens`): guests' totals are
 /// never stored.
 pub fn is_guest(user_id: &str) -> bool {
     user_id.starts_with("guest:")
+}
+
+/// A user's totals as `GET /api/users/{id}/stats` answers them, on every host and path (one
+/// JSON form: [`UserTotals::to_json`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserTotals {
+    pub notes_played: u64,
+    pub chat_messages: u64,
+    pub joins: u64,
+    pub played_ms: u64,
+    /// Rooms played in: known only from MongoDB's per-room totals (`null` otherwise).
+    #[serde(default)]
+    pub rooms: Option<u64>,
+    /// When last active, ms since the epoch (`null`: never).
+    #[serde(default)]
+    pub last_seen: Option<Millis>,
+}
+
+impl UserTotals {
+    /// From stored counters (`last_seen` 0: never).
+    pub fn stored(notes: u64, chats: u64, joins: u64, played_ms: u64, last_seen: Millis) -> Self {
+        UserTotals {
+            notes_played: notes,
+            chat_messages: chats,
+            joins,
+            played_ms,
+            rooms: None,
+            last_seen: (last_seen > 0).then_some(last_seen),
+        }
+    }
+
+    /// From MongoDB's `user_stats` aggregation (a missing field: 0, or `null` for `last_seen`).
+    pub fn from_aggregate(v: &serde_json::Value) -> Self {
+        let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        UserTotals {
+            notes_played: n("notes_played"),
+            chat_messages: n("chat_messages"),
+            joins: n("joins"),
+            played_ms: n("played_ms"),
+            rooms: Some(n("rooms")),
+            last_seen: v
+                .get("last_seen")
+                .and_then(serde_json::Value::as_u64)
+                .filter(|t| *t > 0),
+        }
+    }
+
+    /// The answer's body.
+    pub fn to_json(&self, user_id: &str) -> serde_json::Value {
+        serde_json::json!({
+            "user_id": user_id,
+            "notes_played": self.notes_played,
+            "chat_messages": self.chat_messages,
+            "joins": self.joins,
+            "played_ms": self.played_ms,
+            "rooms": self.rooms,
+            "last_seen": self.last_seen,
+        })
+    }
 }
 
 /// The events of one hand-over of a room's activity ([`Effect::Stats`]), per user in order:
@@ -278,6 +348,33 @@ mod tests {
         let mut d = StatsDelta::default();
         f(&mut d);
         d
+    }
+
+    #[test]
+    fn user_totals_have_one_json_form() {
+        let embedded = UserTotals::stored(3, 1, 1, 500, 0).to_json("user:ada");
+        let mongo = UserTotals::from_aggregate(&serde_json::json!({"notes_played": 3,
+            "chat_messages": 1, "joins": 1, "played_ms": 500, "rooms": 2}))
+        .to_json("user:ada");
+        let keys = |v: &serde_json::Value| {
+            v.as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(keys(&embedded), keys(&mongo));
+        assert_eq!(embedded["last_seen"], serde_json::Value::Null);
+        assert_eq!(embedded["rooms"], serde_json::Value::Null);
+        assert_eq!(mongo["rooms"], 2);
+        assert_eq!(UserTotals::stored(0, 0, 0, 0, 7).last_seen, Some(7));
+    }
+
+    #[test]
+    fn members_are_user_ids_with_a_key() {
+        assert_eq!(member_key("user:ada"), Some("ada"));
+        assert!(is_member("user:ada"));
+        assert!(!is_member("user:"));
+        assert!(!is_member("guest:ab12"));
+        assert!(!is_member("ada"));
     }
 
     #[test]

@@ -146,6 +146,64 @@ impl Status {
     }
 }
 
+/// A refresh that has not finished after this long is presumed lost; another may start.
+pub const REFRESH_GIVE_UP_MS: u64 = 10_000;
+
+/// A host's cached status answer: while it is older than [`CACHE_MS`], one request gathers a
+/// new one and the others get the previous answer meanwhile, so an expiring cache never turns
+/// into every concurrent request gathering (a Redis PING each).
+#[derive(Debug)]
+pub struct Cached<T> {
+    value: Option<(u64, T)>,
+    /// When the refresh in progress started.
+    refreshing: Option<u64>,
+}
+
+impl<T> Default for Cached<T> {
+    fn default() -> Self {
+        Cached {
+            value: None,
+            refreshing: None,
+        }
+    }
+}
+
+/// What the host does for one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<T> {
+    /// Answer this.
+    Ready(T),
+    /// Gather, then [`Cached::store`] (or [`Cached::abandon`] if gathering failed).
+    Gather,
+}
+
+impl<T: Clone> Cached<T> {
+    pub fn lookup(&mut self, now: u64) -> Lookup<T> {
+        let refreshing = self
+            .refreshing
+            .is_some_and(|t| now.saturating_sub(t) < REFRESH_GIVE_UP_MS);
+        match &self.value {
+            Some((at, v)) if now.saturating_sub(*at) < CACHE_MS => Lookup::Ready(v.clone()),
+            Some((_, v)) if refreshing => Lookup::Ready(v.clone()),
+            _ => {
+                self.refreshing = Some(now);
+                Lookup::Gather
+            }
+        }
+    }
+
+    /// The gathered answer, as of `now` (when gathering started).
+    pub fn store(&mut self, now: u64, value: T) {
+        self.value = Some((now, value));
+        self.refreshing = None;
+    }
+
+    /// Gathering failed or was cancelled: the next request tries again.
+    pub fn abandon(&mut self) {
+        self.refreshing = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +216,28 @@ mod tests {
             },
             reachable: None,
         }
+    }
+
+    #[test]
+    fn one_request_refreshes_the_others_get_the_previous_answer() {
+        let mut c = Cached::default();
+        assert_eq!(c.lookup(0), Lookup::Gather);
+        c.store(0, 1);
+        assert_eq!(c.lookup(CACHE_MS - 1), Lookup::Ready(1));
+        // Expired: the first request gathers, concurrent ones get the old answer.
+        assert_eq!(c.lookup(CACHE_MS), Lookup::Gather);
+        assert_eq!(c.lookup(CACHE_MS + 5), Lookup::Ready(1));
+        c.store(CACHE_MS, 2);
+        assert_eq!(c.lookup(CACHE_MS + 6), Lookup::Ready(2));
+        // A failed gathering lets the next request try; a lost one is given up on.
+        assert_eq!(c.lookup(3 * CACHE_MS), Lookup::Gather);
+        c.abandon();
+        assert_eq!(c.lookup(3 * CACHE_MS + 1), Lookup::Gather);
+        assert_eq!(c.lookup(3 * CACHE_MS + 2), Lookup::Ready(2));
+        assert_eq!(
+            c.lookup(3 * CACHE_MS + 1 + REFRESH_GIVE_UP_MS),
+            Lookup::Gather
+        );
     }
 
     #[test]

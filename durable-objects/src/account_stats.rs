@@ -4,6 +4,7 @@
 //! object nobody played as is never written (a read creates nothing). Guests have no Account
 //! object and keep nothing.
 
+use piano_core::analytics::UserTotals;
 use piano_core::room::StatsDelta;
 use worker::*;
 
@@ -49,19 +50,18 @@ pub async fn serve(sql: &SqlStorage, req: &mut Request) -> Result<Response> {
                 .ok()
                 .and_then(|rows| rows.into_iter().next());
             let n = |v: i64| v.max(0) as u64;
-            Response::from_json(&match row {
-                Some(r) => serde_json::json!({
-                    "notes_played": n(r.notes),
-                    "chat_messages": n(r.chats),
-                    "joins": n(r.joins),
-                    "played_ms": n(r.played_ms),
-                    "last_seen": n(r.last_seen),
-                }),
-                None => serde_json::json!({
-                    "notes_played": 0, "chat_messages": 0, "joins": 0, "played_ms": 0,
-                    "last_seen": null,
-                }),
-            })
+            Response::from_json(
+                &row.map(|r| {
+                    UserTotals::stored(
+                        n(r.notes),
+                        n(r.chats),
+                        n(r.joins),
+                        n(r.played_ms),
+                        n(r.last_seen),
+                    )
+                })
+                .unwrap_or_default(),
+            )
         }
         _ => Response::error("method not allowed", 405),
     }

@@ -67,6 +67,19 @@ pub fn room_stub(env: &Env, room: &str) -> Result<Stub> {
         .get_stub()
 }
 
+/// The Account object of a member (`user:<key>`; `None` for a guest or any other id): Room
+/// objects announce sockets and add activity to it, the worker reads its totals.
+pub fn account_stub(env: &Env, user_id: &str) -> Result<Option<Stub>> {
+    let Some(key) = piano_core::analytics::member_key(user_id) else {
+        return Ok(None);
+    };
+    Ok(Some(
+        env.durable_object(sessions::ACCOUNTS_BINDING)?
+            .id_from_name(key)?
+            .get_stub()?,
+    ))
+}
+
 /// The JSON error shape used by every HTTP endpoint.
 pub fn json_error(status: u16, code: &str, message: &str) -> Result<Response> {
     Ok(

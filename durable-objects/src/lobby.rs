@@ -217,6 +217,7 @@ impl Lobby {
         }
         let sql = self.state.storage().sql();
         sql.exec(SCHEMA, None)?;
+        crate::metrics::create_tables(&sql)?;
         let reports = sql
             .exec("SELECT report FROM rooms", None)?
             .to_array::<ReportRow>()?

@@ -19,13 +19,20 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS metric_latency (id INTEGER PRIMARY KEY, h TEXT NOT NULL);
 ";
 
+/// Creates the aggregator's tables: once per Lobby instance, when it loads (not per push).
+pub fn create_tables(sql: &SqlStorage) -> Result<()> {
+    sql.exec(SCHEMA, None)?;
+    Ok(())
+}
+
 /// Longest source name kept (a room's name is far shorter).
 const MAX_SOURCE: usize = 200;
 
+/// The tables exist ([`create_tables`]) before any of the functions below runs.
+///
 /// Adds a push's counters to the totals and keeps its source's present state (an idle source
 /// is forgotten: it adds nothing to the gauges).
 pub fn apply(sql: &SqlStorage, push: &Push, now: u64) -> Result<()> {
-    sql.exec(SCHEMA, None)?;
     for (slot, n) in push.counters.iter().take(SLOTS) {
         if (*slot as usize) < SLOTS && *n > 0 {
             sql.exec(
@@ -86,10 +93,10 @@ pub fn read(sql: &SqlStorage, now: u64) -> Result<(Counters, Gauges, Histogram)>
     }
     #[derive(serde::Deserialize)]
     struct Source {
+        source: String,
         present: String,
         at: i64,
     }
-    sql.exec(SCHEMA, None)?;
     let mut counters = Counters::default();
     for t in sql
         .exec("SELECT slot, n FROM metric_totals", None)?
@@ -97,12 +104,24 @@ pub fn read(sql: &SqlStorage, now: u64) -> Result<(Counters, Gauges, Histogram)>
     {
         counters.set_slot(t.slot.max(0) as usize, t.n.max(0) as u64);
     }
-    let sources: Vec<(Present, u64)> = sql
-        .exec("SELECT present, at FROM metric_sources", None)?
+    let mut sources: Vec<(Present, u64)> = Vec::new();
+    for s in sql
+        .exec("SELECT source, present, at FROM metric_sources", None)?
         .to_array::<Source>()?
-        .into_iter()
-        .filter_map(|s| Some((serde_json::from_str(&s.present).ok()?, s.at.max(0) as u64)))
-        .collect();
+    {
+        let at = s.at.max(0) as u64;
+        match serde_json::from_str::<Present>(&s.present) {
+            // Evicted without saying it went idle (e.g. by a deploy): forget it.
+            Ok(p) if push::forgettable(&p, at, now) => {
+                sql.exec(
+                    "DELETE FROM metric_sources WHERE source = ?",
+                    vec![s.source.into()],
+                )?;
+            }
+            Ok(p) => sources.push((p, at)),
+            Err(_) => {}
+        }
+    }
     let gauges = push::gauges(sources.iter().map(|(p, at)| (p, *at)), now);
     Ok((counters, gauges, latency(sql)?))
 }

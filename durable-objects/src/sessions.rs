@@ -29,18 +29,14 @@ pub struct Notice {
 
 /// Room → Account: this room holds a socket of `user_id` (`user:<name>`).
 pub async fn announce(env: &Env, user_id: &str, room: &str) -> Result<()> {
-    let Some(username) = user_id.strip_prefix("user:") else {
+    let Some(account) = crate::account_stub(env, user_id)? else {
         return Ok(());
     };
     let mut init = RequestInit::new();
     init.with_method(Method::Post)
         .with_body(Some(serde_json::json!({ "room": room }).to_string().into()));
     let req = Request::new_with_init("https://account.internal/socket", &init)?;
-    env.durable_object(ACCOUNTS_BINDING)?
-        .id_from_name(username)?
-        .get_stub()?
-        .fetch_with_request(req)
-        .await?;
+    account.fetch_with_request(req).await?;
     Ok(())
 }
 

@@ -3,8 +3,8 @@
 //! with the core's [`Batcher`] (by count and by time) and POSTs each batch as NDJSON. A batch
 //! that fails is dropped and counted: analytics never hold a room back and are never retried.
 //!
-//! Plain HTTP only (an in-cluster collector or sidecar): the process carries no TLS client for
-//! this; an `https://` URL is refused at start-up.
+//! `http://` (an in-cluster collector or sidecar) or `https://`: the POSTs go through the same
+//! HTTP client library as error reports (`reqwest` with rustls, `crate::telemetry`).
 
 use crate::config::AnalyticsTarget as Target;
 use crate::metrics::METRICS;
@@ -33,7 +33,11 @@ impl Sink {
     /// Starts the delivery task.
     pub fn start(target: Target, src: Source, limits: BatchLimits) -> Sink {
         let (tx, rx) = mpsc::channel(CHANNEL);
-        tokio::spawn(deliver(target, Batcher::new(src, limits), rx));
+        let client = reqwest::Client::builder()
+            .timeout(POST_TIMEOUT)
+            .build()
+            .unwrap_or_default();
+        tokio::spawn(deliver(client, target, Batcher::new(src, limits), rx));
         Sink { tx }
     }
 
@@ -63,7 +67,12 @@ impl Sink {
     }
 }
 
-async fn deliver(target: Target, mut batcher: Batcher, mut rx: mpsc::Receiver<Msg>) {
+async fn deliver(
+    client: reqwest::Client,
+    target: Target,
+    mut batcher: Batcher,
+    mut rx: mpsc::Receiver<Msg>,
+) {
     let mut open = true;
     let mut flush: Option<oneshot::Sender<()>> = None;
     while open || !batcher.is_empty() {
@@ -82,7 +91,7 @@ async fn deliver(target: Target, mut batcher: Batcher, mut rx: mpsc::Receiver<Ms
         // Whatever is due now, one batch after another (the channel waits meanwhile).
         let now_please = !open || flush.is_some();
         while let Some(batch) = batcher.poll_batch(crate::now_ms(), now_please) {
-            match post(&target, &batch).await {
+            match post(&client, &target, &batch).await {
                 Ok(()) => {
                     batcher.delivered(&batch);
                     METRICS
@@ -99,6 +108,9 @@ async fn deliver(target: Target, mut batcher: Batcher, mut rx: mpsc::Receiver<Ms
                 }
             }
         }
+        METRICS
+            .analytics_queued
+            .store(batcher.len() as u64, Relaxed);
         if let Some(reply) = flush.take() {
             let _ = reply.send(());
         }
@@ -114,35 +126,20 @@ fn push(batcher: &mut Batcher, events: Vec<Event>) {
     }
 }
 
-/// One POST of `application/x-ndjson` over a new connection; `Ok` on a 2xx answer.
-async fn post(target: &Target, batch: &Batch) -> Result<(), String> {
-    let send = async {
-        let tcp = tokio::net::TcpStream::connect(&target.authority)
-            .await
-            .map_err(|e| format!("connect {}: {e}", target.authority))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(conn);
-        let req = hyper::Request::post(&target.path)
-            .header(hyper::header::HOST, &target.authority)
-            .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
-            .body(axum::body::Body::from(batch.body.clone()))
-            .map_err(|e| e.to_string())?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("answered {}", resp.status()))
-        }
-    };
-    tokio::time::timeout(POST_TIMEOUT, send)
+/// One POST of `application/x-ndjson`; `Ok` on a 2xx answer.
+async fn post(client: &reqwest::Client, target: &Target, batch: &Batch) -> Result<(), String> {
+    let resp = client
+        .post(target.url.clone())
+        .header("content-type", "application/x-ndjson")
+        .body(batch.body.clone())
+        .send()
         .await
-        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.without_url().to_string())?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("answered {}", resp.status()))
+    }
 }
 
 #[cfg(test)]
@@ -150,16 +147,13 @@ mod tests {
     use super::Target;
 
     #[test]
-    fn only_plain_http_urls_are_accepted() {
-        assert_eq!(
-            Target::parse("http://collector:9000/ingest").unwrap(),
-            Target {
-                authority: "collector:9000".into(),
-                path: "/ingest".into()
-            }
-        );
-        assert_eq!(Target::parse("http://c").unwrap().authority, "c:80");
-        assert!(Target::parse("https://c/x").is_err());
-        assert!(Target::parse("http:///x").is_err());
+    fn http_and_https_urls_are_accepted() {
+        let t = Target::parse(" http://collector:9000/ingest ").unwrap();
+        assert_eq!(t.url.as_str(), "http://collector:9000/ingest");
+        assert!(Target::parse("https://c.example/x").is_ok());
+        assert!(Target::parse("ftp://c/x").is_err());
+        assert!(Target::parse("http://").is_err());
+        assert!(Target::parse("https://user:pw@c/x").is_err());
+        assert!(Target::parse("collector:9000").is_err());
     }
 }

@@ -209,17 +209,6 @@ pub fn unauthorized(message: &str) -> Response {
     api_error(&ApiError::Unauthorized(message.to_owned()))
 }
 
-/// Compares two secrets without revealing, through timing, how much of them matched.
-pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    use sha2::{Digest, Sha256};
-    // Hashing first makes the comparison length-independent too.
-    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
-}
-
 /// `Authorization: Bearer <jwt>`.
 pub fn bearer(headers: &HeaderMap) -> Option<String> {
     headers

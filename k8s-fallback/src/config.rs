@@ -304,35 +304,28 @@ pub fn release() -> String {
         .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())
 }
 
-/// Where the analytics sink POSTs (`ANALYTICS_URL`): `http://host[:port]/path`.
+/// Where the analytics sink POSTs (`ANALYTICS_URL`): an `http://` or `https://` URL with a
+/// host and no credentials (they would be logged with the URL).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnalyticsTarget {
-    pub authority: String,
-    pub path: String,
+    pub url: reqwest::Url,
 }
 
 impl AnalyticsTarget {
     pub fn parse(url: &str) -> Result<AnalyticsTarget, String> {
-        let rest = url.trim().strip_prefix("http://").ok_or_else(|| {
-            format!(
-                "ANALYTICS_URL must be a plain http:// URL (an in-cluster collector); got {url:?}"
-            )
-        })?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() || authority.contains('@') {
+        let parsed = reqwest::Url::parse(url.trim())
+            .map_err(|e| format!("ANALYTICS_URL is not a URL ({e}): {url:?}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!(
+                "ANALYTICS_URL must be an http:// or https:// URL; got {url:?}"
+            ));
+        }
+        if parsed.host_str().is_none_or(str::is_empty)
+            || !parsed.username().is_empty()
+            || parsed.password().is_some()
+        {
             return Err(format!("ANALYTICS_URL has no usable host: {url:?}"));
         }
-        let authority = if authority.contains(':') {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
-        Ok(AnalyticsTarget {
-            authority,
-            path: path.to_owned(),
-        })
+        Ok(AnalyticsTarget { url: parsed })
     }
 }

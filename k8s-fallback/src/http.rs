@@ -94,7 +94,7 @@ fn metrics_gate(hub: &Hub, headers: &axum::http::HeaderMap) -> Response {
         return json_error(404, "not_found", message);
     };
     let presented = auth::bearer(headers).unwrap_or_default();
-    if !crate::auth::same_secret(presented.as_bytes(), expected.as_bytes()) {
+    if !piano_core::metrics::token_matches(&presented, expected) {
         return with_header(
             json_error(401, "unauthorized", "/metrics needs its bearer token"),
             "www-authenticate",
@@ -305,18 +305,11 @@ async fn user_stats(hub: &crate::hub::Hub, raw_id: &str) -> Response {
     };
     let Some(mongo) = &hub.mongo else {
         return match hub.store().user_stats(&user_id).await {
-            Ok(t) => {
-                let t = t.unwrap_or_default();
-                let body = serde_json::json!({
-                    "user_id": user_id,
-                    "notes_played": t.notes_played,
-                    "chat_messages": t.chat_messages,
-                    "joins": t.joins,
-                    "played_ms": t.played_ms,
-                    "last_seen": (t.last_seen > 0).then_some(t.last_seen),
-                });
-                with_header(json(200, &body), "cache-control", "no-store")
-            }
+            Ok(t) => with_header(
+                json(200, &t.unwrap_or_default().to_json(&user_id)),
+                "cache-control",
+                "no-store",
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, "user stats read failed");
                 json_error(

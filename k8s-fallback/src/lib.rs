@@ -131,7 +131,10 @@ pub async fn run(cfg: config::Config) -> Result<(), String> {
             let cluster =
                 cluster::Cluster::connect(url, cfg.replica_id.clone(), cfg.lease_ttl).await?;
             (
-                store::Store::Redis(cluster.conn.clone()),
+                store::Store::Redis(
+                    cluster.conn.clone(),
+                    user_stats::redis_key_base(&cfg.redis_key_prefix, &cfg.deployment_id).into(),
+                ),
                 Some(Arc::new(cluster)),
             )
         }

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub analytics_dropped: AtomicU64,
     /// Analytics batches that failed (refused, unreachable, timed out).
     pub analytics_failed_batches: AtomicU64,
+    /// Analytics events in the sink's batcher now (a gauge).
+    pub analytics_queued: AtomicU64,
     /// From reading a frame on the sender's replica to queueing the broadcast for its listeners.
     pub relay_latency: Histogram,
 }
@@ -113,6 +115,7 @@ pub static METRICS: Metrics = Metrics {
     analytics_delivered: AtomicU64::new(0),
     analytics_dropped: AtomicU64::new(0),
     analytics_failed_batches: AtomicU64::new(0),
+    analytics_queued: AtomicU64::new(0),
     relay_latency: Histogram::new(),
 };
 
@@ -173,6 +176,7 @@ pub fn render(replica: &str, outbox: [metrics::LaneBacklog; 2]) -> String {
         rooms_awake: m.rooms.load(Relaxed).max(0) as u64,
         players: m.players.load(Relaxed).max(0) as u64,
         outbox,
+        analytics_queued: m.analytics_queued.load(Relaxed),
     };
     metrics::render(&metrics::Snapshot {
         counters: &c,

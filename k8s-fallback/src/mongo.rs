@@ -323,21 +323,7 @@ impl Mongo {
                 .map_err(|e| e.to_string())?,
             false => serde_json::json!({}),
         };
-        let field = |k: &str| {
-            totals
-                .get(k)
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0)
-        };
-        Ok(serde_json::json!({
-            "user_id": user_id,
-            "notes_played": field("notes_played"),
-            "chat_messages": field("chat_messages"),
-            "joins": field("joins"),
-            "played_ms": field("played_ms"),
-            "rooms": field("rooms"),
-            "last_seen": totals.get("last_seen").and_then(serde_json::Value::as_u64),
-        }))
+        Ok(piano_core::analytics::UserTotals::from_aggregate(&totals).to_json(user_id))
     }
 
     /// A user's totals in a room as MongoDB has them (zero if it has none).

@@ -1,19 +1,30 @@
 //! `GET /api/status`: each component's state as the core derives it (`piano_core::status`) from
 //! what this replica sees: its outbox backlog per lane, whether Redis answers a PING, whether it
-//! is draining. Cached for [`CACHE_MS`] per replica, so the endpoint (public) cannot be used to
-//! hammer Redis or the outbox file.
+//! is draining. Cached for `CACHE_MS` per replica (one request refreshes, the others get the
+//! previous answer meanwhile), so the endpoint (public) cannot be used to hammer Redis or the
+//! outbox file.
 
 use crate::hub::Hub;
 use piano_core::metrics::LaneBacklog;
 use piano_core::outbox::Lane;
-use piano_core::status::{CACHE_MS, Component, LaneFacts, Status, lane};
+use piano_core::status::{Cached, Component, LaneFacts, Lookup, Status, lane};
 use std::sync::Mutex;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-/// The last answer and when it was gathered.
+/// The last answer and when it was gathered; one request refreshes it at a time
+/// (`piano_core::status::Cached`).
 #[derive(Default)]
-pub struct Cache(Mutex<Option<(u64, serde_json::Value)>>);
+pub struct Cache(Mutex<Cached<serde_json::Value>>);
+
+/// Clears the refreshing mark when a gathering is cancelled (the client went away).
+struct Refreshing<'a>(&'a Cache);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.lock().abandon();
+    }
+}
 
 /// The outbox's backlog per lane (zeros without MongoDB: the fallback's outbox serves it only).
 pub fn backlog(hub: &Hub) -> [LaneBacklog; 2] {
@@ -26,17 +37,18 @@ pub fn backlog(hub: &Hub) -> [LaneBacklog; 2] {
 impl Cache {
     pub async fn get(&self, hub: &Hub) -> serde_json::Value {
         let now = crate::now_ms();
-        if let Some((at, v)) = &*self.lock()
-            && now.saturating_sub(*at) < CACHE_MS
-        {
-            return v.clone();
+        let lookup = self.lock().lookup(now);
+        if let Lookup::Ready(v) = lookup {
+            return v;
         }
+        let guard = Refreshing(self);
         let v = serde_json::to_value(gather(hub, now).await).unwrap_or_default();
-        *self.lock() = Some((now, v.clone()));
+        std::mem::forget(guard);
+        self.lock().store(now, v.clone());
         v
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(u64, serde_json::Value)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cached<serde_json::Value>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

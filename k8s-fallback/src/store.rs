@@ -27,14 +27,22 @@ use tokio::sync::{mpsc, oneshot};
 /// then writes that do not fit are dropped and counted (`piano_store_errors_total`) rather than
 /// blocking rooms or growing memory.
 const SQL_QUEUE: usize = 16_384;
+/// Members' totals reads queued for the read connection (`GET /api/users/{id}/stats` is public):
+/// a flood of reads fills this queue and is refused, never the room writes' queue above.
+const READ_QUEUE: usize = 64;
 /// Changes one room's Redis writer may have queued. It fills only while Redis does not answer;
 /// then the room's lease cannot be renewed either and the room stops within a lease TTL.
 const REDIS_QUEUE: usize = 4096;
 
 #[derive(Clone)]
 pub enum Store {
-    Sqlite(std::sync::mpsc::SyncSender<SqlCmd>),
-    Redis(RedisHandle),
+    /// The writer thread's queue, and the read connection's (members' totals).
+    Sqlite(
+        std::sync::mpsc::SyncSender<SqlCmd>,
+        std::sync::mpsc::SyncSender<SqlCmd>,
+    ),
+    /// With the prefix of members' totals (`crate::user_stats::redis_key_base`).
+    Redis(RedisHandle, std::sync::Arc<str>),
 }
 
 pub enum SqlCmd {
@@ -100,23 +108,21 @@ impl Store {
                                 tracing::error!(error = %e, "sqlite user stats write failed");
                             }
                         }
-                        SqlCmd::UserStats(user, reply) => {
-                            let got = crate::user_stats::sql_get(&conn, &user);
-                            let _ = reply.send(got.map_err(|e| e.to_string()));
-                        }
+                        // Answered by the read connection (`stats_reader`).
+                        SqlCmd::UserStats(..) => {}
                     }
                 }
             })
             .map_err(|e| format!("could not start the sqlite thread: {e}"))?;
-        Ok(Store::Sqlite(tx))
+        Ok(Store::Sqlite(tx, stats_reader(&path)?))
     }
 
     /// The room's durable state, `None` if it was never written.
     pub async fn load(&self, room: &str) -> Result<Option<Stored>, String> {
         match self {
             // A failure here gives the player 1011; they may reconnect.
-            Store::Sqlite(tx) => ask(tx, |reply| SqlCmd::Load(room.to_owned(), reply)).await,
-            Store::Redis(conn) => redis_load(conn.clone(), room).await.map_err(|e| {
+            Store::Sqlite(tx, _) => ask(tx, |reply| SqlCmd::Load(room.to_owned(), reply)).await,
+            Store::Redis(conn, _) => redis_load(conn.clone(), room).await.map_err(|e| {
                 redis_error("loading a room", &e);
                 e.to_string()
             }),
@@ -126,8 +132,8 @@ impl Store {
     /// Starts the write queue of a room whose current state is `current`.
     pub fn writer(&self, room: &str, current: Stored) -> Writer {
         match self {
-            Store::Sqlite(tx) => Writer::Sqlite(room.to_owned(), tx.clone()),
-            Store::Redis(conn) => {
+            Store::Sqlite(tx, _) => Writer::Sqlite(room.to_owned(), tx.clone()),
+            Store::Redis(conn, _) => {
                 let (tx, rx) = mpsc::channel(REDIS_QUEUE);
                 tokio::spawn(redis_writer(conn.clone(), room.to_owned(), current, rx));
                 Writer::Redis(tx)
@@ -148,15 +154,15 @@ impl Store {
             return;
         }
         match self {
-            Store::Sqlite(tx) => {
+            Store::Sqlite(tx, _) => {
                 if tx.try_send(SqlCmd::AddUserStats(rows)).is_err() {
                     METRICS.store_errors.fetch_add(1, Relaxed);
                     METRICS.queue_full.fetch_add(1, Relaxed);
                 }
             }
-            Store::Redis(conn) => {
-                let conn = conn.clone();
-                tokio::spawn(async move { crate::user_stats::redis_add(&conn, rows).await });
+            Store::Redis(conn, base) => {
+                let (conn, base) = (conn.clone(), base.clone());
+                tokio::spawn(async move { crate::user_stats::redis_add(&conn, &base, rows).await });
             }
         }
     }
@@ -167,13 +173,37 @@ impl Store {
         user: &str,
     ) -> Result<Option<crate::user_stats::Totals>, String> {
         match self {
-            Store::Sqlite(tx) => ask(tx, |reply| SqlCmd::UserStats(user.to_owned(), reply)).await,
-            Store::Redis(conn) => crate::user_stats::redis_get(conn, user).await.map_err(|e| {
-                redis_error("reading user stats", &e);
-                e.to_string()
-            }),
+            Store::Sqlite(_, reads) => {
+                ask(reads, |reply| SqlCmd::UserStats(user.to_owned(), reply)).await
+            }
+            Store::Redis(conn, base) => crate::user_stats::redis_get(conn, base, user)
+                .await
+                .map_err(|e| {
+                    redis_error("reading user stats", &e);
+                    e.to_string()
+                }),
         }
     }
+}
+
+/// A second connection (WAL: reads run beside the writer) and thread answering members' totals.
+fn stats_reader(path: &Path) -> Result<std::sync::mpsc::SyncSender<SqlCmd>, String> {
+    let conn = rusqlite::Connection::open(path)
+        .and_then(|c| c.execute_batch("PRAGMA query_only = ON;").map(|()| c))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<SqlCmd>(READ_QUEUE);
+    std::thread::Builder::new()
+        .name("sqlite-read".into())
+        .spawn(move || {
+            for cmd in rx {
+                if let SqlCmd::UserStats(user, reply) = cmd {
+                    let got = crate::user_stats::sql_get(&conn, &user);
+                    let _ = reply.send(got.map_err(|e| e.to_string()));
+                }
+            }
+        })
+        .map_err(|e| format!("could not start the sqlite read thread: {e}"))?;
+    Ok(tx)
 }
 
 /// One question to the SQLite thread. Never blocks the runtime: a full queue is answered as

@@ -70,9 +70,10 @@ pub fn auth_slot(a: Auth) -> usize {
 }
 
 /// Whether a presented `METRICS_TOKEN` is the configured one, compared without an early exit
-/// on the first differing byte.
+/// on the first differing byte. Both sides are trimmed: a secret stored with a trailing
+/// newline (`echo token | wrangler secret put`) must still match on every host.
 pub fn token_matches(presented: &str, expected: &str) -> bool {
-    let (a, b) = (presented.as_bytes(), expected.as_bytes());
+    let (a, b) = (presented.trim().as_bytes(), expected.trim().as_bytes());
     !b.is_empty()
         && a.len() == b.len()
         && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -230,6 +231,9 @@ pub struct Gauges {
     pub players: u64,
     /// Outbox backlog per lane, in [`Lane::ALL`] order.
     pub outbox: [LaneBacklog; 2],
+    /// Analytics events waiting in the host's batcher (the fallback's `ANALYTICS_URL` sink;
+    /// the edge sends each hand-over at once and reports 0).
+    pub analytics_queued: u64,
 }
 
 impl Gauges {
@@ -283,6 +287,11 @@ pub fn render(s: &Snapshot<'_>) -> String {
             g.rooms_awake,
         ),
         ("piano_players", "Participants joined to a room.", g.players),
+        (
+            "piano_analytics_events_queued",
+            "Analytics events waiting to be sent to the HTTP sink (fallback).",
+            g.analytics_queued,
+        ),
     ] {
         header(&mut out, name, "gauge", help);
         let _ = writeln!(out, "{name} {v}");
@@ -370,6 +379,14 @@ mod tests {
             http_status_slot(418),
             slot(Fam::HttpErrors, HTTP_STATUSES.len() - 1)
         );
+    }
+
+    #[test]
+    fn metrics_token_ignores_surrounding_whitespace_on_both_sides() {
+        assert!(token_matches("s3cret", "s3cret\n"));
+        assert!(token_matches(" s3cret ", "s3cret"));
+        assert!(!token_matches("s3cre", "s3cret"));
+        assert!(!token_matches("", "  \n"));
     }
 
     #[test]

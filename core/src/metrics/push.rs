@@ -19,6 +19,22 @@ pub const PUSH_EVERY_MS: Millis = 2_000;
 /// after its last event, and a busy one pushes every [`PUSH_EVERY_MS`].
 pub const AWAKE_MS: Millis = 15_000;
 
+/// A busy object says its present state again at least this often (at its next event: a
+/// client pings every 10 s, every minute in a throttled background tab).
+pub const REFRESH_MS: Millis = 60_000;
+
+/// A report this old no longer counts its connections and players: the object was evicted
+/// without saying it went idle (a deploy restarts every object and drops its sockets without a
+/// close event). Its outbox still counts: queued rows survive a restart and their alarm keeps
+/// retrying, so a stuck backlog stays visible. A busy object refreshes every [`REFRESH_MS`].
+pub const STALE_MS: Millis = 5 * REFRESH_MS;
+
+/// Whether a report made at `at` is stale at `now` ([`STALE_MS`]) and says nothing more: the
+/// aggregator may delete it.
+pub fn forgettable(p: &Present, at: Millis, now: Millis) -> bool {
+    now.saturating_sub(at) >= STALE_MS && p.outbox.iter().all(|l| l.depth == 0)
+}
+
 /// One lane's head as a room or account sees it: rows waiting and when the oldest was queued
 /// (its age is computed when read, so a quiet object's backlog keeps ageing).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,13 +89,27 @@ pub struct Pusher {
     pub counters: Counters,
     pub latency: Histogram,
     last_push: Option<Millis>,
-    last_present: Option<Present>,
+    last_present: Said,
+    /// Connections or players changed since the last push, which waits for the next one.
+    counts_pending: bool,
+}
+
+/// What the aggregator last heard from this object.
+#[derive(Debug, Default)]
+enum Said {
+    /// Nothing since the object woke: it holds no row, or one the object's idle state matches.
+    #[default]
+    Nothing,
+    /// The last push failed: whatever the object says next is news.
+    Unsure,
+    Present(Present),
 }
 
 impl Pusher {
-    /// The push to send now, if one is due: something counted and [`PUSH_EVERY_MS`] passed
-    /// since the last push (or `force`, before the object may go idle), or the present state
-    /// changed in a way the status page shows (the outbox, the object becoming idle).
+    /// The push to send now, if one is due: something counted or the connection/player counts
+    /// changed, and [`PUSH_EVERY_MS`] passed since the last push (or `force`, before the object
+    /// may go idle); or at once when the present state changed in a way the status page shows
+    /// (the outbox, the object turning busy or idle).
     pub fn due(
         &mut self,
         source: &str,
@@ -91,17 +121,34 @@ impl Pusher {
         let quiet = self
             .last_push
             .is_some_and(|t| now.saturating_sub(t) < PUSH_EVERY_MS);
-        let changed = self.last_present.as_ref().is_none_or(|p| {
-            p.outbox != present.outbox
-                || p.is_idle() != present.is_idle()
-                || p.connections != present.connections
-                || p.players != present.players
-        });
-        if !(changed || (counted && (force || !quiet))) {
+        // Only what the status page shows is news at once: the outbox, and the object turning
+        // busy or idle. Count changes (a socket joining or leaving) wait for the next periodic
+        // push, so a reconnect loop cannot turn into one aggregator write per socket. A freshly
+        // woken object that is idle has nothing to say (its absence already means idle), so a
+        // public read that wakes an object does not write to the aggregator.
+        let (changed, counts_changed) = match &self.last_present {
+            Said::Nothing => (!present.is_idle(), false),
+            Said::Unsure => (true, false),
+            Said::Present(p) => (
+                p.outbox != present.outbox || p.is_idle() != present.is_idle(),
+                p.connections != present.connections || p.players != present.players,
+            ),
+        };
+        self.counts_pending |= counts_changed;
+        // A busy object's report must not go stale (`STALE_MS`) while it is still busy.
+        let refresh = !present.is_idle()
+            && self
+                .last_push
+                .is_some_and(|t| now.saturating_sub(t) >= REFRESH_MS);
+        // `force` hurries counted work only: a count change alone always waits (a host that forces
+        // every push, as a room without storage does, must not push per socket).
+        let periodic = (counted && force) || ((counted || self.counts_pending) && !quiet);
+        if !(changed || refresh || periodic) {
             return None;
         }
         self.last_push = Some(now);
-        self.last_present = Some(present.clone());
+        self.counts_pending = false;
+        self.last_present = Said::Present(present.clone());
         Some(Push {
             counters: self.counters.take().sparse(),
             latency: (self.latency.count > 0).then(|| std::mem::take(&mut self.latency)),
@@ -113,7 +160,10 @@ impl Pusher {
     /// The outbox heads last pushed (`None` before the first push or after a failed one): a
     /// host may reuse them rather than read its storage again when nothing was queued since.
     pub fn last_outbox(&self) -> Option<[LaneHead; 2]> {
-        self.last_present.as_ref().map(|p| p.outbox)
+        match &self.last_present {
+            Said::Present(p) => Some(p.outbox),
+            _ => None,
+        }
     }
 
     /// Whether counted work is due to be pushed at `now`.
@@ -123,12 +173,12 @@ impl Pusher {
 
     /// The last push failed: the present state is news again.
     pub fn forget_present(&mut self) {
-        self.last_present = None;
+        self.last_present = Said::Unsure;
     }
 
     /// When a push will be due for what is counted but not yet sent (the host's timer).
     pub fn deadline(&self) -> Option<Millis> {
-        if self.counters.is_empty() && self.latency.count == 0 {
+        if self.counters.is_empty() && self.latency.count == 0 && !self.counts_pending {
             return None;
         }
         Some(self.last_push.map_or(0, |t| t + PUSH_EVERY_MS))
@@ -139,8 +189,10 @@ impl Pusher {
 pub fn gauges<'a>(reports: impl IntoIterator<Item = (&'a Present, Millis)>, now: Millis) -> Gauges {
     let mut g = Gauges::default();
     for (p, at) in reports {
-        g.connections += p.connections;
-        g.players += p.players;
+        if now.saturating_sub(at) < STALE_MS {
+            g.connections += p.connections;
+            g.players += p.players;
+        }
         if p.connections > 0 && now.saturating_sub(at) < AWAKE_MS {
             g.rooms_awake += 1;
         }
@@ -160,12 +212,18 @@ mod tests {
     fn a_busy_room_pushes_at_most_every_few_seconds_and_a_change_at_once() {
         let mut p = Pusher::default();
         let idle = Present::default();
-        // First: the room's state is news.
-        assert!(p.due("room:a", idle.clone(), 0, false).is_some());
+        let busy = Present {
+            connections: 1,
+            ..Present::default()
+        };
+        // First: a busy room's state is news.
+        assert!(p.due("room:a", busy.clone(), 0, false).is_some());
+        // Becoming idle is news at once.
+        assert!(p.due("room:a", idle.clone(), 1, false).is_some());
         p.counters.add(Fam::NotesRelayed, 0, 3);
         assert!(p.due("room:a", idle.clone(), 500, false).is_none());
-        assert_eq!(p.deadline(), Some(PUSH_EVERY_MS));
-        let push = p.due("room:a", idle.clone(), PUSH_EVERY_MS, false);
+        assert_eq!(p.deadline(), Some(PUSH_EVERY_MS + 1));
+        let push = p.due("room:a", idle.clone(), PUSH_EVERY_MS + 1, false);
         assert_eq!(push.map(|p| p.counters.len()), Some(1));
         assert_eq!(p.deadline(), None);
         // Nothing counted, nothing changed: nothing to say.
@@ -189,6 +247,82 @@ mod tests {
             p.due("room:a", backlog, 10 * PUSH_EVERY_MS + 2, false)
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_woken_idle_object_says_nothing() {
+        // A public read wakes an account: no aggregator write for an idle object.
+        let mut p = Pusher::default();
+        assert!(p.due("account:x", Present::default(), 0, false).is_none());
+        assert!(p.due("account:x", Present::default(), 0, true).is_none());
+        assert_eq!(p.deadline(), None);
+        // After a failed push, even idle is news (the aggregator may hold a busy row).
+        let busy = Present {
+            connections: 1,
+            ..Present::default()
+        };
+        assert!(p.due("account:x", busy, 1, false).is_some());
+        p.forget_present();
+        assert!(p.due("account:x", Present::default(), 2, false).is_some());
+    }
+
+    #[test]
+    fn connection_counts_wait_for_the_periodic_push() {
+        let mut p = Pusher::default();
+        let with = |connections, players| Present {
+            connections,
+            players,
+            ..Present::default()
+        };
+        assert!(p.due("room:a", with(1, 1), 0, false).is_some());
+        // A reconnect loop: counts change on every socket, no push until PUSH_EVERY_MS.
+        for (i, n) in [2, 1, 2, 1, 3].into_iter().enumerate() {
+            assert!(
+                p.due("room:a", with(n, 1), 10 + i as Millis, false)
+                    .is_none()
+            );
+        }
+        // Even from a host that forces every push (a room without storage has no alarm).
+        assert!(p.due("room:a", with(3, 1), 20, true).is_none());
+        // ... but the host's timer knows a push is owed, and it carries the latest counts.
+        assert_eq!(p.deadline(), Some(PUSH_EVERY_MS));
+        let push = p.due("room:a", with(3, 1), PUSH_EVERY_MS, false);
+        assert_eq!(push.and_then(|p| p.present).map(|p| p.connections), Some(3));
+        assert_eq!(p.deadline(), None);
+        // The last socket leaving (busy -> idle) is news at once.
+        assert!(
+            p.due("room:a", with(0, 0), PUSH_EVERY_MS + 1, false)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn evicted_rooms_stop_counting_but_backlogs_stay() {
+        let room = Present {
+            connections: 4,
+            players: 2,
+            ..Present::default()
+        };
+        let mut account = Present::default();
+        account.outbox[1] = LaneHead {
+            depth: 1,
+            oldest: Some(0),
+        };
+        let now = STALE_MS + 10;
+        let g = gauges([(&room, 10), (&account, 10)], now);
+        assert_eq!((g.connections, g.players), (0, 0));
+        assert_eq!(g.outbox[1].depth, 1);
+        assert!(forgettable(&room, 10, now));
+        assert!(!forgettable(&account, 10, now));
+        assert!(!forgettable(&room, 11, now));
+        // A busy room with a quiet client still refreshes its report in time.
+        let mut p = Pusher::default();
+        assert!(p.due("room:a", room.clone(), 0, false).is_some());
+        assert!(
+            p.due("room:a", room.clone(), REFRESH_MS - 1, false)
+                .is_none()
+        );
+        assert!(p.due("room:a", room.clone(), REFRESH_MS, false).is_some());
     }
 
     #[test]

@@ -204,20 +204,14 @@ impl Room {
         user_id: &str,
         delta: &piano_core::room::StatsDelta,
     ) -> Result<()> {
-        let Some(username) = user_id.strip_prefix("user:") else {
+        let Some(account) = crate::account_stub(&self.env, user_id)? else {
             return Ok(());
         };
         let mut init = RequestInit::new();
         init.with_method(Method::Post)
             .with_body(Some(serde_json::to_string(delta)?.into()));
         let req = Request::new_with_init("https://account.internal/stats", &init)?;
-        let resp = self
-            .env
-            .durable_object(sessions::ACCOUNTS_BINDING)?
-            .id_from_name(username)?
-            .get_stub()?
-            .fetch_with_request(req)
-            .await?;
+        let resp = account.fetch_with_request(req).await?;
         match resp.status_code() {
             204 => Ok(()),
             s => Err(Error::RustError(format!("the account answered {s}"))),

@@ -14,6 +14,9 @@ use piano_core::proto::Participant;
 use piano_core::room::StatsDelta;
 use std::collections::BTreeMap;
 
+/// Account calls in flight at once per hand-over (the runtime allows six open subrequests).
+const ACCOUNT_CALLS: usize = 6;
+
 impl Room {
     /// Records the analytics events, keeps members' activity for their Account objects
     /// ([`Room::send_activity`], after the event) and, with MongoDB, adds the players' activity
@@ -28,7 +31,9 @@ impl Room {
         self.member_stats.borrow_mut().extend(
             stats
                 .iter()
-                .filter(|(u, d)| u.starts_with("user:") && **d != StatsDelta::default())
+                .filter(|(u, d)| {
+                    piano_core::analytics::is_member(u) && **d != StatsDelta::default()
+                })
                 .map(|(u, d)| (u.clone(), d.clone())),
         );
         let Some(deployment) = self.outbox.backends().map(|b| b.deployment.clone()) else {
@@ -52,18 +57,22 @@ impl Room {
     }
 
     /// After the event: the HTTP analytics batch, and members' activity to their Account
-    /// objects (one call per member per hand-over; a failure loses that hand-over, logged).
+    /// objects, [`ACCOUNT_CALLS`] at a time. A failed call loses that member's hand-over
+    /// (logged; analytics and MongoDB's per-room totals still have it).
     pub(super) async fn send_activity(&self) {
         self.analytics.deliver(now()).await;
         let rows = std::mem::take(&mut *self.member_stats.borrow_mut());
-        for (user, delta) in rows {
-            if let Err(e) = self.add_to_account(&user, &delta).await {
-                crate::log::warn(piano_core::logging::event::BACKEND_ERROR)
-                    .user(user)
-                    .error(e)
-                    .msg("activity not added to the member's totals")
-                    .emit();
-            }
+        for chunk in rows.chunks(ACCOUNT_CALLS) {
+            let calls = chunk.iter().map(|(user, delta)| async move {
+                if let Err(e) = self.add_to_account(user, delta).await {
+                    crate::log::warn(piano_core::logging::event::BACKEND_ERROR)
+                        .user(user.clone())
+                        .error(e)
+                        .msg("activity not added to the member's totals")
+                        .emit();
+                }
+            });
+            futures_util::future::join_all(calls).await;
         }
     }
 
