@@ -83,6 +83,19 @@ impl Dsn {
     }
 }
 
+/// `ENVIRONMENT`, both hosts' one rule: dev, staging or production; unset or blank is `dev`.
+pub fn environment(v: Option<&str>) -> Result<&'static str, String> {
+    match v.map(str::trim) {
+        None | Some("") => Ok("dev"),
+        Some("dev") => Ok("dev"),
+        Some("staging") => Ok("staging"),
+        Some("production") => Ok("production"),
+        Some(e) => Err(format!(
+            "ENVIRONMENT must be dev, staging or production (got {e:?})"
+        )),
+    }
+}
+
 /// Who is reporting: the same on every report of a process.
 #[derive(Debug, Clone)]
 pub struct Origin {
@@ -239,6 +252,16 @@ impl Report {
         r.fingerprint = Some(format!("{kind}:{method} {route} {status}"));
         r
     }
+}
+
+/// The report of the test-only `/api/debug/report/{marker}` (`PIANO_TEST_ROUTES=1`): the
+/// trials' sentinel, through the same throttle and sender as any other.
+pub fn debug_report(marker: &str) -> Report {
+    Report::new(
+        kind::EXCEPTION,
+        Severity::Error,
+        format!("debug report requested {marker}"),
+    )
 }
 
 /// Longest message sent (bytes): a report is a pointer to the logs, not a copy of them.
@@ -448,6 +471,14 @@ mod tests {
         assert_eq!(r.admit("a", 0), Some(0));
         assert_eq!(r.admit("a", 1_000), None);
         assert_eq!(r.admit("a", 60_000), Some(1));
+    }
+
+    #[test]
+    fn environments_are_three_names() {
+        assert_eq!(environment(None), Ok("dev"));
+        assert_eq!(environment(Some(" ")), Ok("dev"));
+        assert_eq!(environment(Some("production ")), Ok("production"));
+        assert!(environment(Some("prod")).is_err());
     }
 
     #[test]
