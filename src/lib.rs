@@ -89,11 +89,20 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
                     .field("status", status)
                     .field("method", &method)
                     .field("path", &path)
-                    .msg(if outcome.report { "server error" } else { "refused" })
+                    .msg(if outcome.report {
+                        "server error"
+                    } else {
+                        "refused"
+                    })
                     .emit();
             }
             if outcome.report {
-                report(Report::http_5xx(kind::HTTP_5XX, method.as_ref(), &path, status));
+                report(Report::http_5xx(
+                    kind::HTTP_5XX,
+                    method.as_ref(),
+                    &path,
+                    status,
+                ));
             }
             resp
         }
@@ -182,7 +191,9 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         (Method::Get, ["api", "debug", "panic", marker @ ..]) if log::test_routes(env) => {
             panic!("debug panic requested {}", marker.join("/"))
         }
-        (Method::Get, ["api", "debug", "room", name, "panic", marker @ ..]) if log::test_routes(env) => {
+        (Method::Get, ["api", "debug", "room", name, "panic", marker @ ..])
+            if log::test_routes(env) =>
+        {
             let path = format!("https://room/debug/panic/{}", marker.join("/"));
             piano_durable_objects::room_stub(env, &gate::nfc_segment(name))?
                 .fetch_with_str(&path)

@@ -147,8 +147,12 @@ impl<'a> Line<'a> {
     /// The line as JSON, free text redacted and capped (a client's path or message cannot make
     /// a line huge), without a trailing newline.
     pub fn render(mut self) -> String {
-        self.error = self.error.map(|e| Cow::Owned(capped(redact(&e), MAX_TEXT).into_owned()));
-        self.msg = self.msg.map(|m| Cow::Owned(capped(redact(&m), MAX_TEXT).into_owned()));
+        self.error = self
+            .error
+            .map(|e| Cow::Owned(capped(redact(&e), MAX_TEXT).into_owned()));
+        self.msg = self
+            .msg
+            .map(|m| Cow::Owned(capped(redact(&m), MAX_TEXT).into_owned()));
         for (_, v) in &mut self.fields {
             let r = capped(redact(v), MAX_FIELD);
             if let Cow::Owned(r) = r {
@@ -358,10 +362,28 @@ mod tests {
 
     #[test]
     fn statuses_are_classified_once() {
-        assert_eq!(classify(404), HttpOutcome { log: None, report: false });
+        assert_eq!(
+            classify(404),
+            HttpOutcome {
+                log: None,
+                report: false
+            }
+        );
         assert_eq!(classify(401).log, Some((Level::Warn, event::AUTH_FAILURE)));
-        assert_eq!(classify(503), HttpOutcome { log: Some((Level::Warn, event::UNAVAILABLE)), report: false });
-        assert_eq!(classify(500), HttpOutcome { log: Some((Level::Error, event::HTTP_ERROR)), report: true });
+        assert_eq!(
+            classify(503),
+            HttpOutcome {
+                log: Some((Level::Warn, event::UNAVAILABLE)),
+                report: false
+            }
+        );
+        assert_eq!(
+            classify(500),
+            HttpOutcome {
+                log: Some((Level::Error, event::HTTP_ERROR)),
+                report: true
+            }
+        );
         assert!(classify(502).report);
     }
 

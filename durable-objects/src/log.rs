@@ -38,8 +38,13 @@ thread_local! {
 /// Reads the settings once per instance (`LOG_LEVEL`, `DEPLOYMENT_ID`, `SENTRY_DSN`,
 /// `ENVIRONMENT`, `RELEASE`). A malformed DSN is logged and reports stay off.
 pub fn init(env: &Env) {
-    if SETTINGS.with(|s| s.borrow().is_some()) {
-        return;
+    settings_of(env);
+}
+
+/// The settings, read now if this instance has not yet.
+fn settings_of(env: &Env) -> Rc<Settings> {
+    if let Some(s) = settings() {
+        return s;
     }
     let deployment = crate::setting(env, "DEPLOYMENT_ID").unwrap_or_else(|| "edge".into());
     let max = crate::setting(env, "LOG_LEVEL")
@@ -48,7 +53,8 @@ pub fn init(env: &Env) {
     let dsn = crate::setting(env, "SENTRY_DSN").map(|d| Dsn::parse(&d));
     // The edge cannot refuse to start: a wrong ENVIRONMENT is logged and taken as `dev`.
     let environment = report::environment(crate::setting(env, "ENVIRONMENT").as_deref());
-    let release = crate::setting(env, "RELEASE").unwrap_or_else(|| env!("CARGO_PKG_VERSION").into());
+    let release =
+        crate::setting(env, "RELEASE").unwrap_or_else(|| env!("CARGO_PKG_VERSION").into());
     let origin = Origin {
         environment: environment.clone().unwrap_or("dev").to_owned(),
         release: release.clone(),
@@ -62,34 +68,14 @@ pub fn init(env: &Env) {
         dsn: dsn.as_ref().and_then(|d| d.as_ref().ok()).cloned(),
         origin,
     });
-    SETTINGS.with(|s| *s.borrow_mut() = Some(settings));
+    SETTINGS.with(|s| *s.borrow_mut() = Some(settings.clone()));
     if let Some(Err(e)) = dsn {
         error("config").error(e).emit();
     }
     if let Err(e) = environment {
         error("config").error(e).emit();
     }
-}
-
-fn settings_of(env: &Env) -> Rc<Settings> {
-    init(env);
-    SETTINGS.with(|s| s.borrow().clone()).unwrap_or_else(|| unreachable_settings(env))
-}
-
-// `init` always stores the settings; this only keeps the accessors total.
-fn unreachable_settings(env: &Env) -> Rc<Settings> {
-    Rc::new(Settings {
-        deployment: "edge".into(),
-        release: env!("CARGO_PKG_VERSION").into(),
-        max: Level::Info,
-        dsn: None,
-        origin: Origin {
-            environment: "dev".into(),
-            release: env!("CARGO_PKG_VERSION").into(),
-            server_name: crate::setting(env, "DEPLOYMENT_ID").unwrap_or_else(|| "edge".into()),
-            client: String::new(),
-        },
-    })
+    settings
 }
 
 /// `DEPLOYMENT_ID` (default `edge`), read once per instance with the other settings.

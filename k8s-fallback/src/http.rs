@@ -81,12 +81,8 @@ pub fn metrics_router(hub: Arc<Hub>) -> axum::Router {
 
 fn metrics_text(hub: &Hub) -> Response {
     with_header(
-        metrics::render(
-            hub.replica(),
-            &hub.cfg.release,
-            crate::status::backlog(hub),
-        )
-        .into_response(),
+        metrics::render(hub.replica(), &hub.cfg.release, crate::status::backlog(hub))
+            .into_response(),
         "content-type",
         "text/plain; version=0.0.4; charset=utf-8",
     )

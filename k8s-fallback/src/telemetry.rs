@@ -261,7 +261,12 @@ mod tests {
         h.insert("x-request-id", "balancer-1".parse().unwrap());
         assert_eq!(super::request_id(&h, true), "balancer-1");
         assert_ne!(super::request_id(&h, false), "balancer-1");
-        h.insert("x-request-id", "bad id\n".parse().unwrap_or(axum::http::HeaderValue::from_static("a b")));
+        h.insert(
+            "x-request-id",
+            "bad id\n"
+                .parse()
+                .unwrap_or(axum::http::HeaderValue::from_static("a b")),
+        );
         assert_ne!(super::request_id(&h, true), "a b");
     }
 }
