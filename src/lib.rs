@@ -32,7 +32,7 @@ mod policy;
 mod rooms;
 mod shared;
 
-use piano_core::report::{Report, Severity, kind};
+use piano_core::report::{Report, kind};
 pub use piano_durable_objects::Room;
 pub use piano_durable_objects::account::Account;
 use piano_durable_objects::json_error;
@@ -63,21 +63,12 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         Ok(Some(resp)) => Ok(resp),
         _ => route(req, &env).await,
     };
-    let failed = |kind, message: String, status: u16| {
-        log::error(piano_core::logging::event::HTTP_ERROR)
-            .request_id(&request_id)
-            .duration_ms(Date::now().as_millis().saturating_sub(started))
-            .error(&message)
-            .field("status", status)
-            .emit();
-        let r = Report::new(kind, Severity::Error, message)
-            .tag("request_id", request_id.clone())
-            .tag("status", status.to_string());
-        if let Some(send) = log::report(r) {
+    let took = Date::now().as_millis().saturating_sub(started);
+    let report = |r: Report| {
+        if let Some(send) = log::report(r.tag("request_id", request_id.clone())) {
             ctx.wait_until(send);
         }
     };
-    let took = Date::now().as_millis().saturating_sub(started);
     if took >= piano_core::logging::SLOW_MS {
         log::warn(piano_core::logging::event::SLOW_OP)
             .request_id(&request_id)
@@ -89,36 +80,55 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let resp = match resp {
         Ok(resp) => {
             let status = resp.status_code();
-            // Refusals worth a line (auth failures, rate limits), the same rule as the fallback's.
-            if let Some((piano_core::logging::Level::Warn, name)) =
-                piano_core::logging::for_refusal(status)
-            {
-                log::warn(name)
+            // The one rule for both hosts: which answers are logged, which are reported.
+            let outcome = piano_core::logging::classify(status);
+            if let Some((level, name)) = outcome.log {
+                log::at(level, name)
                     .request_id(&request_id)
-                    .duration_ms(Date::now().as_millis().saturating_sub(started))
+                    .duration_ms(took)
                     .field("status", status)
+                    .field("method", &method)
                     .field("path", &path)
-                    .msg("refused")
+                    .msg(if outcome.report {
+                        "server error"
+                    } else {
+                        "refused"
+                    })
                     .emit();
             }
-            // 503 is a deliberate "not now" (misconfigured, overloaded), not a fault.
-            if status >= 500 && status != 503 {
-                failed(
+            if outcome.report {
+                report(Report::http_5xx(
                     kind::HTTP_5XX,
-                    format!("{method} {path} answered {status}"),
+                    method.as_ref(),
+                    &path,
                     status,
-                );
+                ));
             }
             resp
         }
         Err(e) => {
-            failed(kind::EXCEPTION, format!("{method} {path}: {e}"), 500);
+            log::error(piano_core::logging::event::HTTP_ERROR)
+                .request_id(&request_id)
+                .duration_ms(took)
+                .error(&e)
+                .field("status", 500)
+                .field("method", &method)
+                .field("path", &path)
+                .emit();
+            let mut r = Report::http_5xx(kind::EXCEPTION, method.as_ref(), &path, 500);
+            r.message = format!("{method} {}: {e}", piano_core::report::capped_path(&path));
+            report(r);
             json_error(500, "internal", "internal error")?
         }
     };
     metrics::count(&path, resp.status_code());
     metrics::push_in_background(&env, &ctx);
-    policy::finish(resp, origin.as_deref(), &env).await
+    let mut resp = policy::finish(resp, origin.as_deref(), &env).await?;
+    // The id the logs and reports carry, for a user's bug report (a 101's headers are fixed).
+    if resp.status_code() != 101 {
+        resp.headers_mut().set("x-request-id", &request_id)?;
+    }
+    Ok(resp)
 }
 
 /// Cloudflare's `cf-ray` (checked: clients are hostile), else a random id (`wrangler dev`).
@@ -180,6 +190,23 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         // Test-only (`PIANO_TEST_ROUTES=1`): a panic and a 500 on demand, for the reports' trials.
         (Method::Get, ["api", "debug", "panic", marker @ ..]) if log::test_routes(env) => {
             panic!("debug panic requested {}", marker.join("/"))
+        }
+        (Method::Get, ["api", "debug", "room", name, "panic", marker @ ..])
+            if log::test_routes(env) =>
+        {
+            let path = format!("https://room/debug/panic/{}", marker.join("/"));
+            piano_durable_objects::room_stub(env, &gate::nfc_segment(name))?
+                .fetch_with_str(&path)
+                .await
+        }
+        // A report through the same throttle as any other, sent before the answer (the trials'
+        // sentinel).
+        (Method::Get, ["api", "debug", "report", marker @ ..]) if log::test_routes(env) => {
+            let r = piano_core::report::debug_report(&marker.join("/"));
+            if let Some(send) = log::report(r) {
+                send.await;
+            }
+            Response::from_json(&serde_json::json!({}))
         }
         (Method::Get, ["api", "debug", "error", ..]) if log::test_routes(env) => {
             json_error(500, "internal", "debug error requested")

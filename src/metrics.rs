@@ -179,7 +179,7 @@ async fn gather(env: &Env, now: u64) -> Status {
     };
     Status::new(
         "edge",
-        &piano_durable_objects::release(env),
+        &piano_durable_objects::log::release(env),
         [
             Component::up(),
             directory,

@@ -198,6 +198,7 @@ fn trials() -> Vec<Spec> {
             "a server of its own for exact counts (the cluster's replicas count alike)",
         ),
         t!(reports::a_panic_is_reported_once).only(&[Edge, Fallback], REPORTS_RIG),
+        t!(reports::a_panic_in_a_room_is_reported_once).only(&[Edge], REPORTS_RIG),
         t!(reports::a_server_error_is_reported_once).only(&[Edge, Fallback], REPORTS_RIG),
         t!(reports::a_dead_letter_is_reported_once).only(&[Edge, Fallback], REPORTS_RIG),
         t!(reports::an_error_storm_sends_a_bounded_number_of_reports)

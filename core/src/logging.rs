@@ -54,20 +54,32 @@ pub mod event {
     pub const HTTP_ERROR: &str = "http_error";
     pub const CIRCUIT_OPEN: &str = "circuit_open";
     pub const CLOSE: &str = "close";
+    pub const UNAVAILABLE: &str = "unavailable";
 }
 
 /// A request (or other operation) slower than this is logged as [`event::SLOW_OP`].
 pub const SLOW_MS: u64 = 1_000;
 
-/// How a refused API request is logged, by its status (both hosts, in the one place each turns
-/// an error into HTTP): `None` for a refusal that is the client's ordinary mistake (400, 404…).
-pub fn for_refusal(status: u16) -> Option<(Level, &'static str)> {
-    match status {
-        401 | 403 => Some((Level::Warn, event::AUTH_FAILURE)),
-        429 => Some((Level::Warn, event::RATE_LIMITED)),
-        500..=599 => Some((Level::Error, event::BACKEND_ERROR)),
-        _ => None,
-    }
+/// What a host does with an answered request, by its status (both hosts, in the one place
+/// each sees every answer): the line to log, if any, and whether it is an error report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpOutcome {
+    pub log: Option<(Level, &'static str)>,
+    pub report: bool,
+}
+
+/// Auth failures and rate limits are warnings; 503 is a deliberate "not now" (draining, not
+/// ready, at capacity, misconfigured): a warning, not a fault; any other 5xx is an error line
+/// and a report. A client's ordinary mistakes (400, 404…) are not logged.
+pub fn classify(status: u16) -> HttpOutcome {
+    let (log, report) = match status {
+        401 | 403 => (Some((Level::Warn, event::AUTH_FAILURE)), false),
+        429 => (Some((Level::Warn, event::RATE_LIMITED)), false),
+        503 => (Some((Level::Warn, event::UNAVAILABLE)), false),
+        500..=599 => (Some((Level::Error, event::HTTP_ERROR)), true),
+        _ => (None, false),
+    };
+    HttpOutcome { log, report }
 }
 
 /// How a socket the room closes is logged, by its close code (both hosts, where they carry out
@@ -132,17 +144,39 @@ impl<'a> Line<'a> {
         }
     }
 
-    /// The line as JSON, free text redacted, without a trailing newline.
+    /// The line as JSON, free text redacted and capped (a client's path or message cannot make
+    /// a line huge), without a trailing newline.
     pub fn render(mut self) -> String {
-        self.error = self.error.map(|e| Cow::Owned(redact(&e).into_owned()));
-        self.msg = self.msg.map(|m| Cow::Owned(redact(&m).into_owned()));
+        self.error = self
+            .error
+            .map(|e| Cow::Owned(capped(redact(&e), MAX_TEXT).into_owned()));
+        self.msg = self
+            .msg
+            .map(|m| Cow::Owned(capped(redact(&m), MAX_TEXT).into_owned()));
         for (_, v) in &mut self.fields {
-            if let Cow::Owned(r) = redact(v) {
+            let r = capped(redact(v), MAX_FIELD);
+            if let Cow::Owned(r) = r {
                 *v = Cow::Owned(r);
             }
         }
         serde_json::to_string(&self).unwrap_or_else(|_| String::from("{}"))
     }
+}
+
+/// Longest `msg` or `error` printed (bytes), and longest field value.
+pub const MAX_TEXT: usize = 2048;
+pub const MAX_FIELD: usize = 256;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
+fn capped(text: Cow<'_, str>, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Cow::Owned(format!("{}…", &text[..cut]))
 }
 
 /// A panic's message and `file:line`, for the hosts' panic hooks.
@@ -312,6 +346,45 @@ mod tests {
         assert_eq!(v["room"], "lobby");
         assert_eq!(v["fields"]["status"], "429");
         assert!(v.get("user").is_none());
+    }
+
+    #[test]
+    fn long_text_is_capped() {
+        let path = format!("/api/rooms/{}", "é".repeat(5000));
+        let mut l = Line::at(0, Level::Warn, event::RATE_LIMITED, "edge");
+        l.msg = Some(Cow::Borrowed(&path));
+        l.fields.push(("path".into(), Cow::Borrowed(&path)));
+        let v: serde_json::Value = serde_json::from_str(&l.render()).unwrap();
+        assert!(v["msg"].as_str().unwrap().len() <= MAX_TEXT);
+        assert!(v["fields"]["path"].as_str().unwrap().len() <= MAX_FIELD);
+        assert!(v["fields"]["path"].as_str().unwrap().ends_with('…'));
+    }
+
+    #[test]
+    fn statuses_are_classified_once() {
+        assert_eq!(
+            classify(404),
+            HttpOutcome {
+                log: None,
+                report: false
+            }
+        );
+        assert_eq!(classify(401).log, Some((Level::Warn, event::AUTH_FAILURE)));
+        assert_eq!(
+            classify(503),
+            HttpOutcome {
+                log: Some((Level::Warn, event::UNAVAILABLE)),
+                report: false
+            }
+        );
+        assert_eq!(
+            classify(500),
+            HttpOutcome {
+                log: Some((Level::Error, event::HTTP_ERROR)),
+                report: true
+            }
+        );
+        assert!(classify(502).report);
     }
 
     #[test]

@@ -83,6 +83,19 @@ impl Dsn {
     }
 }
 
+/// `ENVIRONMENT`, both hosts' one rule: dev, staging or production; unset or blank is `dev`.
+pub fn environment(v: Option<&str>) -> Result<&'static str, String> {
+    match v.map(str::trim) {
+        None | Some("") => Ok("dev"),
+        Some("dev") => Ok("dev"),
+        Some("staging") => Ok("staging"),
+        Some("production") => Ok("production"),
+        Some(e) => Err(format!(
+            "ENVIRONMENT must be dev, staging or production (got {e:?})"
+        )),
+    }
+}
+
 /// Who is reporting: the same on every report of a process.
 #[derive(Debug, Clone)]
 pub struct Origin {
@@ -157,6 +170,100 @@ impl Report {
     }
 }
 
+/// The API's routes as templates (`{}` one segment, `*` the rest), literal ones before the
+/// parameterised ones they overlap; both hosts serve these paths (README "HTTP API").
+const ROUTES: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/mpp",
+    "/api/status",
+    "/api/version",
+    "/.well-known/jwks.json",
+    "/api/auth/guest",
+    "/api/auth/register",
+    "/api/auth/login",
+    "/api/auth/refresh",
+    "/api/auth/logout",
+    "/api/users/me",
+    "/api/users/{}",
+    "/api/users/{}/stats",
+    "/api/admin/users/{}/roles",
+    "/api/admin/rooms/{}/outbox",
+    "/api/rooms",
+    "/api/rooms/{}",
+    "/api/rooms/{}/ws",
+    "/api/network/rooms",
+    "/api/network/online",
+    "/api/lobby/next",
+    "/api/debug/panic/*",
+    "/api/debug/error/*",
+    "/api/debug/room/{}/panic/*",
+];
+
+/// The route template `path` belongs to (`/api/rooms/{}/ws`), or `other`: a bounded set, so
+/// grouping by it cannot be multiplied by a client choosing its URLs.
+pub fn route_template(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    ROUTES
+        .iter()
+        .find(|t| {
+            let parts: Vec<&str> = t.trim_start_matches('/').split('/').collect();
+            let mut i = 0;
+            for part in &parts {
+                if *part == "*" {
+                    return true;
+                }
+                match segments.get(i) {
+                    Some(s) if *part == "{}" && !s.is_empty() => {}
+                    Some(s) if s == part => {}
+                    _ => return false,
+                }
+                i += 1;
+            }
+            i == segments.len()
+        })
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Longest client path kept in a tag or a log field (characters).
+pub const MAX_PATH: usize = 200;
+
+/// `path` cut to [`MAX_PATH`] characters.
+pub fn capped_path(path: &str) -> String {
+    path.chars().take(MAX_PATH).collect()
+}
+
+impl Report {
+    /// A server error answered to a request: one issue per kind, method, route and status
+    /// (never per URL: a client chooses its URLs), the path itself a tag.
+    pub fn http_5xx(kind: &'static str, method: &str, path: &str, status: u16) -> Report {
+        let path = capped_path(path);
+        let route = route_template(&path);
+        let mut r = Report::new(
+            kind,
+            Severity::Error,
+            format!("{method} {path} answered {status}"),
+        )
+        .tag("route", route)
+        .tag("path", path)
+        .tag("status", status.to_string());
+        r.fingerprint = Some(format!("{kind}:{method} {route} {status}"));
+        r
+    }
+}
+
+/// The report of the test-only `/api/debug/report/{marker}` (`PIANO_TEST_ROUTES=1`): the
+/// trials' sentinel, through the same throttle and sender as any other.
+pub fn debug_report(marker: &str) -> Report {
+    Report::new(
+        kind::EXCEPTION,
+        Severity::Error,
+        format!("debug report requested {marker}"),
+    )
+}
+
 /// Longest message sent (bytes): a report is a pointer to the logs, not a copy of them.
 const MAX_MESSAGE: usize = 2048;
 
@@ -219,6 +326,9 @@ pub fn envelope(
     out
 }
 
+/// Characters of a fingerprint the throttle remembers.
+const MAX_FINGERPRINT: usize = 200;
+
 /// The throttle's numbers. The bound: within any `T` ms a process (an isolate at the edge)
 /// sends at most `burst + T / refill_ms` reports, and one fingerprint at most once per
 /// `dedup_ms`.
@@ -276,7 +386,10 @@ impl Reporter {
                 self.refilled_at += add * p.refill_ms;
             }
         }
-        if let Some(&at) = self.seen.get(fingerprint)
+        // A fingerprint is kept bounded: a hostile message cannot grow the map's keys. The same
+        // cut key serves lookup and insert, or a long fingerprint would never be deduplicated.
+        let key: String = fingerprint.chars().take(MAX_FINGERPRINT).collect();
+        if let Some(&at) = self.seen.get(&key)
             && now_ms.saturating_sub(at) < p.dedup_ms
         {
             self.suppressed += 1;
@@ -296,8 +409,6 @@ impl Reporter {
                 self.seen.remove(&oldest);
             }
         }
-        // A fingerprint is kept bounded: a hostile message cannot grow the map's keys.
-        let key: String = fingerprint.chars().take(200).collect();
         self.seen.insert(key, now_ms);
         Some(std::mem::take(&mut self.suppressed))
     }
@@ -360,6 +471,50 @@ mod tests {
         assert_eq!(r.admit("a", 0), Some(0));
         assert_eq!(r.admit("a", 1_000), None);
         assert_eq!(r.admit("a", 60_000), Some(1));
+    }
+
+    #[test]
+    fn environments_are_three_names() {
+        assert_eq!(environment(None), Ok("dev"));
+        assert_eq!(environment(Some(" ")), Ok("dev"));
+        assert_eq!(environment(Some("production ")), Ok("production"));
+        assert!(environment(Some("prod")).is_err());
+    }
+
+    #[test]
+    fn routes_are_templates() {
+        assert_eq!(route_template("/api/rooms/lobby/ws"), "/api/rooms/{}/ws");
+        assert_eq!(route_template("/api/users/me"), "/api/users/me");
+        assert_eq!(route_template("/api/users/u1/stats"), "/api/users/{}/stats");
+        assert_eq!(route_template("/api/debug/error/a/b"), "/api/debug/error/*");
+        assert_eq!(route_template("/api/rooms//ws"), "other");
+        assert_eq!(route_template("/x/y"), "other");
+    }
+
+    #[test]
+    fn server_errors_group_by_route_not_url() {
+        let a = Report::http_5xx(kind::HTTP_5XX, "GET", "/api/rooms/a1/ws", 500);
+        let b = Report::http_5xx(kind::HTTP_5XX, "GET", "/api/rooms/b2/ws", 500);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(
+            a.fingerprint(),
+            Report::http_5xx(kind::HTTP_5XX, "GET", "/api/rooms/a1/ws", 502).fingerprint()
+        );
+        let mut r = Reporter::new(Policy::default(), 0);
+        assert!(r.admit(&a.fingerprint(), 0).is_some());
+        assert!(r.admit(&b.fingerprint(), 1).is_none());
+        let long = Report::http_5xx(kind::HTTP_5XX, "GET", &"/x".repeat(500), 500);
+        let path = long.tags.iter().find(|t| t.0 == "path").unwrap();
+        assert_eq!(path.1.chars().count(), MAX_PATH);
+    }
+
+    #[test]
+    fn a_long_fingerprint_is_deduplicated() {
+        let mut r = Reporter::new(Policy::default(), 0);
+        let long = "x".repeat(300);
+        assert_eq!(r.admit(&long, 0), Some(0));
+        assert_eq!(r.admit(&long, 1_000), None);
+        assert!(r.seen.keys().all(|k| k.chars().count() <= MAX_FINGERPRINT));
     }
 
     #[test]

@@ -141,6 +141,7 @@ impl DurableObject for Account {
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
+        crate::log::flush_panics_now();
         let resp = self.route(req).await;
         self.send_notices().await;
         if !self.has_schema() {
@@ -161,6 +162,7 @@ impl DurableObject for Account {
     }
 
     async fn alarm(&self) -> Result<Response> {
+        crate::log::flush_panics_now();
         self.outbox.begin_alarm();
         let sql = self.state.storage().sql();
         let flushed = self.outbox.flush(&sql, Date::now().as_millis()).await;

@@ -30,8 +30,8 @@ impl Analytics {
                 .filter(|v| !v.trim().is_empty())
         };
         let src = Source {
-            env: var("ENVIRONMENT").unwrap_or_else(|| "dev".into()),
-            deployment: var("DEPLOYMENT_ID").unwrap_or_else(|| "edge".into()),
+            env: crate::log::environment(env),
+            deployment: crate::log::deployment(env),
         };
         let limits = BatchLimits {
             // One hand-over of one room: the room caps its players.

@@ -54,12 +54,6 @@ pub fn setting(env: &Env, name: &str) -> Option<String> {
         .filter(|s| !s.trim().is_empty())
 }
 
-/// The release this deployment reports (`/metrics`, `/api/status`): `RELEASE`, or the crate's
-/// version.
-pub fn release(env: &Env) -> String {
-    setting(env, "RELEASE").unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())
-}
-
 /// The Room object of a room name (the worker's routes and the Account object's notices).
 pub fn room_stub(env: &Env, room: &str) -> Result<Stub> {
     env.durable_object(lobby::ROOMS_BINDING)?

@@ -104,6 +104,7 @@ impl DurableObject for Lobby {
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
+        crate::log::flush_panics_now();
         self.ensure_loaded()?;
         match (req.method(), req.path().as_str()) {
             // The metrics aggregator (`metrics.rs`): pushes in, the text and backlog out.
@@ -118,8 +119,8 @@ impl DurableObject for Lobby {
                 let text = crate::metrics::render(
                     &sql,
                     Date::now().as_millis(),
-                    &crate::setting(&self.env, "DEPLOYMENT_ID").unwrap_or_else(|| "edge".into()),
-                    &crate::release(&self.env),
+                    &crate::log::deployment(&self.env),
+                    &crate::log::release(&self.env),
                 )?;
                 Response::ok(text)
             }
@@ -177,6 +178,7 @@ impl DurableObject for Lobby {
     /// Pushes the tick's delta, delivers the outbox and sweeps stale entries when due; re-armed
     /// for whichever of the three is due first (reports arriving meanwhile included).
     async fn alarm(&self) -> Result<Response> {
+        crate::log::flush_panics_now();
         self.ensure_loaded()?;
         self.outbox.begin_alarm();
         // First: subscribers should not wait on a slow backend.

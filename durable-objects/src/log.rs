@@ -25,6 +25,7 @@ const MAX_PENDING_PANICS: u32 = 8;
 
 struct Settings {
     deployment: String,
+    release: String,
     max: Level,
     dsn: Option<Dsn>,
     origin: Origin,
@@ -37,30 +38,59 @@ thread_local! {
 /// Reads the settings once per instance (`LOG_LEVEL`, `DEPLOYMENT_ID`, `SENTRY_DSN`,
 /// `ENVIRONMENT`, `RELEASE`). A malformed DSN is logged and reports stay off.
 pub fn init(env: &Env) {
-    if SETTINGS.with(|s| s.borrow().is_some()) {
-        return;
+    settings_of(env);
+}
+
+/// The settings, read now if this instance has not yet.
+fn settings_of(env: &Env) -> Rc<Settings> {
+    if let Some(s) = settings() {
+        return s;
     }
     let deployment = crate::setting(env, "DEPLOYMENT_ID").unwrap_or_else(|| "edge".into());
     let max = crate::setting(env, "LOG_LEVEL")
         .and_then(|l| Level::parse(&l))
         .unwrap_or(Level::Info);
     let dsn = crate::setting(env, "SENTRY_DSN").map(|d| Dsn::parse(&d));
+    // The edge cannot refuse to start: a wrong ENVIRONMENT is logged and taken as `dev`.
+    let environment = report::environment(crate::setting(env, "ENVIRONMENT").as_deref());
+    let release =
+        crate::setting(env, "RELEASE").unwrap_or_else(|| env!("CARGO_PKG_VERSION").into());
     let origin = Origin {
-        environment: crate::setting(env, "ENVIRONMENT").unwrap_or_else(|| "dev".into()),
-        release: crate::setting(env, "RELEASE").unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
+        environment: environment.clone().unwrap_or("dev").to_owned(),
+        release: release.clone(),
         server_name: deployment.clone(),
         client: format!("piano-edge/{}", env!("CARGO_PKG_VERSION")),
     };
     let settings = Rc::new(Settings {
         deployment,
+        release,
         max,
         dsn: dsn.as_ref().and_then(|d| d.as_ref().ok()).cloned(),
         origin,
     });
-    SETTINGS.with(|s| *s.borrow_mut() = Some(settings));
+    SETTINGS.with(|s| *s.borrow_mut() = Some(settings.clone()));
     if let Some(Err(e)) = dsn {
         error("config").error(e).emit();
     }
+    if let Err(e) = environment {
+        error("config").error(e).emit();
+    }
+    settings
+}
+
+/// `DEPLOYMENT_ID` (default `edge`), read once per instance with the other settings.
+pub fn deployment(env: &Env) -> String {
+    settings_of(env).deployment.clone()
+}
+
+/// `ENVIRONMENT` by the core's rule (`piano_core::report::environment`).
+pub fn environment(env: &Env) -> String {
+    settings_of(env).origin.environment.clone()
+}
+
+/// `RELEASE`, or the crate's version (`/metrics`, `/api/status`, reports).
+pub fn release(env: &Env) -> String {
+    settings_of(env).release.clone()
 }
 
 fn settings() -> Option<Rc<Settings>> {
@@ -269,7 +299,7 @@ pub fn on_panic(info: &std::panic::PanicHookInfo<'_>) {
 }
 
 /// Sends the reports of panics an earlier instance left behind (the worker calls it with each
-/// request and hands the future to `ctx.wait_until`).
+/// request and hands the future to `ctx.wait_until`; objects call [`flush_panics_now`]).
 pub fn flush_panics() -> Option<impl Future<Output = ()> + 'static> {
     let pending = global_get(PANICS_KEY).dyn_into::<Array>().ok()?;
     if pending.length() == 0 {
@@ -292,4 +322,12 @@ pub fn flush_panics() -> Option<impl Future<Output = ()> + 'static> {
     Some(async move {
         futures_util::future::join_all(sends).await;
     })
+}
+
+/// [`flush_panics`] for an object, at the start of each of its handlers: a panic in an object
+/// leaves its report on that object's isolate, which the worker's requests may never reach.
+pub fn flush_panics_now() {
+    if let Some(flush) = flush_panics() {
+        worker::wasm_bindgen_futures::spawn_local(flush);
+    }
 }

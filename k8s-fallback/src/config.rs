@@ -222,7 +222,7 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
         test_routes: get("PIANO_TEST_ROUTES").as_deref() == Some("1"),
         outbound_queue: number("OUTBOUND_QUEUE_FRAMES", 1024, 16..=1_000_000)? as usize,
         drain_timeout: Duration::from_secs(number("DRAIN_TIMEOUT_SECS", 10, 0..=600)?),
-        environment: environment(get("ENVIRONMENT"))?,
+        environment: piano_core::report::environment(get("ENVIRONMENT").as_deref())?.to_owned(),
         analytics_url: get("ANALYTICS_URL")
             .map(|u| AnalyticsTarget::parse(&u))
             .transpose()?,
@@ -233,17 +233,6 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
         },
         generated_key,
     })
-}
-
-/// `ENVIRONMENT`: one of the three names both hosts use (default `dev`).
-pub fn environment(v: Option<String>) -> Result<String, String> {
-    match v.as_deref().map(str::trim) {
-        None => Ok("dev".into()),
-        Some(e @ ("dev" | "staging" | "production")) => Ok(e.to_owned()),
-        Some(e) => Err(format!(
-            "ENVIRONMENT must be dev, staging or production (got {e:?})"
-        )),
-    }
 }
 
 /// A throw-away development key, kept in the data directory so tokens survive a restart.
@@ -293,15 +282,6 @@ pub fn random_hex(bytes: usize) -> String {
         }
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The release this process reports (`/metrics`, `/api/status`): `RELEASE`, or the crate's
-/// version.
-pub fn release() -> String {
-    std::env::var("RELEASE")
-        .ok()
-        .filter(|r| !r.trim().is_empty())
-        .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())
 }
 
 /// Where the analytics sink POSTs (`ANALYTICS_URL`): an `http://` or `https://` URL with a

@@ -39,6 +39,7 @@ pub fn router(hub: Arc<Hub>, accounts: Arc<Accounts>) -> axum::Router {
     let policy = crate::security::Policy {
         cors_origins: Arc::new(hub.cfg.cors_origins.clone()),
     };
+    let trusted = Arc::new(hub.cfg.trusted_proxies.clone());
     let app = App {
         accounts,
         limiter: Arc::new(RateLimiter::new(hub.cfg.auth_rate_limit)),
@@ -58,7 +59,10 @@ pub fn router(hub: Arc<Hub>, accounts: Arc<Accounts>) -> axum::Router {
             policy,
             crate::security::layer,
         ))
-        .layer(axum::middleware::from_fn(crate::observe::layer))
+        .layer(axum::middleware::from_fn_with_state(
+            trusted,
+            crate::observe::layer,
+        ))
 }
 
 /// `METRICS_ADDR`: `/metrics` alone, without a credential (keep that port off the Service).
@@ -77,7 +81,8 @@ pub fn metrics_router(hub: Arc<Hub>) -> axum::Router {
 
 fn metrics_text(hub: &Hub) -> Response {
     with_header(
-        metrics::render(hub.replica(), crate::status::backlog(hub)).into_response(),
+        metrics::render(hub.replica(), &hub.cfg.release, crate::status::backlog(hub))
+            .into_response(),
         "content-type",
         "text/plain; version=0.0.4; charset=utf-8",
     )
@@ -266,6 +271,11 @@ async fn route_inner(app: App, peer: SocketAddr, req: Request) -> Response {
         }
         (&Method::GET, ["api", "debug", "error", ..]) if hub.cfg.test_routes => {
             json_error(500, "internal", "debug error requested")
+        }
+        // A report through the same throttle and queue as any other (the trials' sentinel).
+        (&Method::GET, ["api", "debug", "report", marker @ ..]) if hub.cfg.test_routes => {
+            crate::telemetry::send(piano_core::report::debug_report(&marker.join("/")));
+            json(200, &serde_json::json!({}))
         }
         (
             _,

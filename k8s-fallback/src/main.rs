@@ -2,6 +2,9 @@
 //! `LOG_FORMAT=text` for people), then [`k8s_fallback::run`].
 
 fn main() -> std::process::ExitCode {
+    // Read first: the log lines carry the configured deployment (its one reading, blank
+    // filtered); a configuration error is logged once the logger is up.
+    let cfg = k8s_fallback::config::from_lookup(|name| std::env::var(name).ok());
     let json = std::env::var("LOG_FORMAT")
         .map(|f| f != "text")
         .unwrap_or(true);
@@ -12,7 +15,10 @@ fn main() -> std::process::ExitCode {
     if json {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
-        let deployment = std::env::var("DEPLOYMENT_ID").unwrap_or_else(|_| "fallback".into());
+        let deployment = match &cfg {
+            Ok(cfg) => cfg.deployment_id.clone(),
+            Err(_) => "fallback".into(),
+        };
         tracing_subscriber::registry()
             .with(filter)
             .with(k8s_fallback::telemetry::JsonLines { deployment })
@@ -21,7 +27,7 @@ fn main() -> std::process::ExitCode {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     k8s_fallback::telemetry::install_panic_hook();
-    let cfg = match k8s_fallback::config::from_lookup(|name| std::env::var(name).ok()) {
+    let cfg = match cfg {
         Ok(cfg) => cfg,
         Err(e) => {
             tracing::error!("configuration: {e}");

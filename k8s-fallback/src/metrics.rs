@@ -143,7 +143,7 @@ pub fn http_response(status: u16) {
 
 /// The Prometheus text exposition (version 0.0.4), with the outbox backlog as the caller
 /// read it.
-pub fn render(replica: &str, outbox: [metrics::LaneBacklog; 2]) -> String {
+pub fn render(replica: &str, release: &str, outbox: [metrics::LaneBacklog; 2]) -> String {
     let m = &METRICS;
     let mut c = Counters::default();
     for (slot, a) in SERIES.iter().enumerate() {
@@ -184,6 +184,6 @@ pub fn render(replica: &str, outbox: [metrics::LaneBacklog; 2]) -> String {
         latency: &m.relay_latency.load(),
         host: "fallback",
         instance: replica,
-        release: &crate::config::release(),
+        release,
     })
 }

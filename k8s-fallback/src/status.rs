@@ -90,7 +90,7 @@ async fn gather(hub: &Hub, now: u64) -> Status {
     });
     Status::new(
         "fallback",
-        &crate::config::release(),
+        &hub.cfg.release,
         [rooms, shared.clone(), shared, mongodb, redis],
         now,
     )

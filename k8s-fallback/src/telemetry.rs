@@ -237,10 +237,12 @@ fn send_before_abort(r: Report) {
     let _ = done_rx.recv_timeout(std::time::Duration::from_secs(5));
 }
 
-/// The request id: a valid `x-request-id` from the balancer, else a new random one.
-pub fn request_id(headers: &axum::http::HeaderMap) -> String {
+/// The request id: a valid `x-request-id` from one of our proxies (`TRUSTED_PROXIES`), else a
+/// new random one.
+pub fn request_id(headers: &axum::http::HeaderMap, from_proxy: bool) -> String {
     if let Some(id) = headers
         .get("x-request-id")
+        .filter(|_| from_proxy)
         .and_then(|v| v.to_str().ok())
         .filter(|v| valid_request_id(v))
     {
@@ -249,4 +251,22 @@ pub fn request_id(headers: &axum::http::HeaderMap) -> String {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_request_id_is_taken_only_from_a_proxy() {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("x-request-id", "balancer-1".parse().unwrap());
+        assert_eq!(super::request_id(&h, true), "balancer-1");
+        assert_ne!(super::request_id(&h, false), "balancer-1");
+        h.insert(
+            "x-request-id",
+            "bad id\n"
+                .parse()
+                .unwrap_or(axum::http::HeaderValue::from_static("a b")),
+        );
+        assert_ne!(super::request_id(&h, true), "a b");
+    }
 }

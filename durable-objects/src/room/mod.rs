@@ -106,6 +106,7 @@ impl DurableObject for Room {
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
+        crate::log::flush_panics_now();
         match req.path().as_str() {
             "/connect" => self.accept_player(&req).await,
             "/info" => self.info(&req).await,
@@ -140,6 +141,10 @@ impl DurableObject for Room {
                 // 410 tells the lobby to stop pushing here.
                 Response::empty().map(|r| r.with_status(if subscribed { 204 } else { 410 }))
             }
+            // Test-only (`PIANO_TEST_ROUTES=1`): a panic inside the object, for the reports' trial.
+            p if p.starts_with("/debug/panic/") && crate::log::test_routes(&self.env) => {
+                panic!("debug panic requested in a room {p}")
+            }
             _ => json_error(404, "not_found", "no such room route"),
         }
     }
@@ -149,6 +154,7 @@ impl DurableObject for Room {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
+        crate::log::flush_panics_now();
         // Frames of a socket the room already closed are dropped before they get here
         // (worker/entry.mjs).
         let Some(conn) = conn_of(&ws) else {
@@ -172,6 +178,7 @@ impl DurableObject for Room {
         _reason: String,
         _clean: bool,
     ) -> Result<()> {
+        crate::log::flush_panics_now();
         let ops = self.drop_socket(&ws);
         // Complete the closing handshake (a no-op if the runtime already did).
         let _ = ws.close(Some(close::NORMAL), Some("bye"));
@@ -180,6 +187,7 @@ impl DurableObject for Room {
     }
 
     async fn websocket_error(&self, ws: WebSocket, _error: Error) -> Result<()> {
+        crate::log::flush_panics_now();
         let ops = self.drop_socket(&ws);
         self.directory(ops).await;
         Ok(())
@@ -188,6 +196,7 @@ impl DurableObject for Room {
     /// The core's deadline (tokens and sessions that ended close their sockets with 4001;
     /// players' activity due reaches its totals) and the outbox's delivery.
     async fn alarm(&self) -> Result<Response> {
+        crate::log::flush_panics_now();
         self.outbox.begin_alarm();
         let ops = self.handle(None, Input::Tick);
         let sql = self.state.storage().sql();
