@@ -75,6 +75,8 @@ pub async fn the_http_sink_receives_a_sessions_events(target: &Server) {
         ("ANALYTICS_FLUSH_MS", "200".to_owned()),
         ("ENVIRONMENT", "staging".to_owned()),
         ("DEPLOYMENT_ID", "analytics-trial".to_owned()),
+        // The edge's Analytics Engine writes are logged at debug (read below).
+        ("LOG_LEVEL", "debug".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

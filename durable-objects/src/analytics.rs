@@ -64,8 +64,15 @@ impl Analytics {
             }
             self.written.set(self.written.get() + ok);
             if let Some(room) = events.first().map(|e| e.room.as_str()) {
-                // The trial reads this line (wrangler dev's Analytics Engine keeps nothing).
-                crate::log::info("analytics_engine")
+                // Debug when all went in (one line per hand-over per room is too many for
+                // production logs), a warning when writes failed. The trial reads it at
+                // LOG_LEVEL=debug (wrangler dev's Analytics Engine keeps nothing).
+                let at = if failed > 0 {
+                    crate::log::warn
+                } else {
+                    crate::log::debug
+                };
+                at("analytics_engine")
                     .room(room)
                     .field("written", ok)
                     .field("failed", failed)
