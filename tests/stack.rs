@@ -83,6 +83,9 @@ impl Stack {
             ("REDIS_KEY_PREFIX", self.prefix.clone()),
             ("BACKEND_TIMEOUT_MS", "2000".into()),
             ("DEPLOYMENT_ID", deployment.into()),
+            // The rooms' alarm and hand-over steps are debug lines: a failing trial's log tail
+            // then says where a room's work stopped.
+            ("LOG_LEVEL", "debug".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

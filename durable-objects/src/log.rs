@@ -132,6 +132,11 @@ pub fn at(level: Level, event: &'static str) -> Entry {
     }
 }
 
+/// Whether lines of `level` are printed (to skip building one that would not be).
+pub fn enabled(level: Level) -> bool {
+    level <= settings().as_ref().map_or(Level::Info, |s| s.max)
+}
+
 pub fn error(event: &'static str) -> Entry {
     at(Level::Error, event)
 }

@@ -26,11 +26,14 @@ impl Room {
                 break;
             }
         }
+        let started = super::now();
         self.announce_sockets().await;
         self.send_activity().await;
+        self.step("after event: activity sent", started);
         self.discard_if_asked().await;
         self.push_metrics(false).await;
         self.arm_alarm().await;
+        self.step("after event: alarm armed", started);
     }
 
     /// One round of directory calls; returns the directory work their answers caused.

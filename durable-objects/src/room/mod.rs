@@ -198,25 +198,44 @@ impl DurableObject for Room {
     async fn alarm(&self) -> Result<Response> {
         crate::log::flush_panics_now();
         self.outbox.begin_alarm();
+        let started = now();
         let ops = self.handle(None, Input::Tick);
         let sql = self.state.storage().sql();
         let flushed = self.outbox.flush(&sql, now()).await;
+        self.step("alarm: flushed", started);
         let outbox_empty = flushed.as_ref().is_ok_and(|f| f.pending == 0);
         let resp = self
             .outbox
             .finish_alarm(&self.state.storage(), &sql, flushed, self.deadline(), now())
             .await;
+        self.step("alarm: next alarm set", started);
         if outbox_empty {
             self.discard_if_asked().await;
         }
         // Counted work goes now: the room may hibernate after this.
         self.push_metrics(true).await;
+        self.step("alarm: metrics pushed", started);
         self.directory(ops).await;
+        self.step("alarm: done", started);
         resp
     }
 }
 
 impl Room {
+    /// A debug line for a step of the alarm or of the work after an event (which ones finish,
+    /// and when, is what a stuck room's log has to say), with the deadline it leaves.
+    fn step(&self, what: &str, started: u64) {
+        if !crate::log::enabled(piano_core::logging::Level::Debug) {
+            return;
+        }
+        crate::log::debug("room_step")
+            .room(self.room_name())
+            .duration_ms(now().saturating_sub(started))
+            .field("deadline", self.deadline().map_or(-1, |d| d as i64))
+            .msg(what.to_owned())
+            .emit();
+    }
+
     async fn accept_player(&self, req: &Request) -> Result<Response> {
         let headers = req.headers();
         if !headers
@@ -382,6 +401,11 @@ impl Room {
                 }
             }
         }
+        crate::log::debug("room_step")
+            .room(name.clone())
+            .field("sockets", records.len())
+            .msg("room loaded (first use, or the object was evicted or restarted)")
+            .emit();
         let (mut room, effects) = CoreRoom::restore(name, stored, records, now(), random_seed());
         // Players' activity: members' totals (their Account objects, MongoDB's `user_stats`)
         // and the analytics events; counted always (the stats endpoint needs no MongoDB).
