@@ -174,7 +174,7 @@ impl Outbox {
             self.scheduled.set(Some(existing as u64));
             return Ok(());
         }
-        set_alarm_at(storage, at, now).await?;
+        let at = set_alarm_at(storage, at, now).await?;
         self.scheduled.set(Some(at));
         Ok(())
     }
@@ -222,7 +222,7 @@ impl Outbox {
         let next = [lanes, failed, other].into_iter().flatten().min();
         match next {
             Some(at) => {
-                set_alarm_at(storage, at, now).await?;
+                let at = set_alarm_at(storage, at, now).await?;
                 self.scheduled.set(Some(at));
             }
             None => {
@@ -493,14 +493,18 @@ impl Outbox {
     }
 }
 
-/// Sets the alarm for an absolute time. (workers-rs reads a bare `i64` as an offset from now,
-/// not as a timestamp: this is the one place that converts.)
-pub async fn set_alarm_at(storage: &Storage, at_ms: u64, now_ms: u64) -> Result<()> {
+/// Sets the alarm for an absolute time, at least 1 ms from now, and returns the time set.
+/// (workers-rs reads a bare `i64` as an offset from now, not as a timestamp: this is the one
+/// place that converts.) Never "now": an alarm set from the alarm handler to the very time of
+/// the alarm that is running (the clock does not move while code runs without I/O) counts as
+/// unchanged, and the runtime deletes it when the handler returns — the room's next deadline
+/// (players' activity due) was lost that way.
+pub async fn set_alarm_at(storage: &Storage, at_ms: u64, now_ms: u64) -> Result<u64> {
+    let offset = at_ms.saturating_sub(now_ms).max(1);
     storage
-        .set_alarm(std::time::Duration::from_millis(
-            at_ms.saturating_sub(now_ms),
-        ))
-        .await
+        .set_alarm(std::time::Duration::from_millis(offset))
+        .await?;
+    Ok(now_ms + offset)
 }
 
 fn count(sql: &SqlStorage, query: &str) -> Result<usize> {

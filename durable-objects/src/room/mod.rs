@@ -204,6 +204,10 @@ impl DurableObject for Room {
         let flushed = self.outbox.flush(&sql, now()).await;
         self.step("alarm: flushed", started);
         let outbox_empty = flushed.as_ref().is_ok_and(|f| f.pending == 0);
+        // Counted work goes now (the room may hibernate after this), before the next alarm is
+        // chosen: a push that was due would otherwise ask for an alarm at once.
+        self.push_metrics(true).await;
+        self.step("alarm: metrics pushed", started);
         let resp = self
             .outbox
             .finish_alarm(&self.state.storage(), &sql, flushed, self.deadline(), now())
@@ -212,9 +216,6 @@ impl DurableObject for Room {
         if outbox_empty {
             self.discard_if_asked().await;
         }
-        // Counted work goes now: the room may hibernate after this.
-        self.push_metrics(true).await;
-        self.step("alarm: metrics pushed", started);
         self.directory(ops).await;
         self.step("alarm: done", started);
         resp
