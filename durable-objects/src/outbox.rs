@@ -52,6 +52,8 @@ pub struct Outbox {
     in_alarm: Cell<bool>,
     /// When the alarm is set for, as far as this instance knows (`None`: unknown or none).
     scheduled: Cell<Option<u64>>,
+    /// While the alarm handler runs: the time that alarm was set for, if this instance set it.
+    fired_for: Cell<Option<u64>>,
     /// Which lanes are due, backing off or being delivered (the core's rules). Never borrowed
     /// across an await.
     machine: RefCell<piano_core::outbox::Outbox>,
@@ -93,6 +95,7 @@ impl Outbox {
             flushing: Cell::new(false),
             in_alarm: Cell::new(false),
             scheduled: Cell::new(None),
+            fired_for: Cell::new(None),
             machine: RefCell::default(),
         }
     }
@@ -165,11 +168,13 @@ impl Outbox {
         if self.in_alarm.get() {
             return Ok(());
         }
-        if self.scheduled.get().is_some_and(|t| t <= at) {
+        // An alarm time long past that never fired is a lost alarm, not one to rely on.
+        let live = |t: u64| t <= at && t + STALE_ALARM_MS >= now;
+        if self.scheduled.get().is_some_and(live) {
             return Ok(());
         }
         if let Some(existing) = storage.get_alarm().await?
-            && existing as u64 <= at
+            && live(existing as u64)
         {
             self.scheduled.set(Some(existing as u64));
             return Ok(());
@@ -187,7 +192,15 @@ impl Outbox {
     /// At the start of the alarm handler (the alarm that fired is spent).
     pub fn begin_alarm(&self) {
         self.in_alarm.set(true);
-        self.scheduled.set(None);
+        self.fired_for.set(self.scheduled.take());
+    }
+
+    /// "Now" for the alarm handler's timers: never before the time the alarm was set for. The
+    /// runtime may fire an alarm while the isolate's clock still reads a few ms earlier; a
+    /// timer due at that time would then not be due, and asking again for the same time is
+    /// the trap [`Outbox::finish_alarm`] avoids.
+    pub fn alarm_now(&self, now: u64) -> u64 {
+        self.fired_for.get().map_or(now, |f| f.max(now))
     }
 
     /// At the end of the alarm handler, whatever the flush did: the next alarm is the earliest
@@ -219,7 +232,18 @@ impl Outbox {
                 Some(now + 5000)
             }
         };
-        let next = [lanes, failed, other].into_iter().flatten().min();
+        // Never the running alarm's own time: the runtime takes setting it again as no change
+        // and drops it when the handler returns (no alarm would ever fire again). After it;
+        // when this instance did not set it (it woke for it), past the clock's possible lag.
+        let floor = match self.fired_for.take() {
+            Some(fired) => fired.max(now) + 1,
+            None => now + UNKNOWN_FIRED_MARGIN_MS,
+        };
+        let next = [lanes, failed, other]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| at.max(floor));
         match next {
             Some(at) => {
                 let at = set_alarm_at(storage, at, now).await?;
@@ -492,6 +516,12 @@ impl Outbox {
         }))
     }
 }
+
+/// An alarm this long past that has not fired is lost (see [`Outbox::alarm_by`]).
+const STALE_ALARM_MS: u64 = 5_000;
+/// How far past "now" the alarm handler sets the next alarm when it does not know the time of
+/// the one running (a new instance woken by it): more than the runtime's clock lag.
+const UNKNOWN_FIRED_MARGIN_MS: u64 = 20;
 
 /// Sets the alarm for an absolute time, at least 1 ms from now, and returns the time set.
 /// (workers-rs reads a bare `i64` as an offset from now, not as a timestamp: this is the one

@@ -199,7 +199,7 @@ impl DurableObject for Room {
         crate::log::flush_panics_now();
         self.outbox.begin_alarm();
         let started = now();
-        let ops = self.handle(None, Input::Tick);
+        let ops = self.handle_at(None, Input::Tick, self.outbox.alarm_now(started));
         let sql = self.state.storage().sql();
         let flushed = self.outbox.flush(&sql, now()).await;
         self.step("alarm: flushed", started);
@@ -458,11 +458,16 @@ impl Room {
 
     /// Feeds the core and carries out its effects; returns the directory work left to do.
     fn handle(&self, name_hint: Option<&str>, input: Input<'_>) -> Vec<DirectoryOp> {
+        self.handle_at(name_hint, input, now())
+    }
+
+    /// [`Room::handle`] at a given time (the alarm's Tick: see `Outbox::alarm_now`).
+    fn handle_at(&self, name_hint: Option<&str>, input: Input<'_>, at: u64) -> Vec<DirectoryOp> {
         let mut ops = self.handle_restore(name_hint);
         let (effects, first_join) = match self.loaded.borrow_mut().as_mut() {
             Some(l) => {
                 let before = l.room.participant_count();
-                let effects = l.room.handle(input, now());
+                let effects = l.room.handle(input, at);
                 (effects, l.room.participant_count() > before)
             }
             None => return ops,
