@@ -17,7 +17,9 @@
 //! - [`identity`]: who a player is, and the Ed25519 (EdDSA) JWTs that prove it; [`pkcs8`]:
 //!   the signing key read from its PEM.
 //! - [`account`]: member accounts, sessions, token issuing, profile and role changes, the auth
-//!   rate limit and the one API error type, decided here and stored by the hosts.
+//!   rate limit and the one API error type, decided here and stored by the hosts; [`oauth`]:
+//!   signing in through Discord and OpenID Connect providers, linked identities, and the
+//!   browser's session cookies.
 //! - [`names`]: validation of room names, display names and usernames.
 //! - [`password`]: password hashing (rooms and accounts).
 //! - [`outbox`]: the outbox's delivery rules (lanes, backoff, dead letters, coalescing), for
@@ -47,6 +49,7 @@ pub mod metrics;
 pub mod mpp;
 pub mod names;
 pub mod notes;
+pub mod oauth;
 pub mod outbox;
 pub mod password;
 pub mod pkcs8;

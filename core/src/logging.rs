@@ -46,6 +46,8 @@ pub mod event {
     pub const KICK: &str = "kick";
     pub const BAN: &str = "ban";
     pub const AUTH_FAILURE: &str = "auth_failure";
+    /// A sign-in, link or unlink through a provider failed (`oauth`).
+    pub const OAUTH_FAILURE: &str = "oauth_failure";
     pub const RATE_LIMITED: &str = "rate_limited";
     pub const BACKEND_ERROR: &str = "backend_error";
     pub const DEAD_LETTER: &str = "dead_letter";

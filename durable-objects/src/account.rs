@@ -290,7 +290,7 @@ impl Account {
             Ok(a) => a,
             Err(e) => return Ok(Err(e)),
         };
-        if !account.password.verify(&r.password) {
+        if !account.check_password(&r.password) {
             return Ok(Err(ApiError::InvalidCredentials));
         }
         if r.admin && account.grant_admin() {

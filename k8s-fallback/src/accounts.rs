@@ -155,9 +155,9 @@ async fn login_inner(cfg: &Config, accounts: &Accounts, bytes: &[u8]) -> Answer 
     let key = names::username(&b.username).map_err(|_| ApiError::InvalidCredentials)?;
     let found = accounts.find(&key).await.map_err(|e| unavailable(&e))?;
     let mut account = lookup::login_account(found)?;
-    let stored = account.password.clone();
+    let stored = account.clone();
     let password = b.password;
-    let ok = tokio::task::spawn_blocking(move || stored.verify(&password))
+    let ok = tokio::task::spawn_blocking(move || stored.check_password(&password))
         .await
         .unwrap_or(false);
     if !ok {

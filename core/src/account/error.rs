@@ -47,6 +47,8 @@ pub enum ApiError {
         retry_after_secs: Option<u64>,
     },
     NotConfigured(String),
+    /// A sign-in through a provider, a link or an unlink, or a cookie request from elsewhere.
+    OAuth(crate::oauth::OAuthError),
 }
 
 impl ApiError {
@@ -64,6 +66,7 @@ impl ApiError {
             BodyTooLarge => 413,
             RateLimited { .. } => 429,
             Unavailable { .. } | NotConfigured(_) => 503,
+            OAuth(e) => e.status(),
         }
     }
 
@@ -92,6 +95,7 @@ impl ApiError {
             RateLimited { .. } => "rate_limited",
             Unavailable { .. } => "unavailable",
             NotConfigured(_) => "not_configured",
+            OAuth(e) => e.code(),
         }
     }
 
@@ -123,6 +127,7 @@ impl ApiError {
             RateLimited { retry_after_secs } => {
                 format!("too many requests: try again in {retry_after_secs} s")
             }
+            OAuth(e) => e.message(),
             Unavailable { .. } => {
                 "the account store or the shared account database cannot be reached right now; try again shortly".into()
             }

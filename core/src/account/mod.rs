@@ -27,13 +27,16 @@ pub use session::SESSION_TTL_MS;
 /// Every role an admin may grant or remove.
 pub const ROLES: [&str; 6] = ["guest", "member", "pro", "moderator", "admin", "bot"];
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AccountData {
     pub username: String,
     pub tag: String,
     #[serde(default)]
     pub email: Option<String>,
-    pub password: PasswordHash,
+    /// `None`: an account made by a sign-in through a provider (it signs in only that way,
+    /// until it sets a password).
+    #[serde(default)]
+    pub password: Option<PasswordHash>,
     pub roles: Vec<String>,
     pub name: String,
     #[serde(default)]
@@ -41,6 +44,12 @@ pub struct AccountData {
     #[serde(default)]
     pub status: String,
     pub created_at: u64,
+    /// Providers' identities linked to it ([`crate::oauth::link`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<crate::oauth::LinkedIdentity>,
+    /// The picture a provider gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
 }
 
 impl AccountData {
@@ -62,13 +71,20 @@ impl AccountData {
             username: username.trim().to_owned(),
             tag: tag.iter().map(|b| format!("{b:02x}")).collect(),
             email,
-            password,
+            password: Some(password),
             roles,
             name: username.trim().to_owned(),
             color: None,
             status: String::new(),
             created_at: now,
+            identities: Vec::new(),
+            avatar: None,
         }
+    }
+
+    /// A password login's check: an account without a password has none to match.
+    pub fn check_password(&self, password: &str) -> bool {
+        self.password.as_ref().is_some_and(|h| h.verify(password))
     }
 
     /// The normalized username: the account's key in every store.
@@ -102,6 +118,7 @@ impl AccountData {
             "name": self.name,
             "color": self.color,
             "status": self.status,
+            "avatar": self.avatar,
             "roles": self.roles,
             "created_at": self.created_at,
         })
@@ -199,7 +216,7 @@ pub(crate) mod tests {
         assert!(b.grant_admin());
         assert!(!b.grant_admin(), "granted once");
         assert_eq!(b.roles, vec!["member".to_owned(), "admin".to_owned()]);
-        let admin = AccountData::new("root", None, a.password.clone(), true, [0; 3], 0);
+        let admin = AccountData::new("root", None, a.password.clone().unwrap(), true, [0; 3], 0);
         assert_eq!(admin.roles, vec!["member".to_owned(), "admin".to_owned()]);
     }
 
