@@ -28,6 +28,7 @@ mod directory;
 mod drifts;
 mod metrics;
 mod mpp;
+mod oauth_browser;
 mod persistence;
 mod reports;
 mod room_features;
@@ -125,6 +126,8 @@ fn trials() -> Vec<Spec> {
             "workerd evicts idle Durable Objects; the fallback's room tasks never hibernate",
         ),
         t!(basics::browser_two_players_play_chat_and_see_the_room_list).one_at_a_time(),
+        t!(oauth_browser::browser_signs_in_through_a_provider_and_never_exposes_the_refresh_token)
+            .one_at_a_time(),
         t!(room_features::profiles_and_cursors_are_validated_and_broadcast),
         t!(room_features::notes_quota_black_midi_and_owner_only_play),
         t!(room_features::chat_history_typing_rate_limit_and_welcome),

@@ -16,6 +16,9 @@ import {
   type RoomSummary,
   type UpdateSettings,
 } from "./gen/pianorhythm/v1/room_pb";
+import { openAccount, showProviders } from "./account";
+import { freshToken, me, restore, session, signIn } from "./auth";
+import { $, el } from "./dom";
 import { BATCH_MS, Connection, type ClientMsg, type ServerMsg, type Status } from "./net";
 import { Piano, noteName } from "./piano";
 import { Synth } from "./synth";
@@ -25,21 +28,6 @@ import { Synth } from "./synth";
  * delay is what preserves the performance's timing. */
 const LATENCY_MS = BATCH_MS + 100;
 
-const $ = <T extends HTMLElement = HTMLElement>(sel: string) => document.querySelector(sel) as T;
-const el = <K extends keyof HTMLElementTagNameMap>(tag: K, props: Partial<HTMLElementTagNameMap[K]> = {}, ...kids: (Node | string)[]) => {
-  const e = Object.assign(document.createElement(tag), props);
-  e.append(...kids);
-  return e;
-};
-
-interface Session {
-  token: string;
-  name: string;
-  /** Seconds since the epoch. */
-  expires: number;
-  /** Members only: renews the short-lived access token. */
-  refresh?: string;
-}
 
 /** State the browser tests read (window.__piano); also handy in the console. */
 const state = {
@@ -57,6 +45,8 @@ const state = {
   /** Bumped when the connection fell behind: key lights scheduled before it are dropped. */
   behind: 0,
   status: "signed out",
+  /** Who is signed in (nothing secret: the tests check no session secret is reachable here). */
+  me,
 };
 (window as unknown as { __piano: typeof state }).__piano = state;
 
@@ -96,66 +86,6 @@ const piano = new Piano($("#piano"), {
 });
 
 // -- session ------------------------------------------------------------------------------------
-
-function session(): Session | undefined {
-  try {
-    const s = JSON.parse(localStorage.getItem("piano.session") ?? "null") as Session | null;
-    // A member's session lives on through its refresh token.
-    return s && (s.refresh || s.expires * 1000 > Date.now() + 60_000) ? s : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-function saveSession(body: { token?: string; access_token?: string; refresh_token?: string; expires_at: number; user: { name: string } }): Session {
-  const s = { token: body.access_token ?? body.token ?? "", name: body.user.name, expires: body.expires_at, refresh: body.refresh_token };
-  localStorage.setItem("piano.session", JSON.stringify(s));
-  return s;
-}
-
-/** A token that is valid now: refreshes a member's access token shortly before it expires.
- * `renew`: the server ended the token (4001) or the roles changed (4002): a member refreshes
- * at once, a guest signs in again with the same name. */
-async function freshToken(renew = false): Promise<string | undefined> {
-  const s = session();
-  if (!s) return undefined;
-  if (!renew && s.expires * 1000 > Date.now() + 60_000) return s.token;
-  if (!s.refresh) {
-    if (!renew) return undefined;
-    try {
-      return (await signIn("guest", s.name, "")).token;
-    } catch {
-      localStorage.removeItem("piano.session");
-      return undefined;
-    }
-  }
-  const resp = await fetch("/api/auth/refresh", {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ refresh_token: s.refresh }),
-  });
-  if (!resp.ok) {
-    localStorage.removeItem("piano.session");
-    return undefined;
-  }
-  return saveSession(await resp.json()).token;
-}
-
-/** Guest sign-in with a nickname, or a member's login or registration. */
-async function signIn(mode: string, name: string, password: string): Promise<Session> {
-  const [path, body] =
-    mode === "guest"
-      ? ["/api/auth/guest", { name }]
-      : [`/api/auth/${mode === "register" ? "register" : "login"}`, { username: name, password }];
-  const resp = await fetch(path, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
-  const json = await resp.json();
-  if (!resp.ok) throw new Error(json?.error?.message ?? `sign-in failed (${resp.status})`);
-  return saveSession(json);
-}
 
 async function nextLobby(): Promise<string> {
   const token = await freshToken();
@@ -457,8 +387,31 @@ function toast(text: string, ms = 4000): void {
 // -- forms --------------------------------------------------------------------------------------
 
 function showSignIn(): void {
-  $<HTMLDialogElement>("#signin").showModal();
+  const dialog = $<HTMLDialogElement>("#signin");
+  if (!dialog.open) dialog.showModal();
+  void showProviders();
 }
+
+/** Shows who is signed in and takes them to the room in the address, or a lobby. */
+async function signedIn(name: string): Promise<void> {
+  $("#me").textContent = name;
+  $("#account-open").hidden = false;
+  const wanted = decodeURIComponent(location.hash.slice(1));
+  enter(wanted || (await nextLobby()));
+}
+
+function signedOut(): void {
+  conn.close();
+  state.you = undefined;
+  state.participants.clear();
+  renderAll();
+  $("#me").textContent = "";
+  $("#account-open").hidden = true;
+  onStatus("closed");
+  showSignIn();
+}
+
+$("#account-open").addEventListener("click", () => void openAccount(signedOut));
 
 $("#signin-form").addEventListener("submit", async (e) => {
   e.preventDefault();
@@ -468,9 +421,7 @@ $("#signin-form").addEventListener("submit", async (e) => {
   try {
     const s = await signIn(mode, name, password);
     $<HTMLDialogElement>("#signin").close();
-    $("#me").textContent = s.name;
-    const wanted = decodeURIComponent(location.hash.slice(1));
-    enter(wanted || (await nextLobby()));
+    await signedIn(s.name);
   } catch (err) {
     $("#signin-error").textContent = (err as Error).message;
   }
@@ -545,15 +496,9 @@ $("#drop").addEventListener("click", () => conn.send({ case: "dropOwnership", va
 
 // -- start --------------------------------------------------------------------------------------
 
-const existing = session();
-if (existing) {
-  $("#me").textContent = existing.name;
-  const wanted = decodeURIComponent(location.hash.slice(1));
-  if (wanted) enter(wanted);
-  else void nextLobby().then((room) => enter(room));
-} else {
-  showSignIn();
-}
+// A member's session comes back from its cookies (a sign-in through a provider arrives so),
+// a guest's from localStorage.
+void restore().then((s) => (s ? signedIn(s.name) : showSignIn()));
 for (const radio of document.querySelectorAll<HTMLInputElement>('input[name="mode"]')) {
   radio.addEventListener("change", () => {
     const guest = radio.value === "guest" && radio.checked;
