@@ -61,11 +61,13 @@ async function noLeak(ctx, page, step) {
     assert.equal(c.path, "/api/auth", `${step}: piano_refresh is scoped to /api/auth`);
   }
   const reach = await page.evaluate(() => {
+    // Maps and protobuf's BigInts serialize too.
+    const json = (v) => JSON.stringify(v, (_, x) => (typeof x === "bigint" ? String(x) : x instanceof Map || x instanceof Set ? [...x] : x));
     const out = [];
     for (const store of [localStorage, sessionStorage]) {
       for (let i = 0; i < store.length; i++) out.push(store.key(i), store.getItem(store.key(i)));
     }
-    out.push(document.cookie, JSON.stringify(window.__piano ?? null));
+    out.push(document.cookie, json(window.__piano ?? null));
     // Any global a script left: strings, and whatever serializes.
     for (const k of Object.getOwnPropertyNames(window)) {
       let v;
@@ -77,7 +79,7 @@ async function noLeak(ctx, page, step) {
       if (typeof v === "string") out.push(v);
       else if (v && typeof v === "object" && v !== window && !(v instanceof Node)) {
         try {
-          out.push(String(JSON.stringify(v)).slice(0, 1_000_000));
+          out.push(String(json(v)).slice(0, 1_000_000));
         } catch {
           // Circular or refuses: nothing a token could hide in that the checks above miss.
         }
@@ -109,6 +111,7 @@ const onSite = (page) => {
 async function signIn(page) {
   const button = page.locator('[data-provider="local"]');
   await button.waitFor({ timeout: 15000 });
+  await page.screenshot({ path: `${shots}/signin-providers.png` });
   assert.match(await button.innerText(), /^Continue with /);
   await Promise.all([page.waitForNavigation({ timeout: 30000 }), button.click()]);
   const end = Date.now() + 60000;
