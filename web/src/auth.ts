@@ -106,8 +106,9 @@ function refresh(): Promise<Session | undefined> {
     try {
       const resp = await post("/api/auth/refresh", {}, { "x-csrf-token": csrf });
       if (resp.ok) return keep(await resp.json(), true);
-      // Ended, expired or refused: signed out. A 429 or a 5xx keeps the session for later.
-      if (resp.status === 401 || resp.status === 403) forget();
+      // Ended or expired: signed out. A refusal (403: another tab's refresh raced this one), a
+      // 429 or a 5xx keeps the session for the next try.
+      if (resp.status === 401) forget();
     } catch {
       // Offline: try again at the next connect.
     }
@@ -151,11 +152,10 @@ export async function signIn(mode: string, name: string, password: string): Prom
 
 /** Ends the session: a member's on the server (which clears the cookies), a guest's here. */
 export async function signOut(): Promise<void> {
-  const s = current;
+  const member = current?.member;
+  const csrf = readCookie(CSRF_COOKIE) ?? lastCsrf;
   forget();
-  if (!s?.member) return;
-  const csrf = readCookie(CSRF_COOKIE);
-  if (!csrf) return;
+  if (!member || !csrf) return;
   await post("/api/auth/logout", {}, { "x-csrf-token": csrf }).catch(() => undefined);
 }
 
