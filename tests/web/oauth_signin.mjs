@@ -7,7 +7,7 @@
 // browser's cookie jar and from every Set-Cookie the browser received: the test may, the page
 // may not) is nowhere a page script can reach, and never in the server's logs.
 // Prints `ACCOUNT <user id>` and `PLAYED <user id>`; exits non-zero on the first failed check.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 import { mkdirSync, readFileSync } from "node:fs";
 import assert from "node:assert/strict";
 
@@ -19,14 +19,7 @@ const errors = [];
 /** Every refresh token the browser was ever given. */
 const seen = new Set();
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await launchChromium();
 
 async function newPage(name) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });

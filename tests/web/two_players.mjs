@@ -2,7 +2,7 @@
 // browser download), then with a Multiplayer Piano client (mpp-client-net on /mpp). Run by the Rust e2e harness (tests/basics.rs) against each target:
 //   node tests/web/two_players.mjs <base url> <screenshot dir>
 // Exits non-zero with a message on the first failed check. Writes desktop and phone screenshots.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 import { mkdirSync } from "node:fs";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
@@ -15,14 +15,7 @@ mkdirSync(shots, { recursive: true });
 const room = `browser-${Date.now() % 1e9}`;
 const errors = [];
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await launchChromium();
 
 async function player(name, viewport = { width: 1280, height: 800 }, password = null) {
   const ctx = await browser.newContext({ viewport });
