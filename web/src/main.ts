@@ -28,7 +28,6 @@ import { Synth } from "./synth";
  * delay is what preserves the performance's timing. */
 const LATENCY_MS = BATCH_MS + 100;
 
-
 /** State the browser tests read (window.__piano); also handy in the console. */
 const state = {
   room: "",
