@@ -94,10 +94,9 @@ async function noLeak(ctx, page, step) {
   }
 }
 
-const onSite = (page) => {
-  const u = new URL(page.url());
-  return u.origin === origin && !/^\/(api|oidc|discord)\//.test(u.pathname);
-};
+/** A page of the site (not the API's, not a provider's). */
+const siteUrl = (u) => u.origin === origin && !/^\/(api|oidc|discord)\//.test(u.pathname);
+const onSite = (page) => siteUrl(new URL(page.url()));
 
 /** Clicks "Continue with" the local provider and goes through its pages (a login form, then
  * consent; a provider that remembers the browser may skip them) back to the site, signed in. */
@@ -181,6 +180,24 @@ try {
   await page.locator("#account-msg", { hasText: "only way in" }).waitFor({ timeout: 10000 });
   await page.screenshot({ path: `${shots}/account.png` });
   await noLeak(ctx, page, "account panel");
+
+  // Linking Discord (the rig's stand-in approves as the user the address names: the test adds
+  // it on the way) comes back to the page with Discord listed; unlinking it takes it away.
+  const discordUser = `${Date.now()}${Math.floor(Math.random() * 1e6)}`;
+  await page.route(/\/discord\/oauth2\/authorize\?/, (route) =>
+    route.continue({ url: `${route.request().url()}&as=${discordUser}:linked${discordUser.slice(-6)}` }));
+  await Promise.all([page.waitForNavigation({ timeout: 30000 }), page.click('[data-link="discord"]')]);
+  await page.waitForURL(siteUrl, { timeout: 30000 });
+  await page.waitForFunction(() => window.__piano?.me?.member && window.__piano.you?.id, null, { timeout: 30000 });
+  await openAccount(page);
+  await page.locator('[data-unlink="discord"]').waitFor({ timeout: 10000 });
+  assert.equal(await page.locator('[data-link="discord"]').count(), 0, "Discord is linked");
+  assert.equal(await page.evaluate(() => window.__piano.me.userId), first.userId, "linked to the same account");
+  await noLeak(ctx, page, "linked");
+  await page.click('[data-unlink="discord"]');
+  await page.locator('[data-link="discord"]').waitFor({ timeout: 10000 });
+  assert.equal(await page.locator('[data-unlink="discord"]').count(), 0, "Discord is unlinked");
+  await noLeak(ctx, page, "unlinked");
 
   // Signing out ends the session and clears its cookies.
   await page.click("#signout");
