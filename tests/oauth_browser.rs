@@ -3,9 +3,9 @@
 //! rig's oidc-provider). The page signs in through the provider's login and consent forms,
 //! plays a note that a WebSocket client of this trial hears in the same room, links and unlinks
 //! Discord (the rig's stand-in) from the account panel, signs out and in again as the same
-//! account, then from a fresh browser; at each step the script checks that the refresh token (which the
-//! test, not the page, reads from the browser's cookie jar) is out of every page script's reach
-//! and absent from the server's logs.
+//! account, then from a fresh browser; at each step the script checks that the refresh token
+//! (which the test, not the page, reads from the browser's cookie jar) is out of every page
+//! script's reach and absent from the server's logs.
 
 use e2e_tests::proto::{note_event, server_message};
 use e2e_tests::*;
