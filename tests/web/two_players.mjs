@@ -84,6 +84,11 @@ try {
   await carol.waitForFunction(() => window.__piano.participants.size === 3, null, { timeout: 10000 });
   const carolIs = await carol.evaluate(() => [window.__piano.you.userId, window.__piano.you.roles]);
   assert.deepEqual(carolIs, [`user:${carolName}`, ["member"]], "Carol signed up as a member");
+  // Her session is in cookies: the page keeps neither token in storage, and reads only the CSRF one.
+  const kept = await carol.evaluate(() => [JSON.parse(localStorage.getItem("piano.session")), document.cookie]);
+  assert.deepEqual(Object.keys(kept[0]).sort(), ["expires", "member", "name"], "a member's stored session holds no token");
+  assert.match(kept[1], /(^|; )piano_csrf=/, "the CSRF cookie is readable");
+  assert.doesNotMatch(kept[1], /piano_refresh/, "the refresh cookie is not");
   await carol.screenshot({ path: `${shots}/room-phone.png`, fullPage: true });
 
   // An MPP client joins the room on /mpp: the pages list it like anyone else, hear its notes
