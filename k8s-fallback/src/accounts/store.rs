@@ -204,7 +204,7 @@ impl Accounts {
     }
 
     /// Stores a new account unless the name is taken; `false` if it was.
-    pub(super) async fn create(&self, key: &str, a: &AccountData) -> Result<bool, Failure> {
+    pub async fn create(&self, key: &str, a: &AccountData) -> Result<bool, Failure> {
         let data = serde_json::to_string(a).map_err(|e| e.to_string())?;
         match &self.backend {
             Backend::Sqlite(_) => {
