@@ -123,3 +123,37 @@ async fn two_links_of_one_identity_give_one_success() {
     let redis = Redis::start();
     links_race(Arc::new(redis_store(&redis).await)).await;
 }
+
+/// A bad `OAUTH_PROVIDERS` or `PUBLIC_URL` stops the server from starting, with the core's
+/// message.
+#[test]
+fn bad_provider_settings_refuse_to_start() {
+    let dir = scratch_dir("oauth-config");
+    let with = |name: &'static str, value: &'static str| {
+        let dir = dir.display().to_string();
+        k8s_fallback::config::from_lookup(move |k| match k {
+            "DATA_DIR" => Some(dir.clone()),
+            k if k == name => Some(value.to_owned()),
+            _ => None,
+        })
+    };
+    let err = |r: Result<k8s_fallback::config::Config, String>| r.err().unwrap_or_default();
+    assert!(
+        err(with(
+            "OAUTH_PROVIDERS",
+            r#"[{"id":"D","kind":"discord","client_id":"1"}]"#
+        ))
+        .contains("OAUTH_PROVIDERS: id \"D\" must be 2-16 of a-z 0-9")
+    );
+    assert!(err(with("OAUTH_PROVIDERS", "{")).starts_with("OAUTH_PROVIDERS"));
+    assert!(err(with("PUBLIC_URL", "https://piano.example/app")).contains("PUBLIC_URL"));
+    assert!(err(with("PUBLIC_URL", "http://piano.example")).contains("PUBLIC_URL"));
+    let ok = with(
+        "OAUTH_PROVIDERS",
+        r#"[{"id":"discord","kind":"discord","client_id":"1"}]"#,
+    )
+    .expect("a good configuration");
+    assert_eq!(ok.oauth_providers.len(), 1);
+    let ok = with("PUBLIC_URL", "https://piano.example/").expect("an origin");
+    assert_eq!(ok.public_url.as_deref(), Some("https://piano.example"));
+}
