@@ -105,7 +105,7 @@ async fn start_session(
 
 /// A cookie sign-in must come from our origin: no other site may sign a browser in to an
 /// account of its choosing.
-fn cookie_sign_in<'a>(wanted: bool, browser: &'a Browser) -> Result<Option<&'a Browser>, ApiError> {
+fn cookie_sign_in(wanted: bool, browser: &Browser) -> Result<Option<&Browser>, ApiError> {
     if !wanted {
         return Ok(None);
     }
