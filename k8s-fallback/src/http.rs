@@ -129,6 +129,19 @@ fn browser(hub: &Hub, peer: SocketAddr, headers: &axum::http::HeaderMap) -> acco
     accounts::Browser::of(&hub.cfg, headers, from_proxy)
 }
 
+/// Counts one request toward the auth rate limit (`AUTH_RATE_LIMIT_PER_MINUTE`).
+async fn rate_limited(
+    app: &App,
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), piano_core::account::ApiError> {
+    let hub = &app.hub;
+    let ip = client_ip(hub, peer, headers);
+    app.limiter
+        .check_shared(hub.cluster.as_deref(), &hub.cfg.redis_key_prefix, ip)
+        .await
+}
+
 /// Every request, counted: HTTP errors by status (`piano_http_errors_total`).
 async fn route(
     State(app): State<App>,
@@ -183,12 +196,7 @@ async fn route_inner(app: App, peer: SocketAddr, req: Request) -> Response {
             ],
         ) => {
             let endpoint = *endpoint;
-            let ip = client_ip(hub, peer, req.headers());
-            let limited = app
-                .limiter
-                .check_shared(hub.cluster.as_deref(), &hub.cfg.redis_key_prefix, ip)
-                .await;
-            if let Err(e) = limited {
+            if let Err(e) = rate_limited(&app, peer, req.headers()).await {
                 metrics::add_slot(metrics_auth_slot(Auth::RateLimited), 1);
                 return auth::api_error(&e);
             }
@@ -225,23 +233,13 @@ async fn route_inner(app: App, peer: SocketAddr, req: Request) -> Response {
                 return crate::oauth::callback(&hub.cfg, accounts, &app.oauth, &browser, id, query)
                     .await;
             }
-            let ip = client_ip(hub, peer, req.headers());
-            if let Err(e) = app
-                .limiter
-                .check_shared(hub.cluster.as_deref(), &hub.cfg.redis_key_prefix, ip)
-                .await
-            {
+            if let Err(e) = rate_limited(&app, peer, req.headers()).await {
                 return auth::api_error(&e);
             }
             crate::oauth::start(&hub.cfg, &app.oauth, &browser, id, query).await
         }
         (&Method::POST, ["api", "auth", "oauth", id, "link"]) => {
-            let ip = client_ip(hub, peer, req.headers());
-            if let Err(e) = app
-                .limiter
-                .check_shared(hub.cluster.as_deref(), &hub.cfg.redis_key_prefix, ip)
-                .await
-            {
+            if let Err(e) = rate_limited(&app, peer, req.headers()).await {
                 return auth::api_error(&e);
             }
             let browser = browser(hub, peer, req.headers());

@@ -261,6 +261,21 @@ async fn signed_in(r: &Replica, stand: &Stand, provider: &str, code: &str) -> (S
     access(r, &refresh, &csrf).await
 }
 
+/// A sign-in through the OpenID Connect stand-in whose ID token carries `nonce` (default: the
+/// flow's).
+async fn oidc_attempt(
+    r: &Replica,
+    stand: &Stand,
+    code: &str,
+    nonce: Option<&str>,
+) -> reqwest::Response {
+    let f = start(r, "local", "/").await;
+    let nonce = nonce.map(str::to_owned).or(f.nonce.clone()).unwrap();
+    stand.nonces.lock().unwrap().insert(code.into(), nonce);
+    let q = format!("code={code}&state={}", f.state);
+    callback(r, "local", &q, &f.cookie).await
+}
+
 async fn identities(r: &Replica, token: &str) -> Value {
     client()
         .get(r.http("/api/auth/identities"))
@@ -454,50 +469,14 @@ async fn sign_in_link_unlink_and_cookie_sessions() {
     assert_eq!(ids["identities"][0]["provider"], "local");
     // A forged ID token signature is refused.
     *stand.forge.lock().unwrap() = true;
-    let f = start(&r, "local", "/").await;
-    stand
-        .nonces
-        .lock()
-        .unwrap()
-        .insert("ada1-b".into(), f.nonce.clone().unwrap());
-    let forged = callback(
-        &r,
-        "local",
-        &format!("code=ada1-b&state={}", f.state),
-        &f.cookie,
-    )
-    .await;
+    let forged = oidc_attempt(&r, &stand, "ada1-b", None).await;
     assert_eq!(code_of(forged).await, (401, "oauth_token".into()));
     *stand.forge.lock().unwrap() = false;
     // A nonce other than the flow's is refused.
-    let f = start(&r, "local", "/").await;
-    stand
-        .nonces
-        .lock()
-        .unwrap()
-        .insert("ada1-c".into(), "other".into());
-    let wrong = callback(
-        &r,
-        "local",
-        &format!("code=ada1-c&state={}", f.state),
-        &f.cookie,
-    )
-    .await;
+    let wrong = oidc_attempt(&r, &stand, "ada1-c", Some("other")).await;
     assert_eq!(code_of(wrong).await, (401, "oauth_token".into()));
     // Signing in through the linked identity is alice.
-    let f = start(&r, "local", "/").await;
-    stand
-        .nonces
-        .lock()
-        .unwrap()
-        .insert("ada1-d".into(), f.nonce.clone().unwrap());
-    let resp = callback(
-        &r,
-        "local",
-        &format!("code=ada1-d&state={}", f.state),
-        &f.cookie,
-    )
-    .await;
+    let resp = oidc_attempt(&r, &stand, "ada1-d", None).await;
     assert_eq!(resp.status(), 303);
     let (refresh, csrf) = session_of(resp.headers());
     let (_, user) = access(&r, &refresh, &csrf).await;
