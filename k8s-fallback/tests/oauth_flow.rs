@@ -298,43 +298,76 @@ async fn unlink(r: &Replica, token: &str, provider: &str) -> (u16, String) {
     code_of(resp).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sign_in_link_unlink_and_cookie_sessions() {
-    let stand = serve_stand().await;
+fn providers_env(stand: &Stand) -> Vec<(&'static str, String)> {
     let providers = json!([
         {"id": "discord", "kind": "discord", "client_id": "123", "base_url": stand.base, "cdn_url": stand.base},
         {"id": "local", "kind": "oidc", "client_id": "piano", "issuer": format!("{}/oidc", stand.base)}
     ]);
-    let r = Replica::start(
-        "oauth-flow",
-        &[
-            ("DATA_DIR", scratch_dir("oauth-flow").display().to_string()),
-            ("OAUTH_PROVIDERS", providers.to_string()),
-            ("OAUTH_CLIENT_SECRET_DISCORD", "s3cret".into()),
-            ("OAUTH_CLIENT_SECRET_LOCAL", "s3cret".into()),
-        ],
+    vec![
+        ("OAUTH_PROVIDERS", providers.to_string()),
+        ("OAUTH_CLIENT_SECRET_DISCORD", "s3cret".into()),
+        ("OAUTH_CLIENT_SECRET_LOCAL", "s3cret".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_sign_in_link_unlink_and_cookie_sessions() {
+    let stand = serve_stand().await;
+    let mut env = providers_env(&stand);
+    env.push(("DATA_DIR", scratch_dir("oauth-flow").display().to_string()));
+    let r = Replica::start("oauth-flow", &env);
+    scenario(&r, &stand).await;
+}
+
+/// The same on Redis, and a flow started on one replica finished on another (the flow cookie
+/// is signed with the deployment's key; nothing was stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_sign_in_link_unlink_and_cookie_sessions() {
+    let stand = serve_stand().await;
+    let redis = common::Redis::start();
+    let mut env = providers_env(&stand);
+    env.push((
+        "DATA_DIR",
+        scratch_dir("oauth-cluster").display().to_string(),
+    ));
+    env.push(("REDIS_URL", redis.url()));
+    env.push(("JWT_PRIVATE_KEY", e2e_tests::random_key_pem()));
+    let (a, b) = (
+        Replica::start("oauth-a", &env),
+        Replica::start("oauth-b", &env),
     );
+    scenario(&a, &stand).await;
+    let f = start(&a, "discord", "/").await;
+    let q = format!("code=333-a&state={}", f.state);
+    let resp = callback(&b, "discord", &q, &f.cookie).await;
+    assert_eq!(resp.status(), 303);
+    let (refresh, csrf) = session_of(resp.headers());
+    let (_, user) = access(&a, &refresh, &csrf).await;
+    assert_eq!(user["name"], "Nelly");
+}
+
+async fn scenario(r: &Replica, stand: &Stand) {
     let listed: Value = common::get_json(&r.http("/api/auth/providers")).await;
     assert_eq!(listed["providers"][0]["id"], "discord");
     assert_eq!(listed["providers"][1]["kind"], "oidc");
 
     // A first sign-in through Discord: 303 to return_to, a session in cookies, no password.
-    let f = start(&r, "discord", "/rooms%3Fa%3D1").await;
+    let f = start(r, "discord", "/rooms%3Fa%3D1").await;
     assert!(
         f.location
             .starts_with(&format!("{}/oauth2/authorize?", stand.base))
     );
     let ok = format!("code=111-a&state={}", f.state);
-    let resp = callback(&r, "discord", &ok, &f.cookie).await;
+    let resp = callback(r, "discord", &ok, &f.cookie).await;
     assert_eq!(resp.status(), 303);
     assert_eq!(resp.headers()["location"], "/rooms?a=1");
     let (refresh, csrf) = session_of(resp.headers());
     assert_eq!(csrf, cookies::csrf_token(&refresh));
     // The same callback again (the cookie kept by an attacker): the provider refuses the code.
-    let replay = callback(&r, "discord", &ok, &f.cookie).await;
+    let replay = callback(r, "discord", &ok, &f.cookie).await;
     assert_eq!(code_of(replay).await, (400, "oauth_code".into()));
     // Another state, consent refused, no cookie, an unknown provider.
-    let f2 = start(&r, "discord", "/").await;
+    let f2 = start(r, "discord", "/").await;
     let cases = [
         (
             "code=111-b&state=zzz".to_owned(),
@@ -357,7 +390,7 @@ async fn sign_in_link_unlink_and_cookie_sessions() {
     ];
     for (q, cookie, status, code) in cases {
         assert_eq!(
-            code_of(callback(&r, "discord", &q, &cookie).await).await,
+            code_of(callback(r, "discord", &q, &cookie).await).await,
             (status, code.into())
         );
     }
@@ -396,7 +429,7 @@ async fn sign_in_link_unlink_and_cookie_sessions() {
         .await
         .unwrap();
     assert_eq!(code_of(elsewhere).await, (403, "cross_site".into()));
-    let rotated = cookie_refresh(&r, &refresh, &csrf).await;
+    let rotated = cookie_refresh(r, &refresh, &csrf).await;
     assert_eq!(rotated.status(), 200);
     let (refresh2, csrf2) = {
         let c = set_cookies(rotated.headers());
@@ -407,20 +440,17 @@ async fn sign_in_link_unlink_and_cookie_sessions() {
     assert_eq!(body["csrf_token"], csrf2.as_str());
     let nelly = body["access_token"].as_str().unwrap().to_owned();
     assert_eq!(body["user"]["name"], "Nelly");
-    let ids = identities(&r, &nelly).await;
+    let ids = identities(r, &nelly).await;
     assert_eq!(ids["has_password"], false);
     assert_eq!(ids["identities"][0]["subject"], "111");
     // Its only way in.
     assert_eq!(
-        unlink(&r, &nelly, "discord").await,
+        unlink(r, &nelly, "discord").await,
         (409, "last_way_in".into())
     );
-    assert_eq!(
-        unlink(&r, &nelly, "local").await,
-        (404, "not_linked".into())
-    );
+    assert_eq!(unlink(r, &nelly, "local").await, (404, "not_linked".into()));
     // Signing in again finds the same account.
-    let (_, again) = signed_in(&r, &stand, "discord", "111-d").await;
+    let (_, again) = signed_in(r, stand, "discord", "111-d").await;
     assert_eq!(again["id"], body["user"]["id"]);
 
     // A password member links the OpenID Connect identity, then signs in through it.
@@ -461,25 +491,25 @@ async fn sign_in_link_unlink_and_cookie_sessions() {
         .unwrap()
         .insert("ada1-a".into(), f.nonce.clone().unwrap());
     let q = format!("code=ada1-a&state={}", f.state);
-    let resp = callback(&r, "local", &q, &f.cookie).await;
+    let resp = callback(r, "local", &q, &f.cookie).await;
     assert_eq!(resp.status(), 303, "{:?}", code_of(resp).await);
     assert_eq!(resp.headers()["location"], "/account");
-    let ids = identities(&r, &alice).await;
+    let ids = identities(r, &alice).await;
     assert_eq!(ids["has_password"], true);
     assert_eq!(ids["identities"][0]["provider"], "local");
     // A forged ID token signature is refused.
     *stand.forge.lock().unwrap() = true;
-    let forged = oidc_attempt(&r, &stand, "ada1-b", None).await;
+    let forged = oidc_attempt(r, stand, "ada1-b", None).await;
     assert_eq!(code_of(forged).await, (401, "oauth_token".into()));
     *stand.forge.lock().unwrap() = false;
     // A nonce other than the flow's is refused.
-    let wrong = oidc_attempt(&r, &stand, "ada1-c", Some("other")).await;
+    let wrong = oidc_attempt(r, stand, "ada1-c", Some("other")).await;
     assert_eq!(code_of(wrong).await, (401, "oauth_token".into()));
     // Signing in through the linked identity is alice.
-    let resp = oidc_attempt(&r, &stand, "ada1-d", None).await;
+    let resp = oidc_attempt(r, stand, "ada1-d", None).await;
     assert_eq!(resp.status(), 303);
     let (refresh, csrf) = session_of(resp.headers());
-    let (_, user) = access(&r, &refresh, &csrf).await;
+    let (_, user) = access(r, &refresh, &csrf).await;
     assert_eq!(user["username"], "alice");
     // Nelly's Discord identity is not alice's to link.
     let link = client()
@@ -492,7 +522,7 @@ async fn sign_in_link_unlink_and_cookie_sessions() {
     let url: Value = link.json().await.unwrap();
     let f = flow_of(url["url"].as_str().unwrap(), &h);
     let q = format!("code=111-e&state={}", f.state);
-    let taken = callback(&r, "discord", &q, &f.cookie).await;
+    let taken = callback(r, "discord", &q, &f.cookie).await;
     assert_eq!(
         code_of(taken).await,
         (409, "identity_linked_elsewhere".into())
@@ -505,8 +535,8 @@ async fn sign_in_link_unlink_and_cookie_sessions() {
         .unwrap();
     assert_eq!(anonymous.status(), 401);
     // alice has a password: unlinking is fine.
-    assert_eq!(unlink(&r, &alice, "local").await.0, 204);
-    assert_eq!(identities(&r, &alice).await["identities"], json!([]));
+    assert_eq!(unlink(r, &alice, "local").await.0, 204);
+    assert_eq!(identities(r, &alice).await["identities"], json!([]));
 
     // Cookie login and logout.
     let login = client()
@@ -536,7 +566,7 @@ async fn sign_in_link_unlink_and_cookie_sessions() {
             .1
             .contains("Max-Age=0")
     );
-    let after = cookie_refresh(&r, &refresh, &csrf).await;
+    let after = cookie_refresh(r, &refresh, &csrf).await;
     let cleared = set_cookies(after.headers())["piano_refresh"].1.clone();
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
     assert_eq!(code_of(after).await, (401, "invalid_session".into()));
