@@ -12,6 +12,7 @@ use piano_core::oauth::{cookies, query_param};
 use reqwest::header::{HeaderMap, SET_COOKIE};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 fn b64(bytes: &[u8]) -> String {
@@ -27,6 +28,11 @@ struct Stand {
     key: ed25519_dalek::SigningKey,
     /// A signature the ID tokens are given instead of theirs (a forgery).
     forge: Mutex<bool>,
+    /// The `kid` the ID tokens name.
+    kid: Mutex<&'static str>,
+    /// Fetches of the discovery document and of the keys.
+    discoveries: AtomicUsize,
+    jwks: AtomicUsize,
 }
 
 fn form(body: &str, name: &str) -> String {
@@ -42,6 +48,9 @@ async fn serve_stand() -> Arc<Stand> {
         nonces: Mutex::default(),
         key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
         forge: Mutex::new(false),
+        kid: Mutex::new("k1"),
+        discoveries: AtomicUsize::new(0),
+        jwks: AtomicUsize::new(0),
     });
     let s = stand.clone();
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
@@ -98,7 +107,7 @@ async fn answer(s: &Stand, req: axum::extract::Request) -> axum::response::Respo
                 let nonce = s.nonces.lock().unwrap().get(&code).cloned();
                 let claims = json!({"iss": issuer, "aud": "piano", "sub": sub, "iat": now,
                     "exp": now + 300, "nonce": nonce, "preferred_username": "ada"});
-                let header = json!({"alg": "EdDSA", "kid": "k1"});
+                let header = json!({"alg": "EdDSA", "kid": *s.kid.lock().unwrap()});
                 let input = format!(
                     "{}.{}",
                     b64(header.to_string().as_bytes()),
@@ -121,17 +130,23 @@ async fn answer(s: &Stand, req: axum::extract::Request) -> axum::response::Respo
             Some(sub) => axum::Json(json!({"sub": sub, "name": "Ada L"})).into_response(),
             None => (axum::http::StatusCode::UNAUTHORIZED, "no").into_response(),
         },
-        "/oidc/.well-known/openid-configuration" => axum::Json(json!({
+        "/oidc/.well-known/openid-configuration" => {
+            s.discoveries.fetch_add(1, SeqCst);
+            axum::Json(json!({
             "issuer": issuer, "authorization_endpoint": format!("{issuer}/auth"),
             "token_endpoint": format!("{issuer}/token"), "jwks_uri": format!("{issuer}/jwks"),
             "userinfo_endpoint": format!("{issuer}/me"),
-        }))
-        .into_response(),
-        "/oidc/jwks" => axum::Json(
-            json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1",
+            }))
+            .into_response()
+        }
+        "/oidc/jwks" => {
+            s.jwks.fetch_add(1, SeqCst);
+            axum::Json(
+                json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1",
             "x": b64(s.key.verifying_key().as_bytes())}]}),
-        )
-        .into_response(),
+            )
+            .into_response()
+        }
         _ => (axum::http::StatusCode::NOT_FOUND, "no").into_response(),
     }
 }
@@ -505,12 +520,26 @@ async fn scenario(r: &Replica, stand: &Stand) {
     // A nonce other than the flow's is refused.
     let wrong = oidc_attempt(r, stand, "ada1-c", Some("other")).await;
     assert_eq!(code_of(wrong).await, (401, "oauth_token".into()));
+    // A key the provider does not list: the keys are fetched again once, not at every try.
+    *stand.kid.lock().unwrap() = "k9";
+    let before = stand.jwks.load(SeqCst);
+    for code in ["ada1-e", "ada1-f"] {
+        let unknown = oidc_attempt(r, stand, code, None).await;
+        assert_eq!(code_of(unknown).await, (401, "oauth_token".into()));
+    }
+    assert!(
+        stand.jwks.load(SeqCst) <= before + 1,
+        "at most one refetch a minute"
+    );
+    *stand.kid.lock().unwrap() = "k1";
     // Signing in through the linked identity is alice.
     let resp = oidc_attempt(r, stand, "ada1-d", None).await;
     assert_eq!(resp.status(), 303);
     let (refresh, csrf) = session_of(resp.headers());
     let (_, user) = access(r, &refresh, &csrf).await;
     assert_eq!(user["username"], "alice");
+    // The discovery document was fetched once for all those sign-ins (cached for an hour).
+    assert_eq!(stand.discoveries.load(SeqCst), 1);
     // Nelly's Discord identity is not alice's to link.
     let link = client()
         .post(r.http("/api/auth/oauth/discord/link"))

@@ -14,6 +14,9 @@ use tokio::sync::Mutex;
 
 /// A provider's request and its answer, at most this long.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed discovery, the provider is not asked again for this long (ms): sign-ins
+/// arriving while it is down fail at once instead of queueing behind one timeout each.
+const RETRY_AFTER_FAILURE_MS: u64 = 10_000;
 
 struct Discovered {
     endpoints: Endpoints,
@@ -23,11 +26,18 @@ struct Discovered {
     keys_fetched: u64,
 }
 
+#[derive(Default)]
+struct Slot {
+    found: Option<Discovered>,
+    /// No discovery before then (ms), after a failure.
+    quiet_until: u64,
+}
+
 pub struct Providers {
     pub list: Vec<Provider>,
     http: reqwest::Client,
     /// Per OpenID Connect provider; its lock also makes concurrent misses fetch once.
-    cache: HashMap<String, Mutex<Option<Discovered>>>,
+    cache: HashMap<String, Mutex<Slot>>,
 }
 
 impl Providers {
@@ -42,7 +52,7 @@ impl Providers {
         let cache = list
             .iter()
             .filter(|p| p.is_oidc())
-            .map(|p| (p.id.clone(), Mutex::new(None)))
+            .map(|p| (p.id.clone(), Mutex::default()))
             .collect();
         Providers { list, http, cache }
     }
@@ -108,9 +118,39 @@ impl Providers {
             return Ok(e);
         }
         let mut slot = self.slot(p)?.lock().await;
-        if let Some(d) = slot.as_ref().filter(|d| now < d.fetched + DISCOVERY_TTL_MS) {
+        let fresh = |d: &&Discovered| now < d.fetched + DISCOVERY_TTL_MS;
+        if let Some(d) = slot.found.as_ref().filter(fresh) {
             return Ok(d.endpoints.clone());
         }
+        if now < slot.quiet_until {
+            // What we had (expired) rather than nothing, while the provider is not answering.
+            return match &slot.found {
+                Some(d) => Ok(d.endpoints.clone()),
+                None => Err(OAuthError::Provider("discovery failed recently".into())),
+            };
+        }
+        match self.discover(p).await {
+            Ok((endpoints, keys)) => {
+                slot.found = Some(Discovered {
+                    endpoints: endpoints.clone(),
+                    keys,
+                    fetched: now,
+                    keys_fetched: now,
+                });
+                Ok(endpoints)
+            }
+            Err(e) => {
+                slot.quiet_until = now + RETRY_AFTER_FAILURE_MS;
+                match &slot.found {
+                    Some(d) => Ok(d.endpoints.clone()),
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
+    /// The discovery document and the keys it names.
+    async fn discover(&self, p: &Provider) -> Result<(Endpoints, Vec<Jwk>), OAuthError> {
         let (Kind::Oidc { issuer, .. }, Some(url)) = (&p.kind, p.discovery_url()) else {
             return Err(OAuthError::Provider(
                 "not an OpenID Connect provider".into(),
@@ -119,16 +159,10 @@ impl Providers {
         let (_, body) = self.get("discovery", &url).await?;
         let endpoints = oidc::parse_discovery(issuer, &body)?;
         let keys = self.keys(&endpoints).await?;
-        *slot = Some(Discovered {
-            endpoints: endpoints.clone(),
-            keys,
-            fetched: now,
-            keys_fetched: now,
-        });
-        Ok(endpoints)
+        Ok((endpoints, keys))
     }
 
-    fn slot(&self, p: &Provider) -> Result<&Mutex<Option<Discovered>>, OAuthError> {
+    fn slot(&self, p: &Provider) -> Result<&Mutex<Slot>, OAuthError> {
         self.cache
             .get(&p.id)
             .ok_or_else(|| OAuthError::Provider("not an OpenID Connect provider".into()))
@@ -139,7 +173,7 @@ impl Providers {
     pub async fn key(&self, p: &Provider, token: &Unchecked, now: u64) -> Result<Jwk, OAuthError> {
         self.endpoints(p, now).await?;
         let mut slot = self.slot(p)?.lock().await;
-        let Some(d) = slot.as_mut() else {
+        let Some(d) = slot.found.as_mut() else {
             return Err(OAuthError::Provider("discovery vanished".into()));
         };
         if let Some(k) = token.key(&d.keys) {
