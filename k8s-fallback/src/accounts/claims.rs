@@ -16,8 +16,9 @@ use super::store::{Accounts, Backend, CAS, Failure};
 use super::unavailable;
 use piano_core::account::lookup;
 use piano_core::account::{AccountData, ApiError};
+use piano_core::oauth::LinkedIdentity;
 use piano_core::oauth::OAuthError;
-use piano_core::oauth::link::{self, Added, Claim, LinkedIdentity, Linker, Want};
+use piano_core::oauth::link::{self, Added, Claim, Linker, Want};
 use rusqlite::OptionalExtension;
 use std::sync::{Arc, Mutex};
 
