@@ -18,6 +18,7 @@
 
 pub mod account;
 mod account_stats;
+pub mod claims;
 pub mod analytics;
 pub mod limiter;
 pub mod lobby;
