@@ -18,8 +18,8 @@
 
 pub mod account;
 mod account_stats;
-pub mod claims;
 pub mod analytics;
+pub mod claims;
 pub mod limiter;
 pub mod lobby;
 pub mod log;

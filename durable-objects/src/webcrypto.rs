@@ -250,14 +250,25 @@ pub mod jws {
     /// Whether `signature` is `key`'s over `input` under `alg` (the caller checked
     /// `alg.fits(key)`). `Err`: WebCrypto refused the key (a malformed JWK: the provider's
     /// fault) or failed.
-    pub async fn verify(alg: Alg, key: &Jwk, input: &[u8], signature: &[u8]) -> Result<bool, JsValue> {
+    pub async fn verify(
+        alg: Alg,
+        key: &Jwk,
+        input: &[u8],
+        signature: &[u8],
+    ) -> Result<bool, JsValue> {
         let subtle = get(&get(&worker::js_sys::global(), "crypto")?, "subtle")?;
         let (import, verify) = params(alg)?;
         let usages: Array = [JsValue::from_str("verify")].iter().collect();
         let key = call(
             &subtle,
             "importKey",
-            &["jwk".into(), jwk(key)?.into(), import.into(), false.into(), usages.into()],
+            &[
+                "jwk".into(),
+                jwk(key)?.into(),
+                import.into(),
+                false.into(),
+                usages.into(),
+            ],
         )
         .await?;
         let ok = call(
