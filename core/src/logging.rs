@@ -209,7 +209,8 @@ pub fn valid_request_id(id: &str) -> bool {
 
 /// Masks anything in `text` shaped like a credential: a JWT (three base64url segments, the first
 /// starting `eyJ`) or a refresh token (`user.sid.secret`, the secret ≥ 16 characters), and the
-/// value after `password`, `token`, `secret` or `authorization` followed by `=`, `:` or `"`.
+/// value after `password`, `token`, `secret`, `authorization`, a PKCE verifier or one of our
+/// session cookies followed by `=`, `:` or `"`, and an authorization code (`code=`).
 /// A guard, not a licence: hosts never pass credentials to the logger on purpose.
 pub fn redact(text: &str) -> Cow<'_, str> {
     let mut out = String::new();
@@ -268,10 +269,17 @@ fn keyed_secret(rest: &str, key: &str) -> Option<(usize, usize)> {
         "secret",
         "authorization",
         "bearer",
+        "verifier",
+        "piano_refresh",
+        "piano_oauth",
+        "piano_csrf",
     ]
     .iter()
     .any(|s| k.ends_with(s));
-    if !sensitive {
+    // An authorization code in a callback's query (`code=`); `"code": "oauth_flow"` (an error
+    // code) stays readable.
+    let query_code = k == "code" && rest.starts_with('=');
+    if !sensitive && !query_code {
         return None;
     }
     let b = rest.as_bytes();
@@ -401,6 +409,15 @@ mod tests {
         assert!(!r.contains("hunter2"), "{r}");
         assert!(!redact("password=hunter2&x=1").contains("hunter2"));
         assert!(!redact("Authorization: Bearer abc.def").contains("abc.def"));
+        // A callback's code and PKCE verifier, our cookies; an error code stays.
+        let r = redact("GET /api/auth/oauth/x/callback?code=SplxlOBeZQQYbYS6WxSbIA&state=s");
+        assert!(
+            !r.contains("SplxlOBeZQQYbYS6WxSbIA") && r.contains("state=s"),
+            "{r}"
+        );
+        assert!(!redact("code_verifier=dBjftJeZ4CVP&x").contains("dBjftJeZ4CVP"));
+        assert!(!redact("cookie: piano_oauth=e30.sig; a=b").contains("e30.sig"));
+        assert!(redact(r#"{"code":"oauth_flow"}"#).contains("oauth_flow"));
         // Ordinary text is left alone (and not copied).
         assert!(matches!(
             redact("set METRICS_TOKEN or METRICS_ADDR to serve it"),

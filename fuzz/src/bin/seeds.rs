@@ -19,6 +19,7 @@ fn main() {
     write(dir, "auth_json", auth_bodies());
     write(dir, "token", tokens());
     write(dir, "names", names());
+    write(dir, "oauth", oauth());
 }
 
 fn write(dir: &Path, target: &str, seeds: Vec<Vec<u8>>) {
@@ -289,6 +290,31 @@ fn names() -> Vec<Vec<u8>> {
         seed(
             7,
             "https://a.example, https://B.example/\nhttps://b.example",
+        ),
+    ]
+}
+
+fn oauth() -> Vec<Vec<u8>> {
+    let with = |which: u8, s: &str| {
+        let mut v = vec![which];
+        v.extend_from_slice(s.as_bytes());
+        v
+    };
+    vec![
+        with(0, "idp\ncode=c&state=abc\npiano_oauth=e30.AAAA"),
+        with(1, "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsifQ.eyJzdWIiOiJ1In0.c2ln"),
+        with(
+            2,
+            r#"{"issuer":"https://idp.example","authorization_endpoint":"https://idp.example/a","token_endpoint":"https://idp.example/t","jwks_uri":"https://idp.example/j"}"#,
+        ),
+        with(
+            3,
+            r#"{"id":"80351110224678912","username":"nelly","global_name":"Nelly","avatar":"abc"}"#,
+        ),
+        with(4, "/rooms?x=1"),
+        with(
+            5,
+            r#"{"access_token":"a","token_type":"Bearer","id_token":"x"}"#,
         ),
     ]
 }

@@ -5,6 +5,7 @@
 pub mod auth_json;
 pub mod input;
 pub mod names;
+pub mod oauth;
 pub mod proto;
 pub mod room;
 pub mod room_input;
@@ -14,11 +15,12 @@ pub mod token;
 pub type Target = fn(&[u8]);
 
 /// Every target by name, as the replay test and the `fuzz` script name them.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("client_message", proto::client_message),
     ("server_message", proto::server_message),
     ("room", room::run),
     ("auth_json", auth_json::run),
     ("token", token::run),
     ("names", names::run),
+    ("oauth", oauth::run),
 ];
