@@ -221,13 +221,20 @@ pub async fn callback(req: Request, env: &Env, id: &str) -> Result<Response> {
         page: !core_oauth::wants_json(req.headers().get("accept")?.as_deref()),
         clear_flow: Some(secure),
     };
+    // Refused before the flow is read (rate limit, configuration): the flow ends here too.
+    let ended = |resp: Result<Response>| -> Result<Response> {
+        let mut resp = resp?;
+        resp.headers_mut()
+            .append("set-cookie", &flow::clear_flow_cookie(secure))?;
+        Ok(resp)
+    };
     let cfg = match limited_config(&req, env).await {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err(resp) => return ended(resp),
     };
     let ps = match providers(env) {
         Ok(ps) => ps,
-        Err(resp) => return resp,
+        Err(resp) => return ended(resp),
     };
     match signed_in(&req, env, &cfg, &ps, id, &own).await {
         Ok((return_to, refresh)) => {
