@@ -101,69 +101,77 @@ fn query(req: &Request) -> String {
         .unwrap_or_default()
 }
 
-/// A flow's start: the provider's address and the flow cookie.
-async fn begin(
-    req: &Request,
-    env: &Env,
-    cfg: &Config,
-    p: &Provider,
-    link: Option<String>,
-) -> std::result::Result<flow::Start, ApiError> {
-    let own = auth::own_origin(req, env);
-    let endpoints = provider::endpoints(p, now())
-        .await
-        .map_err(ApiError::OAuth)?;
-    let return_to = core_oauth::query_param(&query(req), "return_to");
-    let random = random::<{ flow::START_RANDOM }>().map_err(|_| unavailable())?;
-    flow::start(
-        p,
-        &endpoints,
-        &config::redirect_uri(&own, &p.id),
-        return_to.as_deref(),
-        link,
-        &random,
-        now(),
-        &cfg.flow_key(),
-        cookies::secure(&own),
-    )
-    .map_err(ApiError::OAuth)
-}
-
 fn unavailable() -> ApiError {
     ApiError::Unavailable {
         retry_after_secs: None,
     }
 }
 
-/// `GET /api/auth/oauth/{id}/start?return_to=`: 302 to the provider, with the flow cookie.
-pub async fn start(req: Request, env: &Env, id: &str) -> Result<Response> {
+/// A flow's start (`linking`: for the signed-in member of the bearer token): the provider's
+/// address and the flow cookie, or the answer that refuses it.
+async fn begin(
+    req: &Request,
+    env: &Env,
+    id: &str,
+    linking: bool,
+) -> std::result::Result<flow::Start, Result<Response>> {
+    let own = auth::own_origin(req, env);
     let fail = Failure {
         provider: id,
-        page: !core_oauth::wants_json(req.headers().get("accept")?.as_deref()),
-        clear_flow: Some(cookies::secure(&auth::own_origin(&req, env))),
+        // `start` is a browser navigation; `link` an API call.
+        page: !linking
+            && !core_oauth::wants_json(req.headers().get("accept").ok().flatten().as_deref()),
+        clear_flow: Some(cookies::secure(&own)),
     };
-    let cfg = match limited_config(&req, env).await {
-        Ok(c) => c,
+    let cfg = limited_config(req, env).await?;
+    let link = match linking {
+        true => Some(member(req, env).await?),
+        false => None,
+    };
+    let ps = providers(env)?;
+    let p = config::find(&ps, id).map_err(|e| fail.answer(&ApiError::OAuth(e)))?;
+    let random = random::<{ flow::START_RANDOM }>().map_err(Err)?;
+    let started = match provider::endpoints(p, now()).await {
+        Ok(endpoints) => flow::start(
+            p,
+            &endpoints,
+            &config::redirect_uri(&own, &p.id),
+            core_oauth::query_param(&query(req), "return_to").as_deref(),
+            link,
+            &random,
+            now(),
+            &cfg.flow_key(),
+            cookies::secure(&own),
+        ),
+        Err(e) => Err(e),
+    };
+    started.map_err(|e| fail.answer(&ApiError::OAuth(e)))
+}
+
+/// `GET /api/auth/oauth/{id}/start?return_to=`: 302 to the provider, with the flow cookie.
+pub async fn start(req: Request, env: &Env, id: &str) -> Result<Response> {
+    let s = match begin(&req, env, id, false).await {
+        Ok(s) => s,
         Err(resp) => return resp,
     };
-    let ps = match providers(env) {
-        Ok(ps) => ps,
+    let mut resp = Response::empty()?.with_status(302);
+    resp.headers_mut().set("location", &s.location)?;
+    resp.headers_mut().set("cache-control", "no-store")?;
+    resp.headers_mut().append("set-cookie", &s.set_cookie)?;
+    Ok(resp)
+}
+
+/// `POST /api/auth/oauth/{id}/link?return_to=` (a member): `{"url"}` to open, and the flow
+/// cookie naming the member.
+pub async fn link(req: Request, env: &Env, id: &str) -> Result<Response> {
+    let s = match begin(&req, env, id, true).await {
+        Ok(s) => s,
         Err(resp) => return resp,
     };
-    let started = match config::find(&ps, id) {
-        Ok(p) => begin(&req, env, &cfg, p, None).await,
-        Err(e) => Err(ApiError::OAuth(e)),
-    };
-    match started {
-        Ok(s) => {
-            let mut resp = Response::empty()?.with_status(302);
-            resp.headers_mut().set("location", &s.location)?;
-            resp.headers_mut().set("cache-control", "no-store")?;
-            resp.headers_mut().append("set-cookie", &s.set_cookie)?;
-            Ok(resp)
-        }
-        Err(e) => fail.answer(&e),
-    }
+    let mut resp = Response::from_json(&serde_json::json!({ "url": s.location }))?;
+    resp.headers_mut().set("cache-control", "no-store")?;
+    resp.headers_mut().append("set-cookie", &s.set_cookie)?;
+    Ok(resp)
 }
 
 /// The signed-in member of a bearer request (an account key), or the refusal to answer.
@@ -172,41 +180,6 @@ async fn member(req: &Request, env: &Env) -> std::result::Result<String, Result<
     match (claims.sub.strip_prefix("user:"), &claims.sid) {
         (Some(user), Some(_)) => Ok(user.to_owned()),
         _ => Err(api_response(&ApiError::NotAMember)),
-    }
-}
-
-/// `POST /api/auth/oauth/{id}/link?return_to=` (a member): `{"url"}` to open, and the flow
-/// cookie naming the member.
-pub async fn link(req: Request, env: &Env, id: &str) -> Result<Response> {
-    let fail = Failure {
-        provider: id,
-        page: false,
-        clear_flow: Some(cookies::secure(&auth::own_origin(&req, env))),
-    };
-    let cfg = match limited_config(&req, env).await {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
-    let key = match member(&req, env).await {
-        Ok(k) => k,
-        Err(resp) => return resp,
-    };
-    let ps = match providers(env) {
-        Ok(ps) => ps,
-        Err(resp) => return resp,
-    };
-    let started = match config::find(&ps, id) {
-        Ok(p) => begin(&req, env, &cfg, p, Some(key)).await,
-        Err(e) => Err(ApiError::OAuth(e)),
-    };
-    match started {
-        Ok(s) => {
-            let mut resp = Response::from_json(&serde_json::json!({ "url": s.location }))?;
-            resp.headers_mut().set("cache-control", "no-store")?;
-            resp.headers_mut().append("set-cookie", &s.set_cookie)?;
-            Ok(resp)
-        }
-        Err(e) => fail.answer(&e),
     }
 }
 
