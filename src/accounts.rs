@@ -294,7 +294,9 @@ async fn refresh_call(env: &Env, t: &RefreshToken<'_>) -> Result<Response> {
 pub async fn logout(mut req: Request, env: &Env) -> Result<Response> {
     try_resp!(limited_config(&req, env).await);
     let access = bearer(&req);
-    let b = session_body_of(&mut req).await.unwrap_or_default();
+    let body = try_resp!(capped_body(&mut req).await);
+    // An empty or unreadable body means "log out with the cookie or the access token".
+    let b: SessionBody = serde_json::from_slice(&body).unwrap_or_default();
     let mut from_cookie = None;
     let call = if let Some(token) = b.refresh_token.as_deref() {
         // The account checks the secret: a user name and session id alone end nothing. A
