@@ -260,33 +260,24 @@ pub async fn refresh(mut req: Request, env: &Env) -> Result<Response> {
             None => return api_response(&ApiError::InvalidSession(SessionRefusal::NotValid)),
         },
     };
-    let secure = match delivery {
-        Delivery::Cookies { secure } => secure,
-        Delivery::Body => {
-            let t = try_resp!(refresh_token(Some(&token)));
-            let resp = refresh_call(env, &t).await?;
-            return issue(&cfg, resp, delivery).await;
-        }
-    };
-    let resp = match RefreshToken::parse(&token) {
-        Some(t) => {
-            let resp = refresh_call(env, &t).await?;
+    let resp = match refresh_token(Some(&token)) {
+        Ok(t) => {
+            let resp = account_call(
+                env,
+                t.user,
+                Method::Post,
+                "/refresh",
+                Some(serde_json::json!({ "sid": t.sid, "secret": t.secret })),
+            )
+            .await?;
             issue(&cfg, resp, delivery).await
         }
-        None => api_response(&ApiError::InvalidSession(SessionRefusal::NotValid)),
+        Err(refused) => refused,
     };
-    cleared(resp, secure).await
-}
-
-async fn refresh_call(env: &Env, t: &RefreshToken<'_>) -> Result<Response> {
-    account_call(
-        env,
-        t.user,
-        Method::Post,
-        "/refresh",
-        Some(serde_json::json!({ "sid": t.sid, "secret": t.secret })),
-    )
-    .await
+    match delivery {
+        Delivery::Cookies { secure } => cleared(resp, secure).await,
+        Delivery::Body => resp,
+    }
 }
 
 /// `POST /api/auth/logout {"refresh_token"}` (or the session cookie, or just the access token
