@@ -26,7 +26,21 @@ fn current(sql: &SqlStorage) -> Result<Option<Claim>> {
     struct Row {
         data: String,
     }
-    sql.exec(SCHEMA, None)?;
+    #[derive(Deserialize)]
+    struct Table {
+        #[allow(dead_code)]
+        name: String,
+    }
+    // A read creates nothing (a release or replace of a claim nobody made leaves no object).
+    let tables: Vec<Table> = sql
+        .exec(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'claim'",
+            None,
+        )?
+        .to_array()?;
+    if tables.is_empty() {
+        return Ok(None);
+    }
     let rows: Vec<Row> = sql.exec("SELECT data FROM claim", None)?.to_array()?;
     Ok(rows
         .into_iter()
@@ -35,6 +49,7 @@ fn current(sql: &SqlStorage) -> Result<Option<Claim>> {
 }
 
 fn write(sql: &SqlStorage, claim: &Claim) -> Result<()> {
+    sql.exec(SCHEMA, None)?;
     sql.exec(
         "INSERT INTO claim (id, data) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data",
         vec![serde_json::to_string(claim)?.into()],
