@@ -130,13 +130,16 @@ async fn begin(
     };
     let ps = providers(env)?;
     let p = config::find(&ps, id).map_err(|e| fail.answer(&ApiError::OAuth(e)))?;
+    let return_to = core_oauth::query_param(&query(req), "return_to");
+    // Refused before anything is asked of the provider.
+    flow::check_return_to(return_to.as_deref()).map_err(|e| fail.answer(&ApiError::OAuth(e)))?;
     let random = random::<{ flow::START_RANDOM }>().map_err(Err)?;
     let started = match provider::endpoints(p, now()).await {
         Ok(endpoints) => flow::start(
             p,
             &endpoints,
             &config::redirect_uri(&own, &p.id),
-            core_oauth::query_param(&query(req), "return_to").as_deref(),
+            return_to.as_deref(),
             link,
             &random,
             now(),
