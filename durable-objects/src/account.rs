@@ -393,20 +393,7 @@ impl Account {
 impl Account {
     /// Whether this object ever stored anything (its tables exist).
     fn has_schema(&self) -> bool {
-        #[derive(Deserialize)]
-        struct Table {
-            #[allow(dead_code)]
-            name: String,
-        }
-        self.state
-            .storage()
-            .sql()
-            .exec(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'account'",
-                None,
-            )
-            .and_then(|c| c.to_array::<Table>())
-            .is_ok_and(|t| !t.is_empty())
+        crate::table_exists(&self.state.storage().sql(), "account").unwrap_or(false)
     }
 
     /// Sends the queued notices to the rooms holding this member's sockets.

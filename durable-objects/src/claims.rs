@@ -26,19 +26,8 @@ fn current(sql: &SqlStorage) -> Result<Option<Claim>> {
     struct Row {
         data: String,
     }
-    #[derive(Deserialize)]
-    struct Table {
-        #[allow(dead_code)]
-        name: String,
-    }
     // A read creates nothing (a release or replace of a claim nobody made leaves no object).
-    let tables: Vec<Table> = sql
-        .exec(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'claim'",
-            None,
-        )?
-        .to_array()?;
-    if tables.is_empty() {
+    if !crate::table_exists(sql, "claim")? {
         return Ok(None);
     }
     let rows: Vec<Row> = sql.exec("SELECT data FROM claim", None)?.to_array()?;
