@@ -12,6 +12,16 @@ use crate::*;
 use e2e_tests::proto::server_message;
 use piano_core::names::percent_encode;
 
+/// A Discord username no other trial uses.
+pub(crate) fn discord_name() -> String {
+    unique("dc").replace('-', "_")
+}
+
+/// A new Discord user of the stand-in, with no global name or avatar.
+pub(crate) fn new_discord_user() -> String {
+    discord_as(&discord_id(), &discord_name(), "", "")
+}
+
 /// The stand-in's query for a Discord user: `as=<id>:<username>:<global name>:<avatar hash>`.
 pub(crate) fn discord_as(id: &str, username: &str, global: &str, avatar: &str) -> String {
     format!(
@@ -114,7 +124,7 @@ pub async fn oidc_sign_in_creates_the_account_then_finds_it_and_it_plays(s: &Ser
 
 pub async fn discord_sign_in_creates_then_finds_and_a_refusal_signs_no_one_in(s: &Server) {
     let id = discord_id();
-    let username = unique("dc").replace('-', "_");
+    let username = discord_name();
     let avatar = "8342729096ea3675442027381ff50dfe";
     let who = discord_as(&id, &username, "Nelly Discord", avatar);
     let mut first = sign_in(s, "discord", &who, "").await;
@@ -165,13 +175,9 @@ pub async fn discord_sign_in_creates_then_finds_and_a_refusal_signs_no_one_in(s:
 pub async fn members_link_and_unlink_providers(s: &Server) {
     let (name, access) = password_member(s).await;
     let id = discord_id();
+    let linker = discord_as(&id, &discord_name(), "Linker", "");
     let (jar, url) = start_link(s, "discord", &access).await;
-    let back = at_provider(
-        s,
-        &with_query(&url, &discord_as(&id, "linker", "Linker", "")),
-        "",
-    )
-    .await;
+    let back = at_provider(s, &with_query(&url, &linker), "").await;
     let a = callback(&back, &jar).await;
     assert_eq!((a.status, a.location.as_str()), (303, "/settings"), "{a:?}");
     let (status, ids) = get_as(s, "/api/auth/identities", &access).await;
@@ -189,7 +195,7 @@ pub async fn members_link_and_unlink_providers(s: &Server) {
     );
 
     // Signing in with that Discord user now finds the password member.
-    let mut via_discord = sign_in(s, "discord", &discord_as(&id, "linker", "Linker", ""), "").await;
+    let mut via_discord = sign_in(s, "discord", &linker, "").await;
     assert_eq!(
         me(s, &via_discord.refresh(s).await).await["username"],
         name.as_str()
@@ -197,12 +203,7 @@ pub async fn members_link_and_unlink_providers(s: &Server) {
 
     // A second Discord user on the same account: unlink the first one first.
     let (jar, url) = start_link(s, "discord", &access).await;
-    let back = at_provider(
-        s,
-        &with_query(&url, &discord_as(&discord_id(), "other", "", "")),
-        "",
-    )
-    .await;
+    let back = at_provider(s, &with_query(&url, &new_discord_user()), "").await;
     callback(&back, &jar).await.assert_refused(
         409,
         "provider_already_linked",
@@ -226,13 +227,7 @@ pub async fn members_link_and_unlink_providers(s: &Server) {
         .assert_refused(404, "not_linked", "unlinked twice");
 
     // An account made by Discord has no other way in: its last identity stays.
-    let mut only = sign_in(
-        s,
-        "discord",
-        &discord_as(&discord_id(), "onlyway", "", ""),
-        "",
-    )
-    .await;
+    let mut only = sign_in(s, "discord", &new_discord_user(), "").await;
     let only_access = only.refresh(s).await;
     unlink(only_access.clone())
         .await
@@ -252,7 +247,7 @@ pub async fn members_link_and_unlink_providers(s: &Server) {
 pub async fn one_identity_linked_by_two_members_at_once_goes_to_one(s: &Server) {
     for round in 0..4 {
         let id = discord_id();
-        let who = discord_as(&id, "contested", "", "");
+        let who = discord_as(&id, &discord_name(), "", "");
         let (_, a_token) = password_member(s).await;
         let (_, b_token) = password_member(s).await;
         let mut backs = Vec::new();

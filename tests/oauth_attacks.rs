@@ -4,7 +4,7 @@
 //! to), open redirects through `return_to`, and cookie requests from other sites. Every refusal
 //! sets no session; the failures are logged, without the secrets of the flow.
 
-use crate::oauth::discord_as;
+use crate::oauth::new_discord_user;
 use crate::oauth_support::*;
 use crate::*;
 use base64::Engine;
@@ -14,10 +14,9 @@ use std::time::Duration;
 /// A Discord flow taken to the callback: the jar with its flow cookie and the way back.
 async fn discord_flow(s: &Server) -> (Jar, String) {
     let (jar, url) = start(s, "discord", "/").await;
-    let who = discord_as(&discord_id(), "attacked", "", "");
     (
-        jar.clone(),
-        at_provider(s, &with_query(&url, &who), "").await,
+        jar,
+        at_provider(s, &with_query(&url, &new_discord_user()), "").await,
     )
 }
 
@@ -204,18 +203,13 @@ pub async fn return_to_must_be_a_path_on_this_site(s: &Server) {
     a.assert_refused(400, "bad_return_to", "link");
     // Without one: home.
     let (jar, url) = start(s, "discord", "").await;
-    let back = at_provider(
-        s,
-        &with_query(&url, &discord_as(&discord_id(), "home", "", "")),
-        "",
-    )
-    .await;
+    let back = at_provider(s, &with_query(&url, &new_discord_user()), "").await;
     assert_eq!(callback(&back, &jar).await.location, "/");
 }
 
 pub async fn cookie_refresh_and_logout_need_our_origin_and_the_csrf_token(s: &Server) {
-    let mut session = sign_in(s, "discord", &discord_as(&discord_id(), "csrf", "", ""), "").await;
-    let access = session.refresh(s).await;
+    let mut session = sign_in(s, "discord", &new_discord_user(), "").await;
+    let member = me(s, &session.refresh(s).await).await["id"].clone();
     let own = s.http("");
     let csrf = session.csrf.clone();
     let wrong = csrf_of("some other session");
@@ -252,7 +246,7 @@ pub async fn cookie_refresh_and_logout_need_our_origin_and_the_csrf_token(s: &Se
     // The session survived all that: the refresh rotates it; the member is still signed in.
     let before = session.clone();
     let fresh = session.refresh(s).await;
-    assert_eq!(me(s, &fresh).await["id"], me(s, &access).await["id"]);
+    assert_eq!(me(s, &fresh).await["id"], member);
     assert_ne!(before.csrf, session.csrf);
 
     // Logout ends it and clears both cookies; its refresh token is dead after.
@@ -314,13 +308,7 @@ pub async fn oauth_failures_are_logged_without_the_flows_secrets(s: &Server) {
     denied.assert_refused(403, "oauth_denied", "an error from the provider");
 
     // A session used through its cookies and its JSON twin: tokens that must not be logged.
-    let mut session = sign_in(
-        s,
-        "discord",
-        &discord_as(&discord_id(), "logged", "", ""),
-        "",
-    )
-    .await;
+    let mut session = sign_in(s, "discord", &new_discord_user(), "").await;
     let mut secrets = vec![session.refresh.clone()];
     let access = session.refresh(s).await;
     secrets.extend([
