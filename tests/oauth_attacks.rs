@@ -336,24 +336,45 @@ pub async fn oauth_failures_are_logged_without_the_flows_secrets(s: &Server) {
         .await
         .assert_refused(400, "oauth_code", "replayed");
 
-    let line = eventually(
-        "the oauth_failure line of the refusal",
-        Duration::from_secs(20),
-        || async {
+    // An ID token that fails its check: found by the answer's request id.
+    let (jar, url) = start(s, "evil", "/").await;
+    let back = at_provider(s, &with_query(&url, "mode=bad_nonce"), "").await;
+    let refused = callback(&back, &jar).await;
+    refused.assert_refused(401, "oauth_token", "bad nonce");
+
+    for (what, provider, code, found_by) in [
+        (
+            "the provider's error",
+            "discord",
+            "oauth_denied",
+            vec![mark.clone(), denied.request_id.clone()],
+        ),
+        (
+            "the ID token's refusal",
+            "evil",
+            "oauth_token",
+            vec![refused.request_id.clone()],
+        ),
+    ] {
+        // docs/operating-logs-errors.md: every line logged while serving a request carries the
+        // request id the answer's x-request-id names.
+        let why = format!("{what}: an oauth_failure line with the answer's request id");
+        let line = eventually(&why, Duration::from_secs(20), || async {
             our_log_lines(s).into_iter().find(|l| {
                 l.contains("oauth_failure")
-                    && (l.contains(&mark)
-                        || (!denied.request_id.is_empty() && l.contains(&denied.request_id)))
+                    && found_by
+                        .iter()
+                        .any(|m| !m.is_empty() && l.contains(m.as_str()))
             })
-        },
-    )
-    .await;
-    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
-    assert_eq!(v["event"], "oauth_failure", "{line}");
-    assert!(
-        line.contains("discord") && line.contains("oauth_denied"),
-        "{line}"
-    );
+        })
+        .await;
+        let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+        assert_eq!(v["event"], "oauth_failure", "{line}");
+        assert!(
+            line.contains(provider) && line.contains(code),
+            "{what}: {line}"
+        );
+    }
     for l in our_log_lines(s) {
         for secret in &secrets {
             assert!(
