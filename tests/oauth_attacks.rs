@@ -374,6 +374,11 @@ pub async fn oauth_failures_are_logged_without_the_flows_secrets(s: &Server) {
             line.contains(provider) && line.contains(code),
             "{what}: {line}"
         );
+        assert_eq!(
+            v["request_id"],
+            found_by[found_by.len() - 1].as_str(),
+            "{what}: the line carries the answer's request id: {line}"
+        );
     }
     for l in our_log_lines(s) {
         for secret in &secrets {
