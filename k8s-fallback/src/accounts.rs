@@ -7,9 +7,12 @@
 //! Layering (one way): `http` → `accounts` → `auth` (token checks; members' sessions through
 //! [`crate::auth::Sessions`], which [`store::Accounts`] implements).
 
+pub mod browser;
+mod claims;
 mod sessions;
 pub mod store;
 
+pub use browser::Browser;
 pub use piano_core::account::{AccountData, ROLES, SESSION_TTL_MS};
 pub use store::Accounts;
 
@@ -25,6 +28,7 @@ use piano_core::account::tokens::{Issuer, RefreshToken, session_body};
 use piano_core::account::{ApiError, SessionRefusal};
 use piano_core::identity::Identity;
 use piano_core::names;
+use piano_core::oauth::cookies;
 use piano_core::password::{ACCOUNT_ITERATIONS, PasswordHash};
 use serde::Deserialize;
 use sessions::Refreshed;
@@ -52,15 +56,14 @@ pub fn body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))
 }
 
-/// Access and refresh tokens for a session.
+/// Access and refresh tokens for a session (the body of a sign-in or refresh).
 fn issue(
     cfg: &Config,
     a: &AccountData,
     sid: &str,
     secret: &str,
     generation: u64,
-    status: u16,
-) -> Response {
+) -> serde_json::Value {
     let issuer = Issuer {
         issuer: &cfg.issuer,
         audience: &cfg.audience,
@@ -69,18 +72,84 @@ fn issue(
     let public = a.public();
     let claims = issuer.member(&public, sid, generation, crate::now_ms() / 1000);
     let access = cfg.signing.sign(&claims);
-    no_store(json(
-        status,
-        &session_body(&access, &claims, public, sid, secret),
-    ))
+    session_body(&access, &claims, public, sid, secret)
 }
 
-async fn start_session(cfg: &Config, accounts: &Accounts, a: &AccountData, status: u16) -> Answer {
+/// The session's answer: JSON with the refresh token, or for a browser ([`Browser`]) cookies.
+fn session_answer(
+    cfg: &Config,
+    browser: Option<&Browser>,
+    body: serde_json::Value,
+    status: u16,
+) -> Response {
+    match browser {
+        Some(b) => browser::cookie_session(cfg, b, body, status),
+        None => no_store(json(status, &body)),
+    }
+}
+
+async fn start_session(
+    cfg: &Config,
+    accounts: &Accounts,
+    a: &AccountData,
+    status: u16,
+    browser: Option<&Browser>,
+) -> Answer {
     let (sid, secret) = accounts
         .open_session(&a.user_id(), &a.key(), cfg.max_sessions, crate::now_ms())
         .await
         .map_err(|e| unavailable(&e))?;
-    Ok(issue(cfg, a, &sid, &secret, 1, status))
+    let body = issue(cfg, a, &sid, &secret, 1);
+    Ok(session_answer(cfg, browser, body, status))
+}
+
+/// A cookie sign-in must come from our origin: no other site may sign a browser in to an
+/// account of its choosing.
+fn cookie_sign_in(wanted: bool, browser: &Browser) -> Result<Option<&Browser>, ApiError> {
+    if !wanted {
+        return Ok(None);
+    }
+    cookies::same_origin(&browser.site(), &browser.own_origin).map_err(ApiError::OAuth)?;
+    Ok(Some(browser))
+}
+
+/// `ADMIN_USERNAMES` at sign-in: a listed member gains the admin role (stored).
+async fn admin_at_login(
+    cfg: &Config,
+    accounts: &Accounts,
+    key: &str,
+    account: AccountData,
+) -> Result<AccountData, ApiError> {
+    if !(piano_core::account::admin_on_login(key, &cfg.admins) && account.clone().grant_admin()) {
+        return Ok(account);
+    }
+    let updated = accounts.update(key, |a| {
+        a.grant_admin();
+    });
+    updated
+        .await
+        .map_err(|e| unavailable(&e))?
+        .ok_or(ApiError::InvalidCredentials)
+}
+
+/// A browser session for a member signed in through a provider, opened as a password login's
+/// (`ADMIN_USERNAMES` applied): its refresh token, for the session cookies.
+pub async fn provider_session(
+    cfg: &Config,
+    accounts: &Accounts,
+    key: &str,
+) -> Result<String, ApiError> {
+    let account = accounts
+        .load(key)
+        .await
+        .map_err(|e| unavailable(&e))?
+        .ok_or(ApiError::NotAMember)?;
+    let account = admin_at_login(cfg, accounts, key, account).await?;
+    let (sid, secret) = accounts
+        .open_session(&account.user_id(), key, cfg.max_sessions, crate::now_ms())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(RefreshToken::format(key, &sid, &secret))
 }
 
 #[derive(Deserialize)]
@@ -89,25 +158,31 @@ struct Credentials {
     password: String,
     #[serde(default)]
     email: Option<String>,
+    /// The web client's sign-in: the session in cookies ([`Browser`]).
+    #[serde(default)]
+    cookie: bool,
 }
 
-/// `POST /api/auth/register {"username", "password", "email"?}`.
+/// `POST /api/auth/register {"username", "password", "email"?, "cookie"?}`.
 pub async fn register(
     cfg: &Config,
     accounts: &Accounts,
+    browser: &Browser,
     bootstrap: Option<&str>,
     bytes: &[u8],
 ) -> Response {
-    answer(register_inner(cfg, accounts, bootstrap, bytes).await)
+    answer(register_inner(cfg, accounts, browser, bootstrap, bytes).await)
 }
 
 async fn register_inner(
     cfg: &Config,
     accounts: &Accounts,
+    browser: &Browser,
     bootstrap: Option<&str>,
     bytes: &[u8],
 ) -> Answer {
     let b: Credentials = body(bytes)?;
+    let browser = cookie_sign_in(b.cookie, browser)?;
     let key =
         piano_core::account::check_registration(&b.username, &b.password, b.email.as_deref())?;
     let admin = piano_core::account::admin_on_register(
@@ -142,19 +217,20 @@ async fn register_inner(
     }
     accounts.mirror(&account, true);
     tracing::info!(user = key, "member registered");
-    start_session(cfg, accounts, &account, 201).await
+    start_session(cfg, accounts, &account, 201, browser).await
 }
 
-/// `POST /api/auth/login {"username", "password"}`.
-pub async fn login(cfg: &Config, accounts: &Accounts, bytes: &[u8]) -> Response {
-    answer(login_inner(cfg, accounts, bytes).await)
+/// `POST /api/auth/login {"username", "password", "cookie"?}`.
+pub async fn login(cfg: &Config, accounts: &Accounts, browser: &Browser, bytes: &[u8]) -> Response {
+    answer(login_inner(cfg, accounts, browser, bytes).await)
 }
 
-async fn login_inner(cfg: &Config, accounts: &Accounts, bytes: &[u8]) -> Answer {
+async fn login_inner(cfg: &Config, accounts: &Accounts, browser: &Browser, bytes: &[u8]) -> Answer {
     let b: Credentials = body(bytes)?;
+    let browser = cookie_sign_in(b.cookie, browser)?;
     let key = names::username(&b.username).map_err(|_| ApiError::InvalidCredentials)?;
     let found = accounts.find(&key).await.map_err(|e| unavailable(&e))?;
-    let mut account = lookup::login_account(found)?;
+    let account = lookup::login_account(found)?;
     let stored = account.clone();
     let password = b.password;
     let ok = tokio::task::spawn_blocking(move || stored.check_password(&password))
@@ -163,16 +239,8 @@ async fn login_inner(cfg: &Config, accounts: &Accounts, bytes: &[u8]) -> Answer 
     if !ok {
         return Err(ApiError::InvalidCredentials);
     }
-    if piano_core::account::admin_on_login(&key, &cfg.admins) && account.clone().grant_admin() {
-        let updated = accounts.update(&key, |a| {
-            a.grant_admin();
-        });
-        let updated = updated.await;
-        account = updated
-            .map_err(|e| unavailable(&e))?
-            .ok_or(ApiError::InvalidCredentials)?;
-    }
-    start_session(cfg, accounts, &account, 200).await
+    let account = admin_at_login(cfg, accounts, &key, account).await?;
+    start_session(cfg, accounts, &account, 200, browser).await
 }
 
 #[derive(Deserialize, Default)]
@@ -182,19 +250,62 @@ struct RefreshBody {
 }
 
 /// `POST /api/auth/refresh {"refresh_token"}`: new access and refresh tokens; the old ones stop
-/// working.
-pub async fn refresh(cfg: &Config, accounts: &Accounts, bytes: &[u8]) -> Response {
-    answer(refresh_inner(cfg, accounts, bytes).await)
+/// working. Without a refresh token in the body, a browser's session cookie (same origin and
+/// CSRF token required): the cookies rotate.
+pub async fn refresh(
+    cfg: &Config,
+    accounts: &Accounts,
+    browser: &Browser,
+    bytes: &[u8],
+) -> Response {
+    answer(refresh_inner(cfg, accounts, browser, bytes).await)
 }
 
-async fn refresh_inner(cfg: &Config, accounts: &Accounts, bytes: &[u8]) -> Answer {
-    let b: RefreshBody = body(bytes)?;
+fn blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
+}
+
+async fn refresh_inner(
+    cfg: &Config,
+    accounts: &Accounts,
+    browser: &Browser,
+    bytes: &[u8],
+) -> Answer {
+    let cookie = browser.refresh_cookie();
+    let b: RefreshBody = if blank(bytes) && cookie.is_some() {
+        RefreshBody::default()
+    } else {
+        body(bytes)?
+    };
+    let (token, cookie) = match (b.refresh_token, cookie) {
+        (Some(t), _) => (t, None),
+        (None, Some(c)) => (c.to_owned(), Some(browser)),
+        (None, None) => return Err(ApiError::InvalidSession(SessionRefusal::NotValid)),
+    };
+    let Some(browser) = cookie else {
+        return Ok(no_store(json(200, &rotate(cfg, accounts, &token).await?)));
+    };
+    cookies::check_cookie_request(&browser.site(), &browser.own_origin, &token)
+        .map_err(ApiError::OAuth)?;
+    match rotate(cfg, accounts, &token).await {
+        Ok(body) => Ok(session_answer(cfg, Some(browser), body, 200)),
+        Err(e) => Ok(ended_cookies(browser, api_error(&e))),
+    }
+}
+
+/// A refused or ended session on the cookie path: its cookies go too.
+fn ended_cookies(browser: &Browser, resp: Response) -> Response {
+    browser::with_cookies(resp, cookies::clear_session_cookies(browser.secure()))
+}
+
+/// The refresh itself: rotates the session's secret; the new session body.
+async fn rotate(
+    cfg: &Config,
+    accounts: &Accounts,
+    token: &str,
+) -> Result<serde_json::Value, ApiError> {
     let not_valid = ApiError::InvalidSession(SessionRefusal::NotValid);
-    let t = b
-        .refresh_token
-        .as_deref()
-        .and_then(RefreshToken::parse)
-        .ok_or(not_valid.clone())?;
+    let t = RefreshToken::parse(token).ok_or(not_valid.clone())?;
     let account = accounts
         .load(t.user)
         .await
@@ -215,40 +326,49 @@ async fn refresh_inner(cfg: &Config, accounts: &Accounts, bytes: &[u8]) -> Answe
             );
             Err(ApiError::InvalidSession(SessionRefusal::Reused))
         }
-        Refreshed::Rotated(generation) => {
-            Ok(issue(cfg, &account, t.sid, &new_secret, generation, 200))
-        }
+        Refreshed::Rotated(generation) => Ok(issue(cfg, &account, t.sid, &new_secret, generation)),
     }
 }
 
-/// `POST /api/auth/logout {"refresh_token"}` (or with just the access token as Bearer): ends
-/// the session; its access and refresh tokens are refused from now on.
+/// `POST /api/auth/logout {"refresh_token"}` (or with just the access token as Bearer, or a
+/// browser's session cookie with the same origin and CSRF token): ends the session; its access
+/// and refresh tokens are refused from now on.
 pub async fn logout(
     cfg: &Config,
     accounts: &Accounts,
+    browser: &Browser,
     bearer: Option<String>,
     bytes: &[u8],
 ) -> Response {
-    answer(logout_inner(cfg, accounts, bearer, bytes).await)
+    answer(logout_inner(cfg, accounts, browser, bearer, bytes).await)
+}
+
+fn no_content() -> Response {
+    let mut resp = Response::new(axum::body::Body::empty());
+    *resp.status_mut() = axum::http::StatusCode::NO_CONTENT;
+    resp
 }
 
 async fn logout_inner(
     cfg: &Config,
     accounts: &Accounts,
+    browser: &Browser,
     bearer: Option<String>,
     bytes: &[u8],
 ) -> Answer {
-    // An empty or unreadable body means "log out with the access token".
+    // An empty or unreadable body means "log out with the access token" (or the cookie).
     let b: RefreshBody = serde_json::from_slice(bytes).unwrap_or_default();
     let ended = if let Some(refresh) = b.refresh_token.as_deref() {
-        // The refresh token is the credential: its secret must be this session's (user and
-        // session id alone are in every access token's readable payload).
-        let t = RefreshToken::parse(refresh)
-            .ok_or(ApiError::InvalidSession(SessionRefusal::NotValid))?;
-        accounts
-            .revoke_with_secret(t.user, t.sid, t.secret)
-            .await
-            .map_err(|e| unavailable(&e))?
+        end_with_refresh(accounts, refresh).await?
+    } else if let Some(refresh) = browser.refresh_cookie() {
+        cookies::check_cookie_request(&browser.site(), &browser.own_origin, refresh)
+            .map_err(ApiError::OAuth)?;
+        let resp = match end_with_refresh(accounts, refresh).await {
+            Ok(true) => no_content(),
+            Ok(false) => api_error(&ApiError::InvalidSession(SessionRefusal::NotValid)),
+            Err(e) => api_error(&e),
+        };
+        return Ok(ended_cookies(browser, resp));
     } else {
         // The session of a live, verified access token (the whole signed token is the proof).
         let claims = verify_claims(cfg, accounts, bearer.as_deref()).await?;
@@ -265,9 +385,18 @@ async fn logout_inner(
     if !ended {
         return Err(ApiError::InvalidSession(SessionRefusal::NotValid));
     }
-    let mut resp = Response::new(axum::body::Body::empty());
-    *resp.status_mut() = axum::http::StatusCode::NO_CONTENT;
-    Ok(resp)
+    Ok(no_content())
+}
+
+/// Ends the session a refresh token names, if the token's secret is (or was) the session's:
+/// user and session id alone are in every access token's readable payload.
+async fn end_with_refresh(accounts: &Accounts, refresh: &str) -> Result<bool, ApiError> {
+    let t =
+        RefreshToken::parse(refresh).ok_or(ApiError::InvalidSession(SessionRefusal::NotValid))?;
+    accounts
+        .revoke_with_secret(t.user, t.sid, t.secret)
+        .await
+        .map_err(|e| unavailable(&e))
 }
 
 /// `GET /api/users/me`: a member's stored profile; a guest's token identity (and a member's,

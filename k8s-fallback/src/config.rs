@@ -94,6 +94,14 @@ pub struct Config {
     pub sentry_dsn: Option<piano_core::report::Dsn>,
     /// `PIANO_TEST_ROUTES=1`: `/api/debug/…` (a forced panic and a forced 500) exist.
     pub test_routes: bool,
+    /// `OAUTH_PROVIDERS` (with `OAUTH_CLIENT_SECRET_<ID>`): sign-in providers; empty: passwords
+    /// only.
+    pub oauth_providers: Vec<piano_core::oauth::Provider>,
+    /// `PUBLIC_URL`: the origin players use (callback addresses, the cookie requests' origin);
+    /// `None`: each request's own origin (development).
+    pub public_url: Option<String>,
+    /// Signs the sign-in flow cookie; derived from the JWT signing key, so every replica has it.
+    pub flow_key: piano_core::oauth::FlowKey,
 }
 
 /// Reads settings through `get` (the process environment in production, a map in tests).
@@ -162,6 +170,13 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
     let mut public_keys = vec![signing.public_key()];
     public_keys.extend(previous.into_iter().filter(|k| *k != signing.public_key()));
     let verifier = Verifier::new(&issuer, &audience).with_keys(public_keys.iter().copied());
+    let flow_key = piano_core::oauth::FlowKey::from_pem(&pem)
+        .ok_or("JWT_PRIVATE_KEY is unusable for the sign-in flow key")?;
+    let oauth_providers =
+        piano_core::oauth::config::parse(&get("OAUTH_PROVIDERS").unwrap_or_default(), |name| {
+            get(name)
+        })?;
+    let public_url = get("PUBLIC_URL").map(|u| public_origin(&u)).transpose()?;
 
     Ok(Config {
         bind: SocketAddr::new(ip, port),
@@ -232,7 +247,24 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
             max_wait_ms: number("ANALYTICS_FLUSH_MS", 5_000, 10..=600_000)?,
         },
         generated_key,
+        oauth_providers,
+        public_url,
+        flow_key,
     })
+}
+
+/// `PUBLIC_URL`: an origin (`https://host[:port]`, or plain `http` on loopback), nothing after it.
+fn public_origin(url: &str) -> Result<String, String> {
+    let bad = || {
+        format!(
+            "PUBLIC_URL must be an origin like https://piano.example (plain http only on loopback; got {url:?})"
+        )
+    };
+    let checked = piano_core::oauth::config::provider_url(url).map_err(|_| bad())?;
+    match piano_core::oauth::cookies::origin_of(&checked) {
+        Some(origin) if origin == checked => Ok(origin),
+        _ => Err(bad()),
+    }
 }
 
 /// A throw-away development key, kept in the data directory so tokens survive a restart.

@@ -33,6 +33,8 @@ pub struct App {
     ws_caps: Arc<ConnLimits>,
     static_files: Option<ServeDir>,
     status: Arc<crate::status::Cache>,
+    /// Sign-in providers and their cached discovery documents and keys.
+    oauth: Arc<crate::oauth::Providers>,
 }
 
 pub fn router(hub: Arc<Hub>, accounts: Arc<Accounts>) -> axum::Router {
@@ -50,6 +52,9 @@ pub fn router(hub: Arc<Hub>, accounts: Arc<Accounts>) -> axum::Router {
             .as_ref()
             .map(|d| ServeDir::new(d).append_index_html_on_directories(true)),
         status: Arc::default(),
+        oauth: Arc::new(crate::oauth::Providers::new(
+            hub.cfg.oauth_providers.clone(),
+        )),
         hub,
     };
     axum::Router::new()
@@ -118,6 +123,25 @@ pub fn client_ip(hub: &Hub, peer: SocketAddr, headers: &axum::http::HeaderMap) -
     hub.cfg.trusted_proxies.client_ip(peer.ip(), xff)
 }
 
+/// What the request says about the browser (origin, cookies) and our own origin.
+fn browser(hub: &Hub, peer: SocketAddr, headers: &axum::http::HeaderMap) -> accounts::Browser {
+    let from_proxy = hub.cfg.trusted_proxies.trusts_peer(peer.ip());
+    accounts::Browser::of(&hub.cfg, headers, from_proxy)
+}
+
+/// Counts one request toward the auth rate limit (`AUTH_RATE_LIMIT_PER_MINUTE`).
+async fn rate_limited(
+    app: &App,
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), piano_core::account::ApiError> {
+    let hub = &app.hub;
+    let ip = client_ip(hub, peer, headers);
+    app.limiter
+        .check_shared(hub.cluster.as_deref(), &hub.cfg.redis_key_prefix, ip)
+        .await
+}
+
 /// Every request, counted: HTTP errors by status (`piano_http_errors_total`).
 async fn route(
     State(app): State<App>,
@@ -172,12 +196,7 @@ async fn route_inner(app: App, peer: SocketAddr, req: Request) -> Response {
             ],
         ) => {
             let endpoint = *endpoint;
-            let ip = client_ip(hub, peer, req.headers());
-            let limited = app
-                .limiter
-                .check_shared(hub.cluster.as_deref(), &hub.cfg.redis_key_prefix, ip)
-                .await;
-            if let Err(e) = limited {
+            if let Err(e) = rate_limited(&app, peer, req.headers()).await {
                 metrics::add_slot(metrics_auth_slot(Auth::RateLimited), 1);
                 return auth::api_error(&e);
             }
@@ -191,17 +210,60 @@ async fn route_inner(app: App, peer: SocketAddr, req: Request) -> Response {
                 .headers
                 .get("x-admin-bootstrap")
                 .and_then(|v| v.to_str().ok());
+            let browser = browser(hub, peer, &parts.headers);
+            let cfg = &hub.cfg;
             let resp = match endpoint {
-                "guest" => auth::guest(&hub.cfg, &body),
-                "register" => accounts::register(&hub.cfg, accounts, bootstrap, &body).await,
-                "login" => accounts::login(&hub.cfg, accounts, &body).await,
-                "refresh" => accounts::refresh(&hub.cfg, accounts, &body).await,
-                _ => accounts::logout(&hub.cfg, accounts, token, &body).await,
+                "guest" => auth::guest(cfg, &body),
+                "register" => accounts::register(cfg, accounts, &browser, bootstrap, &body).await,
+                "login" => accounts::login(cfg, accounts, &browser, &body).await,
+                "refresh" => accounts::refresh(cfg, accounts, &browser, &body).await,
+                _ => accounts::logout(cfg, accounts, &browser, token, &body).await,
             };
             if let Some(outcome) = Auth::of(endpoint, resp.status().as_u16()) {
                 metrics::add_slot(metrics_auth_slot(outcome), 1);
             }
             resp
+        }
+        (&Method::GET, ["api", "auth", "providers"]) => crate::oauth::providers(&app.oauth),
+        (&Method::GET, ["api", "auth", "oauth", id, step @ ("start" | "callback")]) => {
+            let (id, step) = (*id, *step);
+            let browser = browser(hub, peer, req.headers());
+            let query = req.uri().query().unwrap_or("");
+            if step == "callback" {
+                return crate::oauth::callback(&hub.cfg, accounts, &app.oauth, &browser, id, query)
+                    .await;
+            }
+            if let Err(e) = rate_limited(&app, peer, req.headers()).await {
+                return auth::api_error(&e);
+            }
+            crate::oauth::start(&hub.cfg, &app.oauth, &browser, id, query).await
+        }
+        (&Method::POST, ["api", "auth", "oauth", id, "link"]) => {
+            if let Err(e) = rate_limited(&app, peer, req.headers()).await {
+                return auth::api_error(&e);
+            }
+            let browser = browser(hub, peer, req.headers());
+            let token = auth::bearer(req.headers());
+            let query = req.uri().query().unwrap_or("");
+            let cfg = &hub.cfg;
+            crate::oauth::link(
+                cfg,
+                accounts,
+                &app.oauth,
+                &browser,
+                token.as_deref(),
+                id,
+                query,
+            )
+            .await
+        }
+        (&Method::GET, ["api", "auth", "identities"]) => {
+            let token = auth::bearer(req.headers());
+            crate::oauth::identities(&hub.cfg, accounts, token.as_deref()).await
+        }
+        (&Method::DELETE, ["api", "auth", "identities", id]) => {
+            let token = auth::bearer(req.headers());
+            crate::oauth::unlink(&hub.cfg, accounts, &app.oauth, token.as_deref(), id).await
         }
         (&Method::PUT, ["api", "users", "me"]) => {
             let token = auth::bearer(req.headers());
@@ -291,7 +353,9 @@ async fn route_inner(app: App, peer: SocketAddr, req: Request) -> Response {
         | (_, ["api", "rooms"] | ["api", "lobby", "next"] | ["api", "users", _])
         | (_, ["api", "users", _, "stats"] | ["mpp"])
         | (_, ["api", "auth", "register" | "login" | "refresh" | "logout"])
-        | (_, ["api", "admin", "users", _, "roles"]) => {
+        | (_, ["api", "admin", "users", _, "roles"])
+        | (_, ["api", "auth", "providers" | "identities"] | ["api", "auth", "identities", _])
+        | (_, ["api", "auth", "oauth", _, "start" | "callback" | "link"]) => {
             json_error(405, "method_not_allowed", "method not allowed on this path")
         }
         (_, ["api", ..]) => json_error(404, "not_found", "no such endpoint"),

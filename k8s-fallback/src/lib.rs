@@ -29,9 +29,12 @@
 //!   caps per replica and per client network).
 //!
 //! **Services** (what the server does):
+//! - [`oauth`]: signing in through Discord and OpenID Connect providers (the flow, the
+//!   providers' requests and cached keys, linked identities), over [`accounts`].
 //! - [`accounts`]: member accounts and sessions as the edge serves them (register, login,
 //!   refresh with rotation and reuse detection, logout, profiles, roles), in SQLite or Redis,
-//!   mirrored to and imported from MongoDB in the edge's layout.
+//!   mirrored to and imported from MongoDB in the edge's layout; browser sessions in cookies;
+//!   providers' identity claims.
 //! - [`auth`]: guest tokens, JWKS, token checks (members' sessions through [`auth::Sessions`],
 //!   which the account store implements), the auth rate limit.
 //! - [`hub`]: the replica's routing: placement of a new connection ([`hub::Hub::attach`]),
@@ -75,6 +78,7 @@ pub mod json;
 pub mod metrics;
 pub mod mongo;
 pub mod network;
+pub mod oauth;
 pub mod observe;
 pub mod outbox;
 pub mod reach;

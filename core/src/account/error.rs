@@ -48,7 +48,7 @@ pub enum ApiError {
     },
     NotConfigured(String),
     /// A sign-in through a provider, a link or an unlink, or a cookie request from elsewhere.
-    OAuth(crate::oauth::OAuthError),
+    OAuth(super::external::OAuthError),
 }
 
 impl ApiError {

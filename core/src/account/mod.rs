@@ -9,12 +9,14 @@
 //! - [`tokens`]: the refresh token's shape, access and guest claims, sign-in bodies;
 //! - [`profile`]: profile and role changes;
 //! - [`rate`]: the auth rate limit;
-//! - [`error`]: [`ApiError`], the one error type each host turns into HTTP in one place.
+//! - [`error`]: [`ApiError`], the one error type each host turns into HTTP in one place;
+//! - [`external`]: identities linked from other services and [`external::OAuthError`].
 
 use crate::password::PasswordHash;
 use serde::{Deserialize, Serialize};
 
 pub mod error;
+pub mod external;
 pub mod lookup;
 pub mod profile;
 pub mod rate;
@@ -44,9 +46,9 @@ pub struct AccountData {
     #[serde(default)]
     pub status: String,
     pub created_at: u64,
-    /// Providers' identities linked to it ([`crate::oauth::link`]).
+    /// Providers' identities linked to it (signing in through them: the `oauth` module).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub identities: Vec<crate::oauth::LinkedIdentity>,
+    pub identities: Vec<external::LinkedIdentity>,
     /// The picture a provider gave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar: Option<String>,

@@ -11,7 +11,7 @@
 //! [`Linker`] is the procedure, sans I/O: the host asks [`Linker::want`] what to do, does it
 //! against its store and reports the answer, until [`Want::Done`] or [`Want::Failed`].
 
-use super::OAuthError;
+use super::{LinkedIdentity, OAuthError};
 use crate::Millis;
 use crate::account::{AccountData, ApiError};
 use serde::{Deserialize, Serialize};
@@ -22,17 +22,6 @@ pub const STALE_CLAIM_MS: Millis = 60 * 1000;
 pub const CANDIDATES: usize = 4;
 /// The random bytes [`Linker::sign_in`] consumes (username suffixes).
 pub const SIGN_IN_RANDOM: usize = 16;
-
-/// An identity as the account lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LinkedIdentity {
-    pub provider: String,
-    pub subject: String,
-    /// The provider's name for the player when linked (shown on the account page).
-    #[serde(default)]
-    pub name: String,
-    pub linked_at: Millis,
-}
 
 /// What a provider says about the player, checked and made safe to store and show.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@
 //!   edge writes it (`layout::account_created` / `account_updated`), and a username unknown here
 //!   is looked up there and imported under the core's rules ([`lookup`]).
 //!
-//! Sessions are in [`super::sessions`].
+//! Sessions are in [`super::sessions`]; providers' identity claims in [`super::claims`].
 
 use crate::metrics::redis_error;
 use crate::mongo::Mongo;
@@ -58,7 +58,7 @@ pub(super) fn sessions_key(key: &str) -> String {
 }
 
 /// Replaces the account only if it is still what was read (profile and role changes).
-const CAS: &str = r"
+pub(super) const CAS: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2])
   return 1
@@ -75,6 +75,9 @@ const SQL_SCHEMA: &str = "
         revoked INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS sessions_by_key ON sessions (key, created);
+    CREATE TABLE IF NOT EXISTS identity_claims (
+        identity TEXT PRIMARY KEY, account TEXT NOT NULL, at INTEGER NOT NULL, by TEXT NOT NULL
+    );
 ";
 
 impl Accounts {
@@ -201,7 +204,7 @@ impl Accounts {
     }
 
     /// Stores a new account unless the name is taken; `false` if it was.
-    pub(super) async fn create(&self, key: &str, a: &AccountData) -> Result<bool, Failure> {
+    pub async fn create(&self, key: &str, a: &AccountData) -> Result<bool, Failure> {
         let data = serde_json::to_string(a).map_err(|e| e.to_string())?;
         match &self.backend {
             Backend::Sqlite(_) => {
@@ -344,7 +347,7 @@ impl Accounts {
     }
 }
 
-pub(super) fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     if getrandom::fill(&mut b).is_err() {
         let t = crate::now_us().to_le_bytes();
