@@ -280,15 +280,23 @@ pub async fn one_identity_linked_by_two_members_at_once_goes_to_one(s: &Server) 
     }
 }
 
+/// `POST path` (register or login) with this body and `Origin`.
+async fn login_at(
+    s: &Server,
+    path: &str,
+    body: serde_json::Value,
+    origin: Option<String>,
+) -> Answer {
+    let mut req = http().post(s.http(path)).json(&body);
+    if let Some(o) = origin {
+        req = req.header("origin", o);
+    }
+    Answer::of(req.send().await.expect("POST register/login")).await
+}
+
 pub async fn password_login_with_cookie_true_gives_cookies_not_a_refresh_token(s: &Server) {
     let (name, _) = password_member(s).await;
-    let login = |body: serde_json::Value, origin: Option<String>| async move {
-        let mut req = http().post(s.http("/api/auth/login")).json(&body);
-        if let Some(o) = origin {
-            req = req.header("origin", o);
-        }
-        Answer::of(req.send().await.expect("POST login")).await
-    };
+    let login = |body, origin| login_at(s, "/api/auth/login", body, origin);
     let creds = serde_json::json!({"username": name, "password": "correct horse", "cookie": true});
     let a = login(creds.clone(), Some(s.http(""))).await;
     assert_eq!(a.status, 200, "{a:?}");
@@ -299,6 +307,29 @@ pub async fn password_login_with_cookie_true_gives_cookies_not_a_refresh_token(s
     assert_eq!(body["csrf_token"], session.csrf.as_str(), "{body}");
     let access = session.refresh(s).await;
     assert_eq!(me(s, &access).await["username"], name.as_str());
+
+    // A cookie registration alike.
+    let registered = login_at(
+        s,
+        "/api/auth/register",
+        serde_json::json!({"username": unique("ck"), "password": "correct horse", "cookie": true}),
+        Some(s.http("")),
+    )
+    .await;
+    assert_eq!(registered.status, 201, "{registered:?}");
+    assert!(
+        registered.json().get("refresh_token").is_none(),
+        "{registered:?}"
+    );
+    Session::from_answer(&registered).refresh(s).await;
+    login_at(
+        s,
+        "/api/auth/register",
+        serde_json::json!({"username": unique("ck"), "password": "correct horse", "cookie": true}),
+        Some("https://evil.example".into()),
+    )
+    .await
+    .assert_refused(403, "cross_site", "a cookie registration from another site");
 
     // Another site cannot sign the browser in (to an attacker's account).
     login(creds, Some("https://evil.example".into()))
