@@ -1,7 +1,7 @@
 //! Sign-ins that must fail, and fail closed (`docs/accounts-oauth.md`): forged, replayed and
 //! cookie-less callbacks, ID tokens that break one rule each (from the rig's `evil` provider,
 //! an OpenID Connect provider that misbehaves on request, since a certified one cannot be made
-//! to), open redirects through `return_to`, and cookie requests from other sites. Every refusal
+//! to) or whose token endpoint is in trouble, open redirects through `return_to`, and cookie requests from other sites. Every refusal
 //! sets no session; the failures are logged, without the secrets of the flow.
 
 use crate::oauth::new_discord_user;
@@ -147,6 +147,11 @@ pub async fn id_tokens_that_break_a_rule_are_refused(s: &Server) {
             a.cookie("piano_oauth").is_some_and(SetCookie::clears),
             "{mode}: {a:?}"
         );
+    }
+    // A token endpoint in trouble: the provider is unusable, said as such.
+    for mode in ["token_500", "token_garbage"] {
+        let (a, _) = attempt(mode).await;
+        a.assert_refused(502, "oauth_provider", mode);
     }
 }
 

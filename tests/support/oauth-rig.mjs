@@ -13,7 +13,8 @@
 //   answers the profile.
 // - /evil: an OpenID Connect provider that misbehaves on request (a certified provider cannot
 //   be made to): authorize redirects back at once with a code remembering `mode`, and the
-//   token endpoint returns an ID token crafted per mode (see idToken below). Everything else
+//   token endpoint returns an ID token crafted per mode (see idToken below), or fails
+//   (token_500, token_garbage). Everything else
 //   (client auth, PKCE, single-use codes) it does right, so a refusal is the mode's doing.
 import http from 'node:http';
 import crypto from 'node:crypto';
@@ -193,7 +194,7 @@ const evilCodes = new Map();
 const evilTokens = new Map();
 const MODES = new Set([
   'ok', 'eddsa', 'other_key', 'alg_none', 'hs256', 'wrong_aud', 'wrong_iss', 'expired',
-  'future_iat', 'bad_nonce', 'unknown_kid', 'userinfo_other_sub',
+  'future_iat', 'bad_nonce', 'unknown_kid', 'userinfo_other_sub', 'token_500', 'token_garbage',
 ]);
 
 function jws(header, claims, sign) {
@@ -271,6 +272,9 @@ async function evil(req, res, url, base) {
   if (req.method === 'POST' && path === '/token') {
     const grant = await exchange(req, res, 'evil', evilCodes);
     if (!grant) return;
+    // A provider in trouble: an error of its own, or an answer that is not a token response.
+    if (grant.mode === 'token_500') return send(res, 500, { error: 'server_error' });
+    if (grant.mode === 'token_garbage') return send(res, 200, '<html>maintenance</html>', { 'content-type': 'text/html' });
     const access = random();
     evilTokens.set(access, grant);
     log('evil: token for mode', grant.mode);
