@@ -1,8 +1,9 @@
 //! Sign-ins that must fail, and fail closed (`docs/accounts-oauth.md`): forged, replayed and
 //! cookie-less callbacks, ID tokens that break one rule each (from the rig's `evil` provider,
 //! an OpenID Connect provider that misbehaves on request, since a certified one cannot be made
-//! to) or whose token endpoint is in trouble, open redirects through `return_to`, and cookie requests from other sites. Every refusal
-//! sets no session; the failures are logged, without the secrets of the flow.
+//! to), a token endpoint in trouble, open redirects through `return_to`, and cookie requests
+//! from other sites. Every refusal sets no session; the failures are logged, without the
+//! secrets of the flow.
 
 use crate::oauth::new_discord_user;
 use crate::oauth_support::*;
