@@ -66,7 +66,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let (method, path) = (req.method(), req.path());
     let resp = match policy::preflight(&req, &env) {
         Ok(Some(resp)) => Ok(resp),
-        _ => route(req, &env).await,
+        _ => route(req, &env, &request_id).await,
     };
     let took = Date::now().as_millis().saturating_sub(started);
     let report = |r: Report| {
@@ -148,7 +148,7 @@ fn request_id(req: &Request) -> String {
     }
 }
 
-async fn route(req: Request, env: &Env) -> Result<Response> {
+async fn route(req: Request, env: &Env, rid: &str) -> Result<Response> {
     let path = req.path();
     let method = req.method();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -168,14 +168,20 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         (Method::Post, ["api", "auth", "login"]) => accounts::login(req, env).await,
         (Method::Post, ["api", "auth", "refresh"]) => accounts::refresh(req, env).await,
         (Method::Post, ["api", "auth", "logout"]) => accounts::logout(req, env).await,
-        (Method::Get, ["api", "auth", "providers"]) => oauth::list(env),
-        (Method::Get, ["api", "auth", "oauth", id, "start"]) => oauth::start(req, env, id).await,
-        (Method::Post, ["api", "auth", "oauth", id, "link"]) => oauth::link(req, env, id).await,
+        (Method::Get, ["api", "auth", "providers"]) => oauth::list(env, rid),
+        (Method::Get, ["api", "auth", "oauth", id, "start"]) => {
+            oauth::start(req, env, id, rid).await
+        }
+        (Method::Post, ["api", "auth", "oauth", id, "link"]) => {
+            oauth::link(req, env, id, rid).await
+        }
         (Method::Get, ["api", "auth", "oauth", id, "callback"]) => {
-            oauth::callback(req, env, id).await
+            oauth::callback(req, env, id, rid).await
         }
         (Method::Get, ["api", "auth", "identities"]) => oauth::identities(req, env).await,
-        (Method::Delete, ["api", "auth", "identities", id]) => oauth::unlink(req, env, id).await,
+        (Method::Delete, ["api", "auth", "identities", id]) => {
+            oauth::unlink(req, env, id, rid).await
+        }
         (Method::Get, ["api", "users", "me"]) => accounts::me(req, env).await,
         (Method::Put, ["api", "users", "me"]) => accounts::update_me(req, env).await,
         (Method::Get, ["api", "users", id]) => accounts::user(env, id).await,

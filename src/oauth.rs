@@ -20,10 +20,11 @@ use serde::Deserialize;
 use worker::*;
 
 /// The configured providers; a bad `OAUTH_PROVIDERS` is logged and answers 503 `not_configured`.
-fn providers(env: &Env) -> std::result::Result<Vec<Provider>, Result<Response>> {
+fn providers(env: &Env, rid: &str) -> std::result::Result<Vec<Provider>, Result<Response>> {
     let raw = piano_durable_objects::setting(env, "OAUTH_PROVIDERS").unwrap_or_default();
     config::parse(&raw, |var| piano_durable_objects::setting(env, var)).map_err(|e| {
         log::error(OAUTH_FAILURE)
+            .request_id(rid)
             .field("code", "not_configured")
             .msg(e.clone())
             .emit();
@@ -32,8 +33,8 @@ fn providers(env: &Env) -> std::result::Result<Vec<Provider>, Result<Response>> 
 }
 
 /// `GET /api/auth/providers`.
-pub fn list(env: &Env) -> Result<Response> {
-    let ps = match providers(env) {
+pub fn list(env: &Env, rid: &str) -> Result<Response> {
+    let ps = match providers(env, rid) {
         Ok(ps) => ps,
         Err(resp) => return resp,
     };
@@ -46,6 +47,8 @@ pub fn list(env: &Env) -> Result<Response> {
 /// JSON for API calls; always logged (provider and code, never a token or a code).
 struct Failure<'a> {
     provider: &'a str,
+    /// The request's id (every line logged while serving a request carries it).
+    rid: &'a str,
     page: bool,
     /// The flow cookie to clear (`Some(secure)`), for the flow's steps.
     clear_flow: Option<bool>,
@@ -58,6 +61,7 @@ impl Failure<'_> {
             other => other.message(),
         };
         log::warn(OAUTH_FAILURE)
+            .request_id(self.rid)
             .field(
                 "provider",
                 self.provider.chars().take(32).collect::<String>(),
@@ -113,11 +117,13 @@ async fn begin(
     req: &Request,
     env: &Env,
     id: &str,
+    rid: &str,
     linking: bool,
 ) -> std::result::Result<flow::Start, Result<Response>> {
     let own = auth::own_origin(req, env);
     let fail = Failure {
         provider: id,
+        rid,
         // `start` is a browser navigation; `link` an API call.
         page: !linking
             && !core_oauth::wants_json(req.headers().get("accept").ok().flatten().as_deref()),
@@ -128,7 +134,7 @@ async fn begin(
         true => Some(member(req, env).await?),
         false => None,
     };
-    let ps = providers(env)?;
+    let ps = providers(env, rid)?;
     let p = config::find(&ps, id).map_err(|e| fail.answer(&ApiError::OAuth(e)))?;
     let return_to = core_oauth::query_param(&query(req), "return_to");
     // Refused before anything is asked of the provider.
@@ -152,8 +158,8 @@ async fn begin(
 }
 
 /// `GET /api/auth/oauth/{id}/start?return_to=`: 302 to the provider, with the flow cookie.
-pub async fn start(req: Request, env: &Env, id: &str) -> Result<Response> {
-    let s = match begin(&req, env, id, false).await {
+pub async fn start(req: Request, env: &Env, id: &str, rid: &str) -> Result<Response> {
+    let s = match begin(&req, env, id, rid, false).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -166,8 +172,8 @@ pub async fn start(req: Request, env: &Env, id: &str) -> Result<Response> {
 
 /// `POST /api/auth/oauth/{id}/link?return_to=` (a member): `{"url"}` to open, and the flow
 /// cookie naming the member.
-pub async fn link(req: Request, env: &Env, id: &str) -> Result<Response> {
-    let s = match begin(&req, env, id, true).await {
+pub async fn link(req: Request, env: &Env, id: &str, rid: &str) -> Result<Response> {
+    let s = match begin(&req, env, id, rid, true).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -189,11 +195,12 @@ async fn member(req: &Request, env: &Env) -> std::result::Result<String, Result<
 /// `GET /api/auth/oauth/{id}/callback?code&state`: the code exchange, the identity, the
 /// account, the session in cookies, 303 to `return_to`. The flow cookie is cleared whatever
 /// happens.
-pub async fn callback(req: Request, env: &Env, id: &str) -> Result<Response> {
+pub async fn callback(req: Request, env: &Env, id: &str, rid: &str) -> Result<Response> {
     let own = auth::own_origin(&req, env);
     let secure = cookies::secure(&own);
     let fail = Failure {
         provider: id,
+        rid,
         page: !core_oauth::wants_json(req.headers().get("accept")?.as_deref()),
         clear_flow: Some(secure),
     };
@@ -208,11 +215,11 @@ pub async fn callback(req: Request, env: &Env, id: &str) -> Result<Response> {
         Ok(c) => c,
         Err(resp) => return ended(resp),
     };
-    let ps = match providers(env) {
+    let ps = match providers(env, rid) {
         Ok(ps) => ps,
         Err(resp) => return ended(resp),
     };
-    match signed_in(&req, env, &cfg, &ps, id, &own).await {
+    match signed_in(&req, env, &cfg, &ps, (id, rid), &own).await {
         Ok((return_to, refresh)) => {
             let mut resp = Response::empty()?.with_status(303);
             resp.headers_mut().set("location", &return_to)?;
@@ -233,7 +240,7 @@ async fn signed_in(
     env: &Env,
     cfg: &Config,
     ps: &[Provider],
-    id: &str,
+    (id, rid): (&str, &str),
     own: &str,
 ) -> std::result::Result<(String, String), ApiError> {
     let p = config::find(ps, id).map_err(ApiError::OAuth)?;
@@ -254,6 +261,7 @@ async fn signed_in(
     };
     let key = settle(env, linker).await.map_err(|e| {
         log::error(OAUTH_FAILURE)
+            .request_id(rid)
             .field("provider", id)
             .error(&e)
             .msg("account store call failed")
@@ -262,6 +270,7 @@ async fn signed_in(
     })??;
     let refresh = open_session(env, cfg, &key).await.map_err(|e| {
         log::error(OAUTH_FAILURE)
+            .request_id(rid)
             .field("provider", id)
             .error(&e)
             .msg("session could not be opened")
@@ -419,13 +428,14 @@ pub async fn identities(req: Request, env: &Env) -> Result<Response> {
 
 /// `DELETE /api/auth/identities/{id}` (a member): removes the identity from the account, then
 /// releases its claim (a new sign-in through it makes a new account).
-pub async fn unlink(req: Request, env: &Env, id: &str) -> Result<Response> {
+pub async fn unlink(req: Request, env: &Env, id: &str, rid: &str) -> Result<Response> {
     let key = match member(&req, env).await {
         Ok(k) => k,
         Err(resp) => return resp,
     };
     let fail = Failure {
         provider: id,
+        rid,
         page: false,
         clear_flow: None,
     };
@@ -468,6 +478,7 @@ pub async fn unlink(req: Request, env: &Env, id: &str) -> Result<Response> {
     if let Err(e) = release.await {
         // The account no longer lists it: the claim is invalid and goes stale on its own.
         log::warn(OAUTH_FAILURE)
+            .request_id(rid)
             .field("provider", id)
             .error(&e)
             .msg("claim not released")
