@@ -45,7 +45,10 @@ pub async fn send(r: &HttpRequest, what: &str) -> std::result::Result<Answer, OA
         Method::Get
     };
     let mut init = RequestInit::new();
+    // A provider's endpoints answer directly; a redirect (to wherever) is not followed, and
+    // its 3xx is an unusable answer, as on the fallback.
     init.with_method(method)
+        .with_redirect(RequestRedirect::Manual)
         .with_headers(headers)
         .with_body(r.body.as_ref().map(|b| b.as_str().into()));
     let req = Request::new_with_init(&r.url, &init).map_err(unusable(what))?;
