@@ -6,12 +6,13 @@
 //! `<username>.<sid>.<secret>`. Auth endpoints are rate limited per client network
 //! ([`crate::auth`] counts them). Calls go one way: this module uses [`crate::auth`].
 
-use crate::auth::{self, account_call, api_response, bearer, capped_body, limited_config};
+use crate::auth::{self, Site, account_call, api_response, bearer, capped_body, limited_config};
 use crate::config::Config;
 use piano_core::account::profile;
 use piano_core::account::tokens::{Issuer, RefreshToken, session_body};
 use piano_core::account::{ApiError, SessionRefusal};
 use piano_core::names;
+use piano_core::oauth::cookies;
 use serde::Deserialize;
 use worker::*;
 
@@ -25,8 +26,20 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
     serde_json::from_slice(&body).map_err(|e| api_response(&ApiError::InvalidJson(e.to_string())))
 }
 
+/// How a session reaches the client: in the JSON body (bots, API clients), or in the browser's
+/// cookies (the web client: the body then has the CSRF token instead of the refresh token).
+#[derive(Clone, Copy)]
+pub(crate) enum Delivery {
+    Body,
+    Cookies { secure: bool },
+}
+
 /// Turns an Account object's session answer into tokens for the client.
-async fn issue(cfg: &Config, mut resp: Response) -> Result<Response> {
+pub(crate) async fn issue(
+    cfg: &Config,
+    mut resp: Response,
+    delivery: Delivery,
+) -> Result<Response> {
     let status = resp.status_code();
     if status >= 400 {
         // The object's error passes through unchanged (it is an `ApiError` already).
@@ -55,10 +68,43 @@ async fn issue(cfg: &Config, mut resp: Response) -> Result<Response> {
         Ok(keys) => keys.sign(&claims).await.map_err(auth::signing_failed)?,
         Err(resp) => return resp,
     };
-    let body = session_body(&access, &claims, s.user, &s.sid, &s.secret);
+    let mut body = session_body(&access, &claims, s.user, &s.sid, &s.secret);
+    let mut cookies = None;
+    if let Delivery::Cookies { secure } = delivery
+        && let Some(obj) = body.as_object_mut()
+        && let Some(serde_json::Value::String(refresh)) = obj.remove("refresh_token")
+    {
+        obj.insert("csrf_token".into(), cookies::csrf_token(&refresh).into());
+        cookies = Some(cookies::session_cookies(
+            &refresh,
+            cfg.session_ttl_secs,
+            secure,
+        ));
+    }
     let mut out = Response::from_json(&body)?.with_status(status);
     out.headers_mut().set("cache-control", "no-store")?;
+    if let Some(c) = &cookies {
+        auth::set_cookies(&mut out, c)?;
+    }
     Ok(out)
+}
+
+/// A cookie `register`/`login` must come from our origin (no other site signs a browser in to
+/// an attacker's account): how the session is delivered, or the refusal.
+fn delivery(
+    req: &Request,
+    env: &Env,
+    cookie: bool,
+) -> std::result::Result<Delivery, Result<Response>> {
+    if !cookie {
+        return Ok(Delivery::Body);
+    }
+    let own = auth::own_origin(req, env);
+    cookies::same_origin(&Site::of(req).view(), &own)
+        .map_err(|e| api_response(&ApiError::OAuth(e)))?;
+    Ok(Delivery::Cookies {
+        secure: cookies::secure(&own),
+    })
 }
 
 macro_rules! try_resp {
@@ -70,7 +116,7 @@ macro_rules! try_resp {
     };
 }
 
-/// `POST /api/auth/register {"username", "password", "email"?}`.
+/// `POST /api/auth/register {"username", "password", "email"?, "cookie"?}`.
 pub async fn register(mut req: Request, env: &Env) -> Result<Response> {
     let cfg = try_resp!(limited_config(&req, env).await);
     #[derive(Deserialize)]
@@ -79,8 +125,11 @@ pub async fn register(mut req: Request, env: &Env) -> Result<Response> {
         password: String,
         #[serde(default)]
         email: Option<String>,
+        #[serde(default)]
+        cookie: bool,
     }
     let b: Body = try_resp!(json_body(&mut req).await);
+    let delivery = try_resp!(delivery(&req, env, b.cookie));
     let key =
         match piano_core::account::check_registration(&b.username, &b.password, b.email.as_deref())
         {
@@ -111,18 +160,21 @@ pub async fn register(mut req: Request, env: &Env) -> Result<Response> {
         })),
     )
     .await?;
-    issue(&cfg, resp).await
+    issue(&cfg, resp, delivery).await
 }
 
-/// `POST /api/auth/login {"username", "password"}`.
+/// `POST /api/auth/login {"username", "password", "cookie"?}`.
 pub async fn login(mut req: Request, env: &Env) -> Result<Response> {
     let cfg = try_resp!(limited_config(&req, env).await);
     #[derive(Deserialize)]
     struct Body {
         username: String,
         password: String,
+        #[serde(default)]
+        cookie: bool,
     }
     let b: Body = try_resp!(json_body(&mut req).await);
+    let delivery = try_resp!(delivery(&req, env, b.cookie));
     let Ok(key) = names::username(&b.username) else {
         return api_response(&ApiError::InvalidCredentials);
     };
@@ -139,7 +191,7 @@ pub async fn login(mut req: Request, env: &Env) -> Result<Response> {
         })),
     )
     .await?;
-    issue(&cfg, resp).await
+    issue(&cfg, resp, delivery).await
 }
 
 /// The refresh token of a body, parsed by the core (401 `invalid_session` if unusable).
@@ -149,45 +201,111 @@ fn refresh_token(token: Option<&str>) -> std::result::Result<RefreshToken<'_>, R
         .ok_or_else(|| api_response(&ApiError::InvalidSession(SessionRefusal::NotValid)))
 }
 
-/// `POST /api/auth/refresh {"refresh_token"}`: new access and refresh tokens; the old ones stop
-/// working.
-pub async fn refresh(mut req: Request, env: &Env) -> Result<Response> {
-    let cfg = try_resp!(limited_config(&req, env).await);
-    #[derive(Deserialize)]
-    struct Body {
-        #[serde(default)]
-        refresh_token: Option<String>,
-    }
-    let b: Body = try_resp!(json_body(&mut req).await);
-    let t = try_resp!(refresh_token(b.refresh_token.as_deref()));
-    let resp = account_call(
-        env,
-        t.user,
-        Method::Post,
-        "/refresh",
-        Some(serde_json::json!({ "sid": t.sid, "secret": t.secret })),
-    )
-    .await?;
-    issue(&cfg, resp).await
+#[derive(Deserialize, Default)]
+struct SessionBody {
+    #[serde(default)]
+    refresh_token: Option<String>,
 }
 
-/// `POST /api/auth/logout {"refresh_token"}` (or with just the access token as Bearer): ends
-/// the session; its access and refresh tokens are refused from now on.
+/// A refresh or logout body: may be empty (the cookie flow).
+async fn session_body_of(req: &mut Request) -> std::result::Result<SessionBody, Result<Response>> {
+    let body = capped_body(req).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(SessionBody::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| api_response(&ApiError::InvalidJson(e.to_string())))
+}
+
+/// The cookie flow of refresh and logout: the `piano_refresh` cookie, from our origin with the
+/// session's CSRF token (else 403 `cross_site`). `Ok(None)`: the request has no session cookie.
+fn cookie_session(
+    req: &Request,
+    env: &Env,
+) -> std::result::Result<Option<(String, bool)>, Result<Response>> {
+    let header = req
+        .headers()
+        .get("cookie")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let Some(token) = cookies::get(&header, cookies::REFRESH_COOKIE).filter(|t| !t.is_empty())
+    else {
+        return Ok(None);
+    };
+    let own = auth::own_origin(req, env);
+    cookies::check_cookie_request(&Site::of(req).view(), &own, token)
+        .map_err(|e| api_response(&ApiError::OAuth(e)))?;
+    Ok(Some((token.to_owned(), cookies::secure(&own))))
+}
+
+/// A refused or ended session on the cookie flow also clears the cookies.
+async fn cleared(resp: Result<Response>, secure: bool) -> Result<Response> {
+    let mut resp = resp?;
+    if resp.status_code() >= 400 {
+        resp = crate::relay_json(resp, None).await?;
+        auth::set_cookies(&mut resp, &cookies::clear_session_cookies(secure))?;
+    }
+    Ok(resp)
+}
+
+/// `POST /api/auth/refresh {"refresh_token"}`: new access and refresh tokens; the old ones stop
+/// working. Without a `refresh_token` in the body: the cookie flow (rotates both cookies).
+pub async fn refresh(mut req: Request, env: &Env) -> Result<Response> {
+    let cfg = try_resp!(limited_config(&req, env).await);
+    let b = try_resp!(session_body_of(&mut req).await);
+    let (token, delivery) = match b.refresh_token {
+        Some(t) => (t, Delivery::Body),
+        None => match try_resp!(cookie_session(&req, env)) {
+            Some((t, secure)) => (t, Delivery::Cookies { secure }),
+            None => return api_response(&ApiError::InvalidSession(SessionRefusal::NotValid)),
+        },
+    };
+    let resp = match refresh_token(Some(&token)) {
+        Ok(t) => {
+            let resp = account_call(
+                env,
+                t.user,
+                Method::Post,
+                "/refresh",
+                Some(serde_json::json!({ "sid": t.sid, "secret": t.secret })),
+            )
+            .await?;
+            issue(&cfg, resp, delivery).await
+        }
+        Err(refused) => refused,
+    };
+    match delivery {
+        Delivery::Cookies { secure } => cleared(resp, secure).await,
+        Delivery::Body => resp,
+    }
+}
+
+/// `POST /api/auth/logout {"refresh_token"}` (or the session cookie, or just the access token
+/// as Bearer): ends the session; its access and refresh tokens are refused from now on.
 pub async fn logout(mut req: Request, env: &Env) -> Result<Response> {
     try_resp!(limited_config(&req, env).await);
-    #[derive(Deserialize, Default)]
-    struct Body {
-        #[serde(default)]
-        refresh_token: Option<String>,
-    }
     let access = bearer(&req);
     let body = try_resp!(capped_body(&mut req).await);
-    // An empty or unreadable body means "log out with the access token".
-    let b: Body = serde_json::from_slice(&body).unwrap_or_default();
+    // An empty or unreadable body means "log out with the cookie or the access token".
+    let b: SessionBody = serde_json::from_slice(&body).unwrap_or_default();
+    let mut from_cookie = None;
     let call = if let Some(token) = b.refresh_token.as_deref() {
         // The account checks the secret: a user name and session id alone end nothing. A
         // token that does not parse is refused as such (not taken for "no token").
         let t = try_resp!(refresh_token(Some(token)));
+        (
+            t.user.to_owned(),
+            serde_json::json!({ "sid": t.sid, "secret": t.secret }),
+        )
+    } else if let Some((token, secure)) = try_resp!(cookie_session(&req, env)) {
+        from_cookie = Some(secure);
+        let Some(t) = RefreshToken::parse(&token) else {
+            return cleared(
+                api_response(&ApiError::InvalidSession(SessionRefusal::NotValid)),
+                secure,
+            )
+            .await;
+        };
         (
             t.user.to_owned(),
             serde_json::json!({ "sid": t.sid, "secret": t.secret }),
@@ -204,6 +322,16 @@ pub async fn logout(mut req: Request, env: &Env) -> Result<Response> {
         }
     };
     let resp = account_call(env, &call.0, Method::Post, "/logout", Some(call.1)).await?;
+    if let Some(secure) = from_cookie {
+        // Ended or refused: the browser's cookies go either way.
+        let mut out = if resp.status_code() >= 400 {
+            crate::relay_json(resp, None).await?
+        } else {
+            Response::empty()?.with_status(204)
+        };
+        auth::set_cookies(&mut out, &cookies::clear_session_cookies(secure))?;
+        return Ok(out);
+    }
     if resp.status_code() >= 400 {
         return crate::relay_json(resp, None).await;
     }

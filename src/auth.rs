@@ -395,3 +395,52 @@ pub async fn me(req: &Request, env: &Env) -> Result<Response> {
     resp.headers_mut().set("cache-control", "no-store")?;
     Ok(resp)
 }
+
+/// The origin players use: `PUBLIC_URL`, else the request's own (development).
+pub fn own_origin(req: &Request, env: &Env) -> String {
+    piano_durable_objects::setting(env, "PUBLIC_URL")
+        .map(|u| u.trim().trim_end_matches('/').to_owned())
+        .or_else(|| {
+            req.url()
+                .ok()
+                .and_then(|u| piano_core::oauth::cookies::origin_of(u.as_str()))
+        })
+        .unwrap_or_default()
+}
+
+/// Where a cookie request comes from (`piano_core::oauth::cookies::RequestSite`, owned).
+pub struct Site {
+    origin: Option<String>,
+    sec_fetch_site: Option<String>,
+    csrf: Option<String>,
+}
+
+impl Site {
+    pub fn of(req: &Request) -> Site {
+        let h = |name: &str| req.headers().get(name).ok().flatten();
+        Site {
+            origin: h("origin"),
+            sec_fetch_site: h("sec-fetch-site"),
+            csrf: h(piano_core::oauth::cookies::CSRF_HEADER),
+        }
+    }
+
+    pub fn view(&self) -> piano_core::oauth::cookies::RequestSite<'_> {
+        piano_core::oauth::cookies::RequestSite {
+            origin: self.origin.as_deref(),
+            sec_fetch_site: self.sec_fetch_site.as_deref(),
+            csrf_header: self.csrf.as_deref(),
+        }
+    }
+}
+
+/// Adds `Set-Cookie` headers (appended: a response may set several).
+pub fn set_cookies<'a>(
+    resp: &mut Response,
+    cookies: impl IntoIterator<Item = &'a String>,
+) -> Result<()> {
+    for c in cookies {
+        resp.headers_mut().append("set-cookie", c)?;
+    }
+    Ok(())
+}

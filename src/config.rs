@@ -23,6 +23,9 @@
 //! | `LOG_LEVEL` | var | `info` | `error`, `warn`, `info` or `debug`: the least severe log lines printed |
 //! | `DEPLOYMENT_ID` | var | `edge` | names this deployment in logs, reports (`server_name`) and shared keys |
 //! | `SENTRY_DSN` | secret | none | error reports to any Sentry-compatible service (`docs/operating-logs-errors.md`) |
+//! | `OAUTH_PROVIDERS` | var | none (password sign-in only) | sign-in providers, JSON (`docs/accounts-oauth.md`; read by `oauth.rs`, a bad value answers 503 on its routes) |
+//! | `OAUTH_CLIENT_SECRET_<ID>` | secret | none (public client, PKCE only) | a provider's client secret |
+//! | `PUBLIC_URL` | var | the request's origin | the origin players use: callback URLs, and the origin cookie requests must come from |
 //! | `PIANO_TEST_ROUTES` | var | none | `1` (tests only): `GET /api/debug/panic` and `/api/debug/error` exist |
 //!
 //! The logging and reporting settings are read by `piano_durable_objects::log`, for the worker
@@ -56,6 +59,8 @@ pub struct Config {
     pub admins: Vec<String>,
     pub admin_bootstrap_secret: Option<String>,
     pub auth_rate_limit: usize,
+    /// A session's lifetime without a refresh (`REFRESH_TOKEN_TTL_SECS`): the session cookies'.
+    pub session_ttl_secs: u64,
 }
 
 /// Why the worker cannot issue or verify tokens; shown to callers as a 503.
@@ -135,7 +140,7 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
     let max_sessions = number(1, "MAX_SESSIONS_PER_ACCOUNT", 0, 0..=1000)? as u32;
     // The Account object reads it itself (it rotates sessions); checked here so that a bad
     // value refuses the auth endpoints as `not_configured` instead of passing unnoticed.
-    number(
+    let session_ttl_secs = number(
         5,
         "REFRESH_TOKEN_TTL_SECS",
         piano_core::account::SESSION_TTL_MS / 1000,
@@ -167,6 +172,7 @@ pub fn load(env: &Env) -> Result<Rc<Config>, NotConfigured> {
         admins,
         admin_bootstrap_secret: others[4].clone(),
         auth_rate_limit,
+        session_ttl_secs,
     });
     CACHE.with_borrow_mut(|c| *c = Some((cache_key, cfg.clone())));
     Ok(cfg)
@@ -182,6 +188,11 @@ pub struct Keys {
 }
 
 impl Config {
+    /// The key that signs sign-in flow cookies (derived from the signing key's seed).
+    pub fn flow_key(&self) -> piano_core::oauth::FlowKey {
+        piano_core::oauth::FlowKey::from_seed(&self.seed)
+    }
+
     /// The keys, imported into WebCrypto once per isolate (a setting WebCrypto refuses, e.g. a
     /// public key that is no Ed25519 point, is `NotConfigured`).
     pub async fn keys(&self) -> Result<Rc<Keys>, NotConfigured> {

@@ -12,6 +12,9 @@
 //! - [`auth`]: guest tokens, JWKS, and extracting/verifying tokens (sessions included);
 //! - [`accounts`]: member accounts (register, login, refresh, logout), profiles, roles, and the
 //!   per-IP rate limit of the auth endpoints;
+//! - [`oauth`]: signing in through Discord and OpenID Connect providers, linked identities;
+//!   [`provider`] talks to the providers (fetch with a timeout, discovery and keys cached,
+//!   ID token signatures through WebCrypto);
 //! - [`metrics`]: `GET /metrics` (behind `METRICS_TOKEN`) and `GET /api/status`, read from the
 //!   metrics aggregator, and this isolate's own counters;
 //! - [`mpp`]: `GET /mpp`, the Multiplayer Piano entry (a relay to the rooms' objects);
@@ -28,7 +31,9 @@ mod config;
 mod gate;
 mod metrics;
 mod mpp;
+mod oauth;
 mod policy;
+mod provider;
 mod rooms;
 mod shared;
 
@@ -61,7 +66,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let (method, path) = (req.method(), req.path());
     let resp = match policy::preflight(&req, &env) {
         Ok(Some(resp)) => Ok(resp),
-        _ => route(req, &env).await,
+        _ => route(req, &env, &request_id).await,
     };
     let took = Date::now().as_millis().saturating_sub(started);
     let report = |r: Report| {
@@ -143,7 +148,7 @@ fn request_id(req: &Request) -> String {
     }
 }
 
-async fn route(req: Request, env: &Env) -> Result<Response> {
+async fn route(req: Request, env: &Env, rid: &str) -> Result<Response> {
     let path = req.path();
     let method = req.method();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -163,6 +168,20 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         (Method::Post, ["api", "auth", "login"]) => accounts::login(req, env).await,
         (Method::Post, ["api", "auth", "refresh"]) => accounts::refresh(req, env).await,
         (Method::Post, ["api", "auth", "logout"]) => accounts::logout(req, env).await,
+        (Method::Get, ["api", "auth", "providers"]) => oauth::list(env, rid),
+        (Method::Get, ["api", "auth", "oauth", id, "start"]) => {
+            oauth::start(req, env, id, rid).await
+        }
+        (Method::Post, ["api", "auth", "oauth", id, "link"]) => {
+            oauth::link(req, env, id, rid).await
+        }
+        (Method::Get, ["api", "auth", "oauth", id, "callback"]) => {
+            oauth::callback(req, env, id, rid).await
+        }
+        (Method::Get, ["api", "auth", "identities"]) => oauth::identities(req, env).await,
+        (Method::Delete, ["api", "auth", "identities", id]) => {
+            oauth::unlink(req, env, id, rid).await
+        }
         (Method::Get, ["api", "users", "me"]) => accounts::me(req, env).await,
         (Method::Put, ["api", "users", "me"]) => accounts::update_me(req, env).await,
         (Method::Get, ["api", "users", id]) => accounts::user(env, id).await,
@@ -219,6 +238,8 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         | (_, ["api", "auth", "guest"] | ["api", "rooms", _] | ["api", "rooms", _, "ws"])
         | (_, ["api", "rooms"] | ["api", "lobby", "next"] | ["api", "users", _])
         | (_, ["api", "auth", "register" | "login" | "refresh" | "logout"])
+        | (_, ["api", "auth", "providers" | "identities"] | ["api", "auth", "identities", _])
+        | (_, ["api", "auth", "oauth", _, "start" | "link" | "callback"])
         | (_, ["api", "admin", "users", _, "roles"] | ["api", "network", "rooms" | "online"])
         | (_, ["api", "users", _, "stats"] | ["api", "admin", "rooms", _, "outbox"])
         | (_, ["mpp"]) => json_error(405, "method_not_allowed", "method not allowed on this path"),

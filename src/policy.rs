@@ -48,7 +48,12 @@ pub async fn finish(mut resp: Response, origin: Option<&str>, env: &Env) -> Resu
     let body = resp.bytes().await?;
     let mut resp = Response::from_bytes(body)?.with_status(status);
     for (k, v) in headers.entries() {
-        resp.headers_mut().set(&k, &v)?;
+        // A response may set several cookies (each its own `set-cookie` entry).
+        if k.eq_ignore_ascii_case("set-cookie") {
+            resp.headers_mut().append(&k, &v)?;
+        } else {
+            resp.headers_mut().set(&k, &v)?;
+        }
     }
     let h = resp.headers_mut();
     for (name, value) in SECURITY_HEADERS {

@@ -28,7 +28,10 @@ mod directory;
 mod drifts;
 mod metrics;
 mod mpp;
+mod oauth;
+mod oauth_attacks;
 mod oauth_browser;
+mod oauth_support;
 mod persistence;
 mod reports;
 mod room_features;
@@ -207,6 +210,16 @@ fn trials() -> Vec<Spec> {
         t!(reports::an_error_storm_sends_a_bounded_number_of_reports)
             .only(&[Edge, Fallback], REPORTS_RIG),
         t!(reports::logs_are_json_lines_without_secrets).only(&[Edge, Fallback], REPORTS_RIG),
+        t!(oauth::oidc_sign_in_creates_the_account_then_finds_it_and_it_plays),
+        t!(oauth::discord_sign_in_creates_then_finds_and_a_refusal_signs_no_one_in),
+        t!(oauth::members_link_and_unlink_providers),
+        t!(oauth::one_identity_linked_by_two_members_at_once_goes_to_one),
+        t!(oauth::password_login_with_cookie_true_gives_cookies_not_a_refresh_token),
+        t!(oauth_attacks::forged_replayed_and_cookieless_callbacks_sign_no_one_in),
+        t!(oauth_attacks::id_tokens_that_break_a_rule_are_refused),
+        t!(oauth_attacks::return_to_must_be_a_path_on_this_site),
+        t!(oauth_attacks::cookie_refresh_and_logout_need_our_origin_and_the_csrf_token),
+        t!(oauth_attacks::oauth_failures_are_logged_without_the_flows_secrets),
         t!(mpp::mpp_client_plays_with_protobuf_players),
         t!(mpp::mpp_clients_are_closed_with_mpp_codes),
         t!(persistence::mongo_client_speaks_the_data_api).only(

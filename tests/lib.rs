@@ -21,6 +21,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod abuse_support;
 mod client_abuse;
+pub mod oauth_rig;
 pub mod process;
 pub mod rigs;
 pub mod stack;
@@ -116,6 +117,8 @@ pub struct Server {
     pub issuer: String,
     pub audience: String,
     pub host: Host,
+    /// The sign-in providers the server is configured with ([`oauth_rig`]).
+    pub oauth: oauth_rig::OAuthRig,
     /// `root-admin` was registered ([`Server::admin_token`]): once per server, by whichever
     /// trial asks first, the others waiting for it.
     admin_registered: tokio::sync::OnceCell<()>,

@@ -9,8 +9,8 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-/// One `mpp-client-net` client in a Node process.
-struct Mpp {
+/// One `mpp-client-net` client in a Node process (also used by `oauth.rs`).
+pub(crate) struct Mpp {
     _child: Child,
     stdin: ChildStdin,
     events: Lines<BufReader<ChildStdout>>,
@@ -18,7 +18,7 @@ struct Mpp {
 
 impl Mpp {
     /// Starts a client that says `hi` (with `token`, if any) and joins `room`.
-    async fn start(s: &Server, room: &str, token: Option<&str>) -> Mpp {
+    pub(crate) async fn start(s: &Server, room: &str, token: Option<&str>) -> Mpp {
         let url = s.http("/mpp").replacen("http://", "ws://", 1);
         let mut cmd = Command::new("node");
         cmd.arg("tests/mpp/client.cjs").arg(url).arg(room);
@@ -50,7 +50,7 @@ impl Mpp {
     }
 
     /// The first `ev` message `pick` accepts, skipping everything else.
-    async fn wait<T>(&mut self, ev: &str, pick: impl Fn(&Value) -> Option<T>) -> T {
+    pub(crate) async fn wait<T>(&mut self, ev: &str, pick: impl Fn(&Value) -> Option<T>) -> T {
         let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
         loop {
             let line = tokio::time::timeout_at(deadline, self.events.next_line())

@@ -8,8 +8,11 @@
 //! - [`Host::FallbackCluster`]: two `k8s-fallback` replicas on one Redis, behind a round-robin
 //!   balancer, so every second connection of a trial lands on the other replica.
 //!
+//! Each server has its sign-in providers' rig (`oauth_rig.rs`), configured through
+//! `OAUTH_PROVIDERS`.
+//!
 //! [`Server::restart`] stops the server's processes and starts them again on the same ports
-//! and storage (the cluster's Redis keeps running), with the environment [`Server::set_env`]
+//! and storage (the cluster's Redis and the providers' rig keep running), with the environment [`Server::set_env`]
 //! left.
 
 use crate::process::{self, Redis, log_dir, log_to, spawn_guarded, stop_group, tail, wait_ok};
@@ -164,6 +167,9 @@ impl Server {
             ];
             env.extend(fallback.into_iter().map(|(k, v)| (k.to_owned(), v)));
         }
+        // The sign-in providers (`oauth_rig.rs`): the server's origin is known before it runs.
+        let oauth = crate::oauth_rig::OAuthRig::start(port);
+        env.extend(oauth.server_env());
         env.extend(vars.iter().cloned());
         Server {
             procs: Mutex::new(Vec::new()),
@@ -177,6 +183,7 @@ impl Server {
             issuer: "pianorhythm".into(),
             audience: "pianorhythm".into(),
             host,
+            oauth,
             admin_registered: tokio::sync::OnceCell::new(),
         }
     }
@@ -224,6 +231,7 @@ impl Server {
     /// Stops everything the server started and removes its storage.
     pub fn shutdown(&self) {
         self.stop();
+        self.oauth.stop();
         if let Launch::Fallback { redis, .. } = &self.launch {
             drop(redis.lock().unwrap_or_else(|p| p.into_inner()).take());
         }

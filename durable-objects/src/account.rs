@@ -9,7 +9,9 @@
 //! already rotated away revokes the session (reuse detection).
 //!
 //! Routes (worker → object, JSON): `POST /register`, `/login`, `/refresh`, `/logout`, `/check`,
-//! `/roles`; `GET /profile`, `PUT /profile`; (room → object) `POST /socket`.
+//! `/roles`; `GET /profile`, `PUT /profile`; (room → object) `POST /socket`; signing in
+//! through a provider: `account_external.rs`. Objects named `ext:…` hold identity claims
+//! instead (`crate::claims`).
 //!
 //! The rules are the core's (`piano_core::account`: registration, lookups, the session life
 //! cycle, profile and role changes); this object reads its rows, asks the core, and stores
@@ -32,6 +34,9 @@ pub use piano_core::account::{AccountData, ApiError, ROLES, SESSION_TTL_MS, Sess
 use piano_core::password::{ACCOUNT_ITERATIONS, PasswordHash};
 use serde::Deserialize;
 use worker::*;
+
+#[path = "account_external.rs"]
+mod external;
 
 /// The response of a refused API request: the one place an [`ApiError`] becomes HTTP at the
 /// edge (the object answers it, the worker relays it or answers its own with it).
@@ -205,7 +210,16 @@ impl Account {
         if req.path() == "/stats" {
             return crate::account_stats::serve(&self.state.storage().sql(), &mut req).await;
         }
+        if req.path().starts_with("/claim") {
+            return crate::claims::serve(&self.state.storage().sql(), &mut req).await;
+        }
         let now = Date::now().as_millis();
+        if let Some(answer) = self.external_route(&mut req, now).await? {
+            return match answer {
+                Ok(resp) => Ok(resp),
+                Err(e) => api_response(&e),
+            };
+        }
         let answer = match (req.method(), req.path().as_str()) {
             (Method::Post, "/socket") => self.socket(req.json().await?, now)?,
             (Method::Post, "/register") => self.register(req.json().await?, now).await?,
@@ -379,20 +393,7 @@ impl Account {
 impl Account {
     /// Whether this object ever stored anything (its tables exist).
     fn has_schema(&self) -> bool {
-        #[derive(Deserialize)]
-        struct Table {
-            #[allow(dead_code)]
-            name: String,
-        }
-        self.state
-            .storage()
-            .sql()
-            .exec(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'account'",
-                None,
-            )
-            .and_then(|c| c.to_array::<Table>())
-            .is_ok_and(|t| !t.is_empty())
+        crate::table_exists(&self.state.storage().sql(), "account").unwrap_or(false)
     }
 
     /// Sends the queued notices to the rooms holding this member's sockets.

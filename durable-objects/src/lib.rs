@@ -19,6 +19,7 @@
 pub mod account;
 mod account_stats;
 pub mod analytics;
+pub mod claims;
 pub mod limiter;
 pub mod lobby;
 pub mod log;
@@ -52,6 +53,23 @@ pub fn setting(env: &Env, name: &str) -> Option<String> {
         .or_else(|_| env.var(name).map(|v| v.to_string()))
         .ok()
         .filter(|s| !s.trim().is_empty())
+}
+
+/// Whether the object's SQLite has the table `name` (objects create their tables at their first
+/// write, so this says whether anything was ever stored).
+pub(crate) fn table_exists(sql: &SqlStorage, name: &str) -> Result<bool> {
+    #[derive(serde::Deserialize)]
+    struct Table {
+        #[allow(dead_code)]
+        name: String,
+    }
+    Ok(!sql
+        .exec(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?",
+            vec![name.into()],
+        )?
+        .to_array::<Table>()?
+        .is_empty())
 }
 
 /// The Room object of a room name (the worker's routes and the Account object's notices).

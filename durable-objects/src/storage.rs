@@ -46,18 +46,7 @@ pub fn init(sql: &SqlStorage, name: &str) -> Result<()> {
 
 /// Whether this object has ever been a room (its tables exist).
 pub fn exists(sql: &SqlStorage) -> Result<bool> {
-    #[derive(serde::Deserialize)]
-    struct Table {
-        #[allow(dead_code)]
-        name: String,
-    }
-    Ok(!sql
-        .exec(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'room_meta'",
-            None,
-        )?
-        .to_array::<Table>()?
-        .is_empty())
+    crate::table_exists(sql, "room_meta")
 }
 
 /// Seeds a new room's state from its shared document (another deployment's room of the same
