@@ -229,12 +229,14 @@ async fn route_inner(app: App, peer: SocketAddr, req: Request) -> Response {
             let (id, step) = (*id, *step);
             let browser = browser(hub, peer, req.headers());
             let query = req.uri().query().unwrap_or("");
+            // Both count as auth requests (as at the edge): each callback with a live flow
+            // cookie makes a request to the provider, which a client must not repeat at will.
+            if let Err(e) = rate_limited(&app, peer, req.headers()).await {
+                return auth::api_error(&e);
+            }
             if step == "callback" {
                 return crate::oauth::callback(&hub.cfg, accounts, &app.oauth, &browser, id, query)
                     .await;
-            }
-            if let Err(e) = rate_limited(&app, peer, req.headers()).await {
-                return auth::api_error(&e);
             }
             crate::oauth::start(&hub.cfg, &app.oauth, &browser, id, query).await
         }
