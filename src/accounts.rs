@@ -238,10 +238,11 @@ fn cookie_session(
     Ok(Some((token.to_owned(), cookies::secure(&own))))
 }
 
-/// A refused or ended session on the cookie flow also clears the cookies.
+/// A refused or ended session on the cookie flow also clears the cookies
+/// (`cookies::clears_session`); an unreachable store keeps them.
 async fn cleared(resp: Result<Response>, secure: bool) -> Result<Response> {
     let mut resp = resp?;
-    if resp.status_code() >= 400 {
+    if cookies::clears_session(resp.status_code()) {
         resp = crate::relay_json(resp, None).await?;
         auth::set_cookies(&mut resp, &cookies::clear_session_cookies(secure))?;
     }
@@ -323,12 +324,12 @@ pub async fn logout(mut req: Request, env: &Env) -> Result<Response> {
     };
     let resp = account_call(env, &call.0, Method::Post, "/logout", Some(call.1)).await?;
     if let Some(secure) = from_cookie {
-        // Ended or refused: the browser's cookies go either way.
-        let mut out = if resp.status_code() >= 400 {
-            crate::relay_json(resp, None).await?
-        } else {
-            Response::empty()?.with_status(204)
-        };
+        // Ended or refused: the browser's cookies go; a store that could not be reached
+        // keeps them (the session is still alive).
+        if resp.status_code() >= 400 {
+            return cleared(crate::relay_json(resp, None).await, secure).await;
+        }
+        let mut out = Response::empty()?.with_status(204);
         auth::set_cookies(&mut out, &cookies::clear_session_cookies(secure))?;
         return Ok(out);
     }

@@ -293,8 +293,12 @@ async fn refresh_inner(
     }
 }
 
-/// A refused or ended session on the cookie path: its cookies go too.
+/// The answer of a cookie refresh or logout: a refused or ended session's cookies go too
+/// (`cookies::clears_session`); an unreachable store keeps them.
 fn ended_cookies(browser: &Browser, resp: Response) -> Response {
+    if !cookies::clears_session(resp.status().as_u16()) {
+        return resp;
+    }
     browser::with_cookies(resp, cookies::clear_session_cookies(browser.secure()))
 }
 
@@ -364,7 +368,10 @@ async fn logout_inner(
         cookies::check_cookie_request(&browser.site(), &browser.own_origin, refresh)
             .map_err(ApiError::OAuth)?;
         let resp = match end_with_refresh(accounts, refresh).await {
-            Ok(true) => no_content(),
+            Ok(true) => browser::with_cookies(
+                no_content(),
+                cookies::clear_session_cookies(browser.secure()),
+            ),
             Ok(false) => api_error(&ApiError::InvalidSession(SessionRefusal::NotValid)),
             Err(e) => api_error(&e),
         };

@@ -92,6 +92,13 @@ pub fn clear_session_cookies(secure: bool) -> [String; 2] {
     ]
 }
 
+/// Whether a refused cookie refresh or logout also clears the cookies: only when the session
+/// itself is refused (401). A store that cannot be reached (5xx) leaves the session alive on
+/// the server, so the browser keeps its cookie and tries again.
+pub fn clears_session(status: u16) -> bool {
+    status == 401
+}
+
 /// What a request tells about where it came from.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestSite<'a> {
@@ -167,6 +174,7 @@ mod tests {
         );
         assert!(!c.contains("alice.sid.secret"));
         assert!(clear_session_cookies(false)[0].contains("Max-Age=0"));
+        assert!(clears_session(401) && !clears_session(503) && !clears_session(204));
         assert!(secure("https://piano.example"));
         assert!(secure("http://piano.example"));
         assert!(!secure("http://127.0.0.1:8787"));

@@ -89,7 +89,10 @@ pub fn check_return_to(raw: Option<&str>) -> Result<String, OAuthError> {
         return Ok("/".into());
     };
     let b = r.as_bytes();
+    // ASCII only: it goes back out in a `Location` header (a browser's own paths are
+    // percent-encoded anyway).
     let ok = r.len() <= MAX_RETURN_TO
+        && r.is_ascii()
         && b[0] == b'/'
         && !matches!(b.get(1), Some(b'/' | b'\\'))
         && !r
@@ -470,6 +473,8 @@ mod tests {
             "/a\nb",
             "/ a",
             "javascript:alert(1)",
+            "/\u{2603}",
+            "/caf\u{e9}",
         ] {
             assert_eq!(
                 check_return_to(Some(bad)),

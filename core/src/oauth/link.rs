@@ -5,8 +5,8 @@
 //! at the edge, a primary key or `SET NX` on the fallback). Every sign-in and link claims first,
 //! then creates or changes the account; so two concurrent links of one identity give one claim,
 //! one success and one `identity_linked_elsewhere`. A claim is valid while its account exists
-//! and lists the identity; one left invalid for [`STALE_CLAIM_MS`] (a host died between the two
-//! steps, or an unlink stopped half-way) may be taken over.
+//! and lists the identity; one left invalid for [`STALE_CLAIM_MS`] (ten minutes: a host died
+//! between the two steps, or an unlink stopped half-way) may be taken over.
 //!
 //! [`Linker`] is the procedure, sans I/O: the host asks [`Linker::want`] what to do, does it
 //! against its store and reports the answer, until [`Want::Done`] or [`Want::Failed`].
@@ -17,7 +17,10 @@ use crate::account::{AccountData, ApiError};
 use serde::{Deserialize, Serialize};
 
 /// How long an invalid claim is respected (a sign-in in progress) before it may be taken over.
-pub const STALE_CLAIM_MS: Millis = 60 * 1000;
+/// Far above the longest a sign-in can take (its requests time out after 10 s each): a
+/// sign-in that still creates or adds after its claim was taken over would put the identity on
+/// two accounts, since creating and adding do not re-read the claim.
+pub const STALE_CLAIM_MS: Millis = 10 * 60 * 1000;
 /// Usernames tried for a new account before giving up.
 pub const CANDIDATES: usize = 4;
 /// The random bytes [`Linker::sign_in`] consumes (username suffixes).

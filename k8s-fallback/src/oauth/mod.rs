@@ -141,11 +141,12 @@ async fn member(
     bearer: Option<&str>,
 ) -> Result<String, ApiError> {
     let claims = verify_claims(cfg, accounts, bearer).await?;
-    claims
-        .sub
-        .strip_prefix("user:")
-        .map(str::to_owned)
-        .ok_or(ApiError::NotAMember)
+    // A member's token of a session (as the edge and logout ask): a `user:` token without a
+    // `sid` proves no session to link to.
+    match (claims.sub.strip_prefix("user:"), claims.sid) {
+        (Some(key), Some(_)) => Ok(key.to_owned()),
+        _ => Err(ApiError::NotAMember),
+    }
 }
 
 /// `POST /api/auth/oauth/{id}/link?return_to=/path` (a member): `{"url"}` to open, and the
