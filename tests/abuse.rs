@@ -714,6 +714,7 @@ pub async fn a_silent_listener_at_the_edge_skips_notes_and_is_told(s: &Server) {
                 Some(Event::Msg(m)) => {
                     bytes += proto::ServerMessage {
                         msg: Some(m.clone()),
+                        ..Default::default()
                     }
                     .encoded_len();
                     batches += usize::from(matches!(m, Msg::Notes(_)));

@@ -22,7 +22,11 @@ impl Client {
 
     /// Sends without panicking: a flooder's socket may be closed under it.
     pub async fn try_send(&mut self, msg: client_message::Msg) -> Result<(), tungstenite::Error> {
-        let bytes = ClientMessage { msg: Some(msg) }.encode_to_vec();
+        let bytes = ClientMessage {
+            msg: Some(msg),
+            ..Default::default()
+        }
+        .encode_to_vec();
         self.ws.send(Message::Binary(bytes.into())).await
     }
 

@@ -315,7 +315,11 @@ impl Client {
     }
 
     pub async fn send(&mut self, msg: client_message::Msg) {
-        let bytes = ClientMessage { msg: Some(msg) }.encode_to_vec();
+        let bytes = ClientMessage {
+            msg: Some(msg),
+            ..Default::default()
+        }
+        .encode_to_vec();
         self.send_raw(Message::Binary(bytes.into())).await;
     }
 

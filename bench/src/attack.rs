@@ -213,6 +213,7 @@ pub async fn run(cfg: &Config, url: GuestUrl, pids: &[u32], room_base: &str) -> 
                 tick.tick().await;
                 let bytes = ClientMessage {
                     msg: Some(client_message::Msg::Notes(crate::load::batch(player, seq))),
+                    ..Default::default()
                 }
                 .encode_to_vec();
                 let now = Instant::now();

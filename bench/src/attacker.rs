@@ -261,6 +261,7 @@ pub fn join_frame(password: &str, create: Option<proto::UpdateSettings>) -> Mess
             password: password.into(),
             create_settings: create,
         })),
+        ..Default::default()
     };
     Message::Binary(join.encode_to_vec().into())
 }
@@ -371,6 +372,7 @@ fn flood_frame(events: usize) -> Message {
             events,
             sender_id: String::new(),
         })),
+        ..Default::default()
     };
     Message::Binary(msg.encode_to_vec().into())
 }

@@ -168,6 +168,7 @@ async fn join(ws: &mut Ws, capacity: u32) -> Option<()> {
     };
     let join = ClientMessage {
         msg: Some(client_message::Msg::Join(join)),
+        ..Default::default()
     };
     ws.send(Message::Binary(join.encode_to_vec().into()))
         .await
@@ -313,6 +314,7 @@ pub async fn run(load: &Load, endpoint: impl Fn(usize, usize) -> Endpoint, wire:
                     Wire::Protobuf => Message::Binary(
                         ClientMessage {
                             msg: Some(client_message::Msg::Notes(batch(player, seq))),
+                            ..Default::default()
                         }
                         .encode_to_vec()
                         .into(),

@@ -44,6 +44,7 @@ fn ms_summary(us: &[u64]) -> serde_json::Value {
 async fn relay_time(from: &mut Ws, to: &mut Ws, seq: u32) -> Option<u64> {
     let frame = ClientMessage {
         msg: Some(client_message::Msg::Notes(load::batch(0, seq))),
+        ..Default::default()
     }
     .encode_to_vec();
     let sent = Instant::now();

@@ -34,7 +34,11 @@ fn identity(user: &str) -> Identity {
 }
 
 fn encode(msg: client_message::Msg) -> Vec<u8> {
-    ClientMessage { msg: Some(msg) }.encode_to_vec()
+    ClientMessage {
+        msg: Some(msg),
+        ..Default::default()
+    }
+    .encode_to_vec()
 }
 
 fn frame(room: &mut Room, conn: ConnId, bytes: &[u8], now: Millis) -> Vec<Effect> {

@@ -2,7 +2,7 @@
 //! documented in README.md too; change both together.
 
 /// Version of the wire protocol spoken on `/api/rooms/{name}/ws` (the `pianorhythm.v1` package).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The WebSocket subprotocol a browser offers (next to its `bearer.<token>` entry).
 pub const SUBPROTOCOL: &str = "pianorhythm.v1";
@@ -45,4 +45,11 @@ pub mod close {
     /// The user (or the client's network) already holds the most sockets allowed in this room
     /// (an `Error TOO_MANY_CONNECTIONS` came first).
     pub const TOO_MANY_CONNECTIONS: u16 = 4004;
+    /// A `Resume` on a newer connection took this one's place (docs/resume.md): the client
+    /// already lives on elsewhere and must not reconnect this one.
+    pub const RESUMED_ELSEWHERE: u16 = 4005;
 }
+
+/// How long a dropped connection keeps its place by default (docs/resume.md); hosts read
+/// `RESUME_GRACE_MS` over it, 0 turns resuming off.
+pub const RESUME_GRACE_MS: u64 = 15_000;

@@ -249,6 +249,7 @@ async fn a_player_who_stops_reading_is_closed_not_waited_for() {
         msg: Some(client_message::Msg::Ping(piano_core::proto::Ping {
             client_time: 1.0,
         })),
+        ..Default::default()
     }
     .encode_to_vec();
     let closes = || async {

@@ -26,6 +26,7 @@ pub const IN_KINDS: &[&str] = &[
     "cursor",
     "subscribe_rooms",
     "unsubscribe_rooms",
+    "resume",
 ];
 
 /// Server message kinds, by `ServerMessage` field number (0: anything else).
@@ -53,6 +54,8 @@ pub const OUT_KINDS: &[&str] = &[
     "room_list",
     "room_list_changed",
     "fell_behind",
+    "resumed",
+    "resume_failed",
 ];
 
 /// Why note events were not relayed: the proto's `NotesDroppedReason` (1-3), and the

@@ -114,6 +114,8 @@ impl Channel {
             }
             S::Error(e) => vec![super::notification("Error", &e.message)],
             S::FellBehind(f) => vec![super::fell_behind(f.skipped)],
+            // MPP has no resuming: its connections never send Resume.
+            S::Resumed(_) | S::ResumeFailed(_) => vec![],
             S::JoinFailed(f) => vec![super::notification("Could not join", &f.message)],
             S::Chat(c) => vec![chat(c)],
             // MPP sends `c` when chat is cleared.

@@ -383,6 +383,7 @@ fn joined_channel() -> (Channel, Vec<Value>) {
             points: 600,
             unlimited: false,
         }),
+        ..Default::default()
     }));
     (ch, out)
 }
@@ -491,6 +492,7 @@ fn server_messages_translate_to_mpp() {
             S::Pong(proto::Pong {
                 client_time: 42.0,
                 server_time: 99,
+                ..Default::default()
             }),
             vec![json!({"m": "t", "t": 99, "e": 42.0})],
         ),
@@ -498,6 +500,7 @@ fn server_messages_translate_to_mpp() {
             S::Pong(proto::Pong {
                 client_time: 0.0,
                 server_time: 99,
+                ..Default::default()
             }),
             vec![json!({"m": "t", "t": 99})],
         ),

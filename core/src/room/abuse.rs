@@ -67,6 +67,8 @@ fn kind_of(msg: &C) -> Option<Kind> {
         | C::Kick(_)
         | C::Unban(_)
         | C::Mute(_) => Kind::Moderation,
+        // A resume spends a join: guessing tokens costs what joining does.
+        C::Resume(_) => Kind::Join,
         C::Join(_) | C::Chat(_) => return None,
     })
 }

@@ -100,10 +100,12 @@ impl Room {
     /// Whether a new socket for `who` may be accepted: hosts ask before the upgrade (and answer
     /// HTTP 429 `too_many_connections`); `Connect` asks again (error, then close 4004).
     pub fn admit_connection(&self, who: &Identity) -> Result<(), ErrorCode> {
+        // Suspended connections (docs/resume.md) have no socket: the player reconnecting to
+        // resume one must not be refused for it.
         let per_user = self
             .conns
             .values()
-            .filter(|c| c.identity.user_id == who.user_id)
+            .filter(|c| c.identity.user_id == who.user_id && !c.is_suspended())
             .count();
         if per_user >= self.limits.conns_per_user {
             return Err(ErrorCode::TooManyConnections);
@@ -115,6 +117,7 @@ impl Room {
                 .values()
                 .filter(|c| {
                     c.identity.network.as_deref() == Some(network)
+                        && !c.is_suspended()
                         && !Actor::from_roles(&c.identity.roles, false).staff()
                 })
                 .count();

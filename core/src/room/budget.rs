@@ -160,6 +160,8 @@ pub struct Limits {
     pub password_checks: Rate,
     pub password_delay_first_ms: u64,
     pub password_delay_max_ms: u64,
+    /// How long a dropped connection keeps its place (docs/resume.md); 0: resuming is off.
+    pub resume_grace_ms: u64,
 }
 
 impl Default for Limits {
@@ -184,6 +186,7 @@ impl Default for Limits {
             password_checks: PASSWORD_CHECKS,
             password_delay_first_ms: PASSWORD_DELAY_FIRST_MS,
             password_delay_max_ms: PASSWORD_DELAY_MAX_MS,
+            resume_grace_ms: crate::limits::RESUME_GRACE_MS,
         }
     }
 }

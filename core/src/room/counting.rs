@@ -32,6 +32,7 @@ pub(super) fn in_kind(msg: &C) -> usize {
         C::Cursor(_) => 16,
         C::SubscribeRooms(_) => 17,
         C::UnsubscribeRooms(_) => 18,
+        C::Resume(_) => 19,
     }
 }
 
@@ -91,9 +92,11 @@ impl Room {
             match ServerMessage::decode(&frame[..]) {
                 Ok(ServerMessage {
                     msg: Some(S::Error(e)),
+                    ..
                 }) => self.counters.add(Fam::Errors, e.code.max(0) as usize, n),
                 Ok(ServerMessage {
                     msg: Some(S::JoinFailed(j)),
+                    ..
                 }) => self
                     .counters
                     .add(Fam::JoinFailures, j.reason.max(0) as usize, n),
@@ -112,11 +115,13 @@ mod tests {
     fn the_kind_of_a_frame_is_its_first_field_number() {
         let frame = ServerMessage {
             msg: Some(S::FellBehind(proto::FellBehind { skipped: 3 })),
+            ..Default::default()
         }
         .encode_to_vec();
         assert_eq!(out_kind(&frame), 22);
         let frame = ServerMessage {
             msg: Some(S::Pong(proto::Pong::default())),
+            ..Default::default()
         }
         .encode_to_vec();
         assert_eq!(out_kind(&frame), 6);

@@ -119,7 +119,7 @@ impl Room {
     }
 
     /// Tells everyone in the room who holds the crown now.
-    fn announce_owner(&self, out: &mut Out) {
+    fn announce_owner(&mut self, out: &mut Out) {
         self.send_to_all(
             S::OwnerChanged(proto::OwnerChanged {
                 ownership: Some(self.ownership_proto()),

@@ -1,7 +1,8 @@
-//! Hibernation and restarts: a room rebuilt from its durable state ([`super::stored`]) and the
-//! records its host kept per socket ([`super::ConnRecord`]) looks the same to its players.
+//! Hibernation and restarts: a room rebuilt from its durable state ([`super::stored`]), the
+//! records its host kept per socket ([`super::ConnRecord`]) and what it kept for resuming
+//! ([`super::Kept`]) looks the same to its players.
 
-use super::{ConnRecord, Out, Room, Stored};
+use super::{ConnRecord, Kept, Out, Room, Stored};
 use crate::Millis;
 
 impl Room {
@@ -16,11 +17,30 @@ impl Room {
         now: Millis,
         seed: [u8; 32],
     ) -> (Room, Out) {
+        Room::restore_with(name, stored, records, Kept::default(), now, seed)
+    }
+
+    /// [`Room::restore`] with the sessions and replay entries the host kept: connections whose
+    /// sockets were lost with the room's memory come back suspended, so their players may
+    /// still resume (docs/resume.md).
+    pub fn restore_with(
+        name: impl Into<String>,
+        stored: Option<Stored>,
+        records: impl IntoIterator<Item = ConnRecord>,
+        kept: Kept,
+        now: Millis,
+        seed: [u8; 32],
+    ) -> (Room, Out) {
         let mut room = Room::blank(name.into(), seed);
         if let Some(s) = stored {
             room.stored = s;
         }
         let mut records: Vec<ConnRecord> = records.into_iter().collect();
+        let mut out = Vec::new();
+        // Suspended connections take their places in the join order with the others.
+        let lost = room.lost_sessions(&records, &kept, now, &mut out);
+        let lost_ids: Vec<_> = lost.iter().map(|r| r.conn).collect();
+        records.extend(lost);
         records.sort_by_key(|r| (r.joined.is_none(), r.joined, r.conn));
         for r in records {
             room.add_conn(r.conn, r.identity, r.profile, r.protocol, now);
@@ -32,7 +52,7 @@ impl Room {
                 room.next_join_seq = room.next_join_seq.max(seq + 1);
             }
         }
-        let mut out = Vec::new();
+        room.restore_kept(kept, &lost_ids, now, &mut out);
         if let Some(owner) = room.stored.crown.owner_user.clone()
             && room.member_index_by_user(&owner).is_none()
         {

@@ -94,23 +94,13 @@ impl Room {
         self.next_join_seq += 1;
         let is_new = self.join_member(conn, seq, now);
 
+        let token = self.issue_token(conn, now).unwrap_or_default();
         out.extend(self.record(conn).map(Effect::Remember));
+        self.keep_session(conn, out);
         let you = self.participant_for(conn);
-        let quota = self
-            .member_index_of_conn(conn)
-            .map(|m| self.members[m].quota.to_proto(now));
         out.push(send_one(
             conn,
-            S::Joined(proto::Joined {
-                room: self.name.clone(),
-                you: you.clone(),
-                participants: self.participants().cloned().collect(),
-                server_time: now,
-                settings: Some(self.settings_proto()),
-                ownership: Some(self.ownership_proto()),
-                chat_history: self.stored.chat.iter().map(ChatRecord::to_proto).collect(),
-                quota,
-            }),
+            S::Joined(self.joined_proto(conn, token, now)),
         ));
         if is_new && let Some(p) = you.clone() {
             self.send_to_others(
@@ -147,10 +137,42 @@ impl Room {
         }
     }
 
+    /// The whole room as `conn` sees it now (Joined, and a resume's snapshot).
+    pub(super) fn joined_proto(
+        &mut self,
+        conn: ConnId,
+        resume_token: String,
+        now: Millis,
+    ) -> proto::Joined {
+        let quota = self
+            .member_index_of_conn(conn)
+            .map(|m| self.members[m].quota.to_proto(now));
+        proto::Joined {
+            room: self.name.clone(),
+            you: self.participant_for(conn),
+            participants: self.participants().cloned().collect(),
+            server_time: now,
+            settings: Some(self.settings_proto()),
+            ownership: Some(self.ownership_proto()),
+            chat_history: self.stored.chat.iter().map(ChatRecord::to_proto).collect(),
+            quota,
+            resume_grace_ms: if resume_token.is_empty() {
+                0
+            } else {
+                self.limits.resume_grace_ms.min(u64::from(u32::MAX)) as u32
+            },
+            resume_token,
+            seq: self.seq,
+        }
+    }
+
     pub(super) fn on_disconnect(&mut self, conn: ConnId, now: Millis, out: &mut Out) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        if c.resume.is_some() {
+            self.session_gone(conn, out);
+        }
         if c.protocol == Protocol::Mpp {
             self.mpp.gone(conn);
         }

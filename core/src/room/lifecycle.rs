@@ -24,6 +24,7 @@ impl Room {
             .values()
             .filter_map(|c| c.identity.expires_at)
             .chain(stats)
+            .chain(self.next_expiry())
             .min()
     }
 

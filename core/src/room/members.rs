@@ -6,7 +6,8 @@ use super::perms::Actor;
 use super::profile::color_for;
 use super::quota::{NoteQuota, RateWindow};
 use super::{
-    Conn, ConnId, ConnRecord, Member, Out, Profile, Protocol, Room, S, abuse, budget, send_many,
+    Conn, ConnId, ConnRecord, Delivery, Effect, Member, Out, Profile, Protocol, Room, S, Targets,
+    abuse, budget, send_many,
 };
 use crate::Millis;
 use crate::identity::{Identity, participant_id};
@@ -62,6 +63,7 @@ impl Room {
                 protocol,
                 budget: budget::ConnBudget::new(&self.limits, now),
                 pending_join: None,
+                resume: None,
             },
         );
     }
@@ -148,24 +150,45 @@ impl Room {
         Actor::from_roles(&self.members[m].info.roles, self.is_owner(m))
     }
 
+    /// Joined connections with a socket (suspended ones have none), but `except`.
     pub(super) fn joined_conns(&self, except: Option<ConnId>) -> Vec<ConnId> {
         self.conns
             .iter()
-            .filter(|(id, c)| Some(**id) != except && c.joined.is_some())
+            .filter(|(id, c)| {
+                Some(**id) != except
+                    && c.joined.is_some()
+                    && c.resume.as_ref().is_none_or(|r| r.until.is_none())
+            })
             .map(|(id, _)| *id)
             .collect()
     }
 
-    pub(super) fn send_to_others(&self, except: ConnId, msg: S, out: &mut Out) {
+    pub(super) fn send_to_others(&mut self, except: ConnId, msg: S, out: &mut Out) {
         let targets = self.joined_conns(Some(except));
-        if !targets.is_empty() {
-            out.push(send_many(targets, msg));
-        }
+        self.broadcast(targets, Some(except), msg, out);
     }
 
-    pub(super) fn send_to_all(&self, msg: S, out: &mut Out) {
+    pub(super) fn send_to_all(&mut self, msg: S, out: &mut Out) {
         let targets = self.joined_conns(None);
-        if !targets.is_empty() {
+        self.broadcast(targets, None, msg, out);
+    }
+
+    /// Sends `msg` to every joined connection but `except`: numbered and kept for replay when
+    /// it is what a resuming connection must not miss (docs/resume.md §2), even when only
+    /// suspended connections are left to want it.
+    fn broadcast(&mut self, targets: Vec<ConnId>, except: Option<ConnId>, msg: S, out: &mut Out) {
+        let replayable = !matches!(msg, S::Cursor(_) | S::Typing(_));
+        if replayable && (!targets.is_empty() || self.any_suspended()) {
+            let delivery = Delivery::of(&msg);
+            let frame = self.numbered(msg, except, out);
+            if !targets.is_empty() {
+                out.push(Effect::Send {
+                    to: Targets::Many(targets),
+                    frame,
+                    delivery,
+                });
+            }
+        } else if !targets.is_empty() {
             out.push(send_many(targets, msg));
         }
     }

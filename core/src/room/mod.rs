@@ -47,6 +47,8 @@ pub mod perms;
 mod presence;
 mod profile;
 pub mod quota;
+pub mod replay;
+pub mod resume;
 mod settings;
 mod stats;
 pub mod stored;
@@ -59,6 +61,8 @@ pub use chat::{CHAT_RATE, CHAT_RATE_OWNER};
 pub use members::participant_of;
 pub use moderation::MAX_BAN_MS;
 pub use profile::CURSOR_MIN_INTERVAL_MS;
+pub use replay::{ReplayDurability, ReplayEntry};
+pub use resume::{Keep, Kept, Session};
 pub use settings::{MAX_PLAYERS, MAX_PLAYERS_ADMIN};
 pub use stats::{STATS_EVERY_MS, STATS_MAX_WAIT_MS, StatsDelta};
 pub use wire::fell_behind;
@@ -96,8 +100,13 @@ pub enum Input<'a> {
     ConnectMpp { conn: ConnId, identity: Identity },
     /// A frame arrived on a connection.
     Frame { conn: ConnId, frame: Frame<'a> },
-    /// A connection closed (either side) or failed.
+    /// A connection closed for good: the client said goodbye (close code 1000 or 1001) or the
+    /// host closed it. The participant leaves with its last connection.
     Disconnect { conn: ConnId },
+    /// A connection failed or closed without a goodbye (no close frame, another code): a joined
+    /// one keeps its place for the grace period and may be resumed (docs/resume.md); any other
+    /// is a [`Input::Disconnect`].
+    Dropped { conn: ConnId },
     /// The directory's full list, fetched by the host for a new subscriber.
     RoomList { conn: ConnId, rooms: Vec<Summary> },
     /// A change to the directory's list, pushed by the directory.
@@ -183,6 +192,9 @@ pub enum Effect {
     Remember(ConnRecord),
     /// Write this change to durable storage.
     Persist(Change),
+    /// Keep this for resuming connections after the room's memory is gone (docs/resume.md):
+    /// the host's own storage, never mirrored to other backends.
+    Keep(Keep),
     /// Talk to the room directory (asynchronously, after the other effects).
     Directory(DirectoryOp),
     /// Check a Join's password off the room's thread (a KDF is slow by design) and feed the
@@ -267,6 +279,15 @@ struct Conn {
     budget: budget::ConnBudget,
     /// A Join waiting for its password check.
     pending_join: Option<Box<admission::PendingJoin>>,
+    /// Joined protobuf connections: the resume token's hash, client seqs, the grace period.
+    resume: Option<resume::Resumable>,
+}
+
+impl Conn {
+    /// Dropped and waiting to be resumed (no socket).
+    fn is_suspended(&self) -> bool {
+        self.resume.as_ref().is_some_and(|r| r.until.is_some())
+    }
 }
 
 struct Member {
@@ -308,6 +329,14 @@ pub struct Room {
     mpp: mpp::MppState,
     /// What the room counted for the host's metrics since it last took them (`counting.rs`).
     counters: crate::metrics::Counters,
+    /// The last `ServerMessage.seq` given (`replay.rs`).
+    seq: u64,
+    replay: replay::Replay,
+    /// Which replay entries the host is asked to keep, and whether it is asked now.
+    durability: ReplayDurability,
+    keeping: bool,
+    /// The connection and `ClientMessage.seq` of the message being handled, if numbered.
+    origin: Option<(ConnId, u64)>,
 }
 
 type Out = Vec<Effect>;
@@ -339,6 +368,12 @@ impl Room {
             guard: admission::Guard::default(),
             mpp: mpp::MppState::default(),
             counters: crate::metrics::Counters::default(),
+            // A new room starts at 0; a loaded one above anything before ([`replay::first_seq`]).
+            seq: 0,
+            replay: replay::Replay::default(),
+            durability: ReplayDurability::default(),
+            keeping: false,
+            origin: None,
         }
     }
 
@@ -369,6 +404,7 @@ impl Room {
             }
             Input::Frame { conn, frame } => self.on_frame(conn, frame, now, &mut out),
             Input::Disconnect { conn } => self.on_disconnect(conn, now, &mut out),
+            Input::Dropped { conn } => self.on_dropped(conn, now, &mut out),
             Input::RoomList { conn, rooms } => self.on_room_list(conn, &rooms, &mut out),
             Input::RoomListChanged(delta) => self.on_room_list_changed(&delta, &mut out),
             Input::SessionEnded {
@@ -376,13 +412,18 @@ impl Room {
                 session_id,
             } => self.on_session_ended(&user_id, session_id.as_deref(), now, &mut out),
             Input::IdentityChanged { user_id } => self.on_identity_changed(&user_id, now, &mut out),
-            Input::Tick => self.on_tick(now, &mut out),
+            Input::Tick => {
+                self.expire_suspended(now, &mut out);
+                self.on_tick(now, &mut out)
+            }
             Input::PasswordChecked { conn, ok } => {
                 self.on_password_checked(conn, ok, now, &mut out)
             }
             Input::SubscribeRefused { conn } => self.on_subscribe_refused(conn, &mut out),
             Input::Stop => stop = true,
         }
+        self.origin = None;
+        self.keep_remembered(&mut out);
         self.report_if_changed(now, &mut out);
         if stop {
             self.presence_withdraw(&mut out);
@@ -403,9 +444,13 @@ impl Room {
         if self.mpp.present() && self.speaks_mpp(conn) {
             return self.on_mpp_frame(conn, frame, now, out);
         }
-        let Some(msg) = self.decode_frame(conn, frame, now, out) else {
+        let Some((msg, seq)) = self.decode_frame(conn, frame, now, out) else {
             return self.count(crate::metrics::Fam::MessagesIn, 0, 1);
         };
+        // A numbered message processed before (re-sent after a resume) is dropped unseen.
+        if seq > 0 && !self.first_time(conn, seq) {
+            return;
+        }
         self.on_message(conn, msg, now, out);
     }
 
@@ -418,14 +463,19 @@ impl Room {
         match msg {
             // Time sync: the client estimates its offset to the room's clock from the pong,
             // to schedule the notes it hears.
-            C::Ping(ping) => out.push(send_one(
-                conn,
-                S::Pong(proto::Pong {
-                    client_time: ping.client_time,
-                    server_time: now,
-                }),
-            )),
+            C::Ping(ping) => {
+                let last_client_seq = self.ack(conn, out);
+                out.push(send_one(
+                    conn,
+                    S::Pong(proto::Pong {
+                        client_time: ping.client_time,
+                        server_time: now,
+                        last_client_seq,
+                    }),
+                ))
+            }
             C::Join(join) => self.on_join(conn, join, now, out),
+            C::Resume(resume) => self.on_resume(conn, resume, now, out),
             C::SubscribeRooms(_) => self.on_subscribe(conn, true, out),
             C::UnsubscribeRooms(_) => self.on_subscribe(conn, false, out),
             other => {
@@ -456,7 +506,11 @@ impl Room {
                         self.on_mute(conn, m, &mu.participant_id, mu.notes, mu.chat, out)
                     }
                     C::Cursor(c) => self.on_cursor(conn, m, c.x, c.y, now, out),
-                    C::Ping(_) | C::Join(_) | C::SubscribeRooms(_) | C::UnsubscribeRooms(_) => {}
+                    C::Ping(_)
+                    | C::Join(_)
+                    | C::Resume(_)
+                    | C::SubscribeRooms(_)
+                    | C::UnsubscribeRooms(_) => {}
                 }
             }
         }

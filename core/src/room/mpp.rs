@@ -182,7 +182,8 @@ impl Room {
                         });
                     }
                     // The room encoded it a moment ago: it decodes.
-                    let Ok(ServerMessage { msg: Some(msg) }) = ServerMessage::decode(&frame[..])
+                    let Ok(ServerMessage { msg: Some(msg), .. }) =
+                        ServerMessage::decode(&frame[..])
                     else {
                         continue;
                     };

@@ -20,7 +20,7 @@ impl Room {
         frame: Frame<'_>,
         now: Millis,
         out: &mut Out,
-    ) -> Option<C> {
+    ) -> Option<(C, u64)> {
         if !self.conns.contains_key(&conn) {
             out.push(Effect::Close {
                 conn,
@@ -58,8 +58,11 @@ impl Room {
             }
         };
         match ClientMessage::decode(bytes) {
-            Ok(ClientMessage { msg: Some(msg) }) => Some(msg),
-            Ok(ClientMessage { msg: None }) => {
+            Ok(ClientMessage {
+                msg: Some(msg),
+                seq,
+            }) => Some((msg, seq)),
+            Ok(ClientMessage { msg: None, .. }) => {
                 error(
                     out,
                     conn,
@@ -81,8 +84,25 @@ impl Room {
     }
 }
 
+/// `msg` numbered `seq` (docs/resume.md §2).
+pub(super) fn encode_seq(msg: S, seq: u64) -> Bytes {
+    Bytes::from(
+        ServerMessage {
+            msg: Some(msg),
+            seq,
+        }
+        .encode_to_vec(),
+    )
+}
+
 pub(super) fn encode(msg: S) -> Bytes {
-    Bytes::from(ServerMessage { msg: Some(msg) }.encode_to_vec())
+    Bytes::from(
+        ServerMessage {
+            msg: Some(msg),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    )
 }
 
 pub(super) fn send_one(conn: ConnId, msg: S) -> Effect {

@@ -522,6 +522,8 @@ impl Room {
         let mut published = Vec::new();
         for effect in effects {
             match effect {
+                // Not kept yet: resuming then works while the room stays in memory.
+                Effect::Keep(_) => {}
                 Effect::Send {
                     to,
                     frame,

@@ -32,7 +32,7 @@ fn write(dir: &Path, target: &str, seeds: Vec<Vec<u8>>) {
 }
 
 fn cm(msg: C) -> Vec<u8> {
-    proto::ClientMessage { msg: Some(msg) }.encode_to_vec()
+    proto::ClientMessage { msg: Some(msg), ..Default::default() }.encode_to_vec()
 }
 
 fn note_on(note: u32) -> proto::NoteEvent {

@@ -211,7 +211,7 @@ impl Host {
                         "Subscribe for a closed connection"
                     );
                 }
-                Effect::Directory(_) | Effect::Stats(_) => {}
+                Effect::Directory(_) | Effect::Stats(_) | Effect::Keep(_) => {}
                 Effect::Presence { joined, left } => {
                     for p in joined {
                         assert!(
@@ -325,7 +325,7 @@ impl Host {
 
     /// Whether feeding `bytes` would run PBKDF2 (set a password, or check one on a Join).
     fn costs_password_work(&self, bytes: &[u8]) -> bool {
-        let Ok(ClientMessage { msg: Some(msg) }) = ClientMessage::decode(bytes) else {
+        let Ok(ClientMessage { msg: Some(msg), .. }) = ClientMessage::decode(bytes) else {
             return false;
         };
         // Joins no longer hash in the room (the host answers `VerifyPassword`, counted there).

@@ -220,7 +220,10 @@ pub fn client_message(b: &mut Bytes, now: u64) -> proto::ClientMessage {
         16 => C::SubscribeRooms(proto::SubscribeRooms {}),
         _ => C::UnsubscribeRooms(proto::UnsubscribeRooms {}),
     };
-    proto::ClientMessage { msg: Some(msg) }
+    proto::ClientMessage {
+        msg: Some(msg),
+        ..Default::default()
+    }
 }
 
 pub fn summary(b: &mut Bytes) -> Summary {

@@ -55,6 +55,8 @@ impl Task {
         }
         for effect in effects {
             match effect {
+                // Not kept yet: resuming then works while the room stays in memory.
+                Effect::Keep(_) => {}
                 Effect::Send {
                     to,
                     frame,

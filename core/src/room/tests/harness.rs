@@ -35,6 +35,8 @@ pub(super) struct Host {
     pub now: Millis,
     pub records: BTreeMap<ConnId, ConnRecord>,
     pub stored: Stored,
+    /// What the host keeps for resuming ([`Effect::Keep`]).
+    pub kept: Kept,
     inbox: BTreeMap<ConnId, Vec<SM>>,
     closed: BTreeMap<ConnId, u16>,
     /// Activity totals from [`Effect::Stats`], and how many hand-overs made them.
@@ -52,6 +54,7 @@ impl Host {
             now: NOW,
             records: BTreeMap::new(),
             stored: Stored::new(RoomKind::of(name)),
+            kept: Kept::default(),
             inbox: BTreeMap::new(),
             closed: BTreeMap::new(),
             stats: BTreeMap::new(),
@@ -72,6 +75,11 @@ impl Host {
     fn carry_out(&mut self, fx: &[Effect]) {
         keep_records(&mut self.records, fx);
         keep_stored(&mut self.stored, fx);
+        for e in fx {
+            if let Effect::Keep(k) = e {
+                self.kept.apply(k.clone());
+            }
+        }
         for (to, msg) in sent(fx) {
             for conn in to {
                 self.inbox.entry(conn).or_default().push(msg.clone());
@@ -136,6 +144,12 @@ impl Host {
         self.input(Input::Disconnect { conn })
     }
 
+    /// `conn`'s socket fails (no goodbye): a joined connection is suspended.
+    pub fn drop_conn(&mut self, conn: ConnId) -> Vec<Effect> {
+        self.records.remove(&conn);
+        self.input(Input::Dropped { conn })
+    }
+
     /// Moves the clock on.
     pub fn advance(&mut self, ms: u64) {
         self.now += ms;
@@ -157,10 +171,11 @@ impl Host {
         if !sockets_survive {
             self.records.clear();
         }
-        let (room, fx) = Room::restore(
+        let (room, fx) = Room::restore_with(
             self.room.name().to_owned(),
             Some(self.stored.clone()),
             self.records.values().cloned(),
+            self.kept.clone(),
             self.now,
             SEED,
         );
@@ -229,7 +244,11 @@ pub(super) fn pid(user: &str) -> String {
 // Client frames.
 
 pub(super) fn client(msg: client_message::Msg) -> Vec<u8> {
-    ClientMessage { msg: Some(msg) }.encode_to_vec()
+    ClientMessage {
+        msg: Some(msg),
+        ..Default::default()
+    }
+    .encode_to_vec()
 }
 
 pub(super) fn join() -> Vec<u8> {
@@ -405,6 +424,7 @@ pub(super) fn keep_records(records: &mut BTreeMap<ConnId, ConnRecord>, fx: &[Eff
             }
             Effect::Send { .. }
             | Effect::Persist(_)
+            | Effect::Keep(_)
             | Effect::Directory(_)
             | Effect::VerifyPassword { .. }
             | Effect::Presence { .. }

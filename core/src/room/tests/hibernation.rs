@@ -78,8 +78,10 @@ fn a_restart_keeps_settings_bans_and_chat_and_drops_an_absent_owners_crown() {
     assert_eq!(host.closed(2), Some(close::KICKED));
     assert_eq!(&host.stored, host.room.stored());
 
-    // The host restarts: every socket is gone; only storage remains.
+    // The host restarts: every socket is gone; only storage remains (and nothing kept for
+    // resuming: tests/resume.rs covers a host that keeps sessions).
     host.advance(1000);
+    host.kept = Kept::default();
     let fx = host.wake(false);
     let o = host.room.ownership_proto();
     assert_eq!(

@@ -25,7 +25,10 @@ fn one_user_two_connections_is_one_participant() {
         let got = host.take(conn);
         assert!(matches!(got.as_slice(), [SM::Notes(_)]), "{conn}: {got:?}");
     }
-    assert!(host.disconnect(1).is_empty(), "still present via conn 3");
+    assert!(
+        sent(&host.disconnect(1)).is_empty(),
+        "still present via conn 3"
+    );
     let msgs = sent(&host.disconnect(3));
     assert!(matches!(
         &msgs[..],

@@ -19,6 +19,7 @@ mod mpp;
 mod notes;
 mod perms;
 mod profile;
+mod resume;
 mod settings;
 mod stats;
 mod wire;
