@@ -28,9 +28,13 @@ mod attack_report;
 mod attacker;
 mod baseline;
 mod cold;
+mod fidelity;
+mod fidelity_client;
 mod load;
+mod midi;
 mod mpp_wire;
 mod procs;
+mod proxy;
 mod results;
 mod saturate;
 mod wake;
@@ -60,6 +64,9 @@ const USAGE: &str =
        bench saturate [--rooms R] [--players P] [--rates 20,40,..] [--seconds S] [--targets T]
                         (rising fan-out until p99 > 50 ms or loss > 0.1%: each target's capacity)
        bench cold [--wasm A.wasm,B.wasm] [--samples N]   (V8 compile of the worker's wasm)
+       bench fidelity [--listeners N] [--networks loopback,jitter,cut] [--midi FILE]
+                      [--seconds S] [--targets T]   (timing fidelity of a replayed performance)
+       bench fidelity-piece   (writes the shipped piece, bench/fidelity/bwv846-coda.mid)
        bench attack     (room under attack, issue 13: `bench attack --help`)
        bench micro      (after `cargo bench -p piano-core --bench room`)
        bench summary    (gathers bench/results/*.md into bench/results/summary.md)
@@ -400,6 +407,27 @@ async fn main() {
     }
     if scenario == "cold" {
         return cold_report(&args);
+    }
+    if scenario == "fidelity" {
+        return fidelity::main(&args).await;
+    }
+    if scenario == "fidelity-piece" {
+        let path = midi::piece_path();
+        if let Err(e) = midi::write_piece(&path) {
+            eprintln!("bench: {e}");
+            std::process::exit(1);
+        }
+        let events = midi::read(&path).unwrap_or_default();
+        let span = events.last().map(|e| e.at_us as f64 / 1e6).unwrap_or(0.0);
+        let ons = events
+            .iter()
+            .filter(|e| matches!(e.kind, piano_core::proto::note_event::Kind::NoteOn(_)))
+            .count();
+        return println!(
+            "{}: {} events ({ons} notes) over {span:.1} s",
+            path.display(),
+            events.len()
+        );
     }
     let fds = procs::raise_fd_limit();
     let seconds = Duration::from_secs(arg(&args, "--seconds", 10));
