@@ -21,6 +21,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod abuse_support;
 mod client_abuse;
+mod client_resume;
 pub mod oauth_rig;
 pub mod process;
 pub mod rigs;
@@ -30,6 +31,7 @@ pub mod targets;
 pub use process::{free_port, spawn_guarded, stop_group, wait_for_port};
 
 pub use client_abuse::{Admission, Ending};
+pub use client_resume::Resuming;
 pub use piano_core::proto;
 
 /// How long any single expected message may take to arrive.
@@ -272,6 +274,8 @@ pub struct Client {
     pub welcome: proto::Welcome,
     /// The subprotocol the server selected, if any.
     pub subprotocol: Option<String>,
+    /// What it needs to resume after a drop (`client_resume.rs`).
+    pub resume: Resuming,
 }
 
 impl Client {
@@ -298,6 +302,7 @@ impl Client {
             ws,
             welcome: Default::default(),
             subprotocol,
+            resume: Resuming::new(url, headers),
         };
         match client.recv().await {
             server_message::Msg::Welcome(w) => client.welcome = w,
@@ -324,6 +329,9 @@ impl Client {
     }
 
     pub async fn send_raw(&mut self, msg: Message) {
+        if self.resume.cut {
+            return; // lost with the connection
+        }
         self.ws.send(msg).await.expect("websocket send");
     }
 
@@ -341,6 +349,9 @@ impl Client {
     /// reset after the server closed, a server that died) is an event, not a panic: a flooder
     /// is closed under its feet, a replica may be killed on purpose.
     pub async fn next_event(&mut self, within: Duration) -> Option<Event> {
+        if self.resume.cut {
+            return Some(Event::Closed(None));
+        }
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let next = tokio::time::timeout_at(deadline, self.ws.next())
@@ -350,7 +361,9 @@ impl Client {
                 Some(Ok(Message::Binary(b))) => {
                     let msg =
                         ServerMessage::decode(&b[..]).expect("server sent a valid ServerMessage");
-                    return Some(Event::Msg(msg.msg.expect("server message has a body")));
+                    let body = msg.msg.expect("server message has a body");
+                    self.resume.saw(msg.seq, &body);
+                    return Some(Event::Msg(body));
                 }
                 Some(Ok(Message::Close(frame))) => return Some(Event::Closed(frame)),
                 Some(Ok(Message::Text(t))) => panic!("server sent a text frame: {t}"),

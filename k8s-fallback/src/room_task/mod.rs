@@ -141,6 +141,8 @@ pub struct Ctx {
     /// The room's socket caps per user and per network (`ROOM_SOCKETS_PER_*`).
     pub sockets_per_user: usize,
     pub sockets_per_network: usize,
+    /// `RESUME_GRACE_MS`.
+    pub resume_grace_ms: u64,
     /// Cluster mode's shared presence keys (`crate::network`).
     pub redis_key_prefix: String,
     pub deployment_id: String,
@@ -217,6 +219,7 @@ pub async fn start(ctx: &Arc<Ctx>, name: &str) -> Result<(), String> {
     room.set_limits(piano_core::room::budget::Limits {
         conns_per_user: ctx.sockets_per_user,
         conns_per_network: ctx.sockets_per_network,
+        resume_grace_ms: ctx.resume_grace_ms,
         ..Default::default()
     });
     // Players' activity: members' totals in the store (and MongoDB's `user_stats`), and the
