@@ -127,7 +127,7 @@ fn trials() -> Vec<Spec> {
         t!(basics::rooms_are_isolated),
         t!(resume::a_cut_player_resumes_and_misses_nothing),
         t!(resume::a_resume_after_the_grace_period_is_a_rejoin),
-        t!(resume::stolen_and_spent_tokens_are_refused),
+        t!(resume::stolen_and_spent_resume_tokens_are_refused),
         t!(resume::a_resume_takes_over_a_half_open_socket),
         t!(basics::room_survives_hibernation).only(
             &[Edge],

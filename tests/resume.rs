@@ -157,7 +157,7 @@ pub async fn a_resume_after_the_grace_period_is_a_rejoin(s: &Server) {
     b.close().await;
 }
 
-pub async fn stolen_and_spent_tokens_are_refused(s: &Server) {
+pub async fn stolen_and_spent_resume_tokens_are_refused(s: &Server) {
     let room = unique("resume-steal");
     let mut b = s.player(&room, "Bo").await;
     join_resumable(&mut b).await;
