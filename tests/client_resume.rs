@@ -22,7 +22,7 @@ pub struct Resuming {
     /// Numbered messages not acknowledged yet (`Pong` / `Resumed.last_client_seq`), in order.
     pub unacked: VecDeque<(u64, client_message::Msg)>,
     next_seq: u64,
-    /// The socket was cut: what is sent now is lost, nothing more is read.
+    /// The socket was cut or closed: what is sent now is lost, nothing more is read.
     pub(crate) cut: bool,
     /// Numbered messages that arrived with a seq not above the highest before (must stay 0).
     pub out_of_order: u32,
@@ -123,8 +123,8 @@ impl Client {
         fresh
     }
 
-    /// After [`Client::cut`] (or on a fresh [`Client::reconnect`]): opens a new socket if the
-    /// old one was cut, sends `Resume{token, last_seq}` and, once `Resumed`, re-sends in order
+    /// After [`Client::cut`], a close (a drain's 1012) or on a fresh [`Client::reconnect`]:
+    /// opens a new socket if the old one is gone, sends `Resume{token, last_seq}` and, once `Resumed`, re-sends in order
     /// what is unacknowledged. The replayed messages follow; read them with `recv`.
     pub async fn resume(&mut self) -> Result<proto::Resumed, proto::ResumeFailed> {
         if self.resume.cut {

@@ -365,11 +365,20 @@ impl Client {
                     self.resume.saw(msg.seq, &body);
                     return Some(Event::Msg(body));
                 }
-                Some(Ok(Message::Close(frame))) => return Some(Event::Closed(frame)),
+                Some(Ok(Message::Close(frame))) => {
+                    self.resume.cut = true;
+                    return Some(Event::Closed(frame));
+                }
                 Some(Ok(Message::Text(t))) => panic!("server sent a text frame: {t}"),
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => return Some(Event::Broken(e.to_string())),
-                None => return Some(Event::Closed(None)),
+                Some(Err(e)) => {
+                    self.resume.cut = true;
+                    return Some(Event::Broken(e.to_string()));
+                }
+                None => {
+                    self.resume.cut = true;
+                    return Some(Event::Closed(None));
+                }
             }
         }
     }
@@ -438,7 +447,14 @@ impl Client {
     }
 
     pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+        // 1000: a goodbye (without a code the room would keep the place for a resume).
+        let _ = self
+            .ws
+            .close(Some(CloseFrame {
+                code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
         // Drain until the server's close arrives, so the room sees a clean disconnect.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while let Some(Ok(_)) = self.ws.next().await {}

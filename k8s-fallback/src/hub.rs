@@ -351,9 +351,13 @@ impl Hub {
                         .await;
                 }
             }
-            Wire::Disconnect { room, conn } => {
+            Wire::Disconnect {
+                room,
+                conn,
+                dropped,
+            } => {
                 if let Some(tx) = self.rooms.tx(&room) {
-                    let _ = tx.send(RoomMsg::Disconnect { conn }).await;
+                    let _ = tx.send(RoomMsg::Disconnect { conn, dropped }).await;
                 }
             }
             Wire::Deliver {

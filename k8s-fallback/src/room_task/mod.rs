@@ -63,8 +63,10 @@ pub enum RoomMsg {
         binary: bool,
         at_us: u64,
     },
+    /// `dropped`: the socket ended without a goodbye (`Input::Dropped`).
     Disconnect {
         conn: ConnId,
+        dropped: bool,
     },
     RoomListChanged(Delta),
     Info(oneshot::Sender<RoomInfo>),
