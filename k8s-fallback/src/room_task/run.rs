@@ -91,6 +91,12 @@ impl Task {
             .filter(|e| release || !matches!(e, Effect::Presence { .. }))
             .collect();
         self.execute(stop, None);
+        if self.room.connection_count() == 0 {
+            // Nobody can resume here: the replay entries kept for it go.
+            self.forget_kept();
+        }
+        // Everything for other replicas and for resuming is in Redis before the lease goes.
+        self.flush_publisher().await;
         if let Some(p) = self.presence.take() {
             // Before the lease goes: the next holder's "joined" must land after our "left".
             p.close().await;
