@@ -12,8 +12,9 @@ use tokio_tungstenite::tungstenite::Message;
 /// A client's resume state (`Client::resume`).
 #[derive(Debug, Clone, Default)]
 pub struct Resuming {
-    /// Where and how the socket was opened, to open another one like it.
-    pub(crate) url: String,
+    /// Where and how the socket was opened, to open another one like it (a test may point it
+    /// at another replica).
+    pub url: String,
     pub(crate) headers: Vec<(String, String)>,
     /// The latest resume token (`Joined` / `Resumed`); empty when the room gave none.
     pub token: String,
@@ -23,7 +24,7 @@ pub struct Resuming {
     pub unacked: VecDeque<(u64, client_message::Msg)>,
     next_seq: u64,
     /// The socket was cut or closed: what is sent now is lost, nothing more is read.
-    pub(crate) cut: bool,
+    pub cut: bool,
     /// Numbered messages that arrived with a seq not above the highest before (must stay 0).
     pub out_of_order: u32,
 }
@@ -107,48 +108,62 @@ impl Client {
     /// A new socket to the same room as the same user, with this client's resume state (the
     /// old socket is left as it is: a half-open connection the server may not know is gone).
     pub async fn reconnect(&self) -> Client {
+        self.try_reconnect().await.expect("reconnect")
+    }
+
+    /// [`Client::reconnect`], with the server's refusal (a room moving between replicas).
+    pub async fn try_reconnect(&self) -> Result<Client, crate::Refused> {
         let headers: Vec<(&str, &str)> = self
             .resume
             .headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let mut fresh = Client::connect(&self.resume.url, &headers)
-            .await
-            .expect("reconnect");
+        let mut fresh = Client::connect(&self.resume.url, &headers).await?;
         fresh.resume = Resuming {
             cut: false,
             ..self.resume.clone()
         };
-        fresh
+        Ok(fresh)
     }
 
     /// After [`Client::cut`], a close (a drain's 1012) or on a fresh [`Client::reconnect`]:
-    /// opens a new socket if the old one is gone, sends `Resume{token, last_seq}` and, once `Resumed`, re-sends in order
-    /// what is unacknowledged. The replayed messages follow; read them with `recv`.
+    /// opens a new socket if the old one is gone, sends `Resume{token, last_seq}` and, once
+    /// `Resumed`, re-sends in order what is unacknowledged. The replayed messages follow; read
+    /// them with `recv`.
     pub async fn resume(&mut self) -> Result<proto::Resumed, proto::ResumeFailed> {
+        self.try_resume()
+            .await
+            .expect("the server answered the resume")
+    }
+
+    /// [`Client::resume`]; `None` when the server refused the socket or closed it before it
+    /// answered (a room moving between replicas: try again).
+    pub async fn try_resume(&mut self) -> Option<Result<proto::Resumed, proto::ResumeFailed>> {
         if self.resume.cut {
-            let fresh = self.reconnect().await;
-            *self = fresh;
+            *self = self.try_reconnect().await.ok()?;
         }
         let resume = proto::Resume {
             token: self.resume.token.clone(),
             last_seq: self.resume.last_seq,
         };
         self.send(client_message::Msg::Resume(resume)).await;
-        let answer = self
-            .recv_matching(|m| match m {
-                server_message::Msg::Resumed(r) => Some(Ok(r.clone())),
-                server_message::Msg::ResumeFailed(f) => Some(Err(f.clone())),
-                _ => None,
-            })
-            .await;
+        let deadline = tokio::time::Instant::now() + crate::RECV_TIMEOUT;
+        let answer = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await? {
+                crate::Event::Msg(server_message::Msg::Resumed(r)) => break Ok(r),
+                crate::Event::Msg(server_message::Msg::ResumeFailed(f)) => break Err(f),
+                crate::Event::Msg(_) => continue,
+                _ => return None,
+            }
+        };
         if answer.is_ok() {
             let again: Vec<_> = self.resume.unacked.iter().cloned().collect();
             for (seq, msg) in again {
                 self.send_seq(seq, msg).await;
             }
         }
-        answer
+        Some(answer)
     }
 }

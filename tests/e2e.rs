@@ -129,6 +129,7 @@ fn trials() -> Vec<Spec> {
         t!(resume::a_resume_after_the_grace_period_is_a_rejoin),
         t!(resume::stolen_and_spent_resume_tokens_are_refused),
         t!(resume::a_resume_takes_over_a_half_open_socket),
+        t!(resume::players_resume_after_the_server_restarts).alone(ALL),
         t!(basics::room_survives_hibernation).only(
             &[Edge],
             "workerd evicts idle Durable Objects; the fallback's room tasks never hibernate",

@@ -224,3 +224,46 @@ pub async fn a_resume_takes_over_a_half_open_socket(s: &Server) {
     a.close().await;
     new.close().await;
 }
+
+pub async fn players_resume_after_the_server_restarts(s: &Server) {
+    let room = unique("resume-restart");
+    let mut a = s.player(&room, "Ava").await;
+    let mut b = s.player(&room, "Bo").await;
+    join_resumable(&mut a).await;
+    join_resumable(&mut b).await;
+    let (ava, bo) = (a.id().to_owned(), b.id().to_owned());
+    b.send_numbered(note_on(61, 90)).await;
+    a.recv_matching(|m| match m {
+        server_message::Msg::Notes(n) if n.sender_id == bo => Some(()),
+        _ => None,
+    })
+    .await;
+
+    s.restart();
+
+    // Both sockets went with the server; both players take their places back.
+    for (c, id) in [(&mut a, &ava), (&mut b, &bo)] {
+        let _ = c.next_event(RECV_TIMEOUT).await;
+        c.cut();
+        let resumed = c.resume().await.expect("resumed after the restart");
+        assert_eq!(resumed.you.map(|p| p.id).as_ref(), Some(id));
+    }
+    // Bo's batch was processed once, before the restart, and Ava never saw Bo leave.
+    assert!(b.resume.unacked.is_empty(), "{:?}", b.resume.unacked);
+    b.send_numbered(note_on(62, 90)).await;
+    loop {
+        let m = a.recv().await;
+        assert!(
+            !leave_or_join_of(&m, &bo),
+            "others see no leave or join: {m:?}"
+        );
+        if let server_message::Msg::Notes(n) = &m
+            && n.sender_id == bo
+        {
+            assert_eq!(note_of(n), Some(62), "not 61 again");
+            break;
+        }
+    }
+    a.close().await;
+    b.close().await;
+}
