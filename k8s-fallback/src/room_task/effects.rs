@@ -31,7 +31,7 @@ impl Task {
     /// standalone through the room's SQLite writer (`crate::kept`).
     fn keep(&self, keep: Keep) {
         match &self.publisher {
-            Some(_) => self.to_publisher(Pub::Keep(keep)),
+            Some(_) => self.to_publisher(Pub::Keep(Box::new(keep))),
             None => self.writer.keep(keep),
         }
     }

@@ -45,7 +45,7 @@ pub(super) enum Pub {
     /// Resume state (`crate::kept`): ordered with the frames, so a replay entry is in Redis
     /// before its broadcast reaches another replica (whose players may then resume on a new
     /// holder after this one dies, from what they received).
-    Keep(Keep),
+    Keep(Box<Keep>),
     /// Forget the room's replay entries if no session is left.
     ForgetKept,
     /// Answered once everything before it was written.
@@ -66,7 +66,7 @@ pub(super) async fn publish_loop(c: Arc<Cluster>, room: String, mut rx: mpsc::Re
                 Pub::Frame(channel, payload) => {
                     pipe.publish(channel, payload.as_ref()).ignore();
                 }
-                Pub::Keep(k) => crate::kept::redis_keep(&mut pipe, &room, k),
+                Pub::Keep(k) => crate::kept::redis_keep(&mut pipe, &room, *k),
                 Pub::ForgetKept => crate::kept::redis_forget(&mut pipe, &room),
                 Pub::Flush(reply) => flushed.push(reply),
             }
