@@ -86,9 +86,21 @@ impl Room {
         let Some(conn) = super::conn_of(ws) else {
             return Vec::new();
         };
+        let mut ops = self.handle_restore(None);
         let input = ended(conn, code);
         let dropped = matches!(input, Input::Dropped { .. });
-        let ops = self.handle(None, input);
+        // A drop of a socket the room no longer holds changes nothing: the room closed it, or
+        // the socket was already gone when the room was loaded for this event (woken by it),
+        // so its connection came back suspended from its session (a second drop would end it).
+        let held = self
+            .loaded
+            .borrow()
+            .as_ref()
+            .is_some_and(|l| l.sockets.contains_key(&conn));
+        if dropped && !held {
+            return ops;
+        }
+        ops.extend(self.handle(None, input));
         let mut line = crate::log::info(piano_core::logging::event::LEAVE).conn(conn);
         if let Some(l) = self.loaded.borrow().as_ref() {
             line = line.room(l.room.name());
