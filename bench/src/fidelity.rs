@@ -101,7 +101,10 @@ impl Trial {
             failed.push(format!("p99 {p99:.2} ms > {LOOPBACK_P99_MS} ms"));
         }
         if self.network != "loopback" && self.late > 0 {
-            failed.push(format!("{} late past the {LATENCY_MS} ms buffer", self.late));
+            failed.push(format!(
+                "{} late past the {LATENCY_MS} ms buffer",
+                self.late
+            ));
         }
         let off = load::percentile_ms(&self.offset_us, 1.0).unwrap_or(f64::INFINITY);
         if off > OFFSET_MAX_MS {
@@ -193,7 +196,10 @@ async fn listen(
         };
         let offset = c.clock.lock().map(|c| c.offset).unwrap_or(0.0);
         for (i, ev) in batch.events.iter().enumerate() {
-            let id = registry.lock().ok().and_then(|r| r.get(&(batch.time, i)).copied());
+            let id = registry
+                .lock()
+                .ok()
+                .and_then(|r| r.get(&(batch.time, i)).copied());
             let Some(id) = id.filter(|id| Some(&kinds[*id].kind) == ev.kind.as_ref()) else {
                 h.unknown += 1;
                 continue;
@@ -249,8 +255,8 @@ async fn play(
     for u in &urls[1..] {
         clients.push(client::start(u.clone()).await?);
     }
-    // Joins settle and clocks take three samples (pings at 0, 1 and 2 s).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Joins settle and clocks take the web client's first five samples (pings at 0–4 s).
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     let t0 = now_ms() + 200.0;
     let intended: Arc<Vec<f64>> =
         Arc::new(piece.iter().map(|e| t0 + e.at_us as f64 / 1000.0).collect());
@@ -327,8 +333,13 @@ async fn play(
                     .push(((emitted - at).max(0.0) * 1000.0) as u64);
                 let offset = performer.clock.lock().map(|c| c.offset).unwrap_or(0.0);
                 trial.offset_us.push((offset.abs() * 1000.0) as u64);
-                let server_now = emitted + offset;
-                let b = batch.get_or_insert_with(|| (server_now, Vec::new(), Vec::new(), emitted + BATCH_MS));
+                // Stamped with the instant the event was played (as a MIDI input's timestamp
+                // gives it), not when this busy machine got round to it: the error measures the
+                // protocol and the clocks, `emit_late` this process's scheduling.
+                let server_now = at + offset;
+                let b = batch.get_or_insert_with(|| {
+                    (server_now, Vec::new(), Vec::new(), emitted + BATCH_MS)
+                });
                 let delay = (server_now - b.0).round().clamp(0.0, 1000.0) as u32;
                 b.1.push(proto::NoteEvent {
                     delay,
@@ -345,8 +356,10 @@ async fn play(
             }
             (_, f) => {
                 let f = f.unwrap_or_else(now_ms);
-                tokio::time::sleep(Duration::from_micros(((f - now_ms()).max(0.0) * 1000.0) as u64))
-                    .await;
+                tokio::time::sleep(Duration::from_micros(
+                    ((f - now_ms()).max(0.0) * 1000.0) as u64,
+                ))
+                .await;
                 if let Some(b) = batch.take() {
                     sent += flush(b);
                     batches += 1;
@@ -431,11 +444,13 @@ pub async fn main(args: &[String]) {
          does (150 ms); listeners rebuild each event at batch time + delay − their clock offset \
          (min-RTT ping sample) and schedule it {LATENCY_MS} ms later. Error: rebuilt − the \
          instant the performance meant, one clock for all (true offset 0). Late: arrived after \
-         its scheduled instant. Networks: loopback; jitter, every client through a proxy \
+         its scheduled instant. Transit: arrival − the instant played (batching included). \
+         Performer timer: how late this process got round to playing each event (not in the \
+         error: events are stamped with their instant, as a MIDI input's timestamp). Networks: loopback; jitter, every client through a proxy \
          holding each chunk {} ± {} ms each way; cut, the performer's connection reset at 35% \
          and listener 1's at 65% (no close frame), the clients resuming.\n\n\
-         | target | network | error p50 ms | p99 ms | max ms | offset error max ms | lost | duplicated | reordered | late | drops / resumed / rejoined | goals |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | target | network | error p50 ms | p99 ms | max ms | offset error max ms | lost | duplicated | reordered | late | transit p99 ms | drops / resumed / rejoined | performer timer p99 ms | goals |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         piece.len(),
         path.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
         crate::machine(),
@@ -461,7 +476,7 @@ pub async fn main(args: &[String]) {
             let s = |f: fn(&Stats) -> u32| trial.stats.iter().map(f).sum::<u32>();
             let goals = trial.goals();
             t += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {} |\n",
                 target.label(),
                 network.key(),
                 Trial::p(&trial.error_us, 0.5),
@@ -472,9 +487,11 @@ pub async fn main(args: &[String]) {
                 trial.duplicated,
                 trial.reordered,
                 trial.late,
+                Trial::p(&trial.transit_us, 0.99),
                 s(|s| s.drops),
                 s(|s| s.resumed),
                 s(|s| s.rejoined),
+                Trial::p(&trial.emit_late_us, 0.99),
                 if goals.is_empty() {
                     "met".to_owned()
                 } else {

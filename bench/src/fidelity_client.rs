@@ -46,11 +46,7 @@ impl Clock {
         if self.samples.len() > 8 {
             self.samples.pop_front();
         }
-        if let Some(best) = self
-            .samples
-            .iter()
-            .min_by(|a, b| a.0.total_cmp(&b.0))
-        {
+        if let Some(best) = self.samples.iter().min_by(|a, b| a.0.total_cmp(&b.0)) {
             self.offset = best.1;
             self.synced = true;
         }
@@ -217,9 +213,11 @@ impl Driver {
                 }
                 Some(server_message::Msg::ResumeFailed(f)) if resuming => {
                     self.stats.rejoined += 1;
-                    self.stats
-                        .errors
-                        .push(format!("resume failed: {:?} {}", f.reason(), f.message));
+                    self.stats.errors.push(format!(
+                        "resume failed: {:?} {}",
+                        f.reason(),
+                        f.message
+                    ));
                     resuming = false;
                     if !self.send(encode(join_msg(), 0)).await {
                         return Err("send failed".into());

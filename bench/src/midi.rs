@@ -147,7 +147,9 @@ impl Score {
 
     fn note(&mut self, tick: u32, len: u32, key: u8, vel: u8) {
         let on = self.human(tick);
-        let off = (on + len).saturating_sub(12 + (self.rand() * 20.0) as u32).max(on + 10);
+        let off = (on + len)
+            .saturating_sub(12 + (self.rand() * 20.0) as u32)
+            .max(on + 10);
         let vel = (f64::from(vel) + (self.rand() - 0.5) * 12.0).clamp(1.0, 127.0) as u8;
         self.events.push((
             on,
@@ -220,12 +222,22 @@ pub fn write_piece(path: &Path) -> Result<(), String> {
             .map(|i| degree(if up { i } else { -i }))
             .collect()
     };
-    for (bass, run_from, up) in [(36u8, 60u8, true), (43, 84, false), (41, 65, true), (43, 89, false)] {
+    for (bass, run_from, up) in [
+        (36u8, 60u8, true),
+        (43, 84, false),
+        (41, 65, true),
+        (43, 89, false),
+    ] {
         s.note(t, bar / 2, bass, 70);
         s.note(t, bar / 2, bass + 12, 64);
         s.pedal(t + 20, t + bar / 2 - 20);
         for (i, key) in scale(run_from, 15, up).into_iter().enumerate() {
-            s.note(t + i as u32 * thirty_second, thirty_second + 10, key, 60 + (i as u8 * 2));
+            s.note(
+                t + i as u32 * thirty_second,
+                thirty_second + 10,
+                key,
+                60 + (i as u8 * 2),
+            );
         }
         t += bar / 2;
     }
