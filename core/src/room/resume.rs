@@ -527,8 +527,14 @@ impl Room {
             } else {
                 Some(s.until.unwrap_or(now + grace).min(now + grace))
             };
+            // A grace period that starts now is kept: a host that loses the room's memory again
+            // before it ends (the edge hibernates when idle) must not start it over at each wake.
+            let starts_now = !live && s.until != r.until;
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.resume = Some(r);
+            }
+            if starts_now {
+                self.keep_session(conn, out);
             }
         }
         // Until the host says how it keeps entries ([`Room::keep_replay`], right after the

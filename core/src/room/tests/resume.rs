@@ -279,3 +279,19 @@ fn a_stopping_room_keeps_what_it_processed_so_a_restart_does_not_process_it_twic
     };
     assert_eq!(r.last_client_seq, 1, "the batch before the stop was kept");
 }
+
+#[test]
+fn a_grace_period_started_by_a_restart_does_not_start_over_at_each_wake() {
+    let mut host = Host::new("r");
+    two_players(&mut host);
+    // The host restarts: both sockets are gone, so both players are suspended from now.
+    host.wake(false);
+    let until = host.room.next_deadline().expect("the grace period's end");
+    // The room's memory goes again before that (the edge hibernates when idle): the end stays.
+    host.advance(5000);
+    host.wake(false);
+    assert_eq!(host.room.next_deadline(), Some(until));
+    host.advance(until - host.now);
+    let fx = host.input(Input::Tick);
+    assert_eq!(host.room.participant_count(), 0, "{fx:?}");
+}
