@@ -173,6 +173,57 @@ pub async fn a_player_resumes_after_the_room_object_hibernated(target: &Server) 
     .await;
 }
 
+/// A player drops while the room object sleeps (the close wakes it: the socket may already be
+/// gone from the runtime's list when the room is rebuilt for it): the player is suspended, not
+/// gone. What it saw last was numbered before the room's memory went, and the buffer of that
+/// time is not kept (nobody was suspended then: docs/resume.md §4), so it resumes with a
+/// snapshot: its place, its crown, and the chat sent meanwhile.
+pub async fn a_player_who_drops_while_the_room_object_sleeps_resumes_from_a_snapshot(
+    target: &Server,
+) {
+    with_rig(target, |s| async move {
+        let room = unique("resume-asleep");
+        let alice = format!("guest:{}", unique("ra"));
+        let mut a = player(s, &room, &alice).await;
+        let joined = a.join().await;
+        let me = joined.you.clone().expect("you").id;
+        let mut b = player(s, &room, &format!("guest:{}", unique("rb"))).await;
+        b.join().await;
+        let _ = a.recv().await; // Bob joined
+        let before = room_info(s, &room).await;
+        // Idle (no frames at all): workerd evicts the object.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+
+        drop(a);
+        no_leave(&mut b, Duration::from_secs(2)).await;
+        b.send(client_message::Msg::Chat(proto::SendChat {
+            text: "while you were away".into(),
+        }))
+        .await;
+        no_leave(&mut b, Duration::from_secs(1)).await;
+
+        let (_a, resumed, _) = resume(s, &room, &alice, &joined.resume_token).await;
+        let after = room_info(s, &room).await;
+        assert!(
+            after["instance_started_at"].as_u64() > before["instance_started_at"].as_u64(),
+            "the object was evicted and rebuilt (before {before}, after {after})"
+        );
+        assert!(!resumed.complete, "{resumed:?}");
+        assert_eq!(
+            resumed.you.as_ref().map(|p| p.id.as_str()),
+            Some(me.as_str())
+        );
+        let snap = resumed.snapshot.expect("a snapshot");
+        let ids: Vec<_> = snap.participants.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!((ids.len(), ids[0]), (2, me.as_str()), "her place: {ids:?}");
+        assert_eq!(snap.ownership.map(|o| o.owner_id), Some(me), "her crown");
+        let chat: Vec<_> = snap.chat_history.iter().map(|c| c.text.as_str()).collect();
+        assert!(chat.contains(&"while you were away"), "{chat:?}");
+        no_leave(&mut b, Duration::from_secs(1)).await;
+    })
+    .await;
+}
+
 /// The server restarts while a player is away (every socket is lost, the room is rebuilt from
 /// its storage): the player resumes and gets what the others sent after the restart, with its
 /// place and crown; a player the restart cut off resumes too.
