@@ -129,6 +129,7 @@ fn trials() -> Vec<Spec> {
             "workerd evicts idle Durable Objects; the fallback's room tasks never hibernate",
         ),
         t!(basics::browser_two_players_play_chat_and_see_the_room_list).one_at_a_time(),
+        t!(basics::browser_resumes_after_a_dropped_connection).one_at_a_time(),
         t!(oauth_browser::browser_signs_in_through_a_provider_and_never_exposes_the_refresh_token)
             .one_at_a_time(),
         t!(room_features::profiles_and_cursors_are_validated_and_broadcast),
