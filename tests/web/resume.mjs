@@ -53,8 +53,9 @@ try {
   await pressKey(bob, 67);
   await bob.fill("#chat-input", "bob while down");
   await bob.press("#chat-input", "Enter");
-  // Alice's last batch leaves within BATCH_MS; give the room time to number and keep it.
-  await sleep(1000);
+  // Alice's last batch leaves within BATCH_MS; give the room time to number and keep it (the
+  // test targets keep a dropped place 5 s: RESUME_GRACE_MS).
+  await sleep(500);
   const during = await read(alice);
   assert.ok(during.participants.includes(bobId), "Alice still lists Bob while his socket is down");
   assert.equal((await read(bob)).status, "reconnecting", "Bob's page stayed down while held");
