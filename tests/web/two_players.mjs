@@ -58,10 +58,9 @@ try {
   // Bob's connection drops: he reconnects by himself and is back in the room (resumed, or
   // joined afresh where the room does not resume; tests/web/resume.mjs is about resuming).
   const bobId = await bob.evaluate(() => window.__piano.you.id);
-  const backs = () => window.__piano.joins + window.__piano.resumes.length;
-  const before = await bob.evaluate(backs);
+  const before = await bob.evaluate(() => window.__piano.joins + window.__piano.resumes.length);
   await bob.evaluate(() => window.__pianoDrop());
-  await bob.waitForFunction(`(${backs})() > ${before}`, null, { timeout: 15000 });
+  await bob.waitForFunction((n) => window.__piano.joins + window.__piano.resumes.length > n, before, { timeout: 15000 });
   await bob.waitForFunction(() => window.__piano.status === "open" && window.__piano.participants.size === 2, null, { timeout: 15000 });
   await alice.waitForFunction((id) => window.__piano.participants.has(id), bobId, { timeout: 10000 });
 
