@@ -492,7 +492,10 @@ pub async fn run_browser_script(script: &str, s: &Server) -> std::path::PathBuf 
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("{text}");
-    assert!(out.status.success(), "browser test {script} failed:\n{text}");
+    assert!(
+        out.status.success(),
+        "browser test {script} failed:\n{text}"
+    );
     shots
 }
 
@@ -501,5 +504,8 @@ pub async fn run_browser_script(script: &str, s: &Server) -> std::path::PathBuf 
 /// each way (tests/web/resume.mjs).
 pub async fn browser_resumes_after_a_dropped_connection(s: &Server) {
     let shots = run_browser_script("resume.mjs", s).await;
-    assert!(shots.join("resumed.png").exists(), "resumed.png was written");
+    assert!(
+        shots.join("resumed.png").exists(),
+        "resumed.png was written"
+    );
 }
