@@ -41,8 +41,9 @@ pub struct ReplayEntry {
     /// The encoded `ServerMessage` (with `seq`), as sent.
     pub frame: Bytes,
     /// The connection not sent it (the sender of a relayed batch); every other joined one was.
+    /// Connections are named by their chain of resumes (`resume::Session::chain`).
     pub except: Option<ConnId>,
-    /// The connection whose numbered message caused it, and that number.
+    /// The connection (chain) whose numbered message caused it, and that number.
     pub origin: Option<(ConnId, u64)>,
 }
 
@@ -76,9 +77,9 @@ impl ReplayEntry {
         })
     }
 
-    /// Whether `conn` was sent this entry (being joined when it was broadcast).
-    pub fn reached(&self, conn: ConnId) -> bool {
-        self.except != Some(conn)
+    /// Whether the connection of chain `chain` was meant to get this entry.
+    pub fn reached(&self, chain: ConnId) -> bool {
+        self.except != Some(chain)
     }
 }
 
@@ -109,24 +110,25 @@ impl Replay {
         evicted.then(|| self.complete_after + 1)
     }
 
-    /// The entries after `last_seq` that reached `conn`, or `None` when some may be missing.
-    pub fn after(&self, last_seq: u64, conn: ConnId) -> Option<Vec<&ReplayEntry>> {
+    /// The entries after `last_seq` meant for the connection of chain `chain`, or `None` when
+    /// some may be missing.
+    pub fn after(&self, last_seq: u64, chain: ConnId) -> Option<Vec<&ReplayEntry>> {
         if last_seq < self.complete_after {
             return None;
         }
         Some(
             self.entries
                 .iter()
-                .filter(|e| e.seq > last_seq && e.reached(conn))
+                .filter(|e| e.seq > last_seq && e.reached(chain))
                 .collect(),
         )
     }
 
-    /// The highest client seq an entry records for `conn`.
-    pub fn origin_seq(&self, conn: ConnId) -> u64 {
+    /// The highest client seq an entry records for the chain `chain`.
+    pub fn origin_seq(&self, chain: ConnId) -> u64 {
         self.entries
             .iter()
-            .filter_map(|e| e.origin.filter(|(c, _)| *c == conn).map(|(_, s)| s))
+            .filter_map(|e| e.origin.filter(|(c, _)| *c == chain).map(|(_, s)| s))
             .max()
             .unwrap_or(0)
     }

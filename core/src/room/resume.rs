@@ -35,9 +35,15 @@ pub struct Session {
     /// While suspended: when the place is given up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<Millis>,
+    /// The id of the first connection of this chain of resumes: replay entries name the
+    /// connections they skipped and came from by it (0: `record.conn`).
+    #[serde(default)]
+    pub chain: ConnId,
 }
 
 /// What a host stores so connections can resume after the room's memory is gone.
+// Sessions are kept at joins, drops and pings, not per note: not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Keep {
     /// Insert or replace the session of `record.conn`.
@@ -76,6 +82,8 @@ impl Kept {
 /// A joined connection's resume state ([`super::Conn::resume`]).
 #[derive(Debug, Clone)]
 pub(super) struct Resumable {
+    /// [`Session::chain`].
+    pub chain: ConnId,
     pub token_hash: [u8; 32],
     pub client_seq: u64,
     /// `client_seq` as last reported in a [`Keep::Session`].
@@ -90,6 +98,7 @@ impl Resumable {
         let bytes = decode_hex(&s.token_hash)?;
         token_hash.copy_from_slice(bytes.get(..32)?);
         Some(Resumable {
+            chain: if s.chain == 0 { s.record.conn } else { s.chain },
             token_hash,
             client_seq,
             kept_client_seq: s.client_seq,
@@ -157,7 +166,9 @@ impl Room {
         let (seq, token_hash) = (self.seq, hash(&token));
         let c = self.conns.get_mut(&conn)?;
         let client_seq = c.resume.as_ref().map_or(0, |r| r.client_seq);
+        let chain = c.resume.as_ref().map_or(conn, |r| r.chain);
         c.resume = Some(Resumable {
+            chain,
             token_hash,
             client_seq,
             kept_client_seq: client_seq,
@@ -176,7 +187,16 @@ impl Room {
             client_seq: r.client_seq,
             from_seq: r.from_seq,
             until: r.until,
+            chain: r.chain,
         })
+    }
+
+    /// How replay entries name `conn`: its chain of resumes, or itself.
+    pub(super) fn chain_of(&self, conn: ConnId) -> ConnId {
+        self.conns
+            .get(&conn)
+            .and_then(|c| c.resume.as_ref())
+            .map_or(conn, |r| r.chain)
     }
 
     pub(super) fn keep_session(&mut self, conn: ConnId, out: &mut Out) {
@@ -197,7 +217,7 @@ impl Room {
             return false;
         }
         r.client_seq = seq;
-        self.origin = Some((conn, seq));
+        self.origin = Some((r.chain, seq));
         true
     }
 
@@ -292,10 +312,7 @@ impl Room {
     /// kept for suspended connections once none is left.
     pub(super) fn session_gone(&mut self, conn: ConnId, out: &mut Out) {
         out.push(Effect::Keep(Keep::SessionGone(conn)));
-        if self.keeping
-            && self.durability == ReplayDurability::WhileSuspended
-            && !self.any_suspended()
-        {
+        if self.keeping && self.durability != ReplayDurability::Always && !self.any_suspended() {
             self.keeping = false;
             out.push(Effect::Keep(Keep::ReplayClear));
         }
@@ -309,7 +326,7 @@ impl Room {
         let entry = ReplayEntry {
             seq: self.seq,
             frame: frame.clone(),
-            except,
+            except: except.map(|c| self.chain_of(c)),
             origin: self.origin,
         };
         if self.keeping {
@@ -401,9 +418,10 @@ impl Room {
         self.keep_session(conn, out);
         out.extend(self.record(conn).map(Effect::Remember));
         let last = resume.last_seq.max(from_seq);
+        let chain = self.chain_of(conn);
         let missed: Option<Vec<Bytes>> = self
             .replay
-            .after(last, old)
+            .after(last, chain)
             .map(|v| v.into_iter().map(|e| e.frame.clone()).collect());
         let snapshot = match missed {
             Some(_) => None,
@@ -475,16 +493,16 @@ impl Room {
         let grace = self.grace();
         for s in kept.sessions {
             let conn = s.record.conn;
-            if !self.conns.get(&conn).is_some_and(|c| c.joined.is_some()) {
+            if self.conns.get(&conn).is_none_or(|c| c.joined.is_none()) {
                 continue;
             }
             let live = !lost.contains(&conn);
             self.seq = self.seq.max(s.from_seq);
-            let client_seq = s.client_seq.max(self.replay.origin_seq(conn));
-            let Some(mut r) = Resumable::of(&s, client_seq) else {
+            let Some(mut r) = Resumable::of(&s, 0) else {
                 out.push(Effect::Keep(Keep::SessionGone(conn)));
                 continue;
             };
+            r.client_seq = s.client_seq.max(self.replay.origin_seq(r.chain));
             r.until = if live {
                 None
             } else {
@@ -494,8 +512,10 @@ impl Room {
                 c.resume = Some(r);
             }
         }
-        self.keeping = self.durability == ReplayDurability::Always
-            || (self.durability == ReplayDurability::WhileSuspended && self.any_suspended());
+        // Until the host says how it keeps entries ([`Room::keep_replay`], right after the
+        // restore), what the rebuild itself broadcasts (a crown whose owner's grace ended) is
+        // offered to it whenever someone may still resume.
+        self.keeping = self.durability == ReplayDurability::Always || self.any_suspended();
     }
 
     /// Every record the host is told to remember of a connection with a session is kept with

@@ -12,6 +12,8 @@ enum Op {
     Text(u8),
     Big(u8),
     Disconnect(u8),
+    /// The socket fails: a joined connection is suspended (docs/resume.md).
+    Dropped(u8),
     Hibernate,
     Chat(u8),
     Kick(u8, u8, bool),
@@ -40,6 +42,7 @@ fn op() -> impl Strategy<Value = Op> {
         c().prop_map(Op::Text),
         c().prop_map(Op::Big),
         c().prop_map(Op::Disconnect),
+        c().prop_map(Op::Dropped),
         Just(Op::Hibernate),
         c().prop_map(Op::Chat),
         (c(), 0..5u8, any::<bool>()).prop_map(|(c, u, b)| Op::Kick(c, u, b)),
@@ -85,6 +88,7 @@ proptest! {
         let mut room = room("prop");
         let mut records = BTreeMap::new();
         let mut persisted = Stored::new(RoomKind::Normal);
+        let mut kept = Kept::default();
         let mut now = NOW;
         for op in ops {
             let op_kind = if matches!(op, Op::Tick) { OpKind::Tick } else { OpKind::Other };
@@ -101,6 +105,10 @@ proptest! {
                 Op::Disconnect(c) => {
                     records.remove(&conn(c));
                     room.handle(Input::Disconnect { conn: conn(c) }, now)
+                }
+                Op::Dropped(c) => {
+                    records.remove(&conn(c));
+                    room.handle(Input::Dropped { conn: conn(c) }, now)
                 }
                 Op::Chat(c) => at(&mut room, c, chat("hello"), now),
                 Op::Kick(c, u, ban) => at(&mut room, c, client_message::Msg::Kick(proto::Kick { participant_id: pid(&format!("u{u}")), ban_ms: if ban { 5000 } else { 0 } }), now),
@@ -128,9 +136,18 @@ proptest! {
                 Op::RolesChanged(u) => room.handle(Input::IdentityChanged { user_id: format!("u{u}") }, now),
                 Op::Tick => room.handle(Input::Tick, now),
                 Op::Hibernate => {
+                    // The host ticked at every deadline before it slept (grace periods end).
+                    let tfx = room.handle(Input::Tick, now);
+                    keep_records(&mut records, &tfx);
+                    keep_stored(&mut persisted, &tfx);
+                    for e in &tfx {
+                        if let Effect::Keep(k) = e {
+                            kept.apply(k.clone());
+                        }
+                    }
                     prop_assert_eq!(&persisted, room.stored(), "storage lags the room");
                     let before: Vec<_> = room.participants().cloned().collect();
-                    let (woken, fx) = Room::restore("prop", Some(persisted.clone()), records.values().cloned(), now, SEED);
+                    let (woken, fx) = Room::restore_with("prop", Some(persisted.clone()), records.values().cloned(), kept.clone(), now, SEED);
                     prop_assert!(!fx.iter().any(|e| matches!(e, Effect::Persist(_))), "a present owner keeps the crown on wake: {:?}", fx);
                     room = woken;
                     prop_assert_eq!(room.participants().cloned().collect::<Vec<_>>(), before);
@@ -155,6 +172,11 @@ proptest! {
                 }
             }
             keep_records(&mut records, &fx);
+            for e in &fx {
+                if let Effect::Keep(k) = e {
+                    kept.apply(k.clone());
+                }
+            }
             keep_stored(&mut persisted, &fx);
             prop_assert_eq!(&persisted, room.stored());
 
@@ -190,10 +212,19 @@ proptest! {
             }
             for u in 0..5 {
                 let user = format!("u{u}");
-                let sockets = room.conns.values().filter(|c| c.identity.user_id == user).count();
+                let sockets = room.conns.values().filter(|c| c.identity.user_id == user && !c.is_suspended()).count();
                 prop_assert!(sockets <= budget::MAX_CONNS_PER_USER, "{} holds {} sockets", user, sockets);
+                let suspended = room.conns.values().filter(|c| c.identity.user_id == user && c.is_suspended()).count();
+                prop_assert!(suspended <= budget::MAX_CONNS_PER_USER, "{} keeps {} suspended", user, suspended);
             }
+            // What the host kept matches the room: a session per resumable connection.
+            let mut with_session: Vec<ConnId> = room.conns.iter().filter(|(_, c)| c.resume.is_some()).map(|(id, _)| *id).collect();
+            let mut kept_ids: Vec<ConnId> = kept.sessions.iter().map(|s| s.record.conn).collect();
+            with_session.sort();
+            kept_ids.sort();
+            prop_assert_eq!(with_session, kept_ids, "kept sessions differ from the room's");
             if matches!(op_kind, OpKind::Tick) {
+                prop_assert!(room.suspended_count() == 0 || room.next_deadline().is_some());
                 prop_assert!(room.conns.values().all(|c| c.identity.expires_at.is_none_or(|t| t > now)), "an expired socket survived a tick");
             }
         }

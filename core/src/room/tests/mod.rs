@@ -20,6 +20,7 @@ mod notes;
 mod perms;
 mod profile;
 mod resume;
+mod resume_delivery;
 mod settings;
 mod stats;
 mod wire;
