@@ -34,6 +34,7 @@ mod oauth_browser;
 mod oauth_support;
 mod persistence;
 mod reports;
+mod resume;
 mod resume_edge;
 mod room_features;
 mod tokens;
@@ -128,6 +129,11 @@ fn trials() -> Vec<Spec> {
         t!(basics::join_relay_ping_and_leave),
         t!(basics::malformed_frames_get_typed_errors_and_oversized_frames_close),
         t!(basics::rooms_are_isolated),
+        t!(resume::a_cut_player_resumes_and_misses_nothing),
+        t!(resume::a_resume_after_the_grace_period_is_a_rejoin),
+        t!(resume::stolen_and_spent_resume_tokens_are_refused),
+        t!(resume::a_resume_takes_over_a_half_open_socket),
+        t!(resume::players_resume_after_the_server_restarts).alone(ALL),
         t!(basics::room_survives_hibernation).only(
             &[Edge],
             "workerd evicts idle Durable Objects; the fallback's room tasks never hibernate",

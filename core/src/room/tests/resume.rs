@@ -262,3 +262,20 @@ fn a_goodbye_leaves_at_once_and_resuming_can_be_turned_off() {
         [(_, SM::ParticipantLeft(_))]
     ));
 }
+
+#[test]
+fn a_stopping_room_keeps_what_it_processed_so_a_restart_does_not_process_it_twice() {
+    let mut host = Host::new("r");
+    let joined = two_players(&mut host);
+    host.frame(2, &numbered(1, M::Notes(notes_batch(NOW))));
+    host.take(1);
+    // A drain: the host stops the room (no ping since the batch), then restarts it.
+    host.input(Input::Stop);
+    host.wake(false);
+    host.connect(3, ident("bob"));
+    let fx = host.send(3, resume(&joined.resume_token, joined.seq));
+    let SM::Resumed(r) = &frames_to(&fx, 3)[0].1 else {
+        panic!("{fx:?}")
+    };
+    assert_eq!(r.last_client_seq, 1, "the batch before the stop was kept");
+}
