@@ -504,8 +504,7 @@ pub async fn run_browser_script(script: &str, s: &Server) -> std::path::PathBuf 
 /// each way (tests/web/resume.mjs).
 pub async fn browser_resumes_after_a_dropped_connection(s: &Server) {
     let shots = run_browser_script("resume.mjs", s).await;
-    assert!(
-        shots.join("resumed.png").exists(),
-        "resumed.png was written"
-    );
+    for shot in ["reconnecting.png", "resumed.png"] {
+        assert!(shots.join(shot).exists(), "{shot} was written");
+    }
 }

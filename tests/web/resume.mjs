@@ -45,6 +45,7 @@ try {
   await bob.waitForFunction(() => window.__piano.status === "reconnecting", null, { timeout: 10000 });
   await bob.locator("#status.reconnecting", { hasText: "reconnecting…" }).waitFor({ timeout: 5000 });
   const droppedAt = Date.now();
+  await bob.screenshot({ path: `${shots}/reconnecting.png` });
 
   // Meanwhile Alice plays D, E, F; Bob plays G and writes a line (his page keeps both).
   for (const note of [62, 64, 65]) {
@@ -111,8 +112,20 @@ try {
   assert.deepEqual(a.presence.slice(alicePresence), [], "still no leave or arrival on Alice's page");
   await bob.screenshot({ path: `${shots}/resumed.png` });
 
+  // A resume the room refuses (a token it does not know, as after it lost the place): Bob's
+  // page is told so and joins afresh. (The same user's new connection joins the participant
+  // his suspended one still holds, so here too Alice sees nobody leave.)
+  await bob.evaluate(() => window.__pianoDrop(0, true));
+  await bob.waitForFunction(() => window.__piano.joins === 2 && window.__piano.status === "open", null, { timeout: 15000 });
+  b = await read(bob);
+  assert.equal(b.resumes.length, 1, "a refused resume is not counted as one");
+  assert.ok(b.participants.includes(bobId) && b.participants.includes(aliceId), `Bob's page lists both: ${b.participants}`);
+  await bob.fill("#chat-input", "bob joined again");
+  await bob.press("#chat-input", "Enter");
+  await alice.locator("#chat-log", { hasText: "bob joined again" }).waitFor({ timeout: 10000 });
+
   assert.deepEqual(errors, [], `no page errors: ${errors.join("; ")}`);
-  console.log(`resume: ok (Bob was down ${downMs} ms; ${b.resumes[0].replayed} messages replayed)`);
+  console.log(`resume: ok (Bob was down ${downMs} ms; ${b.resumes[0].replayed} messages replayed; a refused resume joined afresh)`);
 } catch (e) {
   console.error(`page errors so far: ${errors.join("; ") || "none"}`);
   // What each page knew is usually the reason a wait timed out.

@@ -80,7 +80,7 @@ document.addEventListener("keydown", () => audio().resume(), { capture: true });
 const conn = new Connection(onMessage, onStatus);
 // Test hooks: drop the socket as the network would (held down `holdMs`), end the hold.
 Object.assign(window, {
-  __pianoDrop: (holdMs?: number) => conn.simulateDrop(holdMs),
+  __pianoDrop: (holdMs?: number, unknownToken?: boolean) => conn.simulateDrop(holdMs, unknownToken),
   __pianoReconnect: () => conn.reconnectNow(),
 });
 const piano = new Piano($("#piano"), {

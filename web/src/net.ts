@@ -349,8 +349,11 @@ export class Connection {
   }
 
   /** Drops the socket as a network failure would (tests use it to exercise resuming): a close
-   * that is not a goodbye, then no reconnect for `holdMs` (or until `reconnectNow`). */
-  simulateDrop(holdMs = 0): void {
+   * that is not a goodbye, then no reconnect for `holdMs` (or until `reconnectNow`).
+   * `unknownToken`: the resume presents a token the room does not know (as after it lost our
+   * place), so the room answers ResumeFailed and the page joins afresh. */
+  simulateDrop(holdMs = 0, unknownToken = false): void {
+    if (unknownToken && this.resumeToken) this.resumeToken = `unknown-${this.resumeToken}`;
     this.holdUntil = Date.now() + holdMs;
     this.dropping = this.ws;
     this.ws?.close(Close.SIMULATED_DROP, "simulated drop");
