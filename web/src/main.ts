@@ -5,10 +5,10 @@ import { create } from "@bufbuild/protobuf";
 import {
   ErrorCode,
   JoinFailure,
-  type Joined,
   NotesDroppedReason,
   UpdateSettingsSchema,
   type ChatMessage,
+  type Joined,
   type NoteBatch,
   type Ownership,
   type Participant,
@@ -138,6 +138,10 @@ function onMessage(msg: ServerMsg): void {
       log(state.resumes, { complete: r.complete, replayed: r.replayed });
       if (r.you) state.you = r.you;
       if (!r.complete && r.snapshot) {
+        // Others' note-offs may be among what was lost: nothing of theirs is left sounding.
+        state.behind++;
+        audio().releaseOthers("me");
+        piano.unlightOthers("me");
         showRoom(r.snapshot);
         toast("Reconnected: some of what happened meanwhile could not be replayed");
       } else {
