@@ -291,7 +291,10 @@ pub async fn join_relay_ping_and_leave(s: &Server) {
     let room = unique("relay");
     let mut a = s.player(&room, "Alice").await;
     let w = &a.welcome;
-    assert_eq!((w.protocol_version, w.room.as_str()), (1, room.as_str()));
+    assert_eq!(
+        (w.protocol_version, w.room.as_str()),
+        (piano_core::limits::PROTOCOL_VERSION, room.as_str())
+    );
     assert!(
         w.server_time.abs_diff(now_ms()) < 60_000,
         "server clock is sane"

@@ -229,6 +229,15 @@ pub async fn players_resume_after_the_server_restarts(s: &Server) {
     let ava = a.id().to_owned();
     b.send_numbered(note_on(61, 90)).await;
     assert_eq!(next_note_from(&mut a, &bo).await, Some(61));
+    // Bo's steady ping acknowledges the batch: what a ping acknowledged is kept on every host
+    // (the edge has no shutdown hook to keep more, docs/resume.md §4).
+    b.send(client_message::Msg::Ping(proto::Ping { client_time: 1.0 }))
+        .await;
+    b.recv_matching(|m| match m {
+        server_message::Msg::Pong(p) if p.last_client_seq >= 1 => Some(()),
+        _ => None,
+    })
+    .await;
 
     s.restart();
 

@@ -295,3 +295,25 @@ fn a_grace_period_started_by_a_restart_does_not_start_over_at_each_wake() {
     let fx = host.input(Input::Tick);
     assert_eq!(host.room.participant_count(), 0, "{fx:?}");
 }
+
+#[test]
+fn a_restore_starts_the_configured_grace_period() {
+    let mut host = Host::new("r");
+    two_players(&mut host);
+    // The host restarts: both sockets are gone; the host's grace is 5 s.
+    let limits = Limits {
+        resume_grace_ms: 5000,
+        ..Limits::default()
+    };
+    let (room, _) = Room::restore_configured(
+        "r",
+        Some(host.stored.clone()),
+        [],
+        host.kept.clone(),
+        limits,
+        host.now,
+        SEED,
+    );
+    assert_eq!(room.suspended_count(), 2);
+    assert_eq!(room.next_deadline(), Some(host.now + 5000));
+}
