@@ -62,6 +62,23 @@ async fn resume(
     (c, resumed, replayed)
 }
 
+/// A complete resume into the participant `me`.
+fn complete_in_place(resumed: &proto::Resumed, me: &str) {
+    assert!(
+        resumed.complete,
+        "the kept replay covers the gap: {resumed:?}"
+    );
+    assert_eq!(resumed.you.as_ref().map(|p| p.id.as_str()), Some(me));
+}
+
+/// The room's info before and after says the object was rebuilt meanwhile.
+fn evicted(before: &serde_json::Value, after: &serde_json::Value) {
+    assert!(
+        after["instance_started_at"].as_u64() > before["instance_started_at"].as_u64(),
+        "the object was evicted and rebuilt (before {before}, after {after})"
+    );
+}
+
 /// The chat texts and note batches (by first key) among `msgs`, in order.
 fn traffic(msgs: &[server_message::Msg]) -> Vec<String> {
     msgs.iter()
@@ -131,18 +148,8 @@ pub async fn a_player_resumes_after_the_room_object_hibernated(target: &Server) 
 
         let (mut a, resumed, replayed) = resume(s, &room, &alice, &joined.resume_token).await;
         let after = room_info(s, &room).await;
-        assert!(
-            after["instance_started_at"].as_u64() > before["instance_started_at"].as_u64(),
-            "the object was evicted and rebuilt (before {before}, after {after})"
-        );
-        assert!(
-            resumed.complete,
-            "the kept replay covers the gap: {resumed:?}"
-        );
-        assert_eq!(
-            resumed.you.as_ref().map(|p| p.id.as_str()),
-            Some(me.as_str())
-        );
+        evicted(&before, &after);
+        complete_in_place(&resumed, &me);
         assert_eq!(
             traffic(&replayed),
             ["chat while you were away", "note 61"],
@@ -204,10 +211,7 @@ pub async fn a_player_who_drops_while_the_room_object_sleeps_resumes_from_a_snap
 
         let (_a, resumed, _) = resume(s, &room, &alice, &joined.resume_token).await;
         let after = room_info(s, &room).await;
-        assert!(
-            after["instance_started_at"].as_u64() > before["instance_started_at"].as_u64(),
-            "the object was evicted and rebuilt (before {before}, after {after})"
-        );
+        evicted(&before, &after);
         assert!(!resumed.complete, "{resumed:?}");
         assert_eq!(
             resumed.you.as_ref().map(|p| p.id.as_str()),
@@ -262,14 +266,7 @@ pub async fn a_player_resumes_after_the_edge_restarted(target: &Server) {
         let _ = b.recv().await; // the chat, back to Bob
 
         let (_a, resumed, replayed) = resume(s, &room, &alice, &joined.resume_token).await;
-        assert!(
-            resumed.complete,
-            "the kept replay covers the gap: {resumed:?}"
-        );
-        assert_eq!(
-            resumed.you.as_ref().map(|p| p.id.as_str()),
-            Some(me.as_str())
-        );
+        complete_in_place(&resumed, &me);
         assert_eq!(
             traffic(&replayed),
             [
