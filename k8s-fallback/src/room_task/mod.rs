@@ -220,7 +220,6 @@ pub async fn start(ctx: &Arc<Ctx>, name: &str) -> Result<(), String> {
         Default::default()
     });
     let now = now_ms();
-    let kept = within_grace(kept, now, ctx.resume_grace_ms);
     // A room with kept sessions comes back with them even if it has no stored state (a room
     // nobody configured).
     let limits = piano_core::room::budget::Limits {
@@ -306,16 +305,6 @@ pub async fn start(ctx: &Arc<Ctx>, name: &str) -> Result<(), String> {
     };
     tokio::spawn(task.run(rx, effects));
     Ok(())
-}
-
-/// Kept sessions end within this replica's grace from now: `Room::restore_with` runs with the
-/// core's default limits (ours are set after it), and every restored session here is a lost
-/// socket, suspended from now. With resuming off (0) they are over at once, and forgotten.
-fn within_grace(mut kept: piano_core::room::Kept, now: u64, grace: u64) -> piano_core::room::Kept {
-    for s in &mut kept.sessions {
-        s.until = Some(s.until.unwrap_or(u64::MAX).min(now + grace));
-    }
-    kept
 }
 
 /// Randomness for the core (password salts), fresh per room start.
