@@ -1,0 +1,276 @@
+//! The model host's side of resuming (docs/resume.md): what a real host keeps ([`Kept`], built
+//! only from `Effect::Keep`), the resume tokens the room handed out (so the fuzzer resumes with
+//! real ones, not only guesses), the numbered frames it saw, and the checks of the promises a
+//! `Resume` makes. Used by `room.rs`.
+
+use piano_core::identity::Identity;
+use piano_core::proto::{self, ResumeFailure, ServerMessage, server_message::Msg as S};
+use piano_core::room::{ConnId, Effect, Kept, ReplayDurability};
+use prost::Message;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Tokens remembered (the newest): enough for a drop, a half-open socket and a second tab.
+const TOKENS_KEPT: usize = 4;
+/// Numbered frames remembered by seq (the replay buffer holds at most 2048).
+const FRAMES_KEPT: usize = 4096;
+
+/// A resume token a `Joined` or `Resumed` carried.
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub token: String,
+    /// The connection it was issued to, and who that was.
+    pub conn: ConnId,
+    pub identity: Identity,
+    /// The highest `ServerMessage.seq` that connection received (what its client would
+    /// resume from), while it had a socket.
+    pub last_seq: u64,
+    live: bool,
+    /// Used by a successful resume: it must never work again.
+    spent: bool,
+}
+
+/// A `Resume` being fed: on which connection, with what.
+pub struct Asked {
+    pub conn: ConnId,
+    pub token: String,
+    pub last_seq: u64,
+}
+
+#[derive(Default)]
+pub struct Resumes {
+    /// What the host keeps, exactly as `Kept::apply` models a host's storage.
+    pub kept: Kept,
+    pub tokens: VecDeque<Token>,
+    /// Every numbered frame sent, by seq: a seq names one frame, byte for byte (a replayed
+    /// frame is the broadcast it claims to be).
+    sent: BTreeMap<u64, bytes::Bytes>,
+    /// The identity each connection was accepted with.
+    pub identities: BTreeMap<ConnId, Identity>,
+    /// The highest `ClientMessage.seq` each connection sent (carried over by a resume, as the
+    /// client keeps numbering): the room cannot acknowledge more.
+    pub client_max: BTreeMap<ConnId, u64>,
+    /// How the host keeps replay entries (`Room::keep_replay`), set again after each wake.
+    pub durability: ReplayDurability,
+    /// Resumes that succeeded with `complete: true` and replayed something, and with a snapshot
+    /// (the replay test checks that the seeds reach them).
+    pub replays: usize,
+    pub snapshots: usize,
+}
+
+impl Resumes {
+    /// Connections suspended now, according to what the host keeps.
+    pub fn suspended(&self) -> BTreeSet<ConnId> {
+        self.kept
+            .sessions
+            .iter()
+            .filter(|s| s.until.is_some())
+            .map(|s| s.record.conn)
+            .collect()
+    }
+
+    /// The candidate (token, last_seq) pairs a client could present, newest last.
+    pub fn candidates(&self) -> Vec<(String, u64)> {
+        self.tokens
+            .iter()
+            .map(|t| (t.token.clone(), t.last_seq))
+            .collect()
+    }
+
+    /// `conn` lost its socket (or a new connection took the id): its client stops receiving.
+    pub fn socket_gone(&mut self, conn: ConnId) {
+        for t in self.tokens.iter_mut().filter(|t| t.conn == conn) {
+            t.live = false;
+        }
+    }
+
+    pub fn connected(&mut self, conn: ConnId, identity: &Identity) {
+        self.socket_gone(conn);
+        self.identities.insert(conn, identity.clone());
+        self.client_max.remove(&conn);
+    }
+
+    /// A numbered client message on `conn`.
+    pub fn numbered(&mut self, conn: ConnId, seq: u64) {
+        let m = self.client_max.entry(conn).or_default();
+        *m = (*m).max(seq);
+    }
+
+    /// A wake: the room numbers on from the clock × 1000 or what the host kept, whichever is
+    /// higher. A wake in the same millisecond as the last input, or with the clock moved back,
+    /// may give numbers above that again, to other frames (the limit docs/resume.md §2 states:
+    /// "a room whose clock was not ahead"; a real wake follows idle time): forget those.
+    pub fn woke(&mut self, now: piano_core::Millis) {
+        let start = self
+            .kept
+            .replay
+            .iter()
+            .map(|e| e.seq)
+            .chain(self.kept.sessions.iter().map(|s| s.from_seq))
+            .fold(now.saturating_mul(1000), u64::max);
+        self.sent.retain(|s, _| *s <= start);
+    }
+
+    /// One `Send` the host carries out (already checked to target open connections).
+    pub fn observe(&mut self, targets: &[ConnId], msg: &ServerMessage, frame: &bytes::Bytes) {
+        if msg.seq > 0 {
+            if let Some(before) = self.sent.get(&msg.seq) {
+                assert_eq!(
+                    before, frame,
+                    "two different frames numbered {}: {:?}",
+                    msg.seq, msg.msg
+                );
+            } else {
+                self.sent.insert(msg.seq, frame.clone());
+                while self.sent.len() > FRAMES_KEPT {
+                    self.sent.pop_first();
+                }
+            }
+            for t in self.tokens.iter_mut() {
+                if t.live && targets.contains(&t.conn) {
+                    t.last_seq = t.last_seq.max(msg.seq);
+                }
+            }
+        }
+        let [conn] = targets else { return };
+        let (token, last_seq) = match &msg.msg {
+            Some(S::Joined(j)) => (j.resume_token.clone(), j.seq),
+            Some(S::Resumed(r)) => (r.resume_token.clone(), 0),
+            _ => return,
+        };
+        let Some(identity) = self.identities.get(conn).cloned() else {
+            return;
+        };
+        if token.is_empty() {
+            return;
+        }
+        assert!(
+            !self.tokens.iter().any(|t| t.token == token),
+            "resume token {token} issued twice"
+        );
+        self.tokens.push_back(Token {
+            token,
+            conn: *conn,
+            identity,
+            last_seq,
+            live: true,
+            spent: false,
+        });
+        while self.tokens.len() > TOKENS_KEPT {
+            self.tokens.pop_front();
+        }
+    }
+
+    /// Checks what the room answered a `Resume` (`effects`, in order).
+    pub fn check_answer(&mut self, asked: &Asked, effects: &[Effect]) {
+        let conn = asked.conn;
+        let to_conn: Vec<ServerMessage> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { to, frame, .. } if to.as_slice().contains(&conn) => {
+                    ServerMessage::decode(frame.as_ref()).ok()
+                }
+                _ => None,
+            })
+            .collect();
+        let at = to_conn
+            .iter()
+            .position(|m| matches!(m.msg, Some(S::Resumed(_))));
+        let failed = to_conn.iter().find_map(|m| match &m.msg {
+            Some(S::ResumeFailed(f)) => Some(f.reason),
+            _ => None,
+        });
+        let token = self.tokens.iter().position(|t| t.token == asked.token);
+        let Some(at) = at else {
+            if let Some(reason) = failed {
+                assert!(
+                    reason != ResumeFailure::Unspecified as i32,
+                    "ResumeFailed without a reason"
+                );
+            }
+            return;
+        };
+        assert!(failed.is_none(), "a Resume both failed and succeeded");
+        let Some(S::Resumed(resumed)) = &to_conn[at].msg else {
+            unreachable!()
+        };
+        let me = self.identities.get(&conn).map(|i| i.user_id.clone());
+        if let Some(i) = token {
+            let t = &self.tokens[i];
+            assert_eq!(
+                Some(&t.identity.user_id),
+                me.as_ref(),
+                "a Resume with another user's token succeeded"
+            );
+            assert!(!t.spent, "a spent resume token resumed again");
+            assert!(
+                resumed.last_client_seq <= self.client_max.get(&t.conn).copied().unwrap_or(0),
+                "Resumed.last_client_seq {} is more than the client ever numbered",
+                resumed.last_client_seq
+            );
+            let carried = self.client_max.get(&t.conn).copied().unwrap_or(0);
+            self.numbered(conn, carried);
+            self.tokens[i].spent = true;
+            self.tokens[i].live = false;
+        }
+        let after = &to_conn[at + 1..];
+        if resumed.complete {
+            assert!(
+                resumed.snapshot.is_none(),
+                "complete Resumed with a snapshot"
+            );
+            assert_eq!(
+                after.len(),
+                resumed.replayed as usize,
+                "Resumed{{complete, replayed: {}}} followed by {} frames",
+                resumed.replayed,
+                after.len()
+            );
+            let mut last = asked.last_seq;
+            for m in after {
+                assert!(
+                    m.seq > last,
+                    "replayed frame numbered {} after {} (resumed from {})",
+                    m.seq,
+                    last,
+                    asked.last_seq
+                );
+                last = m.seq;
+            }
+            if resumed.replayed > 0 {
+                self.replays += 1;
+            }
+        } else {
+            assert!(
+                resumed.snapshot.is_some() && resumed.replayed == 0,
+                "an incomplete Resumed without a snapshot, or with replayed frames"
+            );
+            self.snapshots += 1;
+        }
+        // The new token (harvested by `observe`) is live from the frames that follow.
+        if let Some(t) = self.tokens.back_mut()
+            && t.conn == conn
+        {
+            let from = match &resumed.snapshot {
+                Some(j) => j.seq,
+                None => asked.last_seq,
+            };
+            t.last_seq = t.last_seq.max(from);
+        }
+    }
+}
+
+/// What a `Frame` input asks of resuming: a `Resume` (returned) and a numbered message (noted).
+pub fn asked(r: &mut Resumes, conn: ConnId, bytes: &[u8]) -> Option<Asked> {
+    let msg = proto::ClientMessage::decode(bytes).ok()?;
+    if msg.seq > 0 {
+        r.numbered(conn, msg.seq);
+    }
+    match msg.msg? {
+        proto::client_message::Msg::Resume(res) => Some(Asked {
+            conn,
+            token: res.token,
+            last_seq: res.last_seq,
+        }),
+        _ => None,
+    }
+}
