@@ -645,7 +645,8 @@ fn step(host: &mut Host, b: &mut Bytes) {
                 0 => make::pick_identity(b, host.now),
                 n => {
                     tokens.rotate_left(k % n);
-                    host.resumes.tokens[k % n].identity.clone()
+                    let t = &host.resumes.tokens;
+                    t[t.len() - n + k % n].identity.clone()
                 }
             };
             host.feed(Input::Connect { conn, identity });

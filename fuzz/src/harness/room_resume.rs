@@ -9,8 +9,9 @@ use piano_core::room::{ConnId, Effect, Kept, ReplayDurability};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-/// Tokens remembered (the newest): enough for a drop, a half-open socket and a second tab.
-const TOKENS_KEPT: usize = 4;
+/// Tokens offered to resumes (the newest): enough for a drop, a half-open socket and a second
+/// tab. Twice as many are remembered for the checks (a spent one must stay spent).
+const TOKENS_OFFERED: usize = 4;
 /// Numbered frames remembered by seq (the replay buffer holds at most 2048).
 const FRAMES_KEPT: usize = 4096;
 
@@ -24,6 +25,9 @@ pub struct Token {
     /// The highest `ServerMessage.seq` that connection received (what its client would
     /// resume from), while it had a socket.
     pub last_seq: u64,
+    /// The numbered frames that connection was sent (the newest [`FRAMES_KEPT`]): a complete
+    /// resume from below one of them replays it.
+    received: BTreeSet<u64>,
     live: bool,
     /// Used by a successful resume: it must never work again.
     spent: bool,
@@ -70,8 +74,10 @@ impl Resumes {
 
     /// The candidate (token, last_seq) pairs a client could present, newest last.
     pub fn candidates(&self) -> Vec<(String, u64)> {
+        let skip = self.tokens.len().saturating_sub(TOKENS_OFFERED);
         self.tokens
             .iter()
+            .skip(skip)
             .map(|t| (t.token.clone(), t.last_seq))
             .collect()
     }
@@ -128,6 +134,10 @@ impl Resumes {
             for t in self.tokens.iter_mut() {
                 if t.live && targets.contains(&t.conn) {
                     t.last_seq = t.last_seq.max(msg.seq);
+                    t.received.insert(msg.seq);
+                    if t.received.len() > FRAMES_KEPT {
+                        t.received.pop_first();
+                    }
                 }
             }
         }
@@ -152,10 +162,11 @@ impl Resumes {
             conn: *conn,
             identity,
             last_seq,
+            received: BTreeSet::new(),
             live: true,
             spent: false,
         });
-        while self.tokens.len() > TOKENS_KEPT {
+        while self.tokens.len() > 2 * TOKENS_OFFERED {
             self.tokens.pop_front();
         }
     }
@@ -235,6 +246,22 @@ impl Resumes {
                     asked.last_seq
                 );
                 last = m.seq;
+            }
+            // What the connection was sent above `last_seq` it gets again (the replay buffer
+            // is complete above `last_seq`, and those frames were meant for it).
+            if let Some(t) = token.map(|i| &self.tokens[i]) {
+                let replayed: BTreeSet<u64> = after.iter().map(|m| m.seq).collect();
+                let missing: Vec<u64> = t
+                    .received
+                    .range(asked.last_seq.saturating_add(1)..)
+                    .filter(|s| !replayed.contains(s))
+                    .copied()
+                    .collect();
+                assert!(
+                    missing.is_empty(),
+                    "a complete resume from {} left out frames {missing:?} its connection was sent",
+                    asked.last_seq
+                );
             }
             if resumed.replayed > 0 {
                 self.replays += 1;
