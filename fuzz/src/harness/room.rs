@@ -95,6 +95,8 @@ pub struct Host {
     /// again after each wake), and whether an input ran since the last wake.
     present: BTreeSet<String>,
     presence_synced: bool,
+    /// Wakes so far: each draws a new seed, as the hosts do (`random_seed()`).
+    wakes: u8,
     /// What the host keeps for resuming, the tokens it saw, and the resume checks.
     pub resumes: Resumes,
 }
@@ -117,6 +119,7 @@ impl Host {
             trace: false,
             present: BTreeSet::new(),
             presence_synced: true,
+            wakes: 0,
             resumes: Resumes::default(),
         }
     }
@@ -218,6 +221,7 @@ impl Host {
         // A connection suspended when the batch began may still be closed by it (its session
         // ended during the grace period): there is no socket to close, but nothing is wrong.
         let was_suspended = self.resumes.suspended();
+        let mut remembered_suspended = BTreeMap::new();
         for e in effects {
             match e {
                 Effect::Send { to, frame, .. } => {
@@ -251,10 +255,18 @@ impl Host {
                     );
                     self.forget(*conn);
                 }
+                // A suspended connection's record (a profile changed on another tab) has no
+                // socket to go with: hosts skip it; its kept session must carry it instead.
+                Effect::Remember(record)
+                    if was_suspended.contains(&record.conn)
+                        && !self.open.contains(&record.conn) =>
+                {
+                    remembered_suspended.insert(record.conn, record.clone());
+                }
                 Effect::Remember(record) => {
                     assert!(
                         self.open.contains(&record.conn),
-                        "Remember for connection {}, which is not open",
+                        "Remember for connection {}, which is neither open nor suspended",
                         record.conn
                     );
                     self.records.insert(record.conn, record.clone());
@@ -298,6 +310,26 @@ impl Host {
                     );
                     self.pending.push((*conn, password.clone(), hash.clone()));
                 }
+            }
+        }
+        self.check_remembered_suspended(&remembered_suspended);
+    }
+
+    /// After [`Host::apply`]: the record of a suspended connection the room remembered is
+    /// its kept session's (unless the session ended in the same batch).
+    fn check_remembered_suspended(&self, remembered: &BTreeMap<ConnId, ConnRecord>) {
+        for (conn, record) in remembered {
+            if let Some(s) = self
+                .resumes
+                .kept
+                .sessions
+                .iter()
+                .find(|s| s.record.conn == *conn)
+            {
+                assert_eq!(
+                    &s.record, record,
+                    "a suspended connection's remembered record is not in its kept session"
+                );
             }
         }
     }
@@ -422,7 +454,12 @@ impl Host {
             self.records.values().cloned(),
             self.resumes.kept.clone(),
             self.now,
-            SEED,
+            {
+                self.wakes = self.wakes.wrapping_add(1);
+                let mut seed = SEED;
+                seed[0] = self.wakes;
+                seed
+            },
         );
         let before: Vec<_> = self.room.participants().cloned().collect();
         let after: Vec<_> = room.participants().cloned().collect();
@@ -528,7 +565,20 @@ pub fn run_host(data: &[u8]) -> Host {
     for conn in host.open.clone() {
         host.feed(Input::Disconnect { conn });
     }
-    assert_eq!(host.room.participant_count(), 0);
+    // Suspended ones leave when their grace period ends (the host's alarm).
+    if !host.resumes.suspended().is_empty() {
+        host.now += Limits::default().resume_grace_ms;
+        host.tick(true);
+    }
+    assert!(
+        host.resumes.suspended().is_empty(),
+        "suspended after the grace period"
+    );
+    assert_eq!(
+        host.room.participant_count(),
+        0,
+        "participants left in an empty room"
+    );
     host
 }
 
