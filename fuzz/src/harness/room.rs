@@ -96,7 +96,7 @@ pub struct Host {
     present: BTreeSet<String>,
     presence_synced: bool,
     /// Wakes so far: each draws a new seed, as the hosts do (`random_seed()`).
-    wakes: u8,
+    wakes: u32,
     /// What the host keeps for resuming, the tokens it saw, and the resume checks.
     pub resumes: Resumes,
 }
@@ -164,7 +164,7 @@ impl Host {
             self.forget(*conn);
         }
         if self.trace {
-            eprintln!("@{} {input:?}", self.now - T0);
+            eprintln!("@{} {input:?}", self.now.wrapping_sub(T0) as i64);
         }
         let stop = matches!(input, Input::Stop);
         let effects = self.room.handle(input, self.now);
@@ -445,7 +445,7 @@ impl Host {
             self.tick(false);
         }
         if self.trace {
-            eprintln!("@{} hibernate", self.now - T0);
+            eprintln!("@{} hibernate", self.now.wrapping_sub(T0) as i64);
         }
         self.resumes.woke(self.now);
         let (room, effects) = Room::restore_with(
@@ -455,9 +455,9 @@ impl Host {
             self.resumes.kept.clone(),
             self.now,
             {
-                self.wakes = self.wakes.wrapping_add(1);
+                self.wakes += 1;
                 let mut seed = SEED;
-                seed[0] = self.wakes;
+                seed[..4].copy_from_slice(&self.wakes.to_le_bytes());
                 seed
             },
         );
