@@ -64,7 +64,7 @@ use piano_core::room::budget::{Limits, Rate};
 use piano_core::room::stored::PasswordHash;
 use piano_core::room::stored::{RoomKind, Stored};
 use piano_core::room::{
-    ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, Protocol, ReplayDurability, Room,
+    ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, ReplayDurability, Room,
 };
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
@@ -344,50 +344,8 @@ impl Host {
                 "presence reported differs from the participants"
             );
         }
-        // The room counts suspended connections too (the host keeps their sessions).
+        self.resumes.check_sessions(room, &self.open, &self.records);
         let kept = &self.resumes.kept;
-        let suspended = self.resumes.suspended();
-        assert_eq!(
-            room.suspended_count(),
-            suspended.len(),
-            "the room's suspended connections are not the kept sessions with a grace period"
-        );
-        assert!(
-            suspended.is_disjoint(&self.open),
-            "a suspended connection is open: {suspended:?}"
-        );
-        assert_eq!(
-            room.connection_count(),
-            self.open.len() + suspended.len(),
-            "the room and the host disagree on the open and suspended connections"
-        );
-        let session_conns: Vec<ConnId> = kept.sessions.iter().map(|s| s.record.conn).collect();
-        let unique: BTreeSet<ConnId> = session_conns.iter().copied().collect();
-        assert_eq!(unique.len(), session_conns.len(), "a session kept twice");
-        // Every joined protobuf connection is resumable, and nothing else.
-        let live_sessions: BTreeSet<ConnId> = kept
-            .sessions
-            .iter()
-            .filter(|s| s.until.is_none())
-            .map(|s| s.record.conn)
-            .collect();
-        let joined_open: BTreeSet<ConnId> = self
-            .records
-            .values()
-            .filter(|r| r.joined.is_some() && r.protocol == Protocol::Protobuf)
-            .map(|r| r.conn)
-            .collect();
-        assert_eq!(
-            live_sessions, joined_open,
-            "the kept sessions of open connections are not the joined connections"
-        );
-        for s in kept.sessions.iter().filter(|s| s.until.is_none()) {
-            assert_eq!(
-                Some(&s.record),
-                self.records.get(&s.record.conn),
-                "a kept session's record is not the connection's latest record"
-            );
-        }
         assert!(room.participant_count() <= room.connection_count());
         let ids: BTreeSet<_> = room.participants().map(|p| p.id.clone()).collect();
         assert_eq!(

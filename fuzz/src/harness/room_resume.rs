@@ -5,7 +5,7 @@
 
 use piano_core::identity::Identity;
 use piano_core::proto::{self, ResumeFailure, ServerMessage, server_message::Msg as S};
-use piano_core::room::{ConnId, Effect, Kept, ReplayDurability};
+use piano_core::room::{ConnId, ConnRecord, Effect, Kept, Protocol, ReplayDurability, Room};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -70,6 +70,61 @@ impl Resumes {
             .filter(|s| s.until.is_some())
             .map(|s| s.record.conn)
             .collect()
+    }
+
+    /// The kept sessions against the room and the host's open connections and records: the
+    /// room's suspended connections are the kept sessions with a grace period (none open), it
+    /// counts them as connections, and the kept sessions of open connections are exactly the
+    /// joined protobuf ones, each with the connection's latest record.
+    pub fn check_sessions(
+        &self,
+        room: &Room,
+        open: &BTreeSet<ConnId>,
+        records: &BTreeMap<ConnId, ConnRecord>,
+    ) {
+        // The room counts suspended connections too (the host keeps their sessions).
+        let kept = &self.kept;
+        let suspended = self.suspended();
+        assert_eq!(
+            room.suspended_count(),
+            suspended.len(),
+            "the room's suspended connections are not the kept sessions with a grace period"
+        );
+        assert!(
+            suspended.is_disjoint(open),
+            "a suspended connection is open: {suspended:?}"
+        );
+        assert_eq!(
+            room.connection_count(),
+            open.len() + suspended.len(),
+            "the room and the host disagree on the open and suspended connections"
+        );
+        let session_conns: Vec<ConnId> = kept.sessions.iter().map(|s| s.record.conn).collect();
+        let unique: BTreeSet<ConnId> = session_conns.iter().copied().collect();
+        assert_eq!(unique.len(), session_conns.len(), "a session kept twice");
+        // Every joined protobuf connection is resumable, and nothing else.
+        let live_sessions: BTreeSet<ConnId> = kept
+            .sessions
+            .iter()
+            .filter(|s| s.until.is_none())
+            .map(|s| s.record.conn)
+            .collect();
+        let joined_open: BTreeSet<ConnId> = records
+            .values()
+            .filter(|r| r.joined.is_some() && r.protocol == Protocol::Protobuf)
+            .map(|r| r.conn)
+            .collect();
+        assert_eq!(
+            live_sessions, joined_open,
+            "the kept sessions of open connections are not the joined connections"
+        );
+        for s in kept.sessions.iter().filter(|s| s.until.is_none()) {
+            assert_eq!(
+                Some(&s.record),
+                records.get(&s.record.conn),
+                "a kept session's record is not the connection's latest record"
+            );
+        }
     }
 
     /// The candidate (token, last_seq) pairs a client could present, newest last.
