@@ -66,6 +66,7 @@ impl Client {
             ws,
             welcome: Default::default(),
             subprotocol: None,
+            resume: crate::Resuming::new(url, &[]),
         };
         match client.recv().await {
             server_message::Msg::Welcome(w) => client.welcome = w,
@@ -95,6 +96,7 @@ impl Client {
             ws,
             welcome: Default::default(),
             subprotocol: None,
+            resume: crate::Resuming::new(url, &[]),
         };
         let mut errors = Vec::new();
         loop {

@@ -34,6 +34,8 @@ mod oauth_browser;
 mod oauth_support;
 mod persistence;
 mod reports;
+mod resume;
+mod resume_edge;
 mod room_features;
 mod tokens;
 
@@ -111,6 +113,9 @@ const DRIFT_RIG: &str = "a server of its own on a MongoDB it takes down; the clu
 /// Why the reports' trials run on the edge and the standalone fallback only (`reports.rs`).
 const REPORTS_RIG: &str = "a server of its own with SENTRY_DSN at a local receiver and test routes; the cluster's replicas run the same telemetry code";
 
+/// Why the edge's own resume trials run there only (`resume_edge.rs`).
+const RESUME_EDGE_RIG: &str = "the Room object loses its memory (hibernation, a restart of its edge server of its own, 60 s grace) and keeps sessions in its SQLite; the fallback's rooms never hibernate, its restarts are its own trials";
+
 /// The one list. Each entry runs on every target unless it says otherwise.
 fn trials() -> Vec<Spec> {
     use Host::*;
@@ -124,11 +129,22 @@ fn trials() -> Vec<Spec> {
         t!(basics::join_relay_ping_and_leave),
         t!(basics::malformed_frames_get_typed_errors_and_oversized_frames_close),
         t!(basics::rooms_are_isolated),
+        t!(resume::a_cut_player_resumes_and_misses_nothing),
+        t!(resume::a_resume_after_the_grace_period_is_a_rejoin),
+        t!(resume::stolen_and_spent_resume_tokens_are_refused),
+        t!(resume::a_resume_takes_over_a_half_open_socket),
+        t!(resume::players_resume_after_the_server_restarts).alone(ALL),
         t!(basics::room_survives_hibernation).only(
             &[Edge],
             "workerd evicts idle Durable Objects; the fallback's room tasks never hibernate",
         ),
+        t!(resume_edge::a_player_resumes_after_the_room_object_hibernated)
+            .only(&[Edge], RESUME_EDGE_RIG),
+        t!(resume_edge::a_player_resumes_after_the_edge_restarted).only(&[Edge], RESUME_EDGE_RIG),
+        t!(resume_edge::a_player_who_drops_while_the_room_object_sleeps_resumes_from_a_snapshot)
+            .only(&[Edge], RESUME_EDGE_RIG),
         t!(basics::browser_two_players_play_chat_and_see_the_room_list).one_at_a_time(),
+        t!(basics::browser_resumes_after_a_dropped_connection).one_at_a_time(),
         t!(oauth_browser::browser_signs_in_through_a_provider_and_never_exposes_the_refresh_token)
             .one_at_a_time(),
         t!(room_features::profiles_and_cursors_are_validated_and_broadcast),
@@ -344,6 +360,7 @@ fn main() {
     }
     drifts::stop_rigs();
     reports::stop_rigs();
+    resume_edge::stop_rigs();
     if let Some(stack) = persistence::STACK.get() {
         stack.stop_all();
     }

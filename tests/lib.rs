@@ -21,6 +21,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod abuse_support;
 mod client_abuse;
+mod client_resume;
 pub mod oauth_rig;
 pub mod process;
 pub mod rigs;
@@ -30,6 +31,7 @@ pub mod targets;
 pub use process::{free_port, spawn_guarded, stop_group, wait_for_port};
 
 pub use client_abuse::{Admission, Ending};
+pub use client_resume::Resuming;
 pub use piano_core::proto;
 
 /// How long any single expected message may take to arrive.
@@ -272,6 +274,8 @@ pub struct Client {
     pub welcome: proto::Welcome,
     /// The subprotocol the server selected, if any.
     pub subprotocol: Option<String>,
+    /// What it needs to resume after a drop (`client_resume.rs`).
+    pub resume: Resuming,
 }
 
 impl Client {
@@ -298,6 +302,7 @@ impl Client {
             ws,
             welcome: Default::default(),
             subprotocol,
+            resume: Resuming::new(url, headers),
         };
         match client.recv().await {
             server_message::Msg::Welcome(w) => client.welcome = w,
@@ -324,6 +329,9 @@ impl Client {
     }
 
     pub async fn send_raw(&mut self, msg: Message) {
+        if self.resume.cut {
+            return; // lost with the connection
+        }
         self.ws.send(msg).await.expect("websocket send");
     }
 
@@ -341,6 +349,9 @@ impl Client {
     /// reset after the server closed, a server that died) is an event, not a panic: a flooder
     /// is closed under its feet, a replica may be killed on purpose.
     pub async fn next_event(&mut self, within: Duration) -> Option<Event> {
+        if self.resume.cut {
+            return Some(Event::Closed(None));
+        }
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let next = tokio::time::timeout_at(deadline, self.ws.next())
@@ -350,13 +361,24 @@ impl Client {
                 Some(Ok(Message::Binary(b))) => {
                     let msg =
                         ServerMessage::decode(&b[..]).expect("server sent a valid ServerMessage");
-                    return Some(Event::Msg(msg.msg.expect("server message has a body")));
+                    let body = msg.msg.expect("server message has a body");
+                    self.resume.saw(msg.seq, &body);
+                    return Some(Event::Msg(body));
                 }
-                Some(Ok(Message::Close(frame))) => return Some(Event::Closed(frame)),
+                Some(Ok(Message::Close(frame))) => {
+                    self.resume.cut = true;
+                    return Some(Event::Closed(frame));
+                }
                 Some(Ok(Message::Text(t))) => panic!("server sent a text frame: {t}"),
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => return Some(Event::Broken(e.to_string())),
-                None => return Some(Event::Closed(None)),
+                Some(Err(e)) => {
+                    self.resume.cut = true;
+                    return Some(Event::Broken(e.to_string()));
+                }
+                None => {
+                    self.resume.cut = true;
+                    return Some(Event::Closed(None));
+                }
             }
         }
     }
@@ -425,7 +447,14 @@ impl Client {
     }
 
     pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+        // 1000: a goodbye (without a code the room would keep the place for a resume).
+        let _ = self
+            .ws
+            .close(Some(CloseFrame {
+                code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
         // Drain until the server's close arrives, so the room sees a clean disconnect.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while let Some(Ok(_)) = self.ws.next().await {}

@@ -39,6 +39,10 @@ pub(crate) enum Launch {
     },
 }
 
+/// The targets' `RESUME_GRACE_MS`: short, so the trial that waits it out stays short (trials
+/// run concurrently), long enough that a cut and a resume on a loaded 2-core machine fit in it.
+pub const RESUME_GRACE_MS: u64 = 5000;
+
 /// `scripts/build-web` replaces `web/dist` wholesale: the targets build one at a time.
 static BUILDS: Mutex<()> = Mutex::new(());
 
@@ -142,6 +146,7 @@ impl Server {
             ("ADMIN_USERNAMES", ADMIN_USERNAMES.into()),
             ("ADMIN_BOOTSTRAP_SECRET", ADMIN_BOOTSTRAP_SECRET.into()),
             ("CORS_ORIGINS", CORS_ALLOWED_ORIGIN.into()),
+            ("RESUME_GRACE_MS", RESUME_GRACE_MS.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

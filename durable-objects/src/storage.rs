@@ -3,12 +3,18 @@
 //! `room_meta` holds one JSON value per key (name, settings, password hash, crown, bans, mutes,
 //! next chat id); `chat` holds the last 100 messages, one row each, so a chat message costs one
 //! small insert rather than a rewrite of the history.
+//!
+//! For resuming (docs/resume.md §4): `resume_sessions` holds each resumable connection's
+//! [`Session`] (JSON, by connection id) and `resume_replay` the replay entries the room asks to
+//! keep while a connection is suspended (`ReplayEntry::to_bytes`, by seq). Neither is ever
+//! mirrored to MongoDB: they only matter to this object within a grace period.
 
 use piano_core::room::stored::{CHAT_HISTORY, Change, ChatRecord, Stored};
+use piano_core::room::{Keep, Kept, ReplayEntry, Session};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
-use worker::{Result, SqlStorage};
+use worker::{Result, SqlStorage, SqlStorageValue};
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS room_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -18,6 +24,8 @@ const SCHEMA: &str = "
         user_id TEXT PRIMARY KEY, notes INTEGER NOT NULL DEFAULT 0, chats INTEGER NOT NULL DEFAULT 0,
         joins INTEGER NOT NULL DEFAULT 0, last_seen INTEGER NOT NULL DEFAULT 0
     );
+    CREATE TABLE IF NOT EXISTS resume_sessions (conn INTEGER PRIMARY KEY, session TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS resume_replay (seq INTEGER PRIMARY KEY, entry BLOB NOT NULL);
 ";
 
 #[derive(serde::Deserialize)]
@@ -152,6 +160,85 @@ pub fn write(sql: &SqlStorage, change: Change) -> Result<()> {
         // The host deletes the whole storage (see `room::host::discard_if_asked`).
         Change::Discard => Ok(()),
     }
+}
+
+/// Carries out one [`Keep`] (the core's model: `Kept::apply`).
+pub fn keep(sql: &SqlStorage, keep: Keep) -> Result<()> {
+    match keep {
+        Keep::Session(s) => sql.exec(
+            "INSERT INTO resume_sessions (conn, session) VALUES (?, ?)
+             ON CONFLICT(conn) DO UPDATE SET session = excluded.session",
+            vec![(s.record.conn as i64).into(), to_json(&s)?.into()],
+        ),
+        Keep::SessionGone(conn) => sql.exec(
+            "DELETE FROM resume_sessions WHERE conn = ?",
+            vec![(conn as i64).into()],
+        ),
+        Keep::Replay(e) => sql.exec(
+            "INSERT OR REPLACE INTO resume_replay (seq, entry) VALUES (?, ?)",
+            vec![(e.seq as i64).into(), e.to_bytes().into()],
+        ),
+        Keep::ReplayTrim(below) => sql.exec(
+            "DELETE FROM resume_replay WHERE seq < ?",
+            vec![(below as i64).into()],
+        ),
+        Keep::ReplayClear => sql.exec("DELETE FROM resume_replay", None),
+    }?;
+    Ok(())
+}
+
+/// What was kept for resuming (nothing for a room never stored). Rows that do not parse are
+/// skipped: their connections cannot resume and join again.
+pub fn kept(sql: &SqlStorage) -> Result<Kept> {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        session: String,
+    }
+    if !exists(sql)? {
+        return Ok(Kept::default());
+    }
+    // Rooms stored before these tables existed get them now.
+    sql.exec(SCHEMA, None)?;
+    let sessions = sql
+        .exec("SELECT session FROM resume_sessions", None)?
+        .to_array::<Row>()?
+        .into_iter()
+        .filter_map(|r| from_json::<Session>(&r.session))
+        .collect();
+    let mut replay = Vec::new();
+    for row in sql
+        .exec("SELECT entry FROM resume_replay ORDER BY seq", None)?
+        .raw()
+    {
+        if let Some(SqlStorageValue::Blob(b)) = row?.into_iter().next()
+            && let Some(e) = ReplayEntry::from_bytes(&b)
+        {
+            replay.push(e);
+        }
+    }
+    Ok(Kept { sessions, replay })
+}
+
+/// JSON by the runtime's `JSON.stringify` (see Cargo.toml: no second serializer in the wasm).
+fn to_json<T: Serialize>(value: &T) -> Result<String> {
+    let js = serde_wasm_bindgen::to_value(value)?;
+    let text = worker::js_sys::JSON::stringify(&js).map_err(worker::Error::from)?;
+    Ok(String::from(text))
+}
+
+fn from_json<T: DeserializeOwned>(text: &str) -> Option<T> {
+    let js = worker::js_sys::JSON::parse(text).ok()?;
+    serde_wasm_bindgen::from_value(js).ok()
+}
+
+/// Forgets every kept session and replay entry (resuming is off).
+pub fn forget_kept(sql: &SqlStorage) -> Result<()> {
+    if exists(sql)? {
+        sql.exec(SCHEMA, None)?;
+        sql.exec("DELETE FROM resume_sessions", None)?;
+        sql.exec("DELETE FROM resume_replay", None)?;
+    }
+    Ok(())
 }
 
 /// Adds a user's activity to their running totals in this room and returns the new totals.

@@ -68,6 +68,9 @@ pub struct Config {
     /// `Limits::conns_per_user` / `conns_per_network`; staff are exempt from the latter).
     pub room_sockets_per_user: usize,
     pub room_sockets_per_network: usize,
+    /// `RESUME_GRACE_MS`: how long a dropped connection keeps its place (docs/resume.md);
+    /// 0 turns resuming off.
+    pub resume_grace_ms: u64,
     /// `METRICS_TOKEN`: `/metrics` on the main port needs `Authorization: Bearer <it>`.
     pub metrics_token: Option<String>,
     /// `METRICS_ADDR`: serve `/metrics` (only) on this address, without a credential.
@@ -226,6 +229,11 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Strin
             piano_core::room::budget::Limits::default().conns_per_network as u64,
             1..=100_000,
         )? as usize,
+        resume_grace_ms: number(
+            "RESUME_GRACE_MS",
+            piano_core::limits::RESUME_GRACE_MS,
+            0..=600_000,
+        )?,
         metrics_token: get("METRICS_TOKEN").map(|t| t.trim().to_owned()),
         metrics_addr,
         cors_origins: piano_core::http_policy::parse_origins(get("CORS_ORIGINS").as_deref()),

@@ -83,6 +83,7 @@ impl Hub {
         let room_ctx = Arc::new(room_task::Ctx {
             replica: cfg.replica_id.clone(),
             sockets_per_user: cfg.room_sockets_per_user,
+            resume_grace_ms: cfg.resume_grace_ms,
             sockets_per_network: cfg.room_sockets_per_network,
             redis_key_prefix: cfg.redis_key_prefix.clone(),
             deployment_id: cfg.deployment_id.clone(),
@@ -350,9 +351,13 @@ impl Hub {
                         .await;
                 }
             }
-            Wire::Disconnect { room, conn } => {
+            Wire::Disconnect {
+                room,
+                conn,
+                dropped,
+            } => {
                 if let Some(tx) = self.rooms.tx(&room) {
-                    let _ = tx.send(RoomMsg::Disconnect { conn }).await;
+                    let _ = tx.send(RoomMsg::Disconnect { conn, dropped }).await;
                 }
             }
             Wire::Deliver {

@@ -75,6 +75,7 @@ pub mod directory;
 pub mod http;
 pub mod hub;
 pub mod json;
+pub mod kept;
 pub mod metrics;
 pub mod mongo;
 pub mod network;

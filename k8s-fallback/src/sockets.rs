@@ -125,6 +125,8 @@ impl Sockets {
             }
             Verdict::Close => {}
         }
+        // Closed by us: the room lets it go for good (never a drop it could resume).
+        c.closing = true;
         if let Some(kill) = c.kill.take() {
             METRICS.slow_consumers.fetch_add(1, Relaxed);
             tracing::warn!(conn, "closing a connection that fell behind its room");
@@ -167,6 +169,11 @@ impl Sockets {
         {
             let _ = kill.send((code, reason.into()));
         }
+    }
+
+    /// Whether this side asked for the socket's close (a kick, a drain, a slow consumer...).
+    pub fn closing(&self, conn: ConnId) -> bool {
+        lock(&self.conns).get(&conn).is_some_and(|c| c.closing)
     }
 
     pub fn count(&self) -> usize {

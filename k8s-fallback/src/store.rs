@@ -17,6 +17,7 @@
 use crate::metrics::{METRICS, redis_error};
 use crate::redis_handle::RedisHandle;
 use piano_core::room::stored::{CHAT_HISTORY, Change, ChatRecord, RoomKind, Stored};
+use piano_core::room::{Keep, Kept};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -48,6 +49,10 @@ pub enum Store {
 pub enum SqlCmd {
     Load(String, oneshot::Sender<Result<Option<Stored>, String>>),
     Write(String, Change),
+    /// Resume state (`crate::kept`): a [`Keep`], forgetting it, reading it back.
+    Keep(String, Keep),
+    ForgetKept(String),
+    LoadKept(String, oneshot::Sender<Result<Kept, String>>),
     Flush(oneshot::Sender<()>),
     /// Members' activity (`crate::user_stats`).
     AddUserStats(Vec<(String, piano_core::room::StatsDelta)>),
@@ -83,6 +88,7 @@ impl Store {
              CREATE TABLE IF NOT EXISTS chat (room TEXT NOT NULL, id INTEGER NOT NULL, record TEXT NOT NULL, PRIMARY KEY (room, id));",
         )
         .and_then(|()| conn.execute_batch(crate::user_stats::SQL_SCHEMA))
+        .and_then(|()| conn.execute_batch(crate::kept::SQL_SCHEMA))
         .map_err(|e| format!("{}: {e}", path.display()))?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<SqlCmd>(SQL_QUEUE);
         std::thread::Builder::new()
@@ -98,6 +104,22 @@ impl Store {
                                 METRICS.store_errors.fetch_add(1, Relaxed);
                                 tracing::error!(room, error = %e, "sqlite write failed");
                             }
+                        }
+                        SqlCmd::Keep(room, keep) => {
+                            if let Err(e) = crate::kept::sql_keep(&conn, &room, keep) {
+                                METRICS.store_errors.fetch_add(1, Relaxed);
+                                tracing::error!(room, error = %e, "sqlite resume state write failed");
+                            }
+                        }
+                        SqlCmd::ForgetKept(room) => {
+                            if let Err(e) = crate::kept::sql_forget(&conn, &room) {
+                                METRICS.store_errors.fetch_add(1, Relaxed);
+                                tracing::error!(room, error = %e, "sqlite resume state delete failed");
+                            }
+                        }
+                        SqlCmd::LoadKept(room, reply) => {
+                            let got = crate::kept::sql_load(&conn, &room);
+                            let _ = reply.send(got.map_err(|e| e.to_string()));
                         }
                         SqlCmd::Flush(reply) => {
                             let _ = reply.send(());
@@ -124,6 +146,17 @@ impl Store {
             Store::Sqlite(tx, _) => ask(tx, |reply| SqlCmd::Load(room.to_owned(), reply)).await,
             Store::Redis(conn, _) => redis_load(conn.clone(), room).await.map_err(|e| {
                 redis_error("loading a room", &e);
+                e.to_string()
+            }),
+        }
+    }
+
+    /// What the room kept for resuming (`crate::kept`); empty if nothing.
+    pub async fn load_kept(&self, room: &str) -> Result<Kept, String> {
+        match self {
+            Store::Sqlite(tx, _) => ask(tx, |reply| SqlCmd::LoadKept(room.to_owned(), reply)).await,
+            Store::Redis(conn, _) => crate::kept::redis_load(conn, room).await.map_err(|e| {
+                redis_error("loading a room's resume state", &e);
                 e.to_string()
             }),
         }
@@ -225,6 +258,25 @@ impl Writer {
             Writer::Sqlite(room, tx) => tx.try_send(SqlCmd::Write(room.clone(), change)).is_ok(),
             Writer::Redis(tx) => tx.try_send(RedisWrite::Change(change)).is_ok(),
         };
+        self.sent(sent);
+    }
+
+    /// Standalone: a [`Keep`] in the room's write order. (In cluster mode the room's
+    /// publisher writes them, ordered with its broadcasts: `room_task/lease.rs`.)
+    pub fn keep(&self, keep: Keep) {
+        if let Writer::Sqlite(room, tx) = self {
+            self.sent(tx.try_send(SqlCmd::Keep(room.clone(), keep)).is_ok());
+        }
+    }
+
+    /// Standalone: forget the room's kept replay entries if no session is left.
+    pub fn forget_kept(&self) {
+        if let Writer::Sqlite(room, tx) = self {
+            self.sent(tx.try_send(SqlCmd::ForgetKept(room.clone())).is_ok());
+        }
+    }
+
+    fn sent(&self, sent: bool) {
         if !sent {
             METRICS.store_errors.fetch_add(1, Relaxed);
             METRICS.queue_full.fetch_add(1, Relaxed);

@@ -27,8 +27,13 @@ pub enum Wire {
         at_us: u64,
         data: Bytes,
     },
-    /// Follower → lease holder: the player's socket closed.
-    Disconnect { room: String, conn: ConnId },
+    /// Follower → lease holder: the player's socket closed; `dropped`: without a goodbye
+    /// (`Input::Dropped`: the room may keep the place for a resume).
+    Disconnect {
+        room: String,
+        conn: ConnId,
+        dropped: bool,
+    },
     /// Lease holder → follower: send `data` to these local connections (`delivery`: whether
     /// it may be skipped for one that fell behind).
     Deliver {
@@ -60,6 +65,8 @@ const MOVE: u8 = 6;
 /// A `Deliver` of a frame that may be skipped: its own tag, so a replica of an older version
 /// drops it (a note batch) during a rolling update rather than misreading it.
 const DELIVER_FRESH: u8 = 7;
+/// A `Disconnect` without a goodbye: its own tag, so the layout stays that of `DISCONNECT`.
+const DROPPED: u8 = 8;
 
 fn put_str(b: &mut BytesMut, s: &str) {
     b.put_u32(s.len() as u32);
@@ -129,8 +136,12 @@ impl Wire {
                 b.put_u32(data.len() as u32);
                 b.put_slice(data);
             }
-            Wire::Disconnect { room, conn } => {
-                b.put_u8(DISCONNECT);
+            Wire::Disconnect {
+                room,
+                conn,
+                dropped,
+            } => {
+                b.put_u8(if *dropped { DROPPED } else { DISCONNECT });
                 put_str(&mut b, room);
                 b.put_u64(*conn);
             }
@@ -191,9 +202,10 @@ impl Wire {
                 at_us: take_u64(b)?,
                 data: take_bytes(b)?,
             },
-            DISCONNECT => Wire::Disconnect {
+            tag @ (DISCONNECT | DROPPED) => Wire::Disconnect {
                 room: take_str(b)?,
                 conn: take_u64(b)?,
+                dropped: tag == DROPPED,
             },
             tag @ (DELIVER | DELIVER_FRESH) => {
                 let at_us = take_u64(b)?;
@@ -260,6 +272,12 @@ mod tests {
             Wire::Disconnect {
                 room: "x".into(),
                 conn: 1,
+                dropped: false,
+            },
+            Wire::Disconnect {
+                room: "x".into(),
+                conn: 2,
+                dropped: true,
             },
             Wire::Deliver {
                 at_us: 9,

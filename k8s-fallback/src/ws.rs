@@ -102,6 +102,9 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, mut entry: Entry, meta: Con
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     idle_check.tick().await;
     let mut idle_closed = false;
+    // The client closed with 1000/1001: it left. Any other end of a socket we did not close
+    // ourselves is a drop (docs/resume.md): the room keeps the player's place for a while.
+    let mut goodbye = false;
     loop {
         tokio::select! {
             msg = stream.next() => {
@@ -111,12 +114,18 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, mut entry: Entry, meta: Con
                     Some(Ok(Message::Binary(b))) => (b, true),
                     Some(Ok(Message::Text(t))) => (Bytes::copy_from_slice(t.as_str().as_bytes()), false),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(Message::Close(frame))) => {
+                        goodbye = frame.is_some_and(|f| is_goodbye(f.code));
+                        break;
+                    }
+                    None => break,
                     Some(Err(e)) => {
-                        // The WebSocket layer refused the frame (far over the size limit, or
-                        // not WebSocket at all): close with the protocol's code.
                         tracing::debug!(conn, error = %e, "websocket read failed");
-                        hub.sockets.close(conn, close::FRAME_TOO_LARGE, "frame too large");
+                        if !lost_connection(e) {
+                            // The WebSocket layer refused the frame (far over the size limit,
+                            // or not WebSocket at all): close with the protocol's code.
+                            hub.sockets.close(conn, close::FRAME_TOO_LARGE, "frame too large");
+                        }
                         break;
                     }
                 };
@@ -148,7 +157,7 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, mut entry: Entry, meta: Con
                         Ok(()) => {
                             gone_heard = true;
                             slow_closed = true;
-                            leave(&hub, route.take(), conn).await;
+                            leave(&hub, route.take(), conn, false).await;
                         }
                         Err(oneshot::error::TryRecvError::Closed) => gone_heard = true,
                     }
@@ -161,7 +170,7 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, mut entry: Entry, meta: Con
                 gone_heard = true;
                 slow_closed = gone.is_ok();
                 if slow_closed {
-                    leave(&hub, route.take(), conn).await;
+                    leave(&hub, route.take(), conn, false).await;
                 }
             }
             _ = idle_check.tick(), if !writer_done && !idle_closed => {
@@ -176,7 +185,8 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, mut entry: Entry, meta: Con
         }
     }
 
-    leave(&hub, route.take(), conn).await;
+    let dropped = !goodbye && !hub.sockets.closing(conn);
+    leave(&hub, route.take(), conn, dropped).await;
     hub.unregister(conn);
     if !writer_done {
         // The queue's sender is gone with the registration, so the writer ends by itself.
@@ -186,15 +196,41 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, mut entry: Entry, meta: Con
     METRICS.connections.fetch_sub(1, Relaxed);
 }
 
-/// Tells the room (here or on its replica) that the connection is gone.
-async fn leave(hub: &Hub, route: Option<Route>, conn: ConnId) {
+/// A close code by which a client says it is leaving (any other is a drop).
+fn is_goodbye(code: u16) -> bool {
+    code == close::NORMAL || code == close::GOING_AWAY
+}
+
+/// Whether a read error is the connection going away (a reset, an end without a close frame)
+/// rather than a frame the WebSocket layer refused.
+fn lost_connection(e: axum::Error) -> bool {
+    use tungstenite::error::{Error, ProtocolError};
+    match e.into_inner().downcast::<Error>() {
+        Ok(e) => matches!(
+            *e,
+            Error::Io(_)
+                | Error::ConnectionClosed
+                | Error::AlreadyClosed
+                | Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+        ),
+        Err(_) => false,
+    }
+}
+
+/// Tells the room (here or on its replica) that the connection is gone: `dropped` when it
+/// ended without a goodbye and without us closing it (the room may keep the player's place).
+async fn leave(hub: &Hub, route: Option<Route>, conn: ConnId, dropped: bool) {
     match route {
         Some(Route::Local(tx)) => {
-            let _ = tx.send(RoomMsg::Disconnect { conn }).await;
+            let _ = tx.send(RoomMsg::Disconnect { conn, dropped }).await;
         }
         Some(Route::Remote { holder, room }) => {
             if let Some(c) = &hub.cluster {
-                let msg = Wire::Disconnect { room, conn };
+                let msg = Wire::Disconnect {
+                    room,
+                    conn,
+                    dropped,
+                };
                 if let Err(e) = c.publish(&replica_channel(&holder), msg.encode()).await {
                     redis_error("forwarding a disconnect", &e);
                 }

@@ -420,7 +420,10 @@ impl Room {
                 self.on_password_checked(conn, ok, now, &mut out)
             }
             Input::SubscribeRefused { conn } => self.on_subscribe_refused(conn, &mut out),
-            Input::Stop => stop = true,
+            Input::Stop => {
+                stop = true;
+                self.keep_moved_sessions(&mut out);
+            }
         }
         self.origin = None;
         self.keep_remembered(&mut out);

@@ -208,6 +208,25 @@ impl Room {
         }
     }
 
+    /// The room's memory goes on purpose ([`super::Input::Stop`]: a drain, a restart): every
+    /// session whose client seq moved since it was last kept is kept again, so what the room
+    /// processed is not processed twice after the resume.
+    pub(super) fn keep_moved_sessions(&mut self, out: &mut Out) {
+        let moved: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.resume
+                    .as_ref()
+                    .is_some_and(|r| r.client_seq > r.kept_client_seq)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in moved {
+            self.keep_session(conn, out);
+        }
+    }
+
     /// A numbered message from `conn`: false when it was processed before (drop it).
     pub(super) fn first_time(&mut self, conn: ConnId, seq: u64) -> bool {
         let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.resume.as_mut()) else {
@@ -508,8 +527,14 @@ impl Room {
             } else {
                 Some(s.until.unwrap_or(now + grace).min(now + grace))
             };
+            // A grace period that starts now is kept: a host that loses the room's memory again
+            // before it ends (the edge hibernates when idle) must not start it over at each wake.
+            let starts_now = !live && s.until != r.until;
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.resume = Some(r);
+            }
+            if starts_now {
+                self.keep_session(conn, out);
             }
         }
         // Until the host says how it keeps entries ([`Room::keep_replay`], right after the

@@ -7,7 +7,9 @@
 //!
 //! Hibernation: the runtime may evict the object whenever no event is running; the WebSockets
 //! stay open. Each socket's attachment holds its [`ConnRecord`], so the first event after a wake
-//! rebuilds the same room from `get_websockets()`. No timers run while the room is idle.
+//! rebuilds the same room from `get_websockets()`, and the sessions kept in SQLite bring back
+//! the connections that dropped and may still resume ([`resume`]). No timers run while the
+//! room is idle.
 //!
 //! Durability: the room's durable state (settings, crown, bans, mutes, chat) is written to the
 //! object's SQLite storage as the core reports each [`Change`] (see [`storage`]), and read back
@@ -23,6 +25,7 @@
 mod directory;
 pub(crate) mod host;
 mod metrics;
+mod resume;
 mod stats;
 
 use piano_core::backlog::{Unacked, Verdict};
@@ -33,7 +36,7 @@ use piano_core::metrics::Fam;
 use piano_core::names::percent_decode;
 use piano_core::room::stored::Change;
 use piano_core::room::{
-    ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, Protocol, Room as CoreRoom,
+    ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, Keep, Protocol, Room as CoreRoom,
 };
 
 use crate::outbox::Outbox;
@@ -55,6 +58,8 @@ struct Loaded {
     /// What each socket was sent (and skipped) since the client last sent a frame (see
     /// [`host`]).
     unread: HashMap<ConnId, Unacked>,
+    /// Connections with a kept session (`resume.rs`): their ids are never given to new sockets.
+    kept: HashSet<ConnId>,
 }
 
 #[durable_object]
@@ -77,6 +82,8 @@ pub struct Room {
     announce: RefCell<Vec<String>>,
     /// Unread bytes after which a socket is closed as a slow reader (`SLOW_READER_BYTES`).
     slow_reader_bytes: usize,
+    /// `RESUME_GRACE_MS` (`resume.rs`).
+    resume_grace_ms: u64,
     /// What the room counted and has not yet pushed to the metrics aggregator (`metrics.rs`).
     pusher: RefCell<piano_core::metrics::push::Pusher>,
     /// Analytics Engine and the HTTP analytics sink.
@@ -100,6 +107,7 @@ impl DurableObject for Room {
             analytics: crate::analytics::Analytics::new(&env),
             member_stats: RefCell::new(Vec::new()),
             slow_reader_bytes: host::slow_reader_bytes(&env),
+            resume_grace_ms: resume::grace_ms(&env),
             pusher: RefCell::default(),
             env,
         }
@@ -174,12 +182,12 @@ impl DurableObject for Room {
     async fn websocket_close(
         &self,
         ws: WebSocket,
-        _code: usize,
+        code: usize,
         _reason: String,
         _clean: bool,
     ) -> Result<()> {
         crate::log::flush_panics_now();
-        let ops = self.drop_socket(&ws);
+        let ops = self.drop_socket(&ws, Some(code));
         // Complete the closing handshake (a no-op if the runtime already did).
         let _ = ws.close(Some(close::NORMAL), Some("bye"));
         self.directory(ops).await;
@@ -188,7 +196,7 @@ impl DurableObject for Room {
 
     async fn websocket_error(&self, ws: WebSocket, _error: Error) -> Result<()> {
         crate::log::flush_panics_now();
-        let ops = self.drop_socket(&ws);
+        let ops = self.drop_socket(&ws, None);
         self.directory(ops).await;
         Ok(())
     }
@@ -303,7 +311,7 @@ impl Room {
             .then(|| identity.user_id.clone());
         let pair = WebSocketPair::new()?;
         self.state.accept_web_socket(&pair.server);
-        let conn = new_conn_id();
+        let conn = self.fresh_conn_id();
         let mpp = headers.get(MPP_HEADER)?.is_some();
         if let Some(l) = self.loaded.borrow_mut().as_mut() {
             l.sockets.insert(conn, pair.server.clone());
@@ -407,7 +415,20 @@ impl Room {
             .field("sockets", records.len())
             .msg("room loaded (first use, or the object was evicted or restarted)")
             .emit();
-        let (mut room, effects) = CoreRoom::restore(name, stored, records, now(), random_seed());
+        // Sessions kept for resuming: connections whose sockets went with the room's memory (a
+        // restart; a drop noticed meanwhile) come back suspended, keeping their old ids.
+        let kept = match stored {
+            Some(_) => resume::load_kept(&sql, self.resume_grace_ms),
+            None => Default::default(),
+        };
+        let kept_conns = kept.sessions.iter().map(|s| s.record.conn).collect();
+        let limits = piano_core::room::budget::Limits {
+            resume_grace_ms: self.resume_grace_ms,
+            ..Default::default()
+        };
+        let (mut room, effects) =
+            CoreRoom::restore_configured(name, stored, records, kept, limits, now(), random_seed());
+        resume::configure(&mut room, self.resume_grace_ms);
         // Players' activity: members' totals (their Account objects, MongoDB's `user_stats`)
         // and the analytics events; counted always (the stats endpoint needs no MongoDB).
         room.count_activity(true);
@@ -421,26 +442,9 @@ impl Room {
             sockets,
             mpp,
             unread: HashMap::new(),
+            kept: kept_conns,
         });
         Ok(effects)
-    }
-
-    fn drop_socket(&self, ws: &WebSocket) -> Vec<DirectoryOp> {
-        let Some(conn) = conn_of(ws) else {
-            return Vec::new();
-        };
-        let ops = self.handle(None, Input::Disconnect { conn });
-        let mut line = crate::log::info(piano_core::logging::event::LEAVE).conn(conn);
-        if let Some(l) = self.loaded.borrow().as_ref() {
-            line = line.room(l.room.name());
-        }
-        line.msg("left the room").emit();
-        if let Some(l) = self.loaded.borrow_mut().as_mut() {
-            l.sockets.remove(&conn);
-            l.unread.remove(&conn);
-            l.mpp.remove(&conn);
-        }
-        ops
     }
 
     /// Loads the room if needed and carries out what restoring asked for.
@@ -508,10 +512,10 @@ impl Room {
         if effects.is_empty() {
             return ops;
         }
-        if effects
-            .iter()
-            .any(|e| matches!(e, Effect::Persist(c) if !matches!(c, Change::Discard)))
-        {
+        if effects.iter().any(|e| {
+            matches!(e, Effect::Persist(c) if !matches!(c, Change::Discard))
+                || matches!(e, Effect::Keep(Keep::Session(_) | Keep::Replay(_)))
+        }) {
             self.ensure_storage();
         }
         let mut loaded = self.loaded.borrow_mut();
@@ -522,8 +526,7 @@ impl Room {
         let mut published = Vec::new();
         for effect in effects {
             match effect {
-                // Not kept yet: resuming then works while the room stays in memory.
-                Effect::Keep(_) => {}
+                Effect::Keep(keep) => self.keep(l, &sql, keep),
                 Effect::Send {
                     to,
                     frame,
@@ -575,18 +578,19 @@ impl Room {
                         mirrored.push(Change::Discard);
                     }
                 }
+                // A suspended connection has no socket: nothing to close.
                 Effect::Close { conn, code, reason } => {
-                    let (level, name) = piano_core::logging::for_close(code);
-                    crate::log::at(level, name)
-                        .room(l.room.name())
-                        .conn(conn)
-                        .field("code", code)
-                        .field("reason", reason)
-                        .msg("socket closed")
-                        .emit();
                     l.unread.remove(&conn);
                     l.mpp.remove(&conn);
                     if let Some(ws) = l.sockets.remove(&conn) {
+                        let (level, name) = piano_core::logging::for_close(code);
+                        crate::log::at(level, name)
+                            .room(l.room.name())
+                            .conn(conn)
+                            .field("code", code)
+                            .field("reason", reason)
+                            .msg("socket closed")
+                            .emit();
                         let _ = ws.close(Some(code), Some(reason));
                     }
                 }
@@ -698,16 +702,6 @@ fn random_seed() -> [u8; 32] {
         seed[..8].copy_from_slice(&now().to_le_bytes());
     }
     seed
-}
-
-/// Random connection ids below 2^53, so they survive a trip through a JavaScript number.
-fn new_conn_id() -> ConnId {
-    let mut b = [0u8; 8];
-    if getrandom::getrandom(&mut b).is_err() {
-        // crypto.getRandomValues does not fail in workerd; fall back to the clock anyway.
-        return now() & ((1 << 53) - 1);
-    }
-    u64::from_le_bytes(b) & ((1 << 53) - 1)
 }
 
 fn now() -> u64 {

@@ -12,15 +12,44 @@ impl Task {
     }
 
     pub(super) fn publish(&self, replica: &str, wire: Wire) {
+        self.to_publisher(Pub::Frame(replica_channel(replica), wire.encode()));
+    }
+
+    fn to_publisher(&self, item: Pub) {
         if let Some(p) = &self.publisher
-            && let Err(mpsc::error::TrySendError::Full(_)) =
-                p.try_send((replica_channel(replica), wire.encode()))
+            && let Err(mpsc::error::TrySendError::Full(_)) = p.try_send(item)
         {
             METRICS.queue_full.fetch_add(1, Relaxed);
             tracing::warn!(
                 room = self.name,
                 "publish queue full: a broadcast to a replica was dropped"
             );
+        }
+    }
+
+    /// Resume state: in cluster mode through the publisher (ordered with the broadcasts),
+    /// standalone through the room's SQLite writer (`crate::kept`).
+    fn keep(&self, keep: Keep) {
+        match &self.publisher {
+            Some(_) => self.to_publisher(Pub::Keep(Box::new(keep))),
+            None => self.writer.keep(keep),
+        }
+    }
+
+    /// Forgets the room's kept replay entries if no session is left.
+    pub(super) fn forget_kept(&self) {
+        match &self.publisher {
+            Some(_) => self.to_publisher(Pub::ForgetKept),
+            None => self.writer.forget_kept(),
+        }
+    }
+
+    /// Waits until the publisher wrote everything queued so far (before the lease goes).
+    pub(super) async fn flush_publisher(&self) {
+        let Some(p) = &self.publisher else { return };
+        let (reply, done) = oneshot::channel();
+        if p.send(Pub::Flush(reply)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
         }
     }
 
@@ -55,8 +84,7 @@ impl Task {
         }
         for effect in effects {
             match effect {
-                // Not kept yet: resuming then works while the room stays in memory.
-                Effect::Keep(_) => {}
+                Effect::Keep(k) => self.keep(k),
                 Effect::Send {
                     to,
                     frame,
@@ -124,7 +152,14 @@ impl Task {
                         p.apply(&joined, &left);
                     }
                 }
-                Effect::Persist(change) => self.writer.write(change),
+                Effect::Persist(change) => {
+                    // The room's storage goes: its resume state too (the last participant
+                    // left, so no session should remain; if one does, it is kept).
+                    if matches!(change, piano_core::room::stored::Change::Discard) {
+                        self.forget_kept();
+                    }
+                    self.writer.write(change);
+                }
                 Effect::Directory(DirectoryOp::Report(report)) => self.ctx.directory.report(report),
                 // The per-user cap first (off the room's task), then the full list.
                 Effect::Directory(DirectoryOp::Subscribe { conn, user_id }) => {

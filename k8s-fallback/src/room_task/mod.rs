@@ -29,10 +29,12 @@ use crate::store::{Store, Writer};
 use crate::wire::Wire;
 use crate::{lock, now_ms, now_us};
 use bytes::Bytes;
-use lease::{LeaseView, keep_lease, publish_loop};
+use lease::{LeaseView, Pub, keep_lease, publish_loop};
 use piano_core::identity::Identity;
 use piano_core::lobby::Delta;
-use piano_core::room::{ConnId, DirectoryOp, Effect, Frame, Input, Protocol, Room};
+use piano_core::room::{
+    ConnId, DirectoryOp, Effect, Frame, Input, Keep, Protocol, ReplayDurability, Room,
+};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -63,8 +65,10 @@ pub enum RoomMsg {
         binary: bool,
         at_us: u64,
     },
+    /// `dropped`: the socket ended without a goodbye (`Input::Dropped`).
     Disconnect {
         conn: ConnId,
+        dropped: bool,
     },
     RoomListChanged(Delta),
     Info(oneshot::Sender<RoomInfo>),
@@ -141,6 +145,8 @@ pub struct Ctx {
     /// The room's socket caps per user and per network (`ROOM_SOCKETS_PER_*`).
     pub sockets_per_user: usize,
     pub sockets_per_network: usize,
+    /// `RESUME_GRACE_MS`.
+    pub resume_grace_ms: u64,
     /// Cluster mode's shared presence keys (`crate::network`).
     pub redis_key_prefix: String,
     pub deployment_id: String,
@@ -165,7 +171,7 @@ struct Task {
     /// Connections held by other replicas: conn → replica.
     remote: HashMap<ConnId, String>,
     /// Publishes in order, so the room never waits on Redis.
-    publisher: Option<mpsc::Sender<(String, Bytes)>>,
+    publisher: Option<mpsc::Sender<lease::Pub>>,
     started_at: u64,
     /// The lease as [`keep_lease`] last confirmed it.
     lease: watch::Receiver<LeaseView>,
@@ -207,17 +213,34 @@ pub async fn start(ctx: &Arc<Ctx>, name: &str) -> Result<(), String> {
             tracing::info!(room = name, "room restored from MongoDB");
         }
     }
+    // What dropped players need to resume here (a restart, a drain, a failover). Without it
+    // they rejoin: nothing else is lost.
+    let kept = ctx.store.load_kept(name).await.unwrap_or_else(|e| {
+        tracing::warn!(room = name, error = %e, "could not read the room's resume state");
+        Default::default()
+    });
     let now = now_ms();
-    let (mut room, effects) = match stored {
-        Some(stored) => Room::restore(name, Some(stored), [], now, seed()),
-        None => (Room::new(name, seed()), Vec::new()),
+    let kept = within_grace(kept, now, ctx.resume_grace_ms);
+    // A room with kept sessions comes back with them even if it has no stored state (a room
+    // nobody configured).
+    let limits = piano_core::room::budget::Limits {
+        conns_per_user: ctx.sockets_per_user,
+        conns_per_network: ctx.sockets_per_network,
+        resume_grace_ms: ctx.resume_grace_ms,
+        ..Default::default()
+    };
+    let (mut room, effects) = match stored.is_some() || kept != Default::default() {
+        true => Room::restore_configured(name, stored, [], kept, limits.clone(), now, seed()),
+        false => (Room::new(name, seed()), Vec::new()),
     };
     let writer = ctx.store.writer(name, room.stored().clone());
     let mirror = ctx.mongo.as_ref().map(|m| m.mirror(name));
-    room.set_limits(piano_core::room::budget::Limits {
-        conns_per_user: ctx.sockets_per_user,
-        conns_per_network: ctx.sockets_per_network,
-        ..Default::default()
+    room.set_limits(limits);
+    // Cluster mode: the holder may die at any moment, so every replay entry is kept;
+    // standalone, only while someone may come back for them.
+    room.keep_replay(match ctx.cluster {
+        Some(_) => ReplayDurability::Always,
+        None => ReplayDurability::WhileSuspended,
     });
     // Players' activity: members' totals in the store (and MongoDB's `user_stats`), and the
     // analytics events; counted always (`GET /api/users/{id}/stats` needs no MongoDB).
@@ -245,7 +268,7 @@ pub async fn start(ctx: &Arc<Ctx>, name: &str) -> Result<(), String> {
     METRICS.rooms.fetch_add(1, Relaxed);
     let publisher = ctx.cluster.as_ref().map(|c| {
         let (ptx, prx) = mpsc::channel(PUBLISH_QUEUE);
-        tokio::spawn(publish_loop(c.clone(), prx));
+        tokio::spawn(publish_loop(c.clone(), name.to_owned(), prx));
         ptx
     });
     tracing::info!(
@@ -283,6 +306,16 @@ pub async fn start(ctx: &Arc<Ctx>, name: &str) -> Result<(), String> {
     };
     tokio::spawn(task.run(rx, effects));
     Ok(())
+}
+
+/// Kept sessions end within this replica's grace from now: `Room::restore_with` runs with the
+/// core's default limits (ours are set after it), and every restored session here is a lost
+/// socket, suspended from now. With resuming off (0) they are over at once, and forgotten.
+fn within_grace(mut kept: piano_core::room::Kept, now: u64, grace: u64) -> piano_core::room::Kept {
+    for s in &mut kept.sessions {
+        s.until = Some(s.until.unwrap_or(u64::MAX).min(now + grace));
+    }
+    kept
 }
 
 /// Randomness for the core (password salts), fresh per room start.

@@ -43,7 +43,8 @@ impl Task {
                 self.retire(&mut rx);
                 break release;
             }
-            if self.local.is_empty() && self.remote.is_empty() {
+            // A room keeps running while a dropped player may still come back.
+            if self.local.is_empty() && self.remote.is_empty() && self.room.suspended_count() == 0 {
                 // Save everything first, while still in the map: a player arriving now waits
                 // in the queue for the flush, and a later start (here or, with Redis, on
                 // another replica) loads the room with every change written.
@@ -90,6 +91,12 @@ impl Task {
             .filter(|e| release || !matches!(e, Effect::Presence { .. }))
             .collect();
         self.execute(stop, None);
+        if self.room.connection_count() == 0 {
+            // Nobody can resume here: the replay entries kept for it go.
+            self.forget_kept();
+        }
+        // Everything for other replicas and for resuming is in Redis before the lease goes.
+        self.flush_publisher().await;
         if let Some(p) = self.presence.take() {
             // Before the lease goes: the next holder's "joined" must land after our "left".
             p.close().await;
@@ -199,16 +206,21 @@ impl Task {
                 let effects = self.room.handle(Input::Frame { conn, frame }, now);
                 self.execute(effects, Some(at_us));
             }
-            RoomMsg::Disconnect { conn } => {
+            RoomMsg::Disconnect { conn, dropped } => {
                 tracing::info!(
                     event = piano_core::logging::event::LEAVE,
                     room = self.name,
                     conn,
+                    dropped,
                     "left the room"
                 );
                 self.local.remove(&conn);
                 self.remote.remove(&conn);
-                let effects = self.room.handle(Input::Disconnect { conn }, now);
+                let input = match dropped {
+                    true => Input::Dropped { conn },
+                    false => Input::Disconnect { conn },
+                };
+                let effects = self.room.handle(input, now);
                 self.execute(effects, None);
             }
             RoomMsg::RoomListChanged(delta) => {
@@ -232,8 +244,12 @@ impl Task {
                         "a follower replica is gone; its players left"
                     );
                 }
+                // Their sockets went with the replica, without a goodbye.
                 for conn in conns {
-                    self.on_msg(RoomMsg::Disconnect { conn });
+                    self.on_msg(RoomMsg::Disconnect {
+                        conn,
+                        dropped: true,
+                    });
                 }
             }
             RoomMsg::Admit { identity, reply } => {

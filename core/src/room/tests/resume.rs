@@ -262,3 +262,58 @@ fn a_goodbye_leaves_at_once_and_resuming_can_be_turned_off() {
         [(_, SM::ParticipantLeft(_))]
     ));
 }
+
+#[test]
+fn a_stopping_room_keeps_what_it_processed_so_a_restart_does_not_process_it_twice() {
+    let mut host = Host::new("r");
+    let joined = two_players(&mut host);
+    host.frame(2, &numbered(1, M::Notes(notes_batch(NOW))));
+    host.take(1);
+    // A drain: the host stops the room (no ping since the batch), then restarts it.
+    host.input(Input::Stop);
+    host.wake(false);
+    host.connect(3, ident("bob"));
+    let fx = host.send(3, resume(&joined.resume_token, joined.seq));
+    let SM::Resumed(r) = &frames_to(&fx, 3)[0].1 else {
+        panic!("{fx:?}")
+    };
+    assert_eq!(r.last_client_seq, 1, "the batch before the stop was kept");
+}
+
+#[test]
+fn a_grace_period_started_by_a_restart_does_not_start_over_at_each_wake() {
+    let mut host = Host::new("r");
+    two_players(&mut host);
+    // The host restarts: both sockets are gone, so both players are suspended from now.
+    host.wake(false);
+    let until = host.room.next_deadline().expect("the grace period's end");
+    // The room's memory goes again before that (the edge hibernates when idle): the end stays.
+    host.advance(5000);
+    host.wake(false);
+    assert_eq!(host.room.next_deadline(), Some(until));
+    host.advance(until - host.now);
+    let fx = host.input(Input::Tick);
+    assert_eq!(host.room.participant_count(), 0, "{fx:?}");
+}
+
+#[test]
+fn a_restore_starts_the_configured_grace_period() {
+    let mut host = Host::new("r");
+    two_players(&mut host);
+    // The host restarts: both sockets are gone; the host's grace is 5 s.
+    let limits = Limits {
+        resume_grace_ms: 5000,
+        ..Limits::default()
+    };
+    let (room, _) = Room::restore_configured(
+        "r",
+        Some(host.stored.clone()),
+        [],
+        host.kept.clone(),
+        limits,
+        host.now,
+        SEED,
+    );
+    assert_eq!(room.suspended_count(), 2);
+    assert_eq!(room.next_deadline(), Some(host.now + 5000));
+}
