@@ -288,8 +288,17 @@ impl Resumes {
             self.tokens[i].spent = true;
             self.tokens[i].live = false;
         }
-        let after = &to_conn[at + 1..];
+        let mut after = &to_conn[at + 1..];
         if resumed.complete {
+            // The member's current quota closes a complete resume (quota notices are not
+            // replayed).
+            if let [rest @ .., last] = after {
+                assert!(
+                    matches!(last.msg, Some(S::Quota(_))) && last.seq == 0,
+                    "a complete resume ends with the current quota: {last:?}"
+                );
+                after = rest;
+            }
             assert!(
                 resumed.snapshot.is_none(),
                 "complete Resumed with a snapshot"
