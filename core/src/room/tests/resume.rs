@@ -317,3 +317,28 @@ fn a_restore_starts_the_configured_grace_period() {
     assert_eq!(room.suspended_count(), 2);
     assert_eq!(room.next_deadline(), Some(host.now + 5000));
 }
+
+#[test]
+fn a_resume_from_a_number_the_room_never_gave_gets_a_snapshot() {
+    let mut host = Host::new("r");
+    let joined = two_players(&mut host);
+    host.drop_conn(2);
+    host.connect(3, ident("bob"));
+    let fx = host.send(3, resume(&joined.resume_token, joined.seq + 1_000_000));
+    let got = frames_to(&fx, 3);
+    assert!(
+        matches!(&got[0].1, SM::Resumed(r) if !r.complete && r.snapshot.is_some()),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_complete_resume_ends_with_the_current_quota() {
+    let mut host = Host::new("r");
+    let joined = two_players(&mut host);
+    host.drop_conn(2);
+    host.connect(3, ident("bob"));
+    let fx = host.send(3, resume(&joined.resume_token, joined.seq));
+    let got = frames_to(&fx, 3);
+    assert!(matches!(got.last(), Some((0, SM::Quota(_)))), "{got:?}");
+}
