@@ -251,7 +251,12 @@ pub async fn a_player_resumes_after_the_edge_restarted(target: &Server) {
             text: "before the restart".into(),
         }))
         .await;
-        let _ = b.recv().await; // the chat, back to Bob
+        // The chat, back to Bob (after a resume, his quota comes first).
+        b.recv_matching(|m| match m {
+            server_message::Msg::Chat(_) => Some(()),
+            _ => None,
+        })
+        .await;
         s.restart();
         drop(b);
 
@@ -263,7 +268,12 @@ pub async fn a_player_resumes_after_the_edge_restarted(target: &Server) {
             text: "after the restart".into(),
         }))
         .await;
-        let _ = b.recv().await; // the chat, back to Bob
+        // The chat, back to Bob (after a resume, his quota comes first).
+        b.recv_matching(|m| match m {
+            server_message::Msg::Chat(_) => Some(()),
+            _ => None,
+        })
+        .await;
 
         let (_a, resumed, replayed) = resume(s, &room, &alice, &joined.resume_token).await;
         complete_in_place(&resumed, &me);
