@@ -143,8 +143,10 @@ pub async fn a_player_resumes_after_the_room_object_hibernated(target: &Server) 
         }))
         .await;
         b.send(note_on(61, 80)).await;
-        // Idle (no frames at all): workerd evicts the object; Bob's socket stays open.
-        no_leave(&mut b, Duration::from_secs(15)).await;
+        // Idle (no frames at all): workerd evicts the object; Bob's socket stays open. The
+        // activity hand-over's alarm may fire up to 5 s after the last frame and workerd evicts
+        // about 10 s after the last event: 25 s leaves room for a loaded machine.
+        no_leave(&mut b, Duration::from_secs(25)).await;
 
         let (mut a, resumed, replayed) = resume(s, &room, &alice, &joined.resume_token).await;
         let after = room_info(s, &room).await;
@@ -198,8 +200,8 @@ pub async fn a_player_who_drops_while_the_room_object_sleeps_resumes_from_a_snap
         b.join().await;
         let _ = a.recv().await; // Bob joined
         let before = room_info(s, &room).await;
-        // Idle (no frames at all): workerd evicts the object.
-        tokio::time::sleep(Duration::from_secs(15)).await;
+        // Idle (no frames at all): workerd evicts the object (25 s: as above).
+        tokio::time::sleep(Duration::from_secs(25)).await;
 
         drop(a);
         no_leave(&mut b, Duration::from_secs(2)).await;
