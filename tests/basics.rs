@@ -1,6 +1,6 @@
 //! The basics on every target: guest tokens and the JWKS, the WebSocket upgrade's checks,
 //! join/relay/ping/leave, malformed frames, room isolation, hibernation (edge), and the browser
-//! client in Chromium.
+//! client in Chromium (playing together; resuming after a drop).
 
 use crate::*;
 use e2e_tests::proto::{ErrorCode, client_message, server_message};
@@ -291,7 +291,10 @@ pub async fn join_relay_ping_and_leave(s: &Server) {
     let room = unique("relay");
     let mut a = s.player(&room, "Alice").await;
     let w = &a.welcome;
-    assert_eq!((w.protocol_version, w.room.as_str()), (1, room.as_str()));
+    assert_eq!(
+        (w.protocol_version, w.room.as_str()),
+        (piano_core::limits::PROTOCOL_VERSION, room.as_str())
+    );
     assert!(
         w.server_time.abs_diff(now_ms()) < 60_000,
         "server clock is sane"
@@ -460,13 +463,23 @@ pub async fn room_survives_hibernation(s: &Server) {
 
 /// The browser client in Debian's Chromium (tests/web/two_players.mjs, playwright-core).
 pub async fn browser_two_players_play_chat_and_see_the_room_list(s: &Server) {
+    let shots = run_browser_script("two_players.mjs", s).await;
+    for shot in ["room-desktop.png", "room-phone.png", "room-with-mpp.png"] {
+        assert!(shots.join(shot).exists(), "{shot} was written");
+    }
+}
+
+/// Runs `tests/web/<script> <base url> <screenshot dir>` in node (a Chromium driven by
+/// playwright-core) against `s`; fails with its output unless it exits 0. Returns the
+/// screenshot directory.
+pub async fn run_browser_script(script: &str, s: &Server) -> std::path::PathBuf {
     let shots = repo_root()
         .join("tests/artifacts/screenshots")
         .join(format!("{:?}", s.host).to_lowercase());
     let out = tokio::time::timeout(
         Duration::from_secs(180),
         tokio::process::Command::new("node")
-            .arg(repo_root().join("tests/web/two_players.mjs"))
+            .arg(repo_root().join("tests/web").join(script))
             .arg(s.http(""))
             .arg(&shots)
             .current_dir(repo_root())
@@ -474,7 +487,7 @@ pub async fn browser_two_players_play_chat_and_see_the_room_list(s: &Server) {
             .output(),
     )
     .await
-    .expect("the browser test finishes within 3 minutes")
+    .unwrap_or_else(|_| panic!("{script} finishes within 3 minutes"))
     .expect("run node");
     let text = format!(
         "{}{}",
@@ -482,8 +495,19 @@ pub async fn browser_two_players_play_chat_and_see_the_room_list(s: &Server) {
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("{text}");
-    assert!(out.status.success(), "browser test failed:\n{text}");
-    for shot in ["room-desktop.png", "room-phone.png", "room-with-mpp.png"] {
+    assert!(
+        out.status.success(),
+        "browser test {script} failed:\n{text}"
+    );
+    shots
+}
+
+/// A dropped socket in the browser client resumes: nobody sees a leave or a join, the page
+/// shows it is reconnecting and then not, and what was played and said meanwhile arrives once
+/// each way (tests/web/resume.mjs).
+pub async fn browser_resumes_after_a_dropped_connection(s: &Server) {
+    let shots = run_browser_script("resume.mjs", s).await;
+    for shot in ["reconnecting.png", "resumed.png"] {
         assert!(shots.join(shot).exists(), "{shot} was written");
     }
 }

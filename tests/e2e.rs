@@ -141,7 +141,10 @@ fn trials() -> Vec<Spec> {
         t!(resume_edge::a_player_resumes_after_the_room_object_hibernated)
             .only(&[Edge], RESUME_EDGE_RIG),
         t!(resume_edge::a_player_resumes_after_the_edge_restarted).only(&[Edge], RESUME_EDGE_RIG),
+        t!(resume_edge::a_player_who_drops_while_the_room_object_sleeps_resumes_from_a_snapshot)
+            .only(&[Edge], RESUME_EDGE_RIG),
         t!(basics::browser_two_players_play_chat_and_see_the_room_list).one_at_a_time(),
+        t!(basics::browser_resumes_after_a_dropped_connection).one_at_a_time(),
         t!(oauth_browser::browser_signs_in_through_a_provider_and_never_exposes_the_refresh_token)
             .one_at_a_time(),
         t!(room_features::profiles_and_cursors_are_validated_and_broadcast),

@@ -82,3 +82,24 @@ fn room_seeds_reach_joined_rooms() {
     assert!(host.most_participants >= 3, "{}", host.most_participants);
     assert_eq!(host.password_joins, 1);
 }
+
+/// The resume seeds reach what the fuzzer should start from there: a resume that replays what
+/// was missed, and one answered with a snapshot (so a seed that silently stops resuming is
+/// noticed).
+#[test]
+fn room_seeds_reach_resumes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/room");
+    let (mut replays, mut snapshots) = (0, 0);
+    for seed in ["seed-03", "seed-04", "seed-05"] {
+        let data = std::fs::read(root.join(seed)).expect("room seed");
+        let host = harness::room::run_host(&data);
+        assert!(
+            host.resumes.replays + host.resumes.snapshots > 0,
+            "{seed} resumes nothing"
+        );
+        replays += host.resumes.replays;
+        snapshots += host.resumes.snapshots;
+    }
+    assert!(replays >= 3, "{replays} resumes replayed something");
+    assert!(snapshots >= 1, "{snapshots} resumes got a snapshot");
+}

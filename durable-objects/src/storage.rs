@@ -168,10 +168,7 @@ pub fn keep(sql: &SqlStorage, keep: Keep) -> Result<()> {
         Keep::Session(s) => sql.exec(
             "INSERT INTO resume_sessions (conn, session) VALUES (?, ?)
              ON CONFLICT(conn) DO UPDATE SET session = excluded.session",
-            vec![
-                (s.record.conn as i64).into(),
-                serde_json::to_string(&s)?.into(),
-            ],
+            vec![(s.record.conn as i64).into(), to_json(&s)?.into()],
         ),
         Keep::SessionGone(conn) => sql.exec(
             "DELETE FROM resume_sessions WHERE conn = ?",
@@ -206,7 +203,7 @@ pub fn kept(sql: &SqlStorage) -> Result<Kept> {
         .exec("SELECT session FROM resume_sessions", None)?
         .to_array::<Row>()?
         .into_iter()
-        .filter_map(|r| parse::<Session>(&r.session))
+        .filter_map(|r| from_json::<Session>(&r.session))
         .collect();
     let mut replay = Vec::new();
     for row in sql
@@ -220,6 +217,18 @@ pub fn kept(sql: &SqlStorage) -> Result<Kept> {
         }
     }
     Ok(Kept { sessions, replay })
+}
+
+/// JSON by the runtime's `JSON.stringify` (see Cargo.toml: no second serializer in the wasm).
+fn to_json<T: Serialize>(value: &T) -> Result<String> {
+    let js = serde_wasm_bindgen::to_value(value)?;
+    let text = worker::js_sys::JSON::stringify(&js).map_err(worker::Error::from)?;
+    Ok(String::from(text))
+}
+
+fn from_json<T: DeserializeOwned>(text: &str) -> Option<T> {
+    let js = worker::js_sys::JSON::parse(text).ok()?;
+    serde_wasm_bindgen::from_value(js).ok()
 }
 
 /// Forgets every kept session and replay entry (resuming is off).

@@ -40,7 +40,13 @@ async fn until(
 async fn fallback_rooms_and_players_are_in_the_edges_shared_keys() {
     let redis = Redis::start();
     let key = e2e_tests::random_key_pem();
-    let env = vec![("REDIS_URL", redis.url()), ("JWT_PRIVATE_KEY", key)];
+    // A player lost with a dead holder keeps her place for the resume grace period, then
+    // leaves: a short one keeps the test's waits short.
+    let env = vec![
+        ("REDIS_URL", redis.url()),
+        ("JWT_PRIVATE_KEY", key),
+        ("RESUME_GRACE_MS", "1000".to_owned()),
+    ];
     let mut a = Replica::start("net-a", &env);
     let b = Replica::start("net-b", &env);
     let mut conn = redis::Client::open(redis.url())
@@ -137,7 +143,7 @@ async fn fallback_rooms_and_players_are_in_the_edges_shared_keys() {
     assert!(presence.is_empty(), "{presence:?}");
 
     // The replica running a room dies without a goodbye: when the room starts on the other
-    // one, what the dead one wrote is cleared.
+    // one, what the dead one wrote is cleared (Alice, who does not resume, after the grace).
     let room2 = format!("orphan-{}", e2e_tests::now_ms());
     let mut pa = Player::connect(&a.ws_url(&room2, &ta))
         .await

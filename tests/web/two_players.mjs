@@ -2,7 +2,7 @@
 // browser download), then with a Multiplayer Piano client (mpp-client-net on /mpp). Run by the Rust e2e harness (tests/basics.rs) against each target:
 //   node tests/web/two_players.mjs <base url> <screenshot dir>
 // Exits non-zero with a message on the first failed check. Writes desktop and phone screenshots.
-import { launchChromium } from "./chromium.mjs";
+import { launchChromium, openPlayer } from "./chromium.mjs";
 import { mkdirSync } from "node:fs";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
@@ -17,24 +17,8 @@ const errors = [];
 
 const browser = await launchChromium();
 
-async function player(name, viewport = { width: 1280, height: 800 }, password = null) {
-  const ctx = await browser.newContext({ viewport });
-  const page = await ctx.newPage();
-  page.on("pageerror", (e) => errors.push(`${name}: ${e.message}`));
-  page.on("console", (m) => m.type() === "error" && errors.push(`${name} console: ${m.text()}`));
-  await page.goto(`${base}/#${encodeURIComponent(room)}`);
-  if (password) {
-    // A member: register through the sign-in dialog.
-    await page.check('input[name="mode"][value="register"]');
-    await page.fill("#password", password);
-  }
-  await page.fill("#nickname", name);
-  await page.click("#signin-form button[type=submit]");
-  // A member's sign-up hashes the password (PBKDF2, 100k rounds): seconds in the fallback's
-  // debug build on a busy test machine.
-  await page.waitForFunction(() => window.__piano?.you?.id, null, { timeout: password ? 60000 : 15000 });
-  return page;
-}
+const player = (name, viewport = undefined, password = null) =>
+  openPlayer(browser, { base, room, name, errors, viewport, password });
 
 try {
   const alice = await player("Alice");
@@ -71,10 +55,12 @@ try {
   const row = alice.locator("#rooms .room", { hasText: room });
   assert.match(await row.innerText(), /2\/20/);
 
-  // Bob's connection drops: he reconnects by himself and is back in the room.
+  // Bob's connection drops: he reconnects by himself and is back in the room (resumed, or
+  // joined afresh where the room does not resume; tests/web/resume.mjs is about resuming).
   const bobId = await bob.evaluate(() => window.__piano.you.id);
+  const before = await bob.evaluate(() => window.__piano.joins + window.__piano.resumes.length);
   await bob.evaluate(() => window.__pianoDrop());
-  await alice.waitForFunction((id) => !window.__piano.participants.has(id), bobId, { timeout: 10000 });
+  await bob.waitForFunction((n) => window.__piano.joins + window.__piano.resumes.length > n, before, { timeout: 15000 });
   await bob.waitForFunction(() => window.__piano.status === "open" && window.__piano.participants.size === 2, null, { timeout: 15000 });
   await alice.waitForFunction((id) => window.__piano.participants.has(id), bobId, { timeout: 10000 });
 

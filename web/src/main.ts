@@ -8,6 +8,7 @@ import {
   NotesDroppedReason,
   UpdateSettingsSchema,
   type ChatMessage,
+  type Joined,
   type NoteBatch,
   type Ownership,
   type Participant,
@@ -27,6 +28,13 @@ import { Synth } from "./synth";
  * BATCH_MS after its first note, plus room for network jitter. Keeping every note at the same
  * delay is what preserves the performance's timing. */
 const LATENCY_MS = BATCH_MS + 100;
+/** A note-on due longer ago than this is not played: replayed batches after a resume (and a
+ * live batch held up by a stall) play what is still to come, not the past in a rush. Short
+ * enough to tell a replay from jitter, long enough that a hiccup of the network does not
+ * silence live notes. Releases always apply, at once if late. */
+const LATE_MS = 500;
+/** How many entries each test-visible log keeps. */
+const LOG_MAX = 500;
 
 /** State the browser tests read (window.__piano); also handy in the console. */
 const state = {
@@ -41,6 +49,14 @@ const state = {
   /** Every remote note-on scheduled for playback: who, which note, when it arrived and when it
    * plays (local ms). */
   scheduled: [] as { from: string; note: number; receivedAt: number; at: number }[],
+  /** Remote note-ons received too late to play (LATE_MS): a replay's past, dropped. */
+  missed: [] as { from: string; note: number; receivedAt: number; at: number }[],
+  /** How many times the page took a Joined (a first join, or a join after a failed resume). */
+  joins: 0,
+  /** Each resume: complete (replayed) or a snapshot. */
+  resumes: [] as { complete: boolean; replayed: number }[],
+  /** Arrivals ("+id") and departures ("-id") in the order the page saw them. */
+  presence: [] as string[],
   /** Bumped when the connection fell behind: key lights scheduled before it are dropped. */
   behind: 0,
   status: "signed out",
@@ -62,7 +78,11 @@ document.addEventListener("pointerdown", () => audio().resume(), { capture: true
 document.addEventListener("keydown", () => audio().resume(), { capture: true });
 
 const conn = new Connection(onMessage, onStatus);
-(window as unknown as { __pianoDrop: () => void }).__pianoDrop = () => conn.simulateDrop();
+// Test hooks: drop the socket as the network would (held down `holdMs`), end the hold.
+Object.assign(window, {
+  __pianoDrop: (holdMs?: number, unknownToken?: boolean) => conn.simulateDrop(holdMs, unknownToken),
+  __pianoReconnect: () => conn.reconnectNow(),
+});
 const piano = new Piano($("#piano"), {
   press(note, velocity) {
     if (!state.you) return;
@@ -108,27 +128,40 @@ function enter(room: string, join: ClientMsg = { case: "join", value: { password
 
 function onMessage(msg: ServerMsg): void {
   switch (msg.case) {
-    case "joined": {
-      const j = msg.value;
-      state.you = j.you;
-      state.participants = new Map(j.participants.map((p) => [p.id, p]));
-      state.settings = j.settings;
-      state.ownership = j.ownership;
-      state.quota = j.quota;
-      state.chat = [...j.chatHistory];
-      conn.send({ case: "subscribeRooms", value: {} });
-      renderAll();
+    case "joined":
+      state.joins++;
+      return showRoom(msg.value);
+    case "resumed": {
+      // Back in the same place: nothing to clear or redraw unless the room could not replay
+      // what we missed, in which case its snapshot replaces our view.
+      const r = msg.value;
+      log(state.resumes, { complete: r.complete, replayed: r.replayed });
+      if (r.you) state.you = r.you;
+      if (!r.complete && r.snapshot) {
+        // Others' note-offs may be among what was lost: nothing of theirs is left sounding.
+        state.behind++;
+        audio().releaseOthers("me");
+        piano.unlightOthers("me");
+        showRoom(r.snapshot);
+        toast("Reconnected: some of what happened meanwhile could not be replayed");
+      } else {
+        // The room list subscription ended with the old socket.
+        conn.send({ case: "subscribeRooms", value: {} });
+        renderParticipants();
+      }
       break;
     }
     case "joinFailed":
       return joinFailed(msg.value.reason, msg.value.message, Number(msg.value.retryAfterMs));
     case "participantJoined":
     case "participantUpdated":
+      if (msg.case === "participantJoined" && msg.value.participant) log(state.presence, `+${msg.value.participant.id}`);
       if (msg.value.participant) state.participants.set(msg.value.participant.id, msg.value.participant);
       if (msg.value.participant?.id === state.you?.id) state.you = msg.value.participant;
       renderParticipants();
       break;
     case "participantLeft":
+      log(state.presence, `-${msg.value.participantId}`);
       state.participants.delete(msg.value.participantId);
       renderParticipants();
       break;
@@ -198,9 +231,28 @@ function onMessage(msg: ServerMsg): void {
   }
 }
 
+/** Replaces the page's view of the room with a Joined (a join, or a resume's snapshot). */
+function showRoom(j: Joined): void {
+  state.you = j.you;
+  state.participants = new Map(j.participants.map((p) => [p.id, p]));
+  state.settings = j.settings;
+  state.ownership = j.ownership;
+  state.quota = j.quota;
+  state.chat = [...j.chatHistory];
+  conn.send({ case: "subscribeRooms", value: {} });
+  renderAll();
+}
+
+function log<T>(list: T[], entry: T): void {
+  list.push(entry);
+  if (list.length > LOG_MAX) list.shift();
+}
+
 function onStatus(status: Status, detail?: string): void {
   state.status = status;
-  $("#status").textContent = status === "open" ? "connected" : status;
+  // Reconnecting keeps the room on screen as it was: only this small sign says the socket is
+  // down (the room keeps our place meanwhile).
+  $("#status").textContent = status === "open" ? "connected" : status === "reconnecting" ? "reconnecting…" : status;
   $("#status").className = `status ${status}`;
   if (status === "kicked") {
     toast(detail ? `Removed from the room: ${detail}` : "Removed from the room");
@@ -259,9 +311,12 @@ function play(batch: NoteBatch): void {
     const k = ev.kind;
     if (k.case === "noteOn") {
       const note = k.value.note;
-      state.scheduled.push({ from, note, receivedAt, at: local });
+      if (local < receivedAt - LATE_MS) {
+        log(state.missed, { from, note, receivedAt, at: local });
+        continue;
+      }
+      log(state.scheduled, { from, note, receivedAt, at: local });
       audio().noteOn(from, note, k.value.velocity, when);
-      if (state.scheduled.length > 500) state.scheduled.shift();
       window.setTimeout(() => behind === state.behind && piano.light(note, from, color), wait);
     } else if (k.case === "noteOff") {
       const note = k.value.note;
@@ -430,7 +485,7 @@ $("#chat-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const input = $<HTMLInputElement>("#chat-input");
   if (!input.value.trim()) return;
-  conn.send({ case: "chat", value: { text: input.value } });
+  conn.sendKept({ case: "chat", value: { text: input.value } });
   conn.send({ case: "typing", value: { typing: false } });
   input.value = "";
 });

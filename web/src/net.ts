@@ -1,18 +1,22 @@
 // The connection to a room: the WebSocket speaking the protobuf protocol (types generated from
-// proto/), clock sync with the server, note batching, and reconnecting after a drop.
+// proto/), clock sync with the server, note batching, and reconnecting after a drop: within the
+// room's grace period the new socket resumes the same place (docs/resume.md §5), and what the
+// room may not have got is sent again.
 
 import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import {
   ClientMessageSchema,
+  ErrorCode,
   NoteBatchSchema,
   NoteEventSchema,
   ServerMessageSchema,
+  type Joined,
   type NoteEvent,
   type ServerMessage,
 } from "./gen/pianorhythm/v1/room_pb";
+import { Unacked, type ClientMsg, type Kept } from "./unacked";
 
-/** A client message as an init shape: plain objects, no need to create() each part. */
-export type ClientMsg = NonNullable<MessageInitShape<typeof ClientMessageSchema>["msg"]>;
+export type { ClientMsg };
 export type ServerMsg = ServerMessage["msg"];
 
 /** How often outgoing notes are flushed as one batch (the protocol wants batches). */
@@ -35,9 +39,22 @@ export const Close = {
   KICKED: 4003,
   /** This user (or network) already holds the most sockets allowed in the room. */
   TOO_MANY_CONNECTIONS: 4004,
+  /** A Resume on a newer socket took this one over: that one carries on, this one must not. */
+  RESUMED_ELSEWHERE: 4005,
+  /** What `simulateDrop` closes with: not a goodbye (1000/1001), so the room keeps the place. */
+  SIMULATED_DROP: 4000,
 } as const;
 
-export type Status = "connecting" | "open" | "closed" | "kicked" | "refused";
+/** Closes after which the room has let the player go (or never will take them back): a new
+ * socket joins afresh instead of resuming. */
+const NOT_RESUMABLE: readonly number[] = [
+  1000, Close.POLICY_VIOLATION, Close.SESSION_ENDED, Close.IDENTITY_CHANGED, Close.KICKED,
+  Close.TOO_MANY_CONNECTIONS,
+];
+
+/** "reconnecting": the socket is down (or back but not resumed yet) and the room keeps our
+ * place: nothing about the room changed as far as the page should show. */
+export type Status = "connecting" | "open" | "reconnecting" | "closed" | "kicked" | "refused";
 
 export interface ConnectOptions {
   room: string;
@@ -85,6 +102,25 @@ export class Connection {
   private lastSend = 0;
   private batch: { start: number; events: NoteEvent[] } | null = null;
   private flushTimer?: number;
+  private reconnectTimer?: number;
+  /** simulateDrop's hold: no reconnect before this (local ms). */
+  private holdUntil = 0;
+  /** The socket simulateDrop closed: its close is ours, whatever code the server echoes. */
+  private dropping?: WebSocket;
+  private status: Status = "closed";
+  /** Joined or resumed on the current socket: numbered messages may go out. */
+  private live = false;
+  /** A Resume was sent on the current socket and not answered yet. */
+  private resuming = false;
+  /** The highest ServerMessage.seq received: where a resume starts. */
+  private lastSeq = 0n;
+  /** The latest resume token (spent when used; each Joined and Resumed brings one). */
+  private resumeToken = "";
+  private graceMs = 0;
+  /** When the last live socket dropped (local ms): a resume after the grace is pointless. */
+  private droppedAt = 0;
+  /** Note batches and chat, numbered, until the room acknowledges them. */
+  private unacked = new Unacked();
 
   constructor(
     private onMessage: (msg: ServerMsg) => void,
@@ -95,18 +131,38 @@ export class Connection {
     this.close();
     this.opts = opts;
     this.closedByUs = false;
+    // Another room (or the same one afresh): nothing of the last place carries over.
+    this.forgetPlace();
+    this.unacked.clear();
     void this.open();
+  }
+
+  private setStatus(status: Status, detail?: string): void {
+    this.status = status;
+    this.onStatus(status, detail);
+  }
+
+  /** The room still keeps our place (as far as we can tell): resume rather than join. */
+  private canResume(): boolean {
+    return !!this.resumeToken && Date.now() - this.droppedAt < this.graceMs;
+  }
+
+  private forgetPlace(): void {
+    this.resumeToken = "";
+    this.lastSeq = 0n;
   }
 
   private async open(): Promise<void> {
     const opts = this.opts;
     if (!opts) return;
-    this.onStatus("connecting");
+    window.clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
+    if (!this.canResume()) this.setStatus("connecting");
     const token = await opts.token(this.renew);
     this.renew = false;
     if (this.opts !== opts || this.closedByUs) return;
     if (!token) {
-      this.onStatus("closed", "signed out");
+      this.setStatus("closed", "signed out");
       return;
     }
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
@@ -116,10 +172,15 @@ export class Connection {
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     ws.onopen = () => {
-      this.retry = 0;
       this.refusals = 0;
-      this.onStatus("open");
-      this.send(opts.join);
+      this.live = false;
+      this.resuming = this.canResume();
+      if (this.resuming) this.sendResume();
+      else {
+        this.forgetPlace();
+        this.setStatus("open");
+        this.send(opts.join);
+      }
       this.startPings();
     };
     ws.onmessage = (ev) => {
@@ -128,32 +189,111 @@ export class Connection {
       if (this.readSinceSend >= ACK_EVERY_BYTES && Date.now() - this.lastSend >= ACK_MIN_INTERVAL_MS) {
         this.send({ case: "ping", value: { clientTime: Date.now() } });
       }
-      const msg = fromBinary(ServerMessageSchema, new Uint8Array(ev.data)).msg;
-      if (msg.case === "pong") this.clock.pong(msg.value.clientTime, Number(msg.value.serverTime));
-      this.onMessage(msg);
+      const sm = fromBinary(ServerMessageSchema, new Uint8Array(ev.data));
+      if (sm.seq > this.lastSeq) this.lastSeq = sm.seq;
+      this.received(sm.msg, opts);
     };
     ws.onclose = (ev) => {
       window.clearInterval(this.pingTimer);
       if (this.ws !== ws) return;
-      if (ev.code === Close.KICKED) {
-        this.onStatus("kicked", ev.reason);
+      const wasLive = this.live;
+      this.live = false;
+      this.resuming = false;
+      if (wasLive) this.droppedAt = Date.now();
+      const code = this.dropping === ws ? Close.SIMULATED_DROP : ev.code;
+      if (NOT_RESUMABLE.includes(code)) this.forgetPlace();
+      if (code === Close.KICKED) {
+        this.setStatus("kicked", ev.reason);
+        return;
+      }
+      if (code === Close.RESUMED_ELSEWHERE) {
+        // Our place went on with another socket: coming back would take it away again.
+        this.forgetPlace();
+        this.setStatus("closed", "continued on another connection");
         return;
       }
       let delay: number;
-      if (ev.code === Close.TOO_MANY_CONNECTIONS || ev.code === Close.POLICY_VIOLATION) {
+      if (code === Close.TOO_MANY_CONNECTIONS || code === Close.POLICY_VIOLATION) {
         // Refused: say why and come back much later (30 s, doubling to 5 min), never hammer.
-        this.onStatus("refused", ev.code === Close.TOO_MANY_CONNECTIONS
+        this.setStatus("refused", code === Close.TOO_MANY_CONNECTIONS
           ? "too many open connections to this room: close another tab"
           : "disconnected for sending too fast");
         delay = Math.min(300_000, 30_000 * 2 ** this.refusals++);
       } else {
-        this.onStatus("closed", ev.reason);
-        if (ev.code === Close.SESSION_ENDED || ev.code === Close.IDENTITY_CHANGED) this.renew = true;
-        // Reconnect with backoff: 0.5 s, 1 s, 2 s, … up to 8 s.
-        delay = Math.min(8000, 500 * 2 ** this.retry++);
+        if (this.canResume()) this.setStatus("reconnecting");
+        else this.setStatus("closed", ev.reason);
+        if (code === Close.SESSION_ENDED || code === Close.IDENTITY_CHANGED) this.renew = true;
+        // A socket that was in the room comes back at once (its place is kept for the grace
+        // period); then with backoff: 0.5 s, 1 s, 2 s, … up to 8 s.
+        if (wasLive) this.retry = 0;
+        delay = wasLive ? 0 : Math.min(8000, 500 * 2 ** this.retry++);
       }
-      if (!this.closedByUs) window.setTimeout(() => this.ws === ws && void this.open(), delay);
+      delay = Math.max(delay, this.holdUntil - Date.now());
+      if (!this.closedByUs) {
+        this.reconnectTimer = window.setTimeout(() => this.ws === ws && void this.open(), delay);
+      }
     };
+  }
+
+  /** What the connection itself acts on, before the page sees the message. */
+  private received(msg: ServerMsg, opts: ConnectOptions): void {
+    switch (msg.case) {
+      case "pong":
+        this.clock.pong(msg.value.clientTime, Number(msg.value.serverTime));
+        this.unacked.ack(msg.value.lastClientSeq);
+        break;
+      case "joined":
+        this.joined(msg.value);
+        break;
+      case "resumed": {
+        const r = msg.value;
+        this.resuming = false;
+        this.live = true;
+        this.retry = 0;
+        this.resumeToken = r.resumeToken;
+        if (!r.complete && r.snapshot && r.snapshot.seq > this.lastSeq) this.lastSeq = r.snapshot.seq;
+        this.unacked.ack(r.lastClientSeq);
+        this.onMessage(msg);
+        // What the room did not get from us before the drop, and what we sent while it lasted.
+        for (const k of this.unacked.all()) this.transmit(k);
+        this.setStatus("open");
+        return;
+      }
+      case "resumeFailed":
+        // Our place is gone (or was never ours): join like a newcomer.
+        this.resuming = false;
+        this.forgetPlace();
+        this.send(opts.join);
+        break;
+      case "error":
+        // A Resume costs a join from the join budget; over it, the Resume was dropped and this
+        // says when to try again.
+        if (this.resuming && msg.value.code === ErrorCode.RATE_LIMITED && msg.value.retryAfterMs > 0n) {
+          const ws = this.ws;
+          window.setTimeout(() => this.ws === ws && this.resuming && this.sendResume(), Number(msg.value.retryAfterMs));
+        }
+        break;
+      default:
+        break;
+    }
+    this.onMessage(msg);
+  }
+
+  private joined(j: Joined): void {
+    this.live = true;
+    this.retry = 0;
+    this.resumeToken = j.resumeToken;
+    this.graceMs = j.resumeGraceMs;
+    this.lastSeq = j.seq;
+    // A new place: what an earlier socket sent may or may not have reached the old one, so it
+    // is not sent again; what never left (sent while down) goes now.
+    this.unacked.forgetSent();
+    for (const k of this.unacked.all()) this.transmit(k);
+    if (this.status !== "open") this.setStatus("open");
+  }
+
+  private sendResume(): void {
+    this.send({ case: "resume", value: { token: this.resumeToken, lastSeq: this.lastSeq } });
   }
 
   private startPings(): void {
@@ -167,11 +307,25 @@ export class Connection {
     }, 1000);
   }
 
-  send(msg: ClientMsg): void {
+  send(msg: ClientMsg, seq = 0n): void {
     if (this.ws?.readyState !== WebSocket.OPEN) return;
     this.readSinceSend = 0;
     this.lastSend = Date.now();
-    this.ws.send(toBinary(ClientMessageSchema, create(ClientMessageSchema, { msg })));
+    this.ws.send(toBinary(ClientMessageSchema, create(ClientMessageSchema, { msg, seq })));
+  }
+
+  /** Sends a message the room must not lose to a drop (note batches, chat): numbered and kept
+   * until acknowledged; while the socket is down it waits and goes out after the resume. */
+  sendKept(msg: ClientMsg): void {
+    const k = this.unacked.add(msg, this.graceMs);
+    if (this.live) this.transmit(k);
+  }
+
+  private transmit(k: Kept): void {
+    if (this.ws?.readyState !== WebSocket.OPEN) return;
+    const msg = this.unacked.resendable(k, this.clock.serverNow());
+    if (msg) this.send(msg, k.seq);
+    k.sent = true;
   }
 
   /** Queues one note event; batches go out every BATCH_MS with each event's delay kept. */
@@ -191,17 +345,35 @@ export class Connection {
     this.batch = null;
     if (!batch || !batch.events.length) return;
     const notes = create(NoteBatchSchema, { time: BigInt(Math.round(batch.start)), events: batch.events });
-    this.send({ case: "notes", value: notes });
+    this.sendKept({ case: "notes", value: notes });
   }
 
-  /** Drops the socket as a network failure would (tests use it to exercise reconnecting). */
-  simulateDrop(): void {
-    this.ws?.close(4000, "simulated drop");
+  /** Drops the socket as a network failure would (tests use it to exercise resuming): a close
+   * that is not a goodbye, then no reconnect for `holdMs` (or until `reconnectNow`).
+   * `unknownToken`: the resume presents a token the room does not know (as after it lost our
+   * place), so the room answers ResumeFailed and the page joins afresh. */
+  simulateDrop(holdMs = 0, unknownToken = false): void {
+    if (unknownToken && this.resumeToken) this.resumeToken = `unknown-${this.resumeToken}`;
+    this.holdUntil = Date.now() + holdMs;
+    this.dropping = this.ws;
+    this.ws?.close(Close.SIMULATED_DROP, "simulated drop");
   }
 
+  /** Ends simulateDrop's hold: reconnects now if a reconnect is waiting. */
+  reconnectNow(): void {
+    this.holdUntil = 0;
+    if (this.reconnectTimer === undefined || this.closedByUs) return;
+    void this.open();
+  }
+
+  /** Leaving on purpose: 1000 tells the room to let the player go at once. */
   close(): void {
     this.closedByUs = true;
+    this.live = false;
+    this.resuming = false;
     window.clearInterval(this.pingTimer);
+    window.clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
     const ws = this.ws;
     this.ws = undefined;
     ws?.close(1000, "leaving");

@@ -2,6 +2,7 @@
 //! records its host kept per socket ([`super::ConnRecord`]) and what it kept for resuming
 //! ([`super::Kept`]) looks the same to its players.
 
+use super::budget::Limits;
 use super::{ConnRecord, Kept, Out, Room, Stored};
 use crate::Millis;
 
@@ -31,7 +32,22 @@ impl Room {
         now: Millis,
         seed: [u8; 32],
     ) -> (Room, Out) {
+        Room::restore_configured(name, stored, records, kept, Limits::default(), now, seed)
+    }
+
+    /// [`Room::restore_with`] under the host's limits from the start: the grace periods the
+    /// restore starts for connections lost with the room's memory are the configured ones.
+    pub fn restore_configured(
+        name: impl Into<String>,
+        stored: Option<Stored>,
+        records: impl IntoIterator<Item = ConnRecord>,
+        kept: Kept,
+        limits: Limits,
+        now: Millis,
+        seed: [u8; 32],
+    ) -> (Room, Out) {
         let mut room = Room::blank(name.into(), seed);
+        room.limits = limits;
         if let Some(s) = stored {
             room.stored = s;
         }

@@ -163,6 +163,15 @@ impl Room {
             .collect()
     }
 
+    /// Those of `conns` with a socket (a member's suspended connections are sent nothing).
+    pub(super) fn with_socket(&self, conns: &[ConnId]) -> Vec<ConnId> {
+        conns
+            .iter()
+            .copied()
+            .filter(|c| self.conns.get(c).is_some_and(|c| !c.is_suspended()))
+            .collect()
+    }
+
     pub(super) fn send_to_others(&mut self, except: ConnId, msg: S, out: &mut Out) {
         let targets = self.joined_conns(Some(except));
         self.broadcast(targets, Some(except), msg, out);

@@ -68,13 +68,17 @@ impl Room {
         }
         let by = self.members[m].info.id.clone();
         let victims = self.members[t].conns.clone();
-        out.push(send_many(
-            victims.clone(),
-            S::Kicked(proto::Kicked {
-                by_participant_id: by,
-                banned_until,
-            }),
-        ));
+        // Suspended connections are only closed (they have no socket to tell).
+        let told = self.with_socket(&victims);
+        if !told.is_empty() {
+            out.push(send_many(
+                told,
+                S::Kicked(proto::Kicked {
+                    by_participant_id: by,
+                    banned_until,
+                }),
+            ));
+        }
         for v in victims {
             self.on_disconnect(v, now, out);
             out.push(Effect::Close {

@@ -96,12 +96,10 @@ impl Room {
     /// Re-evaluates a member's quota; tells the member when it changed.
     pub(super) fn refresh_quota(&mut self, i: usize, now: Millis, out: &mut Out) {
         let (params, limited) = self.quota_params_for(&self.members[i].info.user_id);
+        let targets = self.with_socket(&self.members[i].conns);
         let member = &mut self.members[i];
-        if member.quota.set(params, limited, now) {
-            out.push(send_many(
-                member.conns.clone(),
-                S::Quota(member.quota.to_proto(now)),
-            ));
+        if member.quota.set(params, limited, now) && !targets.is_empty() {
+            out.push(send_many(targets, S::Quota(member.quota.to_proto(now))));
         }
     }
 }

@@ -438,9 +438,11 @@ impl Room {
         out.extend(self.record(conn).map(Effect::Remember));
         let last = resume.last_seq.max(from_seq);
         let chain = self.chain_of(conn);
-        let missed: Option<Vec<Bytes>> = self
-            .replay
-            .after(last, chain)
+        // A number from the future was not given by this room's memory (a host whose clock
+        // went back, a forged one): nothing can be vouched for, so a snapshot.
+        let missed: Option<Vec<Bytes>> = (resume.last_seq <= self.seq)
+            .then(|| self.replay.after(last, chain))
+            .flatten()
             .map(|v| v.into_iter().map(|e| e.frame.clone()).collect());
         let snapshot = match missed {
             Some(_) => None,
@@ -456,12 +458,19 @@ impl Room {
             server_time: now,
         };
         out.push(send_one(conn, S::Resumed(resumed)));
+        let complete = missed.is_some();
         for frame in missed.into_iter().flatten() {
             out.push(Effect::Send {
                 to: super::Targets::One(conn),
                 frame,
                 delivery: super::Delivery::Reliable,
             });
+        }
+        // Quota notices go to one connection and are not replayed: the current one follows
+        // (a snapshot carries it already).
+        if complete && let Some(m) = self.member_index_of_conn(conn) {
+            let quota = self.members[m].quota.to_proto(now);
+            out.push(send_one(conn, S::Quota(quota)));
         }
         if !self.any_suspended() && self.keeping && self.durability != ReplayDurability::Always {
             self.keeping = false;
@@ -527,8 +536,14 @@ impl Room {
             } else {
                 Some(s.until.unwrap_or(now + grace).min(now + grace))
             };
+            // A grace period that starts now is kept: a host that loses the room's memory again
+            // before it ends (the edge hibernates when idle) must not start it over at each wake.
+            let starts_now = !live && s.until != r.until;
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.resume = Some(r);
+            }
+            if starts_now {
+                self.keep_session(conn, out);
             }
         }
         // Until the host says how it keeps entries ([`Room::keep_replay`], right after the

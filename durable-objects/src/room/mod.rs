@@ -422,8 +422,12 @@ impl Room {
             None => Default::default(),
         };
         let kept_conns = kept.sessions.iter().map(|s| s.record.conn).collect();
+        let limits = piano_core::room::budget::Limits {
+            resume_grace_ms: self.resume_grace_ms,
+            ..Default::default()
+        };
         let (mut room, effects) =
-            CoreRoom::restore_with(name, stored, records, kept, now(), random_seed());
+            CoreRoom::restore_configured(name, stored, records, kept, limits, now(), random_seed());
         resume::configure(&mut room, self.resume_grace_ms);
         // Players' activity: members' totals (their Account objects, MongoDB's `user_stats`)
         // and the analytics events; counted always (the stats endpoint needs no MongoDB).

@@ -32,7 +32,11 @@ fn write(dir: &Path, target: &str, seeds: Vec<Vec<u8>>) {
 }
 
 fn cm(msg: C) -> Vec<u8> {
-    proto::ClientMessage { msg: Some(msg), ..Default::default() }.encode_to_vec()
+    proto::ClientMessage {
+        msg: Some(msg),
+        ..Default::default()
+    }
+    .encode_to_vec()
 }
 
 fn note_on(note: u32) -> proto::NoteEvent {
@@ -146,6 +150,12 @@ fn rooms() -> Vec<Vec<u8>> {
     let mute = |conn: u8, who: u8| vec![3, conn, 14, who, 1, 1];
     let advance = |t: u8| vec![12, 0, t];
     let hibernate = vec![14, 0];
+    let drop = |conn: u8| vec![20, conn];
+    // A new socket `conn` connects as the user of the `token`th kept token and resumes with
+    // it from the last seq its connection received.
+    let resume_on = |conn: u8, token: u8| vec![23, conn, token, 0, 0];
+    // Chat numbered the next seq (`how` 0) or the last one again (2).
+    let numbered_chat = |conn: u8, how: u8| vec![22, conn, 4, 0, how];
     let disconnect = |conn: u8| vec![2, conn];
     let seq = |room: u8, ops: Vec<Vec<u8>>| {
         let mut v = vec![room];
@@ -198,7 +208,7 @@ fn rooms() -> Vec<Vec<u8>> {
                 vec![13, 0, 0, 1, 0, 1, 0],
                 notes(1),
                 disconnect(0),
-                hibernate,
+                hibernate.clone(),
             ],
         ),
         // Raw and text frames, an oversized one, before joining.
@@ -209,6 +219,71 @@ fn rooms() -> Vec<Vec<u8>> {
                 vec![9, 5, 2, 0x1a, 0x00],
                 vec![11, 5, 3, b'h', b'i', b'!'],
                 vec![15, 5, 3],
+            ],
+        ),
+        // Resuming: a guest drops and comes back on a new socket, gets what it missed; the
+        // owner drops, the room hibernates (in memory only: a wake loses the buffer) and the
+        // owner gets a snapshot.
+        seq(
+            0,
+            vec![
+                connect(0, 0),
+                connect(1, 1),
+                join(0, 0),
+                join(1, 0),
+                drop(1),
+                chat(0),
+                notes(0),
+                resume_on(2, 1),
+                drop(0),
+                chat(2),
+                advance(0x4a),
+                hibernate.clone(),
+                resume_on(3, 0),
+                disconnect(2),
+            ],
+        ),
+        // Kept replay entries: the host keeps them while someone is suspended; numbered chat,
+        // a drop, hibernation, a resume replayed from what the host kept, the numbered chat
+        // re-sent (processed once), a half-open socket taken over, a grace period that ends.
+        seq(
+            1,
+            vec![
+                vec![15, 0, 5, 1],
+                connect(0, 2),
+                connect(1, 3),
+                join(0, 0),
+                join(1, 0),
+                numbered_chat(0, 0),
+                drop(0),
+                chat(1),
+                advance(0x4a),
+                hibernate.clone(),
+                resume_on(3, 0),
+                numbered_chat(3, 2),
+                vec![3, 3, 2, 0, 0, 0, 0, 0, 0, 0, 0],
+                resume_on(4, 2),
+                drop(1),
+                advance(0x81),
+                vec![17, 0, 1],
+                resume_on(5, 1),
+            ],
+        ),
+        // Every entry kept (a cluster's holder): drop, wake, resume.
+        seq(
+            3,
+            vec![
+                vec![15, 0, 5, 2],
+                connect(0, 4),
+                connect(1, 1),
+                join(0, 0),
+                join(1, 0),
+                notes(1),
+                drop(1),
+                chat(0),
+                advance(0x4a),
+                hibernate,
+                resume_on(2, 1),
             ],
         ),
     ]

@@ -9,6 +9,7 @@ pub mod oauth;
 pub mod proto;
 pub mod room;
 pub mod room_input;
+pub mod room_resume;
 pub mod token;
 
 /// What a target does with one input.

@@ -5,23 +5,31 @@
 //! Input format: byte 0 picks the room name ([`ROOMS`]); then a list of operations, each one
 //! byte `op` followed by its arguments:
 //!
-//! | `op % 20` | operation |
+//! | `op % 24` | operation |
 //! |---|---|
 //! | 0, 1 | `Connect` a connection id (0-7) as an identity (the cast, or arbitrary strings; with a session, expiry and network) |
 //! | 2 | `Disconnect` |
-//! | 3-8 | a binary frame holding a structured `ClientMessage` ([`room_input::client_message`]) |
+//! | 3-8 | a binary frame holding a structured `ClientMessage` ([`room_input::client_message`]; its `Resume` as in op 21) |
 //! | 9, 10 | a binary frame of raw bytes (up to 2 KiB) |
 //! | 11 | a text frame |
 //! | 12 | time moves: 0-63 ms, 0-6.3 s, 0-63 min forward, or up to 63 s back |
 //! | 13 | the directory answers: `RoomList` or `RoomListChanged` |
-//! | 14 | hibernation (unless a password check is in flight): `Room::restore` from what the host kept, which must rebuild the same room |
-//! | 15 | a host call: `refresh_report`, `count_activity`, `Input::Stop`, `track_presence`, tight `set_limits`, or an oversized frame |
+//! | 14 | hibernation (unless a password check is in flight): `Room::restore_with` from what the host kept (records, durable state, the `Kept` built from `Effect::Keep`), which must rebuild the same room |
+//! | 15 | a host call: `refresh_report`, `count_activity`, `Input::Stop`, tight `set_limits`, an oversized frame, or `keep_replay` (how the host keeps replay entries; again after each wake) |
 //! | 16 | `SessionEnded` (one session or all) or `IdentityChanged` for a user |
 //! | 17 | `Tick`: now, or at `next_deadline` as a host's alarm would |
 //! | 18 | the host answers a pending `VerifyPassword` with `PasswordChecked` (truthfully) |
 //! | 19 | `SubscribeRefused` (the directory's per-user cap) |
+//! | 20 | `Dropped` (the socket failed: a joined connection is suspended, no longer open on the host) |
+//! | 21 | a `Resume` frame: one of the last 4 tokens a `Joined`/`Resumed` carried, or any string; from the seq that connection received, a little less or more, 0, or any |
+//! | 22 | a numbered structured `ClientMessage` (`seq`: the next, a repeat, an older one, or any) |
+//! | 23 | a client back on a new socket: `Connect` as the user of one of the kept tokens, then `Resume` (that token first) |
 //!
-//! Frames may name connections the host never opened (the room must refuse, not panic).
+//! Ops 0-19 kept their numbers when 20-23 were added (a byte of 20-23 meant ops 0-3 before):
+//! saved inputs mostly mean what they meant.
+//!
+//! Frames may name connections the host never opened (the room must refuse, not panic), but
+//! never a suspended one (it has no socket).
 //!
 //! Invariants checked after every input: every `Send` has targets, each an open connection
 //! (not one closed earlier in the same batch of effects) and no duplicates; every frame is a
@@ -33,9 +41,21 @@
 //! `next_deadline` closes nothing, and after a `Tick` the deadline is in the future; the host's copy of the durable state, built only from `Persist` effects,
 //! equals the room's (nothing durable changes unreported); a restored room shows the same
 //! participants, settings and ownership.
+//!
+//! Resuming ([`super::room_resume`]): a `Send` never targets a suspended connection; a `Close`
+//! may name one (its session ended during the grace period); participants are the users with a
+//! joined open connection or a suspended one; the room's suspended connections are the kept
+//! sessions with a grace period, none open, and the connection count is open + suspended; the
+//! kept sessions of open connections are exactly the joined protobuf ones, each with the
+//! connection's latest record; a seq numbers one frame only (a replayed frame is the broadcast
+//! it claims to be); a token is issued once; `Resumed{complete}` is followed by exactly
+//! `replayed` frames to that connection, numbered above the resume's `last_seq`, increasing, and
+//! an incomplete one carries a snapshot; a `Resume` with another user's token, or a spent one,
+//! never succeeds; `Resumed.last_client_seq` is at most what the client numbered.
 
 use super::input::Bytes;
 use super::room_input::{self as make, ROOMS};
+use super::room_resume::{self as resume, Resumes};
 use piano_core::Millis;
 use piano_core::limits::MAX_FRAME_BYTES;
 use piano_core::limits::close;
@@ -43,7 +63,9 @@ use piano_core::proto::{self, ClientMessage, ServerMessage, client_message::Msg 
 use piano_core::room::budget::{Limits, Rate};
 use piano_core::room::stored::PasswordHash;
 use piano_core::room::stored::{RoomKind, Stored};
-use piano_core::room::{ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, Room};
+use piano_core::room::{
+    ConnId, ConnRecord, DirectoryOp, Effect, Frame, Input, ReplayDurability, Room,
+};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -73,6 +95,10 @@ pub struct Host {
     /// again after each wake), and whether an input ran since the last wake.
     present: BTreeSet<String>,
     presence_synced: bool,
+    /// Wakes so far: each draws a new seed, as the hosts do (`random_seed()`).
+    wakes: u32,
+    /// What the host keeps for resuming, the tokens it saw, and the resume checks.
+    pub resumes: Resumes,
 }
 
 impl Host {
@@ -93,14 +119,30 @@ impl Host {
             trace: false,
             present: BTreeSet::new(),
             presence_synced: true,
+            wakes: 0,
+            resumes: Resumes::default(),
         }
     }
 
     /// Feeds one input and checks the effects and the room afterwards; returns the effects.
     pub fn feed(&mut self, input: Input<'_>) -> Vec<Effect> {
+        let suspended = self.resumes.suspended();
+        // A suspended connection has no socket: no frame can arrive for it.
+        if let Input::Frame { conn, .. } = &input
+            && suspended.contains(conn)
+        {
+            return Vec::new();
+        }
         // A frame for a connection the host never opened is answered with a Close for it.
         let unknown = match &input {
             Input::Frame { conn, .. } if !self.open.contains(conn) => Some(*conn),
+            _ => None,
+        };
+        let asked = match &input {
+            Input::Frame {
+                conn,
+                frame: Frame::Binary(bytes),
+            } if self.open.contains(conn) => resume::asked(&mut self.resumes, *conn, bytes),
             _ => None,
         };
         // What the host asked before accepting the socket (a reused id: the room drops the old
@@ -112,16 +154,17 @@ impl Host {
             }
             self.forget(*conn);
             self.open.insert(*conn);
+            self.resumes.connected(*conn, identity);
             // Real hosts never reuse an id (the edge draws 53 random bits, the fallback counts),
             // so an answer still in flight for the old connection would name an unknown one:
             // the reused id must not receive it. (The room cannot tell the two apart.)
             self.pending.retain(|p| p.0 != *conn);
         }
-        if let Input::Disconnect { conn } = &input {
+        if let Input::Disconnect { conn } | Input::Dropped { conn } = &input {
             self.forget(*conn);
         }
         if self.trace {
-            eprintln!("@{} {input:?}", self.now - T0);
+            eprintln!("@{} {input:?}", self.now.wrapping_sub(T0) as i64);
         }
         let stop = matches!(input, Input::Stop);
         let effects = self.room.handle(input, self.now);
@@ -139,6 +182,9 @@ impl Host {
             }
         }
         self.apply(&effects, unknown);
+        if let Some(asked) = &asked {
+            self.resumes.check_answer(asked, &effects);
+        }
         if stop {
             // Stop withdraws everyone it published; a host keeping the room goes on tracking,
             // and the next input reports everyone present again.
@@ -167,10 +213,15 @@ impl Host {
     fn forget(&mut self, conn: ConnId) {
         self.open.remove(&conn);
         self.records.remove(&conn);
+        self.resumes.socket_gone(conn);
     }
 
     /// Carries out the effects as a host would, checking each.
     fn apply(&mut self, effects: &[Effect], unknown: Option<ConnId>) {
+        // A connection suspended when the batch began may still be closed by it (its session
+        // ended during the grace period): there is no socket to close, but nothing is wrong.
+        let was_suspended = self.resumes.suspended();
+        let mut remembered_suspended = BTreeMap::new();
         for e in effects {
             match e {
                 Effect::Send { to, frame, .. } => {
@@ -178,7 +229,12 @@ impl Host {
                     assert!(!targets.is_empty(), "Send without targets");
                     let unique: BTreeSet<_> = targets.iter().collect();
                     assert_eq!(unique.len(), targets.len(), "duplicate targets {targets:?}");
+                    let suspended = self.resumes.suspended();
                     for t in targets {
+                        assert!(
+                            !suspended.contains(t),
+                            "Send to connection {t}, which is suspended (it has no socket)"
+                        );
                         assert!(
                             self.open.contains(t) || Some(*t) == unknown,
                             "Send to connection {t}, which is not open (open: {:?})",
@@ -187,19 +243,30 @@ impl Host {
                     }
                     let msg = ServerMessage::decode(frame.as_ref()).expect("frames decode");
                     assert!(msg.msg.is_some(), "empty ServerMessage");
+                    self.resumes.observe(targets, &msg, frame);
                 }
                 // A room change leaves this room as a close does (the socket lives on elsewhere).
                 Effect::Close { conn, .. } | Effect::ChangeRoom { conn, .. } => {
+                    let suspended =
+                        was_suspended.contains(conn) || self.resumes.suspended().contains(conn);
                     assert!(
-                        self.open.contains(conn) || Some(*conn) == unknown,
-                        "Close of connection {conn}, which is not open"
+                        self.open.contains(conn) || Some(*conn) == unknown || suspended,
+                        "Close of connection {conn}, which is neither open nor suspended"
                     );
                     self.forget(*conn);
+                }
+                // A suspended connection's record (a profile changed on another tab) has no
+                // socket to go with: hosts skip it; its kept session must carry it instead.
+                Effect::Remember(record)
+                    if was_suspended.contains(&record.conn)
+                        && !self.open.contains(&record.conn) =>
+                {
+                    remembered_suspended.insert(record.conn, record.clone());
                 }
                 Effect::Remember(record) => {
                     assert!(
                         self.open.contains(&record.conn),
-                        "Remember for connection {}, which is not open",
+                        "Remember for connection {}, which is neither open nor suspended",
                         record.conn
                     );
                     self.records.insert(record.conn, record.clone());
@@ -211,7 +278,8 @@ impl Host {
                         "Subscribe for a closed connection"
                     );
                 }
-                Effect::Directory(_) | Effect::Stats(_) | Effect::Keep(_) => {}
+                Effect::Keep(keep) => self.resumes.kept.apply(keep.clone()),
+                Effect::Directory(_) | Effect::Stats(_) => {}
                 Effect::Presence { joined, left } => {
                     for p in joined {
                         assert!(
@@ -244,6 +312,26 @@ impl Host {
                 }
             }
         }
+        self.check_remembered_suspended(&remembered_suspended);
+    }
+
+    /// After [`Host::apply`]: the record of a suspended connection the room remembered is
+    /// its kept session's (unless the session ended in the same batch).
+    fn check_remembered_suspended(&self, remembered: &BTreeMap<ConnId, ConnRecord>) {
+        for (conn, record) in remembered {
+            if let Some(s) = self
+                .resumes
+                .kept
+                .sessions
+                .iter()
+                .find(|s| s.record.conn == *conn)
+            {
+                assert_eq!(
+                    &s.record, record,
+                    "a suspended connection's remembered record is not in its kept session"
+                );
+            }
+        }
     }
 
     fn check(&mut self) {
@@ -256,11 +344,8 @@ impl Host {
                 "presence reported differs from the participants"
             );
         }
-        assert_eq!(
-            room.connection_count(),
-            self.open.len(),
-            "the room and the host disagree on the open connections"
-        );
+        self.resumes.check_sessions(room, &self.open, &self.records);
+        let kept = &self.resumes.kept;
         assert!(room.participant_count() <= room.connection_count());
         let ids: BTreeSet<_> = room.participants().map(|p| p.id.clone()).collect();
         assert_eq!(
@@ -274,10 +359,16 @@ impl Host {
             .values()
             .filter(|r| r.joined.is_some())
             .map(|r| r.identity.user_id.clone())
+            .chain(
+                kept.sessions
+                    .iter()
+                    .filter(|s| s.until.is_some() && s.record.joined.is_some())
+                    .map(|s| s.record.identity.user_id.clone()),
+            )
             .collect();
         assert_eq!(
             users, joined,
-            "participants are not the users with joined connections"
+            "participants are not the users with joined (open or suspended) connections"
         );
         assert_eq!(
             self.records.keys().collect::<Vec<_>>(),
@@ -300,15 +391,33 @@ impl Host {
         if !self.pending.is_empty() {
             return;
         }
-        if self.trace {
-            eprintln!("@{} hibernate", self.now - T0);
+        // A grace period that ended is the host's alarm, due: it runs before the room can be
+        // evicted (else the restored room rightly differs: that player left meanwhile).
+        if self
+            .resumes
+            .kept
+            .sessions
+            .iter()
+            .any(|s| s.until.is_some_and(|t| t <= self.now))
+        {
+            self.tick(false);
         }
-        let (room, effects) = Room::restore(
+        if self.trace {
+            eprintln!("@{} hibernate", self.now.wrapping_sub(T0) as i64);
+        }
+        self.resumes.woke(self.now);
+        let (room, effects) = Room::restore_with(
             self.name.clone(),
             Some(self.stored.clone()),
             self.records.values().cloned(),
+            self.resumes.kept.clone(),
             self.now,
-            SEED,
+            {
+                self.wakes += 1;
+                let mut seed = SEED;
+                seed[..4].copy_from_slice(&self.wakes.to_le_bytes());
+                seed
+            },
         );
         let before: Vec<_> = self.room.participants().cloned().collect();
         let after: Vec<_> = room.participants().cloned().collect();
@@ -316,6 +425,8 @@ impl Host {
         assert_eq!(self.room.settings_proto(), room.settings_proto());
         assert_eq!(self.room.ownership_proto(), room.ownership_proto());
         self.room = room;
+        // Right after the restore, as the hosts do.
+        self.room.keep_replay(self.resumes.durability);
         self.room.track_presence(true);
         self.present.clear();
         self.presence_synced = false;
@@ -412,12 +523,25 @@ pub fn run_host(data: &[u8]) -> Host {
     for conn in host.open.clone() {
         host.feed(Input::Disconnect { conn });
     }
-    assert_eq!(host.room.participant_count(), 0);
+    // Suspended ones leave when their grace period ends (the host's alarm).
+    if !host.resumes.suspended().is_empty() {
+        host.now += Limits::default().resume_grace_ms;
+        host.tick(true);
+    }
+    assert!(
+        host.resumes.suspended().is_empty(),
+        "suspended after the grace period"
+    );
+    assert_eq!(
+        host.room.participant_count(),
+        0,
+        "participants left in an empty room"
+    );
     host
 }
 
 fn step(host: &mut Host, b: &mut Bytes) {
-    let op = b.u8() % 20;
+    let op = b.u8() % OPS;
     let conn = ConnId::from(b.u8() % 8);
     match op {
         0 | 1 => {
@@ -428,7 +552,7 @@ fn step(host: &mut Host, b: &mut Bytes) {
             host.feed(Input::Disconnect { conn });
         }
         3..=8 => {
-            let msg = make::client_message(b, host.now);
+            let msg = make::client_message(b, host.now, &host.resumes.candidates());
             host.frame(conn, &msg.encode_to_vec());
         }
         9 | 10 => {
@@ -461,7 +585,7 @@ fn step(host: &mut Host, b: &mut Bytes) {
             }
         }
         14 => host.hibernate(),
-        15 => match b.u8() % 5 {
+        15 => match b.u8() % 6 {
             0 => {
                 let effects = host.room.refresh_report(host.now);
                 host.apply(&effects, None);
@@ -471,6 +595,11 @@ fn step(host: &mut Host, b: &mut Bytes) {
                 host.feed(Input::Stop);
             }
             3 => host.room.set_limits(tight_limits()),
+            5 => {
+                let d = b.pick(&DURABILITY);
+                host.resumes.durability = d;
+                host.room.keep_replay(d);
+            }
             _ => {
                 let big = vec![0u8; MAX_FRAME_BYTES + 1];
                 host.frame(conn, &big);
@@ -493,10 +622,63 @@ fn step(host: &mut Host, b: &mut Bytes) {
         }
         17 => host.tick(b.bool()),
         18 => host.answer(usize::from(b.u8())),
-        _ => {
+        19 => {
             host.feed(Input::SubscribeRefused { conn });
         }
+        20 => {
+            host.feed(Input::Dropped { conn });
+        }
+        21 => {
+            let r = make::resume(b, &host.resumes.candidates());
+            host.frame(conn, &resume_frame(r));
+        }
+        22 => {
+            let mut msg = make::client_message(b, host.now, &host.resumes.candidates());
+            let sent = host.resumes.client_max.get(&conn).copied().unwrap_or(0);
+            msg.seq = match b.u8() % 5 {
+                0 | 1 => sent + 1,
+                2 => sent,
+                3 => sent.saturating_sub(u64::from(b.u8())),
+                _ => u64::from(b.u16()),
+            };
+            host.frame(conn, &msg.encode_to_vec());
+        }
+        _ => {
+            // A client back on a new socket: connect as the user a token was issued to and
+            // resume with it (a drop, a half-open socket, or another user's token).
+            // The token of that user is the resume's first choice ([`make::resume`] reads 0).
+            let mut tokens = host.resumes.candidates();
+            let k = usize::from(b.u8());
+            let identity = match tokens.len() {
+                0 => make::pick_identity(b, host.now),
+                n => {
+                    tokens.rotate_left(k % n);
+                    let t = &host.resumes.tokens;
+                    t[t.len() - n + k % n].identity.clone()
+                }
+            };
+            host.feed(Input::Connect { conn, identity });
+            let r = make::resume(b, &tokens);
+            host.frame(conn, &resume_frame(r));
+        }
     }
+}
+
+/// How many operations `step` knows (the table in the module docs).
+const OPS: u8 = 24;
+
+const DURABILITY: [ReplayDurability; 3] = [
+    ReplayDurability::Memory,
+    ReplayDurability::WhileSuspended,
+    ReplayDurability::Always,
+];
+
+fn resume_frame(r: proto::Resume) -> Vec<u8> {
+    ClientMessage {
+        msg: Some(C::Resume(r)),
+        seq: 0,
+    }
+    .encode_to_vec()
 }
 
 /// Limits a host might configure, small enough for the fuzzer to hit every one of them.

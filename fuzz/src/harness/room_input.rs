@@ -150,9 +150,30 @@ fn note_event(b: &mut Bytes) -> proto::NoteEvent {
     proto::NoteEvent { delay, kind }
 }
 
-/// A client message of any kind, with values near the interesting edges.
-pub fn client_message(b: &mut Bytes, now: u64) -> proto::ClientMessage {
-    let msg = match b.u8() % 18 {
+/// A `Resume`: one of `tokens` (the newest the room handed out, with the highest seq their
+/// connection received) or an arbitrary string, from a plausible `last_seq` (what the client
+/// received, a little less or more) or any.
+pub fn resume(b: &mut Bytes, tokens: &[(String, u64)]) -> proto::Resume {
+    let k = b.u8();
+    let (token, seen) = match tokens.get(usize::from(k % 8)) {
+        Some(t) => t.clone(),
+        None if k & 8 == 0 => (String::new(), 0),
+        None => (b.string(40), 0),
+    };
+    let last_seq = match b.u8() % 6 {
+        0 | 1 => seen,
+        2 => seen.saturating_sub(1 + u64::from(b.u8())),
+        3 => 0,
+        4 => seen.saturating_add(1 + u64::from(b.u8())),
+        _ => b.u64(),
+    };
+    proto::Resume { token, last_seq }
+}
+
+/// A client message of any kind, with values near the interesting edges; a `Resume` names one
+/// of `tokens` or any string ([`resume`]).
+pub fn client_message(b: &mut Bytes, now: u64, tokens: &[(String, u64)]) -> proto::ClientMessage {
+    let msg = match b.u8() % 19 {
         0 => C::Join(proto::Join {
             password: b.pick(&PASSWORDS).to_owned(),
             create_settings: opt(b, settings),
@@ -218,7 +239,8 @@ pub fn client_message(b: &mut Bytes, now: u64) -> proto::ClientMessage {
             C::Cursor(proto::MoveCursor { x, y })
         }
         16 => C::SubscribeRooms(proto::SubscribeRooms {}),
-        _ => C::UnsubscribeRooms(proto::UnsubscribeRooms {}),
+        17 => C::UnsubscribeRooms(proto::UnsubscribeRooms {}),
+        _ => C::Resume(resume(b, tokens)),
     };
     proto::ClientMessage {
         msg: Some(msg),

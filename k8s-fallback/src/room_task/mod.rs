@@ -222,18 +222,19 @@ pub async fn start(ctx: &Arc<Ctx>, name: &str) -> Result<(), String> {
     let now = now_ms();
     // A room with kept sessions comes back with them even if it has no stored state (a room
     // nobody configured).
-    let (mut room, effects) = match stored.is_some() || kept != Default::default() {
-        true => Room::restore_with(name, stored, [], kept, now, seed()),
-        false => (Room::new(name, seed()), Vec::new()),
-    };
-    let writer = ctx.store.writer(name, room.stored().clone());
-    let mirror = ctx.mongo.as_ref().map(|m| m.mirror(name));
-    room.set_limits(piano_core::room::budget::Limits {
+    let limits = piano_core::room::budget::Limits {
         conns_per_user: ctx.sockets_per_user,
         conns_per_network: ctx.sockets_per_network,
         resume_grace_ms: ctx.resume_grace_ms,
         ..Default::default()
-    });
+    };
+    let (mut room, effects) = match stored.is_some() || kept != Default::default() {
+        true => Room::restore_configured(name, stored, [], kept, limits.clone(), now, seed()),
+        false => (Room::new(name, seed()), Vec::new()),
+    };
+    let writer = ctx.store.writer(name, room.stored().clone());
+    let mirror = ctx.mongo.as_ref().map(|m| m.mirror(name));
+    room.set_limits(limits);
     // Cluster mode: the holder may die at any moment, so every replay entry is kept;
     // standalone, only while someone may come back for them.
     room.keep_replay(match ctx.cluster {

@@ -279,3 +279,66 @@ fn a_stopping_room_keeps_what_it_processed_so_a_restart_does_not_process_it_twic
     };
     assert_eq!(r.last_client_seq, 1, "the batch before the stop was kept");
 }
+
+#[test]
+fn a_grace_period_started_by_a_restart_does_not_start_over_at_each_wake() {
+    let mut host = Host::new("r");
+    two_players(&mut host);
+    // The host restarts: both sockets are gone, so both players are suspended from now.
+    host.wake(false);
+    let until = host.room.next_deadline().expect("the grace period's end");
+    // The room's memory goes again before that (the edge hibernates when idle): the end stays.
+    host.advance(5000);
+    host.wake(false);
+    assert_eq!(host.room.next_deadline(), Some(until));
+    host.advance(until - host.now);
+    let fx = host.input(Input::Tick);
+    assert_eq!(host.room.participant_count(), 0, "{fx:?}");
+}
+
+#[test]
+fn a_restore_starts_the_configured_grace_period() {
+    let mut host = Host::new("r");
+    two_players(&mut host);
+    // The host restarts: both sockets are gone; the host's grace is 5 s.
+    let limits = Limits {
+        resume_grace_ms: 5000,
+        ..Limits::default()
+    };
+    let (room, _) = Room::restore_configured(
+        "r",
+        Some(host.stored.clone()),
+        [],
+        host.kept.clone(),
+        limits,
+        host.now,
+        SEED,
+    );
+    assert_eq!(room.suspended_count(), 2);
+    assert_eq!(room.next_deadline(), Some(host.now + 5000));
+}
+
+#[test]
+fn a_resume_from_a_number_the_room_never_gave_gets_a_snapshot() {
+    let mut host = Host::new("r");
+    let joined = two_players(&mut host);
+    host.drop_conn(2);
+    host.connect(3, ident("bob"));
+    let fx = host.send(3, resume(&joined.resume_token, joined.seq + 1_000_000));
+    let got = frames_to(&fx, 3);
+    assert!(
+        matches!(&got[0].1, SM::Resumed(r) if !r.complete && r.snapshot.is_some()),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_complete_resume_ends_with_the_current_quota() {
+    let mut host = Host::new("r");
+    let joined = two_players(&mut host);
+    host.drop_conn(2);
+    host.connect(3, ident("bob"));
+    let fx = host.send(3, resume(&joined.resume_token, joined.seq));
+    let got = frames_to(&fx, 3);
+    assert!(matches!(got.last(), Some((0, SM::Quota(_)))), "{got:?}");
+}
