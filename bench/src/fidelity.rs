@@ -343,7 +343,7 @@ async fn play(
                 let delay = (server_now - b.0).round().clamp(0.0, 1000.0) as u32;
                 b.1.push(proto::NoteEvent {
                     delay,
-                    kind: Some(piece[next].kind.clone()),
+                    kind: Some(piece[next].kind),
                 });
                 b.2.push(next);
                 next += 1;

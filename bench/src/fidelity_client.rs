@@ -291,7 +291,7 @@ impl Driver {
                 },
                 _ = ping_tick.tick() => {
                     since_open += 1;
-                    (since_open < 5 || since_open % 10 == 0) && !self.ping().await
+                    (since_open < 5 || since_open.is_multiple_of(10)) && !self.ping().await
                 }
             };
             if broken {
