@@ -255,7 +255,7 @@ async fn play(
     for u in &urls[1..] {
         clients.push(client::start(u.clone()).await?);
     }
-    // Joins settle and clocks take the web client's first five samples (pings at 0–4 s).
+    // Joins settle and clocks take the web client's first burst (16 pings in 4 s).
     tokio::time::sleep(Duration::from_millis(4500)).await;
     let t0 = now_ms() + 200.0;
     let intended: Arc<Vec<f64>> =

@@ -1,9 +1,9 @@
 //! The fidelity scenario's client: the web client's rules (`web/src/net.ts`) and the resume
 //! contract's client side (`docs/resume.md` §5), in Rust.
 //!
-//! - Clock: Ping/Pong; of the last 8 samples, the one with the smallest round trip gives the
-//!   offset (`offset = server_time + rtt/2 − now`); a ping at each open, then one a second for
-//!   the first five seconds, then one every ten (as `startPings`). The client's clock is the
+//! - Clock: Ping/Pong; of the last 16 samples, the one with the smallest round trip gives the
+//!   offset (`offset = server_time + rtt/2 − now`); a ping at each open, then one every 250 ms
+//!   for the first four seconds, then one every ten (as `startPings`). The client's clock is the
 //!   system clock in microseconds (a browser's `Date.now()` is whole milliseconds: up to 1 ms
 //!   more rounding there).
 //! - A driver task owns the socket: it sends what the role queues, reads, answers pongs, and on a
@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+
+/// Clock samples kept, and pings in the first burst (as `web/src/net.ts`).
+const CLOCK_SAMPLES: usize = 16;
 
 type Ws = crate::load::Ws;
 
@@ -43,7 +46,7 @@ impl Clock {
         let rtt = now - client_time;
         self.samples
             .push_back((rtt, server_time as f64 + rtt / 2.0 - now));
-        if self.samples.len() > 8 {
+        if self.samples.len() > CLOCK_SAMPLES {
             self.samples.pop_front();
         }
         if let Some(best) = self.samples.iter().min_by(|a, b| a.0.total_cmp(&b.0)) {
@@ -248,7 +251,7 @@ impl Driver {
 
     /// Until the role drops its sender: send, read, ping; reconnect and resume on a drop.
     async fn run(mut self, mut out: mpsc::UnboundedReceiver<Out>) -> Stats {
-        let mut ping_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ping_tick = tokio::time::interval(Duration::from_millis(250));
         let mut since_open = 0u32;
         self.ping().await;
         loop {
@@ -291,7 +294,8 @@ impl Driver {
                 },
                 _ = ping_tick.tick() => {
                     since_open += 1;
-                    (since_open < 5 || since_open.is_multiple_of(10)) && !self.ping().await
+                    (since_open < CLOCK_SAMPLES as u32 || since_open.is_multiple_of(40))
+                        && !self.ping().await
                 }
             };
             if broken {
