@@ -1,0 +1,97 @@
+//! The HTTP side: a guest token (`POST /api/auth/guest`) and the room directory
+//! (`GET /api/rooms`). Every request is bounded; errors carry the JSON error code.
+
+use crate::error::ClientError;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// The longest one HTTP exchange may take.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One room as `GET /api/rooms` lists it.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RoomInfo {
+    pub name: String,
+    pub players: u32,
+    pub capacity: u32,
+    pub visible: bool,
+    pub locked: bool,
+    pub owner_name: String,
+    pub kind: String,
+    pub last_activity: u64,
+}
+
+/// The server's REST API at a base URL (`http://host:port`).
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Result<Api, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(HTTP_TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClientError::Broken(e.to_string()))?;
+        Ok(Api {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    /// The WebSocket URL of `room` with `token`.
+    pub fn ws_url(&self, room: &str, token: &str) -> String {
+        let base = if let Some(rest) = self.base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = self.base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            self.base.clone()
+        };
+        format!(
+            "{base}/api/rooms/{}/ws?token={token}",
+            piano_core::names::percent_encode(room)
+        )
+    }
+
+    /// A guest token for `name`.
+    pub async fn guest_token(&self, name: &str) -> Result<String, ClientError> {
+        let req = self
+            .http
+            .post(format!("{}/api/auth/guest", self.base))
+            .json(&serde_json::json!({ "name": name }));
+        let body = answer(req).await?;
+        body["token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Broken("the guest answer has no token".into()))
+    }
+
+    /// The visible, non-empty rooms, most players first.
+    pub async fn rooms(&self) -> Result<Vec<RoomInfo>, ClientError> {
+        let body = answer(self.http.get(format!("{}/api/rooms", self.base))).await?;
+        serde_json::from_value(body)
+            .map_err(|e| ClientError::Broken(format!("GET /api/rooms: {e}")))
+    }
+}
+
+/// The JSON of a successful answer, or the typed refusal.
+async fn answer(req: reqwest::RequestBuilder) -> Result<serde_json::Value, ClientError> {
+    let resp = req.send().await.map_err(|e| {
+        if e.is_timeout() {
+            ClientError::Timeout("http")
+        } else {
+            ClientError::Broken(e.to_string())
+        }
+    })?;
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if (200..300).contains(&status) {
+        Ok(body)
+    } else {
+        Err(ClientError::http(status, &body))
+    }
+}

@@ -1,0 +1,618 @@
+//! The high-level API: [`Client::connect`] (a token, or a guest name that gets one), then
+//! [`Client::join`] a room. A [`Room`] drives its connection whenever it is read
+//! ([`Room::next`]): the Ping/Pong clock (a burst of 16, then one every 10 s), the note batches
+//! due, the resume bookkeeping. Requests (chat, settings, crown, moderation) wait for the room's
+//! confirmation or its `Error`, keeping what else arrived meanwhile for `next`. Reconnecting
+//! resumes the place (re-sending what the room did not acknowledge) or joins afresh.
+
+use crate::batch::Batcher;
+use crate::clock::{Clock, now_ms};
+use crate::conn::{Connection, Dial, Event};
+use crate::error::{ClientError, CloseReason};
+use crate::http::{Api, RoomInfo};
+use crate::scheduler::{Scheduled, Scheduler};
+use crate::session::Unacked;
+use piano_core::proto::{self, client_message, note_event, server_message};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long a request waits for the room's answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages kept for `next` while a request waits (a flood beyond it is dropped, counted).
+const MAX_PENDING: usize = 4096;
+
+/// How to authenticate.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// A token (a member's session, a guest token, a bot's).
+    Token(String),
+    /// A guest name: the token comes from `POST /api/auth/guest`.
+    Guest(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// The server's base URL, `http://host:port` (both hosts serve the same API).
+    pub url: String,
+    pub auth: Auth,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JoinOptions {
+    pub password: String,
+    /// The settings of the room if this join creates it.
+    pub settings: Option<proto::UpdateSettings>,
+}
+
+/// An authenticated client of one server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub api: Api,
+    pub token: String,
+}
+
+impl Client {
+    pub async fn connect(opts: ConnectOptions) -> Result<Client, ClientError> {
+        let api = Api::new(&opts.url)?;
+        let token = match opts.auth {
+            Auth::Token(t) => t,
+            Auth::Guest(name) => api.guest_token(&name).await?,
+        };
+        Ok(Client { api, token })
+    }
+
+    /// The room directory (`GET /api/rooms`).
+    pub async fn rooms(&self) -> Result<Vec<RoomInfo>, ClientError> {
+        self.api.rooms().await
+    }
+
+    /// A socket into `room`, welcomed but not joined (enough to ping and to subscribe to the
+    /// room list).
+    pub async fn open(&self, room: &str) -> Result<Room, ClientError> {
+        let conn = Connection::connect(Dial::new(&self.api.ws_url(room, &self.token))).await?;
+        Ok(Room::new(conn))
+    }
+
+    /// Opens a socket into `room` and joins it.
+    pub async fn join(&self, room: &str, opts: JoinOptions) -> Result<Room, ClientError> {
+        let mut r = self.open(room).await?;
+        r.join(opts).await?;
+        Ok(r)
+    }
+}
+
+/// How a reconnect got back in.
+#[derive(Debug)]
+pub enum Reentry {
+    /// The same place: what was missed follows (or a snapshot if it could not be replayed).
+    Resumed(proto::Resumed),
+    /// The place was gone: a fresh join.
+    Rejoined(proto::Joined),
+}
+
+/// One live connection into a room.
+pub struct Room {
+    pub conn: Connection,
+    /// The room as it was at the join (or the resume's snapshot).
+    pub joined: Option<proto::Joined>,
+    pub clock: Clock,
+    pub scheduler: Scheduler,
+    batcher: Batcher,
+    pending: VecDeque<server_message::Msg>,
+    /// Messages dropped from `pending` (a server flooding a waiting request).
+    pub overflowed: u64,
+    next_ping: Instant,
+    join_opts: JoinOptions,
+}
+
+impl Room {
+    pub fn new(conn: Connection) -> Room {
+        Room {
+            conn,
+            joined: None,
+            clock: Clock::default(),
+            scheduler: Scheduler::default(),
+            batcher: Batcher::default(),
+            pending: VecDeque::new(),
+            overflowed: 0,
+            next_ping: Instant::now(),
+            join_opts: JoinOptions::default(),
+        }
+    }
+
+    /// This participant's id.
+    pub fn id(&self) -> &str {
+        self.conn.id()
+    }
+
+    /// Joins (or creates) the room on this socket.
+    pub async fn join(&mut self, opts: JoinOptions) -> Result<&proto::Joined, ClientError> {
+        self.join_opts = opts.clone();
+        let join = proto::Join {
+            password: opts.password,
+            create_settings: opts.settings,
+        };
+        let joined = self
+            .request(client_message::Msg::Join(join), false, |m| match m {
+                server_message::Msg::Joined(j) => Some(Ok(j.clone())),
+                server_message::Msg::JoinFailed(f) => Some(Err(ClientError::from_join_failed(f))),
+                _ => None,
+            })
+            .await??;
+        Ok(self.joined.insert(joined))
+    }
+
+    /// The server's clock now, as estimated (ms).
+    pub fn server_now(&self) -> f64 {
+        self.clock.server_now(now_ms())
+    }
+
+    /// Queues a note event played now; batches go out every 150 ms (or when full).
+    pub async fn send_note(&mut self, kind: note_event::Kind) -> Result<(), ClientError> {
+        self.send_note_at(kind, self.server_now()).await
+    }
+
+    /// Queues a note event at server time `at` (a sequencer placing notes ahead, within a
+    /// second of the batch's first).
+    pub async fn send_note_at(
+        &mut self,
+        kind: note_event::Kind,
+        at: f64,
+    ) -> Result<(), ClientError> {
+        if let Some(batch) = self.batcher.push(kind, at) {
+            self.send_kept(client_message::Msg::Notes(batch)).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the open note batch now.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        if let Some(batch) = self.batcher.take() {
+            self.send_kept(client_message::Msg::Notes(batch)).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a message the room must not lose to a drop: numbered, kept until acknowledged.
+    async fn send_kept(&mut self, msg: client_message::Msg) -> Result<u64, ClientError> {
+        self.conn
+            .send_numbered(msg, now_ms() as u64)
+            .await
+            .map_err(|e| ClientError::Broken(e.to_string()))
+    }
+
+    /// Sends one unnumbered message.
+    pub async fn send(&mut self, msg: client_message::Msg) -> Result<(), ClientError> {
+        self.conn
+            .send(msg)
+            .await
+            .map_err(|e| ClientError::Broken(e.to_string()))
+    }
+
+    /// The local playback times of a received batch.
+    pub fn schedule(&mut self, batch: &proto::NoteBatch) -> Vec<Scheduled> {
+        self.scheduler.schedule(batch, &self.clock, now_ms())
+    }
+
+    /// The next message within `within` (`Ok(None)`: none came), running the pings and the
+    /// note batches due meanwhile. A close or a broken socket is an error (reconnect with
+    /// [`Room::reconnect`] if its reason allows).
+    pub async fn next(
+        &mut self,
+        within: Duration,
+    ) -> Result<Option<server_message::Msg>, ClientError> {
+        if let Some(m) = self.pending.pop_front() {
+            return Ok(Some(m));
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            self.run_timers().await?;
+            let batch_due = self.batcher.due_at().map(|due| {
+                let wait = (due - self.server_now()).max(0.0);
+                Instant::now() + Duration::from_micros((wait * 1000.0) as u64)
+            });
+            let wake = [Some(deadline), Some(self.next_ping), batch_due]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(deadline);
+            match self
+                .conn
+                .next_event(wake.saturating_duration_since(Instant::now()))
+                .await
+            {
+                Some(Event::Msg(m)) => {
+                    self.observe(&m);
+                    return Ok(Some(m));
+                }
+                Some(Event::Closed(f)) => return Err(ClientError::closed(f.as_ref())),
+                Some(Event::Broken(e)) => return Err(ClientError::Broken(e)),
+                None if Instant::now() >= deadline => return Ok(None),
+                None => {}
+            }
+        }
+    }
+
+    /// Keeps the connection going for `d` (pings, batches), keeping what arrives for `next`.
+    pub async fn idle(&mut self, d: Duration) -> Result<(), ClientError> {
+        let deadline = Instant::now() + d;
+        // `next` hands back what is pending first: read past it, keep the rest after it.
+        let kept = std::mem::take(&mut self.pending);
+        let mut meanwhile = Vec::new();
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Ok(Some(m)) if meanwhile.len() < MAX_PENDING => meanwhile.push(m),
+                Ok(Some(_)) => self.overflowed += 1,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        self.pending = kept;
+        for m in meanwhile {
+            self.keep(m);
+        }
+        result
+    }
+
+    fn keep(&mut self, m: server_message::Msg) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            self.overflowed += 1;
+        }
+        self.pending.push_back(m);
+    }
+
+    fn observe(&mut self, m: &server_message::Msg) {
+        match m {
+            server_message::Msg::Pong(p) => self.clock.pong(p.client_time, p.server_time, now_ms()),
+            server_message::Msg::Resumed(r) => {
+                if let Some(s) = &r.snapshot {
+                    self.joined = Some(s.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn run_timers(&mut self) -> Result<(), ClientError> {
+        if Instant::now() >= self.next_ping {
+            let ping = proto::Ping {
+                client_time: now_ms(),
+            };
+            self.send(client_message::Msg::Ping(ping)).await?;
+            self.next_ping = Instant::now() + self.clock.next_ping_in();
+        }
+        if let Some(batch) = self.batcher.take_due(self.server_now()) {
+            self.send_kept(client_message::Msg::Notes(batch)).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `msg` (numbered and kept if `kept`) and waits for the answer `pick` accepts or an
+    /// `Error`, keeping the other messages for `next`.
+    pub async fn request<T>(
+        &mut self,
+        msg: client_message::Msg,
+        kept: bool,
+        pick: impl Fn(&server_message::Msg) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        if kept {
+            self.send_kept(msg).await?;
+        } else {
+            self.send(msg).await?;
+        }
+        self.wait_for(pick).await
+    }
+
+    async fn wait_for<T>(
+        &mut self,
+        pick: impl Fn(&server_message::Msg) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        // `next` hands back what is pending first: read past it, keep the rest after it.
+        let kept = std::mem::take(&mut self.pending);
+        let mut meanwhile = Vec::new();
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Ok(Some(m)) => {
+                    if let Some(t) = pick(&m) {
+                        break Ok(t);
+                    }
+                    if let server_message::Msg::Error(e) = &m {
+                        break Err(ClientError::from_error(e));
+                    }
+                    if meanwhile.len() >= MAX_PENDING {
+                        self.overflowed += 1;
+                    } else {
+                        meanwhile.push(m);
+                    }
+                }
+                Ok(None) => break Err(ClientError::Timeout("the room's answer")),
+                Err(e) => break Err(e),
+            }
+        };
+        self.pending = kept;
+        for m in meanwhile {
+            self.keep(m);
+        }
+        result
+    }
+
+    /// Sends a chat message; the room's echo of it.
+    pub async fn chat(&mut self, text: &str) -> Result<proto::ChatMessage, ClientError> {
+        let me = self.id().to_owned();
+        let want = text.trim().to_owned();
+        let msg = client_message::Msg::Chat(proto::SendChat { text: text.into() });
+        self.request(msg, true, |m| match m {
+            server_message::Msg::Chat(c) if c.participant_id == me && c.text.trim() == want => {
+                Some(c.clone())
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    /// Changes the room's settings; the settings as they are then.
+    pub async fn update_settings(
+        &mut self,
+        s: proto::UpdateSettings,
+    ) -> Result<proto::RoomSettings, ClientError> {
+        self.request(client_message::Msg::UpdateSettings(s), false, |m| match m {
+            server_message::Msg::SettingsChanged(c) => c.settings.clone(),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Changes this participant's profile.
+    pub async fn update_profile(
+        &mut self,
+        p: proto::UpdateProfile,
+    ) -> Result<proto::Participant, ClientError> {
+        let me = self.id().to_owned();
+        self.request(
+            client_message::Msg::UpdateProfile(p),
+            false,
+            move |m| match m {
+                server_message::Msg::ParticipantUpdated(u) => {
+                    u.participant.clone().filter(|p| p.id == me)
+                }
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    async fn crown(
+        &mut self,
+        msg: client_message::Msg,
+        owner: Option<String>,
+    ) -> Result<proto::Ownership, ClientError> {
+        self.request(msg, false, |m| match m {
+            server_message::Msg::OwnerChanged(o) => o
+                .ownership
+                .clone()
+                .filter(|o| owner.as_ref().is_none_or(|want| &o.owner_id == want)),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Hands the crown to `participant_id`.
+    pub async fn transfer_crown(
+        &mut self,
+        participant_id: &str,
+    ) -> Result<proto::Ownership, ClientError> {
+        let msg = client_message::Msg::TransferOwnership(proto::TransferOwnership {
+            participant_id: participant_id.into(),
+        });
+        self.crown(msg, Some(participant_id.into())).await
+    }
+
+    /// Drops the crown.
+    pub async fn drop_crown(&mut self) -> Result<proto::Ownership, ClientError> {
+        self.crown(
+            client_message::Msg::DropOwnership(proto::DropOwnership {}),
+            Some(String::new()),
+        )
+        .await
+    }
+
+    /// Takes a dropped crown.
+    pub async fn claim_crown(&mut self) -> Result<proto::Ownership, ClientError> {
+        let me = self.id().to_owned();
+        self.crown(
+            client_message::Msg::ClaimOwnership(proto::ClaimOwnership {}),
+            Some(me),
+        )
+        .await
+    }
+
+    /// Removes a participant (banned for `ban_ms` if not 0); done once they left.
+    pub async fn kick(&mut self, participant_id: &str, ban_ms: u64) -> Result<(), ClientError> {
+        let who = participant_id.to_owned();
+        let msg = client_message::Msg::Kick(proto::Kick {
+            participant_id: who.clone(),
+            ban_ms,
+        });
+        self.request(msg, false, |m| match m {
+            server_message::Msg::ParticipantLeft(l) if l.participant_id == who => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Mutes (or unmutes) a participant's notes and chat; the participant as it is then.
+    pub async fn mute(
+        &mut self,
+        participant_id: &str,
+        notes: bool,
+        chat: bool,
+    ) -> Result<proto::Participant, ClientError> {
+        let who = participant_id.to_owned();
+        let msg = client_message::Msg::Mute(proto::Mute {
+            participant_id: who.clone(),
+            notes,
+            chat,
+        });
+        self.request(msg, false, |m| match m {
+            server_message::Msg::ParticipantUpdated(u) => {
+                u.participant.clone().filter(|p| p.id == who)
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    /// Lifts a user's ban. The room confirms nothing: a Ping after it fences the answer (an
+    /// `Error` comes before the `Pong`).
+    pub async fn unban(&mut self, user_id: &str) -> Result<(), ClientError> {
+        self.send(client_message::Msg::Unban(proto::Unban {
+            user_id: user_id.into(),
+        }))
+        .await?;
+        let ping = proto::Ping {
+            client_time: now_ms(),
+        };
+        self.request(client_message::Msg::Ping(ping), false, |m| {
+            matches!(m, server_message::Msg::Pong(_)).then_some(())
+        })
+        .await
+    }
+
+    /// Deletes a chat message (own, or any for moderators).
+    pub async fn delete_chat(&mut self, id: u64) -> Result<(), ClientError> {
+        self.request(
+            client_message::Msg::DeleteChat(proto::DeleteChat { id }),
+            false,
+            |m| match m {
+                server_message::Msg::ChatDeleted(d) if d.id == id => Some(()),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Clears the chat (moderators and admins).
+    pub async fn clear_chat(&mut self) -> Result<(), ClientError> {
+        self.request(
+            client_message::Msg::ClearChat(proto::ClearChat {}),
+            false,
+            |m| matches!(m, server_message::Msg::ChatCleared(_)).then_some(()),
+        )
+        .await
+    }
+
+    /// Subscribes to the live room list (allowed before joining); the full list now. The
+    /// changes follow as `RoomListChanged` messages.
+    pub async fn subscribe_rooms(&mut self) -> Result<proto::RoomList, ClientError> {
+        self.request(
+            client_message::Msg::SubscribeRooms(proto::SubscribeRooms {}),
+            false,
+            |m| match m {
+                server_message::Msg::RoomList(l) => Some(l.clone()),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    pub async fn unsubscribe_rooms(&mut self) -> Result<(), ClientError> {
+        self.send(client_message::Msg::UnsubscribeRooms(
+            proto::UnsubscribeRooms {},
+        ))
+        .await
+    }
+
+    /// After a close that allows it (or a broken socket): a new socket, `Resume` (then, in
+    /// order, what the room did not acknowledge), or a fresh `Join` when the place is gone.
+    /// Tries `attempts` times, waiting 250 ms, 500 ms, … up to 4 s between tries.
+    pub async fn reconnect(&mut self, attempts: u32) -> Result<Reentry, ClientError> {
+        let mut wait = Duration::from_millis(250);
+        let mut last = ClientError::Timeout("reconnect");
+        for _ in 0..attempts.max(1) {
+            match self.reenter().await {
+                Ok(r) => return Ok(r),
+                Err(e) if !retryable(&e) => return Err(e),
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(4));
+        }
+        Err(last)
+    }
+
+    async fn reenter(&mut self) -> Result<Reentry, ClientError> {
+        self.conn.cut();
+        self.conn = self.conn.redial().await?;
+        self.next_ping = Instant::now();
+        if self.conn.resume.can_resume() {
+            let resume = self.conn.resume.resume_message();
+            let answer = self
+                .request(client_message::Msg::Resume(resume), false, |m| match m {
+                    server_message::Msg::Resumed(r) => Some(Ok(r.clone())),
+                    server_message::Msg::ResumeFailed(f) => Some(Err(f.clone())),
+                    _ => None,
+                })
+                .await?;
+            if let Ok(resumed) = answer {
+                self.resend().await?;
+                return Ok(Reentry::Resumed(resumed));
+            }
+        }
+        // The place is gone: what already went out may have reached it, so only the rest goes.
+        self.conn.resume.unacked.forget_sent();
+        let joined = self.join(self.join_opts.clone()).await?.clone();
+        self.resend().await?;
+        Ok(Reentry::Rejoined(joined))
+    }
+
+    async fn resend(&mut self) -> Result<(), ClientError> {
+        let now = self.server_now() as u64;
+        let again: Vec<_> = self
+            .conn
+            .resume
+            .unacked
+            .iter()
+            .map(|k| (k.seq, Unacked::resendable(k, now)))
+            .collect();
+        for (seq, msg) in again {
+            if let Some(msg) = msg {
+                self.conn
+                    .send_seq(seq, msg)
+                    .await
+                    .map_err(|e| ClientError::Broken(e.to_string()))?;
+            }
+            self.conn.resume.unacked.mark_sent(seq);
+        }
+        Ok(())
+    }
+
+    /// Flushes the notes and says goodbye (the room frees the place at once).
+    pub async fn close(mut self) {
+        let _ = self.flush().await;
+        self.conn.close().await;
+    }
+}
+
+/// Whether another try may help.
+fn retryable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Closed { reason: None, .. }
+        | ClientError::Broken(_)
+        | ClientError::Timeout(_) => true,
+        ClientError::Closed {
+            reason: Some(r), ..
+        } => r.may_reconnect(),
+        ClientError::Http { status, .. } => *status >= 500 || *status == 429,
+        _ => false,
+    }
+}
+
+/// Whether a close (or failure) leaves the door open to [`Room::reconnect`].
+pub fn may_reconnect(e: &ClientError) -> bool {
+    retryable(e) && e.close_reason() != Some(CloseReason::Normal)
+}
