@@ -26,6 +26,7 @@ mod abuse_directory;
 mod accounts;
 mod analytics;
 mod basics;
+mod bot;
 mod directory;
 mod drifts;
 mod metrics;
@@ -123,6 +124,8 @@ fn trials() -> Vec<Spec> {
     use Host::*;
     vec![
         t!(basics::guest_token_is_an_eddsa_jwt_verifiable_with_the_jwks),
+        t!(bot::bot_plays_and_answers_chat_commands),
+        t!(bot::bot_example_binary_runs_and_stops_on_a_signal),
         t!(basics::guest_token_refuses_bad_names),
         t!(basics::upgrade_refuses_missing_and_bad_tokens),
         t!(basics::upgrade_refuses_bad_room_names_and_plain_requests),

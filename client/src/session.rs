@@ -99,10 +99,7 @@ impl Unacked {
             .events
             .iter()
             .filter(|e| is_release(e))
-            .map(|e| proto::NoteEvent {
-                delay: 0,
-                ..*e
-            })
+            .map(|e| proto::NoteEvent { delay: 0, ..*e })
             .collect();
         (!events.is_empty()).then(|| {
             client_message::Msg::Notes(proto::NoteBatch {
