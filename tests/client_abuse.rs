@@ -1,16 +1,13 @@
-//! The client side of the abuse trials (`tests/abuse*.rs`): sends and reads that report a
-//! closed or reset socket instead of panicking (a flooder is closed under its feet), sockets
-//! with a small receive window (a reader that stops reading), admission outcomes (admitted,
-//! refused before or after the upgrade) and clients of other networks.
+//! The client side of the abuse trials (`tests/abuse*.rs`), on the client crate: sends and
+//! reads that report a closed or reset socket instead of panicking (a flooder is closed under
+//! its feet), sockets with a small receive window (a reader that stops reading), admission
+//! outcomes (admitted, refused before or after the upgrade) and clients of other networks.
 
-use crate::{Client, Event, RECV_TIMEOUT, Refused, refused_upgrade};
-use futures_util::SinkExt;
-use piano_core::proto::{ClientMessage, client_message, server_message};
-use prost::Message as _;
+use crate::{Client, Event, Refused, refused_upgrade};
+use piano_client::{ConnectError, Connection, Dial};
+use piano_core::proto::{client_message, server_message};
 use std::time::Duration;
-use tokio_tungstenite::MaybeTlsStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite;
 
 impl Client {
     /// Connects as a client at address `ip` (another network than the other trials'): the
@@ -20,14 +17,10 @@ impl Client {
         Client::connect(url, &[("cf-connecting-ip", ip), ("x-forwarded-for", ip)]).await
     }
 
-    /// Sends without panicking: a flooder's socket may be closed under it.
+    /// Sends without panicking, even after a close was read: a flooder's socket may be closed
+    /// under it (the send then fails).
     pub async fn try_send(&mut self, msg: client_message::Msg) -> Result<(), tungstenite::Error> {
-        let bytes = ClientMessage {
-            msg: Some(msg),
-            ..Default::default()
-        }
-        .encode_to_vec();
-        self.ws.send(Message::Binary(bytes.into())).await
+        self.conn.try_send(msg).await
     }
 
     /// Reads (handing every message to `seen`) until the server closes the socket or `within`
@@ -53,69 +46,29 @@ impl Client {
     /// Opens a socket like [`Client::connect`], with the client's TCP receive buffer set to
     /// `rcvbuf` bytes (a reader that stops reading then backs up on the server at once).
     pub async fn connect_small_window(url: &str, rcvbuf: u32) -> Client {
-        let rest = url.trim_start_matches("ws://");
-        let host = rest.split('/').next().unwrap_or(rest);
-        let addr: std::net::SocketAddr = host.parse().expect("a loopback ip:port url");
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
-        let stream = socket.connect(addr).await.expect("tcp connect");
-        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
-            .await
-            .expect("websocket handshake");
-        let mut client = Client {
-            ws,
-            welcome: Default::default(),
-            subprotocol: None,
-            resume: crate::Resuming::new(url, &[]),
+        let dial = Dial {
+            rcvbuf: Some(rcvbuf),
+            ..Dial::new(url)
         };
-        match client.recv().await {
-            server_message::Msg::Welcome(w) => client.welcome = w,
-            other => panic!("expected Welcome first, got {other:?}"),
-        }
-        client
+        Client::dial(dial).await.expect("websocket handshake")
     }
 
     /// Connects and reports how the server answered: admitted (a Welcome), refused before the
     /// upgrade (HTTP status and body), or refused after it (the errors sent, then the close).
     pub async fn admission(url: &str) -> Admission {
-        let req = url.into_client_request().expect("valid ws url");
-        let (ws, _) = match tokio_tungstenite::connect_async(req).await {
-            Ok(ok) => ok,
-            Err(tungstenite::Error::Http(resp)) => {
-                let refused = Refused::from_response(&resp);
-                if refused.body.is_null() {
-                    // The WebSocket client stopped reading before the body: ask again as plain
-                    // HTTP (refused again for the same reason; a 101 fails the trial).
-                    return Admission::Refused(refused_upgrade(url, &[]).await);
-                }
-                return Admission::Refused(refused);
+        match Connection::connect(Dial::new(url)).await {
+            Ok(conn) => Admission::Admitted(Box::new(Client { conn })),
+            // The WebSocket client stopped reading before the body: ask again as plain HTTP
+            // (refused again for the same reason; a 101 fails the trial).
+            Err(ConnectError::Refused { body, .. }) if body.is_null() => {
+                Admission::Refused(refused_upgrade(url, &[]).await)
             }
-            Err(e) => return Admission::Failed(e.to_string()),
-        };
-        let mut client = Client {
-            ws,
-            welcome: Default::default(),
-            subprotocol: None,
-            resume: crate::Resuming::new(url, &[]),
-        };
-        let mut errors = Vec::new();
-        loop {
-            match client.next_event(RECV_TIMEOUT).await {
-                Some(Event::Msg(server_message::Msg::Welcome(w))) => {
-                    client.welcome = w;
-                    return Admission::Admitted(Box::new(client));
-                }
-                Some(Event::Msg(server_message::Msg::Error(e))) => errors.push(e.code),
-                Some(Event::Msg(_)) => continue,
-                Some(Event::Closed(f)) => {
-                    return Admission::Closed {
-                        errors,
-                        code: f.map(|f| u16::from(f.code)),
-                    };
-                }
-                Some(Event::Broken(e)) => return Admission::Failed(e),
-                None => return Admission::Failed("no Welcome and no close".into()),
+            Err(ConnectError::Refused { status, body }) => {
+                Admission::Refused(Refused { status, body })
             }
+            Err(ConnectError::Closed { errors, code }) => Admission::Closed { errors, code },
+            Err(ConnectError::NoWelcome) => Admission::Failed("no Welcome and no close".into()),
+            Err(e) => Admission::Failed(e.to_string()),
         }
     }
 }

@@ -4,20 +4,15 @@
 //! ports with its own throw-away signing key and storage, waits until it answers, and always
 //! stops it (the whole process group) when dropped; if the test process dies, the kernel stops
 //! wrangler too (`PR_SET_PDEATHSIG`). Tests talk to it with real clients: reqwest for HTTP and
-//! tokio-tungstenite WebSockets speaking the protobuf protocol from `piano-core`.
+//! the client crate's WebSocket connections (`piano-client`) speaking the protobuf protocol.
 
-use futures_util::{SinkExt, StreamExt};
+use piano_client::{ConnectError, Connection, Dial};
 use piano_core::identity::{Claims, SigningKey};
-use piano_core::proto::{ClientMessage, ServerMessage, client_message, server_message};
-use prost::Message as _;
+use piano_core::proto::{client_message, server_message};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::tungstenite::Message;
 
 pub mod abuse_support;
 mod client_abuse;
@@ -31,7 +26,7 @@ pub mod targets;
 pub use process::{free_port, spawn_guarded, stop_group, wait_for_port};
 
 pub use client_abuse::{Admission, Ending};
-pub use client_resume::Resuming;
+pub use piano_client::Event;
 pub use piano_core::proto;
 
 /// How long any single expected message may take to arrive.
@@ -254,21 +249,6 @@ pub struct Refused {
     pub body: serde_json::Value,
 }
 
-impl Refused {
-    /// The refusal a WebSocket client saw (the body is null if it stopped reading before it).
-    pub fn from_response(resp: &tungstenite::http::Response<Option<Vec<u8>>>) -> Refused {
-        let body = resp
-            .body()
-            .as_deref()
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or(serde_json::Value::Null);
-        Refused {
-            status: resp.status().as_u16(),
-            body,
-        }
-    }
-}
-
 /// Sends a WebSocket upgrade request as plain HTTP and returns the refusal. Used for refusals
 /// because a WebSocket client may stop reading before the error body arrives.
 pub async fn refused_upgrade(url: &str, headers: &[(&str, &str)]) -> Refused {
@@ -290,75 +270,53 @@ pub async fn refused_upgrade(url: &str, headers: &[(&str, &str)]) -> Refused {
     }
 }
 
-/// A player's WebSocket speaking the protobuf protocol.
+/// A player's WebSocket speaking the protobuf protocol: the client crate's [`Connection`]
+/// (socket, framing, bounded waits, resume state; its fields and methods through `Deref`) with
+/// the trials' conveniences, which panic when the server does not do what a step expects.
 pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    pub welcome: proto::Welcome,
-    /// The subprotocol the server selected, if any.
-    pub subprotocol: Option<String>,
-    /// What it needs to resume after a drop (`client_resume.rs`).
-    pub resume: Resuming,
+    pub conn: Connection,
+}
+
+impl std::ops::Deref for Client {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
 }
 
 impl Client {
     /// Opens the socket with extra request headers and reads the Welcome.
     pub async fn connect(url: &str, headers: &[(&str, &str)]) -> Result<Client, Refused> {
-        let mut req = url.into_client_request().expect("valid ws url");
+        let mut dial = Dial::new(url);
         for (k, v) in headers {
-            req.headers_mut().insert(
-                tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
-                v.parse().expect("header value"),
-            );
+            dial = dial.header(k, v);
         }
-        let connecting = tokio::time::timeout(HTTP_TIMEOUT, tokio_tungstenite::connect_async(req));
-        let Ok(connected) = connecting.await else {
-            panic!("websocket connect to {url}: no handshake within {HTTP_TIMEOUT:?}")
-        };
-        let (ws, resp) = match connected {
-            Ok(ok) => ok,
-            Err(tungstenite::Error::Http(resp)) => return Err(Refused::from_response(&resp)),
-            Err(e) => panic!("websocket connect to {url} failed: {e}"),
-        };
-        let subprotocol = resp
-            .headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let mut client = Client {
-            ws,
-            welcome: Default::default(),
-            subprotocol,
-            resume: Resuming::new(url, headers),
-        };
-        match client.recv().await {
-            server_message::Msg::Welcome(w) => client.welcome = w,
-            other => panic!("expected Welcome first, got {other:?}"),
-        }
-        Ok(client)
+        Client::dial(dial).await
     }
 
-    pub fn id(&self) -> &str {
-        self.welcome
-            .you
-            .as_ref()
-            .map(|p| p.id.as_str())
-            .unwrap_or("")
+    /// [`Client::connect`] as `dial` says; a refusal before the upgrade is an `Err`, any other
+    /// failure fails the trial.
+    pub async fn dial(dial: Dial) -> Result<Client, Refused> {
+        let url = dial.url.clone();
+        match Connection::connect(dial).await {
+            Ok(conn) => Ok(Client { conn }),
+            Err(ConnectError::Refused { status, body }) => Err(Refused { status, body }),
+            Err(e) => panic!("websocket connect to {url}: {e}"),
+        }
     }
 
     pub async fn send(&mut self, msg: client_message::Msg) {
-        let bytes = ClientMessage {
-            msg: Some(msg),
-            ..Default::default()
-        }
-        .encode_to_vec();
-        self.send_raw(Message::Binary(bytes.into())).await;
+        self.conn.send(msg).await.expect("websocket send");
     }
 
     pub async fn send_raw(&mut self, msg: Message) {
-        if self.resume.cut {
-            return; // lost with the connection
-        }
-        self.ws.send(msg).await.expect("websocket send");
+        self.conn.send_raw(msg).await.expect("websocket send");
     }
 
     /// The next protocol message (WebSocket pings are answered by tungstenite and skipped).
@@ -368,44 +326,6 @@ impl Client {
             Some(Event::Closed(c)) => panic!("socket closed while waiting for a message: {c:?}"),
             Some(Event::Broken(e)) => panic!("socket broke while waiting for a message: {e}"),
             None => panic!("no message within {RECV_TIMEOUT:?}"),
-        }
-    }
-
-    /// Waits up to `within` for the next event; `None` when nothing came. A transport error (a
-    /// reset after the server closed, a server that died) is an event, not a panic: a flooder
-    /// is closed under its feet, a replica may be killed on purpose.
-    pub async fn next_event(&mut self, within: Duration) -> Option<Event> {
-        if self.resume.cut {
-            return Some(Event::Closed(None));
-        }
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()?;
-            match next {
-                Some(Ok(Message::Binary(b))) => {
-                    let msg =
-                        ServerMessage::decode(&b[..]).expect("server sent a valid ServerMessage");
-                    let body = msg.msg.expect("server message has a body");
-                    self.resume.saw(msg.seq, &body);
-                    return Some(Event::Msg(body));
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    self.resume.cut = true;
-                    return Some(Event::Closed(frame));
-                }
-                Some(Ok(Message::Text(t))) => panic!("server sent a text frame: {t}"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => {
-                    self.resume.cut = true;
-                    return Some(Event::Broken(e.to_string()));
-                }
-                None => {
-                    self.resume.cut = true;
-                    return Some(Event::Closed(None));
-                }
-            }
         }
     }
 
@@ -472,30 +392,10 @@ impl Client {
         }
     }
 
-    pub async fn close(mut self) {
-        // 1000: a goodbye (without a code the room would keep the place for a resume).
-        let _ = self
-            .ws
-            .close(Some(CloseFrame {
-                code: tungstenite::protocol::frame::coding::CloseCode::Normal,
-                reason: "".into(),
-            }))
-            .await;
-        // Drain until the server's close arrives, so the room sees a clean disconnect.
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(_)) = self.ws.next().await {}
-        })
-        .await;
+    /// A goodbye (1000), then the server's close (at most 2 s).
+    pub async fn close(self) {
+        self.conn.close().await;
     }
-}
-
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // test-only, short-lived values
-pub enum Event {
-    Msg(server_message::Msg),
-    Closed(Option<CloseFrame>),
-    /// The connection failed without a close (reset, or the server died).
-    Broken(String),
 }
 
 /// A one-note batch stamped now.

@@ -257,6 +257,17 @@ impl Connection {
         self.send_raw(Message::Binary(bytes.into())).await
     }
 
+    /// Sends `msg` unnumbered even after a close was read (a flooder closed under its feet:
+    /// the send then fails).
+    pub async fn try_send(&mut self, msg: client_message::Msg) -> Result<(), tungstenite::Error> {
+        let bytes = ClientMessage {
+            msg: Some(msg),
+            seq: 0,
+        }
+        .encode_to_vec();
+        self.ws.send(Message::Binary(bytes.into())).await
+    }
+
     /// Sends `msg` unnumbered.
     pub async fn send(&mut self, msg: client_message::Msg) -> Result<(), tungstenite::Error> {
         self.send_seq(0, msg).await
