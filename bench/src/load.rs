@@ -1,9 +1,11 @@
-//! The fan-out load: clients, their send schedule, and what they measure.
+//! The fan-out load: clients, their send schedule, and what they measure. The protobuf
+//! clients join and frame their messages through the client crate (`piano-client`), then drive
+//! the socket themselves (a timed sender and a reader per socket; the baseline and MPP clients
+//! share that path, so every server is measured by the same client).
 
 use futures_util::{SinkExt, StreamExt};
-use piano_core::proto::{
-    self, ClientMessage, ServerMessage, client_message, note_event, server_message,
-};
+use piano_client::conn::{Connection, Dial, decode, frame};
+use piano_core::proto::{self, ClientMessage, client_message, note_event, server_message};
 use prost::Message as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -155,9 +157,11 @@ pub(crate) fn identify(b: &proto::NoteBatch) -> Option<(usize, u32)> {
 type Sent = Arc<Mutex<HashMap<(usize, usize, u32), Instant>>>;
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Join-or-create a room of `capacity` and wait for Joined (Welcome comes first); `None` when
-/// the room refused or the socket ended.
-async fn join(ws: &mut Ws, capacity: u32) -> Option<()> {
+/// Join-or-create a room of `capacity` on an upgraded socket, through the client crate (the
+/// Welcome, then Joined, at most [`JOIN_WITHIN`]); `None` when the room refused, the socket
+/// ended or the time passed.
+async fn join(ws: Ws, capacity: u32) -> Option<Ws> {
+    let mut conn = Connection::adopt(ws, Dial::default());
     let settings = proto::UpdateSettings {
         max_players: Some(capacity),
         ..Default::default()
@@ -166,24 +170,12 @@ async fn join(ws: &mut Ws, capacity: u32) -> Option<()> {
         password: String::new(),
         create_settings: Some(settings),
     };
-    let join = ClientMessage {
-        msg: Some(client_message::Msg::Join(join)),
-        ..Default::default()
-    };
-    ws.send(Message::Binary(join.encode_to_vec().into()))
-        .await
-        .ok()?;
-    loop {
-        let Message::Binary(b) = ws.next().await?.ok()? else {
-            continue;
-        };
-        match ServerMessage::decode(&b[..]).ok().and_then(|m| m.msg) {
-            Some(server_message::Msg::Joined(_)) => return Some(()),
-            Some(server_message::Msg::JoinFailed(_)) => return None,
-            _ => {}
-        }
-    }
+    conn.join(join, JOIN_WITHIN).await?.ok()?;
+    Some(conn.into_ws())
 }
+
+/// The longest a join may take (a saturated server answers late, not never).
+const JOIN_WITHIN: Duration = Duration::from_secs(60);
 
 /// MPP's `hi` and `ch`, and the `ch` answer that says we are in.
 async fn enter_mpp(ws: &mut Ws, room: &str, token: Option<&str>, capacity: u32) -> Option<()> {
@@ -216,20 +208,37 @@ async fn wait_text(ws: &mut Ws, done: impl Fn(&str) -> bool) -> Option<()> {
         .flatten()
 }
 
-/// A protobuf client joined to the room of `url` (the wake scenario's players).
-pub(crate) async fn connect_joined(url: &str) -> Ws {
-    let mut ws = connect(url, Wire::Protobuf, 0).await;
-    join(&mut ws, 99).await.expect("bench client joins");
-    ws
+/// A protobuf client joined to the room of `url` (the wake scenario's players): the client
+/// crate's connection, which sends nothing by itself (no pings: an idle room may hibernate).
+pub(crate) async fn connect_joined(url: &str) -> Connection {
+    let mut conn = Connection::connect(Dial::new(url))
+        .await
+        .expect("bench client connects");
+    let join = proto::Join {
+        password: String::new(),
+        create_settings: Some(proto::UpdateSettings {
+            max_players: Some(99),
+            ..Default::default()
+        }),
+    };
+    let joined = conn.join(join, JOIN_WITHIN).await;
+    assert!(
+        matches!(joined, Some(Ok(_))),
+        "bench client joins: {joined:?}"
+    );
+    conn
 }
 
 /// Gets a connected client into its room as `enter` says; `None` when the room refused or the
 /// socket ended.
-async fn enter(ws: &mut Ws, enter: &Enter, capacity: u32) -> Option<()> {
+async fn enter(mut ws: Ws, enter: &Enter, capacity: u32) -> Option<Ws> {
     match enter {
-        Enter::Connected => Some(()),
+        Enter::Connected => Some(ws),
         Enter::Join => join(ws, capacity).await,
-        Enter::Mpp { room, token } => enter_mpp(ws, room, token.as_deref(), capacity).await,
+        Enter::Mpp { room, token } => {
+            enter_mpp(&mut ws, room, token.as_deref(), capacity).await?;
+            Some(ws)
+        }
     }
 }
 
@@ -275,9 +284,9 @@ pub async fn run(load: &Load, endpoint: impl Fn(usize, usize) -> Endpoint, wire:
     for room in 0..load.rooms {
         for player in 0..load.players {
             let Endpoint { url, enter: how } = endpoint(room, player);
-            let mut ws = connect(&url, wire, room * load.players + player).await;
+            let ws = connect(&url, wire, room * load.players + player).await;
             server &= !matches!(how, Enter::Connected);
-            enter(&mut ws, &how, capacity)
+            let ws = enter(ws, &how, capacity)
                 .await
                 .expect("bench client enters its room");
             sockets.push((room, player, ws));
@@ -311,14 +320,7 @@ pub async fn run(load: &Load, endpoint: impl Fn(usize, usize) -> Endpoint, wire:
             while Instant::now() < deadline {
                 tick.tick().await;
                 let frame = match wire {
-                    Wire::Protobuf => Message::Binary(
-                        ClientMessage {
-                            msg: Some(client_message::Msg::Notes(batch(player, seq))),
-                            ..Default::default()
-                        }
-                        .encode_to_vec()
-                        .into(),
-                    ),
+                    Wire::Protobuf => frame(client_message::Msg::Notes(batch(player, seq)), 0),
                     Wire::Mpp => Message::Text(crate::mpp_wire::batch(player, seq).into()),
                 };
                 if let Ok(mut s) = sent_w.lock() {
@@ -376,12 +378,10 @@ pub async fn run(load: &Load, endpoint: impl Fn(usize, usize) -> Endpoint, wire:
 fn batches_in(msg: &Message, server: bool) -> Vec<(usize, u32)> {
     let notes = match msg {
         Message::Text(t) => return crate::mpp_wire::identify(t),
-        Message::Binary(b) if server => {
-            match ServerMessage::decode(&b[..]).ok().and_then(|m| m.msg) {
-                Some(server_message::Msg::Notes(n)) => n,
-                _ => return Vec::new(),
-            }
-        }
+        Message::Binary(_) if server => match decode(msg).and_then(|m| m.msg) {
+            Some(server_message::Msg::Notes(n)) => n,
+            _ => return Vec::new(),
+        },
         Message::Binary(b) => match ClientMessage::decode(&b[..]).ok().and_then(|m| m.msg) {
             Some(client_message::Msg::Notes(n)) => n,
             _ => return Vec::new(),
@@ -410,9 +410,9 @@ pub async fn join_storm(
         let Endpoint { url, enter: how } = endpoint(i / 50, i % 50);
         tasks.push(tokio::spawn(async move {
             let t0 = Instant::now();
-            let mut ws = connect_as(&url, wire, i).await?;
+            let ws = connect_as(&url, wire, i).await?;
             let open = t0.elapsed().as_micros() as u64;
-            enter(&mut ws, &how, 99).await?;
+            let ws = enter(ws, &how, 99).await?;
             Some((t0.elapsed().as_micros() as u64, open, ws))
         }));
     }
@@ -550,9 +550,8 @@ pub async fn connections(
                 let lean = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
                     .read_buffer_size(4096)
                     .write_buffer_size(0);
-                let mut ws = connect_from(source, &url, Some(lean)).await?;
-                enter(&mut ws, &how, 50).await?;
-                Some(ws)
+                let ws = connect_from(source, &url, Some(lean)).await?;
+                enter(ws, &how, 50).await
             }
             .await;
             drop(permit);

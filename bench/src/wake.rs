@@ -8,12 +8,10 @@
 //! (the edge; the fallback never evicts a room with players, so its rows are the warm path
 //! twice). Rooms are woken one after another so the wakes do not queue behind each other.
 
-use crate::load::{self, Ws};
-use futures_util::{SinkExt, StreamExt};
-use piano_core::proto::{ClientMessage, ServerMessage, client_message, server_message};
-use prost::Message as _;
+use crate::load;
+use piano_client::{Connection, Event};
+use piano_core::proto::{client_message, server_message};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
 
 /// What one target measured.
 #[derive(Debug, Default)]
@@ -41,26 +39,20 @@ fn ms_summary(us: &[u64]) -> serde_json::Value {
 }
 
 /// Sends batch `seq` from `from` and waits until `to` has it: the time in microseconds.
-async fn relay_time(from: &mut Ws, to: &mut Ws, seq: u32) -> Option<u64> {
-    let frame = ClientMessage {
-        msg: Some(client_message::Msg::Notes(load::batch(0, seq))),
-        ..Default::default()
-    }
-    .encode_to_vec();
+async fn relay_time(from: &mut Connection, to: &mut Connection, seq: u32) -> Option<u64> {
     let sent = Instant::now();
-    from.send(Message::Binary(frame.into())).await.ok()?;
+    from.send(client_message::Msg::Notes(load::batch(0, seq)))
+        .await
+        .ok()?;
     let deadline = sent + Duration::from_secs(30);
     loop {
-        let msg = tokio::time::timeout_at(deadline.into(), to.next())
-            .await
-            .ok()??
-            .ok()?;
-        let Message::Binary(b) = msg else { continue };
-        if let Some(server_message::Msg::Notes(n)) =
-            ServerMessage::decode(&b[..]).ok().and_then(|m| m.msg)
-            && load::identify(&n) == Some((0, seq))
-        {
-            return Some(sent.elapsed().as_micros() as u64);
+        let left = deadline.saturating_duration_since(Instant::now());
+        match to.next_event(left).await? {
+            Event::Msg(server_message::Msg::Notes(n)) if load::identify(&n) == Some((0, seq)) => {
+                return Some(sent.elapsed().as_micros() as u64);
+            }
+            Event::Msg(_) => continue,
+            _ => return None,
         }
     }
 }
@@ -108,9 +100,12 @@ pub async fn run(
                 let until = tokio::time::Instant::now() + idle;
                 let _ = tokio::time::timeout_at(until, async {
                     loop {
+                        let ended = |e: Option<Event>| {
+                            matches!(e, Some(Event::Closed(_) | Event::Broken(_)))
+                        };
                         tokio::select! {
-                            m = a.next() => if m.is_none() { break },
-                            m = b.next() => if m.is_none() { break },
+                            e = a.next_event(idle) => if ended(e) { break },
+                            e = b.next_event(idle) => if ended(e) { break },
                         }
                     }
                 })
@@ -134,9 +129,9 @@ pub async fn run(
             out.evicted += 1;
         }
     }
-    for (mut a, mut b) in pairs {
-        let _ = a.close(None).await;
-        let _ = b.close(None).await;
+    for (a, b) in pairs {
+        a.close().await;
+        b.close().await;
     }
     out
 }

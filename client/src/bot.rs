@@ -68,7 +68,7 @@ pub async fn run(
     let mut report = BotReport::default();
     play_phrase(&mut room).await?;
     report.phrases += 1;
-    let deadline = Instant::now() + opts.limit;
+    let deadline = crate::conn::deadline_in(opts.limit);
     tokio::pin!(stop);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

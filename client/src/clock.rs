@@ -67,6 +67,11 @@ impl Clock {
         server_ms - self.offset
     }
 
+    /// A new socket: the next pings are a burst again.
+    pub fn restart_burst(&mut self) {
+        self.pings = 0;
+    }
+
     /// Counts a ping sent and says how long to wait before the next one: the burst's pace for
     /// the first [`CLOCK_SAMPLES`], then the steady beat.
     pub fn next_ping_in(&mut self) -> Duration {

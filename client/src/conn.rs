@@ -113,7 +113,8 @@ impl Dial {
         }
         let handshake = async {
             match self.rcvbuf {
-                None => tokio_tungstenite::connect_async(req).await,
+                // No Nagle: notes are small frames that must leave at once.
+                None => tokio_tungstenite::connect_async_with_config(req, None, true).await,
                 Some(size) => {
                     let host = req
                         .uri()
@@ -131,6 +132,7 @@ impl Dial {
                     };
                     socket.set_recv_buffer_size(size)?;
                     let stream = socket.connect(addr).await?;
+                    stream.set_nodelay(true)?;
                     tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)).await
                 }
             }
@@ -157,6 +159,31 @@ impl Dial {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         Ok((ws, subprotocol))
+    }
+}
+
+/// `within` from now (a day at most: `Duration::MAX` means "no hurry", not an overflow).
+pub fn deadline_in(within: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + within.min(Duration::from_secs(86_400))
+}
+
+/// One `ClientMessage` as the binary frame that carries it.
+pub fn frame(msg: client_message::Msg, seq: u64) -> Message {
+    Message::Binary(
+        ClientMessage {
+            msg: Some(msg),
+            seq,
+        }
+        .encode_to_vec()
+        .into(),
+    )
+}
+
+/// The `ServerMessage` a frame carries; `None` for anything else (other frames, garbage).
+pub fn decode(frame: &Message) -> Option<ServerMessage> {
+    match frame {
+        Message::Binary(b) => ServerMessage::decode(&b[..]).ok(),
+        _ => None,
     }
 }
 
@@ -212,6 +239,44 @@ impl Connection {
         })
     }
 
+    /// A socket upgraded elsewhere (the load generator binds its own source addresses and
+    /// buffers), nothing read from it yet.
+    pub fn adopt(ws: Ws, dial: Dial) -> Connection {
+        Connection {
+            ws,
+            welcome: Default::default(),
+            subprotocol: None,
+            resume: Session::default(),
+            dial,
+            gone: false,
+        }
+    }
+
+    /// The socket itself, for a driver that splits it (the load generator's timed senders).
+    pub fn into_ws(self) -> Ws {
+        self.ws
+    }
+
+    /// Sends `join` and waits up to `within` for the answer, skipping other messages; `None`
+    /// when the socket ended or nothing came.
+    pub async fn join(
+        &mut self,
+        join: proto::Join,
+        within: Duration,
+    ) -> Option<Result<proto::Joined, proto::JoinFailed>> {
+        self.send(client_message::Msg::Join(join)).await.ok()?;
+        let deadline = deadline_in(within);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await? {
+                Event::Msg(server_message::Msg::Joined(j)) => return Some(Ok(j)),
+                Event::Msg(server_message::Msg::JoinFailed(f)) => return Some(Err(f)),
+                Event::Msg(_) => continue,
+                _ => return None,
+            }
+        }
+    }
+
     /// A new socket like this one, carrying this connection's resume state (the old socket is
     /// left as it is: a half-open connection the server may not know is gone).
     pub async fn redial(&self) -> Result<Connection, ConnectError> {
@@ -249,23 +314,13 @@ impl Connection {
         seq: u64,
         msg: client_message::Msg,
     ) -> Result<(), tungstenite::Error> {
-        let bytes = ClientMessage {
-            msg: Some(msg),
-            seq,
-        }
-        .encode_to_vec();
-        self.send_raw(Message::Binary(bytes.into())).await
+        self.send_raw(frame(msg, seq)).await
     }
 
     /// Sends `msg` unnumbered even after a close was read (a flooder closed under its feet:
     /// the send then fails).
     pub async fn try_send(&mut self, msg: client_message::Msg) -> Result<(), tungstenite::Error> {
-        let bytes = ClientMessage {
-            msg: Some(msg),
-            seq: 0,
-        }
-        .encode_to_vec();
-        self.ws.send(Message::Binary(bytes.into())).await
+        self.ws.send(frame(msg, 0)).await
     }
 
     /// Sends `msg` unnumbered.
@@ -294,7 +349,7 @@ impl Connection {
         if self.gone {
             return Some(Event::Closed(None));
         }
-        let deadline = tokio::time::Instant::now() + within;
+        let deadline = deadline_in(within);
         loop {
             let next = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
@@ -372,7 +427,7 @@ impl Connection {
     ) -> Option<Result<proto::Resumed, proto::ResumeFailed>> {
         let resume = self.resume.resume_message();
         self.send(client_message::Msg::Resume(resume)).await.ok()?;
-        let deadline = tokio::time::Instant::now() + within;
+        let deadline = deadline_in(within);
         let answer = loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_event(left).await? {

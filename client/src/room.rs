@@ -102,6 +102,8 @@ pub struct Room {
     pending: VecDeque<server_message::Msg>,
     /// Messages dropped from `pending` (a server flooding a waiting request).
     pub overflowed: u64,
+    /// Numbered messages sent again after resumes and rejoins.
+    pub resent: u64,
     next_ping: Instant,
     join_opts: JoinOptions,
 }
@@ -116,6 +118,7 @@ impl Room {
             batcher: Batcher::default(),
             pending: VecDeque::new(),
             overflowed: 0,
+            resent: 0,
             next_ping: Instant::now(),
             join_opts: JoinOptions::default(),
         }
@@ -174,8 +177,9 @@ impl Room {
         Ok(())
     }
 
-    /// Sends a message the room must not lose to a drop: numbered, kept until acknowledged.
-    async fn send_kept(&mut self, msg: client_message::Msg) -> Result<u64, ClientError> {
+    /// Sends a message the room must not lose to a drop (note batches, chat): numbered, kept
+    /// until acknowledged, re-sent after a resume; lost with a dead socket until then.
+    pub async fn send_kept(&mut self, msg: client_message::Msg) -> Result<u64, ClientError> {
         self.conn
             .send_numbered(msg, now_ms() as u64)
             .await
@@ -205,11 +209,11 @@ impl Room {
         if let Some(m) = self.pending.pop_front() {
             return Ok(Some(m));
         }
-        let deadline = Instant::now() + within;
+        let deadline = crate::conn::deadline_in(within);
         loop {
             self.run_timers().await?;
             let batch_due = self.batcher.due_at().map(|due| {
-                let wait = (due - self.server_now()).max(0.0);
+                let wait = (due - self.server_now()).clamp(0.0, 60_000.0);
                 Instant::now() + Duration::from_micros((wait * 1000.0) as u64)
             });
             let wake = [Some(deadline), Some(self.next_ping), batch_due]
@@ -236,7 +240,7 @@ impl Room {
 
     /// Keeps the connection going for `d` (pings, batches), keeping what arrives for `next`.
     pub async fn idle(&mut self, d: Duration) -> Result<(), ClientError> {
-        let deadline = Instant::now() + d;
+        let deadline = crate::conn::deadline_in(d);
         // `next` hands back what is pending first: read past it, keep the rest after it.
         let kept = std::mem::take(&mut self.pending);
         let mut meanwhile = Vec::new();
@@ -548,7 +552,9 @@ impl Room {
     async fn reenter(&mut self) -> Result<Reentry, ClientError> {
         self.conn.cut();
         self.conn = self.conn.redial().await?;
+        // A new socket: a new burst of pings, as at the first open.
         self.next_ping = Instant::now();
+        self.clock.restart_burst();
         if self.conn.resume.can_resume() {
             let resume = self.conn.resume.resume_message();
             let answer = self
@@ -585,6 +591,7 @@ impl Room {
                     .send_seq(seq, msg)
                     .await
                     .map_err(|e| ClientError::Broken(e.to_string()))?;
+                self.resent += 1;
             }
             self.conn.resume.unacked.mark_sent(seq);
         }
