@@ -27,6 +27,7 @@ mod accounts;
 mod analytics;
 mod basics;
 mod bot;
+mod client_api;
 mod directory;
 mod drifts;
 mod metrics;
@@ -126,6 +127,8 @@ fn trials() -> Vec<Spec> {
         t!(basics::guest_token_is_an_eddsa_jwt_verifiable_with_the_jwks),
         t!(bot::bot_plays_and_answers_chat_commands),
         t!(bot::bot_example_binary_runs_and_stops_on_a_signal),
+        t!(client_api::client_crate_requests_get_typed_answers),
+        t!(client_api::client_crate_reconnects_and_resends_what_the_cut_lost),
         t!(basics::guest_token_refuses_bad_names),
         t!(basics::upgrade_refuses_missing_and_bad_tokens),
         t!(basics::upgrade_refuses_bad_room_names_and_plain_requests),
