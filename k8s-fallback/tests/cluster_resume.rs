@@ -23,7 +23,7 @@ async fn connect(url: &str) -> Client {
 
 /// Resumes through `url` (the room may be moving: retried until `within`).
 async fn resume_through(c: &mut Client, url: &str, within: Duration) -> proto::Resumed {
-    c.resume.url = url.to_owned();
+    c.conn.dial.url = url.to_owned();
     let deadline = Instant::now() + within;
     loop {
         if let Some(answer) = c.try_resume().await {
@@ -36,7 +36,7 @@ async fn resume_through(c: &mut Client, url: &str, within: Duration) -> proto::R
 
 /// Reads (and drops) what arrives until `until` or the socket ends.
 async fn pump(c: &mut Client, until: tokio::time::Instant) {
-    while !c.resume.cut {
+    while !c.is_gone() {
         let left = until.saturating_duration_since(tokio::time::Instant::now());
         if c.next_event(left).await.is_none() {
             return;
@@ -151,7 +151,7 @@ async fn players_resume_through_kill_9_of_the_lease_holder_and_no_batch_is_lost(
         for i in 0..BATCHES {
             performer.send_numbered(note_on(FIRST + i, 90)).await;
             pump(&mut performer, tokio::time::Instant::now() + EVERY).await;
-            if performer.resume.cut {
+            if performer.is_gone() {
                 let r = resume_through(&mut performer, &url_b, Duration::from_secs(30)).await;
                 eprintln!("performer resumed: {r:?}");
                 resumes += 1;
@@ -165,7 +165,7 @@ async fn players_resume_through_kill_9_of_the_lease_holder_and_no_batch_is_lost(
                 .send(client_message::Msg::Ping(proto::Ping { client_time: 1.0 }))
                 .await;
             pump(&mut performer, tokio::time::Instant::now() + EVERY * 4).await;
-            if performer.resume.cut {
+            if performer.is_gone() {
                 resume_through(&mut performer, &url_b, Duration::from_secs(30)).await;
                 resumes += 1;
             }
