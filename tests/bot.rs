@@ -42,6 +42,17 @@ async fn hears_phrase(listener: &mut Client, bot: &str) {
     assert_eq!(heard, PHRASE.to_vec(), "the phrase, with its timing");
 }
 
+/// Waits for the bot to leave, then leaves.
+async fn leaves(mut listener: Client, bot: &str) {
+    listener
+        .recv_matching(|m| match m {
+            Msg::ParticipantLeft(l) if l.participant_id == bot => Some(()),
+            _ => None,
+        })
+        .await;
+    listener.close().await;
+}
+
 /// Says `command` in the chat.
 async fn say(listener: &mut Client, command: &str) {
     listener
@@ -96,13 +107,7 @@ pub async fn bot_plays_and_answers_chat_commands(s: &Server) {
             reconnects: 0
         }
     );
-    listener
-        .recv_matching(|m| match m {
-            Msg::ParticipantLeft(l) if l.participant_id == bot => Some(()),
-            _ => None,
-        })
-        .await;
-    listener.close().await;
+    leaves(listener, &bot).await;
 }
 
 pub async fn bot_example_binary_runs_and_stops_on_a_signal(s: &Server) {
@@ -129,11 +134,5 @@ pub async fn bot_example_binary_runs_and_stops_on_a_signal(s: &Server) {
     assert!(out.status.success(), "{:?}", out.status);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("phrases: 1, answered: 1"), "{stdout}");
-    listener
-        .recv_matching(|m| match m {
-            Msg::ParticipantLeft(l) if l.participant_id == bot => Some(()),
-            _ => None,
-        })
-        .await;
-    listener.close().await;
+    leaves(listener, &bot).await;
 }

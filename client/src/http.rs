@@ -2,25 +2,12 @@
 //! (`GET /api/rooms`). Every request is bounded; errors carry the JSON error code.
 
 use crate::error::ClientError;
-use serde::Deserialize;
+/// One room as `GET /api/rooms` lists it (the server's own type).
+pub use piano_core::listing::Summary;
 use std::time::Duration;
 
 /// The longest one HTTP exchange may take.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One room as `GET /api/rooms` lists it.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct RoomInfo {
-    pub name: String,
-    pub players: u32,
-    pub capacity: u32,
-    pub visible: bool,
-    pub locked: bool,
-    pub owner_name: String,
-    pub kind: String,
-    pub last_activity: u64,
-}
 
 /// The server's REST API at a base URL (`http://host:port`).
 #[derive(Debug, Clone)]
@@ -71,7 +58,7 @@ impl Api {
     }
 
     /// The visible, non-empty rooms, most players first.
-    pub async fn rooms(&self) -> Result<Vec<RoomInfo>, ClientError> {
+    pub async fn rooms(&self) -> Result<Vec<Summary>, ClientError> {
         let body = answer(self.http.get(format!("{}/api/rooms", self.base))).await?;
         serde_json::from_value(body)
             .map_err(|e| ClientError::Broken(format!("GET /api/rooms: {e}")))

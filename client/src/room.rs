@@ -9,7 +9,7 @@ use crate::batch::Batcher;
 use crate::clock::{Clock, now_ms};
 use crate::conn::{Connection, Dial, Event};
 use crate::error::{ClientError, CloseReason};
-use crate::http::{Api, RoomInfo};
+use crate::http::{Api, Summary};
 use crate::scheduler::{Scheduled, Scheduler};
 use crate::session::Unacked;
 use piano_core::proto::{self, client_message, note_event, server_message};
@@ -63,7 +63,7 @@ impl Client {
     }
 
     /// The room directory (`GET /api/rooms`).
-    pub async fn rooms(&self) -> Result<Vec<RoomInfo>, ClientError> {
+    pub async fn rooms(&self) -> Result<Vec<Summary>, ClientError> {
         self.api.rooms().await
     }
 
@@ -345,15 +345,13 @@ impl Room {
         result
     }
 
-    /// Sends a chat message; the room's echo of it.
+    /// Sends a chat message; the room's echo of it (the text as the room kept it: trimmed,
+    /// maybe filtered).
     pub async fn chat(&mut self, text: &str) -> Result<proto::ChatMessage, ClientError> {
         let me = self.id().to_owned();
-        let want = text.trim().to_owned();
         let msg = client_message::Msg::Chat(proto::SendChat { text: text.into() });
         self.request(msg, true, |m| match m {
-            server_message::Msg::Chat(c) if c.participant_id == me && c.text.trim() == want => {
-                Some(c.clone())
-            }
+            server_message::Msg::Chat(c) if c.participant_id == me => Some(c.clone()),
             _ => None,
         })
         .await
