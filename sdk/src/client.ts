@@ -262,7 +262,9 @@ export class PianoClient {
   /** Sends `msg` followed by a Ping: the room answers a connection's messages in order, so an
    * Error before that Pong is this call's refusal, and the Pong without one its success. */
   private request(msg: ClientMsg, kept = false): Promise<void> {
-    if (!this.you || !this.participants.size || this.status !== "open") {
+    // While reconnecting, a kept message waits for the resume (then its Ping goes: statusChanged).
+    const waits = kept && this.status === "reconnecting";
+    if (!this.participants.size || (this.status !== "open" && !waits)) {
       return Promise.reject(new PianoError("NOT_CONNECTED", "not in a room", "state"));
     }
     // A unique client time (sub-millisecond apart) that the Pong echoes.
@@ -275,7 +277,7 @@ export class PianoClient {
       this.pending.push({ barrier, kept, resolve, reject, timer });
       if (kept) this.conn.sendKept(msg);
       else this.conn.send(msg);
-      this.conn.send({ case: "ping", value: { clientTime: barrier } });
+      if (!waits) this.conn.send({ case: "ping", value: { clientTime: barrier } });
     });
   }
 

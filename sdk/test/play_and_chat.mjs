@@ -53,8 +53,10 @@ for (const { scheduled } of batches) {
     assert.ok(e.at >= scheduled.receivedAt - 100 && e.at <= scheduled.receivedAt + 2000, `scheduled ${e.at - scheduled.receivedAt} ms after arrival`);
   }
 }
+// Both clocks estimate the same server clock (on this machine), so the first note plays the
+// buffer after Alice pressed it, within the estimates' error.
 const first = ons[0].at;
-assert.ok(Math.abs(first - (started + bob.scheduler.latencyMs)) < 1000, `first note at +${first - started} ms`);
+assert.ok(Math.abs(first - (started + bob.scheduler.latencyMs)) < 100, `first note at +${first - started} ms, buffer ${bob.scheduler.latencyMs} ms`);
 
 // Chat both ways; the sender's call resolves once the room took it.
 const aliceHears = alice.next("chat", (m) => m.text === "hello from Bob");
