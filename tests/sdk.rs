@@ -6,19 +6,21 @@
 use crate::*;
 use std::time::Duration;
 
-/// Runs `sdk/test/<script> <base url>` in node; fails with its output unless it exits 0.
-async fn run_sdk_script(script: &str, s: &Server) {
+/// Runs `node <script> <args>` from the repository root; fails with its output unless it exits 0
+/// within `limit`. The SDK's and the browser's trials are such scripts.
+pub async fn run_node_script(script: &std::path::Path, args: &[&std::ffi::OsStr], limit: Duration) {
+    let name = script.display();
     let out = tokio::time::timeout(
-        Duration::from_secs(120),
+        limit,
         tokio::process::Command::new("node")
-            .arg(repo_root().join("sdk/test").join(script))
-            .arg(s.http(""))
+            .arg(script)
+            .args(args)
             .current_dir(repo_root())
             .kill_on_drop(true)
             .output(),
     )
     .await
-    .unwrap_or_else(|_| panic!("{script} finishes within 2 minutes"))
+    .unwrap_or_else(|_| panic!("{name} finishes within {limit:?}"))
     .expect("run node");
     let text = format!(
         "{}{}",
@@ -26,7 +28,14 @@ async fn run_sdk_script(script: &str, s: &Server) {
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("{text}");
-    assert!(out.status.success(), "SDK test {script} failed:\n{text}");
+    assert!(out.status.success(), "{name} failed:\n{text}");
+}
+
+/// Runs `sdk/test/<script> <base url>`.
+async fn run_sdk_script(script: &str, s: &Server) {
+    let base = s.http("");
+    let path = repo_root().join("sdk/test").join(script);
+    run_node_script(&path, &[base.as_ref()], Duration::from_secs(120)).await;
 }
 
 /// Two SDK clients: notes arrive batched with the sender's timing and scheduled playback
