@@ -317,6 +317,12 @@ impl Room {
     /// kept for suspended connections once none is left.
     pub(super) fn session_gone(&mut self, conn: ConnId, out: &mut Out) {
         out.push(Effect::Keep(Keep::SessionGone(conn)));
+        self.stop_keeping_if_unneeded(out);
+    }
+
+    /// Entries are kept for suspended connections only (short of `Always`): with none left the
+    /// host forgets them.
+    fn stop_keeping_if_unneeded(&mut self, out: &mut Out) {
         if self.keeping && self.durability != ReplayDurability::Always && !self.any_suspended() {
             self.keeping = false;
             out.push(Effect::Keep(Keep::ReplayClear));
@@ -458,10 +464,7 @@ impl Room {
             let quota = self.members[m].quota.to_proto(now);
             out.push(send_one(conn, S::Quota(quota)));
         }
-        if !self.any_suspended() && self.keeping && self.durability != ReplayDurability::Always {
-            self.keeping = false;
-            out.push(Effect::Keep(Keep::ReplayClear));
-        }
+        self.stop_keeping_if_unneeded(out);
     }
 
     /// The records of kept sessions whose sockets were lost with the room's memory and whose
