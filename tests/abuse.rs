@@ -532,7 +532,7 @@ pub async fn password_guessing_is_slowed_per_user_and_room(s: &Server) {
 /// A new member's access token.
 async fn register(s: &Server, tag: &str) -> String {
     let username = unique(tag);
-    let resp = reqwest::Client::new()
+    let resp = crate::http()
         .post(s.http("/api/auth/register"))
         .json(&serde_json::json!({"username": username, "password": "member password"}))
         .send()

@@ -80,7 +80,7 @@ pub async fn role_change_closes_open_sockets_4002(s: &Server) {
     let (access, _, username) = member(s, "promo").await;
     let mut c = joined_socket(s, &unique("promoted"), &access).await;
     let admin = s.admin_token().await;
-    let resp = reqwest::Client::new()
+    let resp = crate::http()
         .post(s.http(&format!("/api/admin/users/user:{username}/roles")))
         .bearer_auth(admin)
         .json(&serde_json::json!({"add": ["moderator"]}))
@@ -122,7 +122,7 @@ pub async fn refresh_and_logout_need_the_secret(s: &Server) {
             .await;
         assert_eq!(status, 401, "{path} with a wrong secret: {body}");
     }
-    let me = reqwest::Client::new()
+    let me = crate::http()
         .get(s.http("/api/users/me"))
         .bearer_auth(&access)
         .send()
@@ -215,7 +215,7 @@ pub async fn oversized_auth_bodies_are_refused_while_streaming(s: &Server) {
             let status = if chunked || s.host != Host::Edge {
                 status_of_partial_post(s, path, chunked, 16 * 1024).await
             } else {
-                let resp = reqwest::Client::new()
+                let resp = crate::http()
                     .post(s.http(path))
                     .header("content-type", "application/json")
                     .body(vec![b' '; 64 * 1024])
@@ -241,7 +241,7 @@ pub async fn oversized_auth_bodies_are_refused_while_streaming(s: &Server) {
 /// meets a restart, not a POST.
 async fn settle_after_restart(s: &Server) {
     for _ in 0..40 {
-        let guest = reqwest::Client::new()
+        let guest = crate::http()
             .post(s.http("/api/auth/guest"))
             .json(&serde_json::json!({"name": "Settle"}))
             .send()
@@ -290,7 +290,7 @@ pub async fn reserved_admin_names_need_the_bootstrap_secret(s: &Server) {
         ("Reserved-Admin", None),
         ("reserved-admin", Some("not the secret")),
     ] {
-        let mut req = reqwest::Client::new()
+        let mut req = crate::http()
             .post(s.http("/api/auth/register"))
             .json(&serde_json::json!({"username": name, "password": "i am admin now"}));
         if let Some(secret) = secret {
@@ -307,7 +307,7 @@ pub async fn reserved_admin_names_need_the_bootstrap_secret(s: &Server) {
     }
     // With the secret, the listed name registers, as an admin (this trial is the only one
     // that uses reserved-admin; the suite's shared admin is root-admin).
-    let resp = reqwest::Client::new()
+    let resp = crate::http()
         .post(s.http("/api/auth/register"))
         .header("x-admin-bootstrap", ADMIN_BOOTSTRAP_SECRET)
         .json(&serde_json::json!({"username": "Reserved-Admin", "password": "i am admin now"}))
@@ -352,7 +352,7 @@ fn assert_security_headers(what: &str, resp: &reqwest::Response) {
 
 /// Security headers on every kind of response, and CORS only for the configured origin.
 pub async fn every_response_carries_security_headers_and_cors_is_closed(s: &Server) {
-    let http = reqwest::Client::new();
+    let http = crate::http();
     let page = http.get(s.http("/")).send().await.expect("GET /");
     assert_eq!(page.status(), 200);
     assert_security_headers("the web client", &page);

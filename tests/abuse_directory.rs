@@ -151,7 +151,7 @@ pub async fn settings_toggles_reach_subscribers_coalesced(s: &Server) {
 /// first says `x-piano-cache: hit`.
 pub async fn room_list_reads_are_cached(s: &Server) {
     let get = || async {
-        let r = reqwest::get(s.http("/api/rooms"))
+        let r = crate::get(s.http("/api/rooms"))
             .await
             .expect("GET /api/rooms");
         assert_eq!(r.status(), 200);
@@ -227,7 +227,7 @@ pub async fn probes_and_anonymous_reads_create_no_storage(s: &Server) {
     // The control: a configured room and a registered account have storage, and the trial
     // sees it appear.
     let before = storage(s, &all_rooms, &users);
-    let reg = reqwest::Client::new()
+    let reg = crate::http()
         .post(s.http("/api/auth/register"))
         .json(&serde_json::json!({"username": member, "password": "control pass"}))
         .send()
@@ -270,7 +270,7 @@ pub async fn probes_and_anonymous_reads_create_no_storage(s: &Server) {
         c.close().await;
     }
     for user in users.iter().filter(|u| !u.ends_with(&member)) {
-        let r = reqwest::get(s.http(&format!("/api/users/{user}")))
+        let r = crate::get(s.http(&format!("/api/users/{user}")))
             .await
             .expect("GET user");
         assert_eq!(r.status(), 404, "{user}");
@@ -281,7 +281,7 @@ pub async fn probes_and_anonymous_reads_create_no_storage(s: &Server) {
     visitor.close().await;
     // Room reads last (GETs: wrangler dev retries them should the worker restart).
     for room in probes.iter().chain([&fresh]) {
-        let info = reqwest::get(s.http(&format!(
+        let info = crate::get(s.http(&format!(
             "/api/rooms/{}",
             piano_core::names::percent_encode(room)
         )))
@@ -330,7 +330,7 @@ pub async fn lookalike_room_names_are_refused(s: &Server) {
             "{name:?}: {}",
             r.body
         );
-        let info = reqwest::get(s.http(&format!(
+        let info = crate::get(s.http(&format!(
             "/api/rooms/{}",
             piano_core::names::percent_encode(name)
         )))

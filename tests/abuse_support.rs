@@ -99,7 +99,7 @@ impl Server {
     /// raced to register it could each find it neither free nor there yet), then logged in.
     pub async fn admin_token(&self) -> String {
         let body = serde_json::json!({"username": "root-admin", "password": "admin password"});
-        let client = reqwest::Client::new();
+        let client = crate::http();
         self.admin_registered
             .get_or_init(|| async {
                 let resp = client

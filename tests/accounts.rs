@@ -4,7 +4,7 @@
 use crate::*;
 
 fn client() -> reqwest::Client {
-    reqwest::Client::new()
+    crate::http()
 }
 
 async fn me(s: &Server, token: &str) -> (u16, serde_json::Value) {

@@ -176,7 +176,7 @@ pub async fn the_http_sink_receives_a_sessions_events(target: &Server) {
             piano_core::names::percent_encode(m)
         ));
         async move {
-            let body: serde_json::Value = reqwest::get(url).await.ok()?.json().await.ok()?;
+            let body: serde_json::Value = crate::get(url).await.ok()?.json().await.ok()?;
             (body["notes_played"] == 3).then_some(body)
         }
     })
@@ -188,7 +188,7 @@ pub async fn the_http_sink_receives_a_sessions_events(target: &Server) {
         "/api/users/{}/stats",
         piano_core::names::percent_encode(&g)
     ));
-    let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let body: serde_json::Value = crate::get(url).await.unwrap().json().await.unwrap();
     assert_eq!(body["notes_played"], 0, "a guest keeps nothing: {body}");
     assert_eq!(body["joins"], 0, "a guest keeps nothing: {body}");
 

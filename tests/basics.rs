@@ -8,10 +8,6 @@ use piano_core::identity::Verifier;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-fn http() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
 async fn json_of(resp: reqwest::Response) -> (u16, serde_json::Value) {
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))

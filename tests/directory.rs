@@ -6,7 +6,7 @@ use e2e_tests::proto::{self, client_message as cm, server_message::Msg};
 use std::time::{Duration, Instant};
 
 async fn list(s: &Server) -> (Vec<serde_json::Value>, Option<String>) {
-    let resp = reqwest::get(s.http("/api/rooms"))
+    let resp = crate::get(s.http("/api/rooms"))
         .await
         .expect("GET /api/rooms");
     assert_eq!(resp.status(), 200);
@@ -190,7 +190,7 @@ async fn hears_nothing_of(c: &mut Client, room: &str, within: Duration) {
 }
 
 pub async fn thirty_one_players_overflow_into_lobby_2(s: &Server) {
-    let client = reqwest::Client::new();
+    let client = crate::http();
     let mut tokens = Vec::new();
     for i in 0..31 {
         tokens.push(s.sign(&s.claims(&format!("guest:lobbyist-{i}"), &format!("L{i}"))));

@@ -14,9 +14,11 @@
 
 use e2e_tests::*;
 use libtest_mimic::{Arguments, Failed, Trial};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 mod abuse;
 mod abuse_accounts;
@@ -302,7 +304,21 @@ fn target(host: Host) -> &'static Target {
     })
 }
 
+/// The most one trial may run (its gate's wait not counted): a hang fails that trial with the
+/// server's log instead of stalling the suite until CI kills it. `E2E_TRIAL_LIMIT_SECS` sets it.
+fn trial_limit() -> Duration {
+    std::env::var("E2E_TRIAL_LIMIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(480))
+}
+
+/// The trials running now and since when, for the watchdog's reports.
+static RUNNING: Mutex<BTreeMap<String, Instant>> = Mutex::new(BTreeMap::new());
+
 fn run_on(host: Host, spec: Spec) -> Result<(), Failed> {
+    let name = format!("{}::{}", tag(host), spec.name);
     let target = target(host);
     // A failed trial poisons the locks it held; the next one proceeds all the same.
     let _shared;
@@ -315,12 +331,73 @@ fn run_on(host: Host, spec: Spec) -> Result<(), Failed> {
     let _one = spec
         .one_at_a_time
         .then(|| ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner()));
-    tokio::runtime::Builder::new_current_thread()
+    let limit = trial_limit();
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failed::from(format!("runtime: {e}")))?
-        .block_on((spec.run)(&target.server));
-    Ok(())
+        .map_err(|e| Failed::from(format!("runtime: {e}")))?;
+    running(&name, true);
+    // On a thread of its own: a trial stuck in a blocking call is given up on (and leaked)
+    // rather than holding this worker, its gate and the suite.
+    let (done, finished) = std::sync::mpsc::channel();
+    let trial = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                runtime.block_on(async {
+                    tokio::time::timeout(limit, (spec.run)(&target.server)).await
+                })
+            }));
+            let _ = done.send(outcome);
+        })
+        .map_err(|e| Failed::from(format!("trial thread: {e}")))?;
+    let outcome = finished.recv_timeout(limit + Duration::from_secs(30));
+    running(&name, false);
+    let stuck = |how: &str| {
+        Failed::from(format!(
+            "{name} {how} within {limit:?}; the server's logs:\n{}",
+            target.server.log_tail(40)
+        ))
+    };
+    match outcome {
+        Ok(Ok(Ok(()))) => {
+            let _ = trial.join();
+            Ok(())
+        }
+        Ok(Ok(Err(_elapsed))) => Err(stuck("did not finish")),
+        // The trial's own panic, reported as libtest would.
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => Err(stuck("is stuck in a blocking call, not finished")),
+    }
+}
+
+fn running(name: &str, started: bool) {
+    let mut now = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+    match started {
+        true => now.insert(name.to_owned(), Instant::now()),
+        false => now.remove(name),
+    };
+}
+
+/// Every minute, names the trials that have run for over two: when something hangs, the log
+/// says what.
+fn watchdog() {
+    let _ = std::thread::Builder::new()
+        .name("e2e-watchdog".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+                let now = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+                let slow: Vec<String> = now
+                    .iter()
+                    .filter(|(_, since)| since.elapsed() > Duration::from_secs(120))
+                    .map(|(name, since)| format!("{name} ({}s)", since.elapsed().as_secs()))
+                    .collect();
+                if !slow.is_empty() {
+                    eprintln!("e2e: still running: {}", slow.join(", "));
+                }
+            }
+        });
 }
 
 fn main() {
@@ -329,6 +406,7 @@ fn main() {
     // without starving the servers themselves.
     args.test_threads = args.test_threads.or(Some(2 * ALL.len()));
     let specs = trials();
+    watchdog();
     let mut shared = Vec::new();
     let mut alone = Vec::new();
     // Trial by trial, target by target: the targets' work interleaves from the start.

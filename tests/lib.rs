@@ -37,6 +37,28 @@ pub use piano_core::proto;
 /// How long any single expected message may take to arrive.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest any one HTTP exchange or WebSocket handshake of a trial may take: a server
+/// that never answers fails the trial instead of stalling the suite.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP client every trial uses (`tests/clippy.toml` forbids the unbounded defaults).
+pub fn http() -> reqwest::Client {
+    http_builder().build().expect("http client")
+}
+
+/// [`http`]'s settings, for a client that needs more (no redirects, say).
+#[allow(clippy::disallowed_methods)] // the one place the builder is made, with its bounds
+pub fn http_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+}
+
+/// `GET url` with [`http`].
+pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http().get(url).send().await
+}
+
 /// Both hosts start with these: `ADMIN_USERNAMES` (`reserved-admin` is never registered with
 /// the bootstrap secret, so its refusal can be tried at any time), the secret that lets the
 /// suite register `root-admin`, and the one origin CORS allows.
@@ -172,7 +194,7 @@ impl Server {
         path: &str,
         body: serde_json::Value,
     ) -> (u16, Option<String>, serde_json::Value) {
-        let resp = reqwest::Client::new()
+        let resp = crate::http()
             .post(self.http(path))
             .json(&body)
             .send()
@@ -189,7 +211,7 @@ impl Server {
 
     /// A guest token from the real endpoint.
     pub async fn guest_token(&self, name: &str) -> String {
-        let resp = reqwest::Client::new()
+        let resp = crate::http()
             .post(self.http("/api/auth/guest"))
             .json(&serde_json::json!({ "name": name }))
             .send()
@@ -250,7 +272,7 @@ impl Refused {
 /// Sends a WebSocket upgrade request as plain HTTP and returns the refusal. Used for refusals
 /// because a WebSocket client may stop reading before the error body arrives.
 pub async fn refused_upgrade(url: &str, headers: &[(&str, &str)]) -> Refused {
-    let mut req = ::reqwest::Client::new()
+    let mut req = crate::http()
         .get(url.replacen("ws://", "http://", 1))
         .header("upgrade", "websocket")
         .header("connection", "Upgrade")
@@ -288,7 +310,11 @@ impl Client {
                 v.parse().expect("header value"),
             );
         }
-        let (ws, resp) = match tokio_tungstenite::connect_async(req).await {
+        let connecting = tokio::time::timeout(HTTP_TIMEOUT, tokio_tungstenite::connect_async(req));
+        let Ok(connected) = connecting.await else {
+            panic!("websocket connect to {url}: no handshake within {HTTP_TIMEOUT:?}")
+        };
+        let (ws, resp) = match connected {
             Ok(ok) => ok,
             Err(tungstenite::Error::Http(resp)) => return Err(Refused::from_response(&resp)),
             Err(e) => panic!("websocket connect to {url} failed: {e}"),

@@ -25,7 +25,7 @@ fn own_server(target: &Server) -> Server {
 }
 
 pub(crate) async fn scrape(s: &Server, token: Option<&str>) -> (u16, String) {
-    let mut req = reqwest::Client::new().get(s.http("/metrics"));
+    let mut req = crate::http().get(s.http("/metrics"));
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -150,9 +150,7 @@ pub async fn metrics_count_what_a_session_did(target: &Server) {
 
     // The status: public, every component named, nothing degraded on a server without
     // backends; and the page that renders it.
-    let resp = reqwest::get(s.http("/api/status"))
-        .await
-        .expect("GET status");
+    let resp = crate::get(s.http("/api/status")).await.expect("GET status");
     assert_eq!(resp.status(), 200);
     assert!(
         resp.headers()["cache-control"]
@@ -169,14 +167,10 @@ pub async fn metrics_count_what_a_session_did(target: &Server) {
     for c in ["mongodb", "redis"] {
         assert_eq!(status[c]["state"], "off", "{status}");
     }
-    let page = reqwest::get(s.http("/status.html"))
-        .await
-        .expect("GET page");
+    let page = crate::get(s.http("/status.html")).await.expect("GET page");
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap_or_default().contains("/status.js"));
-    let script = reqwest::get(s.http("/status.js"))
-        .await
-        .expect("GET script");
+    let script = crate::get(s.http("/status.js")).await.expect("GET script");
     assert_eq!(script.status(), 200);
     assert!(
         script

@@ -212,7 +212,7 @@ pub async fn members_link_and_unlink_providers(s: &Server) {
 
     // Unlink: gone; again: not linked. Without a token: refused.
     let unlink = |token: String| async move {
-        let mut req = http().delete(s.http("/api/auth/identities/discord"));
+        let mut req = http_no_redirects().delete(s.http("/api/auth/identities/discord"));
         if !token.is_empty() {
             req = req.bearer_auth(token);
         }
@@ -236,7 +236,7 @@ pub async fn members_link_and_unlink_providers(s: &Server) {
     assert_eq!(ids["identities"].as_array().map(Vec::len), Some(1), "{ids}");
 
     // Linking needs a member's token.
-    let resp = http()
+    let resp = http_no_redirects()
         .post(s.http("/api/auth/oauth/discord/link"))
         .send()
         .await
@@ -287,7 +287,7 @@ async fn login_at(
     body: serde_json::Value,
     origin: Option<String>,
 ) -> Answer {
-    let mut req = http().post(s.http(path)).json(&body);
+    let mut req = http_no_redirects().post(s.http(path)).json(&body);
     if let Some(o) = origin {
         req = req.header("origin", o);
     }
@@ -348,7 +348,7 @@ pub async fn password_login_with_cookie_true_gives_cookies_not_a_refresh_token(s
         .as_str()
         .expect("refresh_token")
         .to_owned();
-    let resp = http()
+    let resp = http_no_redirects()
         .post(s.http("/api/auth/refresh"))
         .header("cookie", session.cookie_header())
         .json(&serde_json::json!({"refresh_token": refresh}))

@@ -87,7 +87,7 @@ pub async fn forged_replayed_and_cookieless_callbacks_sign_no_one_in(s: &Server)
 
     // No such provider; and a browser (no JSON asked) gets the page saying what happened.
     let a = Answer::of(
-        http()
+        http_no_redirects()
             .get(s.http("/api/auth/oauth/nosuch/start"))
             .header("accept", "application/json")
             .send()
@@ -98,7 +98,7 @@ pub async fn forged_replayed_and_cookieless_callbacks_sign_no_one_in(s: &Server)
     a.assert_refused(404, "unknown_provider", "unknown provider");
     let (jar, back) = discord_flow(s).await;
     let page = Answer::of(
-        http()
+        http_no_redirects()
             .get(set_param(&back, "state", "x"))
             .header("cookie", jar.header())
             .header("accept", "text/html")
@@ -157,7 +157,7 @@ pub async fn id_tokens_that_break_a_rule_are_refused(s: &Server) {
 }
 
 pub async fn return_to_must_be_a_path_on_this_site(s: &Server) {
-    let client = http();
+    let client = http_no_redirects();
     // Raw query values (as an attacker writes them into a link).
     for raw in [
         "%2F%2Fevil.example",

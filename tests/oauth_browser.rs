@@ -122,7 +122,7 @@ fn record(msg: server_message::Msg, users: &mut HashMap<String, String>, heard: 
 }
 
 async fn get_json(url: &str) -> (u16, serde_json::Value) {
-    let resp = reqwest::get(url).await.expect("GET");
+    let resp = crate::get(url).await.expect("GET");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }

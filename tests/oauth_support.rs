@@ -8,8 +8,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use sha2::Digest;
 use std::collections::BTreeMap;
 
-pub(crate) fn http() -> reqwest::Client {
-    reqwest::Client::builder()
+pub(crate) fn http_no_redirects() -> reqwest::Client {
+    crate::http_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("http client")
@@ -160,7 +160,7 @@ pub(crate) fn with_query(url: &str, extra: &str) -> String {
 
 /// `GET /api/auth/oauth/{provider}/start`: the provider's address and the flow cookie.
 pub(crate) async fn start(s: &Server, provider: &str, return_to: &str) -> (Jar, String) {
-    let resp = http()
+    let resp = http_no_redirects()
         .get(s.http(&format!("/api/auth/oauth/{provider}/start")))
         .query(&[("return_to", return_to)])
         .send()
@@ -184,7 +184,7 @@ pub(crate) async fn start(s: &Server, provider: &str, return_to: &str) -> (Jar, 
 /// `POST /api/auth/oauth/{provider}/link` as the member: the provider's address and the flow
 /// cookie.
 pub(crate) async fn start_link(s: &Server, provider: &str, access: &str) -> (Jar, String) {
-    let resp = http()
+    let resp = http_no_redirects()
         .post(s.http(&format!("/api/auth/oauth/{provider}/link")))
         .query(&[("return_to", "/settings")])
         .bearer_auth(access)
@@ -211,7 +211,7 @@ pub(crate) async fn start_link(s: &Server, provider: &str, access: &str) -> (Jar
 /// provider, `login` is the name typed into its login form (then consent). Returns the
 /// provider's redirect back to our server's callback.
 pub(crate) async fn at_provider(s: &Server, url: &str, login: &str) -> String {
-    let client = http();
+    let client = http_no_redirects();
     let mut jar = Jar::default();
     let mut next = url.to_owned();
     let mut form: Option<Vec<(&str, String)>> = None;
@@ -261,7 +261,7 @@ pub(crate) async fn at_provider(s: &Server, url: &str, login: &str) -> String {
 
 /// `GET` the callback with the flow cookie of `jar` (the answer in JSON when it is an error).
 pub(crate) async fn callback(url: &str, jar: &Jar) -> Answer {
-    let resp = http()
+    let resp = http_no_redirects()
         .get(url)
         .header("cookie", jar.header())
         .header("accept", "application/json")
@@ -327,7 +327,7 @@ impl Session {
         csrf: Option<&str>,
         fetch_site: Option<&str>,
     ) -> Answer {
-        let mut req = http()
+        let mut req = http_no_redirects()
             .post(s.http(path))
             .header("cookie", self.cookie_header());
         for (name, value) in [
@@ -388,7 +388,7 @@ pub(crate) async fn sign_in(s: &Server, provider: &str, extra: &str, login: &str
 
 /// `GET path` with a bearer token: status and JSON.
 pub(crate) async fn get_as(s: &Server, path: &str, access: &str) -> (u16, serde_json::Value) {
-    let resp = http()
+    let resp = http_no_redirects()
         .get(s.http(path))
         .bearer_auth(access)
         .send()

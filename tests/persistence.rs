@@ -253,7 +253,7 @@ use serde_json::Value;
 use std::time::Instant;
 
 async fn post_json(s: &Server, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-    let mut req = reqwest::Client::new().post(s.http(path)).json(&body);
+    let mut req = crate::http().post(s.http(path)).json(&body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -263,17 +263,13 @@ async fn post_json(s: &Server, path: &str, token: Option<&str>, body: Value) -> 
 }
 
 async fn get_json(s: &Server, path: &str) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .get(s.http(path))
-        .send()
-        .await
-        .expect("GET");
+    let resp = crate::http().get(s.http(path)).send().await.expect("GET");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or_default())
 }
 
 async fn put_me(s: &Server, token: &str, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
+    let resp = crate::http()
         .put(s.http("/api/users/me"))
         .bearer_auth(token)
         .json(&body)
@@ -298,7 +294,7 @@ async fn register(s: &Server, name: &str) -> Value {
 
 /// `GET /api/status`'s answer.
 async fn status_of(s: &Server) -> Option<Value> {
-    reqwest::get(s.http("/api/status"))
+    crate::get(s.http("/api/status"))
         .await
         .ok()?
         .json()
@@ -736,7 +732,7 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none(_target: &S
         c.roles = vec!["admin".into()];
         c
     });
-    let resp = reqwest::Client::new()
+    let resp = crate::http()
         .get(s.http(&format!("/api/admin/rooms/{room}/outbox")))
         .bearer_auth(&admin)
         .send()
@@ -754,7 +750,7 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none(_target: &S
     // A registration cannot check the shared accounts now: refused, not guessed (it could
     // take a name another deployment gave out).
     let newcomer = unique("newcomer");
-    let resp = reqwest::Client::new()
+    let resp = crate::http()
         .post(s.http("/api/auth/register"))
         .json(&json!({"username": newcomer, "password": "correct horse"}))
         .send()
@@ -799,7 +795,7 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none(_target: &S
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     if Instant::now() >= deadline {
-        let status = reqwest::Client::new()
+        let status = crate::http()
             .get(s.http(&format!("/api/admin/rooms/{room}/outbox")))
             .bearer_auth(&admin)
             .send()
@@ -892,7 +888,7 @@ pub async fn an_outage_of_both_backends_delays_writes_and_loses_none(_target: &S
         "the room's outbox empty",
         Duration::from_secs(60),
         || async {
-            let v: Value = reqwest::Client::new()
+            let v: Value = crate::http()
                 .get(s.http(&format!("/api/admin/rooms/{room}/outbox")))
                 .bearer_auth(&admin)
                 .send()

@@ -35,7 +35,7 @@ fn hs256(header: &serde_json::Value, claims: &serde_json::Value, secret: &[u8]) 
 
 /// Status of `GET /api/users/me` with this token.
 async fn rest_status(s: &Server, token: &str) -> (u16, serde_json::Value) {
-    let resp = reqwest::Client::new()
+    let resp = crate::http()
         .get(s.http("/api/users/me"))
         .bearer_auth(token)
         .send()
@@ -166,15 +166,13 @@ pub async fn rfc8725_bad_tokens_are_refused_at_rest_and_websocket(s: &Server) {
     .await
     .expect("valid token");
     // No token at all.
-    let resp = reqwest::get(s.http("/api/users/me")).await.unwrap();
+    let resp = crate::get(s.http("/api/users/me")).await.unwrap();
     assert_eq!(resp.status(), 401);
 }
 
 pub async fn rotated_keys_verify_while_listed_and_are_published(s: &Server) {
     let (status, jwks): (u16, serde_json::Value) = {
-        let resp = reqwest::get(s.http("/.well-known/jwks.json"))
-            .await
-            .unwrap();
+        let resp = crate::get(s.http("/.well-known/jwks.json")).await.unwrap();
         (resp.status().as_u16(), resp.json().await.unwrap())
     };
     assert_eq!(status, 200);
