@@ -46,7 +46,7 @@ const [{ bannedUntil }] = await kickedMsg;
 assert.ok(bannedUntil > 0n, "the kick says until when");
 await until("Second is gone", () => !owner.participants.has(second.you.id));
 const banned = await rejectsWith(second.join(room, { password }), "BANNED", "joinFailed");
-assert.ok(banned.retryAfterMs > 50_000 && banned.retryAfterMs <= 60_000, `ban ends in ${banned.retryAfterMs} ms`);
+assert.ok(banned.retryAfterMs > 0 && banned.retryAfterMs <= 60_000, `ban ends in ${banned.retryAfterMs} ms`);
 
 // Unbanned, Second gets back in; the crown moves to it.
 await owner.unban(second.you.userId);
