@@ -155,6 +155,7 @@ fn trials() -> Vec<Spec> {
         t!(sdk::sdk_follows_the_room_directory),
         t!(sdk::sdk_resumes_after_a_dropped_connection),
         t!(sdk::sdk_example_bot_plays_and_answers_chat),
+        t!(sdk::sdk_runs_in_the_browser).one_at_a_time(),
         t!(room_features::profiles_and_cursors_are_validated_and_broadcast),
         t!(room_features::notes_quota_black_midi_and_owner_only_play),
         t!(room_features::chat_history_typing_rate_limit_and_welcome),

@@ -67,3 +67,9 @@ pub async fn sdk_resumes_after_a_dropped_connection(s: &Server) {
 pub async fn sdk_example_bot_plays_and_answers_chat(s: &Server) {
     run_sdk_script("bot.mjs", s).await;
 }
+
+/// The SDK in Chromium: the built package bundled for the page, two clients on the browser's
+/// own WebSocket and fetch (sdk/test/browser.mjs).
+pub async fn sdk_runs_in_the_browser(s: &Server) {
+    run_sdk_script("browser.mjs", s).await;
+}
