@@ -2,6 +2,8 @@
 // playback of everyone's notes with their timing, participants, chat, owner controls, quota.
 
 import { create } from "@bufbuild/protobuf";
+// The protocol's types and the connection, clock and playback schedule are the SDK's (sdk/):
+// one copy for the page and every other client; this file is the UI.
 import {
   ErrorCode,
   JoinFailure,
@@ -16,13 +18,15 @@ import {
   type RoomSettings,
   type RoomSummary,
   type UpdateSettings,
-} from "../../sdk/src/gen/pianorhythm/v1/room_pb.js";
+  Connection,
+  Scheduler,
+  type ClientMsg,
+  type ServerMsg,
+  type Status,
+} from "../../sdk/src/index.js";
 import { openAccount, showProviders } from "./account";
 import { freshToken, me, restore, session, signIn } from "./auth";
 import { $, el } from "./dom";
-// The connection, clock and playback schedule are the SDK's (sdk/): one copy for the page and
-// every other client; this file is the UI.
-import { Connection, Scheduler, type ClientMsg, type ServerMsg, type Status } from "../../sdk/src/index.js";
 import { Piano, noteName } from "./piano";
 import { Synth } from "./synth";
 
