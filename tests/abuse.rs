@@ -670,6 +670,29 @@ pub async fn a_reader_that_never_reads_is_closed_1013(s: &Server) {
     assert_eq!(ending, Ending::Closed(close::TRY_AGAIN_LATER));
 }
 
+/// The senders stream full batches (10/s each, reading what comes back) until `stop`.
+async fn stream_until(senders: &mut [Client], stop: &Cell<bool>) {
+    let runs = senders.iter_mut().map(|p| async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round = 0;
+        while !stop.get() {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let _ = p.try_send(big_batch(round)).await;
+                    round += 1;
+                }
+                e = p.next_event(Duration::from_secs(1)) => {
+                    if let Some(Event::Closed(f)) = e {
+                        panic!("a sender who reads was closed: {f:?}");
+                    }
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(runs).await;
+}
+
 /// Graceful overload at the edge (issue 16): a listener that reads but says nothing has its
 /// note batches skipped once it has been sent half of the slow-reader bound (the Room object
 /// cannot see a socket's backlog; a word back is its proof of reading), is not closed, and
@@ -685,27 +708,7 @@ pub async fn a_silent_listener_at_the_edge_skips_notes_and_is_told(s: &Server) {
     // Senders stream full batches (10/s each) while the listener reads, silent, until it has
     // been sent half a MiB and then nothing for 3 s: skipped from there on.
     let stop = Cell::new(false);
-    let runs = senders.iter_mut().map(|p| {
-        let stop = &stop;
-        async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut round = 0;
-            while !stop.get() {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let _ = p.try_send(big_batch(round)).await;
-                        round += 1;
-                    }
-                    e = p.next_event(Duration::from_secs(1)) => {
-                        if let Some(Event::Closed(f)) = e {
-                            panic!("a sender who reads was closed: {f:?}");
-                        }
-                    }
-                }
-            }
-        }
-    });
+    let runs = stream_until(&mut senders, &stop);
     let listen = async {
         let (mut bytes, mut batches) = (0usize, 0usize);
         let started = Instant::now();
@@ -732,7 +735,7 @@ pub async fn a_silent_listener_at_the_edge_skips_notes_and_is_told(s: &Server) {
         stop.set(true);
         (bytes, batches)
     };
-    let ((bytes, batches), _) = tokio::join!(listen, futures_util::future::join_all(runs));
+    let ((bytes, batches), _) = tokio::join!(listen, runs);
     eprintln!("silent listener: {batches} batches, {bytes} bytes before they were skipped");
     assert!(batches > 0, "it heard the room at first");
     // One batch may pass the mark.
@@ -756,4 +759,50 @@ pub async fn a_silent_listener_at_the_edge_skips_notes_and_is_told(s: &Server) {
     quiet
         .recv_matching(|m| matches!(m, Msg::Notes(_)).then_some(()))
         .await;
+}
+
+/// The client crate's `Room` proves it reads, as the web client does (a ping after every
+/// `ACK_EVERY_BYTES` it reads): at the edge such a listener, silent otherwise, keeps hearing
+/// the stream well past the mark where a silent one is skipped (the trial above), past its
+/// first burst of clock pings too.
+pub async fn a_crate_listener_at_the_edge_acknowledges_what_it_reads(s: &Server) {
+    // Four times the mark where a silent listener is skipped (half of SLOW_READER_BYTES).
+    const ENOUGH: usize = 4 * 512 * 1024;
+    let room = unique("crate-listener");
+    let mut senders = black_midi_senders(s, &room).await;
+    let api = piano_client::Client::connect(piano_client::ConnectOptions {
+        url: s.http(""),
+        auth: piano_client::Auth::Guest("Reader".into()),
+    })
+    .await
+    .expect("a guest");
+    let mut reader = api
+        .join(&room, piano_client::JoinOptions::default())
+        .await
+        .expect("join");
+    let stop = Cell::new(false);
+    let listen = async {
+        let (mut bytes, started) = (0usize, Instant::now());
+        while bytes < ENOUGH {
+            match reader.next(Duration::from_secs(3)).await {
+                Ok(Some(Msg::FellBehind(f))) => panic!("skipped after {bytes} bytes: {f:?}"),
+                Ok(Some(m)) => {
+                    let m = proto::ServerMessage {
+                        msg: Some(m),
+                        ..Default::default()
+                    };
+                    bytes += m.encoded_len();
+                }
+                Ok(None) => panic!("nothing for 3 s after {bytes} bytes: skipped"),
+                Err(e) => panic!("the reader's room ended after {bytes} bytes: {e}"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{bytes} bytes"
+            );
+        }
+        stop.set(true);
+    };
+    tokio::join!(listen, stream_until(&mut senders, &stop));
+    reader.close().await;
 }

@@ -192,6 +192,10 @@ fn trials() -> Vec<Spec> {
             &[Edge],
             "the Room object counts what it sent since the client last spoke; the fallback sees its queue (a reader keeps it empty; k8s-fallback/src/sockets.rs tests the skipping)",
         ),
+        t!(abuse::a_crate_listener_at_the_edge_acknowledges_what_it_reads).only(
+            &[Edge],
+            "the Room object counts what it sent since the client last spoke; the fallback sees its queue",
+        ),
         t!(abuse_directory::room_list_subscriptions_are_capped_per_user),
         t!(abuse_directory::settings_toggles_reach_subscribers_coalesced),
         t!(abuse_directory::room_list_reads_are_cached),

@@ -198,6 +198,12 @@ pub struct Connection {
     pub dial: Dial,
     /// Cut or closed: what is sent now is lost, nothing more is read.
     gone: bool,
+    /// Bytes of frames read since this connection last sent anything, and when that was: a
+    /// host that cannot see its queues takes a client's sends as proof that it reads
+    /// (`piano_core::backlog`); the high-level [`crate::Room`] pings after
+    /// `ACK_EVERY_BYTES`, as the web client does. This layer only counts.
+    pub read_since_send: usize,
+    pub last_send: tokio::time::Instant,
 }
 
 impl Connection {
@@ -236,6 +242,8 @@ impl Connection {
             resume: Session::default(),
             dial,
             gone: false,
+            read_since_send: 0,
+            last_send: tokio::time::Instant::now(),
         })
     }
 
@@ -249,6 +257,8 @@ impl Connection {
             resume: Session::default(),
             dial,
             gone: false,
+            read_since_send: 0,
+            last_send: tokio::time::Instant::now(),
         }
     }
 
@@ -305,7 +315,13 @@ impl Connection {
         if self.gone {
             return Ok(());
         }
+        self.sent_now();
         self.ws.send(msg).await
+    }
+
+    fn sent_now(&mut self) {
+        self.read_since_send = 0;
+        self.last_send = tokio::time::Instant::now();
     }
 
     /// Sends `msg` numbered with `seq` as given (0: not numbered).
@@ -320,6 +336,7 @@ impl Connection {
     /// Sends `msg` unnumbered even after a close was read (a flooder closed under its feet:
     /// the send then fails).
     pub async fn try_send(&mut self, msg: client_message::Msg) -> Result<(), tungstenite::Error> {
+        self.sent_now();
         self.ws.send(frame(msg, 0)).await
     }
 
@@ -360,6 +377,7 @@ impl Connection {
             };
             match next {
                 Some(Ok(Message::Binary(b))) => {
+                    self.read_since_send = self.read_since_send.saturating_add(b.len());
                     let Ok(msg) = ServerMessage::decode(&b[..]) else {
                         return broken(
                             self,

@@ -281,12 +281,20 @@ impl Room {
     }
 
     async fn run_timers(&mut self) -> Result<(), ClientError> {
-        if Instant::now() >= self.next_ping {
+        // A listener that only reads proves it reads (a host that cannot see its queue would
+        // take it for a stalled reader): a ping after every ACK_EVERY_BYTES, not too often.
+        let acks = self.conn.read_since_send >= piano_core::backlog::ACK_EVERY_BYTES
+            && self.conn.last_send.elapsed()
+                >= Duration::from_millis(piano_core::backlog::ACK_MIN_INTERVAL_MS);
+        let scheduled = Instant::now() >= self.next_ping;
+        if acks || scheduled {
             let ping = proto::Ping {
                 client_time: now_ms(),
             };
             self.send(client_message::Msg::Ping(ping)).await?;
-            self.next_ping = Instant::now() + self.clock.next_ping_in();
+            if scheduled {
+                self.next_ping = Instant::now() + self.clock.next_ping_in();
+            }
         }
         if let Some(batch) = self.batcher.take_due(self.server_now()) {
             self.send_kept(client_message::Msg::Notes(batch)).await?;
