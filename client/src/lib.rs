@@ -6,9 +6,10 @@
 //!   events (message / close frame / broken), raw sends for tests, [`conn::Connection::cut`]
 //!   (lose the TCP without a close frame), the resume state kept as messages are read.
 //! - [`room`]: the high-level API: [`Client::connect`] with a token or a guest name, [`Client::join`]
-//!   → a [`Room`] that batches notes, syncs its clock by Ping/Pong, sends chat, settings, crown and
-//!   moderation requests answered with typed [`ClientError`]s, subscribes to the room list, and
-//!   [`Room::reconnect`]s with resume (or a fresh join).
+//!   → a [`Room`] that batches notes, syncs its clock by Ping/Pong, proves it reads (a ping per
+//!   128 KiB read), sends chat, settings, crown and moderation requests answered with typed
+//!   [`ClientError`]s, subscribes to the room list, and [`Room::reconnect`]s with resume (or a
+//!   fresh join).
 //! - Pure parts, no I/O (the caller passes the time): [`session`] (resume state, the queue of
 //!   unacknowledged numbered messages), [`clock`] (fastest of 16 Ping/Pong samples), [`batch`]
 //!   (outgoing note batches), [`scheduler`] (received batches → local playback instants).
