@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The web client's batching and playout buffer (web/src/net.ts, web/src/main.ts).
+/// The web client's batching and playout buffer (sdk/src/connection.ts, sdk/src/scheduler.ts).
 const BATCH_MS: f64 = 150.0;
 const LATENCY_MS: f64 = BATCH_MS + 100.0;
 const MAX_EVENTS: usize = 300;

@@ -1,5 +1,5 @@
 //! The fidelity scenario's client, on the client crate (`piano-client`): the web client's rules
-//! (`web/src/net.ts`) and the resume contract's client side (`docs/resume.md` §5).
+//! (`sdk/src/connection.ts`) and the resume contract's client side (`docs/resume.md` §5).
 //!
 //! - Clock: the crate's `Clock` (Ping/Pong; of the last 16 samples, the one with the smallest
 //!   round trip gives the offset; a burst of pings at each open, then one every ten seconds).

@@ -1,4 +1,4 @@
-//! Server-clock estimate from Ping/Pong, as the web client does (`web/src/net.ts`): of the last
+//! Server-clock estimate from Ping/Pong, as the web client does (`sdk/src/clock.ts`): of the last
 //! [`CLOCK_SAMPLES`] samples, the one with the smallest round trip gives the offset
 //! (`offset = server_time + rtt/2 − now`): on a jittery path the least delayed sample is the
 //! closest to symmetric. No I/O: the caller passes its clock (ms since the Unix epoch).

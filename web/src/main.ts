@@ -259,7 +259,7 @@ function onStatus(status: Status, detail?: string): void {
     state.you = undefined;
     void nextLobby().then((room) => enter(room));
   } else if (status === "refused") {
-    // The connection reconnects by itself, much later (net.ts).
+    // The connection reconnects by itself, much later (the SDK's connection.ts).
     toast(`${detail ?? "Refused"}; trying again later`);
     state.you = undefined;
   } else if (status === "closed" && detail === "signed out") {
