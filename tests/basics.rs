@@ -469,6 +469,15 @@ pub async fn browser_two_players_play_chat_and_see_the_room_list(s: &Server) {
 /// playwright-core) against `s`; fails with its output unless it exits 0. Returns the
 /// screenshot directory.
 pub async fn run_browser_script(script: &str, s: &Server) -> std::path::PathBuf {
+    run_browser_script_with(script, s, &[]).await
+}
+
+/// As [`run_browser_script`], with more arguments after the screenshot directory.
+pub async fn run_browser_script_with(
+    script: &str,
+    s: &Server,
+    args: &[String],
+) -> std::path::PathBuf {
     let shots = repo_root()
         .join("tests/artifacts/screenshots")
         .join(format!("{:?}", s.host).to_lowercase());
@@ -478,6 +487,7 @@ pub async fn run_browser_script(script: &str, s: &Server) -> std::path::PathBuf 
             .arg(repo_root().join("tests/web").join(script))
             .arg(s.http(""))
             .arg(&shots)
+            .args(args)
             .current_dir(repo_root())
             .kill_on_drop(true)
             .output(),
