@@ -30,7 +30,11 @@ pub async fn the_openapi_document_is_served_as_the_repository_has_it(s: &Server)
         .output()
         .await
         .expect("run node");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let repository: Value = serde_json::from_slice(&out.stdout).expect("YAML as JSON");
     assert!(
         served == repository,
@@ -42,7 +46,10 @@ pub async fn the_openapi_document_is_served_as_the_repository_has_it(s: &Server)
         .json()
         .await
         .expect("JSON");
-    assert_eq!(served["info"]["version"], version["version"], "info.version");
+    assert_eq!(
+        served["info"]["version"], version["version"],
+        "info.version"
+    );
     assert_eq!(
         served["info"]["x-protocol-version"], version["protocol"],
         "info.x-protocol-version"
@@ -123,7 +130,10 @@ pub async fn the_openapi_checker_catches_drift(s: &Server) {
         mutate(&mut real);
         let found = checker.check(&real.answer());
         assert!(found.is_err(), "{what}: not reported ({found:?})");
-        eprintln!("drift caught ({what}): {:?}", found.err().unwrap_or_default());
+        eprintln!(
+            "drift caught ({what}): {:?}",
+            found.err().unwrap_or_default()
+        );
     }
 
     through_the_proxy().await;
@@ -156,12 +166,17 @@ async fn through_the_proxy() {
         .expect("GET the drifted server");
     assert_eq!(resp.status(), 200, "the proxy returns the answer unchanged");
     let body: Value = resp.json().await.expect("JSON");
-    assert_eq!(body["protocol"], "2", "the proxy returns the body unchanged");
+    assert_eq!(
+        body["protocol"], "2",
+        "the proxy returns the body unchanged"
+    );
     server.abort();
     let trial = std::thread::current().name().unwrap_or_default().to_owned();
     let found = openapi_proxy::take_violations(&trial);
     assert!(
-        found.iter().any(|v| v.contains("drift-probe") && v.contains("protocol")),
+        found
+            .iter()
+            .any(|v| v.contains("drift-probe") && v.contains("protocol")),
         "the proxy did not report the drifted answer: {found:?}"
     );
 }
@@ -170,13 +185,12 @@ async fn through_the_proxy() {
 /// (no CSP violation, no page error, every operation shown: tests/web/api_docs.mjs).
 pub async fn the_api_reference_page_renders_under_the_sites_csp(s: &Server) {
     let operations = Checker::load().operations().len();
-    let shots = crate::basics::run_browser_script_with(
-        "api_docs.mjs",
-        s,
-        &[operations.to_string()],
-    )
-    .await;
-    assert!(shots.join("api-docs.png").exists(), "api-docs.png was written");
+    let shots =
+        crate::basics::run_browser_script_with("api_docs.mjs", s, &[operations.to_string()]).await;
+    assert!(
+        shots.join("api-docs.png").exists(),
+        "api-docs.png was written"
+    );
 }
 
 /// A real answer, to mutate.

@@ -8,8 +8,9 @@
 //! dialect of OpenAPI 3.1, with the `jsonschema` crate). The document's own conventions
 //! (`x-unknown-path`, `x-method-not-allowed`) say what any other `/api/` path and any other
 //! method answer. Not checked, on purpose: `/api/debug/*` (test-only routes: a panic and a 500
-//! on demand), CORS preflights (the hosts' CORS policy, on every path), and paths outside the
-//! document and outside `/api/` (the static web client).
+//! on demand), CORS preflights (the hosts' CORS policy, on every path), paths outside the
+//! document and outside `/api/` (the static web client), and `wrangler dev`'s own 503 to a POST
+//! that meets a restart of the worker.
 //!
 //! `proxy.rs` puts it in front of the targets: every trial's HTTP goes through it.
 
@@ -60,6 +61,10 @@ struct Template {
     /// `None` for a `{parameter}` segment.
     segments: Vec<Option<String>>,
 }
+
+/// What `wrangler dev` itself answers (503, text) to a POST that meets a restart of the worker
+/// (a trial restarts it): the development server's, not the API's.
+const WRANGLER_RESTARTING: &[u8] = b"Your worker restarted mid-request.";
 
 const METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "options"];
 
@@ -122,6 +127,9 @@ impl Checker {
         if a.method == "OPTIONS" && a.header("access-control-request-method").is_some() {
             return Ok(Checked::Skipped("CORS preflight"));
         }
+        if a.status == 503 && a.body.starts_with(WRANGLER_RESTARTING) {
+            return Ok(Checked::Skipped("wrangler dev restarting the worker"));
+        }
         let Some(template) = self.template(path) else {
             if !path.starts_with("/api/") {
                 return Ok(Checked::Skipped("not the API (static files)"));
@@ -170,7 +178,10 @@ impl Checker {
             for (h, spec) in headers {
                 let spec = self.deref(spec, String::new()).0;
                 if spec["required"] == true && a.header(&h.to_lowercase()).is_none() {
-                    wrong.push(format!("{name} {}: required header {h} is missing", a.status));
+                    wrong.push(format!(
+                        "{name} {}: required header {h} is missing",
+                        a.status
+                    ));
                 }
             }
         }
@@ -182,9 +193,10 @@ impl Checker {
                 .unwrap_or_default();
             match content.get(&media) {
                 None => wrong.push(format!(
-                    "{name} {}: content type {media:?} is not documented (documented: {:?})",
+                    "{name} {}: content type {media:?} is not documented (documented: {:?}); body: {}",
                     a.status,
-                    content.keys().collect::<Vec<_>>()
+                    content.keys().collect::<Vec<_>>(),
+                    snippet(a.body)
                 )),
                 Some(_) if !is_json(&media) => {}
                 Some(m) => match serde_json::from_slice::<Value>(a.body) {
@@ -195,9 +207,13 @@ impl Checker {
                     )),
                     Ok(body) => {
                         let schema_at = format!("{at}/content/{}/schema", escape(&media));
-                        wrong.extend(self.validate(&m["schema"], &schema_at, &body).into_iter().map(
-                            |e| format!("{name} {}: {e}; body: {}", a.status, snippet(a.body)),
-                        ));
+                        wrong.extend(
+                            self.validate(&m["schema"], &schema_at, &body)
+                                .into_iter()
+                                .map(|e| {
+                                    format!("{name} {}: {e}; body: {}", a.status, snippet(a.body))
+                                }),
+                        );
                     }
                 },
             }
@@ -280,7 +296,9 @@ impl Checker {
                         cache.insert(at.to_owned(), v.clone());
                         v
                     }
-                    Err(e) => return vec![format!("the document's schema at {at} is invalid: {e}")],
+                    Err(e) => {
+                        return vec![format!("the document's schema at {at} is invalid: {e}")];
+                    }
                 },
             }
         };

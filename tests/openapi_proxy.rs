@@ -132,7 +132,11 @@ async fn forward(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Bo
         .and_then(|v| v.to_str().ok().map(str::to_owned))
         .unwrap_or_else(|| UNCLAIMED.to_owned());
     req.headers_mut().remove("proxy-connection");
-    let host = req.uri().host().ok_or("no host in the proxied URI")?.to_owned();
+    let host = req
+        .uri()
+        .host()
+        .ok_or("no host in the proxied URI")?
+        .to_owned();
     let port = req.uri().port_u16().unwrap_or(80);
     let path = req
         .uri()

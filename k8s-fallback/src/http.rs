@@ -362,11 +362,9 @@ async fn route_inner(app: App, peer: SocketAddr, req: Request) -> Response {
         }
         // The API description is a static file (`web/dist/api/openapi.json`), as at the edge
         // (`web/static/_headers` gives it the same cache policy there).
-        (&Method::GET | &Method::HEAD, ["api", "openapi.json"]) => with_header(
-            static_file(&app, req).await,
-            "cache-control",
-            OPENAPI_CACHE,
-        ),
+        (&Method::GET | &Method::HEAD, ["api", "openapi.json"]) => {
+            with_header(static_file(&app, req).await, "cache-control", OPENAPI_CACHE)
+        }
         (_, ["api", "openapi.json"]) => {
             json_error(405, "method_not_allowed", "method not allowed on this path")
         }
