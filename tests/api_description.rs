@@ -74,7 +74,7 @@ pub async fn the_openapi_checker_catches_drift(s: &Server) {
     let refusal = answer(&checker, s, "GET", "/api/users/me", None).await;
     assert_eq!(refusal.status, 401);
 
-    let mutations: Vec<(&str, Real, Box<dyn Fn(&mut Real)>)> = vec![
+    let mutations: Vec<(&str, Real, Mutation)> = vec![
         (
             "a required field dropped",
             version.clone(),
@@ -181,6 +181,28 @@ async fn through_the_proxy() {
     );
 }
 
+/// The operations no other trial calls answer as documented (the proxy checks them): the
+/// WebSocket entries refuse plain HTTP (426), and `/readyz` is the fallback's (the
+/// edge has none: 404).
+pub async fn the_rarely_called_operations_answer_as_documented(s: &Server) {
+    for path in ["/mpp", "/api/rooms/lobby/ws"] {
+        let plain = get(s.http(path)).await.expect("GET");
+        assert_eq!(plain.status(), 426, "{path} without an upgrade");
+    }
+    let ready = get(s.http("/readyz")).await.expect("GET /readyz");
+    match s.host {
+        Host::Edge => assert_eq!(ready.status(), 404),
+        _ => assert_eq!(ready.status(), 200),
+    }
+    let outbox = get(s.http("/api/admin/rooms/lobby/outbox"))
+        .await
+        .expect("GET outbox");
+    match s.host {
+        Host::Edge => assert_eq!(outbox.status(), 401, "an admin route without a token"),
+        _ => assert_eq!(outbox.status(), 404, "the fallback has no outbox route"),
+    }
+}
+
 /// The API reference page renders the document in Chromium under the site's security headers
 /// (no CSP violation, no page error, every operation shown: tests/web/api_docs.mjs).
 pub async fn the_api_reference_page_renders_under_the_sites_csp(s: &Server) {
@@ -192,6 +214,9 @@ pub async fn the_api_reference_page_renders_under_the_sites_csp(s: &Server) {
         "api-docs.png was written"
     );
 }
+
+/// One change to a real answer's shape.
+type Mutation = Box<dyn Fn(&mut Real)>;
 
 /// A real answer, to mutate.
 #[derive(Clone)]

@@ -150,6 +150,7 @@ fn trials() -> Vec<Spec> {
         t!(basics::browser_resumes_after_a_dropped_connection).one_at_a_time(),
         t!(api_description::the_openapi_document_is_served_as_the_repository_has_it),
         t!(api_description::the_openapi_checker_catches_drift),
+        t!(api_description::the_rarely_called_operations_answer_as_documented),
         t!(api_description::the_api_reference_page_renders_under_the_sites_csp).one_at_a_time(),
         t!(oauth_browser::browser_signs_in_through_a_provider_and_never_exposes_the_refresh_token)
             .one_at_a_time(),

@@ -159,7 +159,14 @@ async fn route_inner(app: App, peer: SocketAddr, req: Request) -> Response {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (hub, accounts) = (&app.hub, &*app.accounts);
     match (&method, segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => json(200, &serde_json::json!({ "status": "ok" })),
+        // As the edge answers it (README "HTTP API"): which backends are in use.
+        (&Method::GET, ["healthz"]) => json(
+            200,
+            &serde_json::json!({ "status": "ok", "backends": {
+                "mongodb": hub.cfg.mongodb_url.is_some(),
+                "redis": hub.cfg.redis_url.is_some(),
+            } }),
+        ),
         (&Method::GET, ["readyz"]) => {
             if hub.ready() {
                 json(200, &serde_json::json!({ "status": "ready" }))
