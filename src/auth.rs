@@ -366,7 +366,7 @@ pub fn unauthorized(message: &str) -> Result<Response> {
 fn random_hex(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];
     getrandom::getrandom(&mut buf).map_err(|e| Error::RustError(format!("no randomness: {e}")))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(piano_core::hex::encode(&buf))
 }
 
 /// The token of a REST request: `Authorization: Bearer <jwt>`.

@@ -143,7 +143,7 @@ fn request_id(req: &Request) -> String {
         _ => {
             let mut b = [0u8; 8];
             let _ = getrandom::getrandom(&mut b);
-            b.iter().map(|x| format!("{x:02x}")).collect()
+            piano_core::hex::encode(&b)
         }
     }
 }

@@ -481,30 +481,11 @@ pub async fn run_browser_script_with(
     let shots = repo_root()
         .join("tests/artifacts/screenshots")
         .join(format!("{:?}", s.host).to_lowercase());
-    let out = tokio::time::timeout(
-        Duration::from_secs(180),
-        tokio::process::Command::new("node")
-            .arg(repo_root().join("tests/web").join(script))
-            .arg(s.http(""))
-            .arg(&shots)
-            .args(args)
-            .current_dir(repo_root())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{script} finishes within 3 minutes"))
-    .expect("run node");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(
-        out.status.success(),
-        "browser test {script} failed:\n{text}"
-    );
+    let base = s.http("");
+    let path = repo_root().join("tests/web").join(script);
+    let mut all = vec![base.as_ref(), shots.as_os_str()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    crate::sdk::run_node_script(&path, &all, Duration::from_secs(180)).await;
     shots
 }
 

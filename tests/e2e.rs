@@ -40,6 +40,7 @@ mod reports;
 mod resume;
 mod resume_edge;
 mod room_features;
+mod sdk;
 mod tokens;
 
 type TrialFuture = Pin<Box<dyn Future<Output = ()>>>;
@@ -154,6 +155,12 @@ fn trials() -> Vec<Spec> {
         t!(api_description::the_api_reference_page_renders_under_the_sites_csp).one_at_a_time(),
         t!(oauth_browser::browser_signs_in_through_a_provider_and_never_exposes_the_refresh_token)
             .one_at_a_time(),
+        t!(sdk::sdk_two_clients_play_and_chat),
+        t!(sdk::sdk_refusals_are_typed_errors),
+        t!(sdk::sdk_follows_the_room_directory),
+        t!(sdk::sdk_resumes_after_a_dropped_connection),
+        t!(sdk::sdk_example_bot_plays_and_answers_chat),
+        t!(sdk::sdk_runs_in_the_browser).one_at_a_time(),
         t!(room_features::profiles_and_cursors_are_validated_and_broadcast),
         t!(room_features::notes_quota_black_midi_and_owner_only_play),
         t!(room_features::chat_history_typing_rate_limit_and_welcome),

@@ -61,7 +61,7 @@ pub fn network_key(ip: &str) -> String {
         None => ip.strip_prefix("::ffff:").unwrap_or(ip).to_owned(),
     };
     let digest = Sha256::digest(format!("piano-network:{canonical}").as_bytes());
-    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&digest[..12])
 }
 
 /// The /64 of an IPv6 address as `a:b:c:d::/64` (`None` for IPv4, an IPv4-mapped address or

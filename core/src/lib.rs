@@ -38,6 +38,7 @@
 pub mod account;
 pub mod analytics;
 pub mod backlog;
+pub mod hex;
 pub mod http_policy;
 pub mod identity;
 pub mod lane;

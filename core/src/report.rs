@@ -267,10 +267,6 @@ pub fn debug_report(marker: &str) -> Report {
 /// Longest message sent (bytes): a report is a pointer to the logs, not a copy of them.
 const MAX_MESSAGE: usize = 2048;
 
-fn hex(id: [u8; 16]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The envelope (header, one `event` item) as Sentry's ingestion endpoint expects it.
 /// `suppressed` is how many reports the throttle held back since the last one sent.
 pub fn envelope(
@@ -281,7 +277,7 @@ pub fn envelope(
     now_ms: u64,
     suppressed: u64,
 ) -> Vec<u8> {
-    let id = hex(event_id);
+    let id = crate::hex::encode(&event_id);
     let mut message = redact(&report.message).into_owned();
     if message.len() > MAX_MESSAGE {
         let mut cut = MAX_MESSAGE;

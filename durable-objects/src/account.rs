@@ -317,7 +317,7 @@ impl Account {
         let Some(account) = self.load()? else {
             return Ok(Err(ApiError::InvalidSession(SessionRefusal::NotValid)));
         };
-        let secret = hex(&random::<32>());
+        let secret = piano_core::hex::encode(&random::<32>());
         match session::refresh(
             self.session(&r.sid)?.as_ref(),
             &r.secret,
@@ -605,8 +605,13 @@ impl Account {
                 ..Session::default()
             })
             .collect();
-        let secret = hex(&random::<32>());
-        let new = Session::new(hex(&random::<16>()), &secret, now, self.session_ttl_ms);
+        let secret = piano_core::hex::encode(&random::<32>());
+        let new = Session::new(
+            piano_core::hex::encode(&random::<16>()),
+            &secret,
+            now,
+            self.session_ttl_ms,
+        );
         let opening = session::open(&existing, &new, max_sessions, now);
         sql.exec(
             "INSERT INTO sessions (sid, secret_hash, generation, created, expires) VALUES (?, ?, 1, ?, ?)",
@@ -650,8 +655,4 @@ fn random<const N: usize>() -> [u8; N] {
     // crypto.getRandomValues does not fail in workerd.
     let _ = getrandom::getrandom(&mut b);
     b
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -321,7 +321,7 @@ pub fn random_hex(bytes: usize) -> String {
             *b = t[i % 8];
         }
     }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    piano_core::hex::encode(&buf)
 }
 
 /// Where the analytics sink POSTs (`ANALYTICS_URL`): an `http://` or `https://` URL with a

@@ -2,6 +2,8 @@
 // playback of everyone's notes with their timing, participants, chat, owner controls, quota.
 
 import { create } from "@bufbuild/protobuf";
+// The protocol's types and the connection, clock and playback schedule are the SDK's (sdk/):
+// one copy for the page and every other client; this file is the UI.
 import {
   ErrorCode,
   JoinFailure,
@@ -16,23 +18,18 @@ import {
   type RoomSettings,
   type RoomSummary,
   type UpdateSettings,
-} from "./gen/pianorhythm/v1/room_pb";
+  Connection,
+  Scheduler,
+  type ClientMsg,
+  type ServerMsg,
+  type Status,
+} from "../../sdk/src/index.js";
 import { openAccount, showProviders } from "./account";
 import { freshToken, me, restore, session, signIn } from "./auth";
 import { $, el } from "./dom";
-import { BATCH_MS, Connection, type ClientMsg, type ServerMsg, type Status } from "./net";
 import { Piano, noteName } from "./piano";
 import { Synth } from "./synth";
 
-/** Remote notes play this long after their sender played them: a batch leaves the sender up to
- * BATCH_MS after its first note, plus room for network jitter. Keeping every note at the same
- * delay is what preserves the performance's timing. */
-const LATENCY_MS = BATCH_MS + 100;
-/** A note-on due longer ago than this is not played: replayed batches after a resume (and a
- * live batch held up by a stall) play what is still to come, not the past in a rush. Short
- * enough to tell a replay from jitter, long enough that a hiccup of the network does not
- * silence live notes. Releases always apply, at once if late. */
-const LATE_MS = 500;
 /** How many entries each test-visible log keeps. */
 const LOG_MAX = 500;
 
@@ -49,7 +46,7 @@ const state = {
   /** Every remote note-on scheduled for playback: who, which note, when it arrived and when it
    * plays (local ms). */
   scheduled: [] as { from: string; note: number; receivedAt: number; at: number }[],
-  /** Remote note-ons received too late to play (LATE_MS): a replay's past, dropped. */
+  /** Remote note-ons received too late to play (the Scheduler's `late`): a replay's past, dropped. */
   missed: [] as { from: string; note: number; receivedAt: number; at: number }[],
   /** How many times the page took a Joined (a first join, or a join after a failed resume). */
   joins: 0,
@@ -78,6 +75,9 @@ document.addEventListener("pointerdown", () => audio().resume(), { capture: true
 document.addEventListener("keydown", () => audio().resume(), { capture: true });
 
 const conn = new Connection(onMessage, onStatus);
+/** Remote notes play a fixed time after their sender played them (the SDK's default buffer,
+ * which keeps the performance's timing); note-ons due too long ago are skipped. */
+const scheduler = new Scheduler(conn.clock);
 // Test hooks: drop the socket as the network would (held down `holdMs`), end the hold.
 Object.assign(window, {
   __pianoDrop: (holdMs?: number, unknownToken?: boolean) => conn.simulateDrop(holdMs, unknownToken),
@@ -121,7 +121,7 @@ function enter(room: string, join: ClientMsg = { case: "join", value: { password
   state.you = undefined;
   $("#room-name").textContent = room;
   history.replaceState(null, "", `#${encodeURIComponent(room)}`);
-  conn.connect({ room, token: freshToken, join });
+  conn.connect({ url: location.origin, room, token: freshToken, join });
 }
 
 // -- messages -----------------------------------------------------------------------------------
@@ -297,21 +297,20 @@ function joinFailed(reason: JoinFailure, message: string, retryAfterMs: number):
   }
 }
 
-/** Schedules a remote batch with its sender's timing: server time + delay + our offset. */
+/** Schedules a remote batch with its sender's timing (the SDK's Scheduler: server time + delay
+ * + our clock offset + the buffer). */
 function play(batch: NoteBatch): void {
   const from = batch.senderId;
   const color = state.participants.get(from)?.color ?? "#888";
-  const receivedAt = Date.now();
-  const base = Number(batch.time) - conn.clock.offset + LATENCY_MS;
+  const { receivedAt, events } = scheduler.schedule(batch);
   const behind = state.behind;
-  for (const ev of batch.events) {
-    const local = base + ev.delay;
+  for (const { event, at: local, late } of events) {
     const when = audio().at(local);
     const wait = Math.max(0, local - Date.now());
-    const k = ev.kind;
+    const k = event.kind;
     if (k.case === "noteOn") {
       const note = k.value.note;
-      if (local < receivedAt - LATE_MS) {
+      if (late) {
         log(state.missed, { from, note, receivedAt, at: local });
         continue;
       }

@@ -71,7 +71,7 @@ impl AccountData {
         }
         AccountData {
             username: username.trim().to_owned(),
-            tag: tag.iter().map(|b| format!("{b:02x}")).collect(),
+            tag: crate::hex::encode(&tag),
             email,
             password: Some(password),
             roles,

@@ -40,10 +40,7 @@ pub struct Session {
 
 /// The stored form of a refresh secret.
 pub fn hash_secret(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex::encode(&Sha256::digest(secret.as_bytes()))
 }
 
 impl Session {

@@ -97,12 +97,23 @@ impl ExternalProfile {
     /// The usernames a new account tries, in order: the base, then with random suffixes. Names
     /// in `ADMIN_USERNAMES` are never given to a provider's account.
     pub fn candidates(&self, random: &[u8; SIGN_IN_RANDOM], admins: &[String]) -> Vec<String> {
-        let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
         let mut out = vec![
             self.username_base.clone(),
-            format!("{}-{}", self.username_base, hex(&random[0..2])),
-            format!("{}-{}", self.username_base, hex(&random[2..4])),
-            format!("{}-{}", self.username_base, hex(&random[4..7])),
+            format!(
+                "{}-{}",
+                self.username_base,
+                crate::hex::encode(&random[0..2])
+            ),
+            format!(
+                "{}-{}",
+                self.username_base,
+                crate::hex::encode(&random[2..4])
+            ),
+            format!(
+                "{}-{}",
+                self.username_base,
+                crate::hex::encode(&random[4..7])
+            ),
         ];
         out.retain(|n| crate::names::username(n).is_ok() && !admins.contains(n));
         out.truncate(CANDIDATES);
@@ -130,7 +141,7 @@ impl AccountData {
     pub fn external(key: &str, p: &ExternalProfile, tag: [u8; 3], now: Millis) -> AccountData {
         AccountData {
             username: key.to_owned(),
-            tag: tag.iter().map(|b| format!("{b:02x}")).collect(),
+            tag: crate::hex::encode(&tag),
             email: None,
             password: None,
             roles: vec!["member".to_owned()],
@@ -310,7 +321,7 @@ impl Linker {
         random: &[u8; SIGN_IN_RANDOM],
         now: Millis,
     ) -> Linker {
-        let by: String = random[8..].iter().map(|b| format!("{b:02x}")).collect();
+        let by = crate::hex::encode(&random[8..]);
         let tag = [random[5], random[6], random[7]];
         let ours = Claim {
             account: first,

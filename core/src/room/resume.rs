@@ -95,7 +95,7 @@ pub(super) struct Resumable {
 impl Resumable {
     fn of(s: &Session, client_seq: u64) -> Option<Resumable> {
         let mut token_hash = [0u8; 32];
-        let bytes = decode_hex(&s.token_hash)?;
+        let bytes = crate::hex::decode(&s.token_hash)?;
         token_hash.copy_from_slice(bytes.get(..32)?);
         Some(Resumable {
             chain: if s.chain == 0 { s.record.conn } else { s.chain },
@@ -110,20 +110,6 @@ impl Resumable {
 
 fn hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 impl Room {
@@ -183,7 +169,7 @@ impl Room {
         let r = self.conns.get(&conn)?.resume.as_ref()?;
         Some(Session {
             record: self.record(conn)?,
-            token_hash: hex(&r.token_hash),
+            token_hash: crate::hex::encode(&r.token_hash),
             client_seq: r.client_seq,
             from_seq: r.from_seq,
             until: r.until,
@@ -331,6 +317,12 @@ impl Room {
     /// kept for suspended connections once none is left.
     pub(super) fn session_gone(&mut self, conn: ConnId, out: &mut Out) {
         out.push(Effect::Keep(Keep::SessionGone(conn)));
+        self.stop_keeping_if_unneeded(out);
+    }
+
+    /// Entries are kept for suspended connections only (short of `Always`): with none left the
+    /// host forgets them.
+    fn stop_keeping_if_unneeded(&mut self, out: &mut Out) {
         if self.keeping && self.durability != ReplayDurability::Always && !self.any_suspended() {
             self.keeping = false;
             out.push(Effect::Keep(Keep::ReplayClear));
@@ -472,10 +464,7 @@ impl Room {
             let quota = self.members[m].quota.to_proto(now);
             out.push(send_one(conn, S::Quota(quota)));
         }
-        if !self.any_suspended() && self.keeping && self.durability != ReplayDurability::Always {
-            self.keeping = false;
-            out.push(Effect::Keep(Keep::ReplayClear));
-        }
+        self.stop_keeping_if_unneeded(out);
     }
 
     /// The records of kept sessions whose sockets were lost with the room's memory and whose

@@ -1,7 +1,9 @@
 // The connection to a room: the WebSocket speaking the protobuf protocol (types generated from
 // proto/), clock sync with the server, note batching, and reconnecting after a drop: within the
 // room's grace period the new socket resumes the same place (docs/resume.md §5), and what the
-// room may not have got is sent again.
+// room may not have got is sent again. The one copy of this logic: the browser client and the
+// SDK's `PianoClient` both drive it. No DOM: it runs in browsers and in Node (with a WebSocket
+// implementation passed in where there is no global one).
 
 import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import {
@@ -13,8 +15,10 @@ import {
   type Joined,
   type NoteEvent,
   type ServerMessage,
-} from "./gen/pianorhythm/v1/room_pb";
-import { Unacked, type ClientMsg, type Kept } from "./unacked";
+} from "./gen/pianorhythm/v1/room_pb.js";
+import { Clock, CLOCK_SAMPLES } from "./clock.js";
+import { Unacked, type ClientMsg, type Kept } from "./unacked.js";
+import type { WebSocketConstructor, WebSocketLike } from "./socket.js";
 
 export type { ClientMsg };
 export type ServerMsg = ServerMessage["msg"];
@@ -57,43 +61,36 @@ const NOT_RESUMABLE: readonly number[] = [
 export type Status = "connecting" | "open" | "reconnecting" | "closed" | "kicked" | "refused";
 
 export interface ConnectOptions {
+  /** The server's base URL (`https://host`, `http://127.0.0.1:8787`): either host. */
+  url: string;
   room: string;
   /** A valid token at each (re)connect: members' access tokens are short-lived. `renew` asks
    * for a new one even if the current one looks valid (the server ended it, or roles changed). */
   token: (renew?: boolean) => Promise<string | undefined>;
   /** What to send as the Join (password, create settings). */
   join: ClientMsg;
+  /** The WebSocket implementation (default `globalThis.WebSocket`; Node 20 has none: pass `ws`). */
+  WebSocket?: WebSocketConstructor;
 }
 
-/** Clock samples kept, and pings in the first burst (one every 250 ms). */
-const CLOCK_SAMPLES = 16;
-
-/** Estimates server time from Ping/Pong: keeps the sample with the smallest round trip. */
-export class Clock {
-  offset = 0;
-  private samples: { rtt: number; offset: number }[] = [];
-
-  serverNow(): number {
-    return Date.now() + this.offset;
-  }
-
-  pong(clientTime: number, serverTime: number): void {
-    const now = Date.now();
-    const rtt = now - clientTime;
-    this.samples.push({ rtt, offset: serverTime + rtt / 2 - now });
-    // Sixteen samples: on a jittery path the least delayed one is closest to symmetric.
-    if (this.samples.length > CLOCK_SAMPLES) this.samples.shift();
-    this.offset = this.samples.reduce((a, b) => (b.rtt < a.rtt ? b : a)).offset;
-  }
-
-  get rtt(): number {
-    return this.samples.length ? Math.min(...this.samples.map((s) => s.rtt)) : NaN;
-  }
+/** The room's WebSocket URL for a server base URL (http→ws, https→wss). */
+export function roomSocketUrl(base: string, room: string): string {
+  const u = new URL(base);
+  u.protocol = u.protocol === "https:" || u.protocol === "wss:" ? "wss:" : "ws:";
+  u.pathname = `${u.pathname.replace(/\/$/, "")}/api/rooms/${encodeURIComponent(room)}/ws`;
+  u.search = "";
+  u.hash = "";
+  return u.toString();
 }
+
+type Timer = ReturnType<typeof setTimeout>;
+const OPEN = 1;
+
+export { Clock };
 
 export class Connection {
   readonly clock = new Clock();
-  private ws?: WebSocket;
+  private ws?: WebSocketLike;
   private opts?: ConnectOptions;
   private retry = 0;
   /** Refusals in a row (4004, 1008): each makes the next try wait longer. */
@@ -101,16 +98,16 @@ export class Connection {
   /** The server ended our token: the next connect asks for a new one. */
   private renew = false;
   private closedByUs = false;
-  private pingTimer?: number;
+  private pingTimer?: Timer;
   private readSinceSend = 0;
   private lastSend = 0;
   private batch: { start: number; events: NoteEvent[] } | null = null;
-  private flushTimer?: number;
-  private reconnectTimer?: number;
+  private flushTimer?: Timer;
+  private reconnectTimer?: Timer;
   /** simulateDrop's hold: no reconnect before this (local ms). */
   private holdUntil = 0;
   /** The socket simulateDrop closed: its close is ours, whatever code the server echoes. */
-  private dropping?: WebSocket;
+  private dropping?: WebSocketLike;
   private status: Status = "closed";
   /** Joined or resumed on the current socket: numbered messages may go out. */
   private live = false;
@@ -128,7 +125,8 @@ export class Connection {
 
   constructor(
     private onMessage: (msg: ServerMsg) => void,
-    private onStatus: (status: Status, detail?: string) => void,
+    /** `code`: the close code when the status comes from a closed socket. */
+    private onStatus: (status: Status, detail?: string, code?: number) => void,
   ) {}
 
   connect(opts: ConnectOptions): void {
@@ -141,9 +139,19 @@ export class Connection {
     void this.open();
   }
 
-  private setStatus(status: Status, detail?: string): void {
+  private setStatus(status: Status, detail?: string, code?: number): void {
     this.status = status;
-    this.onStatus(status, detail);
+    this.onStatus(status, detail, code);
+  }
+
+  /** The current status (as last reported to `onStatus`). */
+  get currentStatus(): Status {
+    return this.status;
+  }
+
+  /** Note batches and chat sent but not acknowledged yet (docs/resume.md §5). */
+  get unackedCount(): number {
+    return this.unacked.length;
   }
 
   /** The room still keeps our place (as far as we can tell): resume rather than join. */
@@ -159,7 +167,7 @@ export class Connection {
   private async open(): Promise<void> {
     const opts = this.opts;
     if (!opts) return;
-    window.clearTimeout(this.reconnectTimer);
+    clearTimeout(this.reconnectTimer);
     this.reconnectTimer = undefined;
     if (!this.canResume()) this.setStatus("connecting");
     const token = await opts.token(this.renew);
@@ -169,11 +177,16 @@ export class Connection {
       this.setStatus("closed", "signed out");
       return;
     }
-    const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    const url = `${proto}//${location.host}/api/rooms/${encodeURIComponent(opts.room)}/ws`;
+    const Impl = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!Impl) {
+      this.setStatus("closed", "no WebSocket implementation: pass one (e.g. the ws package)");
+      return;
+    }
     // Browsers cannot set headers on a WebSocket: the token travels as a subprotocol entry.
-    const ws = new WebSocket(url, ["pianorhythm.v1", `bearer.${token}`]);
+    const ws = new Impl(roomSocketUrl(opts.url, opts.room), ["pianorhythm.v1", `bearer.${token}`]);
     ws.binaryType = "arraybuffer";
+    // Without a listener some implementations (ws) throw on a failed connect; close follows.
+    ws.onerror = () => {};
     this.ws = ws;
     ws.onopen = () => {
       this.refusals = 0;
@@ -188,17 +201,26 @@ export class Connection {
       this.startPings();
     };
     ws.onmessage = (ev) => {
-      if (!(ev.data instanceof ArrayBuffer)) return;
-      this.readSinceSend += ev.data.byteLength;
+      const data = ev.data;
+      let bytes: Uint8Array;
+      if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
+      else if (ArrayBuffer.isView(data)) bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      else return;
+      this.readSinceSend += bytes.byteLength;
       if (this.readSinceSend >= ACK_EVERY_BYTES && Date.now() - this.lastSend >= ACK_MIN_INTERVAL_MS) {
         this.send({ case: "ping", value: { clientTime: Date.now() } });
       }
-      const sm = fromBinary(ServerMessageSchema, new Uint8Array(ev.data));
+      let sm: ServerMessage;
+      try {
+        sm = fromBinary(ServerMessageSchema, bytes);
+      } catch {
+        return;
+      }
       if (sm.seq > this.lastSeq) this.lastSeq = sm.seq;
       this.received(sm.msg, opts);
     };
     ws.onclose = (ev) => {
-      window.clearInterval(this.pingTimer);
+      clearInterval(this.pingTimer);
       if (this.ws !== ws) return;
       const wasLive = this.live;
       this.live = false;
@@ -207,13 +229,13 @@ export class Connection {
       const code = this.dropping === ws ? Close.SIMULATED_DROP : ev.code;
       if (NOT_RESUMABLE.includes(code)) this.forgetPlace();
       if (code === Close.KICKED) {
-        this.setStatus("kicked", ev.reason);
+        this.setStatus("kicked", ev.reason, code);
         return;
       }
       if (code === Close.RESUMED_ELSEWHERE) {
         // Our place went on with another socket: coming back would take it away again.
         this.forgetPlace();
-        this.setStatus("closed", "continued on another connection");
+        this.setStatus("closed", "continued on another connection", code);
         return;
       }
       let delay: number;
@@ -221,11 +243,11 @@ export class Connection {
         // Refused: say why and come back much later (30 s, doubling to 5 min), never hammer.
         this.setStatus("refused", code === Close.TOO_MANY_CONNECTIONS
           ? "too many open connections to this room: close another tab"
-          : "disconnected for sending too fast");
+          : "disconnected for sending too fast", code);
         delay = Math.min(300_000, 30_000 * 2 ** this.refusals++);
       } else {
-        if (this.canResume()) this.setStatus("reconnecting");
-        else this.setStatus("closed", ev.reason);
+        if (this.canResume()) this.setStatus("reconnecting", undefined, code);
+        else this.setStatus("closed", ev.reason, code);
         if (code === Close.SESSION_ENDED || code === Close.IDENTITY_CHANGED) this.renew = true;
         // A socket that was in the room comes back at once (its place is kept for the grace
         // period); then with backoff: 0.5 s, 1 s, 2 s, … up to 8 s.
@@ -234,7 +256,7 @@ export class Connection {
       }
       delay = Math.max(delay, this.holdUntil - Date.now());
       if (!this.closedByUs) {
-        this.reconnectTimer = window.setTimeout(() => this.ws === ws && void this.open(), delay);
+        this.reconnectTimer = setTimeout(() => this.ws === ws && void this.open(), delay);
       }
     };
   }
@@ -274,7 +296,7 @@ export class Connection {
         // says when to try again.
         if (this.resuming && msg.value.code === ErrorCode.RATE_LIMITED && msg.value.retryAfterMs > 0n) {
           const ws = this.ws;
-          window.setTimeout(() => this.ws === ws && this.resuming && this.sendResume(), Number(msg.value.retryAfterMs));
+          setTimeout(() => this.ws === ws && this.resuming && this.sendResume(), Number(msg.value.retryAfterMs));
         }
         break;
       default:
@@ -306,17 +328,19 @@ export class Connection {
     ping();
     // A quick burst to sync the clock (16 pings in 4 s, within the ping budget's burst), then a
     // steady beat every 10 s.
-    this.pingTimer = window.setInterval(() => {
+    this.pingTimer = setInterval(() => {
       n++;
       if (n < CLOCK_SAMPLES || n % 40 === 0) ping();
     }, 250);
   }
 
-  send(msg: ClientMsg, seq = 0n): void {
-    if (this.ws?.readyState !== WebSocket.OPEN) return;
+  /** Sends at once if the socket is open (false if it is not: nothing is kept). */
+  send(msg: ClientMsg, seq = 0n): boolean {
+    if (this.ws?.readyState !== OPEN) return false;
     this.readSinceSend = 0;
     this.lastSend = Date.now();
     this.ws.send(toBinary(ClientMessageSchema, create(ClientMessageSchema, { msg, seq })));
+    return true;
   }
 
   /** Sends a message the room must not lose to a drop (note batches, chat): numbered and kept
@@ -327,7 +351,7 @@ export class Connection {
   }
 
   private transmit(k: Kept): void {
-    if (this.ws?.readyState !== WebSocket.OPEN) return;
+    if (this.ws?.readyState !== OPEN) return;
     const msg = this.unacked.resendable(k, this.clock.serverNow());
     if (msg) this.send(msg, k.seq);
     k.sent = true;
@@ -340,11 +364,11 @@ export class Connection {
     const delay = Math.max(0, Math.min(1000, Math.round(now - this.batch.start)));
     this.batch.events.push(create(NoteEventSchema, { delay, kind }));
     if (this.batch.events.length >= MAX_EVENTS) this.flush();
-    else if (this.flushTimer === undefined) this.flushTimer = window.setTimeout(() => this.flush(), BATCH_MS);
+    else if (this.flushTimer === undefined) this.flushTimer = setTimeout(() => this.flush(), BATCH_MS);
   }
 
   flush(): void {
-    window.clearTimeout(this.flushTimer);
+    clearTimeout(this.flushTimer);
     this.flushTimer = undefined;
     const batch = this.batch;
     this.batch = null;
@@ -373,11 +397,18 @@ export class Connection {
 
   /** Leaving on purpose: 1000 tells the room to let the player go at once. */
   close(): void {
+    // Whatever is still batched goes out before the goodbye.
+    if (this.live) this.flush();
     this.closedByUs = true;
     this.live = false;
     this.resuming = false;
-    window.clearInterval(this.pingTimer);
-    window.clearTimeout(this.reconnectTimer);
+    // Said to no one: the caller closed it and knows.
+    this.status = "closed";
+    clearInterval(this.pingTimer);
+    clearTimeout(this.reconnectTimer);
+    clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    this.batch = null;
     this.reconnectTimer = undefined;
     const ws = this.ws;
     this.ws = undefined;

@@ -4,7 +4,7 @@
 // rest is sent again, in order; the room processes each number once.
 
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { ClientMessageSchema, NoteBatchSchema, type NoteBatch, type NoteEvent } from "./gen/pianorhythm/v1/room_pb";
+import { ClientMessageSchema, NoteBatchSchema, type NoteBatch, type NoteEvent } from "./gen/pianorhythm/v1/room_pb.js";
 
 /** A client message as an init shape: plain objects, no need to create() each part. */
 export type ClientMsg = NonNullable<MessageInitShape<typeof ClientMessageSchema>["msg"]>;
