@@ -242,7 +242,8 @@ async fn route(req: Request, env: &Env, rid: &str) -> Result<Response> {
         | (_, ["api", "auth", "oauth", _, "start" | "link" | "callback"])
         | (_, ["api", "admin", "users", _, "roles"] | ["api", "network", "rooms" | "online"])
         | (_, ["api", "users", _, "stats"] | ["api", "admin", "rooms", _, "outbox"])
-        | (_, ["mpp"]) => json_error(405, "method_not_allowed", "method not allowed on this path"),
+        // `/api/openapi.json` is a static asset (`web/dist`), served before the worker runs.
+        | (_, ["mpp"] | ["api", "openapi.json"]) => json_error(405, "method_not_allowed", "method not allowed on this path"),
         _ => json_error(404, "not_found", "no such endpoint"),
     }
 }

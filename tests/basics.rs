@@ -469,17 +469,23 @@ pub async fn browser_two_players_play_chat_and_see_the_room_list(s: &Server) {
 /// playwright-core) against `s`; fails with its output unless it exits 0. Returns the
 /// screenshot directory.
 pub async fn run_browser_script(script: &str, s: &Server) -> std::path::PathBuf {
+    run_browser_script_with(script, s, &[]).await
+}
+
+/// As [`run_browser_script`], with more arguments after the screenshot directory.
+pub async fn run_browser_script_with(
+    script: &str,
+    s: &Server,
+    args: &[String],
+) -> std::path::PathBuf {
     let shots = repo_root()
         .join("tests/artifacts/screenshots")
         .join(format!("{:?}", s.host).to_lowercase());
     let base = s.http("");
     let path = repo_root().join("tests/web").join(script);
-    crate::sdk::run_node_script(
-        &path,
-        &[base.as_ref(), shots.as_os_str()],
-        Duration::from_secs(180),
-    )
-    .await;
+    let mut all = vec![base.as_ref(), shots.as_os_str()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    crate::sdk::run_node_script(&path, &all, Duration::from_secs(180)).await;
     shots
 }
 

@@ -25,6 +25,7 @@ mod abuse_accounts;
 mod abuse_directory;
 mod accounts;
 mod analytics;
+mod api_description;
 mod basics;
 mod bot;
 mod client_api;
@@ -154,6 +155,10 @@ fn trials() -> Vec<Spec> {
             .only(&[Edge], RESUME_EDGE_RIG),
         t!(basics::browser_two_players_play_chat_and_see_the_room_list).one_at_a_time(),
         t!(basics::browser_resumes_after_a_dropped_connection).one_at_a_time(),
+        t!(api_description::the_openapi_document_is_served_as_the_repository_has_it),
+        t!(api_description::the_openapi_checker_catches_drift),
+        t!(api_description::the_rarely_called_operations_answer_as_documented),
+        t!(api_description::the_api_reference_page_renders_under_the_sites_csp).one_at_a_time(),
         t!(oauth_browser::browser_signs_in_through_a_provider_and_never_exposes_the_refresh_token)
             .one_at_a_time(),
         t!(sdk::sdk_two_clients_play_and_chat),
@@ -298,11 +303,7 @@ fn index(host: Host) -> usize {
 }
 
 fn tag(host: Host) -> &'static str {
-    match host {
-        Host::Edge => "edge",
-        Host::Fallback => "fallback",
-        Host::FallbackCluster => "cluster",
-    }
+    host.tag()
 }
 
 fn target(host: Host) -> &'static Target {
@@ -373,7 +374,15 @@ fn run_on(host: Host, spec: Spec) -> Result<(), Failed> {
     match outcome {
         Ok(Ok(Ok(()))) => {
             let _ = trial.join();
-            Ok(())
+            // Answers that differ from docs/openapi.yaml fail the trial that received them.
+            let drift = openapi_proxy::take_violations(&name);
+            match drift.is_empty() {
+                true => Ok(()),
+                false => Err(Failed::from(format!(
+                    "answers differ from docs/openapi.yaml:\n{}",
+                    drift.join("\n")
+                ))),
+            }
         }
         Ok(Ok(Err(_elapsed))) => Err(stuck("did not finish")),
         // The trial's own panic, reported as libtest would.
@@ -458,6 +467,12 @@ fn main() {
     resume_edge::stop_rigs();
     if let Some(stack) = persistence::STACK.get() {
         stack.stop_all();
+    }
+    // What the answers covered of the API description, and drift no passing trial claimed
+    // (a failed trial's, or an answer to a thread of no trial): the run fails on it too.
+    if !openapi_proxy::report() && !conclusion.has_failed() {
+        eprintln!("e2e: answers differ from docs/openapi.yaml (above)");
+        std::process::exit(101);
     }
     conclusion.exit();
 }

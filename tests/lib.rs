@@ -18,6 +18,8 @@ pub mod abuse_support;
 mod client_abuse;
 mod client_resume;
 pub mod oauth_rig;
+pub mod openapi;
+pub mod openapi_proxy;
 pub mod process;
 pub mod rigs;
 pub mod stack;
@@ -42,11 +44,26 @@ pub fn http() -> reqwest::Client {
 }
 
 /// [`http`]'s settings, for a client that needs more (no redirects, say).
+///
+/// Every request goes through the OpenAPI proxy (`openapi_proxy.rs`), which checks the
+/// targets' answers against `docs/openapi.yaml`; the trial (this thread's name) rides along
+/// in a header the proxy takes off, so a violation fails the trial that received it.
 #[allow(clippy::disallowed_methods)] // the one place the builder is made, with its bounds
 pub fn http_builder() -> reqwest::ClientBuilder {
+    let proxy = reqwest::Proxy::http(format!("http://127.0.0.1:{}", openapi_proxy::port()))
+        .expect("the proxy's URL");
+    let mut trial = reqwest::header::HeaderMap::new();
+    if let Some(name) = std::thread::current()
+        .name()
+        .and_then(|n| reqwest::header::HeaderValue::from_str(n).ok())
+    {
+        trial.insert(openapi_proxy::TRIAL_HEADER, name);
+    }
     reqwest::Client::builder()
         .timeout(HTTP_TIMEOUT)
         .connect_timeout(Duration::from_secs(5))
+        .proxy(proxy)
+        .default_headers(trial)
 }
 
 /// `GET url` with [`http`].
@@ -70,6 +87,17 @@ pub enum Host {
     Fallback,
     /// `k8s-fallback` replicas sharing a Redis.
     FallbackCluster,
+}
+
+impl Host {
+    /// Its name in trial names and reports: `edge`, `fallback`, `cluster`.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Host::Edge => "edge",
+            Host::Fallback => "fallback",
+            Host::FallbackCluster => "cluster",
+        }
+    }
 }
 
 pub fn repo_root() -> PathBuf {

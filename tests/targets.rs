@@ -176,6 +176,7 @@ impl Server {
         let oauth = crate::oauth_rig::OAuthRig::start(port);
         env.extend(oauth.server_env());
         env.extend(vars.iter().cloned());
+        crate::openapi_proxy::register(port, host.tag());
         Server {
             procs: Mutex::new(Vec::new()),
             env: Mutex::new(env),

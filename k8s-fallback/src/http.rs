@@ -159,7 +159,14 @@ async fn route_inner(app: App, peer: SocketAddr, req: Request) -> Response {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (hub, accounts) = (&app.hub, &*app.accounts);
     match (&method, segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => json(200, &serde_json::json!({ "status": "ok" })),
+        // As the edge answers it (README "HTTP API"): which backends are in use.
+        (&Method::GET, ["healthz"]) => json(
+            200,
+            &serde_json::json!({ "status": "ok", "backends": {
+                "mongodb": hub.cfg.mongodb_url.is_some(),
+                "redis": hub.cfg.redis_url.is_some(),
+            } }),
+        ),
         (&Method::GET, ["readyz"]) => {
             if hub.ready() {
                 json(200, &serde_json::json!({ "status": "ready" }))
@@ -360,16 +367,31 @@ async fn route_inner(app: App, peer: SocketAddr, req: Request) -> Response {
         | (_, ["api", "auth", "oauth", _, "start" | "callback" | "link"]) => {
             json_error(405, "method_not_allowed", "method not allowed on this path")
         }
+        // The API description is a static file (`web/dist/api/openapi.json`), as at the edge
+        // (`web/static/_headers` gives it the same cache policy there).
+        (&Method::GET | &Method::HEAD, ["api", "openapi.json"]) => {
+            with_header(static_file(&app, req).await, "cache-control", OPENAPI_CACHE)
+        }
+        (_, ["api", "openapi.json"]) => {
+            json_error(405, "method_not_allowed", "method not allowed on this path")
+        }
         (_, ["api", ..]) => json_error(404, "not_found", "no such endpoint"),
-        _ => match &app.static_files {
-            Some(dir) if method == Method::GET || method == Method::HEAD => {
-                match dir.clone().oneshot(req).await {
-                    Ok(resp) if resp.status() != StatusCode::NOT_FOUND => resp.map(Body::new),
-                    _ => json_error(404, "not_found", "no such endpoint"),
-                }
-            }
+        _ if method == Method::GET || method == Method::HEAD => static_file(&app, req).await,
+        _ => json_error(404, "not_found", "no such endpoint"),
+    }
+}
+
+/// `Cache-Control` of `/api/openapi.json`: it changes only with a deployment.
+const OPENAPI_CACHE: &str = "public, max-age=300";
+
+/// A file of `STATIC_DIR` (the browser client, the API reference), else 404 `not_found`.
+async fn static_file(app: &App, req: Request) -> Response {
+    match &app.static_files {
+        Some(dir) => match dir.clone().oneshot(req).await {
+            Ok(resp) if resp.status() != StatusCode::NOT_FOUND => resp.map(Body::new),
             _ => json_error(404, "not_found", "no such endpoint"),
         },
+        None => json_error(404, "not_found", "no such endpoint"),
     }
 }
 
