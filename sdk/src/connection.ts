@@ -71,6 +71,24 @@ export interface ConnectOptions {
   join: ClientMsg;
   /** The WebSocket implementation (default `globalThis.WebSocket`; Node 20 has none: pass `ws`). */
   WebSocket?: WebSocketConstructor;
+  /** How long the token callback, a Resume or the Join after a failed resume may take before
+   * the attempt counts as failed (default 10 s). */
+  timeoutMs?: number;
+}
+
+/** A Pong due this long after a ping (2× the steady ping interval): a socket without one is
+ * half-open and dropped (code 4000: the room keeps the place). */
+const PONG_TIMEOUT_MS = 20_000;
+/** The most a server-given `retryAfterMs` is waited (a bigger one would overflow setTimeout). */
+export const MAX_RETRY_AFTER_MS = 300_000;
+
+/** `p`, or a rejection after `ms` (the callback may never return). */
+function within<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: Timer | undefined;
+  const t = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
 }
 
 /** The room's WebSocket URL for a server base URL (http→ws, https→wss). */
@@ -99,6 +117,13 @@ export class Connection {
   private renew = false;
   private closedByUs = false;
   private pingTimer?: Timer;
+  /** When the oldest ping still without a Pong went out (0: none outstanding). */
+  private pingUnansweredSince = 0;
+  /** A Resume or re-Join not answered in time drops the socket. */
+  private answerTimer?: Timer;
+  private resumeRetryTimer?: Timer;
+  /** Ends the current socket as a drop (4000), at once, even if its close never comes. */
+  private dropCurrent?: (reason: string) => void;
   private readSinceSend = 0;
   private lastSend = 0;
   private batch: { start: number; events: NoteEvent[] } | null = null;
@@ -170,7 +195,18 @@ export class Connection {
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = undefined;
     if (!this.canResume()) this.setStatus("connecting");
-    const token = await opts.token(this.renew);
+    let token: string | undefined;
+    try {
+      token = await within(opts.token(this.renew), opts.timeoutMs ?? 10_000);
+    } catch (e) {
+      // A failed or hung token call (a guest-token POST during a reconnect): retry with backoff.
+      if (this.opts !== opts || this.closedByUs) return;
+      this.setStatus(this.canResume() ? "reconnecting" : "closed", `no token: ${e instanceof Error ? e.message : String(e)}`);
+      if (this.opts !== opts || this.closedByUs) return;
+      this.reconnectTimer = setTimeout(() => this.opts === opts && !this.closedByUs && void this.open(),
+        Math.min(8000, 500 * 2 ** this.retry++));
+      return;
+    }
     this.renew = false;
     if (this.opts !== opts || this.closedByUs) return;
     if (!token) {
@@ -188,6 +224,7 @@ export class Connection {
     // Without a listener some implementations (ws) throw on a failed connect; close follows.
     ws.onerror = () => {};
     this.ws = ws;
+    let ended = false;
     ws.onopen = () => {
       this.refusals = 0;
       this.live = false;
@@ -201,6 +238,8 @@ export class Connection {
       this.startPings();
     };
     ws.onmessage = (ev) => {
+      // A replaced socket's late frames must not touch the new one's state.
+      if (this.ws !== ws) return;
       const data = ev.data;
       let bytes: Uint8Array;
       if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
@@ -219,17 +258,19 @@ export class Connection {
       if (sm.seq > this.lastSeq) this.lastSeq = sm.seq;
       this.received(sm.msg, opts);
     };
-    ws.onclose = (ev) => {
-      clearInterval(this.pingTimer);
-      if (this.ws !== ws) return;
+    // Once per socket: from its close, or from dropCurrent when it is half-open.
+    const end = (code: number, reason: string) => {
+      if (ended || this.ws !== ws) return;
+      ended = true;
+      this.stopTimers();
       const wasLive = this.live;
       this.live = false;
       this.resuming = false;
       if (wasLive) this.droppedAt = Date.now();
-      const code = this.dropping === ws ? Close.SIMULATED_DROP : ev.code;
+      if (this.dropping === ws) code = Close.SIMULATED_DROP;
       if (NOT_RESUMABLE.includes(code)) this.forgetPlace();
       if (code === Close.KICKED) {
-        this.setStatus("kicked", ev.reason, code);
+        this.setStatus("kicked", reason, code);
         return;
       }
       if (code === Close.RESUMED_ELSEWHERE) {
@@ -247,7 +288,7 @@ export class Connection {
         delay = Math.min(300_000, 30_000 * 2 ** this.refusals++);
       } else {
         if (this.canResume()) this.setStatus("reconnecting", undefined, code);
-        else this.setStatus("closed", ev.reason, code);
+        else this.setStatus("closed", reason, code);
         if (code === Close.SESSION_ENDED || code === Close.IDENTITY_CHANGED) this.renew = true;
         // A socket that was in the room comes back at once (its place is kept for the grace
         // period); then with backoff: 0.5 s, 1 s, 2 s, … up to 8 s.
@@ -259,12 +300,38 @@ export class Connection {
         this.reconnectTimer = setTimeout(() => this.ws === ws && void this.open(), delay);
       }
     };
+    ws.onclose = (ev) => end(ev.code, ev.reason);
+    this.dropCurrent = (reason) => {
+      if (this.ws !== ws) return;
+      this.dropping = ws;
+      try {
+        ws.close(Close.SIMULATED_DROP, reason);
+      } catch {
+        // Already closing: end() below is what counts.
+      }
+      end(Close.SIMULATED_DROP, reason);
+    };
+  }
+
+  private stopTimers(): void {
+    clearInterval(this.pingTimer);
+    clearTimeout(this.answerTimer);
+    clearTimeout(this.resumeRetryTimer);
+    this.pingTimer = this.answerTimer = this.resumeRetryTimer = undefined;
+  }
+
+  /** A Resume or a re-Join went out: no answer in time counts as a drop. */
+  private awaitAnswer(what: string): void {
+    clearTimeout(this.answerTimer);
+    const drop = this.dropCurrent;
+    this.answerTimer = setTimeout(() => drop?.(`no answer to ${what}`), this.opts?.timeoutMs ?? 10_000);
   }
 
   /** What the connection itself acts on, before the page sees the message. */
   private received(msg: ServerMsg, opts: ConnectOptions): void {
     switch (msg.case) {
       case "pong":
+        this.pingUnansweredSince = 0;
         this.clock.pong(msg.value.clientTime, Number(msg.value.serverTime));
         this.unacked.ack(msg.value.lastClientSeq);
         break;
@@ -273,6 +340,7 @@ export class Connection {
         break;
       case "resumed": {
         const r = msg.value;
+        clearTimeout(this.answerTimer);
         this.resuming = false;
         this.live = true;
         this.retry = 0;
@@ -290,13 +358,18 @@ export class Connection {
         this.resuming = false;
         this.forgetPlace();
         this.send(opts.join);
+        this.awaitAnswer("the join after a failed resume");
         break;
       case "error":
         // A Resume costs a join from the join budget; over it, the Resume was dropped and this
         // says when to try again.
         if (this.resuming && msg.value.code === ErrorCode.RATE_LIMITED && msg.value.retryAfterMs > 0n) {
+          // The wait is the server's to say, within reason (and within setTimeout's range).
           const ws = this.ws;
-          setTimeout(() => this.ws === ws && this.resuming && this.sendResume(), Number(msg.value.retryAfterMs));
+          clearTimeout(this.answerTimer);
+          clearTimeout(this.resumeRetryTimer);
+          this.resumeRetryTimer = setTimeout(() => this.ws === ws && this.resuming && this.sendResume(),
+            Math.min(MAX_RETRY_AFTER_MS, Number(msg.value.retryAfterMs)));
         }
         break;
       default:
@@ -306,6 +379,7 @@ export class Connection {
   }
 
   private joined(j: Joined): void {
+    clearTimeout(this.answerTimer);
     this.live = true;
     this.retry = 0;
     this.resumeToken = j.resumeToken;
@@ -320,15 +394,26 @@ export class Connection {
 
   private sendResume(): void {
     this.send({ case: "resume", value: { token: this.resumeToken, lastSeq: this.lastSeq } });
+    this.awaitAnswer("the resume");
   }
 
   private startPings(): void {
     let n = 0;
-    const ping = () => this.send({ case: "ping", value: { clientTime: Date.now() } });
+    clearInterval(this.pingTimer);
+    this.pingUnansweredSince = 0;
+    const ping = () => {
+      if (this.send({ case: "ping", value: { clientTime: Date.now() } }) && !this.pingUnansweredSince) {
+        this.pingUnansweredSince = Date.now();
+      }
+    };
     ping();
     // A quick burst to sync the clock (16 pings in 4 s, within the ping budget's burst), then a
     // steady beat every 10 s.
     this.pingTimer = setInterval(() => {
+      if (this.pingUnansweredSince && Date.now() - this.pingUnansweredSince > PONG_TIMEOUT_MS) {
+        this.dropCurrent?.("no pong");
+        return;
+      }
       n++;
       if (n < CLOCK_SAMPLES || n % 40 === 0) ping();
     }, 250);
@@ -404,7 +489,7 @@ export class Connection {
     this.resuming = false;
     // Said to no one: the caller closed it and knows.
     this.status = "closed";
-    clearInterval(this.pingTimer);
+    this.stopTimers();
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.flushTimer);
     this.flushTimer = undefined;
