@@ -79,9 +79,9 @@ export async function connect(credentials: Credentials, options: ClientOptions =
   let token: (renew?: boolean) => Promise<string | undefined>;
   if ("guestName" in credentials) {
     const name = credentials.guestName;
-    let current = (await guestToken(credentials.url, name, options.fetch)).token;
+    let current = (await guestToken(credentials.url, name, options.fetch, options.timeoutMs)).token;
     // A guest token that the server ended (4001) is replaced by a new one for the same name.
-    token = async (renew) => (renew ? (current = (await guestToken(credentials.url, name, options.fetch)).token) : current);
+    token = async (renew) => (renew ? (current = (await guestToken(credentials.url, name, options.fetch, options.timeoutMs)).token) : current);
   } else {
     const t = credentials.token;
     token = typeof t === "string" ? async () => t : t;
@@ -111,7 +111,11 @@ export class PianoClient {
   private pending: Pending[] = [];
   private barrierSeq = 0;
   private joining?: { resolve: (j: Joined) => void; reject: (e: PianoError) => void; timer: ReturnType<typeof setTimeout> };
-  private roomListWaiters: ((rooms: ReadonlyMap<string, RoomSummary>) => void)[] = [];
+  private roomListWaiters: {
+    resolve: (rooms: ReadonlyMap<string, RoomSummary>) => void;
+    reject: (e: PianoError) => void;
+    timer: ReturnType<typeof setTimeout>;
+  }[] = [];
   private wantRooms = false;
   private timeoutMs: number;
 
@@ -195,7 +199,7 @@ export class PianoClient {
         reject(new PianoError("TIMEOUT", `no answer to joining ${room}`, "timeout"));
       }, this.timeoutMs);
       this.joining = { resolve, reject, timer };
-      this.conn.connect({ url: this.url, room, token: this.token, join, WebSocket: this.options.WebSocket });
+      this.conn.connect({ url: this.url, room, token: this.token, join, WebSocket: this.options.WebSocket, timeoutMs: this.timeoutMs });
     });
   }
 
@@ -236,6 +240,10 @@ export class PianoClient {
       }
     }
     this.pending = keep;
+    for (const w of this.roomListWaiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(err);
+    }
   }
 
   // -- notes ------------------------------------------------------------------------------------
@@ -349,7 +357,17 @@ export class PianoClient {
   subscribeRooms(): Promise<ReadonlyMap<string, RoomSummary>> {
     if (this.status !== "open") return Promise.reject(new PianoError("NOT_CONNECTED", "no open socket", "state"));
     this.wantRooms = true;
-    const p = new Promise<ReadonlyMap<string, RoomSummary>>((resolve) => this.roomListWaiters.push(resolve));
+    const p = new Promise<ReadonlyMap<string, RoomSummary>>((resolve, reject) => {
+      const w = {
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          this.roomListWaiters = this.roomListWaiters.filter((x) => x !== w);
+          reject(new PianoError("TIMEOUT", "no room list from the server", "timeout"));
+        }, this.timeoutMs),
+      };
+      this.roomListWaiters.push(w);
+    });
     this.conn.send({ case: "subscribeRooms", value: {} });
     return p;
   }
@@ -361,7 +379,7 @@ export class PianoClient {
 
   /** `GET /api/rooms` (no socket needed). */
   listRooms(): Promise<RoomInfo[]> {
-    return listRooms(this.url, this.options.fetch);
+    return listRooms(this.url, this.options.fetch, this.options.timeoutMs);
   }
 
   // -- what arrives -----------------------------------------------------------------------------
@@ -402,6 +420,9 @@ export class PianoClient {
         // The socket could try again, but a caller of join() decides that: it is closed.
         this.conn.close();
         this.abandon(err);
+        // conn.close() says nothing (it assumes its caller knows): the page must hear it, as
+        // after a failed re-Join following a resume that failed.
+        this.emit("status", "closed", err.message, undefined);
         break;
       }
       case "participantJoined":
@@ -442,7 +463,12 @@ export class PianoClient {
           for (const r of msg.value.upserted) this.rooms.set(r.name, r);
           for (const name of msg.value.removed) this.rooms.delete(name);
         }
-        if (msg.case === "roomList") for (const w of this.roomListWaiters.splice(0)) w(this.rooms);
+        if (msg.case === "roomList") {
+          for (const w of this.roomListWaiters.splice(0)) {
+            clearTimeout(w.timer);
+            w.resolve(this.rooms);
+          }
+        }
         this.emit("rooms", this.rooms);
         break;
       case "pong": {
@@ -483,7 +509,9 @@ export class PianoClient {
         this.conn.send({ case: "ping", value: { clientTime: p.barrier } });
       }
     } else if (status === "kicked" || status === "refused" || status === "closed") {
-      if (status === "refused") this.conn.close();
+      // A join() that failed here is over: no reconnecting behind its caller's back (and no
+      // timers keeping a Node process alive).
+      if (status === "refused" || (status === "closed" && this.joining)) this.conn.close();
       this.abandon(code !== undefined ? PianoError.fromClose(code, detail) : new PianoError("NOT_CONNECTED", detail ?? status, "state"));
     }
     this.emit("status", status, detail, code);
