@@ -4,6 +4,8 @@
 
 /** Clock samples kept (and pings in the first burst, one every 250 ms). */
 export const CLOCK_SAMPLES = 16;
+/** A longer round trip is no clock sample (as `client/src/clock.rs`). */
+export const MAX_RTT_MS = 60_000;
 
 /** Estimates server time from Ping/Pong: keeps the sample with the smallest round trip. */
 export class Clock {
@@ -23,6 +25,9 @@ export class Clock {
   pong(clientTime: number, serverTime: number): void {
     const now = Date.now();
     const rtt = now - clientTime;
+    // A Pong from the future, an absurd one or NaN is no sample (the server may be hostile too):
+    // a negative round trip would always win, NaN would poison the offset.
+    if (!Number.isFinite(rtt) || !Number.isFinite(serverTime) || rtt < 0 || rtt > MAX_RTT_MS) return;
     this.samples.push({ rtt, offset: serverTime + rtt / 2 - now });
     // Sixteen samples: on a jittery path the least delayed one is closest to symmetric.
     if (this.samples.length > CLOCK_SAMPLES) this.samples.shift();

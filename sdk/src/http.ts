@@ -3,7 +3,7 @@
 
 import { PianoError } from "./errors.js";
 
-export type Fetch = (input: string, init?: { method?: string; headers?: Record<string, string>; body?: string }) => Promise<{
+export type Fetch = (input: string, init?: { method?: string; headers?: Record<string, string>; body?: string; signal?: AbortSignal }) => Promise<{
   ok: boolean;
   status: number;
   json(): Promise<unknown>;
@@ -31,28 +31,40 @@ export function apiUrl(base: string, path: string): string {
   return new URL(path, base.endsWith("/") ? base : `${base}/`).toString();
 }
 
-async function call<T>(fetcher: Fetch, url: string, init?: Parameters<Fetch>[1]): Promise<T> {
-  const resp = await fetcher(url, init);
-  const body = (await resp.json().catch(() => undefined)) as { error?: { code?: string; message?: string } } | undefined;
+/** How long a REST call may take, answer body included, unless the caller says otherwise. */
+export const HTTP_TIMEOUT_MS = 30_000;
+
+async function call<T>(fetcher: Fetch, url: string, init: Parameters<Fetch>[1] = {}, timeoutMs = HTTP_TIMEOUT_MS): Promise<T> {
+  const signal = AbortSignal.timeout(timeoutMs);
+  // The signal aborts a real fetch; the race also bounds a fetch (or body) that ignores it.
+  const timedOut = new Promise<never>((_, reject) =>
+    signal.addEventListener("abort", () => reject(new PianoError("TIMEOUT", `no answer from ${url} within ${timeoutMs} ms`, "timeout")), { once: true }),
+  );
+  timedOut.catch(() => {});
+  const resp = await Promise.race([fetcher(url, { ...init, signal }), timedOut]);
+  const body = (await Promise.race([resp.json().then((b) => ({ b }), () => undefined), timedOut])) as
+    | { b: { error?: { code?: string; message?: string } } | undefined }
+    | undefined;
   if (!resp.ok) {
-    const e = body?.error;
+    const e = body?.b?.error;
     throw new PianoError(e?.code ?? "HTTP_ERROR", e?.message ?? `HTTP ${resp.status}`, "http", 0, resp.status);
   }
-  return body as T;
+  if (!body) throw new PianoError("HTTP_ERROR", `HTTP ${resp.status} without a JSON body`, "http", 0, resp.status);
+  return body.b as T;
 }
 
 const defaultFetch = (): Fetch => (globalThis as unknown as { fetch: Fetch }).fetch;
 
 /** `POST /api/auth/guest`: a guest token for `name` (valid 24 h). */
-export function guestToken(base: string, name: string, fetcher: Fetch = defaultFetch()): Promise<GuestToken> {
+export function guestToken(base: string, name: string, fetcher: Fetch = defaultFetch(), timeoutMs = HTTP_TIMEOUT_MS): Promise<GuestToken> {
   return call(fetcher, apiUrl(base, "api/auth/guest"), {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ name }),
-  });
+  }, timeoutMs);
 }
 
 /** `GET /api/rooms`: the visible, non-empty rooms, most players first (cached up to 2 s). */
-export function listRooms(base: string, fetcher: Fetch = defaultFetch()): Promise<RoomInfo[]> {
-  return call(fetcher, apiUrl(base, "api/rooms"));
+export function listRooms(base: string, fetcher: Fetch = defaultFetch(), timeoutMs = HTTP_TIMEOUT_MS): Promise<RoomInfo[]> {
+  return call(fetcher, apiUrl(base, "api/rooms"), {}, timeoutMs);
 }

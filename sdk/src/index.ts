@@ -8,11 +8,11 @@ export type { ClientOptions, Credentials, JoinOptions, PianoEvents, ProfilePatch
 export { BATCH_MS, Close, Connection, roomSocketUrl } from "./connection.js";
 export type { ClientMsg, ConnectOptions, ServerMsg, Status } from "./connection.js";
 export { Clock } from "./clock.js";
-export { DEFAULT_LATE_MS, DEFAULT_LATENCY_MS, Scheduler } from "./scheduler.js";
+export { DEFAULT_LATE_MS, DEFAULT_LATENCY_MS, MAX_AHEAD_MS, Scheduler } from "./scheduler.js";
 export type { ScheduledBatch, ScheduledEvent } from "./scheduler.js";
 export { CLOSE_NAMES, PianoError } from "./errors.js";
 export type { CloseCodeName, JoinFailureCode, PianoErrorCode, PianoErrorKind, ProtocolErrorCode } from "./errors.js";
-export { apiUrl, guestToken, listRooms } from "./http.js";
+export { apiUrl, guestToken, HTTP_TIMEOUT_MS, listRooms } from "./http.js";
 export type { Fetch, GuestToken, RoomInfo } from "./http.js";
 export { MAX_KEPT } from "./unacked.js";
 export type { WebSocketConstructor, WebSocketLike } from "./socket.js";

@@ -13,6 +13,9 @@ export const DEFAULT_LATENCY_MS = BATCH_MS + 100;
  * held up by a stall, plays what is still to come, not the past in a rush). Releases always
  * apply. */
 export const DEFAULT_LATE_MS = 500;
+/** `play` never waits longer than this: a batch time far ahead (a hostile or broken server; past
+ * 2^31 ms setTimeout would fire at once) plays then. */
+export const MAX_AHEAD_MS = 60_000;
 
 export interface ScheduledEvent {
   event: NoteEvent;
@@ -52,7 +55,7 @@ export class Scheduler {
   play(batch: ScheduledBatch, play: (ev: ScheduledEvent) => void): () => void {
     const timers = batch.events
       .filter((e) => !e.late)
-      .map((e) => setTimeout(() => play(e), Math.max(0, e.at - Date.now())));
+      .map((e) => setTimeout(() => play(e), Math.min(MAX_AHEAD_MS, Math.max(0, e.at - Date.now()))));
     return () => timers.forEach(clearTimeout);
   }
 }
