@@ -16,9 +16,14 @@ const phrase = async () => {
 };
 bot.on("chat", async (m) => {
   if (m.participantId === bot.you?.id) return;
-  if (m.text === "!ping") await bot.chat("pong");
-  if (m.text === "!play") await phrase();
-  if (m.text === "!bye") await bot.chat("bye").finally(() => bot.close());
+  try {
+    if (m.text === "!ping") await bot.chat("pong");
+    if (m.text === "!play") await phrase();
+    if (m.text === "!bye") await bot.chat("bye").finally(() => bot.close());
+  } catch (err) {
+    // A refused chat (RATE_LIMITED, MUTED) is no reason to stop: an unhandled rejection would end Node.
+    console.error(`bot: ${err.code ?? ""} ${err.message}`);
+  }
 });
 await bot.join(room);
 await phrase();

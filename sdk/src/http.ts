@@ -35,16 +35,24 @@ export function apiUrl(base: string, path: string): string {
 export const HTTP_TIMEOUT_MS = 30_000;
 
 async function call<T>(fetcher: Fetch, url: string, init: Parameters<Fetch>[1] = {}, timeoutMs = HTTP_TIMEOUT_MS): Promise<T> {
-  const signal = AbortSignal.timeout(timeoutMs);
-  // The signal aborts a real fetch; the race also bounds a fetch (or body) that ignores it.
-  const timedOut = new Promise<never>((_, reject) =>
-    signal.addEventListener("abort", () => reject(new PianoError("TIMEOUT", `no answer from ${url} within ${timeoutMs} ms`, "timeout")), { once: true }),
-  );
-  timedOut.catch(() => {});
-  const resp = await Promise.race([fetcher(url, { ...init, signal }), timedOut]);
-  const body = (await Promise.race([resp.json().then((b) => ({ b }), () => undefined), timedOut])) as
-    | { b: { error?: { code?: string; message?: string } } | undefined }
-    | undefined;
+  // The abort ends a real fetch; the race also bounds a fetch (or body) that ignores it. (Not
+  // AbortSignal.timeout: its timer is unref'd, and a Node process would exit mid-wait.)
+  const abort = new AbortController();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timedOut = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      abort.abort();
+      reject(new PianoError("TIMEOUT", `no answer from ${url} within ${timeoutMs} ms`, "timeout"));
+    }, timeoutMs);
+  });
+  let resp: Awaited<ReturnType<Fetch>>;
+  let body: { b: { error?: { code?: string; message?: string } } | undefined } | undefined;
+  try {
+    resp = await Promise.race([fetcher(url, { ...init, signal: abort.signal }), timedOut]);
+    body = await Promise.race([resp.json().then((b) => ({ b: b as { error?: { code?: string; message?: string } } }), () => undefined), timedOut]);
+  } finally {
+    clearTimeout(timer);
+  }
   if (!resp.ok) {
     const e = body?.b?.error;
     throw new PianoError(e?.code ?? "HTTP_ERROR", e?.message ?? `HTTP ${resp.status}`, "http", 0, resp.status);

@@ -14,7 +14,9 @@ const initial = await watcher.subscribeRooms();
 assert.ok(!initial.has(room), "not listed before anyone is in it");
 assert.ok(!initial.has(home), "a private room is not listed");
 
-// Every `rooms` event while the room is listed: its player counts in order.
+// The room's player count at every `rooms` event (0: not listed), repeats collapsed. On the
+// cluster, updates may merge (1 → 0 without a step) or come late, so the sequence itself is not
+// fixed: what is checked is that it stays within what happened and ends where it should.
 const counts = [];
 watcher.on("rooms", (rooms) => {
   const n = rooms.get(room)?.players ?? 0;
@@ -40,7 +42,11 @@ ann.close();
 await until("back to one player", () => watcher.rooms.get(room)?.players === 1);
 ben.close();
 await until("the emptied room leaves the list", () => !watcher.rooms.has(room));
-assert.deepEqual(counts, [0, 1, 2, 1, 0].slice(counts[0] === 0 ? 0 : 1), `player counts seen: ${counts}`);
+// Taken now (nothing runs between the wait and here): the last count is the list's state.
+const seen = [...counts];
+assert.ok(seen.every((n) => n === 0 || n === 1 || n === 2), `player counts seen: ${seen}`);
+assert.ok(seen.includes(1) && seen.includes(2), `the counts followed the joins: ${seen}`);
+assert.equal(seen.at(-1), 0, `the counts end with the room gone: ${seen}`);
 
 watcher.unsubscribeRooms();
 watcher.close();

@@ -72,9 +72,10 @@ for (let i = 1; i < ons.length; i++) {
 const err = ons[0].at - (bob.clock.toLocal(playedAt[0]) + bob.scheduler.latencyMs);
 assert.ok(Math.abs(err) <= slack, `first note ${err} ms off the buffer's time (slack ${slack})`);
 // Clock sync: Alice and Bob run on one machine's clock, so their estimates of the server's
-// offset agree within the error bound of each (half its best round trip).
+// offset agree within the error bound of each (half its best round trip), plus 5 ms for an event
+// loop busy with other trials (a noised offset of 20 ms still fails on a local server).
 const apart = Math.abs(alice.clock.offset - bob.clock.offset);
-assert.ok(apart <= (alice.clock.rtt + bob.clock.rtt) / 2 + 2, `offsets ${apart} ms apart (round trips ${alice.clock.rtt}, ${bob.clock.rtt})`);
+assert.ok(apart <= (alice.clock.rtt + bob.clock.rtt) / 2 + 5, `offsets ${apart} ms apart (round trips ${alice.clock.rtt}, ${bob.clock.rtt})`);
 
 // Chat both ways; the sender's call resolves once the room took it.
 const aliceHears = alice.next("chat", (m) => m.text === "hello from Bob");

@@ -1,6 +1,6 @@
 // The SDK's parts that need no server (node --test sdk/test/unit.test.mjs; run by scripts/test
 // after the build): URLs, error mapping, the scheduler's arithmetic, the clock estimate, the version.
-import { test } from "node:test";
+import { mock, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { create } from "@bufbuild/protobuf";
@@ -16,6 +16,9 @@ import {
   Scheduler,
   roomSocketUrl,
   apiUrl,
+  guestToken,
+  listRooms,
+  MAX_AHEAD_MS,
 } from "@pianorhythm/sdk";
 
 test("room socket URLs for either scheme, with a path prefix and a room to escape", () => {
@@ -66,6 +69,60 @@ test("the clock keeps the sample with the fastest round trip", () => {
   assert.ok(Math.abs(clock.offset - 3002) <= 2, `offset ${clock.offset}`);
   assert.ok(clock.rtt <= 3);
   assert.equal(clock.sampleCount, 2);
+});
+
+test("the clock ignores a Pong from the future, an absurd one and NaN", () => {
+  const clock = new Clock();
+  const now = Date.now();
+  clock.pong(now - 10, now + 1000); // a real sample: offset ≈ 1005
+  clock.pong(now + 5000, now + 99_000); // negative round trip: would always win
+  clock.pong(now - 120_000, now + 99_000); // two minutes: no clock sample
+  clock.pong(NaN, now);
+  clock.pong(now - 1, NaN);
+  assert.equal(clock.sampleCount, 1);
+  assert.ok(Math.abs(clock.offset - 1005) <= 2, `offset ${clock.offset}`);
+  assert.ok(clock.rtt >= 0);
+});
+
+test("the scheduler waits at most MAX_AHEAD_MS, however far ahead a batch is stamped", (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_000_000 });
+  const clock = new Clock();
+  const s = new Scheduler(clock, 250, 500);
+  // 2^32 ms ahead: past setTimeout's range (a real one would fire at once).
+  const batch = create(NoteBatchSchema, { time: BigInt(1_000_000 + 2 ** 32), events: [{ delay: 0, kind: { case: "noteOn", value: { note: 60, velocity: 90 } } }] });
+  const played = [];
+  s.play(s.schedule(batch), (e) => played.push(e));
+  t.mock.timers.tick(MAX_AHEAD_MS - 1);
+  assert.equal(played.length, 0, "not before the cap");
+  t.mock.timers.tick(1);
+  assert.equal(played.length, 1, "played at the cap");
+});
+
+const response = (status, json) => ({ ok: status >= 200 && status < 300, status, json: async () => json() });
+
+test("REST: a 2xx without a JSON body is a typed HTTP_ERROR; an error body keeps its code", async () => {
+  const notJson = async () => response(200, () => JSON.parse("<html>"));
+  const e = await guestToken("http://x", "Ann", notJson).then(() => null, (err) => err);
+  assert.ok(e instanceof PianoError, `${e}`);
+  assert.deepEqual([e.code, e.kind, e.status], ["HTTP_ERROR", "http", 200]);
+  const refused = async () => response(429, () => ({ error: { code: "RATE_LIMITED", message: "slow down" } }));
+  const r = await listRooms("http://x", refused).then(() => null, (err) => err);
+  assert.deepEqual([r.code, r.status], ["RATE_LIMITED", 429]);
+  const fine = async (_url, init) => {
+    assert.ok(init.signal instanceof AbortSignal, "a signal bounds the fetch");
+    return response(200, () => [{ name: "lobby" }]);
+  };
+  assert.deepEqual(await listRooms("http://x", fine), [{ name: "lobby" }]);
+});
+
+test("REST: no answer in time is a TIMEOUT, even from a fetch that ignores its signal", async () => {
+  const never = () => new Promise(() => {});
+  const e = await guestToken("http://x", "Ann", never, 50).then(() => null, (err) => err);
+  assert.deepEqual([e?.code, e?.kind], ["TIMEOUT", "timeout"]);
+  // A body that never ends is bounded too.
+  const slowBody = async () => ({ ok: true, status: 200, json: () => new Promise(() => {}) });
+  const b = await listRooms("http://x", slowBody, 50).then(() => null, (err) => err);
+  assert.equal(b?.code, "TIMEOUT");
 });
 
 test("the package's major version is the protocol version", () => {
