@@ -19,7 +19,10 @@ import {
   guestToken,
   listRooms,
   MAX_AHEAD_MS,
+  Connection,
+  ServerMessageSchema,
 } from "@pianorhythm/sdk";
+import { toBinary } from "@bufbuild/protobuf";
 
 test("room socket URLs for either scheme, with a path prefix and a room to escape", () => {
   assert.equal(roomSocketUrl("http://127.0.0.1:8787", "lobby"), "ws://127.0.0.1:8787/api/rooms/lobby/ws");
@@ -123,6 +126,105 @@ test("REST: no answer in time is a TIMEOUT, even from a fetch that ignores its s
   const slowBody = async () => ({ ok: true, status: 200, json: () => new Promise(() => {}) });
   const b = await listRooms("http://x", slowBody, 50).then(() => null, (err) => err);
   assert.equal(b?.code, "TIMEOUT");
+});
+
+// A WebSocket that opens when told and never answers: a half-open connection.
+class FakeSocket {
+  static all = [];
+  readyState = 0;
+  closedWith;
+  sent = 0;
+  constructor(url, protocols) {
+    this.url = url;
+    this.protocols = protocols;
+    FakeSocket.all.push(this);
+  }
+  open() {
+    this.readyState = 1;
+    this.onopen?.({});
+  }
+  send() {
+    this.sent++;
+  }
+  close(code) {
+    this.closedWith ??= code;
+    this.readyState = 3;
+  }
+}
+const settle = async () => {
+  for (let i = 0; i < 10; i++) await Promise.resolve();
+};
+const join = { case: "join", value: { password: "" } };
+
+test("a socket with no Pong for 20 s is dropped as 4000 and replaced", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval", "Date"], now: 1_000_000 });
+  FakeSocket.all = [];
+  const statuses = [];
+  const conn = new Connection(() => {}, (s, _d, code) => statuses.push([s, code]));
+  conn.connect({ url: "http://x", room: "r", token: async () => "t", join, WebSocket: FakeSocket });
+  await settle();
+  FakeSocket.all[0].open();
+  assert.equal(conn.currentStatus, "open");
+  t.mock.timers.tick(19_000);
+  assert.equal(FakeSocket.all[0].closedWith, undefined, "still waiting for a Pong");
+  t.mock.timers.tick(2_000);
+  assert.equal(FakeSocket.all[0].closedWith, 4000, "dropped, not a goodbye");
+  assert.deepEqual(statuses.at(-1), ["closed", 4000], "said at once, without waiting for the close");
+  t.mock.timers.tick(500);
+  await settle();
+  assert.equal(FakeSocket.all.length, 2, "a new socket");
+  conn.close();
+});
+
+test("a replaced socket's late frames and close touch nothing of the new one", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval", "Date"], now: 1_000_000 });
+  FakeSocket.all = [];
+  const seen = [];
+  const conn = new Connection((m) => seen.push(m.case), () => {});
+  conn.connect({ url: "http://x", room: "r", token: async () => "t", join, WebSocket: FakeSocket });
+  await settle();
+  FakeSocket.all[0].open();
+  t.mock.timers.tick(21_000); // no Pong: dropped, and after the backoff a new socket
+  t.mock.timers.tick(500);
+  await settle();
+  const [old, current] = FakeSocket.all;
+  current.open();
+  const pong = toBinary(ServerMessageSchema, create(ServerMessageSchema, {
+    seq: 99n,
+    msg: { case: "pong", value: { clientTime: Date.now() - 2, serverTime: BigInt(Date.now() + 50_000) } },
+  }));
+  old.onmessage({ data: pong.buffer.slice(pong.byteOffset, pong.byteOffset + pong.byteLength) });
+  assert.equal(conn.clock.sampleCount, 0, "the old socket's Pong is no clock sample");
+  assert.deepEqual(seen, [], "nor a message");
+  old.onclose({ code: 1006, reason: "" });
+  const before = current.sent;
+  t.mock.timers.tick(10_000);
+  assert.ok(current.sent > before, "the new socket still pings");
+  assert.equal(conn.currentStatus, "open");
+  conn.close();
+});
+
+test("a token callback that fails or never returns is a status and a retry, not a crash or a hang", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval", "Date"], now: 1_000_000 });
+  FakeSocket.all = [];
+  const statuses = [];
+  const conn = new Connection(() => {}, (s, d) => statuses.push([s, d]));
+  let calls = 0;
+  const token = () => (++calls === 1 ? Promise.reject(new Error("guest POST failed")) : calls === 2 ? new Promise(() => {}) : Promise.resolve("t"));
+  conn.connect({ url: "http://x", room: "r", token, join, WebSocket: FakeSocket, timeoutMs: 1000 });
+  await settle();
+  assert.deepEqual(statuses.at(-1), ["closed", "no token: guest POST failed"]);
+  t.mock.timers.tick(500);
+  await settle();
+  assert.equal(calls, 2);
+  t.mock.timers.tick(1000);
+  await settle();
+  assert.match(statuses.at(-1)[1], /^no token: no answer within 1000 ms/);
+  t.mock.timers.tick(1000);
+  await settle();
+  assert.equal(calls, 3);
+  assert.equal(FakeSocket.all.length, 1, "the third call's token opens a socket");
+  conn.close();
 });
 
 test("the package's major version is the protocol version", () => {
