@@ -171,6 +171,7 @@ async fn through_the_proxy() {
         "the proxy returns the body unchanged"
     );
     server.abort();
+    openapi_proxy::unregister(port);
     let trial = std::thread::current().name().unwrap_or_default().to_owned();
     let found = openapi_proxy::take_violations(&trial);
     assert!(

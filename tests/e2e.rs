@@ -387,7 +387,10 @@ fn run_on(host: Host, spec: Spec) -> Result<(), Failed> {
         Ok(Ok(Err(_elapsed))) => Err(stuck("did not finish")),
         // The trial's own panic, reported as libtest would.
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => Err(stuck("is stuck in a blocking call, not finished")),
+        // Its thread is left running, and its gates are released: what runs next may meet it.
+        Err(_) => Err(stuck(
+            "is stuck in a blocking call (its thread is left behind)",
+        )),
     }
 }
 

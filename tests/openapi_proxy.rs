@@ -51,6 +51,12 @@ pub fn register(port: u16, target: &'static str) {
     with_record(|r| r.ports.insert(port, target));
 }
 
+/// Answers on `port` are no longer checked (its server is gone: the port may be handed to
+/// a mock of another trial next).
+pub fn unregister(port: u16) {
+    with_record(|r| r.ports.remove(&port));
+}
+
 /// The violations the answers to `trial` had (taken: each is reported once).
 pub fn take_violations(trial: &str) -> Vec<String> {
     with_record(|r| r.violations.remove(trial).unwrap_or_default())

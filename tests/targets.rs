@@ -237,6 +237,7 @@ impl Server {
     /// Stops everything the server started and removes its storage.
     pub fn shutdown(&self) {
         self.stop();
+        crate::openapi_proxy::unregister(self.port);
         self.oauth.stop();
         if let Launch::Fallback { redis, .. } = &self.launch {
             drop(redis.lock().unwrap_or_else(|p| p.into_inner()).take());
