@@ -11,7 +11,6 @@ use crate::conn::{Connection, Dial, Event};
 use crate::error::{ClientError, CloseReason};
 use crate::http::{Api, Summary};
 use crate::scheduler::{Scheduled, Scheduler};
-use crate::session::Unacked;
 use piano_core::proto::{self, client_message, note_event, server_message};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -584,23 +583,11 @@ impl Room {
 
     async fn resend(&mut self) -> Result<(), ClientError> {
         let now = self.server_now() as u64;
-        let again: Vec<_> = self
+        self.resent += self
             .conn
-            .resume
-            .unacked
-            .iter()
-            .map(|k| (k.seq, Unacked::resendable(k, now)))
-            .collect();
-        for (seq, msg) in again {
-            if let Some(msg) = msg {
-                self.conn
-                    .send_seq(seq, msg)
-                    .await
-                    .map_err(|e| ClientError::Broken(e.to_string()))?;
-                self.resent += 1;
-            }
-            self.conn.resume.unacked.mark_sent(seq);
-        }
+            .resend_unacked(now)
+            .await
+            .map_err(|e| ClientError::Broken(e.to_string()))?;
         Ok(())
     }
 
