@@ -104,6 +104,8 @@ pub struct Room {
     /// Numbered messages sent again after resumes and rejoins.
     pub resent: u64,
     next_ping: Instant,
+    /// The `client_time` of the last Ping sent: each is later, so a Pong tells which it answers.
+    last_ping_time: f64,
     join_opts: JoinOptions,
 }
 
@@ -119,6 +121,7 @@ impl Room {
             overflowed: 0,
             resent: 0,
             next_ping: Instant::now(),
+            last_ping_time: 0.0,
             join_opts: JoinOptions::default(),
         }
     }
@@ -287,9 +290,7 @@ impl Room {
                 >= Duration::from_millis(piano_core::backlog::ACK_MIN_INTERVAL_MS);
         let scheduled = Instant::now() >= self.next_ping;
         if acks || scheduled {
-            let ping = proto::Ping {
-                client_time: now_ms(),
-            };
+            let ping = self.ping();
             self.send(client_message::Msg::Ping(ping)).await?;
             if scheduled {
                 self.next_ping = Instant::now() + self.clock.next_ping_in();
@@ -303,6 +304,11 @@ impl Room {
 
     /// Sends `msg` (numbered and kept if `kept`) and waits for the answer `pick` accepts or an
     /// `Error`, keeping the other messages for `next`.
+    ///
+    /// A limit of the protocol: an `Error` names no request, so any `Error` arriving meanwhile
+    /// fails the request, even one about something else sent around then (a note batch
+    /// refused as RATE_LIMITED, a typing notice refused as MUTED). Confirmations are matched
+    /// to the request (`pick`), so another participant's change does not confirm it.
     pub async fn request<T>(
         &mut self,
         msg: client_message::Msg,
@@ -364,13 +370,17 @@ impl Room {
         .await
     }
 
-    /// Changes the room's settings; the settings as they are then.
+    /// Changes the room's settings; the settings as they are then: the first change showing
+    /// the values asked for ([`settings_show`]; another moderator's change does not).
     pub async fn update_settings(
         &mut self,
         s: proto::UpdateSettings,
     ) -> Result<proto::RoomSettings, ClientError> {
+        let asked = s.clone();
         self.request(client_message::Msg::UpdateSettings(s), false, |m| match m {
-            server_message::Msg::SettingsChanged(c) => c.settings.clone(),
+            server_message::Msg::SettingsChanged(c) => {
+                c.settings.clone().filter(|now| settings_show(&asked, now))
+            }
             _ => None,
         })
         .await
@@ -477,19 +487,26 @@ impl Room {
     }
 
     /// Lifts a user's ban. The room confirms nothing: a Ping after it fences the answer (an
-    /// `Error` comes before the `Pong`).
+    /// `Error` comes before that Ping's `Pong`; an earlier ping's Pong is not the fence).
     pub async fn unban(&mut self, user_id: &str) -> Result<(), ClientError> {
         self.send(client_message::Msg::Unban(proto::Unban {
             user_id: user_id.into(),
         }))
         .await?;
-        let ping = proto::Ping {
-            client_time: now_ms(),
-        };
+        let ping = self.ping();
+        let fence = ping.client_time;
         self.request(client_message::Msg::Ping(ping), false, |m| {
-            matches!(m, server_message::Msg::Pong(_)).then_some(())
+            matches!(m, server_message::Msg::Pong(p) if p.client_time == fence).then_some(())
         })
         .await
+    }
+
+    /// A Ping stamped now, later than every Ping before it on this room.
+    fn ping(&mut self) -> proto::Ping {
+        self.last_ping_time = unique_after(self.last_ping_time, now_ms());
+        proto::Ping {
+            client_time: self.last_ping_time,
+        }
     }
 
     /// Deletes a chat message (own, or any for moderators).
@@ -598,6 +615,31 @@ impl Room {
     }
 }
 
+/// Whether `now` shows every value `asked` sets that the room reports back as it was asked
+/// (the flags, the player limit, whether there is a password; the texts are left out: the
+/// room may filter or normalise them).
+pub fn settings_show(asked: &proto::UpdateSettings, now: &proto::RoomSettings) -> bool {
+    let same = |a: Option<bool>, b: bool| a.is_none_or(|a| a == b);
+    same(asked.visible, now.visible)
+        && same(asked.owner_only_chat, now.owner_only_chat)
+        && same(asked.owner_only_play, now.owner_only_play)
+        && same(asked.allow_guests, now.allow_guests)
+        && same(asked.allow_bots, now.allow_bots)
+        && same(asked.allow_black_midi, now.allow_black_midi)
+        && same(asked.profanity_filter, now.profanity_filter)
+        && same(
+            asked.password.as_ref().map(|p| !p.is_empty()),
+            now.has_password,
+        )
+        && asked.max_players.is_none_or(|m| m == now.max_players)
+}
+
+/// `now`, or just after `last` if the clock did not move past it (the f64 survives the round
+/// trip exactly, so the Pong names its Ping).
+fn unique_after(last: f64, now: f64) -> f64 {
+    if now > last { now } else { last + 0.001 }
+}
+
 /// Whether another try may help.
 fn retryable(e: &ClientError) -> bool {
     match e {
@@ -615,4 +657,48 @@ fn retryable(e: &ClientError) -> bool {
 /// Whether a close (or failure) leaves the door open to [`Room::reconnect`].
 pub fn may_reconnect(e: &ClientError) -> bool {
     retryable(e) && e.close_reason() != Some(CloseReason::Normal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_settings_change_confirms_only_the_values_asked_for() {
+        let asked = proto::UpdateSettings {
+            visible: Some(false),
+            max_players: Some(5),
+            password: Some("pw".into()),
+            ..Default::default()
+        };
+        let now = proto::RoomSettings {
+            visible: false,
+            max_players: 5,
+            has_password: true,
+            allow_guests: true,
+            ..Default::default()
+        };
+        assert!(settings_show(&asked, &now));
+        // Another moderator's change: the room as it was before ours.
+        let other = proto::RoomSettings {
+            visible: true,
+            ..now.clone()
+        };
+        assert!(!settings_show(&asked, &other));
+        let removed = proto::UpdateSettings {
+            password: Some(String::new()),
+            ..Default::default()
+        };
+        assert!(!settings_show(&removed, &now));
+        assert!(settings_show(&proto::UpdateSettings::default(), &other));
+    }
+
+    #[test]
+    fn each_ping_is_later_than_the_one_before() {
+        let t = 1_764_560_000_000.5;
+        assert_eq!(unique_after(0.0, t), t);
+        let same = unique_after(t, t);
+        assert!(same > t);
+        assert!(unique_after(same, t) > same, "a clock going back");
+    }
 }
