@@ -11,7 +11,7 @@ use crate::conn::{Connection, Dial, Event};
 use crate::error::{ClientError, CloseReason};
 use crate::http::{Api, Summary};
 use crate::scheduler::{Scheduled, Scheduler};
-use piano_core::proto::{self, client_message, note_event, server_message};
+use piano_core::proto::{self, ErrorCode, JoinFailure, client_message, note_event, server_message};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -165,7 +165,7 @@ impl Room {
         kind: note_event::Kind,
         at: f64,
     ) -> Result<(), ClientError> {
-        if let Some(batch) = self.batcher.push(kind, at) {
+        if let Some(batch) = self.batcher.push(kind, at, Instant::now()) {
             self.send_kept(client_message::Msg::Notes(batch)).await?;
         }
         Ok(())
@@ -214,10 +214,7 @@ impl Room {
         let deadline = crate::conn::deadline_in(within);
         loop {
             self.run_timers().await?;
-            let batch_due = self.batcher.due_at().map(|due| {
-                let wait = (due - self.server_now()).clamp(0.0, 60_000.0);
-                Instant::now() + Duration::from_micros((wait * 1000.0) as u64)
-            });
+            let batch_due = self.batcher.due_at();
             let wake = [Some(deadline), Some(self.next_ping), batch_due]
                 .into_iter()
                 .flatten()
@@ -296,7 +293,7 @@ impl Room {
                 self.next_ping = Instant::now() + self.clock.next_ping_in();
             }
         }
-        if let Some(batch) = self.batcher.take_due(self.server_now()) {
+        if let Some(batch) = self.batcher.take_due(Instant::now()) {
             self.send_kept(client_message::Msg::Notes(batch)).await?;
         }
         Ok(())
@@ -555,17 +552,23 @@ impl Room {
 
     /// After a close that allows it (or a broken socket): a new socket, `Resume` (then, in
     /// order, what the room did not acknowledge), or a fresh `Join` when the place is gone.
-    /// Tries `attempts` times, waiting 250 ms, 500 ms, … up to 4 s between tries.
+    /// Tries `attempts` times, waiting 250 ms, 500 ms, … up to 4 s between tries (a
+    /// RATE_LIMITED answer: as long as it says, at most [`MAX_RETRY_AFTER`]).
     pub async fn reconnect(&mut self, attempts: u32) -> Result<Reentry, ClientError> {
         let mut wait = Duration::from_millis(250);
         let mut last = ClientError::Timeout("reconnect");
         for _ in 0..attempts.max(1) {
-            match self.reenter().await {
+            let e = match self.reenter().await {
                 Ok(r) => return Ok(r),
-                Err(e) if !retryable(&e) => return Err(e),
-                Err(e) => last = e,
-            }
-            tokio::time::sleep(wait).await;
+                Err(e) => e,
+            };
+            let pause = match retry_after(&e) {
+                Some(after) => after.max(wait),
+                None if retryable(&e) => wait,
+                None => return Err(e),
+            };
+            last = e;
+            tokio::time::sleep(pause).await;
             wait = (wait * 2).min(Duration::from_secs(4));
         }
         Err(last)
@@ -640,6 +643,28 @@ fn unique_after(last: f64, now: f64) -> f64 {
     if now > last { now } else { last + 0.001 }
 }
 
+/// The longest a reconnect waits on a RATE_LIMITED answer.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// How long a RATE_LIMITED answer (to the Resume, or the Join after it) asks to wait, at most
+/// [`MAX_RETRY_AFTER`]; `None` for any other error.
+fn retry_after(e: &ClientError) -> Option<Duration> {
+    let ms = match e {
+        ClientError::Server {
+            code: ErrorCode::RateLimited,
+            retry_after_ms,
+            ..
+        }
+        | ClientError::JoinFailed {
+            reason: JoinFailure::RateLimited,
+            retry_after_ms,
+            ..
+        } => *retry_after_ms,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms).min(MAX_RETRY_AFTER))
+}
+
 /// Whether another try may help.
 fn retryable(e: &ClientError) -> bool {
     match e {
@@ -691,6 +716,32 @@ mod tests {
         };
         assert!(!settings_show(&removed, &now));
         assert!(settings_show(&proto::UpdateSettings::default(), &other));
+    }
+
+    #[test]
+    fn a_rate_limited_reentry_waits_as_told_within_a_bound() {
+        let limited = |ms| ClientError::Server {
+            code: ErrorCode::RateLimited,
+            message: String::new(),
+            retry_after_ms: ms,
+        };
+        assert_eq!(
+            retry_after(&limited(1500)),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(retry_after(&limited(u64::MAX)), Some(MAX_RETRY_AFTER));
+        let join = ClientError::JoinFailed {
+            reason: JoinFailure::RateLimited,
+            message: String::new(),
+            retry_after_ms: 200,
+        };
+        assert_eq!(retry_after(&join), Some(Duration::from_millis(200)));
+        let other = ClientError::Server {
+            code: ErrorCode::Muted,
+            message: String::new(),
+            retry_after_ms: 0,
+        };
+        assert_eq!(retry_after(&other), None);
     }
 
     #[test]
