@@ -15,6 +15,11 @@
 //!   (outgoing note batches), [`scheduler`] (received batches → local playback instants).
 //! - [`http`]: guest tokens and the room directory (`GET /api/rooms`), bounded.
 //! - [`bot`]: the example bot's logic (the example's `main` and the e2e trial run it).
+//!
+//! A [`Room`] is driven by its caller: nothing pings, flushes a note batch or notices a dead
+//! socket unless [`Room::next`] or [`Room::idle`] is being awaited, and nothing reconnects by
+//! itself: on a close that allows it ([`room::may_reconnect`]), call [`Room::reconnect`]. The
+//! TypeScript SDK, by contrast, keeps its own timers and reconnects on its own.
 
 pub mod batch;
 pub mod bot;
