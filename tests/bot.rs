@@ -72,20 +72,33 @@ async fn hears_answer(listener: &mut Client, bot: &str, answer: &str) {
         .await;
 }
 
+/// The bot's logic in a task, in `room` as `name`: what stops it, and its task.
+fn start_bot(
+    s: &Server,
+    room: &str,
+    name: &str,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<BotReport, piano_client::ClientError>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let opts = BotOptions {
+        url: s.http(""),
+        room: room.into(),
+        name: name.into(),
+        limit: Duration::from_secs(120),
+    };
+    let task = tokio::spawn(piano_client::bot::run(opts, async {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
 pub async fn bot_plays_and_answers_chat_commands(s: &Server) {
     let room = unique("bot");
     let mut listener = s.player(&room, "Listener").await;
     listener.join().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let opts = BotOptions {
-        url: s.http(""),
-        room: room.clone(),
-        name: "Bot".into(),
-        limit: Duration::from_secs(120),
-    };
-    let bot_task = tokio::spawn(piano_client::bot::run(opts, async {
-        let _ = stopped.await;
-    }));
+    let (stop, bot_task) = start_bot(s, &room, "Bot");
     let bot = arrival(&mut listener, "Bot").await;
     hears_phrase(&mut listener, &bot).await;
     say(&mut listener, "!ping").await;
@@ -117,16 +130,7 @@ pub async fn bot_survives_refused_answers(s: &Server) {
     let room = unique("botmuted");
     let mut owner = s.player_as(&room, "user:botowner", &["member"]).await;
     owner.join().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let opts = BotOptions {
-        url: s.http(""),
-        room: room.clone(),
-        name: "MutedBot".into(),
-        limit: Duration::from_secs(120),
-    };
-    let bot_task = tokio::spawn(piano_client::bot::run(opts, async {
-        let _ = stopped.await;
-    }));
+    let (stop, bot_task) = start_bot(s, &room, "MutedBot");
     let bot = arrival(&mut owner, "MutedBot").await;
     hears_phrase(&mut owner, &bot).await;
     owner
