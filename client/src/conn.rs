@@ -1,8 +1,8 @@
 //! The low-level connection: protobuf frames over one WebSocket. Every wait is bounded (the
-//! handshake, the Welcome, each read, each send, the close); what arrives is an [`Event`] (a message, the close frame, or a broken
-//! transport), never a panic; raw sends for tests; [`Connection::cut`] loses the TCP connection
-//! the way a network does (no close frame); the [`Session`] (resume state) is kept up to date
-//! with every message read.
+//! handshake, the Welcome, each read, each send, the close); what arrives is an [`Event`] (a
+//! message, the close frame, or a broken transport), never a panic; raw sends for tests;
+//! [`Connection::cut`] loses the TCP connection the way a network does (no close frame); the
+//! [`Session`] (resume state) is kept up to date with every message read.
 
 use crate::session::{Session, Unacked};
 use futures_util::{SinkExt, StreamExt};

@@ -14,6 +14,7 @@
 //!   unacknowledged numbered messages), [`clock`] (fastest of 16 Ping/Pong samples), [`batch`]
 //!   (outgoing note batches), [`scheduler`] (received batches → local playback instants).
 //! - [`http`]: guest tokens and the room directory (`GET /api/rooms`), bounded.
+//! - [`retry`]: when a failed reconnect is worth another try, and after how long.
 //! - [`bot`]: the example bot's logic (the example's `main` and the e2e trial run it).
 //!
 //! A [`Room`] is driven by its caller: nothing pings, flushes a note batch or notices a dead
@@ -27,6 +28,7 @@ pub mod clock;
 pub mod conn;
 pub mod error;
 pub mod http;
+pub mod retry;
 pub mod room;
 pub mod scheduler;
 pub mod session;
