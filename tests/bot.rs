@@ -72,20 +72,33 @@ async fn hears_answer(listener: &mut Client, bot: &str, answer: &str) {
         .await;
 }
 
+/// The bot's logic in a task, in `room` as `name`: what stops it, and its task.
+fn start_bot(
+    s: &Server,
+    room: &str,
+    name: &str,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<BotReport, piano_client::ClientError>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let opts = BotOptions {
+        url: s.http(""),
+        room: room.into(),
+        name: name.into(),
+        limit: Duration::from_secs(120),
+    };
+    let task = tokio::spawn(piano_client::bot::run(opts, async {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
 pub async fn bot_plays_and_answers_chat_commands(s: &Server) {
     let room = unique("bot");
     let mut listener = s.player(&room, "Listener").await;
     listener.join().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let opts = BotOptions {
-        url: s.http(""),
-        room: room.clone(),
-        name: "Bot".into(),
-        limit: Duration::from_secs(120),
-    };
-    let bot_task = tokio::spawn(piano_client::bot::run(opts, async {
-        let _ = stopped.await;
-    }));
+    let (stop, bot_task) = start_bot(s, &room, "Bot");
     let bot = arrival(&mut listener, "Bot").await;
     hears_phrase(&mut listener, &bot).await;
     say(&mut listener, "!ping").await;
@@ -104,10 +117,58 @@ pub async fn bot_plays_and_answers_chat_commands(s: &Server) {
         BotReport {
             phrases: 2,
             answered: 2,
-            reconnects: 0
+            reconnects: 0,
+            refused: 0,
         }
     );
     leaves(listener, &bot).await;
+}
+
+/// The owner mutes the bot's chat: each answer is refused (`MUTED`), and the bot goes on (it
+/// plays at the second `!play` too) instead of ending at the first refusal.
+pub async fn bot_survives_refused_answers(s: &Server) {
+    let room = unique("botmuted");
+    let mut owner = s.player_as(&room, "user:botowner", &["member"]).await;
+    owner.join().await;
+    let (stop, bot_task) = start_bot(s, &room, "MutedBot");
+    let bot = arrival(&mut owner, "MutedBot").await;
+    hears_phrase(&mut owner, &bot).await;
+    owner
+        .send(proto::client_message::Msg::Mute(proto::Mute {
+            participant_id: bot.clone(),
+            notes: false,
+            chat: true,
+        }))
+        .await;
+    owner
+        .recv_matching(|m| match m {
+            Msg::ParticipantUpdated(u) => u
+                .participant
+                .as_ref()
+                .filter(|p| p.id == bot && p.muted_chat)
+                .map(|_| ()),
+            _ => None,
+        })
+        .await;
+    for _ in 0..2 {
+        say(&mut owner, "!play").await;
+        hears_phrase(&mut owner, &bot).await;
+    }
+    let _ = stop.send(());
+    let report = bot_task
+        .await
+        .expect("bot task")
+        .expect("the bot ran on after the refusals");
+    assert_eq!(
+        report,
+        BotReport {
+            phrases: 3,
+            answered: 0,
+            reconnects: 0,
+            refused: 2,
+        }
+    );
+    leaves(owner, &bot).await;
 }
 
 pub async fn bot_example_binary_runs_and_stops_on_a_signal(s: &Server) {

@@ -117,6 +117,26 @@ pub async fn client_crate_requests_get_typed_answers(s: &Server) {
         ),
         "{kick:?}"
     );
+    // An unban is confirmed by nothing: the fence is its own Pong, not an earlier ping's.
+    bob.send(proto::client_message::Msg::Ping(proto::Ping {
+        client_time: now_ms() as f64,
+    }))
+    .await
+    .expect("ping");
+    let unban = bob
+        .unban("user:nobody")
+        .await
+        .expect_err("bob holds no crown");
+    assert!(
+        matches!(
+            unban,
+            ClientError::Server {
+                code: ErrorCode::NotAllowed,
+                ..
+            }
+        ),
+        "{unban:?}"
+    );
 
     // Chat, settings, mute, the crown: each answered by the room.
     let said = bob.chat("hello from the crate").await.expect("chat");

@@ -128,6 +128,7 @@ fn trials() -> Vec<Spec> {
     vec![
         t!(basics::guest_token_is_an_eddsa_jwt_verifiable_with_the_jwks),
         t!(bot::bot_plays_and_answers_chat_commands),
+        t!(bot::bot_survives_refused_answers),
         t!(bot::bot_example_binary_runs_and_stops_on_a_signal),
         t!(client_api::client_crate_requests_get_typed_answers),
         t!(client_api::client_crate_reconnects_and_resends_what_the_cut_lost),

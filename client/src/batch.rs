@@ -1,9 +1,13 @@
 //! Outgoing notes in batches, as the protocol wants and the web client does: the first event
 //! opens a batch stamped with the server time; each event keeps its delay from it; the batch
-//! goes out [`BATCH_MS`] after it opened, or at once when it holds [`MAX_EVENTS`]. No I/O: times
-//! are the server's clock as the caller estimates it (ms).
+//! goes out [`BATCH_MS`] after it opened, or at once when it holds [`MAX_EVENTS`]. No I/O: event
+//! times are the server's clock as the caller estimates it (ms); when a batch is due is a local
+//! instant (a clock estimate that moves, as the first Pongs move it, must not send a batch at
+//! once or hold it back).
 
 use piano_core::proto::{self, note_event};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// How long the first event of a batch waits for company.
 pub const BATCH_MS: f64 = 150.0;
@@ -14,22 +18,40 @@ const MAX_DELAY_MS: f64 = 1000.0;
 
 #[derive(Debug, Default)]
 pub struct Batcher {
-    open: Option<(f64, Vec<proto::NoteEvent>)>,
+    open: Option<Open>,
+}
+
+#[derive(Debug)]
+struct Open {
+    /// The first event's server time: the batch's `time`.
+    start: f64,
+    /// When it goes out (local).
+    due: Instant,
+    events: Vec<proto::NoteEvent>,
 }
 
 impl Batcher {
-    /// Adds an event played at server time `now`; a batch that must go out now (full, or this
-    /// event would be too late for it) is returned.
-    pub fn push(&mut self, kind: note_event::Kind, now: f64) -> Option<proto::NoteBatch> {
+    /// Adds an event played at server time `now` (`local`: the local instant now); a batch that
+    /// must go out now (full, or this event would be too late for it) is returned.
+    pub fn push(
+        &mut self,
+        kind: note_event::Kind,
+        now: f64,
+        local: Instant,
+    ) -> Option<proto::NoteBatch> {
         let mut ready = None;
         if self
             .open
             .as_ref()
-            .is_some_and(|(start, _)| now - start > MAX_DELAY_MS)
+            .is_some_and(|o| now - o.start > MAX_DELAY_MS)
         {
             ready = self.take();
         }
-        let (start, events) = self.open.get_or_insert_with(|| (now, Vec::new()));
+        let Open { start, events, .. } = self.open.get_or_insert_with(|| Open {
+            start: now,
+            due: local + Duration::from_millis(BATCH_MS as u64),
+            events: Vec::new(),
+        });
         let delay = (now - *start).round().clamp(0.0, MAX_DELAY_MS) as u32;
         events.push(proto::NoteEvent {
             delay,
@@ -42,13 +64,13 @@ impl Batcher {
         ready
     }
 
-    /// When the open batch is due (server ms), if one is open.
-    pub fn due_at(&self) -> Option<f64> {
-        self.open.as_ref().map(|(start, _)| start + BATCH_MS)
+    /// When the open batch is due (local), if one is open.
+    pub fn due_at(&self) -> Option<Instant> {
+        self.open.as_ref().map(|o| o.due)
     }
 
-    /// The open batch, if it is due at server time `now`.
-    pub fn take_due(&mut self, now: f64) -> Option<proto::NoteBatch> {
+    /// The open batch, if it is due at the local instant `now`.
+    pub fn take_due(&mut self, now: Instant) -> Option<proto::NoteBatch> {
         if self.due_at().is_some_and(|due| now >= due) {
             self.take()
         } else {
@@ -58,7 +80,7 @@ impl Batcher {
 
     /// The open batch, due or not.
     pub fn take(&mut self) -> Option<proto::NoteBatch> {
-        let (start, events) = self.open.take()?;
+        let Open { start, events, .. } = self.open.take()?;
         (!events.is_empty()).then(|| proto::NoteBatch {
             time: start.max(0.0).round() as u64,
             events,
@@ -85,15 +107,20 @@ pub fn note_off(note: u32) -> note_event::Kind {
 mod tests {
     use super::*;
 
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
     #[test]
     fn events_keep_their_delays_and_go_out_when_due() {
+        let t0 = Instant::now();
         let mut b = Batcher::default();
         assert_eq!(b.due_at(), None);
-        assert!(b.push(note_on(60, 90), 1000.0).is_none());
-        assert!(b.push(note_off(60), 1040.4).is_none());
-        assert_eq!(b.due_at(), Some(1000.0 + BATCH_MS));
-        assert!(b.take_due(1100.0).is_none());
-        let batch = b.take_due(1150.0).expect("due");
+        assert!(b.push(note_on(60, 90), 1000.0, t0).is_none());
+        assert!(b.push(note_off(60), 1040.4, t0 + ms(40)).is_none());
+        assert_eq!(b.due_at(), Some(t0 + ms(150)));
+        assert!(b.take_due(t0 + ms(100)).is_none());
+        let batch = b.take_due(t0 + ms(150)).expect("due");
         assert_eq!(batch.time, 1000);
         let delays: Vec<u32> = batch.events.iter().map(|e| e.delay).collect();
         assert_eq!(delays, vec![0, 40]);
@@ -104,9 +131,12 @@ mod tests {
     fn a_full_batch_goes_at_once() {
         let mut b = Batcher::default();
         for i in 0..MAX_EVENTS - 1 {
-            assert!(b.push(note_on(60, 1), i as f64 * 0.1).is_none());
+            assert!(
+                b.push(note_on(60, 1), i as f64 * 0.1, Instant::now())
+                    .is_none()
+            );
         }
-        let full = b.push(note_on(61, 1), 50.0).expect("full");
+        let full = b.push(note_on(61, 1), 50.0, Instant::now()).expect("full");
         assert_eq!(full.events.len(), MAX_EVENTS);
         assert_eq!(b.due_at(), None);
     }
@@ -114,11 +144,30 @@ mod tests {
     #[test]
     fn a_late_event_starts_a_new_batch() {
         let mut b = Batcher::default();
-        b.push(note_on(60, 90), 0.0);
+        let t0 = Instant::now();
+        b.push(note_on(60, 90), 0.0, t0);
         // The caller did not flush for two seconds: the old batch goes, the event opens another.
-        let old = b.push(note_off(60), 2000.0).expect("stale batch");
+        let old = b
+            .push(note_off(60), 2000.0, t0 + ms(2000))
+            .expect("stale batch");
         assert_eq!(old.time, 0);
         let new = b.take().expect("new batch");
         assert_eq!((new.time, new.events[0].delay), (2000, 0));
+    }
+
+    #[test]
+    fn the_due_instant_ignores_the_clock_estimate() {
+        // The estimate of the server's clock jumps by seconds (the first Pong after a join):
+        // the batch still goes out BATCH_MS after it opened, stamped with the server time.
+        let t0 = Instant::now();
+        let mut b = Batcher::default();
+        b.push(note_on(60, 90), 5_000.0, t0);
+        assert!(b.take_due(t0 + ms(149)).is_none(), "not at once");
+        let batch = b
+            .take_due(t0 + ms(150))
+            .expect("due on time, not 60 s later");
+        assert_eq!(batch.time, 5_000);
+        b.push(note_on(60, 90), 1_000_000.0, t0);
+        assert_eq!(b.due_at(), Some(t0 + ms(150)));
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::batch::{note_off, note_on};
 use crate::error::ClientError;
-use crate::room::{Auth, Client, ConnectOptions, JoinOptions, Room, may_reconnect};
+use crate::room::{Auth, Client, ConnectOptions, JoinOptions, Reentry, Room, may_reconnect};
 use piano_core::proto::server_message;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -38,6 +38,8 @@ pub struct BotReport {
     pub phrases: u32,
     pub answered: u32,
     pub reconnects: u32,
+    /// Answers the room refused (rate limited, muted): logged, and the bot goes on.
+    pub refused: u32,
 }
 
 /// Plays [`PHRASE`] from now, as one batch keeping its timing.
@@ -69,6 +71,8 @@ pub async fn run(
     play_phrase(&mut room).await?;
     report.phrases += 1;
     let deadline = crate::conn::deadline_in(opts.limit);
+    // The newest chat id looked at (the join's history is not answered: it is no message).
+    let mut answered_upto = 0;
     tokio::pin!(stop);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -84,7 +88,9 @@ pub async fn run(
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) if may_reconnect(&e) => {
-                room.reconnect(5).await?;
+                if let Reentry::Rejoined(_) = room.reconnect(5).await? {
+                    answered_upto = 0;
+                }
                 report.reconnects += 1;
                 continue;
             }
@@ -96,18 +102,29 @@ pub async fn run(
         if chat.participant_id.is_empty() || chat.participant_id == room.id() {
             continue; // the room's own messages, and ours
         }
-        match chat.text.trim() {
-            "!ping" => {
-                room.chat("pong").await?;
-                report.answered += 1;
-            }
+        // A resume replays what was missed, which may include commands already answered
+        // (the room's chat ids only grow; a fresh join starts the count again).
+        if chat.id <= answered_upto {
+            continue;
+        }
+        answered_upto = chat.id;
+        let answer = match chat.text.trim() {
+            "!ping" => "pong",
             "!play" => {
                 play_phrase(&mut room).await?;
-                room.chat("playing").await?;
                 report.phrases += 1;
-                report.answered += 1;
+                "playing"
             }
-            _ => {}
+            _ => continue,
+        };
+        match room.chat(answer).await {
+            Ok(_) => report.answered += 1,
+            // Anyone can get the bot rate limited or muted: that ends an answer, not the bot.
+            Err(e @ (ClientError::Server { .. } | ClientError::Timeout(_))) => {
+                eprintln!("bot: the answer {answer:?} was refused: {e}");
+                report.refused += 1;
+            }
+            Err(e) => return Err(e),
         }
     }
     room.close().await;

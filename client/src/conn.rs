@@ -1,10 +1,10 @@
 //! The low-level connection: protobuf frames over one WebSocket. Every wait is bounded (the
-//! handshake, each read); what arrives is an [`Event`] (a message, the close frame, or a broken
-//! transport), never a panic; raw sends for tests; [`Connection::cut`] loses the TCP connection
-//! the way a network does (no close frame); the [`Session`] (resume state) is kept up to date
-//! with every message read.
+//! handshake, the Welcome, each read, each send, the close); what arrives is an [`Event`] (a
+//! message, the close frame, or a broken transport), never a panic; raw sends for tests;
+//! [`Connection::cut`] loses the TCP connection the way a network does (no close frame); the
+//! [`Session`] (resume state) is kept up to date with every message read.
 
-use crate::session::Session;
+use crate::session::{Session, Unacked};
 use futures_util::{SinkExt, StreamExt};
 use piano_core::proto::{self, ClientMessage, ServerMessage, client_message, server_message};
 use prost::Message as _;
@@ -22,6 +22,11 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the Welcome may take after the upgrade.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest one send may wait for the server to read (long: a flood backing up briefly is
+/// normal; a server that closes a reader that stalls does it well within this).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest the goodbye may take (the close frame, then the server's).
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a connection saw next.
 #[derive(Debug)]
@@ -167,6 +172,16 @@ pub fn deadline_in(within: Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + within.min(Duration::from_secs(86_400))
 }
 
+/// The most `Error` codes kept while waiting for the Welcome (the first ones).
+pub const MAX_EARLY_ERRORS: usize = 16;
+
+/// Keeps `code` unless [`MAX_EARLY_ERRORS`] are kept already.
+fn keep_error(errors: &mut Vec<i32>, code: i32) {
+    if errors.len() < MAX_EARLY_ERRORS {
+        errors.push(code);
+    }
+}
+
 /// One `ClientMessage` as the binary frame that carries it.
 pub fn frame(msg: client_message::Msg, seq: u64) -> Message {
     Message::Binary(
@@ -212,13 +227,16 @@ impl Connection {
     pub async fn connect(dial: Dial) -> Result<Connection, ConnectError> {
         let mut conn = Connection::upgraded(dial).await?;
         let mut errors = Vec::new();
+        // One deadline for the Welcome: a server chattering without one must not keep us.
+        let deadline = deadline_in(WELCOME_TIMEOUT);
         loop {
-            match conn.next_event(WELCOME_TIMEOUT).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match conn.next_event(left).await {
                 Some(Event::Msg(server_message::Msg::Welcome(w))) => {
                     conn.welcome = w;
                     return Ok(conn);
                 }
-                Some(Event::Msg(server_message::Msg::Error(e))) => errors.push(e.code),
+                Some(Event::Msg(server_message::Msg::Error(e))) => keep_error(&mut errors, e.code),
                 Some(Event::Msg(_)) => continue,
                 Some(Event::Closed(f)) => {
                     return Err(ConnectError::Closed {
@@ -316,7 +334,23 @@ impl Connection {
             return Ok(());
         }
         self.sent_now();
-        self.ws.send(msg).await
+        self.send_bounded(msg).await
+    }
+
+    /// One send within [`SEND_TIMEOUT`]: a server that stops reading does not hold the caller
+    /// forever; on expiry the connection is gone (the frame may be half written) and the error
+    /// is `TimedOut`.
+    async fn send_bounded(&mut self, msg: Message) -> Result<(), tungstenite::Error> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(msg)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                self.gone = true;
+                Err(tungstenite::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("a send took over {SEND_TIMEOUT:?}: the server does not read"),
+                )))
+            }
+        }
     }
 
     fn sent_now(&mut self) {
@@ -337,7 +371,7 @@ impl Connection {
     /// the send then fails).
     pub async fn try_send(&mut self, msg: client_message::Msg) -> Result<(), tungstenite::Error> {
         self.sent_now();
-        self.ws.send(frame(msg, 0)).await
+        self.send_bounded(frame(msg, 0)).await
     }
 
     /// Sends `msg` unnumbered.
@@ -423,14 +457,17 @@ impl Connection {
     /// Says goodbye: a 1000 close (without a code the room would keep the place for a resume),
     /// then reads until the server's close (at most 2 s), so the room sees a clean disconnect.
     pub async fn close(mut self) {
-        let _ = self
-            .ws
-            .close(Some(CloseFrame {
-                code: CloseCode::Normal,
-                reason: "".into(),
-            }))
-            .await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        // The close frame waits behind what is unsent: bounded too (a server that stopped
+        // reading gets no goodbye; dropping the socket then is the end).
+        let bye = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let closing = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.close(Some(bye))).await;
+        if closing.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;
@@ -438,7 +475,7 @@ impl Connection {
 
     /// Sends `Resume{token, last_seq}` on this (fresh) connection and waits for the answer,
     /// skipping other messages; once `Resumed`, re-sends in order what is unacknowledged
-    /// (as it was). `None` when the socket ended or nothing came within `within`.
+    /// ([`Connection::resend_unacked`]). `None` when the socket ended or nothing came within `within`.
     pub async fn resume_session(
         &mut self,
         within: Duration,
@@ -456,16 +493,49 @@ impl Connection {
             }
         };
         if answer.is_ok() {
-            let again: Vec<_> = self
-                .resume
-                .unacked
-                .iter()
-                .map(|k| (k.seq, k.msg.clone()))
-                .collect();
-            for (seq, msg) in again {
-                self.send_seq(seq, msg).await.ok()?;
-            }
+            // This layer keeps no clock estimate: the local clock stands for the server's.
+            self.resend_unacked(crate::clock::now_ms() as u64)
+                .await
+                .ok()?;
         }
         Some(answer)
+    }
+
+    /// Sends again, in order, what the room did not acknowledge (after a resume or a rejoin),
+    /// as [`Unacked::resendable`] says (a note batch too old for the room's clock check keeps
+    /// only its releases), marking each sent. `server_now`: the server's clock as estimated
+    /// (ms). How many frames went.
+    pub async fn resend_unacked(&mut self, server_now: u64) -> Result<u64, tungstenite::Error> {
+        let again: Vec<_> = self
+            .resume
+            .unacked
+            .iter()
+            .map(|k| (k.seq, Unacked::resendable(k, server_now)))
+            .collect();
+        let mut sent = 0;
+        for (seq, msg) in again {
+            if let Some(msg) = msg {
+                self.send_seq(seq, msg).await?;
+                sent += 1;
+            }
+            self.resume.unacked.mark_sent(seq);
+        }
+        Ok(sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_errors_are_capped_keeping_the_first() {
+        let mut errors = Vec::new();
+        for code in 0..100 {
+            keep_error(&mut errors, code);
+        }
+        assert_eq!(errors.len(), MAX_EARLY_ERRORS);
+        assert_eq!(errors[0], 0);
+        assert_eq!(errors[MAX_EARLY_ERRORS - 1], MAX_EARLY_ERRORS as i32 - 1);
     }
 }

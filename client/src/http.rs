@@ -29,7 +29,7 @@ impl Api {
         })
     }
 
-    /// The WebSocket URL of `room` with `token`.
+    /// The WebSocket URL of `room` with `token` (both percent-encoded: a JWT passes as it is).
     pub fn ws_url(&self, room: &str, token: &str) -> String {
         let base = if let Some(rest) = self.base.strip_prefix("https://") {
             format!("wss://{rest}")
@@ -38,10 +38,8 @@ impl Api {
         } else {
             self.base.clone()
         };
-        format!(
-            "{base}/api/rooms/{}/ws?token={token}",
-            piano_core::names::percent_encode(room)
-        )
+        let enc = piano_core::names::percent_encode;
+        format!("{base}/api/rooms/{}/ws?token={}", enc(room), enc(token))
     }
 
     /// A guest token for `name`.
@@ -80,5 +78,19 @@ async fn answer(req: reqwest::RequestBuilder) -> Result<serde_json::Value, Clien
         Ok(body)
     } else {
         Err(ClientError::http(status, &body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_url_encodes_room_and_token() {
+        let api = Api::new("https://example.test/").expect("api");
+        assert_eq!(
+            api.ws_url("a b", "x.y_z-1&admin=1+%"),
+            "wss://example.test/api/rooms/a%20b/ws?token=x.y_z-1%26admin%3D1%2B%25"
+        );
     }
 }

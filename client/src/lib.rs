@@ -14,7 +14,13 @@
 //!   unacknowledged numbered messages), [`clock`] (fastest of 16 Ping/Pong samples), [`batch`]
 //!   (outgoing note batches), [`scheduler`] (received batches → local playback instants).
 //! - [`http`]: guest tokens and the room directory (`GET /api/rooms`), bounded.
+//! - [`retry`]: when a failed reconnect is worth another try, and after how long.
 //! - [`bot`]: the example bot's logic (the example's `main` and the e2e trial run it).
+//!
+//! A [`Room`] is driven by its caller: nothing pings, flushes a note batch or notices a dead
+//! socket unless [`Room::next`] or [`Room::idle`] is being awaited, and nothing reconnects by
+//! itself: on a close that allows it ([`room::may_reconnect`]), call [`Room::reconnect`]. The
+//! TypeScript SDK, by contrast, keeps its own timers and reconnects on its own.
 
 pub mod batch;
 pub mod bot;
@@ -22,6 +28,7 @@ pub mod clock;
 pub mod conn;
 pub mod error;
 pub mod http;
+pub mod retry;
 pub mod room;
 pub mod scheduler;
 pub mod session;

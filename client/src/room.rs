@@ -8,10 +8,11 @@
 use crate::batch::Batcher;
 use crate::clock::{Clock, now_ms};
 use crate::conn::{Connection, Dial, Event};
-use crate::error::{ClientError, CloseReason};
+use crate::error::ClientError;
 use crate::http::{Api, Summary};
+pub use crate::retry::{MAX_RETRY_AFTER, may_reconnect};
+use crate::retry::{retry_after, retryable};
 use crate::scheduler::{Scheduled, Scheduler};
-use crate::session::Unacked;
 use piano_core::proto::{self, client_message, note_event, server_message};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -105,6 +106,8 @@ pub struct Room {
     /// Numbered messages sent again after resumes and rejoins.
     pub resent: u64,
     next_ping: Instant,
+    /// The `client_time` of the last Ping sent: each is later, so a Pong tells which it answers.
+    last_ping_time: f64,
     join_opts: JoinOptions,
 }
 
@@ -120,6 +123,7 @@ impl Room {
             overflowed: 0,
             resent: 0,
             next_ping: Instant::now(),
+            last_ping_time: 0.0,
             join_opts: JoinOptions::default(),
         }
     }
@@ -163,7 +167,7 @@ impl Room {
         kind: note_event::Kind,
         at: f64,
     ) -> Result<(), ClientError> {
-        if let Some(batch) = self.batcher.push(kind, at) {
+        if let Some(batch) = self.batcher.push(kind, at, Instant::now()) {
             self.send_kept(client_message::Msg::Notes(batch)).await?;
         }
         Ok(())
@@ -212,10 +216,7 @@ impl Room {
         let deadline = crate::conn::deadline_in(within);
         loop {
             self.run_timers().await?;
-            let batch_due = self.batcher.due_at().map(|due| {
-                let wait = (due - self.server_now()).clamp(0.0, 60_000.0);
-                Instant::now() + Duration::from_micros((wait * 1000.0) as u64)
-            });
+            let batch_due = self.batcher.due_at();
             let wake = [Some(deadline), Some(self.next_ping), batch_due]
                 .into_iter()
                 .flatten()
@@ -288,15 +289,13 @@ impl Room {
                 >= Duration::from_millis(piano_core::backlog::ACK_MIN_INTERVAL_MS);
         let scheduled = Instant::now() >= self.next_ping;
         if acks || scheduled {
-            let ping = proto::Ping {
-                client_time: now_ms(),
-            };
+            let ping = self.ping();
             self.send(client_message::Msg::Ping(ping)).await?;
             if scheduled {
                 self.next_ping = Instant::now() + self.clock.next_ping_in();
             }
         }
-        if let Some(batch) = self.batcher.take_due(self.server_now()) {
+        if let Some(batch) = self.batcher.take_due(Instant::now()) {
             self.send_kept(client_message::Msg::Notes(batch)).await?;
         }
         Ok(())
@@ -304,6 +303,11 @@ impl Room {
 
     /// Sends `msg` (numbered and kept if `kept`) and waits for the answer `pick` accepts or an
     /// `Error`, keeping the other messages for `next`.
+    ///
+    /// A limit of the protocol: an `Error` names no request, so any `Error` arriving meanwhile
+    /// fails the request, even one about something else sent around then (a note batch
+    /// refused as RATE_LIMITED, a typing notice refused as MUTED). Confirmations are matched
+    /// to the request (`pick`), so another participant's change does not confirm it.
     pub async fn request<T>(
         &mut self,
         msg: client_message::Msg,
@@ -365,13 +369,17 @@ impl Room {
         .await
     }
 
-    /// Changes the room's settings; the settings as they are then.
+    /// Changes the room's settings; the settings as they are then: the first change showing
+    /// the values asked for ([`settings_show`]; another moderator's change does not).
     pub async fn update_settings(
         &mut self,
         s: proto::UpdateSettings,
     ) -> Result<proto::RoomSettings, ClientError> {
+        let asked = s.clone();
         self.request(client_message::Msg::UpdateSettings(s), false, |m| match m {
-            server_message::Msg::SettingsChanged(c) => c.settings.clone(),
+            server_message::Msg::SettingsChanged(c) => {
+                c.settings.clone().filter(|now| settings_show(&asked, now))
+            }
             _ => None,
         })
         .await
@@ -478,19 +486,26 @@ impl Room {
     }
 
     /// Lifts a user's ban. The room confirms nothing: a Ping after it fences the answer (an
-    /// `Error` comes before the `Pong`).
+    /// `Error` comes before that Ping's `Pong`; an earlier ping's Pong is not the fence).
     pub async fn unban(&mut self, user_id: &str) -> Result<(), ClientError> {
         self.send(client_message::Msg::Unban(proto::Unban {
             user_id: user_id.into(),
         }))
         .await?;
-        let ping = proto::Ping {
-            client_time: now_ms(),
-        };
+        let ping = self.ping();
+        let fence = ping.client_time;
         self.request(client_message::Msg::Ping(ping), false, |m| {
-            matches!(m, server_message::Msg::Pong(_)).then_some(())
+            matches!(m, server_message::Msg::Pong(p) if p.client_time == fence).then_some(())
         })
         .await
+    }
+
+    /// A Ping stamped now, later than every Ping before it on this room.
+    fn ping(&mut self) -> proto::Ping {
+        self.last_ping_time = unique_after(self.last_ping_time, now_ms());
+        proto::Ping {
+            client_time: self.last_ping_time,
+        }
     }
 
     /// Deletes a chat message (own, or any for moderators).
@@ -539,17 +554,23 @@ impl Room {
 
     /// After a close that allows it (or a broken socket): a new socket, `Resume` (then, in
     /// order, what the room did not acknowledge), or a fresh `Join` when the place is gone.
-    /// Tries `attempts` times, waiting 250 ms, 500 ms, … up to 4 s between tries.
+    /// Tries `attempts` times, waiting 250 ms, 500 ms, … up to 4 s between tries (a
+    /// RATE_LIMITED answer: as long as it says, at most [`MAX_RETRY_AFTER`]).
     pub async fn reconnect(&mut self, attempts: u32) -> Result<Reentry, ClientError> {
         let mut wait = Duration::from_millis(250);
         let mut last = ClientError::Timeout("reconnect");
         for _ in 0..attempts.max(1) {
-            match self.reenter().await {
+            let e = match self.reenter().await {
                 Ok(r) => return Ok(r),
-                Err(e) if !retryable(&e) => return Err(e),
-                Err(e) => last = e,
-            }
-            tokio::time::sleep(wait).await;
+                Err(e) => e,
+            };
+            let pause = match retry_after(&e) {
+                Some(after) => after.max(wait),
+                None if retryable(&e) => wait,
+                None => return Err(e),
+            };
+            last = e;
+            tokio::time::sleep(pause).await;
             wait = (wait * 2).min(Duration::from_secs(4));
         }
         Err(last)
@@ -584,23 +605,11 @@ impl Room {
 
     async fn resend(&mut self) -> Result<(), ClientError> {
         let now = self.server_now() as u64;
-        let again: Vec<_> = self
+        self.resent += self
             .conn
-            .resume
-            .unacked
-            .iter()
-            .map(|k| (k.seq, Unacked::resendable(k, now)))
-            .collect();
-        for (seq, msg) in again {
-            if let Some(msg) = msg {
-                self.conn
-                    .send_seq(seq, msg)
-                    .await
-                    .map_err(|e| ClientError::Broken(e.to_string()))?;
-                self.resent += 1;
-            }
-            self.conn.resume.unacked.mark_sent(seq);
-        }
+            .resend_unacked(now)
+            .await
+            .map_err(|e| ClientError::Broken(e.to_string()))?;
         Ok(())
     }
 
@@ -611,21 +620,71 @@ impl Room {
     }
 }
 
-/// Whether another try may help.
-fn retryable(e: &ClientError) -> bool {
-    match e {
-        ClientError::Closed { reason: None, .. }
-        | ClientError::Broken(_)
-        | ClientError::Timeout(_) => true,
-        ClientError::Closed {
-            reason: Some(r), ..
-        } => r.may_reconnect(),
-        ClientError::Http { status, .. } => *status >= 500 || *status == 429,
-        _ => false,
-    }
+/// Whether `now` shows every value `asked` sets that the room reports back as it was asked
+/// (the flags, the player limit, whether there is a password; the texts are left out: the
+/// room may filter or normalise them).
+pub fn settings_show(asked: &proto::UpdateSettings, now: &proto::RoomSettings) -> bool {
+    let same = |a: Option<bool>, b: bool| a.is_none_or(|a| a == b);
+    same(asked.visible, now.visible)
+        && same(asked.owner_only_chat, now.owner_only_chat)
+        && same(asked.owner_only_play, now.owner_only_play)
+        && same(asked.allow_guests, now.allow_guests)
+        && same(asked.allow_bots, now.allow_bots)
+        && same(asked.allow_black_midi, now.allow_black_midi)
+        && same(asked.profanity_filter, now.profanity_filter)
+        && same(
+            asked.password.as_ref().map(|p| !p.is_empty()),
+            now.has_password,
+        )
+        && asked.max_players.is_none_or(|m| m == now.max_players)
 }
 
-/// Whether a close (or failure) leaves the door open to [`Room::reconnect`].
-pub fn may_reconnect(e: &ClientError) -> bool {
-    retryable(e) && e.close_reason() != Some(CloseReason::Normal)
+/// `now`, or just after `last` if the clock did not move past it (the f64 survives the round
+/// trip exactly, so the Pong names its Ping).
+fn unique_after(last: f64, now: f64) -> f64 {
+    if now > last { now } else { last + 0.001 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_settings_change_confirms_only_the_values_asked_for() {
+        let asked = proto::UpdateSettings {
+            visible: Some(false),
+            max_players: Some(5),
+            password: Some("pw".into()),
+            ..Default::default()
+        };
+        let now = proto::RoomSettings {
+            visible: false,
+            max_players: 5,
+            has_password: true,
+            allow_guests: true,
+            ..Default::default()
+        };
+        assert!(settings_show(&asked, &now));
+        // Another moderator's change: the room as it was before ours.
+        let other = proto::RoomSettings {
+            visible: true,
+            ..now.clone()
+        };
+        assert!(!settings_show(&asked, &other));
+        let removed = proto::UpdateSettings {
+            password: Some(String::new()),
+            ..Default::default()
+        };
+        assert!(!settings_show(&removed, &now));
+        assert!(settings_show(&proto::UpdateSettings::default(), &other));
+    }
+
+    #[test]
+    fn each_ping_is_later_than_the_one_before() {
+        let t = 1_764_560_000_000.5;
+        assert_eq!(unique_after(0.0, t), t);
+        let same = unique_after(t, t);
+        assert!(same > t);
+        assert!(unique_after(same, t) > same, "a clock going back");
+    }
 }
