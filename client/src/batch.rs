@@ -14,7 +14,7 @@ pub const BATCH_MS: f64 = 150.0;
 /// The room refuses larger batches (`piano_core::notes::MAX_EVENTS_PER_BATCH`).
 pub const MAX_EVENTS: usize = piano_core::notes::MAX_EVENTS_PER_BATCH;
 /// An event's delay is at most this after its batch's time (the protocol's bound).
-const MAX_DELAY_MS: f64 = 1000.0;
+const MAX_DELAY_MS: f64 = piano_core::notes::MAX_EVENT_DELAY_MS as f64;
 
 #[derive(Debug, Default)]
 pub struct Batcher {

@@ -8,9 +8,9 @@ use std::collections::VecDeque;
 /// At most this many messages are kept (the contract's bound, as the web client).
 pub const MAX_KEPT: usize = 1024;
 /// How long a message is kept when the room did not say its grace period (its default).
-const DEFAULT_GRACE_MS: u64 = 15_000;
+const DEFAULT_GRACE_MS: u64 = piano_core::limits::RESUME_GRACE_MS;
 /// The room refuses a batch further than 10 s from its clock; a margin for the trip.
-const MAX_BATCH_AGE_MS: u64 = 8_000;
+const MAX_BATCH_AGE_MS: u64 = piano_core::notes::MAX_BATCH_CLOCK_SKEW_MS - 2_000;
 
 /// One numbered message waiting for its acknowledgement.
 #[derive(Debug, Clone, PartialEq)]
